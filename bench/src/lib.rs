@@ -1,0 +1,8 @@
+//! wsbench: a WebSocket load generator and echo upstream, built to hold a million
+//! connections on one machine. It shares no code with the gateway: it measures what a
+//! user's clients and backends would see.
+
+pub mod echo;
+pub mod limits;
+pub mod sock;
+pub mod ws;

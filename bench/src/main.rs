@@ -1,0 +1,30 @@
+//! The `wsbench` command line: `echo` (upstream) and `load` (client).
+
+use clap::{Parser, Subcommand};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Debug, Parser)]
+#[command(name = "wsbench", about = "WebSocket load generator and echo upstream")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a WebSocket echo server (the upstream of a benchmark).
+    Echo(wsbench::echo::Options),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Echo(o) => wsbench::echo::run(&o),
+    };
+    if let Err(e) = result {
+        eprintln!("wsbench: error: {e:#}");
+        std::process::exit(1);
+    }
+}
