@@ -1,0 +1,235 @@
+//! The access log: one line per connection at close, written by its own thread.
+//!
+//! Workers hand a finished [`AccessRecord`] to a bounded channel and never wait: when
+//! the writer falls behind, records are dropped and counted (reported by the writer),
+//! because a data-plane thread must never block on a disk.
+
+use std::fs::OpenOptions;
+use std::io::{self, BufWriter, Write};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+
+use crate::config::{AccessLogConfig, AccessLogFormat};
+
+/// Everything logged about one connection.
+#[derive(Debug, Clone, Serialize)]
+pub struct AccessRecord {
+    pub remote_addr: SocketAddr,
+    pub host: String,
+    /// Unix time of the log line, seconds; rendered as `time_local` in text.
+    pub time: f64,
+    pub request: String,
+    pub status: u16,
+    /// Bytes sent to the client (response head and body, or all WebSocket bytes).
+    pub bytes_sent: u64,
+    /// Whole connection, seconds.
+    pub request_time: f64,
+    /// Connect → response head, seconds (`None`: no upstream response).
+    pub upstream_response_time: Option<f64>,
+    pub user_agent: String,
+    pub upstream_addr: Option<SocketAddr>,
+    /// Bytes relayed client → upstream after the request head.
+    pub bytes_in: u64,
+    /// Bytes relayed upstream → client.
+    pub bytes_out: u64,
+    /// How the connection ended.
+    pub close: &'static str,
+    /// `userspace`, `splice`, or `-` when nothing was relayed.
+    pub mode: &'static str,
+}
+
+/// Handle used by workers to submit records.
+#[derive(Debug, Clone)]
+pub struct AccessLog {
+    tx: Option<SyncSender<AccessRecord>>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl AccessLog {
+    /// A log that discards everything (`path = "off"`).
+    pub fn off() -> Self {
+        Self { tx: None, dropped: Arc::new(AtomicU64::new(0)) }
+    }
+
+    /// Opens the destination and starts the writer thread.
+    pub fn start(cfg: &AccessLogConfig) -> io::Result<Self> {
+        let out: Box<dyn Write + Send> = match cfg.path.as_str() {
+            "off" => return Ok(Self::off()),
+            "stdout" => Box::new(io::stdout()),
+            path => Box::new(OpenOptions::new().create(true).append(true).open(path).map_err(|e| {
+                io::Error::new(e.kind(), format!("cannot open access log {path}: {e}"))
+            })?),
+        };
+        let (tx, rx) = mpsc::sync_channel(64 * 1024);
+        let dropped = Arc::new(AtomicU64::new(0));
+        let format = cfg.format;
+        let d = dropped.clone();
+        std::thread::Builder::new().name("wsgate-accesslog".into()).spawn(move || writer(&rx, out, format, &d))?;
+        Ok(Self { tx: Some(tx), dropped })
+    }
+
+    /// Submits a record without blocking.
+    pub fn log(&self, record: AccessRecord) {
+        let Some(tx) = &self.tx else { return };
+        match tx.try_send(record) {
+            Ok(()) | Err(TrySendError::Disconnected(_)) => {}
+            Err(TrySendError::Full(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+fn writer(rx: &Receiver<AccessRecord>, out: Box<dyn Write + Send>, format: AccessLogFormat, dropped: &AtomicU64) {
+    let mut out = BufWriter::new(out);
+    let mut reported = 0;
+    loop {
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(r) => {
+                // Write everything queued, then flush once: lines show up promptly and
+                // bursts are batched.
+                let mut next = Some(r);
+                while let Some(r) = next {
+                    if out.write_all(render(&r, format).as_bytes()).is_err() {
+                        return;
+                    }
+                    next = rx.try_recv().ok();
+                }
+                let _ = out.flush();
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                let _ = out.flush();
+                let d = dropped.load(Ordering::Relaxed);
+                if d > reported {
+                    tracing::warn!(dropped = d - reported, "access log writer fell behind; records dropped");
+                    reported = d;
+                }
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                let _ = out.flush();
+                return;
+            }
+        }
+    }
+}
+
+/// Renders one line (with its newline).
+pub fn render(r: &AccessRecord, format: AccessLogFormat) -> String {
+    match format {
+        AccessLogFormat::Json => {
+            let mut s = serde_json::to_string(r).unwrap_or_default();
+            s.push('\n');
+            s
+        }
+        AccessLogFormat::Text => {
+            let urt = r.upstream_response_time.map_or_else(|| "-".to_owned(), |t| format!("{t:.3}"));
+            let ua = r.upstream_addr.map_or_else(|| "-".to_owned(), |a| a.to_string());
+            format!(
+                "{} - - [{}] \"{}\" {} {} \"{}\" host=\"{}\" rt={:.3} urt={} ua={} in={} out={} close={} mode={}\n",
+                r.remote_addr.ip(),
+                time_local(r.time),
+                escape(&r.request),
+                r.status,
+                r.bytes_sent,
+                escape(&r.user_agent),
+                escape(&r.host),
+                r.request_time,
+                urt,
+                ua,
+                r.bytes_in,
+                r.bytes_out,
+                r.close,
+                r.mode,
+            )
+        }
+    }
+}
+
+/// Now as Unix seconds.
+pub fn now_unix() -> f64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// nginx's `$time_local`: `22/Nov/2026:02:03:39 +0000`.
+fn time_local(unix: f64) -> String {
+    let t = unix as libc::time_t;
+    // SAFETY: an all-zero `tm` is a valid value; `localtime_r` fills it from `t`.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    // SAFETY: both pointers are valid for the call; localtime_r is thread-safe.
+    if unsafe { libc::localtime_r(&raw const t, &raw mut tm) }.is_null() {
+        return "-".into();
+    }
+    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    let off = tm.tm_gmtoff / 60;
+    format!(
+        "{:02}/{}/{}:{:02}:{:02}:{:02} {}{:02}{:02}",
+        tm.tm_mday,
+        MONTHS[usize::try_from(tm.tm_mon).unwrap_or(0) % 12],
+        tm.tm_year + 1900,
+        tm.tm_hour,
+        tm.tm_min,
+        tm.tm_sec,
+        if off < 0 { '-' } else { '+' },
+        off.abs() / 60,
+        off.abs() % 60
+    )
+}
+
+/// Escapes quotes, backslashes and control bytes the way nginx does (`\xHH`).
+fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c == '"' || c == '\\' || c.is_control() {
+            for b in c.to_string().bytes() {
+                out.push_str(&format!("\\x{b:02X}"));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> AccessRecord {
+        AccessRecord {
+            remote_addr: "127.0.0.1:5000".parse().unwrap(),
+            host: "example.com".into(),
+            time: 0.0,
+            request: "GET /ws/ HTTP/1.1".into(),
+            status: 101,
+            bytes_sent: 129,
+            request_time: 1.5,
+            upstream_response_time: Some(0.002),
+            user_agent: "test \"agent\"".into(),
+            upstream_addr: Some("127.0.0.1:9001".parse().unwrap()),
+            bytes_in: 10,
+            bytes_out: 129,
+            close: "client_fin",
+            mode: "userspace",
+        }
+    }
+
+    #[test]
+    fn text_line_has_the_recipe_fields() {
+        let line = render(&record(), AccessLogFormat::Text);
+        assert!(line.starts_with("127.0.0.1 - - ["), "{line}");
+        assert!(line.contains("] \"GET /ws/ HTTP/1.1\" 101 129 \"test \\x22agent\\x22\" host=\"example.com\" rt=1.500 urt=0.002 ua=127.0.0.1:9001 in=10 out=129 close=client_fin mode=userspace\n"), "{line}");
+    }
+
+    #[test]
+    fn json_line_parses() {
+        let line = render(&record(), AccessLogFormat::Json);
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["status"], 101);
+        assert_eq!(v["close"], "client_fin");
+    }
+}

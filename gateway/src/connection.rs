@@ -1,0 +1,203 @@
+//! One client connection from accept to close: drives the handshake phases, picks the
+//! relay, answers errors, and writes the access-log line.
+//!
+//! This is the only place that turns a [`ProxyError`] into a response, a log line and
+//! an access-log status, so the three always agree.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use tokio_uring::net::TcpStream;
+
+use crate::accesslog::{AccessLog, AccessRecord, now_unix};
+use crate::config::Config;
+use crate::error::{ErrorKind, ProxyError};
+use crate::handshake;
+use crate::http::response::error_response;
+use crate::http::rewrite::{Forwarded, upstream_head};
+use crate::http::upgrade::{self, Intent};
+use crate::relay::{self, CloseReason, RelayOptions};
+use crate::router::Router;
+use crate::shutdown::ShutdownRx;
+use crate::stats::Stats;
+
+/// What every connection task of one worker shares.
+#[derive(Debug)]
+pub struct Context {
+    pub config: Arc<Config>,
+    pub router: Arc<Router>,
+    pub access_log: AccessLog,
+    pub stats: Arc<Stats>,
+    pub shutdown: ShutdownRx,
+}
+
+/// What is known of the connection so far, for the access log.
+struct Facts {
+    started: Instant,
+    peer: SocketAddr,
+    host: String,
+    request: String,
+    user_agent: String,
+    status: u16,
+    bytes_sent: u64,
+    bytes_in: u64,
+    bytes_out: u64,
+    upstream_addr: Option<SocketAddr>,
+    upstream_response_time: Option<f64>,
+    close: &'static str,
+    mode: &'static str,
+}
+
+/// Serves one accepted client connection to the end.
+pub async fn serve(client: TcpStream, peer: SocketAddr, ctx: Rc<Context>) {
+    let mut facts = Facts {
+        started: Instant::now(),
+        peer,
+        host: String::new(),
+        request: String::new(),
+        user_agent: String::new(),
+        status: 0,
+        bytes_sent: 0,
+        bytes_in: 0,
+        bytes_out: 0,
+        upstream_addr: None,
+        upstream_response_time: None,
+        close: "-",
+        mode: "-",
+    };
+    if let Err(e) = client.set_nodelay(true) {
+        tracing::debug!(error = %e, "TCP_NODELAY on client socket");
+    }
+    if let Err(err) = proxy(&client, &ctx, &mut facts).await {
+        facts.status = err.kind.status();
+        facts.close = "error";
+        tracing::info!(side = %err.kind.side(), status = err.kind.status(), client = %peer, request = %facts.request, "{}", err.detail);
+        if err.kind.respond() {
+            let response = error_response(err.kind);
+            let len = response.len() as u64;
+            if handshake::write_all(&client, response).await.is_ok() {
+                facts.bytes_sent = len;
+            }
+        }
+        crate::net::shutdown(&client, std::net::Shutdown::Both);
+    }
+    ctx.access_log.log(AccessRecord {
+        remote_addr: facts.peer,
+        host: facts.host,
+        time: now_unix(),
+        request: facts.request,
+        status: facts.status,
+        bytes_sent: facts.bytes_sent,
+        request_time: facts.started.elapsed().as_secs_f64(),
+        upstream_response_time: facts.upstream_response_time,
+        user_agent: facts.user_agent,
+        upstream_addr: facts.upstream_addr,
+        bytes_in: facts.bytes_in,
+        bytes_out: facts.bytes_out,
+        close: facts.close,
+        mode: facts.mode,
+    });
+}
+
+async fn proxy(client: &TcpStream, ctx: &Context, facts: &mut Facts) -> Result<(), ProxyError> {
+    let cfg = &ctx.config;
+    // Phase: read head.
+    let deadline = facts.started + cfg.timeouts.header;
+    let (head, buf) = handshake::read_head(client, cfg.limits.max_header_bytes, deadline).await?;
+    facts.request = head.request_line();
+    facts.host = head.host().unwrap_or_default();
+    facts.user_agent = head.header("user-agent").map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default();
+
+    // Phase: route, validate.
+    let route = ctx
+        .router
+        .find(head.host().as_deref(), head.path())
+        .ok_or_else(|| ProxyError::new(ErrorKind::NoRoute, format!("no route for host `{}` path `{}`", facts.host, head.path())))?;
+    let intent = upgrade::classify(&head)?;
+    crate::http::request::check_framing(&head)?;
+    if intent == Intent::WebSocket {
+        Stats::bump(&ctx.stats.upgrades_attempted);
+    }
+
+    // Phase: connect upstream.
+    let connected = handshake::connect(&route.group, facts.peer.ip(), cfg.timeouts.connect).await?;
+    let upstream = connected.stream;
+    let _live = route.group.enter(connected.server);
+    facts.upstream_addr = Some(route.group.server(connected.server).addr);
+
+    // Phase: forward the rewritten head and whatever followed it.
+    let mut out = upstream_head(&head, intent, Forwarded { client_ip: facts.peer.ip(), proto: "http" });
+    let early = &buf[head.len..];
+    out.extend_from_slice(early);
+    facts.bytes_in = early.len() as u64;
+    handshake::write_all(&upstream, out)
+        .await
+        .map_err(|e| ProxyError::new(ErrorKind::UpstreamClosed, format!("forwarding request head: {e}")))?;
+    drop(buf);
+
+    let mut shutdown = ctx.shutdown.clone();
+    let idle_timeout = cfg.timeouts.idle;
+    if intent == Intent::Plain {
+        // Plain HTTP: the request body may be large, so relay right away; the response
+        // status is read from the first bytes the upstream sends.
+        facts.mode = "userspace";
+        let opts = RelayOptions { idle_timeout, end_on_upstream_fin: true };
+        let outcome = relay::relay(client, &upstream, opts, &mut shutdown).await;
+        facts.status = outcome.response_status.unwrap_or(502);
+        facts.upstream_response_time = outcome.first_response.map(|t| (t - connected.started).as_secs_f64());
+        record(facts, &outcome);
+        return Ok(());
+    }
+
+    // Phase: response head (peeked, left queued).
+    let deadline = Instant::now() + cfg.timeouts.response;
+    let resp = handshake::peek_response(&upstream, cfg.limits.max_response_header_bytes, deadline, &head.method).await?;
+    facts.upstream_response_time = Some(connected.started.elapsed().as_secs_f64());
+    facts.status = resp.status;
+    if resp.status != 101 {
+        // Passed back as-is; both sides closed after it.
+        facts.bytes_sent = handshake::pass_response(&upstream, client, &resp, cfg.timeouts.response).await?;
+        facts.bytes_out = facts.bytes_sent;
+        facts.close = CloseReason::Done.as_str();
+        crate::net::shutdown(client, std::net::Shutdown::Both);
+        crate::net::shutdown(&upstream, std::net::Shutdown::Both);
+        return Ok(());
+    }
+
+    // Phase: relay.
+    Stats::bump(&ctx.stats.upgrades_succeeded);
+    Stats::bump(&ctx.stats.relayed_userspace);
+    facts.mode = "userspace";
+    let opts = RelayOptions { idle_timeout, end_on_upstream_fin: false };
+    let outcome = relay::relay(client, &upstream, opts, &mut shutdown).await;
+    record(facts, &outcome);
+    Ok(())
+}
+
+fn record(facts: &mut Facts, outcome: &relay::RelayOutcome) {
+    facts.bytes_in += outcome.client_to_upstream;
+    facts.bytes_out = outcome.upstream_to_client;
+    facts.bytes_sent = outcome.upstream_to_client;
+    facts.close = outcome.reason.as_str();
+}
+
+/// Counts a connection as active while alive.
+#[derive(Debug)]
+pub struct ActiveConn(Arc<Stats>);
+
+impl ActiveConn {
+    pub fn new(stats: &Arc<Stats>) -> Self {
+        Stats::bump(&stats.accepted);
+        stats.active.fetch_add(1, Ordering::Relaxed);
+        Self(stats.clone())
+    }
+}
+
+impl Drop for ActiveConn {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,133 @@
+//! One error type for the life of a connection: a closed kind, the side that failed,
+//! and a detail for the log. The HTTP status, the log line and the access-log reason
+//! all come from here, so they can never disagree.
+
+use std::fmt;
+
+/// Which side of the proxy a failure came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The downstream client.
+    Client,
+    /// An upstream server.
+    Upstream,
+    /// wsgate itself (resources, configuration, bugs).
+    Internal,
+}
+
+impl fmt::Display for Side {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Side::Client => "client",
+            Side::Upstream => "upstream",
+            Side::Internal => "internal",
+        })
+    }
+}
+
+/// What went wrong, as a closed set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Malformed request or malformed WebSocket upgrade → 400.
+    BadRequest,
+    /// No route matches host and path → 404.
+    NoRoute,
+    /// Upgrade with an unsupported `Sec-WebSocket-Version` → 426.
+    UnsupportedVersion,
+    /// Request head larger than `max_header_bytes` → 431.
+    HeadersTooLarge,
+    /// The client did not send its head within `header_timeout` → closed, 408 logged.
+    HeaderTimeout,
+    /// The client closed or reset before its head was complete → closed, 499 logged.
+    ClientClosed,
+    /// Every upstream server refused or reset the connection → 502.
+    UpstreamRefused,
+    /// The upstream's response head was malformed or too large → 502.
+    UpstreamInvalid,
+    /// The upstream closed or reset before its response head was complete → 502.
+    UpstreamClosed,
+    /// No upstream server is eligible (all down or over their limits) → 503.
+    NoUpstream,
+    /// Connecting to, or waiting for the head of, the upstream timed out → 504.
+    UpstreamTimeout,
+    /// A local resource failed (sockets, memory) → 500.
+    Internal,
+}
+
+impl ErrorKind {
+    /// The status sent to the client (or logged when nothing can be sent).
+    pub fn status(self) -> u16 {
+        match self {
+            Self::BadRequest => 400,
+            Self::NoRoute => 404,
+            Self::HeaderTimeout => 408,
+            Self::UnsupportedVersion => 426,
+            Self::HeadersTooLarge => 431,
+            Self::ClientClosed => 499,
+            Self::Internal => 500,
+            Self::UpstreamRefused | Self::UpstreamInvalid | Self::UpstreamClosed => 502,
+            Self::NoUpstream => 503,
+            Self::UpstreamTimeout => 504,
+        }
+    }
+
+    /// The side at fault.
+    pub fn side(self) -> Side {
+        match self {
+            Self::BadRequest
+            | Self::NoRoute
+            | Self::UnsupportedVersion
+            | Self::HeadersTooLarge
+            | Self::HeaderTimeout
+            | Self::ClientClosed => Side::Client,
+            Self::UpstreamRefused
+            | Self::UpstreamInvalid
+            | Self::UpstreamClosed
+            | Self::NoUpstream
+            | Self::UpstreamTimeout => Side::Upstream,
+            Self::Internal => Side::Internal,
+        }
+    }
+
+    /// Whether the client can still be sent a response (it has not gone away).
+    pub fn respond(self) -> bool {
+        !matches!(self, Self::HeaderTimeout | Self::ClientClosed)
+    }
+
+    /// Short reason phrase, also the body of the error response.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::BadRequest => "Bad Request",
+            Self::NoRoute => "Not Found",
+            Self::HeaderTimeout => "Request Timeout",
+            Self::UnsupportedVersion => "Upgrade Required",
+            Self::HeadersTooLarge => "Request Header Fields Too Large",
+            Self::ClientClosed => "Client Closed Request",
+            Self::Internal => "Internal Server Error",
+            Self::UpstreamRefused | Self::UpstreamInvalid | Self::UpstreamClosed => "Bad Gateway",
+            Self::NoUpstream => "Service Unavailable",
+            Self::UpstreamTimeout => "Gateway Timeout",
+        }
+    }
+}
+
+/// A failed connection phase.
+#[derive(Debug)]
+pub struct ProxyError {
+    pub kind: ErrorKind,
+    pub detail: String,
+}
+
+impl ProxyError {
+    pub fn new(kind: ErrorKind, detail: impl Into<String>) -> Self {
+        Self { kind, detail: detail.into() }
+    }
+}
+
+impl fmt::Display for ProxyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} error {}: {}", self.kind.side(), self.kind.status(), self.detail)
+    }
+}
+
+impl std::error::Error for ProxyError {}

@@ -1,0 +1,191 @@
+//! The phases before bytes are relayed: read the request head, route, validate the
+//! upgrade, connect upstream, forward the rewritten head, and wait for the response head.
+//!
+//! ```text
+//!  accept ─▶ read_head ─▶ route ─▶ classify ─▶ connect ─▶ forward ─▶ peek response
+//!              │ 408/431/400   │ 404   │ 400/426   │ 502/503/504          │ 502/504
+//!              ▼               ▼       ▼           ▼                      ├─ 101 ──▶ relay / splice
+//!            error response (client side)       error response          └─ other ─▶ passed back as-is, closed
+//! ```
+//!
+//! Every phase is bounded by a timeout or a size limit, and every failure is a
+//! [`ProxyError`]. The upstream's response head is only *peeked*: it stays queued in
+//! the upstream socket, so the relay (userspace or kernel) delivers it to the client in
+//! order with whatever the upstream sent right after it. Nothing here may panic on
+//! network input.
+
+use std::io;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::time::timeout_at;
+use tokio_uring::buf::BoundedBuf;
+use tokio_uring::net::TcpStream;
+
+use crate::error::{ErrorKind, ProxyError};
+use crate::http::body::BodyTracker;
+use crate::http::request::{self, RequestHead};
+use crate::http::response::{self, ResponseHead};
+use crate::upstream::Group;
+use crate::{bufpool, net, readiness};
+
+/// Reads the request head within `deadline`, at most `max` bytes. Returns the head and
+/// the whole buffer, which may hold bytes that followed the head (never dropped).
+pub async fn read_head(client: &TcpStream, max: usize, deadline: Instant) -> Result<(RequestHead, Vec<u8>), ProxyError> {
+    let mut buf: Vec<u8> = Vec::with_capacity(max.min(4096));
+    loop {
+        match timeout_at(deadline.into(), readiness::ready(client, readiness::READABLE)).await {
+            Err(_) => return Err(ProxyError::new(ErrorKind::HeaderTimeout, "request head not complete in time")),
+            Ok(Err(e)) => return Err(ProxyError::new(ErrorKind::ClientClosed, format!("waiting for request: {e}"))),
+            Ok(Ok(_)) => {}
+        }
+        if buf.len() == buf.capacity() {
+            buf.reserve_exact((buf.capacity() * 2).min(max) - buf.len());
+        }
+        let len = buf.len();
+        let (res, slice) = client.read(buf.slice(len..)).await;
+        buf = slice.into_inner();
+        match res {
+            Ok(0) => return Err(ProxyError::new(ErrorKind::ClientClosed, "closed before the request head was complete")),
+            Ok(_) => {}
+            Err(e) => return Err(ProxyError::new(ErrorKind::ClientClosed, format!("reading request: {e}"))),
+        }
+        if let Some(head) = request::parse(&buf)? {
+            return Ok((head, buf));
+        }
+        if buf.len() >= max {
+            return Err(ProxyError::new(ErrorKind::HeadersTooLarge, format!("request head larger than {max} bytes")));
+        }
+    }
+}
+
+/// A connected upstream.
+pub struct Connected {
+    pub stream: TcpStream,
+    pub server: usize,
+    pub started: Instant,
+}
+
+/// Connects to the group's servers in policy order until one accepts. All refused →
+/// 502; all timed out → 504; no eligible server → 503.
+pub async fn connect(group: &Arc<Group>, client_ip: IpAddr, timeout: Duration) -> Result<Connected, ProxyError> {
+    let order = group.attempt_order(client_ip);
+    if order.is_empty() {
+        return Err(ProxyError::new(ErrorKind::NoUpstream, format!("no available server in upstream `{}`", group.name)));
+    }
+    let (mut timeouts, mut failures) = (0, Vec::new());
+    for i in order {
+        let addr = group.server(i).addr;
+        let started = Instant::now();
+        match net::connect(addr, timeout).await {
+            Ok(stream) => return Ok(Connected { stream, server: i, started }),
+            Err(e) => {
+                tracing::warn!(upstream = %addr, group = %group.name, error = %e, "upstream connect failed; trying the next server");
+                if e.kind() == io::ErrorKind::TimedOut {
+                    timeouts += 1;
+                }
+                failures.push(format!("{addr}: {e}"));
+            }
+        }
+    }
+    let kind = if timeouts == failures.len() { ErrorKind::UpstreamTimeout } else { ErrorKind::UpstreamRefused };
+    Err(ProxyError::new(kind, format!("upstream `{}`: {}", group.name, failures.join("; "))))
+}
+
+/// Writes all of `bytes` to `to`.
+pub async fn write_all(to: &TcpStream, bytes: Vec<u8>) -> io::Result<()> {
+    if bytes.is_empty() {
+        return Ok(());
+    }
+    to.write_all(bytes).await.0
+}
+
+/// Waits for the upstream's response head and parses it without consuming it.
+pub async fn peek_response(
+    upstream: &TcpStream,
+    max: usize,
+    deadline: Instant,
+    method: &str,
+) -> Result<ResponseHead, ProxyError> {
+    let mut buf = vec![0u8; max];
+    let result = loop {
+        let revents = match timeout_at(deadline.into(), readiness::ready(upstream, readiness::READABLE)).await {
+            Err(_) => break Err(ProxyError::new(ErrorKind::UpstreamTimeout, "no response head in time")),
+            Ok(Err(e)) => break Err(ProxyError::new(ErrorKind::UpstreamClosed, format!("waiting for response: {e}"))),
+            Ok(Ok(ev)) => ev,
+        };
+        let n = match net::peek(upstream, &mut buf) {
+            Ok(0) => break Err(ProxyError::new(ErrorKind::UpstreamClosed, "closed before sending a response")),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => break Err(ProxyError::new(ErrorKind::UpstreamClosed, format!("reading response: {e}"))),
+        };
+        match response::parse(&buf[..n], method) {
+            Err(e) => break Err(e),
+            Ok(Some(head)) => break Ok(head),
+            Ok(None) if n >= max => {
+                break Err(ProxyError::new(ErrorKind::UpstreamInvalid, format!("response head larger than {max} bytes")));
+            }
+            Ok(None) if revents & readiness::CLOSED != 0 => {
+                break Err(ProxyError::new(ErrorKind::UpstreamClosed, "closed in the middle of the response head"));
+            }
+            // Partial head: be woken only when more than what is queued has arrived.
+            Ok(None) => {
+                if let Err(e) = net::set_rcvlowat(upstream, n + 1) {
+                    break Err(ProxyError::new(ErrorKind::Internal, format!("SO_RCVLOWAT: {e}")));
+                }
+            }
+        }
+    };
+    let _ = net::set_rcvlowat(upstream, 1);
+    result
+}
+
+/// Passes a (non-101) response from the upstream to the client exactly: the head,
+/// then the body as framed, then stops. Returns the bytes sent to the client.
+pub async fn pass_response(
+    upstream: &TcpStream,
+    client: &TcpStream,
+    head: &ResponseHead,
+    read_timeout: Duration,
+) -> Result<u64, ProxyError> {
+    let mut head_left = head.len;
+    let mut body = BodyTracker::new(head.framing);
+    let mut sent = 0u64;
+    while head_left > 0 || !body.is_done() {
+        match tokio::time::timeout(read_timeout, readiness::ready(upstream, readiness::READABLE)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) | Err(_) => break,
+        }
+        let (res, buf) = upstream.read(bufpool::take()).await;
+        let n = match res {
+            Ok(n) if n > 0 => n,
+            _ => {
+                bufpool::put(buf);
+                break;
+            }
+        };
+        let in_head = head_left.min(n);
+        head_left -= in_head;
+        let in_body = match body.advance(&buf[in_head..n]) {
+            Ok(k) => k,
+            Err(e) => {
+                bufpool::put(buf);
+                return Err(e);
+            }
+        };
+        let take = in_head + in_body;
+        if take == 0 {
+            bufpool::put(buf);
+            break;
+        }
+        let (res, slice) = client.write_all(buf.slice(..take)).await;
+        bufpool::put(slice.into_inner());
+        if res.is_err() {
+            break;
+        }
+        sent += take as u64;
+    }
+    Ok(sent)
+}

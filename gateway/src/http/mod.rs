@@ -1,0 +1,29 @@
+//! HTTP/1.1 heads: parsing with `httparse`, RFC 6455 upgrade validation, the rewrite
+//! of the request for the upstream, response heads and body framing.
+//!
+//! Pure functions over byte slices: nothing here does I/O, and nothing here may panic
+//! on any input (every parser is fed bytes straight from the network).
+
+pub mod body;
+pub mod request;
+pub mod response;
+pub mod rewrite;
+pub mod upgrade;
+
+/// Headers a head may carry at most; more is treated like an oversized head (431/502).
+pub const MAX_HEADERS: usize = 128;
+
+/// Case-insensitive check whether a comma-separated header value contains `token`.
+pub fn has_token(value: &[u8], token: &str) -> bool {
+    value.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn tokens() {
+        assert!(super::has_token(b"keep-alive, Upgrade", "upgrade"));
+        assert!(!super::has_token(b"keep-alive,upgrades", "upgrade"));
+        assert!(!super::has_token(b"", "upgrade"));
+    }
+}

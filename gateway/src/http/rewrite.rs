@@ -1,0 +1,116 @@
+//! The request head as the upstream sees it: the nginx recipe's `proxy_set_header` lines.
+//!
+//! Host is kept; `X-Real-IP` and `X-Forwarded-Proto` are set; `X-Forwarded-For` gets the
+//! client address appended; hop-by-hop headers and headers named in `Connection` are
+//! dropped; `Connection: upgrade` (WebSocket) or `Connection: close` (plain HTTP) is
+//! added. Every other header (cookies, subprotocols, extensions, Origin) is passed
+//! through with its value byte-exact, in order.
+
+use std::net::IpAddr;
+
+use super::request::RequestHead;
+use super::upgrade::Intent;
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) plus the ones this proxy sets itself.
+/// `Transfer-Encoding` is kept: bodies are relayed as sent, framing included.
+const DROPPED: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "te",
+    "trailer",
+    "upgrade",
+    "x-real-ip",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+];
+
+/// What the proxy adds about the client.
+#[derive(Debug, Clone, Copy)]
+pub struct Forwarded<'a> {
+    pub client_ip: IpAddr,
+    /// `http` or `https`.
+    pub proto: &'a str,
+}
+
+/// Builds the upstream request head.
+pub fn upstream_head(head: &RequestHead, intent: Intent, fwd: Forwarded<'_>) -> Vec<u8> {
+    let named_by_connection: Vec<Vec<u8>> = head
+        .headers_named("connection")
+        .flat_map(|v| v.split(|&b| b == b','))
+        .map(|t| t.trim_ascii().to_ascii_lowercase())
+        .filter(|t| !t.is_empty())
+        .collect();
+    let dropped = |name: &str| {
+        let lower = name.to_ascii_lowercase();
+        DROPPED.contains(&lower.as_str()) || named_by_connection.iter().any(|t| t == lower.as_bytes())
+    };
+
+    let mut out = Vec::with_capacity(head.len + 128);
+    out.extend_from_slice(head.method.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(head.target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in &head.headers {
+        if !dropped(name) {
+            push_header(&mut out, name.as_bytes(), value);
+        }
+    }
+    if intent == Intent::WebSocket {
+        let upgrade = head.header("upgrade").unwrap_or(b"websocket");
+        push_header(&mut out, b"Upgrade", upgrade);
+        push_header(&mut out, b"Connection", b"upgrade");
+    } else {
+        push_header(&mut out, b"Connection", b"close");
+    }
+    let ip = fwd.client_ip.to_string();
+    push_header(&mut out, b"X-Real-IP", ip.as_bytes());
+    let mut xff: Vec<u8> = Vec::new();
+    for v in head.headers_named("x-forwarded-for") {
+        let v = v.trim_ascii();
+        if !v.is_empty() {
+            xff.extend_from_slice(v);
+            xff.extend_from_slice(b", ");
+        }
+    }
+    xff.extend_from_slice(ip.as_bytes());
+    push_header(&mut out, b"X-Forwarded-For", &xff);
+    push_header(&mut out, b"X-Forwarded-Proto", fwd.proto.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::request::parse;
+
+    #[test]
+    fn websocket_head_is_rewritten_like_the_recipe() {
+        let req = "GET /ws/chat?r=1 HTTP/1.1\r\nHost: example.com\r\nUpgrade: websocket\r\nConnection: Upgrade, X-Secret\r\nX-Secret: s\r\nKeep-Alive: 5\r\nCookie: a=b; c=d\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: chat, superchat\r\nX-Forwarded-For: 10.1.1.1\r\nX-Real-IP: 6.6.6.6\r\n\r\n";
+        let head = parse(req.as_bytes()).unwrap().unwrap();
+        let fwd = Forwarded { client_ip: "192.0.2.7".parse().unwrap(), proto: "http" };
+        let out = String::from_utf8(upstream_head(&head, Intent::WebSocket, fwd)).unwrap();
+        assert_eq!(
+            out,
+            "GET /ws/chat?r=1 HTTP/1.1\r\nHost: example.com\r\nCookie: a=b; c=d\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: chat, superchat\r\nUpgrade: websocket\r\nConnection: upgrade\r\nX-Real-IP: 192.0.2.7\r\nX-Forwarded-For: 10.1.1.1, 192.0.2.7\r\nX-Forwarded-Proto: http\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn plain_head_gets_connection_close() {
+        let head = parse(b"POST /x HTTP/1.1\r\nHost: a\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n").unwrap().unwrap();
+        let fwd = Forwarded { client_ip: "::1".parse().unwrap(), proto: "http" };
+        let out = String::from_utf8(upstream_head(&head, Intent::Plain, fwd)).unwrap();
+        assert!(out.contains("Transfer-Encoding: chunked\r\nConnection: close\r\nX-Real-IP: ::1\r\n"), "{out}");
+        assert!(!out.contains("keep-alive"));
+    }
+}

@@ -1,0 +1,100 @@
+//! Socket operations that io_uring does not cover: non-blocking connect with a
+//! timeout (so a timed-out attempt is closed at once, not left in flight), peeking,
+//! draining, and socket options. Waiting is always done on the poll ring
+//! ([`crate::readiness`]); nothing here blocks a worker.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use tokio_uring::net::TcpStream;
+
+use crate::readiness;
+
+/// Connects to `addr` within `timeout`; the socket comes back in blocking mode with
+/// `TCP_NODELAY`, ready for io_uring reads and writes.
+pub async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM.nonblocking().cloexec(), Some(Protocol::TCP))?;
+    socket.set_nodelay(true)?;
+    match socket.connect(&SockAddr::from(addr)) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {
+            match tokio::time::timeout(timeout, readiness::ready(&socket, readiness::WRITABLE)).await {
+                Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
+                Ok(r) => {
+                    r?;
+                }
+            }
+            if let Some(e) = socket.take_error()? {
+                return Err(e);
+            }
+        }
+        Err(e) => return Err(e),
+    }
+    socket.set_nonblocking(false)?;
+    Ok(TcpStream::from_std(socket.into()))
+}
+
+/// Reads what is queued without consuming it (`MSG_PEEK | MSG_DONTWAIT`).
+/// `Ok(0)` is end of stream; `WouldBlock` means nothing is queued.
+pub fn peek(fd: &impl AsRawFd, buf: &mut [u8]) -> io::Result<usize> {
+    recv_flags(fd.as_raw_fd(), buf, libc::MSG_PEEK | libc::MSG_DONTWAIT)
+}
+
+/// Non-blocking receive (`MSG_DONTWAIT`), for draining a queue down to empty.
+pub fn recv_now(fd: &impl AsRawFd, buf: &mut [u8]) -> io::Result<usize> {
+    recv_flags(fd.as_raw_fd(), buf, libc::MSG_DONTWAIT)
+}
+
+fn recv_flags(fd: RawFd, buf: &mut [u8], flags: i32) -> io::Result<usize> {
+    // SAFETY: `buf` is a valid writable slice of `buf.len()` bytes for the whole call.
+    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), flags) };
+    if n < 0 { Err(io::Error::last_os_error()) } else { Ok(n.unsigned_abs()) }
+}
+
+/// Sets `SO_RCVLOWAT`: readiness (`POLLIN`) is reported only once `bytes` are queued.
+pub fn set_rcvlowat(fd: &impl AsRawFd, bytes: usize) -> io::Result<()> {
+    setsockopt_int(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVLOWAT, i32::try_from(bytes).unwrap_or(i32::MAX))
+}
+
+/// Makes the next close send RST instead of FIN (`SO_LINGER` 0): used to pass a reset on.
+pub fn set_linger_zero(fd: &impl AsRawFd) -> io::Result<()> {
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    // SAFETY: `linger` is a valid `struct linger` and its exact size is passed.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+fn setsockopt_int(fd: RawFd, level: i32, name: i32, value: i32) -> io::Result<()> {
+    // SAFETY: `value` is a valid int and its exact size is passed.
+    let r = unsafe {
+        libc::setsockopt(fd, level, name, (&raw const value).cast(), size_of::<i32>() as libc::socklen_t)
+    };
+    if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+/// `shutdown(2)` that ignores "not connected" (the peer may already be gone).
+pub fn shutdown(fd: &impl AsRawFd, how: std::net::Shutdown) {
+    let how = match how {
+        std::net::Shutdown::Read => libc::SHUT_RD,
+        std::net::Shutdown::Write => libc::SHUT_WR,
+        std::net::Shutdown::Both => libc::SHUT_RDWR,
+    };
+    // SAFETY: plain syscall on a descriptor the caller owns.
+    unsafe { libc::shutdown(fd.as_raw_fd(), how) };
+}
+
+/// Whether an I/O error means the peer reset the connection.
+pub fn is_reset(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ECONNRESET | libc::EPIPE | libc::ECONNABORTED | libc::ETIMEDOUT))
+}

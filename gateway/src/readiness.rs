@@ -1,0 +1,198 @@
+//! Readiness on io_uring: wait until a socket is readable or writable without
+//! lending the kernel a buffer.
+//!
+//! tokio-uring 0.5 can only wait for data by parking a read *with* a buffer, so a
+//! million idle connections would pin a million buffers. Instead each worker owns
+//! one small extra ring used only for `IORING_OP_POLL_ADD`: a connection waits
+//! here, and only once bytes are queued does it borrow a buffer from the per-core
+//! pool and read them through tokio-uring. The ring's fd is the one and only epoll
+//! registration of the worker (tokio's reactor wakes the completion drain).
+//!
+//! Dropping a pending [`ready`] future cancels the poll in the kernel
+//! (`IORING_OP_ASYNC_CANCEL`), so timeouts can simply drop it. This module must
+//! never block: submissions are non-blocking `io_uring_enter` calls.
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+
+use io_uring::{IoUring, opcode, types};
+use slab::Slab;
+use tokio::io::unix::AsyncFd;
+
+/// `user_data` of cancel requests; their completions carry no information we need.
+const CANCEL_TAG: u64 = u64::MAX;
+
+/// Readable: data, FIN (`POLLRDHUP`) or an error.
+pub const READABLE: u32 = (libc::POLLIN | libc::POLLRDHUP | libc::POLLERR | libc::POLLHUP) as u32;
+/// Writable, or an error that a write would report.
+pub const WRITABLE: u32 = (libc::POLLOUT | libc::POLLERR | libc::POLLHUP) as u32;
+/// Only a close or error: the peer sent FIN or RST (used to supervise spliced pairs).
+pub const CLOSED: u32 = (libc::POLLRDHUP | libc::POLLERR | libc::POLLHUP) as u32;
+
+enum Slot {
+    Waiting(Option<Waker>),
+    Done(i32),
+    /// The future was dropped; the slot is freed when the kernel's completion arrives.
+    Abandoned,
+}
+
+struct Reactor {
+    ring: IoUring,
+    slots: Slab<Slot>,
+}
+
+thread_local! {
+    static REACTOR: RefCell<Option<Rc<RefCell<Reactor>>>> = const { RefCell::new(None) };
+}
+
+/// Creates this thread's poll ring and spawns its completion drain on the current
+/// tokio-uring runtime. Call once per worker thread, inside `tokio_uring::start`.
+pub fn init(entries: u32) -> io::Result<()> {
+    let ring = IoUring::builder().setup_cqsize(entries.saturating_mul(4)).build(entries)?;
+    let fd = ring.as_raw_fd();
+    let reactor = Rc::new(RefCell::new(Reactor { ring, slots: Slab::with_capacity(1024) }));
+    REACTOR.with(|r| *r.borrow_mut() = Some(reactor.clone()));
+    let ring_fd = RingFd { fd, _ring: reactor.clone() };
+    // SAFETY: `RingFd` keeps the ring (and so its fd) alive for as long as the AsyncFd
+    // exists, and always returns that same fd.
+    let afd = unsafe { AsyncFd::register(ring_fd) }.map_err(|e| io::Error::other(e.to_string()))?;
+    tokio_uring::spawn(drain(afd, reactor));
+    Ok(())
+}
+
+/// The ring's fd for tokio's reactor; holding the reactor keeps the fd open.
+struct RingFd {
+    fd: RawFd,
+    _ring: Rc<RefCell<Reactor>>,
+}
+
+impl AsRawFd for RingFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd
+    }
+}
+
+async fn drain(afd: AsyncFd<RingFd>, reactor: Rc<RefCell<Reactor>>) {
+    loop {
+        let Ok(mut guard) = afd.readable().await else {
+            tracing::error!("poll ring: readiness registration failed; readiness waits will stall");
+            return;
+        };
+        let mut wake = Vec::new();
+        {
+            let mut r = reactor.borrow_mut();
+            let Reactor { ring, slots } = &mut *r;
+            for cqe in ring.completion() {
+                let key = cqe.user_data();
+                if key == CANCEL_TAG {
+                    continue;
+                }
+                let key = key as usize;
+                match slots.get_mut(key) {
+                    Some(Slot::Abandoned) => {
+                        slots.remove(key);
+                    }
+                    Some(slot @ Slot::Waiting(_)) => {
+                        if let Slot::Waiting(Some(w)) = std::mem::replace(slot, Slot::Done(cqe.result())) {
+                            wake.push(w);
+                        }
+                    }
+                    Some(Slot::Done(_)) | None => {}
+                }
+            }
+        }
+        guard.clear_ready();
+        for w in wake {
+            w.wake();
+        }
+    }
+}
+
+/// Waits until `fd` reports one of `events` (a mask of `POLL*` bits) and returns the
+/// reported mask. Holds no buffer while waiting.
+pub fn ready(fd: &impl AsRawFd, events: u32) -> Ready {
+    Ready { fd: fd.as_raw_fd(), events, key: None }
+}
+
+/// Future of [`ready`].
+#[must_use = "futures do nothing unless awaited"]
+pub struct Ready {
+    fd: RawFd,
+    events: u32,
+    key: Option<usize>,
+}
+
+impl Future for Ready {
+    type Output = io::Result<u32>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<u32>> {
+        let Some(reactor) = REACTOR.with(|r| r.borrow().clone()) else {
+            return Poll::Ready(Err(io::Error::other("readiness::init was not called on this thread")));
+        };
+        let mut r = reactor.borrow_mut();
+        if let Some(key) = self.key {
+            return match r.slots.get_mut(key) {
+                Some(Slot::Done(res)) => {
+                    let res = *res;
+                    r.slots.remove(key);
+                    self.key = None;
+                    Poll::Ready(if res < 0 { Err(io::Error::from_raw_os_error(-res)) } else { Ok(res as u32) })
+                }
+                Some(Slot::Waiting(w)) => {
+                    if !w.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                        *w = Some(cx.waker().clone());
+                    }
+                    Poll::Pending
+                }
+                Some(Slot::Abandoned) | None => Poll::Ready(Err(io::Error::other("poll slot lost"))),
+            };
+        }
+        let key = r.slots.insert(Slot::Waiting(Some(cx.waker().clone())));
+        let sqe = opcode::PollAdd::new(types::Fd(self.fd), self.events).build().user_data(key as u64);
+        if let Err(e) = push(&mut r.ring, &sqe) {
+            r.slots.remove(key);
+            return Poll::Ready(Err(e));
+        }
+        self.key = Some(key);
+        Poll::Pending
+    }
+}
+
+impl Drop for Ready {
+    fn drop(&mut self) {
+        let Some(key) = self.key.take() else { return };
+        let Some(reactor) = REACTOR.with(|r| r.borrow().clone()) else { return };
+        let mut r = reactor.borrow_mut();
+        match r.slots.get_mut(key) {
+            Some(Slot::Done(_)) => {
+                r.slots.remove(key);
+            }
+            Some(slot @ Slot::Waiting(_)) => {
+                *slot = Slot::Abandoned;
+                let sqe = opcode::AsyncCancel::new(key as u64).build().user_data(CANCEL_TAG);
+                if push(&mut r.ring, &sqe).is_err() {
+                    tracing::warn!("poll ring: could not cancel an abandoned poll");
+                }
+            }
+            Some(Slot::Abandoned) | None => {}
+        }
+    }
+}
+
+/// Queues one SQE and submits it right away (non-blocking `io_uring_enter`).
+fn push(ring: &mut IoUring, sqe: &io_uring::squeue::Entry) -> io::Result<()> {
+    // SAFETY: poll and cancel SQEs reference no user memory, and the kernel takes its
+    // own reference to the polled file at submission, so it never touches a recycled fd.
+    if unsafe { ring.submission().push(sqe) }.is_err() {
+        ring.submit()?;
+        // SAFETY: as above.
+        unsafe { ring.submission().push(sqe) }.map_err(|_| io::Error::other("poll ring submission queue full"))?;
+    }
+    ring.submit()?;
+    Ok(())
+}

@@ -1,0 +1,243 @@
+//! The userspace relay: both directions of a proxied connection on io_uring.
+//!
+//! Each direction waits for readability on the poll ring (no buffer held), then
+//! borrows a buffer from the per-core pool, reads what is queued and writes it all to
+//! the other side before reading again, so a slow reader stops the sender through
+//! TCP flow control and nothing is buffered beyond one buffer per moving direction.
+//! A FIN becomes `shutdown(SHUT_WR)` on the other side (the other direction keeps
+//! flowing); a reset is passed on as a reset. The relay never closes the sockets: the
+//! caller owns them and closes them after [`relay`] returns.
+
+use std::cell::Cell;
+use std::io;
+use std::net::Shutdown;
+use std::pin::pin;
+use std::time::{Duration, Instant};
+
+use tokio_uring::net::TcpStream;
+
+use crate::shutdown::{Phase, ShutdownRx};
+use crate::{bufpool, net, readiness};
+
+/// Why a relayed connection ended (the access log's close reason).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client closed first (FIN) and the upstream finished after.
+    ClientFin,
+    /// The upstream closed first (FIN) and the client finished after.
+    UpstreamFin,
+    /// The client reset the connection.
+    ClientReset,
+    /// The upstream reset the connection.
+    UpstreamReset,
+    /// No bytes in either direction for `idle_timeout`.
+    IdleTimeout,
+    /// Closed by the end of a graceful drain.
+    Shutdown,
+    /// The response was complete (error responses, plain HTTP).
+    Done,
+}
+
+impl CloseReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ClientFin => "client_fin",
+            Self::UpstreamFin => "upstream_fin",
+            Self::ClientReset => "client_reset",
+            Self::UpstreamReset => "upstream_reset",
+            Self::IdleTimeout => "idle_timeout",
+            Self::Shutdown => "shutdown",
+            Self::Done => "done",
+        }
+    }
+}
+
+/// What a relay moved and why it stopped.
+#[derive(Debug, Clone, Copy)]
+pub struct RelayOutcome {
+    pub client_to_upstream: u64,
+    pub upstream_to_client: u64,
+    pub reason: CloseReason,
+    /// When the upstream's first bytes arrived.
+    pub first_response: Option<Instant>,
+    /// The status code of an HTTP response at the start of the upstream's bytes.
+    pub response_status: Option<u16>,
+}
+
+/// How one relay behaves.
+#[derive(Debug, Clone, Copy)]
+pub struct RelayOptions {
+    pub idle_timeout: Duration,
+    /// Plain HTTP: once the upstream has finished its response (FIN), the exchange is
+    /// over and the client is closed too, instead of waiting for the client's FIN.
+    pub end_on_upstream_fin: bool,
+}
+
+/// How one direction ended.
+enum PumpEnd {
+    /// The source sent FIN.
+    Eof,
+    /// Reading the source failed (reset).
+    ReadFailed(io::Error),
+    /// Writing the destination failed (reset, or it closed its read side).
+    WriteFailed(io::Error),
+}
+
+/// Relays bytes both ways until both directions finished, a reset, the idle timeout,
+/// or the `Stop` phase. Both sockets are shut down (not closed) on return, which also
+/// completes any io_uring operation still in flight on them.
+pub async fn relay(client: &TcpStream, upstream: &TcpStream, opts: RelayOptions, shutdown: &mut ShutdownRx) -> RelayOutcome {
+    let activity = Cell::new(Instant::now());
+    let (c2u_bytes, u2c_bytes) = (Cell::new(0u64), Cell::new(0u64));
+    let first = Cell::new(None);
+    let mut c2u = pin!(pump(client, upstream, &activity, &c2u_bytes, None));
+    let mut u2c = pin!(pump(upstream, client, &activity, &u2c_bytes, Some(&first)));
+    let mut idle = pin!(tokio::time::sleep(opts.idle_timeout));
+    let mut stop = pin!(shutdown.reached(Phase::Stop));
+    let (mut c2u_done, mut u2c_done) = (false, false);
+    let mut first_fin = None;
+
+    let reason = loop {
+        if c2u_done && u2c_done {
+            break first_fin.unwrap_or(CloseReason::ClientFin);
+        }
+        tokio::select! {
+            end = &mut c2u, if !c2u_done => {
+                c2u_done = true;
+                match end {
+                    PumpEnd::Eof => {
+                        net::shutdown(upstream, Shutdown::Write);
+                        first_fin.get_or_insert(CloseReason::ClientFin);
+                    }
+                    PumpEnd::ReadFailed(e) => {
+                        tracing::debug!(error = %e, "client read failed");
+                        reset(upstream);
+                        break CloseReason::ClientReset;
+                    }
+                    PumpEnd::WriteFailed(e) => {
+                        tracing::debug!(error = %e, "upstream write failed");
+                        reset(client);
+                        break CloseReason::UpstreamReset;
+                    }
+                }
+            }
+            end = &mut u2c, if !u2c_done => {
+                u2c_done = true;
+                match end {
+                    PumpEnd::Eof => {
+                        net::shutdown(client, Shutdown::Write);
+                        first_fin.get_or_insert(CloseReason::UpstreamFin);
+                        if opts.end_on_upstream_fin {
+                            break CloseReason::Done;
+                        }
+                    }
+                    PumpEnd::ReadFailed(e) => {
+                        tracing::debug!(error = %e, "upstream read failed");
+                        reset(client);
+                        break CloseReason::UpstreamReset;
+                    }
+                    PumpEnd::WriteFailed(e) => {
+                        tracing::debug!(error = %e, "client write failed");
+                        reset(upstream);
+                        break CloseReason::ClientReset;
+                    }
+                }
+            }
+            () = &mut idle => {
+                let deadline = activity.get() + opts.idle_timeout;
+                if deadline <= Instant::now() {
+                    break CloseReason::IdleTimeout;
+                }
+                idle.as_mut().reset(deadline.into());
+            }
+            () = &mut stop => break CloseReason::Shutdown,
+        }
+    };
+    // Wake whatever is still in flight (a parked write to a slow reader, a read) so the
+    // kernel lets go of both sockets once the caller drops them.
+    net::shutdown(client, Shutdown::Both);
+    net::shutdown(upstream, Shutdown::Both);
+    let first: Option<(Instant, Option<u16>)> = first.get();
+    RelayOutcome {
+        client_to_upstream: c2u_bytes.get(),
+        upstream_to_client: u2c_bytes.get(),
+        reason,
+        first_response: first.map(|f| f.0),
+        response_status: first.and_then(|f| f.1),
+    }
+}
+
+/// Passes a reset on: the next close of `s` sends RST.
+fn reset(s: &TcpStream) {
+    if let Err(e) = net::set_linger_zero(s) {
+        tracing::debug!(error = %e, "SO_LINGER on reset propagation");
+    }
+}
+
+/// Moves bytes from `from` to `to` until FIN or an error. `first` records when the
+/// first bytes came and the HTTP status they start with, if any.
+async fn pump(
+    from: &TcpStream,
+    to: &TcpStream,
+    activity: &Cell<Instant>,
+    moved: &Cell<u64>,
+    first: Option<&Cell<Option<(Instant, Option<u16>)>>>,
+) -> PumpEnd {
+    loop {
+        if let Err(e) = readiness::ready(from, readiness::READABLE).await {
+            return PumpEnd::ReadFailed(e);
+        }
+        // Keep reading while reads fill the whole buffer: bytes are moving, so holding a
+        // buffer is fine; a short read means the queue is drained and we wait again.
+        loop {
+            let buf = bufpool::take();
+            let capacity = buf.capacity();
+            let (res, buf) = from.read(buf).await;
+            let n = match res {
+                Ok(0) => {
+                    bufpool::put(buf);
+                    return PumpEnd::Eof;
+                }
+                Ok(n) => n,
+                Err(e) => {
+                    bufpool::put(buf);
+                    return PumpEnd::ReadFailed(e);
+                }
+            };
+            activity.set(Instant::now());
+            if let Some(first) = first.filter(|f| f.get().is_none()) {
+                first.set(Some((Instant::now(), sniff_status(&buf))));
+            }
+            let (res, buf) = to.write_all(buf).await;
+            bufpool::put(buf);
+            if let Err(e) = res {
+                return PumpEnd::WriteFailed(e);
+            }
+            moved.set(moved.get() + n as u64);
+            if n < capacity {
+                break;
+            }
+        }
+    }
+}
+
+/// The status code of `HTTP/1.x NNN ...` at the start of `bytes`.
+fn sniff_status(bytes: &[u8]) -> Option<u16> {
+    let rest = bytes.strip_prefix(b"HTTP/1.")?;
+    let code = rest.get(2..5)?;
+    if rest.get(1) != Some(&b' ') || !code.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(code).ok()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sniffs_status() {
+        assert_eq!(super::sniff_status(b"HTTP/1.1 204 No Content\r\n"), Some(204));
+        assert_eq!(super::sniff_status(b"HTTP/1.0 200"), Some(200));
+        assert_eq!(super::sniff_status(b"HTTP/1.1 2x0"), None);
+        assert_eq!(super::sniff_status(b"garbage"), None);
+    }
+}

@@ -1,0 +1,38 @@
+//! Routing: host and path prefix → upstream group, first match wins (config order).
+
+use std::sync::Arc;
+
+use crate::config::RouteConfig;
+use crate::upstream::Group;
+
+/// One compiled route.
+#[derive(Debug)]
+pub struct Route {
+    host: Option<String>,
+    prefix: String,
+    pub group: Arc<Group>,
+}
+
+/// All routes of the configuration.
+#[derive(Debug, Default)]
+pub struct Router {
+    routes: Vec<Route>,
+}
+
+impl Router {
+    /// Compiles routes; `group_of` resolves a group name (validated beforehand).
+    pub fn new(routes: &[RouteConfig], group_of: impl Fn(&str) -> Option<Arc<Group>>) -> Self {
+        let routes = routes
+            .iter()
+            .filter_map(|r| {
+                Some(Route { host: r.host.as_ref().map(|h| h.to_ascii_lowercase()), prefix: r.path.clone(), group: group_of(&r.upstream)? })
+            })
+            .collect();
+        Self { routes }
+    }
+
+    /// The first route matching `host` (lowercase, no port) and `path`.
+    pub fn find(&self, host: Option<&str>, path: &str) -> Option<&Route> {
+        self.routes.iter().find(|r| r.host.as_deref().is_none_or(|h| Some(h) == host) && path.starts_with(&r.prefix))
+    }
+}

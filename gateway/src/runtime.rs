@@ -1,0 +1,226 @@
+//! Start-up of the data plane: one thread per worker, pinned to a core, each with its
+//! own tokio-uring runtime, poll ring, buffer pool and SO_REUSEPORT listeners.
+//!
+//! Workers share nothing mutable but atomics (stats, upstream counters) and the
+//! shutdown channel; the kernel balances new connections across their listeners.
+//! No work stealing, no shared hot locks.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio_uring::net::TcpListener;
+
+use crate::accesslog::AccessLog;
+use crate::config::Config;
+use crate::connection::{self, ActiveConn, Context};
+use crate::router::Router;
+use crate::shutdown::{self, Phase, ShutdownRx};
+use crate::stats::Stats;
+use crate::upstream::Group;
+use crate::{bufpool, readiness};
+
+/// Submission queue size of each worker's io_uring (completion queue is twice that).
+const RING_ENTRIES: u32 = 4096;
+
+/// Runs the gateway until shutdown: binds, starts workers, waits for them.
+pub fn run(config: Config) -> Result<()> {
+    let config = Arc::new(config);
+    let workers = config.worker_count();
+    warn_about_backlog(&config);
+
+    // Bind the first socket of each listener here, so port 0 resolves once and every
+    // worker shares the same port; bind errors surface before anything starts.
+    let mut first_sockets = Vec::new();
+    let mut addrs = Vec::new();
+    for l in &config.listeners {
+        let s = listen_socket(l.address, l.backlog).with_context(|| format!("cannot listen on {}", l.address))?;
+        let local = s.local_addr()?.as_socket().context("listener has no IP address")?;
+        addrs.push((local, l.backlog));
+        first_sockets.push(s);
+    }
+
+    let groups: Vec<(String, Arc<Group>)> =
+        config.upstreams.iter().map(|(name, u)| (name.clone(), Arc::new(Group::new(name, u)))).collect();
+    let router = Arc::new(Router::new(&config.routes, |name| {
+        groups.iter().find(|(n, _)| n == name).map(|(_, g)| g.clone())
+    }));
+    let access_log = AccessLog::start(&config.access_log).context("starting the access log")?;
+    let stats = Arc::new(Stats::default());
+    let (tx, rx) = shutdown::channel();
+    let cpus = allowed_cpus();
+
+    let mut handles = Vec::new();
+    for w in 0..workers {
+        let sockets = if w == 0 {
+            std::mem::take(&mut first_sockets)
+        } else {
+            addrs
+                .iter()
+                .map(|&(a, backlog)| listen_socket(a, backlog).with_context(|| format!("cannot listen on {a}")))
+                .collect::<Result<Vec<_>>>()?
+        };
+        let ctx = WorkerSetup {
+            config: config.clone(),
+            router: router.clone(),
+            access_log: access_log.clone(),
+            stats: stats.clone(),
+            shutdown: rx.clone(),
+            cpu: cpus.get(w % cpus.len().max(1)).copied(),
+        };
+        let h = std::thread::Builder::new()
+            .name(format!("wsgate-w{w}"))
+            .spawn(move || worker(ctx, sockets))
+            .context("spawning a worker thread")?;
+        handles.push(h);
+    }
+    for (a, _) in &addrs {
+        tracing::info!(workers, "listening on {a}");
+        // The ready line scripts and tests wait for.
+        println!("wsgate: listening on {a}");
+    }
+    let _ = std::io::stdout().flush();
+
+    let drain = config.timeouts.drain;
+    std::thread::Builder::new()
+        .name("wsgate-signals".into())
+        .spawn(move || {
+            if let Err(e) = shutdown::signal_thread(&tx, drain) {
+                tracing::error!(error = %e, "signal handling failed; SIGTERM will not drain gracefully");
+            }
+            // Keep the sender alive until the process exits.
+            std::thread::park();
+        })
+        .context("spawning the signal thread")?;
+
+    let mut failed = None;
+    for h in handles {
+        match h.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => failed = Some(e),
+            Err(_) => failed = Some(anyhow::anyhow!("a worker thread panicked")),
+        }
+    }
+    tracing::info!(
+        accepted = stats.accepted.load(std::sync::atomic::Ordering::Relaxed),
+        upgrade_success_ratio = stats.upgrade_success_ratio().unwrap_or(0.0),
+        "stopped"
+    );
+    failed.map_or(Ok(()), Err)
+}
+
+struct WorkerSetup {
+    config: Arc<Config>,
+    router: Arc<Router>,
+    access_log: AccessLog,
+    stats: Arc<Stats>,
+    shutdown: ShutdownRx,
+    cpu: Option<usize>,
+}
+
+fn worker(setup: WorkerSetup, sockets: Vec<Socket>) -> Result<()> {
+    if let Some(cpu) = setup.cpu {
+        pin_to(cpu);
+    }
+    tokio_uring::builder().entries(RING_ENTRIES).start(async move {
+        readiness::init(RING_ENTRIES).context("creating the poll ring")?;
+        bufpool::configure(setup.config.relay.buffer_size, setup.config.relay.pool_buffers);
+        let ctx = Rc::new(Context {
+            config: setup.config,
+            router: setup.router,
+            access_log: setup.access_log,
+            stats: setup.stats,
+            shutdown: setup.shutdown.clone(),
+        });
+        let mut accept_loops = Vec::new();
+        for s in sockets {
+            let listener = TcpListener::from_std(s.into());
+            accept_loops.push(tokio_uring::spawn(accept_loop(listener, ctx.clone())));
+        }
+        for l in accept_loops {
+            let _ = l.await;
+        }
+        // Draining: wait for this worker's connections to finish (they close themselves
+        // at `Stop`).
+        while ctx.stats.active.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    })
+}
+
+async fn accept_loop(listener: TcpListener, ctx: Rc<Context>) {
+    let mut shutdown = ctx.shutdown.clone();
+    let mut draining = std::pin::pin!(shutdown.reached(Phase::Draining));
+    loop {
+        tokio::select! {
+            res = listener.accept() => match res {
+                Ok((stream, peer)) => {
+                    let active = ActiveConn::new(&ctx.stats);
+                    let ctx = ctx.clone();
+                    tokio_uring::spawn(async move {
+                        connection::serve(stream, peer, ctx).await;
+                        drop(active);
+                    });
+                }
+                Err(e) => {
+                    // EMFILE/ENFILE/ENOBUFS: back off briefly instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            },
+            () = &mut draining => break,
+        }
+    }
+    // Wakes the accept still in flight, and stops the kernel queueing connections here.
+    crate::net::shutdown(&listener, std::net::Shutdown::Read);
+    tracing::debug!(fd = listener.as_raw_fd(), "listener closed for draining");
+}
+
+/// A listening socket with SO_REUSEPORT (every worker binds the same address).
+fn listen_socket(addr: SocketAddr, backlog: u32) -> std::io::Result<Socket> {
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM.cloexec(), Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    s.set_nodelay(true)?;
+    s.bind(&addr.into())?;
+    s.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+    Ok(s)
+}
+
+fn warn_about_backlog(config: &Config) {
+    let Some(somaxconn) = std::fs::read_to_string("/proc/sys/net/core/somaxconn").ok().and_then(|s| s.trim().parse::<u32>().ok())
+    else {
+        return;
+    };
+    for l in &config.listeners {
+        if l.backlog > somaxconn {
+            tracing::warn!(
+                "listen backlog {} of {} is capped by net.core.somaxconn = {}; raise it (cargo xtask tune apply baseline)",
+                l.backlog,
+                l.address,
+                somaxconn
+            );
+        }
+    }
+}
+
+/// CPUs this process may run on, in order.
+fn allowed_cpus() -> Vec<usize> {
+    match nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)) {
+        Ok(set) => (0..nix::sched::CpuSet::count()).filter(|&c| set.is_set(c).unwrap_or(false)).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+fn pin_to(cpu: usize) {
+    let mut set = nix::sched::CpuSet::new();
+    if set.set(cpu).is_err() || nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).is_err() {
+        tracing::warn!(cpu, "could not pin worker thread to its core");
+    }
+}

@@ -1,0 +1,83 @@
+//! Process shutdown as a small state broadcast on a `watch` channel.
+//!
+//! SIGTERM/SIGINT → `Draining`: listeners stop accepting, established connections
+//! continue for `timeouts.drain`; then → `Stop`: every connection is closed with the
+//! reason "shutdown". A second signal goes straight to `Stop`. Data-plane threads only
+//! read the channel; the signal thread is the only writer.
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+/// Where the process is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Phase {
+    /// Accepting and serving.
+    Running,
+    /// Not accepting; established connections finish.
+    Draining,
+    /// Close everything now.
+    Stop,
+}
+
+/// The receiving side, cloned into every worker and connection.
+#[derive(Debug, Clone)]
+pub struct ShutdownRx(watch::Receiver<Phase>);
+
+impl ShutdownRx {
+    /// Resolves once the phase is at least `phase`.
+    pub async fn reached(&mut self, phase: Phase) {
+        // An error means the sender is gone, which only happens when the process exits.
+        let _ = self.0.wait_for(|p| *p >= phase).await;
+    }
+
+    /// The current phase.
+    pub fn phase(&self) -> Phase {
+        *self.0.borrow()
+    }
+}
+
+/// The sending side, owned by the signal thread.
+#[derive(Debug)]
+pub struct ShutdownTx(watch::Sender<Phase>);
+
+impl ShutdownTx {
+    pub fn set(&self, phase: Phase) {
+        self.0.send_if_modified(|p| {
+            let changed = phase > *p;
+            if changed {
+                *p = phase;
+            }
+            changed
+        });
+    }
+}
+
+/// A new channel in `Running`.
+pub fn channel() -> (ShutdownTx, ShutdownRx) {
+    let (tx, rx) = watch::channel(Phase::Running);
+    (ShutdownTx(tx), ShutdownRx(rx))
+}
+
+/// Runs on its own thread: turns SIGTERM/SIGINT into phases. Returns when `Stop` is set.
+pub fn signal_thread(tx: &ShutdownTx, drain: Duration) -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::info!(drain_secs = drain.as_secs_f64(), "shutdown signal: draining (send it again to stop at once)");
+        tx.set(Phase::Draining);
+        tokio::select! {
+            () = tokio::time::sleep(drain) => tracing::info!("drain period over: closing remaining connections"),
+            _ = term.recv() => tracing::info!("second signal: closing all connections"),
+            _ = int.recv() => tracing::info!("second signal: closing all connections"),
+        }
+        tx.set(Phase::Stop);
+        Ok(())
+    })
+}

@@ -1,0 +1,42 @@
+//! `cargo xtask …`: the project's automation. One module per verb.
+
+mod bench;
+mod demo;
+mod exec;
+mod test;
+mod tune;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", about = "wsgate project automation")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start an echo upstream and wsgate in front of it, send WebSocket traffic, print what happened.
+    Demo(demo::Options),
+    /// Format check, clippy, and every test of the workspace (installs the system packages they need).
+    Test(test::Options),
+    /// Kernel and open-files tuning profiles: list, show, apply, verify, revert.
+    Tune(tune::Options),
+    /// Benchmarks: direct vs wsgate vs nginx, and the million-connection scale run.
+    Bench(bench::Options),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Demo(o) => demo::run(&o),
+        Command::Test(o) => test::run(&o),
+        Command::Tune(o) => tune::run(&o),
+        Command::Bench(o) => bench::run(&o),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
