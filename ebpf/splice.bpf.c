@@ -1,0 +1,136 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * Kernel fast path of wsgate: after the WebSocket handshake the client and
+ * upstream sockets of a connection enter `sock_hash`, and every skb that
+ * arrives on one of them is redirected to the egress of the other.
+ *
+ * Backpressure: the program tracks, per direction, how many redirected bytes
+ * the receiving peer has not acknowledged yet (its psock backlog plus its send
+ * queue). Past the budget it stops redirecting and passes skbs to the
+ * arriving socket's own receive path instead; userspace then relays them with
+ * ordinary TCP flow control, and the program resumes redirecting once
+ * userspace has written every passed byte and the peer is under budget again.
+ * Passed skbs are charged to the socket's receive buffer, so a stalled peer
+ * closes the sender's TCP window like a userspace relay would.
+ *
+ * The program never returns SK_DROP: the kernel has already acknowledged the
+ * bytes of an skb when the verdict runs, so every path that cannot redirect
+ * passes the skb to userspace.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+
+#include "splice.h"
+
+/* Plain loads and stores the compiler may neither merge nor tear: the `conns`
+ * array is shared with userspace through mmap. */
+#define READ_ONCE(x) (*(const volatile typeof(x) *)&(x))
+#define WRITE_ONCE(x, v) (*(volatile typeof(x) *)&(x) = (v))
+
+#ifndef SK_PASS
+#define SK_PASS 1
+#endif
+
+/* Per-connection byte budget, set by the loader (EbpfLoader::set_global). */
+const volatile __u64 budget = 1 << 20;
+
+/* Sizes below are placeholders: the loader sets them from the configured
+ * connection capacity. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKHASH);
+	__uint(max_entries, 2);
+	__type(key, __u64);   /* socket cookie */
+	__type(value, __u32); /* fd on update (aya insists on 4-byte values) */
+} sock_hash SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 2);
+	__type(key, __u64); /* socket cookie */
+	__type(value, struct splice_link);
+} links SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct splice_conn);
+} conns SEC(".maps");
+
+/* Bytes of the current direction redirected but not yet acknowledged by the
+ * peer, from the peer's tcp_sock; -1 if the peer cannot be inspected. */
+static __always_inline __s64 peer_unacked(struct splice_link *link,
+					  struct splice_dir *d)
+{
+	struct bpf_sock *peer;
+	struct tcp_sock *tp;
+	__u64 acked = 0;
+	int ok = 0;
+
+	peer = bpf_map_lookup_elem(&sock_hash, &link->peer_cookie);
+	if (!peer)
+		return -1;
+	tp = bpf_skc_to_tcp_sock(peer);
+	if (tp) {
+		acked = tp->bytes_acked;
+		ok = 1;
+	}
+	bpf_sk_release(peer);
+	if (!ok)
+		return -1;
+	return (__s64)(d->acked_base + d->redirected + READ_ONCE(d->forwarded) -
+		       acked);
+}
+
+static __always_inline int pass(struct splice_dir *d, __u64 len)
+{
+	if (d->passed == READ_ONCE(d->forwarded))
+		__sync_fetch_and_add(&d->pass_runs, 1);
+	WRITE_ONCE(d->passed, d->passed + len);
+	return SK_PASS;
+}
+
+SEC("sk_skb/stream_verdict")
+int splice_verdict(struct __sk_buff *skb)
+{
+	__u64 cookie = bpf_get_socket_cookie(skb);
+	struct splice_link *link;
+	struct splice_conn *conn;
+	struct splice_dir *d;
+	__u64 len = skb->len;
+	__s64 held;
+	__u32 slot;
+
+	link = bpf_map_lookup_elem(&links, &cookie);
+	if (!link)
+		return SK_PASS;
+	slot = link->slot;
+	conn = bpf_map_lookup_elem(&conns, &slot);
+	if (!conn)
+		return SK_PASS;
+	d = &conn->dir[link->dir & 1];
+	WRITE_ONCE(conn->last_active_ns, bpf_ktime_get_coarse_ns());
+
+	/* Once anything was passed, keep passing until userspace has written
+	 * it to the peer: redirecting now would overtake those bytes. */
+	if (READ_ONCE(d->force_pass) || d->passed != READ_ONCE(d->forwarded))
+		return pass(d, len);
+
+	held = peer_unacked(link, d);
+	if (held < 0)
+		return pass(d, len);
+	if (held > 0 && (__u64)held + len > budget)
+		return pass(d, len);
+
+	/* On failure the helper sets no redirect: pass rather than drop. */
+	if (bpf_sk_redirect_hash(skb, &sock_hash, &link->peer_cookie, 0) !=
+	    SK_PASS)
+		return pass(d, len);
+	WRITE_ONCE(d->redirected, d->redirected + len);
+	if ((__u64)held + len > d->held_max)
+		WRITE_ONCE(d->held_max, (__u64)held + len);
+	return SK_PASS;
+}
+
+char _license[] SEC("license") = "GPL";

@@ -1,0 +1,43 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * Types shared by splice.bpf.c and the gateway (gateway/src/splice/shared.rs
+ * mirrors them as #[repr(C)] with size assertions). Change both together.
+ */
+#ifndef WSGATE_SPLICE_H
+#define WSGATE_SPLICE_H
+
+/* Direction index inside struct splice_conn: bytes arriving on the client
+ * socket go to the upstream (0), bytes arriving on the upstream go to the
+ * client (1). */
+#define SPLICE_DIR_TO_UPSTREAM 0
+#define SPLICE_DIR_TO_CLIENT 1
+
+/* Value of the `links` map, keyed by the cookie of the socket the bytes
+ * arrive on. Written by userspace before either socket enters the sockhash. */
+struct splice_link {
+	__u64 peer_cookie; /* where this socket's bytes go */
+	__u32 slot;	   /* index into the `conns` array */
+	__u32 dir;	   /* SPLICE_DIR_* of bytes arriving on this socket */
+};
+
+/* One direction of a spliced pair. The first four fields are written only by
+ * the program, the last three only by userspace (in place, through mmap). */
+struct splice_dir {
+	__u64 redirected; /* bytes the program sent to the peer's egress */
+	__u64 passed;	  /* bytes the program left for userspace to relay */
+	__u64 pass_runs;  /* times the direction switched to userspace */
+	__u64 held_max;	  /* most bytes seen redirected but not yet acked */
+	__u64 forwarded;  /* passed bytes userspace has written to the peer */
+	__u64 acked_base; /* peer's bytes_acked once all pre-splice data is
+			     acked */
+	__u64 force_pass; /* non-zero: pass everything to userspace */
+};
+
+/* Per-pair state: one element of the mmap-able `conns` array. */
+struct splice_conn {
+	struct splice_dir dir[2];
+	__u64 last_active_ns; /* CLOCK_MONOTONIC_COARSE of the last skb */
+	__u64 generation; /* bumped by userspace each time the slot is reused */
+};
+
+#endif /* WSGATE_SPLICE_H */

@@ -1,0 +1,144 @@
+//! Backpressure for spliced pairs: relays the bytes the verdict passed to
+//! userspace, with ordinary TCP flow control, so a reader that stops reading
+//! stops the sender.
+//!
+//! The verdict redirects a direction only while the peer holds fewer than
+//! `budget` unacknowledged bytes of it. Past that it passes skbs to the
+//! arriving socket, where they are charged to its receive buffer (closing the
+//! sender's window once userspace stops reading), and it keeps passing until
+//! userspace has written every passed byte. Userspace writes to the peer only
+//! when the kernel's redirect backlog for it is empty (else it would overtake
+//! redirected bytes) and the direction is under budget, then publishes the
+//! count in `forwarded`, which lets the verdict redirect again.
+//!
+//! So per direction the kernel holds at most `budget` bytes beyond the sockets'
+//! own TCP buffers, plus one skb (the verdict admits an skb while under budget).
+//! Must never hold a buffer for an idle pair: buffers live only while bytes are
+//! being relayed.
+
+use std::io;
+use std::os::fd::RawFd;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use super::loader::Inner;
+use super::shared::DirField;
+use super::sys;
+use crate::readiness;
+
+/// First and longest pause between checks of a congested peer's progress.
+const POLL_MIN: Duration = Duration::from_millis(1);
+const POLL_MAX: Duration = Duration::from_millis(16);
+
+/// Writes all of `data` to a non-blocking socket, waiting for writability.
+pub(super) async fn write_all(fd: RawFd, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        match sys::send(fd, data) {
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                readiness::ready(&Fd(fd), readiness::WRITABLE).await?;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// A raw fd for [`readiness::ready`].
+pub(super) struct Fd(pub RawFd);
+
+impl std::os::fd::AsRawFd for Fd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0
+    }
+}
+
+/// One direction of a spliced pair: where its bytes go and its kernel state.
+#[derive(Clone, Copy)]
+pub(super) struct Direction<'a> {
+    pub inner: &'a Inner,
+    pub slot: u32,
+    pub dir: usize,
+    pub dst: RawFd,
+}
+
+/// Where the peer stands for this direction.
+struct Progress {
+    /// Every byte the kernel redirected has reached the peer's send queue.
+    drained: bool,
+    /// Bytes of this direction the peer has not had acknowledged.
+    held: u64,
+}
+
+impl Direction<'_> {
+    fn word(&self, field: DirField) -> &std::sync::atomic::AtomicU64 {
+        self.inner.dir_word(self.slot, self.dir, field)
+    }
+
+    fn progress(&self) -> io::Result<Progress> {
+        let acked = sys::tcp_progress(self.dst)?.bytes_acked;
+        // Read after `acked`, so acks racing with the two calls can only make
+        // the backlog look larger, never empty too early.
+        let unacked = sys::unacked(self.dst)? as u64;
+        let sent = self.word(DirField::AckedBase).load(Ordering::Acquire)
+            + self.word(DirField::Redirected).load(Ordering::Acquire)
+            + self.word(DirField::Forwarded).load(Ordering::Acquire);
+        Ok(Progress { drained: acked + unacked >= sent, held: sent.saturating_sub(acked) })
+    }
+
+    /// Waits until the redirect backlog is empty and, if `room`, the direction is
+    /// under budget; returns how many bytes may be written.
+    pub async fn wait_room(&self, room: bool) -> io::Result<u64> {
+        let mut pause = POLL_MIN;
+        loop {
+            let p = self.progress()?;
+            let budget = self.inner.budget;
+            if p.drained && (!room || p.held < budget) {
+                return Ok(budget.saturating_sub(p.held));
+            }
+            let state = sys::tcp_progress(self.dst)?.state;
+            if !matches!(state, sys::TCP_ESTABLISHED | sys::TCP_CLOSE_WAIT) {
+                return Err(io::Error::from(io::ErrorKind::ConnectionReset));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(POLL_MAX);
+        }
+    }
+
+    /// Writes passed bytes to the peer once it has room, and accounts for them.
+    pub async fn forward(&self, mut data: &[u8]) -> io::Result<()> {
+        while !data.is_empty() {
+            let room = self.wait_room(true).await?;
+            let take = data.len().min(usize::try_from(room).unwrap_or(usize::MAX)).max(1);
+            match sys::send(self.dst, &data[..take]) {
+                Ok(n) => {
+                    data = &data[n..];
+                    self.word(DirField::Forwarded).fetch_add(n as u64, Ordering::Release);
+                    self.inner.last_active(self.slot).store(sys::coarse_now_ns(), Ordering::Relaxed);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    readiness::ready(&Fd(self.dst), readiness::WRITABLE).await?;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes this direction carried while spliced (redirected plus relayed).
+    pub fn bytes(&self) -> u64 {
+        self.word(DirField::Redirected).load(Ordering::Acquire) + self.word(DirField::Forwarded).load(Ordering::Acquire)
+    }
+
+    /// Times this direction went over budget.
+    pub fn pressure_runs(&self) -> u64 {
+        self.word(DirField::PassRuns).load(Ordering::Relaxed)
+    }
+
+    /// Most bytes the kernel held unacknowledged for this direction.
+    pub fn held_max(&self) -> u64 {
+        self.word(DirField::HeldMax).load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,195 @@
+//! Handover: turns a client socket and an upstream socket that just completed
+//! the WebSocket handshake into a spliced pair, losing, duplicating and
+//! reordering nothing.
+//!
+//! The order is the one measured in DESIGN.md: userspace first forwards every
+//! client byte it has read and drains the client's receive queue to EAGAIN (a
+//! socket must never enter the sockhash after a partial read); the upstream's
+//! 101 stays queued (it was only peeked). Then the per-connection state and
+//! the peer links are published, both sockets enter the sockhash, and
+//! `SO_RCVLOWAT` makes the kernel run the verdict over bytes queued before
+//! insertion. An skb that arrives while only one socket is in the sockhash is
+//! passed to userspace, and the verdict keeps passing that direction until
+//! supervision has forwarded it, so nothing overtakes it.
+//!
+//! Must never write to either socket after the state is published except
+//! through the forwarding accounting of `backpressure`.
+
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::Ordering;
+
+use tokio_uring::net::TcpStream;
+
+use super::backpressure::write_all;
+use super::loader::{Inner, Splicer};
+use super::shared::{DirField, Link, TO_CLIENT, TO_UPSTREAM};
+use super::sys;
+use super::{Side, SplicedPair};
+
+/// Read size while draining the client before insertion.
+const DRAIN_CHUNK: usize = 64 * 1024;
+
+/// Why a pair was not spliced.
+#[derive(thiserror::Error)]
+pub enum HandoverError {
+    /// Nothing went to the kernel; the sockets are intact and every client byte
+    /// read so far was forwarded to the upstream. Relay them in userspace.
+    #[error("pair left to the userspace relay: {reason}")]
+    NotSpliced { client: TcpStream, upstream: TcpStream, reason: &'static str },
+    /// A side failed during the handover; the sockets were closed.
+    #[error("{side} failed during the splice handover: {source}")]
+    Failed { side: Side, source: io::Error },
+}
+
+impl std::fmt::Debug for HandoverError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::NotSpliced { reason, .. } => f.debug_struct("NotSpliced").field("reason", reason).finish_non_exhaustive(),
+            Self::Failed { side, source } => f.debug_struct("Failed").field("side", side).field("source", source).finish(),
+        }
+    }
+}
+
+/// A pair that is in the kernel: its slot and both cookies.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Inserted {
+    pub slot: u32,
+    pub client_cookie: u64,
+    pub upstream_cookie: u64,
+}
+
+impl Splicer {
+    /// Hands a connection to the kernel after its 101.
+    ///
+    /// `client_early` are client bytes read after the request head and not yet
+    /// forwarded; the upstream's 101 must still be queued in `upstream` (peeked,
+    /// not read). On success the pair is spliced and must be driven by
+    /// [`SplicedPair::supervise`].
+    pub async fn splice(&self, client: TcpStream, upstream: TcpStream, client_early: Vec<u8>) -> Result<SplicedPair, HandoverError> {
+        let counters = &self.inner.counters;
+        let mut early = client_early.len() as u64;
+        if let Err(source) = write_all(upstream.as_raw_fd(), &client_early).await {
+            counters.handover_failed.fetch_add(1, Ordering::Relaxed);
+            return Err(HandoverError::Failed { side: Side::Upstream, source });
+        }
+        drop(client_early);
+        match drain_client(client.as_raw_fd(), upstream.as_raw_fd()).await {
+            Ok(Some(n)) => early += n,
+            Ok(None) => {
+                counters.handover_failed.fetch_add(1, Ordering::Relaxed);
+                return Err(HandoverError::NotSpliced { client, upstream, reason: "client already half-closed" });
+            }
+            Err((side, source)) => {
+                counters.handover_failed.fetch_add(1, Ordering::Relaxed);
+                return Err(HandoverError::Failed { side, source });
+            }
+        }
+        match self.inner.insert_pair(client.as_raw_fd(), upstream.as_raw_fd()) {
+            Ok(ins) => {
+                counters.spliced.fetch_add(1, Ordering::Relaxed);
+                counters.active.fetch_add(1, Ordering::Relaxed);
+                Ok(SplicedPair { splicer: self.clone(), client, upstream, ins, early })
+            }
+            Err(InsertError::NotSpliceable(reason)) => {
+                counters.handover_failed.fetch_add(1, Ordering::Relaxed);
+                Err(HandoverError::NotSpliced { client, upstream, reason })
+            }
+            Err(InsertError::Failed(source)) => {
+                counters.handover_failed.fetch_add(1, Ordering::Relaxed);
+                Err(HandoverError::Failed { side: Side::Internal, source })
+            }
+        }
+    }
+}
+
+/// Reads the client until EAGAIN, forwarding everything to the upstream.
+/// `Ok(None)`: the client sent FIN (its socket can no longer enter the sockhash).
+async fn drain_client(client: RawFd, upstream: RawFd) -> Result<Option<u64>, (Side, io::Error)> {
+    let mut total = 0u64;
+    let mut buf: Vec<u8> = Vec::new();
+    loop {
+        if buf.is_empty() {
+            buf.resize(DRAIN_CHUNK, 0);
+        }
+        match sys::recv(client, &mut buf, 0) {
+            Ok(0) => return Ok(None),
+            Ok(n) => {
+                write_all(upstream, &buf[..n]).await.map_err(|e| (Side::Upstream, e))?;
+                total += n as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Some(total)),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err((Side::Client, e)),
+        }
+    }
+}
+
+pub(super) enum InsertError {
+    NotSpliceable(&'static str),
+    Failed(io::Error),
+}
+
+impl Inner {
+    /// Publishes the state and links of a pair, inserts both sockets and kicks
+    /// them. Both receive queues must be untouched or drained to EAGAIN.
+    pub(super) fn insert_pair(&self, client: RawFd, upstream: RawFd) -> Result<Inserted, InsertError> {
+        for fd in [client, upstream] {
+            let p = sys::tcp_progress(fd).map_err(InsertError::Failed)?;
+            if p.state != sys::TCP_ESTABLISHED {
+                return Err(InsertError::NotSpliceable("a side is no longer established"));
+            }
+        }
+        let client_cookie = sys::cookie(client).map_err(InsertError::Failed)?;
+        let upstream_cookie = sys::cookie(upstream).map_err(InsertError::Failed)?;
+        let slot = self.alloc_slot().ok_or(InsertError::NotSpliceable("splice capacity reached"))?;
+        let ins = Inserted { slot, client_cookie, upstream_cookie };
+        let result = self.publish_and_insert(client, upstream, ins);
+        if let Err(e) = result {
+            let _ = sys::map_delete(self.links_fd, &client_cookie);
+            let _ = sys::map_delete(self.links_fd, &upstream_cookie);
+            self.free_slot(slot);
+            return Err(e);
+        }
+        Ok(ins)
+    }
+
+    fn publish_and_insert(&self, client: RawFd, upstream: RawFd, ins: Inserted) -> Result<(), InsertError> {
+        // Everything written to a socket before this point was written by the
+        // handshake; the program counts only what follows.
+        for (dir, dst) in [(TO_UPSTREAM, upstream), (TO_CLIENT, client)] {
+            let acked = sys::tcp_progress(dst).map_err(InsertError::Failed)?.bytes_acked;
+            let unacked = sys::unacked(dst).map_err(InsertError::Failed)? as u64;
+            self.dir_word(ins.slot, dir, DirField::AckedBase).store(acked + unacked, Ordering::Release);
+        }
+        let to_upstream = Link { peer_cookie: ins.upstream_cookie, slot: ins.slot, dir: TO_UPSTREAM as u32 };
+        let to_client = Link { peer_cookie: ins.client_cookie, slot: ins.slot, dir: TO_CLIENT as u32 };
+        sys::map_update(self.links_fd, &ins.client_cookie, &to_upstream, 0).map_err(InsertError::Failed)?;
+        sys::map_update(self.links_fd, &ins.upstream_cookie, &to_client, 0).map_err(InsertError::Failed)?;
+        let client_fd = client.cast_unsigned();
+        if let Err(e) = sys::map_update(self.sock_hash_fd, &ins.client_cookie, &client_fd, sys::BPF_NOEXIST) {
+            return Err(if e.raw_os_error() == Some(libc::EOPNOTSUPP) {
+                InsertError::NotSpliceable("a side is no longer established")
+            } else {
+                InsertError::Failed(e)
+            });
+        }
+        let upstream_fd = upstream.cast_unsigned();
+        if let Err(e) = sys::map_update(self.sock_hash_fd, &ins.upstream_cookie, &upstream_fd, sys::BPF_NOEXIST) {
+            // The client is in already; taking it out again may discard bytes the
+            // kernel passed to it meanwhile, so the pair is failed, not relayed.
+            let _ = sys::map_delete(self.sock_hash_fd, &ins.client_cookie);
+            return Err(InsertError::Failed(e));
+        }
+        sys::kick(client).map_err(InsertError::Failed)?;
+        sys::kick(upstream).map_err(InsertError::Failed)?;
+        Ok(())
+    }
+
+    /// Removes the links of a pair whose sockets are about to be closed and frees its slot.
+    pub(super) fn release(&self, ins: Inserted) {
+        let _ = sys::map_delete(self.links_fd, &ins.client_cookie);
+        let _ = sys::map_delete(self.links_fd, &ins.upstream_cookie);
+        self.free_slot(ins.slot);
+    }
+}

@@ -1,0 +1,211 @@
+//! Loads the eBPF splice program with aya, sizes its maps from the configured
+//! capacity, attaches the verdict to the sockhash and maps the per-connection
+//! state array into this process.
+//!
+//! Owns every map and program handle: nothing else in the gateway sees aya.
+//! Must never be dropped while pairs are spliced (dropping detaches the program;
+//! [`Splicer`] keeps it alive through an `Arc`).
+
+use std::collections::VecDeque;
+use std::fmt::Write as _;
+use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use aya::maps::{Map, MapData, SockHash};
+use aya::programs::SkSkb;
+use aya::{Ebpf, EbpfLoader};
+
+use super::counters::Counters;
+use super::shared::{self, Conn, DirField};
+use super::sys;
+
+/// The compiled `ebpf/splice.bpf.o`.
+pub static SPLICE_BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/splice.bpf.o"));
+
+/// Why the kernel fast path could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("not permitted to load eBPF ({0}); run as root or grant CAP_BPF and CAP_NET_ADMIN")]
+    NoPermission(String),
+    #[error("the kernel refused the splice program ({0}); needs Linux ≥ 5.15 with sockmap and BTF")]
+    Refused(String),
+    #[error("capacity must be between 1 and {max} pairs, got {got}")]
+    Capacity { got: u32, max: u32 },
+}
+
+/// Largest supported number of spliced pairs (the sockhash holds two entries per pair).
+pub const MAX_CAPACITY: u32 = 1 << 24;
+
+/// Handle to the loaded fast path; cheap to clone, usable from every worker thread.
+#[derive(Clone)]
+pub struct Splicer {
+    pub(super) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Splicer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Splicer")
+            .field("capacity", &self.inner.capacity)
+            .field("budget", &self.inner.budget)
+            .finish_non_exhaustive()
+    }
+}
+
+pub(super) struct Inner {
+    /// Keeps the program attached; only touched at load and drop.
+    _ebpf: Mutex<Ebpf>,
+    _sock_hash: SockHash<MapData, u64>,
+    _links: MapData,
+    _conns: MapData,
+    pub sock_hash_fd: RawFd,
+    pub links_fd: RawFd,
+    conns: sys::MapMmap,
+    /// Free slots of the `conns` array, oldest first so a slot rests as long as
+    /// possible before reuse. Held for one push or pop per splice: never across a syscall.
+    free: Mutex<VecDeque<u32>>,
+    pub capacity: u32,
+    pub budget: u64,
+    pub counters: Counters,
+}
+
+impl Splicer {
+    /// Loads and attaches the program for `capacity` pairs and a per-direction budget.
+    pub fn load(capacity: u32, budget: u64) -> Result<Self, LoadError> {
+        if capacity == 0 || capacity > MAX_CAPACITY {
+            return Err(LoadError::Capacity { got: capacity, max: MAX_CAPACITY });
+        }
+        let mut ebpf = EbpfLoader::new()
+            .override_global("budget", &budget, true)
+            .map_max_entries("sock_hash", capacity * 2)
+            .map_max_entries("links", capacity * 2)
+            .map_max_entries("conns", capacity)
+            .load(SPLICE_BPF_OBJECT)
+            .map_err(|e| classify(&e))?;
+        let sock_hash: SockHash<MapData, u64> = SockHash::try_from(take(&mut ebpf, "sock_hash")?).map_err(|e| classify(&e))?;
+        let links = map_data(take(&mut ebpf, "links")?)?;
+        let conns = map_data(take(&mut ebpf, "conns")?)?;
+        let attach_fd = sock_hash.fd().try_clone().map_err(|e| LoadError::Refused(e.to_string()))?;
+        let prog: &mut SkSkb = ebpf
+            .program_mut("splice_verdict")
+            .ok_or_else(|| LoadError::Refused("program splice_verdict missing from the object".into()))?
+            .try_into()
+            .map_err(|e| classify(&e))?;
+        prog.load().map_err(|e| classify(&e))?;
+        prog.attach(&attach_fd).map_err(|e| classify(&e))?;
+        let conns_map = sys::MapMmap::new(conns.fd().as_fd().as_raw_fd(), capacity as usize * size_of::<Conn>())
+            .map_err(|e| LoadError::Refused(format!("mmap of the connection array: {e}")))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                sock_hash_fd: sock_hash.fd().as_fd().as_raw_fd(),
+                links_fd: links.fd().as_fd().as_raw_fd(),
+                _ebpf: Mutex::new(ebpf),
+                _sock_hash: sock_hash,
+                _links: links,
+                _conns: conns,
+                conns: conns_map,
+                free: Mutex::new((0..capacity).collect()),
+                capacity,
+                budget,
+                counters: Counters::default(),
+            }),
+        })
+    }
+
+    /// Pairs that can be spliced at once.
+    pub fn capacity(&self) -> u32 {
+        self.inner.capacity
+    }
+
+    /// Bytes per direction the kernel may hold unacknowledged before the pair is relayed in userspace.
+    pub fn budget(&self) -> u64 {
+        self.inner.budget
+    }
+
+    /// Sockets currently in the sockhash (one syscall per entry: tests and diagnostics only).
+    pub fn sockhash_entries(&self) -> std::io::Result<usize> {
+        sys::keys(self.inner.sock_hash_fd).map(|k| k.len())
+    }
+
+    /// Entries in the peer-link map (one syscall per entry: tests and diagnostics only).
+    pub fn link_entries(&self) -> std::io::Result<usize> {
+        sys::keys(self.inner.links_fd).map(|k| k.len())
+    }
+
+    /// Whether the socket with this cookie is still in the sockhash (scans the map: tests and diagnostics only).
+    pub fn contains(&self, cookie: u64) -> std::io::Result<bool> {
+        Ok(sys::keys(self.inner.sock_hash_fd)?.contains(&cookie))
+    }
+
+    /// Fraction of slots free (for the "spliced" gauge and admission).
+    pub fn free_slots(&self) -> usize {
+        self.inner.free.lock().map_or(0, |f| f.len())
+    }
+}
+
+impl Inner {
+    pub fn alloc_slot(&self) -> Option<u32> {
+        let slot = self.free.lock().ok()?.pop_front()?;
+        let base = slot as usize * size_of::<Conn>();
+        for dir in 0..2 {
+            for f in [
+                DirField::Redirected,
+                DirField::Passed,
+                DirField::PassRuns,
+                DirField::HeldMax,
+                DirField::Forwarded,
+                DirField::AckedBase,
+                DirField::ForcePass,
+            ] {
+                self.conns.word(base + f.offset(dir)).store(0, Ordering::Relaxed);
+            }
+        }
+        self.conns.word(base + shared::LAST_ACTIVE).store(sys::coarse_now_ns(), Ordering::Relaxed);
+        self.conns.word(base + shared::GENERATION).fetch_add(1, Ordering::Relaxed);
+        Some(slot)
+    }
+
+    pub fn free_slot(&self, slot: u32) {
+        if let Ok(mut f) = self.free.lock() {
+            f.push_back(slot);
+        }
+    }
+
+    /// One field of one direction of a slot, shared with the program.
+    pub fn dir_word(&self, slot: u32, dir: usize, field: DirField) -> &AtomicU64 {
+        self.conns.word(slot as usize * size_of::<Conn>() + field.offset(dir))
+    }
+
+    /// The slot's last-activity stamp (`CLOCK_MONOTONIC_COARSE` ns).
+    pub fn last_active(&self, slot: u32) -> &AtomicU64 {
+        self.conns.word(slot as usize * size_of::<Conn>() + shared::LAST_ACTIVE)
+    }
+}
+
+fn take(ebpf: &mut Ebpf, name: &str) -> Result<Map, LoadError> {
+    ebpf.take_map(name).ok_or_else(|| LoadError::Refused(format!("map {name} missing from the object")))
+}
+
+fn map_data(map: Map) -> Result<MapData, LoadError> {
+    match map {
+        Map::HashMap(m) | Map::Array(m) => Ok(m),
+        other => Err(LoadError::Refused(format!("unexpected map type {other:?}"))),
+    }
+}
+
+/// Sorts a load failure into "not permitted" and "refused", keeping the whole cause chain.
+fn classify(e: &(dyn std::error::Error + 'static)) -> LoadError {
+    let mut text = e.to_string();
+    let mut denied = false;
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            denied |= matches!(io.raw_os_error(), Some(libc::EPERM | libc::EACCES));
+        }
+        if !std::ptr::addr_eq(err, e) {
+            let _ = write!(text, ": {err}");
+        }
+        cur = err.source();
+    }
+    if denied { LoadError::NoPermission(text) } else { LoadError::Refused(text) }
+}

@@ -1,0 +1,124 @@
+//! The kernel fast path: after the WebSocket handshake, the two sockets of a
+//! connection are spliced with an eBPF sockmap so that bytes flow client ⇄
+//! upstream without entering wsgate.
+//!
+//! Surface (the rest of the gateway never touches aya or maps):
+//! - [`start`]: load + self-test per [`SpliceMode`]; `auto` falls back to the
+//!   userspace relay with one warning, `sockmap` refuses to start.
+//! - [`Splicer::splice`]: hand a pair over after the 101 (see `handover`).
+//! - [`SplicedPair::supervise`]: FIN/RST/idle/drain until the pair ends;
+//!   returns byte counts and the close reason.
+//! - [`Splicer::counts`]: counters for logs and metrics.
+//!
+//! Backpressure (`backpressure`) bounds what the kernel holds per direction by
+//! [`SpliceOptions::budget`]. This module must never block a worker thread and
+//! never hold a buffer for an idle pair. A pair cannot be taken back out of the
+//! kernel while open: removing a socket from the sockhash discards the bytes
+//! its psock still queues, so a pair leaves only by closing.
+
+mod backpressure;
+mod counters;
+mod handover;
+mod loader;
+mod selftest;
+mod shared;
+mod supervise;
+mod sys;
+
+use std::time::Duration;
+
+pub use counters::SpliceCounts;
+pub use handover::HandoverError;
+pub use loader::{LoadError, MAX_CAPACITY, SPLICE_BPF_OBJECT, Splicer};
+pub use selftest::{FORCE_FAIL_ENV, SelfTestError};
+pub use supervise::{CloseReason, Side, SpliceOutcome, SplicedPair};
+
+/// How connections are relayed after the 101 (`splice = "…"`, `--splice MODE`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum SpliceMode {
+    /// The kernel splice when it loads and passes its self-test, else the userspace relay.
+    #[default]
+    Auto,
+    /// The kernel splice or nothing: refuse to start when it is unavailable.
+    Sockmap,
+    /// Always the userspace relay.
+    Userspace,
+}
+
+/// Default per-direction budget of bytes the kernel may hold for a pair.
+pub const DEFAULT_BUDGET: u64 = 1 << 20;
+
+/// What [`start`] needs to know.
+#[derive(Debug, Clone, Copy)]
+pub struct SpliceOptions {
+    pub mode: SpliceMode,
+    /// Most pairs spliced at once (sizes the maps; pairs past it use the userspace relay).
+    pub capacity: u32,
+    /// Bytes per direction the kernel may hold unacknowledged (default 1 MiB,
+    /// at least 64 KiB); over it the pair is relayed in userspace until it drains.
+    pub budget: u64,
+}
+
+impl Default for SpliceOptions {
+    fn default() -> Self {
+        Self { mode: SpliceMode::Auto, capacity: 65_536, budget: DEFAULT_BUDGET }
+    }
+}
+
+/// Smallest accepted budget: one loopback skb can carry 64 KiB.
+pub const MIN_BUDGET: u64 = 64 * 1024;
+
+/// The result of [`start`].
+#[derive(Debug)]
+pub struct Started {
+    /// The kernel fast path, or `None` for the userspace relay.
+    pub splicer: Option<Splicer>,
+    /// Why `auto` fell back (already logged as a warning).
+    pub fallback: Option<String>,
+}
+
+/// Why `splice = "sockmap"` cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("splice = \"sockmap\" but the kernel splice is unavailable: {0}; use splice = \"auto\" to fall back to the userspace relay")]
+    Unavailable(String),
+    #[error("splice budget must be at least {MIN_BUDGET} bytes, got {0}")]
+    Budget(u64),
+}
+
+/// Loads and self-tests the kernel splice as `opts.mode` asks.
+pub fn start(opts: &SpliceOptions) -> Result<Started, StartError> {
+    if opts.budget < MIN_BUDGET {
+        return Err(StartError::Budget(opts.budget));
+    }
+    if opts.mode == SpliceMode::Userspace {
+        tracing::info!(mode = "userspace", "splice: userspace relay (configured)");
+        return Ok(Started { splicer: None, fallback: None });
+    }
+    let loaded = Splicer::load(opts.capacity, opts.budget)
+        .map_err(|e| e.to_string())
+        .and_then(|s| s.self_test().map(|took| (s, took)).map_err(|e| e.to_string()));
+    match loaded {
+        Ok((splicer, took)) => {
+            tracing::info!(
+                mode = "sockmap",
+                capacity = opts.capacity,
+                budget = opts.budget,
+                self_test_us = took.as_micros() as u64,
+                "splice: kernel fast path on"
+            );
+            Ok(Started { splicer: Some(splicer), fallback: None })
+        }
+        Err(why) if opts.mode == SpliceMode::Auto => {
+            tracing::warn!(mode = "userspace", "splice: falling back to the userspace relay: {why}");
+            Ok(Started { splicer: None, fallback: Some(why) })
+        }
+        Err(why) => Err(StartError::Unavailable(why)),
+    }
+}
+
+/// Idle timeout helper for callers that keep `Duration::ZERO` as "none".
+pub fn idle_limit(timeout: Duration) -> Option<Duration> {
+    (!timeout.is_zero()).then_some(timeout)
+}

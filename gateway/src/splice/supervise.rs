@@ -1,0 +1,239 @@
+//! Supervision of a spliced pair on its worker's runtime: propagates FIN, RST
+//! and errors between the sides, relays whatever the verdict passed to
+//! userspace, enforces the idle timeout and the drain signal, and closes both
+//! sockets at the end (which removes them from the sockhash).
+//!
+//! An idle pair costs one parked poll per socket and one timer: no buffer, and
+//! no syscall per sweep (the idle check reads the kernel's last-activity stamp
+//! from shared memory). Must never read a socket except to relay passed bytes
+//! or observe its close, and never write to one outside `backpressure`.
+
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::pin::pin;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio_uring::net::TcpStream;
+
+use super::backpressure::{Direction, Fd};
+use super::handover::Inserted;
+use super::loader::Splicer;
+use super::shared::{TO_CLIENT, TO_UPSTREAM};
+use super::sys;
+use crate::readiness;
+
+/// Read size when relaying passed bytes.
+const RELAY_CHUNK: usize = 64 * 1024;
+
+/// Which end of a connection something happened on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Client,
+    Upstream,
+    /// wsgate itself (a failed system call on its side of the kernel).
+    Internal,
+}
+
+impl std::fmt::Display for Side {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Side::Client => "client",
+            Side::Upstream => "upstream",
+            Side::Internal => "internal",
+        })
+    }
+}
+
+/// How a spliced pair ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// Both sides sent FIN (each was passed on to the other).
+    Closed,
+    /// This side reset the connection; the other side was reset too.
+    Reset(Side),
+    /// An error on this side; the other side was reset.
+    Error(Side, io::ErrorKind),
+    /// No byte in either direction for the idle timeout; both sides got FIN.
+    Idle,
+    /// The drain signal; both sides got FIN.
+    Shutdown,
+}
+
+/// What supervision reports for the access log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpliceOutcome {
+    /// Bytes client → upstream after the handshake head (early bytes included),
+    /// as counted by the kernel program and the pressure relay.
+    pub to_upstream: u64,
+    /// Bytes upstream → client from the 101 on.
+    pub to_client: u64,
+    pub reason: CloseReason,
+    /// Times a direction went over budget and was relayed in userspace.
+    pub pressure_runs: u64,
+    /// Most bytes the kernel held unacknowledged in one direction.
+    pub held_max: u64,
+}
+
+/// A connection whose sockets are in the kernel; drive it with [`SplicedPair::supervise`].
+pub struct SplicedPair {
+    pub(super) splicer: Splicer,
+    pub(super) client: TcpStream,
+    pub(super) upstream: TcpStream,
+    pub(super) ins: Inserted,
+    pub(super) early: u64,
+}
+
+impl std::fmt::Debug for SplicedPair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SplicedPair")
+            .field("client_cookie", &self.ins.client_cookie)
+            .field("upstream_cookie", &self.ins.upstream_cookie)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How one direction ended.
+enum DirEnd {
+    /// FIN from the source, passed on to the destination.
+    Fin,
+    Failed(Side, io::Error),
+}
+
+impl SplicedPair {
+    /// Socket cookies (client, upstream): their keys in the sockhash.
+    pub fn cookies(&self) -> (u64, u64) {
+        (self.ins.client_cookie, self.ins.upstream_cookie)
+    }
+
+    /// Supervises the pair until both sides closed, one failed, it was idle for
+    /// `idle_timeout`, or `shutdown` turned true. Closes both sockets.
+    pub async fn supervise(self, idle_timeout: Option<Duration>, mut shutdown: watch::Receiver<bool>) -> SpliceOutcome {
+        let inner = &*self.splicer.inner;
+        let (client, upstream) = (self.client.as_raw_fd(), self.upstream.as_raw_fd());
+        let up = Direction { inner, slot: self.ins.slot, dir: TO_UPSTREAM, dst: upstream };
+        let down = Direction { inner, slot: self.ins.slot, dir: TO_CLIENT, dst: client };
+        let mut up_fut = pin!(direction(up, client, Side::Client, Side::Upstream));
+        let mut down_fut = pin!(direction(down, upstream, Side::Upstream, Side::Client));
+        let (mut up_done, mut down_done) = (false, false);
+        let reason = loop {
+            tokio::select! {
+                end = &mut up_fut, if !up_done => match end {
+                    DirEnd::Fin if down_done => break CloseReason::Closed,
+                    DirEnd::Fin => up_done = true,
+                    DirEnd::Failed(side, e) => break failure(side, &e),
+                },
+                end = &mut down_fut, if !down_done => match end {
+                    DirEnd::Fin if up_done => break CloseReason::Closed,
+                    DirEnd::Fin => down_done = true,
+                    DirEnd::Failed(side, e) => break failure(side, &e),
+                },
+                () = idle(inner, self.ins.slot, idle_timeout) => break CloseReason::Idle,
+                () = drained(&mut shutdown) => break CloseReason::Shutdown,
+            }
+        };
+        match reason {
+            CloseReason::Reset(side) | CloseReason::Error(side, _) => {
+                // Pass the failure on as RST to the side that did not fail.
+                for (fd, s) in [(client, Side::Client), (upstream, Side::Upstream)] {
+                    if s != side {
+                        let _ = sys::set_reset_on_close(fd);
+                    }
+                }
+            }
+            CloseReason::Idle | CloseReason::Shutdown => {
+                let _ = sys::shutdown_write(client);
+                let _ = sys::shutdown_write(upstream);
+            }
+            CloseReason::Closed => {}
+        }
+        let outcome = SpliceOutcome {
+            to_upstream: self.early + up.bytes(),
+            to_client: down.bytes(),
+            reason,
+            pressure_runs: up.pressure_runs() + down.pressure_runs(),
+            held_max: up.held_max().max(down.held_max()),
+        };
+        let counters = &inner.counters;
+        counters.pressure.fetch_add(outcome.pressure_runs, Ordering::Relaxed);
+        counters.active.fetch_sub(1, Ordering::Relaxed);
+        drop(up_fut);
+        drop(down_fut);
+        inner.release(self.ins);
+        drop(self.client);
+        drop(self.upstream);
+        outcome
+    }
+}
+
+fn failure(side: Side, e: &io::Error) -> CloseReason {
+    match e.kind() {
+        io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionAborted => {
+            CloseReason::Reset(side)
+        }
+        kind => CloseReason::Error(side, kind),
+    }
+}
+
+/// Watches one source socket: relays what the verdict passed to userspace and,
+/// on FIN, shuts the destination's write side once the kernel has handed it
+/// every redirected byte.
+async fn direction(d: Direction<'_>, src: RawFd, src_side: Side, dst_side: Side) -> DirEnd {
+    let mut buf: Vec<u8> = Vec::new();
+    loop {
+        if let Err(e) = readiness::ready(&Fd(src), readiness::READABLE).await {
+            return DirEnd::Failed(Side::Internal, e);
+        }
+        loop {
+            if buf.is_empty() {
+                buf.resize(RELAY_CHUNK, 0);
+            }
+            match sys::recv(src, &mut buf, 0) {
+                Ok(0) => {
+                    if let Err(e) = d.wait_room(false).await {
+                        return DirEnd::Failed(dst_side, e);
+                    }
+                    return match sys::shutdown_write(d.dst) {
+                        Ok(()) => DirEnd::Fin,
+                        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => DirEnd::Fin,
+                        Err(e) => DirEnd::Failed(dst_side, e),
+                    };
+                }
+                Ok(n) => {
+                    if let Err(e) = d.forward(&buf[..n]).await {
+                        return DirEnd::Failed(dst_side, e);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return DirEnd::Failed(src_side, e),
+            }
+        }
+        // Idle again: give the buffer back.
+        buf = Vec::new();
+    }
+}
+
+/// Resolves once the pair saw no byte for `timeout` (never if `None`). Sleeps
+/// until the stamp could expire, then re-reads the stamp from shared memory.
+async fn idle(inner: &super::loader::Inner, slot: u32, timeout: Option<Duration>) {
+    let Some(timeout) = timeout else { return std::future::pending().await };
+    let limit = u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX);
+    loop {
+        let last = inner.last_active(slot).load(Ordering::Relaxed);
+        let now = sys::coarse_now_ns();
+        let quiet = now.saturating_sub(last);
+        if quiet >= limit {
+            return;
+        }
+        tokio::time::sleep(Duration::from_nanos(limit - quiet)).await;
+    }
+}
+
+/// Resolves once the drain signal is true (never if its sender is gone).
+async fn drained(rx: &mut watch::Receiver<bool>) {
+    if rx.wait_for(|v| *v).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
