@@ -66,7 +66,8 @@ pub fn write(root: &Path, name: &str, text: &str) -> Result<(), Error> {
     };
     let mut file = std::fs::OpenOptions::new()
         .write(true)
-        .truncate(false)
+        // As sysctl(8) does: /proc/sys ignores it, a scratch file needs it.
+        .truncate(true)
         .open(&path)
         .map_err(io_err)?;
     file.write_all(format!("{text}\n").as_bytes())
