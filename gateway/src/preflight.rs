@@ -15,6 +15,7 @@ use tuning::{rlimit, sysctl};
 const FD_MARGIN: u64 = 1024;
 
 /// What the gateway's configuration needs from the kernel and the process limits.
+#[derive(Debug, Clone, Copy)]
 pub struct Needs {
     /// Most concurrent client connections (each proxied one holds two sockets).
     pub max_connections: u64,

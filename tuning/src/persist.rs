@@ -52,7 +52,9 @@ pub fn render(profile: &Profile, plan: &Plan, paths: &PersistPaths) -> Vec<(Path
             _ => continue,
         };
         if let Some(k) = profile.knobs.iter().find(|k| &k.name == knob) {
-            let _ = writeln!(conf, "# {}\n{knob} = {value}", k.why);
+            // `-`: systemd-sysctl skips the key quietly if its module is not loaded at boot.
+            let quiet = if k.optional { "-" } else { "" };
+            let _ = writeln!(conf, "# {}\n{quiet}{knob} = {value}", k.why);
         }
     }
     let mut files = vec![(paths.sysctl_conf.clone(), conf)];

@@ -110,6 +110,7 @@ fn persist_writes_sysctl_d_and_limitnofile_and_revert_puts_them_back() {
     let scratch = Scratch::new("persist");
     let (target, _) = scratch_target(&scratch);
     let state = scratch.path("state.toml");
+    scratch.sysctls("sys", &[("net.netfilter.nf_conntrack_max", "262144")]);
     let paths = PersistPaths::under(&scratch.path("root"));
     let old_conf = "# an operator's earlier file\nnet.core.somaxconn = 1024\n";
     scratch.write("root/etc/sysctl.d/90-wsgate.conf", old_conf);
@@ -129,6 +130,13 @@ fn persist_writes_sysctl_d_and_limitnofile_and_revert_puts_them_back() {
         "{conf}"
     );
     assert!(!conf.contains("\nrlimit.nofile ="), "{conf}");
+    // An optional knob may be missing at boot: `-` tells systemd-sysctl to skip it quietly.
+    assert!(
+        conf.contains("\n-net.netfilter.nf_conntrack_max = 2200000\n"),
+        "{conf}"
+    );
+    // Global knobs are written as they will be at boot, even those apply changes live.
+    assert!(conf.contains("\nfs.nr_open = 2100000\n"), "{conf}");
     let dropin = std::fs::read_to_string(&paths.nofile_dropin).unwrap();
     assert!(
         dropin.contains("[Service]\nLimitNOFILE=2100000\n"),

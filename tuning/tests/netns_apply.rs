@@ -28,7 +28,7 @@ fn host_values() -> Vec<String> {
 
 #[test]
 fn baseline_verify_fails_then_apply_verify_passes_and_revert_restores_exactly() {
-    if !root_or_skip("baseline_verify_fails_then_apply…") {
+    if !root_or_skip("baseline_verify_fails_then_apply_verify_passes_and_revert_restores_exactly") {
         return;
     }
     let host_before = host_values();
@@ -169,7 +169,7 @@ fn edge_1m_netns_knobs_for_real_global_knobs_in_scratch() {
 
 #[test]
 fn a_read_only_sysctl_is_refused_with_file_and_line_before_any_write() {
-    if !root_or_skip("a_read_only_sysctl_is_refused…") {
+    if !root_or_skip("a_read_only_sysctl_is_refused_with_file_and_line_before_any_write") {
         return;
     }
     let scratch = Scratch::new("ro");
@@ -242,7 +242,7 @@ impl Drop for NamedNetns {
 
 #[test]
 fn a_named_namespace_is_tuned_from_the_outside_and_reverted_there() {
-    if !root_or_skip("a_named_namespace_is_tuned…") {
+    if !root_or_skip("a_named_namespace_is_tuned_from_the_outside_and_reverted_there") {
         return;
     }
     let host_before = host_values();
