@@ -4,5 +4,7 @@
 
 pub mod echo;
 pub mod limits;
+pub mod load;
+pub mod report;
 pub mod sock;
 pub mod ws;

@@ -16,12 +16,20 @@ struct Cli {
 enum Command {
     /// Run a WebSocket echo server (the upstream of a benchmark).
     Echo(wsbench::echo::Options),
+    /// Generate load against a WebSocket server and verify every echo.
+    Load(wsbench::load::Options),
 }
 
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Echo(o) => wsbench::echo::run(&o),
+        Command::Load(o) => match wsbench::load::run(&o) {
+            // Exit 2: the run completed but something was lost, corrupted or refused.
+            Ok(report) if !report.clean => std::process::exit(2),
+            Ok(_) => Ok(()),
+            Err(e) => Err(e),
+        },
     };
     if let Err(e) = result {
         eprintln!("wsbench: error: {e:#}");

@@ -82,16 +82,25 @@ pub fn write_or_queue(stream: &TcpStream, data: &[u8], pending: &mut Vec<u8>) ->
 
 /// Waits until every byte of `pending` is written, then frees it.
 pub async fn flush(stream: &TcpStream, pending: &mut Vec<u8>) -> io::Result<()> {
+    if !pending.is_empty() {
+        write_all(stream, pending).await?;
+        *pending = Vec::new();
+    }
+    Ok(())
+}
+
+/// Writes all of `data`, waiting for writability as needed (needs only `&TcpStream`, so a
+/// reader of the same socket can run concurrently).
+pub async fn write_all(stream: &TcpStream, data: &[u8]) -> io::Result<()> {
     let mut at = 0;
-    while at < pending.len() {
+    while at < data.len() {
         stream.writable().await?;
-        match stream.try_write(&pending[at..]) {
+        match stream.try_write(&data[at..]) {
             Ok(n) => at += n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
     }
-    *pending = Vec::new();
     Ok(())
 }

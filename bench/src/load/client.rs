@@ -1,0 +1,272 @@
+//! One client WebSocket connection: connect from a chosen source address (with
+//! `IP_BIND_ADDRESS_NO_PORT`, so the port is picked per destination and the ~28k ports of one
+//! address pair are not the limit), upgrade, send masked frames, receive messages.
+//!
+//! An idle connection holds its socket, a [`Receiver`] and an empty output queue: no buffer.
+//! Reads go to the thread's buffer after readiness. Every wait here is bounded by the caller.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd as _;
+use std::time::Duration;
+
+use tokio::net::{TcpSocket, TcpStream};
+
+use super::receiver::{Msg, ProtocolError, Receiver};
+use crate::sock::{self, Read};
+use crate::ws::frame;
+use crate::ws::handshake::{self, MAX_HEAD};
+
+/// Why a connection could not be established.
+#[derive(Debug)]
+pub enum ConnectError {
+    /// TCP connect (or bind) failed or timed out.
+    Connect(io::Error),
+    /// The upgrade failed: status, accept key, timeout or early close.
+    Handshake(String),
+}
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnectError::Connect(e) => write!(f, "connect: {e}"),
+            ConnectError::Handshake(e) => write!(f, "handshake: {e}"),
+        }
+    }
+}
+
+/// What a receive step saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recv {
+    /// The connection is still open.
+    Open,
+    /// The server closed the TCP connection.
+    Eof,
+}
+
+/// A small xorshift generator for masks and keys (not for secrets).
+#[derive(Debug, Clone, Copy)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator seeded from `seed` (any value).
+    pub fn new(seed: u64) -> Self {
+        Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+/// An upgraded client connection.
+#[derive(Debug)]
+pub struct Conn {
+    stream: TcpStream,
+    rx: Receiver,
+    pending: Vec<u8>,
+    rng: Rng,
+    early: bool,
+}
+
+/// Where and how to connect.
+#[derive(Debug, Clone)]
+pub struct Dial {
+    /// Gateway or echo server address.
+    pub target: SocketAddr,
+    /// Source address to bind (port chosen at connect time), if any.
+    pub source: Option<IpAddr>,
+    /// `Host` header value.
+    pub host: String,
+    /// Request path.
+    pub path: String,
+    /// Bound on connect plus upgrade.
+    pub timeout: Duration,
+}
+
+fn bind_address_no_port(socket: &TcpSocket) -> io::Result<()> {
+    let one: libc::c_int = 1;
+    // SAFETY: the fd is a live socket owned by `socket`; the option value is a c_int that
+    // lives across the call and its size is passed exactly.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&raw const one).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+impl Conn {
+    /// Connects and upgrades within `dial.timeout`.
+    pub async fn open(dial: &Dial, seed: u64) -> Result<Self, ConnectError> {
+        match tokio::time::timeout(dial.timeout, Self::open_inner(dial, seed)).await {
+            Ok(r) => r,
+            Err(_) => Err(ConnectError::Handshake("timed out".into())),
+        }
+    }
+
+    async fn open_inner(dial: &Dial, seed: u64) -> Result<Self, ConnectError> {
+        let socket = if dial.target.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
+        }
+        .map_err(ConnectError::Connect)?;
+        if let Some(src) = dial.source {
+            bind_address_no_port(&socket).map_err(ConnectError::Connect)?;
+            socket
+                .bind(SocketAddr::new(src, 0))
+                .map_err(ConnectError::Connect)?;
+        }
+        let stream = socket
+            .connect(dial.target)
+            .await
+            .map_err(ConnectError::Connect)?;
+        let _ = stream.set_nodelay(true);
+        let mut rng = Rng::new(seed);
+        let mut key_bytes = [0u8; 16];
+        key_bytes[..8].copy_from_slice(&rng.next_u64().to_le_bytes());
+        key_bytes[8..].copy_from_slice(&rng.next_u64().to_le_bytes());
+        let key = handshake::client_key(key_bytes);
+        let req = handshake::client_request(&dial.host, &dial.path, &key);
+        sock::write_all(&stream, req.as_bytes())
+            .await
+            .map_err(ConnectError::Connect)?;
+        let mut head = Vec::new();
+        let end = loop {
+            stream.readable().await.map_err(ConnectError::Connect)?;
+            let read = sock::with_bufs(|b| match sock::try_read(&stream, &mut b.read) {
+                Ok(Read::Data(n)) => {
+                    head.extend_from_slice(&b.read[..n]);
+                    Ok(true)
+                }
+                Ok(Read::Again) => Ok(false),
+                Ok(Read::Eof) => Err(ConnectError::Handshake("closed before the response".into())),
+                Err(e) => Err(ConnectError::Connect(e)),
+            })?;
+            if !read {
+                continue;
+            }
+            if let Some(end) = handshake::head_end(&head) {
+                break end;
+            }
+            if head.len() > MAX_HEAD {
+                return Err(ConnectError::Handshake("response head too long".into()));
+            }
+        };
+        handshake::check_response(&head[..end], &key).map_err(ConnectError::Handshake)?;
+        let early = head.len() > end;
+        Ok(Self {
+            stream,
+            rx: Receiver::with_early(&head[end..]),
+            pending: Vec::new(),
+            rng,
+            early,
+        })
+    }
+
+    /// The socket, for waits that need only a shared reference.
+    pub fn stream(&self) -> &TcpStream {
+        &self.stream
+    }
+
+    /// Queues one masked frame and writes what the socket takes now.
+    pub fn send(&mut self, opcode: u8, payload: &[u8]) -> io::Result<()> {
+        let mask = (self.rng.next_u64() as u32).to_ne_bytes();
+        let Self {
+            stream, pending, ..
+        } = self;
+        sock::with_bufs(|b| {
+            frame::write_frame(&mut b.out, true, opcode, Some(mask), payload);
+            sock::write_or_queue(stream, &b.out, pending)
+        })
+    }
+
+    /// Waits until everything queued is written.
+    pub async fn flush(&mut self) -> io::Result<()> {
+        sock::flush(&self.stream, &mut self.pending).await
+    }
+
+    /// A fresh mask key for frames built by the caller.
+    pub fn mask(&mut self) -> [u8; 4] {
+        (self.rng.next_u64() as u32).to_ne_bytes()
+    }
+
+    /// Waits for readability (except for frames that came with the 101), reads once, and hands every
+    /// complete message to `on_msg`. Cancel-safe: nothing is lost if the future is dropped.
+    pub async fn recv(&mut self, on_msg: &mut impl FnMut(Msg<'_>)) -> io::Result<Recv> {
+        if self.early {
+            // Frames that came with the 101: deliver them before waiting for more.
+            self.early = false;
+            self.rx.feed(&[], on_msg).map_err(protocol_error)?;
+            return Ok(Recv::Open);
+        }
+        recv_parts(&self.stream, &mut self.rx, on_msg).await
+    }
+
+    /// The socket and the receiver, for a writer and a reader running side by side. Not for
+    /// use before the first [`Conn::recv`] when frames came with the 101.
+    pub fn parts(&mut self) -> (&TcpStream, &mut Receiver) {
+        (&self.stream, &mut self.rx)
+    }
+
+    /// Sends close 1000 and waits (up to `wait`) for the server's close frame; true when the
+    /// close handshake completed.
+    pub async fn close(mut self, wait: Duration) -> bool {
+        let code = frame::CLOSE_NORMAL.to_be_bytes();
+        if self.send(frame::OP_CLOSE, &code).is_err() {
+            return false;
+        }
+        let closed = async {
+            self.flush().await.ok()?;
+            let mut got = false;
+            while !got {
+                if self
+                    .recv(&mut |m| got |= matches!(m, Msg::Close(_)))
+                    .await
+                    .ok()?
+                    == Recv::Eof
+                {
+                    return Some(got);
+                }
+            }
+            Some(true)
+        };
+        matches!(tokio::time::timeout(wait, closed).await, Ok(Some(true)))
+    }
+}
+
+/// [`Conn::recv`] on borrowed parts: wait for readability, read once, deliver messages.
+pub async fn recv_parts(
+    stream: &TcpStream,
+    rx: &mut Receiver,
+    on_msg: &mut impl FnMut(Msg<'_>),
+) -> io::Result<Recv> {
+    stream.readable().await?;
+    sock::with_bufs(|b| match sock::try_read(stream, &mut b.read)? {
+        Read::Data(n) => {
+            rx.feed(&b.read[..n], on_msg).map_err(protocol_error)?;
+            Ok(Recv::Open)
+        }
+        Read::Again => Ok(Recv::Open),
+        Read::Eof => Ok(Recv::Eof),
+    })
+}
+
+fn protocol_error(e: ProtocolError) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("server broke the protocol: {e:?}"),
+    )
+}

@@ -1,0 +1,143 @@
+//! Scenario `hold`: open connections at the ramp rate, hold them until the steady end with a
+//! heartbeat ping every `heartbeat` (each pong checked against its ping), then prove each
+//! connection still echoes one verified message, and close.
+//!
+//! An idle held connection is the unit of the million-connection budget: it holds its
+//! socket, empty buffers and one timer, and nothing else.
+
+use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use super::client::{Conn, Recv};
+use super::payload;
+use super::receiver::Msg;
+use super::runner::Ctx;
+use super::verify::Expect;
+use crate::ws::frame::{OP_BINARY, OP_PING};
+
+/// How long the final echo may take.
+const VERIFY_WAIT: Duration = Duration::from_secs(10);
+
+/// One connection of the scenario.
+pub async fn conn(ctx: Rc<Ctx>, id: u64) {
+    let Some(mut c) = ctx.open(id).await else {
+        return;
+    };
+    let end = ctx.steady_end();
+    if !heartbeat_until(&ctx, &mut c, end).await {
+        ctx.rec.borrow_mut().counts.closed_early += 1;
+        ctx.closed();
+        return;
+    }
+    match verify_echo(&ctx, &mut c, id).await {
+        Some(true) => ctx.rec.borrow_mut().counts.verified += 1,
+        Some(false) => {}
+        None => {
+            ctx.rec.borrow_mut().counts.closed_early += 1;
+            ctx.closed();
+            return;
+        }
+    }
+    if c.close(ctx.plan.close_wait).await {
+        ctx.rec.borrow_mut().counts.closed_clean += 1;
+    }
+    ctx.closed();
+}
+
+/// Pings every heartbeat period until `end`; false if the server closed meanwhile.
+async fn heartbeat_until(ctx: &Ctx, c: &mut Conn, end: Instant) -> bool {
+    let period = ctx.plan.heartbeat;
+    let mut next = Instant::now() + period;
+    // The ping in flight: its number and send time (ns on the run clock).
+    let mut awaiting: Option<(u64, u64)> = None;
+    let mut pings = 0u64;
+    loop {
+        let now = Instant::now();
+        if now >= end {
+            break;
+        }
+        if now >= next {
+            if awaiting.is_some() {
+                ctx.rec.borrow_mut().counts.pongs_missing += 1;
+            }
+            let sent = ctx.now_ns();
+            if c.send(OP_PING, &pings.to_le_bytes()).is_err() || c.flush().await.is_err() {
+                return false;
+            }
+            ctx.rec.borrow_mut().counts.pings += 1;
+            awaiting = Some((pings, sent));
+            pings += 1;
+            next += period;
+            continue;
+        }
+        let mut closed = false;
+        let mut on_msg = |m: Msg<'_>| match m {
+            Msg::Pong(p) => {
+                let mut rec = ctx.rec.borrow_mut();
+                match awaiting {
+                    Some((n, sent)) if p == n.to_le_bytes() => {
+                        rec.counts.pongs += 1;
+                        rec.rtt_us(ctx.now_ns().saturating_sub(sent) / 1000);
+                        awaiting = None;
+                    }
+                    _ => rec.counts.mismatched += 1,
+                }
+            }
+            Msg::Data { .. } => ctx.rec.borrow_mut().counts.mismatched += 1,
+            Msg::Close(_) => closed = true,
+            Msg::Ping(_) => {}
+        };
+        let got = tokio::select! {
+            () = tokio::time::sleep_until(next.min(end).into()) => Ok(Recv::Open),
+            r = c.recv(&mut on_msg) => r,
+        };
+        if closed || !matches!(got, Ok(Recv::Open)) {
+            return false;
+        }
+    }
+    if awaiting.is_some() {
+        ctx.rec.borrow_mut().counts.pongs_missing += 1;
+    }
+    true
+}
+
+/// Sends one message and waits for its verified echo. `None` if the server closed.
+async fn verify_echo(ctx: &Ctx, c: &mut Conn, id: u64) -> Option<bool> {
+    let mut expect = Expect::new(id, ctx.plan.size);
+    let mut body = Vec::new();
+    payload::build(&mut body, id, 0, ctx.now_ns(), ctx.plan.size);
+    c.send(OP_BINARY, &body).ok()?;
+    c.flush().await.ok()?;
+    expect.sent();
+    {
+        let mut rec = ctx.rec.borrow_mut();
+        rec.counts.sent += 1;
+        rec.counts.bytes_sent += body.len() as u64;
+    }
+    drop(body);
+    let mut ok = false;
+    let mut closed = false;
+    let wait = async {
+        while expect.outstanding > 0 && !closed {
+            let r = c
+                .recv(&mut |m| match m {
+                    Msg::Data { payload: p, .. } => {
+                        ok = expect.echoed(p, ctx.now_ns(), &mut ctx.rec.borrow_mut());
+                    }
+                    Msg::Close(_) => closed = true,
+                    Msg::Ping(_) | Msg::Pong(_) => {}
+                })
+                .await;
+            if !matches!(r, Ok(Recv::Open)) {
+                closed = true;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(VERIFY_WAIT, wait).await;
+    expect.finish(&mut ctx.rec.borrow_mut());
+    if ok {
+        ctx.progress.ops.fetch_add(1, Relaxed);
+    }
+    if closed { None } else { Some(ok) }
+}

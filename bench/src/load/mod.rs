@@ -1,0 +1,229 @@
+//! `wsbench load`: the load generator. Scenarios `hold`, `echo`, `bulk` and `handshake`;
+//! every echoed payload verified; latencies in `HdrHistogram`; spread over worker processes,
+//! source addresses and targets to go past one process's open-files limit and one address
+//! pair's ports.
+//!
+//! Every loop here is bounded in count and time: a run stops by itself at its planned end
+//! and is cut off at `--max-time` whatever happens.
+
+pub mod bulk;
+pub mod client;
+pub mod echo;
+pub mod handshake;
+pub mod hold;
+pub mod payload;
+pub mod plan;
+pub mod procs;
+pub mod progress;
+pub mod receiver;
+pub mod runner;
+pub mod stats;
+pub mod verify;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Instant;
+
+use anyhow::Result;
+
+use crate::report::Report;
+use progress::{Progress, Show};
+use stats::{Latency, Recorder};
+
+/// What a run does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    /// Open N connections at the ramp rate, hold them with heartbeats, verify each echoes.
+    Hold,
+    /// N connections, one small message every interval, round-trip histogram.
+    Echo,
+    /// Few connections, large binary messages, throughput.
+    Bulk,
+    /// Connect + upgrade + close loops, handshakes per second.
+    Handshake,
+}
+
+impl Scenario {
+    /// The name used on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Hold => "hold",
+            Scenario::Echo => "echo",
+            Scenario::Bulk => "bulk",
+            Scenario::Handshake => "handshake",
+        }
+    }
+}
+
+/// Options of `wsbench load`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Options {
+    /// Scenario to run.
+    #[arg(value_enum)]
+    pub scenario: Scenario,
+    /// Target addresses (comma-separated or repeated); connections are spread over them.
+    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:9001")]
+    pub target: Vec<SocketAddr>,
+    /// Source addresses or ranges (127.0.0.2-127.0.0.9), bound with `IP_BIND_ADDRESS_NO_PORT`.
+    #[arg(long, value_delimiter = ',')]
+    pub source: Vec<String>,
+    /// Connections (bulk: connections; handshake: concurrent loops).
+    #[arg(long, default_value_t = 100)]
+    pub conns: u64,
+    /// Ramp rate, connections per second (all processes together).
+    #[arg(long, default_value_t = 2000.0)]
+    pub rate: f64,
+    /// Seconds of steady state after the ramp (hold time, message time).
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Echo: milliseconds between two messages of a connection.
+    #[arg(long, default_value_t = 1000)]
+    pub interval_ms: u64,
+    /// Payload bytes per message (default 32; bulk 65536; at least 24).
+    #[arg(long)]
+    pub size: Option<usize>,
+    /// Hold: seconds between heartbeat pings.
+    #[arg(long, default_value_t = 25.0)]
+    pub heartbeat: f64,
+    /// Echo: milliseconds to wait for outstanding echoes after the last send.
+    #[arg(long, default_value_t = 3000)]
+    pub drain_ms: u64,
+    /// Seconds allowed for connect + upgrade.
+    #[arg(long, default_value_t = 10.0)]
+    pub connect_timeout: f64,
+    /// Threads per process (default: number of CPUs).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Worker processes (each re-executes this binary); use more than one past ~19000
+    /// connections, the open-files limit of one process here.
+    #[arg(long, default_value_t = 1)]
+    pub procs: u64,
+    /// Request path of the upgrade.
+    #[arg(long, default_value = "/")]
+    pub path: String,
+    /// `Host` header (default: the target address).
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Write the JSON report here, and the plots next to it (.connections.svg, .latency.svg).
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// No progress line.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Hard limit of the whole run in seconds (default: ramp + duration + 60).
+    #[arg(long)]
+    pub max_time: Option<f64>,
+    /// Internal: run as worker process INDEX of --procs, talking JSON lines on stdout.
+    #[arg(long, hide = true)]
+    pub worker: Option<u64>,
+}
+
+/// Runs the load; returns the report (already printed and written).
+pub fn run(opts: &Options) -> Result<Report> {
+    crate::limits::raise_nofile();
+    if let Some(index) = opts.worker {
+        procs::worker_main(opts, index)?;
+        std::process::exit(0);
+    }
+    let started = Instant::now();
+    let show = if opts.quiet { Show::Quiet } else { Show::Line };
+    let procs = opts.procs.max(1);
+    let (rec, timeline, timed_out, threads) = if procs == 1 {
+        let plan = Arc::new(plan::Plan::new(opts, 0, 1)?);
+        let threads = plan.threads as u64;
+        let progress = Arc::new(Progress::default());
+        let (rec, timeline, cut) = std::thread::scope(|s| -> Result<_> {
+            let p = Arc::clone(&progress);
+            let load = s.spawn(move || runner::run(&plan, &p));
+            let timeline = progress::sample(
+                || progress.snap(),
+                || progress.done.load(Relaxed),
+                opts.conns,
+                show,
+            );
+            let (rec, cut) = load
+                .join()
+                .map_err(|_| anyhow::anyhow!("the load panicked"))??;
+            Ok((rec, timeline, cut))
+        })?;
+        (rec, timeline, cut, threads)
+    } else {
+        let out = procs::run_workers(opts, procs, show)?;
+        (out.rec, out.timeline, out.timed_out, out.threads)
+    };
+    let report = build_report(
+        opts,
+        &rec,
+        timeline,
+        timed_out,
+        started.elapsed().as_secs_f64(),
+        procs,
+        threads,
+    );
+    if !opts.quiet {
+        report.print_table();
+    }
+    if let Some(path) = &opts.report {
+        report.write(path)?;
+        let (a, b) = Report::plot_paths(path);
+        if !opts.quiet {
+            println!(
+                "  report        {}  plots {} {}",
+                path.display(),
+                a.display(),
+                b.display()
+            );
+        }
+    }
+    Ok(report)
+}
+
+fn build_report(
+    opts: &Options,
+    rec: &Recorder,
+    timeline: progress::Timeline,
+    timed_out: bool,
+    elapsed: f64,
+    procs: u64,
+    threads: u64,
+) -> Report {
+    let secs = elapsed.max(1e-9);
+    let size = opts
+        .size
+        .unwrap_or(if opts.scenario == Scenario::Bulk {
+            65_536
+        } else {
+            32
+        })
+        .max(payload::HEADER);
+    Report {
+        scenario: opts.scenario.name().into(),
+        targets: plan::describe(&opts.target),
+        sources: opts.source.clone(),
+        conns: opts.conns,
+        procs,
+        threads,
+        size: size as u64,
+        duration_secs: opts.duration,
+        elapsed_secs: elapsed,
+        ramp_secs: timeline.ramp_secs,
+        peak_open: timeline
+            .samples
+            .iter()
+            .map(|s| s.snap.open)
+            .max()
+            .unwrap_or(0),
+        counts: rec.counts.clone(),
+        latency_us: Latency::of(&rec.rtt),
+        handshake_us: Latency::of(&rec.handshake),
+        latency_distribution: stats::distribution(&rec.rtt),
+        handshakes_per_sec: rec.counts.connected as f64 / secs,
+        messages_per_sec: rec.counts.received as f64 / secs,
+        mb_per_sec: rec.counts.bytes_received as f64 / 1e6 / secs,
+        timeline: timeline.samples,
+        timed_out,
+        clean: rec.counts.clean() && !timed_out,
+    }
+}

@@ -1,0 +1,168 @@
+//! The plan of a run as one process executes it: which connections it owns, where each one
+//! connects from and to, and when things happen.
+//!
+//! Connection ids are global across worker processes (process `i` of `P` owns ids
+//! `i, i+P, i+2P, …`), so sources and targets are spread the same way whatever the split.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+use super::client::Dial;
+use super::{Options, Scenario};
+
+/// Everything a load thread needs to know; shared read-only.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// What to do.
+    pub scenario: Scenario,
+    /// Every (target, source) combination; connection `id` uses `dials[id % len]`.
+    pub dials: Vec<Dial>,
+    /// Connections (or handshake loops) this process runs.
+    pub conns: u64,
+    /// This process's index among the workers.
+    pub proc_index: u64,
+    /// Number of worker processes.
+    pub procs: u64,
+    /// Connections per second this process opens.
+    pub rate: f64,
+    /// Hold / run duration after the ramp.
+    pub duration: Duration,
+    /// Echo: time between two messages of one connection.
+    pub interval: Duration,
+    /// Payload bytes per message.
+    pub size: usize,
+    /// Hold: heartbeat period.
+    pub heartbeat: Duration,
+    /// Echo: how long to wait for outstanding echoes at the end.
+    pub drain: Duration,
+    /// Bound of a close handshake.
+    pub close_wait: Duration,
+    /// Threads of this process.
+    pub threads: usize,
+    /// Hard bound of the whole run.
+    pub max_time: Duration,
+}
+
+impl Plan {
+    /// The plan of process `index` of `procs` for `opts`.
+    pub fn new(opts: &Options, index: u64, procs: u64) -> Result<Self> {
+        if opts.target.is_empty() {
+            bail!("at least one --target is needed");
+        }
+        let sources = parse_sources(&opts.source)?;
+        let mut dials = Vec::new();
+        let host = opts.host.clone();
+        for src in if sources.is_empty() {
+            vec![None]
+        } else {
+            sources.into_iter().map(Some).collect()
+        } {
+            for t in &opts.target {
+                dials.push(Dial {
+                    target: *t,
+                    source: src,
+                    host: host.clone().unwrap_or_else(|| t.to_string()),
+                    path: opts.path.clone(),
+                    timeout: Duration::from_secs_f64(opts.connect_timeout),
+                });
+            }
+        }
+        let conns = opts.conns / procs + u64::from(index < opts.conns % procs);
+        let size = opts.size.unwrap_or(match opts.scenario {
+            Scenario::Bulk => 64 * 1024,
+            _ => 32,
+        });
+        let rate = (opts.rate / procs as f64).max(0.001);
+        let ramp = opts.conns as f64 / opts.rate.max(0.001);
+        let threads = opts
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from))
+            .max(1);
+        let max_time = opts.max_time.unwrap_or(ramp + opts.duration + 60.0);
+        Ok(Self {
+            scenario: opts.scenario,
+            dials,
+            conns,
+            proc_index: index,
+            procs,
+            rate,
+            duration: Duration::from_secs_f64(opts.duration),
+            interval: Duration::from_millis(opts.interval_ms.max(1)),
+            size,
+            heartbeat: Duration::from_secs_f64(opts.heartbeat.max(0.01)),
+            drain: Duration::from_millis(opts.drain_ms),
+            close_wait: Duration::from_secs(5),
+            threads,
+            max_time: Duration::from_secs_f64(max_time),
+        })
+    }
+
+    /// Global id of this process's `j`th connection.
+    pub fn id(&self, j: u64) -> u64 {
+        self.proc_index + self.procs * j
+    }
+
+    /// Where connection `id` connects.
+    pub fn dial(&self, id: u64) -> &Dial {
+        &self.dials[(id % self.dials.len() as u64) as usize]
+    }
+
+    /// When this process's `j`th connection starts, after the run's start.
+    pub fn start_of(&self, j: u64) -> Duration {
+        Duration::from_secs_f64(j as f64 / self.rate)
+    }
+
+    /// End of the planned ramp (all connections started).
+    pub fn ramp(&self) -> Duration {
+        Duration::from_secs_f64(self.conns as f64 / self.rate)
+    }
+}
+
+/// Parses `127.0.0.1`, `127.0.0.2-127.0.0.9` and lists thereof.
+pub fn parse_sources(items: &[String]) -> Result<Vec<IpAddr>> {
+    let mut out = Vec::new();
+    for item in items {
+        if let Some((a, b)) = item.split_once('-') {
+            let a: Ipv4Addr = a
+                .trim()
+                .parse()
+                .with_context(|| format!("bad source address {a:?}"))?;
+            let b: Ipv4Addr = b
+                .trim()
+                .parse()
+                .with_context(|| format!("bad source address {b:?}"))?;
+            let (a, b) = (u32::from(a), u32::from(b));
+            if b < a || b - a > 65_535 {
+                bail!("bad source range {item:?}");
+            }
+            out.extend((a..=b).map(|x| IpAddr::V4(x.into())));
+        } else {
+            out.push(
+                item.trim()
+                    .parse()
+                    .with_context(|| format!("bad source address {item:?}"))?,
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// The listen-style address list for a report.
+pub fn describe(addrs: &[SocketAddr]) -> Vec<String> {
+    addrs.iter().map(ToString::to_string).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_ranges_expand() {
+        let v = parse_sources(&["127.0.0.1".into(), "127.0.0.3-127.0.0.5".into()]).unwrap();
+        assert_eq!(v.len(), 4);
+        assert_eq!(v[3], IpAddr::V4(Ipv4Addr::new(127, 0, 0, 5)));
+        assert!(parse_sources(&["127.0.0.5-127.0.0.3".into()]).is_err());
+    }
+}

@@ -1,0 +1,207 @@
+//! Spreading a run over worker processes: the parent re-executes this binary once per worker
+//! with `--worker INDEX`, reads each worker's JSON lines (progress samples, then the final
+//! counters and serialized histograms) and merges them.
+//!
+//! Workers share nothing with the parent but their stdout; a worker that dies is reported,
+//! never waited for forever (each worker is bounded by `--max-time` like any run).
+
+use std::io::{BufRead as _, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+use super::Options;
+use super::plan::Plan;
+use super::progress::{self, Progress, Show, Snap, Timeline};
+use super::runner;
+use super::stats::{Recorder, WireRecorder};
+
+/// A worker's last line.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct WorkerResult {
+    /// Counters and histograms.
+    pub rec: WireRecorder,
+    /// Whether the worker hit its time limit.
+    pub timed_out: bool,
+    /// Threads it ran.
+    pub threads: u64,
+}
+
+/// A line a worker writes on stdout.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Line {
+    /// A progress sample.
+    Progress(Snap),
+    /// The final result.
+    Result(WorkerResult),
+}
+
+/// Merged outcome of all workers.
+#[derive(Debug)]
+pub struct Merged {
+    /// Merged counters and histograms.
+    pub rec: Recorder,
+    /// Timeline of the sums of the workers' progress.
+    pub timeline: Timeline,
+    /// Some worker hit its time limit.
+    pub timed_out: bool,
+    /// Threads per worker.
+    pub threads: u64,
+}
+
+/// The body of a worker process.
+pub fn worker_main(opts: &Options, index: u64) -> Result<()> {
+    let plan = Arc::new(Plan::new(opts, index, opts.procs.max(1))?);
+    let progress = Arc::new(Progress::default());
+    let threads = plan.threads as u64;
+    let (rec, timed_out) = std::thread::scope(|s| -> Result<_> {
+        let p = Arc::clone(&progress);
+        let load = s.spawn(move || runner::run(&plan, &p));
+        progress::sample(
+            || progress.snap(),
+            || progress.done.load(Relaxed),
+            u64::MAX,
+            Show::Json,
+        );
+        load.join()
+            .map_err(|_| anyhow::anyhow!("the load panicked"))?
+    })?;
+    let line = Line::Result(WorkerResult {
+        rec: rec.to_wire()?,
+        timed_out,
+        threads,
+    });
+    println!("{}", serde_json::to_string(&line)?);
+    Ok(())
+}
+
+/// Arguments that make a worker of the same run.
+fn worker_args(o: &Options, index: u64) -> Vec<String> {
+    let mut a: Vec<String> = vec!["load".into(), o.scenario.name().into()];
+    let mut kv = |k: &str, v: String| {
+        a.push(format!("--{k}"));
+        a.push(v);
+    };
+    kv("target", super::plan::describe(&o.target).join(","));
+    if !o.source.is_empty() {
+        kv("source", o.source.join(","));
+    }
+    kv("conns", o.conns.to_string());
+    kv("rate", o.rate.to_string());
+    kv("duration", o.duration.to_string());
+    kv("interval-ms", o.interval_ms.to_string());
+    if let Some(s) = o.size {
+        kv("size", s.to_string());
+    }
+    kv("heartbeat", o.heartbeat.to_string());
+    kv("drain-ms", o.drain_ms.to_string());
+    kv("connect-timeout", o.connect_timeout.to_string());
+    if let Some(t) = o.threads {
+        kv("threads", t.to_string());
+    }
+    kv("procs", o.procs.to_string());
+    kv("path", o.path.clone());
+    if let Some(h) = &o.host {
+        kv("host", h.clone());
+    }
+    if let Some(m) = o.max_time {
+        kv("max-time", m.to_string());
+    }
+    kv("worker", index.to_string());
+    a
+}
+
+/// Runs `procs` workers and merges what they report.
+pub fn run_workers(opts: &Options, procs: u64, show: Show) -> Result<Merged> {
+    let exe = std::env::current_exe().context("cannot find this executable to start workers")?;
+    let snaps = Arc::new(Mutex::new(vec![Snap::default(); procs as usize]));
+    let results: Arc<Mutex<Vec<Option<WorkerResult>>>> =
+        Arc::new(Mutex::new((0..procs).map(|_| None).collect()));
+    let finished = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(AtomicBool::new(false));
+    let mut children = Vec::new();
+    let mut readers = Vec::new();
+    for i in 0..procs {
+        let mut child = Command::new(&exe)
+            .args(worker_args(opts, i))
+            .stdout(Stdio::piped())
+            .stdin(Stdio::null())
+            .spawn()
+            .with_context(|| format!("cannot start worker {i}"))?;
+        let out = child.stdout.take().expect("piped stdout");
+        let (snaps, results, finished, failed) = (
+            Arc::clone(&snaps),
+            Arc::clone(&results),
+            Arc::clone(&finished),
+            Arc::clone(&failed),
+        );
+        readers.push(std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                match serde_json::from_str::<Line>(&line) {
+                    Ok(Line::Progress(s)) => {
+                        snaps.lock().expect("no panics while locked")[i as usize] = s;
+                    }
+                    Ok(Line::Result(r)) => {
+                        results.lock().expect("no panics while locked")[i as usize] = Some(r);
+                    }
+                    Err(e) => {
+                        eprintln!(
+                            "wsbench load: worker {i} wrote an unreadable line ({e}): {line}"
+                        );
+                        failed.store(true, Relaxed);
+                    }
+                }
+            }
+            finished.fetch_add(1, Relaxed);
+        }));
+        children.push(child);
+    }
+    let read = || {
+        snaps
+            .lock()
+            .expect("no panics while locked")
+            .iter()
+            .fold(Snap::default(), |a, s| a.plus(*s))
+    };
+    let timeline = progress::sample(
+        read,
+        || finished.load(Relaxed) == procs as usize,
+        opts.conns,
+        show,
+    );
+    for (i, mut c) in children.into_iter().enumerate() {
+        let status = c.wait()?;
+        if !status.success() {
+            eprintln!("wsbench load: worker {i} exited with {status}");
+        }
+    }
+    for r in readers {
+        let _ = r.join();
+    }
+    let mut rec = Recorder::default();
+    let mut timed_out = false;
+    let mut threads = 0;
+    let results = std::mem::take(&mut *results.lock().expect("no panics while locked"));
+    for (i, r) in results.into_iter().enumerate() {
+        let Some(r) = r else {
+            bail!("worker {i} ended without a result")
+        };
+        rec.merge(&Recorder::from_wire(&r.rec).with_context(|| format!("result of worker {i}"))?);
+        timed_out |= r.timed_out;
+        threads = threads.max(r.threads);
+    }
+    if failed.load(Relaxed) {
+        bail!("a worker's output could not be read");
+    }
+    Ok(Merged {
+        rec,
+        timeline,
+        timed_out,
+        threads,
+    })
+}

@@ -1,0 +1,167 @@
+//! Live progress of a run: gauges and counters shared by all threads of a process (atomics,
+//! no locks), sampled into a timeline and shown as one progress line while the run goes.
+//!
+//! Sampling happens on the process's main thread; the load threads only bump atomics. The
+//! sampler never blocks a load thread and stops when told to.
+
+use std::io::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+/// Shared counters of one process.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Connections open now.
+    pub open: AtomicU64,
+    /// Connections upgraded so far.
+    pub connected: AtomicU64,
+    /// Connections that failed to open so far.
+    pub failed: AtomicU64,
+    /// Messages verified or handshakes completed so far.
+    pub ops: AtomicU64,
+    /// Set when the load threads have finished.
+    pub done: AtomicBool,
+}
+
+/// A point-in-time copy of [`Progress`].
+#[derive(Debug, Default, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct Snap {
+    /// Connections open.
+    pub open: u64,
+    /// Connections upgraded so far.
+    pub connected: u64,
+    /// Connections failed so far.
+    pub failed: u64,
+    /// Messages or handshakes so far.
+    pub ops: u64,
+}
+
+impl Snap {
+    /// Sum of two snapshots (of different processes).
+    #[must_use]
+    pub fn plus(self, o: Snap) -> Snap {
+        Snap {
+            open: self.open + o.open,
+            connected: self.connected + o.connected,
+            failed: self.failed + o.failed,
+            ops: self.ops + o.ops,
+        }
+    }
+}
+
+impl Progress {
+    /// Reads all counters.
+    pub fn snap(&self) -> Snap {
+        Snap {
+            open: self.open.load(Relaxed),
+            connected: self.connected.load(Relaxed),
+            failed: self.failed.load(Relaxed),
+            ops: self.ops.load(Relaxed),
+        }
+    }
+}
+
+/// One timeline point.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct Sample {
+    /// Seconds since the start.
+    pub t: f64,
+    /// The counters then.
+    #[serde(flatten)]
+    pub snap: Snap,
+}
+
+/// What the sampler saw over the run.
+#[derive(Debug, Default, Clone)]
+pub struct Timeline {
+    /// Samples, every [`SAMPLE_EVERY`].
+    pub samples: Vec<Sample>,
+    /// Seconds until every planned connection had been attempted (opened or failed).
+    pub ramp_secs: Option<f64>,
+}
+
+/// Sampling period.
+pub const SAMPLE_EVERY: Duration = Duration::from_millis(250);
+
+/// How the sampler shows progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Show {
+    /// Nothing.
+    Quiet,
+    /// A human progress line on stderr, once a second.
+    Line,
+    /// A JSON line on stdout every sample (worker processes talking to their parent).
+    Json,
+}
+
+/// Samples `read` until `done` returns true; `planned` is the number of connections to open.
+pub fn sample(
+    read: impl Fn() -> Snap,
+    done: impl Fn() -> bool,
+    planned: u64,
+    show: Show,
+) -> Timeline {
+    let start = Instant::now();
+    let mut tl = Timeline::default();
+    let mut last_line = start;
+    let mut last_ops = 0;
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    loop {
+        let finished = done();
+        let s = read();
+        let t = start.elapsed().as_secs_f64();
+        tl.samples.push(Sample { t, snap: s });
+        if tl.ramp_secs.is_none() && s.connected + s.failed >= planned {
+            tl.ramp_secs = Some(t);
+        }
+        match show {
+            Show::Json => {
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "{}", serde_json::json!({ "progress": s }));
+                let _ = out.flush();
+            }
+            Show::Line if last_line.elapsed() >= Duration::from_secs(1) || finished => {
+                let dt = last_line.elapsed().as_secs_f64().max(1e-3);
+                let rate = (s.ops - last_ops) as f64 / dt;
+                let bar = bar(s.connected + s.failed, planned);
+                let line = format!(
+                    "[{t:7.1}s] {bar} open {}/{planned}  failed {}  ops {} ({rate:.0}/s)",
+                    s.open, s.failed, s.ops
+                );
+                if tty {
+                    eprint!("\r{line}\x1b[K");
+                } else {
+                    eprintln!("{line}");
+                }
+                last_line = Instant::now();
+                last_ops = s.ops;
+            }
+            _ => {}
+        }
+        if finished {
+            if show == Show::Line && tty {
+                eprintln!();
+            }
+            return tl;
+        }
+        std::thread::sleep(SAMPLE_EVERY);
+    }
+}
+
+fn bar(done: u64, total: u64) -> String {
+    const WIDTH: u64 = 20;
+    let filled = (done.min(total) * WIDTH)
+        .checked_div(total)
+        .unwrap_or(WIDTH);
+    format!(
+        "[{}{}]",
+        "#".repeat(filled as usize),
+        ".".repeat((WIDTH - filled) as usize)
+    )
+}
+
+/// A handle for the load threads of this process.
+pub type Shared = Arc<Progress>;

@@ -1,0 +1,154 @@
+//! Runs a plan in this process: one thread per core, each with a single-threaded runtime and
+//! its own recorder; connections never move between threads. Merges the recorders at the end.
+//!
+//! Every thread stops by itself at the plan's end and is cut off at `max_time` regardless,
+//! so a run can never hang.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use tokio::task::{JoinHandle, LocalSet};
+
+use super::client::{Conn, ConnectError};
+use super::plan::Plan;
+use super::progress::Progress;
+use super::stats::Recorder;
+use super::{Scenario, bulk, echo, handshake, hold};
+
+/// What one thread's tasks share.
+#[derive(Debug)]
+pub struct Ctx {
+    /// The plan.
+    pub plan: Arc<Plan>,
+    /// This thread's counters and histograms.
+    pub rec: RefCell<Recorder>,
+    /// The process's live counters.
+    pub progress: Arc<Progress>,
+    /// Start of the run (shared by all threads of the process).
+    pub t0: Instant,
+}
+
+impl Ctx {
+    /// Nanoseconds since the run's start.
+    pub fn now_ns(&self) -> u64 {
+        self.t0.elapsed().as_nanos() as u64
+    }
+
+    /// End of the steady phase: ramp + duration.
+    pub fn steady_end(&self) -> Instant {
+        self.t0 + self.plan.ramp() + self.plan.duration
+    }
+
+    /// Opens connection `id`, recording the handshake time or the failure.
+    pub async fn open(&self, id: u64) -> Option<Conn> {
+        let started = Instant::now();
+        let seed = id ^ (self.t0.elapsed().as_nanos() as u64).rotate_left(32);
+        match Conn::open(self.plan.dial(id), seed).await {
+            Ok(c) => {
+                let mut rec = self.rec.borrow_mut();
+                rec.counts.connected += 1;
+                rec.handshake_us(started.elapsed().as_micros() as u64);
+                self.progress.connected.fetch_add(1, Relaxed);
+                self.progress.open.fetch_add(1, Relaxed);
+                Some(c)
+            }
+            Err(e) => {
+                let mut rec = self.rec.borrow_mut();
+                match e {
+                    ConnectError::Connect(_) => rec.counts.connect_failed += 1,
+                    ConnectError::Handshake(_) => rec.counts.handshake_failed += 1,
+                }
+                let failed = self.progress.failed.fetch_add(1, Relaxed);
+                if failed < 3 {
+                    eprintln!(
+                        "wsbench load: connection {id} to {} failed: {e}",
+                        self.plan.dial(id).target
+                    );
+                }
+                None
+            }
+        }
+    }
+
+    /// Marks a connection closed in the live counters.
+    pub fn closed(&self) {
+        self.progress.open.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Runs the plan on its threads; returns the merged recorder and whether `max_time` cut it.
+pub fn run(plan: &Arc<Plan>, progress: &Arc<Progress>) -> Result<(Recorder, bool)> {
+    let t0 = Instant::now();
+    let mut handles = Vec::new();
+    for k in 0..plan.threads {
+        let plan = Arc::clone(plan);
+        let progress = Arc::clone(progress);
+        let h = std::thread::Builder::new()
+            .name(format!("load-{k}"))
+            .spawn(move || thread_main(plan, progress, t0, k))
+            .context("cannot start a load thread")?;
+        handles.push(h);
+    }
+    let mut total = Recorder::default();
+    let mut cut = false;
+    for h in handles {
+        let (rec, timed_out) = h
+            .join()
+            .map_err(|_| anyhow::anyhow!("a load thread panicked"))??;
+        total.merge(&rec);
+        cut |= timed_out;
+    }
+    progress.done.store(true, Relaxed);
+    Ok((total, cut))
+}
+
+fn thread_main(
+    plan: Arc<Plan>,
+    progress: Arc<Progress>,
+    t0: Instant,
+    k: usize,
+) -> Result<(Recorder, bool)> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let max_time = plan.max_time;
+    let ctx = Rc::new(Ctx {
+        plan,
+        rec: RefCell::new(Recorder::default()),
+        progress,
+        t0,
+    });
+    let local = LocalSet::new();
+    let timed_out = local.block_on(&rt, async {
+        tokio::time::timeout_at((t0 + max_time).into(), drive(Rc::clone(&ctx), k))
+            .await
+            .is_err()
+    });
+    drop(local);
+    let rec = ctx.rec.borrow().clone();
+    Ok((rec, timed_out))
+}
+
+/// Starts this thread's share of connections at the planned rate and waits for them all.
+async fn drive(ctx: Rc<Ctx>, k: usize) {
+    let plan = Arc::clone(&ctx.plan);
+    let mut tasks: Vec<JoinHandle<()>> = Vec::new();
+    for j in (k as u64..plan.conns).step_by(plan.threads) {
+        tokio::time::sleep_until((ctx.t0 + plan.start_of(j)).into()).await;
+        let id = plan.id(j);
+        let c = Rc::clone(&ctx);
+        tasks.push(match plan.scenario {
+            Scenario::Hold => tokio::task::spawn_local(hold::conn(c, id)),
+            Scenario::Echo => tokio::task::spawn_local(echo::conn(c, id)),
+            Scenario::Bulk => tokio::task::spawn_local(bulk::conn(c, id)),
+            Scenario::Handshake => tokio::task::spawn_local(handshake::worker(c, id)),
+        });
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+}
