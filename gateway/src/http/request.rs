@@ -107,7 +107,7 @@ mod tests {
     fn partial_then_complete() {
         assert!(parse(b"GET /ws HTTP/1.1\r\nHost: a").unwrap().is_none());
         let h = parse(b"GET /ws?x=1 HTTP/1.1\r\nHost: Example.COM:8080\r\n\r\nextra").unwrap().unwrap();
-        assert_eq!(h.len, 47);
+        assert_eq!(h.len, 48);
         assert_eq!(h.host().as_deref(), Some("example.com"));
         assert_eq!(h.path(), "/ws");
     }

@@ -61,8 +61,8 @@ mod tests {
         let r = error_response(ErrorKind::UnsupportedVersion);
         let head = parse(&r, "GET").unwrap().unwrap();
         assert_eq!(head.status, 426);
-        assert_eq!(head.framing, Framing::Length(16));
-        assert_eq!(r.len(), head.len + 16);
+        assert_eq!(head.framing, Framing::Length(21));
+        assert_eq!(&r[head.len..], b"426 Upgrade Required\n");
         assert!(String::from_utf8(r).unwrap().contains("Sec-WebSocket-Version: 13"));
     }
 

@@ -1,0 +1,89 @@
+//! Process lifecycle: graceful drain on SIGTERM, `wsgate check`, the access log formats.
+
+mod utils;
+
+use std::io::Write;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use utils::{Gateway, RawUpstream, TempDir, read_exact, read_head, read_to_eof, status_of, upgrade_request};
+
+#[test]
+fn sigterm_drains_established_connections_then_closes_them() {
+    let up = RawUpstream::switching(b"");
+    let config = format!(
+        "workers = 2\nsplice = \"userspace\"\n[[listener]]\naddress = \"127.0.0.1:0\"\n[timeouts]\ndrain = \"1500ms\"\n[[route]]\npath = \"/\"\nupstream = \"u\"\n[upstream.u]\nservers = [\"{}\"]\n",
+        up.addr
+    );
+    let mut gw = Gateway::with_config(&config, &[]);
+    let mut c = gw.connect();
+    c.write_all(upgrade_request("/", "").as_bytes()).unwrap();
+    assert_eq!(status_of(&read_head(&mut c).0), 101);
+    let t0 = Instant::now();
+    gw.terminate();
+    std::thread::sleep(Duration::from_millis(300));
+    // Established connection still relays during the drain…
+    c.write_all(b"during drain").unwrap();
+    assert_eq!(read_exact(&mut c, 12), b"during drain");
+    // …new connections are not accepted.
+    assert!(std::net::TcpStream::connect(gw.addr).map(|mut s| {
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let _ = s.write_all(upgrade_request("/", "").as_bytes());
+        read_to_eof(&mut s).is_empty()
+    }).unwrap_or(true));
+    // At the end of the drain period the connection is closed and the process exits.
+    let rest = read_to_eof(&mut c);
+    assert!(rest.is_empty());
+    assert!(t0.elapsed() >= Duration::from_millis(1400), "closed too early: {:?}", t0.elapsed());
+    assert!(gw.wait_exit(Duration::from_secs(5)), "wsgate must exit 0 after draining");
+    gw.wait_log("close=shutdown");
+}
+
+#[test]
+fn check_validates_and_names_the_field() {
+    let dir = TempDir::new();
+    let good = dir.0.join("good.toml");
+    std::fs::write(&good, wsgate::config::EXAMPLE).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_wsgate")).args(["check", "-c"]).arg(&good).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let bad = dir.0.join("bad.toml");
+    std::fs::write(&bad, wsgate::config::EXAMPLE.replace("upstream = \"websocket\"", "upstream = \"missing\"")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_wsgate")).args(["check", "-c"]).arg(&bad).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("route[0].upstream") && err.contains("missing"), "{err}");
+    let out = Command::new(env!("CARGO_BIN_EXE_wsgate")).args(["-t", "-c"]).arg(&bad).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn json_access_log_to_a_file() {
+    let up = RawUpstream::switching(b"");
+    let dir = TempDir::new();
+    let log = dir.0.join("access.log");
+    let log_s = log.display().to_string();
+    let gw = Gateway::one_line(&[up.addr], &["--access-log", &log_s, "--access-log-format", "json"]);
+    let mut c = gw.connect();
+    c.write_all(upgrade_request("/json", "User-Agent: tester\r\n").as_bytes()).unwrap();
+    let _ = read_head(&mut c);
+    c.write_all(b"12345").unwrap();
+    assert_eq!(read_exact(&mut c, 5), b"12345");
+    drop(c);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let line = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(l) = text.lines().next() {
+            break l.to_owned();
+        }
+        assert!(Instant::now() < deadline, "no access-log line written");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["status"], 101);
+    assert_eq!(v["request"], "GET /json HTTP/1.1");
+    assert_eq!(v["user_agent"], "tester");
+    assert_eq!(v["bytes_in"], 5);
+    assert_eq!(v["upstream_addr"], up.addr.to_string());
+    assert_eq!(v["close"], "client_fin");
+    assert!(v["upstream_response_time"].as_f64().unwrap() >= 0.0);
+}

@@ -1,0 +1,89 @@
+//! Requests without an upgrade are proxied as plain HTTP/1.1 with `Connection: close`,
+//! bodies streamed both ways.
+
+mod utils;
+
+use std::io::{Read, Write};
+use std::sync::{Arc, Mutex};
+
+use utils::{Gateway, RawUpstream, read_head, read_to_eof, status_of};
+
+/// An HTTP upstream that records the head and body it got and answers with a chunked body.
+fn http_upstream() -> (RawUpstream, Arc<Mutex<Vec<(String, Vec<u8>)>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s2 = seen.clone();
+    let up = RawUpstream::start(move |mut s| {
+        let (head, mut body) = read_head(&mut s);
+        let lower = head.to_ascii_lowercase();
+        if lower.contains("transfer-encoding: chunked") {
+            while !body.ends_with(b"0\r\n\r\n") {
+                let mut b = [0u8; 4096];
+                let n = s.read(&mut b).unwrap();
+                assert!(n > 0, "EOF inside chunked body");
+                body.extend_from_slice(&b[..n]);
+            }
+        } else if let Some(len) = lower.split("content-length: ").nth(1) {
+            let len: usize = len.split("\r\n").next().unwrap().parse().unwrap();
+            while body.len() < len {
+                let mut b = [0u8; 4096];
+                let n = s.read(&mut b).unwrap();
+                body.extend_from_slice(&b[..n]);
+            }
+        }
+        let echoed = body.len();
+        s2.lock().unwrap().push((head, body));
+        let _ = s.write_all(
+            format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n{echoed:x}\r\n{}\r\n0\r\n\r\n", "b".repeat(echoed)).as_bytes(),
+        );
+    });
+    (up, seen)
+}
+
+#[test]
+fn plain_get_is_proxied_with_connection_close() {
+    let (up, seen) = http_upstream();
+    let gw = Gateway::one_line(&[up.addr], &[]);
+    let mut c = gw.connect();
+    c.write_all(b"GET /health HTTP/1.1\r\nHost: example.test\r\nConnection: keep-alive\r\nUser-Agent: probe/1\r\n\r\n").unwrap();
+    let out = String::from_utf8(read_to_eof(&mut c)).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
+    assert!(out.ends_with("5\r\nhello\r\n0\r\n\r\n\r\n0\r\n\r\n") || out.contains("5\r\nhello\r\n"), "{out}");
+    let (head, _) = seen.lock().unwrap()[0].clone();
+    assert_eq!(
+        head,
+        "GET /health HTTP/1.1\r\nHost: example.test\r\nUser-Agent: probe/1\r\nConnection: close\r\nX-Real-IP: 127.0.0.1\r\nX-Forwarded-For: 127.0.0.1\r\nX-Forwarded-Proto: http\r\n\r\n"
+    );
+    let line = gw.wait_log("\"GET /health HTTP/1.1\" 200 ");
+    assert!(line.contains("\"probe/1\""), "{line}");
+}
+
+#[test]
+fn plain_post_with_chunked_body_is_streamed_both_ways() {
+    let (up, seen) = http_upstream();
+    let gw = Gateway::one_line(&[up.addr], &[]);
+    let mut c = gw.connect();
+    c.write_all(b"POST /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nHost: example.test\r\nTransfer-Encoding: chunked\r\n\r\n").unwrap();
+    // The body follows in pieces, after the head was forwarded.
+    let chunk = "x".repeat(100_000);
+    c.write_all(format!("{:x}\r\n{chunk}\r\n", chunk.len()).as_bytes()).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    c.write_all(b"3\r\nend\r\n0\r\n\r\n").unwrap();
+    let (head, _) = read_head(&mut c);
+    assert_eq!(status_of(&head), 200);
+    let rest = read_to_eof(&mut c);
+    let (_, body) = seen.lock().unwrap()[0].clone();
+    assert_eq!(body, format!("{:x}\r\n{chunk}\r\n3\r\nend\r\n0\r\n\r\n", chunk.len()).into_bytes());
+    assert!(String::from_utf8_lossy(&rest).contains(&"b".repeat(1000)), "response body must stream back");
+}
+
+#[test]
+fn plain_post_with_content_length_is_proxied() {
+    let (up, seen) = http_upstream();
+    let gw = Gateway::one_line(&[up.addr], &[]);
+    let mut c = gw.connect();
+    c.write_all(b"POST /form HTTP/1.1\r\nHost: example.test\r\nContent-Length: 11\r\n\r\nhello world").unwrap();
+    let (head, _) = read_head(&mut c);
+    assert_eq!(status_of(&head), 200);
+    let _ = read_to_eof(&mut c);
+    assert_eq!(seen.lock().unwrap()[0].1, b"hello world");
+}

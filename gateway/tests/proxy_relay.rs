@@ -1,0 +1,256 @@
+//! The relay over real sockets with real WebSocket peers: frames of every kind, big
+//! messages, early bytes, half-close, idle timeout and many connections at once.
+
+mod utils;
+
+use std::io::{Read, Write};
+use std::net::Shutdown;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
+use utils::{
+    Gateway, RawUpstream, WsEcho, client_frame, read_exact, read_head, read_to_eof, server_frame, status_of,
+    upgrade_request,
+};
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+/// Relay mode under test: `WSGATE_TEST_SPLICE` lets CI run the same tests over the kernel splice.
+fn mode() -> String {
+    std::env::var("WSGATE_TEST_SPLICE").unwrap_or_else(|_| "userspace".into())
+}
+
+#[test]
+fn text_binary_ping_and_close_are_echoed_through_a_real_client() {
+    let echo = WsEcho::start();
+    let gw = Gateway::one_line(&[echo.addr], &["--splice", &mode()]);
+    rt().block_on(async {
+        let (mut ws, resp) = tokio_tungstenite::connect_async(gw.ws_url("/chat")).await.unwrap();
+        assert_eq!(resp.status(), 101);
+        ws.send(Message::text("hello")).await.unwrap();
+        assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("hello"));
+        ws.send(Message::binary(vec![0u8, 1, 2, 255])).await.unwrap();
+        assert_eq!(ws.next().await.unwrap().unwrap(), Message::binary(vec![0u8, 1, 2, 255]));
+        ws.send(Message::Ping(b"p".to_vec().into())).await.unwrap();
+        assert_eq!(ws.next().await.unwrap().unwrap(), Message::Pong(b"p".to_vec().into()));
+        ws.close(None).await.unwrap();
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(_))) | None => break,
+                Some(Ok(m)) => panic!("unexpected {m:?}"),
+                Some(Err(_)) => break,
+            }
+        }
+    });
+    let line = gw.wait_log("\"GET /chat HTTP/1.1\" 101 ");
+    assert!(line.contains("ua=") && line.contains("close="), "{line}");
+}
+
+#[test]
+fn fragmented_messages_are_reassembled_by_the_upstream_and_echoed() {
+    let echo = WsEcho::start();
+    let gw = Gateway::one_line(&[echo.addr], &["--splice", &mode()]);
+    let mut c = gw.connect();
+    c.write_all(upgrade_request("/", "").as_bytes()).unwrap();
+    let (resp, rest) = read_head(&mut c);
+    assert_eq!(status_of(&resp), 101);
+    assert!(rest.is_empty());
+    let mut frames = client_frame(false, 0x1, b"frag");
+    frames.extend(client_frame(false, 0x0, b"men"));
+    frames.extend(client_frame(true, 0x0, b"ted"));
+    c.write_all(&frames).unwrap();
+    let (fin, op, payload) = server_frame(&mut c);
+    assert!(fin);
+    assert_eq!(op, 0x1);
+    assert_eq!(payload, b"fragmented");
+}
+
+#[test]
+fn sixteen_mib_messages_round_trip() {
+    let echo = WsEcho::start();
+    let gw = Gateway::one_line(&[echo.addr], &["--splice", &mode()]);
+    rt().block_on(async {
+        let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+            max_message_size: Some(64 << 20),
+            max_frame_size: Some(64 << 20),
+            ..Default::default()
+        };
+        let (mut ws, _) =
+            tokio_tungstenite::connect_async_with_config(gw.ws_url("/big"), Some(config), false).await.unwrap();
+        for round in 0..2u8 {
+            let payload: Vec<u8> = (0..16 << 20).map(|i: u32| (i % 251) as u8 ^ round).collect();
+            ws.send(Message::binary(payload.clone())).await.unwrap();
+            let back = ws.next().await.unwrap().unwrap().into_data();
+            assert_eq!(back.len(), payload.len());
+            assert!(back[..] == payload[..], "16 MiB payload corrupted");
+        }
+    });
+}
+
+#[test]
+fn bytes_sent_by_the_upstream_right_after_its_101_arrive() {
+    let up = RawUpstream::switching(b"\x81\x05early");
+    let gw = Gateway::one_line(&[up.addr], &["--splice", &mode()]);
+    let mut c = gw.connect();
+    c.write_all(upgrade_request("/", "").as_bytes()).unwrap();
+    let (resp, mut rest) = read_head(&mut c);
+    assert_eq!(status_of(&resp), 101);
+    let need = 7 - rest.len();
+    rest.extend(read_exact(&mut c, need));
+    assert_eq!(rest, b"\x81\x05early");
+}
+
+#[test]
+fn bytes_sent_by_the_client_with_its_request_arrive() {
+    let up = RawUpstream::switching(b"");
+    let gw = Gateway::one_line(&[up.addr], &["--splice", &mode()]);
+    let mut c = gw.connect();
+    let mut req = upgrade_request("/", "").into_bytes();
+    req.extend_from_slice(b"early-client-bytes");
+    c.write_all(&req).unwrap();
+    let (resp, mut rest) = read_head(&mut c);
+    assert_eq!(status_of(&resp), 101);
+    let need = 18 - rest.len();
+    rest.extend(read_exact(&mut c, need));
+    assert_eq!(rest, b"early-client-bytes", "the raw echo upstream returns what followed the head");
+}
+
+#[test]
+fn client_half_close_keeps_the_upstream_direction_flowing() {
+    let up = RawUpstream::start(|mut s| {
+        let _ = read_head(&mut s);
+        s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n").unwrap();
+        let got = read_to_eof(&mut s); // client FIN arrives as EOF
+        assert_eq!(got, b"last words");
+        for _ in 0..3 {
+            s.write_all(b"after-fin ").unwrap();
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // Drop: FIN towards the client.
+    });
+    let gw = Gateway::one_line(&[up.addr], &["--splice", &mode()]);
+    let mut c = gw.connect();
+    c.write_all(upgrade_request("/", "").as_bytes()).unwrap();
+    let (resp, rest) = read_head(&mut c);
+    assert_eq!(status_of(&resp), 101);
+    c.write_all(b"last words").unwrap();
+    c.shutdown(Shutdown::Write).unwrap();
+    let mut got = rest;
+    got.extend(read_to_eof(&mut c));
+    assert_eq!(got, b"after-fin after-fin after-fin ");
+    gw.wait_log("close=client_fin");
+}
+
+#[test]
+fn upstream_half_close_keeps_the_client_direction_flowing() {
+    let up = RawUpstream::start(|mut s| {
+        let _ = read_head(&mut s);
+        s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nbye").unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+        let got = read_to_eof(&mut s);
+        assert_eq!(got, b"still talking");
+    });
+    let gw = Gateway::one_line(&[up.addr], &["--splice", &mode()]);
+    let mut c = gw.connect();
+    c.write_all(upgrade_request("/", "").as_bytes()).unwrap();
+    let (resp, rest) = read_head(&mut c);
+    assert_eq!(status_of(&resp), 101);
+    let mut got = rest;
+    got.extend(read_to_eof(&mut c));
+    assert_eq!(got, b"bye", "upstream FIN must reach the client as EOF");
+    c.write_all(b"still talking").unwrap();
+    c.shutdown(Shutdown::Write).unwrap();
+    gw.wait_log("close=upstream_fin");
+}
+
+#[test]
+fn idle_timeout_closes_both_sides() {
+    let closed_upstream = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = closed_upstream.clone();
+    let up = RawUpstream::start(move |mut s| {
+        let _ = read_head(&mut s);
+        s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n").unwrap();
+        let mut buf = [0u8; 64];
+        while let Ok(n @ 1..) = s.read(&mut buf) {
+            let _ = s.write_all(&buf[..n]);
+        }
+        flag.store(true, std::sync::atomic::Ordering::SeqCst);
+    });
+    let gw = Gateway::one_line(&[up.addr], &["--splice", &mode(), "--idle-timeout", "1s"]);
+    let mut c = gw.connect();
+    c.write_all(upgrade_request("/", "").as_bytes()).unwrap();
+    let _ = read_head(&mut c);
+    // Activity resets the timer.
+    std::thread::sleep(Duration::from_millis(600));
+    c.write_all(b"ping").unwrap();
+    assert_eq!(read_exact(&mut c, 4), b"ping");
+    let t0 = Instant::now();
+    let rest = read_to_eof(&mut c);
+    let waited = t0.elapsed();
+    assert!(rest.is_empty());
+    assert!(waited >= Duration::from_millis(800) && waited < Duration::from_secs(4), "closed after {waited:?}");
+    gw.wait_log("close=idle_timeout");
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !closed_upstream.load(std::sync::atomic::Ordering::SeqCst) {
+        assert!(Instant::now() < deadline, "upstream side was not closed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn upstream_reset_resets_the_client() {
+    let up = RawUpstream::start(|mut s| {
+        let _ = read_head(&mut s);
+        s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n").unwrap();
+        let mut b = [0u8; 4];
+        let _ = s.read(&mut b);
+        socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO)).unwrap();
+        // Drop with linger 0: RST.
+    });
+    let gw = Gateway::one_line(&[up.addr], &["--splice", &mode()]);
+    let mut c = gw.connect();
+    c.write_all(upgrade_request("/", "").as_bytes()).unwrap();
+    let _ = read_head(&mut c);
+    c.write_all(b"boom").unwrap();
+    let mut buf = [0u8; 16];
+    let r = c.read(&mut buf);
+    assert!(
+        matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset) || matches!(r, Ok(0)),
+        "client must see the close: {r:?}"
+    );
+    gw.wait_log("close=upstream_reset");
+}
+
+#[test]
+fn a_thousand_concurrent_connections_echo_correctly() {
+    let echo = WsEcho::start();
+    let gw = Gateway::one_line(&[echo.addr], &["--splice", &mode(), "--access-log", "off"]);
+    let url = gw.ws_url("/many");
+    rt().block_on(async {
+        let mut tasks = Vec::new();
+        for i in 0..1000u32 {
+            let url = url.clone();
+            tasks.push(tokio::spawn(async move {
+                let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+                for round in 0..3u32 {
+                    let msg = format!("conn {i} round {round}");
+                    ws.send(Message::text(msg.clone())).await.unwrap();
+                    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text(msg));
+                }
+                ws
+            }));
+        }
+        let mut held = Vec::new();
+        for t in tasks {
+            held.push(tokio::time::timeout(Duration::from_secs(60), t).await.expect("bounded").unwrap());
+        }
+        // All 1000 are open at once here; each still echoes.
+        for (i, ws) in held.iter_mut().enumerate() {
+            ws.send(Message::binary(i.to_le_bytes().to_vec())).await.unwrap();
+            assert_eq!(ws.next().await.unwrap().unwrap().into_data(), i.to_le_bytes().to_vec());
+        }
+    });
+}

@@ -1,0 +1,332 @@
+//! Shared harness for the gateway's integration tests: the real `wsgate` binary, a
+//! real WebSocket echo upstream (tokio-tungstenite), scripted raw upstreams, and raw
+//! clients that assert exact bytes. Every wait is bounded.
+
+#![allow(dead_code)] // each test binary uses a different subset of the harness
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+
+/// A request that is a valid WebSocket upgrade for `path`.
+pub fn upgrade_request(path: &str, extra_headers: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: example.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra_headers}\r\n"
+    )
+}
+
+/// A running wsgate process; killed on drop.
+pub struct Gateway {
+    child: Child,
+    pub addr: SocketAddr,
+    /// Access-log lines (stdout) seen so far.
+    lines: Arc<Mutex<Vec<String>>>,
+    _dir: Option<TempDir>,
+}
+
+impl Gateway {
+    /// Starts wsgate with a TOML configuration (its listener must be 127.0.0.1:0).
+    pub fn with_config(toml: &str, extra_args: &[&str]) -> Self {
+        let dir = TempDir::new();
+        let path = dir.0.join("wsgate.toml");
+        std::fs::write(&path, toml).unwrap();
+        let mut args = vec!["-c".to_owned(), path.display().to_string()];
+        args.extend(extra_args.iter().map(|s| (*s).to_owned()));
+        let mut g = Self::spawn(&args);
+        g._dir = Some(dir);
+        g
+    }
+
+    /// Starts wsgate in its one-line form in front of `upstreams`.
+    pub fn one_line(upstreams: &[SocketAddr], extra_args: &[&str]) -> Self {
+        let mut args = vec!["--listen".to_owned(), "127.0.0.1:0".to_owned(), "--workers".to_owned(), "2".to_owned()];
+        for u in upstreams {
+            args.push("--upstream".into());
+            args.push(u.to_string());
+        }
+        args.extend(extra_args.iter().map(|s| (*s).to_owned()));
+        Self::spawn(&args)
+    }
+
+    fn spawn(args: &[String]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_wsgate"))
+            .args(args)
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start wsgate");
+        let stdout = child.stdout.take().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        let l = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(addr) = line.strip_prefix("wsgate: listening on ") {
+                    let _ = tx.send(addr.parse::<SocketAddr>().unwrap());
+                } else {
+                    l.lock().unwrap().push(line);
+                }
+            }
+        });
+        let addr = rx.recv_timeout(Duration::from_secs(20)).expect("wsgate did not print its listening line");
+        Self { child, addr, lines, _dir: None }
+    }
+
+    /// Access-log lines so far.
+    pub fn log_lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    /// Waits (bounded) until an access-log line contains `needle`.
+    pub fn wait_log(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(l) = self.log_lines().into_iter().find(|l| l.contains(needle)) {
+                return l;
+            }
+            assert!(Instant::now() < deadline, "no access-log line containing {needle:?}; got {:#?}", self.log_lines());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap());
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    }
+
+    /// Waits (bounded) for the process to exit; returns its exit success.
+    pub fn wait_exit(&mut self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.success();
+            }
+            assert!(Instant::now() < deadline, "wsgate did not exit within {within:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// A raw client connection with a read timeout.
+    pub fn connect(&self) -> TcpStream {
+        let s = TcpStream::connect(self.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.set_nodelay(true).unwrap();
+        s
+    }
+
+    pub fn ws_url(&self, path: &str) -> String {
+        format!("ws://{}{path}", self.addr)
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A temporary directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new() -> Self {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let p = std::env::temp_dir().join(format!("wsgate-test-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&p).unwrap();
+        Self(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Reads until `\r\n\r\n` (bounded by the stream's read timeout); returns the head and
+/// any bytes read past it.
+pub fn read_head(s: &mut impl Read) -> (String, Vec<u8>) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let rest = buf.split_off(i + 4);
+            return (String::from_utf8_lossy(&buf).into_owned(), rest);
+        }
+        let n = s.read(&mut chunk).expect("read head");
+        assert!(n > 0, "EOF before end of head; got {:?}", String::from_utf8_lossy(&buf));
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Reads until EOF (bounded by the read timeout); returns everything.
+pub fn read_to_eof(s: &mut TcpStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    out
+}
+
+/// Reads exactly `n` bytes.
+pub fn read_exact(s: &mut impl Read, n: usize) -> Vec<u8> {
+    let mut v = vec![0u8; n];
+    s.read_exact(&mut v).expect("read_exact");
+    v
+}
+
+/// A masked client frame (RFC 6455 §5.2).
+pub fn client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![if fin { 0x80 } else { 0 } | opcode];
+    let len = payload.len();
+    if len < 126 {
+        f.push(0x80 | len as u8);
+    } else if len <= 0xffff {
+        f.push(0x80 | 126);
+        f.extend_from_slice(&(len as u16).to_be_bytes());
+    } else {
+        f.push(0x80 | 127);
+        f.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+    let mask = [0x12, 0x34, 0x56, 0x78];
+    f.extend_from_slice(&mask);
+    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    f
+}
+
+/// Reads one unmasked server frame: (fin, opcode, payload).
+pub fn server_frame(s: &mut impl Read) -> (bool, u8, Vec<u8>) {
+    let h = read_exact(s, 2);
+    let (fin, opcode) = (h[0] & 0x80 != 0, h[0] & 0x0f);
+    let len = match h[1] & 0x7f {
+        126 => u64::from(u16::from_be_bytes(read_exact(s, 2).try_into().unwrap())),
+        127 => u64::from_be_bytes(read_exact(s, 8).try_into().unwrap()),
+        n => u64::from(n),
+    };
+    (fin, opcode, read_exact(s, usize::try_from(len).unwrap()))
+}
+
+/// A tokio-tungstenite echo upstream that records every request head it accepts.
+pub struct WsEcho {
+    pub addr: SocketAddr,
+    pub requests: Arc<Mutex<Vec<Vec<(String, String)>>>>,
+    _rt: tokio::runtime::Runtime,
+}
+
+impl WsEcho {
+    pub fn start() -> Self {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let reqs = requests.clone();
+        rt.spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { return };
+                let reqs = reqs.clone();
+                tokio::spawn(async move {
+                    let cb = |req: &tokio_tungstenite::tungstenite::handshake::server::Request,
+                              resp: tokio_tungstenite::tungstenite::handshake::server::Response| {
+                        let h = req
+                            .headers()
+                            .iter()
+                            .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+                            .collect();
+                        reqs.lock().unwrap().push(h);
+                        Ok(resp)
+                    };
+                    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+                        max_message_size: Some(64 << 20),
+                        max_frame_size: Some(64 << 20),
+                        ..Default::default()
+                    };
+                    let Ok(mut ws) = tokio_tungstenite::accept_hdr_async_with_config(stream, cb, Some(config)).await else {
+                        return;
+                    };
+                    while let Some(Ok(msg)) = ws.next().await {
+                        if msg.is_text() || msg.is_binary() {
+                            if ws.send(msg).await.is_err() {
+                                return;
+                            }
+                        } else if msg.is_close() {
+                            let _ = ws.close(None).await;
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Self { addr, requests, _rt: rt }
+    }
+}
+
+/// A scripted raw upstream: for each accepted connection, runs `script` on a thread.
+pub struct RawUpstream {
+    pub addr: SocketAddr,
+    pub accepted: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl RawUpstream {
+    pub fn start<F>(script: F) -> Self
+    where
+        F: Fn(TcpStream) + Send + Sync + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let script = Arc::new(script);
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let acc = accepted.clone();
+        std::thread::spawn(move || {
+            for s in listener.incoming() {
+                let Ok(s) = s else { return };
+                s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                acc.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let script = script.clone();
+                std::thread::spawn(move || script(s));
+            }
+        });
+        Self { addr, accepted }
+    }
+
+    /// An upstream that answers 101 (with `after` in the same write) and then echoes raw bytes.
+    pub fn switching(after: &'static [u8]) -> Self {
+        Self::start(move |mut s| {
+            let (_, early) = read_head(&mut s);
+            let mut resp = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n".to_vec();
+            resp.extend_from_slice(after);
+            resp.extend_from_slice(&early);
+            s.write_all(&resp).unwrap();
+            let mut buf = [0u8; 65536];
+            loop {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        if s.write_all(&buf[..n]).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        })
+    }
+}
+
+/// An address on which nothing listens (connection refused).
+pub fn refused_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// The status code of a response head.
+pub fn status_of(head: &str) -> u16 {
+    head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+}
