@@ -24,6 +24,9 @@ pub struct Config {
     /// when its start-up self-test passes, else userspace), `sockmap` (refuse to start
     /// without it) or `userspace`.
     pub splice: SpliceMode,
+    /// Refuse to start when the kernel or process limits fall short of what this
+    /// configuration needs (open files, somaxconn, port range) instead of warning.
+    pub strict_tuning: bool,
     /// Addresses to accept client connections on.
     #[serde(rename = "listener")]
     pub listeners: Vec<ListenerConfig>,
@@ -240,6 +243,7 @@ impl Default for Config {
         Self {
             workers: 0,
             splice: SpliceMode::default(),
+            strict_tuning: false,
             listeners: Vec::new(),
             timeouts: Timeouts::default(),
             limits: Limits::default(),

@@ -53,6 +53,9 @@ struct RunOptions {
     /// Access log format.
     #[arg(long, value_enum)]
     access_log_format: Option<AccessLogFormat>,
+    /// Refuse to start when kernel or process limits fall short (default: warn).
+    #[arg(long)]
+    strict_tuning: bool,
     /// Idle timeout of relayed connections (e.g. 3600s, 90s, 500ms).
     #[arg(long, value_parser = humantime_parse)]
     idle_timeout: Option<std::time::Duration>,
@@ -89,6 +92,9 @@ impl RunOptions {
         }
         if let Some(f) = self.access_log_format {
             config.access_log.format = f;
+        }
+        if self.strict_tuning {
+            config.strict_tuning = true;
         }
         if let Some(t) = self.idle_timeout {
             config.timeouts.idle = t;

@@ -32,7 +32,12 @@ const RING_ENTRIES: u32 = 4096;
 pub fn run(config: Config) -> Result<()> {
     let config = Arc::new(config);
     let workers = config.worker_count();
-    warn_about_backlog(&config);
+    let needs = crate::preflight::Needs {
+        max_connections: config.limits.max_connections,
+        listen_backlog: config.listeners.iter().map(|l| l.backlog).max().unwrap_or(0),
+        upstream_conns_per_source: config.limits.max_connections,
+    };
+    crate::preflight::run(&needs, config.strict_tuning).context("preflight (--strict-tuning)")?;
 
     // Bind the first socket of each listener here, so port 0 resolves once and every
     // worker shares the same port; bind errors surface before anything starts.
@@ -191,23 +196,6 @@ fn listen_socket(addr: SocketAddr, backlog: u32) -> std::io::Result<Socket> {
     s.bind(&addr.into())?;
     s.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
     Ok(s)
-}
-
-fn warn_about_backlog(config: &Config) {
-    let Some(somaxconn) = std::fs::read_to_string("/proc/sys/net/core/somaxconn").ok().and_then(|s| s.trim().parse::<u32>().ok())
-    else {
-        return;
-    };
-    for l in &config.listeners {
-        if l.backlog > somaxconn {
-            tracing::warn!(
-                "listen backlog {} of {} is capped by net.core.somaxconn = {}; raise it (cargo xtask tune apply baseline)",
-                l.backlog,
-                l.address,
-                somaxconn
-            );
-        }
-    }
 }
 
 /// CPUs this process may run on, in order.
