@@ -41,6 +41,18 @@ pub fn with_bufs<R>(f: impl FnOnce(&mut Bufs) -> R) -> R {
     })
 }
 
+/// Waits until the socket may be readable. Unlike `TcpStream::readable`, this keeps no
+/// waiter in the future (the waker goes to the socket's reader slot), so a connection
+/// parked here costs a few bytes, not ~150. One reader per socket at a time.
+pub async fn readable(stream: &TcpStream) -> io::Result<()> {
+    std::future::poll_fn(|cx| stream.poll_read_ready(cx)).await
+}
+
+/// Waits until the socket may be writable (the writer-slot twin of [`readable`]).
+pub async fn writable(stream: &TcpStream) -> io::Result<()> {
+    std::future::poll_fn(|cx| stream.poll_write_ready(cx)).await
+}
+
 /// What a non-blocking read produced.
 #[derive(Debug)]
 pub enum Read {
@@ -94,7 +106,7 @@ pub async fn flush(stream: &TcpStream, pending: &mut Vec<u8>) -> io::Result<()> 
 pub async fn write_all(stream: &TcpStream, data: &[u8]) -> io::Result<()> {
     let mut at = 0;
     while at < data.len() {
-        stream.writable().await?;
+        writable(stream).await?;
         match stream.try_write(&data[at..]) {
             Ok(n) => at += n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}

@@ -20,7 +20,9 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// Serves one accepted connection to the end.
 pub async fn serve(stream: TcpStream, cfg: Config) {
     let _ = stream.set_nodelay(true);
-    let Ok(Some(early)) = tokio::time::timeout(HEAD_TIMEOUT, upgrade(&stream)).await else {
+    // Boxed: the handshake state is short-lived and must not size every idle task.
+    let Ok(Some(early)) = Box::pin(tokio::time::timeout(HEAD_TIMEOUT, upgrade(&stream))).await
+    else {
         return;
     };
     let _ = frames(&stream, cfg, early).await;
@@ -31,7 +33,7 @@ pub async fn serve(stream: TcpStream, cfg: Config) {
 async fn upgrade(stream: &TcpStream) -> Option<Vec<u8>> {
     let mut head = Vec::new();
     let end = loop {
-        stream.readable().await.ok()?;
+        sock::readable(stream).await.ok()?;
         let got = sock::with_bufs(|b| match sock::try_read(stream, &mut b.read) {
             Ok(Read::Data(n)) => {
                 head.extend_from_slice(&b.read[..n]);
@@ -103,7 +105,7 @@ async fn frames(stream: &TcpStream, cfg: Config, mut early: Vec<u8>) -> std::io:
             shutdown_write(stream);
             return Ok(());
         }
-        stream.readable().await?;
+        sock::readable(stream).await?;
         let eof = sock::with_bufs(|b| -> std::io::Result<bool> {
             match sock::try_read(stream, &mut b.read)? {
                 Read::Data(n) => {

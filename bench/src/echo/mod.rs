@@ -5,7 +5,7 @@
 //! so per-thread buffers serve all of a thread's connections. It must stay cheap per idle
 //! connection (no per-connection read buffer) and must never panic on what a client sends.
 
-mod conn;
+pub mod conn;
 pub mod engine;
 pub mod fault;
 

@@ -145,7 +145,9 @@ impl Conn {
             .map_err(ConnectError::Connect)?;
         let mut head = Vec::new();
         let end = loop {
-            stream.readable().await.map_err(ConnectError::Connect)?;
+            sock::readable(&stream)
+                .await
+                .map_err(ConnectError::Connect)?;
             let read = sock::with_bufs(|b| match sock::try_read(&stream, &mut b.read) {
                 Ok(Read::Data(n)) => {
                     head.extend_from_slice(&b.read[..n]);
@@ -215,6 +217,24 @@ impl Conn {
         recv_parts(&self.stream, &mut self.rx, on_msg).await
     }
 
+    /// Whether frames that came with the 101 wait to be read (then [`Conn::read_now`] must
+    /// be called before waiting for readability).
+    pub fn has_early(&self) -> bool {
+        self.early
+    }
+
+    /// The non-waiting half of [`Conn::recv`]: reads once (or delivers the early frames) and
+    /// hands every complete message to `on_msg`. For callers that wait for readiness
+    /// themselves.
+    pub fn read_now(&mut self, on_msg: &mut impl FnMut(Msg<'_>)) -> io::Result<Recv> {
+        if self.early {
+            self.early = false;
+            self.rx.feed(&[], on_msg).map_err(protocol_error)?;
+            return Ok(Recv::Open);
+        }
+        read_parts(&self.stream, &mut self.rx, on_msg)
+    }
+
     /// The socket and the receiver, for a writer and a reader running side by side. Not for
     /// use before the first [`Conn::recv`] when frames came with the 101.
     pub fn parts(&mut self) -> (&TcpStream, &mut Receiver) {
@@ -253,7 +273,15 @@ pub async fn recv_parts(
     rx: &mut Receiver,
     on_msg: &mut impl FnMut(Msg<'_>),
 ) -> io::Result<Recv> {
-    stream.readable().await?;
+    sock::readable(stream).await?;
+    read_parts(stream, rx, on_msg)
+}
+
+fn read_parts(
+    stream: &TcpStream,
+    rx: &mut Receiver,
+    on_msg: &mut impl FnMut(Msg<'_>),
+) -> io::Result<Recv> {
     sock::with_bufs(|b| match sock::try_read(stream, &mut b.read)? {
         Read::Data(n) => {
             rx.feed(&b.read[..n], on_msg).map_err(protocol_error)?;

@@ -5,8 +5,11 @@
 //! An idle held connection is the unit of the million-connection budget: it holds its
 //! socket, empty buffers and one timer, and nothing else.
 
+use std::cell::Cell;
+use std::future::Future as _;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use super::client::{Conn, Recv};
@@ -30,7 +33,8 @@ pub async fn conn(ctx: Rc<Ctx>, id: u64) {
         ctx.closed();
         return;
     }
-    match verify_echo(&ctx, &mut c, id).await {
+    // The final phases are boxed so that their state is not part of the idle task.
+    match Box::pin(verify_echo(&ctx, &mut c, id)).await {
         Some(true) => ctx.rec.borrow_mut().counts.verified += 1,
         Some(false) => {}
         None => {
@@ -39,26 +43,32 @@ pub async fn conn(ctx: Rc<Ctx>, id: u64) {
             return;
         }
     }
-    if c.close(ctx.plan.close_wait).await {
+    if Box::pin(c.close(ctx.plan.close_wait)).await {
         ctx.rec.borrow_mut().counts.closed_clean += 1;
     }
     ctx.closed();
 }
 
 /// Pings every heartbeat period until `end`; false if the server closed meanwhile.
+///
+/// This is where a held connection spends its life, so its state is kept minimal: one timer
+/// (reset, never re-created) and a readiness wait that keeps no waiter of its own.
 async fn heartbeat_until(ctx: &Ctx, c: &mut Conn, end: Instant) -> bool {
     let period = ctx.plan.heartbeat;
     let mut next = Instant::now() + period;
     // The ping in flight: its number and send time (ns on the run clock).
-    let mut awaiting: Option<(u64, u64)> = None;
+    let awaiting: Cell<Option<(u64, u64)>> = Cell::new(None);
+    let closed = Cell::new(false);
     let mut pings = 0u64;
+    let timer = tokio::time::sleep_until(next.min(end).into());
+    tokio::pin!(timer);
     loop {
         let now = Instant::now();
         if now >= end {
             break;
         }
         if now >= next {
-            if awaiting.is_some() {
+            if awaiting.get().is_some() {
                 ctx.rec.borrow_mut().counts.pongs_missing += 1;
             }
             let sent = ctx.now_ns();
@@ -66,37 +76,43 @@ async fn heartbeat_until(ctx: &Ctx, c: &mut Conn, end: Instant) -> bool {
                 return false;
             }
             ctx.rec.borrow_mut().counts.pings += 1;
-            awaiting = Some((pings, sent));
+            awaiting.set(Some((pings, sent)));
             pings += 1;
             next += period;
+            timer.as_mut().reset(next.min(end).into());
             continue;
         }
-        let mut closed = false;
-        let mut on_msg = |m: Msg<'_>| match m {
+        let readable = std::future::poll_fn(|cx| {
+            if c.has_early() || c.stream().poll_read_ready(cx).is_ready() {
+                return Poll::Ready(true);
+            }
+            timer.as_mut().poll(cx).map(|()| false)
+        })
+        .await;
+        if !readable {
+            continue;
+        }
+        let got = c.read_now(&mut |m| match m {
             Msg::Pong(p) => {
                 let mut rec = ctx.rec.borrow_mut();
-                match awaiting {
+                match awaiting.get() {
                     Some((n, sent)) if p == n.to_le_bytes() => {
                         rec.counts.pongs += 1;
                         rec.rtt_us(ctx.now_ns().saturating_sub(sent) / 1000);
-                        awaiting = None;
+                        awaiting.set(None);
                     }
                     _ => rec.counts.mismatched += 1,
                 }
             }
             Msg::Data { .. } => ctx.rec.borrow_mut().counts.mismatched += 1,
-            Msg::Close(_) => closed = true,
+            Msg::Close(_) => closed.set(true),
             Msg::Ping(_) => {}
-        };
-        let got = tokio::select! {
-            () = tokio::time::sleep_until(next.min(end).into()) => Ok(Recv::Open),
-            r = c.recv(&mut on_msg) => r,
-        };
-        if closed || !matches!(got, Ok(Recv::Open)) {
+        });
+        if closed.get() || !matches!(got, Ok(Recv::Open)) {
             return false;
         }
     }
-    if awaiting.is_some() {
+    if awaiting.get().is_some() {
         ctx.rec.borrow_mut().counts.pongs_missing += 1;
     }
     true

@@ -9,8 +9,11 @@
 pub const HEADER: usize = 24;
 
 fn word(conn: u64, seq: u64, index: u64) -> u64 {
-    (conn.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ seq.rotate_left(29))
-        .wrapping_add(index.wrapping_mul(0x0101_0101_0101_0101))
+    // splitmix64's finalizer: every input bit reaches every output byte.
+    let mut x = conn.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ seq.rotate_left(29) ^ index;
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
 }
 
 /// Appends a payload of `size` bytes (at least [`HEADER`]) to `out`.

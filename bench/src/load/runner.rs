@@ -47,7 +47,9 @@ impl Ctx {
     pub async fn open(&self, id: u64) -> Option<Conn> {
         let started = Instant::now();
         let seed = id ^ (self.t0.elapsed().as_nanos() as u64).rotate_left(32);
-        match Conn::open(self.plan.dial(id), seed).await {
+        // Boxed: the connect-and-upgrade state is large and short-lived; keeping it inline
+        // would make every idle connection's task as big as its biggest moment.
+        match Box::pin(Conn::open(self.plan.dial(id), seed)).await {
             Ok(c) => {
                 let mut rec = self.rec.borrow_mut();
                 rec.counts.connected += 1;
@@ -150,5 +152,47 @@ async fn drive(ctx: Rc<Ctx>, k: usize) {
     }
     for t in tasks {
         let _ = t.await;
+    }
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The futures an idle connection parks in are its whole userspace cost besides the
+    /// socket: keep them within the ≤ 1 KiB per connection budget (task header included).
+    #[test]
+    fn idle_task_state_stays_small() {
+        #[derive(clap::Parser)]
+        struct P {
+            #[command(flatten)]
+            o: crate::load::Options,
+        }
+        let p = <P as clap::Parser>::parse_from(["x", "hold"]);
+        let plan = Arc::new(Plan::new(&p.o, 0, 1).unwrap());
+        let progress = Arc::default();
+        let ctx = Rc::new(Ctx {
+            plan,
+            rec: RefCell::new(Recorder::default()),
+            progress,
+            t0: Instant::now(),
+        });
+        let hold = std::mem::size_of_val(&hold::conn(Rc::clone(&ctx), 0));
+        assert!(hold <= 640, "hold task future is {hold} bytes");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        rt.block_on(async {
+            let s = tokio::net::TcpStream::connect(l.local_addr().unwrap())
+                .await
+                .unwrap();
+            let cfg = crate::echo::Config {
+                fault: crate::echo::fault::Fault::None,
+                max_frame: 1,
+            };
+            let serve = std::mem::size_of_val(&crate::echo::conn::serve(s, cfg));
+            assert!(serve <= 512, "echo connection future is {serve} bytes");
+        });
     }
 }
