@@ -3,6 +3,7 @@
 mod bench;
 mod demo;
 mod exec;
+mod packages;
 mod test;
 mod tune;
 

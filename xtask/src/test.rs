@@ -1,0 +1,65 @@
+//! `cargo xtask test`: everything CI checks, in the order a developer wants to learn it.
+//!
+//! Installs the system packages the build and tests need (apt, as root), then: rustfmt
+//! check, clang-format check of `ebpf/`, clippy with warnings denied, every test of the
+//! workspace, and the relay tests once more over the kernel splice.
+
+use std::process::Command;
+
+use anyhow::{Context, Result};
+
+use crate::exec::{cargo, exec, workspace_root};
+use crate::packages;
+
+/// Options of `cargo xtask test`.
+#[derive(Debug, clap::Args)]
+pub struct Options {
+    /// Skip the format and lint checks (tests only).
+    #[arg(long)]
+    pub no_lint: bool,
+    /// Extra arguments passed to `cargo test` (after `--`, e.g. a test name filter).
+    #[arg(last = true)]
+    pub test_args: Vec<String>,
+}
+
+pub fn run(opts: &Options) -> Result<()> {
+    packages::ensure(packages::BUILD)?;
+    packages::ensure(packages::TEST)?;
+    if !opts.no_lint {
+        step("rustfmt");
+        exec(cargo().args(["fmt", "--all", "--", "--check"]))?;
+        step("clang-format (ebpf/)");
+        clang_format_check()?;
+        step("clippy");
+        exec(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    }
+    step("tests");
+    exec(cargo().args(["test", "--workspace", "--"]).args(&opts.test_args))?;
+    if nix::unistd::Uid::effective().is_root() && opts.test_args.is_empty() {
+        step("relay tests over the kernel splice (splice = sockmap)");
+        exec(cargo().args(["test", "-p", "wsgate", "--test", "proxy_relay"]).env("WSGATE_TEST_SPLICE", "sockmap"))?;
+    } else {
+        eprintln!("xtask: NOT RUN: relay tests over the kernel splice need root (CAP_BPF, CAP_NET_ADMIN)");
+    }
+    eprintln!("xtask: all checks passed");
+    Ok(())
+}
+
+fn step(name: &str) {
+    eprintln!("\nxtask: ── {name} ──");
+}
+
+fn clang_format_check() -> Result<()> {
+    let dir = workspace_root().join("ebpf");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "c" || e == "h"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Ok(());
+    }
+    exec(Command::new("clang-format-19").args(["--dry-run", "--Werror"]).args(&files))
+}
