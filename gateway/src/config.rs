@@ -6,7 +6,7 @@
 //! other than the configuration file itself.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -14,11 +14,11 @@ use serde::{Deserialize, Serialize};
 
 
 /// The whole configuration of one wsgate process.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// Worker threads, each pinned to a core with its own io_uring runtime and
-    /// SO_REUSEPORT listener. 0 means one per CPU.
+    /// Worker threads, each pinned to a core with its own `io_uring` runtime and
+    /// `SO_REUSEPORT` listener. 0 means one per CPU.
     pub workers: usize,
     /// How steady-state WebSocket bytes are relayed: `auto` (kernel sockmap splice
     /// when its start-up self-test passes, else userspace), `sockmap` (refuse to start
@@ -44,6 +44,8 @@ pub struct Config {
     /// Upstream groups by name.
     #[serde(rename = "upstream")]
     pub upstreams: BTreeMap<String, UpstreamConfig>,
+    /// Per-client-address limits and which peers' forwarding headers are believed.
+    pub admission: AdmissionConfig,
 }
 
 /// One listening address.
@@ -88,8 +90,8 @@ impl Default for Timeouts {
         Self {
             header: Duration::from_secs(10),
             connect: Duration::from_secs(15),
-            response: Duration::from_secs(60),
-            idle: Duration::from_secs(3600),
+            response: Duration::from_mins(1),
+            idle: Duration::from_hours(1),
             drain: Duration::from_secs(30),
         }
     }
@@ -103,7 +105,9 @@ pub struct Limits {
     pub max_header_bytes: usize,
     /// Largest upstream response head in bytes; larger ones get 502.
     pub max_response_header_bytes: usize,
-    /// Connections this process holds at once (sizes kernel maps and the open-files preflight).
+    /// Connections this process holds at once (sizes kernel maps and the open-files
+    /// preflight). Also the global admission limit: a request head arriving while this
+    /// many connections are admitted is refused with `admission.status`.
     pub max_connections: u64,
 }
 
@@ -154,7 +158,7 @@ pub enum SpliceMode {
     Auto,
     /// Kernel sockmap splice; refuse to start without it.
     Sockmap,
-    /// Userspace io_uring relay only.
+    /// Userspace `io_uring` relay only.
     Userspace,
 }
 
@@ -180,6 +184,16 @@ pub struct RouteConfig {
     pub path: String,
     /// Name of the upstream group (a key of `[upstream.NAME]`).
     pub upstream: String,
+    /// Origins allowed to open a WebSocket here (cross-site WebSocket hijacking
+    /// protection), compared case-insensitively with the whole `Origin` value, e.g.
+    /// `https://app.example.com`. Other origins get 403; a request without `Origin`
+    /// (a non-browser client) is admitted. Empty (the default) allows every origin.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+    /// Connections admitted through this route at once; more get `admission.status`.
+    /// 0 (the default) means no per-route limit.
+    #[serde(default)]
+    pub max_connections: u64,
 }
 
 fn default_path() -> String {
@@ -188,10 +202,126 @@ fn default_path() -> String {
 
 /// A group of upstream servers.
 #[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct UpstreamConfig {
-    /// Servers of the group: `"IP:PORT"` or `{ address = "IP:PORT", weight = 2, backup = false }`.
+    /// Servers of the group: `"IP:PORT"` or
+    /// `{ address = "IP:PORT", weight = 2, backup = false, max_conns = 0 }`.
     pub servers: Vec<ServerConfig>,
+    /// Which server a new connection goes to: `round_robin` (smooth weighted, the
+    /// default), `least_conn` (fewest live connections relative to weight, counted
+    /// across all workers), `ip_hash` (by client address) or `hash` (by `hash_key`).
+    /// `ip_hash` and `hash` use a consistent-hash ring, so adding a server moves only
+    /// about 1/N of the keys.
+    pub balance: Balance,
+    /// For `balance = "hash"`: `header:NAME`, `cookie:NAME` or `query:NAME`. A request
+    /// without the key is balanced by client address.
+    pub hash_key: Option<String>,
+    /// Passive health: this many failed attempts (connect refused or timed out, reset or
+    /// invalid response before the 101) within `fail_timeout` mark a server down for
+    /// `fail_timeout`. 0 disables passive marking. Default 1 (nginx's default).
+    pub max_fails: u32,
+    /// Window for counting failures and how long a failed server stays down. Default 10s.
+    #[serde(with = "humantime_serde")]
+    pub fail_timeout: Duration,
+    /// Servers tried for one connection before giving up with 502/503/504 (nginx's
+    /// `proxy_next_upstream_tries`). 0 (the default) means every eligible server once.
+    pub tries: usize,
+    /// Local addresses upstream connections are made from, used in turn (nginx's
+    /// `proxy_bind`), bound with `IP_BIND_ADDRESS_NO_PORT` so each address gets its own
+    /// ~28k ports per upstream address. Empty (the default): the kernel picks.
+    pub source_addresses: Vec<IpAddr>,
+    /// Active health checks, run on the admin thread. Absent (the default): none.
+    pub health_check: Option<HealthCheckConfig>,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        Self {
+            servers: Vec::new(),
+            balance: Balance::default(),
+            hash_key: None,
+            max_fails: 1,
+            fail_timeout: Duration::from_secs(10),
+            tries: 0,
+            source_addresses: Vec::new(),
+            health_check: None,
+        }
+    }
+}
+
+/// Balancing policy of an upstream group.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    /// Smooth weighted round robin.
+    #[default]
+    RoundRobin,
+    /// Fewest live connections relative to weight.
+    LeastConn,
+    /// Consistent hash of the client address.
+    IpHash,
+    /// Consistent hash of `hash_key`.
+    Hash,
+}
+
+/// Active health checks of one group: an HTTP request to every server each `interval`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HealthCheckConfig {
+    /// Time between two checks of one server. Default 5s.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Time allowed for connecting and receiving the response head. Default 2s.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Consecutive passed checks that bring a down server back. Default 2.
+    pub rise: u32,
+    /// Consecutive failed checks that take a server out. Default 3.
+    pub fall: u32,
+    /// Request target of the check. Default `/health`.
+    pub path: String,
+    /// Host header of the check. Default: the server's `IP:PORT`.
+    pub host: Option<String>,
+    /// Statuses that count as alive: `"200"`, `"2xx"` or `"200-299"`. Default 2xx and 3xx.
+    pub statuses: Vec<String>,
+}
+
+impl Default for HealthCheckConfig {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(2),
+            rise: 2,
+            fall: 3,
+            path: "/health".into(),
+            host: None,
+            statuses: vec!["2xx".into(), "3xx".into()],
+        }
+    }
+}
+
+/// Parses `statuses` of a health check into inclusive ranges.
+pub fn parse_statuses(specs: &[String]) -> Result<Vec<(u16, u16)>, String> {
+    specs
+        .iter()
+        .map(|s| {
+            let s = s.trim();
+            let bad = || format!("`{s}` is not a status, `Nxx` or `LOW-HIGH` between 100 and 599");
+            let range = if let Some(d) = s.strip_suffix("xx").filter(|d| d.len() == 1) {
+                let d: u16 = d.parse().map_err(|_| bad())?;
+                (d * 100, d * 100 + 99)
+            } else if let Some((lo, hi)) = s.split_once('-') {
+                (lo.trim().parse().map_err(|_| bad())?, hi.trim().parse().map_err(|_| bad())?)
+            } else {
+                let v: u16 = s.parse().map_err(|_| bad())?;
+                (v, v)
+            };
+            if range.0 < 100 || range.1 > 599 || range.0 > range.1 {
+                return Err(bad());
+            }
+            Ok(range)
+        })
+        .collect()
 }
 
 /// One upstream server.
@@ -204,6 +334,8 @@ pub struct ServerConfig {
     pub weight: u32,
     /// Used only when no primary server is available.
     pub backup: bool,
+    /// Live connections this server may hold (all workers together); 0 = no limit.
+    pub max_conns: u64,
 }
 
 #[derive(Deserialize, Serialize)]
@@ -216,6 +348,8 @@ enum ServerSpec {
         weight: u32,
         #[serde(default)]
         backup: bool,
+        #[serde(default)]
+        max_conns: u64,
     },
 }
 
@@ -226,31 +360,56 @@ fn default_weight() -> u32 {
 impl From<ServerSpec> for ServerConfig {
     fn from(s: ServerSpec) -> Self {
         match s {
-            ServerSpec::Address(address) => Self { address, weight: 1, backup: false },
-            ServerSpec::Full { address, weight, backup } => Self { address, weight, backup },
+            ServerSpec::Address(address) => Self { address, weight: 1, backup: false, max_conns: 0 },
+            ServerSpec::Full { address, weight, backup, max_conns } => Self { address, weight, backup, max_conns },
         }
     }
 }
 
 impl From<ServerConfig> for ServerSpec {
     fn from(s: ServerConfig) -> Self {
-        Self::Full { address: s.address, weight: s.weight, backup: s.backup }
+        Self::Full { address: s.address, weight: s.weight, backup: s.backup, max_conns: s.max_conns }
     }
 }
 
-impl Default for Config {
+/// Admission: limits per client address, and whose forwarding headers are believed.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdmissionConfig {
+    /// Connections one client address may hold at once (nginx's `limit_conn` on
+    /// `$binary_remote_addr`). 0 (the default) means no limit.
+    pub limit_conn: u32,
+    /// Handshakes per second one client address may start (token bucket refill rate),
+    /// against reconnect storms. 0 (the default) means no rate limit.
+    pub rate: f64,
+    /// Token bucket size: handshakes one address may start at once before `rate` applies.
+    /// Default 20.
+    pub burst: u32,
+    /// Status of a refused connection: 503 (the default) or 429.
+    pub status: u16,
+    /// Peers (`IP` or `IP/PREFIX`) whose `X-Forwarded-For` / `X-Real-IP` are believed
+    /// for limits, `ip_hash` and logs. From any other peer these headers are dropped and
+    /// replaced by the peer's address. Empty (the default): nobody is believed.
+    pub trusted_proxies: Vec<String>,
+    /// Refusals are logged at most once per this period, with their count. Default 10s.
+    #[serde(with = "humantime_serde")]
+    pub log_period: Duration,
+    /// Slots of the per-address tables (a power of two, 8 bytes each). Addresses that
+    /// hash to one slot share its limit, so a limit is never exceeded, and is exact for
+    /// every address that has its slot to itself. Default 1048576 (8 MiB).
+    pub table_slots: usize,
+}
+
+impl Default for AdmissionConfig {
     fn default() -> Self {
         Self {
-            workers: 0,
-            splice: SpliceMode::default(),
-            strict_tuning: false,
-            listeners: Vec::new(),
-            timeouts: Timeouts::default(),
-            limits: Limits::default(),
-            relay: RelayConfig::default(),
-            access_log: AccessLogConfig::default(),
-            routes: Vec::new(),
-            upstreams: BTreeMap::new(),
+            limit_conn: 0,
+            rate: 0.0,
+            burst: 20,
+            status: 503,
+            trusted_proxies: Vec::new(),
+            log_period: Duration::from_secs(10),
+            table_slots: 1 << 20,
         }
     }
 }
@@ -285,11 +444,18 @@ impl Config {
 
     /// The one-line form: every path of `listen` goes to one group of `upstreams`.
     pub fn one_line(listen: Vec<SocketAddr>, upstreams: Vec<SocketAddr>) -> Self {
-        let servers = upstreams.into_iter().map(|address| ServerConfig { address, weight: 1, backup: false }).collect();
+        let servers =
+            upstreams.into_iter().map(|address| ServerConfig { address, weight: 1, backup: false, max_conns: 0 }).collect();
         Self {
             listeners: listen.into_iter().map(|address| ListenerConfig { address, backlog: default_backlog() }).collect(),
-            routes: vec![RouteConfig { host: None, path: "/".into(), upstream: "default".into() }],
-            upstreams: BTreeMap::from([("default".to_owned(), UpstreamConfig { servers })]),
+            routes: vec![RouteConfig {
+                host: None,
+                path: "/".into(),
+                upstream: "default".into(),
+                allowed_origins: Vec::new(),
+                max_connections: 0,
+            }],
+            upstreams: BTreeMap::from([("default".to_owned(), UpstreamConfig { servers, ..UpstreamConfig::default() })]),
             ..Self::default()
         }
     }
@@ -346,7 +512,14 @@ impl Config {
             if r.host.as_deref().is_some_and(str::is_empty) {
                 return Err(invalid(format!("route[{i}].host"), "must not be empty (omit it to match any host)"));
             }
+            if let Some(o) = r.allowed_origins.iter().find(|o| o.trim().is_empty() || o.contains(char::is_whitespace)) {
+                return Err(invalid(
+                    format!("route[{i}].allowed_origins"),
+                    format!("`{o}` is not an origin (like `https://app.example.com`)"),
+                ));
+            }
         }
+        self.validate_admission()?;
         for (name, u) in &self.upstreams {
             if u.servers.is_empty() {
                 return Err(invalid(format!("upstream.{name}.servers"), "needs at least one server"));
@@ -362,6 +535,31 @@ impl Config {
             if u.servers.iter().all(|s| s.backup) {
                 return Err(invalid(format!("upstream.{name}.servers"), "needs at least one server that is not a backup"));
             }
+            validate_upstream(name, u)?;
+        }
+        Ok(())
+    }
+
+    fn validate_admission(&self) -> Result<(), ConfigError> {
+        let a = &self.admission;
+        if !a.rate.is_finite() || a.rate < 0.0 {
+            return Err(invalid("admission.rate", "must be a number of handshakes per second, 0 or more"));
+        }
+        if a.rate > 0.0 && a.burst == 0 {
+            return Err(invalid("admission.burst", "must be at least 1 when admission.rate is set"));
+        }
+        if !matches!(a.status, 429 | 503) {
+            return Err(invalid("admission.status", "must be 503 or 429"));
+        }
+        for (i, p) in a.trusted_proxies.iter().enumerate() {
+            crate::admission::Cidr::parse(p)
+                .map_err(|reason| invalid(format!("admission.trusted_proxies[{i}]"), reason))?;
+        }
+        if a.log_period.is_zero() {
+            return Err(invalid("admission.log_period", "must be greater than 0"));
+        }
+        if !a.table_slots.is_power_of_two() || !(64..=1 << 26).contains(&a.table_slots) {
+            return Err(invalid("admission.table_slots", "must be a power of two between 64 and 67108864"));
         }
         Ok(())
     }
@@ -373,6 +571,57 @@ impl Config {
         }
         std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
     }
+}
+
+fn validate_upstream(name: &str, u: &UpstreamConfig) -> Result<(), ConfigError> {
+    let field = |f: &str| format!("upstream.{name}.{f}");
+    match (u.balance, &u.hash_key) {
+        (Balance::Hash, None) => {
+            return Err(invalid(field("hash_key"), "is required with balance = \"hash\" (header:NAME, cookie:NAME or query:NAME)"));
+        }
+        (Balance::Hash, Some(k)) => {
+            crate::upstream::HashKey::parse(k).map_err(|reason| invalid(field("hash_key"), reason))?;
+        }
+        (_, Some(_)) => return Err(invalid(field("hash_key"), "is only used with balance = \"hash\"")),
+        (_, None) => {}
+    }
+    if u.max_fails > 0 && u.fail_timeout.is_zero() {
+        return Err(invalid(field("fail_timeout"), "must be greater than 0 when max_fails is set"));
+    }
+    for (i, a) in u.source_addresses.iter().enumerate() {
+        if u.servers.iter().any(|s| s.address.is_ipv4() != a.is_ipv4()) {
+            return Err(invalid(
+                field(&format!("source_addresses[{i}]")),
+                format!("{a} is not of the same address family as every server"),
+            ));
+        }
+    }
+    if let Some(h) = &u.health_check {
+        let hf = |f: &str| field(&format!("health_check.{f}"));
+        if h.interval.is_zero() {
+            return Err(invalid(hf("interval"), "must be greater than 0"));
+        }
+        if h.timeout.is_zero() {
+            return Err(invalid(hf("timeout"), "must be greater than 0"));
+        }
+        if h.rise == 0 {
+            return Err(invalid(hf("rise"), "must be at least 1"));
+        }
+        if h.fall == 0 {
+            return Err(invalid(hf("fall"), "must be at least 1"));
+        }
+        if !h.path.starts_with('/') || h.path.contains(char::is_whitespace) {
+            return Err(invalid(hf("path"), format!("`{}` must start with `/` and hold no spaces", h.path)));
+        }
+        if h.host.as_deref().is_some_and(|v| v.is_empty() || v.contains(char::is_whitespace)) {
+            return Err(invalid(hf("host"), "must be a host name without spaces"));
+        }
+        if h.statuses.is_empty() {
+            return Err(invalid(hf("statuses"), "needs at least one status"));
+        }
+        parse_statuses(&h.statuses).map_err(|reason| invalid(hf("statuses"), reason))?;
+    }
+    Ok(())
 }
 
 /// The example configuration shipped with wsgate (mirrors the nginx WebSocket recipe).
@@ -387,7 +636,7 @@ mod tests {
         let c = Config::from_toml(EXAMPLE).expect("example parses");
         c.validate().expect("example validates");
         assert_eq!(c.routes[0].path, "/ws/");
-        assert_eq!(c.timeouts.idle, Duration::from_secs(3600));
+        assert_eq!(c.timeouts.idle, Duration::from_hours(1));
     }
 
     #[test]

@@ -13,6 +13,7 @@ use std::time::Instant;
 use tokio_uring::net::TcpStream;
 
 use crate::accesslog::{AccessLog, AccessRecord, now_unix};
+use crate::admission::Admission;
 use crate::config::Config;
 use crate::error::{ErrorKind, ProxyError};
 use crate::handshake;
@@ -23,6 +24,7 @@ use crate::relay::{self, CloseReason, RelayOptions};
 use crate::router::Router;
 use crate::shutdown::ShutdownRx;
 use crate::stats::Stats;
+use crate::upstream::Pick;
 
 /// What every connection task of one worker shares.
 #[derive(Debug)]
@@ -32,6 +34,7 @@ pub struct Context {
     pub access_log: AccessLog,
     pub stats: Arc<Stats>,
     pub shutdown: ShutdownRx,
+    pub admission: Arc<Admission>,
 }
 
 /// What is known of the connection so far, for the access log.
@@ -74,7 +77,12 @@ pub async fn serve(client: TcpStream, peer: SocketAddr, ctx: Rc<Context>) {
     if let Err(err) = proxy(&client, &ctx, &mut facts).await {
         facts.status = err.kind.status();
         facts.close = "error";
-        tracing::info!(side = %err.kind.side(), status = err.kind.status(), client = %peer, request = %facts.request, "{}", err.detail);
+        if !err.kind.is_refusal() {
+            tracing::info!(side = %err.kind.side(), status = err.kind.status(), client = %peer, request = %facts.request, "{}", err.detail);
+        } else if let Some(summary) = ctx.admission.refusal_report() {
+            // Refusals come in floods: one line per `admission.log_period`, with counts.
+            tracing::warn!(status = err.kind.status(), "{summary}");
+        }
         if err.kind.respond() {
             let response = error_response(err.kind);
             let len = response.len() as u64;
@@ -122,20 +130,36 @@ async fn proxy(client: &TcpStream, ctx: &Context, facts: &mut Facts) -> Result<(
         Stats::bump(&ctx.stats.upgrades_attempted);
     }
 
+    // Phase: admit (client address as believed, origin, limits).
+    let peer_ip = facts.peer.ip();
+    let client_ip = ctx.admission.client_ip(peer_ip, &head);
+    facts.peer = SocketAddr::new(client_ip, facts.peer.port());
+    if intent == Intent::WebSocket {
+        route.gate.check_origin(&head)?;
+    }
+    let _admitted = ctx.admission.admit(client_ip, &route.gate)?;
+
     // Phase: connect upstream.
-    let connected = handshake::connect(&route.group, facts.peer.ip(), cfg.timeouts.connect).await?;
+    let key = route.group.hash_key().and_then(|k| k.extract(&head));
+    let connected = handshake::connect(&route.group, &Pick { client: client_ip, key }, cfg.timeouts.connect).await?;
     let upstream = connected.stream;
-    let _live = route.group.enter(connected.server);
-    facts.upstream_addr = Some(route.group.server(connected.server).addr);
+    let (server, _live) = (connected.server, connected.live);
+    facts.upstream_addr = Some(route.group.server(server).addr);
+    let failed = |e: ProxyError| {
+        // Passive health: a reset or bad answer before the 101 counts against the server.
+        route.group.report_failure(server);
+        e
+    };
 
     // Phase: forward the rewritten head and whatever followed it.
-    let mut out = upstream_head(&head, intent, Forwarded { client_ip: facts.peer.ip(), proto: "http" });
+    let fwd = Forwarded { client_ip, peer_ip, trusted: ctx.admission.is_trusted(peer_ip), proto: "http" };
+    let mut out = upstream_head(&head, intent, fwd);
     let early = &buf[head.len..];
     out.extend_from_slice(early);
     facts.bytes_in = early.len() as u64;
     handshake::write_all(&upstream, out)
         .await
-        .map_err(|e| ProxyError::new(ErrorKind::UpstreamClosed, format!("forwarding request head: {e}")))?;
+        .map_err(|e| failed(ProxyError::new(ErrorKind::UpstreamClosed, format!("forwarding request head: {e}"))))?;
     drop(buf);
 
     let mut shutdown = ctx.shutdown.clone();
@@ -154,7 +178,9 @@ async fn proxy(client: &TcpStream, ctx: &Context, facts: &mut Facts) -> Result<(
 
     // Phase: response head (peeked, left queued).
     let deadline = Instant::now() + cfg.timeouts.response;
-    let resp = handshake::peek_response(&upstream, cfg.limits.max_response_header_bytes, deadline, &head.method).await?;
+    let resp = handshake::peek_response(&upstream, cfg.limits.max_response_header_bytes, deadline, &head.method)
+        .await
+        .map_err(failed)?;
     facts.upstream_response_time = Some(connected.started.elapsed().as_secs_f64());
     facts.status = resp.status;
     if resp.status != 101 {

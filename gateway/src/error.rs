@@ -52,6 +52,12 @@ pub enum ErrorKind {
     UpstreamTimeout,
     /// A local resource failed (sockets, memory) → 500.
     Internal,
+    /// The request's `Origin` is not in the route's `allowed_origins` → 403.
+    Forbidden,
+    /// Over an admission limit (connections or handshake rate), `admission.status = 503`.
+    OverLimit,
+    /// Over an admission limit, `admission.status = 429`.
+    TooManyRequests,
 }
 
 impl ErrorKind {
@@ -59,6 +65,7 @@ impl ErrorKind {
     pub fn status(self) -> u16 {
         match self {
             Self::BadRequest => 400,
+            Self::Forbidden => 403,
             Self::NoRoute => 404,
             Self::HeaderTimeout => 408,
             Self::UnsupportedVersion => 426,
@@ -66,7 +73,8 @@ impl ErrorKind {
             Self::ClientClosed => 499,
             Self::Internal => 500,
             Self::UpstreamRefused | Self::UpstreamInvalid | Self::UpstreamClosed => 502,
-            Self::NoUpstream => 503,
+            Self::NoUpstream | Self::OverLimit => 503,
+            Self::TooManyRequests => 429,
             Self::UpstreamTimeout => 504,
         }
     }
@@ -79,7 +87,10 @@ impl ErrorKind {
             | Self::UnsupportedVersion
             | Self::HeadersTooLarge
             | Self::HeaderTimeout
-            | Self::ClientClosed => Side::Client,
+            | Self::ClientClosed
+            | Self::Forbidden
+            | Self::OverLimit
+            | Self::TooManyRequests => Side::Client,
             Self::UpstreamRefused
             | Self::UpstreamInvalid
             | Self::UpstreamClosed
@@ -94,10 +105,18 @@ impl ErrorKind {
         !matches!(self, Self::HeaderTimeout | Self::ClientClosed)
     }
 
+    /// Whether this is an admission refusal: counted and summarised once per period
+    /// instead of logged per connection.
+    pub fn is_refusal(self) -> bool {
+        matches!(self, Self::OverLimit | Self::TooManyRequests)
+    }
+
     /// Short reason phrase, also the body of the error response.
     pub fn reason(self) -> &'static str {
         match self {
             Self::BadRequest => "Bad Request",
+            Self::Forbidden => "Forbidden",
+            Self::TooManyRequests => "Too Many Requests",
             Self::NoRoute => "Not Found",
             Self::HeaderTimeout => "Request Timeout",
             Self::UnsupportedVersion => "Upgrade Required",
@@ -105,7 +124,7 @@ impl ErrorKind {
             Self::ClientClosed => "Client Closed Request",
             Self::Internal => "Internal Server Error",
             Self::UpstreamRefused | Self::UpstreamInvalid | Self::UpstreamClosed => "Bad Gateway",
-            Self::NoUpstream => "Service Unavailable",
+            Self::NoUpstream | Self::OverLimit => "Service Unavailable",
             Self::UpstreamTimeout => "Gateway Timeout",
         }
     }

@@ -15,7 +15,6 @@
 //! network input.
 
 use std::io;
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,7 +26,7 @@ use crate::error::{ErrorKind, ProxyError};
 use crate::http::body::BodyTracker;
 use crate::http::request::{self, RequestHead};
 use crate::http::response::{self, ResponseHead};
-use crate::upstream::Group;
+use crate::upstream::{ActiveGuard, Group, Pick};
 use crate::{bufpool, net, readiness};
 
 /// Reads the request head within `deadline`, at most `max` bytes. Returns the head and
@@ -65,22 +64,26 @@ pub struct Connected {
     pub stream: TcpStream,
     pub server: usize,
     pub started: Instant,
+    /// Counts the connection as live on its server (`least_conn`, `max_conns`) until dropped.
+    pub live: ActiveGuard,
 }
 
-/// Connects to the group's servers in policy order until one accepts. All refused →
-/// 502; all timed out → 504; no eligible server → 503.
-pub async fn connect(group: &Arc<Group>, client_ip: IpAddr, timeout: Duration) -> Result<Connected, ProxyError> {
-    let order = group.attempt_order(client_ip);
-    if order.is_empty() {
-        return Err(ProxyError::new(ErrorKind::NoUpstream, format!("no available server in upstream `{}`", group.name)));
-    }
+/// Connects to the group's servers in policy order (bounded by `tries`) until one
+/// accepts; each failure is reported to passive health. All refused → 502; all timed
+/// out → 504; no eligible server → 503.
+pub async fn connect(group: &Arc<Group>, pick: &Pick<'_>, timeout: Duration) -> Result<Connected, ProxyError> {
+    let order = group.attempt_order(pick);
     let (mut timeouts, mut failures) = (0, Vec::new());
     for i in order {
+        // A server can fill up between the pick and here: skip it, it did not fail.
+        let Some(live) = group.try_enter(i) else { continue };
         let addr = group.server(i).addr;
         let started = Instant::now();
-        match net::connect(addr, timeout).await {
-            Ok(stream) => return Ok(Connected { stream, server: i, started }),
+        match net::connect(addr, group.next_source(), timeout).await {
+            Ok(stream) => return Ok(Connected { stream, server: i, started, live }),
             Err(e) => {
+                drop(live);
+                group.report_failure(i);
                 tracing::warn!(upstream = %addr, group = %group.name, error = %e, "upstream connect failed; trying the next server");
                 if e.kind() == io::ErrorKind::TimedOut {
                     timeouts += 1;
@@ -88,6 +91,9 @@ pub async fn connect(group: &Arc<Group>, client_ip: IpAddr, timeout: Duration) -
                 failures.push(format!("{addr}: {e}"));
             }
         }
+    }
+    if failures.is_empty() {
+        return Err(ProxyError::new(ErrorKind::NoUpstream, format!("no available server in upstream `{}`", group.name)));
     }
     let kind = if timeouts == failures.len() { ErrorKind::UpstreamTimeout } else { ErrorKind::UpstreamRefused };
     Err(ProxyError::new(kind, format!("upstream `{}`: {}", group.name, failures.join("; "))))

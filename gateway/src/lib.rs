@@ -5,6 +5,7 @@
 //! configuration reference.
 
 pub mod accesslog;
+pub mod admission;
 pub mod bufpool;
 pub mod config;
 pub mod connection;

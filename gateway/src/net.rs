@@ -1,10 +1,10 @@
-//! Socket operations that io_uring does not cover: non-blocking connect with a
+//! Socket operations that `io_uring` does not cover: non-blocking connect with a
 //! timeout (so a timed-out attempt is closed at once, not left in flight), peeking,
 //! draining, and socket options. Waiting is always done on the poll ring
 //! ([`crate::readiness`]); nothing here blocks a worker.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::Duration;
 
@@ -13,11 +13,19 @@ use tokio_uring::net::TcpStream;
 
 use crate::readiness;
 
-/// Connects to `addr` within `timeout`; the socket comes back in blocking mode with
-/// `TCP_NODELAY`, ready for io_uring reads and writes.
-pub async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+/// Connects to `addr` within `timeout`, from local address `source` if given; the
+/// socket comes back in blocking mode with `TCP_NODELAY`, ready for `io_uring` reads and
+/// writes. A source address is bound with `IP_BIND_ADDRESS_NO_PORT`, so the port is
+/// chosen at connect time per destination and each source gets its own port range.
+pub async fn connect(addr: SocketAddr, source: Option<IpAddr>, timeout: Duration) -> io::Result<TcpStream> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM.nonblocking().cloexec(), Some(Protocol::TCP))?;
     socket.set_nodelay(true)?;
+    if let Some(ip) = source {
+        setsockopt_int(socket.as_raw_fd(), libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT, 1)?;
+        socket
+            .bind(&SockAddr::from(SocketAddr::new(ip, 0)))
+            .map_err(|e| io::Error::new(e.kind(), format!("binding source address {ip}: {e}")))?;
+    }
     match socket.connect(&SockAddr::from(addr)) {
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {

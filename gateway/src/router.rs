@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use crate::admission::RouteGate;
 use crate::config::RouteConfig;
 use crate::upstream::Group;
 
@@ -11,6 +12,8 @@ pub struct Route {
     host: Option<String>,
     prefix: String,
     pub group: Arc<Group>,
+    /// Origin rules and the connection limit of this route.
+    pub gate: Arc<RouteGate>,
 }
 
 /// All routes of the configuration.
@@ -25,7 +28,12 @@ impl Router {
         let routes = routes
             .iter()
             .filter_map(|r| {
-                Some(Route { host: r.host.as_ref().map(|h| h.to_ascii_lowercase()), prefix: r.path.clone(), group: group_of(&r.upstream)? })
+                Some(Route {
+                    host: r.host.as_ref().map(|h| h.to_ascii_lowercase()),
+                    prefix: r.path.clone(),
+                    group: group_of(&r.upstream)?,
+                    gate: Arc::new(RouteGate::new(r)),
+                })
             })
             .collect();
         Self { routes }

@@ -22,7 +22,8 @@ use crate::connection::{self, ActiveConn, Context};
 use crate::router::Router;
 use crate::shutdown::{self, Phase, ShutdownRx};
 use crate::stats::Stats;
-use crate::upstream::Group;
+use crate::admission::Admission;
+use crate::upstream::{self, Group};
 use crate::{bufpool, readiness};
 
 /// Submission queue size of each worker's io_uring (completion queue is twice that).
@@ -55,6 +56,11 @@ pub fn run(config: Config) -> Result<()> {
     let router = Arc::new(Router::new(&config.routes, |name| {
         groups.iter().find(|(n, _)| n == name).map(|(_, g)| g.clone())
     }));
+    let all_groups: Vec<Arc<Group>> = groups.iter().map(|(_, g)| g.clone()).collect();
+    if upstream::health::start(&all_groups).context("starting the health-check thread")? {
+        tracing::info!("active health checks running");
+    }
+    let admission = Arc::new(Admission::new(&config));
     let access_log = AccessLog::start(&config.access_log).context("starting the access log")?;
     let stats = Arc::new(Stats::default());
     let (tx, rx) = shutdown::channel();
@@ -76,6 +82,7 @@ pub fn run(config: Config) -> Result<()> {
             access_log: access_log.clone(),
             stats: stats.clone(),
             shutdown: rx.clone(),
+            admission: admission.clone(),
             cpu: cpus.get(w % cpus.len().max(1)).copied(),
         };
         let h = std::thread::Builder::new()
@@ -125,6 +132,7 @@ struct WorkerSetup {
     access_log: AccessLog,
     stats: Arc<Stats>,
     shutdown: ShutdownRx,
+    admission: Arc<Admission>,
     cpu: Option<usize>,
 }
 
@@ -141,6 +149,7 @@ fn worker(setup: WorkerSetup, sockets: Vec<Socket>) -> Result<()> {
             access_log: setup.access_log,
             stats: setup.stats,
             shutdown: setup.shutdown.clone(),
+            admission: setup.admission,
         });
         let mut accept_loops = Vec::new();
         for s in sockets {
@@ -168,10 +177,12 @@ async fn accept_loop(listener: TcpListener, ctx: Rc<Context>) {
                 Ok((stream, peer)) => {
                     let active = ActiveConn::new(&ctx.stats);
                     let ctx = ctx.clone();
-                    tokio_uring::spawn(async move {
+                    let fut = async move {
                         connection::serve(stream, peer, ctx).await;
                         drop(active);
-                    });
+                    };
+                    if std::env::var_os("WSGATE_DEBUG_SIZE").is_some() { eprintln!("conn future {} B", std::mem::size_of_val(&fut)); }
+                    tokio_uring::spawn(fut);
                 }
                 Err(e) => {
                     // EMFILE/ENFILE/ENOBUFS: back off briefly instead of spinning.

@@ -1,7 +1,9 @@
 //! The request head as the upstream sees it: the nginx recipe's `proxy_set_header` lines.
 //!
-//! Host is kept; `X-Real-IP` and `X-Forwarded-Proto` are set; `X-Forwarded-For` gets the
-//! client address appended; hop-by-hop headers and headers named in `Connection` are
+//! Host is kept; `X-Real-IP` (the client address as believed) and `X-Forwarded-Proto`
+//! are set; `X-Forwarded-For` is the incoming one with the peer address appended when
+//! the peer is a trusted proxy, and just the peer address otherwise: a header from an
+//! untrusted peer is never passed on. Hop-by-hop headers and headers named in `Connection` are
 //! dropped; `Connection: upgrade` (WebSocket) or `Connection: close` (plain HTTP) is
 //! added. Every other header (cookies, subprotocols, extensions, Origin) is passed
 //! through with its value byte-exact, in order.
@@ -29,7 +31,12 @@ const DROPPED: &[&str] = &[
 /// What the proxy adds about the client.
 #[derive(Debug, Clone, Copy)]
 pub struct Forwarded<'a> {
+    /// The client's address: the peer's, or the one a trusted proxy forwarded.
     pub client_ip: IpAddr,
+    /// The address of the TCP peer.
+    pub peer_ip: IpAddr,
+    /// Whether the peer is a trusted proxy (its `X-Forwarded-For` is kept).
+    pub trusted: bool,
     /// `http` or `https`.
     pub proto: &'a str,
 }
@@ -64,17 +71,16 @@ pub fn upstream_head(head: &RequestHead, intent: Intent, fwd: Forwarded<'_>) -> 
     } else {
         push_header(&mut out, b"Connection", b"close");
     }
-    let ip = fwd.client_ip.to_string();
-    push_header(&mut out, b"X-Real-IP", ip.as_bytes());
+    push_header(&mut out, b"X-Real-IP", fwd.client_ip.to_string().as_bytes());
     let mut xff: Vec<u8> = Vec::new();
-    for v in head.headers_named("x-forwarded-for") {
+    for v in head.headers_named("x-forwarded-for").filter(|_| fwd.trusted) {
         let v = v.trim_ascii();
         if !v.is_empty() {
             xff.extend_from_slice(v);
             xff.extend_from_slice(b", ");
         }
     }
-    xff.extend_from_slice(ip.as_bytes());
+    xff.extend_from_slice(fwd.peer_ip.to_string().as_bytes());
     push_header(&mut out, b"X-Forwarded-For", &xff);
     push_header(&mut out, b"X-Forwarded-Proto", fwd.proto.as_bytes());
     out.extend_from_slice(b"\r\n");
@@ -97,18 +103,25 @@ mod tests {
     fn websocket_head_is_rewritten_like_the_recipe() {
         let req = "GET /ws/chat?r=1 HTTP/1.1\r\nHost: example.com\r\nUpgrade: websocket\r\nConnection: Upgrade, X-Secret\r\nX-Secret: s\r\nKeep-Alive: 5\r\nCookie: a=b; c=d\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: chat, superchat\r\nX-Forwarded-For: 10.1.1.1\r\nX-Real-IP: 6.6.6.6\r\n\r\n";
         let head = parse(req.as_bytes()).unwrap().unwrap();
-        let fwd = Forwarded { client_ip: "192.0.2.7".parse().unwrap(), proto: "http" };
+        let peer = "192.0.2.7".parse().unwrap();
+        let fwd = Forwarded { client_ip: "10.1.1.1".parse().unwrap(), peer_ip: peer, trusted: true, proto: "http" };
         let out = String::from_utf8(upstream_head(&head, Intent::WebSocket, fwd)).unwrap();
         assert_eq!(
             out,
-            "GET /ws/chat?r=1 HTTP/1.1\r\nHost: example.com\r\nCookie: a=b; c=d\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: chat, superchat\r\nUpgrade: websocket\r\nConnection: upgrade\r\nX-Real-IP: 192.0.2.7\r\nX-Forwarded-For: 10.1.1.1, 192.0.2.7\r\nX-Forwarded-Proto: http\r\n\r\n"
+            "GET /ws/chat?r=1 HTTP/1.1\r\nHost: example.com\r\nCookie: a=b; c=d\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: chat, superchat\r\nUpgrade: websocket\r\nConnection: upgrade\r\nX-Real-IP: 10.1.1.1\r\nX-Forwarded-For: 10.1.1.1, 192.0.2.7\r\nX-Forwarded-Proto: http\r\n\r\n"
         );
+        // The same head from a peer that is not trusted: its forwarding headers are replaced.
+        let fwd = Forwarded { client_ip: peer, peer_ip: peer, trusted: false, proto: "http" };
+        let out = String::from_utf8(upstream_head(&head, Intent::WebSocket, fwd)).unwrap();
+        assert!(out.ends_with("X-Real-IP: 192.0.2.7\r\nX-Forwarded-For: 192.0.2.7\r\nX-Forwarded-Proto: http\r\n\r\n"), "{out}");
+        assert!(!out.contains("10.1.1.1") && !out.contains("6.6.6.6"), "{out}");
     }
 
     #[test]
     fn plain_head_gets_connection_close() {
         let head = parse(b"POST /x HTTP/1.1\r\nHost: a\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n").unwrap().unwrap();
-        let fwd = Forwarded { client_ip: "::1".parse().unwrap(), proto: "http" };
+        let ip = "::1".parse().unwrap();
+        let fwd = Forwarded { client_ip: ip, peer_ip: ip, trusted: false, proto: "http" };
         let out = String::from_utf8(upstream_head(&head, Intent::Plain, fwd)).unwrap();
         assert!(out.contains("Transfer-Encoding: chunked\r\nConnection: close\r\nX-Real-IP: ::1\r\n"), "{out}");
         assert!(!out.contains("keep-alive"));

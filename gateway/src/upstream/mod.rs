@@ -1,0 +1,370 @@
+//! Upstream groups: which servers a new connection tries, in which order, and what is
+//! known of each server's health.
+//!
+//! State shared by all workers and the health-check thread is atomics only: live
+//! connection counts (`least_conn`, `max_conns`), passive failure marks and the active
+//! health verdict. Nothing here takes a lock or waits; every attempt order is bounded
+//! by the group size and `tries`. Policies live in [`balance`], passive marking in
+//! [`passive`], active checks (own thread, own runtime) in [`health`].
+
+pub mod balance;
+pub mod health;
+pub mod passive;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+
+pub use balance::HashKey;
+
+use crate::config::{Balance, HealthCheckConfig, UpstreamConfig};
+use balance::Ring;
+use passive::{Passive, now_ms};
+
+/// One upstream server and its live state.
+#[derive(Debug)]
+pub struct Server {
+    pub addr: SocketAddr,
+    pub weight: u32,
+    pub backup: bool,
+    /// Live connections allowed (all workers); 0 = no limit.
+    pub max_conns: u64,
+    /// Connections established or being established to this server right now (all workers).
+    active: AtomicU64,
+    passive: Passive,
+    /// Verdict of the active health checks; true until they say otherwise.
+    healthy: AtomicBool,
+}
+
+impl Server {
+    fn new(addr: SocketAddr, weight: u32, backup: bool, max_conns: u64) -> Self {
+        Self {
+            addr,
+            weight,
+            backup,
+            max_conns,
+            active: AtomicU64::new(0),
+            passive: Passive::default(),
+            healthy: AtomicBool::new(true),
+        }
+    }
+
+    pub fn active(&self) -> u64 {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// Whether the active health checks consider the server alive.
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Publishes a health-check verdict; returns the previous one.
+    pub fn set_healthy(&self, healthy: bool) -> bool {
+        self.healthy.swap(healthy, Ordering::Relaxed)
+    }
+
+    /// Whether passive failure marking has the server down right now.
+    pub fn is_marked_down(&self) -> bool {
+        self.passive.is_down(now_ms())
+    }
+
+    fn available(&self, now: u64) -> bool {
+        self.is_healthy() && !self.passive.is_down(now)
+    }
+
+    fn has_room(&self) -> bool {
+        self.max_conns == 0 || self.active() < self.max_conns
+    }
+}
+
+/// What a policy may look at to pick a server.
+#[derive(Debug, Clone, Copy)]
+pub struct Pick<'a> {
+    /// The client's address (as believed: see `admission.trusted_proxies`).
+    pub client: IpAddr,
+    /// The `hash_key` value of the request, if the group hashes on one and it was present.
+    pub key: Option<&'a [u8]>,
+}
+
+/// A named group of servers.
+#[derive(Debug)]
+pub struct Group {
+    pub name: String,
+    servers: Vec<Server>,
+    balance: Balance,
+    hash_key: Option<HashKey>,
+    /// Upper bound of servers tried per connection.
+    tries: usize,
+    /// Round-robin cursor over the weighted schedule (also rotates ties elsewhere).
+    cursor: AtomicUsize,
+    /// Primary indices spread by weight (smooth weighted round robin, precomputed).
+    schedule: Vec<usize>,
+    /// Consistent-hash ring of the primaries (`ip_hash`, `hash`).
+    ring: Ring,
+    max_fails: u32,
+    fail_timeout_ms: u64,
+    sources: Vec<IpAddr>,
+    source_cursor: AtomicUsize,
+    health_check: Option<HealthCheckConfig>,
+}
+
+impl Group {
+    pub fn new(name: &str, cfg: &UpstreamConfig) -> Self {
+        let servers: Vec<Server> = cfg
+            .servers
+            .iter()
+            .map(|s| Server::new(s.address, s.weight, s.backup, s.max_conns))
+            .collect();
+        let schedule = balance::interleave(&servers);
+        let ring = if matches!(cfg.balance, Balance::IpHash | Balance::Hash) {
+            Ring::new(&servers)
+        } else {
+            Ring::default()
+        };
+        Self {
+            name: name.to_owned(),
+            tries: if cfg.tries == 0 {
+                servers.len()
+            } else {
+                cfg.tries.min(servers.len())
+            },
+            servers,
+            balance: cfg.balance,
+            hash_key: cfg.hash_key.as_deref().and_then(|k| HashKey::parse(k).ok()),
+            cursor: AtomicUsize::new(0),
+            schedule,
+            ring,
+            max_fails: cfg.max_fails,
+            fail_timeout_ms: u64::try_from(cfg.fail_timeout.as_millis()).unwrap_or(u64::MAX),
+            sources: cfg.source_addresses.clone(),
+            source_cursor: AtomicUsize::new(0),
+            health_check: cfg.health_check.clone(),
+        }
+    }
+
+    pub fn server(&self, i: usize) -> &Server {
+        &self.servers[i]
+    }
+
+    pub fn servers(&self) -> &[Server] {
+        &self.servers
+    }
+
+    /// The active health check settings, if the group has them.
+    pub fn health_check(&self) -> Option<&HealthCheckConfig> {
+        self.health_check.as_ref()
+    }
+
+    /// The key this group hashes on, if any.
+    pub fn hash_key(&self) -> Option<&HashKey> {
+        self.hash_key.as_ref()
+    }
+
+    /// The servers to try for a new connection, in order: the primary chosen by the
+    /// policy, the other available primaries, then the available backups; at most
+    /// `tries` of them. When every server is marked down by passive checks only, they
+    /// are all tried anyway (a burst of failures must not turn into a full outage).
+    /// Servers the active checks hold down or at `max_conns` are never returned.
+    pub fn attempt_order(&self, pick: &Pick<'_>) -> Vec<usize> {
+        let now = now_ms();
+        let mut order = self.primaries_in_policy_order(pick, |s| s.available(now) && s.has_room());
+        order.extend(self.backups_in_turn(|s| s.available(now) && s.has_room()));
+        if order.is_empty() {
+            order = self.primaries_in_policy_order(pick, |s| s.is_healthy() && s.has_room());
+            order.extend(self.backups_in_turn(|s| s.is_healthy() && s.has_room()));
+        }
+        order.truncate(self.tries);
+        order
+    }
+
+    /// Eligible backups, rotated so that several backups share the load.
+    fn backups_in_turn(&self, ok: impl Fn(&Server) -> bool) -> Vec<usize> {
+        let n = self.servers.len();
+        let start = self.cursor.load(Ordering::Relaxed);
+        (0..n)
+            .map(|k| (start + k) % n)
+            .filter(|&i| self.servers[i].backup && ok(&self.servers[i]))
+            .collect()
+    }
+
+    fn primaries_in_policy_order(
+        &self,
+        pick: &Pick<'_>,
+        ok: impl Fn(&Server) -> bool,
+    ) -> Vec<usize> {
+        let eligible = |i: usize| !self.servers[i].backup && ok(&self.servers[i]);
+        match self.balance {
+            Balance::RoundRobin => {
+                let start = self.cursor.fetch_add(1, Ordering::Relaxed);
+                balance::schedule_order(&self.schedule, start, self.servers.len(), eligible)
+            }
+            Balance::LeastConn => {
+                let start = self.cursor.fetch_add(1, Ordering::Relaxed);
+                balance::least_conn_order(&self.servers, start, eligible)
+            }
+            Balance::IpHash => {
+                self.ring
+                    .order(balance::hash_ip(pick.client), self.servers.len(), eligible)
+            }
+            Balance::Hash => {
+                let h = pick
+                    .key
+                    .map_or_else(|| balance::hash_ip(pick.client), balance::hash_bytes);
+                self.ring.order(h, self.servers.len(), eligible)
+            }
+        }
+    }
+
+    /// Reserves a live-connection slot on server `i` for a connection attempt; `None`
+    /// when the server is at `max_conns` (exact across workers: compare-and-swap).
+    pub fn try_enter(self: &Arc<Self>, i: usize) -> Option<ActiveGuard> {
+        let s = &self.servers[i];
+        if s.max_conns == 0 {
+            s.active.fetch_add(1, Ordering::Relaxed);
+        } else {
+            s.active
+                .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+                    (n < s.max_conns).then_some(n + 1)
+                })
+                .ok()?;
+        }
+        Some(ActiveGuard {
+            group: self.clone(),
+            index: i,
+        })
+    }
+
+    /// Counts a connection to server `i` as live until the guard drops (ignores `max_conns`).
+    pub fn enter(self: &Arc<Self>, i: usize) -> ActiveGuard {
+        self.servers[i].active.fetch_add(1, Ordering::Relaxed);
+        ActiveGuard {
+            group: self.clone(),
+            index: i,
+        }
+    }
+
+    /// Records a failed attempt on server `i` (passive health); logs when it marks the
+    /// server down.
+    pub fn report_failure(&self, i: usize) {
+        let s = &self.servers[i];
+        if s.passive
+            .failure(now_ms(), self.max_fails, self.fail_timeout_ms)
+        {
+            tracing::warn!(
+                group = %self.name,
+                upstream = %s.addr,
+                "upstream marked down for {} ms after {} failed attempt(s)",
+                self.fail_timeout_ms,
+                self.max_fails
+            );
+        }
+    }
+
+    /// The local address the next upstream connection binds to (`source_addresses` in turn).
+    pub fn next_source(&self) -> Option<IpAddr> {
+        if self.sources.is_empty() {
+            return None;
+        }
+        let k = self.source_cursor.fetch_add(1, Ordering::Relaxed);
+        Some(self.sources[k % self.sources.len()])
+    }
+}
+
+/// A live (or being established) connection to one server; decrements its count on drop.
+#[derive(Debug)]
+pub struct ActiveGuard {
+    group: Arc<Group>,
+    index: usize,
+}
+
+impl ActiveGuard {
+    /// The server this guard counts.
+    pub fn server(&self) -> usize {
+        self.index
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.group.servers[self.index]
+            .active
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn group(toml: &str) -> Arc<Group> {
+        let c = Config::from_toml(toml).unwrap();
+        Arc::new(Group::new("g", &c.upstreams["g"]))
+    }
+
+    fn pick() -> Pick<'static> {
+        Pick {
+            client: "127.0.0.1".parse().unwrap(),
+            key: None,
+        }
+    }
+
+    #[test]
+    fn weighted_order_and_backups_last() {
+        let g = group(
+            "[upstream.g]\nservers = [{ address = \"127.0.0.1:1\", weight = 3 }, \"127.0.0.1:2\", { address = \"127.0.0.1:3\", backup = true }]\n",
+        );
+        let firsts: Vec<usize> = (0..8).map(|_| g.attempt_order(&pick())[0]).collect();
+        assert_eq!(firsts.iter().filter(|&&i| i == 0).count(), 6);
+        assert_eq!(firsts.iter().filter(|&&i| i == 1).count(), 2);
+        let order = g.attempt_order(&pick());
+        assert_eq!(order.len(), 3);
+        assert_eq!(order[2], 2);
+        let guard = g.enter(1);
+        assert_eq!(g.server(1).active(), 1);
+        drop(guard);
+        assert_eq!(g.server(1).active(), 0);
+    }
+
+    #[test]
+    fn down_primaries_leave_the_backup() {
+        let g = group(
+            "[upstream.g]\nservers = [\"127.0.0.1:1\", \"127.0.0.1:2\", { address = \"127.0.0.1:3\", backup = true }]\n",
+        );
+        g.server(0).set_healthy(false);
+        assert_eq!(g.attempt_order(&pick()), vec![1, 2]);
+        g.report_failure(1);
+        assert_eq!(g.attempt_order(&pick()), vec![2]);
+        g.server(2).set_healthy(false);
+        // Only passive marks left: try what the active checks still allow.
+        assert_eq!(g.attempt_order(&pick()), vec![1]);
+        g.server(1).set_healthy(false);
+        assert!(g.attempt_order(&pick()).is_empty());
+    }
+
+    #[test]
+    fn max_conns_is_exact() {
+        let g = group(
+            "[upstream.g]\nservers = [{ address = \"127.0.0.1:1\", max_conns = 2 }, \"127.0.0.1:2\"]\n",
+        );
+        let a = g.try_enter(0).unwrap();
+        let _b = g.try_enter(0).unwrap();
+        assert!(g.try_enter(0).is_none());
+        assert!(g.attempt_order(&pick()).iter().all(|&i| i == 1));
+        drop(a);
+        assert!(g.try_enter(0).is_some());
+    }
+
+    #[test]
+    fn least_conn_respects_weights() {
+        let g = group(
+            "[upstream.g]\nbalance = \"least_conn\"\nservers = [{ address = \"127.0.0.1:1\", weight = 2 }, \"127.0.0.1:2\"]\n",
+        );
+        let mut held = Vec::new();
+        for _ in 0..300 {
+            let i = g.attempt_order(&pick())[0];
+            held.push(g.enter(i));
+        }
+        assert_eq!((g.server(0).active(), g.server(1).active()), (200, 100));
+    }
+}
