@@ -32,7 +32,7 @@ use crate::{bufpool, net, readiness};
 /// Reads the request head within `deadline`, at most `max` bytes. Returns the head and
 /// the whole buffer, which may hold bytes that followed the head (never dropped).
 pub async fn read_head(client: &TcpStream, max: usize, deadline: Instant) -> Result<(RequestHead, Vec<u8>), ProxyError> {
-    let mut buf: Vec<u8> = Vec::with_capacity(max.min(4096));
+    let mut buf: Vec<u8> = Vec::with_capacity(max.min(1024));
     loop {
         match timeout_at(deadline.into(), readiness::ready(client, readiness::READABLE)).await {
             Err(_) => return Err(ProxyError::new(ErrorKind::HeaderTimeout, "request head not complete in time")),
@@ -114,7 +114,8 @@ pub async fn peek_response(
     deadline: Instant,
     method: &str,
 ) -> Result<ResponseHead, ProxyError> {
-    let mut buf = vec![0u8; max];
+    // Most response heads fit in 1 KiB; grow to `max` only for one that does not.
+    let mut buf = vec![0u8; max.min(1024)];
     let result = loop {
         let revents = match timeout_at(deadline.into(), readiness::ready(upstream, readiness::READABLE)).await {
             Err(_) => break Err(ProxyError::new(ErrorKind::UpstreamTimeout, "no response head in time")),
@@ -133,6 +134,7 @@ pub async fn peek_response(
             Ok(None) if n >= max => {
                 break Err(ProxyError::new(ErrorKind::UpstreamInvalid, format!("response head larger than {max} bytes")));
             }
+            Ok(None) if n == buf.len() => buf.resize(max, 0),
             Ok(None) if revents & readiness::CLOSED != 0 => {
                 break Err(ProxyError::new(ErrorKind::UpstreamClosed, "closed in the middle of the response head"));
             }

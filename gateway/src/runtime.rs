@@ -181,7 +181,6 @@ async fn accept_loop(listener: TcpListener, ctx: Rc<Context>) {
                         connection::serve(stream, peer, ctx).await;
                         drop(active);
                     };
-                    if std::env::var_os("WSGATE_DEBUG_SIZE").is_some() { eprintln!("conn future {} B", std::mem::size_of_val(&fut)); }
                     tokio_uring::spawn(fut);
                 }
                 Err(e) => {
