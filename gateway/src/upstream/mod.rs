@@ -195,7 +195,17 @@ impl Group {
         let eligible = |i: usize| !self.servers[i].backup && ok(&self.servers[i]);
         match self.balance {
             Balance::RoundRobin => {
-                let start = self.cursor.fetch_add(1, Ordering::Relaxed);
+                // A position whose server is out is skipped by taking the next turn, so
+                // its share spreads over the others by weight instead of going to the
+                // server after it in the schedule.
+                let len = self.schedule.len().max(1);
+                let mut start = self.cursor.fetch_add(1, Ordering::Relaxed);
+                for _ in 1..len {
+                    if self.schedule.get(start % len).is_some_and(|&i| eligible(i)) {
+                        break;
+                    }
+                    start = self.cursor.fetch_add(1, Ordering::Relaxed);
+                }
                 balance::schedule_order(&self.schedule, start, self.servers.len(), eligible)
             }
             Balance::LeastConn => {
@@ -333,6 +343,7 @@ mod tests {
         );
         g.server(0).set_healthy(false);
         assert_eq!(g.attempt_order(&pick()), vec![1, 2]);
+        assert_eq!(g.attempt_order(&pick()), vec![1, 2]);
         g.report_failure(1);
         assert_eq!(g.attempt_order(&pick()), vec![2]);
         g.server(2).set_healthy(false);
@@ -340,6 +351,19 @@ mod tests {
         assert_eq!(g.attempt_order(&pick()), vec![1]);
         g.server(1).set_healthy(false);
         assert!(g.attempt_order(&pick()).is_empty());
+    }
+
+    #[test]
+    fn a_down_server_shares_its_turns_evenly() {
+        let g = group(
+            "[upstream.g]\nservers = [\"127.0.0.1:1\", \"127.0.0.1:2\", \"127.0.0.1:3\", \"127.0.0.1:4\"]\n",
+        );
+        g.server(1).set_healthy(false);
+        let mut count = [0; 4];
+        for _ in 0..300 {
+            count[g.attempt_order(&pick())[0]] += 1;
+        }
+        assert_eq!(count, [100, 0, 100, 100]);
     }
 
     #[test]

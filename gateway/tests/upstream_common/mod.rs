@@ -81,6 +81,25 @@ impl Gateway {
     }
 }
 
+impl Gateway {
+    /// Waits (bounded) until `n` stderr lines contain `needle`; returns when the n-th was seen.
+    pub fn wait_stderr_count(&self, needle: &str, n: usize, within: Duration) -> Instant {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some((t, _)) = self.stderr.lock().unwrap().iter().filter(|(_, l)| l.contains(needle)).nth(n - 1) {
+                return *t;
+            }
+            assert!(Instant::now() < deadline, "fewer than {n} stderr lines containing {needle:?}; got {:#?}", self.stderr());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// stderr lines containing `needle` first seen after `since`.
+    pub fn stderr_since(&self, since: Instant, needle: &str) -> Vec<String> {
+        self.stderr.lock().unwrap().iter().filter(|(t, l)| *t > since && l.contains(needle)).map(|(_, l)| l.clone()).collect()
+    }
+}
+
 impl Drop for Gateway {
     fn drop(&mut self) {
         let _ = self.child.kill();
