@@ -5,6 +5,7 @@
 //! because a data-plane thread must never block on a disk.
 
 use std::fs::OpenOptions;
+use std::fmt::Write as _;
 use std::io::{self, BufWriter, Write};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -157,6 +158,7 @@ pub fn now_unix() -> f64 {
 
 /// nginx's `$time_local`: `22/Nov/2026:02:03:39 +0000`.
 fn time_local(unix: f64) -> String {
+    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
     let t = unix as libc::time_t;
     // SAFETY: an all-zero `tm` is a valid value; `localtime_r` fills it from `t`.
     let mut tm: libc::tm = unsafe { std::mem::zeroed() };
@@ -164,7 +166,6 @@ fn time_local(unix: f64) -> String {
     if unsafe { libc::localtime_r(&raw const t, &raw mut tm) }.is_null() {
         return "-".into();
     }
-    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
     let off = tm.tm_gmtoff / 60;
     format!(
         "{:02}/{}/{}:{:02}:{:02}:{:02} {}{:02}{:02}",
@@ -185,8 +186,9 @@ fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         if c == '"' || c == '\\' || c.is_control() {
-            for b in c.to_string().bytes() {
-                out.push_str(&format!("\\x{b:02X}"));
+            let mut utf8 = [0u8; 4];
+            for b in c.encode_utf8(&mut utf8).bytes() {
+                let _ = write!(out, "\\x{b:02X}");
             }
         } else {
             out.push(c);

@@ -141,7 +141,7 @@ impl Future for Ready {
                     let res = *res;
                     r.slots.remove(key);
                     self.key = None;
-                    Poll::Ready(if res < 0 { Err(io::Error::from_raw_os_error(-res)) } else { Ok(res as u32) })
+                    Poll::Ready(u32::try_from(res).map_err(|_| io::Error::from_raw_os_error(-res)))
                 }
                 Some(Slot::Waiting(w)) => {
                     if !w.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {

@@ -157,7 +157,7 @@ pub async fn relay(client: &TcpStream, upstream: &TcpStream, opts: RelayOptions,
     // kernel lets go of both sockets once the caller drops them.
     net::shutdown(client, Shutdown::Both);
     net::shutdown(upstream, Shutdown::Both);
-    let first: Option<(Instant, Option<u16>)> = first.get();
+    let first: FirstBytes = first.get();
     RelayOutcome {
         client_to_upstream: c2u_bytes.get(),
         upstream_to_client: u2c_bytes.get(),
@@ -174,6 +174,9 @@ fn reset(s: &TcpStream) {
     }
 }
 
+/// When the upstream's first bytes came, and the HTTP status they start with.
+type FirstBytes = Option<(Instant, Option<u16>)>;
+
 /// Moves bytes from `from` to `to` until FIN or an error. `first` records when the
 /// first bytes came and the HTTP status they start with, if any.
 async fn pump(
@@ -181,7 +184,7 @@ async fn pump(
     to: &TcpStream,
     activity: &Cell<Instant>,
     moved: &Cell<u64>,
-    first: Option<&Cell<Option<(Instant, Option<u16>)>>>,
+    first: Option<&Cell<FirstBytes>>,
 ) -> PumpEnd {
     loop {
         if let Err(e) = readiness::ready(from, readiness::READABLE).await {

@@ -117,7 +117,7 @@ pub fn run(opts: &Options) -> Result<()> {
     if opts.keep_running {
         println!("\ndemo: still running: ws://{gw_addr}/ws/ → {echo_addr}. Ctrl-C to stop.");
         loop {
-            std::thread::sleep(Duration::from_secs(3600));
+            std::thread::sleep(Duration::from_hours(1));
         }
     }
     drop(gw);
@@ -143,7 +143,7 @@ fn spawn_with_ready_line(
 ) -> Result<(Proc, SocketAddr, mpsc::Receiver<String>)> {
     let mut child = cmd
         .spawn()
-        .with_context(|| format!("starting {:?}", cmd.get_program()))?;
+        .with_context(|| format!("starting {}", cmd.get_program().display()))?;
     let stdout = child.stdout.take().context("no stdout")?;
     let proc = Proc(child);
     let (addr_tx, addr_rx) = mpsc::channel();
@@ -162,7 +162,7 @@ fn spawn_with_ready_line(
     });
     let addr = addr_rx
         .recv_timeout(Duration::from_secs(30))
-        .with_context(|| format!("{:?} did not print `{prefix}…`", cmd.get_program()))?;
+        .with_context(|| format!("{} did not print `{prefix}…`", cmd.get_program().display()))?;
     Ok((proc, addr, line_rx))
 }
 

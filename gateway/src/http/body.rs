@@ -126,9 +126,8 @@ fn step_chunked(state: State, b: u8) -> Result<State, ProxyError> {
         (State::Extension(v), _) => State::Extension(v),
         (State::DataEnd(false), b'\r') => State::DataEnd(true),
         (State::DataEnd(_), b'\n') => State::Size(0, 0),
-        (State::Trailer(true), b'\r') => State::Trailer(true),
         (State::Trailer(true), b'\n') => State::Done,
-        (State::Trailer(_), b'\n') => State::Trailer(true),
+        (State::Trailer(true), b'\r') | (State::Trailer(_), b'\n') => State::Trailer(true),
         (State::Trailer(_), _) => State::Trailer(false),
         _ => return bad(),
     })
