@@ -652,6 +652,39 @@ mod tests {
     }
 
     #[test]
+    fn upstream_and_admission_fields_are_validated_by_name() {
+        let base = "[[listener]]\naddress = \"127.0.0.1:0\"\n[[route]]\nupstream = \"g\"\n[upstream.g]\nservers = [\"127.0.0.1:1\"]\n";
+        let check = |extra: &str| {
+            // Bare keys land in [upstream.g], the last table of `base`.
+            let text = format!("{base}{extra}");
+            Config::from_toml(&text).map_err(|e| e.to_string()).and_then(|c| c.validate().map_err(|e| e.to_string()))
+        };
+        assert!(check("").is_ok());
+        let full = "balance = \"hash\"\nhash_key = \"cookie:sid\"\nmax_fails = 2\nfail_timeout = \"3s\"\ntries = 2\nsource_addresses = [\"127.0.0.2\"]\n[upstream.g.health_check]\ninterval = \"1s\"\nstatuses = [\"200\", \"3xx\", \"401-403\"]\n[admission]\nlimit_conn = 10\nrate = 5.0\nstatus = 429\ntrusted_proxies = [\"10.0.0.0/8\", \"::1\"]\n";
+        assert!(check(full).is_ok(), "{:?}", check(full));
+        for (extra, field) in [
+            ("balance = \"hash\"\n", "upstream.g.hash_key:"),
+            ("balance = \"hash\"\nhash_key = \"body:x\"\n", "upstream.g.hash_key:"),
+            ("hash_key = \"header:x\"\n", "upstream.g.hash_key:"),
+            ("source_addresses = [\"::1\"]\n", "upstream.g.source_addresses[0]:"),
+            ("[upstream.g.health_check]\nrise = 0\n", "upstream.g.health_check.rise:"),
+            ("[upstream.g.health_check]\npath = \"health\"\n", "upstream.g.health_check.path:"),
+            ("[upstream.g.health_check]\nstatuses = [\"6xx\"]\n", "upstream.g.health_check.statuses:"),
+            ("[admission]\nstatus = 500\n", "admission.status:"),
+            ("[admission]\ntrusted_proxies = [\"10.0.0.0/40\"]\n", "admission.trusted_proxies[0]:"),
+            ("[admission]\nrate = -1.0\n", "admission.rate:"),
+            ("[admission]\ntable_slots = 1000\n", "admission.table_slots:"),
+        ] {
+            let e = check(extra).unwrap_err();
+            assert!(e.starts_with(field), "{extra:?}: {e}");
+        }
+        let route = "[[listener]]\naddress = \"127.0.0.1:0\"\n[[route]]\nupstream = \"g\"\nallowed_origins = [\"\"]\n[upstream.g]\nservers = [\"127.0.0.1:1\"]\n";
+        let e = Config::from_toml(route).unwrap().validate().unwrap_err().to_string();
+        assert!(e.starts_with("route[0].allowed_origins:"), "{e}");
+        assert_eq!(parse_statuses(&["2xx".into(), "404".into()]).unwrap(), vec![(200, 299), (404, 404)]);
+    }
+
+    #[test]
     fn servers_accept_both_forms() {
         let c = Config::from_toml(
             "[upstream.a]\nservers = [\"127.0.0.1:1\", { address = \"127.0.0.1:2\", weight = 3, backup = true }]\n",

@@ -27,8 +27,11 @@ impl Gateway {
     /// Starts wsgate with `toml`, which must listen on 127.0.0.1:0.
     pub fn start(toml: &str) -> Self {
         static N: AtomicU64 = AtomicU64::new(0);
-        let dir = std::env::temp_dir()
-            .join(format!("wsgate-upstream-test-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+        let dir = std::env::temp_dir().join(format!(
+            "wsgate-upstream-test-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("wsgate.toml");
         std::fs::write(&path, toml).unwrap();
@@ -58,24 +61,47 @@ impl Gateway {
         });
         let Ok(addr) = rx.recv_timeout(Duration::from_secs(20)) else {
             let _ = child.kill();
-            panic!("wsgate did not start; stderr: {:#?}", stderr.lock().unwrap());
+            panic!(
+                "wsgate did not start; stderr: {:#?}",
+                stderr.lock().unwrap()
+            );
         };
-        Self { child, addr, stderr, dir }
+        Self {
+            child,
+            addr,
+            stderr,
+            dir,
+        }
     }
 
     /// stderr lines so far.
     pub fn stderr(&self) -> Vec<String> {
-        self.stderr.lock().unwrap().iter().map(|(_, l)| l.clone()).collect()
+        self.stderr
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, l)| l.clone())
+            .collect()
     }
 
     /// Waits (bounded) for a stderr line containing `needle`; returns when it was seen.
     pub fn wait_stderr(&self, needle: &str, within: Duration) -> Instant {
         let deadline = Instant::now() + within;
         loop {
-            if let Some((t, _)) = self.stderr.lock().unwrap().iter().find(|(_, l)| l.contains(needle)) {
+            if let Some((t, _)) = self
+                .stderr
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|(_, l)| l.contains(needle))
+            {
                 return *t;
             }
-            assert!(Instant::now() < deadline, "no stderr line containing {needle:?}; got {:#?}", self.stderr());
+            assert!(
+                Instant::now() < deadline,
+                "no stderr line containing {needle:?}; got {:#?}",
+                self.stderr()
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
     }
@@ -86,17 +112,34 @@ impl Gateway {
     pub fn wait_stderr_count(&self, needle: &str, n: usize, within: Duration) -> Instant {
         let deadline = Instant::now() + within;
         loop {
-            if let Some((t, _)) = self.stderr.lock().unwrap().iter().filter(|(_, l)| l.contains(needle)).nth(n - 1) {
+            if let Some((t, _)) = self
+                .stderr
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|(_, l)| l.contains(needle))
+                .nth(n - 1)
+            {
                 return *t;
             }
-            assert!(Instant::now() < deadline, "fewer than {n} stderr lines containing {needle:?}; got {:#?}", self.stderr());
+            assert!(
+                Instant::now() < deadline,
+                "fewer than {n} stderr lines containing {needle:?}; got {:#?}",
+                self.stderr()
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
     }
 
     /// stderr lines containing `needle` first seen after `since`.
     pub fn stderr_since(&self, since: Instant, needle: &str) -> Vec<String> {
-        self.stderr.lock().unwrap().iter().filter(|(t, l)| *t > since && l.contains(needle)).map(|(_, l)| l.clone()).collect()
+        self.stderr
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(t, l)| *t > since && l.contains(needle))
+            .map(|(_, l)| l.clone())
+            .collect()
     }
 }
 
@@ -153,7 +196,10 @@ impl Origin {
         let (tx, rx) = std::sync::mpsc::channel();
         let (st, label) = (state.clone(), name.to_owned());
         let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(async move {
                 let listener = TcpListener::bind(addr).await.expect("bind origin");
                 tx.send(listener.local_addr().unwrap()).unwrap();
@@ -172,8 +218,16 @@ impl Origin {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             });
         });
-        let addr = rx.recv_timeout(Duration::from_secs(5)).expect("origin started");
-        Self { name: name.to_owned(), addr, state, stop: Some(stop), thread: Some(thread) }
+        let addr = rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("origin started");
+        Self {
+            name: name.to_owned(),
+            addr,
+            state,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
     }
 
     pub fn set_health(&self, status: u16) {
@@ -229,13 +283,22 @@ async fn serve(
     };
     if head.starts_with("GET /health ") {
         let status = st.health.load(Ordering::Relaxed);
-        let _ = s.write_all(format!("HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes()).await;
+        let _ = s
+            .write_all(
+                format!("HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            )
+            .await;
         return;
     }
-    *st.last_head.lock().unwrap() = head.clone();
+    st.last_head.lock().unwrap().clone_from(&head);
     let header = |name: &str| {
         head.lines()
-            .find_map(|l| l.split_once(':').filter(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.trim().to_owned()))
+            .find_map(|l| {
+                l.split_once(':')
+                    .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+                    .map(|(_, v)| v.trim().to_owned())
+            })
             .unwrap_or_default()
     };
     let resp = format!(
@@ -273,7 +336,11 @@ impl Answer {
     pub fn header(&self, name: &str) -> String {
         self.head
             .lines()
-            .find_map(|l| l.split_once(':').filter(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.trim().to_owned()))
+            .find_map(|l| {
+                l.split_once(':')
+                    .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+                    .map(|(_, v)| v.trim().to_owned())
+            })
             .unwrap_or_default()
     }
 
@@ -285,7 +352,12 @@ impl Answer {
 
 /// One WebSocket handshake through `gw` from local address `from` (any 127/8 address),
 /// with extra header lines. Bounded by 10 s.
-pub async fn handshake(gw: SocketAddr, from: Option<IpAddr>, target: &str, extra: &str) -> Result<Answer, String> {
+pub async fn handshake(
+    gw: SocketAddr,
+    from: Option<IpAddr>,
+    target: &str,
+    extra: &str,
+) -> Result<Answer, String> {
     tokio::time::timeout(Duration::from_secs(10), async {
         let sock = TcpSocket::new_v4().map_err(|e| e.to_string())?;
         if let Some(ip) = from {
@@ -317,7 +389,12 @@ pub async fn handshake(gw: SocketAddr, from: Option<IpAddr>, target: &str, extra
 
 /// `n` short-lived handshakes, `parallel` at a time; returns the answering server of
 /// each (or `Err`). `make` builds (from, target, extra headers) for handshake `i`.
-pub async fn many<F>(gw: SocketAddr, n: usize, parallel: usize, make: F) -> Vec<Result<String, String>>
+pub async fn many<F>(
+    gw: SocketAddr,
+    n: usize,
+    parallel: usize,
+    make: F,
+) -> Vec<Result<String, String>>
 where
     F: Fn(usize) -> (Option<IpAddr>, String, String) + Send + Sync + 'static,
 {
@@ -350,7 +427,8 @@ where
 pub fn tally(results: &[Result<String, String>]) -> std::collections::BTreeMap<String, usize> {
     let mut m = std::collections::BTreeMap::new();
     for r in results {
-        *m.entry(r.clone().unwrap_or_else(|_| "ERR".into())).or_insert(0) += 1;
+        *m.entry(r.clone().unwrap_or_else(|_| "ERR".into()))
+            .or_insert(0) += 1;
     }
     m
 }
