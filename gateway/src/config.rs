@@ -264,7 +264,9 @@ pub enum Balance {
     Hash,
 }
 
-/// Active health checks of one group: an HTTP request to every server each `interval`.
+/// Active health checks of one group: an HTTP request to every server (backups too)
+/// each `interval`, from the admin thread. Servers start in service; `fall` failed
+/// checks in a row take one out, `rise` passed checks in a row bring it back.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HealthCheckConfig {

@@ -116,6 +116,7 @@ pub struct Admission {
     rate: Option<Buckets>,
     refused_kind: ErrorKind,
     refused: [AtomicU64; 4],
+    refused_total: AtomicU64,
     last_report: AtomicU64,
     period_ms: u64,
 }
@@ -138,6 +139,7 @@ impl Admission {
                 ErrorKind::OverLimit
             },
             refused: Default::default(),
+            refused_total: AtomicU64::new(0),
             last_report: AtomicU64::new(0),
             period_ms: u64::try_from(a.log_period.as_millis())
                 .unwrap_or(u64::MAX)
@@ -209,6 +211,7 @@ impl Admission {
 
     fn refuse(&self, limit: Limit, client: IpAddr) -> ProxyError {
         self.refused[limit as usize].fetch_add(1, Ordering::Relaxed);
+        self.refused_total.fetch_add(1, Ordering::Relaxed);
         ProxyError::new(
             self.refused_kind,
             format!("{client} refused by {}", limit.name()),
@@ -239,6 +242,11 @@ impl Admission {
                 parts.join(", ")
             )
         })
+    }
+
+    /// Connections refused by a limit since start (for metrics).
+    pub fn refused_total(&self) -> u64 {
+        self.refused_total.load(Ordering::Relaxed)
     }
 
     /// Connections admitted right now (all routes, all workers).
@@ -307,6 +315,7 @@ mod tests {
                 .contains("by route max_connections")
         );
         assert!(a.refusal_report().is_none(), "once per period");
+        assert_eq!(a.refused_total(), 9);
     }
 
     #[test]
