@@ -210,8 +210,8 @@ pub struct UpstreamConfig {
     /// Which server a new connection goes to: `round_robin` (smooth weighted, the
     /// default), `least_conn` (fewest live connections relative to weight, counted
     /// across all workers), `ip_hash` (by client address) or `hash` (by `hash_key`).
-    /// `ip_hash` and `hash` use a consistent-hash ring, so adding a server moves only
-    /// about 1/N of the keys.
+    /// `ip_hash` and `hash` use consistent (rendezvous) hashing, so adding a server moves
+    /// only about 1/N of the keys, and removing one moves only its own.
     pub balance: Balance,
     /// For `balance = "hash"`: `header:NAME`, `cookie:NAME` or `query:NAME`. A request
     /// without the key is balanced by client address.

@@ -1,6 +1,6 @@
 //! Balancing policies: smooth weighted round robin (precomputed schedule + one atomic
-//! cursor), least connections relative to weight, and a consistent-hash ring for
-//! `ip_hash` and `hash`.
+//! cursor), least connections relative to weight, and consistent (rendezvous) hashing
+//! for `ip_hash` and `hash`.
 //!
 //! Every function here is pure over the servers' atomics: no locks, no allocation
 //! beyond the returned order, and results bounded by the group size. Hashes are fixed
@@ -11,12 +11,6 @@ use std::net::IpAddr;
 
 use super::Server;
 use crate::http::request::RequestHead;
-
-/// Ring points per unit of weight: enough to keep each server's share within a few
-/// percent of its weight, few enough to build instantly.
-const POINTS_PER_WEIGHT: u64 = 256;
-/// Upper bound of ring points (memory and build time), whatever the weights.
-const MAX_POINTS: u64 = 1 << 20;
 
 /// Spreads each primary over the schedule by weight (3:1 → a a b a, not a a a b), the
 /// sequence nginx's smooth weighted round robin produces.
@@ -87,71 +81,57 @@ pub fn least_conn_order(
     order.into_iter().map(|(i, _)| i).collect()
 }
 
-/// A consistent-hash ring of the primaries: `weight × 256` points per server, placed
-/// by hashing the server's address, so a server's points do not depend on the others
-/// and adding one moves only the keys that land on its points (~1/N).
+/// Consistent hashing of the primaries by rendezvous (highest random weight): every
+/// server scores each key with a hash of (key, server address), weighted as
+/// `weight / -ln(u)`, and the highest score wins. A server's scores do not depend on
+/// the others, so adding one moves exactly the keys it now wins (1/N on average) and
+/// removing one moves only its own keys; shares follow the weights with no ring
+/// variance. The attempt order is the servers by descending score, so a key's second
+/// choice is stable too. Cost: one hash per primary per connection.
 #[derive(Debug, Default)]
-pub struct Ring {
-    points: Vec<(u64, usize)>,
-    /// Distinct servers on the ring.
-    members: usize,
+pub struct Rendezvous {
+    /// (server index, seed from its address, weight) of each primary.
+    members: Vec<(usize, u64, f64)>,
 }
 
-impl Ring {
+impl Rendezvous {
     pub fn new(servers: &[Server]) -> Self {
-        let total: u64 = servers
+        let members = servers
             .iter()
-            .filter(|s| !s.backup)
-            .map(|s| u64::from(s.weight) * POINTS_PER_WEIGHT)
-            .sum();
-        let scale = if total > MAX_POINTS {
-            MAX_POINTS as f64 / total as f64
-        } else {
-            1.0
-        };
-        let mut points = Vec::new();
-        for (i, s) in servers.iter().enumerate().filter(|(_, s)| !s.backup) {
-            #[allow(clippy::cast_sign_loss)] // a product of positive numbers, at least 1
-            let count = ((u64::from(s.weight) * POINTS_PER_WEIGHT) as f64 * scale).max(1.0) as u64;
-            let name = s.addr.to_string();
-            for v in 0..count {
-                points.push((hash_bytes(format!("{name}#{v}").as_bytes()), i));
-            }
-        }
-        points.sort_unstable();
-        let members = servers.iter().filter(|s| !s.backup).count();
-        Self { points, members }
+            .enumerate()
+            .filter(|(_, s)| !s.backup)
+            .map(|(i, s)| {
+                (
+                    i,
+                    hash_bytes(s.addr.to_string().as_bytes()),
+                    f64::from(s.weight),
+                )
+            })
+            .collect();
+        Self { members }
     }
 
-    /// Distinct eligible servers met walking clockwise from `hash`.
-    pub fn order(&self, hash: u64, n: usize, eligible: impl Fn(usize) -> bool) -> Vec<usize> {
-        let mut seen = vec![false; n];
-        let mut order = Vec::new();
-        let mut distinct = 0;
-        let start = self.points.partition_point(|&(h, _)| h < hash);
-        for k in 0..self.points.len() {
-            let i = self.points[(start + k) % self.points.len()].1;
-            if !seen[i] {
-                seen[i] = true;
-                distinct += 1;
-                if eligible(i) {
-                    order.push(i);
-                }
-                if distinct == self.members {
-                    break;
-                }
-            }
-        }
-        order
+    fn score(hash: u64, seed: u64, weight: f64) -> f64 {
+        // 53 well-mixed bits → u in (0, 1), never 0 or 1.
+        let u = ((mix(hash ^ seed) >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+        weight / -u.ln()
+    }
+
+    /// Eligible primaries by descending score for `hash`.
+    pub fn order(&self, hash: u64, eligible: impl Fn(usize) -> bool) -> Vec<usize> {
+        let mut scored: Vec<(f64, usize)> = self
+            .members
+            .iter()
+            .filter(|&&(i, _, _)| eligible(i))
+            .map(|&(i, seed, w)| (Self::score(hash, seed, w), i))
+            .collect();
+        scored.sort_unstable_by(|a, b| b.0.total_cmp(&a.0));
+        scored.into_iter().map(|(_, i)| i).collect()
     }
 
     /// The first server for `hash` (tests and diagnostics).
     pub fn owner(&self, hash: u64) -> Option<usize> {
-        if self.points.is_empty() {
-            return None;
-        }
-        let k = self.points.partition_point(|&(h, _)| h < hash) % self.points.len();
-        Some(self.points[k].1)
+        self.order(hash, |_| true).first().copied()
     }
 }
 
@@ -162,6 +142,11 @@ pub fn hash_bytes(bytes: &[u8]) -> u64 {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
+    mix(h)
+}
+
+/// The splitmix64 finalizer: every input bit affects every output bit.
+fn mix(mut h: u64) -> u64 {
     h ^= h >> 30;
     h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
     h ^= h >> 27;
@@ -248,8 +233,8 @@ mod tests {
     #[test]
     fn adding_a_server_moves_about_one_in_n_keys() {
         for n in [3u16, 5, 10] {
-            let before = Ring::new(&servers(n));
-            let after = Ring::new(&servers(n + 1));
+            let before = Rendezvous::new(&servers(n));
+            let after = Rendezvous::new(&servers(n + 1));
             let keys = 20_000u64;
             let mut moved = 0u32;
             let mut to_new = 0u32;
@@ -272,16 +257,16 @@ mod tests {
     }
 
     #[test]
-    fn ring_shares_follow_weights() {
+    fn hash_shares_follow_weights() {
         let mut s = servers(3);
         s[0].weight = 2;
-        let ring = Ring::new(&s);
+        let ring = Rendezvous::new(&s);
         let mut count = [0u32; 3];
         for k in 0..40_000u64 {
             count[ring.owner(hash_bytes(&k.to_le_bytes())).unwrap()] += 1;
         }
         let share = f64::from(count[0]) / 40_000.0;
-        assert!((share - 0.5).abs() < 0.04, "{count:?}");
+        assert!((share - 0.5).abs() < 0.01, "{count:?}");
     }
 
     #[test]

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 pub use balance::HashKey;
 
 use crate::config::{Balance, HealthCheckConfig, UpstreamConfig};
-use balance::Ring;
+use balance::Rendezvous;
 use passive::{Passive, now_ms};
 
 /// One upstream server and its live state.
@@ -99,8 +99,8 @@ pub struct Group {
     cursor: AtomicUsize,
     /// Primary indices spread by weight (smooth weighted round robin, precomputed).
     schedule: Vec<usize>,
-    /// Consistent-hash ring of the primaries (`ip_hash`, `hash`).
-    ring: Ring,
+    /// Consistent hashing of the primaries (`ip_hash`, `hash`).
+    hashing: Rendezvous,
     max_fails: u32,
     fail_timeout_ms: u64,
     sources: Vec<IpAddr>,
@@ -116,10 +116,10 @@ impl Group {
             .map(|s| Server::new(s.address, s.weight, s.backup, s.max_conns))
             .collect();
         let schedule = balance::interleave(&servers);
-        let ring = if matches!(cfg.balance, Balance::IpHash | Balance::Hash) {
-            Ring::new(&servers)
+        let hashing = if matches!(cfg.balance, Balance::IpHash | Balance::Hash) {
+            Rendezvous::new(&servers)
         } else {
-            Ring::default()
+            Rendezvous::default()
         };
         Self {
             name: name.to_owned(),
@@ -133,7 +133,7 @@ impl Group {
             hash_key: cfg.hash_key.as_deref().and_then(|k| HashKey::parse(k).ok()),
             cursor: AtomicUsize::new(0),
             schedule,
-            ring,
+            hashing,
             max_fails: cfg.max_fails,
             fail_timeout_ms: u64::try_from(cfg.fail_timeout.as_millis()).unwrap_or(u64::MAX),
             sources: cfg.source_addresses.clone(),
@@ -212,15 +212,12 @@ impl Group {
                 let start = self.cursor.fetch_add(1, Ordering::Relaxed);
                 balance::least_conn_order(&self.servers, start, eligible)
             }
-            Balance::IpHash => {
-                self.ring
-                    .order(balance::hash_ip(pick.client), self.servers.len(), eligible)
-            }
+            Balance::IpHash => self.hashing.order(balance::hash_ip(pick.client), eligible),
             Balance::Hash => {
                 let h = pick
                     .key
                     .map_or_else(|| balance::hash_ip(pick.client), balance::hash_bytes);
-                self.ring.order(h, self.servers.len(), eligible)
+                self.hashing.order(h, eligible)
             }
         }
     }
