@@ -396,9 +396,10 @@ pub struct AdmissionConfig {
     /// Refusals are logged at most once per this period, with their count. Default 10s.
     #[serde(with = "humantime_serde")]
     pub log_period: Duration,
-    /// Slots of the per-address tables (a power of two, 8 bytes each). Addresses that
-    /// hash to one slot share its limit, so a limit is never exceeded, and is exact for
-    /// every address that has its slot to itself. Default 1048576 (8 MiB).
+    /// Slots of the per-address tables (a power of two; 4 bytes each for `limit_conn`,
+    /// 8 for `rate`, allocated only when that limit is on). Addresses that hash to one
+    /// slot share its limit, so a limit is never exceeded, and is exact for every
+    /// address that has its slot to itself. Default 1048576.
     pub table_slots: usize,
 }
 

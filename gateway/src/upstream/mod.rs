@@ -110,11 +110,8 @@ pub struct Group {
 
 impl Group {
     pub fn new(name: &str, cfg: &UpstreamConfig) -> Self {
-        let servers: Vec<Server> = cfg
-            .servers
-            .iter()
-            .map(|s| Server::new(s.address, s.weight, s.backup, s.max_conns))
-            .collect();
+        let servers: Vec<Server> =
+            cfg.servers.iter().map(|s| Server::new(s.address, s.weight, s.backup, s.max_conns)).collect();
         let schedule = balance::interleave(&servers);
         let hashing = if matches!(cfg.balance, Balance::IpHash | Balance::Hash) {
             Rendezvous::new(&servers)
@@ -123,11 +120,7 @@ impl Group {
         };
         Self {
             name: name.to_owned(),
-            tries: if cfg.tries == 0 {
-                servers.len()
-            } else {
-                cfg.tries.min(servers.len())
-            },
+            tries: if cfg.tries == 0 { servers.len() } else { cfg.tries.min(servers.len()) },
             servers,
             balance: cfg.balance,
             hash_key: cfg.hash_key.as_deref().and_then(|k| HashKey::parse(k).ok()),
@@ -181,17 +174,10 @@ impl Group {
     fn backups_in_turn(&self, ok: impl Fn(&Server) -> bool) -> Vec<usize> {
         let n = self.servers.len();
         let start = self.cursor.load(Ordering::Relaxed);
-        (0..n)
-            .map(|k| (start + k) % n)
-            .filter(|&i| self.servers[i].backup && ok(&self.servers[i]))
-            .collect()
+        (0..n).map(|k| (start + k) % n).filter(|&i| self.servers[i].backup && ok(&self.servers[i])).collect()
     }
 
-    fn primaries_in_policy_order(
-        &self,
-        pick: &Pick<'_>,
-        ok: impl Fn(&Server) -> bool,
-    ) -> Vec<usize> {
+    fn primaries_in_policy_order(&self, pick: &Pick<'_>, ok: impl Fn(&Server) -> bool) -> Vec<usize> {
         let eligible = |i: usize| !self.servers[i].backup && ok(&self.servers[i]);
         match self.balance {
             Balance::RoundRobin => {
@@ -214,9 +200,7 @@ impl Group {
             }
             Balance::IpHash => self.hashing.order(balance::hash_ip(pick.client), eligible),
             Balance::Hash => {
-                let h = pick
-                    .key
-                    .map_or_else(|| balance::hash_ip(pick.client), balance::hash_bytes);
+                let h = pick.key.map_or_else(|| balance::hash_ip(pick.client), balance::hash_bytes);
                 self.hashing.order(h, eligible)
             }
         }
@@ -229,34 +213,22 @@ impl Group {
         if s.max_conns == 0 {
             s.active.fetch_add(1, Ordering::Relaxed);
         } else {
-            s.active
-                .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
-                    (n < s.max_conns).then_some(n + 1)
-                })
-                .ok()?;
+            s.active.fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| (n < s.max_conns).then_some(n + 1)).ok()?;
         }
-        Some(ActiveGuard {
-            group: self.clone(),
-            index: i,
-        })
+        Some(ActiveGuard { group: self.clone(), index: i })
     }
 
     /// Counts a connection to server `i` as live until the guard drops (ignores `max_conns`).
     pub fn enter(self: &Arc<Self>, i: usize) -> ActiveGuard {
         self.servers[i].active.fetch_add(1, Ordering::Relaxed);
-        ActiveGuard {
-            group: self.clone(),
-            index: i,
-        }
+        ActiveGuard { group: self.clone(), index: i }
     }
 
     /// Records a failed attempt on server `i` (passive health); logs when it marks the
     /// server down.
     pub fn report_failure(&self, i: usize) {
         let s = &self.servers[i];
-        if s.passive
-            .failure(now_ms(), self.max_fails, self.fail_timeout_ms)
-        {
+        if s.passive.failure(now_ms(), self.max_fails, self.fail_timeout_ms) {
             tracing::warn!(
                 group = %self.name,
                 upstream = %s.addr,
@@ -293,9 +265,7 @@ impl ActiveGuard {
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
-        self.group.servers[self.index]
-            .active
-            .fetch_sub(1, Ordering::Relaxed);
+        self.group.servers[self.index].active.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -310,10 +280,7 @@ mod tests {
     }
 
     fn pick() -> Pick<'static> {
-        Pick {
-            client: "127.0.0.1".parse().unwrap(),
-            key: None,
-        }
+        Pick { client: "127.0.0.1".parse().unwrap(), key: None }
     }
 
     #[test]
@@ -352,9 +319,7 @@ mod tests {
 
     #[test]
     fn a_down_server_shares_its_turns_evenly() {
-        let g = group(
-            "[upstream.g]\nservers = [\"127.0.0.1:1\", \"127.0.0.1:2\", \"127.0.0.1:3\", \"127.0.0.1:4\"]\n",
-        );
+        let g = group("[upstream.g]\nservers = [\"127.0.0.1:1\", \"127.0.0.1:2\", \"127.0.0.1:3\", \"127.0.0.1:4\"]\n");
         g.server(1).set_healthy(false);
         let mut count = [0; 4];
         for _ in 0..300 {
@@ -364,10 +329,24 @@ mod tests {
     }
 
     #[test]
-    fn max_conns_is_exact() {
+    fn tries_bound_the_attempt_order() {
         let g = group(
-            "[upstream.g]\nservers = [{ address = \"127.0.0.1:1\", max_conns = 2 }, \"127.0.0.1:2\"]\n",
+            "[upstream.g]\ntries = 2\nservers = [\"127.0.0.1:1\", \"127.0.0.1:2\", \"127.0.0.1:3\", { address = \"127.0.0.1:4\", backup = true }]\n",
         );
+        assert_eq!(g.attempt_order(&pick()).len(), 2);
+        let g = group(
+            "[upstream.g]\nbalance = \"ip_hash\"\nservers = [\"127.0.0.1:1\", \"127.0.0.1:2\", \"127.0.0.1:3\"]\n",
+        );
+        let first = g.attempt_order(&pick());
+        assert_eq!(first.len(), 3);
+        // The address's server goes out: its second choice takes over, the rest keep order.
+        g.server(first[0]).set_healthy(false);
+        assert_eq!(g.attempt_order(&pick()), first[1..].to_vec());
+    }
+
+    #[test]
+    fn max_conns_is_exact() {
+        let g = group("[upstream.g]\nservers = [{ address = \"127.0.0.1:1\", max_conns = 2 }, \"127.0.0.1:2\"]\n");
         let a = g.try_enter(0).unwrap();
         let _b = g.try_enter(0).unwrap();
         assert!(g.try_enter(0).is_none());
