@@ -13,9 +13,9 @@
  * Passed skbs are charged to the socket's receive buffer, so a stalled peer
  * closes the sender's TCP window like a userspace relay would.
  *
- * The program never returns SK_DROP: the kernel has already acknowledged the
+ * The program never drops payload: the kernel has already acknowledged the
  * bytes of an skb when the verdict runs, so every path that cannot redirect
- * passes the skb to userspace.
+ * passes the skb to userspace. Only empty skbs (a bare FIN) are dropped.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -26,10 +26,6 @@
  * array is shared with userspace through mmap. */
 #define READ_ONCE(x) (*(const volatile typeof(x) *)&(x))
 #define WRITE_ONCE(x, v) (*(volatile typeof(x) *)&(x) = (v))
-
-#ifndef SK_PASS
-#define SK_PASS 1
-#endif
 
 /* Per-connection byte budget, set by the loader (EbpfLoader::set_global). */
 const volatile __u64 budget = 1 << 20;
@@ -59,28 +55,28 @@ struct {
 } conns SEC(".maps");
 
 /* Bytes of the current direction redirected but not yet acknowledged by the
- * peer, from the peer's tcp_sock; -1 if the peer cannot be inspected. */
-static __always_inline __s64 peer_unacked(struct splice_link *link,
-					  struct splice_dir *d)
+ * peer (from the peer's tcp_sock) into *held; 0 if the peer cannot be seen. */
+static __always_inline int peer_unacked(struct splice_link *link,
+					struct splice_dir *d, __u64 *held)
 {
 	struct bpf_sock *peer;
 	struct tcp_sock *tp;
-	__u64 acked = 0;
+	__u64 sent, acked = 0;
 	int ok = 0;
 
 	peer = bpf_map_lookup_elem(&sock_hash, &link->peer_cookie);
 	if (!peer)
-		return -1;
+		return 0;
 	tp = bpf_skc_to_tcp_sock(peer);
 	if (tp) {
 		acked = tp->bytes_acked;
 		ok = 1;
 	}
 	bpf_sk_release(peer);
-	if (!ok)
-		return -1;
-	return (__s64)(d->acked_base + d->redirected + READ_ONCE(d->forwarded) -
-		       acked);
+	/* `acked` runs one ahead of `sent` once the peer's FIN is acked. */
+	sent = d->acked_base + d->redirected + READ_ONCE(d->forwarded);
+	*held = sent > acked ? sent - acked : 0;
+	return ok;
 }
 
 static __always_inline int pass(struct splice_dir *d, __u64 len)
@@ -99,9 +95,16 @@ int splice_verdict(struct __sk_buff *skb)
 	struct splice_conn *conn;
 	struct splice_dir *d;
 	__u64 len = skb->len;
-	__s64 held;
+	__u64 held = 0;
 	__u32 slot;
 
+	/* An skb without payload only carried a FIN, which TCP has already
+	 * processed (the socket is in CLOSE_WAIT and reads return 0). It must
+	 * not reach a psock queue: behind queued bytes, a zero-length skb makes
+	 * the psock backlog report EPIPE and stop, stranding every later byte.
+	 * Dropping it loses nothing. */
+	if (len == 0)
+		return SK_DROP;
 	link = bpf_map_lookup_elem(&links, &cookie);
 	if (!link)
 		return SK_PASS;
@@ -117,10 +120,11 @@ int splice_verdict(struct __sk_buff *skb)
 	if (READ_ONCE(d->force_pass) || d->passed != READ_ONCE(d->forwarded))
 		return pass(d, len);
 
-	held = peer_unacked(link, d);
-	if (held < 0)
+	if (!peer_unacked(link, d, &held))
 		return pass(d, len);
-	if (held > 0 && (__u64)held + len > budget)
+	/* Admit one skb into an empty pipe even if it is larger than the
+	 * budget, so a direction can always make progress. */
+	if (held > 0 && held + len > budget)
 		return pass(d, len);
 
 	/* On failure the helper sets no redirect: pass rather than drop. */
@@ -128,8 +132,8 @@ int splice_verdict(struct __sk_buff *skb)
 	    SK_PASS)
 		return pass(d, len);
 	WRITE_ONCE(d->redirected, d->redirected + len);
-	if ((__u64)held + len > d->held_max)
-		WRITE_ONCE(d->held_max, (__u64)held + len);
+	if (held + len > d->held_max)
+		WRITE_ONCE(d->held_max, held + len);
 	return SK_PASS;
 }
 

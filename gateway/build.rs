@@ -35,8 +35,7 @@ fn run() -> Result<(), String> {
         .collect();
     entries.sort();
     for path in &entries {
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-        if name.ends_with(".c") || name.ends_with(".h") {
+        if path.extension().is_some_and(|e| e == "c" || e == "h") {
             println!("cargo:rerun-if-changed={}", path.display());
         }
     }
@@ -78,7 +77,10 @@ fn clang_command(source: &Path, object: &Path, include: &Path, generated: &Path)
 fn generate_vmlinux_h(dest: &Path) -> Result<(), String> {
     let btf = Path::new("/sys/kernel/btf/vmlinux");
     if !btf.exists() {
-        return Err(format!("{} missing: the kernel needs CONFIG_DEBUG_INFO_BTF=y to build the eBPF programs", btf.display()));
+        return Err(format!(
+            "{} missing: the kernel needs CONFIG_DEBUG_INFO_BTF=y to build the eBPF programs",
+            btf.display()
+        ));
     }
     println!("cargo:rerun-if-changed={}", btf.display());
     let tool = env::var_os("BPFTOOL").unwrap_or_else(|| OsString::from("bpftool"));

@@ -45,8 +45,12 @@ pub enum HandoverError {
 impl std::fmt::Debug for HandoverError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::NotSpliced { reason, .. } => f.debug_struct("NotSpliced").field("reason", reason).finish_non_exhaustive(),
-            Self::Failed { side, source } => f.debug_struct("Failed").field("side", side).field("source", source).finish(),
+            Self::NotSpliced { reason, .. } => {
+                f.debug_struct("NotSpliced").field("reason", reason).finish_non_exhaustive()
+            }
+            Self::Failed { side, source } => {
+                f.debug_struct("Failed").field("side", side).field("source", source).finish()
+            }
         }
     }
 }
@@ -66,7 +70,12 @@ impl Splicer {
     /// forwarded; the upstream's 101 must still be queued in `upstream` (peeked,
     /// not read). On success the pair is spliced and must be driven by
     /// [`SplicedPair::supervise`].
-    pub async fn splice(&self, client: TcpStream, upstream: TcpStream, client_early: Vec<u8>) -> Result<SplicedPair, HandoverError> {
+    pub async fn splice(
+        &self,
+        client: TcpStream,
+        upstream: TcpStream,
+        client_early: Vec<u8>,
+    ) -> Result<SplicedPair, HandoverError> {
         let counters = &self.inner.counters;
         let mut early = client_early.len() as u64;
         if let Err(source) = write_all(upstream.as_raw_fd(), &client_early).await {

@@ -82,7 +82,8 @@ impl Splicer {
             .map_max_entries("conns", capacity)
             .load(SPLICE_BPF_OBJECT)
             .map_err(|e| classify(&e))?;
-        let sock_hash: SockHash<MapData, u64> = SockHash::try_from(take(&mut ebpf, "sock_hash")?).map_err(|e| classify(&e))?;
+        let sock_hash: SockHash<MapData, u64> =
+            SockHash::try_from(take(&mut ebpf, "sock_hash")?).map_err(|e| classify(&e))?;
         let links = map_data(take(&mut ebpf, "links")?)?;
         let conns = map_data(take(&mut ebpf, "conns")?)?;
         let attach_fd = sock_hash.fd().try_clone().map_err(|e| LoadError::Refused(e.to_string()))?;

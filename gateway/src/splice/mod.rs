@@ -81,7 +81,9 @@ pub struct Started {
 /// Why `splice = "sockmap"` cannot start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("splice = \"sockmap\" but the kernel splice is unavailable: {0}; use splice = \"auto\" to fall back to the userspace relay")]
+    #[error(
+        "splice = \"sockmap\" but the kernel splice is unavailable: {0}; use splice = \"auto\" to fall back to the userspace relay"
+    )]
     Unavailable(String),
     #[error("splice budget must be at least {MIN_BUDGET} bytes, got {0}")]
     Budget(u64),

@@ -79,9 +79,9 @@ impl Splicer {
         if std::env::var_os(FORCE_FAIL_ENV).is_some_and(|v| v == "1") {
             return Err(fail("start", format!("forced by {FORCE_FAIL_ENV}=1")));
         }
-        let l = TcpListener::bind("127.0.0.1:0").map_err(|e| fail("listen", e))?;
-        let (c, a) = pair(&l).map_err(|e| fail("connect", e))?;
-        let (b, u) = pair(&l).map_err(|e| fail("connect", e))?;
+        let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| fail("listen", e))?;
+        let (c, a) = pair(&listener).map_err(|e| fail("connect", e))?;
+        let (b, u) = pair(&listener).map_err(|e| fail("connect", e))?;
         self.check(Loop { c, a, b, u })?;
         Ok(started.elapsed())
     }
@@ -106,7 +106,10 @@ impl Splicer {
         result?;
         let expected = [12 + BULK as u64, 14 + BULK as u64 + 16];
         if carried.map(|(redirected, _)| redirected) != expected || carried.iter().any(|&(_, passed)| passed != 0) {
-            return Err(fail("kernel counters", format!("redirected/passed {carried:?}, expected {expected:?} redirected")));
+            return Err(fail(
+                "kernel counters",
+                format!("redirected/passed {carried:?}, expected {expected:?} redirected"),
+            ));
         }
         // Close: once wsgate's sockets are closed the kernel drops both entries.
         drop(t.a);
@@ -121,53 +124,53 @@ impl Splicer {
 }
 
 fn check_inserted(t: &mut Loop) -> Result<(), SelfTestError> {
-        let io = |step| move |e: io::Error| fail(step, e);
-        let got = read_exact(&mut t.u, 12).map_err(io("bytes queued before insertion, client to upstream"))?;
-        if got != b"early-client" {
-            return Err(fail("bytes queued before insertion", "client to upstream corrupted"));
-        }
-        let got = read_exact(&mut t.c, 14).map_err(io("bytes queued before insertion, upstream to client"))?;
-        if got != b"early-upstream" {
-            return Err(fail("bytes queued before insertion", "upstream to client corrupted"));
-        }
-        // Both directions at once.
-        let (up, down) = (pattern(1, BULK), pattern(2, BULK));
-        let mut cw = t.c.try_clone().map_err(io("dup"))?;
-        let mut uw = t.u.try_clone().map_err(io("dup"))?;
-        let (up2, down2) = (up.clone(), down.clone());
-        let writer = std::thread::spawn(move || -> io::Result<()> {
-            cw.write_all(&up2)?;
-            uw.write_all(&down2)
-        });
-        let at_u = read_exact(&mut t.u, BULK).map_err(io("bulk client to upstream"))?;
-        let at_c = read_exact(&mut t.c, BULK).map_err(io("bulk upstream to client"))?;
-        writer.join().map_err(|_| fail("bulk", "writer panicked"))?.map_err(io("bulk write"))?;
-        if at_u != up || at_c != down {
-            return Err(fail("bulk both directions", "bytes corrupted"));
-        }
-        // Half-close: client FIN reaches wsgate as EOF, is passed on, and the
-        // other direction keeps flowing.
-        t.c.shutdown(Shutdown::Write).map_err(io("half-close"))?;
-        if !expect_eof(&mut t.a).map_err(io("half-close: EOF on wsgate's client socket"))? {
-            return Err(fail("half-close", "data instead of EOF on wsgate's client socket"));
-        }
-        sys::shutdown_write(t.b.as_raw_fd()).map_err(io("half-close: shutdown"))?;
-        if !expect_eof(&mut t.u).map_err(io("half-close: EOF at upstream"))? {
-            return Err(fail("half-close", "upstream saw data instead of EOF"));
-        }
-        t.u.write_all(b"after-half-close").map_err(io("half-close: upstream write"))?;
-        let got = read_exact(&mut t.c, 16).map_err(io("half-close: client read"))?;
-        if got != b"after-half-close" {
-            return Err(fail("half-close", "bytes after half-close corrupted"));
-        }
-        // Close from the upstream side.
-        t.u.shutdown(Shutdown::Write).map_err(io("close"))?;
-        if !expect_eof(&mut t.b).map_err(io("close: EOF on wsgate's upstream socket"))? {
-            return Err(fail("close", "data instead of EOF on wsgate's upstream socket"));
-        }
-        sys::shutdown_write(t.a.as_raw_fd()).map_err(io("close: shutdown"))?;
-        if !expect_eof(&mut t.c).map_err(io("close: EOF at client"))? {
-            return Err(fail("close", "client saw data instead of EOF"));
-        }
-        Ok(())
+    let io = |step| move |e: io::Error| fail(step, e);
+    let got = read_exact(&mut t.u, 12).map_err(io("bytes queued before insertion, client to upstream"))?;
+    if got != b"early-client" {
+        return Err(fail("bytes queued before insertion", "client to upstream corrupted"));
+    }
+    let got = read_exact(&mut t.c, 14).map_err(io("bytes queued before insertion, upstream to client"))?;
+    if got != b"early-upstream" {
+        return Err(fail("bytes queued before insertion", "upstream to client corrupted"));
+    }
+    // Both directions at once.
+    let (up, down) = (pattern(1, BULK), pattern(2, BULK));
+    let mut cw = t.c.try_clone().map_err(io("dup"))?;
+    let mut uw = t.u.try_clone().map_err(io("dup"))?;
+    let (up2, down2) = (up.clone(), down.clone());
+    let writer = std::thread::spawn(move || -> io::Result<()> {
+        cw.write_all(&up2)?;
+        uw.write_all(&down2)
+    });
+    let at_u = read_exact(&mut t.u, BULK).map_err(io("bulk client to upstream"))?;
+    let at_c = read_exact(&mut t.c, BULK).map_err(io("bulk upstream to client"))?;
+    writer.join().map_err(|_| fail("bulk", "writer panicked"))?.map_err(io("bulk write"))?;
+    if at_u != up || at_c != down {
+        return Err(fail("bulk both directions", "bytes corrupted"));
+    }
+    // Half-close: client FIN reaches wsgate as EOF, is passed on, and the
+    // other direction keeps flowing.
+    t.c.shutdown(Shutdown::Write).map_err(io("half-close"))?;
+    if !expect_eof(&mut t.a).map_err(io("half-close: EOF on wsgate's client socket"))? {
+        return Err(fail("half-close", "data instead of EOF on wsgate's client socket"));
+    }
+    sys::shutdown_write(t.b.as_raw_fd()).map_err(io("half-close: shutdown"))?;
+    if !expect_eof(&mut t.u).map_err(io("half-close: EOF at upstream"))? {
+        return Err(fail("half-close", "upstream saw data instead of EOF"));
+    }
+    t.u.write_all(b"after-half-close").map_err(io("half-close: upstream write"))?;
+    let got = read_exact(&mut t.c, 16).map_err(io("half-close: client read"))?;
+    if got != b"after-half-close" {
+        return Err(fail("half-close", "bytes after half-close corrupted"));
+    }
+    // Close from the upstream side.
+    t.u.shutdown(Shutdown::Write).map_err(io("close"))?;
+    if !expect_eof(&mut t.b).map_err(io("close: EOF on wsgate's upstream socket"))? {
+        return Err(fail("close", "data instead of EOF on wsgate's upstream socket"));
+    }
+    sys::shutdown_write(t.a.as_raw_fd()).map_err(io("close: shutdown"))?;
+    if !expect_eof(&mut t.c).map_err(io("close: EOF at client"))? {
+        return Err(fail("close", "client saw data instead of EOF"));
+    }
+    Ok(())
 }

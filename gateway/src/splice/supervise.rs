@@ -158,8 +158,6 @@ impl SplicedPair {
         let counters = &inner.counters;
         counters.pressure.fetch_add(outcome.pressure_runs, Ordering::Relaxed);
         counters.active.fetch_sub(1, Ordering::Relaxed);
-        drop(up_fut);
-        drop(down_fut);
         inner.release(self.ins);
         drop(self.client);
         drop(self.upstream);

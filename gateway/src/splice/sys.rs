@@ -36,7 +36,7 @@ pub fn cookie(fd: RawFd) -> io::Result<u64> {
 /// What the splice needs of `TCP_INFO`.
 #[derive(Debug, Clone, Copy)]
 pub struct TcpProgress {
-    /// `tcpi_state` (1 = ESTABLISHED, 8 = CLOSE_WAIT, …).
+    /// `tcpi_state` (1 = `ESTABLISHED`, 8 = `CLOSE_WAIT`, …).
     pub state: u8,
     /// Bytes of this socket's output the peer has acknowledged, ever.
     pub bytes_acked: u64,
@@ -116,7 +116,6 @@ struct MapElemAttr {
     flags: u64,
 }
 
-const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
@@ -178,7 +177,7 @@ pub fn keys(map: RawFd) -> io::Result<Vec<u64>> {
 
 /// A shared read-write mapping of an mmap-able BPF array.
 pub struct MapMmap {
-    ptr: *mut u8,
+    base: *mut std::sync::atomic::AtomicU64,
     len: usize,
 }
 
@@ -198,21 +197,21 @@ impl MapMmap {
         if ptr == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        Ok(Self { ptr: ptr.cast(), len })
+        Ok(Self { base: ptr.cast(), len })
     }
 
     /// The `u64` at byte `offset` (8-aligned, inside the mapping) as an atomic.
     pub fn word(&self, offset: usize) -> &std::sync::atomic::AtomicU64 {
-        assert!(offset % 8 == 0 && offset + 8 <= self.len, "map word out of range");
+        assert!(offset.is_multiple_of(8) && offset + 8 <= self.len, "map word out of range");
         // SAFETY: in bounds and 8-aligned (page-aligned base) per the assert; the
         // memory lives as long as `self`, and the kernel side uses word-sized accesses.
-        unsafe { &*self.ptr.add(offset).cast::<std::sync::atomic::AtomicU64>() }
+        unsafe { &*self.base.add(offset / 8) }
     }
 }
 
 impl Drop for MapMmap {
     fn drop(&mut self) {
         // SAFETY: unmaps exactly the region mapped in `new`; no references outlive `self`.
-        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+        unsafe { libc::munmap(self.base.cast(), self.len) };
     }
 }

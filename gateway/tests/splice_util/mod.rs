@@ -1,0 +1,296 @@
+//! Shared harness of the splice tests: a proxy thread running the splice on a
+//! tokio-uring runtime (as a worker would), loopback socket quads, byte
+//! patterns, and the root/BPF gate.
+//!
+//! The splice needs root (CAP_BPF + CAP_NET_ADMIN). Without it each test prints
+//! a loud `SKIPPED:` line and passes, except under `CI`, where it fails.
+#![allow(dead_code, reason = "each test binary uses a different part of the harness")]
+
+pub mod slow_reader;
+
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::mpsc as std_mpsc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use wsgate::readiness;
+use wsgate::splice::{HandoverError, SpliceOutcome, Splicer};
+
+/// Loads a splicer, or explains loudly why the test cannot run here.
+pub fn splicer_or_skip(test: &str, capacity: u32, budget: u64) -> Option<Splicer> {
+    let why = if nix::unistd::geteuid().is_root() {
+        match Splicer::load(capacity, budget) {
+            Ok(s) => return Some(s),
+            Err(e) => format!("eBPF splice unavailable: {e}"),
+        }
+    } else {
+        "not root (the splice needs CAP_BPF and CAP_NET_ADMIN)".to_string()
+    };
+    eprintln!("\n==================== SKIPPED: {test}: {why} ====================\n");
+    assert!(std::env::var_os("CI").is_none(), "{test} must run in CI: {why}");
+    None
+}
+
+/// What the proxy does with the wsgate-side sockets of one connection.
+pub enum Handshake {
+    /// Splice right away.
+    None,
+    /// Read the request head from the client, forward it, peek the upstream's
+    /// 101 head, then splice with the client bytes read after the head.
+    Http,
+}
+
+pub struct Job {
+    pub client: std::net::TcpStream,
+    pub upstream: std::net::TcpStream,
+    pub handshake: Handshake,
+    pub idle: Option<Duration>,
+    pub done: std_mpsc::Sender<Result<SpliceOutcome, String>>,
+    pub cookies: Option<std_mpsc::Sender<(u64, u64)>>,
+}
+
+/// A worker thread with a tokio-uring runtime that splices and supervises pairs.
+pub struct Proxy {
+    tx: Option<mpsc::UnboundedSender<Job>>,
+    pub shutdown: watch::Sender<bool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Proxy {
+    pub fn start(splicer: &Splicer) -> Self {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let splicer = splicer.clone();
+        let thread = std::thread::spawn(move || {
+            tokio_uring::start(async move {
+                readiness::init(4096).expect("poll ring");
+                while let Some(job) = rx.recv().await {
+                    let splicer = splicer.clone();
+                    let shutdown = shutdown_rx.clone();
+                    tokio_uring::spawn(async move {
+                        let r =
+                            run_job(&splicer, job.client, job.upstream, job.handshake, job.idle, shutdown, job.cookies)
+                                .await;
+                        let _ = job.done.send(r);
+                    });
+                }
+            });
+        });
+        Self { tx: Some(tx), shutdown, thread: Some(thread) }
+    }
+
+    /// Hands a pair of wsgate-side sockets to the proxy.
+    pub fn submit(&self, job: Job) {
+        self.tx.as_ref().expect("proxy running").send(job).expect("proxy thread alive");
+    }
+
+    /// Splices a pair without handshake; returns the outcome receiver.
+    pub fn splice(
+        &self,
+        client: std::net::TcpStream,
+        upstream: std::net::TcpStream,
+    ) -> std_mpsc::Receiver<Result<SpliceOutcome, String>> {
+        let (done, rx) = std_mpsc::channel();
+        self.submit(Job { client, upstream, handshake: Handshake::None, idle: None, done, cookies: None });
+        rx
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+async fn run_job(
+    splicer: &Splicer,
+    client: std::net::TcpStream,
+    upstream: std::net::TcpStream,
+    handshake: Handshake,
+    idle: Option<Duration>,
+    shutdown: watch::Receiver<bool>,
+    cookies: Option<std_mpsc::Sender<(u64, u64)>>,
+) -> Result<SpliceOutcome, String> {
+    let early = match handshake {
+        Handshake::None => Vec::new(),
+        Handshake::Http => {
+            http_handshake(client.as_raw_fd(), upstream.as_raw_fd()).await.map_err(|e| format!("handshake: {e}"))?
+        }
+    };
+    let client = tokio_uring::net::TcpStream::from_std(client);
+    let upstream = tokio_uring::net::TcpStream::from_std(upstream);
+    let pair = match splicer.splice(client, upstream, early).await {
+        Ok(p) => p,
+        Err(HandoverError::NotSpliced { reason, .. }) => return Err(format!("not spliced: {reason}")),
+        Err(e) => return Err(e.to_string()),
+    };
+    if let Some(tx) = cookies {
+        let _ = tx.send(pair.cookies());
+    }
+    Ok(pair.supervise(idle, shutdown).await)
+}
+
+fn recv(fd: RawFd, buf: &mut [u8], flags: libc::c_int) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for writes of its length.
+    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), flags | libc::MSG_DONTWAIT) };
+    if n < 0 { Err(io::Error::last_os_error()) } else { Ok(n.cast_unsigned()) }
+}
+
+fn send_all(fd: RawFd, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        // SAFETY: `data` is valid for reads of its length.
+        let n = unsafe { libc::send(fd, data.as_ptr().cast(), data.len(), libc::MSG_NOSIGNAL) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        data = &data[n.cast_unsigned()..];
+    }
+    Ok(())
+}
+
+struct Fd(RawFd);
+impl AsRawFd for Fd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0
+    }
+}
+
+fn head_end(b: &[u8]) -> Option<usize> {
+    b.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4)
+}
+
+/// What the gateway's handshake does, minus HTTP checks: consume the request
+/// head (keeping the bytes after it), forward it, peek the 101 until complete.
+async fn http_handshake(client: RawFd, upstream: RawFd) -> io::Result<Vec<u8>> {
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    let end = loop {
+        readiness::ready(&Fd(client), readiness::READABLE).await?;
+        match recv(client, &mut buf, 0) {
+            Ok(0) => return Err(io::Error::other("client closed before its head")),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+        if let Some(end) = head_end(&got) {
+            break end;
+        }
+    };
+    send_all(upstream, &got[..end])?;
+    loop {
+        readiness::ready(&Fd(upstream), readiness::READABLE).await?;
+        match recv(upstream, &mut buf, libc::MSG_PEEK) {
+            Ok(0) => return Err(io::Error::other("upstream closed before its 101")),
+            Ok(n) if head_end(&buf[..n]).is_some() => break,
+            Ok(_) => tokio::time::sleep(Duration::from_micros(200)).await,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got.split_off(end))
+}
+
+/// Client end, wsgate's client socket, wsgate's upstream socket, upstream end.
+pub struct Quad {
+    pub c: std::net::TcpStream,
+    pub a: std::net::TcpStream,
+    pub b: std::net::TcpStream,
+    pub u: std::net::TcpStream,
+}
+
+/// Two loopback connections through one listener (not thread-safe per listener: use one per thread).
+pub fn quad(l: &std::net::TcpListener) -> io::Result<Quad> {
+    let c = std::net::TcpStream::connect(l.local_addr()?)?;
+    let (a, _) = l.accept()?;
+    let b = std::net::TcpStream::connect(l.local_addr()?)?;
+    let (u, _) = l.accept()?;
+    for s in [&c, &a, &b, &u] {
+        s.set_nodelay(true)?;
+    }
+    Ok(Quad { c, a, b, u })
+}
+
+/// Length of the pattern table: a prime, so streams of different ids and
+/// directions do not line up.
+const TABLE: usize = 65_521;
+
+fn table() -> &'static [u8] {
+    static T: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    T.get_or_init(|| {
+        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        (0..TABLE)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect()
+    })
+}
+
+fn start_of(id: u64, dir: u64, i: u64) -> usize {
+    ((i + id * 7919 + dir * 104_729) % TABLE as u64) as usize
+}
+
+/// Fills `buf` with bytes `start..` of stream `dir` of connection `id`.
+pub fn fill(id: u64, dir: u64, start: u64, buf: &mut [u8]) {
+    let t = table();
+    let mut pos = start_of(id, dir, start);
+    let mut done = 0;
+    while done < buf.len() {
+        let n = (TABLE - pos).min(buf.len() - done);
+        buf[done..done + n].copy_from_slice(&t[pos..pos + n]);
+        done += n;
+        pos = 0;
+    }
+}
+
+/// Offset of the first byte of `buf` that differs from the stream, if any.
+pub fn check(id: u64, dir: u64, start: u64, buf: &[u8]) -> Option<u64> {
+    let t = table();
+    let mut pos = start_of(id, dir, start);
+    let mut done = 0;
+    while done < buf.len() {
+        let n = (TABLE - pos).min(buf.len() - done);
+        if buf[done..done + n] != t[pos..pos + n] {
+            let k = (0..n).find(|&k| buf[done + k] != t[pos + k]).unwrap_or(0);
+            return Some(start + (done + k) as u64);
+        }
+        done += n;
+        pos = 0;
+    }
+    None
+}
+
+/// `MemAvailable` and `Slab` from /proc/meminfo, in bytes.
+pub fn meminfo() -> (i64, i64) {
+    let text = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let field = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<i64>().ok())
+            .unwrap_or(0)
+            * 1024
+    };
+    (field("MemAvailable:"), field("Slab:"))
+}
+
+/// Waits until `f` holds, for at most `limit`.
+pub fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    f()
+}
