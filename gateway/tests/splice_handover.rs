@@ -217,6 +217,7 @@ fn handover_torture_random_timing_both_directions() {
                     idle: None,
                     done,
                     cookies: None,
+                    shutdown: None,
                 });
                 let (up_len, down_len) = (up.len, down.len);
                 let (at_client, at_upstream) = (Arc::new(std::sync::atomic::AtomicU64::new(0)), Arc::new(std::sync::atomic::AtomicU64::new(0)));

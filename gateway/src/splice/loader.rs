@@ -138,7 +138,12 @@ impl Splicer {
         Ok(sys::keys(self.inner.sock_hash_fd)?.contains(&cookie))
     }
 
-    /// Fraction of slots free (for the "spliced" gauge and admission).
+    /// Whether a peer link for this cookie is still published (scans the map: tests and diagnostics only).
+    pub fn linked(&self, cookie: u64) -> std::io::Result<bool> {
+        Ok(sys::keys(self.inner.links_fd)?.contains(&cookie))
+    }
+
+    /// Slots free (for the "spliced" gauge and admission).
     pub fn free_slots(&self) -> usize {
         self.inner.free.lock().map_or(0, |f| f.len())
     }

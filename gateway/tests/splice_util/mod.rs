@@ -49,6 +49,8 @@ pub struct Job {
     pub idle: Option<Duration>,
     pub done: std_mpsc::Sender<Result<SpliceOutcome, String>>,
     pub cookies: Option<std_mpsc::Sender<(u64, u64)>>,
+    /// Drain signal for this pair only (else the proxy's).
+    pub shutdown: Option<watch::Receiver<bool>>,
 }
 
 /// A worker thread with a tokio-uring runtime that splices and supervises pairs.
@@ -68,7 +70,7 @@ impl Proxy {
                 readiness::init(4096).expect("poll ring");
                 while let Some(job) = rx.recv().await {
                     let splicer = splicer.clone();
-                    let shutdown = shutdown_rx.clone();
+                    let shutdown = job.shutdown.clone().unwrap_or_else(|| shutdown_rx.clone());
                     tokio_uring::spawn(async move {
                         let r =
                             run_job(&splicer, job.client, job.upstream, job.handshake, job.idle, shutdown, job.cookies)
@@ -93,7 +95,15 @@ impl Proxy {
         upstream: std::net::TcpStream,
     ) -> std_mpsc::Receiver<Result<SpliceOutcome, String>> {
         let (done, rx) = std_mpsc::channel();
-        self.submit(Job { client, upstream, handshake: Handshake::None, idle: None, done, cookies: None });
+        self.submit(Job {
+            client,
+            upstream,
+            handshake: Handshake::None,
+            idle: None,
+            done,
+            cookies: None,
+            shutdown: None,
+        });
         rx
     }
 }
