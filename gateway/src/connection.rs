@@ -139,32 +139,41 @@ async fn proxy(client: &TcpStream, ctx: &Context, facts: &mut Facts) -> Result<(
     }
     let _admitted = ctx.admission.admit(client_ip, &route.gate)?;
 
-    // Phase: connect upstream.
-    let key = route.group.hash_key().and_then(|k| k.extract(&head));
-    let connected = handshake::connect(&route.group, &Pick { client: client_ip, key }, cfg.timeouts.connect).await?;
-    let upstream = connected.stream;
-    let (server, _live) = (connected.server, connected.live);
-    facts.upstream_addr = Some(route.group.server(server).addr);
-    let failed = |e: ProxyError| {
-        // Passive health: a reset or bad answer before the 101 counts against the server.
-        route.group.report_failure(server);
-        e
-    };
-
-    // Phase: forward the rewritten head and whatever followed it.
+    // Phase: connect upstream and forward the rewritten head with whatever followed it.
+    // An upgrade also waits for the response head here (peeked, left queued), so that a
+    // server failing before it answers is replaced by the next one.
     let fwd = Forwarded { client_ip, peer_ip, trusted: ctx.admission.is_trusted(peer_ip), proto: "http" };
     let mut out = upstream_head(&head, intent, fwd);
     let early = &buf[head.len..];
     out.extend_from_slice(early);
     facts.bytes_in = early.len() as u64;
-    handshake::write_all(&upstream, out)
-        .await
-        .map_err(|e| failed(ProxyError::new(ErrorKind::UpstreamClosed, format!("forwarding request head: {e}"))))?;
+    let pick = Pick { client: client_ip, key: route.group.hash_key().and_then(|k| k.extract(&head)) };
+    let (connected, resp) = if intent == Intent::WebSocket {
+        let exchange = handshake::Exchange {
+            request: &out,
+            connect_timeout: cfg.timeouts.connect,
+            response_timeout: cfg.timeouts.response,
+            max_response: cfg.limits.max_response_header_bytes,
+            method: &head.method,
+        };
+        let (connected, resp) = handshake::exchange(&route.group, &pick, &exchange).await?;
+        (connected, Some(resp))
+    } else {
+        let connected = handshake::connect(&route.group, &pick, cfg.timeouts.connect).await?;
+        if let Err(e) = handshake::write_all(&connected.stream, out).await {
+            route.group.report_failure(connected.server);
+            return Err(ProxyError::new(ErrorKind::UpstreamClosed, format!("forwarding request head: {e}")));
+        }
+        (connected, None)
+    };
+    let upstream = connected.stream;
+    let _live = connected.live;
+    facts.upstream_addr = Some(route.group.server(connected.server).addr);
     drop(buf);
 
     let mut shutdown = ctx.shutdown.clone();
     let idle_timeout = cfg.timeouts.idle;
-    if intent == Intent::Plain {
+    let Some(resp) = resp else {
         // Plain HTTP: the request body may be large, so relay right away; the response
         // status is read from the first bytes the upstream sends.
         facts.mode = "userspace";
@@ -174,13 +183,9 @@ async fn proxy(client: &TcpStream, ctx: &Context, facts: &mut Facts) -> Result<(
         facts.upstream_response_time = outcome.first_response.map(|t| (t - connected.started).as_secs_f64());
         record(facts, &outcome);
         return Ok(());
-    }
+    };
 
-    // Phase: response head (peeked, left queued).
-    let deadline = Instant::now() + cfg.timeouts.response;
-    let resp = handshake::peek_response(&upstream, cfg.limits.max_response_header_bytes, deadline, &head.method)
-        .await
-        .map_err(failed)?;
+    // Phase: response head (peeked above, still queued).
     facts.upstream_response_time = Some(connected.started.elapsed().as_secs_f64());
     facts.status = resp.status;
     if resp.status != 101 {

@@ -72,31 +72,103 @@ pub struct Connected {
 /// accepts; each failure is reported to passive health. All refused → 502; all timed
 /// out → 504; no eligible server → 503.
 pub async fn connect(group: &Arc<Group>, pick: &Pick<'_>, timeout: Duration) -> Result<Connected, ProxyError> {
-    let order = group.attempt_order(pick);
-    let (mut timeouts, mut failures) = (0, Vec::new());
-    for i in order {
-        // A server can fill up between the pick and here: skip it, it did not fail.
-        let Some(live) = group.try_enter(i) else { continue };
+    let mut failures = Failures::default();
+    for i in group.attempt_order(pick) {
+        if let Some(connected) = connect_one(group, i, timeout, &mut failures).await {
+            return Ok(connected);
+        }
+    }
+    Err(failures.into_error(group))
+}
+
+/// What an upgrade sends upstream and how long it waits for the answer.
+#[derive(Debug)]
+pub struct Exchange<'a> {
+    /// The rewritten request head and the bytes that followed it.
+    pub request: &'a [u8],
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+    pub max_response: usize,
+    pub method: &'a str,
+}
+
+/// For a WebSocket upgrade: connect, forward the request, and peek the response head,
+/// moving on to the next server (bounded by `tries`) when one fails before answering
+/// anything — refused, connect timeout, reset or closed before a response head. That
+/// is safe: nothing of a response has been consumed and an upgrade is a GET. A
+/// malformed head or a response timeout ends the attempt (502/504): a slow or broken
+/// server is not hammered with retries. Every failure is reported to passive health.
+pub async fn exchange(
+    group: &Arc<Group>,
+    pick: &Pick<'_>,
+    x: &Exchange<'_>,
+) -> Result<(Connected, ResponseHead), ProxyError> {
+    let mut failures = Failures::default();
+    for i in group.attempt_order(pick) {
+        let Some(connected) = connect_one(group, i, x.connect_timeout, &mut failures).await else { continue };
         let addr = group.server(i).addr;
-        let started = Instant::now();
-        match net::connect(addr, group.next_source(), timeout).await {
-            Ok(stream) => return Ok(Connected { stream, server: i, started, live }),
-            Err(e) => {
-                drop(live);
+        if let Err(e) = write_all(&connected.stream, x.request.to_vec()).await {
+            group.report_failure(i);
+            tracing::warn!(upstream = %addr, group = %group.name, error = %e, "forwarding the request failed; trying the next server");
+            failures.other.push(format!("{addr}: forwarding request head: {e}"));
+            continue;
+        }
+        let deadline = Instant::now() + x.response_timeout;
+        match peek_response(&connected.stream, x.max_response, deadline, x.method).await {
+            Ok(head) => return Ok((connected, head)),
+            Err(e) if e.kind == ErrorKind::UpstreamClosed => {
                 group.report_failure(i);
-                tracing::warn!(upstream = %addr, group = %group.name, error = %e, "upstream connect failed; trying the next server");
-                if e.kind() == io::ErrorKind::TimedOut {
-                    timeouts += 1;
-                }
-                failures.push(format!("{addr}: {e}"));
+                tracing::warn!(upstream = %addr, group = %group.name, error = %e.detail, "upstream closed before answering; trying the next server");
+                failures.other.push(format!("{addr}: {}", e.detail));
+            }
+            Err(e) => {
+                group.report_failure(i);
+                return Err(ProxyError::new(e.kind, format!("{addr}: {}", e.detail)));
             }
         }
     }
-    if failures.is_empty() {
-        return Err(ProxyError::new(ErrorKind::NoUpstream, format!("no available server in upstream `{}`", group.name)));
+    Err(failures.into_error(group))
+}
+
+/// Failed attempts of one connection, for its error.
+#[derive(Default)]
+struct Failures {
+    timeouts: Vec<String>,
+    other: Vec<String>,
+}
+
+impl Failures {
+    /// All connect timeouts → 504; other failures → 502; nothing tried → 503.
+    fn into_error(self, group: &Group) -> ProxyError {
+        let kind = match (self.timeouts.is_empty(), self.other.is_empty()) {
+            (true, true) => {
+                return ProxyError::new(ErrorKind::NoUpstream, format!("no available server in upstream `{}`", group.name));
+            }
+            (false, true) => ErrorKind::UpstreamTimeout,
+            _ => ErrorKind::UpstreamRefused,
+        };
+        let all: Vec<String> = self.timeouts.into_iter().chain(self.other).collect();
+        ProxyError::new(kind, format!("upstream `{}`: {}", group.name, all.join("; ")))
     }
-    let kind = if timeouts == failures.len() { ErrorKind::UpstreamTimeout } else { ErrorKind::UpstreamRefused };
-    Err(ProxyError::new(kind, format!("upstream `{}`: {}", group.name, failures.join("; "))))
+}
+
+/// One connect attempt to server `i`; `None` (failure recorded) when it is full or fails.
+async fn connect_one(group: &Arc<Group>, i: usize, timeout: Duration, failures: &mut Failures) -> Option<Connected> {
+    // A server can fill up between the pick and here: skip it, it did not fail.
+    let live = group.try_enter(i)?;
+    let addr = group.server(i).addr;
+    let started = Instant::now();
+    match net::connect(addr, group.next_source(), timeout).await {
+        Ok(stream) => Some(Connected { stream, server: i, started, live }),
+        Err(e) => {
+            drop(live);
+            group.report_failure(i);
+            tracing::warn!(upstream = %addr, group = %group.name, error = %e, "upstream connect failed; trying the next server");
+            let failure = format!("{addr}: {e}");
+            if e.kind() == io::ErrorKind::TimedOut { failures.timeouts.push(failure) } else { failures.other.push(failure) }
+            None
+        }
+    }
 }
 
 /// Writes all of `bytes` to `to`.

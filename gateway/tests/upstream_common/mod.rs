@@ -61,47 +61,24 @@ impl Gateway {
         });
         let Ok(addr) = rx.recv_timeout(Duration::from_secs(20)) else {
             let _ = child.kill();
-            panic!(
-                "wsgate did not start; stderr: {:#?}",
-                stderr.lock().unwrap()
-            );
+            panic!("wsgate did not start; stderr: {:#?}", stderr.lock().unwrap());
         };
-        Self {
-            child,
-            addr,
-            stderr,
-            dir,
-        }
+        Self { child, addr, stderr, dir }
     }
 
     /// stderr lines so far.
     pub fn stderr(&self) -> Vec<String> {
-        self.stderr
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(_, l)| l.clone())
-            .collect()
+        self.stderr.lock().unwrap().iter().map(|(_, l)| l.clone()).collect()
     }
 
     /// Waits (bounded) for a stderr line containing `needle`; returns when it was seen.
     pub fn wait_stderr(&self, needle: &str, within: Duration) -> Instant {
         let deadline = Instant::now() + within;
         loop {
-            if let Some((t, _)) = self
-                .stderr
-                .lock()
-                .unwrap()
-                .iter()
-                .find(|(_, l)| l.contains(needle))
-            {
+            if let Some((t, _)) = self.stderr.lock().unwrap().iter().find(|(_, l)| l.contains(needle)) {
                 return *t;
             }
-            assert!(
-                Instant::now() < deadline,
-                "no stderr line containing {needle:?}; got {:#?}",
-                self.stderr()
-            );
+            assert!(Instant::now() < deadline, "no stderr line containing {needle:?}; got {:#?}", self.stderr());
             std::thread::sleep(Duration::from_millis(5));
         }
     }
@@ -112,14 +89,7 @@ impl Gateway {
     pub fn wait_stderr_count(&self, needle: &str, n: usize, within: Duration) -> Instant {
         let deadline = Instant::now() + within;
         loop {
-            if let Some((t, _)) = self
-                .stderr
-                .lock()
-                .unwrap()
-                .iter()
-                .filter(|(_, l)| l.contains(needle))
-                .nth(n - 1)
-            {
+            if let Some((t, _)) = self.stderr.lock().unwrap().iter().filter(|(_, l)| l.contains(needle)).nth(n - 1) {
                 return *t;
             }
             assert!(
@@ -168,6 +138,8 @@ pub struct OriginState {
     /// Upgraded connections open right now.
     pub live: AtomicU64,
     stopped: AtomicBool,
+    /// Close every upgrade request without answering (a crashing application).
+    pub mute: AtomicBool,
     /// Last request head seen.
     pub last_head: Mutex<String>,
 }
@@ -196,10 +168,7 @@ impl Origin {
         let (tx, rx) = std::sync::mpsc::channel();
         let (st, label) = (state.clone(), name.to_owned());
         let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             rt.block_on(async move {
                 let listener = TcpListener::bind(addr).await.expect("bind origin");
                 tx.send(listener.local_addr().unwrap()).unwrap();
@@ -218,16 +187,8 @@ impl Origin {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             });
         });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(5))
-            .expect("origin started");
-        Self {
-            name: name.to_owned(),
-            addr,
-            state,
-            stop: Some(stop),
-            thread: Some(thread),
-        }
+        let addr = rx.recv_timeout(Duration::from_secs(5)).expect("origin started");
+        Self { name: name.to_owned(), addr, state, stop: Some(stop), thread: Some(thread) }
     }
 
     pub fn set_health(&self, status: u16) {
@@ -284,20 +245,18 @@ async fn serve(
     if head.starts_with("GET /health ") {
         let status = st.health.load(Ordering::Relaxed);
         let _ = s
-            .write_all(
-                format!("HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-                    .as_bytes(),
-            )
+            .write_all(format!("HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes())
             .await;
+        return;
+    }
+    if st.mute.load(Ordering::Relaxed) {
         return;
     }
     st.last_head.lock().unwrap().clone_from(&head);
     let header = |name: &str| {
         head.lines()
             .find_map(|l| {
-                l.split_once(':')
-                    .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-                    .map(|(_, v)| v.trim().to_owned())
+                l.split_once(':').filter(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.trim().to_owned())
             })
             .unwrap_or_default()
     };
@@ -337,9 +296,7 @@ impl Answer {
         self.head
             .lines()
             .find_map(|l| {
-                l.split_once(':')
-                    .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-                    .map(|(_, v)| v.trim().to_owned())
+                l.split_once(':').filter(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.trim().to_owned())
             })
             .unwrap_or_default()
     }
@@ -352,12 +309,7 @@ impl Answer {
 
 /// One WebSocket handshake through `gw` from local address `from` (any 127/8 address),
 /// with extra header lines. Bounded by 10 s.
-pub async fn handshake(
-    gw: SocketAddr,
-    from: Option<IpAddr>,
-    target: &str,
-    extra: &str,
-) -> Result<Answer, String> {
+pub async fn handshake(gw: SocketAddr, from: Option<IpAddr>, target: &str, extra: &str) -> Result<Answer, String> {
     tokio::time::timeout(Duration::from_secs(10), async {
         let sock = TcpSocket::new_v4().map_err(|e| e.to_string())?;
         if let Some(ip) = from {
@@ -389,12 +341,7 @@ pub async fn handshake(
 
 /// `n` short-lived handshakes, `parallel` at a time; returns the answering server of
 /// each (or `Err`). `make` builds (from, target, extra headers) for handshake `i`.
-pub async fn many<F>(
-    gw: SocketAddr,
-    n: usize,
-    parallel: usize,
-    make: F,
-) -> Vec<Result<String, String>>
+pub async fn many<F>(gw: SocketAddr, n: usize, parallel: usize, make: F) -> Vec<Result<String, String>>
 where
     F: Fn(usize) -> (Option<IpAddr>, String, String) + Send + Sync + 'static,
 {
@@ -427,8 +374,7 @@ where
 pub fn tally(results: &[Result<String, String>]) -> std::collections::BTreeMap<String, usize> {
     let mut m = std::collections::BTreeMap::new();
     for r in results {
-        *m.entry(r.clone().unwrap_or_else(|_| "ERR".into()))
-            .or_insert(0) += 1;
+        *m.entry(r.clone().unwrap_or_else(|_| "ERR".into())).or_insert(0) += 1;
     }
     m
 }
