@@ -208,8 +208,9 @@ fn classify(e: &(dyn std::error::Error + 'static)) -> LoadError {
         if let Some(io) = err.downcast_ref::<std::io::Error>() {
             denied |= matches!(io.raw_os_error(), Some(libc::EPERM | libc::EACCES));
         }
-        if !std::ptr::addr_eq(err, e) {
-            let _ = write!(text, ": {err}");
+        let part = err.to_string();
+        if !text.contains(&part) {
+            let _ = write!(text, ": {part}");
         }
         cur = err.source();
     }

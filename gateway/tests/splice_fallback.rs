@@ -1,0 +1,93 @@
+//! Fallback: when the kernel splice is unavailable — its self-test fails
+//! (forced with `WSGATE_SPLICE_SELFTEST_FAIL=1`) or the process lacks
+//! CAP_BPF/CAP_NET_ADMIN — `auto` falls back to the userspace relay with the
+//! reason, `sockmap` refuses to start with a clear message, and `userspace`
+//! never tries. Each case runs in a child process (environment and
+//! credentials are per process).
+
+mod splice_util;
+
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+
+use wsgate::splice::{FORCE_FAIL_ENV, SpliceMode, SpliceOptions, StartError, start};
+
+const ROLE: &str = "WSGATE_SPLICE_TEST_ROLE";
+
+fn opts(mode: SpliceMode) -> SpliceOptions {
+    SpliceOptions { mode, capacity: 64, ..SpliceOptions::default() }
+}
+
+/// Runs `child_entry` of this binary in a child process in `role`.
+fn run_child(role: &str, customize: impl FnOnce(&mut Command)) -> String {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args(["--exact", "child_entry", "--nocapture", "--test-threads=1"]).env(ROLE, role);
+    customize(&mut cmd);
+    let out = cmd.output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "child {role} failed:\n{text}");
+    assert!(text.contains("CHILD OK"), "child {role} did not run:\n{text}");
+    text
+}
+
+/// The child side: the three modes under whatever made the splice unavailable.
+#[test]
+fn child_entry() {
+    let Ok(role) = std::env::var(ROLE) else { return };
+    let expect = if role == "forced" { FORCE_FAIL_ENV } else { "not permitted" };
+    let auto = start(&opts(SpliceMode::Auto)).expect("auto starts anyway");
+    assert!(auto.splicer.is_none(), "auto must fall back");
+    let why = auto.fallback.expect("auto says why");
+    assert!(why.contains(expect), "fallback reason {why:?} should mention {expect:?}");
+    match start(&opts(SpliceMode::Sockmap)) {
+        Err(e @ StartError::Unavailable(_)) => {
+            let msg = e.to_string();
+            assert!(msg.contains("sockmap") && msg.contains(expect), "unclear refusal: {msg}");
+            println!("refusal: {msg}");
+        }
+        other => panic!("sockmap mode must refuse to start, got {other:?}"),
+    }
+    let user = start(&opts(SpliceMode::Userspace)).unwrap();
+    assert!(user.splicer.is_none() && user.fallback.is_none());
+    println!("CHILD OK ({role}): {why}");
+}
+
+#[test]
+fn forced_self_test_failure_falls_back_in_auto_and_refuses_in_sockmap() {
+    if splice_util::splicer_or_skip("forced_self_test_failure", 16, 1 << 20).is_none() {
+        return;
+    }
+    let text = run_child("forced", |c| {
+        c.env(FORCE_FAIL_ENV, "1");
+    });
+    eprintln!("{text}");
+}
+
+#[test]
+fn missing_capabilities_fall_back_in_auto_and_refuse_in_sockmap() {
+    if splice_util::splicer_or_skip("missing_capabilities", 16, 1 << 20).is_none() {
+        return;
+    }
+    // An unprivileged uid without capabilities: BPF is refused (kernel.unprivileged_bpf_disabled).
+    let text = run_child("nocap", |c| {
+        // std also drops the supplementary groups when it changes the uid.
+        c.uid(65_534).gid(65_534);
+    });
+    eprintln!("{text}");
+}
+
+#[test]
+fn splice_mode_reads_from_config_and_command_line() {
+    #[derive(serde::Deserialize)]
+    struct Cfg {
+        splice: SpliceMode,
+    }
+    let parse = |s: &str| toml::from_str::<Cfg>(&format!("splice = \"{s}\"")).map(|c| c.splice);
+    assert_eq!(parse("auto").unwrap(), SpliceMode::Auto);
+    assert_eq!(parse("sockmap").unwrap(), SpliceMode::Sockmap);
+    assert_eq!(parse("userspace").unwrap(), SpliceMode::Userspace);
+    assert!(parse("kernel").is_err());
+    use clap::ValueEnum;
+    assert_eq!(SpliceMode::from_str("sockmap", false).unwrap(), SpliceMode::Sockmap);
+    assert_eq!(SpliceMode::default(), SpliceMode::Auto);
+}
