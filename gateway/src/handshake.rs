@@ -9,7 +9,8 @@
 //! ```
 //!
 //! Every phase is bounded by a timeout or a size limit, and every failure is a
-//! [`ProxyError`]. The upstream's response head is only *peeked*: it stays queued in
+//! [`ProxyError`]. For an upgrade, connect → forward → peek is one [`exchange`] that
+//! moves to the next server (at most `tries`) while a server has answered nothing. The upstream's response head is only *peeked*: it stays queued in
 //! the upstream socket, so the relay (userspace or kernel) delivers it to the client in
 //! order with whatever the upstream sent right after it. Nothing here may panic on
 //! network input.
