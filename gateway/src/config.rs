@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-
 /// The whole configuration of one wsgate process.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -447,10 +446,15 @@ impl Config {
 
     /// The one-line form: every path of `listen` goes to one group of `upstreams`.
     pub fn one_line(listen: Vec<SocketAddr>, upstreams: Vec<SocketAddr>) -> Self {
-        let servers =
-            upstreams.into_iter().map(|address| ServerConfig { address, weight: 1, backup: false, max_conns: 0 }).collect();
+        let servers = upstreams
+            .into_iter()
+            .map(|address| ServerConfig { address, weight: 1, backup: false, max_conns: 0 })
+            .collect();
         Self {
-            listeners: listen.into_iter().map(|address| ListenerConfig { address, backlog: default_backlog() }).collect(),
+            listeners: listen
+                .into_iter()
+                .map(|address| ListenerConfig { address, backlog: default_backlog() })
+                .collect(),
             routes: vec![RouteConfig {
                 host: None,
                 path: "/".into(),
@@ -458,7 +462,10 @@ impl Config {
                 allowed_origins: Vec::new(),
                 max_connections: 0,
             }],
-            upstreams: BTreeMap::from([("default".to_owned(), UpstreamConfig { servers, ..UpstreamConfig::default() })]),
+            upstreams: BTreeMap::from([(
+                "default".to_owned(),
+                UpstreamConfig { servers, ..UpstreamConfig::default() },
+            )]),
             ..Self::default()
         }
     }
@@ -536,7 +543,10 @@ impl Config {
                 }
             }
             if u.servers.iter().all(|s| s.backup) {
-                return Err(invalid(format!("upstream.{name}.servers"), "needs at least one server that is not a backup"));
+                return Err(invalid(
+                    format!("upstream.{name}.servers"),
+                    "needs at least one server that is not a backup",
+                ));
             }
             validate_upstream(name, u)?;
         }
@@ -580,7 +590,10 @@ fn validate_upstream(name: &str, u: &UpstreamConfig) -> Result<(), ConfigError> 
     let field = |f: &str| format!("upstream.{name}.{f}");
     match (u.balance, &u.hash_key) {
         (Balance::Hash, None) => {
-            return Err(invalid(field("hash_key"), "is required with balance = \"hash\" (header:NAME, cookie:NAME or query:NAME)"));
+            return Err(invalid(
+                field("hash_key"),
+                "is required with balance = \"hash\" (header:NAME, cookie:NAME or query:NAME)",
+            ));
         }
         (Balance::Hash, Some(k)) => {
             crate::upstream::HashKey::parse(k).map_err(|reason| invalid(field("hash_key"), reason))?;

@@ -120,10 +120,9 @@ async fn proxy(client: &TcpStream, ctx: &Context, facts: &mut Facts) -> Result<(
     facts.user_agent = head.header("user-agent").map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default();
 
     // Phase: route, validate.
-    let route = ctx
-        .router
-        .find(head.host().as_deref(), head.path())
-        .ok_or_else(|| ProxyError::new(ErrorKind::NoRoute, format!("no route for host `{}` path `{}`", facts.host, head.path())))?;
+    let route = ctx.router.find(head.host().as_deref(), head.path()).ok_or_else(|| {
+        ProxyError::new(ErrorKind::NoRoute, format!("no route for host `{}` path `{}`", facts.host, head.path()))
+    })?;
     let intent = upgrade::classify(&head)?;
     crate::http::request::check_framing(&head)?;
     if intent == Intent::WebSocket {

@@ -32,7 +32,11 @@ use crate::{bufpool, net, readiness};
 
 /// Reads the request head within `deadline`, at most `max` bytes. Returns the head and
 /// the whole buffer, which may hold bytes that followed the head (never dropped).
-pub async fn read_head(client: &TcpStream, max: usize, deadline: Instant) -> Result<(RequestHead, Vec<u8>), ProxyError> {
+pub async fn read_head(
+    client: &TcpStream,
+    max: usize,
+    deadline: Instant,
+) -> Result<(RequestHead, Vec<u8>), ProxyError> {
     let mut buf: Vec<u8> = Vec::with_capacity(max.min(1024));
     loop {
         match timeout_at(deadline.into(), readiness::ready(client, readiness::READABLE)).await {
@@ -47,7 +51,9 @@ pub async fn read_head(client: &TcpStream, max: usize, deadline: Instant) -> Res
         let (res, slice) = client.read(buf.slice(len..)).await;
         buf = slice.into_inner();
         match res {
-            Ok(0) => return Err(ProxyError::new(ErrorKind::ClientClosed, "closed before the request head was complete")),
+            Ok(0) => {
+                return Err(ProxyError::new(ErrorKind::ClientClosed, "closed before the request head was complete"));
+            }
             Ok(_) => {}
             Err(e) => return Err(ProxyError::new(ErrorKind::ClientClosed, format!("reading request: {e}"))),
         }
@@ -143,7 +149,10 @@ impl Failures {
     fn into_error(self, group: &Group) -> ProxyError {
         let kind = match (self.timeouts.is_empty(), self.other.is_empty()) {
             (true, true) => {
-                return ProxyError::new(ErrorKind::NoUpstream, format!("no available server in upstream `{}`", group.name));
+                return ProxyError::new(
+                    ErrorKind::NoUpstream,
+                    format!("no available server in upstream `{}`", group.name),
+                );
             }
             (false, true) => ErrorKind::UpstreamTimeout,
             _ => ErrorKind::UpstreamRefused,
@@ -166,7 +175,11 @@ async fn connect_one(group: &Arc<Group>, i: usize, timeout: Duration, failures: 
             group.report_failure(i);
             tracing::warn!(upstream = %addr, group = %group.name, error = %e, "upstream connect failed; trying the next server");
             let failure = format!("{addr}: {e}");
-            if e.kind() == io::ErrorKind::TimedOut { failures.timeouts.push(failure) } else { failures.other.push(failure) }
+            if e.kind() == io::ErrorKind::TimedOut {
+                failures.timeouts.push(failure);
+            } else {
+                failures.other.push(failure);
+            }
             None
         }
     }
@@ -205,7 +218,10 @@ pub async fn peek_response(
             Err(e) => break Err(e),
             Ok(Some(head)) => break Ok(head),
             Ok(None) if n >= max => {
-                break Err(ProxyError::new(ErrorKind::UpstreamInvalid, format!("response head larger than {max} bytes")));
+                break Err(ProxyError::new(
+                    ErrorKind::UpstreamInvalid,
+                    format!("response head larger than {max} bytes"),
+                ));
             }
             Ok(None) if n == buf.len() => buf.resize(max, 0),
             Ok(None) if revents & readiness::CLOSED != 0 => {

@@ -85,9 +85,8 @@ pub fn set_linger_zero(fd: &impl AsRawFd) -> io::Result<()> {
 
 fn setsockopt_int(fd: RawFd, level: i32, name: i32, value: i32) -> io::Result<()> {
     // SAFETY: `value` is a valid int and its exact size is passed.
-    let r = unsafe {
-        libc::setsockopt(fd, level, name, (&raw const value).cast(), size_of::<i32>() as libc::socklen_t)
-    };
+    let r =
+        unsafe { libc::setsockopt(fd, level, name, (&raw const value).cast(), size_of::<i32>() as libc::socklen_t) };
     if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 

@@ -17,12 +17,12 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio_uring::net::TcpListener;
 
 use crate::accesslog::AccessLog;
+use crate::admission::Admission;
 use crate::config::Config;
 use crate::connection::{self, ActiveConn, Context};
 use crate::router::Router;
 use crate::shutdown::{self, Phase, ShutdownRx};
 use crate::stats::Stats;
-use crate::admission::Admission;
 use crate::upstream::{self, Group};
 use crate::{bufpool, readiness};
 
@@ -53,9 +53,8 @@ pub fn run(config: Config) -> Result<()> {
 
     let groups: Vec<(String, Arc<Group>)> =
         config.upstreams.iter().map(|(name, u)| (name.clone(), Arc::new(Group::new(name, u)))).collect();
-    let router = Arc::new(Router::new(&config.routes, |name| {
-        groups.iter().find(|(n, _)| n == name).map(|(_, g)| g.clone())
-    }));
+    let router =
+        Arc::new(Router::new(&config.routes, |name| groups.iter().find(|(n, _)| n == name).map(|(_, g)| g.clone())));
     let all_groups: Vec<Arc<Group>> = groups.iter().map(|(_, g)| g.clone()).collect();
     if upstream::health::start(&all_groups).context("starting the health-check thread")? {
         tracing::info!("active health checks running");

@@ -62,11 +62,7 @@ pub struct RouteGate {
 impl RouteGate {
     pub fn new(route: &RouteConfig) -> Self {
         Self {
-            origins: route
-                .allowed_origins
-                .iter()
-                .map(|o| o.trim().to_ascii_lowercase())
-                .collect(),
+            origins: route.allowed_origins.iter().map(|o| o.trim().to_ascii_lowercase()).collect(),
             limit: route.max_connections,
             live: AtomicU64::new(0),
         }
@@ -82,19 +78,12 @@ impl RouteGate {
             return Ok(());
         };
         let origin = origin.trim_ascii();
-        if self
-            .origins
-            .iter()
-            .any(|o| o.as_bytes().eq_ignore_ascii_case(origin))
-        {
+        if self.origins.iter().any(|o| o.as_bytes().eq_ignore_ascii_case(origin)) {
             return Ok(());
         }
         Err(ProxyError::new(
             ErrorKind::Forbidden,
-            format!(
-                "Origin `{}` is not in the route's allowed_origins",
-                String::from_utf8_lossy(origin)
-            ),
+            format!("Origin `{}` is not in the route's allowed_origins", String::from_utf8_lossy(origin)),
         ))
     }
 
@@ -133,17 +122,11 @@ impl Admission {
             slots: Slots::new(n),
             conns: (a.limit_conn > 0).then(|| Counts::new(n)),
             rate: (a.rate > 0.0).then(|| Buckets::new(n, a.rate, a.burst)),
-            refused_kind: if a.status == 429 {
-                ErrorKind::TooManyRequests
-            } else {
-                ErrorKind::OverLimit
-            },
+            refused_kind: if a.status == 429 { ErrorKind::TooManyRequests } else { ErrorKind::OverLimit },
             refused: Default::default(),
             refused_total: AtomicU64::new(0),
             last_report: AtomicU64::new(0),
-            period_ms: u64::try_from(a.log_period.as_millis())
-                .unwrap_or(u64::MAX)
-                .max(1),
+            period_ms: u64::try_from(a.log_period.as_millis()).unwrap_or(u64::MAX).max(1),
         }
     }
 
@@ -159,28 +142,17 @@ impl Admission {
 
     /// Admits a connection from `client` through `route`, or refuses it with
     /// `admission.status`. The counts are released when the guard drops.
-    pub fn admit(
-        self: &Arc<Self>,
-        client: IpAddr,
-        route: &Arc<RouteGate>,
-    ) -> Result<Admitted, ProxyError> {
+    pub fn admit(self: &Arc<Self>, client: IpAddr, route: &Arc<RouteGate>) -> Result<Admitted, ProxyError> {
         let slot = self.slots.of(client);
         if let Some(rate) = &self.rate
             && !rate.take(slot, now_ms())
         {
             return Err(self.refuse(Limit::Rate, client));
         }
-        let mut guard = Admitted {
-            admission: self.clone(),
-            route: None,
-            slot: None,
-            global: false,
-        };
+        let mut guard = Admitted { admission: self.clone(), route: None, slot: None, global: false };
         if self
             .global
-            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
-                (n < self.global_limit).then_some(n + 1)
-            })
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| (n < self.global_limit).then_some(n + 1))
             .is_err()
         {
             return Err(self.refuse(Limit::Global, client));
@@ -189,9 +161,7 @@ impl Admission {
         if route.limit > 0 {
             if route
                 .live
-                .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
-                    (n < route.limit).then_some(n + 1)
-                })
+                .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| (n < route.limit).then_some(n + 1))
                 .is_err()
             {
                 return Err(self.refuse(Limit::Route, client));
@@ -212,10 +182,7 @@ impl Admission {
     fn refuse(&self, limit: Limit, client: IpAddr) -> ProxyError {
         self.refused[limit as usize].fetch_add(1, Ordering::Relaxed);
         self.refused_total.fetch_add(1, Ordering::Relaxed);
-        ProxyError::new(
-            self.refused_kind,
-            format!("{client} refused by {}", limit.name()),
-        )
+        ProxyError::new(self.refused_kind, format!("{client} refused by {}", limit.name()))
     }
 
     /// After a refusal: the summary line to log if a `log_period` has passed since the
@@ -226,9 +193,7 @@ impl Admission {
         if last != 0 && now.saturating_sub(last) < self.period_ms {
             return None;
         }
-        self.last_report
-            .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
-            .ok()?;
+        self.last_report.compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed).ok()?;
         let parts: Vec<String> = Limit::ALL
             .iter()
             .filter_map(|&l| {
@@ -236,12 +201,7 @@ impl Admission {
                 (n > 0).then(|| format!("{n} by {}", l.name()))
             })
             .collect();
-        (!parts.is_empty()).then(|| {
-            format!(
-                "connections refused since the last report: {}",
-                parts.join(", ")
-            )
-        })
+        (!parts.is_empty()).then(|| format!("connections refused since the last report: {}", parts.join(", ")))
     }
 
     /// Connections refused by a limit since start (for metrics).
@@ -287,10 +247,7 @@ mod tests {
             "[limits]\nmax_connections = 5\n[admission]\ntable_slots = 64\n{extra}\n[[route]]\nupstream = \"u\"\nmax_connections = 4\nallowed_origins = [\"https://Good.example\"]\n[upstream.u]\nservers = [\"127.0.0.1:1\"]\n"
         ))
         .unwrap();
-        (
-            Arc::new(Admission::new(&c)),
-            Arc::new(RouteGate::new(&c.routes[0])),
-        )
+        (Arc::new(Admission::new(&c)), Arc::new(RouteGate::new(&c.routes[0])))
     }
 
     #[test]
@@ -305,15 +262,9 @@ mod tests {
         assert_eq!((a.live(), r.live()), (2, 2), "a refusal holds nothing");
         drop(g1);
         let _g3 = a.admit(ip, &r).unwrap();
-        let others: Vec<_> = (0..10)
-            .filter_map(|i| a.admit(IpAddr::from([198, 51, 100, i]), &r).ok())
-            .collect();
+        let others: Vec<_> = (0..10).filter_map(|i| a.admit(IpAddr::from([198, 51, 100, i]), &r).ok()).collect();
         assert_eq!(others.len(), 2, "route max_connections = 4");
-        assert!(
-            a.refusal_report()
-                .unwrap()
-                .contains("by route max_connections")
-        );
+        assert!(a.refusal_report().unwrap().contains("by route max_connections"));
         assert!(a.refusal_report().is_none(), "once per period");
         assert_eq!(a.refused_total(), 9);
     }
@@ -324,30 +275,16 @@ mod tests {
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
         drop(a.admit(ip, &r).unwrap());
         drop(a.admit(ip, &r).unwrap());
-        assert_eq!(
-            a.admit(ip, &r).unwrap_err().kind,
-            ErrorKind::TooManyRequests
-        );
+        assert_eq!(a.admit(ip, &r).unwrap_err().kind, ErrorKind::TooManyRequests);
     }
 
     #[test]
     fn origins() {
         let (_, r) = setup("");
-        let head = |o: &str| {
-            crate::http::request::parse(format!("GET / HTTP/1.1\r\n{o}\r\n").as_bytes())
-                .unwrap()
-                .unwrap()
-        };
-        assert!(
-            r.check_origin(&head("Origin: https://good.EXAMPLE\r\n"))
-                .is_ok()
-        );
-        assert_eq!(
-            r.check_origin(&head("Origin: https://evil.example\r\n"))
-                .unwrap_err()
-                .kind,
-            ErrorKind::Forbidden
-        );
+        let head =
+            |o: &str| crate::http::request::parse(format!("GET / HTTP/1.1\r\n{o}\r\n").as_bytes()).unwrap().unwrap();
+        assert!(r.check_origin(&head("Origin: https://good.EXAMPLE\r\n")).is_ok());
+        assert_eq!(r.check_origin(&head("Origin: https://evil.example\r\n")).unwrap_err().kind, ErrorKind::Forbidden);
         assert!(r.check_origin(&head("")).is_ok());
     }
 }

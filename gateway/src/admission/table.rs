@@ -22,10 +22,7 @@ pub struct Slots {
 impl Slots {
     /// `n` must be a power of two (validated with the configuration).
     pub fn new(n: usize) -> Self {
-        Self {
-            hasher: RandomState::new(),
-            mask: n.next_power_of_two() - 1,
-        }
+        Self { hasher: RandomState::new(), mask: n.next_power_of_two() - 1 }
     }
 
     pub fn of(&self, ip: IpAddr) -> usize {
@@ -44,11 +41,7 @@ impl Counts {
 
     /// Counts one more in `slot` unless it already holds `limit`.
     pub fn try_inc(&self, slot: usize, limit: u32) -> bool {
-        self.0[slot]
-            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
-                (n < limit).then_some(n + 1)
-            })
-            .is_ok()
+        self.0[slot].fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| (n < limit).then_some(n + 1)).is_ok()
     }
 
     pub fn dec(&self, slot: usize) {
@@ -74,11 +67,7 @@ pub struct Buckets {
 
 impl Buckets {
     pub fn new(n: usize, rate: f64, burst: u32) -> Self {
-        Self {
-            slots: (0..n).map(|_| AtomicU64::new(0)).collect(),
-            rate,
-            cap: u64::from(burst) * 1000,
-        }
+        Self { slots: (0..n).map(|_| AtomicU64::new(0)).collect(), rate, cap: u64::from(burst) * 1000 }
     }
 
     /// Takes one token from `slot` at time `now_ms`; false when the bucket is empty.
@@ -94,11 +83,7 @@ impl Buckets {
                     #[allow(clippy::cast_sign_loss)] // `rate` is validated to be positive
                     let refill = (f64::from(elapsed) * self.rate) as u64;
                     // No refill yet: keep the old time so fractions add up over calls.
-                    if refill == 0 {
-                        (then, milli)
-                    } else {
-                        (now, (milli + refill).min(self.cap))
-                    }
+                    if refill == 0 { (then, milli) } else { (now, (milli + refill).min(self.cap)) }
                 };
                 (milli >= 1000).then(|| (u64::from(then) << 32) | (milli - 1000))
             })

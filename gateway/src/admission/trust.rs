@@ -19,26 +19,16 @@ pub struct Cidr {
 impl Cidr {
     /// Parses `IP` or `IP/PREFIX`.
     pub fn parse(s: &str) -> Result<Self, String> {
-        let (a, p) = s
-            .trim()
-            .split_once('/')
-            .map_or((s.trim(), None), |(a, p)| (a, Some(p)));
-        let addr: IpAddr = a
-            .parse()
-            .map_err(|_| format!("`{s}` is not an address or IP/PREFIX"))?;
+        let (a, p) = s.trim().split_once('/').map_or((s.trim(), None), |(a, p)| (a, Some(p)));
+        let addr: IpAddr = a.parse().map_err(|_| format!("`{s}` is not an address or IP/PREFIX"))?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let prefix = match p {
             None => max,
-            Some(p) => p
-                .parse::<u8>()
-                .ok()
-                .filter(|&p| p <= max)
-                .ok_or_else(|| format!("`{s}`: prefix must be 0..={max}"))?,
+            Some(p) => {
+                p.parse::<u8>().ok().filter(|&p| p <= max).ok_or_else(|| format!("`{s}`: prefix must be 0..={max}"))?
+            }
         };
-        Ok(Self {
-            addr: canonical(addr),
-            prefix,
-        })
+        Ok(Self { addr: canonical(addr), prefix })
     }
 
     /// Whether `ip` lies in the prefix (IPv4-mapped IPv6 counts as IPv4).
@@ -52,11 +42,7 @@ impl Cidr {
         if family != have_family {
             return false;
         }
-        let mask = if self.prefix == 0 {
-            0
-        } else {
-            u128::MAX << (128 - u32::from(self.prefix))
-        };
+        let mask = if self.prefix == 0 { 0 } else { u128::MAX << (128 - u32::from(self.prefix)) };
         want & mask == have & mask
     }
 }
@@ -110,12 +96,7 @@ impl Trusted {
 }
 
 fn parse_ip(v: &[u8]) -> Option<IpAddr> {
-    std::str::from_utf8(v)
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
-        .map(canonical)
+    std::str::from_utf8(v).ok()?.trim().parse().ok().map(canonical)
 }
 
 #[cfg(test)]
@@ -130,16 +111,8 @@ mod tests {
         assert!(c.contains("::ffff:10.1.0.1".parse().unwrap()));
         assert!(!c.contains("10.2.0.1".parse().unwrap()));
         assert!(Cidr::parse("::1").unwrap().contains("::1".parse().unwrap()));
-        assert!(
-            Cidr::parse("0.0.0.0/0")
-                .unwrap()
-                .contains("1.2.3.4".parse().unwrap())
-        );
-        assert!(
-            !Cidr::parse("0.0.0.0/0")
-                .unwrap()
-                .contains("::2".parse().unwrap())
-        );
+        assert!(Cidr::parse("0.0.0.0/0").unwrap().contains("1.2.3.4".parse().unwrap()));
+        assert!(!Cidr::parse("0.0.0.0/0").unwrap().contains("::2".parse().unwrap()));
         assert!(Cidr::parse("10.0.0.0/33").is_err());
         assert!(Cidr::parse("nope").is_err());
     }
@@ -152,23 +125,10 @@ mod tests {
             .unwrap();
         let untrusted: IpAddr = "192.0.2.1".parse().unwrap();
         assert_eq!(t.client_ip(untrusted, &head), untrusted);
-        assert_eq!(
-            t.client_ip("127.0.0.1".parse().unwrap(), &head),
-            "203.0.113.9".parse::<IpAddr>().unwrap()
-        );
-        let real = parse(b"GET / HTTP/1.1\r\nX-Real-IP: 7.7.7.7\r\n\r\n")
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            t.client_ip("127.0.0.1".parse().unwrap(), &real),
-            "7.7.7.7".parse::<IpAddr>().unwrap()
-        );
-        let junk = parse(b"GET / HTTP/1.1\r\nX-Forwarded-For: junk\r\n\r\n")
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            t.client_ip("127.0.0.1".parse().unwrap(), &junk),
-            "127.0.0.1".parse::<IpAddr>().unwrap()
-        );
+        assert_eq!(t.client_ip("127.0.0.1".parse().unwrap(), &head), "203.0.113.9".parse::<IpAddr>().unwrap());
+        let real = parse(b"GET / HTTP/1.1\r\nX-Real-IP: 7.7.7.7\r\n\r\n").unwrap().unwrap();
+        assert_eq!(t.client_ip("127.0.0.1".parse().unwrap(), &real), "7.7.7.7".parse::<IpAddr>().unwrap());
+        let junk = parse(b"GET / HTTP/1.1\r\nX-Forwarded-For: junk\r\n\r\n").unwrap().unwrap();
+        assert_eq!(t.client_ip("127.0.0.1".parse().unwrap(), &junk), "127.0.0.1".parse::<IpAddr>().unwrap());
     }
 }

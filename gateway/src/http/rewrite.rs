@@ -113,13 +113,19 @@ mod tests {
         // The same head from a peer that is not trusted: its forwarding headers are replaced.
         let fwd = Forwarded { client_ip: peer, peer_ip: peer, trusted: false, proto: "http" };
         let out = String::from_utf8(upstream_head(&head, Intent::WebSocket, fwd)).unwrap();
-        assert!(out.ends_with("X-Real-IP: 192.0.2.7\r\nX-Forwarded-For: 192.0.2.7\r\nX-Forwarded-Proto: http\r\n\r\n"), "{out}");
+        assert!(
+            out.ends_with("X-Real-IP: 192.0.2.7\r\nX-Forwarded-For: 192.0.2.7\r\nX-Forwarded-Proto: http\r\n\r\n"),
+            "{out}"
+        );
         assert!(!out.contains("10.1.1.1") && !out.contains("6.6.6.6"), "{out}");
     }
 
     #[test]
     fn plain_head_gets_connection_close() {
-        let head = parse(b"POST /x HTTP/1.1\r\nHost: a\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n").unwrap().unwrap();
+        let head =
+            parse(b"POST /x HTTP/1.1\r\nHost: a\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n")
+                .unwrap()
+                .unwrap();
         let ip = "::1".parse().unwrap();
         let fwd = Forwarded { client_ip: ip, peer_ip: ip, trusted: false, proto: "http" };
         let out = String::from_utf8(upstream_head(&head, Intent::Plain, fwd)).unwrap();

@@ -15,11 +15,7 @@ use crate::http::request::RequestHead;
 /// Spreads each primary over the schedule by weight (3:1 → a a b a, not a a a b), the
 /// sequence nginx's smooth weighted round robin produces.
 pub fn interleave(servers: &[Server]) -> Vec<usize> {
-    let total: u64 = servers
-        .iter()
-        .filter(|s| !s.backup)
-        .map(|s| u64::from(s.weight))
-        .sum();
+    let total: u64 = servers.iter().filter(|s| !s.backup).map(|s| u64::from(s.weight)).sum();
     let total_i = i64::try_from(total).unwrap_or(i64::MAX);
     let mut current: Vec<i64> = vec![0; servers.len()];
     let mut out = Vec::new();
@@ -39,12 +35,7 @@ pub fn interleave(servers: &[Server]) -> Vec<usize> {
 }
 
 /// Distinct eligible servers in schedule order from position `start`.
-pub fn schedule_order(
-    schedule: &[usize],
-    start: usize,
-    n: usize,
-    eligible: impl Fn(usize) -> bool,
-) -> Vec<usize> {
+pub fn schedule_order(schedule: &[usize], start: usize, n: usize, eligible: impl Fn(usize) -> bool) -> Vec<usize> {
     let mut seen = vec![false; n];
     let mut order = Vec::new();
     for k in 0..schedule.len() {
@@ -61,17 +52,10 @@ pub fn schedule_order(
 
 /// Eligible servers by live connections per unit of weight, fewest first; ties go
 /// round robin from `start`.
-pub fn least_conn_order(
-    servers: &[Server],
-    start: usize,
-    eligible: impl Fn(usize) -> bool,
-) -> Vec<usize> {
+pub fn least_conn_order(servers: &[Server], start: usize, eligible: impl Fn(usize) -> bool) -> Vec<usize> {
     let n = servers.len();
-    let mut order: Vec<(usize, u64)> = (0..n)
-        .map(|k| (start + k) % n)
-        .filter(|&i| eligible(i))
-        .map(|i| (i, servers[i].active()))
-        .collect();
+    let mut order: Vec<(usize, u64)> =
+        (0..n).map(|k| (start + k) % n).filter(|&i| eligible(i)).map(|i| (i, servers[i].active())).collect();
     // Stable sort keeps the rotation among equals. a/wa < b/wb  ⇔  a·wb < b·wa.
     order.sort_by(|&(a, ca), &(b, cb)| {
         let lhs = u128::from(ca) * u128::from(servers[b].weight);
@@ -100,13 +84,7 @@ impl Rendezvous {
             .iter()
             .enumerate()
             .filter(|(_, s)| !s.backup)
-            .map(|(i, s)| {
-                (
-                    i,
-                    hash_bytes(s.addr.to_string().as_bytes()),
-                    f64::from(s.weight),
-                )
-            })
+            .map(|(i, s)| (i, hash_bytes(s.addr.to_string().as_bytes()), f64::from(s.weight)))
             .collect();
         Self { members }
     }
@@ -158,9 +136,7 @@ fn mix(mut h: u64) -> u64 {
 pub fn hash_ip(ip: IpAddr) -> u64 {
     match ip {
         IpAddr::V4(v4) => hash_bytes(&v4.octets()),
-        IpAddr::V6(v6) => v6
-            .to_ipv4_mapped()
-            .map_or_else(|| hash_bytes(&v6.octets()), |v4| hash_bytes(&v4.octets())),
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or_else(|| hash_bytes(&v6.octets()), |v4| hash_bytes(&v4.octets())),
     }
 }
 
@@ -181,9 +157,7 @@ impl HashKey {
         let bad = || format!("`{spec}` must be header:NAME, cookie:NAME or query:NAME");
         let (kind, name) = spec.split_once(':').ok_or_else(bad)?;
         let name = name.trim();
-        if name.is_empty()
-            || name.contains(|c: char| c.is_whitespace() || c == ';' || c == '=' || c == '&')
-        {
+        if name.is_empty() || name.contains(|c: char| c.is_whitespace() || c == ';' || c == '=' || c == '&') {
             return Err(bad());
         }
         match kind.trim() {
@@ -198,15 +172,11 @@ impl HashKey {
     pub fn extract<'a>(&self, head: &'a RequestHead) -> Option<&'a [u8]> {
         let v = match self {
             Self::Header(name) => head.header(name).map(<[u8]>::trim_ascii),
-            Self::Cookie(name) => head
-                .headers_named("cookie")
-                .flat_map(|v| v.split(|&b| b == b';'))
-                .find_map(|pair| {
-                    let pair = pair.trim_ascii();
-                    let eq = pair.iter().position(|&b| b == b'=')?;
-                    (pair[..eq].trim_ascii() == name.as_bytes())
-                        .then(|| pair[eq + 1..].trim_ascii())
-                }),
+            Self::Cookie(name) => head.headers_named("cookie").flat_map(|v| v.split(|&b| b == b';')).find_map(|pair| {
+                let pair = pair.trim_ascii();
+                let eq = pair.iter().position(|&b| b == b'=')?;
+                (pair[..eq].trim_ascii() == name.as_bytes()).then(|| pair[eq + 1..].trim_ascii())
+            }),
             Self::Query(name) => {
                 let (_, query) = head.target.split_once('?')?;
                 query.split('&').find_map(|kv| {
@@ -225,9 +195,7 @@ mod tests {
     use crate::http::request::parse;
 
     fn servers(n: u16) -> Vec<Server> {
-        (0..n)
-            .map(|i| Server::new(format!("10.0.0.{}:80", i + 1).parse().unwrap(), 1, false, 0))
-            .collect()
+        (0..n).map(|i| Server::new(format!("10.0.0.{}:80", i + 1).parse().unwrap(), 1, false, 0)).collect()
     }
 
     #[test]
@@ -248,10 +216,7 @@ mod tests {
             }
             let share = f64::from(moved) / keys as f64;
             let ideal = 1.0 / f64::from(n + 1);
-            assert!(
-                share <= ideal + 0.04,
-                "n={n}: {share:.3} of keys moved, ideal {ideal:.3}"
-            );
+            assert!(share <= ideal + 0.04, "n={n}: {share:.3} of keys moved, ideal {ideal:.3}");
             assert_eq!(moved, to_new, "keys only ever move to the new server");
         }
     }
@@ -274,18 +239,9 @@ mod tests {
         let head = parse(b"GET /ws?room=42&x HTTP/1.1\r\nHost: a\r\nCookie: a=1; sid = abc \r\nX-User: u7\r\n\r\n")
             .unwrap()
             .unwrap();
-        assert_eq!(
-            HashKey::parse("query:room").unwrap().extract(&head),
-            Some(&b"42"[..])
-        );
-        assert_eq!(
-            HashKey::parse("cookie:sid").unwrap().extract(&head),
-            Some(&b"abc"[..])
-        );
-        assert_eq!(
-            HashKey::parse("header:x-user").unwrap().extract(&head),
-            Some(&b"u7"[..])
-        );
+        assert_eq!(HashKey::parse("query:room").unwrap().extract(&head), Some(&b"42"[..]));
+        assert_eq!(HashKey::parse("cookie:sid").unwrap().extract(&head), Some(&b"abc"[..]));
+        assert_eq!(HashKey::parse("header:x-user").unwrap().extract(&head), Some(&b"u7"[..]));
         assert_eq!(HashKey::parse("query:x").unwrap().extract(&head), None);
         assert!(HashKey::parse("body:x").is_err());
         assert!(HashKey::parse("header:").is_err());

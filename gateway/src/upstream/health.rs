@@ -22,32 +22,24 @@ const MAX_HEAD: usize = 8192;
 
 /// Starts the health-check thread if any group has `health_check`; returns whether it did.
 pub fn start(groups: &[Arc<Group>]) -> io::Result<bool> {
-    let checked: Vec<Arc<Group>> = groups
-        .iter()
-        .filter(|g| g.health_check().is_some())
-        .cloned()
-        .collect();
+    let checked: Vec<Arc<Group>> = groups.iter().filter(|g| g.health_check().is_some()).cloned().collect();
     if checked.is_empty() {
         return Ok(false);
     }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    std::thread::Builder::new()
-        .name("wsgate-health".into())
-        .spawn(move || {
-            runtime.block_on(async move {
-                let mut tasks = Vec::new();
-                for g in checked {
-                    for i in 0..g.servers().len() {
-                        tasks.push(tokio::spawn(check_loop(g.clone(), i)));
-                    }
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    std::thread::Builder::new().name("wsgate-health".into()).spawn(move || {
+        runtime.block_on(async move {
+            let mut tasks = Vec::new();
+            for g in checked {
+                for i in 0..g.servers().len() {
+                    tasks.push(tokio::spawn(check_loop(g.clone(), i)));
                 }
-                for t in tasks {
-                    let _ = t.await;
-                }
-            });
-        })?;
+            }
+            for t in tasks {
+                let _ = t.await;
+            }
+        });
+    })?;
     Ok(true)
 }
 
@@ -89,19 +81,10 @@ fn check_request(cfg: &HealthCheckConfig, addr: SocketAddr) -> Vec<u8> {
 }
 
 /// One check: connect, send, read the response head, judge its status.
-async fn probe(
-    addr: SocketAddr,
-    request: &[u8],
-    timeout: Duration,
-    statuses: &[(u16, u16)],
-) -> Result<u16, String> {
+async fn probe(addr: SocketAddr, request: &[u8], timeout: Duration, statuses: &[(u16, u16)]) -> Result<u16, String> {
     let status = tokio::time::timeout(timeout, async {
-        let mut s = TcpStream::connect(addr)
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
-        s.write_all(request)
-            .await
-            .map_err(|e| format!("send: {e}"))?;
+        let mut s = TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
+        s.write_all(request).await.map_err(|e| format!("send: {e}"))?;
         let mut buf = Vec::with_capacity(1024);
         loop {
             let mut headers = [httparse::EMPTY_HEADER; 64];

@@ -38,10 +38,7 @@ impl Passive {
         }
         let start = self.window_start.load(Ordering::Relaxed);
         if now.saturating_sub(start) >= fail_timeout_ms
-            && self
-                .window_start
-                .compare_exchange(start, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
+            && self.window_start.compare_exchange(start, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
         {
             self.fails.store(0, Ordering::Relaxed);
         }
@@ -49,9 +46,7 @@ impl Passive {
             return false;
         }
         self.fails.store(0, Ordering::Relaxed);
-        let was = self
-            .down_until
-            .swap(now.saturating_add(fail_timeout_ms), Ordering::Relaxed);
+        let was = self.down_until.swap(now.saturating_add(fail_timeout_ms), Ordering::Relaxed);
         was <= now
     }
 }
