@@ -27,6 +27,11 @@ fn routed_config(upstream: std::net::SocketAddr) -> String {
     format!("{ROUTED}\n[upstream.main]\nservers = [\"{upstream}\"]\n")
 }
 
+/// The same, with the test client's address as a trusted proxy.
+fn trusting_config(upstream: std::net::SocketAddr) -> String {
+    format!("{}\n[admission]\ntrusted_proxies = [\"127.0.0.1\"]\n", routed_config(upstream))
+}
+
 /// An upstream that records the raw request head it received, then answers 101.
 fn recording_upstream() -> (RawUpstream, Arc<Mutex<Vec<String>>>) {
     let seen = Arc::new(Mutex::new(Vec::new()));
@@ -41,9 +46,9 @@ fn recording_upstream() -> (RawUpstream, Arc<Mutex<Vec<String>>>) {
 }
 
 #[test]
-fn upgrade_is_forwarded_with_x_forwarded_for_appended_and_hop_by_hop_stripped() {
+fn upgrade_from_a_trusted_proxy_is_forwarded_with_x_forwarded_for_appended_and_hop_by_hop_stripped() {
     let (up, seen) = recording_upstream();
-    let gw = Gateway::with_config(&routed_config(up.addr), &[]);
+    let gw = Gateway::with_config(&trusting_config(up.addr), &[]);
     let mut c = gw.connect();
     let req = "GET /ws/chat?room=1 HTTP/1.1\r\nHost: example.test\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade, X-Hop\r\nX-Hop: secret\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\nProxy-Connection: keep-alive\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: chat, superchat\r\nSec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\nCookie: session=abc; theme=dark\r\nOrigin: https://example.test\r\nX-Forwarded-For: 203.0.113.9\r\nX-Real-IP: 198.51.100.1\r\nX-Forwarded-Proto: https\r\n\r\n";
     c.write_all(req.as_bytes()).unwrap();
@@ -56,8 +61,21 @@ fn upgrade_is_forwarded_with_x_forwarded_for_appended_and_hop_by_hop_stripped() 
     let head = seen.lock().unwrap()[0].clone();
     assert_eq!(
         head,
-        "GET /ws/chat?room=1 HTTP/1.1\r\nHost: example.test\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: chat, superchat\r\nSec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\nCookie: session=abc; theme=dark\r\nOrigin: https://example.test\r\nUpgrade: websocket\r\nConnection: upgrade\r\nX-Real-IP: 127.0.0.1\r\nX-Forwarded-For: 203.0.113.9, 127.0.0.1\r\nX-Forwarded-Proto: http\r\n\r\n"
+        "GET /ws/chat?room=1 HTTP/1.1\r\nHost: example.test\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: chat, superchat\r\nSec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\nCookie: session=abc; theme=dark\r\nOrigin: https://example.test\r\nUpgrade: websocket\r\nConnection: upgrade\r\nX-Real-IP: 203.0.113.9\r\nX-Forwarded-For: 203.0.113.9, 127.0.0.1\r\nX-Forwarded-Proto: http\r\n\r\n"
     );
+}
+
+#[test]
+fn forwarded_headers_from_an_untrusted_client_are_replaced() {
+    let (up, seen) = recording_upstream();
+    let gw = Gateway::with_config(&routed_config(up.addr), &[]);
+    let mut c = gw.connect();
+    let req = upgrade_request("/ws/", "X-Forwarded-For: 203.0.113.9\r\nX-Real-IP: 198.51.100.1\r\n");
+    c.write_all(req.as_bytes()).unwrap();
+    assert_eq!(status_of(&read_head(&mut c).0), 101);
+    let head = seen.lock().unwrap()[0].clone();
+    assert!(head.ends_with("X-Real-IP: 127.0.0.1\r\nX-Forwarded-For: 127.0.0.1\r\nX-Forwarded-Proto: http\r\n\r\n"), "{head}");
+    assert!(!head.contains("203.0.113.9") && !head.contains("198.51.100.1"), "{head}");
 }
 
 #[test]

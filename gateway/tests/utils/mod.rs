@@ -27,7 +27,7 @@ pub struct Gateway {
     pub addr: SocketAddr,
     /// Access-log lines (stdout) seen so far.
     lines: Arc<Mutex<Vec<String>>>,
-    _dir: Option<TempDir>,
+    tmp: Option<TempDir>,
 }
 
 impl Gateway {
@@ -39,7 +39,7 @@ impl Gateway {
         let mut args = vec!["-c".to_owned(), path.display().to_string()];
         args.extend(extra_args.iter().map(|s| (*s).to_owned()));
         let mut g = Self::spawn(&args);
-        g._dir = Some(dir);
+        g.tmp = Some(dir);
         g
     }
 
@@ -77,7 +77,7 @@ impl Gateway {
             }
         });
         let addr = rx.recv_timeout(Duration::from_secs(20)).expect("wsgate did not print its listening line");
-        Self { child, addr, lines, _dir: None }
+        Self { child, addr, lines, tmp: None }
     }
 
     /// Access-log lines so far.
@@ -191,10 +191,10 @@ pub fn client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
     if len < 126 {
         f.push(0x80 | len as u8);
     } else if len <= 0xffff {
-        f.push(0x80 | 126);
+        f.push(0xfe);
         f.extend_from_slice(&(len as u16).to_be_bytes());
     } else {
-        f.push(0x80 | 127);
+        f.push(0xff);
         f.extend_from_slice(&(len as u64).to_be_bytes());
     }
     let mask = [0x12, 0x34, 0x56, 0x78];
@@ -215,14 +215,18 @@ pub fn server_frame(s: &mut impl Read) -> (bool, u8, Vec<u8>) {
     (fin, opcode, read_exact(s, usize::try_from(len).unwrap()))
 }
 
+/// Header names and values of one request, in order.
+pub type Headers = Vec<(String, String)>;
+
 /// A tokio-tungstenite echo upstream that records every request head it accepts.
 pub struct WsEcho {
     pub addr: SocketAddr,
-    pub requests: Arc<Mutex<Vec<Vec<(String, String)>>>>,
+    pub requests: Arc<Mutex<Vec<Headers>>>,
     _rt: tokio::runtime::Runtime,
 }
 
 impl WsEcho {
+    #[allow(clippy::result_large_err)] // tungstenite's handshake callback type, not ours
     pub fn start() -> Self {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
@@ -305,7 +309,7 @@ impl RawUpstream {
             resp.extend_from_slice(after);
             resp.extend_from_slice(&early);
             s.write_all(&resp).unwrap();
-            let mut buf = [0u8; 65536];
+            let mut buf = vec![0u8; 65536];
             loop {
                 match s.read(&mut buf) {
                     Ok(0) | Err(_) => return,
