@@ -21,8 +21,7 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 pub async fn serve(stream: TcpStream, cfg: Config) {
     let _ = stream.set_nodelay(true);
     // Boxed: the handshake state is short-lived and must not size every idle task.
-    let Ok(Some(early)) = Box::pin(tokio::time::timeout(HEAD_TIMEOUT, upgrade(&stream))).await
-    else {
+    let Ok(Some(early)) = Box::pin(tokio::time::timeout(HEAD_TIMEOUT, upgrade(&stream))).await else {
         return;
     };
     let _ = frames(&stream, cfg, early).await;
@@ -57,10 +56,9 @@ async fn upgrade(stream: &TcpStream) -> Option<Vec<u8>> {
     let (resp, upgraded) = match handshake::read_request(&head[..end]) {
         Request::Upgrade { accept } => (handshake::switching_protocols(&accept), true),
         Request::Health => (handshake::plain_response(200, "OK", "ok\n"), false),
-        Request::Reject { status, reason } => (
-            handshake::plain_response(status, reason, &format!("{status} {reason}\n")),
-            false,
-        ),
+        Request::Reject { status, reason } => {
+            (handshake::plain_response(status, reason, &format!("{status} {reason}\n")), false)
+        }
     };
     if !upgraded {
         let _ = reply_and_close(stream, resp.as_bytes()).await;

@@ -9,8 +9,7 @@
 
 use super::fault::Fault;
 use crate::ws::frame::{
-    self, CLOSE_PROTOCOL, CLOSE_TOO_BIG, MAX_HEADER, OP_BINARY, OP_CLOSE, OP_CONT, OP_PING,
-    OP_PONG, OP_TEXT, Parsed,
+    self, CLOSE_PROTOCOL, CLOSE_TOO_BIG, MAX_HEADER, OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, Parsed,
 };
 
 /// What the connection does after a call to [`Engine::feed`].
@@ -35,12 +34,7 @@ enum Sink {
 #[derive(Debug, Clone, Copy)]
 enum Stage {
     Header,
-    Payload {
-        remaining: u64,
-        offset: u64,
-        mask: [u8; 4],
-        sink: Sink,
-    },
+    Payload { remaining: u64, offset: u64, mask: [u8; 4], sink: Sink },
     Closed,
 }
 
@@ -87,15 +81,8 @@ impl Engine {
                         }
                     }
                 },
-                Stage::Payload {
-                    remaining,
-                    offset,
-                    mask,
-                    sink,
-                } => {
-                    let n = usize::try_from(remaining)
-                        .unwrap_or(usize::MAX)
-                        .min(input.len() - pos);
+                Stage::Payload { remaining, offset, mask, sink } => {
+                    let n = usize::try_from(remaining).unwrap_or(usize::MAX).min(input.len() - pos);
                     let chunk = &mut input[pos..pos + n];
                     frame::apply_mask(chunk, mask, offset);
                     match sink {
@@ -111,12 +98,7 @@ impl Engine {
                     }
                     pos += n;
                     let remaining = remaining - n as u64;
-                    self.stage = Stage::Payload {
-                        remaining,
-                        offset: offset + n as u64,
-                        mask,
-                        sink,
-                    };
+                    self.stage = Stage::Payload { remaining, offset: offset + n as u64, mask, sink };
                     if remaining == 0 && self.end_frame(out) == Flow::Close {
                         return Flow::Close;
                     }
@@ -127,11 +109,7 @@ impl Engine {
         if let Stage::Payload { remaining: 0, .. } = self.stage {
             return self.end_frame(out);
         }
-        if let Stage::Closed = self.stage {
-            Flow::Close
-        } else {
-            Flow::Continue
-        }
+        if let Stage::Closed = self.stage { Flow::Close } else { Flow::Continue }
     }
 
     /// Accumulates header bytes; returns the header and how many bytes of `input` it used.
@@ -189,20 +167,13 @@ impl Engine {
                     Some(Fault::DropEvery(_)) => Sink::Drop,
                     fault => {
                         frame::write_header(out, h.fin, h.opcode, None, h.len);
-                        Sink::Echo {
-                            corrupt: matches!(fault, Some(Fault::CorruptEvery(_))),
-                        }
+                        Sink::Echo { corrupt: matches!(fault, Some(Fault::CorruptEvery(_))) }
                     }
                 }
             }
             _ => return Err(CLOSE_PROTOCOL),
         };
-        self.stage = Stage::Payload {
-            remaining: h.len,
-            offset: 0,
-            mask,
-            sink,
-        };
+        self.stage = Stage::Payload { remaining: h.len, offset: 0, mask, sink };
         Ok(())
     }
 
@@ -288,10 +259,7 @@ mod tests {
         };
         let mut unmasked = Vec::new();
         write_frame(&mut unmasked, true, OP_TEXT, None, b"x");
-        assert_eq!(
-            run(&unmasked, 100, Fault::None),
-            (close_with(CLOSE_PROTOCOL), Flow::Close)
-        );
+        assert_eq!(run(&unmasked, 100, Fault::None), (close_with(CLOSE_PROTOCOL), Flow::Close));
         let mut cont = Vec::new();
         write_frame(&mut cont, true, OP_CONT, M, b"x");
         assert_eq!(run(&cont, 100, Fault::None).0, close_with(CLOSE_PROTOCOL));
@@ -300,10 +268,7 @@ mod tests {
         assert_eq!(run(&big, 100, Fault::None).0, close_with(CLOSE_TOO_BIG));
         let mut long_ping = Vec::new();
         write_frame(&mut long_ping, true, OP_PING, M, &[0; 126]);
-        assert_eq!(
-            run(&long_ping, 100, Fault::None).0,
-            close_with(CLOSE_PROTOCOL)
-        );
+        assert_eq!(run(&long_ping, 100, Fault::None).0, close_with(CLOSE_PROTOCOL));
     }
 
     #[test]

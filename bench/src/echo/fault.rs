@@ -22,9 +22,7 @@ impl Fault {
     /// What to do with the data frame numbered `n` (1-based) of a connection.
     pub fn applies(self, n: u32) -> Option<Self> {
         match self {
-            Fault::CorruptEvery(k) | Fault::DropEvery(k) if k > 0 && n.is_multiple_of(k) => {
-                Some(self)
-            }
+            Fault::CorruptEvery(k) | Fault::DropEvery(k) if k > 0 && n.is_multiple_of(k) => Some(self),
             _ => None,
         }
     }
@@ -33,9 +31,7 @@ impl Fault {
 impl FromStr for Fault {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let (kind, n) = s
-            .split_once('=')
-            .ok_or("expected corrupt-every=N or drop-every=N")?;
+        let (kind, n) = s.split_once('=').ok_or("expected corrupt-every=N or drop-every=N")?;
         let n: u32 = n.parse().map_err(|e| format!("bad count {n:?}: {e}"))?;
         if n == 0 {
             return Err("the count must be at least 1".into());

@@ -49,9 +49,7 @@ pub fn reuseport_listener(addr: SocketAddr) -> Result<std::net::TcpListener> {
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;
-    socket
-        .bind(&addr.into())
-        .with_context(|| format!("cannot bind {addr}: is the port taken?"))?;
+    socket.bind(&addr.into()).with_context(|| format!("cannot bind {addr}: is the port taken?"))?;
     socket.listen(65_535)?;
     Ok(socket.into())
 }
@@ -59,14 +57,8 @@ pub fn reuseport_listener(addr: SocketAddr) -> Result<std::net::TcpListener> {
 /// Runs the echo server until the process is killed.
 pub fn run(opts: &Options) -> Result<()> {
     crate::limits::raise_nofile();
-    let threads = opts
-        .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from))
-        .max(1);
-    let cfg = Config {
-        fault: opts.fault.unwrap_or_default(),
-        max_frame: opts.max_frame,
-    };
+    let threads = opts.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from)).max(1);
+    let cfg = Config { fault: opts.fault.unwrap_or_default(), max_frame: opts.max_frame };
     let first = reuseport_listener(opts.listen)?;
     let addr = first.local_addr()?;
     let mut listeners = vec![first];
@@ -86,16 +78,13 @@ pub fn run(opts: &Options) -> Result<()> {
     stdout.flush()?;
     drop(stdout);
     for h in handles {
-        h.join()
-            .map_err(|_| anyhow::anyhow!("an echo thread panicked"))??;
+        h.join().map_err(|_| anyhow::anyhow!("an echo thread panicked"))??;
     }
     Ok(())
 }
 
 fn serve_thread(listener: std::net::TcpListener, cfg: Config) -> Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::from_std(listener)?;
         loop {

@@ -100,11 +100,7 @@ fn bind_address_no_port(socket: &TcpSocket) -> io::Result<()> {
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 
 impl Conn {
@@ -117,22 +113,13 @@ impl Conn {
     }
 
     async fn open_inner(dial: &Dial, seed: u64) -> Result<Self, ConnectError> {
-        let socket = if dial.target.is_ipv4() {
-            TcpSocket::new_v4()
-        } else {
-            TcpSocket::new_v6()
-        }
-        .map_err(ConnectError::Connect)?;
+        let socket = if dial.target.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }
+            .map_err(ConnectError::Connect)?;
         if let Some(src) = dial.source {
             bind_address_no_port(&socket).map_err(ConnectError::Connect)?;
-            socket
-                .bind(SocketAddr::new(src, 0))
-                .map_err(ConnectError::Connect)?;
+            socket.bind(SocketAddr::new(src, 0)).map_err(ConnectError::Connect)?;
         }
-        let stream = socket
-            .connect(dial.target)
-            .await
-            .map_err(ConnectError::Connect)?;
+        let stream = socket.connect(dial.target).await.map_err(ConnectError::Connect)?;
         let _ = stream.set_nodelay(true);
         let mut rng = Rng::new(seed);
         let mut key_bytes = [0u8; 16];
@@ -140,14 +127,10 @@ impl Conn {
         key_bytes[8..].copy_from_slice(&rng.next_u64().to_le_bytes());
         let key = handshake::client_key(key_bytes);
         let req = handshake::client_request(&dial.host, &dial.path, &key);
-        sock::write_all(&stream, req.as_bytes())
-            .await
-            .map_err(ConnectError::Connect)?;
+        sock::write_all(&stream, req.as_bytes()).await.map_err(ConnectError::Connect)?;
         let mut head = Vec::new();
         let end = loop {
-            sock::readable(&stream)
-                .await
-                .map_err(ConnectError::Connect)?;
+            sock::readable(&stream).await.map_err(ConnectError::Connect)?;
             let read = sock::with_bufs(|b| match sock::try_read(&stream, &mut b.read) {
                 Ok(Read::Data(n)) => {
                     head.extend_from_slice(&b.read[..n]);
@@ -169,13 +152,7 @@ impl Conn {
         };
         handshake::check_response(&head[..end], &key).map_err(ConnectError::Handshake)?;
         let early = head.len() > end;
-        Ok(Self {
-            stream,
-            rx: Receiver::with_early(&head[end..]),
-            pending: Vec::new(),
-            rng,
-            early,
-        })
+        Ok(Self { stream, rx: Receiver::with_early(&head[end..]), pending: Vec::new(), rng, early })
     }
 
     /// The socket, for waits that need only a shared reference.
@@ -186,9 +163,7 @@ impl Conn {
     /// Queues one masked frame and writes what the socket takes now.
     pub fn send(&mut self, opcode: u8, payload: &[u8]) -> io::Result<()> {
         let mask = (self.rng.next_u64() as u32).to_ne_bytes();
-        let Self {
-            stream, pending, ..
-        } = self;
+        let Self { stream, pending, .. } = self;
         sock::with_bufs(|b| {
             frame::write_frame(&mut b.out, true, opcode, Some(mask), payload);
             sock::write_or_queue(stream, &b.out, pending)
@@ -252,12 +227,7 @@ impl Conn {
             self.flush().await.ok()?;
             let mut got = false;
             while !got {
-                if self
-                    .recv(&mut |m| got |= matches!(m, Msg::Close(_)))
-                    .await
-                    .ok()?
-                    == Recv::Eof
-                {
+                if self.recv(&mut |m| got |= matches!(m, Msg::Close(_))).await.ok()? == Recv::Eof {
                     return Some(got);
                 }
             }
@@ -268,20 +238,12 @@ impl Conn {
 }
 
 /// [`Conn::recv`] on borrowed parts: wait for readability, read once, deliver messages.
-pub async fn recv_parts(
-    stream: &TcpStream,
-    rx: &mut Receiver,
-    on_msg: &mut impl FnMut(Msg<'_>),
-) -> io::Result<Recv> {
+pub async fn recv_parts(stream: &TcpStream, rx: &mut Receiver, on_msg: &mut impl FnMut(Msg<'_>)) -> io::Result<Recv> {
     sock::readable(stream).await?;
     read_parts(stream, rx, on_msg)
 }
 
-fn read_parts(
-    stream: &TcpStream,
-    rx: &mut Receiver,
-    on_msg: &mut impl FnMut(Msg<'_>),
-) -> io::Result<Recv> {
+fn read_parts(stream: &TcpStream, rx: &mut Receiver, on_msg: &mut impl FnMut(Msg<'_>)) -> io::Result<Recv> {
     sock::with_bufs(|b| match sock::try_read(stream, &mut b.read)? {
         Read::Data(n) => {
             rx.feed(&b.read[..n], on_msg).map_err(protocol_error)?;
@@ -293,8 +255,5 @@ fn read_parts(
 }
 
 fn protocol_error(e: ProtocolError) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::InvalidData,
-        format!("server broke the protocol: {e:?}"),
-    )
+    io::Error::new(io::ErrorKind::InvalidData, format!("server broke the protocol: {e:?}"))
 }

@@ -137,15 +137,8 @@ pub fn run(opts: &Options) -> Result<Report> {
         let (rec, timeline, cut) = std::thread::scope(|s| -> Result<_> {
             let p = Arc::clone(&progress);
             let load = s.spawn(move || runner::run(&plan, &p));
-            let timeline = progress::sample(
-                || progress.snap(),
-                || progress.done.load(Relaxed),
-                opts.conns,
-                show,
-            );
-            let (rec, cut) = load
-                .join()
-                .map_err(|_| anyhow::anyhow!("the load panicked"))??;
+            let timeline = progress::sample(|| progress.snap(), || progress.done.load(Relaxed), opts.conns, show);
+            let (rec, cut) = load.join().map_err(|_| anyhow::anyhow!("the load panicked"))??;
             Ok((rec, timeline, cut))
         })?;
         (rec, timeline, cut, threads)
@@ -153,15 +146,7 @@ pub fn run(opts: &Options) -> Result<Report> {
         let out = procs::run_workers(opts, procs, show)?;
         (out.rec, out.timeline, out.timed_out, out.threads)
     };
-    let report = build_report(
-        opts,
-        &rec,
-        timeline,
-        timed_out,
-        started.elapsed().as_secs_f64(),
-        procs,
-        threads,
-    );
+    let report = build_report(opts, &rec, timeline, timed_out, started.elapsed().as_secs_f64(), procs, threads);
     if !opts.quiet {
         report.print_table();
     }
@@ -169,12 +154,7 @@ pub fn run(opts: &Options) -> Result<Report> {
         report.write(path)?;
         let (a, b) = Report::plot_paths(path);
         if !opts.quiet {
-            println!(
-                "  report        {}  plots {} {}",
-                path.display(),
-                a.display(),
-                b.display()
-            );
+            println!("  report        {}  plots {} {}", path.display(), a.display(), b.display());
         }
     }
     Ok(report)
@@ -190,14 +170,7 @@ fn build_report(
     threads: u64,
 ) -> Report {
     let secs = elapsed.max(1e-9);
-    let size = opts
-        .size
-        .unwrap_or(if opts.scenario == Scenario::Bulk {
-            65_536
-        } else {
-            32
-        })
-        .max(payload::HEADER);
+    let size = opts.size.unwrap_or(if opts.scenario == Scenario::Bulk { 65_536 } else { 32 }).max(payload::HEADER);
     Report {
         scenario: opts.scenario.name().into(),
         targets: plan::describe(&opts.target),
@@ -209,12 +182,7 @@ fn build_report(
         duration_secs: opts.duration,
         elapsed_secs: elapsed,
         ramp_secs: timeline.ramp_secs,
-        peak_open: timeline
-            .samples
-            .iter()
-            .map(|s| s.snap.open)
-            .max()
-            .unwrap_or(0),
+        peak_open: timeline.samples.iter().map(|s| s.snap.open).max().unwrap_or(0),
         counts: rec.counts.clone(),
         latency_us: Latency::of(&rec.rtt),
         handshake_us: Latency::of(&rec.handshake),

@@ -64,10 +64,7 @@ pub fn verify(p: &[u8], conn: u64, size: usize) -> Option<Stamp> {
     if rest != &word(conn, seq, i).to_le_bytes()[..rest.len()] {
         return None;
     }
-    Some(Stamp {
-        seq,
-        sent_ns: u64_at(p, 16),
-    })
+    Some(Stamp { seq, sent_ns: u64_at(p, 16) })
 }
 
 #[cfg(test)]
@@ -80,13 +77,7 @@ mod tests {
             let mut p = Vec::new();
             build(&mut p, 7, 9, 11, size);
             assert_eq!(p.len(), size.max(HEADER));
-            assert_eq!(
-                verify(&p, 7, size),
-                Some(Stamp {
-                    seq: 9,
-                    sent_ns: 11
-                })
-            );
+            assert_eq!(verify(&p, 7, size), Some(Stamp { seq: 9, sent_ns: 11 }));
             assert_eq!(verify(&p, 8, size), None);
             assert_eq!(verify(&p[..p.len() - 1], 7, size), None);
             for i in 0..p.len() {

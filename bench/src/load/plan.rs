@@ -54,11 +54,7 @@ impl Plan {
         let sources = parse_sources(&opts.source)?;
         let mut dials = Vec::new();
         let host = opts.host.clone();
-        for src in if sources.is_empty() {
-            vec![None]
-        } else {
-            sources.into_iter().map(Some).collect()
-        } {
+        for src in if sources.is_empty() { vec![None] } else { sources.into_iter().map(Some).collect() } {
             for t in &opts.target {
                 dials.push(Dial {
                     target: *t,
@@ -76,10 +72,8 @@ impl Plan {
         });
         let rate = (opts.rate / procs as f64).max(0.001);
         let ramp = opts.conns as f64 / opts.rate.max(0.001);
-        let threads = opts
-            .threads
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from))
-            .max(1);
+        let threads =
+            opts.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from)).max(1);
         let max_time = opts.max_time.unwrap_or(ramp + opts.duration + 60.0);
         Ok(Self {
             scenario: opts.scenario,
@@ -125,25 +119,15 @@ pub fn parse_sources(items: &[String]) -> Result<Vec<IpAddr>> {
     let mut out = Vec::new();
     for item in items {
         if let Some((a, b)) = item.split_once('-') {
-            let a: Ipv4Addr = a
-                .trim()
-                .parse()
-                .with_context(|| format!("bad source address {a:?}"))?;
-            let b: Ipv4Addr = b
-                .trim()
-                .parse()
-                .with_context(|| format!("bad source address {b:?}"))?;
+            let a: Ipv4Addr = a.trim().parse().with_context(|| format!("bad source address {a:?}"))?;
+            let b: Ipv4Addr = b.trim().parse().with_context(|| format!("bad source address {b:?}"))?;
             let (a, b) = (u32::from(a), u32::from(b));
             if b < a || b - a > 65_535 {
                 bail!("bad source range {item:?}");
             }
             out.extend((a..=b).map(|x| IpAddr::V4(x.into())));
         } else {
-            out.push(
-                item.trim()
-                    .parse()
-                    .with_context(|| format!("bad source address {item:?}"))?,
-            );
+            out.push(item.trim().parse().with_context(|| format!("bad source address {item:?}"))?);
         }
     }
     Ok(out)

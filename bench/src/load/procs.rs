@@ -61,20 +61,10 @@ pub fn worker_main(opts: &Options, index: u64) -> Result<()> {
     let (rec, timed_out) = std::thread::scope(|s| -> Result<_> {
         let p = Arc::clone(&progress);
         let load = s.spawn(move || runner::run(&plan, &p));
-        progress::sample(
-            || progress.snap(),
-            || progress.done.load(Relaxed),
-            u64::MAX,
-            Show::Json,
-        );
-        load.join()
-            .map_err(|_| anyhow::anyhow!("the load panicked"))?
+        progress::sample(|| progress.snap(), || progress.done.load(Relaxed), u64::MAX, Show::Json);
+        load.join().map_err(|_| anyhow::anyhow!("the load panicked"))?
     })?;
-    let line = Line::Result(WorkerResult {
-        rec: rec.to_wire()?,
-        timed_out,
-        threads,
-    });
+    let line = Line::Result(WorkerResult { rec: rec.to_wire()?, timed_out, threads });
     println!("{}", serde_json::to_string(&line)?);
     Ok(())
 }
@@ -119,8 +109,7 @@ fn worker_args(o: &Options, index: u64) -> Vec<String> {
 pub fn run_workers(opts: &Options, procs: u64, show: Show) -> Result<Merged> {
     let exe = std::env::current_exe().context("cannot find this executable to start workers")?;
     let snaps = Arc::new(Mutex::new(vec![Snap::default(); procs as usize]));
-    let results: Arc<Mutex<Vec<Option<WorkerResult>>>> =
-        Arc::new(Mutex::new((0..procs).map(|_| None).collect()));
+    let results: Arc<Mutex<Vec<Option<WorkerResult>>>> = Arc::new(Mutex::new((0..procs).map(|_| None).collect()));
     let finished = Arc::new(AtomicUsize::new(0));
     let failed = Arc::new(AtomicBool::new(false));
     let mut children = Vec::new();
@@ -133,12 +122,8 @@ pub fn run_workers(opts: &Options, procs: u64, show: Show) -> Result<Merged> {
             .spawn()
             .with_context(|| format!("cannot start worker {i}"))?;
         let out = child.stdout.take().expect("piped stdout");
-        let (snaps, results, finished, failed) = (
-            Arc::clone(&snaps),
-            Arc::clone(&results),
-            Arc::clone(&finished),
-            Arc::clone(&failed),
-        );
+        let (snaps, results, finished, failed) =
+            (Arc::clone(&snaps), Arc::clone(&results), Arc::clone(&finished), Arc::clone(&failed));
         readers.push(std::thread::spawn(move || {
             for line in BufReader::new(out).lines() {
                 let Ok(line) = line else { break };
@@ -150,9 +135,7 @@ pub fn run_workers(opts: &Options, procs: u64, show: Show) -> Result<Merged> {
                         results.lock().expect("no panics while locked")[i as usize] = Some(r);
                     }
                     Err(e) => {
-                        eprintln!(
-                            "wsbench load: worker {i} wrote an unreadable line ({e}): {line}"
-                        );
+                        eprintln!("wsbench load: worker {i} wrote an unreadable line ({e}): {line}");
                         failed.store(true, Relaxed);
                     }
                 }
@@ -161,19 +144,8 @@ pub fn run_workers(opts: &Options, procs: u64, show: Show) -> Result<Merged> {
         }));
         children.push(child);
     }
-    let read = || {
-        snaps
-            .lock()
-            .expect("no panics while locked")
-            .iter()
-            .fold(Snap::default(), |a, s| a.plus(*s))
-    };
-    let timeline = progress::sample(
-        read,
-        || finished.load(Relaxed) == procs as usize,
-        opts.conns,
-        show,
-    );
+    let read = || snaps.lock().expect("no panics while locked").iter().fold(Snap::default(), |a, s| a.plus(*s));
+    let timeline = progress::sample(read, || finished.load(Relaxed) == procs as usize, opts.conns, show);
     for (i, mut c) in children.into_iter().enumerate() {
         let status = c.wait()?;
         if !status.success() {
@@ -188,9 +160,7 @@ pub fn run_workers(opts: &Options, procs: u64, show: Show) -> Result<Merged> {
     let mut threads = 0;
     let results = std::mem::take(&mut *results.lock().expect("no panics while locked"));
     for (i, r) in results.into_iter().enumerate() {
-        let Some(r) = r else {
-            bail!("worker {i} ended without a result")
-        };
+        let Some(r) = r else { bail!("worker {i} ended without a result") };
         rec.merge(&Recorder::from_wire(&r.rec).with_context(|| format!("result of worker {i}"))?);
         timed_out |= r.timed_out;
         threads = threads.max(r.threads);
@@ -198,10 +168,5 @@ pub fn run_workers(opts: &Options, procs: u64, show: Show) -> Result<Merged> {
     if failed.load(Relaxed) {
         bail!("a worker's output could not be read");
     }
-    Ok(Merged {
-        rec,
-        timeline,
-        timed_out,
-        threads,
-    })
+    Ok(Merged { rec, timeline, timed_out, threads })
 }

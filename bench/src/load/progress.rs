@@ -98,12 +98,7 @@ pub enum Show {
 }
 
 /// Samples `read` until `done` returns true; `planned` is the number of connections to open.
-pub fn sample(
-    read: impl Fn() -> Snap,
-    done: impl Fn() -> bool,
-    planned: u64,
-    show: Show,
-) -> Timeline {
+pub fn sample(read: impl Fn() -> Snap, done: impl Fn() -> bool, planned: u64, show: Show) -> Timeline {
     let start = Instant::now();
     let mut tl = Timeline::default();
     let mut last_line = start;
@@ -153,14 +148,8 @@ pub fn sample(
 
 fn bar(done: u64, total: u64) -> String {
     const WIDTH: u64 = 20;
-    let filled = (done.min(total) * WIDTH)
-        .checked_div(total)
-        .unwrap_or(WIDTH);
-    format!(
-        "[{}{}]",
-        "#".repeat(filled as usize),
-        ".".repeat((WIDTH - filled) as usize)
-    )
+    let filled = (done.min(total) * WIDTH).checked_div(total).unwrap_or(WIDTH);
+    format!("[{}{}]", "#".repeat(filled as usize), ".".repeat((WIDTH - filled) as usize))
 }
 
 /// A handle for the load threads of this process.

@@ -43,10 +43,7 @@ pub const MAX_MESSAGE: u64 = 64 << 20;
 impl Receiver {
     /// Starts with bytes that arrived together with the handshake response.
     pub fn with_early(early: &[u8]) -> Self {
-        Self {
-            partial: early.to_vec(),
-            ..Self::default()
-        }
+        Self { partial: early.to_vec(), ..Self::default() }
     }
 
     /// Whether bytes of an incomplete frame are held.
@@ -55,11 +52,7 @@ impl Receiver {
     }
 
     /// Feeds newly read bytes; calls `on_msg` for each complete message.
-    pub fn feed(
-        &mut self,
-        input: &[u8],
-        on_msg: &mut impl FnMut(Msg<'_>),
-    ) -> Result<(), ProtocolError> {
+    pub fn feed(&mut self, input: &[u8], on_msg: &mut impl FnMut(Msg<'_>)) -> Result<(), ProtocolError> {
         if self.partial.is_empty() {
             let used = self.parse(input, on_msg)?;
             self.partial.extend_from_slice(&input[used..]);
@@ -78,11 +71,7 @@ impl Receiver {
     }
 
     /// Parses complete frames from `buf`; returns how many bytes were used.
-    fn parse(
-        &mut self,
-        buf: &[u8],
-        on_msg: &mut impl FnMut(Msg<'_>),
-    ) -> Result<usize, ProtocolError> {
+    fn parse(&mut self, buf: &[u8], on_msg: &mut impl FnMut(Msg<'_>)) -> Result<usize, ProtocolError> {
         let mut pos = 0;
         loop {
             let Parsed::Header(h, hlen) = frame::parse_header(&buf[pos..]) else {
@@ -105,9 +94,7 @@ impl Receiver {
                 OP_PING => on_msg(Msg::Ping(payload)),
                 OP_PONG => on_msg(Msg::Pong(payload)),
                 OP_CLOSE => {
-                    let code = payload
-                        .get(..2)
-                        .map_or(1005, |c| u16::from_be_bytes([c[0], c[1]]));
+                    let code = payload.get(..2).map_or(1005, |c| u16::from_be_bytes([c[0], c[1]]));
                     on_msg(Msg::Close(code));
                 }
                 op if op & 0x8 != 0 || op > 2 => return Err(ProtocolError::Malformed),
@@ -120,10 +107,7 @@ impl Receiver {
                     }
                     self.message.extend_from_slice(payload);
                     if h.fin {
-                        on_msg(Msg::Data {
-                            opcode: op,
-                            payload: &self.message,
-                        });
+                        on_msg(Msg::Data { opcode: op, payload: &self.message });
                         self.message = Vec::new();
                         self.message_op = None;
                     }
@@ -133,10 +117,7 @@ impl Receiver {
                         return Err(ProtocolError::Malformed);
                     }
                     if h.fin {
-                        on_msg(Msg::Data {
-                            opcode: op,
-                            payload,
-                        });
+                        on_msg(Msg::Data { opcode: op, payload });
                     } else {
                         self.message_op = Some(op);
                         self.message.extend_from_slice(payload);
@@ -164,27 +145,14 @@ mod tests {
             let mut rx = Receiver::default();
             let mut seen = Vec::new();
             for chunk in wire.chunks(step) {
-                rx.feed(chunk, &mut |m| seen.push(format!("{m:?}")))
-                    .unwrap();
+                rx.feed(chunk, &mut |m| seen.push(format!("{m:?}"))).unwrap();
             }
             assert_eq!(
                 seen,
                 [
-                    format!(
-                        "{:?}",
-                        Msg::Data {
-                            opcode: OP_TEXT,
-                            payload: b"one"
-                        }
-                    ),
+                    format!("{:?}", Msg::Data { opcode: OP_TEXT, payload: b"one" }),
                     format!("{:?}", Msg::Ping(b"p")),
-                    format!(
-                        "{:?}",
-                        Msg::Data {
-                            opcode: OP_BINARY,
-                            payload: b"two"
-                        }
-                    ),
+                    format!("{:?}", Msg::Data { opcode: OP_BINARY, payload: b"two" }),
                     format!("{:?}", Msg::Close(1000)),
                 ],
                 "step {step}"
@@ -197,9 +165,6 @@ mod tests {
     fn masked_server_frames_are_errors() {
         let mut wire = Vec::new();
         write_frame(&mut wire, true, OP_TEXT, Some([1, 2, 3, 4]), b"x");
-        assert_eq!(
-            Receiver::default().feed(&wire, &mut |_| {}),
-            Err(ProtocolError::Malformed)
-        );
+        assert_eq!(Receiver::default().feed(&wire, &mut |_| {}), Err(ProtocolError::Malformed));
     }
 }

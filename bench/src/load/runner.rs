@@ -66,10 +66,7 @@ impl Ctx {
                 }
                 let failed = self.progress.failed.fetch_add(1, Relaxed);
                 if failed < 3 {
-                    eprintln!(
-                        "wsbench load: connection {id} to {} failed: {e}",
-                        self.plan.dial(id).target
-                    );
+                    eprintln!("wsbench load: connection {id} to {} failed: {e}", self.plan.dial(id).target);
                 }
                 None
             }
@@ -98,9 +95,7 @@ pub fn run(plan: &Arc<Plan>, progress: &Arc<Progress>) -> Result<(Recorder, bool
     let mut total = Recorder::default();
     let mut cut = false;
     for h in handles {
-        let (rec, timed_out) = h
-            .join()
-            .map_err(|_| anyhow::anyhow!("a load thread panicked"))??;
+        let (rec, timed_out) = h.join().map_err(|_| anyhow::anyhow!("a load thread panicked"))??;
         total.merge(&rec);
         cut |= timed_out;
     }
@@ -108,27 +103,13 @@ pub fn run(plan: &Arc<Plan>, progress: &Arc<Progress>) -> Result<(Recorder, bool
     Ok((total, cut))
 }
 
-fn thread_main(
-    plan: Arc<Plan>,
-    progress: Arc<Progress>,
-    t0: Instant,
-    k: usize,
-) -> Result<(Recorder, bool)> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+fn thread_main(plan: Arc<Plan>, progress: Arc<Progress>, t0: Instant, k: usize) -> Result<(Recorder, bool)> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let max_time = plan.max_time;
-    let ctx = Rc::new(Ctx {
-        plan,
-        rec: RefCell::new(Recorder::default()),
-        progress,
-        t0,
-    });
+    let ctx = Rc::new(Ctx { plan, rec: RefCell::new(Recorder::default()), progress, t0 });
     let local = LocalSet::new();
     let timed_out = local.block_on(&rt, async {
-        tokio::time::timeout_at((t0 + max_time).into(), drive(Rc::clone(&ctx), k))
-            .await
-            .is_err()
+        tokio::time::timeout_at((t0 + max_time).into(), drive(Rc::clone(&ctx), k)).await.is_err()
     });
     drop(local);
     let rec = ctx.rec.borrow().clone();
@@ -170,27 +151,14 @@ mod tests {
         let p = <P as clap::Parser>::parse_from(["x", "hold"]);
         let plan = Arc::new(Plan::new(&p.o, 0, 1).unwrap());
         let progress = Arc::default();
-        let ctx = Rc::new(Ctx {
-            plan,
-            rec: RefCell::new(Recorder::default()),
-            progress,
-            t0: Instant::now(),
-        });
+        let ctx = Rc::new(Ctx { plan, rec: RefCell::new(Recorder::default()), progress, t0: Instant::now() });
         let hold = std::mem::size_of_val(&hold::conn(Rc::clone(&ctx), 0));
         assert!(hold <= 640, "hold task future is {hold} bytes");
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         rt.block_on(async {
-            let s = tokio::net::TcpStream::connect(l.local_addr().unwrap())
-                .await
-                .unwrap();
-            let cfg = crate::echo::Config {
-                fault: crate::echo::fault::Fault::None,
-                max_frame: 1,
-            };
+            let s = tokio::net::TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+            let cfg = crate::echo::Config { fault: crate::echo::fault::Fault::None, max_frame: 1 };
             let serve = std::mem::size_of_val(&crate::echo::conn::serve(s, cfg));
             assert!(serve <= 512, "echo connection future is {serve} bytes");
         });

@@ -90,8 +90,7 @@ impl Counts {
 
     /// Nothing lost, corrupted, reordered, closed early or failed.
     pub fn clean(&self) -> bool {
-        self.lost + self.mismatched + self.out_of_order + self.closed_early + self.pongs_missing
-            == 0
+        self.lost + self.mismatched + self.out_of_order + self.closed_early + self.pongs_missing == 0
             && self.connect_failed + self.handshake_failed == 0
     }
 }
@@ -114,11 +113,7 @@ pub struct Recorder {
 
 impl Default for Recorder {
     fn default() -> Self {
-        Self {
-            counts: Counts::default(),
-            rtt: new_histogram(),
-            handshake: new_histogram(),
-        }
+        Self { counts: Counts::default(), rtt: new_histogram(), handshake: new_histogram() }
     }
 }
 
@@ -142,25 +137,14 @@ impl Recorder {
 
     /// The form sent from a worker process to its parent.
     pub fn to_wire(&self) -> Result<WireRecorder> {
-        Ok(WireRecorder {
-            counts: self.counts.clone(),
-            rtt: encode(&self.rtt)?,
-            handshake: encode(&self.handshake)?,
-        })
+        Ok(WireRecorder { counts: self.counts.clone(), rtt: encode(&self.rtt)?, handshake: encode(&self.handshake)? })
     }
 
     /// Reads what a worker process sent.
     pub fn from_wire(w: &WireRecorder) -> Result<Self> {
-        let mut r = Recorder {
-            counts: w.counts.clone(),
-            ..Recorder::default()
-        };
-        r.rtt
-            .add(decode(&w.rtt)?)
-            .context("rtt histogram out of bounds")?;
-        r.handshake
-            .add(decode(&w.handshake)?)
-            .context("handshake histogram out of bounds")?;
+        let mut r = Recorder { counts: w.counts.clone(), ..Recorder::default() };
+        r.rtt.add(decode(&w.rtt)?).context("rtt histogram out of bounds")?;
+        r.handshake.add(decode(&w.handshake)?).context("handshake histogram out of bounds")?;
         Ok(r)
     }
 }
@@ -178,17 +162,13 @@ pub struct WireRecorder {
 
 fn encode(h: &Histogram<u64>) -> Result<String> {
     let mut bytes = Vec::new();
-    V2Serializer::new()
-        .serialize(h, &mut bytes)
-        .map_err(|e| anyhow::anyhow!("serialize histogram: {e:?}"))?;
+    V2Serializer::new().serialize(h, &mut bytes).map_err(|e| anyhow::anyhow!("serialize histogram: {e:?}"))?;
     Ok(STANDARD.encode(bytes))
 }
 
 fn decode(s: &str) -> Result<Histogram<u64>> {
     let bytes = STANDARD.decode(s).context("histogram is not base64")?;
-    Deserializer::new()
-        .deserialize(&mut bytes.as_slice())
-        .map_err(|e| anyhow::anyhow!("deserialize histogram: {e:?}"))
+    Deserializer::new().deserialize(&mut bytes.as_slice()).map_err(|e| anyhow::anyhow!("deserialize histogram: {e:?}"))
 }
 
 /// Percentiles of a histogram, in µs.
@@ -230,16 +210,12 @@ impl Latency {
 
 /// (percentile, µs) points for a percentile-distribution plot.
 pub fn distribution(h: &Histogram<u64>) -> Vec<[f64; 2]> {
-    const PCTS: [f64; 16] = [
-        0.0, 10.0, 25.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 99.95, 99.99, 99.995, 99.999,
-        99.9999, 100.0,
-    ];
+    const PCTS: [f64; 16] =
+        [0.0, 10.0, 25.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 99.95, 99.99, 99.995, 99.999, 99.9999, 100.0];
     if h.is_empty() {
         return Vec::new();
     }
-    PCTS.iter()
-        .map(|p| [*p, h.value_at_percentile(*p) as f64])
-        .collect()
+    PCTS.iter().map(|p| [*p, h.value_at_percentile(*p) as f64]).collect()
 }
 
 #[cfg(test)]

@@ -21,12 +21,7 @@ pub struct Expect {
 impl Expect {
     /// Expectations for connection `conn` sending `size`-byte payloads from sequence 0.
     pub fn new(conn: u64, size: usize) -> Self {
-        Self {
-            conn,
-            size,
-            next: 0,
-            outstanding: 0,
-        }
+        Self { conn, size, next: 0, outstanding: 0 }
     }
 
     /// Notes one more message sent.
@@ -89,9 +84,6 @@ mod tests {
         assert!(!e.echoed(&bad, 0, &mut rec));
         e.finish(&mut rec); // 4 never came
         let c = &rec.counts;
-        assert_eq!(
-            (c.received, c.lost, c.out_of_order, c.mismatched),
-            (4, 1, 1, 1)
-        );
+        assert_eq!((c.received, c.lost, c.out_of_order, c.mismatched), (4, 1, 1, 1));
     }
 }

@@ -75,13 +75,8 @@ impl Report {
             self.threads,
             self.targets.join(",")
         );
-        let ramp = self
-            .ramp_secs
-            .map_or_else(|| "-".into(), |r| format!("{r:.2} s"));
-        println!(
-            "  {:<13} {:>10} {:>10} {:>10} {:>12}",
-            "connections", "opened", "failed", "peak", "ramp"
-        );
+        let ramp = self.ramp_secs.map_or_else(|| "-".into(), |r| format!("{r:.2} s"));
+        println!("  {:<13} {:>10} {:>10} {:>10} {:>12}", "connections", "opened", "failed", "peak", "ramp");
         println!(
             "  {:<13} {:>10} {:>10} {:>10} {:>12}",
             "",
@@ -99,14 +94,8 @@ impl Report {
             "", c.sent, c.received, c.lost, c.mismatched, c.out_of_order, c.closed_early
         );
         if c.pings > 0 || c.verified > 0 {
-            println!(
-                "  {:<13} {:>10} {:>10} {:>10} {:>12}",
-                "hold", "pings", "pongs", "missing", "verified"
-            );
-            println!(
-                "  {:<13} {:>10} {:>10} {:>10} {:>12}",
-                "", c.pings, c.pongs, c.pongs_missing, c.verified
-            );
+            println!("  {:<13} {:>10} {:>10} {:>10} {:>12}", "hold", "pings", "pongs", "missing", "verified");
+            println!("  {:<13} {:>10} {:>10} {:>10} {:>12}", "", c.pings, c.pongs, c.pongs_missing, c.verified);
         }
         println!(
             "  {:<13} {:>10} {:>10} {:>10} {:>12} {:>12} {:>12}",
@@ -127,22 +116,12 @@ impl Report {
         if self.timed_out {
             println!("  TIMED OUT: the run hit its time limit; counts are partial");
         }
-        println!(
-            "  verdict       {}",
-            if self.clean {
-                "clean"
-            } else {
-                "NOT CLEAN (see counts above)"
-            }
-        );
+        println!("  verdict       {}", if self.clean { "clean" } else { "NOT CLEAN (see counts above)" });
     }
 
     /// Paths of the plots written next to a report file.
     pub fn plot_paths(json: &Path) -> (PathBuf, PathBuf) {
-        (
-            json.with_extension("connections.svg"),
-            json.with_extension("latency.svg"),
-        )
+        (json.with_extension("connections.svg"), json.with_extension("latency.svg"))
     }
 
     /// Writes the JSON report and its two plots.
@@ -150,10 +129,8 @@ impl Report {
         let text = serde_json::to_string_pretty(self)?;
         std::fs::write(json, text).with_context(|| format!("cannot write {}", json.display()))?;
         let (conns, lat) = Self::plot_paths(json);
-        std::fs::write(&conns, svg::connections(self))
-            .with_context(|| format!("cannot write {}", conns.display()))?;
-        std::fs::write(&lat, svg::latency(self))
-            .with_context(|| format!("cannot write {}", lat.display()))?;
+        std::fs::write(&conns, svg::connections(self)).with_context(|| format!("cannot write {}", conns.display()))?;
+        std::fs::write(&lat, svg::latency(self)).with_context(|| format!("cannot write {}", lat.display()))?;
         Ok(())
     }
 }

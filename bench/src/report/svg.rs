@@ -16,10 +16,7 @@ const TOP: f64 = 50.0;
 const BOTTOM: f64 = 60.0;
 
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
 /// A frame with title and axis labels; returns the SVG up to the plot contents.
@@ -51,10 +48,7 @@ fn frame(title: &str, xlabel: &str, ylabel: &str) -> String {
 
 /// A value scaled into the plot area: x in [0, 1] → px.
 fn px(fx: f64, fy: f64) -> (f64, f64) {
-    (
-        LEFT + fx.clamp(0.0, 1.0) * (W - LEFT - RIGHT),
-        H - BOTTOM - fy.clamp(0.0, 1.0) * (H - TOP - BOTTOM),
-    )
+    (LEFT + fx.clamp(0.0, 1.0) * (W - LEFT - RIGHT), H - BOTTOM - fy.clamp(0.0, 1.0) * (H - TOP - BOTTOM))
 }
 
 /// A "nice" upper bound ≥ v for an axis.
@@ -100,15 +94,8 @@ fn fmt_num(v: f64) -> String {
 }
 
 fn polyline(s: &mut String, points: &[(f64, f64)], color: &str, label: &str, legend_row: usize) {
-    let pts: Vec<String> = points
-        .iter()
-        .map(|(x, y)| format!("{x:.1},{y:.1}"))
-        .collect();
-    let _ = writeln!(
-        s,
-        r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#,
-        pts.join(" ")
-    );
+    let pts: Vec<String> = points.iter().map(|(x, y)| format!("{x:.1},{y:.1}")).collect();
+    let _ = writeln!(s, r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#, pts.join(" "));
     let ly = TOP + 16.0 + 16.0 * legend_row as f64;
     let _ = writeln!(
         s,
@@ -123,40 +110,20 @@ fn polyline(s: &mut String, points: &[(f64, f64)], color: &str, label: &str, leg
 
 /// Connections open (and failed) over time.
 pub fn connections(rep: &Report) -> String {
-    let title = format!(
-        "{}: connections over time ({} planned)",
-        rep.scenario, rep.conns
-    );
+    let title = format!("{}: connections over time ({} planned)", rep.scenario, rep.conns);
     let mut svg = frame(&title, "seconds", "connections");
     let tmax = nice_max(rep.timeline.last().map_or(1.0, |x| x.t));
-    let peak = rep
-        .timeline
-        .iter()
-        .map(|x| x.snap.open.max(x.snap.failed))
-        .max()
-        .unwrap_or(0);
+    let peak = rep.timeline.iter().map(|x| x.snap.open.max(x.snap.failed)).max().unwrap_or(0);
     let ymax = nice_max(peak.max(rep.conns.min(peak.max(1) * 2)) as f64);
     y_ticks(&mut svg, ymax, "");
     for i in 0..=5 {
         let f = f64::from(i) / 5.0;
         let (x, y) = px(f, 0.0);
-        let _ = writeln!(
-            svg,
-            r#"<text x="{x:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
-            y + 18.0,
-            fmt_num(tmax * f)
-        );
+        let _ =
+            writeln!(svg, r#"<text x="{x:.1}" y="{:.1}" text-anchor="middle">{}</text>"#, y + 18.0, fmt_num(tmax * f));
     }
-    let open: Vec<_> = rep
-        .timeline
-        .iter()
-        .map(|p| px(p.t / tmax, p.snap.open as f64 / ymax))
-        .collect();
-    let failed: Vec<_> = rep
-        .timeline
-        .iter()
-        .map(|p| px(p.t / tmax, p.snap.failed as f64 / ymax))
-        .collect();
+    let open: Vec<_> = rep.timeline.iter().map(|p| px(p.t / tmax, p.snap.open as f64 / ymax)).collect();
+    let failed: Vec<_> = rep.timeline.iter().map(|p| px(p.t / tmax, p.snap.failed as f64 / ymax)).collect();
     polyline(&mut svg, &open, "#1f77b4", "open", 0);
     polyline(&mut svg, &failed, "#d62728", "failed (cumulative)", 1);
     svg.push_str("</svg>\n");
@@ -165,19 +132,11 @@ pub fn connections(rep: &Report) -> String {
 
 /// Round-trip latency by percentile, x on the usual log "nines" scale.
 pub fn latency(rep: &Report) -> String {
-    let title = format!(
-        "{}: round-trip latency distribution ({} samples)",
-        rep.scenario, rep.latency_us.count
-    );
+    let title = format!("{}: round-trip latency distribution ({} samples)", rep.scenario, rep.latency_us.count);
     let mut svg = frame(&title, "percentile", "microseconds");
     // x = log10(1 / (1 - p)), capped at six nines.
     let nines = |p: f64| (1.0 / (1.0 - (p / 100.0).min(0.999_999))).log10() / 6.0;
-    let ymax = nice_max(
-        rep.latency_distribution
-            .iter()
-            .map(|p| p[1])
-            .fold(0.0, f64::max),
-    );
+    let ymax = nice_max(rep.latency_distribution.iter().map(|p| p[1]).fold(0.0, f64::max));
     y_ticks(&mut svg, ymax, "");
     for (label, p) in [
         ("0%", 0.0),
@@ -189,17 +148,9 @@ pub fn latency(rep: &Report) -> String {
         ("99.9999%", 99.9999),
     ] {
         let (x, y) = px(nines(p), 0.0);
-        let _ = writeln!(
-            svg,
-            r#"<text x="{x:.1}" y="{:.1}" text-anchor="middle">{label}</text>"#,
-            y + 18.0
-        );
+        let _ = writeln!(svg, r#"<text x="{x:.1}" y="{:.1}" text-anchor="middle">{label}</text>"#, y + 18.0);
     }
-    let pts: Vec<_> = rep
-        .latency_distribution
-        .iter()
-        .map(|p| px(nines(p[0]), p[1] / ymax))
-        .collect();
+    let pts: Vec<_> = rep.latency_distribution.iter().map(|p| px(nines(p[0]), p[1] / ymax)).collect();
     polyline(&mut svg, &pts, "#2ca02c", "round trip", 0);
     svg.push_str("</svg>\n");
     svg

@@ -90,16 +90,7 @@ pub fn parse_header(buf: &[u8]) -> Parsed {
         let at = 2 + ext;
         [buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]
     });
-    Parsed::Header(
-        Header {
-            fin: b0 & 0x80 != 0,
-            rsv: (b0 >> 4) & 0x7,
-            opcode: b0 & 0x0F,
-            mask,
-            len,
-        },
-        total,
-    )
+    Parsed::Header(Header { fin: b0 & 0x80 != 0, rsv: (b0 >> 4) & 0x7, opcode: b0 & 0x0F, mask, len }, total)
 }
 
 /// Appends a frame header to `out` (shortest length encoding, as the RFC requires).
@@ -124,15 +115,9 @@ pub fn write_header(out: &mut Vec<u8>, fin: bool, opcode: u8, mask: Option<[u8; 
 /// (so a payload can be unmasked piece by piece as it arrives).
 pub fn apply_mask(data: &mut [u8], mask: [u8; 4], offset: u64) {
     let phase = (offset % 4) as usize;
-    let rotated = [
-        mask[phase],
-        mask[(phase + 1) % 4],
-        mask[(phase + 2) % 4],
-        mask[(phase + 3) % 4],
-    ];
+    let rotated = [mask[phase], mask[(phase + 1) % 4], mask[(phase + 2) % 4], mask[(phase + 3) % 4]];
     let word = u64::from_ne_bytes([
-        rotated[0], rotated[1], rotated[2], rotated[3], rotated[0], rotated[1], rotated[2],
-        rotated[3],
+        rotated[0], rotated[1], rotated[2], rotated[3], rotated[0], rotated[1], rotated[2], rotated[3],
     ]);
     let mut chunks = data.chunks_exact_mut(8);
     for chunk in &mut chunks {
@@ -155,13 +140,7 @@ pub fn write_close(out: &mut Vec<u8>, code: u16, mask: Option<[u8; 4]>) {
 }
 
 /// Appends a complete frame carrying `payload`, masking it when `mask` is given.
-pub fn write_frame(
-    out: &mut Vec<u8>,
-    fin: bool,
-    opcode: u8,
-    mask: Option<[u8; 4]>,
-    payload: &[u8],
-) {
+pub fn write_frame(out: &mut Vec<u8>, fin: bool, opcode: u8, mask: Option<[u8; 4]>, payload: &[u8]) {
     write_header(out, fin, opcode, mask, payload.len() as u64);
     let start = out.len();
     out.extend_from_slice(payload);
@@ -180,14 +159,9 @@ mod tests {
             for mask in [None, Some([1, 2, 3, 4])] {
                 let mut out = Vec::new();
                 write_header(&mut out, true, OP_BINARY, mask, len);
-                let Parsed::Header(h, n) = parse_header(&out) else {
-                    panic!("incomplete")
-                };
+                let Parsed::Header(h, n) = parse_header(&out) else { panic!("incomplete") };
                 assert_eq!(n, out.len());
-                assert_eq!(
-                    (h.len, h.mask, h.opcode, h.fin),
-                    (len, mask, OP_BINARY, true)
-                );
+                assert_eq!((h.len, h.mask, h.opcode, h.fin), (len, mask, OP_BINARY, true));
                 for cut in 0..out.len() {
                     assert!(matches!(parse_header(&out[..cut]), Parsed::Need(k) if k > cut));
                 }

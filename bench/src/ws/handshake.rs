@@ -47,9 +47,7 @@ pub enum Request {
 }
 
 fn header_has_token(value: &[u8], token: &str) -> bool {
-    value
-        .split(|b| *b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+    value.split(|b| *b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
 /// Classifies a request head (bytes up to and including the blank line).
@@ -59,40 +57,23 @@ pub fn read_request(head: &[u8]) -> Request {
     match req.parse(head) {
         Ok(httparse::Status::Complete(_)) => {}
         Err(httparse::Error::TooManyHeaders) => {
-            return Request::Reject {
-                status: 431,
-                reason: "Request Header Fields Too Large",
-            };
+            return Request::Reject { status: 431, reason: "Request Header Fields Too Large" };
         }
         _ => {
-            return Request::Reject {
-                status: 400,
-                reason: "Bad Request",
-            };
+            return Request::Reject { status: 400, reason: "Bad Request" };
         }
     }
-    let find = |name: &str| {
-        req.headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case(name))
-            .map(|h| h.value)
-    };
+    let find = |name: &str| req.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value);
     let wants_upgrade = find("upgrade").is_some_and(|v| header_has_token(v, "websocket"));
     if req.method != Some("GET") || req.version != Some(1) {
-        return Request::Reject {
-            status: 400,
-            reason: "Bad Request",
-        };
+        return Request::Reject { status: 400, reason: "Bad Request" };
     }
     if !wants_upgrade {
         let path = req.path.unwrap_or("");
         return if path == "/health" || path.starts_with("/health?") {
             Request::Health
         } else {
-            Request::Reject {
-                status: 404,
-                reason: "Not Found",
-            }
+            Request::Reject { status: 404, reason: "Not Found" }
         };
     }
     let connection_ok = find("connection").is_some_and(|v| header_has_token(v, "upgrade"));
@@ -100,19 +81,13 @@ pub fn read_request(head: &[u8]) -> Request {
     let key = find("sec-websocket-key").map(<[u8]>::trim_ascii);
     let key_ok = key.is_some_and(|k| STANDARD.decode(k).is_ok_and(|d| d.len() == 16));
     if !version_ok && connection_ok && key_ok {
-        return Request::Reject {
-            status: 426,
-            reason: "Upgrade Required",
-        };
+        return Request::Reject { status: 426, reason: "Upgrade Required" };
     }
     match key {
-        Some(k) if connection_ok && key_ok => Request::Upgrade {
-            accept: accept_key(std::str::from_utf8(k).unwrap_or_default()),
-        },
-        _ => Request::Reject {
-            status: 400,
-            reason: "Bad Request",
-        },
+        Some(k) if connection_ok && key_ok => {
+            Request::Upgrade { accept: accept_key(std::str::from_utf8(k).unwrap_or_default()) }
+        }
+        _ => Request::Reject { status: 400, reason: "Bad Request" },
     }
 }
 
@@ -126,11 +101,7 @@ pub fn switching_protocols(accept: &str) -> String {
 
 /// A plain response that closes the connection.
 pub fn plain_response(status: u16, reason: &str, body: &str) -> String {
-    let extra = if status == 426 {
-        "Sec-WebSocket-Version: 13\r\n"
-    } else {
-        ""
-    };
+    let extra = if status == 426 { "Sec-WebSocket-Version: 13\r\n" } else { "" };
     format!(
         "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n{extra}\
          Connection: close\r\n\r\n{body}",
@@ -158,11 +129,8 @@ pub fn check_response(head: &[u8], key: &str) -> Result<(), String> {
     if resp.code != Some(101) {
         return Err(format!("status {} instead of 101", resp.code.unwrap_or(0)));
     }
-    let accept = resp
-        .headers
-        .iter()
-        .find(|h| h.name.eq_ignore_ascii_case("sec-websocket-accept"))
-        .map(|h| h.value.trim_ascii());
+    let accept =
+        resp.headers.iter().find(|h| h.name.eq_ignore_ascii_case("sec-websocket-accept")).map(|h| h.value.trim_ascii());
     if accept != Some(accept_key(key).as_bytes()) {
         return Err("wrong or missing Sec-WebSocket-Accept".into());
     }
@@ -175,43 +143,20 @@ mod tests {
 
     #[test]
     fn accept_key_matches_rfc_example() {
-        assert_eq!(
-            accept_key("dGhlIHNhbXBsZSBub25jZQ=="),
-            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
-        );
+        assert_eq!(accept_key("dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
     }
 
     #[test]
     fn requests_are_classified() {
         let up = client_request("h", "/", "dGhlIHNhbXBsZSBub25jZQ==");
-        assert_eq!(
-            read_request(up.as_bytes()),
-            Request::Upgrade {
-                accept: "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".into()
-            }
-        );
-        assert_eq!(
-            read_request(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"),
-            Request::Health
-        );
-        assert!(matches!(
-            read_request(b"GET /x HTTP/1.1\r\n\r\n"),
-            Request::Reject { status: 404, .. }
-        ));
-        assert!(matches!(
-            read_request(b"\x00\x01garbage\r\n\r\n"),
-            Request::Reject { status: 400, .. }
-        ));
+        assert_eq!(read_request(up.as_bytes()), Request::Upgrade { accept: "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".into() });
+        assert_eq!(read_request(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"), Request::Health);
+        assert!(matches!(read_request(b"GET /x HTTP/1.1\r\n\r\n"), Request::Reject { status: 404, .. }));
+        assert!(matches!(read_request(b"\x00\x01garbage\r\n\r\n"), Request::Reject { status: 400, .. }));
         let bad_key = up.replace("dGhlIHNhbXBsZSBub25jZQ==", "short");
-        assert!(matches!(
-            read_request(bad_key.as_bytes()),
-            Request::Reject { status: 400, .. }
-        ));
+        assert!(matches!(read_request(bad_key.as_bytes()), Request::Reject { status: 400, .. }));
         let v8 = up.replace("Version: 13", "Version: 8");
-        assert!(matches!(
-            read_request(v8.as_bytes()),
-            Request::Reject { status: 426, .. }
-        ));
+        assert!(matches!(read_request(v8.as_bytes()), Request::Reject { status: 426, .. }));
     }
 
     #[test]
