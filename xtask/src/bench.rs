@@ -738,11 +738,22 @@ fn print_table(s: Scenario, rows: &[Row], conns: u64) {
         Scenario::Bulk => ("MB/s", "CPU s/GB"),
         Scenario::Handshake => ("hs/s", "CPU µs/hs"),
     };
+    // Memory per connection means something only when connections are held.
+    let held = matches!(s, Scenario::Hold | Scenario::Scale);
     println!();
-    println!("bench {}: {conns} connections; proxy CPU from /proc/PID/stat, memory per held connection", s.name());
+    println!("bench {}: {conns} connections; proxy CPU from /proc/PID/stat, proxy RSS, kernel slab", s.name());
     println!(
         "{:<18} {:>6} {:>11} {:>7} {:>9} {:>9} {:>11} {:>10} {:>10} {:>9}  goal",
-        "target", "clean", headline, "ratio", "p50 µs", "p99 µs", cpu_unit, "RSS KiB/c", "slab KiB/c", "busy s",
+        "target",
+        "clean",
+        headline,
+        "ratio",
+        "p50 µs",
+        "p99 µs",
+        cpu_unit,
+        if held { "RSS KiB/c" } else { "RSS MiB" },
+        if held { "slab KiB/c" } else { "slab MiB+" },
+        "busy s",
     );
     for r in rows {
         let ratio = direct.map_or(f64::NAN, |d| r.headline(s) / d.headline(s).max(1e-9));
@@ -752,12 +763,21 @@ fn print_table(s: Scenario, rows: &[Row], conns: u64) {
             (r.f("/latency_us/p50"), r.f("/latency_us/p99"))
         };
         let cpu = r.cpu_per_unit(s).map_or_else(|| "-".into(), |c| format!("{c:.2}"));
-        let rss = if r.proxy_cpu.is_some() { format!("{:.2}", r.rss_per_conn()) } else { "-".into() };
+        let rss = match (r.proxy_cpu.is_some(), held) {
+            (false, _) => "-".into(),
+            (true, true) => format!("{:.2}", r.rss_per_conn()),
+            (true, false) => format!("{:.1}", r.peak.rss as f64 / 1024.0),
+        };
+        let slab = if held {
+            format!("{:.2}", r.kernel_per_conn())
+        } else {
+            format!("{:.1}", r.peak.slab.saturating_sub(r.before.slab) as f64 / 1024.0)
+        };
         let clean = r.report.get("clean").and_then(Value::as_bool).unwrap_or(false);
         let goal =
             goal(s, r, direct).map_or_else(String::new, |(g, ok)| format!("{} {g}", if ok { "met" } else { "MISS" }));
         println!(
-            "{:<18} {:>6} {:>11.1} {:>6.2}× {:>9.0} {:>9.0} {:>11} {:>10} {:>10.2} {:>9.2}  {}",
+            "{:<18} {:>6} {:>11.1} {:>6.2}× {:>9.0} {:>9.0} {:>11} {:>10} {:>10} {:>9.2}  {}",
             r.name,
             if clean { "yes" } else { "NO" },
             r.headline(s),
@@ -766,14 +786,15 @@ fn print_table(s: Scenario, rows: &[Row], conns: u64) {
             p99,
             cpu,
             rss,
-            r.kernel_per_conn(),
+            slab,
             r.machine_busy,
             goal
         );
     }
     println!(
-        "(ratio: headline ÷ direct's; slab KiB/c: kernel slab growth ÷ connections held, all sockets of the path; \
-         handshake latencies for hs, round trips otherwise; nginx as in the recipe, access log on)"
+        "(ratio: headline ÷ direct's; RSS: proxy processes, peak (per held connection in hold); slab: kernel slab \
+         growth, all sockets of the path; busy: machine CPU seconds; latencies: handshake for hs, round trip otherwise; \
+         nginx as in the recipe, access log on)"
     );
 }
 
