@@ -9,11 +9,13 @@
 //! open-files limit requires it.
 //!
 //! It only ever sends traffic over loopback, every process it starts is killed when it
-//! returns, and every run is bounded in time by `wsbench load`'s own limits. It never hides
+//! returns, every run is bounded in time by `wsbench load`'s own limits, and a load is
+//! stopped if `MemAvailable` falls under 1.5 GiB. It never hides
 //! a miss: a goal wsgate does not meet is printed as MISS.
 
 use std::io::{BufRead as _, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -426,6 +428,15 @@ fn meminfo_kib(key: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Below this much `MemAvailable` a running load is stopped, before the OOM killer acts.
+const MEMORY_FLOOR_KIB: u64 = 1536 * 1024;
+
+/// TCP sockets in use (/proc/net/sockstat).
+fn tcp_inuse() -> u64 {
+    let s = std::fs::read_to_string("/proc/net/sockstat").unwrap_or_default();
+    s.lines().find(|l| l.starts_with("TCP:")).and_then(|l| l.split_whitespace().nth(2)?.parse().ok()).unwrap_or(0)
+}
+
 /// TCP memory in KiB from /proc/net/sockstat (`mem` is in pages).
 fn tcp_mem_kib() -> u64 {
     let s = std::fs::read_to_string("/proc/net/sockstat").unwrap_or_default();
@@ -527,8 +538,30 @@ fn run_load(opts: &Options, a: &LoadArgs<'_>) -> Result<Value> {
     if let Some(src) = &a.sources {
         cmd.args(["--source", src]);
     }
+    // Its own process group, so the memory guard can stop the load and all its workers.
+    cmd.process_group(0);
+    let mut child = cmd.spawn().with_context(|| format!("failed to start `{}`", describe(&cmd)))?;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        let avail = meminfo_kib("MemAvailable");
+        if avail < MEMORY_FLOOR_KIB {
+            let open = tcp_inuse();
+            if let Ok(pid) = i32::try_from(child.id()) {
+                let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            }
+            let _ = child.wait();
+            bail!(
+                "stopped the load: MemAvailable fell to {} MiB (floor {} MiB) with {open} TCP sockets in use; \
+                 that is where this machine stops",
+                avail / 1024,
+                MEMORY_FLOOR_KIB / 1024
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
     // Exit 2 means "ran, but not clean": the report says what went wrong.
-    let status = cmd.status().with_context(|| format!("failed to start `{}`", describe(&cmd)))?;
     if !status.success() && status.code() != Some(2) {
         bail!("`{}` failed with {status}", describe(&cmd));
     }

@@ -102,7 +102,7 @@ pub fn sample(read: impl Fn() -> Snap, done: impl Fn() -> bool, planned: u64, sh
     let start = Instant::now();
     let mut tl = Timeline::default();
     let mut last_line = start;
-    let mut last_ops = 0;
+    let mut last = Snap::default();
     let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
     loop {
         let finished = done();
@@ -120,10 +120,11 @@ pub fn sample(read: impl Fn() -> Snap, done: impl Fn() -> bool, planned: u64, sh
             }
             Show::Line if last_line.elapsed() >= Duration::from_secs(1) || finished => {
                 let dt = last_line.elapsed().as_secs_f64().max(1e-3);
-                let rate = (s.ops - last_ops) as f64 / dt;
+                let rate = (s.ops - last.ops) as f64 / dt;
+                let conn_rate = (s.connected - last.connected) as f64 / dt;
                 let bar = bar(s.connected + s.failed, planned);
                 let line = format!(
-                    "[{t:7.1}s] {bar} open {}/{planned}  failed {}  ops {} ({rate:.0}/s)",
+                    "[{t:7.1}s] {bar} open {}/{planned} (+{conn_rate:.0}/s)  failed {}  ops {} ({rate:.0}/s)",
                     s.open, s.failed, s.ops
                 );
                 if tty {
@@ -132,7 +133,7 @@ pub fn sample(read: impl Fn() -> Snap, done: impl Fn() -> bool, planned: u64, sh
                     eprintln!("{line}");
                 }
                 last_line = Instant::now();
-                last_ops = s.ops;
+                last = s;
             }
             _ => {}
         }
