@@ -19,6 +19,9 @@ use super::runner::Ctx;
 use super::verify::Expect;
 use crate::ws::frame::{OP_BINARY, OP_PING};
 
+/// How long a ping sent just before the end may wait for its pong.
+const PONG_WAIT: Duration = Duration::from_secs(10);
+
 /// How long the final echo may take.
 const VERIFY_WAIT: Duration = Duration::from_secs(10);
 
@@ -27,7 +30,11 @@ pub async fn conn(ctx: Rc<Ctx>, id: u64) {
     let Some(mut c) = ctx.open(id).await else {
         return;
     };
-    let end = ctx.steady_end();
+    // The final echoes are spread over up to 5 s so that they measure the path, not a
+    // queue of every connection answering at the same instant.
+    let spread = ctx.plan.ramp().min(Duration::from_secs(5));
+    let jitter = spread.mul_f64((id.wrapping_mul(0x9E37_79B9) % 1000) as f64 / 1000.0);
+    let end = ctx.steady_end() + jitter;
     if !heartbeat_until(&ctx, &mut c, end).await {
         ctx.rec.borrow_mut().counts.closed_early += 1;
         ctx.closed();
@@ -64,10 +71,11 @@ async fn heartbeat_until(ctx: &Ctx, c: &mut Conn, end: Instant) -> bool {
     tokio::pin!(timer);
     loop {
         let now = Instant::now();
-        if now >= end {
+        // At the end, a ping still in flight gets up to PONG_WAIT for its pong.
+        if now >= end && (awaiting.get().is_none() || now >= end + PONG_WAIT) {
             break;
         }
-        if now >= next {
+        if now >= next && now < end {
             if awaiting.get().is_some() {
                 ctx.rec.borrow_mut().counts.pongs_missing += 1;
             }
@@ -80,6 +88,10 @@ async fn heartbeat_until(ctx: &Ctx, c: &mut Conn, end: Instant) -> bool {
             pings += 1;
             next += period;
             timer.as_mut().reset(next.min(end).into());
+            continue;
+        }
+        if now >= end && timer.deadline() < (end + PONG_WAIT).into() {
+            timer.as_mut().reset((end + PONG_WAIT).into());
             continue;
         }
         let readable = std::future::poll_fn(|cx| {
