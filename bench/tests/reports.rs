@@ -65,7 +65,7 @@ fn json_report_and_plots_are_well_formed() {
     assert!(report.clean);
     // Both plots exist next to it and are well-formed SVG with the expected elements.
     let (conns, lat) = Report::plot_paths(&run.path);
-    for (path, title) in [(conns, "connections over time"), (lat, "latency distribution")] {
+    for (path, title) in [(conns, "connections over time"), (lat, "latency by percentile")] {
         let svg = std::fs::read_to_string(&path).unwrap();
         let names = xml_elements(&svg);
         assert_eq!(names[0], "svg", "{}", path.display());

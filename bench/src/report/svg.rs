@@ -57,7 +57,7 @@ fn nice_max(v: f64) -> f64 {
         return 1.0;
     }
     let p = 10f64.powf(v.log10().floor());
-    for m in [1.0, 2.0, 2.5, 5.0, 10.0] {
+    for m in [1.0, 1.2, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0] {
         if v <= m * p {
             return m * p;
         }
@@ -108,9 +108,19 @@ fn polyline(s: &mut String, points: &[(f64, f64)], color: &str, label: &str, leg
     );
 }
 
+/// The targets for a title (the first two, then a count).
+fn targets(rep: &Report) -> String {
+    match rep.targets.as_slice() {
+        [a] => a.clone(),
+        [a, b] => format!("{a}, {b}"),
+        [a, b, rest @ ..] => format!("{a}, {b} +{}", rest.len()),
+        [] => "?".into(),
+    }
+}
+
 /// Connections open (and failed) over time.
 pub fn connections(rep: &Report) -> String {
-    let title = format!("{}: connections over time ({} planned)", rep.scenario, rep.conns);
+    let title = format!("{} → {}: connections over time ({} planned)", rep.scenario, targets(rep), rep.conns);
     let mut svg = frame(&title, "seconds", "connections");
     let tmax = nice_max(rep.timeline.last().map_or(1.0, |x| x.t));
     let peak = rep.timeline.iter().map(|x| x.snap.open.max(x.snap.failed)).max().unwrap_or(0);
@@ -132,7 +142,12 @@ pub fn connections(rep: &Report) -> String {
 
 /// Round-trip latency by percentile, x on the usual log "nines" scale.
 pub fn latency(rep: &Report) -> String {
-    let title = format!("{}: round-trip latency distribution ({} samples)", rep.scenario, rep.latency_us.count);
+    let title = format!(
+        "{} → {}: round-trip latency by percentile ({} samples)",
+        rep.scenario,
+        targets(rep),
+        rep.latency_us.count
+    );
     let mut svg = frame(&title, "percentile", "microseconds");
     // x = log10(1 / (1 - p)), capped at six nines.
     let nines = |p: f64| (1.0 / (1.0 - (p / 100.0).min(0.999_999))).log10() / 6.0;
