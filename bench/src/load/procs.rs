@@ -3,7 +3,8 @@
 //! counters and serialized histograms) and merges them.
 //!
 //! Workers share nothing with the parent but their stdout; a worker that dies is reported,
-//! never waited for forever (each worker is bounded by `--max-time` like any run).
+//! never waited for forever (each worker is bounded by `--max-time` like any run), and a
+//! worker dies with its parent.
 
 use std::io::{BufRead as _, BufReader};
 use std::process::{Command, Stdio};
@@ -55,6 +56,7 @@ pub struct Merged {
 
 /// The body of a worker process.
 pub fn worker_main(opts: &Options, index: u64) -> Result<()> {
+    die_with_parent();
     let plan = Arc::new(Plan::new(opts, index, opts.procs.max(1))?);
     let progress = Arc::new(Progress::default());
     let threads = plan.threads as u64;
@@ -67,6 +69,16 @@ pub fn worker_main(opts: &Options, index: u64) -> Result<()> {
     let line = Line::Result(WorkerResult { rec: rec.to_wire()?, timed_out, threads });
     println!("{}", serde_json::to_string(&line)?);
     Ok(())
+}
+
+/// A worker must not outlive the run that started it: if the parent dies, so does it.
+fn die_with_parent() {
+    // SAFETY: PR_SET_PDEATHSIG takes a signal number and touches no memory of ours.
+    let rc = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    // The parent may have died before the call; then we were re-parented to init.
+    if rc != 0 || nix::unistd::getppid() == nix::unistd::Pid::from_raw(1) {
+        std::process::exit(1);
+    }
 }
 
 /// Arguments that make a worker of the same run.
