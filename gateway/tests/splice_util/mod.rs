@@ -143,7 +143,12 @@ async fn run_job(
     if let Some(tx) = cookies {
         let _ = tx.send(pair.cookies());
     }
-    Ok(pair.supervise(idle, shutdown).await)
+    let supervision = pair.supervise(idle, shutdown);
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        eprintln!("supervision future of one spliced pair: {} bytes", std::mem::size_of_val(&supervision))
+    });
+    Ok(supervision.await)
 }
 
 fn recv(fd: RawFd, buf: &mut [u8], flags: libc::c_int) -> io::Result<usize> {
