@@ -87,7 +87,6 @@ fn splice_mode_reads_from_config_and_command_line() {
     assert_eq!(parse("sockmap").unwrap(), SpliceMode::Sockmap);
     assert_eq!(parse("userspace").unwrap(), SpliceMode::Userspace);
     assert!(parse("kernel").is_err());
-    use clap::ValueEnum;
-    assert_eq!(SpliceMode::from_str("sockmap", false).unwrap(), SpliceMode::Sockmap);
+    assert_eq!(<SpliceMode as clap::ValueEnum>::from_str("sockmap", false).unwrap(), SpliceMode::Sockmap);
     assert_eq!(SpliceMode::default(), SpliceMode::Auto);
 }

@@ -118,6 +118,9 @@ impl Drop for Proxy {
     }
 }
 
+/// The size of a supervision future is printed once per test binary.
+static SIZE_PRINTED: std::sync::Once = std::sync::Once::new();
+
 async fn run_job(
     splicer: &Splicer,
     client: std::net::TcpStream,
@@ -144,9 +147,8 @@ async fn run_job(
         let _ = tx.send(pair.cookies());
     }
     let supervision = pair.supervise(idle, shutdown);
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        eprintln!("supervision future of one spliced pair: {} bytes", std::mem::size_of_val(&supervision))
+    SIZE_PRINTED.call_once(|| {
+        eprintln!("supervision future of one spliced pair: {} bytes", std::mem::size_of_val(&supervision));
     });
     Ok(supervision.await)
 }
@@ -220,11 +222,11 @@ pub struct Quad {
 }
 
 /// Two loopback connections through one listener (not thread-safe per listener: use one per thread).
-pub fn quad(l: &std::net::TcpListener) -> io::Result<Quad> {
-    let c = std::net::TcpStream::connect(l.local_addr()?)?;
-    let (a, _) = l.accept()?;
-    let b = std::net::TcpStream::connect(l.local_addr()?)?;
-    let (u, _) = l.accept()?;
+pub fn quad(listener: &std::net::TcpListener) -> io::Result<Quad> {
+    let c = std::net::TcpStream::connect(listener.local_addr()?)?;
+    let (a, _) = listener.accept()?;
+    let b = std::net::TcpStream::connect(listener.local_addr()?)?;
+    let (u, _) = listener.accept()?;
     for s in [&c, &a, &b, &u] {
         s.set_nodelay(true)?;
     }

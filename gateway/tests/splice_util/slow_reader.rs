@@ -61,10 +61,10 @@ pub fn slow_reader(upstream_stalls: bool) {
     eprintln!(
         "{name}: {CONNS} conns, budget {BUDGET}: pushed per conn {:?} MiB before the sender blocked (limit {} MiB); \
          MemAvailable -{:.1} MiB, Slab +{:.1} MiB; pressure runs {}",
-        pushed.iter().map(|p| *p as f64 / 1048576.0).map(|p| (p * 10.0).round() / 10.0).collect::<Vec<_>>(),
+        pushed.iter().map(|p| *p as f64 / 1_048_576.0).map(|p| (p * 10.0).round() / 10.0).collect::<Vec<_>>(),
         PUSH_LIMIT >> 20,
-        (mem0 - mem1) as f64 / 1048576.0,
-        (slab1 - slab0) as f64 / 1048576.0,
+        (mem0 - mem1) as f64 / 1_048_576.0,
+        (slab1 - slab0) as f64 / 1_048_576.0,
         held.pressure,
     );
     assert!(max_push < TOTAL, "the sender was never stopped");
@@ -102,8 +102,7 @@ pub fn slow_reader(upstream_stalls: bool) {
             reader.shutdown(std::net::Shutdown::Write).unwrap();
             let mut sender = writer.join().unwrap();
             assert_eq!(sender.read(&mut buf).unwrap(), 0);
-            let o = outcome.recv_timeout(Duration::from_secs(10)).unwrap().unwrap();
-            o
+            outcome.recv_timeout(Duration::from_secs(10)).unwrap().unwrap()
         }));
     }
     for t in threads {
