@@ -124,11 +124,14 @@ pub struct RelayConfig {
     pub buffer_size: usize,
     /// Buffers each worker keeps for reuse; more are allocated under load and freed after.
     pub pool_buffers: usize,
+    /// Kernel splice: bytes per direction the kernel may hold for a pair before the pair
+    /// is relayed in userspace (with TCP flow control) until it drains. At least 65536.
+    pub splice_budget: u64,
 }
 
 impl Default for RelayConfig {
     fn default() -> Self {
-        Self { buffer_size: 64 * 1024, pool_buffers: 64 }
+        Self { buffer_size: 64 * 1024, pool_buffers: 64, splice_budget: crate::splice::DEFAULT_BUDGET }
     }
 }
 
@@ -148,18 +151,7 @@ impl Default for AccessLogConfig {
     }
 }
 
-/// How steady-state WebSocket bytes are relayed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum SpliceMode {
-    /// Kernel sockmap splice when it loads and passes its self-test, else userspace.
-    #[default]
-    Auto,
-    /// Kernel sockmap splice; refuse to start without it.
-    Sockmap,
-    /// Userspace `io_uring` relay only.
-    Userspace,
-}
+pub use crate::splice::SpliceMode;
 
 /// Access log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
@@ -502,6 +494,9 @@ impl Config {
         }
         if !(1024..=16 * 1024 * 1024).contains(&self.relay.buffer_size) {
             return Err(invalid("relay.buffer_size", "must be between 1024 and 16777216"));
+        }
+        if self.relay.splice_budget < crate::splice::MIN_BUDGET {
+            return Err(invalid("relay.splice_budget", format!("must be at least {}", crate::splice::MIN_BUDGET)));
         }
         if self.access_log.path.is_empty() {
             return Err(invalid("access_log.path", "must be `stdout`, `off` or a file path"));

@@ -23,6 +23,7 @@ use crate::http::upgrade::{self, Intent};
 use crate::relay::{self, CloseReason, RelayOptions};
 use crate::router::Router;
 use crate::shutdown::ShutdownRx;
+use crate::splice::{self, HandoverError, Splicer};
 use crate::stats::Stats;
 use crate::upstream::Pick;
 
@@ -35,6 +36,10 @@ pub struct Context {
     pub stats: Arc<Stats>,
     pub shutdown: ShutdownRx,
     pub admission: Arc<Admission>,
+    /// The kernel fast path, when it loaded and passed its self-test.
+    pub splicer: Option<Splicer>,
+    /// Turns true at the `Stop` phase (the splice supervisor's drain signal).
+    pub stop: tokio::sync::watch::Receiver<bool>,
 }
 
 /// What is known of the connection so far, for the access log.
@@ -74,7 +79,8 @@ pub async fn serve(client: TcpStream, peer: SocketAddr, ctx: Rc<Context>) {
     if let Err(e) = client.set_nodelay(true) {
         tracing::debug!(error = %e, "TCP_NODELAY on client socket");
     }
-    if let Err(err) = proxy(&client, &ctx, &mut facts).await {
+    let mut client = Some(client);
+    if let Err(err) = proxy(&mut client, &ctx, &mut facts).await {
         facts.status = err.kind.status();
         facts.close = "error";
         if !err.kind.is_refusal() {
@@ -83,14 +89,16 @@ pub async fn serve(client: TcpStream, peer: SocketAddr, ctx: Rc<Context>) {
             // Refusals come in floods: one line per `admission.log_period`, with counts.
             tracing::warn!(status = err.kind.status(), "{summary}");
         }
-        if err.kind.respond() {
-            let response = error_response(err.kind);
-            let len = response.len() as u64;
-            if handshake::write_all(&client, response).await.is_ok() {
-                facts.bytes_sent = len;
+        if let Some(client) = &client {
+            if err.kind.respond() {
+                let response = error_response(err.kind);
+                let len = response.len() as u64;
+                if handshake::write_all(client, response).await.is_ok() {
+                    facts.bytes_sent = len;
+                }
             }
+            crate::net::shutdown(client, std::net::Shutdown::Both);
         }
-        crate::net::shutdown(&client, std::net::Shutdown::Both);
     }
     ctx.access_log.log(AccessRecord {
         remote_addr: facts.peer,
@@ -110,8 +118,11 @@ pub async fn serve(client: TcpStream, peer: SocketAddr, ctx: Rc<Context>) {
     });
 }
 
-async fn proxy(client: &TcpStream, ctx: &Context, facts: &mut Facts) -> Result<(), ProxyError> {
+/// The phases up to the relay. `client_slot` is taken only by the kernel splice (which
+/// owns the sockets from then on); on an error it is still there for the response.
+async fn proxy(client_slot: &mut Option<TcpStream>, ctx: &Context, facts: &mut Facts) -> Result<(), ProxyError> {
     let cfg = &ctx.config;
+    let client = client_slot.as_ref().ok_or_else(|| ProxyError::new(ErrorKind::Internal, "client socket missing"))?;
     // Phase: read head.
     let deadline = facts.started + cfg.timeouts.header;
     let (head, buf) = handshake::read_head(client, cfg.limits.max_header_bytes, deadline).await?;
@@ -197,14 +208,62 @@ async fn proxy(client: &TcpStream, ctx: &Context, facts: &mut Facts) -> Result<(
         return Ok(());
     }
 
-    // Phase: relay.
+    // Phase: relay, in the kernel when it can take the pair.
     Stats::bump(&ctx.stats.upgrades_succeeded);
+    let opts = RelayOptions { idle_timeout, end_on_upstream_fin: false };
+    let Some(splicer) = &ctx.splicer else {
+        userspace_relay(client, &upstream, opts, &mut shutdown, ctx, facts).await;
+        return Ok(());
+    };
+    let Some(client) = client_slot.take() else { return Ok(()) };
+    match splicer.splice(client, upstream, Vec::new()).await {
+        Ok(pair) => {
+            Stats::bump(&ctx.stats.relayed_spliced);
+            facts.mode = "splice";
+            let outcome = pair.supervise(splice::idle_limit(idle_timeout), ctx.stop.clone()).await;
+            facts.bytes_in += outcome.to_upstream;
+            facts.bytes_out = outcome.to_client;
+            facts.bytes_sent = outcome.to_client;
+            facts.close = splice_close(outcome.reason);
+        }
+        Err(HandoverError::NotSpliced { client, upstream, reason }) => {
+            tracing::debug!(reason, "pair not spliced; relaying in userspace");
+            userspace_relay(&client, &upstream, opts, &mut shutdown, ctx, facts).await;
+        }
+        Err(HandoverError::Failed { side, source }) => {
+            // The sockets are closed (dropped with the error); nothing can be sent.
+            tracing::info!(side = %side, error = %source, client = %facts.peer, "splice handover failed");
+            facts.close = "error";
+        }
+    }
+    Ok(())
+}
+
+async fn userspace_relay(
+    client: &TcpStream,
+    upstream: &TcpStream,
+    opts: RelayOptions,
+    shutdown: &mut ShutdownRx,
+    ctx: &Context,
+    facts: &mut Facts,
+) {
     Stats::bump(&ctx.stats.relayed_userspace);
     facts.mode = "userspace";
-    let opts = RelayOptions { idle_timeout, end_on_upstream_fin: false };
-    let outcome = relay::relay(client, &upstream, opts, &mut shutdown).await;
+    let outcome = relay::relay(client, upstream, opts, shutdown).await;
     record(facts, &outcome);
-    Ok(())
+}
+
+/// The access log's close reason for a spliced pair.
+fn splice_close(reason: splice::CloseReason) -> &'static str {
+    use splice::{CloseReason as R, Side};
+    match reason {
+        R::Closed => "closed",
+        R::Reset(Side::Client) => "client_reset",
+        R::Reset(Side::Upstream) => "upstream_reset",
+        R::Reset(Side::Internal) | R::Error(..) => "error",
+        R::Idle => "idle_timeout",
+        R::Shutdown => "shutdown",
+    }
 }
 
 fn record(facts: &mut Facts, outcome: &relay::RelayOutcome) {

@@ -18,6 +18,7 @@ use tokio_uring::net::TcpListener;
 
 use crate::accesslog::AccessLog;
 use crate::admission::Admission;
+use crate::splice::{self, SpliceOptions, Splicer};
 use crate::config::Config;
 use crate::connection::{self, ActiveConn, Context};
 use crate::router::Router;
@@ -60,6 +61,12 @@ pub fn run(config: Config) -> Result<()> {
         tracing::info!("active health checks running");
     }
     let admission = Arc::new(Admission::new(&config));
+    let splice_opts = SpliceOptions {
+        mode: config.splice,
+        capacity: u32::try_from(config.limits.max_connections).unwrap_or(u32::MAX).clamp(1, splice::MAX_CAPACITY),
+        budget: config.relay.splice_budget,
+    };
+    let splicer = splice::start(&splice_opts)?.splicer;
     let access_log = AccessLog::start(&config.access_log).context("starting the access log")?;
     let stats = Arc::new(Stats::default());
     let (tx, rx) = shutdown::channel();
@@ -82,6 +89,7 @@ pub fn run(config: Config) -> Result<()> {
             stats: stats.clone(),
             shutdown: rx.clone(),
             admission: admission.clone(),
+            splicer: splicer.clone(),
             cpu: cpus.get(w % cpus.len().max(1)).copied(),
         };
         let h = std::thread::Builder::new()
@@ -132,6 +140,7 @@ struct WorkerSetup {
     stats: Arc<Stats>,
     shutdown: ShutdownRx,
     admission: Arc<Admission>,
+    splicer: Option<Splicer>,
     cpu: Option<usize>,
 }
 
@@ -149,6 +158,8 @@ fn worker(setup: WorkerSetup, sockets: Vec<Socket>) -> Result<()> {
             stats: setup.stats,
             shutdown: setup.shutdown.clone(),
             admission: setup.admission,
+            splicer: setup.splicer,
+            stop: stop_flag(&setup.shutdown),
         });
         let mut accept_loops = Vec::new();
         for s in sockets {
@@ -194,6 +205,18 @@ async fn accept_loop(listener: TcpListener, ctx: Rc<Context>) {
     // Wakes the accept still in flight, and stops the kernel queueing connections here.
     crate::net::shutdown(&listener, std::net::Shutdown::Read);
     tracing::debug!(fd = listener.as_raw_fd(), "listener closed for draining");
+}
+
+/// A `watch` flag that turns true at the `Stop` phase, for the splice supervisor;
+/// one bridge task per worker, cloned into every spliced connection.
+fn stop_flag(shutdown: &ShutdownRx) -> tokio::sync::watch::Receiver<bool> {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let mut shutdown = shutdown.clone();
+    tokio_uring::spawn(async move {
+        shutdown.reached(Phase::Stop).await;
+        let _ = tx.send(true);
+    });
+    rx
 }
 
 /// A listening socket with SO_REUSEPORT (every worker binds the same address).

@@ -87,12 +87,17 @@ impl Gateway {
 
     /// Waits (bounded) until an access-log line contains `needle`.
     pub fn wait_log(&self, needle: &str) -> String {
+        self.wait_log_any(&[needle])
+    }
+
+    /// Waits (bounded) until an access-log line contains one of `needles`.
+    pub fn wait_log_any(&self, needles: &[&str]) -> String {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if let Some(l) = self.log_lines().into_iter().find(|l| l.contains(needle)) {
+            if let Some(l) = self.log_lines().into_iter().find(|l| needles.iter().any(|n| l.contains(n))) {
                 return l;
             }
-            assert!(Instant::now() < deadline, "no access-log line containing {needle:?}; got {:#?}", self.log_lines());
+            assert!(Instant::now() < deadline, "no access-log line containing {needles:?}; got {:#?}", self.log_lines());
             std::thread::sleep(Duration::from_millis(20));
         }
     }
