@@ -189,7 +189,8 @@ async fn direction(d: Direction<'_>, src: RawFd, src_side: Side, dst_side: Side)
             }
             match sys::recv(src, &mut buf, 0) {
                 Ok(0) => {
-                    if let Err(e) = d.wait_room(false).await {
+                    // Cold paths are boxed so an idle pair's future stays small.
+                    if let Err(e) = Box::pin(d.wait_room(false)).await {
                         return DirEnd::Failed(dst_side, e);
                     }
                     return match sys::shutdown_write(d.dst) {
@@ -199,7 +200,7 @@ async fn direction(d: Direction<'_>, src: RawFd, src_side: Side, dst_side: Side)
                     };
                 }
                 Ok(n) => {
-                    if let Err(e) = d.forward(&buf[..n]).await {
+                    if let Err(e) = Box::pin(d.forward(&buf[..n])).await {
                         return DirEnd::Failed(dst_side, e);
                     }
                 }
