@@ -110,10 +110,10 @@ async fn recv_side(
                 return Err(format!("conn {id} dir {dir}: head corrupted: {:?}", String::from_utf8_lossy(&got)));
             }
         }
-        if got.len() == prefix.len() {
-            if let Some(tx) = got_prefix.take() {
-                let _ = tx.send(());
-            }
+        if got.len() == prefix.len()
+            && let Some(tx) = got_prefix.take()
+        {
+            let _ = tx.send(());
         }
         if let Some(at) = check(id, dir, off, data) {
             return Err(format!("conn {id} dir {dir}: wrong byte at stream offset {at}"));
@@ -132,13 +132,13 @@ async fn recv_side(
 }
 
 async fn upstream_side(
-    u: TcpStream,
+    upstream: TcpStream,
     id: u64,
     up: u64,
     down: Plan,
     progress: Arc<std::sync::atomic::AtomicU64>,
 ) -> Result<(), String> {
-    let (mut r, mut w) = u.into_split();
+    let (mut r, mut w) = upstream.into_split();
     // Read the request head; bytes after it are client stream bytes.
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
@@ -154,21 +154,21 @@ async fn upstream_side(
     }
     // The upstream closes once it has everything from the client (whose FIN
     // comes after the 101, so after the splice).
-    let (a, b) =
+    let (sent, received) =
         tokio::join!(send_side(&mut w, id, 1, SWITCH, &down), recv_side(&mut r, id, 0, b"", up, None, &progress));
-    a.map_err(|e| format!("conn {id}: upstream send: {e}"))?;
-    b?;
+    sent.map_err(|e| format!("conn {id}: upstream send: {e}"))?;
+    received?;
     w.shutdown().await.map_err(|e| format!("conn {id}: upstream shutdown: {e}"))
 }
 
 async fn client_side(
-    c: TcpStream,
+    client: TcpStream,
     id: u64,
     up: Plan,
     down: u64,
     progress: Arc<std::sync::atomic::AtomicU64>,
 ) -> Result<(), String> {
-    let (mut r, mut w) = c.into_split();
+    let (mut r, mut w) = client.into_split();
     // A WebSocket client closes only after its handshake completed.
     let (tx, switched) = tokio::sync::oneshot::channel();
     let send = async {
@@ -176,9 +176,9 @@ async fn client_side(
         switched.await.map_err(|_| format!("conn {id}: no 101"))?;
         w.shutdown().await.map_err(|e| format!("conn {id}: client shutdown: {e}"))
     };
-    let (a, b) = tokio::join!(send, recv_side(&mut r, id, 1, SWITCH, down, Some(tx), &progress));
-    a?;
-    b
+    let (sent, received) = tokio::join!(send, recv_side(&mut r, id, 1, SWITCH, down, Some(tx), &progress));
+    sent?;
+    received
 }
 
 #[test]
@@ -201,18 +201,18 @@ fn handover_torture_random_timing_both_directions() {
                 let mut rng = StdRng::seed_from_u64(id);
                 let (up, down) = (plan(&mut rng), plan(&mut rng));
                 let addr = listener.local_addr().unwrap();
-                let (c, a, b, u) = {
-                    let _g = pairing.lock().await;
-                    let c = TcpStream::connect(addr).await.unwrap();
-                    let (a, _) = listener.accept().await.unwrap();
-                    let b = TcpStream::connect(addr).await.unwrap();
-                    let (u, _) = listener.accept().await.unwrap();
-                    (c, a, b, u)
+                let (client, at_proxy_client, at_proxy_upstream, upstream) = {
+                    let _pairing = pairing.lock().await;
+                    let client = TcpStream::connect(addr).await.unwrap();
+                    let (near, _) = listener.accept().await.unwrap();
+                    let far = TcpStream::connect(addr).await.unwrap();
+                    let (upstream, _) = listener.accept().await.unwrap();
+                    (client, near, far, upstream)
                 };
                 let (done, outcome) = std_mpsc::channel();
                 proxy.submit(Job {
-                    client: a.into_std().unwrap(),
-                    upstream: b.into_std().unwrap(),
+                    client: at_proxy_client.into_std().unwrap(),
+                    upstream: at_proxy_upstream.into_std().unwrap(),
                     handshake: Handshake::Http,
                     idle: None,
                     done,
@@ -223,7 +223,7 @@ fn handover_torture_random_timing_both_directions() {
                 let (at_client, at_upstream) = (Arc::new(std::sync::atomic::AtomicU64::new(0)), Arc::new(std::sync::atomic::AtomicU64::new(0)));
                 let (up_head, down_head) = (up.with_head, down.with_head);
                 let ends = async {
-                    tokio::join!(client_side(c, id, up, down_len, at_client.clone()), upstream_side(u, id, up_len, down, at_upstream.clone()))
+                    tokio::join!(client_side(client, id, up, down_len, at_client.clone()), upstream_side(upstream, id, up_len, down, at_upstream.clone()))
                 };
                 let ends = tokio::time::timeout(Duration::from_secs(30), ends).await;
                 let o = tokio::task::spawn_blocking(move || outcome.recv_timeout(Duration::from_secs(10))).await.unwrap();
