@@ -13,11 +13,11 @@ use std::time::Instant;
 use tokio_uring::net::TcpStream;
 
 use crate::accesslog::{AccessLog, AccessRecord, now_unix};
-use crate::admission::Admission;
+use crate::admission::{Admission, Admitted};
 use crate::config::Config;
 use crate::error::{ErrorKind, ProxyError};
 use crate::handshake;
-use crate::http::response::error_response;
+use crate::http::response::{ResponseHead, error_response};
 use crate::http::rewrite::{Forwarded, upstream_head};
 use crate::http::upgrade::{self, Intent};
 use crate::relay::{self, CloseReason, RelayOptions};
@@ -118,11 +118,20 @@ pub async fn serve(client: TcpStream, peer: SocketAddr, ctx: Rc<Context>) {
     });
 }
 
-/// The phases up to the relay. `client_slot` is taken only by the kernel splice (which
-/// owns the sockets from then on); on an error it is still there for the response.
-async fn proxy(client_slot: &mut Option<TcpStream>, ctx: &Context, facts: &mut Facts) -> Result<(), ProxyError> {
+/// What the handshake phases leave for the relay.
+struct Prepared {
+    connected: handshake::Connected,
+    /// The upstream's response head (peeked, still queued); `None` for plain HTTP.
+    response: Option<ResponseHead>,
+    /// Holds the admission slots (per address, per route, global) until the end.
+    _admitted: Admitted,
+}
+
+/// The phases before the relay: read head, route, validate, admit, connect, forward,
+/// and (for an upgrade) the response head. Boxed by the caller, so the long-lived
+/// relay future does not carry the handshake's state.
+async fn prepare(client: &TcpStream, ctx: &Context, facts: &mut Facts) -> Result<Prepared, ProxyError> {
     let cfg = &ctx.config;
-    let client = client_slot.as_ref().ok_or_else(|| ProxyError::new(ErrorKind::Internal, "client socket missing"))?;
     // Phase: read head.
     let deadline = facts.started + cfg.timeouts.header;
     let (head, buf) = handshake::read_head(client, cfg.limits.max_header_bytes, deadline).await?;
@@ -147,7 +156,7 @@ async fn proxy(client_slot: &mut Option<TcpStream>, ctx: &Context, facts: &mut F
     if intent == Intent::WebSocket {
         route.gate.check_origin(&head)?;
     }
-    let _admitted = ctx.admission.admit(client_ip, &route.gate)?;
+    let admitted = ctx.admission.admit(client_ip, &route.gate)?;
 
     // Phase: connect upstream and forward the rewritten head with whatever followed it.
     // An upgrade also waits for the response head here (peeked, left queued), so that a
@@ -167,6 +176,7 @@ async fn proxy(client_slot: &mut Option<TcpStream>, ctx: &Context, facts: &mut F
             method: &head.method,
         };
         let (connected, resp) = handshake::exchange(&route.group, &pick, &exchange).await?;
+        drop(out);
         (connected, Some(resp))
     } else {
         let connected = handshake::connect(&route.group, &pick, cfg.timeouts.connect).await?;
@@ -176,10 +186,18 @@ async fn proxy(client_slot: &mut Option<TcpStream>, ctx: &Context, facts: &mut F
         }
         (connected, None)
     };
+    facts.upstream_addr = Some(route.group.server(connected.server).addr);
+    Ok(Prepared { connected, response: resp, _admitted: admitted })
+}
+
+/// The phases up to the relay. `client_slot` is taken only by the kernel splice (which
+/// owns the sockets from then on); on an error it is still there for the response.
+async fn proxy(client_slot: &mut Option<TcpStream>, ctx: &Context, facts: &mut Facts) -> Result<(), ProxyError> {
+    let cfg = &ctx.config;
+    let client = client_slot.as_ref().ok_or_else(|| ProxyError::new(ErrorKind::Internal, "client socket missing"))?;
+    let Prepared { connected, response: resp, _admitted } = Box::pin(prepare(client, ctx, facts)).await?;
     let upstream = connected.stream;
     let _live = connected.live;
-    facts.upstream_addr = Some(route.group.server(connected.server).addr);
-    drop(buf);
 
     let mut shutdown = ctx.shutdown.clone();
     let idle_timeout = cfg.timeouts.idle;
