@@ -171,13 +171,13 @@ async fn client_side(
     let (mut r, mut w) = client.into_split();
     // A WebSocket client closes only after its handshake completed.
     let (tx, switched) = tokio::sync::oneshot::channel();
-    let send = async {
+    let writing = async {
         send_side(&mut w, id, 0, HEAD, &up).await.map_err(|e| format!("conn {id}: client send: {e}"))?;
         switched.await.map_err(|_| format!("conn {id}: no 101"))?;
         w.shutdown().await.map_err(|e| format!("conn {id}: client shutdown: {e}"))
     };
-    let (sent, received) = tokio::join!(send, recv_side(&mut r, id, 1, SWITCH, down, Some(tx), &progress));
-    sent?;
+    let (written, received) = tokio::join!(writing, recv_side(&mut r, id, 1, SWITCH, down, Some(tx), &progress));
+    written?;
     received
 }
 

@@ -23,6 +23,7 @@ mod loader;
 mod selftest;
 mod shared;
 mod supervise;
+mod sweep;
 mod sys;
 
 use std::time::Duration;

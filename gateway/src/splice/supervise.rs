@@ -3,9 +3,9 @@
 //! userspace, enforces the idle timeout and the drain signal, and closes both
 //! sockets at the end (which removes them from the sockhash).
 //!
-//! An idle pair costs one parked poll per socket and one timer: no buffer, and
-//! no syscall per sweep (the idle check reads the kernel's last-activity stamp
-//! from shared memory). Must never read a socket except to relay passed bytes
+//! An idle pair costs one parked poll per socket and an entry in its worker's
+//! sweeper (`sweep`): no buffer, no timer of its own, and no syscall per sweep
+//! (the idle check reads the kernel's last-activity stamp from shared memory). Must never read a socket except to relay passed bytes
 //! or observe its close, and never write to one outside `backpressure`.
 
 use std::io;
@@ -21,6 +21,7 @@ use super::backpressure::{Direction, Fd};
 use super::handover::Inserted;
 use super::loader::Splicer;
 use super::shared::{TO_CLIENT, TO_UPSTREAM};
+use super::sweep::{Swept, watch_pair};
 use super::sys;
 use crate::readiness;
 
@@ -109,13 +110,14 @@ impl SplicedPair {
 
     /// Supervises the pair until both sides closed, one failed, it was idle for
     /// `idle_timeout`, or `shutdown` turned true. Closes both sockets.
-    pub async fn supervise(self, idle_timeout: Option<Duration>, mut shutdown: watch::Receiver<bool>) -> SpliceOutcome {
+    pub async fn supervise(self, idle_timeout: Option<Duration>, shutdown: watch::Receiver<bool>) -> SpliceOutcome {
         let inner = &*self.splicer.inner;
         let (client, upstream) = (self.client.as_raw_fd(), self.upstream.as_raw_fd());
         let up = Direction { inner, slot: self.ins.slot, dir: TO_UPSTREAM, dst: upstream };
         let down = Direction { inner, slot: self.ins.slot, dir: TO_CLIENT, dst: client };
-        let mut up_fut = pin!(direction(up, client, Side::Client, Side::Upstream));
-        let mut down_fut = pin!(direction(down, upstream, Side::Upstream, Side::Client));
+        let mut up_fut = pin!(direction(&up, client, Side::Client, Side::Upstream));
+        let mut down_fut = pin!(direction(&down, upstream, Side::Upstream, Side::Client));
+        let mut swept = pin!(watch_pair(&self.splicer, self.ins.slot, idle_timeout, shutdown));
         let (mut up_done, mut down_done) = (false, false);
         let reason = loop {
             tokio::select! {
@@ -129,8 +131,10 @@ impl SplicedPair {
                     DirEnd::Fin => down_done = true,
                     DirEnd::Failed(side, e) => break failure(side, &e),
                 },
-                () = idle(inner, self.ins.slot, idle_timeout) => break CloseReason::Idle,
-                () = drained(&mut shutdown) => break CloseReason::Shutdown,
+                why = &mut swept => break match why {
+                    Swept::Idle => CloseReason::Idle,
+                    Swept::Drain => CloseReason::Shutdown,
+                },
             }
         };
         match reason {
@@ -176,63 +180,43 @@ fn failure(side: Side, e: &io::Error) -> CloseReason {
 
 /// Watches one source socket: relays what the verdict passed to userspace and,
 /// on FIN, shuts the destination's write side once the kernel has handed it
-/// every redirected byte.
-async fn direction(d: Direction<'_>, src: RawFd, src_side: Side, dst_side: Side) -> DirEnd {
-    let mut buf: Vec<u8> = Vec::new();
+/// every redirected byte. Holds no buffer while waiting.
+async fn direction(d: &Direction<'_>, src: RawFd, src_side: Side, dst_side: Side) -> DirEnd {
     loop {
         if let Err(e) = readiness::ready(&Fd(src), readiness::READABLE).await {
             return DirEnd::Failed(Side::Internal, e);
         }
-        loop {
-            if buf.is_empty() {
-                buf.resize(RELAY_CHUNK, 0);
-            }
-            match sys::recv(src, &mut buf, 0) {
-                Ok(0) => {
-                    // Cold paths are boxed so an idle pair's future stays small.
-                    if let Err(e) = Box::pin(d.wait_room(false)).await {
-                        return DirEnd::Failed(dst_side, e);
-                    }
-                    return match sys::shutdown_write(d.dst) {
-                        Ok(()) => DirEnd::Fin,
-                        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => DirEnd::Fin,
-                        Err(e) => DirEnd::Failed(dst_side, e),
-                    };
-                }
-                Ok(n) => {
-                    if let Err(e) = Box::pin(d.forward(&buf[..n])).await {
-                        return DirEnd::Failed(dst_side, e);
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return DirEnd::Failed(src_side, e),
-            }
+        // Cold path, boxed so an idle pair's future stays small.
+        if let Some(end) = Box::pin(burst(d, src, src_side, dst_side)).await {
+            return end;
         }
-        // Idle again: give the buffer back.
-        buf = Vec::new();
     }
 }
 
-/// Resolves once the pair saw no byte for `timeout` (never if `None`). Sleeps
-/// until the stamp could expire, then re-reads the stamp from shared memory.
-async fn idle(inner: &super::loader::Inner, slot: u32, timeout: Option<Duration>) {
-    let Some(timeout) = timeout else { return std::future::pending().await };
-    let limit = u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX);
+/// Handles one readiness event: relays passed bytes until EAGAIN (`None`), or
+/// ends the direction on EOF or error.
+async fn burst(d: &Direction<'_>, src: RawFd, src_side: Side, dst_side: Side) -> Option<DirEnd> {
+    let mut buf = vec![0u8; RELAY_CHUNK];
     loop {
-        let last = inner.last_active(slot).load(Ordering::Relaxed);
-        let now = sys::coarse_now_ns();
-        let quiet = now.saturating_sub(last);
-        if quiet >= limit {
-            return;
+        match sys::recv(src, &mut buf, 0) {
+            Ok(0) => {
+                if let Err(e) = d.wait_room(false).await {
+                    return Some(DirEnd::Failed(dst_side, e));
+                }
+                return Some(match sys::shutdown_write(d.dst) {
+                    Ok(()) => DirEnd::Fin,
+                    Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => DirEnd::Fin,
+                    Err(e) => DirEnd::Failed(dst_side, e),
+                });
+            }
+            Ok(n) => {
+                if let Err(e) = d.forward(&buf[..n]).await {
+                    return Some(DirEnd::Failed(dst_side, e));
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Some(DirEnd::Failed(src_side, e)),
         }
-        tokio::time::sleep(Duration::from_nanos(limit - quiet)).await;
-    }
-}
-
-/// Resolves once the drain signal is true (never if its sender is gone).
-async fn drained(rx: &mut watch::Receiver<bool>) {
-    if rx.wait_for(|v| *v).await.is_err() {
-        std::future::pending::<()>().await;
     }
 }

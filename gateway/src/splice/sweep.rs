@@ -1,0 +1,142 @@
+//! Per-worker sweeper for the idle timeout and the drain signal of spliced
+//! pairs, so that an idle pair holds no timer and no channel future of its own.
+//!
+//! Each worker thread runs one sweeper task while it has pairs. Every tick it
+//! reads each pair's last-activity stamp from the kernel-shared array (plain
+//! memory, no syscall) and its drain flag, and wakes the pairs that must end.
+//! Must never block and never make a syscall per pair.
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use slab::Slab;
+use tokio::sync::watch;
+
+use super::loader::Splicer;
+use super::sys;
+
+/// Longest time between two checks of a pair (the drain signal's latency).
+const TICK_MAX: Duration = Duration::from_millis(250);
+/// Shortest tick, for very short idle timeouts.
+const TICK_MIN: Duration = Duration::from_millis(10);
+
+/// Why the sweeper ended a pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Swept {
+    Idle,
+    Drain,
+}
+
+struct Entry {
+    splicer: Splicer,
+    slot: u32,
+    /// Idle limit in ns, `u64::MAX` for none.
+    idle_ns: u64,
+    drain: watch::Receiver<bool>,
+    waker: Option<Waker>,
+    swept: Option<Swept>,
+}
+
+#[derive(Default)]
+struct Sweeper {
+    entries: Slab<Entry>,
+    running: bool,
+    tick: Duration,
+}
+
+thread_local! {
+    static SWEEPER: Rc<RefCell<Sweeper>> = Rc::new(RefCell::new(Sweeper { tick: TICK_MAX, ..Sweeper::default() }));
+}
+
+/// Registers a pair with this worker's sweeper; resolves when it must end.
+pub(super) fn watch_pair(
+    splicer: &Splicer,
+    slot: u32,
+    idle: Option<Duration>,
+    drain: watch::Receiver<bool>,
+) -> Registration {
+    let idle_ns = idle.map_or(u64::MAX, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+    let key = SWEEPER.with(|s| {
+        let mut sw = s.borrow_mut();
+        if let Some(d) = idle {
+            sw.tick = sw.tick.min((d / 4).max(TICK_MIN));
+        }
+        let key = sw.entries.insert(Entry { splicer: splicer.clone(), slot, idle_ns, drain, waker: None, swept: None });
+        if !sw.running {
+            sw.running = true;
+            tokio::task::spawn_local(run(s.clone()));
+        }
+        key
+    });
+    Registration { key }
+}
+
+/// A pair's place in the sweeper; removing it on drop.
+pub(super) struct Registration {
+    key: usize,
+}
+
+impl Future for Registration {
+    type Output = Swept;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Swept> {
+        SWEEPER.with(|s| {
+            let mut sw = s.borrow_mut();
+            let Some(e) = sw.entries.get_mut(self.key) else { return Poll::Pending };
+            if let Some(why) = e.swept {
+                return Poll::Ready(why);
+            }
+            if !e.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                e.waker = Some(cx.waker().clone());
+            }
+            Poll::Pending
+        })
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        SWEEPER.with(|s| {
+            let mut sw = s.borrow_mut();
+            if sw.entries.contains(self.key) {
+                sw.entries.remove(self.key);
+            }
+        });
+    }
+}
+
+async fn run(sweeper: Rc<RefCell<Sweeper>>) {
+    loop {
+        let tick = sweeper.borrow().tick;
+        tokio::time::sleep(tick).await;
+        let mut sw = sweeper.borrow_mut();
+        if sw.entries.is_empty() {
+            sw.running = false;
+            sw.tick = TICK_MAX;
+            return;
+        }
+        let now = sys::coarse_now_ns();
+        for (_, e) in &mut sw.entries {
+            if e.swept.is_some() {
+                continue;
+            }
+            let swept = if *e.drain.borrow() {
+                Some(Swept::Drain)
+            } else {
+                let last = e.splicer.inner.last_active(e.slot).load(Ordering::Relaxed);
+                (now.saturating_sub(last) >= e.idle_ns).then_some(Swept::Idle)
+            };
+            if swept.is_some() {
+                e.swept = swept;
+                if let Some(w) = e.waker.take() {
+                    w.wake();
+                }
+            }
+        }
+    }
+}
