@@ -83,11 +83,19 @@ impl Splicer {
             return Err(HandoverError::Failed { side: Side::Upstream, source });
         }
         drop(client_early);
-        match drain_client(client.as_raw_fd(), upstream.as_raw_fd()).await {
-            Ok(Some(n)) => early += n,
-            Ok(None) => {
+        match drain_client(client.as_raw_fd(), upstream.as_raw_fd(), self.inner.budget).await {
+            Ok(Drained::Empty(n)) => early += n,
+            Ok(Drained::Closed) => {
                 counters.handover_failed.fetch_add(1, Ordering::Relaxed);
                 return Err(HandoverError::NotSpliced { client, upstream, reason: "client already half-closed" });
+            }
+            Ok(Drained::Busy) => {
+                counters.handover_failed.fetch_add(1, Ordering::Relaxed);
+                return Err(HandoverError::NotSpliced {
+                    client,
+                    upstream,
+                    reason: "client kept sending during the handover",
+                });
             }
             Err((side, source)) => {
                 counters.handover_failed.fetch_add(1, Ordering::Relaxed);
@@ -112,9 +120,20 @@ impl Splicer {
     }
 }
 
+/// How draining the client before insertion ended.
+enum Drained {
+    /// Receive queue empty (EAGAIN) after forwarding this many bytes.
+    Empty(u64),
+    /// The client sent FIN: its socket can no longer enter the sockhash.
+    Closed,
+    /// More than `limit` bytes and still no EAGAIN: a socket may only enter
+    /// the sockhash with an untouched or empty queue, so the pair stays in
+    /// userspace rather than relaying one direction here unaccounted.
+    Busy,
+}
+
 /// Reads the client until EAGAIN, forwarding everything to the upstream.
-/// `Ok(None)`: the client sent FIN (its socket can no longer enter the sockhash).
-async fn drain_client(client: RawFd, upstream: RawFd) -> Result<Option<u64>, (Side, io::Error)> {
+async fn drain_client(client: RawFd, upstream: RawFd, limit: u64) -> Result<Drained, (Side, io::Error)> {
     let mut total = 0u64;
     let mut buf: Vec<u8> = Vec::new();
     loop {
@@ -122,12 +141,15 @@ async fn drain_client(client: RawFd, upstream: RawFd) -> Result<Option<u64>, (Si
             buf.resize(DRAIN_CHUNK, 0);
         }
         match sys::recv(client, &mut buf, 0) {
-            Ok(0) => return Ok(None),
+            Ok(0) => return Ok(Drained::Closed),
             Ok(n) => {
                 write_all(upstream, &buf[..n]).await.map_err(|e| (Side::Upstream, e))?;
                 total += n as u64;
+                if total > limit {
+                    return Ok(Drained::Busy);
+                }
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Some(total)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Drained::Empty(total)),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err((Side::Client, e)),
         }

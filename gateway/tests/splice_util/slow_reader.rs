@@ -4,7 +4,7 @@ use std::io::{Read, Write};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::{Proxy, check, eventually, fill, meminfo, quad, splicer_or_skip};
+use super::{Handshake, Job, Proxy, check, eventually, fill, meminfo, quad, splicer_or_skip};
 
 /// Memory figures are machine-wide: never run two at once.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -31,7 +31,20 @@ pub fn slow_reader(upstream_stalls: bool) {
     let mut readers = Vec::new();
     for id in 0..CONNS as u64 {
         let q = quad(&l).unwrap();
-        let outcome = proxy.splice(q.a, q.b);
+        // Push only once the pair is in the kernel (a client that floods during
+        // the handover is left to the userspace relay, see `handover`).
+        let (done, outcome) = std::sync::mpsc::channel();
+        let (cookies, spliced) = std::sync::mpsc::channel();
+        proxy.submit(Job {
+            client: q.a,
+            upstream: q.b,
+            handshake: Handshake::None,
+            idle: None,
+            done,
+            cookies: Some(cookies),
+            shutdown: None,
+        });
+        spliced.recv_timeout(Duration::from_secs(5)).expect("pair spliced");
         let (mut sender, reader) = if upstream_stalls { (q.c, q.u) } else { (q.u, q.c) };
         sender.set_nonblocking(true).unwrap();
         // Push until the sender has been blocked for 300 ms.
