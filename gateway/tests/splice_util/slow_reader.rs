@@ -19,6 +19,7 @@ const PUSH_LIMIT: u64 = 20 << 20;
 
 /// Stalls one reader while the other side pushes `TOTAL` bytes, checks the sender
 /// is stopped, then resumes and checks every byte.
+#[allow(clippy::too_many_lines, reason = "one scenario, read top to bottom")]
 pub fn slow_reader(upstream_stalls: bool) {
     let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let name = if upstream_stalls { "slow_upstream_reader" } else { "slow_client_reader" };
@@ -34,17 +35,17 @@ pub fn slow_reader(upstream_stalls: bool) {
         // Push only once the pair is in the kernel (a client that floods during
         // the handover is left to the userspace relay, see `handover`).
         let (done, outcome) = std::sync::mpsc::channel();
-        let (cookies, spliced) = std::sync::mpsc::channel();
+        let (spliced_tx, in_kernel) = std::sync::mpsc::channel();
         proxy.submit(Job {
             client: q.a,
             upstream: q.b,
             handshake: Handshake::None,
             idle: None,
             done,
-            cookies: Some(cookies),
+            cookies: Some(spliced_tx),
             shutdown: None,
         });
-        spliced.recv_timeout(Duration::from_secs(5)).expect("pair spliced");
+        in_kernel.recv_timeout(Duration::from_secs(5)).expect("pair spliced");
         let (mut sender, reader) = if upstream_stalls { (q.c, q.u) } else { (q.u, q.c) };
         sender.set_nonblocking(true).unwrap();
         // Push until the sender has been blocked for 300 ms.
