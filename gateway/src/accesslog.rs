@@ -4,8 +4,8 @@
 //! the writer falls behind, records are dropped and counted (reported by the writer),
 //! because a data-plane thread must never block on a disk.
 
-use std::fs::OpenOptions;
 use std::fmt::Write as _;
+use std::fs::OpenOptions;
 use std::io::{self, BufWriter, Write};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -62,9 +62,13 @@ impl AccessLog {
         let out: Box<dyn Write + Send> = match cfg.path.as_str() {
             "off" => return Ok(Self::off()),
             "stdout" => Box::new(io::stdout()),
-            path => Box::new(OpenOptions::new().create(true).append(true).open(path).map_err(|e| {
-                io::Error::new(e.kind(), format!("cannot open access log {path}: {e}"))
-            })?),
+            path => Box::new(
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map_err(|e| io::Error::new(e.kind(), format!("cannot open access log {path}: {e}")))?,
+            ),
         };
         let (tx, rx) = mpsc::sync_channel(64 * 1024);
         let dropped = Arc::new(AtomicU64::new(0));

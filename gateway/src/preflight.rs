@@ -52,30 +52,18 @@ pub struct Report {
 pub fn run(needs: &Needs, strict: bool) -> anyhow::Result<Report> {
     let report = check(needs, Path::new(sysctl::PROC_SYS))?;
     for s in &report.shortfalls {
-        tracing::warn!(
-            what = s.what,
-            needed = s.needed,
-            actual = s.actual,
-            "preflight: {s}"
-        );
+        tracing::warn!(what = s.what, needed = s.needed, actual = s.actual, "preflight: {s}");
     }
     if strict && !report.shortfalls.is_empty() {
         let list: Vec<String> = report.shortfalls.iter().map(ToString::to_string).collect();
-        bail!(
-            "--strict-tuning: {} shortfall(s): {}",
-            list.len(),
-            list.join("; ")
-        );
+        bail!("--strict-tuning: {} shortfall(s): {}", list.len(), list.join("; "));
     }
     Ok(report)
 }
 
 /// The open files `needs` calls for: two sockets per connection, plus the margin.
 pub fn open_files_needed(needs: &Needs) -> u64 {
-    needs
-        .max_connections
-        .saturating_mul(2)
-        .saturating_add(FD_MARGIN)
+    needs.max_connections.saturating_mul(2).saturating_add(FD_MARGIN)
 }
 
 /// The checks of [`run`], reading sysctls under `sysctl_root`.
@@ -91,10 +79,7 @@ fn check(needs: &Needs, sysctl_root: &Path) -> anyhow::Result<Report> {
                 what: "open files",
                 needed: files,
                 actual: Some(limit.soft),
-                advice: format!(
-                    "max_connections {} needs 2 per connection + {FD_MARGIN}; {e}",
-                    needs.max_connections
-                ),
+                advice: format!("max_connections {} needs 2 per connection + {FD_MARGIN}; {e}", needs.max_connections),
             }),
         }
     }
@@ -137,10 +122,7 @@ fn check(needs: &Needs, sysctl_root: &Path) -> anyhow::Result<Report> {
         });
     }
 
-    Ok(Report {
-        open_files: limit.soft,
-        shortfalls,
-    })
+    Ok(Report { open_files: limit.soft, shortfalls })
 }
 
 /// The first field of a sysctl; `None` when it cannot be read.
@@ -159,16 +141,10 @@ fn read_port_count(root: &Path) -> Option<u64> {
 impl fmt::Display for Shortfall {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.actual {
-            Some(actual) => write!(
-                f,
-                "{} is {actual}, the configuration needs {}: {}",
-                self.what, self.needed, self.advice
-            ),
-            None => write!(
-                f,
-                "{} cannot be read, the configuration needs {}: {}",
-                self.what, self.needed, self.advice
-            ),
+            Some(actual) => {
+                write!(f, "{} is {actual}, the configuration needs {}: {}", self.what, self.needed, self.advice)
+            }
+            None => write!(f, "{} cannot be read, the configuration needs {}: {}", self.what, self.needed, self.advice),
         }
     }
 }
@@ -184,8 +160,7 @@ mod tests {
 
     impl FakeSysctl {
         fn new(tag: &str, values: &[(&str, &str)]) -> Self {
-            let root =
-                std::env::temp_dir().join(format!("wsgate-preflight-{tag}-{}", std::process::id()));
+            let root = std::env::temp_dir().join(format!("wsgate-preflight-{tag}-{}", std::process::id()));
             let _ = std::fs::remove_dir_all(&root);
             for (name, value) in values {
                 let path = sysctl::path(&root, name);
@@ -203,11 +178,7 @@ mod tests {
     }
 
     fn small() -> Needs {
-        Needs {
-            max_connections: 100,
-            listen_backlog: 1024,
-            upstream_conns_per_source: 1000,
-        }
+        Needs { max_connections: 100, listen_backlog: 1024, upstream_conns_per_source: 1000 }
     }
 
     #[test]
@@ -229,11 +200,7 @@ mod tests {
     fn every_shortfall_is_named_once() {
         let sys = FakeSysctl::new(
             "short",
-            &[
-                ("fs.file-max", "1000"),
-                ("net.core.somaxconn", "128"),
-                ("net.ipv4.ip_local_port_range", "60000 60999"),
-            ],
+            &[("fs.file-max", "1000"), ("net.core.somaxconn", "128"), ("net.ipv4.ip_local_port_range", "60000 60999")],
         );
         let hard = rlimit::nofile().unwrap().hard;
         let needs = Needs {
@@ -246,11 +213,7 @@ mod tests {
         let what: Vec<_> = report.shortfalls.iter().map(|s| s.what).collect();
         let port = report.shortfalls.last().unwrap();
         assert_eq!(port.actual, Some(1000));
-        assert!(what.ends_with(&[
-            "fs.file-max",
-            "net.core.somaxconn",
-            "net.ipv4.ip_local_port_range"
-        ]));
+        assert!(what.ends_with(&["fs.file-max", "net.core.somaxconn", "net.ipv4.ip_local_port_range"]));
         if what.len() == 4 {
             assert_eq!(what[0], "open files");
             assert!(

@@ -86,7 +86,12 @@ enum PumpEnd {
 /// Relays bytes both ways until both directions finished, a reset, the idle timeout,
 /// or the `Stop` phase. Both sockets are shut down (not closed) on return, which also
 /// completes any io_uring operation still in flight on them.
-pub async fn relay(client: &TcpStream, upstream: &TcpStream, opts: RelayOptions, shutdown: &mut ShutdownRx) -> RelayOutcome {
+pub async fn relay(
+    client: &TcpStream,
+    upstream: &TcpStream,
+    opts: RelayOptions,
+    shutdown: &mut ShutdownRx,
+) -> RelayOutcome {
     let activity = Cell::new(Instant::now());
     let (c2u_bytes, u2c_bytes) = (Cell::new(0u64), Cell::new(0u64));
     let first = Cell::new(None);

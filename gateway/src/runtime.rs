@@ -18,11 +18,11 @@ use tokio_uring::net::TcpListener;
 
 use crate::accesslog::AccessLog;
 use crate::admission::Admission;
-use crate::splice::{self, SpliceOptions, Splicer};
 use crate::config::Config;
 use crate::connection::{self, ActiveConn, Context};
 use crate::router::Router;
 use crate::shutdown::{self, Phase, ShutdownRx};
+use crate::splice::{self, SpliceOptions, Splicer};
 use crate::stats::Stats;
 use crate::upstream::{self, Group};
 use crate::{bufpool, readiness};

@@ -74,7 +74,10 @@ fn forwarded_headers_from_an_untrusted_client_are_replaced() {
     c.write_all(req.as_bytes()).unwrap();
     assert_eq!(status_of(&read_head(&mut c).0), 101);
     let head = seen.lock().unwrap()[0].clone();
-    assert!(head.ends_with("X-Real-IP: 127.0.0.1\r\nX-Forwarded-For: 127.0.0.1\r\nX-Forwarded-Proto: http\r\n\r\n"), "{head}");
+    assert!(
+        head.ends_with("X-Real-IP: 127.0.0.1\r\nX-Forwarded-For: 127.0.0.1\r\nX-Forwarded-Proto: http\r\n\r\n"),
+        "{head}"
+    );
     assert!(!head.contains("203.0.113.9") && !head.contains("198.51.100.1"), "{head}");
 }
 
@@ -96,7 +99,12 @@ fn expect_status(gw: &Gateway, request: &[u8], status: u16) -> String {
     c.write_all(request).unwrap();
     let all = read_to_eof(&mut c);
     let text = String::from_utf8_lossy(&all).into_owned();
-    assert_eq!(status_of(&text), status, "request {:?} got {text:?}", String::from_utf8_lossy(&request[..request.len().min(80)]));
+    assert_eq!(
+        status_of(&text),
+        status,
+        "request {:?} got {text:?}",
+        String::from_utf8_lossy(&request[..request.len().min(80)])
+    );
     text
 }
 
@@ -156,7 +164,11 @@ fn client_errors_get_their_status() {
     expect_status(&gw, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n", 400);
     expect_status(&gw, b"GET /ws/ HTTP/1.1\r\nHost a\r\n\r\n", 400);
     // Smuggling shape → 400.
-    expect_status(&gw, b"POST /ws/ HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n", 400);
+    expect_status(
+        &gw,
+        b"POST /ws/ HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+        400,
+    );
     assert!(seen.lock().unwrap().is_empty(), "no bad request may reach the upstream");
     // The gateway still serves.
     let mut c = gw.connect();

@@ -26,11 +26,12 @@ fn sigterm_drains_established_connections_then_closes_them() {
     c.write_all(b"during drain").unwrap();
     assert_eq!(read_exact(&mut c, 12), b"during drain");
     // …new connections are not accepted.
-    assert!(std::net::TcpStream::connect(gw.addr).map(|mut s| {
+    let refused = std::net::TcpStream::connect(gw.addr).map_or(true, |mut s| {
         s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
         let _ = s.write_all(upgrade_request("/", "").as_bytes());
         read_to_eof(&mut s).is_empty()
-    }).unwrap_or(true));
+    });
+    assert!(refused, "a new connection during the drain must not be served");
     // At the end of the drain period the connection is closed and the process exits.
     let rest = read_to_eof(&mut c);
     assert!(rest.is_empty());
@@ -47,7 +48,8 @@ fn check_validates_and_names_the_field() {
     let out = Command::new(env!("CARGO_BIN_EXE_wsgate")).args(["check", "-c"]).arg(&good).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let bad = dir.0.join("bad.toml");
-    std::fs::write(&bad, wsgate::config::EXAMPLE.replace("upstream = \"websocket\"", "upstream = \"missing\"")).unwrap();
+    std::fs::write(&bad, wsgate::config::EXAMPLE.replace("upstream = \"websocket\"", "upstream = \"missing\""))
+        .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_wsgate")).args(["check", "-c"]).arg(&bad).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);

@@ -9,7 +9,10 @@ use std::sync::{Arc, Mutex};
 use utils::{Gateway, RawUpstream, read_head, read_to_eof, status_of};
 
 /// An HTTP upstream that records the head and body it got and answers with a chunked body.
-fn http_upstream() -> (RawUpstream, Arc<Mutex<Vec<(String, Vec<u8>)>>>) {
+/// Request heads and bodies an upstream received.
+type Seen = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
+fn http_upstream() -> (RawUpstream, Seen) {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let s2 = seen.clone();
     let up = RawUpstream::start(move |mut s| {
@@ -44,7 +47,8 @@ fn plain_get_is_proxied_with_connection_close() {
     let (up, seen) = http_upstream();
     let gw = Gateway::one_line(&[up.addr], &[]);
     let mut c = gw.connect();
-    c.write_all(b"GET /health HTTP/1.1\r\nHost: example.test\r\nConnection: keep-alive\r\nUser-Agent: probe/1\r\n\r\n").unwrap();
+    c.write_all(b"GET /health HTTP/1.1\r\nHost: example.test\r\nConnection: keep-alive\r\nUser-Agent: probe/1\r\n\r\n")
+        .unwrap();
     let out = String::from_utf8(read_to_eof(&mut c)).unwrap();
     assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
     assert!(out.ends_with("5\r\nhello\r\n0\r\n\r\n\r\n0\r\n\r\n") || out.contains("5\r\nhello\r\n"), "{out}");

@@ -147,7 +147,8 @@ fn client_half_close_keeps_the_upstream_direction_flowing() {
 fn upstream_half_close_keeps_the_client_direction_flowing() {
     let up = RawUpstream::start(|mut s| {
         let _ = read_head(&mut s);
-        s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nbye").unwrap();
+        s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nbye")
+            .unwrap();
         s.shutdown(Shutdown::Write).unwrap();
         let got = read_to_eof(&mut s);
         assert_eq!(got, b"still talking");

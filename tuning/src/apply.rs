@@ -60,20 +60,13 @@ pub fn plan(profile: &Profile, target: &Target) -> Result<Plan, Error> {
     let mut steps = Vec::with_capacity(profile.knobs.len());
     for knob in &profile.knobs {
         let step = match actual(knob, target) {
-            Err(Skip::NotHere(reason)) => Step::Skipped {
-                knob: knob.name.clone(),
-                reason,
-            },
+            Err(Skip::NotHere(reason)) => Step::Skipped { knob: knob.name.clone(), reason },
             Err(Skip::Error(e)) => {
-                return Err(Error::Profile {
-                    at: knob.at.clone(),
-                    message: format!("{}: {e}", knob.name),
-                });
+                return Err(Error::Profile { at: knob.at.clone(), message: format!("{}: {e}", knob.name) });
             }
-            Ok(None) if knob.optional => Step::Skipped {
-                knob: knob.name.clone(),
-                reason: "absent on this kernel (optional)".to_owned(),
-            },
+            Ok(None) if knob.optional => {
+                Step::Skipped { knob: knob.name.clone(), reason: "absent on this kernel (optional)".to_owned() }
+            }
             Ok(None) => {
                 let root = match knob.scope {
                     Scope::Global => target.global_root.as_ref(),
@@ -85,10 +78,9 @@ pub fn plan(profile: &Profile, target: &Target) -> Result<Plan, Error> {
                     path: sysctl::path(root.unwrap_or(&target.netns_root), &knob.name),
                 });
             }
-            Ok(Some(now)) if knob.compare.satisfied(&knob.want, &now) => Step::AlreadyOk {
-                knob: knob.name.clone(),
-                actual: now,
-            },
+            Ok(Some(now)) if knob.compare.satisfied(&knob.want, &now) => {
+                Step::AlreadyOk { knob: knob.name.clone(), actual: now }
+            }
             Ok(Some(_)) if knob.scope == Scope::Process => Step::Skipped {
                 knob: knob.name.clone(),
                 reason: "a per-process limit, not a kernel setting: wsgate raises its own at \
@@ -104,12 +96,7 @@ pub fn plan(profile: &Profile, target: &Target) -> Result<Plan, Error> {
                 .unwrap_or_default();
                 let path = sysctl::path(&root, &knob.name);
                 if let Some(reason) = sysctl::unwritable_reason(&path) {
-                    return Err(Error::NotWritable {
-                        at: knob.at.clone(),
-                        knob: knob.name.clone(),
-                        path,
-                        reason,
-                    });
+                    return Err(Error::NotWritable { at: knob.at.clone(), knob: knob.name.clone(), path, reason });
                 }
                 Step::Write(Write {
                     knob: knob.name.clone(),
@@ -123,11 +110,7 @@ pub fn plan(profile: &Profile, target: &Target) -> Result<Plan, Error> {
         };
         steps.push(step);
     }
-    Ok(Plan {
-        profile: profile.name.clone(),
-        netns_name: target.netns_name.clone(),
-        steps,
-    })
+    Ok(Plan { profile: profile.name.clone(), netns_name: target.netns_name.clone(), steps })
 }
 
 impl Plan {
@@ -142,11 +125,7 @@ impl Plan {
     /// Records the previous values in `state_file`, then makes every write, calling `on_write`
     /// after each. If a write fails, the earlier ones are undone and the state file is put
     /// back as it was. Returns the number of writes.
-    pub fn execute(
-        &self,
-        state_file: &Path,
-        mut on_write: impl FnMut(&Write),
-    ) -> Result<usize, Error> {
+    pub fn execute(&self, state_file: &Path, mut on_write: impl FnMut(&Write)) -> Result<usize, Error> {
         let writes: Vec<&Write> = self.writes().collect();
         if writes.is_empty() {
             return Ok(0);
@@ -172,10 +151,7 @@ impl Plan {
                     let _ = sysctl::write(&undo.root, &undo.knob, &undo.from.to_string());
                 }
                 before.save(state_file)?;
-                return Err(Error::RolledBack {
-                    failed: Box::new(failed),
-                    undone: done,
-                });
+                return Err(Error::RolledBack { failed: Box::new(failed), undone: done });
             }
             on_write(w);
         }

@@ -55,12 +55,7 @@ const INT_MAX: u64 = i32::MAX as u64;
 const LONG_MAX: u64 = i64::MAX as u64;
 
 const fn spec(name: &'static str, fields: usize, scope: Scope, max: u64) -> Spec {
-    Spec {
-        name,
-        fields,
-        scope,
-        max,
-    }
+    Spec { name, fields, scope, max }
 }
 
 /// Every knob a profile may name.

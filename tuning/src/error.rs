@@ -18,10 +18,7 @@ impl Source {
     pub fn at(file: &std::path::Path, text: &str, offset: usize) -> Self {
         let end = offset.min(text.len());
         let line = text.as_bytes()[..end].split(|&b| b == b'\n').count();
-        Self {
-            file: file.to_path_buf(),
-            line,
-        }
+        Self { file: file.to_path_buf(), line }
     }
 }
 
@@ -47,12 +44,7 @@ pub enum Error {
 
     /// A knob the profile needs to change cannot be written here; nothing was written.
     #[error("{at}: {knob}: cannot write {}: {reason}; nothing was applied", path.display())]
-    NotWritable {
-        at: Source,
-        knob: String,
-        path: PathBuf,
-        reason: String,
-    },
+    NotWritable { at: Source, knob: String, path: PathBuf, reason: String },
 
     /// A knob the profile names does not exist on this kernel (and is not marked optional).
     #[error(
@@ -60,19 +52,11 @@ pub enum Error {
          depends on a module); nothing was applied",
         path.display()
     )]
-    Missing {
-        at: Source,
-        knob: String,
-        path: PathBuf,
-    },
+    Missing { at: Source, knob: String, path: PathBuf },
 
     /// Reading or writing a sysctl, limits or state file failed.
     #[error("{what} {}: {err}", path.display())]
-    Io {
-        what: &'static str,
-        path: PathBuf,
-        err: std::io::Error,
-    },
+    Io { what: &'static str, path: PathBuf, err: std::io::Error },
 
     /// A file held something this library cannot parse.
     #[error("{}: {message}", path.display())]
@@ -80,12 +64,7 @@ pub enum Error {
 
     /// The kernel accepted a write but kept another value.
     #[error("{knob}: wrote `{wrote}` to {} but the kernel kept `{kept}`", path.display())]
-    NotTaken {
-        knob: String,
-        path: PathBuf,
-        wrote: String,
-        kept: String,
-    },
+    NotTaken { knob: String, path: PathBuf, wrote: String, kept: String },
 
     /// A write failed part-way through an apply; the earlier writes were undone.
     #[error("{failed}; the {undone} earlier write(s) of this apply were undone")]

@@ -15,10 +15,7 @@ pub const RUN_NETNS: &str = "/run/netns";
 /// The file of namespace `name`, refusing names that would escape `/run/netns`.
 pub fn path(name: &str) -> Result<PathBuf, Error> {
     if name.is_empty() || name.contains('/') || name == "." || name == ".." {
-        return Err(Error::Netns {
-            name: name.to_owned(),
-            message: "not a network namespace name".to_owned(),
-        });
+        return Err(Error::Netns { name: name.to_owned(), message: "not a network namespace name".to_owned() });
     }
     Ok(Path::new(RUN_NETNS).join(name))
 }
@@ -32,9 +29,7 @@ pub fn exists(name: &str) -> bool {
 pub fn run_in<T: Send>(name: &str, f: impl FnOnce() -> T + Send) -> Result<T, Error> {
     let file = std::fs::File::open(path(name)?).map_err(|e| Error::Netns {
         name: name.to_owned(),
-        message: format!(
-            "cannot open {RUN_NETNS}/{name}: {e} (create it with `ip netns add {name}`)"
-        ),
+        message: format!("cannot open {RUN_NETNS}/{name}: {e} (create it with `ip netns add {name}`)"),
     })?;
     std::thread::scope(|scope| {
         let worker = scope.spawn(|| {
@@ -44,8 +39,6 @@ pub fn run_in<T: Send>(name: &str, f: impl FnOnce() -> T + Send) -> Result<T, Er
             })?;
             Ok(f())
         });
-        worker
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        worker.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     })
 }

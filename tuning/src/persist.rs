@@ -60,10 +60,7 @@ pub fn render(profile: &Profile, plan: &Plan, paths: &PersistPaths) -> Vec<(Path
     let mut files = vec![(paths.sysctl_conf.clone(), conf)];
     let nofile = profile.knobs.iter().find(|k| k.name == NOFILE);
     if let Some(Field::Int(n)) = nofile.and_then(|k| k.want.0.first()) {
-        files.push((
-            paths.nofile_dropin.clone(),
-            format!("{header}[Service]\nLimitNOFILE={n}\n"),
-        ));
+        files.push((paths.nofile_dropin.clone(), format!("{header}[Service]\nLimitNOFILE={n}\n")));
     }
     files
 }
@@ -76,25 +73,14 @@ pub fn write(files: &[(PathBuf, String)], state_file: &Path) -> Result<(), Error
             Ok(text) => Some(text),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(err) => {
-                return Err(Error::Io {
-                    what: "cannot read",
-                    path: path.clone(),
-                    err,
-                });
+                return Err(Error::Io { what: "cannot read", path: path.clone(), err });
             }
         };
-        state.remember_file(SavedFile {
-            path: path.clone(),
-            previous,
-        });
+        state.remember_file(SavedFile { path: path.clone(), previous });
     }
     state.save(state_file)?;
     for (path, text) in files {
-        let io = |err| Error::Io {
-            what: "cannot write",
-            path: path.clone(),
-            err,
-        };
+        let io = |err| Error::Io { what: "cannot write", path: path.clone(), err };
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(io)?;
         }

@@ -73,10 +73,7 @@ struct RawKnob {
 
 /// The names of the profiles in `dir` (`*.toml`), sorted.
 pub fn list(dir: &Path) -> Result<Vec<String>, Error> {
-    let entries = std::fs::read_dir(dir).map_err(|err| Error::ProfileFile {
-        path: dir.to_path_buf(),
-        err,
-    })?;
+    let entries = std::fs::read_dir(dir).map_err(|err| Error::ProfileFile { path: dir.to_path_buf(), err })?;
     let mut names: Vec<String> = entries
         .filter_map(Result::ok)
         .map(|e| e.path())
@@ -89,9 +86,7 @@ pub fn list(dir: &Path) -> Result<Vec<String>, Error> {
 
 /// Loads profile `name_or_path`: a path to a `.toml` file, or a name looked up in `dir`.
 pub fn load(dir: &Path, name_or_path: &str) -> Result<Profile, Error> {
-    let is_path = Path::new(name_or_path)
-        .extension()
-        .is_some_and(|x| x.eq_ignore_ascii_case("toml"));
+    let is_path = Path::new(name_or_path).extension().is_some_and(|x| x.eq_ignore_ascii_case("toml"));
     let file = if is_path || name_or_path.contains('/') {
         PathBuf::from(name_or_path)
     } else {
@@ -101,18 +96,13 @@ pub fn load(dir: &Path, name_or_path: &str) -> Result<Profile, Error> {
 }
 
 fn load_file(file: &Path, chain: &mut Vec<PathBuf>) -> Result<Profile, Error> {
-    let text = std::fs::read_to_string(file).map_err(|err| Error::ProfileFile {
-        path: file.to_path_buf(),
-        err,
-    })?;
+    let text = std::fs::read_to_string(file).map_err(|err| Error::ProfileFile { path: file.to_path_buf(), err })?;
     let raw: RawProfile = toml::from_str(&text).map_err(|e| Error::Profile {
         at: Source::at(file, &text, e.span().map_or(0, |s| s.start)),
         message: e.message().trim().to_owned(),
     })?;
-    let err_at = |span: Range<usize>, message: String| Error::Profile {
-        at: Source::at(file, &text, span.start),
-        message,
-    };
+    let err_at =
+        |span: Range<usize>, message: String| Error::Profile { at: Source::at(file, &text, span.start), message };
     chain.push(file.to_path_buf());
 
     let mut knobs = match &raw.extends {
@@ -120,16 +110,10 @@ fn load_file(file: &Path, chain: &mut Vec<PathBuf>) -> Result<Profile, Error> {
         Some(parent) => {
             let parent_file = file.with_file_name(format!("{}.toml", parent.get_ref()));
             if chain.contains(&parent_file) {
-                return Err(err_at(
-                    parent.span(),
-                    format!("`extends = \"{}\"` makes a cycle", parent.get_ref()),
-                ));
+                return Err(err_at(parent.span(), format!("`extends = \"{}\"` makes a cycle", parent.get_ref())));
             }
             if chain.len() >= MAX_DEPTH {
-                return Err(err_at(
-                    parent.span(),
-                    "`extends` chains too deep".to_owned(),
-                ));
+                return Err(err_at(parent.span(), "`extends` chains too deep".to_owned()));
             }
             load_file(&parent_file, chain)?.knobs
         }
@@ -139,25 +123,16 @@ fn load_file(file: &Path, chain: &mut Vec<PathBuf>) -> Result<Profile, Error> {
     for raw_knob in raw.knob {
         let name_span = raw_knob.name.span();
         if !seen.insert(raw_knob.name.get_ref().clone()) {
-            return Err(err_at(
-                name_span,
-                format!("knob `{}` is listed twice", raw_knob.name.get_ref()),
-            ));
+            return Err(err_at(name_span, format!("knob `{}` is listed twice", raw_knob.name.get_ref())));
         }
-        let knob = validate(
-            raw_knob,
-            &|span, m| err_at(span, m),
-            Source::at(file, &text, name_span.start),
-        )?;
+        let knob = validate(raw_knob, &|span, m| err_at(span, m), Source::at(file, &text, name_span.start))?;
         match knobs.iter_mut().find(|k| k.name == knob.name) {
             Some(inherited) => *inherited = knob,
             None => knobs.push(knob),
         }
     }
 
-    let name = file
-        .file_stem()
-        .map_or_else(String::new, |s| s.to_string_lossy().into_owned());
+    let name = file.file_stem().map_or_else(String::new, |s| s.to_string_lossy().into_owned());
     Ok(Profile {
         name,
         description: raw.description,
@@ -172,48 +147,29 @@ type ErrAt<'a> = dyn Fn(Range<usize>, String) -> Error + 'a;
 fn validate(raw: RawKnob, err_at: &ErrAt<'_>, at: Source) -> Result<Knob, Error> {
     let name = raw.name.get_ref();
     let spec = catalogue::lookup(name).ok_or_else(|| {
-        err_at(
-            raw.name.span(),
-            format!("unknown knob `{name}`; known knobs: {}", catalogue::names()),
-        )
+        err_at(raw.name.span(), format!("unknown knob `{name}`; known knobs: {}", catalogue::names()))
     })?;
 
     let scope = Scope::parse(raw.scope.get_ref()).ok_or_else(|| {
-        err_at(
-            raw.scope.span(),
-            format!(
-                "scope `{}` is not one of netns, global, process",
-                raw.scope.get_ref()
-            ),
-        )
+        err_at(raw.scope.span(), format!("scope `{}` is not one of netns, global, process", raw.scope.get_ref()))
     })?;
     if scope != spec.scope {
         return Err(err_at(
             raw.scope.span(),
-            format!(
-                "`{name}` has scope `{}` on Linux, not `{}`",
-                spec.scope.as_str(),
-                scope.as_str()
-            ),
+            format!("`{name}` has scope `{}` on Linux, not `{}`", spec.scope.as_str(), scope.as_str()),
         ));
     }
 
     let compare = Compare::parse(raw.compare.get_ref()).ok_or_else(|| {
         err_at(
             raw.compare.span(),
-            format!(
-                "compare `{}` is not one of exact, at-least, at-most, range",
-                raw.compare.get_ref()
-            ),
+            format!("compare `{}` is not one of exact, at-least, at-most, range", raw.compare.get_ref()),
         )
     })?;
     if compare == Compare::Range && spec.fields != 2 {
         return Err(err_at(
             raw.compare.span(),
-            format!(
-                "`range` needs a two-field knob; `{name}` has {}",
-                spec.fields
-            ),
+            format!("`range` needs a two-field knob; `{name}` has {}", spec.fields),
         ));
     }
 
@@ -221,26 +177,12 @@ fn validate(raw: RawKnob, err_at: &ErrAt<'_>, at: Source) -> Result<Knob, Error>
     if let (Compare::Range, [Field::Int(low), Field::Int(high)]) = (compare, want.0.as_slice())
         && low > high
     {
-        return Err(err_at(
-            raw.want.span(),
-            format!("malformed value for `{name}`: range {low} {high} is backwards"),
-        ));
+        return Err(err_at(raw.want.span(), format!("malformed value for `{name}`: range {low} {high} is backwards")));
     }
     if raw.why.get_ref().trim().is_empty() {
-        return Err(err_at(
-            raw.why.span(),
-            format!("`{name}` needs a one-line `why`"),
-        ));
+        return Err(err_at(raw.why.span(), format!("`{name}` needs a one-line `why`")));
     }
-    Ok(Knob {
-        name: name.clone(),
-        want,
-        compare,
-        scope,
-        why: raw.why.into_inner(),
-        optional: raw.optional,
-        at,
-    })
+    Ok(Knob { name: name.clone(), want, compare, scope, why: raw.why.into_inner(), optional: raw.optional, at })
 }
 
 fn parse_want(value: &Spanned<toml::Value>, spec: &Spec) -> Result<Wanted, String> {
@@ -249,9 +191,7 @@ fn parse_want(value: &Spanned<toml::Value>, spec: &Spec) -> Result<Wanted, Strin
         toml::Value::Integer(n) => u64::try_from(*n)
             .map(|n| Wanted(vec![Field::Int(n)]))
             .map_err(|_| format!("malformed value for `{name}`: {n} is negative"))?,
-        toml::Value::String(s) => {
-            Wanted::parse(s).map_err(|m| format!("malformed value for `{name}`: {m}"))?
-        }
+        toml::Value::String(s) => Wanted::parse(s).map_err(|m| format!("malformed value for `{name}`: {m}"))?,
         other => {
             return Err(format!(
                 "malformed value for `{name}`: a {} where an integer or a string of integers \
@@ -271,15 +211,10 @@ fn parse_want(value: &Spanned<toml::Value>, spec: &Spec) -> Result<Wanted, Strin
         Field::Int(n) if *n > spec.max => Some(*n),
         _ => None,
     }) {
-        return Err(format!(
-            "malformed value for `{name}`: {n} is above its maximum {}",
-            spec.max
-        ));
+        return Err(format!("malformed value for `{name}`: {n} is above its maximum {}", spec.max));
     }
     if spec.scope == Scope::Process && want.0.contains(&Field::Any) {
-        return Err(format!(
-            "malformed value for `{name}`: `*` is not allowed here"
-        ));
+        return Err(format!("malformed value for `{name}`: `*` is not allowed here"));
     }
     Ok(want)
 }

@@ -38,9 +38,9 @@ pub fn revert(state_file: &Path, mut on_restore: impl FnMut(&Restored)) -> Resul
     while let Some(saved) = state.sysctl.last().cloned() {
         let done = match &saved.netns {
             Some(name) if !netns::exists(name) => Ok(Restored::NamespaceGone(saved.clone())),
-            Some(name) => netns::run_in(name, || write_back(&saved))
-                .and_then(|r| r)
-                .map(|()| Restored::Sysctl(saved.clone())),
+            Some(name) => {
+                netns::run_in(name, || write_back(&saved)).and_then(|r| r).map(|()| Restored::Sysctl(saved.clone()))
+            }
             None => write_back(&saved).map(|()| Restored::Sysctl(saved.clone())),
         };
         match done {
@@ -64,11 +64,7 @@ fn write_back(saved: &SavedSysctl) -> Result<(), Error> {
 }
 
 fn restore_file(saved: &SavedFile) -> Result<(), Error> {
-    let io = |what, err| Error::Io {
-        what,
-        path: saved.path.clone(),
-        err,
-    };
+    let io = |what, err| Error::Io { what, path: saved.path.clone(), err };
     match &saved.previous {
         Some(text) => std::fs::write(&saved.path, text).map_err(|e| io("cannot restore", e)),
         None => match std::fs::remove_file(&saved.path) {

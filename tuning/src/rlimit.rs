@@ -25,10 +25,7 @@ pub struct Limit {
 
 /// This process's open-files limit.
 pub fn nofile() -> Result<Limit, Error> {
-    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(|err| Error::Rlimit {
-        call: "getrlimit",
-        err,
-    })?;
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(|err| Error::Rlimit { call: "getrlimit", err })?;
     Ok(Limit { soft, hard })
 }
 
@@ -60,24 +57,16 @@ pub fn raise_to(wanted: u64) -> Result<Limit, Error> {
 fn set(soft: u64, hard: u64, now: Limit) -> Result<(), Error> {
     match setrlimit(Resource::RLIMIT_NOFILE, soft, hard) {
         Ok(()) => Ok(()),
-        Err(Errno::EPERM) if hard > now.hard => Err(Error::HardLimitLocked {
-            hard: now.hard,
-            wanted: hard,
-        }),
-        Err(err) => Err(Error::Rlimit {
-            call: "setrlimit",
-            err,
-        }),
+        Err(Errno::EPERM) if hard > now.hard => Err(Error::HardLimitLocked { hard: now.hard, wanted: hard }),
+        Err(err) => Err(Error::Rlimit { call: "setrlimit", err }),
     }
 }
 
 /// `fs.nr_open`: the most open files any process may be allowed.
 pub fn nr_open() -> Result<u64, Error> {
     let root = Path::new(sysctl::PROC_SYS);
-    let value = sysctl::read(root, "fs.nr_open")?.ok_or_else(|| Error::Parse {
-        path: sysctl::path(root, "fs.nr_open"),
-        message: "missing".to_owned(),
-    })?;
+    let value = sysctl::read(root, "fs.nr_open")?
+        .ok_or_else(|| Error::Parse { path: sysctl::path(root, "fs.nr_open"), message: "missing".to_owned() })?;
     Ok(value.0[0])
 }
 
@@ -96,17 +85,12 @@ pub fn nofile_of(limits_file: &Path) -> Result<Limit, Error> {
 
 /// Parses the `Max open files  SOFT  HARD  files` line of a limits file.
 fn parse_limits(text: &str) -> Option<Limit> {
-    let rest = text
-        .lines()
-        .find_map(|l| l.strip_prefix("Max open files"))?;
+    let rest = text.lines().find_map(|l| l.strip_prefix("Max open files"))?;
     let mut fields = rest.split_whitespace().map(|f| match f {
         "unlimited" => Some(UNLIMITED),
         n => n.parse().ok(),
     });
-    Some(Limit {
-        soft: fields.next()??,
-        hard: fields.next()??,
-    })
+    Some(Limit { soft: fields.next()??, hard: fields.next()?? })
 }
 
 #[cfg(test)]
@@ -118,21 +102,9 @@ mod tests {
         let text = "Limit                     Soft Limit           Hard Limit           Units     \n\
                     Max cpu time              unlimited            unlimited            seconds   \n\
                     Max open files            1024                 20000                files     \n";
-        assert_eq!(
-            parse_limits(text),
-            Some(Limit {
-                soft: 1024,
-                hard: 20000
-            })
-        );
+        assert_eq!(parse_limits(text), Some(Limit { soft: 1024, hard: 20000 }));
         let text = "Max open files            unlimited            unlimited            files\n";
-        assert_eq!(
-            parse_limits(text),
-            Some(Limit {
-                soft: UNLIMITED,
-                hard: UNLIMITED
-            })
-        );
+        assert_eq!(parse_limits(text), Some(Limit { soft: UNLIMITED, hard: UNLIMITED }));
         assert_eq!(parse_limits("Max processes 1 2 processes\n"), None);
     }
 }

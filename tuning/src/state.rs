@@ -71,37 +71,25 @@ impl State {
                 message: format!("not a tuning state file: {}", e.message().trim()),
             }),
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
-            Err(err) => Err(Error::Io {
-                what: "cannot read state file",
-                path: path.to_path_buf(),
-                err,
-            }),
+            Err(err) => Err(Error::Io { what: "cannot read state file", path: path.to_path_buf(), err }),
         }
     }
 
     /// Saves the state file (write to a temporary file, then rename); an empty state removes
     /// the file.
     pub fn save(&self, path: &Path) -> Result<(), Error> {
-        let io = |what, err| Error::Io {
-            what,
-            path: path.to_path_buf(),
-            err,
-        };
+        let io = |what, err| Error::Io { what, path: path.to_path_buf(), err };
         if self.is_empty() {
             return match std::fs::remove_file(path) {
-                Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
-                    Err(io("cannot remove state file", err))
-                }
+                Err(err) if err.kind() != std::io::ErrorKind::NotFound => Err(io("cannot remove state file", err)),
                 _ => Ok(()),
             };
         }
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| io("cannot create the directory of", e))?;
         }
-        let text = toml::to_string(self).map_err(|e| Error::Parse {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
+        let text =
+            toml::to_string(self).map_err(|e| Error::Parse { path: path.to_path_buf(), message: e.to_string() })?;
         let tmp = path.with_extension("toml.tmp");
         std::fs::write(&tmp, text).map_err(|e| io("cannot write state file", e))?;
         std::fs::rename(&tmp, path).map_err(|e| io("cannot write state file", e))

@@ -23,15 +23,9 @@ pub fn path(root: &Path, name: &str) -> PathBuf {
 pub fn read(root: &Path, name: &str) -> Result<Option<Actual>, Error> {
     let path = path(root, name);
     match std::fs::read_to_string(&path) {
-        Ok(text) => Actual::parse(&text)
-            .map(Some)
-            .map_err(|message| Error::Parse { path, message }),
+        Ok(text) => Actual::parse(&text).map(Some).map_err(|message| Error::Parse { path, message }),
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(err) => Err(Error::Io {
-            what: "cannot read",
-            path,
-            err,
-        }),
+        Err(err) => Err(Error::Io { what: "cannot read", path, err }),
     }
 }
 
@@ -59,24 +53,16 @@ pub fn unwritable_reason(path: &Path) -> Option<String> {
 /// kernel did not keep is an error.
 pub fn write(root: &Path, name: &str, text: &str) -> Result<(), Error> {
     let path = path(root, name);
-    let io_err = |err| Error::Io {
-        what: "cannot write",
-        path: path.clone(),
-        err,
-    };
+    let io_err = |err| Error::Io { what: "cannot write", path: path.clone(), err };
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         // As sysctl(8) does: /proc/sys ignores it, a scratch file needs it.
         .truncate(true)
         .open(&path)
         .map_err(io_err)?;
-    file.write_all(format!("{text}\n").as_bytes())
-        .map_err(io_err)?;
+    file.write_all(format!("{text}\n").as_bytes()).map_err(io_err)?;
     drop(file);
-    let wrote = Actual::parse(text).map_err(|message| Error::Parse {
-        path: path.clone(),
-        message,
-    })?;
+    let wrote = Actual::parse(text).map_err(|message| Error::Parse { path: path.clone(), message })?;
     let kept = read(root, name)?;
     if kept.as_ref() != Some(&wrote) {
         return Err(Error::NotTaken {

@@ -34,19 +34,13 @@ pub struct LimitsCheck {
 impl LimitsCheck {
     /// A running process: its soft limit, as read from `/proc/PID/limits`.
     pub fn pid(pid: u32) -> Self {
-        Self {
-            limits_file: PathBuf::from(format!("/proc/{pid}/limits")),
-            hard: false,
-        }
+        Self { limits_file: PathBuf::from(format!("/proc/{pid}/limits")), hard: false }
     }
 
     /// Processes started from here: this process's hard limit, which wsgate raises its soft
     /// limit to at start-up.
     pub fn inherited() -> Self {
-        Self {
-            limits_file: PathBuf::from("/proc/self/limits"),
-            hard: true,
-        }
+        Self { limits_file: PathBuf::from("/proc/self/limits"), hard: true }
     }
 }
 

@@ -70,15 +70,10 @@ impl Compare {
     /// Whether `actual` satisfies `wanted` (a different number of fields never does).
     pub fn satisfied(self, wanted: &Wanted, actual: &Actual) -> bool {
         wanted.0.len() == actual.0.len()
-            && wanted
-                .0
-                .iter()
-                .zip(&actual.0)
-                .enumerate()
-                .all(|(i, (w, &a))| match *w {
-                    Field::Any => true,
-                    Field::Int(w) => self.field_ok(i, w, a),
-                })
+            && wanted.0.iter().zip(&actual.0).enumerate().all(|(i, (w, &a))| match *w {
+                Field::Any => true,
+                Field::Int(w) => self.field_ok(i, w, a),
+            })
     }
 
     /// The value `apply` converges to from `actual`: each field that already satisfies the
@@ -115,10 +110,7 @@ impl Wanted {
             .split_whitespace()
             .map(|t| match t {
                 "*" => Ok(Field::Any),
-                _ => t
-                    .parse()
-                    .map(Field::Int)
-                    .map_err(|_| format!("`{t}` is not an unsigned integer or `*`")),
+                _ => t.parse().map(Field::Int).map_err(|_| format!("`{t}` is not an unsigned integer or `*`")),
             })
             .collect::<Result<Vec<_>, _>>()?;
         if fields.is_empty() {
@@ -133,10 +125,7 @@ impl Actual {
     pub fn parse(text: &str) -> Result<Self, String> {
         let fields = text
             .split_whitespace()
-            .map(|t| {
-                t.parse()
-                    .map_err(|_| format!("`{t}` is not an unsigned integer"))
-            })
+            .map(|t| t.parse().map_err(|_| format!("`{t}` is not an unsigned integer")))
             .collect::<Result<Vec<_>, _>>()?;
         if fields.is_empty() {
             return Err("the value is empty".to_owned());
@@ -197,18 +186,9 @@ mod tests {
 
     #[test]
     fn desired_keeps_fields_that_already_satisfy() {
-        assert_eq!(
-            Compare::Range.desired(&w("1024 65535"), &a("32768 60999")),
-            a("1024 65535")
-        );
-        assert_eq!(
-            Compare::Range.desired(&w("1024 60000"), &a("500 60999")),
-            a("500 60999")
-        );
-        assert_eq!(
-            Compare::AtMost.desired(&w("4096 16384 *"), &a("4096 131072 6291456")),
-            a("4096 16384 6291456")
-        );
+        assert_eq!(Compare::Range.desired(&w("1024 65535"), &a("32768 60999")), a("1024 65535"));
+        assert_eq!(Compare::Range.desired(&w("1024 60000"), &a("500 60999")), a("500 60999"));
+        assert_eq!(Compare::AtMost.desired(&w("4096 16384 *"), &a("4096 131072 6291456")), a("4096 16384 6291456"));
         assert_eq!(Compare::Exact.desired(&w("1"), &a("2")), a("1"));
     }
 

@@ -57,10 +57,7 @@ impl Report {
 
     /// How many knobs missed or could not be read.
     pub fn misses(&self) -> usize {
-        self.rows
-            .iter()
-            .filter(|r| matches!(r.status, Status::Miss | Status::Unreadable(_)))
-            .count()
+        self.rows.iter().filter(|r| matches!(r.status, Status::Miss | Status::Unreadable(_))).count()
     }
 
     /// The row of `knob`, if the profile has it.
@@ -83,11 +80,7 @@ pub(crate) fn actual(knob: &Knob, target: &Target) -> Result<Option<Actual>, Ski
         },
         Scope::Process => {
             let limit = rlimit::nofile_of(&target.limits.limits_file).map_err(Skip::Error)?;
-            let n = if target.limits.hard {
-                limit.hard
-            } else {
-                limit.soft
-            };
+            let n = if target.limits.hard { limit.hard } else { limit.soft };
             Ok(Some(Actual(vec![n])))
         }
     }
@@ -113,14 +106,10 @@ pub fn verify(profile: &Profile, target: &Target) -> Report {
                     let ok = knob.compare.satisfied(&knob.want, &a);
                     (a.to_string(), if ok { Status::Ok } else { Status::Miss })
                 }
-                Ok(None) if knob.optional => (
-                    "-".to_owned(),
-                    Status::Skipped("absent on this kernel (optional)".to_owned()),
-                ),
-                Ok(None) => (
-                    "-".to_owned(),
-                    Status::Unreadable("absent on this kernel".to_owned()),
-                ),
+                Ok(None) if knob.optional => {
+                    ("-".to_owned(), Status::Skipped("absent on this kernel (optional)".to_owned()))
+                }
+                Ok(None) => ("-".to_owned(), Status::Unreadable("absent on this kernel".to_owned())),
                 Err(Skip::NotHere(why)) => ("-".to_owned(), Status::Skipped(why)),
                 Err(Skip::Error(e)) => ("-".to_owned(), Status::Unreadable(e.to_string())),
             };
@@ -138,10 +127,7 @@ pub fn verify(profile: &Profile, target: &Target) -> Report {
             }
         })
         .collect();
-    Report {
-        profile: profile.name.clone(),
-        rows,
-    }
+    Report { profile: profile.name.clone(), rows }
 }
 
 impl fmt::Display for Status {
@@ -162,23 +148,9 @@ impl fmt::Display for Report {
         let cells: Vec<[String; 4]> = self
             .rows
             .iter()
-            .map(|r| {
-                [
-                    r.knob.clone(),
-                    r.wanted.clone(),
-                    r.actual.clone(),
-                    r.scope.as_str().to_owned(),
-                ]
-            })
+            .map(|r| [r.knob.clone(), r.wanted.clone(), r.actual.clone(), r.scope.as_str().to_owned()])
             .collect();
-        let width = |i: usize| {
-            cells
-                .iter()
-                .map(|c| c[i].chars().count())
-                .chain([header[i].len()])
-                .max()
-                .unwrap_or(0)
-        };
+        let width = |i: usize| cells.iter().map(|c| c[i].chars().count()).chain([header[i].len()]).max().unwrap_or(0);
         let w = [width(0), width(1), width(2), width(3)];
         writeln!(
             f,
@@ -217,16 +189,7 @@ impl fmt::Display for Report {
                 w3 = w[3]
             )?;
         }
-        let checked = self
-            .rows
-            .iter()
-            .filter(|r| !matches!(r.status, Status::Skipped(_)))
-            .count();
-        write!(
-            f,
-            "profile {}: {} of {checked} checked knobs ok",
-            self.profile,
-            checked - self.misses()
-        )
+        let checked = self.rows.iter().filter(|r| !matches!(r.status, Status::Skipped(_))).count();
+        write!(f, "profile {}: {} of {checked} checked knobs ok", self.profile, checked - self.misses())
     }
 }

@@ -21,9 +21,7 @@ fn refused(name: &str, text: &str) -> (usize, String) {
     let file = dir.write(&format!("{name}.toml"), text);
     match profile::load(&dir.0, name) {
         Err(e @ Error::Profile { .. }) => {
-            let Error::Profile { ref at, .. } = e else {
-                unreachable!()
-            };
+            let Error::Profile { ref at, .. } = e else { unreachable!() };
             assert_eq!(at.file, file);
             let line = at.line;
             (line, e.to_string())
@@ -38,15 +36,7 @@ fn shipped_profiles_load_and_edge_1m_extends_baseline() {
     assert!(names.contains(&"baseline".to_owned()) && names.contains(&"edge-1m".to_owned()));
     let baseline = common::shipped("baseline");
     let names: Vec<&str> = baseline.knobs.iter().map(|k| k.name.as_str()).collect();
-    assert_eq!(
-        names,
-        [
-            "net.core.somaxconn",
-            "net.ipv4.tcp_tw_reuse",
-            "net.ipv4.tcp_fin_timeout",
-            "rlimit.nofile"
-        ]
-    );
+    assert_eq!(names, ["net.core.somaxconn", "net.ipv4.tcp_tw_reuse", "net.ipv4.tcp_fin_timeout", "rlimit.nofile"]);
     let edge = common::shipped("edge-1m");
     assert_eq!(edge.extends.as_deref(), Some("baseline"));
     // Inherited knobs first, the overridden one replaced in place.
@@ -56,24 +46,10 @@ fn shipped_profiles_load_and_edge_1m_extends_baseline() {
     assert_eq!(nofile.name, "rlimit.nofile");
     assert_eq!(nofile.want.to_string(), "2100000");
     assert_eq!(nofile.at.file, edge.file);
-    assert_eq!(
-        edge.knobs
-            .iter()
-            .filter(|k| k.name == "rlimit.nofile")
-            .count(),
-        1
-    );
-    let ports = edge
-        .knobs
-        .iter()
-        .find(|k| k.name == "net.ipv4.ip_local_port_range")
-        .unwrap();
+    assert_eq!(edge.knobs.iter().filter(|k| k.name == "rlimit.nofile").count(), 1);
+    let ports = edge.knobs.iter().find(|k| k.name == "net.ipv4.ip_local_port_range").unwrap();
     assert_eq!((ports.compare, ports.scope), (Compare::Range, Scope::Netns));
-    let conntrack = edge
-        .knobs
-        .iter()
-        .find(|k| k.name.contains("conntrack"))
-        .unwrap();
+    let conntrack = edge.knobs.iter().find(|k| k.name.contains("conntrack")).unwrap();
     assert!(conntrack.optional);
 }
 
@@ -86,10 +62,7 @@ fn an_unknown_knob_names_file_and_line() {
     );
     let (line, message) = refused("typo", &text);
     assert_eq!(line, 11, "{message}");
-    assert!(
-        message.contains("typo.toml:11: unknown knob `net.core.somaxcon`"),
-        "{message}"
-    );
+    assert!(message.contains("typo.toml:11: unknown knob `net.core.somaxcon`"), "{message}");
 }
 
 #[test]
@@ -101,23 +74,12 @@ fn malformed_values_name_the_want_line() {
         ("3", "above its maximum 2"),
         ("true", "a boolean where an integer"),
     ] {
-        let text = format!(
-            "{HEADER}{}",
-            knob("net.ipv4.tcp_tw_reuse", want, "exact", "netns")
-        );
+        let text = format!("{HEADER}{}", knob("net.ipv4.tcp_tw_reuse", want, "exact", "netns"));
         let (line, message) = refused("bad", &text);
         assert_eq!(line, 5, "{message}");
         assert!(message.contains(why), "{want}: {message}");
     }
-    let text = format!(
-        "{HEADER}{}",
-        knob(
-            "net.ipv4.ip_local_port_range",
-            "\"60000 1024\"",
-            "range",
-            "netns"
-        )
-    );
+    let text = format!("{HEADER}{}", knob("net.ipv4.ip_local_port_range", "\"60000 1024\"", "range", "netns"));
     assert!(refused("bad", &text).1.contains("backwards"));
 }
 
@@ -126,24 +88,11 @@ fn a_wrong_scope_or_comparison_is_refused() {
     let text = format!("{HEADER}{}", knob("fs.file-max", "1", "at-least", "netns"));
     let (line, message) = refused("scope", &text);
     assert_eq!(line, 7);
-    assert!(
-        message.contains("`fs.file-max` has scope `global`"),
-        "{message}"
-    );
+    assert!(message.contains("`fs.file-max` has scope `global`"), "{message}");
 
-    let text = format!(
-        "{HEADER}{}",
-        knob("net.core.somaxconn", "1", "range", "netns")
-    );
-    assert!(
-        refused("cmp", &text)
-            .1
-            .contains("`range` needs a two-field knob")
-    );
-    let text = format!(
-        "{HEADER}{}",
-        knob("net.core.somaxconn", "1", "more", "netns")
-    );
+    let text = format!("{HEADER}{}", knob("net.core.somaxconn", "1", "range", "netns"));
+    assert!(refused("cmp", &text).1.contains("`range` needs a two-field knob"));
+    let text = format!("{HEADER}{}", knob("net.core.somaxconn", "1", "more", "netns"));
     assert_eq!(refused("cmp", &text).0, 6);
 }
 
@@ -161,10 +110,7 @@ fn syntax_errors_duplicates_missing_fields_and_cycles_are_refused() {
     assert_eq!(line, 11);
     assert!(message.contains("listed twice"));
 
-    let (_, message) = refused(
-        "nowhy",
-        &format!("{HEADER}\n[[knob]]\nname = \"fs.nr_open\"\n"),
-    );
+    let (_, message) = refused("nowhy", &format!("{HEADER}\n[[knob]]\nname = \"fs.nr_open\"\n"));
     assert!(message.contains("missing field"), "{message}");
 
     let (_, message) = refused("extra", &format!("{HEADER}colour = 1\n"));
@@ -174,12 +120,6 @@ fn syntax_errors_duplicates_missing_fields_and_cycles_are_refused() {
     dir.write("a.toml", "description = \"a\"\nextends = \"b\"\n");
     dir.write("b.toml", "description = \"b\"\nextends = \"a\"\n");
     let err = profile::load(&dir.0, "a").unwrap_err().to_string();
-    assert!(
-        err.contains("b.toml:2: `extends = \"a\"` makes a cycle"),
-        "{err}"
-    );
-    assert!(matches!(
-        profile::load(&dir.0, "missing"),
-        Err(Error::ProfileFile { .. })
-    ));
+    assert!(err.contains("b.toml:2: `extends = \"a\"` makes a cycle"), "{err}");
+    assert!(matches!(profile::load(&dir.0, "missing"), Err(Error::ProfileFile { .. })));
 }

@@ -10,11 +10,7 @@ use tuning::rlimit::{self, UNLIMITED};
 fn has_cap_sys_resource() -> bool {
     const CAP_SYS_RESOURCE: u32 = 24;
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let hex = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .unwrap()
-        .trim();
+    let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:")).unwrap().trim();
     u64::from_str_radix(hex, 16).unwrap() & (1 << CAP_SYS_RESOURCE) != 0
 }
 
@@ -40,10 +36,7 @@ fn soft_rises_to_hard_and_hard_rises_only_where_allowed() {
     let nr_open = rlimit::nr_open().unwrap();
     let outcome = rlimit::raise_to(wanted);
     if wanted > nr_open {
-        assert!(
-            matches!(outcome, Err(Error::AboveNrOpen { .. })),
-            "{outcome:?}"
-        );
+        assert!(matches!(outcome, Err(Error::AboveNrOpen { .. })), "{outcome:?}");
     } else if has_cap_sys_resource() {
         eprintln!("CAP_SYS_RESOURCE present: the hard limit can be raised here");
         assert_eq!(outcome.unwrap().hard, wanted);
@@ -51,9 +44,7 @@ fn soft_rises_to_hard_and_hard_rises_only_where_allowed() {
         let err = outcome.unwrap_err();
         let message = err.to_string();
         eprintln!("{message}");
-        assert!(
-            matches!(err, Error::HardLimitLocked { hard, wanted: w } if hard == start.hard && w == wanted)
-        );
+        assert!(matches!(err, Error::HardLimitLocked { hard, wanted: w } if hard == start.hard && w == wanted));
         assert!(
             message.starts_with(&format!(
                 "cannot raise the open-files hard limit above {}: needs CAP_SYS_RESOURCE",
@@ -61,16 +52,9 @@ fn soft_rises_to_hard_and_hard_rises_only_where_allowed() {
             )),
             "{message}"
         );
-        assert!(
-            message.contains(&format!("LimitNOFILE={wanted}")),
-            "{message}"
-        );
+        assert!(message.contains(&format!("LimitNOFILE={wanted}")), "{message}");
         assert!(!message.contains("EPERM"), "{message}");
-        assert_eq!(
-            rlimit::nofile().unwrap(),
-            raised,
-            "a refused raise changes nothing"
-        );
+        assert_eq!(rlimit::nofile().unwrap(), raised, "a refused raise changes nothing");
     }
 }
 

@@ -45,21 +45,12 @@ impl Drop for Proc {
 pub fn run(opts: &Options) -> Result<()> {
     packages::ensure(packages::BUILD)?;
     eprintln!("demo: building wsgate and wsbench …");
-    exec(cargo().args([
-        "build",
-        "--quiet",
-        "--release",
-        "-p",
-        "wsgate",
-        "-p",
-        "wsbench",
-    ]))?;
+    exec(cargo().args(["build", "--quiet", "--release", "-p", "wsgate", "-p", "wsbench"]))?;
     let bin = workspace_root().join("target/release");
 
     // 1. The upstream: wsbench's WebSocket echo server.
     let mut echo = Command::new(bin.join("wsbench"));
-    echo.args(["echo", "--listen", "127.0.0.1:0", "--threads", "1"])
-        .stdout(Stdio::piped());
+    echo.args(["echo", "--listen", "127.0.0.1:0", "--threads", "1"]).stdout(Stdio::piped());
     let (echo, echo_addr, _) = spawn_with_ready_line(echo, "wsbench echo: listening on ")?;
 
     // 2. wsgate with the example configuration, pointed at that upstream.
@@ -72,41 +63,25 @@ pub fn run(opts: &Options) -> Result<()> {
     let config_path = std::env::temp_dir().join(format!("wsgate-demo-{}.toml", std::process::id()));
     std::fs::write(&config_path, config)?;
     let mut gw = Command::new(bin.join("wsgate"));
-    gw.arg("-c")
-        .arg(&config_path)
-        .args(["--splice", &opts.splice])
-        .stdout(Stdio::piped());
+    gw.arg("-c").arg(&config_path).args(["--splice", &opts.splice]).stdout(Stdio::piped());
     let (gw, gw_addr, access_log) = spawn_with_ready_line(gw, "wsgate: listening on ")?;
-    println!(
-        "demo: echo upstream on {echo_addr}, wsgate on {gw_addr} (config {})",
-        config_path.display()
-    );
+    println!("demo: echo upstream on {echo_addr}, wsgate on {gw_addr} (config {})", config_path.display());
 
     // 3. Traffic: a real WebSocket client, several connections, verified echoes.
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let summary = rt.block_on(client(gw_addr, opts.connections, opts.messages))?;
     let health = rt.block_on(plain_get(gw_addr))?;
 
     // 4. What happened.
     std::thread::sleep(Duration::from_millis(400));
     let lines: Vec<String> = access_log.try_iter().collect();
-    println!(
-        "\ndemo: {} WebSocket connections through wsgate: {} got 101",
-        opts.connections, summary.upgraded
-    );
+    println!("\ndemo: {} WebSocket connections through wsgate: {} got 101", opts.connections, summary.upgraded);
     println!(
         "demo: {} echo round trips verified, {} mismatched; RTT min {:.0} µs, median {:.0} µs, max {:.0} µs",
         summary.rtts_us.len(),
         summary.mismatched,
         summary.rtts_us.first().copied().unwrap_or(0.0),
-        summary
-            .rtts_us
-            .get(summary.rtts_us.len() / 2)
-            .copied()
-            .unwrap_or(0.0),
+        summary.rtts_us.get(summary.rtts_us.len() / 2).copied().unwrap_or(0.0),
         summary.rtts_us.last().copied().unwrap_or(0.0),
     );
     println!("demo: plain GET /health through wsgate: {health}");
@@ -137,23 +112,15 @@ pub fn run(opts: &Options) -> Result<()> {
 
 /// Starts `cmd`, waits (bounded) for its `prefix ADDR` line on stdout; later stdout
 /// lines arrive on the returned channel.
-fn spawn_with_ready_line(
-    mut cmd: Command,
-    prefix: &'static str,
-) -> Result<(Proc, SocketAddr, mpsc::Receiver<String>)> {
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("starting {}", cmd.get_program().display()))?;
+fn spawn_with_ready_line(mut cmd: Command, prefix: &'static str) -> Result<(Proc, SocketAddr, mpsc::Receiver<String>)> {
+    let mut child = cmd.spawn().with_context(|| format!("starting {}", cmd.get_program().display()))?;
     let stdout = child.stdout.take().context("no stdout")?;
     let proc = Proc(child);
     let (addr_tx, addr_rx) = mpsc::channel();
     let (line_tx, line_rx) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(a) = line
-                .strip_prefix(prefix)
-                .and_then(|a| a.trim().parse::<SocketAddr>().ok())
-            {
+            if let Some(a) = line.strip_prefix(prefix).and_then(|a| a.trim().parse::<SocketAddr>().ok()) {
                 let _ = addr_tx.send(a);
             } else {
                 let _ = line_tx.send(line);
@@ -199,11 +166,7 @@ async fn client(gw: SocketAddr, connections: usize, messages: usize) -> Result<S
             anyhow::Ok((upgraded, mismatched, rtts))
         }));
     }
-    let mut s = Summary {
-        upgraded: 0,
-        mismatched: 0,
-        rtts_us: Vec::new(),
-    };
+    let mut s = Summary { upgraded: 0, mismatched: 0, rtts_us: Vec::new() };
     for t in tasks {
         let (up, mis, rtts) = t.await??;
         s.upgraded += usize::from(up);
@@ -217,8 +180,7 @@ async fn client(gw: SocketAddr, connections: usize, messages: usize) -> Result<S
 async fn plain_get(gw: SocketAddr) -> Result<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(gw).await?;
-    s.write_all(b"GET /health HTTP/1.1\r\nHost: demo\r\nUser-Agent: wsgate-demo\r\n\r\n")
-        .await?;
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: demo\r\nUser-Agent: wsgate-demo\r\n\r\n").await?;
     let mut out = Vec::new();
     tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await??;
     let text = String::from_utf8_lossy(&out);

@@ -61,10 +61,19 @@ pub fn ensure(needs: &[Need]) -> Result<()> {
     }
     let root = nix::unistd::Uid::effective().is_root();
     if !root || !which("apt-get") {
-        bail!("missing system packages: {} (install them with: apt-get install {})", missing.join(", "), missing.join(" "));
+        bail!(
+            "missing system packages: {} (install them with: apt-get install {})",
+            missing.join(", "),
+            missing.join(" ")
+        );
     }
     eprintln!("xtask: installing system packages: {}", missing.join(" "));
     exec(Command::new("apt-get").args(["update", "-q"]))?;
-    exec(Command::new("apt-get").args(["install", "-y", "-q", "--no-install-recommends"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive"))?;
+    exec(
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )?;
     Ok(())
 }

@@ -65,33 +65,17 @@ enum Action {
 }
 
 pub fn run(opts: &Options) -> Result<()> {
-    let dir = opts
-        .profiles
-        .clone()
-        .unwrap_or_else(|| workspace_root().join("tuning/profiles"));
+    let dir = opts.profiles.clone().unwrap_or_else(|| workspace_root().join("tuning/profiles"));
     match &opts.action {
         Action::List => list(&dir),
         Action::Show { profile } => {
             show(&load(&dir, profile)?);
             Ok(())
         }
-        Action::Apply {
-            profile,
-            dry_run,
-            persist,
-            netns,
-        } => apply(
-            &load(&dir, profile)?,
-            &opts.state,
-            *dry_run,
-            *persist,
-            netns.as_deref(),
-        ),
-        Action::Verify {
-            profile,
-            pid,
-            netns,
-        } => verify(&load(&dir, profile)?, *pid, netns.as_deref()),
+        Action::Apply { profile, dry_run, persist, netns } => {
+            apply(&load(&dir, profile)?, &opts.state, *dry_run, *persist, netns.as_deref())
+        }
+        Action::Verify { profile, pid, netns } => verify(&load(&dir, profile)?, *pid, netns.as_deref()),
         Action::Revert => revert(&opts.state),
     }
 }
@@ -103,10 +87,7 @@ fn load(dir: &Path, name: &str) -> Result<Profile> {
 fn list(dir: &Path) -> Result<()> {
     for name in profile::list(dir)? {
         let p = load(dir, &name)?;
-        let extends = p
-            .extends
-            .map(|e| format!(" (extends {e})"))
-            .unwrap_or_default();
+        let extends = p.extends.map(|e| format!(" (extends {e})")).unwrap_or_default();
         println!("{name:<12} {}{extends}", p.description);
     }
     Ok(())
@@ -154,13 +135,7 @@ fn verify(p: &Profile, pid: Option<u32>, netns: Option<&str>) -> Result<()> {
     Ok(())
 }
 
-fn apply(
-    p: &Profile,
-    state: &Path,
-    dry_run: bool,
-    persist: bool,
-    netns: Option<&str>,
-) -> Result<()> {
+fn apply(p: &Profile, state: &Path, dry_run: bool, persist: bool, netns: Option<&str>) -> Result<()> {
     let target = target(netns, None);
     let plan = within(netns, || tuning::plan(p, &target))??;
     let verb = if dry_run { "would write" } else { "write" };
@@ -168,14 +143,9 @@ fn apply(
         match step {
             Step::AlreadyOk { knob, actual } => println!("ok          {knob} = {actual}"),
             Step::Skipped { knob, reason } => println!("skip        {knob}: {reason}"),
-            Step::Write(w) if dry_run => println!(
-                "{verb} {} = {} (now {}; {}, {})",
-                w.knob,
-                w.to,
-                w.from,
-                w.scope.as_str(),
-                w.at
-            ),
+            Step::Write(w) if dry_run => {
+                println!("{verb} {} = {} (now {}; {}, {})", w.knob, w.to, w.from, w.scope.as_str(), w.at);
+            }
             Step::Write(_) => {}
         }
     }
@@ -193,14 +163,7 @@ fn apply(
     }
     let written = within(netns, || {
         plan.execute(state, |w| {
-            println!(
-                "{verb}       {} = {} (was {}; {}, {})",
-                w.knob,
-                w.to,
-                w.from,
-                w.scope.as_str(),
-                w.at
-            );
+            println!("{verb}       {} = {} (was {}; {}, {})", w.knob, w.to, w.from, w.scope.as_str(), w.at);
         })
     })??;
     if persist {
@@ -227,10 +190,7 @@ fn apply(
 /// Whether a process started from here could get the profile's open-files limit, said plainly
 /// when it could not (the limit itself is per process: wsgate raises its own at start-up).
 fn nofile_note(p: &Profile) -> Option<String> {
-    let knob = p
-        .knobs
-        .iter()
-        .find(|k| k.name == tuning::catalogue::NOFILE)?;
+    let knob = p.knobs.iter().find(|k| k.name == tuning::catalogue::NOFILE)?;
     let Some(tuning::Field::Int(wanted)) = knob.want.0.first().copied() else {
         return None;
     };
@@ -256,16 +216,15 @@ fn revert(state: &Path) -> Result<()> {
             s.name,
             s.previous,
             s.scope,
-            s.netns
-                .as_ref()
-                .map(|n| format!(" in {n}"))
-                .unwrap_or_default()
+            s.netns.as_ref().map(|n| format!(" in {n}")).unwrap_or_default()
         ),
-        Restored::NamespaceGone(s) => println!(
-            "gone        {}: network namespace {} no longer exists",
-            s.name,
-            s.netns.as_deref().unwrap_or("?")
-        ),
+        Restored::NamespaceGone(s) => {
+            println!(
+                "gone        {}: network namespace {} no longer exists",
+                s.name,
+                s.netns.as_deref().unwrap_or("?")
+            );
+        }
         Restored::File(f) => match f.previous {
             Some(_) => println!("restored    {}", f.path.display()),
             None => println!("removed     {}", f.path.display()),

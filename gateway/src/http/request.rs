@@ -61,7 +61,10 @@ pub fn parse(buf: &[u8]) -> Result<Option<RequestHead>, ProxyError> {
                 return Err(ProxyError::new(ErrorKind::BadRequest, "incomplete request line"));
             };
             if !target.starts_with('/') {
-                return Err(ProxyError::new(ErrorKind::BadRequest, format!("request target `{target}` is not origin-form")));
+                return Err(ProxyError::new(
+                    ErrorKind::BadRequest,
+                    format!("request target `{target}` is not origin-form"),
+                ));
             }
             let headers = req.headers.iter().map(|h| (h.name.to_owned(), h.value.to_vec())).collect();
             Ok(Some(RequestHead { method: method.to_owned(), target: target.to_owned(), minor_version, headers, len }))
@@ -114,7 +117,9 @@ mod tests {
 
     #[test]
     fn garbage_is_bad_request() {
-        for input in [&b"\x00\x01\x02\r\n\r\n"[..], b"GET\r\n\r\n", b"GET http://x/ HTTP/1.1\r\n\r\n", b"GET / HTTP/9.9\r\n\r\n"] {
+        for input in
+            [&b"\x00\x01\x02\r\n\r\n"[..], b"GET\r\n\r\n", b"GET http://x/ HTTP/1.1\r\n\r\n", b"GET / HTTP/9.9\r\n\r\n"]
+        {
             let e = parse(input).unwrap_err();
             assert_eq!(e.kind, ErrorKind::BadRequest, "{input:?}");
         }

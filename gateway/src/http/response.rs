@@ -33,11 +33,8 @@ pub fn error_response(kind: ErrorKind) -> Vec<u8> {
     let status = kind.status();
     let reason = kind.reason();
     let body = format!("{status} {reason}\n");
-    let extra = if kind == ErrorKind::UnsupportedVersion {
-        "Sec-WebSocket-Version: 13\r\nUpgrade: websocket\r\n"
-    } else {
-        ""
-    };
+    let extra =
+        if kind == ErrorKind::UnsupportedVersion { "Sec-WebSocket-Version: 13\r\nUpgrade: websocket\r\n" } else { "" };
     format!(
         "HTTP/1.1 {status} {reason}\r\nServer: wsgate\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n{body}",
         body.len()
@@ -52,7 +49,8 @@ mod tests {
 
     #[test]
     fn switching_protocols() {
-        let r = parse(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n\x81\x02hi", "GET").unwrap().unwrap();
+        let r =
+            parse(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n\x81\x02hi", "GET").unwrap().unwrap();
         assert_eq!((r.status, r.len), (101, 56));
     }
 

@@ -35,9 +35,9 @@ pub fn classify(head: &RequestHead) -> Result<Intent, ProxyError> {
     if !head.headers_named("connection").any(|v| has_token(v, "upgrade")) {
         return bad("Connection must contain `upgrade`");
     }
-    let key_ok = head.header("sec-websocket-key").is_some_and(|k| {
-        base64::engine::general_purpose::STANDARD.decode(k.trim_ascii()).is_ok_and(|d| d.len() == 16)
-    });
+    let key_ok = head
+        .header("sec-websocket-key")
+        .is_some_and(|k| base64::engine::general_purpose::STANDARD.decode(k.trim_ascii()).is_ok_and(|d| d.len() == 16));
     if !key_ok {
         return bad("Sec-WebSocket-Key must be 16 bytes in base64");
     }

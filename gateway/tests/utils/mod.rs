@@ -97,7 +97,11 @@ impl Gateway {
             if let Some(l) = self.log_lines().into_iter().find(|l| needles.iter().any(|n| l.contains(n))) {
                 return l;
             }
-            assert!(Instant::now() < deadline, "no access-log line containing {needles:?}; got {:#?}", self.log_lines());
+            assert!(
+                Instant::now() < deadline,
+                "no access-log line containing {needles:?}; got {:#?}",
+                self.log_lines()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -243,22 +247,26 @@ impl WsEcho {
                 let Ok((stream, _)) = listener.accept().await else { return };
                 let reqs = reqs.clone();
                 tokio::spawn(async move {
-                    let cb = |req: &tokio_tungstenite::tungstenite::handshake::server::Request,
-                              resp: tokio_tungstenite::tungstenite::handshake::server::Response| {
-                        let h = req
-                            .headers()
-                            .iter()
-                            .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
-                            .collect();
-                        reqs.lock().unwrap().push(h);
-                        Ok(resp)
-                    };
+                    let cb =
+                        |req: &tokio_tungstenite::tungstenite::handshake::server::Request,
+                         resp: tokio_tungstenite::tungstenite::handshake::server::Response| {
+                            let h = req
+                                .headers()
+                                .iter()
+                                .map(|(k, v)| {
+                                    (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned())
+                                })
+                                .collect();
+                            reqs.lock().unwrap().push(h);
+                            Ok(resp)
+                        };
                     let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
                         max_message_size: Some(64 << 20),
                         max_frame_size: Some(64 << 20),
                         ..Default::default()
                     };
-                    let Ok(mut ws) = tokio_tungstenite::accept_hdr_async_with_config(stream, cb, Some(config)).await else {
+                    let Ok(mut ws) = tokio_tungstenite::accept_hdr_async_with_config(stream, cb, Some(config)).await
+                    else {
                         return;
                     };
                     while let Some(Ok(msg)) = ws.next().await {

@@ -19,8 +19,7 @@ impl Scratch {
     pub fn new(tag: &str) -> Self {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let dir =
-            std::env::temp_dir().join(format!("tuning-test-{tag}-{}-{n}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("tuning-test-{tag}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         Self(dir)
@@ -55,10 +54,7 @@ impl Scratch {
             "Limit                     Soft Limit           Hard Limit           Units     \n\
              Max open files            {soft:<20} {hard:<20} files     \n"
         );
-        LimitsCheck {
-            limits_file: self.write("limits", &text),
-            hard: false,
-        }
+        LimitsCheck { limits_file: self.write("limits", &text), hard: false }
     }
 }
 
@@ -136,10 +132,7 @@ pub fn fresh_target(global: Option<&Path>, limits: LimitsCheck) -> Target {
 
 /// The current value of `name` under `root`, as text.
 pub fn value(root: &Path, name: &str) -> String {
-    tuning::sysctl::read(root, name)
-        .unwrap()
-        .unwrap()
-        .to_string()
+    tuning::sysctl::read(root, name).unwrap().unwrap().to_string()
 }
 
 /// Every value of `names` under `root`.
