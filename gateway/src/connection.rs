@@ -242,7 +242,7 @@ async fn proxy(client_slot: &mut Option<TcpStream>, ctx: &Context, facts: &mut F
             facts.bytes_in += outcome.to_upstream;
             facts.bytes_out = outcome.to_client;
             facts.bytes_sent = outcome.to_client;
-            facts.close = splice_close(outcome.reason);
+            facts.close = splice_close(outcome.reason, outcome.first_fin);
         }
         Err(HandoverError::NotSpliced { client, upstream, reason }) => {
             tracing::debug!(reason, "pair not spliced; relaying in userspace");
@@ -272,10 +272,11 @@ async fn userspace_relay(
 }
 
 /// The access log's close reason for a spliced pair.
-fn splice_close(reason: splice::CloseReason) -> &'static str {
+fn splice_close(reason: splice::CloseReason, first_fin: Option<splice::Side>) -> &'static str {
     use splice::{CloseReason as R, Side};
     match reason {
-        R::Closed => "closed",
+        R::Closed if first_fin == Some(Side::Upstream) => "upstream_fin",
+        R::Closed => "client_fin",
         R::Reset(Side::Client) => "client_reset",
         R::Reset(Side::Upstream) => "upstream_reset",
         R::Reset(Side::Internal) | R::Error(..) => "error",

@@ -75,6 +75,8 @@ pub struct SpliceOutcome {
     pub pressure_runs: u64,
     /// Most bytes the kernel held unacknowledged in one direction.
     pub held_max: u64,
+    /// The side whose FIN came first, if any did.
+    pub first_fin: Option<Side>,
 }
 
 /// A connection whose sockets are in the kernel; drive it with [`SplicedPair::supervise`].
@@ -119,16 +121,23 @@ impl SplicedPair {
         let mut down_fut = pin!(direction(&down, upstream, Side::Upstream, Side::Client));
         let mut swept = pin!(watch_pair(&self.splicer, self.ins.slot, idle_timeout, shutdown));
         let (mut up_done, mut down_done) = (false, false);
+        let mut first_fin = None;
         let reason = loop {
             tokio::select! {
                 end = &mut up_fut, if !up_done => match end {
                     DirEnd::Fin if down_done => break CloseReason::Closed,
-                    DirEnd::Fin => up_done = true,
+                    DirEnd::Fin => {
+                        up_done = true;
+                        first_fin = Some(Side::Client);
+                    }
                     DirEnd::Failed(side, e) => break failure(side, &e),
                 },
                 end = &mut down_fut, if !down_done => match end {
                     DirEnd::Fin if up_done => break CloseReason::Closed,
-                    DirEnd::Fin => down_done = true,
+                    DirEnd::Fin => {
+                        down_done = true;
+                        first_fin = Some(Side::Upstream);
+                    }
                     DirEnd::Failed(side, e) => break failure(side, &e),
                 },
                 why = &mut swept => break match why {
@@ -158,6 +167,7 @@ impl SplicedPair {
             reason,
             pressure_runs: up.pressure_runs() + down.pressure_runs(),
             held_max: up.held_max().max(down.held_max()),
+            first_fin,
         };
         let counters = &inner.counters;
         counters.pressure.fetch_add(outcome.pressure_runs, Ordering::Relaxed);
