@@ -45,6 +45,12 @@ pub(super) async fn write_all(fd: RawFd, mut data: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// Whether direction `dir` of pair `slot` has passed bytes userspace has not forwarded.
+pub(super) fn pass_pending(inner: &Inner, slot: u32, dir: usize) -> bool {
+    inner.dir_word(slot, dir, DirField::Passed).load(Ordering::Acquire)
+        > inner.dir_word(slot, dir, DirField::Forwarded).load(Ordering::Acquire)
+}
+
 /// A raw fd for [`readiness::ready`].
 pub(super) struct Fd(pub RawFd);
 
@@ -74,6 +80,12 @@ struct Progress {
 impl Direction<'_> {
     fn word(&self, field: DirField) -> &std::sync::atomic::AtomicU64 {
         self.inner.dir_word(self.slot, self.dir, field)
+    }
+
+    /// The verdict passed bytes to userspace that are not forwarded yet (pass mode).
+    /// A plain memory read of the kernel-shared array: no syscall.
+    pub fn pass_pending(&self) -> bool {
+        pass_pending(self.inner, self.slot, self.dir)
     }
 
     fn progress(&self) -> io::Result<Progress> {

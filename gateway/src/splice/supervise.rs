@@ -193,13 +193,34 @@ fn failure(side: Side, e: &io::Error) -> CloseReason {
 /// every redirected byte. Holds no buffer while waiting.
 async fn direction(d: &Direction<'_>, src: RawFd, src_side: Side, dst_side: Side) -> DirEnd {
     loop {
-        if let Err(e) = readiness::ready(&Fd(src), readiness::READABLE).await {
+        // While the kernel redirects, wait only for a close: POLLIN also fires for
+        // redirected bytes, which would wake the pair on every message. Pass mode
+        // is noticed on every poll of `Watch` (the sweeper wakes the task for it).
+        let mask = if d.pass_pending() { readiness::READABLE } else { readiness::CLOSED };
+        if let Err(e) = (Watch { d, ready: readiness::ready(&Fd(src), mask) }).await {
             return DirEnd::Failed(Side::Internal, e);
         }
         // Cold path, boxed so an idle pair's future stays small.
         if let Some(end) = Box::pin(burst(d, src, src_side, dst_side)).await {
             return end;
         }
+    }
+}
+
+/// Resolves on readiness of the source, or as soon as the direction is in pass mode.
+struct Watch<'a, 'b> {
+    d: &'a Direction<'b>,
+    ready: readiness::Ready,
+}
+
+impl std::future::Future for Watch<'_, '_> {
+    type Output = io::Result<()>;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<io::Result<()>> {
+        if self.d.pass_pending() {
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut self.ready).poll(cx).map(|r| r.map(|_| ()))
     }
 }
 

@@ -17,6 +17,7 @@ use std::time::Duration;
 use slab::Slab;
 use tokio::sync::watch;
 
+use super::backpressure::pass_pending;
 use super::loader::Splicer;
 use super::sys;
 
@@ -135,6 +136,12 @@ async fn run(sweeper: Rc<RefCell<Sweeper>>) {
                 e.swept = swept;
                 if let Some(w) = e.waker.take() {
                     w.wake();
+                }
+            } else if (0..2).any(|dir| pass_pending(&e.splicer.inner, e.slot, dir)) {
+                // A direction went into pass mode while its supervisor waited only
+                // for a close: wake it so it starts relaying (see `supervise`).
+                if let Some(w) = &e.waker {
+                    w.wake_by_ref();
                 }
             }
         }
