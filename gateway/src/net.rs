@@ -62,6 +62,35 @@ fn recv_flags(fd: RawFd, buf: &mut [u8], flags: i32) -> io::Result<usize> {
     if n < 0 { Err(io::Error::last_os_error()) } else { Ok(n.unsigned_abs()) }
 }
 
+/// Receives into the spare capacity of `buf` without blocking and extends its length.
+/// `WouldBlock` means nothing is queued.
+pub fn recv_into(fd: &impl AsRawFd, buf: &mut Vec<u8>) -> io::Result<usize> {
+    let spare = buf.spare_capacity_mut();
+    // SAFETY: `spare` is writable for `spare.len()` bytes; the kernel writes at most that.
+    let n = unsafe { libc::recv(fd.as_raw_fd(), spare.as_mut_ptr().cast(), spare.len(), libc::MSG_DONTWAIT) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let n = n.unsigned_abs();
+    // SAFETY: the kernel initialised the first `n` bytes of the spare capacity.
+    unsafe { buf.set_len(buf.len() + n) };
+    Ok(n)
+}
+
+/// Sends what fits in the socket's buffer without blocking (`MSG_DONTWAIT`,
+/// `MSG_NOSIGNAL`); returns the bytes taken, 0 when the buffer is full.
+pub fn send_now(fd: &impl AsRawFd, data: &[u8]) -> io::Result<usize> {
+    // SAFETY: `data` is readable for `data.len()` bytes for the whole call.
+    let n = unsafe {
+        libc::send(fd.as_raw_fd(), data.as_ptr().cast(), data.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+    };
+    if n >= 0 {
+        return Ok(n.unsigned_abs());
+    }
+    let e = io::Error::last_os_error();
+    if e.kind() == io::ErrorKind::WouldBlock { Ok(0) } else { Err(e) }
+}
+
 /// Sets `SO_RCVLOWAT`: readiness (`POLLIN`) is reported only once `bytes` are queued.
 pub fn set_rcvlowat(fd: &impl AsRawFd, bytes: usize) -> io::Result<()> {
     setsockopt_int(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVLOWAT, i32::try_from(bytes).unwrap_or(i32::MAX))

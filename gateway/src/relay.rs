@@ -1,8 +1,11 @@
 //! The userspace relay: both directions of a proxied connection on io_uring.
 //!
 //! Each direction waits for readability on the poll ring (no buffer held), then
-//! borrows a buffer from the per-core pool, reads what is queued and writes it all to
-//! the other side before reading again, so a slow reader stops the sender through
+//! borrows a buffer from the per-core pool, takes what is queued with one non-blocking
+//! `recv` (the data is known to be there, so an io_uring read would only add a
+//! completion round trip), and writes it all to the other side before reading again:
+//! with one non-blocking `send` when it fits, else with an io_uring write that waits
+//! for room, so a slow reader stops the sender through
 //! TCP flow control and nothing is buffered beyond one buffer per moving direction.
 //! A FIN becomes `shutdown(SHUT_WR)` on the other side (the other direction keeps
 //! flowing); a reset is passed on as a reset. The relay never closes the sockets: the
@@ -14,6 +17,7 @@ use std::net::Shutdown;
 use std::pin::pin;
 use std::time::{Duration, Instant};
 
+use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::TcpStream;
 
 use crate::shutdown::{Phase, ShutdownRx};
@@ -198,15 +202,22 @@ async fn pump(
         // Keep reading while reads fill the whole buffer: bytes are moving, so holding a
         // buffer is fine; a short read means the queue is drained and we wait again.
         loop {
-            let buf = bufpool::take();
+            let mut buf = bufpool::take();
             let capacity = buf.capacity();
-            let (res, buf) = from.read(buf).await;
-            let n = match res {
+            let n = match net::recv_into(from, &mut buf) {
                 Ok(0) => {
                     bufpool::put(buf);
                     return PumpEnd::Eof;
                 }
                 Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    bufpool::put(buf);
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                    bufpool::put(buf);
+                    continue;
+                }
                 Err(e) => {
                     bufpool::put(buf);
                     return PumpEnd::ReadFailed(e);
@@ -216,10 +227,23 @@ async fn pump(
             if let Some(first) = first.filter(|f| f.get().is_none()) {
                 first.set(Some((Instant::now(), sniff_status(&buf))));
             }
-            let (res, buf) = to.write_all(buf).await;
-            bufpool::put(buf);
-            if let Err(e) = res {
-                return PumpEnd::WriteFailed(e);
+            // Most writes fit in the socket buffer at once; what does not is written
+            // by io_uring, which waits for room (the slow reader's flow control).
+            let sent = match net::send_now(to, &buf) {
+                Ok(k) => k,
+                Err(e) => {
+                    bufpool::put(buf);
+                    return PumpEnd::WriteFailed(e);
+                }
+            };
+            if sent < n {
+                let (res, slice) = to.write_all(buf.slice(sent..n)).await;
+                bufpool::put(slice.into_inner());
+                if let Err(e) = res {
+                    return PumpEnd::WriteFailed(e);
+                }
+            } else {
+                bufpool::put(buf);
             }
             moved.set(moved.get() + n as u64);
             if n < capacity {
