@@ -202,6 +202,7 @@ pub async fn peek_response(
 ) -> Result<ResponseHead, ProxyError> {
     // Most response heads fit in 1 KiB; grow to `max` only for one that does not.
     let mut buf = vec![0u8; max.min(1024)];
+    let mut lowat_raised = false;
     let result = loop {
         let revents = match timeout_at(deadline.into(), readiness::ready(upstream, readiness::READABLE)).await {
             Err(_) => break Err(ProxyError::new(ErrorKind::UpstreamTimeout, "no response head in time")),
@@ -232,10 +233,13 @@ pub async fn peek_response(
                 if let Err(e) = net::set_rcvlowat(upstream, n + 1) {
                     break Err(ProxyError::new(ErrorKind::Internal, format!("SO_RCVLOWAT: {e}")));
                 }
+                lowat_raised = true;
             }
         }
     };
-    let _ = net::set_rcvlowat(upstream, 1);
+    if lowat_raised {
+        let _ = net::set_rcvlowat(upstream, 1);
+    }
     result
 }
 

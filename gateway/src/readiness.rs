@@ -10,7 +10,8 @@
 //!
 //! Dropping a pending [`ready`] future cancels the poll in the kernel
 //! (`IORING_OP_ASYNC_CANCEL`), so timeouts can simply drop it. This module must
-//! never block: submissions are non-blocking `io_uring_enter` calls.
+//! never block: submissions are non-blocking `io_uring_enter` calls, batched per
+//! scheduler pass by a flusher task.
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -44,6 +45,9 @@ enum Slot {
 struct Reactor {
     ring: IoUring,
     slots: Slab<Slot>,
+    /// SQEs are queued but not yet submitted; the flusher submits them in one call.
+    unsubmitted: bool,
+    flush: Rc<tokio::sync::Notify>,
 }
 
 thread_local! {
@@ -55,14 +59,35 @@ thread_local! {
 pub fn init(entries: u32) -> io::Result<()> {
     let ring = IoUring::builder().setup_cqsize(entries.saturating_mul(4)).build(entries)?;
     let fd = ring.as_raw_fd();
-    let reactor = Rc::new(RefCell::new(Reactor { ring, slots: Slab::with_capacity(1024) }));
+    let flush = Rc::new(tokio::sync::Notify::new());
+    let reactor = Rc::new(RefCell::new(Reactor {
+        ring,
+        slots: Slab::with_capacity(1024),
+        unsubmitted: false,
+        flush: flush.clone(),
+    }));
     REACTOR.with(|r| *r.borrow_mut() = Some(reactor.clone()));
     let ring_fd = RingFd { fd, _ring: reactor.clone() };
     // SAFETY: `RingFd` keeps the ring (and so its fd) alive for as long as the AsyncFd
     // exists, and always returns that same fd.
     let afd = unsafe { AsyncFd::register(ring_fd) }.map_err(|e| io::Error::other(e.to_string()))?;
-    tokio_uring::spawn(drain(afd, reactor));
+    tokio_uring::spawn(drain(afd, reactor.clone()));
+    tokio_uring::spawn(flusher(reactor, flush));
     Ok(())
+}
+
+/// Submits every SQE queued since it last ran, in one `io_uring_enter`. Woken by the
+/// first push of a scheduler pass, it runs after the tasks already queued, so all the
+/// waits they start share one system call.
+async fn flusher(reactor: Rc<RefCell<Reactor>>, flush: Rc<tokio::sync::Notify>) {
+    loop {
+        flush.notified().await;
+        let mut r = reactor.borrow_mut();
+        r.unsubmitted = false;
+        if let Err(e) = r.ring.submit() {
+            tracing::error!(error = %e, "poll ring: submit failed");
+        }
+    }
 }
 
 /// The ring's fd for tokio's reactor; holding the reactor keeps the fd open.
@@ -86,7 +111,7 @@ async fn drain(afd: AsyncFd<RingFd>, reactor: Rc<RefCell<Reactor>>) {
         let mut wake = Vec::new();
         {
             let mut r = reactor.borrow_mut();
-            let Reactor { ring, slots } = &mut *r;
+            let Reactor { ring, slots, .. } = &mut *r;
             for cqe in ring.completion() {
                 let key = cqe.user_data();
                 if key == CANCEL_TAG {
@@ -154,7 +179,7 @@ impl Future for Ready {
         }
         let key = r.slots.insert(Slot::Waiting(Some(cx.waker().clone())));
         let sqe = opcode::PollAdd::new(types::Fd(self.fd), self.events).build().user_data(key as u64);
-        if let Err(e) = push(&mut r.ring, &sqe) {
+        if let Err(e) = push(&mut r, &sqe) {
             r.slots.remove(key);
             return Poll::Ready(Err(e));
         }
@@ -175,7 +200,7 @@ impl Drop for Ready {
             Some(slot @ Slot::Waiting(_)) => {
                 *slot = Slot::Abandoned;
                 let sqe = opcode::AsyncCancel::new(key as u64).build().user_data(CANCEL_TAG);
-                if push(&mut r.ring, &sqe).is_err() {
+                if push(&mut r, &sqe).is_err() {
                     tracing::warn!("poll ring: could not cancel an abandoned poll");
                 }
             }
@@ -184,15 +209,18 @@ impl Drop for Ready {
     }
 }
 
-/// Queues one SQE and submits it right away (non-blocking `io_uring_enter`).
-fn push(ring: &mut IoUring, sqe: &io_uring::squeue::Entry) -> io::Result<()> {
+/// Queues one SQE; the flusher submits it before the worker next waits for I/O.
+fn push(r: &mut Reactor, sqe: &io_uring::squeue::Entry) -> io::Result<()> {
     // SAFETY: poll and cancel SQEs reference no user memory, and the kernel takes its
     // own reference to the polled file at submission, so it never touches a recycled fd.
-    if unsafe { ring.submission().push(sqe) }.is_err() {
-        ring.submit()?;
+    if unsafe { r.ring.submission().push(sqe) }.is_err() {
+        r.ring.submit()?;
         // SAFETY: as above.
-        unsafe { ring.submission().push(sqe) }.map_err(|_| io::Error::other("poll ring submission queue full"))?;
+        unsafe { r.ring.submission().push(sqe) }.map_err(|_| io::Error::other("poll ring submission queue full"))?;
     }
-    ring.submit()?;
+    if !r.unsubmitted {
+        r.unsubmitted = true;
+        r.flush.notify_one();
+    }
     Ok(())
 }

@@ -163,9 +163,12 @@ pub async fn relay(
         }
     };
     // Wake whatever is still in flight (a parked write to a slow reader, a read) so the
-    // kernel lets go of both sockets once the caller drops them.
-    net::shutdown(client, Shutdown::Both);
-    net::shutdown(upstream, Shutdown::Both);
+    // kernel lets go of both sockets once the caller drops them. When both directions
+    // ended with FIN nothing is in flight, and the close that follows is enough.
+    if !(c2u_done && u2c_done) {
+        net::shutdown(client, Shutdown::Both);
+        net::shutdown(upstream, Shutdown::Both);
+    }
     let first: FirstBytes = first.get();
     RelayOutcome {
         client_to_upstream: c2u_bytes.get(),
