@@ -206,7 +206,7 @@ async fn proxy(client_slot: &mut Option<TcpStream>, ctx: &Context, facts: &mut F
         // status is read from the first bytes the upstream sends.
         facts.mode = "userspace";
         let opts = RelayOptions { idle_timeout, end_on_upstream_fin: true };
-        let outcome = relay::relay(client, &upstream, opts, &mut shutdown).await;
+        let outcome = Box::pin(relay::relay(client, &upstream, opts, &mut shutdown)).await;
         facts.status = outcome.response_status.unwrap_or(502);
         facts.upstream_response_time = outcome.first_response.map(|t| (t - connected.started).as_secs_f64());
         record(facts, &outcome);
@@ -218,7 +218,7 @@ async fn proxy(client_slot: &mut Option<TcpStream>, ctx: &Context, facts: &mut F
     facts.status = resp.status;
     if resp.status != 101 {
         // Passed back as-is; both sides closed after it.
-        facts.bytes_sent = handshake::pass_response(&upstream, client, &resp, cfg.timeouts.response).await?;
+        facts.bytes_sent = Box::pin(handshake::pass_response(&upstream, client, &resp, cfg.timeouts.response)).await?;
         facts.bytes_out = facts.bytes_sent;
         facts.close = CloseReason::Done.as_str();
         crate::net::shutdown(client, std::net::Shutdown::Both);
@@ -234,7 +234,9 @@ async fn proxy(client_slot: &mut Option<TcpStream>, ctx: &Context, facts: &mut F
         return Ok(());
     };
     let Some(client) = client_slot.take() else { return Ok(()) };
-    match splicer.splice(client, upstream, Vec::new()).await {
+    // Each relay path is boxed: a connection's long-lived future is only as large as
+    // the path it takes (an idle spliced pair keeps just its supervisor).
+    match Box::pin(splicer.splice(client, upstream, Vec::new())).await {
         Ok(pair) => {
             Stats::bump(&ctx.stats.relayed_spliced);
             facts.mode = "splice";
@@ -267,7 +269,7 @@ async fn userspace_relay(
 ) {
     Stats::bump(&ctx.stats.relayed_userspace);
     facts.mode = "userspace";
-    let outcome = relay::relay(client, upstream, opts, shutdown).await;
+    let outcome = Box::pin(relay::relay(client, upstream, opts, shutdown)).await;
     record(facts, &outcome);
 }
 
