@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
@@ -117,6 +118,7 @@ pub fn run(config: Config) -> Result<()> {
         })
         .context("spawning the signal thread")?;
 
+    spawn_counts_reporter(stats.clone(), splicer.clone())?;
     let mut failed = None;
     for h in handles {
         match h.join() {
@@ -125,12 +127,46 @@ pub fn run(config: Config) -> Result<()> {
             Err(_) => failed = Some(anyhow::anyhow!("a worker thread panicked")),
         }
     }
-    tracing::info!(
-        accepted = stats.accepted.load(std::sync::atomic::Ordering::Relaxed),
-        upgrade_success_ratio = stats.upgrade_success_ratio().unwrap_or(0.0),
-        "stopped"
-    );
+    report_counts(&stats, splicer.as_ref(), "stopped");
     failed.map_or(Ok(()), Err)
+}
+
+/// How often the per-mode counts are logged (only when something changed).
+const COUNTS_PERIOD: Duration = Duration::from_mins(1);
+
+/// One log line with the relay-mode counts (spliced, userspace, pressure, failed
+/// handovers) and the 101 success ratio.
+fn report_counts(stats: &Stats, splicer: Option<&Splicer>, what: &str) {
+    let splice = splicer.map(Splicer::counts).unwrap_or_default();
+    tracing::info!(
+        accepted = stats.accepted.load(Ordering::Relaxed),
+        active = stats.active.load(Ordering::Relaxed),
+        spliced = stats.relayed_spliced.load(Ordering::Relaxed),
+        userspace = stats.relayed_userspace.load(Ordering::Relaxed),
+        splice_pressure = splice.pressure,
+        splice_handover_failed = splice.handover_failed,
+        upgrade_success_ratio = stats.upgrade_success_ratio().unwrap_or(0.0),
+        "{what}"
+    );
+}
+
+/// Logs the counts every [`COUNTS_PERIOD`] while connections come in.
+fn spawn_counts_reporter(stats: Arc<Stats>, splicer: Option<Splicer>) -> Result<()> {
+    std::thread::Builder::new()
+        .name("wsgate-counts".into())
+        .spawn(move || {
+            let mut last = u64::MAX;
+            loop {
+                std::thread::sleep(COUNTS_PERIOD);
+                let accepted = stats.accepted.load(Ordering::Relaxed);
+                if accepted != last {
+                    last = accepted;
+                    report_counts(&stats, splicer.as_ref(), "counts");
+                }
+            }
+        })
+        .context("spawning the counts thread")?;
+    Ok(())
 }
 
 struct WorkerSetup {
