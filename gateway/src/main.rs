@@ -53,6 +53,9 @@ struct RunOptions {
     /// Access log format.
     #[arg(long, value_enum)]
     access_log_format: Option<AccessLogFormat>,
+    /// Most connections held at once (sizes the splice maps and the preflight).
+    #[arg(long, value_name = "N")]
+    max_connections: Option<u64>,
     /// Refuse to start when kernel or process limits fall short (default: warn).
     #[arg(long)]
     strict_tuning: bool,
@@ -92,6 +95,9 @@ impl RunOptions {
         }
         if let Some(f) = self.access_log_format {
             config.access_log.format = f;
+        }
+        if let Some(n) = self.max_connections {
+            config.limits.max_connections = n;
         }
         if self.strict_tuning {
             config.strict_tuning = true;

@@ -244,10 +244,14 @@ fn start_wsgate(
     upstreams: &[SocketAddr],
     workers: usize,
     splice: Option<&str>,
+    max_connections: Option<u64>,
     log: &Path,
 ) -> Result<Proc> {
     let mut cmd = Command::new(bin_dir().join("wsgate"));
     cmd.args(["--listen", &listen.to_string(), "--workers", &workers.to_string()]);
+    if let Some(n) = max_connections {
+        cmd.args(["--max-connections", &n.to_string()]);
+    }
     for u in upstreams {
         cmd.args(["--upstream", &u.to_string()]);
     }
@@ -718,7 +722,7 @@ fn run_target(
         "nginx" => Some(start_nginx(&tmp, listen, echo_addr, opts.workers)?),
         _ => {
             let log = out.join(format!("{}.log", name.replace('/', "-")));
-            Some(start_wsgate(listen, &[echo_addr], opts.workers, splice, &log)?)
+            Some(start_wsgate(listen, &[echo_addr], opts.workers, splice, None, &log)?)
         }
     };
     let target = if proxy.is_some() { listen } else { echo_addr };
@@ -891,7 +895,9 @@ fn lay_out(opts: &Options, conns: u64, through_wsgate: bool, log: &Path) -> Resu
         let target: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
         instances = (2 * conns).div_ceil(per_proc).max(1);
         for _ in 0..instances {
-            let p = start_wsgate(target, &echo_addrs, opts.workers, None, log)?;
+            // Each instance is sized (kernel maps, preflight) for its share of the
+            // connections; two open files per proxied connection.
+            let p = start_wsgate(target, &echo_addrs, opts.workers, None, Some(per_proc / 2), log)?;
             gate_pids.push(p.pid());
             procs.push(p);
         }
