@@ -38,8 +38,6 @@ pub struct Context {
     pub admission: Arc<Admission>,
     /// The kernel fast path, when it loaded and passed its self-test.
     pub splicer: Option<Splicer>,
-    /// Turns true at the `Stop` phase (the splice supervisor's drain signal).
-    pub stop: tokio::sync::watch::Receiver<bool>,
 }
 
 /// What is known of the connection so far, for the access log.
@@ -204,12 +202,10 @@ async fn proxy(client_slot: &mut Option<TcpStream>, ctx: &Context, facts: &mut F
     let Some(resp) = resp else {
         // Plain HTTP: the request body may be large, so relay right away; the response
         // status is read from the first bytes the upstream sends.
-        facts.mode = "userspace";
         let opts = RelayOptions { idle_timeout, end_on_upstream_fin: true };
-        let outcome = Box::pin(relay::relay(client, &upstream, opts, &mut shutdown)).await;
+        let outcome = userspace_relay(client, &upstream, opts, &mut shutdown, ctx, facts).await;
         facts.status = outcome.response_status.unwrap_or(502);
         facts.upstream_response_time = outcome.first_response.map(|t| (t - connected.started).as_secs_f64());
-        record(facts, &outcome);
         return Ok(());
     };
 
@@ -238,9 +234,8 @@ async fn proxy(client_slot: &mut Option<TcpStream>, ctx: &Context, facts: &mut F
     // the path it takes (an idle spliced pair keeps just its supervisor).
     match Box::pin(splicer.splice(client, upstream, Vec::new())).await {
         Ok(pair) => {
-            Stats::bump(&ctx.stats.relayed_spliced);
             facts.mode = "splice";
-            let outcome = pair.supervise(splice::idle_limit(idle_timeout), ctx.stop.clone()).await;
+            let outcome = pair.supervise(splice::idle_limit(idle_timeout), ctx.shutdown.clone()).await;
             facts.bytes_in += outcome.to_upstream;
             facts.bytes_out = outcome.to_client;
             facts.bytes_sent = outcome.to_client;
@@ -266,11 +261,15 @@ async fn userspace_relay(
     shutdown: &mut ShutdownRx,
     ctx: &Context,
     facts: &mut Facts,
-) {
+) -> relay::RelayOutcome {
     Stats::bump(&ctx.stats.relayed_userspace);
     facts.mode = "userspace";
     let outcome = Box::pin(relay::relay(client, upstream, opts, shutdown)).await;
-    record(facts, &outcome);
+    facts.bytes_in += outcome.client_to_upstream;
+    facts.bytes_out = outcome.upstream_to_client;
+    facts.bytes_sent = outcome.upstream_to_client;
+    facts.close = outcome.reason.as_str();
+    outcome
 }
 
 /// The access log's close reason for a spliced pair.
@@ -285,13 +284,6 @@ fn splice_close(reason: splice::CloseReason, first_fin: Option<splice::Side>) ->
         R::Idle => "idle_timeout",
         R::Shutdown => "shutdown",
     }
-}
-
-fn record(facts: &mut Facts, outcome: &relay::RelayOutcome) {
-    facts.bytes_in += outcome.client_to_upstream;
-    facts.bytes_out = outcome.upstream_to_client;
-    facts.bytes_sent = outcome.upstream_to_client;
-    facts.close = outcome.reason.as_str();
 }
 
 /// Counts a connection as active while alive.

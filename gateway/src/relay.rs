@@ -113,43 +113,19 @@ pub async fn relay(
         tokio::select! {
             end = &mut c2u, if !c2u_done => {
                 c2u_done = true;
-                match end {
-                    PumpEnd::Eof => {
-                        net::shutdown(upstream, Shutdown::Write);
-                        first_fin.get_or_insert(CloseReason::ClientFin);
-                    }
-                    PumpEnd::ReadFailed(e) => {
-                        tracing::debug!(error = %e, "client read failed");
-                        reset(upstream);
-                        break CloseReason::ClientReset;
-                    }
-                    PumpEnd::WriteFailed(e) => {
-                        tracing::debug!(error = %e, "upstream write failed");
-                        reset(client);
-                        break CloseReason::UpstreamReset;
-                    }
+                if let Some(reason) = settle(end, client, upstream, Peer::Client) {
+                    break reason;
                 }
+                first_fin.get_or_insert(CloseReason::ClientFin);
             }
             end = &mut u2c, if !u2c_done => {
                 u2c_done = true;
-                match end {
-                    PumpEnd::Eof => {
-                        net::shutdown(client, Shutdown::Write);
-                        first_fin.get_or_insert(CloseReason::UpstreamFin);
-                        if opts.end_on_upstream_fin {
-                            break CloseReason::Done;
-                        }
-                    }
-                    PumpEnd::ReadFailed(e) => {
-                        tracing::debug!(error = %e, "upstream read failed");
-                        reset(client);
-                        break CloseReason::UpstreamReset;
-                    }
-                    PumpEnd::WriteFailed(e) => {
-                        tracing::debug!(error = %e, "client write failed");
-                        reset(upstream);
-                        break CloseReason::ClientReset;
-                    }
+                if let Some(reason) = settle(end, upstream, client, Peer::Upstream) {
+                    break reason;
+                }
+                first_fin.get_or_insert(CloseReason::UpstreamFin);
+                if opts.end_on_upstream_fin {
+                    break CloseReason::Done;
                 }
             }
             () = &mut idle => {
@@ -176,6 +152,39 @@ pub async fn relay(
         reason,
         first_response: first.map(|f| f.0),
         response_status: first.and_then(|f| f.1),
+    }
+}
+
+/// Which side a direction reads from.
+#[derive(Clone, Copy)]
+enum Peer {
+    Client,
+    Upstream,
+}
+
+/// Acts on the end of the direction reading `src` and writing `dst`: a FIN is passed on
+/// as `SHUT_WR` (`None`: the other direction keeps going); a failure is passed on as a
+/// reset and ends the pair with the side that failed.
+fn settle(end: PumpEnd, src: &TcpStream, dst: &TcpStream, src_peer: Peer) -> Option<CloseReason> {
+    let (src_reset, dst_reset) = match src_peer {
+        Peer::Client => (CloseReason::ClientReset, CloseReason::UpstreamReset),
+        Peer::Upstream => (CloseReason::UpstreamReset, CloseReason::ClientReset),
+    };
+    match end {
+        PumpEnd::Eof => {
+            net::shutdown(dst, Shutdown::Write);
+            None
+        }
+        PumpEnd::ReadFailed(e) => {
+            tracing::debug!(error = %e, side = src_reset.as_str(), "read failed");
+            reset(dst);
+            Some(src_reset)
+        }
+        PumpEnd::WriteFailed(e) => {
+            tracing::debug!(error = %e, side = dst_reset.as_str(), "write failed");
+            reset(src);
+            Some(dst_reset)
+        }
     }
 }
 

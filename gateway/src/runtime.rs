@@ -141,7 +141,7 @@ fn report_counts(stats: &Stats, splicer: Option<&Splicer>, what: &str) {
     tracing::info!(
         accepted = stats.accepted.load(Ordering::Relaxed),
         active = stats.active.load(Ordering::Relaxed),
-        spliced = stats.relayed_spliced.load(Ordering::Relaxed),
+        spliced = splice.spliced,
         userspace = stats.relayed_userspace.load(Ordering::Relaxed),
         splice_pressure = splice.pressure,
         splice_handover_failed = splice.handover_failed,
@@ -195,7 +195,6 @@ fn worker(setup: WorkerSetup, sockets: Vec<Socket>) -> Result<()> {
             shutdown: setup.shutdown.clone(),
             admission: setup.admission,
             splicer: setup.splicer,
-            stop: stop_flag(&setup.shutdown),
         });
         let mut accept_loops = Vec::new();
         for s in sockets {
@@ -241,18 +240,6 @@ async fn accept_loop(listener: TcpListener, ctx: Rc<Context>) {
     // Wakes the accept still in flight, and stops the kernel queueing connections here.
     crate::net::shutdown(&listener, std::net::Shutdown::Read);
     tracing::debug!(fd = listener.as_raw_fd(), "listener closed for draining");
-}
-
-/// A `watch` flag that turns true at the `Stop` phase, for the splice supervisor;
-/// one bridge task per worker, cloned into every spliced connection.
-fn stop_flag(shutdown: &ShutdownRx) -> tokio::sync::watch::Receiver<bool> {
-    let (tx, rx) = tokio::sync::watch::channel(false);
-    let mut shutdown = shutdown.clone();
-    tokio_uring::spawn(async move {
-        shutdown.reached(Phase::Stop).await;
-        let _ = tx.send(true);
-    });
-    rx
 }
 
 /// A listening socket with SO_REUSEPORT (every worker binds the same address).

@@ -13,10 +13,8 @@ pub struct Stats {
     pub upgrades_attempted: AtomicU64,
     /// Upgrades that got a 101 and were relayed.
     pub upgrades_succeeded: AtomicU64,
-    /// Connections relayed by the userspace relay.
+    /// Connections relayed by the userspace relay (spliced ones are counted by the splicer).
     pub relayed_userspace: AtomicU64,
-    /// Connections spliced in the kernel.
-    pub relayed_spliced: AtomicU64,
 }
 
 impl Stats {

@@ -35,9 +35,14 @@ fn http_upstream() -> (RawUpstream, Seen) {
         }
         let echoed = body.len();
         s2.lock().unwrap().push((head, body));
-        let _ = s.write_all(
-            format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n{echoed:x}\r\n{}\r\n0\r\n\r\n", "b".repeat(echoed)).as_bytes(),
-        );
+        // The body: "hello", then what the request carried, echoed as `b`s.
+        let mut response =
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n".to_vec();
+        if echoed > 0 {
+            response.extend(format!("{echoed:x}\r\n{}\r\n", "b".repeat(echoed)).into_bytes());
+        }
+        response.extend_from_slice(b"0\r\n\r\n");
+        let _ = s.write_all(&response);
     });
     (up, seen)
 }
@@ -50,8 +55,10 @@ fn plain_get_is_proxied_with_connection_close() {
     c.write_all(b"GET /health HTTP/1.1\r\nHost: example.test\r\nConnection: keep-alive\r\nUser-Agent: probe/1\r\n\r\n")
         .unwrap();
     let out = String::from_utf8(read_to_eof(&mut c)).unwrap();
-    assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
-    assert!(out.ends_with("5\r\nhello\r\n0\r\n\r\n\r\n0\r\n\r\n") || out.contains("5\r\nhello\r\n"), "{out}");
+    assert_eq!(
+        out, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        "the response must pass byte-exact"
+    );
     let (head, _) = seen.lock().unwrap()[0].clone();
     assert_eq!(
         head,

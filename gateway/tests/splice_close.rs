@@ -15,7 +15,7 @@ use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
 
 use splice_util::{Handshake, Job, Proxy, Quad, check, eventually, fill, quad, splicer_or_skip};
-use tokio::sync::watch;
+use wsgate::shutdown::{self, Phase, ShutdownRx};
 use wsgate::splice::{CloseReason, Side, SpliceOutcome, Splicer};
 
 const STEP: Duration = Duration::from_secs(5);
@@ -49,7 +49,7 @@ struct Pair {
     cookies: (u64, u64),
 }
 
-fn spliced(s: &Shared, idle: Option<Duration>, shutdown: Option<watch::Receiver<bool>>) -> Pair {
+fn spliced(s: &Shared, idle: Option<Duration>, shutdown: Option<ShutdownRx>) -> Pair {
     let Quad { c, a, b, u } = quad(&s.listener.lock().unwrap()).unwrap();
     for x in [&c, &u] {
         x.set_read_timeout(Some(STEP)).unwrap();
@@ -232,10 +232,10 @@ fn idle_pair_is_closed_after_the_timeout_and_not_before() {
 #[test]
 fn drain_signal_closes_the_pair() {
     let Some(s) = shared("drain_signal") else { return };
-    let (tx, rx) = watch::channel(false);
+    let (tx, rx) = shutdown::channel();
     let mut p = spliced(s, None, Some(rx));
     stream(&mut p.c, &mut p.u, 10, 1000);
-    tx.send(true).unwrap();
+    tx.set(Phase::Stop);
     assert!(eof(&mut p.c) && eof(&mut p.u), "drained pair not closed");
     assert_eq!(finish(s, &p.outcome, p.cookies).reason, CloseReason::Shutdown);
 }

@@ -14,7 +14,6 @@ use std::pin::pin;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use tokio::sync::watch;
 use tokio_uring::net::TcpStream;
 
 use super::backpressure::{Direction, Fd};
@@ -24,6 +23,7 @@ use super::shared::{TO_CLIENT, TO_UPSTREAM};
 use super::sweep::{Swept, watch_pair};
 use super::sys;
 use crate::readiness;
+use crate::shutdown::ShutdownRx;
 
 /// Read size when relaying passed bytes.
 const RELAY_CHUNK: usize = 64 * 1024;
@@ -111,8 +111,8 @@ impl SplicedPair {
     }
 
     /// Supervises the pair until both sides closed, one failed, it was idle for
-    /// `idle_timeout`, or `shutdown` turned true. Closes both sockets.
-    pub async fn supervise(self, idle_timeout: Option<Duration>, shutdown: watch::Receiver<bool>) -> SpliceOutcome {
+    /// `idle_timeout`, or `shutdown` reached the `Stop` phase. Closes both sockets.
+    pub async fn supervise(self, idle_timeout: Option<Duration>, shutdown: ShutdownRx) -> SpliceOutcome {
         let inner = &*self.splicer.inner;
         let (client, upstream) = (self.client.as_raw_fd(), self.upstream.as_raw_fd());
         let up = Direction { inner, slot: self.ins.slot, dir: TO_UPSTREAM, dst: upstream };

@@ -14,8 +14,8 @@ use std::sync::atomic::Ordering;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use crate::shutdown::{Phase, ShutdownRx};
 use slab::Slab;
-use tokio::sync::watch;
 
 use super::backpressure::pass_pending;
 use super::loader::Splicer;
@@ -38,7 +38,7 @@ struct Entry {
     slot: u32,
     /// Idle limit in ns, `u64::MAX` for none.
     idle_ns: u64,
-    drain: watch::Receiver<bool>,
+    drain: ShutdownRx,
     waker: Option<Waker>,
     swept: Option<Swept>,
 }
@@ -55,12 +55,7 @@ thread_local! {
 }
 
 /// Registers a pair with this worker's sweeper; resolves when it must end.
-pub(super) fn watch_pair(
-    splicer: &Splicer,
-    slot: u32,
-    idle: Option<Duration>,
-    drain: watch::Receiver<bool>,
-) -> Registration {
+pub(super) fn watch_pair(splicer: &Splicer, slot: u32, idle: Option<Duration>, drain: ShutdownRx) -> Registration {
     let idle_ns = idle.map_or(u64::MAX, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
     let key = SWEEPER.with(|s| {
         let mut sw = s.borrow_mut();
@@ -126,7 +121,7 @@ async fn run(sweeper: Rc<RefCell<Sweeper>>) {
             if e.swept.is_some() {
                 continue;
             }
-            let swept = if *e.drain.borrow() {
+            let swept = if e.drain.phase() == Phase::Stop {
                 Some(Swept::Drain)
             } else {
                 let last = e.splicer.inner.last_active(e.slot).load(Ordering::Relaxed);

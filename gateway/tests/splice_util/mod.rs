@@ -14,8 +14,9 @@ use std::sync::mpsc as std_mpsc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use wsgate::readiness;
+use wsgate::shutdown::{Phase, ShutdownRx, ShutdownTx};
 use wsgate::splice::{HandoverError, SpliceOutcome, Splicer};
 
 /// Loads a splicer, or explains loudly why the test cannot run here.
@@ -50,20 +51,20 @@ pub struct Job {
     pub done: std_mpsc::Sender<Result<SpliceOutcome, String>>,
     pub cookies: Option<std_mpsc::Sender<(u64, u64)>>,
     /// Drain signal for this pair only (else the proxy's).
-    pub shutdown: Option<watch::Receiver<bool>>,
+    pub shutdown: Option<ShutdownRx>,
 }
 
 /// A worker thread with a tokio-uring runtime that splices and supervises pairs.
 pub struct Proxy {
     tx: Option<mpsc::UnboundedSender<Job>>,
-    pub shutdown: watch::Sender<bool>,
+    pub shutdown: ShutdownTx,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Proxy {
     pub fn start(splicer: &Splicer) -> Self {
         let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
-        let (shutdown, shutdown_rx) = watch::channel(false);
+        let (shutdown, shutdown_rx) = wsgate::shutdown::channel();
         let splicer = splicer.clone();
         let thread = std::thread::spawn(move || {
             tokio_uring::start(async move {
@@ -110,7 +111,7 @@ impl Proxy {
 
 impl Drop for Proxy {
     fn drop(&mut self) {
-        let _ = self.shutdown.send(true);
+        self.shutdown.set(Phase::Stop);
         self.tx.take();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -127,7 +128,7 @@ async fn run_job(
     upstream: std::net::TcpStream,
     handshake: Handshake,
     idle: Option<Duration>,
-    shutdown: watch::Receiver<bool>,
+    shutdown: ShutdownRx,
     cookies: Option<std_mpsc::Sender<(u64, u64)>>,
 ) -> Result<SpliceOutcome, String> {
     let early = match handshake {
