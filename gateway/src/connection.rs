@@ -25,7 +25,7 @@ use crate::router::Router;
 use crate::shutdown::ShutdownRx;
 use crate::splice::{self, HandoverError, Splicer};
 use crate::stats::Stats;
-use crate::upstream::Pick;
+use crate::upstream::{ActiveGuard, Pick};
 
 /// What every connection task of one worker shares.
 #[derive(Debug)]
@@ -57,8 +57,9 @@ struct Facts {
     mode: &'static str,
 }
 
-/// Serves one accepted client connection to the end.
-pub async fn serve(client: TcpStream, peer: SocketAddr, ctx: Rc<Context>) {
+/// Serves one accepted client connection to the end, or until its spliced pair is
+/// parked (which then owns `active` and writes the access-log line at the end).
+pub async fn serve(client: TcpStream, peer: SocketAddr, ctx: Rc<Context>, active: ActiveConn) {
     let mut facts = Facts {
         started: Instant::now(),
         peer,
@@ -78,7 +79,17 @@ pub async fn serve(client: TcpStream, peer: SocketAddr, ctx: Rc<Context>) {
         tracing::debug!(error = %e, "TCP_NODELAY on client socket");
     }
     let mut client = Some(client);
-    if let Err(err) = proxy(&mut client, &ctx, &mut facts).await {
+    let result = proxy(&mut client, &ctx, &mut facts).await;
+    if let Ok(Some(handoff)) = result {
+        let parked = ParkedFacts::new(&facts);
+        let Handoff { pair, admitted, live } = handoff;
+        pair.park(move |outcome| {
+            parked.log(&ctx, live.addr(), outcome);
+            drop((active, admitted, live));
+        });
+        return;
+    }
+    if let Err(err) = result {
         facts.status = err.kind.status();
         facts.close = "error";
         if !err.kind.is_refusal() {
@@ -98,6 +109,7 @@ pub async fn serve(client: TcpStream, peer: SocketAddr, ctx: Rc<Context>) {
             crate::net::shutdown(client, std::net::Shutdown::Both);
         }
     }
+    drop(active);
     ctx.access_log.log(AccessRecord {
         remote_addr: facts.peer,
         host: facts.host,
@@ -116,13 +128,77 @@ pub async fn serve(client: TcpStream, peer: SocketAddr, ctx: Rc<Context>) {
     });
 }
 
+/// A spliced pair ready to park, with the guards it keeps until it ends.
+struct Handoff {
+    pair: splice::SplicedPair,
+    admitted: Admitted,
+    live: ActiveGuard,
+}
+
+/// What the access log needs of a parked pair, kept compact: it lives as long as the
+/// pair, and an idle pair should cost a few hundred bytes at most.
+struct ParkedFacts {
+    started: Instant,
+    /// Client address, host, request line and user agent, one after the other.
+    text: Box<str>,
+    /// Lengths of the first three parts of `text`.
+    lens: [u32; 3],
+    /// Client bytes that came with the request head.
+    head_extra: u32,
+    upstream_response_time: f32,
+}
+
+impl ParkedFacts {
+    fn new(facts: &Facts) -> Self {
+        let peer = facts.peer.to_string();
+        let len = |s: &str| u32::try_from(s.len()).unwrap_or(u32::MAX);
+        Self {
+            started: facts.started,
+            text: [peer.as_str(), &facts.host, &facts.request, &facts.user_agent].concat().into_boxed_str(),
+            lens: [len(&peer), len(&facts.host), len(&facts.request)],
+            head_extra: u32::try_from(facts.bytes_in).unwrap_or(u32::MAX),
+            #[allow(clippy::cast_possible_truncation, reason = "seconds; an f32 keeps microseconds over minutes")]
+            upstream_response_time: facts.upstream_response_time.unwrap_or_default() as f32,
+        }
+    }
+
+    /// Writes the pair's access-log line.
+    fn log(self, ctx: &Context, upstream: SocketAddr, outcome: splice::SpliceOutcome) {
+        let mut rest = &*self.text;
+        let mut part = |len: u32| {
+            let (head, tail) = rest.split_at(usize::try_from(len).unwrap_or(0).min(rest.len()));
+            rest = tail;
+            head.to_owned()
+        };
+        let peer = part(self.lens[0]);
+        let host = part(self.lens[1]);
+        let request = part(self.lens[2]);
+        ctx.access_log.log(AccessRecord {
+            remote_addr: peer.parse().unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
+            host,
+            time: now_unix(),
+            request,
+            status: 101,
+            bytes_sent: outcome.to_client,
+            request_time: self.started.elapsed().as_secs_f64(),
+            upstream_response_time: Some(f64::from(self.upstream_response_time)),
+            user_agent: rest.to_owned(),
+            upstream_addr: Some(upstream),
+            bytes_in: u64::from(self.head_extra) + outcome.to_upstream,
+            bytes_out: outcome.to_client,
+            close: splice_close(outcome.reason, outcome.first_fin),
+            mode: "splice",
+        });
+    }
+}
+
 /// What the handshake phases leave for the relay.
 struct Prepared {
     connected: handshake::Connected,
     /// The upstream's response head (peeked, still queued); `None` for plain HTTP.
     response: Option<ResponseHead>,
     /// Holds the admission slots (per address, per route, global) until the end.
-    _admitted: Admitted,
+    admitted: Admitted,
 }
 
 /// The phases before the relay: read head, route, validate, admit, connect, forward,
@@ -185,17 +261,22 @@ async fn prepare(client: &TcpStream, ctx: &Context, facts: &mut Facts) -> Result
         (connected, None)
     };
     facts.upstream_addr = Some(route.group.server(connected.server).addr);
-    Ok(Prepared { connected, response: resp, _admitted: admitted })
+    Ok(Prepared { connected, response: resp, admitted })
 }
 
 /// The phases up to the relay. `client_slot` is taken only by the kernel splice (which
 /// owns the sockets from then on); on an error it is still there for the response.
-async fn proxy(client_slot: &mut Option<TcpStream>, ctx: &Context, facts: &mut Facts) -> Result<(), ProxyError> {
+/// Returns the spliced pair to park, or `None` when the connection is over.
+async fn proxy(
+    client_slot: &mut Option<TcpStream>,
+    ctx: &Context,
+    facts: &mut Facts,
+) -> Result<Option<Handoff>, ProxyError> {
     let cfg = &ctx.config;
     let client = client_slot.as_ref().ok_or_else(|| ProxyError::new(ErrorKind::Internal, "client socket missing"))?;
-    let Prepared { connected, response: resp, _admitted } = Box::pin(prepare(client, ctx, facts)).await?;
+    let Prepared { connected, response: resp, admitted } = Box::pin(prepare(client, ctx, facts)).await?;
     let upstream = connected.stream;
-    let _live = connected.live;
+    let live = connected.live;
 
     let mut shutdown = ctx.shutdown.clone();
     let idle_timeout = cfg.timeouts.idle;
@@ -206,7 +287,7 @@ async fn proxy(client_slot: &mut Option<TcpStream>, ctx: &Context, facts: &mut F
         let outcome = userspace_relay(client, &upstream, opts, &mut shutdown, ctx, facts).await;
         facts.status = outcome.response_status.unwrap_or(502);
         facts.upstream_response_time = outcome.first_response.map(|t| (t - connected.started).as_secs_f64());
-        return Ok(());
+        return Ok(None);
     };
 
     // Phase: response head (peeked above, still queued).
@@ -219,7 +300,7 @@ async fn proxy(client_slot: &mut Option<TcpStream>, ctx: &Context, facts: &mut F
         facts.close = CloseReason::Done.as_str();
         crate::net::shutdown(client, std::net::Shutdown::Both);
         crate::net::shutdown(&upstream, std::net::Shutdown::Both);
-        return Ok(());
+        return Ok(None);
     }
 
     // Phase: relay, in the kernel when it can take the pair.
@@ -227,19 +308,15 @@ async fn proxy(client_slot: &mut Option<TcpStream>, ctx: &Context, facts: &mut F
     let opts = RelayOptions { idle_timeout, end_on_upstream_fin: false };
     let Some(splicer) = &ctx.splicer else {
         userspace_relay(client, &upstream, opts, &mut shutdown, ctx, facts).await;
-        return Ok(());
+        return Ok(None);
     };
-    let Some(client) = client_slot.take() else { return Ok(()) };
-    // Each relay path is boxed: a connection's long-lived future is only as large as
-    // the path it takes (an idle spliced pair keeps just its supervisor).
+    let Some(client) = client_slot.take() else { return Ok(None) };
+    // The userspace path is boxed: the handshake's future stays small, and a spliced
+    // pair leaves it altogether (parked, it is a table row, not a task).
     match Box::pin(splicer.splice(client, upstream, Vec::new())).await {
         Ok(pair) => {
             facts.mode = "splice";
-            let outcome = pair.supervise(splice::idle_limit(idle_timeout), ctx.shutdown.clone()).await;
-            facts.bytes_in += outcome.to_upstream;
-            facts.bytes_out = outcome.to_client;
-            facts.bytes_sent = outcome.to_client;
-            facts.close = splice_close(outcome.reason, outcome.first_fin);
+            return Ok(Some(Handoff { pair, admitted, live }));
         }
         Err(HandoverError::NotSpliced { client, upstream, reason }) => {
             tracing::debug!(reason, "pair not spliced; relaying in userspace");
@@ -251,7 +328,8 @@ async fn proxy(client_slot: &mut Option<TcpStream>, ctx: &Context, facts: &mut F
             facts.close = "error";
         }
     }
-    Ok(())
+    drop((admitted, live));
+    Ok(None)
 }
 
 async fn userspace_relay(

@@ -9,7 +9,10 @@
 //! registration of the worker (tokio's reactor wakes the completion drain).
 //!
 //! Dropping a pending [`ready`] future cancels the poll in the kernel
-//! (`IORING_OP_ASYNC_CANCEL`), so timeouts can simply drop it. This module must
+//! (`IORING_OP_ASYNC_CANCEL`), so timeouts can simply drop it. For waiters that
+//! are rows of a table rather than tasks (parked spliced pairs), [`arm`] starts a
+//! poll identified only by a token, and its completion goes to the thread's
+//! [`set_token_handler`] callback: nothing is allocated per wait. This module must
 //! never block: submissions are non-blocking `io_uring_enter` calls, batched per
 //! scheduler pass by a flusher task.
 
@@ -27,6 +30,14 @@ use tokio::io::unix::AsyncFd;
 
 /// `user_data` of cancel requests; their completions carry no information we need.
 const CANCEL_TAG: u64 = u64::MAX;
+/// Set in the `user_data` of polls started by [`arm`]; the rest is the caller's token.
+const TOKEN_BIT: u64 = 1 << 63;
+/// Largest token [`arm`] accepts.
+pub const MAX_TOKEN: u64 = TOKEN_BIT - 2;
+
+/// Receives the completions of [`arm`]ed polls: the token and the poll's result
+/// (the reported mask, or a negative errno such as `-ECANCELED`).
+pub type TokenHandler = fn(token: u64, result: i32);
 
 /// Readable: data, FIN (`POLLRDHUP`) or an error.
 pub const READABLE: u32 = (libc::POLLIN | libc::POLLRDHUP | libc::POLLERR | libc::POLLHUP) as u32;
@@ -48,6 +59,7 @@ struct Reactor {
     /// SQEs are queued but not yet submitted; the flusher submits them in one call.
     unsubmitted: bool,
     flush: Rc<tokio::sync::Notify>,
+    on_token: Option<TokenHandler>,
 }
 
 thread_local! {
@@ -65,6 +77,7 @@ pub fn init(entries: u32) -> io::Result<()> {
         slots: Slab::with_capacity(1024),
         unsubmitted: false,
         flush: flush.clone(),
+        on_token: None,
     }));
     REACTOR.with(|r| *r.borrow_mut() = Some(reactor.clone()));
     let ring_fd = RingFd { fd, _ring: reactor.clone() };
@@ -109,12 +122,17 @@ async fn drain(afd: AsyncFd<RingFd>, reactor: Rc<RefCell<Reactor>>) {
             return;
         };
         let mut wake = Vec::new();
-        {
+        let mut tokens = Vec::new();
+        let on_token = {
             let mut r = reactor.borrow_mut();
-            let Reactor { ring, slots, .. } = &mut *r;
+            let Reactor { ring, slots, on_token, .. } = &mut *r;
             for cqe in ring.completion() {
                 let key = cqe.user_data();
                 if key == CANCEL_TAG {
+                    continue;
+                }
+                if key & TOKEN_BIT != 0 {
+                    tokens.push((key & !TOKEN_BIT, cqe.result()));
                     continue;
                 }
                 let key = key as usize;
@@ -130,12 +148,51 @@ async fn drain(afd: AsyncFd<RingFd>, reactor: Rc<RefCell<Reactor>>) {
                     Some(Slot::Done(_)) | None => {}
                 }
             }
-        }
+            *on_token
+        };
         guard.clear_ready();
         for w in wake {
             w.wake();
         }
+        // Called with the reactor unborrowed: handlers arm and disarm polls.
+        if let Some(handler) = on_token {
+            for (token, result) in tokens {
+                handler(token, result);
+            }
+        }
     }
+}
+
+/// Sets this thread's receiver of [`arm`]ed completions. Call after [`init`].
+pub fn set_token_handler(handler: TokenHandler) -> io::Result<()> {
+    with_reactor(|r| {
+        r.on_token = Some(handler);
+        Ok(())
+    })
+}
+
+/// Starts a one-shot poll of `fd` for `events` whose completion is delivered to the
+/// token handler as `token` (at most [`MAX_TOKEN`]). The caller must [`disarm`] it
+/// before closing `fd` (a pending poll keeps the socket alive) unless it completed.
+pub fn arm(fd: RawFd, events: u32, token: u64) -> io::Result<()> {
+    debug_assert!(token <= MAX_TOKEN, "token out of range");
+    let sqe = opcode::PollAdd::new(types::Fd(fd), events).build().user_data(token | TOKEN_BIT);
+    with_reactor(|r| push(r, &sqe))
+}
+
+/// Cancels the poll started by [`arm`] with `token`, if it is still pending; its
+/// completion (`-ECANCELED`) still reaches the token handler.
+pub fn disarm(token: u64) -> io::Result<()> {
+    let sqe = opcode::AsyncCancel::new(token | TOKEN_BIT).build().user_data(CANCEL_TAG);
+    with_reactor(|r| push(r, &sqe))
+}
+
+fn with_reactor<T>(f: impl FnOnce(&mut Reactor) -> io::Result<T>) -> io::Result<T> {
+    let Some(reactor) = REACTOR.with(|r| r.borrow().clone()) else {
+        return Err(io::Error::other("readiness::init was not called on this thread"));
+    };
+    let mut r = reactor.borrow_mut();
+    f(&mut r)
 }
 
 /// Waits until `fd` reports one of `events` (a mask of `POLL*` bits) and returns the

@@ -187,6 +187,11 @@ fn worker(setup: WorkerSetup, sockets: Vec<Socket>) -> Result<()> {
     tokio_uring::builder().entries(RING_ENTRIES).start(async move {
         readiness::init(RING_ENTRIES).context("creating the poll ring")?;
         bufpool::configure(setup.config.relay.buffer_size, setup.config.relay.pool_buffers);
+        if let Some(splicer) = &setup.splicer {
+            splicer
+                .init_worker(splice::idle_limit(setup.config.timeouts.idle), setup.shutdown.clone())
+                .context("preparing the worker for the kernel splice")?;
+        }
         let ctx = Rc::new(Context {
             config: setup.config,
             router: setup.router,
@@ -221,12 +226,7 @@ async fn accept_loop(listener: TcpListener, ctx: Rc<Context>) {
             res = listener.accept() => match res {
                 Ok((stream, peer)) => {
                     let active = ActiveConn::new(&ctx.stats);
-                    let ctx = ctx.clone();
-                    let fut = async move {
-                        connection::serve(stream, peer, ctx).await;
-                        drop(active);
-                    };
-                    tokio_uring::spawn(fut);
+                    tokio_uring::spawn(connection::serve(stream, peer, ctx.clone(), active));
                 }
                 Err(e) => {
                     // EMFILE/ENFILE/ENOBUFS: back off briefly instead of spinning.

@@ -15,7 +15,7 @@ use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
 
 use splice_util::{Handshake, Job, Proxy, Quad, check, eventually, fill, quad, splicer_or_skip};
-use wsgate::shutdown::{self, Phase, ShutdownRx};
+use wsgate::shutdown::Phase;
 use wsgate::splice::{CloseReason, Side, SpliceOutcome, Splicer};
 
 const STEP: Duration = Duration::from_secs(5);
@@ -49,7 +49,12 @@ struct Pair {
     cookies: (u64, u64),
 }
 
-fn spliced(s: &Shared, idle: Option<Duration>, shutdown: Option<ShutdownRx>) -> Pair {
+fn spliced(s: &Shared) -> Pair {
+    spliced_on(s, &s.proxy)
+}
+
+/// Splices a new pair on `proxy` (a worker with its own idle timeout or drain signal).
+fn spliced_on(s: &Shared, proxy: &Proxy) -> Pair {
     let Quad { c, a, b, u } = quad(&s.listener.lock().unwrap()).unwrap();
     for x in [&c, &u] {
         x.set_read_timeout(Some(STEP)).unwrap();
@@ -57,15 +62,7 @@ fn spliced(s: &Shared, idle: Option<Duration>, shutdown: Option<ShutdownRx>) -> 
     }
     let (done, outcome) = std_mpsc::channel();
     let (ctx, crx) = std_mpsc::channel();
-    s.proxy.submit(Job {
-        client: a,
-        upstream: b,
-        handshake: Handshake::None,
-        idle,
-        done,
-        cookies: Some(ctx),
-        shutdown,
-    });
+    proxy.submit(Job { client: a, upstream: b, handshake: Handshake::None, done, cookies: Some(ctx) });
     let cookies = crx.recv_timeout(STEP).expect("spliced");
     Pair { c, u, outcome, cookies }
 }
@@ -125,7 +122,7 @@ fn rst(s: TcpStream) {
 #[test]
 fn fin_from_client_half_closes_and_the_upstream_keeps_sending() {
     let Some(s) = shared("fin_from_client") else { return };
-    let mut p = spliced(s, None, None);
+    let mut p = spliced(s);
     stream(&mut p.c, &mut p.u, 1, 100_000);
     p.c.shutdown(Shutdown::Write).unwrap();
     assert!(eof(&mut p.u), "upstream did not see the client's FIN");
@@ -139,7 +136,7 @@ fn fin_from_client_half_closes_and_the_upstream_keeps_sending() {
 #[test]
 fn fin_from_upstream_half_closes_and_the_client_keeps_sending() {
     let Some(s) = shared("fin_from_upstream") else { return };
-    let mut p = spliced(s, None, None);
+    let mut p = spliced(s);
     p.u.shutdown(Shutdown::Write).unwrap();
     assert!(eof(&mut p.c), "client did not see the upstream's FIN");
     stream(&mut p.c, &mut p.u, 3, 4 << 20);
@@ -152,7 +149,7 @@ fn fin_from_upstream_half_closes_and_the_client_keeps_sending() {
 #[test]
 fn rst_from_client_resets_the_upstream() {
     let Some(s) = shared("rst_from_client") else { return };
-    let mut p = spliced(s, None, None);
+    let mut p = spliced(s);
     stream(&mut p.u, &mut p.c, 4, 10_000);
     let Pair { c, mut u, outcome, cookies } = p;
     rst(c);
@@ -163,7 +160,7 @@ fn rst_from_client_resets_the_upstream() {
 #[test]
 fn rst_from_upstream_resets_the_client() {
     let Some(s) = shared("rst_from_upstream") else { return };
-    let mut p = spliced(s, None, None);
+    let mut p = spliced(s);
     stream(&mut p.c, &mut p.u, 5, 10_000);
     let Pair { mut c, u, outcome, cookies } = p;
     rst(u);
@@ -174,7 +171,7 @@ fn rst_from_upstream_resets_the_client() {
 #[test]
 fn both_sides_close_at_once() {
     let Some(s) = shared("both_sides_close") else { return };
-    let mut p = spliced(s, None, None);
+    let mut p = spliced(s);
     stream(&mut p.c, &mut p.u, 6, 50_000);
     let c2 = p.c.try_clone().unwrap();
     let t = std::thread::spawn(move || c2.shutdown(Shutdown::Write));
@@ -187,7 +184,7 @@ fn both_sides_close_at_once() {
 #[test]
 fn upstream_killed_mid_stream_resets_the_client() {
     let Some(s) = shared("upstream_killed") else { return };
-    let Pair { c: mut client, u, outcome, cookies } = spliced(s, None, None);
+    let Pair { c: mut client, u, outcome, cookies } = spliced(s);
     // The upstream end lives in a child process that never reads.
     let mut child = std::process::Command::new("sleep")
         .arg("30")
@@ -215,7 +212,9 @@ fn upstream_killed_mid_stream_resets_the_client() {
 fn idle_pair_is_closed_after_the_timeout_and_not_before() {
     let Some(s) = shared("idle_timeout") else { return };
     let idle = Duration::from_millis(400);
-    let mut p = spliced(s, Some(idle), None);
+    let proxy = Proxy::with_idle(&s.splicer, Some(idle));
+    let mut p = spliced_on(s, &proxy);
+    assert_eq!(proxy.parked(), 1, "an idle spliced pair is parked, not a task");
     let start = Instant::now();
     // Traffic every 100 ms keeps it open past the timeout.
     for i in 0..8 {
@@ -232,10 +231,10 @@ fn idle_pair_is_closed_after_the_timeout_and_not_before() {
 #[test]
 fn drain_signal_closes_the_pair() {
     let Some(s) = shared("drain_signal") else { return };
-    let (tx, rx) = shutdown::channel();
-    let mut p = spliced(s, None, Some(rx));
+    let proxy = Proxy::start(&s.splicer);
+    let mut p = spliced_on(s, &proxy);
     stream(&mut p.c, &mut p.u, 10, 1000);
-    tx.set(Phase::Stop);
+    proxy.shutdown.set(Phase::Stop);
     assert!(eof(&mut p.c) && eof(&mut p.u), "drained pair not closed");
     assert_eq!(finish(s, &p.outcome, p.cookies).reason, CloseReason::Shutdown);
 }

@@ -214,10 +214,8 @@ fn handover_torture_random_timing_both_directions() {
                     client: at_proxy_client.into_std().unwrap(),
                     upstream: at_proxy_upstream.into_std().unwrap(),
                     handshake: Handshake::Http,
-                    idle: None,
                     done,
                     cookies: None,
-                    shutdown: None,
                 });
                 let (up_len, down_len) = (up.len, down.len);
                 let (at_client, at_upstream) = (Arc::new(std::sync::atomic::AtomicU64::new(0)), Arc::new(std::sync::atomic::AtomicU64::new(0)));

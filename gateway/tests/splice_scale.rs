@@ -122,6 +122,7 @@ fn five_thousand_spliced_pairs_echo() {
         (slab1 - slab0) as f64 / 1024.0 / n as f64
     );
     assert_eq!(entries, 2 * n);
+    assert_eq!(proxy.parked(), n, "every idle spliced pair is a parked row, not a task");
     child.stdin.take().unwrap().write_all(b"GO\n").unwrap();
     let echoed = next_line("ECHO OK");
     assert_eq!(echoed, format!("ECHO OK {n}"));
@@ -133,4 +134,5 @@ fn five_thousand_spliced_pairs_echo() {
     assert!(eventually(Duration::from_secs(10), || splicer.sockhash_entries().unwrap() == 0));
     assert_eq!(splicer.link_entries().unwrap(), 0);
     assert_eq!(splicer.counts().active, 0);
+    assert_eq!(proxy.parked(), 0, "finished pairs leave the table");
 }

@@ -16,7 +16,7 @@
 //! through the forwarding accounting of `backpressure`.
 
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::Ordering;
 
 use tokio_uring::net::TcpStream;
@@ -77,6 +77,10 @@ impl Splicer {
         client_early: Vec<u8>,
     ) -> Result<SplicedPair, HandoverError> {
         let counters = &self.inner.counters;
+        if !super::park::ready() {
+            counters.handover_failed.fetch_add(1, Ordering::Relaxed);
+            return Err(HandoverError::NotSpliced { client, upstream, reason: "worker not prepared to splice" });
+        }
         let mut early = client_early.len() as u64;
         if let Err(source) = write_all(upstream.as_raw_fd(), &client_early).await {
             counters.handover_failed.fetch_add(1, Ordering::Relaxed);
@@ -102,15 +106,22 @@ impl Splicer {
                 return Err(HandoverError::Failed { side, source });
             }
         }
+        // The pair is kept as plain fds from here on (a tokio-uring stream costs an
+        // allocation each); its sockets are the same, so the sockhash sees no change.
+        let (Ok(client), Ok(upstream)) = (sys::dup(client.as_raw_fd()), sys::dup(upstream.as_raw_fd())) else {
+            counters.handover_failed.fetch_add(1, Ordering::Relaxed);
+            return Err(HandoverError::NotSpliced { client, upstream, reason: "out of file descriptors" });
+        };
         match self.inner.insert_pair(client.as_raw_fd(), upstream.as_raw_fd()) {
             Ok(ins) => {
                 counters.spliced.fetch_add(1, Ordering::Relaxed);
                 counters.active.fetch_add(1, Ordering::Relaxed);
-                Ok(SplicedPair { splicer: self.clone(), client, upstream, ins, early })
+                Ok(SplicedPair::new(self.clone(), client, upstream, ins, early))
             }
             Err(InsertError::NotSpliceable(reason)) => {
                 counters.handover_failed.fetch_add(1, Ordering::Relaxed);
-                Err(HandoverError::NotSpliced { client, upstream, reason })
+                let stream = |fd: OwnedFd| TcpStream::from_std(std::net::TcpStream::from(fd));
+                Err(HandoverError::NotSpliced { client: stream(client), upstream: stream(upstream), reason })
             }
             Err(InsertError::Failed(source)) => {
                 counters.handover_failed.fetch_add(1, Ordering::Relaxed);

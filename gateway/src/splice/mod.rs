@@ -5,9 +5,12 @@
 //! Surface (the rest of the gateway never touches aya or maps):
 //! - [`start`]: load + self-test per [`SpliceMode`]; `auto` falls back to the
 //!   userspace relay with one warning, `sockmap` refuses to start.
+//! - [`Splicer::init_worker`]: per worker thread, before its first splice.
 //! - [`Splicer::splice`]: hand a pair over after the 101 (see `handover`).
-//! - [`SplicedPair::supervise`]: FIN/RST/idle/drain until the pair ends;
-//!   returns byte counts and the close reason.
+//! - [`SplicedPair::park`]: leave the pair to the kernel; a callback gets its
+//!   byte counts and close reason when it ends. A parked pair is a table row,
+//!   not a task (`park`); it becomes a supervision task (`supervise`: FIN, RST,
+//!   idle, drain, pressure) only once something happens to it.
 //! - [`Splicer::counts`]: counters for logs and metrics.
 //!
 //! Backpressure (`backpressure`) bounds what the kernel holds per direction by
@@ -20,6 +23,7 @@ mod backpressure;
 mod counters;
 mod handover;
 mod loader;
+mod park;
 mod selftest;
 mod shared;
 mod supervise;
@@ -31,6 +35,7 @@ use std::time::Duration;
 pub use counters::SpliceCounts;
 pub use handover::HandoverError;
 pub use loader::{LoadError, MAX_CAPACITY, SPLICE_BPF_OBJECT, Splicer};
+pub use park::{ROW_BYTES, parked_here};
 pub use selftest::{FORCE_FAIL_ENV, SelfTestError};
 pub use supervise::{CloseReason, Side, SpliceOutcome, SplicedPair};
 

@@ -3,24 +3,25 @@
 //! userspace, enforces the idle timeout and the drain signal, and closes both
 //! sockets at the end (which removes them from the sockhash).
 //!
-//! An idle pair costs one parked poll per socket and an entry in its worker's
-//! sweeper (`sweep`): no buffer, no timer of its own, and no syscall per sweep
-//! (the idle check reads the kernel's last-activity stamp from shared memory). Must never read a socket except to relay passed bytes
-//! or observe its close, and never write to one outside `backpressure`.
+//! A pair is supervised by a task only once something happens to it: until then
+//! it is parked (`park`), a row of its worker's table. The supervising task holds
+//! no buffer while it waits, and no timer of its own (the sweeper, `sweep`,
+//! reads the kernel's last-activity stamp from shared memory). Must never read a
+//! socket except to relay passed bytes or observe its close, and never write to
+//! one outside `backpressure`.
 
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::marker::PhantomData;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::pin::pin;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-
-use tokio_uring::net::TcpStream;
 
 use super::backpressure::{Direction, Fd};
 use super::handover::Inserted;
 use super::loader::Splicer;
 use super::shared::{TO_CLIENT, TO_UPSTREAM};
-use super::sweep::{Swept, watch_pair};
+use super::sweep::{Registration, Swept, watch_pair};
 use super::sys;
 use crate::readiness;
 use crate::shutdown::ShutdownRx;
@@ -79,13 +80,15 @@ pub struct SpliceOutcome {
     pub first_fin: Option<Side>,
 }
 
-/// A connection whose sockets are in the kernel; drive it with [`SplicedPair::supervise`].
+/// A connection whose sockets are in the kernel; hand it to [`SplicedPair::park`].
+/// Not `Send`: it belongs to the worker thread that spliced it.
 pub struct SplicedPair {
-    pub(super) splicer: Splicer,
-    pub(super) client: TcpStream,
-    pub(super) upstream: TcpStream,
-    pub(super) ins: Inserted,
-    pub(super) early: u64,
+    splicer: Splicer,
+    client: OwnedFd,
+    upstream: OwnedFd,
+    ins: Inserted,
+    early: u64,
+    _worker: PhantomData<*const ()>,
 }
 
 impl std::fmt::Debug for SplicedPair {
@@ -105,46 +108,36 @@ enum DirEnd {
 }
 
 impl SplicedPair {
+    pub(super) fn new(splicer: Splicer, client: OwnedFd, upstream: OwnedFd, ins: Inserted, early: u64) -> Self {
+        Self { splicer, client, upstream, ins, early, _worker: PhantomData }
+    }
+
+    pub(super) fn into_parts(self) -> (Splicer, OwnedFd, OwnedFd, Inserted, u64) {
+        (self.splicer, self.client, self.upstream, self.ins, self.early)
+    }
+
     /// Socket cookies (client, upstream): their keys in the sockhash.
     pub fn cookies(&self) -> (u64, u64) {
         (self.ins.client_cookie, self.ins.upstream_cookie)
     }
 
     /// Supervises the pair until both sides closed, one failed, it was idle for
-    /// `idle_timeout`, or `shutdown` reached the `Stop` phase. Closes both sockets.
-    pub async fn supervise(self, idle_timeout: Option<Duration>, shutdown: ShutdownRx) -> SpliceOutcome {
+    /// `idle_timeout`, or `shutdown` reached the `Stop` phase; `swept` says the
+    /// sweeper already decided to end it. Closes both sockets.
+    pub(super) async fn supervise(
+        self,
+        swept: Option<Swept>,
+        idle_timeout: Option<Duration>,
+        shutdown: ShutdownRx,
+    ) -> SpliceOutcome {
         let inner = &*self.splicer.inner;
         let (client, upstream) = (self.client.as_raw_fd(), self.upstream.as_raw_fd());
         let up = Direction { inner, slot: self.ins.slot, dir: TO_UPSTREAM, dst: upstream };
         let down = Direction { inner, slot: self.ins.slot, dir: TO_CLIENT, dst: client };
-        let mut up_fut = pin!(direction(&up, client, Side::Client, Side::Upstream));
-        let mut down_fut = pin!(direction(&down, upstream, Side::Upstream, Side::Client));
-        let mut swept = pin!(watch_pair(&self.splicer, self.ins.slot, idle_timeout, shutdown));
-        let (mut up_done, mut down_done) = (false, false);
-        let mut first_fin = None;
-        let reason = loop {
-            tokio::select! {
-                end = &mut up_fut, if !up_done => match end {
-                    DirEnd::Fin if down_done => break CloseReason::Closed,
-                    DirEnd::Fin => {
-                        up_done = true;
-                        first_fin = Some(Side::Client);
-                    }
-                    DirEnd::Failed(side, e) => break failure(side, &e),
-                },
-                end = &mut down_fut, if !down_done => match end {
-                    DirEnd::Fin if up_done => break CloseReason::Closed,
-                    DirEnd::Fin => {
-                        down_done = true;
-                        first_fin = Some(Side::Upstream);
-                    }
-                    DirEnd::Failed(side, e) => break failure(side, &e),
-                },
-                why = &mut swept => break match why {
-                    Swept::Idle => CloseReason::Idle,
-                    Swept::Drain => CloseReason::Shutdown,
-                },
-            }
+        let (reason, first_fin) = if let Some(why) = swept {
+            (swept_reason(why), None)
+        } else {
+            until_end(&up, &down, watch_pair(&self.splicer, self.ins.slot, idle_timeout, shutdown)).await
         };
         match reason {
             CloseReason::Reset(side) | CloseReason::Error(side, _) => {
@@ -176,6 +169,46 @@ impl SplicedPair {
         drop(self.client);
         drop(self.upstream);
         outcome
+    }
+}
+
+/// Watches both directions and the sweeper until the pair ends; returns why, and
+/// which side sent the first FIN.
+async fn until_end(up: &Direction<'_>, down: &Direction<'_>, sweep: Registration) -> (CloseReason, Option<Side>) {
+    let (client, upstream) = (down.dst, up.dst);
+    let mut up_fut = pin!(direction(up, client, Side::Client, Side::Upstream));
+    let mut down_fut = pin!(direction(down, upstream, Side::Upstream, Side::Client));
+    let mut sweep = pin!(sweep);
+    let (mut up_done, mut down_done) = (false, false);
+    let mut first_fin = None;
+    let reason = loop {
+        tokio::select! {
+            end = &mut up_fut, if !up_done => match end {
+                DirEnd::Fin if down_done => break CloseReason::Closed,
+                DirEnd::Fin => {
+                    up_done = true;
+                    first_fin = Some(Side::Client);
+                }
+                DirEnd::Failed(side, e) => break failure(side, &e),
+            },
+            end = &mut down_fut, if !down_done => match end {
+                DirEnd::Fin if up_done => break CloseReason::Closed,
+                DirEnd::Fin => {
+                    down_done = true;
+                    first_fin = Some(Side::Upstream);
+                }
+                DirEnd::Failed(side, e) => break failure(side, &e),
+            },
+            why = &mut sweep => break swept_reason(why),
+        }
+    };
+    (reason, first_fin)
+}
+
+fn swept_reason(why: Swept) -> CloseReason {
+    match why {
+        Swept::Idle => CloseReason::Idle,
+        Swept::Drain => CloseReason::Shutdown,
     }
 }
 

@@ -1,9 +1,11 @@
-//! Per-worker sweeper for the idle timeout and the drain signal of spliced
-//! pairs, so that an idle pair holds no timer and no channel future of its own.
+//! Per-worker sweeper for the idle timeout, the drain signal and pass mode of
+//! spliced pairs, so that no pair holds a timer or a channel future of its own.
 //!
-//! Each worker thread runs one sweeper task while it has pairs. Every tick it
-//! reads each pair's last-activity stamp from the kernel-shared array (plain
-//! memory, no syscall) and its drain flag, and wakes the pairs that must end.
+//! Each worker thread runs one sweeper task while it has pairs, parked (rows of
+//! `park`'s table) or supervised by a task (registered here). Every tick it
+//! reads each pair's last-activity stamp and pass counters from the
+//! kernel-shared array (plain memory, no syscall) and the drain phase, resumes
+//! the parked pairs that need it and wakes the supervisors that must end.
 //! Must never block and never make a syscall per pair.
 
 use std::cell::RefCell;
@@ -19,6 +21,7 @@ use slab::Slab;
 
 use super::backpressure::pass_pending;
 use super::loader::Splicer;
+use super::park;
 use super::sys;
 
 /// Longest time between two checks of a pair (the drain signal's latency).
@@ -54,21 +57,35 @@ thread_local! {
     static SWEEPER: Rc<RefCell<Sweeper>> = Rc::new(RefCell::new(Sweeper { tick: TICK_MAX, ..Sweeper::default() }));
 }
 
-/// Registers a pair with this worker's sweeper; resolves when it must end.
-pub(super) fn watch_pair(splicer: &Splicer, slot: u32, idle: Option<Duration>, drain: ShutdownRx) -> Registration {
-    let idle_ns = idle.map_or(u64::MAX, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
-    let key = SWEEPER.with(|s| {
-        let mut sw = s.borrow_mut();
-        if let Some(d) = idle {
+/// Makes the ticks short enough for an idle timeout of `idle` (a quarter of it).
+pub(super) fn shorten_tick(idle: Option<Duration>) {
+    if let Some(d) = idle {
+        SWEEPER.with(|s| {
+            let mut sw = s.borrow_mut();
             sw.tick = sw.tick.min((d / 4).max(TICK_MIN));
-        }
-        let key = sw.entries.insert(Entry { splicer: splicer.clone(), slot, idle_ns, drain, waker: None, swept: None });
+        });
+    }
+}
+
+/// Starts this worker's sweeper task unless it is running.
+pub(super) fn ensure_running() {
+    SWEEPER.with(|s| {
+        let mut sw = s.borrow_mut();
         if !sw.running {
             sw.running = true;
             tokio::task::spawn_local(run(s.clone()));
         }
-        key
     });
+}
+
+/// Registers a supervised pair with this worker's sweeper; resolves when it must end.
+pub(super) fn watch_pair(splicer: &Splicer, slot: u32, idle: Option<Duration>, drain: ShutdownRx) -> Registration {
+    let idle_ns = idle.map_or(u64::MAX, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+    shorten_tick(idle);
+    let key = SWEEPER.with(|s| {
+        s.borrow_mut().entries.insert(Entry { splicer: splicer.clone(), slot, idle_ns, drain, waker: None, swept: None })
+    });
+    ensure_running();
     Registration { key }
 }
 
@@ -110,13 +127,14 @@ async fn run(sweeper: Rc<RefCell<Sweeper>>) {
     loop {
         let tick = sweeper.borrow().tick;
         tokio::time::sleep(tick).await;
+        let now = sys::coarse_now_ns();
+        // Resumed rows become supervision tasks, which register here when first polled.
+        let parked = park::sweep(now);
         let mut sw = sweeper.borrow_mut();
-        if sw.entries.is_empty() {
+        if sw.entries.is_empty() && parked == 0 {
             sw.running = false;
-            sw.tick = TICK_MAX;
             return;
         }
-        let now = sys::coarse_now_ns();
         for (_, e) in &mut sw.entries {
             if e.swept.is_some() {
                 continue;

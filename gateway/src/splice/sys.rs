@@ -82,6 +82,15 @@ pub fn shutdown_write(fd: RawFd) -> io::Result<()> {
     Ok(())
 }
 
+/// A second descriptor for the same open socket (`F_DUPFD_CLOEXEC`).
+pub fn dup(fd: RawFd) -> io::Result<std::os::fd::OwnedFd> {
+    // SAFETY: `fcntl(F_DUPFD_CLOEXEC)` only creates a descriptor; on success it is new and
+    // owned by no one else.
+    let new = cvt(unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) })?;
+    // SAFETY: `new` is a freshly created descriptor that nothing else owns.
+    Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(new) })
+}
+
 /// Non-blocking `recv`; `flags` may add `MSG_PEEK`.
 pub fn recv(fd: RawFd, buf: &mut [u8], flags: libc::c_int) -> io::Result<usize> {
     // SAFETY: `buf` is valid for writes of `buf.len()` bytes.

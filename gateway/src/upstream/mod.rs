@@ -261,6 +261,11 @@ impl ActiveGuard {
     pub fn server(&self) -> usize {
         self.index
     }
+
+    /// That server's address.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.group.server(self.index).addr
+    }
 }
 
 impl Drop for ActiveGuard {

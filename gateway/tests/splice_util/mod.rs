@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 use wsgate::readiness;
-use wsgate::shutdown::{Phase, ShutdownRx, ShutdownTx};
+use wsgate::shutdown::{Phase, ShutdownTx};
 use wsgate::splice::{HandoverError, SpliceOutcome, Splicer};
 
 /// Loads a splicer, or explains loudly why the test cannot run here.
@@ -47,36 +47,53 @@ pub struct Job {
     pub client: std::net::TcpStream,
     pub upstream: std::net::TcpStream,
     pub handshake: Handshake,
-    pub idle: Option<Duration>,
     pub done: std_mpsc::Sender<Result<SpliceOutcome, String>>,
     pub cookies: Option<std_mpsc::Sender<(u64, u64)>>,
-    /// Drain signal for this pair only (else the proxy's).
-    pub shutdown: Option<ShutdownRx>,
 }
 
-/// A worker thread with a tokio-uring runtime that splices and supervises pairs.
+enum Msg {
+    Job(Job),
+    /// Asks how many pairs are parked on the worker (rows, not tasks).
+    Parked(std_mpsc::Sender<usize>),
+}
+
+/// A worker thread with a tokio-uring runtime that splices and parks pairs, as a
+/// wsgate worker does.
 pub struct Proxy {
-    tx: Option<mpsc::UnboundedSender<Job>>,
+    tx: Option<mpsc::UnboundedSender<Msg>>,
     pub shutdown: ShutdownTx,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Proxy {
+    /// A worker without idle timeout.
     pub fn start(splicer: &Splicer) -> Self {
-        let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
+        Self::with_idle(splicer, None)
+    }
+
+    /// A worker whose pairs close after `idle` without traffic.
+    pub fn with_idle(splicer: &Splicer, idle: Option<Duration>) -> Self {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Msg>();
         let (shutdown, shutdown_rx) = wsgate::shutdown::channel();
         let splicer = splicer.clone();
         let thread = std::thread::spawn(move || {
             tokio_uring::start(async move {
                 readiness::init(4096).expect("poll ring");
-                while let Some(job) = rx.recv().await {
+                splicer.init_worker(idle, shutdown_rx).expect("worker prepared to splice");
+                while let Some(msg) = rx.recv().await {
+                    let job = match msg {
+                        Msg::Job(job) => job,
+                        Msg::Parked(reply) => {
+                            let _ = reply.send(wsgate::splice::parked_here());
+                            continue;
+                        }
+                    };
                     let splicer = splicer.clone();
-                    let shutdown = job.shutdown.clone().unwrap_or_else(|| shutdown_rx.clone());
                     tokio_uring::spawn(async move {
-                        let r =
-                            run_job(&splicer, job.client, job.upstream, job.handshake, job.idle, shutdown, job.cookies)
-                                .await;
-                        let _ = job.done.send(r);
+                        let done = job.done.clone();
+                        if let Err(e) = run_job(&splicer, job).await {
+                            let _ = done.send(Err(e));
+                        }
                     });
                 }
             });
@@ -86,7 +103,14 @@ impl Proxy {
 
     /// Hands a pair of wsgate-side sockets to the proxy.
     pub fn submit(&self, job: Job) {
-        self.tx.as_ref().expect("proxy running").send(job).expect("proxy thread alive");
+        self.tx.as_ref().expect("proxy running").send(Msg::Job(job)).expect("proxy thread alive");
+    }
+
+    /// Pairs parked on the worker right now.
+    pub fn parked(&self) -> usize {
+        let (reply, rx) = std_mpsc::channel();
+        self.tx.as_ref().expect("proxy running").send(Msg::Parked(reply)).expect("proxy thread alive");
+        rx.recv_timeout(Duration::from_secs(5)).expect("proxy answers")
     }
 
     /// Splices a pair without handshake; returns the outcome receiver.
@@ -96,15 +120,7 @@ impl Proxy {
         upstream: std::net::TcpStream,
     ) -> std_mpsc::Receiver<Result<SpliceOutcome, String>> {
         let (done, rx) = std_mpsc::channel();
-        self.submit(Job {
-            client,
-            upstream,
-            handshake: Handshake::None,
-            idle: None,
-            done,
-            cookies: None,
-            shutdown: None,
-        });
+        self.submit(Job { client, upstream, handshake: Handshake::None, done, cookies: None });
         rx
     }
 }
@@ -119,18 +135,12 @@ impl Drop for Proxy {
     }
 }
 
-/// The size of a supervision future is printed once per test binary.
+/// The size of a parked row is printed once per test binary.
 static SIZE_PRINTED: std::sync::Once = std::sync::Once::new();
 
-async fn run_job(
-    splicer: &Splicer,
-    client: std::net::TcpStream,
-    upstream: std::net::TcpStream,
-    handshake: Handshake,
-    idle: Option<Duration>,
-    shutdown: ShutdownRx,
-    cookies: Option<std_mpsc::Sender<(u64, u64)>>,
-) -> Result<SpliceOutcome, String> {
+/// Splices and parks one pair; the outcome goes to `job.done` when it ends.
+async fn run_job(splicer: &Splicer, job: Job) -> Result<(), String> {
+    let Job { client, upstream, handshake, done, cookies } = job;
     let early = match handshake {
         Handshake::None => Vec::new(),
         Handshake::Http => {
@@ -147,11 +157,18 @@ async fn run_job(
     if let Some(tx) = cookies {
         let _ = tx.send(pair.cookies());
     }
-    let supervision = pair.supervise(idle, shutdown);
+    let finish = move |outcome| {
+        let _ = done.send(Ok(outcome));
+    };
     SIZE_PRINTED.call_once(|| {
-        eprintln!("supervision future of one spliced pair: {} bytes", std::mem::size_of_val(&supervision));
+        eprintln!(
+            "parked row of one spliced pair: {} bytes + {} of finish callback",
+            wsgate::splice::ROW_BYTES,
+            std::mem::size_of_val(&finish)
+        );
     });
-    Ok(supervision.await)
+    pair.park(finish);
+    Ok(())
 }
 
 fn recv(fd: RawFd, buf: &mut [u8], flags: libc::c_int) -> io::Result<usize> {

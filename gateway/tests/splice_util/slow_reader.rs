@@ -40,10 +40,8 @@ pub fn slow_reader(upstream_stalls: bool) {
             client: q.a,
             upstream: q.b,
             handshake: Handshake::None,
-            idle: None,
             done,
             cookies: Some(spliced_tx),
-            shutdown: None,
         });
         in_kernel.recv_timeout(Duration::from_secs(5)).expect("pair spliced");
         let (mut sender, reader) = if upstream_stalls { (q.c, q.u) } else { (q.u, q.c) };
