@@ -32,7 +32,9 @@ use crate::{bufpool, readiness};
 const RING_ENTRIES: u32 = 4096;
 
 /// Runs the gateway until shutdown: binds, starts workers, waits for them.
-pub fn run(config: Config) -> Result<()> {
+/// `started` runs on this thread once the set-up is done, before the ready line
+/// (the binary returns the set-up's freed memory to the system there).
+pub fn run(config: Config, started: impl FnOnce()) -> Result<()> {
     let config = Arc::new(config);
     let workers = config.worker_count();
     let needs = crate::preflight::Needs {
@@ -99,6 +101,7 @@ pub fn run(config: Config) -> Result<()> {
             .context("spawning a worker thread")?;
         handles.push(h);
     }
+    started();
     for (a, _) in &addrs {
         tracing::info!(workers, "listening on {a}");
         // The ready line scripts and tests wait for.

@@ -27,8 +27,8 @@ use super::shared::{DirField, Link, TO_CLIENT, TO_UPSTREAM};
 use super::sys;
 use super::{Side, SplicedPair};
 
-/// Read size while draining the client before insertion.
-const DRAIN_CHUNK: usize = 64 * 1024;
+/// Read size while draining the client before insertion (on the handover's stack).
+const DRAIN_CHUNK: usize = 4 * 1024;
 
 /// Why a pair was not spliced.
 #[derive(thiserror::Error)]
@@ -143,14 +143,13 @@ enum Drained {
     Busy,
 }
 
-/// Reads the client until EAGAIN, forwarding everything to the upstream.
+/// Reads the client until EAGAIN, forwarding everything to the upstream. Usually
+/// the queue is empty and one `recv` says so; the small buffer keeps that case free
+/// of a large allocation.
 async fn drain_client(client: RawFd, upstream: RawFd, limit: u64) -> Result<Drained, (Side, io::Error)> {
     let mut total = 0u64;
-    let mut buf: Vec<u8> = Vec::new();
+    let mut buf = [0u8; DRAIN_CHUNK];
     loop {
-        if buf.is_empty() {
-            buf.resize(DRAIN_CHUNK, 0);
-        }
         match sys::recv(client, &mut buf, 0) {
             Ok(0) => return Ok(Drained::Closed),
             Ok(n) => {

@@ -26,7 +26,7 @@ use slab::Slab;
 use super::backpressure::pass_pending;
 use super::handover::Inserted;
 use super::loader::Splicer;
-use super::supervise::{SplicedPair, SpliceOutcome};
+use super::supervise::{SpliceOutcome, SplicedPair};
 use super::sweep::{self, Swept};
 use super::sys;
 use crate::readiness;
@@ -110,7 +110,9 @@ impl Splicer {
                 splicer: self.clone(),
                 policy: Policy { idle, shutdown },
                 idle_ns,
-                rows: Slab::new(),
+                // Reserved, not touched: rows cost memory only as pairs are parked, and
+                // the table never moves a million rows to grow.
+                rows: Slab::with_capacity(self.capacity() as usize),
                 next_generation: 0,
             });
         });

@@ -83,7 +83,14 @@ pub(super) fn watch_pair(splicer: &Splicer, slot: u32, idle: Option<Duration>, d
     let idle_ns = idle.map_or(u64::MAX, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
     shorten_tick(idle);
     let key = SWEEPER.with(|s| {
-        s.borrow_mut().entries.insert(Entry { splicer: splicer.clone(), slot, idle_ns, drain, waker: None, swept: None })
+        s.borrow_mut().entries.insert(Entry {
+            splicer: splicer.clone(),
+            slot,
+            idle_ns,
+            drain,
+            waker: None,
+            swept: None,
+        })
     });
     ensure_running();
     Registration { key }

@@ -36,13 +36,7 @@ pub fn slow_reader(upstream_stalls: bool) {
         // the handover is left to the userspace relay, see `handover`).
         let (done, outcome) = std::sync::mpsc::channel();
         let (spliced_tx, in_kernel) = std::sync::mpsc::channel();
-        proxy.submit(Job {
-            client: q.a,
-            upstream: q.b,
-            handshake: Handshake::None,
-            done,
-            cookies: Some(spliced_tx),
-        });
+        proxy.submit(Job { client: q.a, upstream: q.b, handshake: Handshake::None, done, cookies: Some(spliced_tx) });
         in_kernel.recv_timeout(Duration::from_secs(5)).expect("pair spliced");
         let (mut sender, reader) = if upstream_stalls { (q.c, q.u) } else { (q.u, q.c) };
         sender.set_nonblocking(true).unwrap();
