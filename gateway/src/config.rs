@@ -127,11 +127,22 @@ pub struct RelayConfig {
     /// Kernel splice: bytes per direction the kernel may hold for a pair before the pair
     /// is relayed in userspace (with TCP flow control) until it drains. At least 65536.
     pub splice_budget: u64,
+    /// Kernel splice: a WebSocket starts in the userspace relay and is handed to the
+    /// kernel at its first quiet moment after this long. Handing a pair over costs
+    /// more than relaying a short connection in userspace, so connections that close
+    /// within this time are never spliced. `0s` splices right after the 101.
+    #[serde(with = "humantime_serde")]
+    pub splice_after: Duration,
 }
 
 impl Default for RelayConfig {
     fn default() -> Self {
-        Self { buffer_size: 64 * 1024, pool_buffers: 64, splice_budget: crate::splice::DEFAULT_BUDGET }
+        Self {
+            buffer_size: 64 * 1024,
+            pool_buffers: 64,
+            splice_budget: crate::splice::DEFAULT_BUDGET,
+            splice_after: Duration::from_secs(1),
+        }
     }
 }
 

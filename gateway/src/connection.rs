@@ -75,18 +75,13 @@ pub async fn serve(client: TcpStream, peer: SocketAddr, ctx: Rc<Context>, active
         close: "-",
         mode: "-",
     };
-    if let Err(e) = client.set_nodelay(true) {
-        tracing::debug!(error = %e, "TCP_NODELAY on client socket");
-    }
+    // TCP_NODELAY comes from the listening socket: accepted sockets inherit it.
     let mut client = Some(client);
     let result = proxy(&mut client, &ctx, &mut facts).await;
     if let Ok(Some(handoff)) = result {
-        let parked = ParkedFacts::new(&facts);
         let Handoff { pair, admitted, live } = handoff;
-        pair.park(move |outcome| {
-            parked.log(&ctx, live.addr(), outcome);
-            drop((active, admitted, live));
-        });
+        let end = SplicedEnd { facts: ParkedFacts::new(&facts), ctx, _active: active, _admitted: admitted, live };
+        pair.park(move |outcome| end.finish(outcome));
         return;
     }
     if let Err(err) = result {
@@ -135,6 +130,26 @@ struct Handoff {
     live: ActiveGuard,
 }
 
+/// What a parked pair keeps of its connection until it ends: the access log's facts
+/// and the guards that count it (connection, admission, upstream server).
+struct SplicedEnd {
+    facts: ParkedFacts,
+    ctx: Rc<Context>,
+    _active: ActiveConn,
+    _admitted: Admitted,
+    live: ActiveGuard,
+}
+
+// A parked pair is this plus 32 bytes of sockets and cookies, boxed: 160 bytes keeps
+// it in the allocator's 160-byte class (with the row and the log text, ~230 bytes).
+const _: () = assert!(size_of::<SplicedEnd>() <= 128);
+
+impl SplicedEnd {
+    fn finish(self, outcome: splice::SpliceOutcome) {
+        self.facts.log(&self.ctx, self.live.addr(), outcome);
+    }
+}
+
 /// What the access log needs of a parked pair, kept compact: it lives as long as the
 /// pair, and an idle pair should cost a few hundred bytes at most.
 struct ParkedFacts {
@@ -143,8 +158,9 @@ struct ParkedFacts {
     text: Box<str>,
     /// Lengths of the first three parts of `text`.
     lens: [u32; 3],
-    /// Client bytes that came with the request head.
-    head_extra: u32,
+    /// Bytes (client → upstream, upstream → client) moved before the splice: client
+    /// bytes that came with the request head, and the userspace relay's before the pause.
+    before_splice: [u64; 2],
     upstream_response_time: f32,
 }
 
@@ -156,7 +172,7 @@ impl ParkedFacts {
             started: facts.started,
             text: [peer.as_str(), &facts.host, &facts.request, &facts.user_agent].concat().into_boxed_str(),
             lens: [len(&peer), len(&facts.host), len(&facts.request)],
-            head_extra: u32::try_from(facts.bytes_in).unwrap_or(u32::MAX),
+            before_splice: [facts.bytes_in, facts.bytes_out],
             #[allow(clippy::cast_possible_truncation, reason = "seconds; an f32 keeps microseconds over minutes")]
             upstream_response_time: facts.upstream_response_time.unwrap_or_default() as f32,
         }
@@ -179,13 +195,13 @@ impl ParkedFacts {
             time: now_unix(),
             request,
             status: 101,
-            bytes_sent: outcome.to_client,
+            bytes_sent: self.before_splice[1] + outcome.to_client,
             request_time: self.started.elapsed().as_secs_f64(),
             upstream_response_time: Some(f64::from(self.upstream_response_time)),
             user_agent: rest.to_owned(),
             upstream_addr: Some(upstream),
-            bytes_in: u64::from(self.head_extra) + outcome.to_upstream,
-            bytes_out: outcome.to_client,
+            bytes_in: self.before_splice[0] + outcome.to_upstream,
+            bytes_out: self.before_splice[1] + outcome.to_client,
             close: splice_close(outcome.reason, outcome.first_fin),
             mode: "splice",
         });
@@ -283,7 +299,7 @@ async fn proxy(
     let Some(resp) = resp else {
         // Plain HTTP: the request body may be large, so relay right away; the response
         // status is read from the first bytes the upstream sends.
-        let opts = RelayOptions { idle_timeout, end_on_upstream_fin: true };
+        let opts = RelayOptions { idle_timeout, end_on_upstream_fin: true, pause_after: None };
         let outcome = userspace_relay(client, &upstream, opts, &mut shutdown, ctx, facts).await;
         facts.status = outcome.response_status.unwrap_or(502);
         facts.upstream_response_time = outcome.first_response.map(|t| (t - connected.started).as_secs_f64());
@@ -305,11 +321,21 @@ async fn proxy(
 
     // Phase: relay, in the kernel when it can take the pair.
     Stats::bump(&ctx.stats.upgrades_succeeded);
-    let opts = RelayOptions { idle_timeout, end_on_upstream_fin: false };
+    let opts = RelayOptions { idle_timeout, end_on_upstream_fin: false, pause_after: None };
     let Some(splicer) = &ctx.splicer else {
         userspace_relay(client, &upstream, opts, &mut shutdown, ctx, facts).await;
         return Ok(None);
     };
+    // A short connection costs less in userspace than a handover: relay it there first,
+    // and hand it to the kernel at its first quiet moment after `splice_after`.
+    let splice_after = cfg.relay.splice_after;
+    if !splice_after.is_zero() {
+        let first = RelayOptions { pause_after: Some(splice_after), ..opts };
+        let outcome = userspace_relay(client, &upstream, first, &mut shutdown, ctx, facts).await;
+        if outcome.reason != CloseReason::Paused {
+            return Ok(None);
+        }
+    }
     let Some(client) = client_slot.take() else { return Ok(None) };
     // The userspace path is boxed: the handshake's future stays small, and a spliced
     // pair leaves it altogether (parked, it is a table row, not a task).
@@ -340,12 +366,18 @@ async fn userspace_relay(
     ctx: &Context,
     facts: &mut Facts,
 ) -> relay::RelayOutcome {
-    Stats::bump(&ctx.stats.relayed_userspace);
+    // Counted in the mode it ends in: a relay that pauses for the splice is not.
+    if opts.pause_after.is_none() {
+        Stats::bump(&ctx.stats.relayed_userspace);
+    }
     facts.mode = "userspace";
     let outcome = Box::pin(relay::relay(client, upstream, opts, shutdown)).await;
+    if opts.pause_after.is_some() && outcome.reason != CloseReason::Paused {
+        Stats::bump(&ctx.stats.relayed_userspace);
+    }
     facts.bytes_in += outcome.client_to_upstream;
-    facts.bytes_out = outcome.upstream_to_client;
-    facts.bytes_sent = outcome.upstream_to_client;
+    facts.bytes_out += outcome.upstream_to_client;
+    facts.bytes_sent = facts.bytes_out;
     facts.close = outcome.reason.as_str();
     outcome
 }

@@ -62,6 +62,10 @@ struct RunOptions {
     /// Idle timeout of relayed connections (e.g. 3600s, 90s, 500ms).
     #[arg(long, value_parser = humantime_parse)]
     idle_timeout: Option<std::time::Duration>,
+    /// Hand WebSockets to the kernel splice at their first quiet moment after this long
+    /// (`relay.splice_after`; 0s: right after the 101).
+    #[arg(long, value_parser = humantime_parse)]
+    splice_after: Option<std::time::Duration>,
 }
 
 fn humantime_parse(s: &str) -> Result<std::time::Duration, String> {
@@ -104,6 +108,9 @@ impl RunOptions {
         }
         if let Some(t) = self.idle_timeout {
             config.timeouts.idle = t;
+        }
+        if let Some(t) = self.splice_after {
+            config.relay.splice_after = t;
         }
         config.validate()?;
         Ok(config)

@@ -31,18 +31,29 @@ pub async fn connect(addr: SocketAddr, source: Option<IpAddr>, timeout: Duration
         Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {
             match tokio::time::timeout(timeout, readiness::ready(&socket, readiness::WRITABLE)).await {
                 Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
+                // Writable without an error or hang-up: connected, nothing to ask.
+                Ok(Ok(mask)) if mask & (libc::POLLERR | libc::POLLHUP) as u32 == 0 => {}
                 Ok(r) => {
                     r?;
+                    if let Some(e) = socket.take_error()? {
+                        return Err(e);
+                    }
+                    return Err(io::Error::new(io::ErrorKind::ConnectionRefused, "connect failed"));
                 }
-            }
-            if let Some(e) = socket.take_error()? {
-                return Err(e);
             }
         }
         Err(e) => return Err(e),
     }
-    socket.set_nonblocking(false)?;
+    set_blocking(socket.as_raw_fd())?;
     Ok(TcpStream::from_std(socket.into()))
+}
+
+/// Clears `O_NONBLOCK` in one call (`FIONBIO`), for `io_uring` reads and writes.
+fn set_blocking(fd: RawFd) -> io::Result<()> {
+    let off: libc::c_int = 0;
+    // SAFETY: FIONBIO reads one c_int through the pointer.
+    let r = unsafe { libc::ioctl(fd, libc::FIONBIO, &raw const off) };
+    if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 
 /// Reads what is queued without consuming it (`MSG_PEEK | MSG_DONTWAIT`).

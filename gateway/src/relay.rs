@@ -40,6 +40,9 @@ pub enum CloseReason {
     Shutdown,
     /// The response was complete (error responses, plain HTTP).
     Done,
+    /// Not a close: the relay stopped at a quiet moment (no bytes held, both
+    /// directions open) so the caller can hand the pair to the kernel splice.
+    Paused,
 }
 
 impl CloseReason {
@@ -52,6 +55,7 @@ impl CloseReason {
             Self::IdleTimeout => "idle_timeout",
             Self::Shutdown => "shutdown",
             Self::Done => "done",
+            Self::Paused => "paused",
         }
     }
 }
@@ -75,7 +79,12 @@ pub struct RelayOptions {
     /// Plain HTTP: once the upstream has finished its response (FIN), the exchange is
     /// over and the client is closed too, instead of waiting for the client's FIN.
     pub end_on_upstream_fin: bool,
+    /// Stop with [`CloseReason::Paused`] at the first quiet moment after this long.
+    pub pause_after: Option<Duration>,
 }
+
+/// How soon a pause is tried again when bytes were in flight.
+const PAUSE_RETRY: Duration = Duration::from_millis(20);
 
 /// How one direction ended.
 enum PumpEnd {
@@ -88,8 +97,9 @@ enum PumpEnd {
 }
 
 /// Relays bytes both ways until both directions finished, a reset, the idle timeout,
-/// or the `Stop` phase. Both sockets are shut down (not closed) on return, which also
-/// completes any io_uring operation still in flight on them.
+/// the `Stop` phase, or a pause (`opts.pause_after`). Unless paused, both sockets are
+/// shut down (not closed) on return, which also completes any io_uring operation
+/// still in flight on them; a pause returns only when nothing is in flight.
 pub async fn relay(
     client: &TcpStream,
     upstream: &TcpStream,
@@ -99,9 +109,12 @@ pub async fn relay(
     let activity = Cell::new(Instant::now());
     let (c2u_bytes, u2c_bytes) = (Cell::new(0u64), Cell::new(0u64));
     let first = Cell::new(None);
-    let mut c2u = pin!(pump(client, upstream, &activity, &c2u_bytes, None));
-    let mut u2c = pin!(pump(upstream, client, &activity, &u2c_bytes, Some(&first)));
+    // Directions holding bytes they have read and not yet written.
+    let holding = Cell::new(0u32);
+    let mut c2u = pin!(pump(client, upstream, &activity, &c2u_bytes, None, &holding));
+    let mut u2c = pin!(pump(upstream, client, &activity, &u2c_bytes, Some(&first), &holding));
     let mut idle = pin!(tokio::time::sleep(opts.idle_timeout));
+    let mut pause = pin!(tokio::time::sleep(opts.pause_after.unwrap_or(Duration::MAX)));
     let mut stop = pin!(shutdown.reached(Phase::Stop));
     let (mut c2u_done, mut u2c_done) = (false, false);
     let mut first_fin = None;
@@ -136,12 +149,19 @@ pub async fn relay(
                 idle.as_mut().reset(deadline.into());
             }
             () = &mut stop => break CloseReason::Shutdown,
+            // Only between reads: dropping a pump that waits for readability loses nothing.
+            () = &mut pause, if opts.pause_after.is_some() && !c2u_done && !u2c_done => {
+                if holding.get() == 0 {
+                    break CloseReason::Paused;
+                }
+                pause.as_mut().reset((Instant::now() + PAUSE_RETRY).into());
+            }
         }
     };
     // Wake whatever is still in flight (a parked write to a slow reader, a read) so the
     // kernel lets go of both sockets once the caller drops them. When both directions
     // ended with FIN nothing is in flight, and the close that follows is enough.
-    if !(c2u_done && u2c_done) {
+    if !(c2u_done && u2c_done) && reason != CloseReason::Paused {
         net::shutdown(client, Shutdown::Both);
         net::shutdown(upstream, Shutdown::Both);
     }
@@ -199,13 +219,16 @@ fn reset(s: &TcpStream) {
 type FirstBytes = Option<(Instant, Option<u16>)>;
 
 /// Moves bytes from `from` to `to` until FIN or an error. `first` records when the
-/// first bytes came and the HTTP status they start with, if any.
+/// first bytes came and the HTTP status they start with, if any. `holding` counts
+/// this direction while it waits to write bytes it has read (it is safe to drop only
+/// when not counted).
 async fn pump(
     from: &TcpStream,
     to: &TcpStream,
     activity: &Cell<Instant>,
     moved: &Cell<u64>,
     first: Option<&Cell<FirstBytes>>,
+    holding: &Cell<u32>,
 ) -> PumpEnd {
     loop {
         if let Err(e) = readiness::ready(from, readiness::READABLE).await {
@@ -249,7 +272,9 @@ async fn pump(
                 }
             };
             if sent < n {
+                holding.set(holding.get() + 1);
                 let (res, slice) = to.write_all(buf.slice(sent..n)).await;
+                holding.set(holding.get() - 1);
                 bufpool::put(slice.into_inner());
                 if let Err(e) = res {
                     return PumpEnd::WriteFailed(e);

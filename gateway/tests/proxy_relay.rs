@@ -18,15 +18,22 @@ fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
 }
 
-/// Relay mode under test: `WSGATE_TEST_SPLICE` lets CI run the same tests over the kernel splice.
+/// Relay mode under test: `WSGATE_TEST_SPLICE` lets CI run the same tests over the kernel
+/// splice, which then takes every WebSocket right after its 101 (`--splice-after 0s`).
 fn mode() -> String {
     std::env::var("WSGATE_TEST_SPLICE").unwrap_or_else(|_| "userspace".into())
+}
+
+/// `--splice MODE --splice-after 0s` for [`mode`].
+fn relay_args() -> [&'static str; 4] {
+    let mode = if mode() == "sockmap" { "sockmap" } else { "userspace" };
+    ["--splice", mode, "--splice-after", "0s"]
 }
 
 #[test]
 fn text_binary_ping_and_close_are_echoed_through_a_real_client() {
     let echo = WsEcho::start();
-    let gw = Gateway::one_line(&[echo.addr], &["--splice", &mode()]);
+    let gw = Gateway::one_line(&[echo.addr], &relay_args());
     rt().block_on(async {
         let (mut ws, resp) = tokio_tungstenite::connect_async(gw.ws_url("/chat")).await.unwrap();
         assert_eq!(resp.status(), 101);
@@ -50,7 +57,7 @@ fn text_binary_ping_and_close_are_echoed_through_a_real_client() {
 #[test]
 fn fragmented_messages_are_reassembled_by_the_upstream_and_echoed() {
     let echo = WsEcho::start();
-    let gw = Gateway::one_line(&[echo.addr], &["--splice", &mode()]);
+    let gw = Gateway::one_line(&[echo.addr], &relay_args());
     let mut c = gw.connect();
     c.write_all(upgrade_request("/", "").as_bytes()).unwrap();
     let (response, after_head) = read_head(&mut c);
@@ -69,7 +76,7 @@ fn fragmented_messages_are_reassembled_by_the_upstream_and_echoed() {
 #[test]
 fn sixteen_mib_messages_round_trip() {
     let echo = WsEcho::start();
-    let gw = Gateway::one_line(&[echo.addr], &["--splice", &mode()]);
+    let gw = Gateway::one_line(&[echo.addr], &relay_args());
     rt().block_on(async {
         let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
             max_message_size: Some(64 << 20),
@@ -91,7 +98,7 @@ fn sixteen_mib_messages_round_trip() {
 #[test]
 fn bytes_sent_by_the_upstream_right_after_its_101_arrive() {
     let up = RawUpstream::switching(b"\x81\x05early");
-    let gw = Gateway::one_line(&[up.addr], &["--splice", &mode()]);
+    let gw = Gateway::one_line(&[up.addr], &relay_args());
     let mut c = gw.connect();
     c.write_all(upgrade_request("/", "").as_bytes()).unwrap();
     let (response, mut after_head) = read_head(&mut c);
@@ -104,7 +111,7 @@ fn bytes_sent_by_the_upstream_right_after_its_101_arrive() {
 #[test]
 fn bytes_sent_by_the_client_with_its_request_arrive() {
     let up = RawUpstream::switching(b"");
-    let gw = Gateway::one_line(&[up.addr], &["--splice", &mode()]);
+    let gw = Gateway::one_line(&[up.addr], &relay_args());
     let mut c = gw.connect();
     let mut req = upgrade_request("/", "").into_bytes();
     req.extend_from_slice(b"early-client-bytes");
@@ -129,7 +136,7 @@ fn client_half_close_keeps_the_upstream_direction_flowing() {
         }
         // Drop: FIN towards the client.
     });
-    let gw = Gateway::one_line(&[up.addr], &["--splice", &mode()]);
+    let gw = Gateway::one_line(&[up.addr], &relay_args());
     let mut c = gw.connect();
     c.write_all(upgrade_request("/", "").as_bytes()).unwrap();
     let (response, after_head) = read_head(&mut c);
@@ -152,7 +159,7 @@ fn upstream_half_close_keeps_the_client_direction_flowing() {
         let got = read_to_eof(&mut s);
         assert_eq!(got, b"still talking");
     });
-    let gw = Gateway::one_line(&[up.addr], &["--splice", &mode()]);
+    let gw = Gateway::one_line(&[up.addr], &relay_args());
     let mut c = gw.connect();
     c.write_all(upgrade_request("/", "").as_bytes()).unwrap();
     let (response, after_head) = read_head(&mut c);
@@ -209,7 +216,7 @@ fn upstream_reset_resets_the_client() {
         socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO)).unwrap();
         // Drop with linger 0: RST.
     });
-    let gw = Gateway::one_line(&[up.addr], &["--splice", &mode()]);
+    let gw = Gateway::one_line(&[up.addr], &relay_args());
     let mut c = gw.connect();
     c.write_all(upgrade_request("/", "").as_bytes()).unwrap();
     let _ = read_head(&mut c);
@@ -275,7 +282,7 @@ fn a_reader_that_stops_reading_stops_the_sender() {
         }
         got_tx.send((total, sum)).unwrap();
     });
-    let gw = Gateway::one_line(&[up.addr], &["--splice", &mode()]);
+    let gw = Gateway::one_line(&[up.addr], &relay_args());
     let mut c = gw.connect();
     c.write_all(upgrade_request("/", "").as_bytes()).unwrap();
     assert_eq!(status_of(&read_head(&mut c).0), 101);

@@ -1,13 +1,16 @@
 //! The splice through the real `wsgate` binary: `--splice sockmap` relays a
 //! real WebSocket session in the kernel; a forced self-test failure or missing
 //! capabilities make `auto` fall back to the userspace relay (which still
-//! works) with one warning, and make `sockmap` refuse to start.
+//! works) with one warning, and make `sockmap` refuse to start. With
+//! `--splice-after`, a connection is relayed in userspace first and handed to
+//! the kernel mid-stream: every byte still arrives once, in order; a connection
+//! that ends before then is never spliced.
 
 mod splice_util;
 mod utils;
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
@@ -28,8 +31,14 @@ struct Wsgate {
 
 impl Wsgate {
     fn start(upstream: SocketAddr, mode: &str, force_fail: bool, unprivileged: bool) -> Self {
+        Self::start_with(upstream, mode, force_fail, unprivileged, "0s")
+    }
+
+    /// `splice_after`: `--splice-after` (the tests above splice right after the 101).
+    fn start_with(upstream: SocketAddr, mode: &str, force_fail: bool, unprivileged: bool, splice_after: &str) -> Self {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_wsgate"));
         cmd.args(["--listen", "127.0.0.1:0", "--workers", "2", "--upstream", &upstream.to_string(), "--splice", mode])
+            .args(["--splice-after", splice_after])
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -178,4 +187,103 @@ fn sockmap_mode_refuses_to_start_when_the_splice_is_unavailable() {
         let err = gw.stderr();
         assert!(err.contains("splice = \"sockmap\"") && err.contains("unavailable"), "unclear refusal:\n{err}");
     }
+}
+
+/// Streams `total` patterned bytes (`id`, direction `dir`) in chunks of varied sizes
+/// with short pauses, so the stream crosses the handover, then sends FIN.
+fn stream_out(mut to: TcpStream, id: u64, dir: u64, total: usize) {
+    let mut sent = 0usize;
+    let mut i = 0usize;
+    while sent < total {
+        let len = (1 + (i * 7919) % 12_000).min(total - sent);
+        let mut chunk = vec![0u8; len];
+        splice_util::fill(id, dir, sent as u64, &mut chunk);
+        to.write_all(&chunk).unwrap();
+        sent += len;
+        i += 1;
+        if i.is_multiple_of(8) {
+            std::thread::sleep(Duration::from_millis(3));
+        }
+    }
+    to.shutdown(Shutdown::Write).unwrap();
+}
+
+/// Reads to EOF and checks every byte against the pattern from offset `start`;
+/// returns the offset reached.
+fn stream_in(mut from: TcpStream, id: u64, dir: u64, start: usize) -> usize {
+    from.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut got = start;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = from.read(&mut buf).expect("read");
+        if n == 0 {
+            return got;
+        }
+        assert_eq!(
+            splice_util::check(id, dir, got as u64, &buf[..n]),
+            None,
+            "byte out of order or corrupted near {got}"
+        );
+        got += n;
+    }
+}
+
+const UP_BYTES: usize = 3_000_000;
+const DOWN_BYTES: usize = 5_000_000;
+
+/// An upstream that answers 101, then streams `DOWN_BYTES` and checks what it receives.
+fn streaming_upstream(received: mpsc::Sender<usize>) -> utils::RawUpstream {
+    let received = Mutex::new(received);
+    utils::RawUpstream::start(move |mut s| {
+        let (_, early) = utils::read_head(&mut s);
+        assert!(early.is_empty());
+        s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n").unwrap();
+        let out = s.try_clone().unwrap();
+        let writer = std::thread::spawn(move || stream_out(out, 41, 2, DOWN_BYTES));
+        let n = stream_in(s, 41, 1, 0);
+        writer.join().unwrap();
+        let _ = received.lock().unwrap().send(n);
+    })
+}
+
+#[test]
+fn a_connection_is_handed_to_the_kernel_mid_stream_without_losing_a_byte() {
+    if splice_util::splicer_or_skip("mid_stream_handover_e2e", 16, 1 << 20).is_none() {
+        return;
+    }
+    let (tx, rx) = mpsc::channel();
+    let up = streaming_upstream(tx);
+    let gw = Wsgate::start_with(up.addr, "sockmap", false, false, "150ms");
+    let mut c = TcpStream::connect(gw.addr.expect("listening")).unwrap();
+    c.write_all(utils::upgrade_request("/chat", "").as_bytes()).unwrap();
+    let (head, early) = utils::read_head(&mut c);
+    assert_eq!(utils::status_of(&head), 101);
+    let out = c.try_clone().unwrap();
+    let writer = std::thread::spawn(move || stream_out(out, 41, 1, UP_BYTES));
+    // What came with the head is the start of the downstream pattern.
+    assert_eq!(splice_util::check(41, 2, 0, &early), None);
+    let received = stream_in(c, 41, 2, early.len());
+    writer.join().unwrap();
+    assert_eq!(received, DOWN_BYTES, "client received");
+    assert_eq!(rx.recv_timeout(Duration::from_secs(20)).unwrap(), UP_BYTES, "upstream received");
+    let line = gw.wait_log("\"GET /chat HTTP/1.1\" 101 ");
+    assert!(line.contains("mode=splice"), "not handed to the kernel: {line}");
+    // `out` counts the upstream's bytes from its 101 head on.
+    let out = DOWN_BYTES + head.len();
+    assert!(
+        line.contains(&format!(" in={UP_BYTES} out={out} ")),
+        "byte counts must add the userspace part and the kernel's: {line}"
+    );
+}
+
+#[test]
+fn a_connection_shorter_than_splice_after_stays_in_userspace() {
+    if splice_util::splicer_or_skip("short_connection_e2e", 16, 1 << 20).is_none() {
+        return;
+    }
+    let echo = WsEcho::start();
+    let gw = Wsgate::start_with(echo.addr, "sockmap", false, false, "10s");
+    echo_session(&gw);
+    let line = gw.wait_log("\"GET /chat HTTP/1.1\" 101 ");
+    assert!(line.contains("mode=userspace"), "a short connection was spliced: {line}");
 }

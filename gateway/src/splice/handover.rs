@@ -175,17 +175,19 @@ impl Inner {
     /// Publishes the state and links of a pair, inserts both sockets and kicks
     /// them. Both receive queues must be untouched or drained to EAGAIN.
     pub(super) fn insert_pair(&self, client: RawFd, upstream: RawFd) -> Result<Inserted, InsertError> {
-        for fd in [client, upstream] {
+        let mut acked = [0u64; 2];
+        for (i, fd) in [client, upstream].into_iter().enumerate() {
             let p = sys::tcp_progress(fd).map_err(InsertError::Failed)?;
             if p.state != sys::TCP_ESTABLISHED {
                 return Err(InsertError::NotSpliceable("a side is no longer established"));
             }
+            acked[i] = p.bytes_acked;
         }
         let client_cookie = sys::cookie(client).map_err(InsertError::Failed)?;
         let upstream_cookie = sys::cookie(upstream).map_err(InsertError::Failed)?;
         let slot = self.alloc_slot().ok_or(InsertError::NotSpliceable("splice capacity reached"))?;
         let ins = Inserted { slot, client_cookie, upstream_cookie };
-        let result = self.publish_and_insert(client, upstream, ins);
+        let result = self.publish_and_insert(client, upstream, ins, acked);
         if let Err(e) = result {
             let _ = sys::map_delete(self.links_fd, &client_cookie);
             let _ = sys::map_delete(self.links_fd, &upstream_cookie);
@@ -195,11 +197,19 @@ impl Inner {
         Ok(ins)
     }
 
-    fn publish_and_insert(&self, client: RawFd, upstream: RawFd, ins: Inserted) -> Result<(), InsertError> {
+    /// `acked`: each socket's `bytes_acked` (client, upstream), read before this call.
+    fn publish_and_insert(
+        &self,
+        client: RawFd,
+        upstream: RawFd,
+        ins: Inserted,
+        acked: [u64; 2],
+    ) -> Result<(), InsertError> {
         // Everything written to a socket before this point was written by the
-        // handshake; the program counts only what follows.
-        for (dir, dst) in [(TO_UPSTREAM, upstream), (TO_CLIENT, client)] {
-            let acked = sys::tcp_progress(dst).map_err(InsertError::Failed)?.bytes_acked;
+        // handshake; the program counts only what follows. Nothing writes to either
+        // socket meanwhile, so `acked` (read earlier) plus what is still unacknowledged
+        // (read after it: racing acks can only make it look larger) is all of it.
+        for (dir, dst, acked) in [(TO_UPSTREAM, upstream, acked[1]), (TO_CLIENT, client, acked[0])] {
             let unacked = sys::unacked(dst).map_err(InsertError::Failed)? as u64;
             self.dir_word(ins.slot, dir, DirField::AckedBase).store(acked + unacked, Ordering::Release);
         }

@@ -28,7 +28,6 @@ use super::handover::Inserted;
 use super::loader::Splicer;
 use super::supervise::{SpliceOutcome, SplicedPair};
 use super::sweep::{self, Swept};
-use super::sys;
 use crate::readiness;
 use crate::shutdown::{Phase, ShutdownRx};
 
@@ -41,6 +40,8 @@ const GEN_MASK: u32 = (1 << 29) - 1;
 struct Parked<F: ?Sized> {
     client: OwnedFd,
     upstream: OwnedFd,
+    /// Socket cookies (client, upstream): the keys of the pair's links.
+    cookies: [u64; 2],
     early: u64,
     finish: F,
 }
@@ -59,10 +60,8 @@ impl<F: FnOnce(SpliceOutcome) + 'static> Resume for Parked<F> {
     }
 
     fn resume(self: Box<Self>, splicer: Splicer, slot: u32, start: Option<Swept>, policy: &Policy) {
-        let Parked { client, upstream, early, finish } = *self;
-        // The cookies are not kept in the row; a socket's cookie never changes.
-        let cookie = |fd: &OwnedFd| sys::cookie(fd.as_raw_fd()).unwrap_or(0);
-        let ins = Inserted { slot, client_cookie: cookie(&client), upstream_cookie: cookie(&upstream) };
+        let Parked { client, upstream, cookies: [client_cookie, upstream_cookie], early, finish } = *self;
+        let ins = Inserted { slot, client_cookie, upstream_cookie };
         let pair = SplicedPair::new(splicer, client, upstream, ins, early);
         let (idle, shutdown) = (policy.idle, policy.shutdown.clone());
         tokio_uring::spawn(async move {
@@ -144,7 +143,8 @@ impl SplicedPair {
     pub fn park(self, finish: impl FnOnce(SpliceOutcome) + 'static) {
         let (splicer, client, upstream, ins, early) = self.into_parts();
         let slot = ins.slot;
-        let parked: Box<dyn Resume> = Box::new(Parked { client, upstream, early, finish });
+        let cookies = [ins.client_cookie, ins.upstream_cookie];
+        let parked: Box<dyn Resume> = Box::new(Parked { client, upstream, cookies, early, finish });
         let (c, u) = parked.fds();
         let refused = TABLE.with(|t| {
             let mut t = t.borrow_mut();
