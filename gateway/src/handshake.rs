@@ -38,23 +38,31 @@ pub async fn read_head(
     deadline: Instant,
 ) -> Result<(RequestHead, Vec<u8>), ProxyError> {
     let mut buf: Vec<u8> = Vec::with_capacity(max.min(1024));
+    // The head usually arrived with the connection: try to take it before waiting.
+    let mut wait = false;
     loop {
-        match timeout_at(deadline.into(), readiness::ready(client, readiness::READABLE)).await {
-            Err(_) => return Err(ProxyError::new(ErrorKind::HeaderTimeout, "request head not complete in time")),
-            Ok(Err(e)) => return Err(ProxyError::new(ErrorKind::ClientClosed, format!("waiting for request: {e}"))),
-            Ok(Ok(_)) => {}
+        if wait {
+            match timeout_at(deadline.into(), readiness::ready(client, readiness::READABLE)).await {
+                Err(_) => return Err(ProxyError::new(ErrorKind::HeaderTimeout, "request head not complete in time")),
+                Ok(Err(e)) => {
+                    return Err(ProxyError::new(ErrorKind::ClientClosed, format!("waiting for request: {e}")));
+                }
+                Ok(Ok(_)) => {}
+            }
         }
         if buf.len() == buf.capacity() {
             buf.reserve_exact((buf.capacity() * 2).min(max) - buf.len());
         }
-        let len = buf.len();
-        let (res, slice) = client.read(buf.slice(len..)).await;
-        buf = slice.into_inner();
-        match res {
+        match net::recv_into(client, &mut buf) {
             Ok(0) => {
                 return Err(ProxyError::new(ErrorKind::ClientClosed, "closed before the request head was complete"));
             }
-            Ok(_) => {}
+            Ok(_) => wait = false,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                wait = true;
+                continue;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(ProxyError::new(ErrorKind::ClientClosed, format!("reading request: {e}"))),
         }
         if let Some(head) = request::parse(&buf)? {
@@ -185,12 +193,14 @@ async fn connect_one(group: &Arc<Group>, i: usize, timeout: Duration, failures: 
     }
 }
 
-/// Writes all of `bytes` to `to`.
+/// Writes all of `bytes` to `to`: at once when it fits in the socket buffer (the
+/// usual case for a head), the rest by io_uring, which waits for room.
 pub async fn write_all(to: &TcpStream, bytes: Vec<u8>) -> io::Result<()> {
-    if bytes.is_empty() {
+    let sent = net::send_now(to, &bytes)?;
+    if sent == bytes.len() {
         return Ok(());
     }
-    to.write_all(bytes).await.0
+    to.write_all(bytes.slice(sent..)).await.0
 }
 
 /// Waits for the upstream's response head and parses it without consuming it.

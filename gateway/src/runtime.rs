@@ -131,6 +131,8 @@ pub fn run(config: Config, started: impl FnOnce()) -> Result<()> {
         }
     }
     report_counts(&stats, splicer.as_ref(), "stopped");
+    // The workers' handles are gone with them: the last lines are written here.
+    access_log.finish();
     failed.map_or(Ok(()), Err)
 }
 
