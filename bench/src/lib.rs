@@ -5,6 +5,7 @@
 pub mod echo;
 pub mod limits;
 pub mod load;
+pub mod machine;
 pub mod report;
 pub mod sock;
 pub mod ws;

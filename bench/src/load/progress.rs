@@ -72,6 +72,10 @@ pub struct Sample {
     /// The counters then.
     #[serde(flatten)]
     pub snap: Snap,
+    /// The whole machine's busy CPU seconds then ([`crate::machine::busy_secs`]), so CPU
+    /// per message can be taken over the steady phase alone.
+    #[serde(default)]
+    pub machine_busy_secs: f64,
 }
 
 /// What the sampler saw over the run.
@@ -108,7 +112,7 @@ pub fn sample(read: impl Fn() -> Snap, done: impl Fn() -> bool, planned: u64, sh
         let finished = done();
         let s = read();
         let t = start.elapsed().as_secs_f64();
-        tl.samples.push(Sample { t, snap: s });
+        tl.samples.push(Sample { t, snap: s, machine_busy_secs: crate::machine::busy_secs() });
         if tl.ramp_secs.is_none() && s.connected + s.failed >= planned {
             tl.ramp_secs = Some(t);
         }
