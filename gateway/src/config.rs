@@ -127,10 +127,11 @@ pub struct RelayConfig {
     /// Kernel splice: bytes per direction the kernel may hold for a pair before the pair
     /// is relayed in userspace (with TCP flow control) until it drains. At least 65536.
     pub splice_budget: u64,
-    /// Kernel splice: a WebSocket starts in the userspace relay and is handed to the
-    /// kernel at its first quiet moment after this long. Handing a pair over costs
-    /// more than relaying a short connection in userspace, so connections that close
-    /// within this time are never spliced. `0s` splices right after the 101.
+    /// Kernel splice: connections that end within this time are not worth splicing.
+    /// While most recent WebSockets of a worker outlived it, new ones are spliced right
+    /// after the 101; once most ended sooner, new ones start in the userspace relay and
+    /// are handed to the kernel at their first quiet moment after this long. `0s`
+    /// always splices at the 101.
     #[serde(with = "humantime_serde")]
     pub splice_after: Duration,
 }

@@ -105,6 +105,9 @@ pub async fn serve(client: TcpStream, peer: SocketAddr, ctx: Rc<Context>, active
         }
     }
     drop(active);
+    if facts.status == 101 {
+        crate::lifetimes::record(facts.started.elapsed(), ctx.config.relay.splice_after);
+    }
     ctx.access_log.log(AccessRecord {
         remote_addr: facts.peer,
         host: facts.host,
@@ -146,6 +149,7 @@ const _: () = assert!(size_of::<SplicedEnd>() <= 128);
 
 impl SplicedEnd {
     fn finish(self, outcome: splice::SpliceOutcome) {
+        crate::lifetimes::record(self.facts.started.elapsed(), self.ctx.config.relay.splice_after);
         self.facts.log(&self.ctx, self.live.addr(), outcome);
     }
 }
@@ -162,6 +166,8 @@ struct ParkedFacts {
     /// bytes that came with the request head, and the userspace relay's before the pause.
     before_splice: [u64; 2],
     upstream_response_time: f32,
+    /// The userspace relay ran before the splice (`mode=userspace+splice`).
+    after_userspace: bool,
 }
 
 impl ParkedFacts {
@@ -175,6 +181,7 @@ impl ParkedFacts {
             before_splice: [facts.bytes_in, facts.bytes_out],
             #[allow(clippy::cast_possible_truncation, reason = "seconds; an f32 keeps microseconds over minutes")]
             upstream_response_time: facts.upstream_response_time.unwrap_or_default() as f32,
+            after_userspace: facts.mode == "userspace+splice",
         }
     }
 
@@ -203,7 +210,7 @@ impl ParkedFacts {
             bytes_in: self.before_splice[0] + outcome.to_upstream,
             bytes_out: self.before_splice[1] + outcome.to_client,
             close: splice_close(outcome.reason, outcome.first_fin),
-            mode: "splice",
+            mode: if self.after_userspace { "userspace+splice" } else { "splice" },
         });
     }
 }
@@ -326,11 +333,12 @@ async fn proxy(
         userspace_relay(client, &upstream, opts, &mut shutdown, ctx, facts).await;
         return Ok(None);
     };
-    // A short connection costs less in userspace than a handover: relay it there first,
-    // and hand it to the kernel at its first quiet moment after `splice_after`.
-    let splice_after = cfg.relay.splice_after;
-    if !splice_after.is_zero() {
-        let first = RelayOptions { pause_after: Some(splice_after), ..opts };
+    // A short connection costs less in userspace than a handover: when most recent ones
+    // on this worker were short, relay it there first and hand it to the kernel at its
+    // first quiet moment after `splice_after` (see `lifetimes`).
+    let delay = crate::lifetimes::splice_delay(cfg.relay.splice_after);
+    if !delay.is_zero() {
+        let first = RelayOptions { pause_after: Some(delay), ..opts };
         let outcome = userspace_relay(client, &upstream, first, &mut shutdown, ctx, facts).await;
         if outcome.reason != CloseReason::Paused {
             return Ok(None);
@@ -341,7 +349,7 @@ async fn proxy(
     // pair leaves it altogether (parked, it is a table row, not a task).
     match Box::pin(splicer.splice(client, upstream, Vec::new())).await {
         Ok(pair) => {
-            facts.mode = "splice";
+            facts.mode = if delay.is_zero() { "splice" } else { "userspace+splice" };
             return Ok(Some(Handoff { pair, admitted, live }));
         }
         Err(HandoverError::NotSpliced { client, upstream, reason }) => {

@@ -117,11 +117,10 @@ impl RunOptions {
     }
 }
 
-/// Returns the memory the set-up freed on this thread to the system: loading the
-/// splice parses the kernel's BTF (about 10 MiB, all freed), which the allocator
-/// would otherwise keep resident until this thread allocates again.
-fn release_setup_memory() {
-    // SAFETY: `mi_collect` only walks and trims this thread's own mimalloc heap.
+/// Returns the memory this thread freed to the system (see `runtime::Allocator`):
+/// mimalloc otherwise keeps it resident until the thread allocates again.
+fn release_freed_memory() {
+    // SAFETY: `mi_collect` only walks and trims the calling thread's own mimalloc heap.
     unsafe { libmimalloc_sys::mi_collect(true) };
 }
 
@@ -141,7 +140,8 @@ fn main() -> ExitCode {
             println!("wsgate: configuration {where_} is valid");
             return Ok(());
         }
-        wsgate::runtime::run(config, release_setup_memory).context("wsgate stopped with an error")
+        wsgate::runtime::run(config, wsgate::runtime::Allocator { release: release_freed_memory })
+            .context("wsgate stopped with an error")
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -31,10 +31,21 @@ use crate::{bufpool, readiness};
 /// Submission queue size of each worker's io_uring (completion queue is twice that).
 const RING_ENTRIES: u32 = 4096;
 
+/// What the binary lends the runtime of its allocator.
+#[derive(Debug, Clone, Copy)]
+pub struct Allocator {
+    /// Returns the calling thread's freed memory to the system. Called on the main
+    /// thread once the set-up is done (loading the splice parses ~10 MiB of kernel BTF),
+    /// and by each worker every [`RELEASE_PERIOD`]: after a burst of handshakes the
+    /// memory they used would otherwise stay resident while the connections sit idle.
+    pub release: fn(),
+}
+
+/// How often a worker hands freed memory back ([`Allocator::release`]).
+pub const RELEASE_PERIOD: Duration = Duration::from_secs(2);
+
 /// Runs the gateway until shutdown: binds, starts workers, waits for them.
-/// `started` runs on this thread once the set-up is done, before the ready line
-/// (the binary returns the set-up's freed memory to the system there).
-pub fn run(config: Config, started: impl FnOnce()) -> Result<()> {
+pub fn run(config: Config, allocator: Allocator) -> Result<()> {
     let config = Arc::new(config);
     let workers = config.worker_count();
     let needs = crate::preflight::Needs {
@@ -94,6 +105,7 @@ pub fn run(config: Config, started: impl FnOnce()) -> Result<()> {
             admission: admission.clone(),
             splicer: splicer.clone(),
             cpu: cpus.get(w % cpus.len().max(1)).copied(),
+            allocator,
         };
         let h = std::thread::Builder::new()
             .name(format!("wsgate-w{w}"))
@@ -101,7 +113,7 @@ pub fn run(config: Config, started: impl FnOnce()) -> Result<()> {
             .context("spawning a worker thread")?;
         handles.push(h);
     }
-    started();
+    (allocator.release)();
     for (a, _) in &addrs {
         tracing::info!(workers, "listening on {a}");
         // The ready line scripts and tests wait for.
@@ -183,6 +195,7 @@ struct WorkerSetup {
     admission: Arc<Admission>,
     splicer: Option<Splicer>,
     cpu: Option<usize>,
+    allocator: Allocator,
 }
 
 fn worker(setup: WorkerSetup, sockets: Vec<Socket>) -> Result<()> {
@@ -205,6 +218,15 @@ fn worker(setup: WorkerSetup, sockets: Vec<Socket>) -> Result<()> {
             shutdown: setup.shutdown.clone(),
             admission: setup.admission,
             splicer: setup.splicer,
+        });
+        let release = setup.allocator.release;
+        tokio_uring::spawn(async move {
+            let mut tick = tokio::time::interval(RELEASE_PERIOD);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                release();
+            }
         });
         let mut accept_loops = Vec::new();
         for s in sockets {

@@ -148,10 +148,6 @@ async fn client(gw: SocketAddr, connections: usize, messages: usize) -> Result<S
             let upgraded = resp.status() == 101;
             let (mut mismatched, mut rtts) = (0, Vec::new());
             for m in 0..messages {
-                if m == messages / 2 {
-                    // Outlive `relay.splice_after` (1s): the rest goes through the kernel splice.
-                    tokio::time::sleep(Duration::from_millis(1300)).await;
-                }
                 let msg = if m % 2 == 0 {
                     Message::text(format!("conn {c} message {m}"))
                 } else {
