@@ -80,7 +80,8 @@ pub async fn serve(client: TcpStream, peer: SocketAddr, ctx: Rc<Context>, active
     let result = proxy(&mut client, &ctx, &mut facts).await;
     if let Ok(Some(handoff)) = result {
         let Handoff { pair, admitted, live } = handoff;
-        let end = SplicedEnd { facts: ParkedFacts::new(&facts), ctx, _active: active, _admitted: admitted, live };
+        active.detach();
+        let end = SplicedEnd { facts: ParkedFacts::new(&facts), ctx, _admitted: admitted, live };
         pair.park(move |outcome| end.finish(outcome));
         return;
     }
@@ -138,30 +139,32 @@ struct Handoff {
 struct SplicedEnd {
     facts: ParkedFacts,
     ctx: Rc<Context>,
-    _active: ActiveConn,
     _admitted: Admitted,
     live: ActiveGuard,
 }
 
-// A parked pair is this plus 32 bytes of sockets and cookies, boxed: 160 bytes keeps
-// it in the allocator's 160-byte class (with the row and the log text, ~230 bytes).
-const _: () = assert!(size_of::<SplicedEnd>() <= 128);
+// A parked pair is this plus 32 bytes of sockets and cookies, boxed: 128 bytes keeps it
+// in the allocator's 128-byte class (with its row and log text, about 200 bytes).
+const _: () = assert!(size_of::<SplicedEnd>() <= 96);
 
 impl SplicedEnd {
     fn finish(self, outcome: splice::SpliceOutcome) {
-        crate::lifetimes::record(self.facts.started.elapsed(), self.ctx.config.relay.splice_after);
-        self.facts.log(&self.ctx, self.live.addr(), outcome);
+        // The pair's `ActiveConn` was detached when it was parked.
+        self.ctx.stats.active.fetch_sub(1, Ordering::Relaxed);
+        let lifetime = self.facts.lifetime();
+        crate::lifetimes::record(lifetime, self.ctx.config.relay.splice_after);
+        self.facts.log(&self.ctx, self.live.addr(), outcome, lifetime);
     }
 }
 
 /// What the access log needs of a parked pair, kept compact: it lives as long as the
-/// pair, and an idle pair should cost a few hundred bytes at most.
+/// pair, and an idle pair should cost a couple of hundred bytes at most.
 struct ParkedFacts {
-    started: Instant,
-    /// Client address, host, request line and user agent, one after the other.
+    /// Nanoseconds from [`epoch`] to the accept.
+    started_ns: u64,
+    /// Client address, host, request line and user agent, each but the last ended by a
+    /// newline (which none of them can contain).
     text: Box<str>,
-    /// Lengths of the first three parts of `text`.
-    lens: [u32; 3],
     /// Bytes (client → upstream, upstream → client) moved before the splice: client
     /// bytes that came with the request head, and the userspace relay's before the pause.
     before_splice: [u64; 2],
@@ -170,14 +173,21 @@ struct ParkedFacts {
     after_userspace: bool,
 }
 
+/// A fixed instant of this process, so a parked pair keeps its start in 8 bytes.
+fn epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
 impl ParkedFacts {
     fn new(facts: &Facts) -> Self {
         let peer = facts.peer.to_string();
-        let len = |s: &str| u32::try_from(s.len()).unwrap_or(u32::MAX);
+        let started = facts.started.saturating_duration_since(epoch());
         Self {
-            started: facts.started,
-            text: [peer.as_str(), &facts.host, &facts.request, &facts.user_agent].concat().into_boxed_str(),
-            lens: [len(&peer), len(&facts.host), len(&facts.request)],
+            started_ns: u64::try_from(started.as_nanos()).unwrap_or(u64::MAX),
+            text: [peer.as_str(), "\n", &facts.host, "\n", &facts.request, "\n", &facts.user_agent]
+                .concat()
+                .into_boxed_str(),
             before_splice: [facts.bytes_in, facts.bytes_out],
             #[allow(clippy::cast_possible_truncation, reason = "seconds; an f32 keeps microseconds over minutes")]
             upstream_response_time: facts.upstream_response_time.unwrap_or_default() as f32,
@@ -185,17 +195,16 @@ impl ParkedFacts {
         }
     }
 
+    /// Accept to now.
+    fn lifetime(&self) -> std::time::Duration {
+        epoch().elapsed().saturating_sub(std::time::Duration::from_nanos(self.started_ns))
+    }
+
     /// Writes the pair's access-log line.
-    fn log(self, ctx: &Context, upstream: SocketAddr, outcome: splice::SpliceOutcome) {
-        let mut rest = &*self.text;
-        let mut part = |len: u32| {
-            let (head, tail) = rest.split_at(usize::try_from(len).unwrap_or(0).min(rest.len()));
-            rest = tail;
-            head.to_owned()
-        };
-        let peer = part(self.lens[0]);
-        let host = part(self.lens[1]);
-        let request = part(self.lens[2]);
+    fn log(self, ctx: &Context, upstream: SocketAddr, outcome: splice::SpliceOutcome, lifetime: std::time::Duration) {
+        let mut parts = self.text.splitn(4, '\n').map(str::to_owned);
+        let mut part = || parts.next().unwrap_or_default();
+        let (peer, host, request, user_agent) = (part(), part(), part(), part());
         ctx.access_log.log(AccessRecord {
             remote_addr: peer.parse().unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
             host,
@@ -203,9 +212,9 @@ impl ParkedFacts {
             request,
             status: 101,
             bytes_sent: self.before_splice[1] + outcome.to_client,
-            request_time: self.started.elapsed().as_secs_f64(),
+            request_time: lifetime.as_secs_f64(),
             upstream_response_time: Some(f64::from(self.upstream_response_time)),
-            user_agent: rest.to_owned(),
+            user_agent,
             upstream_addr: Some(upstream),
             bytes_in: self.before_splice[0] + outcome.to_upstream,
             bytes_out: self.before_splice[1] + outcome.to_client,
@@ -406,18 +415,26 @@ fn splice_close(reason: splice::CloseReason, first_fin: Option<splice::Side>) ->
 
 /// Counts a connection as active while alive.
 #[derive(Debug)]
-pub struct ActiveConn(Arc<Stats>);
+pub struct ActiveConn(Option<Arc<Stats>>);
 
 impl ActiveConn {
     pub fn new(stats: &Arc<Stats>) -> Self {
         Stats::bump(&stats.accepted);
         stats.active.fetch_add(1, Ordering::Relaxed);
-        Self(stats.clone())
+        Self(Some(stats.clone()))
+    }
+
+    /// Keeps the connection counted without this guard: whoever holds the connection
+    /// from now on must decrement `Stats::active` itself (a parked pair, to stay small).
+    fn detach(mut self) {
+        self.0 = None;
     }
 }
 
 impl Drop for ActiveConn {
     fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::Relaxed);
+        if let Some(stats) = &self.0 {
+            stats.active.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
