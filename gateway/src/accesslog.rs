@@ -43,7 +43,8 @@ pub struct AccessRecord {
     pub bytes_out: u64,
     /// How the connection ended.
     pub close: &'static str,
-    /// `userspace`, `splice`, or `-` when nothing was relayed.
+    /// `userspace`, `splice`, `userspace+splice` (handed to the kernel mid-stream), or
+    /// `-` when nothing was relayed.
     pub mode: &'static str,
 }
 

@@ -94,9 +94,17 @@ pub struct Options {
     /// Directory for the reports and plots (default: target/bench/SCENARIO).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Scale run: run everything inside a new network namespace tuned with the `edge-1m`
+    /// profile's per-namespace knobs (listen backlog, SYN backlog, port range, …), as on
+    /// a tuned edge node; the machine's own settings stay as they are. Needs root.
+    #[arg(long)]
+    pub netns: bool,
 }
 
 pub fn run(opts: &Options) -> Result<()> {
+    if opts.netns {
+        return run_in_tuned_netns();
+    }
     let out = opts.out.clone().unwrap_or_else(|| {
         let target = bin_dir().parent().map_or_else(|| workspace_root().join("target"), Path::to_path_buf);
         target.join("bench").join(opts.scenario.name())
@@ -108,6 +116,25 @@ pub fn run(opts: &Options) -> Result<()> {
         return scale(opts, &out, built);
     }
     compare(opts, &out, built)
+}
+
+/// Creates a network namespace, tunes it with `edge-1m`, runs this same command inside it
+/// (without `--netns`), and deletes the namespace again, whatever happened.
+fn run_in_tuned_netns() -> Result<()> {
+    let name = format!("wsgate-bench-{}", std::process::id());
+    exec(Command::new("ip").args(["netns", "add", &name])).context("creating the network namespace (needs root)")?;
+    let result = (|| -> Result<()> {
+        exec(Command::new("ip").args(["-n", &name, "link", "set", "lo", "up"]))?;
+        let me = std::env::current_exe().context("finding xtask's own binary")?;
+        let state = std::env::temp_dir().join(format!("{name}.tuning-state.json"));
+        exec(Command::new(&me).args(["tune", "apply", "edge-1m", "--netns", &name]).arg("--state").arg(&state))?;
+        let _ = std::fs::remove_file(&state);
+        let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--netns").collect();
+        eprintln!("bench: running inside network namespace {name}, tuned with edge-1m");
+        exec(Command::new("ip").args(["netns", "exec", &name]).arg(&me).args(&args))
+    })();
+    let deleted = exec(Command::new("ip").args(["netns", "del", &name]));
+    result.and(deleted)
 }
 
 // ---------------------------------------------------------------------------------------
