@@ -1025,7 +1025,9 @@ fn lay_out(opts: &Options, conns: u64, through_wsgate: bool, log: &Path) -> Resu
     let mut instances = 0;
     let target = if through_wsgate {
         let target: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
-        instances = (2 * conns).div_ceil(per_proc).max(1);
+        // 10% headroom: SO_REUSEPORT spreads connections by hash, not evenly, and an
+        // instance at its --max-connections answers 503.
+        instances = (2 * conns + conns / 5).div_ceil(per_proc).max(1);
         for _ in 0..instances {
             // Each instance is sized (kernel maps, preflight) for its share of the
             // connections; two open files per proxied connection.
