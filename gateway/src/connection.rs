@@ -106,7 +106,9 @@ pub async fn serve(client: TcpStream, peer: SocketAddr, ctx: Rc<Context>, active
         }
     }
     drop(active);
-    if facts.status == 101 {
+    // A WebSocket whose client sent nothing (one that gave up waiting) says nothing of
+    // how long connections live, and under overload would push towards the costlier path.
+    if facts.status == 101 && facts.bytes_in > 0 {
         crate::lifetimes::record(facts.started.elapsed(), ctx.config.relay.splice_after);
     }
     ctx.access_log.log(AccessRecord {
@@ -152,7 +154,9 @@ impl SplicedEnd {
         // The pair's `ActiveConn` was detached when it was parked.
         self.ctx.stats.active.fetch_sub(1, Ordering::Relaxed);
         let lifetime = self.facts.lifetime();
-        crate::lifetimes::record(lifetime, self.ctx.config.relay.splice_after);
+        if self.facts.before_splice[0] + outcome.to_upstream > 0 {
+            crate::lifetimes::record(lifetime, self.ctx.config.relay.splice_after);
+        }
         self.facts.log(&self.ctx, self.live.addr(), outcome, lifetime);
     }
 }

@@ -10,6 +10,8 @@
 //! while most outlive it, new ones are spliced at the 101; once most end sooner, new
 //! ones start in the userspace relay and are handed over only if they outlive it.
 //!
+//! Only WebSockets whose client sent something count: one that gave up before a byte
+//! (a client timing out under overload) tells nothing of the workload's lifetimes.
 //! Per worker thread, no locks, no system calls; never consulted for plain HTTP.
 
 use std::cell::Cell;

@@ -258,12 +258,21 @@ fn streaming_upstream(received: mpsc::Sender<usize>) -> utils::RawUpstream {
     })
 }
 
-/// A WebSocket that is upgraded and closed at once (`/short/{i}`); returns its access-log line.
+/// A WebSocket that is upgraded, sends a close frame and closes (`/short/{i}`); returns
+/// its access-log line.
 fn short_session(gw: &Wsgate, i: usize) -> String {
+    short_session_sending(gw, i, true)
+}
+
+/// [`short_session`], with or without the client's close frame.
+fn short_session_sending(gw: &Wsgate, i: usize, close_frame: bool) -> String {
     let mut c = TcpStream::connect(gw.addr.expect("listening")).unwrap();
     c.write_all(utils::upgrade_request(&format!("/short/{i}"), "").as_bytes()).unwrap();
     let (head, _) = utils::read_head(&mut c);
     assert_eq!(utils::status_of(&head), 101);
+    if close_frame {
+        c.write_all(&utils::client_frame(true, 0x8, b"")).unwrap();
+    }
     c.shutdown(Shutdown::Write).unwrap();
     let _ = utils::read_to_eof(&mut c);
     gw.wait_log(&format!("\"GET /short/{i} HTTP/1.1\" 101 "))
@@ -290,6 +299,19 @@ fn auto_stops_splicing_when_connections_are_short() {
     // few of them last longer than 150 ms.
     let switched = lines.iter().position(|l| l.contains("mode=userspace")).unwrap();
     assert!(switched >= 8, "switched after only {switched} short connections:\n{lines:#?}");
+}
+
+#[test]
+fn clients_that_give_up_without_a_byte_do_not_make_auto_defer() {
+    if splice_util::splicer_or_skip("silent_connections_e2e", 16, 1 << 20).is_none() {
+        return;
+    }
+    let (tx, _rx) = mpsc::channel();
+    let up = streaming_upstream(tx);
+    let gw = learning_gateway(up.addr);
+    // Like clients timing out under overload: upgraded, then closed without a byte.
+    let lines: Vec<String> = (0..30).map(|i| short_session_sending(&gw, i, false)).collect();
+    assert!(lines.iter().all(|l| l.contains("mode=splice")), "silent connections made auto defer:\n{lines:#?}");
 }
 
 #[test]
