@@ -107,12 +107,15 @@ async fn heartbeat_until(ctx: &Ctx, c: &mut Conn, end: Instant) -> bool {
         let got = c.read_now(&mut |m| match m {
             Msg::Pong(p) => {
                 let mut rec = ctx.rec.borrow_mut();
-                match awaiting.get() {
-                    Some((n, sent)) if p == n.to_le_bytes() => {
+                let number = <[u8; 8]>::try_from(p).ok().map(u64::from_le_bytes);
+                match (awaiting.get(), number) {
+                    (Some((n, sent)), Some(got)) if got == n => {
                         rec.counts.pongs += 1;
                         rec.rtt_us(ctx.now_ns().saturating_sub(sent) / 1000);
                         awaiting.set(None);
                     }
+                    // The pong of a ping already given up on (counted missing then).
+                    (_, Some(got)) if got < pings => rec.counts.pongs_late += 1,
                     _ => rec.counts.mismatched += 1,
                 }
             }

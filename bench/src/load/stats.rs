@@ -39,6 +39,10 @@ pub struct Counts {
     pub pongs: u64,
     /// Heartbeats without a pong before the next one (or the end).
     pub pongs_missing: u64,
+    /// Pongs of an earlier heartbeat that came after the next ping went out (already
+    /// counted as missing; a sign of overload, not of corruption).
+    #[serde(default)]
+    pub pongs_late: u64,
     /// Connections that echoed a message after the hold.
     pub verified: u64,
     /// Close handshakes completed.
@@ -65,6 +69,7 @@ impl Counts {
             pings,
             pongs,
             pongs_missing,
+            pongs_late,
             verified,
             closed_clean,
             bytes_sent,
@@ -82,6 +87,7 @@ impl Counts {
         self.pings += pings;
         self.pongs += pongs;
         self.pongs_missing += pongs_missing;
+        self.pongs_late += pongs_late;
         self.verified += verified;
         self.closed_clean += closed_clean;
         self.bytes_sent += bytes_sent;

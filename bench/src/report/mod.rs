@@ -94,8 +94,14 @@ impl Report {
             "", c.sent, c.received, c.lost, c.mismatched, c.out_of_order, c.closed_early
         );
         if c.pings > 0 || c.verified > 0 {
-            println!("  {:<13} {:>10} {:>10} {:>10} {:>12}", "hold", "pings", "pongs", "missing", "verified");
-            println!("  {:<13} {:>10} {:>10} {:>10} {:>12}", "", c.pings, c.pongs, c.pongs_missing, c.verified);
+            println!(
+                "  {:<13} {:>10} {:>10} {:>10} {:>12} {:>12}",
+                "hold", "pings", "pongs", "missing", "late", "verified"
+            );
+            println!(
+                "  {:<13} {:>10} {:>10} {:>10} {:>12} {:>12}",
+                "", c.pings, c.pongs, c.pongs_missing, c.pongs_late, c.verified
+            );
         }
         println!(
             "  {:<13} {:>10} {:>10} {:>10} {:>12} {:>12} {:>12}",
