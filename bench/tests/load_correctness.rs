@@ -66,6 +66,19 @@ fn hold_heartbeats_then_verifies_every_connection() {
 }
 
 #[test]
+fn a_late_pong_is_counted_late_and_missing_not_mismatched() {
+    let echo = Echo::start(&["--fault", "late-pong-every=3"]);
+    let run = load("hold", echo.addr, &["--conns", "5", "--rate", "500", "--duration", "2", "--heartbeat", "0.25"]);
+    assert_eq!(run.code, 2, "missing pongs fail the run");
+    let (late, missing) = (run.count("pongs_late"), run.count("pongs_missing"));
+    assert!(late > 0, "no late pong seen");
+    // Every late pong was first missed; the last held one may never come.
+    assert!(missing >= late && missing <= late + 5, "missing {missing}, late {late}");
+    assert_eq!(run.count("mismatched"), 0, "a late pong is not corruption");
+    assert_eq!(run.count("verified"), 5);
+}
+
+#[test]
 fn bulk_verifies_messages_larger_than_socket_buffers() {
     let echo = Echo::start(&[]);
     let run = load("bulk", echo.addr, &["--conns", "2", "--duration", "1", "--size", "3000000"]);

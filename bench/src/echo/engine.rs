@@ -46,9 +46,13 @@ pub struct Engine {
     hdr_len: u8,
     in_message: bool,
     data_frames: u32,
+    /// Pings seen (only counted for `Fault::LatePongEvery`).
+    pings: u32,
     fault: Fault,
     max_frame: u64,
     ctrl: Vec<u8>,
+    /// A pong held back by `Fault::LatePongEvery`, sent before the next one.
+    held_pong: Vec<u8>,
 }
 
 impl Engine {
@@ -60,9 +64,11 @@ impl Engine {
             hdr_len: 0,
             in_message: false,
             data_frames: 0,
+            pings: 0,
             fault,
             max_frame,
             ctrl: Vec::new(),
+            held_pong: Vec::new(),
         }
     }
 
@@ -187,6 +193,17 @@ impl Engine {
         };
         let payload = std::mem::take(&mut self.ctrl);
         match op {
+            OP_PING if matches!(self.fault, Fault::LatePongEvery(_)) => {
+                self.pings = self.pings.wrapping_add(1);
+                if let Some(held) = Some(std::mem::take(&mut self.held_pong)).filter(|h| !h.is_empty()) {
+                    frame::write_frame(out, true, OP_PONG, None, &held);
+                }
+                if self.fault.applies(self.pings).is_some() {
+                    self.held_pong = payload;
+                } else {
+                    frame::write_frame(out, true, OP_PONG, None, &payload);
+                }
+            }
             OP_PING => frame::write_frame(out, true, OP_PONG, None, &payload),
             OP_CLOSE if payload.len() == 1 => return self.fail(CLOSE_PROTOCOL, out),
             OP_CLOSE => {

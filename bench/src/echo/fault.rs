@@ -1,7 +1,9 @@
 //! Deliberate faults of the echo server, so tests can prove the load client's verification
-//! catches them (`--fault corrupt-every=N` or `--fault drop-every=N`, hidden from `--help`).
+//! catches them (`--fault corrupt-every=N`, `drop-every=N` or `late-pong-every=N`, hidden
+//! from `--help`).
 //!
-//! Faults count data frames per connection, so a test knows exactly which echoes go wrong.
+//! Faults count data frames (pings for `late-pong-every`) per connection, so a test knows
+//! exactly which echoes go wrong.
 //! They must never be on unless asked for.
 
 use std::str::FromStr;
@@ -16,13 +18,17 @@ pub enum Fault {
     CorruptEvery(u32),
     /// Do not echo every Nth data frame at all.
     DropEvery(u32),
+    /// Hold back the pong of every Nth ping until the next ping (a late heartbeat).
+    LatePongEvery(u32),
 }
 
 impl Fault {
     /// What to do with the data frame numbered `n` (1-based) of a connection.
     pub fn applies(self, n: u32) -> Option<Self> {
         match self {
-            Fault::CorruptEvery(k) | Fault::DropEvery(k) if k > 0 && n.is_multiple_of(k) => Some(self),
+            Fault::CorruptEvery(k) | Fault::DropEvery(k) | Fault::LatePongEvery(k) if k > 0 && n.is_multiple_of(k) => {
+                Some(self)
+            }
             _ => None,
         }
     }
@@ -31,7 +37,7 @@ impl Fault {
 impl FromStr for Fault {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let (kind, n) = s.split_once('=').ok_or("expected corrupt-every=N or drop-every=N")?;
+        let (kind, n) = s.split_once('=').ok_or("expected corrupt-every=N, drop-every=N or late-pong-every=N")?;
         let n: u32 = n.parse().map_err(|e| format!("bad count {n:?}: {e}"))?;
         if n == 0 {
             return Err("the count must be at least 1".into());
@@ -39,6 +45,7 @@ impl FromStr for Fault {
         match kind {
             "corrupt-every" => Ok(Fault::CorruptEvery(n)),
             "drop-every" => Ok(Fault::DropEvery(n)),
+            "late-pong-every" => Ok(Fault::LatePongEvery(n)),
             _ => Err(format!("unknown fault {kind:?}")),
         }
     }
