@@ -177,10 +177,17 @@ struct ParkedFacts {
     after_userspace: bool,
 }
 
-/// A fixed instant of this process, so a parked pair keeps its start in 8 bytes.
+/// A fixed instant of this process, so a parked pair keeps its start in 8 bytes. Set
+/// by [`start_clock`] before the first accept (a later first use would date earlier
+/// connections from it).
 fn epoch() -> Instant {
     static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
     *EPOCH.get_or_init(Instant::now)
+}
+
+/// Fixes the instant parked pairs count their start from; call before accepting.
+pub fn start_clock() {
+    epoch();
 }
 
 impl ParkedFacts {
@@ -365,8 +372,9 @@ async fn proxy(
             facts.mode = if delay.is_zero() { "splice" } else { "userspace+splice" };
             return Ok(Some(Handoff { pair, admitted, live }));
         }
-        Err(HandoverError::NotSpliced { client, upstream, reason }) => {
+        Err(HandoverError::NotSpliced { client, upstream, reason, forwarded }) => {
             tracing::debug!(reason, "pair not spliced; relaying in userspace");
+            facts.bytes_in += forwarded;
             userspace_relay(&client, &upstream, opts, &mut shutdown, ctx, facts).await;
         }
         Err(HandoverError::Failed { side, source }) => {

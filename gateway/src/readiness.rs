@@ -9,7 +9,9 @@
 //! registration of the worker (tokio's reactor wakes the completion drain).
 //!
 //! Dropping a pending [`ready`] future cancels the poll in the kernel
-//! (`IORING_OP_ASYNC_CANCEL`), so timeouts can simply drop it. For waiters that
+//! (`IORING_OP_ASYNC_CANCEL`), so timeouts can simply drop it; no request is ever
+//! dropped on the floor (a cancel that found no room waits in a backlog), since a
+//! poll left pending would keep its socket open. For waiters that
 //! are rows of a table rather than tasks (parked spliced pairs), [`arm`] starts a
 //! poll identified only by a token, and its completion goes to the thread's
 //! [`set_token_handler`] callback: nothing is allocated per wait. This module must
@@ -60,6 +62,8 @@ struct Reactor {
     unsubmitted: bool,
     flush: Rc<tokio::sync::Notify>,
     on_token: Option<TokenHandler>,
+    /// SQEs that found no room (see `push`); the flusher queues them first.
+    backlog: Vec<io_uring::squeue::Entry>,
 }
 
 thread_local! {
@@ -78,6 +82,7 @@ pub fn init(entries: u32) -> io::Result<()> {
         unsubmitted: false,
         flush: flush.clone(),
         on_token: None,
+        backlog: Vec::new(),
     }));
     REACTOR.with(|r| *r.borrow_mut() = Some(reactor.clone()));
     let ring_fd = RingFd { fd, _ring: reactor.clone() };
@@ -97,8 +102,19 @@ async fn flusher(reactor: Rc<RefCell<Reactor>>, flush: Rc<tokio::sync::Notify>) 
         flush.notified().await;
         let mut r = reactor.borrow_mut();
         r.unsubmitted = false;
-        if let Err(e) = r.ring.submit() {
-            tracing::error!(error = %e, "poll ring: submit failed");
+        loop {
+            requeue(&mut r);
+            match r.ring.submit() {
+                // Room again: move more of the backlog, if any waits.
+                Ok(_) if !r.backlog.is_empty() && r.ring.submission().is_empty() => {}
+                Ok(_) => break,
+                // The completion queue is full: the drain asks again once it has reaped it.
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => break,
+                Err(e) => {
+                    tracing::error!(error = %e, "poll ring: submit failed");
+                    break;
+                }
+            }
         }
     }
 }
@@ -151,6 +167,14 @@ async fn drain(afd: AsyncFd<RingFd>, reactor: Rc<RefCell<Reactor>>) {
             *on_token
         };
         guard.clear_ready();
+        {
+            // Completions are reaped: SQEs that waited for room can go now.
+            let mut r = reactor.borrow_mut();
+            if !r.backlog.is_empty() && !r.unsubmitted {
+                r.unsubmitted = true;
+                r.flush.notify_one();
+            }
+        }
         for w in wake {
             w.wake();
         }
@@ -177,14 +201,20 @@ pub fn set_token_handler(handler: TokenHandler) -> io::Result<()> {
 pub fn arm(fd: RawFd, events: u32, token: u64) -> io::Result<()> {
     debug_assert!(token <= MAX_TOKEN, "token out of range");
     let sqe = opcode::PollAdd::new(types::Fd(fd), events).build().user_data(token | TOKEN_BIT);
-    with_reactor(|r| push(r, &sqe))
+    with_reactor(|r| {
+        push(r, &sqe);
+        Ok(())
+    })
 }
 
 /// Cancels the poll started by [`arm`] with `token`, if it is still pending; its
 /// completion (`-ECANCELED`) still reaches the token handler.
 pub fn disarm(token: u64) -> io::Result<()> {
     let sqe = opcode::AsyncCancel::new(token | TOKEN_BIT).build().user_data(CANCEL_TAG);
-    with_reactor(|r| push(r, &sqe))
+    with_reactor(|r| {
+        push(r, &sqe);
+        Ok(())
+    })
 }
 
 fn with_reactor<T>(f: impl FnOnce(&mut Reactor) -> io::Result<T>) -> io::Result<T> {
@@ -236,10 +266,7 @@ impl Future for Ready {
         }
         let key = r.slots.insert(Slot::Waiting(Some(cx.waker().clone())));
         let sqe = opcode::PollAdd::new(types::Fd(self.fd), self.events).build().user_data(key as u64);
-        if let Err(e) = push(&mut r, &sqe) {
-            r.slots.remove(key);
-            return Poll::Ready(Err(e));
-        }
+        push(&mut r, &sqe);
         self.key = Some(key);
         Poll::Pending
     }
@@ -257,27 +284,41 @@ impl Drop for Ready {
             Some(slot @ Slot::Waiting(_)) => {
                 *slot = Slot::Abandoned;
                 let sqe = opcode::AsyncCancel::new(key as u64).build().user_data(CANCEL_TAG);
-                if push(&mut r, &sqe).is_err() {
-                    tracing::warn!("poll ring: could not cancel an abandoned poll");
-                }
+                push(&mut r, &sqe);
             }
             Some(Slot::Abandoned) | None => {}
         }
     }
 }
 
-/// Queues one SQE; the flusher submits it before the worker next waits for I/O.
-fn push(r: &mut Reactor, sqe: &io_uring::squeue::Entry) -> io::Result<()> {
+/// Queues one SQE; the flusher submits it before the worker next waits for I/O. Never
+/// loses one: when the submission queue is full and cannot be submitted (the completion
+/// queue overflowed and has not been drained yet), it waits in `backlog` for the flusher.
+fn push(r: &mut Reactor, sqe: &io_uring::squeue::Entry) {
     // SAFETY: poll and cancel SQEs reference no user memory, and the kernel takes its
     // own reference to the polled file at submission, so it never touches a recycled fd.
-    if unsafe { r.ring.submission().push(sqe) }.is_err() {
-        r.ring.submit()?;
-        // SAFETY: as above.
-        unsafe { r.ring.submission().push(sqe) }.map_err(|_| io::Error::other("poll ring submission queue full"))?;
+    let queued = r.backlog.is_empty()
+        && (unsafe { r.ring.submission().push(sqe) }.is_ok()
+            || (r.ring.submit().is_ok() && unsafe { r.ring.submission().push(sqe) }.is_ok()));
+    if !queued {
+        r.backlog.push(sqe.clone());
     }
     if !r.unsubmitted {
         r.unsubmitted = true;
         r.flush.notify_one();
     }
-    Ok(())
+}
+
+/// Moves what waits in `backlog` into the submission queue, as far as it has room.
+fn requeue(r: &mut Reactor) {
+    let Reactor { ring, backlog, .. } = r;
+    let mut taken = 0;
+    for sqe in backlog.iter() {
+        // SAFETY: as in `push`.
+        if unsafe { ring.submission().push(sqe) }.is_err() {
+            break;
+        }
+        taken += 1;
+    }
+    backlog.drain(..taken);
 }

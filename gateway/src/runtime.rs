@@ -46,6 +46,7 @@ pub const RELEASE_PERIOD: Duration = Duration::from_secs(2);
 
 /// Runs the gateway until shutdown: binds, starts workers, waits for them.
 pub fn run(config: Config, allocator: Allocator) -> Result<()> {
+    connection::start_clock();
     let config = Arc::new(config);
     let workers = config.worker_count();
     let needs = crate::preflight::Needs {

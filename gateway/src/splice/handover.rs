@@ -36,7 +36,13 @@ pub enum HandoverError {
     /// Nothing went to the kernel; the sockets are intact and every client byte
     /// read so far was forwarded to the upstream. Relay them in userspace.
     #[error("pair left to the userspace relay: {reason}")]
-    NotSpliced { client: TcpStream, upstream: TcpStream, reason: &'static str },
+    NotSpliced {
+        client: TcpStream,
+        upstream: TcpStream,
+        reason: &'static str,
+        /// Client bytes forwarded to the upstream during the attempt.
+        forwarded: u64,
+    },
     /// A side failed during the handover; the sockets were closed.
     #[error("{side} failed during the splice handover: {source}")]
     Failed { side: Side, source: io::Error },
@@ -45,9 +51,11 @@ pub enum HandoverError {
 impl std::fmt::Debug for HandoverError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::NotSpliced { reason, .. } => {
-                f.debug_struct("NotSpliced").field("reason", reason).finish_non_exhaustive()
-            }
+            Self::NotSpliced { reason, forwarded, .. } => f
+                .debug_struct("NotSpliced")
+                .field("reason", reason)
+                .field("forwarded", forwarded)
+                .finish_non_exhaustive(),
             Self::Failed { side, source } => {
                 f.debug_struct("Failed").field("side", side).field("source", source).finish()
             }
@@ -79,7 +87,12 @@ impl Splicer {
         let counters = &self.inner.counters;
         if !super::park::ready() {
             counters.handover_failed.fetch_add(1, Ordering::Relaxed);
-            return Err(HandoverError::NotSpliced { client, upstream, reason: "worker not prepared to splice" });
+            return Err(HandoverError::NotSpliced {
+                client,
+                upstream,
+                reason: "worker not prepared to splice",
+                forwarded: 0,
+            });
         }
         let mut early = client_early.len() as u64;
         if let Err(source) = write_all(upstream.as_raw_fd(), &client_early).await {
@@ -89,17 +102,15 @@ impl Splicer {
         drop(client_early);
         match drain_client(client.as_raw_fd(), upstream.as_raw_fd(), self.inner.budget).await {
             Ok(Drained::Empty(n)) => early += n,
-            Ok(Drained::Closed) => {
+            Ok(Drained::Closed(n)) => {
                 counters.handover_failed.fetch_add(1, Ordering::Relaxed);
-                return Err(HandoverError::NotSpliced { client, upstream, reason: "client already half-closed" });
+                let (reason, forwarded) = ("client already half-closed", early + n);
+                return Err(HandoverError::NotSpliced { client, upstream, reason, forwarded });
             }
-            Ok(Drained::Busy) => {
+            Ok(Drained::Busy(n)) => {
                 counters.handover_failed.fetch_add(1, Ordering::Relaxed);
-                return Err(HandoverError::NotSpliced {
-                    client,
-                    upstream,
-                    reason: "client kept sending during the handover",
-                });
+                let (reason, forwarded) = ("client kept sending during the handover", early + n);
+                return Err(HandoverError::NotSpliced { client, upstream, reason, forwarded });
             }
             Err((side, source)) => {
                 counters.handover_failed.fetch_add(1, Ordering::Relaxed);
@@ -110,7 +121,8 @@ impl Splicer {
         // allocation each); its sockets are the same, so the sockhash sees no change.
         let (Ok(client), Ok(upstream)) = (sys::dup(client.as_raw_fd()), sys::dup(upstream.as_raw_fd())) else {
             counters.handover_failed.fetch_add(1, Ordering::Relaxed);
-            return Err(HandoverError::NotSpliced { client, upstream, reason: "out of file descriptors" });
+            let (reason, forwarded) = ("out of file descriptors", early);
+            return Err(HandoverError::NotSpliced { client, upstream, reason, forwarded });
         };
         match self.inner.insert_pair(client.as_raw_fd(), upstream.as_raw_fd()) {
             Ok(ins) => {
@@ -121,7 +133,8 @@ impl Splicer {
             Err(InsertError::NotSpliceable(reason)) => {
                 counters.handover_failed.fetch_add(1, Ordering::Relaxed);
                 let stream = |fd: OwnedFd| TcpStream::from_std(std::net::TcpStream::from(fd));
-                Err(HandoverError::NotSpliced { client: stream(client), upstream: stream(upstream), reason })
+                let (client, upstream) = (stream(client), stream(upstream));
+                Err(HandoverError::NotSpliced { client, upstream, reason, forwarded: early })
             }
             Err(InsertError::Failed(source)) => {
                 counters.handover_failed.fetch_add(1, Ordering::Relaxed);
@@ -131,16 +144,37 @@ impl Splicer {
     }
 }
 
+/// Bytes ever handed to `fd` to send: its peer's acknowledged bytes plus what is still
+/// unacknowledged, read as a consistent pair (the two reads are repeated until no
+/// acknowledgement came between them: one landing there would make the sum too small,
+/// and the splice would then believe redirected bytes delivered before they are).
+/// Nothing writes to `fd` meanwhile. Also checks the socket is still established.
+fn written_so_far(fd: RawFd) -> Result<u64, InsertError> {
+    let mut acked = sys::tcp_progress(fd).map_err(InsertError::Failed)?;
+    for _ in 0..16 {
+        if acked.state != sys::TCP_ESTABLISHED {
+            return Err(InsertError::NotSpliceable("a side is no longer established"));
+        }
+        let unacked = sys::unacked(fd).map_err(InsertError::Failed)? as u64;
+        let again = sys::tcp_progress(fd).map_err(InsertError::Failed)?;
+        if again.bytes_acked == acked.bytes_acked {
+            return Ok(acked.bytes_acked + unacked);
+        }
+        acked = again;
+    }
+    Err(InsertError::NotSpliceable("acknowledgements kept arriving"))
+}
+
 /// How draining the client before insertion ended.
 enum Drained {
     /// Receive queue empty (EAGAIN) after forwarding this many bytes.
     Empty(u64),
-    /// The client sent FIN: its socket can no longer enter the sockhash.
-    Closed,
+    /// The client sent FIN (after this many bytes): its socket can no longer enter the sockhash.
+    Closed(u64),
     /// More than `limit` bytes and still no EAGAIN: a socket may only enter
     /// the sockhash with an untouched or empty queue, so the pair stays in
     /// userspace rather than relaying one direction here unaccounted.
-    Busy,
+    Busy(u64),
 }
 
 /// Reads the client until EAGAIN, forwarding everything to the upstream. Usually
@@ -151,12 +185,12 @@ async fn drain_client(client: RawFd, upstream: RawFd, limit: u64) -> Result<Drai
     let mut buf = [0u8; DRAIN_CHUNK];
     loop {
         match sys::recv(client, &mut buf, 0) {
-            Ok(0) => return Ok(Drained::Closed),
+            Ok(0) => return Ok(Drained::Closed(total)),
             Ok(n) => {
                 write_all(upstream, &buf[..n]).await.map_err(|e| (Side::Upstream, e))?;
                 total += n as u64;
                 if total > limit {
-                    return Ok(Drained::Busy);
+                    return Ok(Drained::Busy(total));
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Drained::Empty(total)),
@@ -175,19 +209,14 @@ impl Inner {
     /// Publishes the state and links of a pair, inserts both sockets and kicks
     /// them. Both receive queues must be untouched or drained to EAGAIN.
     pub(super) fn insert_pair(&self, client: RawFd, upstream: RawFd) -> Result<Inserted, InsertError> {
-        let mut acked = [0u64; 2];
-        for (i, fd) in [client, upstream].into_iter().enumerate() {
-            let p = sys::tcp_progress(fd).map_err(InsertError::Failed)?;
-            if p.state != sys::TCP_ESTABLISHED {
-                return Err(InsertError::NotSpliceable("a side is no longer established"));
-            }
-            acked[i] = p.bytes_acked;
-        }
+        // What each socket has been given to send so far (client, upstream), before the
+        // program counts anything; also checks both are still established.
+        let written = [written_so_far(client)?, written_so_far(upstream)?];
         let client_cookie = sys::cookie(client).map_err(InsertError::Failed)?;
         let upstream_cookie = sys::cookie(upstream).map_err(InsertError::Failed)?;
         let slot = self.alloc_slot().ok_or(InsertError::NotSpliceable("splice capacity reached"))?;
         let ins = Inserted { slot, client_cookie, upstream_cookie };
-        let result = self.publish_and_insert(client, upstream, ins, acked);
+        let result = self.publish_and_insert(client, upstream, ins, written);
         if let Err(e) = result {
             let _ = sys::map_delete(self.links_fd, &client_cookie);
             let _ = sys::map_delete(self.links_fd, &upstream_cookie);
@@ -197,21 +226,18 @@ impl Inner {
         Ok(ins)
     }
 
-    /// `acked`: each socket's `bytes_acked` (client, upstream), read before this call.
+    /// `written`: [`written_so_far`] of the client and of the upstream.
     fn publish_and_insert(
         &self,
         client: RawFd,
         upstream: RawFd,
         ins: Inserted,
-        acked: [u64; 2],
+        written: [u64; 2],
     ) -> Result<(), InsertError> {
-        // Everything written to a socket before this point was written by the
-        // handshake; the program counts only what follows. Nothing writes to either
-        // socket meanwhile, so `acked` (read earlier) plus what is still unacknowledged
-        // (read after it: racing acks can only make it look larger) is all of it.
-        for (dir, dst, acked) in [(TO_UPSTREAM, upstream, acked[1]), (TO_CLIENT, client, acked[0])] {
-            let unacked = sys::unacked(dst).map_err(InsertError::Failed)? as u64;
-            self.dir_word(ins.slot, dir, DirField::AckedBase).store(acked + unacked, Ordering::Release);
+        // Everything written to a socket before this point was written by the handshake
+        // or the userspace relay; the program counts only what follows.
+        for (dir, written) in [(TO_UPSTREAM, written[1]), (TO_CLIENT, written[0])] {
+            self.dir_word(ins.slot, dir, DirField::AckedBase).store(written, Ordering::Release);
         }
         let to_upstream = Link { peer_cookie: ins.upstream_cookie, slot: ins.slot, dir: TO_UPSTREAM as u32 };
         let to_client = Link { peer_cookie: ins.client_cookie, slot: ins.slot, dir: TO_CLIENT as u32 };
