@@ -79,9 +79,9 @@ pub async fn serve(client: TcpStream, peer: SocketAddr, ctx: Rc<Context>, active
     let mut client = Some(client);
     let result = proxy(&mut client, &ctx, &mut facts).await;
     if let Ok(Some(handoff)) = result {
-        let Handoff { pair, admitted, live } = handoff;
+        let Handoff { pair, admitted, live, after_userspace } = handoff;
         active.detach();
-        let end = SplicedEnd { facts: ParkedFacts::new(&facts), ctx, _admitted: admitted, live };
+        let end = SplicedEnd { facts: ParkedFacts::new(&facts, after_userspace), ctx, _admitted: admitted, live };
         pair.park(move |outcome| end.finish(outcome));
         return;
     }
@@ -106,10 +106,8 @@ pub async fn serve(client: TcpStream, peer: SocketAddr, ctx: Rc<Context>, active
         }
     }
     drop(active);
-    // A WebSocket whose client sent nothing (one that gave up waiting) says nothing of
-    // how long connections live, and under overload would push towards the costlier path.
-    if facts.status == 101 && facts.bytes_in > 0 {
-        crate::lifetimes::record(facts.started.elapsed(), ctx.config.relay.splice_after);
+    if facts.status == 101 {
+        crate::lifetimes::record(facts.started.elapsed(), facts.bytes_in, ctx.config.relay.splice_after);
     }
     ctx.access_log.log(AccessRecord {
         remote_addr: facts.peer,
@@ -134,6 +132,8 @@ struct Handoff {
     pair: splice::SplicedPair,
     admitted: Admitted,
     live: ActiveGuard,
+    /// The userspace relay ran first (`mode=userspace+splice` in the access log).
+    after_userspace: bool,
 }
 
 /// What a parked pair keeps of its connection until it ends: the access log's facts
@@ -154,9 +154,8 @@ impl SplicedEnd {
         // The pair's `ActiveConn` was detached when it was parked.
         self.ctx.stats.active.fetch_sub(1, Ordering::Relaxed);
         let lifetime = self.facts.lifetime();
-        if self.facts.before_splice[0] + outcome.to_upstream > 0 {
-            crate::lifetimes::record(lifetime, self.ctx.config.relay.splice_after);
-        }
+        let client_bytes = self.facts.before_splice[0] + outcome.to_upstream;
+        crate::lifetimes::record(lifetime, client_bytes, self.ctx.config.relay.splice_after);
         self.facts.log(&self.ctx, self.live.addr(), outcome, lifetime);
     }
 }
@@ -191,7 +190,7 @@ pub fn start_clock() {
 }
 
 impl ParkedFacts {
-    fn new(facts: &Facts) -> Self {
+    fn new(facts: &Facts, after_userspace: bool) -> Self {
         let peer = facts.peer.to_string();
         let started = facts.started.saturating_duration_since(epoch());
         Self {
@@ -202,7 +201,7 @@ impl ParkedFacts {
             before_splice: [facts.bytes_in, facts.bytes_out],
             #[allow(clippy::cast_possible_truncation, reason = "seconds; an f32 keeps microseconds over minutes")]
             upstream_response_time: facts.upstream_response_time.unwrap_or_default() as f32,
-            after_userspace: facts.mode == "userspace+splice",
+            after_userspace,
         }
     }
 
@@ -369,8 +368,7 @@ async fn proxy(
     // pair leaves it altogether (parked, it is a table row, not a task).
     match Box::pin(splicer.splice(client, upstream, Vec::new())).await {
         Ok(pair) => {
-            facts.mode = if delay.is_zero() { "splice" } else { "userspace+splice" };
-            return Ok(Some(Handoff { pair, admitted, live }));
+            return Ok(Some(Handoff { pair, admitted, live, after_userspace: !delay.is_zero() }));
         }
         Err(HandoverError::NotSpliced { client, upstream, reason, forwarded }) => {
             tracing::debug!(reason, "pair not spliced; relaying in userspace");

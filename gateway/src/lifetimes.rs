@@ -31,8 +31,12 @@ pub fn splice_delay(splice_after: Duration) -> Duration {
     if splice_after.is_zero() || SHORT_SHARE.get() <= 0.5 { Duration::ZERO } else { splice_after }
 }
 
-/// Records that a WebSocket on this worker ended after `lifetime`.
-pub fn record(lifetime: Duration, splice_after: Duration) {
+/// Records that a WebSocket on this worker ended after `lifetime`, its client having
+/// sent `client_bytes` after the request head (none: not counted, see the module doc).
+pub fn record(lifetime: Duration, client_bytes: u64, splice_after: Duration) {
+    if client_bytes == 0 {
+        return;
+    }
     let short = if lifetime < splice_after { 1.0 } else { 0.0 };
     SHORT_SHARE.set(SHORT_SHARE.get() + (short - SHORT_SHARE.get()) * WEIGHT);
 }
@@ -53,18 +57,21 @@ mod tests {
         assert_eq!(splice_delay(AFTER), Duration::ZERO, "a fresh worker splices at the 101");
         let mut short = 0;
         while splice_delay(AFTER).is_zero() {
-            record(Duration::from_millis(20), AFTER);
+            record(Duration::from_millis(20), 6, AFTER);
             short += 1;
             assert!(short < 64, "never switched to deferring");
         }
         assert!((10..=14).contains(&short), "switched after {short} short connections");
         let mut long = 0;
         while !splice_delay(AFTER).is_zero() {
-            record(Duration::from_secs(30), AFTER);
+            record(Duration::from_secs(30), 6, AFTER);
             long += 1;
             assert!(long < 64, "never switched back");
         }
         assert!(long <= 14, "switched back after {long} long connections");
         assert_eq!(splice_delay(Duration::ZERO), Duration::ZERO, "0s never defers");
+        let before = short_share();
+        record(Duration::from_millis(1), 0, AFTER);
+        assert!((short_share() - before).abs() < f32::EPSILON, "a silent client must not count");
     }
 }

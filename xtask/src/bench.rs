@@ -25,6 +25,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
+use wsbench::load::Scenario as LoadScenario;
+
 use crate::exec::{cargo, describe, exec, workspace_root};
 
 /// What to measure.
@@ -43,14 +45,18 @@ pub enum Scenario {
 }
 
 impl Scenario {
-    fn name(self) -> &'static str {
+    /// The `wsbench load` scenario it runs (`scale` is a large `hold`).
+    fn load(self) -> LoadScenario {
         match self {
-            Scenario::Hold => "hold",
-            Scenario::Echo => "echo",
-            Scenario::Bulk => "bulk",
-            Scenario::Handshake => "handshake",
-            Scenario::Scale => "scale",
+            Scenario::Hold | Scenario::Scale => LoadScenario::Hold,
+            Scenario::Echo => LoadScenario::Echo,
+            Scenario::Bulk => LoadScenario::Bulk,
+            Scenario::Handshake => LoadScenario::Handshake,
         }
+    }
+
+    fn name(self) -> &'static str {
+        if self == Scenario::Scale { "scale" } else { self.load().name() }
     }
 }
 
@@ -550,14 +556,13 @@ impl Sampler {
         let s = Arc::clone(&stop);
         let handle = std::thread::spawn(move || {
             let mut peak = Mem::default();
-            let mut points = Vec::new();
-            let mut mems = Vec::new();
+            // (proxied connections ≈ descriptors ÷ 2, memory) per sample.
+            let mut samples: Vec<(f64, Mem)> = Vec::new();
             while !s.load(Ordering::Relaxed) {
                 let pids: Vec<u32> = pids.iter().flat_map(|p| family(*p)).collect();
                 let m = mem_now(&pids);
                 if !pids.is_empty() {
-                    points.push((fd_count(&pids) as f64 / 2.0, m.anon as f64 * 1024.0));
-                    mems.push(m);
+                    samples.push((fd_count(&pids) as f64 / 2.0, m));
                 }
                 if m.slab >= peak.slab {
                     peak = Mem { rss: m.rss.max(peak.rss), anon: m.anon.max(peak.anon), ..m };
@@ -568,14 +573,12 @@ impl Sampler {
                 std::thread::sleep(Duration::from_millis(250));
             }
             // Only the ramp up to the peak: closing connections frees in another order.
-            let top = points.iter().enumerate().max_by(|a, b| a.1.0.total_cmp(&b.1.0)).map_or(0, |(i, _)| i);
-            let most = points.get(top).map_or(0.0, |p| p.0);
-            let settled = points.iter().rposition(|p| p.0 >= most * 0.99).and_then(|i| mems.get(i).copied());
-            Sampled {
-                peak,
-                settled: settled.unwrap_or(peak),
-                marginal_anon: slope(&points[..=top.min(points.len().saturating_sub(1))]),
-            }
+            let top = samples.iter().enumerate().max_by(|a, b| a.1.0.total_cmp(&b.1.0)).map_or(0, |(i, _)| i);
+            let most = samples.get(top).map_or(0.0, |p| p.0);
+            let settled = samples.iter().rev().find(|p| p.0 >= most * 0.99).map(|p| p.1);
+            let ramp: Vec<(f64, f64)> =
+                samples.iter().take(top + 1).map(|(conns, m)| (*conns, m.anon as f64 * 1024.0)).collect();
+            Sampled { peak, settled: settled.unwrap_or(peak), marginal_anon: slope(&ramp) }
         });
         Self { stop, handle }
     }
@@ -590,8 +593,8 @@ impl Sampler {
 // Running the load and comparing targets.
 // ---------------------------------------------------------------------------------------
 
-struct LoadArgs<'a> {
-    scenario: &'a str,
+struct LoadArgs {
+    scenario: LoadScenario,
     targets: Vec<SocketAddr>,
     sources: Option<String>,
     conns: u64,
@@ -600,10 +603,10 @@ struct LoadArgs<'a> {
     report: PathBuf,
 }
 
-fn run_load(opts: &Options, a: &LoadArgs<'_>) -> Result<Value> {
+fn run_load(opts: &Options, a: &LoadArgs) -> Result<Value> {
     let targets: Vec<String> = a.targets.iter().map(ToString::to_string).collect();
     let mut cmd = Command::new(bin_dir().join("wsbench"));
-    cmd.args(["load", a.scenario, "--quiet", "--target", &targets.join(",")])
+    cmd.args(["load", a.scenario.name(), "--quiet", "--target", &targets.join(",")])
         .args(["--conns", &a.conns.to_string(), "--duration", &a.duration.to_string()])
         .args(["--rate", &opts.rate.to_string(), "--interval-ms", &opts.interval_ms.to_string()])
         .args(["--heartbeat", &opts.heartbeat.to_string(), "--threads", &opts.load_threads.to_string()])
@@ -612,7 +615,7 @@ fn run_load(opts: &Options, a: &LoadArgs<'_>) -> Result<Value> {
         .arg(&a.report)
         .stdin(Stdio::null());
     // The echo scenario's messages are 64 bytes unless told otherwise.
-    if let Some(size) = opts.size.or((a.scenario == "echo").then_some(64)) {
+    if let Some(size) = opts.size.or((a.scenario == LoadScenario::Echo).then_some(64)) {
         cmd.args(["--size", &size.to_string()]);
     }
     if let Some(src) = &a.sources {
@@ -852,7 +855,7 @@ fn run_target(
     let busy0 = wsbench::machine::busy_secs();
     let sampler = Sampler::start(pids.clone());
     let load = LoadArgs {
-        scenario: opts.scenario.name(),
+        scenario: opts.scenario.load(),
         targets: vec![target],
         sources: None,
         conns,
@@ -1083,7 +1086,7 @@ fn scale(opts: &Options, out: &Path, wsgate_built: bool) -> Result<()> {
     let cpu0 = cpu_secs(&lay.gate_pids);
     let sampler = Sampler::start(lay.gate_pids.clone());
     let load = LoadArgs {
-        scenario: "hold",
+        scenario: LoadScenario::Hold,
         targets: if through_wsgate { vec![lay.target] } else { lay.echo_addrs.clone() },
         sources: Some(lay.sources.clone()),
         conns,

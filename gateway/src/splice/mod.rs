@@ -35,7 +35,7 @@ use std::time::Duration;
 pub use counters::SpliceCounts;
 pub use handover::HandoverError;
 pub use loader::{LoadError, MAX_CAPACITY, SPLICE_BPF_OBJECT, Splicer};
-pub use park::{ROW_BYTES, parked_here};
+pub use park::parked_here;
 pub use selftest::{FORCE_FAIL_ENV, SelfTestError};
 pub use supervise::{CloseReason, Side, SpliceOutcome, SplicedPair};
 

@@ -129,10 +129,6 @@ pub fn parked_here() -> usize {
     TABLE.with(|t| t.borrow().as_ref().map_or(0, |t| t.rows.len()))
 }
 
-/// Bytes one parked row costs beyond its finish callback's captures: the row and
-/// the boxed sockets (the callback's own size is added by the allocator's rounding).
-pub const ROW_BYTES: usize = size_of::<Row>() + size_of::<Parked<()>>();
-
 fn token(key: usize, side: u64, generation: u32) -> u64 {
     key as u64 | side << SIDE_SHIFT | u64::from(generation) << GEN_SHIFT
 }

@@ -135,9 +135,6 @@ impl Drop for Proxy {
     }
 }
 
-/// The size of a parked row is printed once per test binary.
-static SIZE_PRINTED: std::sync::Once = std::sync::Once::new();
-
 /// Splices and parks one pair; the outcome goes to `job.done` when it ends.
 async fn run_job(splicer: &Splicer, job: Job) -> Result<(), String> {
     let Job { client, upstream, handshake, done, cookies } = job;
@@ -157,17 +154,9 @@ async fn run_job(splicer: &Splicer, job: Job) -> Result<(), String> {
     if let Some(tx) = cookies {
         let _ = tx.send(pair.cookies());
     }
-    let finish = move |outcome| {
+    pair.park(move |outcome| {
         let _ = done.send(Ok(outcome));
-    };
-    SIZE_PRINTED.call_once(|| {
-        eprintln!(
-            "parked row of one spliced pair: {} bytes + {} of finish callback",
-            wsgate::splice::ROW_BYTES,
-            std::mem::size_of_val(&finish)
-        );
     });
-    pair.park(finish);
     Ok(())
 }
 
