@@ -20,13 +20,17 @@ struct splice_link {
 	__u32 dir;	   /* SPLICE_DIR_* of bytes arriving on this socket */
 };
 
-/* One direction of a spliced pair. The first four fields are written only by
- * the program, the last three only by userspace (in place, through mmap). */
+/* One direction of a spliced pair. The first five fields are written only by
+ * the program (userspace zeroes them when a slot is reused), the last three
+ * only by userspace (in place, through mmap). */
 struct splice_dir {
 	__u64 redirected; /* bytes the program sent to the peer's egress */
 	__u64 passed;	  /* bytes the program left for userspace to relay */
 	__u64 pass_runs;  /* times the direction switched to userspace */
-	__u64 held_max;	  /* most bytes seen redirected but not yet acked */
+	__u64 held_max;	  /* most bytes unacked at a look at the peer,
+			     plus the skb then redirected */
+	__u64 bound_base; /* unacked minus sent at the last look at the peer
+			     (mod 2^64): sent + bound_base bounds unacked */
 	__u64 forwarded;  /* passed bytes userspace has written to the peer */
 	__u64 acked_base; /* peer's bytes_acked once all pre-splice data is
 			     acked */

@@ -1,16 +1,18 @@
 //! The whole machine's CPU time, for figures "per message above direct" that count
 //! every process (client, proxy, upstream) and the kernel's softirq work.
 
-/// Busy CPU seconds of the whole machine (all cores, everything but idle and iowait)
-/// since boot, from the first line of `/proc/stat`; 0 when it cannot be read.
+/// Busy CPU seconds of the whole machine (all cores: user, nice, system, irq and
+/// softirq) since boot, from the first line of `/proc/stat`; 0 when it cannot be read.
+/// Steal (time the hypervisor gave this machine's vCPUs to someone else) is not work
+/// done here and is left out: on a shared host it would add the neighbours' load.
 pub fn busy_secs() -> f64 {
     let tick = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as f64;
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
     let Some(line) = stat.lines().next() else { return 0.0 };
     let v: Vec<u64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
-    let total: u64 = v.iter().take(8).sum();
-    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
-    total.saturating_sub(idle) as f64 / tick
+    // user nice system idle iowait irq softirq steal …
+    let busy: u64 = [0, 1, 2, 5, 6].iter().filter_map(|&i| v.get(i)).sum();
+    busy as f64 / tick
 }
 
 #[cfg(test)]

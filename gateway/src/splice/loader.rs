@@ -159,6 +159,7 @@ impl Inner {
                 DirField::Passed,
                 DirField::PassRuns,
                 DirField::HeldMax,
+                DirField::BoundBase,
                 DirField::Forwarded,
                 DirField::AckedBase,
                 DirField::ForcePass,

@@ -25,6 +25,7 @@ pub struct Dir {
     pub passed: u64,
     pub pass_runs: u64,
     pub held_max: u64,
+    pub bound_base: u64,
     pub forwarded: u64,
     pub acked_base: u64,
     pub force_pass: u64,
@@ -39,9 +40,9 @@ pub struct Conn {
 }
 
 const _: () = assert!(size_of::<Link>() == 16);
-const _: () = assert!(size_of::<Dir>() == 56);
-const _: () = assert!(size_of::<Conn>() == 128);
-const _: () = assert!(offset_of!(Conn, last_active_ns) == 112);
+const _: () = assert!(size_of::<Dir>() == 64);
+const _: () = assert!(size_of::<Conn>() == 144);
+const _: () = assert!(offset_of!(Conn, last_active_ns) == 128);
 
 /// Fields of [`Dir`] by byte offset, for atomic access through the mmap.
 #[derive(Debug, Clone, Copy)]
@@ -50,6 +51,7 @@ pub enum DirField {
     Passed,
     PassRuns,
     HeldMax,
+    BoundBase,
     Forwarded,
     AckedBase,
     ForcePass,
@@ -62,6 +64,7 @@ impl DirField {
             DirField::Passed => offset_of!(Dir, passed),
             DirField::PassRuns => offset_of!(Dir, pass_runs),
             DirField::HeldMax => offset_of!(Dir, held_max),
+            DirField::BoundBase => offset_of!(Dir, bound_base),
             DirField::Forwarded => offset_of!(Dir, forwarded),
             DirField::AckedBase => offset_of!(Dir, acked_base),
             DirField::ForcePass => offset_of!(Dir, force_pass),
