@@ -34,6 +34,8 @@ use tokio::io::unix::AsyncFd;
 const CANCEL_TAG: u64 = u64::MAX;
 /// Set in the `user_data` of polls started by [`arm`]; the rest is the caller's token.
 const TOKEN_BIT: u64 = 1 << 63;
+/// Rounds of reaping and flushing overflowed completions per wake of the drain.
+const MAX_OVERFLOW_ROUNDS: usize = 64;
 /// Largest token [`arm`] accepts.
 pub const MAX_TOKEN: u64 = TOKEN_BIT - 2;
 
@@ -139,38 +141,60 @@ async fn drain(afd: AsyncFd<RingFd>, reactor: Rc<RefCell<Reactor>>) {
         };
         let mut wake = Vec::new();
         let mut tokens = Vec::new();
-        let on_token = {
+        let (on_token, overflowed) = {
             let mut r = reactor.borrow_mut();
             let Reactor { ring, slots, on_token, .. } = &mut *r;
-            for cqe in ring.completion() {
-                let key = cqe.user_data();
-                if key == CANCEL_TAG {
-                    continue;
-                }
-                if key & TOKEN_BIT != 0 {
-                    tokens.push((key & !TOKEN_BIT, cqe.result()));
-                    continue;
-                }
-                let key = key as usize;
-                match slots.get_mut(key) {
-                    Some(Slot::Abandoned) => {
-                        slots.remove(key);
+            let mut overflowed = false;
+            for _ in 0..MAX_OVERFLOW_ROUNDS {
+                for cqe in ring.completion() {
+                    let key = cqe.user_data();
+                    if key == CANCEL_TAG {
+                        continue;
                     }
-                    Some(slot @ Slot::Waiting(_)) => {
-                        if let Slot::Waiting(Some(w)) = std::mem::replace(slot, Slot::Done(cqe.result())) {
-                            wake.push(w);
+                    if key & TOKEN_BIT != 0 {
+                        tokens.push((key & !TOKEN_BIT, cqe.result()));
+                        continue;
+                    }
+                    let key = key as usize;
+                    match slots.get_mut(key) {
+                        Some(Slot::Abandoned) => {
+                            slots.remove(key);
                         }
+                        Some(slot @ Slot::Waiting(_)) => {
+                            if let Slot::Waiting(Some(w)) = std::mem::replace(slot, Slot::Done(cqe.result())) {
+                                wake.push(w);
+                            }
+                        }
+                        Some(Slot::Done(_)) | None => {}
                     }
-                    Some(Slot::Done(_)) | None => {}
+                }
+                // Completions the queue had no room for wait in the kernel's overflow
+                // list, and the ring's fd does not signal them again: an enter with
+                // GETEVENTS (which `submit` adds while the overflow flag is up) moves
+                // them into the queue just reaped.
+                overflowed = ring.submission().cq_overflow();
+                if !overflowed {
+                    break;
+                }
+                if let Err(e) = ring.submit()
+                    && e.raw_os_error() != Some(libc::EBUSY)
+                {
+                    tracing::error!(error = %e, "poll ring: flushing overflowed completions failed");
+                    break;
                 }
             }
-            *on_token
+            (*on_token, overflowed)
         };
-        guard.clear_ready();
+        // Still overflowing (a flood): stay ready, so this runs again after the wakes.
+        if !overflowed {
+            guard.clear_ready();
+        }
         {
-            // Completions are reaped: SQEs that waited for room can go now.
+            // Completions are reaped: SQEs that waited for room, or that a submission
+            // refused while the completion queue was full, can go now.
             let mut r = reactor.borrow_mut();
-            if !r.backlog.is_empty() && !r.unsubmitted {
+            let waiting = !r.backlog.is_empty() || !r.ring.submission().is_empty();
+            if waiting && !r.unsubmitted {
                 r.unsubmitted = true;
                 r.flush.notify_one();
             }
@@ -321,4 +345,85 @@ fn requeue(r: &mut Reactor) {
         taken += 1;
     }
     backlog.drain(..taken);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixStream;
+    use std::rc::Rc;
+    use std::time::Duration;
+
+    use super::*;
+
+    /// Waits whose slots are still in the table (waiting, done or abandoned).
+    fn slots_in_use() -> usize {
+        with_reactor(|r| Ok(r.slots.len())).unwrap()
+    }
+
+    fn pairs(n: usize) -> Vec<(UnixStream, UnixStream)> {
+        (0..n).map(|_| UnixStream::pair().unwrap()).collect()
+    }
+
+    /// Spawns one readability wait per pair's first end; returns how many completed.
+    fn spawn_waits(set: &[(UnixStream, UnixStream)]) -> (Rc<Cell<usize>>, Vec<tokio::task::JoinHandle<()>>) {
+        let done = Rc::new(Cell::new(0));
+        let handles = set
+            .iter()
+            .map(|(a, _)| {
+                let (fd, done) = (a.as_raw_fd(), done.clone());
+                tokio_uring::spawn(async move {
+                    let mask = ready(&fd, READABLE).await.expect("readiness wait failed");
+                    assert!(mask & libc::POLLIN as u32 != 0, "woken without data: {mask:#x}");
+                    done.set(done.get() + 1);
+                })
+            })
+            .collect();
+        (done, handles)
+    }
+
+    async fn until(what: &str, cond: impl Fn() -> bool) {
+        let give_up = std::time::Instant::now() + Duration::from_secs(5);
+        while !cond() {
+            assert!(std::time::Instant::now() < give_up, "stalled: {what}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// A ring of 4 submissions and 16 completions against 200 waits at a time: the
+    /// completions overflow the queue, submissions meet a full queue, and still every
+    /// wait is woken and every cancel reaches the kernel (no slot, so no poll, is left).
+    #[test]
+    fn waits_and_cancels_survive_a_full_completion_queue() {
+        const N: usize = 200;
+        tokio_uring::start(async {
+            init(4).unwrap();
+            // All at once ready: 200 completions for a queue of 16.
+            let a = pairs(N);
+            let (done, _handles) = spawn_waits(&a);
+            until("arming the first waits", || slots_in_use() == N).await;
+            for (_, peer) in &a {
+                (&*peer).write_all(b"x").unwrap();
+            }
+            until("waking every wait past the overflow", || done.get() == N).await;
+            until("freeing the first waits' slots", || slots_in_use() == 0).await;
+
+            // Cancels pushed while the completion queue is overflowing.
+            let (b, c) = (pairs(N), pairs(N));
+            let (b_done, b_handles) = spawn_waits(&b);
+            let (c_done, _c_handles) = spawn_waits(&c);
+            until("arming the second waits", || slots_in_use() == 2 * N).await;
+            for (_, peer) in &c {
+                (&*peer).write_all(b"x").unwrap();
+            }
+            for h in b_handles {
+                h.abort();
+            }
+            until("waking the third waits", || c_done.get() == N).await;
+            until("cancelling every abandoned wait", || slots_in_use() == 0).await;
+            assert_eq!(b_done.get(), 0, "a cancelled wait completed");
+        });
+    }
 }

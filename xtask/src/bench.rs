@@ -121,6 +121,8 @@ pub fn run(opts: &Options) -> Result<()> {
         target.join("bench").join(opts.scenario.name())
     });
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+    // Absolute: nginx resolves paths in its configuration against its own prefix.
+    let out = std::fs::canonicalize(&out).with_context(|| format!("cannot resolve {}", out.display()))?;
     let want_wsgate = opts.targets.iter().any(|t| t.starts_with("wsgate"));
     let built = build(want_wsgate)?;
     if opts.scenario == Scenario::Scale {
