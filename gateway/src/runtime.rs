@@ -203,7 +203,11 @@ fn worker(setup: WorkerSetup, sockets: Vec<Socket>) -> Result<()> {
     if let Some(cpu) = setup.cpu {
         pin_to(cpu);
     }
-    tokio_uring::builder().entries(RING_ENTRIES).start(async move {
+    let mut ring = tokio_uring::uring_builder();
+    if readiness::coop_taskrun() {
+        ring.setup_coop_taskrun();
+    }
+    tokio_uring::builder().entries(RING_ENTRIES).uring_builder(&ring).start(async move {
         readiness::init(RING_ENTRIES).context("creating the poll ring")?;
         bufpool::configure(setup.config.relay.buffer_size, setup.config.relay.pool_buffers);
         if let Some(splicer) = &setup.splicer {

@@ -970,13 +970,14 @@ fn print_table(s: Scenario, rows: &[Row], conns: u64) {
     println!();
     println!("bench {}: {conns} connections; proxy CPU from /proc/PID/stat, proxy RSS, kernel slab", s.name());
     println!(
-        "{:<18} {:>6} {:>11} {:>7} {:>9} {:>9} {:>11} {:>8} {:>10} {:>10} {:>10} {:>10} {:>8}  goal",
+        "{:<18} {:>6} {:>11} {:>7} {:>9} {:>9} {:>9} {:>11} {:>8} {:>10} {:>10} {:>10} {:>10} {:>8}  goal",
         "target",
         "clean",
         headline,
         "ratio",
         "p50 µs",
         "p99 µs",
+        "p999 µs",
         cpu_unit,
         "idle B/c",
         if held { "anon KiB/c" } else { "anon MiB" },
@@ -987,11 +988,8 @@ fn print_table(s: Scenario, rows: &[Row], conns: u64) {
     );
     for r in rows {
         let ratio = direct.map_or(f64::NAN, |d| r.headline(s) / d.headline(s).max(1e-9));
-        let (p50, p99) = if s == Scenario::Handshake {
-            (r.f("/handshake_us/p50"), r.f("/handshake_us/p99"))
-        } else {
-            (r.f("/latency_us/p50"), r.f("/latency_us/p99"))
-        };
+        let latency = if s == Scenario::Handshake { "/handshake_us" } else { "/latency_us" };
+        let [p50, p99, p999] = ["p50", "p99", "p999"].map(|p| r.f(&format!("{latency}/{p}")));
         let cpu = r.cpu_per_unit(s).map_or_else(|| "-".into(), |c| format!("{c:.2}"));
         let (anon, rss) = match (r.proxy_cpu.is_some(), held) {
             (false, _) => ("-".into(), "-".into()),
@@ -1009,13 +1007,14 @@ fn print_table(s: Scenario, rows: &[Row], conns: u64) {
         let goal =
             goal(s, r, direct).map_or_else(String::new, |(g, ok)| format!("{} {g}", if ok { "met" } else { "MISS" }));
         println!(
-            "{:<18} {:>6} {:>11.1} {:>6.2}× {:>9.0} {:>9.0} {:>11} {:>8} {:>10} {:>10} {:>10} {:>10} {:>8}  {}",
+            "{:<18} {:>6} {:>11.1} {:>6.2}× {:>9.0} {:>9.0} {:>9.0} {:>11} {:>8} {:>10} {:>10} {:>10} {:>10} {:>8}  {}",
             r.name,
             if clean { "yes" } else { "NO" },
             r.headline(s),
             ratio,
             p50,
             p99,
+            p999,
             cpu,
             if held && r.proxy_cpu.is_some() { format!("{:.0}", r.idle_bytes_per_conn()) } else { "-".into() },
             anon,
