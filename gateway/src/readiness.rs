@@ -75,12 +75,7 @@ thread_local! {
 /// Creates this thread's poll ring and spawns its completion drain on the current
 /// tokio-uring runtime. Call once per worker thread, inside `tokio_uring::start`.
 pub fn init(entries: u32) -> io::Result<()> {
-    let mut builder = IoUring::builder();
-    builder.setup_cqsize(entries.saturating_mul(4));
-    if coop_taskrun() {
-        builder.setup_coop_taskrun();
-    }
-    let ring = builder.build(entries)?;
+    let ring = IoUring::builder().setup_cqsize(entries.saturating_mul(4)).build(entries)?;
     let fd = ring.as_raw_fd();
     let flush = Rc::new(tokio::sync::Notify::new());
     let reactor = Rc::new(RefCell::new(Reactor {
@@ -99,19 +94,6 @@ pub fn init(entries: u32) -> io::Result<()> {
     tokio_uring::spawn(drain(afd, reactor.clone()));
     tokio_uring::spawn(flusher(reactor, flush));
     Ok(())
-}
-
-/// Whether this kernel's rings take `IORING_SETUP_COOP_TASKRUN` (5.19+), probed once.
-///
-/// Without it, a completion that arrives while the worker runs is announced by an
-/// inter-processor interrupt that forces the worker into the kernel (on a VM, an exit
-/// too); with it, the completion waits for the worker's next system call, which on a
-/// busy worker comes within microseconds, and a sleeping worker is still woken. On the
-/// development VM this took one context switch per relayed message away (echo of 64-byte
-/// messages: 1.3–1.7 switches per message before, 0.4 after, as nginx).
-pub fn coop_taskrun() -> bool {
-    static SUPPORTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *SUPPORTED.get_or_init(|| IoUring::<io_uring::squeue::Entry>::builder().setup_coop_taskrun().build(2).is_ok())
 }
 
 /// Submits every SQE queued since it last ran, in one `io_uring_enter`. Woken by the
