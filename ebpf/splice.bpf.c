@@ -136,7 +136,7 @@ int splice_verdict(struct __sk_buff *skb)
 	 * bound leaves room, the peer's socket is not touched at all: small
 	 * messages look at it about once per budget's worth of bytes. */
 	held = sent_total(d) + d->bound_base;
-	if (held + len > budget) {
+	if (held >= budget || len > budget - held) {
 		if (!peer_unacked(link, d, &held))
 			return pass(d, len);
 		looked = 1;

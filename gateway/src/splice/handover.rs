@@ -263,7 +263,9 @@ impl Inner {
         Ok(())
     }
 
-    /// Removes the links of a pair whose sockets are about to be closed and frees its slot.
+    /// Removes the links of a pair and frees its slot, best after its sockets are closed.
+    /// Freed slots are reused last (first in, first out), long after any verdict that
+    /// looked the pair up before its links went.
     pub(super) fn release(&self, ins: Inserted) {
         let _ = sys::map_delete(self.links_fd, &ins.client_cookie);
         let _ = sys::map_delete(self.links_fd, &ins.upstream_cookie);

@@ -165,9 +165,11 @@ impl SplicedPair {
         let counters = &inner.counters;
         counters.pressure.fetch_add(outcome.pressure_runs, Ordering::Relaxed);
         counters.active.fetch_sub(1, Ordering::Relaxed);
-        inner.release(self.ins);
+        // Closed first (which takes them out of the sockhash), then the slot is freed: a
+        // verdict still running for this pair writes to a slot no new pair has yet.
         drop(self.client);
         drop(self.upstream);
+        inner.release(self.ins);
         outcome
     }
 }
