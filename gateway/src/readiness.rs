@@ -53,23 +53,8 @@ pub const CLOSED: u32 = (libc::POLLRDHUP | libc::POLLERR | libc::POLLHUP) as u32
 enum Slot {
     Waiting(Option<Waker>),
     Done(i32),
-    /// The waiter was dropped; the slot is freed when the kernel's last completion for it
-    /// arrives (the one without `IORING_CQE_F_MORE`).
+    /// The future was dropped; the slot is freed when the kernel's completion arrives.
     Abandoned,
-    /// A [`Watch`]: a multishot poll that stays armed across waits.
-    Standing(Standing),
-}
-
-/// State of a [`Watch`].
-#[derive(Default)]
-struct Standing {
-    /// Events reported since the watcher last looked.
-    pending: u32,
-    /// A poll error (negative errno) not yet reported.
-    error: Option<i32>,
-    /// The multishot poll is in the kernel (it ends on error, cancel or CQ overflow).
-    armed: bool,
-    waker: Option<Waker>,
 }
 
 struct Reactor {
@@ -171,26 +156,14 @@ async fn drain(afd: AsyncFd<RingFd>, reactor: Rc<RefCell<Reactor>>) {
                         continue;
                     }
                     let key = key as usize;
-                    let more = io_uring::cqueue::more(cqe.flags());
                     match slots.get_mut(key) {
                         Some(Slot::Abandoned) => {
-                            if !more {
-                                slots.remove(key);
-                            }
+                            slots.remove(key);
                         }
                         Some(slot @ Slot::Waiting(_)) => {
                             if let Slot::Waiting(Some(w)) = std::mem::replace(slot, Slot::Done(cqe.result())) {
                                 wake.push(w);
                             }
-                        }
-                        Some(Slot::Standing(st)) => {
-                            match u32::try_from(cqe.result()) {
-                                Ok(mask) => st.pending |= mask,
-                                Err(_) if cqe.result() == -libc::ECANCELED => {}
-                                Err(_) => st.error = Some(cqe.result()),
-                            }
-                            st.armed &= more;
-                            wake.extend(st.waker.take());
                         }
                         Some(Slot::Done(_)) | None => {}
                     }
@@ -315,9 +288,7 @@ impl Future for Ready {
                     }
                     Poll::Pending
                 }
-                Some(Slot::Abandoned | Slot::Standing(_)) | None => {
-                    Poll::Ready(Err(io::Error::other("poll slot lost")))
-                }
+                Some(Slot::Abandoned) | None => Poll::Ready(Err(io::Error::other("poll slot lost"))),
             };
         }
         let key = r.slots.insert(Slot::Waiting(Some(cx.waker().clone())));
@@ -342,78 +313,7 @@ impl Drop for Ready {
                 let sqe = opcode::AsyncCancel::new(key as u64).build().user_data(CANCEL_TAG);
                 push(&mut r, &sqe);
             }
-            Some(Slot::Abandoned | Slot::Standing(_)) | None => {}
-        }
-    }
-}
-
-/// A standing wait for readiness of one fd: one multishot poll, armed at the first
-/// [`Watch::ready`] and kept in the kernel across waits, so a connection that moves many
-/// small messages does not arm and tear down a poll per message. Events that come while
-/// nobody waits are kept and returned by the next [`Watch::ready`]; a poll the kernel
-/// ended (an error, or completions overflowing the queue) is armed again. Like a
-/// one-shot wait, it may report readiness whose bytes were already read: the reader
-/// must expect `EAGAIN`. Dropping it cancels the poll.
-pub struct Watch {
-    fd: RawFd,
-    events: u32,
-    key: Option<usize>,
-}
-
-/// A [`Watch`] of `fd` for `events` (a mask of `POLL*` bits); nothing is armed yet.
-pub fn watch(fd: &impl AsRawFd, events: u32) -> Watch {
-    Watch { fd: fd.as_raw_fd(), events, key: None }
-}
-
-impl Watch {
-    /// Waits until the fd reported one of the watched events since the last call and
-    /// returns them.
-    pub fn ready(&mut self) -> impl Future<Output = io::Result<u32>> + '_ {
-        std::future::poll_fn(move |cx| self.poll_ready(cx))
-    }
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<u32>> {
-        let Some(reactor) = REACTOR.with(|r| r.borrow().clone()) else {
-            return Poll::Ready(Err(io::Error::other("readiness::init was not called on this thread")));
-        };
-        let mut r = reactor.borrow_mut();
-        let key = *self.key.get_or_insert_with(|| r.slots.insert(Slot::Standing(Standing::default())));
-        let Some(Slot::Standing(st)) = r.slots.get_mut(key) else {
-            return Poll::Ready(Err(io::Error::other("poll slot lost")));
-        };
-        if st.pending != 0 {
-            return Poll::Ready(Ok(std::mem::take(&mut st.pending)));
-        }
-        if let Some(errno) = st.error.take() {
-            return Poll::Ready(Err(io::Error::from_raw_os_error(-errno)));
-        }
-        if !st.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-            st.waker = Some(cx.waker().clone());
-        }
-        if !st.armed {
-            st.armed = true;
-            let sqe = opcode::PollAdd::new(types::Fd(self.fd), self.events).multi(true).build().user_data(key as u64);
-            push(&mut r, &sqe);
-        }
-        Poll::Pending
-    }
-}
-
-impl Drop for Watch {
-    fn drop(&mut self) {
-        let Some(key) = self.key.take() else { return };
-        let Some(reactor) = REACTOR.with(|r| r.borrow().clone()) else { return };
-        let mut r = reactor.borrow_mut();
-        match r.slots.get_mut(key) {
-            Some(slot @ Slot::Standing(Standing { armed: true, .. })) => {
-                *slot = Slot::Abandoned;
-                let sqe = opcode::AsyncCancel::new(key as u64).build().user_data(CANCEL_TAG);
-                push(&mut r, &sqe);
-            }
-            Some(Slot::Standing(_)) => {
-                r.slots.remove(key);
-            }
-            _ => {}
+            Some(Slot::Abandoned) | None => {}
         }
     }
 }

@@ -1,7 +1,6 @@
 //! The userspace relay: both directions of a proxied connection on io_uring.
 //!
-//! Each direction waits for readability on the poll ring (no buffer held; one
-//! multishot poll per direction for the relay's whole life), then
+//! Each direction waits for readability on the poll ring (no buffer held), then
 //! borrows a buffer from the per-core pool, takes what is queued with one non-blocking
 //! `recv` (the data is known to be there, so an io_uring read would only add a
 //! completion round trip), and writes it all to the other side before reading again:
@@ -83,9 +82,6 @@ pub struct RelayOptions {
     /// Stop with [`CloseReason::Paused`] at the first quiet moment after this long.
     pub pause_after: Option<Duration>,
 }
-
-/// Readiness bits after which the source has no more events to give: a FIN or an error.
-const CLOSING: u32 = (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) as u32;
 
 /// How soon a pause is tried again when bytes were in flight.
 const PAUSE_RETRY: Duration = Duration::from_millis(20);
@@ -234,16 +230,12 @@ async fn pump(
     first: Option<&Cell<FirstBytes>>,
     holding: &Cell<u32>,
 ) -> PumpEnd {
-    let mut readable = readiness::watch(from, readiness::READABLE);
     loop {
-        let closing = match readable.ready().await {
-            Ok(mask) => mask & CLOSING != 0,
-            Err(e) => return PumpEnd::ReadFailed(e),
-        };
+        if let Err(e) = readiness::ready(from, readiness::READABLE).await {
+            return PumpEnd::ReadFailed(e);
+        }
         // Keep reading while reads fill the whole buffer: bytes are moving, so holding a
-        // buffer is fine; a short read means the queue is drained and we wait again (the
-        // watch reports every later arrival). A FIN or an error that came with the
-        // bytes raises no further event, so then we read on until the read says so.
+        // buffer is fine; a short read means the queue is drained and we wait again.
         loop {
             let mut buf = bufpool::take();
             let capacity = buf.capacity();
@@ -291,7 +283,7 @@ async fn pump(
                 bufpool::put(buf);
             }
             moved.set(moved.get() + n as u64);
-            if n < capacity && !closing {
+            if n < capacity {
                 break;
             }
         }
