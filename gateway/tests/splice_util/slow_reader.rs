@@ -17,12 +17,20 @@ const CONNS: usize = 4;
 /// queue; ≤ 4 + 6 + 6 MiB at the default tcp_wmem/tcp_rmem maxima) + budget.
 const PUSH_LIMIT: u64 = 20 << 20;
 
-/// Stalls one reader while the other side pushes `TOTAL` bytes, checks the sender
-/// is stopped, then resumes and checks every byte.
-#[allow(clippy::too_many_lines, reason = "one scenario, read top to bottom")]
+/// Stalls one reader while the other side pushes `TOTAL` bytes in 64 KiB writes,
+/// checks the sender is stopped, then resumes and checks every byte.
 pub fn slow_reader(upstream_stalls: bool) {
+    slow_reader_in(upstream_stalls, 64 * 1024);
+}
+
+/// [`slow_reader`] with the stalled phase pushed in writes of `write` bytes (below a
+/// segment's size with `TCP_NODELAY`, so that the kernel sees one small skb per write).
+#[allow(clippy::too_many_lines, reason = "one scenario, read top to bottom")]
+pub fn slow_reader_in(upstream_stalls: bool, write: usize) {
     let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let name = if upstream_stalls { "slow_upstream_reader" } else { "slow_client_reader" };
+    let side = if upstream_stalls { "slow_upstream_reader" } else { "slow_client_reader" };
+    let name = format!("{side} ({write} B writes)");
+    let name = name.as_str();
     let Some(splicer) = splicer_or_skip(name, 64, BUDGET) else { return };
     let proxy = Proxy::start(&splicer);
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -40,9 +48,10 @@ pub fn slow_reader(upstream_stalls: bool) {
         in_kernel.recv_timeout(Duration::from_secs(5)).expect("pair spliced");
         let (mut sender, reader) = if upstream_stalls { (q.c, q.u) } else { (q.u, q.c) };
         sender.set_nonblocking(true).unwrap();
+        sender.set_nodelay(write < 1400).unwrap();
         // Push until the sender has been blocked for 300 ms.
         let mut sent = 0u64;
-        let mut buf = vec![0u8; 64 * 1024];
+        let mut buf = vec![0u8; write];
         let mut last_progress = Instant::now();
         let deadline = Instant::now() + Duration::from_secs(20);
         while sent < TOTAL && last_progress.elapsed() < Duration::from_millis(300) && Instant::now() < deadline {
