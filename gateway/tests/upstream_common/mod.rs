@@ -266,11 +266,14 @@ async fn serve(
         header("x-real-ip"),
         header("x-forwarded-for"),
     );
-    if s.write_all(resp.as_bytes()).await.is_err() {
-        return;
-    }
+    // Counted before the 101 leaves: a client that has read it must see it counted.
     st.upgrades.fetch_add(1, Ordering::Relaxed);
     st.live.fetch_add(1, Ordering::Relaxed);
+    if s.write_all(resp.as_bytes()).await.is_err() {
+        st.upgrades.fetch_sub(1, Ordering::Relaxed);
+        st.live.fetch_sub(1, Ordering::Relaxed);
+        return;
+    }
     // Hold until the client closes (or the origin is killed).
     loop {
         tokio::select! {
