@@ -1,10 +1,9 @@
 //! The userspace relay: both directions of a proxied connection on io_uring.
 //!
-//! Each direction waits for readability on the worker's epoll (registered once,
-//! edge-triggered; no buffer held), then borrows a buffer from the per-core pool per
-//! non-blocking `recv` until the socket is drained (the data is known to be there, so
-//! an io_uring read would only add a completion round trip), and writes each read to
-//! the other side before reading again:
+//! Each direction waits for readability on the poll ring (no buffer held), then
+//! borrows a buffer from the per-core pool, takes what is queued with one non-blocking
+//! `recv` (the data is known to be there, so an io_uring read would only add a
+//! completion round trip), and writes it all to the other side before reading again:
 //! with one non-blocking `send` when it fits, else with an io_uring write that waits
 //! for room, so a slow reader stops the sender through
 //! TCP flow control and nothing is buffered beyond one buffer per moving direction.
@@ -15,17 +14,14 @@
 use std::cell::Cell;
 use std::io;
 use std::net::Shutdown;
-use std::os::fd::{AsRawFd, RawFd};
 use std::pin::pin;
 use std::time::{Duration, Instant};
 
-use tokio::io::Interest;
-use tokio::io::unix::AsyncFd;
 use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::TcpStream;
 
 use crate::shutdown::{Phase, ShutdownRx};
-use crate::{bufpool, net};
+use crate::{bufpool, net, readiness};
 
 /// Why a relayed connection ended (the access log's close reason).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -234,24 +230,15 @@ async fn pump(
     first: Option<&Cell<FirstBytes>>,
     holding: &Cell<u32>,
 ) -> PumpEnd {
-    // Registered with the worker's epoll, edge-triggered, for the relay's life: one
-    // registration per direction instead of a poll armed per message. Dropped (and so
-    // deregistered) when the relay returns, before the caller closes the socket.
-    // SAFETY: `from` is borrowed for the registration's whole life, so its fd stays
-    // open and names the same socket until the registration is dropped.
-    let readable = match unsafe { AsyncFd::register_with_interest(Borrowed(from), Interest::READABLE) } {
-        Ok(fd) => fd,
-        Err(e) => return PumpEnd::ReadFailed(e.into_parts().1),
-    };
     loop {
-        let mut ready = match readable.readable().await {
-            Ok(guard) => guard,
-            Err(e) => return PumpEnd::ReadFailed(e),
-        };
-        // Read until the socket says it is drained: the edge for bytes (or a FIN) that
-        // came with the last ones is not raised again.
+        if let Err(e) = readiness::ready(from, readiness::READABLE).await {
+            return PumpEnd::ReadFailed(e);
+        }
+        // Keep reading while reads fill the whole buffer: bytes are moving, so holding a
+        // buffer is fine; a short read means the queue is drained and we wait again.
         loop {
             let mut buf = bufpool::take();
+            let capacity = buf.capacity();
             let n = match net::recv_into(from, &mut buf) {
                 Ok(0) => {
                     bufpool::put(buf);
@@ -260,7 +247,6 @@ async fn pump(
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     bufpool::put(buf);
-                    ready.clear_ready();
                     break;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {
@@ -297,16 +283,10 @@ async fn pump(
                 bufpool::put(buf);
             }
             moved.set(moved.get() + n as u64);
+            if n < capacity {
+                break;
+            }
         }
-    }
-}
-
-/// A borrowed socket for the epoll registration: its fd, never closed by it.
-struct Borrowed<'a>(&'a TcpStream);
-
-impl AsRawFd for Borrowed<'_> {
-    fn as_raw_fd(&self) -> RawFd {
-        self.0.as_raw_fd()
     }
 }
 
