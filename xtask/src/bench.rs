@@ -66,8 +66,8 @@ pub struct Options {
     /// Scenario to run against every target.
     #[arg(value_enum)]
     pub scenario: Scenario,
-    /// Targets in order (direct is the baseline): direct, wsgate (each splice mode), wsgate/sockmap,
-    /// wsgate/userspace, nginx.
+    /// Targets in order (direct is the baseline): direct, wsgate (sockmap and userspace),
+    /// wsgate/sockmap, wsgate/userspace, wsgate/auto (what the default picks), nginx.
     #[arg(long, value_delimiter = ',', default_value = "direct,wsgate,nginx")]
     pub targets: Vec<String>,
     /// Connections (default: hold 5000, echo 1000, bulk 8, handshake 16, scale 100000).
@@ -798,10 +798,12 @@ fn compare(opts: &Options, out: &Path, wsgate_built: bool) -> Result<()> {
                     }
                 }
             },
-            mode @ ("wsgate/sockmap" | "wsgate/userspace") if wsgate_built => {
+            mode @ ("wsgate/sockmap" | "wsgate/userspace" | "wsgate/auto") if wsgate_built => {
                 targets.push((mode.into(), mode.strip_prefix("wsgate/").map(str::to_string)));
             }
-            other => bail!("unknown target {other:?}: use direct, wsgate (each splice mode), wsgate/MODE, nginx"),
+            other => bail!(
+                "unknown target {other:?}: use direct, wsgate (each splice mode), wsgate/MODE (auto, sockmap, userspace), nginx"
+            ),
         }
     }
     if !targets.iter().any(|(n, _)| n == "direct") {
