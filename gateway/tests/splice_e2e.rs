@@ -138,7 +138,7 @@ fn wait_exit(gw: &mut Wsgate) -> Option<std::process::ExitStatus> {
 
 #[test]
 fn sockmap_mode_relays_a_websocket_session_in_the_kernel() {
-    if splice_util::splicer_or_skip("sockmap_mode_e2e", 16, 1 << 20).is_none() {
+    if !can_splice("sockmap_mode_e2e") {
         return;
     }
     let echo = WsEcho::start();
@@ -150,7 +150,7 @@ fn sockmap_mode_relays_a_websocket_session_in_the_kernel() {
 
 #[test]
 fn auto_falls_back_to_userspace_when_the_self_test_fails() {
-    if splice_util::splicer_or_skip("auto_fallback_self_test_e2e", 16, 1 << 20).is_none() {
+    if !can_splice("auto_fallback_self_test_e2e") {
         return;
     }
     let echo = WsEcho::start();
@@ -165,7 +165,7 @@ fn auto_falls_back_to_userspace_when_the_self_test_fails() {
 
 #[test]
 fn auto_falls_back_to_userspace_without_capabilities() {
-    if splice_util::splicer_or_skip("auto_fallback_nocap_e2e", 16, 1 << 20).is_none() {
+    if !can_splice("auto_fallback_nocap_e2e") {
         return;
     }
     let echo = WsEcho::start();
@@ -180,7 +180,7 @@ fn auto_falls_back_to_userspace_without_capabilities() {
 
 #[test]
 fn sockmap_mode_refuses_to_start_when_the_splice_is_unavailable() {
-    if splice_util::splicer_or_skip("sockmap_refuses_e2e", 16, 1 << 20).is_none() {
+    if !can_splice("sockmap_refuses_e2e") {
         return;
     }
     let echo = WsEcho::start();
@@ -278,19 +278,26 @@ fn short_session_sending(gw: &Wsgate, i: usize, close_frame: bool) -> String {
     gw.wait_log(&format!("\"GET /short/{i} HTTP/1.1\" 101 "))
 }
 
-/// One worker (the choice is per worker) that skips splicing connections shorter than 150 ms.
-fn learning_gateway(upstream: SocketAddr) -> Wsgate {
-    Wsgate::start_with(upstream, "sockmap", false, false, &["--workers", "1", "--splice-after", "150ms"])
+/// A streaming upstream (reporting what it received to `received`) behind one wsgate
+/// worker (the choice is per worker) that skips splicing connections shorter than 150 ms.
+fn learning_pair(received: mpsc::Sender<usize>) -> (utils::RawUpstream, Wsgate) {
+    let up = streaming_upstream(received);
+    let gw = Wsgate::start_with(up.addr, "sockmap", false, false, &["--workers", "1", "--splice-after", "150ms"]);
+    (up, gw)
+}
+
+/// Whether the kernel splice works here; if not, the test says so loudly and passes.
+fn can_splice(test: &str) -> bool {
+    splice_util::splicer_or_skip(test, 16, 1 << 20).is_some()
 }
 
 #[test]
 fn auto_stops_splicing_when_connections_are_short() {
-    if splice_util::splicer_or_skip("short_connections_e2e", 16, 1 << 20).is_none() {
+    if !can_splice("short_connections_e2e") {
         return;
     }
     let (tx, _rx) = mpsc::channel();
-    let up = streaming_upstream(tx);
-    let gw = learning_gateway(up.addr);
+    let (_up, gw) = learning_pair(tx);
     let lines: Vec<String> = (0..40).map(|i| short_session(&gw, i)).collect();
     assert!(lines[0].contains("mode=splice"), "a fresh worker splices at the 101: {}", lines[0]);
     let last = lines.last().unwrap();
@@ -303,12 +310,11 @@ fn auto_stops_splicing_when_connections_are_short() {
 
 #[test]
 fn clients_that_give_up_without_a_byte_do_not_make_auto_defer() {
-    if splice_util::splicer_or_skip("silent_connections_e2e", 16, 1 << 20).is_none() {
+    if !can_splice("silent_connections_e2e") {
         return;
     }
     let (tx, _rx) = mpsc::channel();
-    let up = streaming_upstream(tx);
-    let gw = learning_gateway(up.addr);
+    let (_up, gw) = learning_pair(tx);
     // Like clients timing out under overload: upgraded, then closed without a byte.
     let lines: Vec<String> = (0..30).map(|i| short_session_sending(&gw, i, false)).collect();
     assert!(lines.iter().all(|l| l.contains("mode=splice")), "silent connections made auto defer:\n{lines:#?}");
@@ -316,12 +322,11 @@ fn clients_that_give_up_without_a_byte_do_not_make_auto_defer() {
 
 #[test]
 fn a_connection_is_handed_to_the_kernel_mid_stream_without_losing_a_byte() {
-    if splice_util::splicer_or_skip("mid_stream_handover_e2e", 16, 1 << 20).is_none() {
+    if !can_splice("mid_stream_handover_e2e") {
         return;
     }
     let (tx, rx) = mpsc::channel();
-    let up = streaming_upstream(tx);
-    let gw = learning_gateway(up.addr);
+    let (_up, gw) = learning_pair(tx);
     // The worker learns that its connections are short: the next one starts in userspace.
     let learned = (0..60).map(|i| short_session(&gw, i)).any(|line| line.contains("mode=userspace"));
     assert!(learned, "60 short connections did not make the worker defer the splice");
