@@ -154,8 +154,11 @@ impl SplicedEnd {
         // The pair's `ActiveConn` was detached when it was parked.
         self.ctx.stats.active.fetch_sub(1, Ordering::Relaxed);
         let lifetime = self.facts.lifetime();
-        let client_bytes = self.facts.before_splice[0] + outcome.to_upstream;
-        crate::lifetimes::record(lifetime, client_bytes, self.ctx.config.relay.splice_after);
+        // One relayed in userspace first was counted when it outlived `splice_after`.
+        if !self.facts.after_userspace {
+            let client_bytes = self.facts.before_splice[0] + outcome.to_upstream;
+            crate::lifetimes::record(lifetime, client_bytes, self.ctx.config.relay.splice_after);
+        }
         self.facts.log(&self.ctx, self.live.addr(), outcome, lifetime);
     }
 }
@@ -362,6 +365,9 @@ async fn proxy(
         if outcome.reason != CloseReason::Paused {
             return Ok(None);
         }
+        // It outlived `splice_after`: counted as long now, not when it ends (which may be
+        // hours away), so a worker that defers learns as soon as connections live on.
+        crate::lifetimes::record(delay, outcome.client_to_upstream, cfg.relay.splice_after);
     }
     let Some(client) = client_slot.take() else { return Ok(None) };
     // The userspace path is boxed: the handshake's future stays small, and a spliced

@@ -62,13 +62,19 @@ mod tests {
             assert!(short < 64, "never switched to deferring");
         }
         assert!((10..=14).contains(&short), "switched after {short} short connections");
+        // A worker that has seen nothing but short ones for a while …
+        for _ in 0..64 {
+            record(Duration::from_millis(20), 6, AFTER);
+        }
+        assert!(!splice_delay(AFTER).is_zero());
+        // … goes back to splicing at the 101 after about as many long ones.
         let mut long = 0;
         while !splice_delay(AFTER).is_zero() {
             record(Duration::from_secs(30), 6, AFTER);
             long += 1;
             assert!(long < 64, "never switched back");
         }
-        assert!(long <= 14, "switched back after {long} long connections");
+        assert!((10..=14).contains(&long), "switched back after {long} long connections");
         assert_eq!(splice_delay(Duration::ZERO), Duration::ZERO, "0s never defers");
         let before = short_share();
         record(Duration::from_millis(1), 0, AFTER);
