@@ -79,6 +79,16 @@ fn a_late_pong_is_counted_late_and_missing_not_mismatched() {
 }
 
 #[test]
+fn a_duplicated_pong_is_counted_mismatched_not_late() {
+    let echo = Echo::start(&["--fault", "dup-pong-every=3"]);
+    let run = load("hold", echo.addr, &["--conns", "5", "--rate", "500", "--duration", "2", "--heartbeat", "0.25"]);
+    assert_eq!(run.code, 2, "a replayed pong fails the run");
+    assert!(run.count("mismatched") > 0, "no duplicate pong seen");
+    assert_eq!(run.count("pongs_late"), 0, "a replayed pong is not a late one");
+    assert_eq!(run.count("pongs_missing"), 0);
+}
+
+#[test]
 fn bulk_verifies_messages_larger_than_socket_buffers() {
     let echo = Echo::start(&[]);
     let run = load("bulk", echo.addr, &["--conns", "2", "--duration", "1", "--size", "3000000"]);

@@ -82,7 +82,7 @@ pub struct Options {
     /// Echo scenario: milliseconds between messages of one connection.
     #[arg(long, default_value_t = 100)]
     pub interval_ms: u64,
-    /// Payload bytes per message (default: echo 64, bulk 65536, else 32).
+    /// Payload bytes per message (default: wsbench's, echo 64, bulk 65536, else 32).
     #[arg(long)]
     pub size: Option<usize>,
     /// Heartbeat period of held connections, seconds.
@@ -622,8 +622,7 @@ fn run_load(opts: &Options, a: &LoadArgs) -> Result<Value> {
         .arg("--report")
         .arg(&a.report)
         .stdin(Stdio::null());
-    // The echo scenario's messages are 64 bytes unless told otherwise.
-    if let Some(size) = opts.size.or((a.scenario == LoadScenario::Echo).then_some(64)) {
+    if let Some(size) = opts.size {
         cmd.args(["--size", &size.to_string()]);
     }
     if let Some(src) = &a.sources {

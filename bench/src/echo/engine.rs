@@ -46,13 +46,13 @@ pub struct Engine {
     hdr_len: u8,
     in_message: bool,
     data_frames: u32,
-    /// Pings seen (only counted for `Fault::LatePongEvery`).
+    /// Pings seen (only counted for the pong faults).
     pings: u32,
     fault: Fault,
     max_frame: u64,
     ctrl: Vec<u8>,
     /// A pong held back by `Fault::LatePongEvery`, sent before the next one.
-    held_pong: Vec<u8>,
+    held_pong: Option<Vec<u8>>,
 }
 
 impl Engine {
@@ -68,7 +68,7 @@ impl Engine {
             fault,
             max_frame,
             ctrl: Vec::new(),
-            held_pong: Vec::new(),
+            held_pong: None,
         }
     }
 
@@ -193,15 +193,18 @@ impl Engine {
         };
         let payload = std::mem::take(&mut self.ctrl);
         match op {
-            OP_PING if matches!(self.fault, Fault::LatePongEvery(_)) => {
+            OP_PING if matches!(self.fault, Fault::LatePongEvery(_) | Fault::DupPongEvery(_)) => {
                 self.pings = self.pings.wrapping_add(1);
-                if let Some(held) = Some(std::mem::take(&mut self.held_pong)).filter(|h| !h.is_empty()) {
+                if let Some(held) = self.held_pong.take() {
                     frame::write_frame(out, true, OP_PONG, None, &held);
                 }
-                if self.fault.applies(self.pings).is_some() {
-                    self.held_pong = payload;
-                } else {
-                    frame::write_frame(out, true, OP_PONG, None, &payload);
+                match self.fault.applies(self.pings) {
+                    Some(Fault::LatePongEvery(_)) => self.held_pong = Some(payload),
+                    Some(_) => {
+                        frame::write_frame(out, true, OP_PONG, None, &payload);
+                        frame::write_frame(out, true, OP_PONG, None, &payload);
+                    }
+                    None => frame::write_frame(out, true, OP_PONG, None, &payload),
                 }
             }
             OP_PING => frame::write_frame(out, true, OP_PONG, None, &payload),

@@ -65,6 +65,9 @@ async fn heartbeat_until(ctx: &Ctx, c: &mut Conn, end: Instant) -> bool {
     let mut next = Instant::now() + period;
     // The ping in flight: its number and send time (ns on the run clock).
     let awaiting: Cell<Option<(u64, u64)>> = Cell::new(None);
+    // Pongs numbered below this were accounted for (answered or counted late): another
+    // one of them is a duplicate.
+    let accounted = Cell::new(0u64);
     let closed = Cell::new(false);
     let mut pings = 0u64;
     let timer = tokio::time::sleep_until(next.min(end).into());
@@ -113,9 +116,13 @@ async fn heartbeat_until(ctx: &Ctx, c: &mut Conn, end: Instant) -> bool {
                         rec.counts.pongs += 1;
                         rec.rtt_us(ctx.now_ns().saturating_sub(sent) / 1000);
                         awaiting.set(None);
+                        accounted.set(n + 1);
                     }
                     // The pong of a ping already given up on (counted missing then).
-                    (_, Some(got)) if got < pings => rec.counts.pongs_late += 1,
+                    (_, Some(got)) if got >= accounted.get() && got < pings => {
+                        rec.counts.pongs_late += 1;
+                        accounted.set(got + 1);
+                    }
                     _ => rec.counts.mismatched += 1,
                 }
             }

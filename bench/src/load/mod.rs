@@ -55,6 +55,15 @@ impl Scenario {
             Scenario::Handshake => "handshake",
         }
     }
+
+    /// Payload bytes per message when `--size` is not given.
+    pub fn default_size(self) -> usize {
+        match self {
+            Scenario::Echo => 64,
+            Scenario::Bulk => 64 * 1024,
+            Scenario::Hold | Scenario::Handshake => 32,
+        }
+    }
 }
 
 /// Options of `wsbench load`.
@@ -81,7 +90,7 @@ pub struct Options {
     /// Echo: milliseconds between two messages of a connection.
     #[arg(long, default_value_t = 1000)]
     pub interval_ms: u64,
-    /// Payload bytes per message (default 32; bulk 65536; at least 24).
+    /// Payload bytes per message (default: echo 64, bulk 65536, else 32; at least 24).
     #[arg(long)]
     pub size: Option<usize>,
     /// Hold: seconds between heartbeat pings.
@@ -170,7 +179,7 @@ fn build_report(
     threads: u64,
 ) -> Report {
     let secs = elapsed.max(1e-9);
-    let size = opts.size.unwrap_or(if opts.scenario == Scenario::Bulk { 65_536 } else { 32 }).max(payload::HEADER);
+    let size = opts.size.unwrap_or(opts.scenario.default_size()).max(payload::HEADER);
     Report {
         scenario: opts.scenario.name().into(),
         targets: plan::describe(&opts.target),

@@ -66,10 +66,7 @@ impl Plan {
             }
         }
         let conns = opts.conns / procs + u64::from(index < opts.conns % procs);
-        let size = opts.size.unwrap_or(match opts.scenario {
-            Scenario::Bulk => 64 * 1024,
-            _ => 32,
-        });
+        let size = opts.size.unwrap_or(opts.scenario.default_size());
         let rate = (opts.rate / procs as f64).max(0.001);
         let ramp = opts.conns as f64 / opts.rate.max(0.001);
         let threads =
