@@ -15,7 +15,9 @@
  *
  * The program never drops payload: the kernel has already acknowledged the
  * bytes of an skb when the verdict runs, so every path that cannot redirect
- * passes the skb to userspace. Only empty skbs (a bare FIN) are dropped.
+ * passes the skb to userspace. Only empty skbs (a bare FIN) and skbs whose
+ * every byte was handed on before (a retransmission, see skip_handed_on) are
+ * dropped.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -89,6 +91,111 @@ static __always_inline int peer_unacked(struct splice_link *link,
 	return ok;
 }
 
+/* Largest head trim of one bpf_skb_adjust_room() call on an sk_skb (the
+ * kernel refuses more), and how many calls one skb may take: 160 × 4095 bytes
+ * is more than TCP puts in one skb, even with BIG TCP's 512 KiB. */
+#define TRIM_STEP 0xfff
+#define TRIM_STEPS 160
+
+/* Cuts the first n bytes off the skb's payload; 0 on success. */
+static __always_inline int trim_head(struct __sk_buff *skb, __u32 n)
+{
+	__u32 steps = n / TRIM_STEP, rest = n % TRIM_STEP;
+
+	if (steps > TRIM_STEPS)
+		return -1;
+#pragma clang loop unroll(disable)
+	for (__u32 i = 0; i < TRIM_STEPS; i++) {
+		if (i >= steps)
+			break;
+		if (bpf_skb_adjust_room(skb, -TRIM_STEP, 0, 0))
+			return -1;
+	}
+	if (rest && bpf_skb_adjust_room(skb, -(__s32)rest, 0, 0))
+		return -1;
+	return 0;
+}
+
+/* The TCP sequence number of the skb's first payload byte (TCP_SKB_CB). */
+static __always_inline int skb_seq(struct __sk_buff *skb, __u32 *seq)
+{
+	struct sk_buff *kskb = (struct sk_buff *)skb;
+	struct tcp_skb_cb *cb = (struct tcp_skb_cb *)&kskb->cb[0];
+
+	return bpf_probe_read_kernel(seq, sizeof(*seq), &cb->seq) == 0;
+}
+
+/* copied_seq of the socket the skb arrived on: before the program has seen
+ * any of its skbs, the first byte nobody has taken yet. */
+static __always_inline int own_copied_seq(__u64 cookie, __u32 *seq)
+{
+	struct bpf_sock *sk;
+	struct tcp_sock *tp;
+	int ok = 0;
+
+	sk = bpf_map_lookup_elem(&sock_hash, &cookie);
+	if (!sk)
+		return 0;
+	tp = bpf_skc_to_tcp_sock(sk);
+	if (tp) {
+		*seq = tp->copied_seq;
+		ok = 1;
+	}
+	bpf_sk_release(sk);
+	return ok;
+}
+
+enum handed_on { FRESH, OLD, BROKEN };
+
+/*
+ * Retransmitted bytes. When a segment arrives that starts before rcv_nxt but
+ * ends after it (a retransmission, possibly of several segments collapsed
+ * into one, some of which had arrived), TCP queues the whole skb with its
+ * original sequence number and leaves it to the reader to skip what it has
+ * already taken: tcp_recvmsg() and tcp_read_sock() skip copied_seq - seq
+ * bytes. tcp_read_skb(), which feeds this verdict, does not: it hands over
+ * the whole skb, so without this check those bytes reach the peer twice.
+ * Measured here: a whole 65483-byte segment (the loopback MSS) duplicated in
+ * the slow-reader tests whenever a stalled reader's closed window made the
+ * sender retransmit; it is no property of the pressure path, and on a real
+ * network any lost ACK can cause it.
+ *
+ * So the program keeps the sequence number just past the last byte it has
+ * handed on (redirected or passed) and cuts anything before it off the head
+ * of the skb, or drops the skb if nothing new is left. An skb it cannot
+ * trim is dropped and the pair marked broken (userspace resets it): better
+ * a reset than a corrupted stream.
+ */
+static __always_inline enum handed_on
+skip_handed_on(struct __sk_buff *skb, __u64 cookie, struct splice_dir *d)
+{
+	__u64 known = d->next_seq;
+	__u32 seq, next, over, len = skb->len;
+
+	if (!skb_seq(skb, &seq))
+		return FRESH;
+	if (known & SPLICE_SEQ_SET)
+		next = (__u32)known;
+	else if (!own_copied_seq(cookie, &next))
+		next = seq;
+	over = next - seq;
+	if ((__s32)over > 0) {
+		if (over >= len) {
+			WRITE_ONCE(d->trimmed, d->trimmed + len);
+			return OLD;
+		}
+		if (trim_head(skb, over)) {
+			WRITE_ONCE(d->broken, 1);
+			return BROKEN;
+		}
+		WRITE_ONCE(d->trimmed, d->trimmed + over);
+		seq = next;
+		len = skb->len;
+	}
+	WRITE_ONCE(d->next_seq, (__u64)(seq + len) | SPLICE_SEQ_SET);
+	return FRESH;
+}
+
 static __always_inline int pass(struct splice_dir *d, __u64 len)
 {
 	if (d->passed == READ_ONCE(d->forwarded))
@@ -104,7 +211,7 @@ int splice_verdict(struct __sk_buff *skb)
 	struct splice_link *link;
 	struct splice_conn *conn;
 	struct splice_dir *d;
-	__u64 len = skb->len;
+	__u64 len;
 	__u64 held = 0;
 	int looked = 0;
 	__u32 slot;
@@ -114,7 +221,7 @@ int splice_verdict(struct __sk_buff *skb)
 	 * not reach a psock queue: behind queued bytes, a zero-length skb makes
 	 * the psock backlog report EPIPE and stop, stranding every later byte.
 	 * Dropping it loses nothing. */
-	if (len == 0)
+	if (skb->len == 0)
 		return SK_DROP;
 	link = bpf_map_lookup_elem(&links, &cookie);
 	if (!link)
@@ -125,10 +232,15 @@ int splice_verdict(struct __sk_buff *skb)
 		return SK_PASS;
 	d = &conn->dir[link->dir & 1];
 	WRITE_ONCE(conn->last_active_ns, bpf_ktime_get_coarse_ns());
+	if (READ_ONCE(d->broken))
+		return SK_DROP;
+	if (skip_handed_on(skb, cookie, d) != FRESH)
+		return SK_DROP;
+	len = skb->len;
 
 	/* Once anything was passed, keep passing until userspace has written
 	 * it to the peer: redirecting now would overtake those bytes. */
-	if (READ_ONCE(d->force_pass) || d->passed != READ_ONCE(d->forwarded))
+	if (d->passed != READ_ONCE(d->forwarded))
 		return pass(d, len);
 
 	/* Acks only grow, so the unacked bytes are at most what they were at

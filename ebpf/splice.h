@@ -20,8 +20,8 @@ struct splice_link {
 	__u32 dir;	   /* SPLICE_DIR_* of bytes arriving on this socket */
 };
 
-/* One direction of a spliced pair. The first five fields are written only by
- * the program (userspace zeroes them when a slot is reused), the last three
+/* One direction of a spliced pair. The first eight fields are written only by
+ * the program (userspace zeroes them when a slot is reused), the last two
  * only by userspace (in place, through mmap). */
 struct splice_dir {
 	__u64 redirected; /* bytes the program sent to the peer's egress */
@@ -31,11 +31,19 @@ struct splice_dir {
 			     plus the skb then redirected */
 	__u64 bound_base; /* unacked minus sent at the last look at the peer
 			     (mod 2^64): sent + bound_base bounds unacked */
+	__u64 next_seq;	  /* TCP sequence number just past the last byte
+			     handed on, | SPLICE_SEQ_SET once known */
+	__u64 trimmed;	  /* retransmitted bytes cut off skbs because they
+			     had been handed on already */
+	__u64 broken;	  /* non-zero: an overlap could not be trimmed; the
+			     skb was dropped and the pair must be reset */
 	__u64 forwarded;  /* passed bytes userspace has written to the peer */
 	__u64 acked_base; /* peer's bytes_acked once all pre-splice data is
 			     acked */
-	__u64 force_pass; /* non-zero: pass everything to userspace */
 };
+
+/* Marks splice_dir.next_seq as known (sequence numbers are 32 bits). */
+#define SPLICE_SEQ_SET (1ULL << 32)
 
 /* Per-pair state: one element of the mmap-able `conns` array. */
 struct splice_conn {

@@ -45,10 +45,12 @@ pub(super) async fn write_all(fd: RawFd, mut data: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-/// Whether direction `dir` of pair `slot` has passed bytes userspace has not forwarded.
-pub(super) fn pass_pending(inner: &Inner, slot: u32, dir: usize) -> bool {
+/// Whether direction `dir` of pair `slot` needs its supervisor: it has passed bytes
+/// userspace has not forwarded, or the program marked it broken.
+pub(super) fn needs_userspace(inner: &Inner, slot: u32, dir: usize) -> bool {
     inner.dir_word(slot, dir, DirField::Passed).load(Ordering::Acquire)
         > inner.dir_word(slot, dir, DirField::Forwarded).load(Ordering::Acquire)
+        || inner.dir_word(slot, dir, DirField::Broken).load(Ordering::Relaxed) != 0
 }
 
 /// A raw fd for [`readiness::ready`].
@@ -82,10 +84,22 @@ impl Direction<'_> {
         self.inner.dir_word(self.slot, self.dir, field)
     }
 
-    /// The verdict passed bytes to userspace that are not forwarded yet (pass mode).
-    /// A plain memory read of the kernel-shared array: no syscall.
-    pub fn pass_pending(&self) -> bool {
-        pass_pending(self.inner, self.slot, self.dir)
+    /// The verdict passed bytes to userspace that are not forwarded yet (pass mode),
+    /// or marked the direction broken. A plain memory read of the kernel-shared
+    /// array: no syscall.
+    pub fn needs_userspace(&self) -> bool {
+        needs_userspace(self.inner, self.slot, self.dir)
+    }
+
+    /// The program met retransmitted bytes it could not trim off an skb and dropped
+    /// it: the stream has a hole, and the pair must be reset.
+    pub fn broken(&self) -> bool {
+        self.word(DirField::Broken).load(Ordering::Relaxed) != 0
+    }
+
+    /// Retransmitted bytes the program cut off because it had handed them on before.
+    pub fn trimmed(&self) -> u64 {
+        self.word(DirField::Trimmed).load(Ordering::Relaxed)
     }
 
     fn progress(&self) -> io::Result<Progress> {

@@ -11,6 +11,7 @@ pub(crate) struct Counters {
     pub active: AtomicU64,
     pub pressure: AtomicU64,
     pub handover_failed: AtomicU64,
+    pub trimmed: AtomicU64,
 }
 
 /// A snapshot of the splice counters.
@@ -24,6 +25,8 @@ pub struct SpliceCounts {
     pub pressure: u64,
     /// Handovers that failed (pair closed or relayed in userspace instead).
     pub handover_failed: u64,
+    /// Retransmitted bytes cut off skbs of ended pairs because they had been handed on already.
+    pub trimmed: u64,
 }
 
 impl Counters {
@@ -33,6 +36,7 @@ impl Counters {
             active: self.active.load(Ordering::Relaxed),
             pressure: self.pressure.load(Ordering::Relaxed),
             handover_failed: self.handover_failed.load(Ordering::Relaxed),
+            trimmed: self.trimmed.load(Ordering::Relaxed),
         }
     }
 }

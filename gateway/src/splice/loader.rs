@@ -160,9 +160,11 @@ impl Inner {
                 DirField::PassRuns,
                 DirField::HeldMax,
                 DirField::BoundBase,
+                DirField::NextSeq,
+                DirField::Trimmed,
+                DirField::Broken,
                 DirField::Forwarded,
                 DirField::AckedBase,
-                DirField::ForcePass,
             ] {
                 self.conns.word(base + f.offset(dir)).store(0, Ordering::Relaxed);
             }

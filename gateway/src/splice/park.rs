@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use slab::Slab;
 
-use super::backpressure::pass_pending;
+use super::backpressure::needs_userspace;
 use super::handover::Inserted;
 use super::loader::Splicer;
 use super::supervise::{SpliceOutcome, SplicedPair};
@@ -227,7 +227,7 @@ pub(super) fn sweep(now_ns: u64) -> usize {
                 if now_ns.saturating_sub(last) >= table.idle_ns {
                     return Some((key, Wake::Swept(Swept::Idle)));
                 }
-                (0..2).any(|dir| pass_pending(inner, row.slot, dir)).then_some((key, Wake::Event))
+                (0..2).any(|dir| needs_userspace(inner, row.slot, dir)).then_some((key, Wake::Event))
             })
             .collect();
         for (key, wake) in due {

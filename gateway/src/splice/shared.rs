@@ -26,9 +26,11 @@ pub struct Dir {
     pub pass_runs: u64,
     pub held_max: u64,
     pub bound_base: u64,
+    pub next_seq: u64,
+    pub trimmed: u64,
+    pub broken: u64,
     pub forwarded: u64,
     pub acked_base: u64,
-    pub force_pass: u64,
 }
 
 /// `struct splice_conn`, one element of the `conns` array.
@@ -40,9 +42,9 @@ pub struct Conn {
 }
 
 const _: () = assert!(size_of::<Link>() == 16);
-const _: () = assert!(size_of::<Dir>() == 64);
-const _: () = assert!(size_of::<Conn>() == 144);
-const _: () = assert!(offset_of!(Conn, last_active_ns) == 128);
+const _: () = assert!(size_of::<Dir>() == 80);
+const _: () = assert!(size_of::<Conn>() == 176);
+const _: () = assert!(offset_of!(Conn, last_active_ns) == 160);
 
 /// Fields of [`Dir`] by byte offset, for atomic access through the mmap.
 #[derive(Debug, Clone, Copy)]
@@ -52,9 +54,11 @@ pub enum DirField {
     PassRuns,
     HeldMax,
     BoundBase,
+    NextSeq,
+    Trimmed,
+    Broken,
     Forwarded,
     AckedBase,
-    ForcePass,
 }
 
 impl DirField {
@@ -65,9 +69,11 @@ impl DirField {
             DirField::PassRuns => offset_of!(Dir, pass_runs),
             DirField::HeldMax => offset_of!(Dir, held_max),
             DirField::BoundBase => offset_of!(Dir, bound_base),
+            DirField::NextSeq => offset_of!(Dir, next_seq),
+            DirField::Trimmed => offset_of!(Dir, trimmed),
+            DirField::Broken => offset_of!(Dir, broken),
             DirField::Forwarded => offset_of!(Dir, forwarded),
             DirField::AckedBase => offset_of!(Dir, acked_base),
-            DirField::ForcePass => offset_of!(Dir, force_pass),
         };
         dir * size_of::<Dir>() + field
     }

@@ -76,6 +76,9 @@ pub struct SpliceOutcome {
     pub pressure_runs: u64,
     /// Most bytes the kernel held unacknowledged in one direction.
     pub held_max: u64,
+    /// Retransmitted bytes the program cut off skbs, both directions (they had
+    /// been handed on already; see `skip_handed_on` in splice.bpf.c).
+    pub trimmed: u64,
     /// The side whose FIN came first, if any did.
     pub first_fin: Option<Side>,
 }
@@ -160,10 +163,12 @@ impl SplicedPair {
             reason,
             pressure_runs: up.pressure_runs() + down.pressure_runs(),
             held_max: up.held_max().max(down.held_max()),
+            trimmed: up.trimmed() + down.trimmed(),
             first_fin,
         };
         let counters = &inner.counters;
         counters.pressure.fetch_add(outcome.pressure_runs, Ordering::Relaxed);
+        counters.trimmed.fetch_add(outcome.trimmed, Ordering::Relaxed);
         counters.active.fetch_sub(1, Ordering::Relaxed);
         // Closed first (which takes them out of the sockhash), then the slot is freed: a
         // verdict still running for this pair writes to a slot no new pair has yet.
@@ -228,10 +233,14 @@ fn failure(side: Side, e: &io::Error) -> CloseReason {
 /// every redirected byte. Holds no buffer while waiting.
 async fn direction(d: &Direction<'_>, src: RawFd, src_side: Side, dst_side: Side) -> DirEnd {
     loop {
+        if d.broken() {
+            let e = io::Error::other("retransmitted bytes could not be trimmed off an skb (see splice.bpf.c)");
+            return DirEnd::Failed(Side::Internal, e);
+        }
         // While the kernel redirects, wait only for a close: POLLIN also fires for
         // redirected bytes, which would wake the pair on every message. Pass mode
         // is noticed on every poll of `Watch` (the sweeper wakes the task for it).
-        let mask = if d.pass_pending() { readiness::READABLE } else { readiness::CLOSED };
+        let mask = if d.needs_userspace() { readiness::READABLE } else { readiness::CLOSED };
         if let Err(e) = (Watch { d, ready: readiness::ready(&Fd(src), mask) }).await {
             return DirEnd::Failed(Side::Internal, e);
         }
@@ -252,7 +261,7 @@ impl std::future::Future for Watch<'_, '_> {
     type Output = io::Result<()>;
 
     fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<io::Result<()>> {
-        if self.d.pass_pending() {
+        if self.d.needs_userspace() {
             return std::task::Poll::Ready(Ok(()));
         }
         std::pin::Pin::new(&mut self.ready).poll(cx).map(|r| r.map(|_| ()))

@@ -19,7 +19,7 @@ use std::time::Duration;
 use crate::shutdown::{Phase, ShutdownRx};
 use slab::Slab;
 
-use super::backpressure::pass_pending;
+use super::backpressure::needs_userspace;
 use super::loader::Splicer;
 use super::park;
 use super::sys;
@@ -157,7 +157,7 @@ async fn run(sweeper: Rc<RefCell<Sweeper>>) {
                 if let Some(w) = e.waker.take() {
                     w.wake();
                 }
-            } else if (0..2).any(|dir| pass_pending(&e.splicer.inner, e.slot, dir)) {
+            } else if (0..2).any(|dir| needs_userspace(&e.splicer.inner, e.slot, dir)) {
                 // A direction went into pass mode while its supervisor waited only
                 // for a close: wake it so it starts relaying (see `supervise`).
                 if let Some(w) = &e.waker {

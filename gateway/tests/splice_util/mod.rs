@@ -8,6 +8,7 @@
 
 pub mod slow_reader;
 
+use std::fmt::Write as _;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::mpsc as std_mpsc;
@@ -240,57 +241,84 @@ pub fn quad(listener: &std::net::TcpListener) -> io::Result<Quad> {
     Ok(Quad { c, a, b, u })
 }
 
-/// Length of the pattern table: a prime, so streams of different ids and
-/// directions do not line up.
-const TABLE: usize = 65_521;
-
-fn table() -> &'static [u8] {
-    static T: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
-    T.get_or_init(|| {
-        let mut x = 0x2545_F491_4F6C_DD1Du64;
-        (0..TABLE)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x >> 24) as u8
-            })
-            .collect()
-    })
+/// Key of stream `dir` of connection `id`: the pattern's 8-byte words are their
+/// word index xored with it, so every offset of every stream has its own bytes.
+fn key(id: u64, dir: u64) -> u64 {
+    let mut z =
+        id.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ dir.wrapping_mul(0xBF58_476D_1CE4_E5B9) ^ 0x94D0_49BB_1331_11EB;
+    z ^= z >> 31;
+    z.wrapping_mul(0xD6E8_FEB8_6659_FD93)
 }
 
-fn start_of(id: u64, dir: u64, i: u64) -> usize {
-    ((i + id * 7919 + dir * 104_729) % TABLE as u64) as usize
+fn byte_at(k: u64, off: u64) -> u8 {
+    ((off / 8) ^ k).to_le_bytes()[(off % 8) as usize]
 }
 
 /// Fills `buf` with bytes `start..` of stream `dir` of connection `id`.
 pub fn fill(id: u64, dir: u64, start: u64, buf: &mut [u8]) {
-    let t = table();
-    let mut pos = start_of(id, dir, start);
-    let mut done = 0;
-    while done < buf.len() {
-        let n = (TABLE - pos).min(buf.len() - done);
-        buf[done..done + n].copy_from_slice(&t[pos..pos + n]);
-        done += n;
-        pos = 0;
+    let k = key(id, dir);
+    let len = buf.len();
+    let head = ((8 - start % 8) % 8).min(len as u64) as usize;
+    let (first, rest) = buf.split_at_mut(head);
+    for (i, b) in first.iter_mut().enumerate() {
+        *b = byte_at(k, start + i as u64);
+    }
+    let base = (start + head as u64) / 8;
+    let mut words = rest.chunks_exact_mut(8);
+    for (j, w) in (&mut words).enumerate() {
+        w.copy_from_slice(&((base + j as u64) ^ k).to_le_bytes());
+    }
+    let tail = words.into_remainder();
+    let tail_start = start + (len - tail.len()) as u64;
+    for (i, b) in tail.iter_mut().enumerate() {
+        *b = byte_at(k, tail_start + i as u64);
     }
 }
 
 /// Offset of the first byte of `buf` that differs from the stream, if any.
 pub fn check(id: u64, dir: u64, start: u64, buf: &[u8]) -> Option<u64> {
-    let t = table();
-    let mut pos = start_of(id, dir, start);
-    let mut done = 0;
-    while done < buf.len() {
-        let n = (TABLE - pos).min(buf.len() - done);
-        if buf[done..done + n] != t[pos..pos + n] {
-            let k = (0..n).find(|&k| buf[done + k] != t[pos + k]).unwrap_or(0);
-            return Some(start + (done + k) as u64);
-        }
-        done += n;
-        pos = 0;
+    let mut want = vec![0u8; buf.len()];
+    fill(id, dir, start, &mut want);
+    if want == buf {
+        return None;
     }
-    None
+    buf.iter().zip(&want).position(|(a, b)| a != b).map(|i| start + i as u64)
+}
+
+/// Diagnosis of a corruption at `bad`: which stream offsets the received bytes
+/// from there on carry (each aligned word names its own offset).
+pub fn explain(id: u64, dir: u64, start: u64, buf: &[u8], bad: u64) -> String {
+    let k = key(id, dir);
+    let mut out = format!("first bad byte at {bad}; received:");
+    let mut off = bad.next_multiple_of(8);
+    let mut last: Option<u64> = None;
+    let mut runs = 0;
+    while off + 16 <= start + buf.len() as u64 && runs < 8 {
+        let i = (off - start) as usize;
+        // The received bytes may be shifted by any amount: find the alignment at
+        // which a word decodes to a plausible offset.
+        let src = (0..8).find_map(|s| {
+            let w = u64::from_le_bytes(buf[i + s..i + s + 8].try_into().unwrap()) ^ k;
+            (w < 1 << 40).then(|| (w * 8).wrapping_sub(s as u64))
+        });
+        match src {
+            Some(src) if last.is_none_or(|l| l + 8 != src) => {
+                let _ = write!(out, " [at {off}: stream {src} ({:+})]", src.cast_signed() - off.cast_signed());
+                runs += 1;
+                last = Some(src);
+            }
+            Some(src) => last = Some(src),
+            None => {
+                if last.is_some() || runs == 0 {
+                    let _ = write!(out, " [at {off}: not this stream]");
+                    runs += 1;
+                }
+                last = None;
+            }
+        }
+        off += 8;
+    }
+    out
 }
 
 /// `MemAvailable` and `Slab` from /proc/meminfo, in bytes.

@@ -105,13 +105,27 @@ pub fn slow_reader_in(upstream_stalls: bool, write: usize) {
             });
             let mut buf = vec![0u8; 256 * 1024];
             let mut got = 0u64;
+            let mut bad_at = None;
             loop {
                 let n = reader.read(&mut buf).unwrap();
                 if n == 0 {
                     break;
                 }
-                assert_eq!(check(id, 0, got, &buf[..n]), None, "conn {id}: corrupted at offset");
+                if bad_at.is_none()
+                    && let Some(bad) = check(id, 0, got, &buf[..n])
+                {
+                    eprintln!("conn {id}: corrupted: {}", super::explain(id, 0, got, &buf[..n], bad));
+                    bad_at = Some(bad);
+                }
                 got += n as u64;
+            }
+            if bad_at.is_some() {
+                eprintln!("conn {id}: received {got} of {TOTAL} ({:+})", got.cast_signed() - TOTAL.cast_signed());
+                reader.shutdown(std::net::Shutdown::Write).unwrap();
+                let _ = writer.join();
+                let o = outcome.recv_timeout(Duration::from_secs(10)).unwrap().unwrap();
+                eprintln!("conn {id}: outcome {o:?}");
+                panic!("conn {id} corrupted");
             }
             assert_eq!(got, TOTAL, "conn {id}: short");
             reader.shutdown(std::net::Shutdown::Write).unwrap();
@@ -120,13 +134,16 @@ pub fn slow_reader_in(upstream_stalls: bool, write: usize) {
             outcome.recv_timeout(Duration::from_secs(10)).unwrap().unwrap()
         }));
     }
+    let mut trimmed = 0;
     for t in threads {
         let o = t.join().unwrap();
         eprintln!("{name}: outcome {o:?}");
+        trimmed += o.trimmed;
         let carried = if upstream_stalls { o.to_upstream } else { o.to_client };
         assert_eq!(carried, TOTAL);
         assert!(o.held_max <= BUDGET + 64 * 1024 + 4096, "held {} over budget", o.held_max);
     }
+    eprintln!("{name}: retransmitted bytes trimmed: {trimmed}");
     assert!(eventually(Duration::from_secs(2), || splicer.sockhash_entries().unwrap() == 0));
     drop(proxy);
 }
