@@ -4,6 +4,7 @@ mod bench;
 mod demo;
 mod exec;
 mod packages;
+mod stress;
 mod test;
 mod tune;
 
@@ -26,6 +27,8 @@ enum Command {
     Tune(tune::Options),
     /// Benchmarks: direct vs wsgate vs nginx, and the million-connection scale run.
     Bench(bench::Options),
+    /// Long randomized soaks (the splice torture, for minutes or hours).
+    Stress(stress::Options),
 }
 
 fn main() {
@@ -35,6 +38,7 @@ fn main() {
         Command::Test(o) => test::run(&o),
         Command::Tune(o) => tune::run(&o),
         Command::Bench(o) => bench::run(&o),
+        Command::Stress(o) => stress::run(&o),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -7,6 +7,7 @@
 #![allow(dead_code, reason = "each test binary uses a different part of the harness")]
 
 pub mod slow_reader;
+pub mod torture;
 
 use std::fmt::Write as _;
 use std::io;
