@@ -3,7 +3,7 @@
 //! and resume at random; every byte checked, and no direction may stop moving while
 //! its reader reads.
 //!
-//! One bounded round in the suite (30 s of pushing, 8 pairs). The same test is the
+//! One bounded round in the suite (40 s of pushing, 10 pairs). The same test is the
 //! soak: `cargo xtask stress splice --minutes N` runs rounds until the time is up
 //! (`WSGATE_TORTURE_MINUTES`), and prints each round's figures. Other knobs:
 //! `WSGATE_TORTURE_PAIRS`, `WSGATE_TORTURE_SECS` (pushing per round),
@@ -24,13 +24,13 @@ fn knob(name: &str, default: u64) -> u64 {
 
 #[test]
 fn stalling_readers_get_every_byte_in_order_and_no_direction_sticks() {
-    let pairs = knob("WSGATE_TORTURE_PAIRS", 8) as usize;
+    let pairs = knob("WSGATE_TORTURE_PAIRS", 10) as usize;
     // A small budget (the smallest is 64 KiB) for many pressure episodes per pair.
-    let Some(splicer) = splice_util::splicer_or_skip("splice torture", 2 * pairs as u32 + 8, 256 * 1024) else {
+    let Some(splicer) = splice_util::splicer_or_skip("splice torture", 2 * pairs as u32 + 8, 64 * 1024) else {
         return;
     };
     let minutes = knob("WSGATE_TORTURE_MINUTES", 0);
-    let push = Duration::from_secs(knob("WSGATE_TORTURE_SECS", 30));
+    let push = Duration::from_secs(knob("WSGATE_TORTURE_SECS", 40));
     let soak_until = Instant::now() + Duration::from_secs(minutes * 60);
     let first_seed = knob("WSGATE_TORTURE_SEED", rand::random::<u32>().into());
     let started = Instant::now();
@@ -54,7 +54,7 @@ fn stalling_readers_get_every_byte_in_order_and_no_direction_sticks() {
             r.trimmed,
             r.failures.len()
         );
-        for f in &r.failures {
+        for f in r.failures.iter().filter(|f| !f.contains("aborted after")) {
             eprintln!("  FAILURE (seed {seed}): {f}");
         }
         total.pairs += r.pairs;
@@ -63,7 +63,9 @@ fn stalling_readers_get_every_byte_in_order_and_no_direction_sticks() {
         total.pressure += r.pressure;
         total.min_pressure = total.min_pressure.min(r.min_pressure);
         total.trimmed += r.trimmed;
-        total.failures.extend(r.failures.into_iter().map(|f| format!("seed {seed}: {f}")));
+        // The cause first: other directions of the round only report that they were aborted.
+        let (aborted, causes): (Vec<_>, Vec<_>) = r.failures.into_iter().partition(|f| f.contains("aborted after"));
+        total.failures.extend(causes.into_iter().chain(aborted).map(|f| format!("seed {seed}: {f}")));
         if Instant::now() >= soak_until || !total.failures.is_empty() {
             break;
         }

@@ -147,13 +147,22 @@ pub fn round(splicer: &Splicer, plan: Plan) -> Report {
         // Direction 0: client end → upstream end; 1: upstream end → client end.
         for (dir, (from, to)) in [(0u64, (&q.c, &q.u)), (1, (&q.u, &q.c))] {
             let (w, r) = (from.try_clone().unwrap(), to.try_clone().unwrap());
+            // Half the senders with Nagle's algorithm on, as many clients and
+            // upstreams run: its partly filled segments, merged on retransmission,
+            // are what brings the receiver segments that overlap bytes it has.
+            w.set_nodelay(StdRng::seed_from_u64(plan.seed ^ id ^ (dir << 16)).gen_bool(0.5)).unwrap();
             let seed = plan.seed;
             let abort_w = abort.clone();
-            let writer =
-                std::thread::spawn(move || write_side(w, Stream::new(seed, id, dir), push_until, give_up, &abort_w));
+            let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+            let (wcpu, rcpu) = ((id + dir) as usize % cpus, (id + dir + 1) as usize % cpus);
+            let writer = std::thread::spawn(move || {
+                pin(wcpu);
+                write_side(w, Stream::new(seed, id, dir), push_until, give_up, &abort_w)
+            });
             let abort_r = abort.clone();
             let rng = StdRng::seed_from_u64(plan.seed ^ (id << 8) ^ (dir << 4) ^ 0xBEEF);
             let reader = std::thread::spawn(move || {
+                pin(rcpu);
                 read_side(r, Stream::new(seed, id, dir), rng, push_until, give_up, &abort_r)
             });
             ends.push((dir, writer, reader));
@@ -171,7 +180,7 @@ pub fn round(splicer: &Splicer, plan: Plan) -> Report {
                     report.frames += frames;
                 }
                 (Ok(sent), Ok((got, _))) => report.failures.push(format!("pair {id} dir {dir}: {got} of {sent} bytes")),
-                (Err(e), _) | (_, Err(e)) => report.failures.push(format!("pair {id} dir {dir}: {e}")),
+                (_, Err(e)) | (Err(e), _) => report.failures.push(format!("pair {id} dir {dir}: {e}")),
             }
         }
         drop((c, u));
@@ -188,6 +197,16 @@ pub fn round(splicer: &Splicer, plan: Plan) -> Report {
     report
 }
 
+/// Pins the calling thread to one CPU: a sender and the peer that acknowledges it
+/// on different CPUs reorder segments on loopback (each CPU has its own backlog),
+/// which brings fast retransmissions and segments that overlap received bytes.
+fn pin(cpu: usize) {
+    let mut set = nix::sched::CpuSet::new();
+    if set.set(cpu).is_ok() {
+        let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set);
+    }
+}
+
 fn account(report: &mut Report, id: u64, o: &SpliceOutcome) {
     report.pressure += o.pressure_runs;
     report.min_pressure = report.min_pressure.min(o.pressure_runs);
@@ -197,8 +216,9 @@ fn account(report: &mut Report, id: u64, o: &SpliceOutcome) {
     }
 }
 
-/// Pushes frames until `until` (finishing the frame under way), then FIN. Returns
-/// the bytes written.
+/// Pushes frames until `until`, then FIN. Each write takes a random batch of the
+/// stream (one byte to 256 KiB, so frames straddle writes as well as segments).
+/// Returns the bytes written.
 fn write_side(
     mut s: TcpStream,
     mut stream: Stream,
@@ -207,19 +227,40 @@ fn write_side(
     abort: &AtomicBool,
 ) -> Result<u64, String> {
     s.set_write_timeout(Some(POLL)).unwrap();
+    let mut rng = StdRng::seed_from_u64(stream.id << 32 ^ stream.dir ^ 0xBA7C);
+    let mut batch = Vec::new();
+    let mut at = 0;
     let mut sent = 0u64;
     loop {
-        let at_boundary = stream.pos == stream.frame.len();
-        if at_boundary && Instant::now() >= until {
-            break;
+        if at == batch.len() {
+            // Only whole frames go out: the stream ends at a frame boundary.
+            if Instant::now() >= until {
+                break;
+            }
+            batch.clear();
+            at = 0;
+            // Log-uniform: as many writes of a few bytes as of a hundred KiB.
+            let want = 1usize << rng.gen_range(0..=17u32);
+            let want = rng.gen_range(want..=2 * want);
+            while batch.len() < want {
+                let chunk = stream.peek(want - batch.len());
+                let n = chunk.len();
+                batch.extend_from_slice(chunk);
+                stream.consume(n);
+            }
+            while stream.pos != stream.frame.len() {
+                let chunk = stream.peek(MAX_PAYLOAD + 14);
+                let n = chunk.len();
+                batch.extend_from_slice(chunk);
+                stream.consume(n);
+            }
         }
         if abort.load(Ordering::Relaxed) || Instant::now() >= give_up {
             return Err(format!("writer gave up after {sent} bytes"));
         }
-        let chunk = stream.peek(MAX_PAYLOAD + 14);
-        match s.write(chunk) {
+        match s.write(&batch[at..]) {
             Ok(n) => {
-                stream.consume(n);
+                at += n;
                 sent += n as u64;
             }
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted) => {}
