@@ -238,3 +238,76 @@ fn drain_signal_closes_the_pair() {
     assert!(eof(&mut p.c) && eof(&mut p.u), "drained pair not closed");
     assert_eq!(finish(s, &p.outcome, p.cookies).reason, CloseReason::Shutdown);
 }
+
+/// Pushes `len` bytes of stream `id` from `s` without blocking, until done or blocked for
+/// 300 ms; returns how many went.
+fn push_until_blocked(s: &mut TcpStream, id: u64, len: u64) -> u64 {
+    s.set_nonblocking(true).unwrap();
+    let mut buf = vec![0u8; 64 * 1024];
+    let (mut sent, mut last) = (0u64, Instant::now());
+    while sent < len && last.elapsed() < Duration::from_millis(300) {
+        let n = (len - sent).min(buf.len() as u64) as usize;
+        fill(id, 7, sent, &mut buf[..n]);
+        match s.write(&buf[..n]) {
+            Ok(k) => {
+                sent += k as u64;
+                last = Instant::now();
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(1)),
+            Err(e) => panic!("push: {e}"),
+        }
+    }
+    s.set_nonblocking(false).unwrap();
+    sent
+}
+
+/// Reads stream `id` to EOF, checking every byte; returns how many arrived.
+fn drain_checked(mut s: TcpStream, id: u64) -> u64 {
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut got = 0u64;
+    loop {
+        let n = s.read(&mut buf).expect("read to EOF");
+        if n == 0 {
+            return got;
+        }
+        assert_eq!(check(id, 7, got, &buf[..n]), None, "stream {id} corrupted");
+        got += n as u64;
+    }
+}
+
+/// The client's last bytes, passed to userspace (its direction over budget) while the
+/// client socket's psock queue still holds the upstream's bytes redirected to a client
+/// that does not read, wait in that queue when its FIN arrives. recv() then says end of
+/// stream before they are readable; taking that as the end lost them (the upstream got
+/// EOF short of them). Every byte must arrive, then the FIN.
+#[test]
+fn fin_behind_the_other_directions_queue_loses_no_passed_byte() {
+    let Some(s) = shared("fin_behind_queue") else { return };
+    let Quad { mut c, a, b, mut u } = quad(&s.listener.lock().unwrap()).unwrap();
+    // A small send buffer on wsgate's client socket: most of what the kernel redirects
+    // towards the stalled client then waits in the psock queue, not in TCP's.
+    nix::sys::socket::setsockopt(&a, nix::sys::socket::sockopt::SndBuf, &(64 * 1024)).unwrap();
+    let (done, outcome) = std_mpsc::channel();
+    let (ctx, crx) = std_mpsc::channel();
+    s.proxy.submit(Job { client: a, upstream: b, handshake: Handshake::None, done, cookies: Some(ctx) });
+    let cookies = crx.recv_timeout(STEP).expect("spliced");
+    // Neither end reads: the upstream's bytes pile up in the client socket's psock
+    // queue, the client's go over budget towards the upstream and are passed.
+    let down = push_until_blocked(&mut u, 31, 64 << 20);
+    let up = push_until_blocked(&mut c, 30, 24 << 20);
+    c.shutdown(Shutdown::Write).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let (c2, u2) = (c.try_clone().unwrap(), u.try_clone().unwrap());
+    let client = std::thread::spawn(move || drain_checked(c2, 31));
+    let upstream = std::thread::spawn(move || drain_checked(u2, 30));
+    let got_up = upstream.join().unwrap();
+    u.shutdown(Shutdown::Write).unwrap();
+    let got_down = client.join().unwrap();
+    assert_eq!(got_up, up, "the upstream got {got_up} of the client's {up} bytes");
+    assert_eq!(got_down, down);
+    let o = finish(s, &outcome, cookies);
+    eprintln!("fin behind the queue: {o:?}");
+    assert!(o.pressure_runs > 0, "the client's direction never went over budget: nothing was passed");
+    assert_eq!((o.reason, o.to_upstream, o.to_client), (CloseReason::Closed, up, down));
+}

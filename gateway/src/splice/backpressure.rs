@@ -91,6 +91,11 @@ impl Direction<'_> {
         needs_userspace(self.inner, self.slot, self.dir)
     }
 
+    /// The verdict passed bytes to userspace that are not forwarded yet.
+    pub fn pass_pending(&self) -> bool {
+        self.word(DirField::Passed).load(Ordering::Acquire) > self.word(DirField::Forwarded).load(Ordering::Acquire)
+    }
+
     /// The program met retransmitted bytes it could not trim off an skb and dropped
     /// it: the stream has a hole, and the pair must be reset.
     pub fn broken(&self) -> bool {
