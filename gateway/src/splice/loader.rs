@@ -26,7 +26,7 @@ pub static SPLICE_BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("
 /// Why the kernel fast path could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("not permitted to load eBPF ({0}); run as root or grant CAP_BPF and CAP_NET_ADMIN")]
+    #[error("not permitted to load eBPF ({0}); run as root or grant CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON")]
     NoPermission(String),
     #[error("the kernel refused the splice program ({0}); needs Linux ≥ 5.15 with sockmap and BTF")]
     Refused(String),
