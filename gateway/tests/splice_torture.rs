@@ -83,6 +83,8 @@ fn stalling_readers_get_every_byte_in_order_and_no_direction_sticks() {
         total.failures.len()
     );
     assert!(total.failures.is_empty(), "torture failed: {:#?}", total.failures);
-    // A round in which some pair never crossed its budget did not test the pressure path.
-    assert!(total.min_pressure >= 2, "a pair went over budget only {} times", total.min_pressure);
+    // A pair that never crossed its budget did not test the pressure path. (At full speed
+    // a direction stays in userspace while its sender outruns the reader, so most pairs
+    // see few episodes; 2 was the fewest in 240 pairs of a 30-minute soak.)
+    assert!(total.min_pressure >= 1, "a pair never went over budget");
 }
