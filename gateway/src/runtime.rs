@@ -115,24 +115,31 @@ pub fn run(config: Config, allocator: Allocator) -> Result<()> {
         handles.push(h);
     }
     (allocator.release)();
-    for (a, _) in &addrs {
-        tracing::info!(workers, "listening on {a}");
-        // The ready line scripts and tests wait for.
-        println!("wsgate: listening on {a}");
-    }
-    let _ = std::io::stdout().flush();
 
+    // The signal handlers are in place before the ready line: a SIGTERM that follows it
+    // at once (a test, `systemctl stop` right after start) must drain, not take the
+    // default action and kill the process.
     let drain = config.timeouts.drain;
+    let (handlers_in, handlers_ready) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("wsgate-signals".into())
         .spawn(move || {
-            if let Err(e) = shutdown::signal_thread(&tx, drain) {
+            if let Err(e) = shutdown::signal_thread(&tx, drain, &handlers_in) {
                 tracing::error!(error = %e, "signal handling failed; SIGTERM will not drain gracefully");
             }
             // Keep the sender alive until the process exits.
             std::thread::park();
         })
         .context("spawning the signal thread")?;
+    // An error in the thread drops the sender: then there is nothing to wait for.
+    let _ = handlers_ready.recv();
+
+    for (a, _) in &addrs {
+        tracing::info!(workers, "listening on {a}");
+        // The ready line scripts and tests wait for.
+        println!("wsgate: listening on {a}");
+    }
+    let _ = std::io::stdout().flush();
 
     spawn_counts_reporter(stats.clone(), splicer.clone())?;
     let mut failed = None;

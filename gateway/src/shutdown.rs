@@ -59,13 +59,16 @@ pub fn channel() -> (ShutdownTx, ShutdownRx) {
     (ShutdownTx(tx), ShutdownRx(rx))
 }
 
-/// Runs on its own thread: turns SIGTERM/SIGINT into phases. Returns when `Stop` is set.
-pub fn signal_thread(tx: &ShutdownTx, drain: Duration) -> std::io::Result<()> {
+/// Runs on its own thread: turns SIGTERM/SIGINT into phases. Says so on `installed` once
+/// its handlers replace the default action (which kills the process). Returns when
+/// `Stop` is set.
+pub fn signal_thread(tx: &ShutdownTx, drain: Duration, installed: &std::sync::mpsc::Sender<()>) -> std::io::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
+        let _ = installed.send(());
         tokio::select! {
             _ = term.recv() => {}
             _ = int.recv() => {}

@@ -89,3 +89,22 @@ fn json_access_log_to_a_file() {
     assert_eq!(v["close"], "client_fin");
     assert!(v["upstream_response_time"].as_f64().unwrap() >= 0.0);
 }
+
+/// A SIGTERM right after the ready line drains and exits 0: the handlers are in place
+/// before wsgate says it is listening (before, the default action could still kill it).
+#[test]
+fn sigterm_right_after_the_ready_line_drains_instead_of_killing() {
+    let up = RawUpstream::switching(b"");
+    let config = format!(
+        "workers = 1\nsplice = \"userspace\"\n[[listener]]\naddress = \"127.0.0.1:0\"\n[timeouts]\ndrain = \"100ms\"\n[[route]]\npath = \"/\"\nupstream = \"u\"\n[upstream.u]\nservers = [\"{}\"]\n",
+        up.addr
+    );
+    for round in 0..10 {
+        let mut gw = Gateway::with_config(&config, &[]);
+        gw.terminate();
+        assert!(
+            gw.wait_exit(Duration::from_secs(5)),
+            "round {round}: wsgate did not drain and exit 0 on a SIGTERM right after start"
+        );
+    }
+}
