@@ -10,9 +10,9 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use serde_json::Value;
 
 use wsbench::load::Scenario as LoadScenario;
+use wsbench::report::Report;
 
 use super::Options;
 use super::procfs::{meminfo_kib, tcp_inuse};
@@ -32,7 +32,7 @@ pub(super) struct LoadArgs {
     pub(super) report: PathBuf,
 }
 
-pub(super) fn run_load(opts: &Options, a: &LoadArgs) -> Result<Value> {
+pub(super) fn run_load(opts: &Options, a: &LoadArgs) -> Result<Report> {
     let targets: Vec<String> = a.targets.iter().map(ToString::to_string).collect();
     let mut cmd = Command::new(bin_dir().join("wsbench"));
     cmd.args(["load", a.scenario.name(), "--quiet", "--target", &targets.join(",")])
@@ -77,5 +77,5 @@ pub(super) fn run_load(opts: &Options, a: &LoadArgs) -> Result<Value> {
         bail!("`{}` failed with {status}", describe(&cmd));
     }
     let text = std::fs::read_to_string(&a.report).with_context(|| format!("no report at {}", a.report.display()))?;
-    Ok(serde_json::from_str(&text)?)
+    serde_json::from_str(&text).with_context(|| format!("{} is not a wsbench report", a.report.display()))
 }

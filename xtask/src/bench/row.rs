@@ -3,7 +3,7 @@
 //!
 //! Pure arithmetic: it never runs or reads anything.
 
-use serde_json::Value;
+use wsbench::report::Report;
 
 use super::Scenario;
 use super::procfs::Mem;
@@ -12,7 +12,8 @@ use super::procfs::Mem;
 #[derive(Debug)]
 pub(super) struct Row {
     pub(super) name: String,
-    pub(super) report: Value,
+    /// What `wsbench load` reported.
+    pub(super) report: Report,
     /// CPU seconds of the proxy processes during the load (None for direct).
     pub(super) proxy_cpu: Option<f64>,
     pub(super) machine_busy: f64,
@@ -28,21 +29,17 @@ pub(super) struct Row {
 }
 
 impl Row {
-    pub(super) fn f(&self, key: &str) -> f64 {
-        self.report.pointer(key).and_then(Value::as_f64).unwrap_or(0.0)
-    }
-
     pub(super) fn held(&self) -> f64 {
-        self.f("/peak_open").max(1.0)
+        (self.report.peak_open as f64).max(1.0)
     }
 
     /// The scenario's headline figure (higher is better).
     pub(super) fn headline(&self, s: Scenario) -> f64 {
         match s {
-            Scenario::Hold | Scenario::Scale => self.f("/counts/verified"),
-            Scenario::Echo => self.f("/messages_per_sec"),
-            Scenario::Bulk => self.f("/mb_per_sec"),
-            Scenario::Handshake => self.f("/handshakes_per_sec"),
+            Scenario::Hold | Scenario::Scale => self.report.counts.verified as f64,
+            Scenario::Echo => self.report.messages_per_sec,
+            Scenario::Bulk => self.report.mb_per_sec,
+            Scenario::Handshake => self.report.handshakes_per_sec,
         }
     }
 
@@ -54,16 +51,13 @@ impl Row {
     /// alone, µs: from the load's timeline, starting 1.5 s after the ramp (once
     /// `splice_after` has moved connections to the kernel) to the end of the phase.
     pub(super) fn steady_machine_us_per_op(&self) -> Option<f64> {
-        let ramp = self.report.get("ramp_secs").and_then(Value::as_f64)?;
-        let duration = self.report.get("duration_secs").and_then(Value::as_f64)?;
+        let ramp = self.report.ramp_secs?;
+        let duration = self.report.duration_secs;
         let samples: Vec<(f64, f64, f64)> = self
             .report
-            .get("timeline")
-            .and_then(Value::as_array)?
+            .timeline
             .iter()
-            .filter_map(|s| {
-                Some((s.get("t")?.as_f64()?, s.get("ops")?.as_f64()?, s.get("machine_busy_secs")?.as_f64()?))
-            })
+            .map(|s| (s.t, s.snap.ops as f64, s.machine_busy_secs))
             .filter(|(t, ..)| *t >= ramp + 1.5 && *t <= ramp + duration - 0.25)
             .collect();
         let (first, last) = (samples.first()?, samples.last()?);
@@ -96,9 +90,9 @@ impl Row {
         let cpu = self.proxy_cpu?;
         let per = |n: f64| if n > 0.0 { Some(cpu / n) } else { None };
         match s {
-            Scenario::Handshake => per(self.f("/counts/connected")).map(|x| x * 1e6),
-            Scenario::Echo => per(self.f("/counts/received")).map(|x| x * 1e6),
-            Scenario::Bulk => per(self.f("/counts/bytes_received") / 1e9),
+            Scenario::Handshake => per(self.report.counts.connected as f64).map(|x| x * 1e6),
+            Scenario::Echo => per(self.report.counts.received as f64).map(|x| x * 1e6),
+            Scenario::Bulk => per(self.report.counts.bytes_received as f64 / 1e9),
             Scenario::Hold | Scenario::Scale => per(self.held()).map(|x| x * 1e6),
         }
     }

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Result, bail};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use wsbench::load::Scenario as LoadScenario;
 
@@ -161,9 +161,9 @@ pub(super) fn run(opts: &Options, out: &Path, wsgate_built: bool) -> Result<()> 
 /// Prints and writes the outcome of a scale run.
 pub(super) fn report_scale(row: &Row, lay: &Layout, conns: u64, through_wsgate: bool, out: &Path) -> Result<()> {
     let (before, peak) = (row.before, row.peak);
-    let held = row.report.get("peak_open").and_then(Value::as_u64).unwrap_or(0);
-    let verified = row.report.pointer("/counts/verified").and_then(Value::as_u64).unwrap_or(0);
-    let ramp = row.report.get("ramp_secs").and_then(Value::as_f64);
+    let held = row.report.peak_open;
+    let verified = row.report.counts.verified;
+    let ramp = row.report.ramp_secs;
     println!();
     println!("bench scale: {conns} connections planned, {held} held, {verified} verified after the hold");
     let ramp_text =
@@ -186,7 +186,7 @@ pub(super) fn report_scale(row: &Row, lay: &Layout, conns: u64, through_wsgate: 
         peak.tcp.saturating_sub(before.tcp) as f64 / held.max(1) as f64
     );
     println!("  MemAvailable  {} MiB at the peak", peak.available / 1024);
-    println!("  clean         {}", row.report.get("clean").and_then(Value::as_bool).unwrap_or(false));
+    println!("  clean         {}", row.report.clean);
     println!("  note          {}", lay.note);
     let summary = json!({
         "scenario": "scale", "conns": conns, "held": held, "verified": verified, "ramp_secs": ramp,

@@ -2,8 +2,6 @@
 //!
 //! It never hides a miss: a goal wsgate does not meet is printed as MISS.
 
-use serde_json::Value;
-
 use super::Scenario;
 use super::row::Row;
 
@@ -57,8 +55,8 @@ pub(super) fn print_table(s: Scenario, rows: &[Row], conns: u64) {
     );
     for r in rows {
         let ratio = direct.map_or(f64::NAN, |d| r.headline(s) / d.headline(s).max(1e-9));
-        let latency = if s == Scenario::Handshake { "/handshake_us" } else { "/latency_us" };
-        let [p50, p99, p999] = ["p50", "p99", "p999"].map(|p| r.f(&format!("{latency}/{p}")));
+        let latency = if s == Scenario::Handshake { &r.report.handshake_us } else { &r.report.latency_us };
+        let [p50, p99, p999] = [latency.p50, latency.p99, latency.p999];
         let cpu = r.cpu_per_unit(s).map_or_else(|| "-".into(), |c| format!("{c:.2}"));
         let (anon, rss) = match (r.proxy_cpu.is_some(), held) {
             (false, _) => ("-".into(), "-".into()),
@@ -72,7 +70,7 @@ pub(super) fn print_table(s: Scenario, rows: &[Row], conns: u64) {
         } else {
             format!("{:.1}", r.peak.slab.saturating_sub(r.before.slab) as f64 / 1024.0)
         };
-        let clean = r.report.get("clean").and_then(Value::as_bool).unwrap_or(false);
+        let clean = r.report.clean;
         let goal =
             goal(s, r, direct).map_or_else(String::new, |(g, ok)| format!("{} {g}", if ok { "met" } else { "MISS" }));
         println!(
