@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use super::load::{LoadArgs, run_load};
 use super::nginx::start_nginx;
 use super::procfs::{cpu_secs, family, mem_now};
-use super::procs::{Proc, free_port, load_procs_for, start_echo, start_wsgate, wsgate_splice_modes};
+use super::procs::{Proc, SPLICE_MODES, free_port, load_procs_for, start_echo, start_wsgate};
 use super::row::Row;
 use super::sampler::{Sampled, Sampler};
 use super::table::print_table;
@@ -30,15 +30,11 @@ pub(super) fn run(opts: &Options, out: &Path, wsgate_built: bool) -> Result<()> 
             "direct" => targets.push(("direct".into(), None)),
             "nginx" => targets.push(("nginx".into(), None)),
             "wsgate" if !wsgate_built => eprintln!("bench: skipping wsgate (not built)"),
-            "wsgate" => match wsgate_splice_modes()? {
-                None => targets.push(("wsgate".into(), None)),
-                Some(modes) if modes.is_empty() => targets.push(("wsgate".into(), None)),
-                Some(modes) => {
-                    for m in modes {
-                        targets.push((format!("wsgate/{m}"), Some(m)));
-                    }
+            "wsgate" => {
+                for m in SPLICE_MODES {
+                    targets.push((format!("wsgate/{m}"), Some(m.to_string())));
                 }
-            },
+            }
             mode @ ("wsgate/sockmap" | "wsgate/userspace" | "wsgate/auto") if wsgate_built => {
                 targets.push((mode.into(), mode.strip_prefix("wsgate/").map(str::to_string)));
             }

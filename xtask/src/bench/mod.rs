@@ -1,7 +1,7 @@
 //! `cargo xtask bench`: the benchmarks, always against a baseline in the same run.
 //!
 //! `cargo xtask bench SCENARIO` starts a `wsbench echo` upstream, then for each target —
-//! `direct` (no proxy), `wsgate` (once per splice mode its `--help` offers) and `nginx`
+//! `direct` (no proxy), `wsgate` (once per relay: userspace and the sockmap splice) and `nginx`
 //! (Debian's package, configured like the nginx WebSocket recipe) — runs `wsbench load
 //! SCENARIO` against it while sampling the proxy's RSS and CPU, kernel slab and TCP memory,
 //! and prints one table with ratios to direct. `cargo xtask bench scale --conns N` is the
