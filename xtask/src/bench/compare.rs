@@ -64,7 +64,7 @@ pub(super) fn run(opts: &Options, out: &Path, wsgate_built: bool) -> Result<()> 
         rounds.push(rows);
     }
     let rows = median_rounds(rounds);
-    print_table(scenario, &rows, conns);
+    print_table(scenario.load(), &rows, conns);
     let summary: Vec<Value> = rows
         .iter()
         .map(|r| {

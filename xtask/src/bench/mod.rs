@@ -32,17 +32,14 @@ use wsbench::load::Scenario as LoadScenario;
 
 use crate::exec::workspace_root;
 
-/// What to measure.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+/// What to measure: one of wsbench's load scenarios (`hold`, `echo`, `bulk`,
+/// `handshake`, compared across targets), or `scale`, the many-connection hold. The
+/// names and their help come from [`LoadScenario`]: there is no second list to keep in
+/// step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scenario {
-    /// Idle connections held with heartbeats: memory per connection.
-    Hold,
-    /// Small messages on many connections: latency and CPU per message.
-    Echo,
-    /// 64 KiB messages on a few connections: throughput and CPU per GB.
-    Bulk,
-    /// Connect + upgrade + close loops: handshakes per second and CPU per handshake.
-    Handshake,
+    /// A `wsbench load` scenario against every target.
+    Load(LoadScenario),
     /// The many-connection run: ramp to --conns, hold with heartbeats, verify.
     Scale,
 }
@@ -51,15 +48,35 @@ impl Scenario {
     /// The `wsbench load` scenario it runs (`scale` is a large `hold`).
     pub(super) fn load(self) -> LoadScenario {
         match self {
-            Scenario::Hold | Scenario::Scale => LoadScenario::Hold,
-            Scenario::Echo => LoadScenario::Echo,
-            Scenario::Bulk => LoadScenario::Bulk,
-            Scenario::Handshake => LoadScenario::Handshake,
+            Scenario::Load(s) => s,
+            Scenario::Scale => LoadScenario::Hold,
         }
     }
 
     pub(super) fn name(self) -> &'static str {
-        if self == Scenario::Scale { "scale" } else { self.load().name() }
+        match self {
+            Scenario::Load(s) => s.name(),
+            Scenario::Scale => "scale",
+        }
+    }
+}
+
+impl clap::ValueEnum for Scenario {
+    fn value_variants<'a>() -> &'a [Self] {
+        static ALL: std::sync::LazyLock<Vec<Scenario>> = std::sync::LazyLock::new(|| {
+            LoadScenario::value_variants().iter().map(|s| Scenario::Load(*s)).chain([Scenario::Scale]).collect()
+        });
+        &ALL
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        match self {
+            Scenario::Load(s) => s.to_possible_value(),
+            Scenario::Scale => Some(
+                clap::builder::PossibleValue::new("scale")
+                    .help("The many-connection run: ramp to --conns, hold with heartbeats, verify"),
+            ),
+        }
     }
 }
 
@@ -137,13 +154,17 @@ pub fn run(opts: &Options) -> Result<()> {
 
 fn defaults(opts: &Options) -> (u64, f64) {
     let conns = opts.conns.unwrap_or(match opts.scenario {
-        Scenario::Hold => 5000,
-        Scenario::Echo => 1000,
-        Scenario::Bulk => 8,
-        Scenario::Handshake => 16,
+        Scenario::Load(LoadScenario::Hold) => 5000,
+        Scenario::Load(LoadScenario::Echo) => 1000,
+        Scenario::Load(LoadScenario::Bulk) => 8,
+        Scenario::Load(LoadScenario::Handshake) => 16,
         Scenario::Scale => 100_000,
     });
     let duration =
-        opts.duration.unwrap_or(if matches!(opts.scenario, Scenario::Scale | Scenario::Echo) { 30.0 } else { 10.0 });
+        opts.duration.unwrap_or(if matches!(opts.scenario, Scenario::Scale | Scenario::Load(LoadScenario::Echo)) {
+            30.0
+        } else {
+            10.0
+        });
     (conns, duration)
 }

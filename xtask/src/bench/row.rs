@@ -5,8 +5,8 @@
 
 use wsbench::report::Report;
 
-use super::Scenario;
 use super::procfs::Mem;
+use wsbench::load::Scenario;
 
 /// One target's measurements.
 #[derive(Debug)]
@@ -36,7 +36,7 @@ impl Row {
     /// The scenario's headline figure (higher is better).
     pub(super) fn headline(&self, s: Scenario) -> f64 {
         match s {
-            Scenario::Hold | Scenario::Scale => self.report.counts.verified as f64,
+            Scenario::Hold => self.report.counts.verified as f64,
             Scenario::Echo => self.report.messages_per_sec,
             Scenario::Bulk => self.report.mb_per_sec,
             Scenario::Handshake => self.report.handshakes_per_sec,
@@ -93,7 +93,7 @@ impl Row {
             Scenario::Handshake => per(self.report.counts.connected as f64).map(|x| x * 1e6),
             Scenario::Echo => per(self.report.counts.received as f64).map(|x| x * 1e6),
             Scenario::Bulk => per(self.report.counts.bytes_received as f64 / 1e9),
-            Scenario::Hold | Scenario::Scale => per(self.held()).map(|x| x * 1e6),
+            Scenario::Hold => per(self.held()).map(|x| x * 1e6),
         }
     }
 }

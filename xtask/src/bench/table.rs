@@ -2,8 +2,8 @@
 //!
 //! It never hides a miss: a goal wsgate does not meet is printed as MISS.
 
-use super::Scenario;
 use super::row::Row;
+use wsbench::load::Scenario;
 
 /// The goal wsgate has for this scenario: (description, met?).
 fn goal(s: Scenario, row: &Row, direct: Option<&Row>) -> Option<(String, bool)> {
@@ -13,7 +13,7 @@ fn goal(s: Scenario, row: &Row, direct: Option<&Row>) -> Option<(String, bool)> 
     let ratio = direct.map_or(0.0, |d| row.headline(s) / d.headline(s).max(1e-9));
     let cpu = row.cpu_per_unit(s).unwrap_or(f64::INFINITY);
     Some(match s {
-        Scenario::Hold | Scenario::Scale => ("≤ 256 B/idle conn userspace".into(), row.idle_bytes_per_conn() <= 256.0),
+        Scenario::Hold => ("≤ 256 B/idle conn userspace".into(), row.idle_bytes_per_conn() <= 256.0),
         Scenario::Handshake => ("≥ 0.75× direct, ≤ 40 µs".into(), ratio >= 0.75 && cpu <= 40.0),
         Scenario::Echo => {
             // The whole machine's CPU per message above direct's, in the steady phase.
@@ -27,13 +27,13 @@ fn goal(s: Scenario, row: &Row, direct: Option<&Row>) -> Option<(String, bool)> 
 pub(super) fn print_table(s: Scenario, rows: &[Row], conns: u64) {
     let direct = rows.iter().find(|r| r.name == "direct");
     let (headline, cpu_unit) = match s {
-        Scenario::Hold | Scenario::Scale => ("verified", "CPU µs/conn"),
+        Scenario::Hold => ("verified", "CPU µs/conn"),
         Scenario::Echo => ("msg/s", "CPU µs/msg"),
         Scenario::Bulk => ("MB/s", "CPU s/GB"),
         Scenario::Handshake => ("hs/s", "CPU µs/hs"),
     };
     // Memory per connection means something only when connections are held.
-    let held = matches!(s, Scenario::Hold | Scenario::Scale);
+    let held = matches!(s, Scenario::Hold);
     println!();
     println!("bench {}: {conns} connections; proxy CPU from /proc/PID/stat, proxy RSS, kernel slab", s.name());
     println!(
