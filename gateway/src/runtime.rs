@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use anyhow::{Context as _, Result};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio_uring::net::TcpListener;
 
@@ -27,6 +26,33 @@ use crate::splice::{self, SpliceOptions, Splicer};
 use crate::stats::Stats;
 use crate::upstream::{self, Group};
 use crate::{bufpool, readiness};
+
+/// Why the gateway could not start, or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("preflight: {0}")]
+    Preflight(#[from] crate::preflight::PreflightError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("listener on {0} has no IP address")]
+    ListenerAddress(String),
+    #[error(transparent)]
+    Splice(#[from] splice::StartError),
+    #[error("starting the health-check thread: {0}")]
+    HealthChecks(std::io::Error),
+    #[error("starting the access log: {0}")]
+    AccessLog(std::io::Error),
+    #[error("spawning the {what} thread: {source}")]
+    Spawn { what: &'static str, source: std::io::Error },
+    #[error("creating the poll ring: {0}")]
+    PollRing(std::io::Error),
+    #[error("preparing the worker for the kernel splice: {0}")]
+    SpliceWorker(std::io::Error),
+    #[error("a worker thread panicked")]
+    WorkerPanicked,
+}
+
+type Result<T, E = RunError> = std::result::Result<T, E>;
 
 /// Submission queue size of each worker's io_uring (completion queue is twice that).
 const RING_ENTRIES: u32 = 4096;
@@ -54,15 +80,17 @@ pub fn run(config: Config, allocator: Allocator) -> Result<()> {
         listen_backlog: config.listeners.iter().map(|l| l.backlog).max().unwrap_or(0),
         upstream_conns_per_source: config.limits.max_connections,
     };
-    crate::preflight::run(&needs, config.strict_tuning).context("preflight (--strict-tuning)")?;
+    crate::preflight::run(&needs, config.strict_tuning)?;
 
     // Bind the first socket of each listener here, so port 0 resolves once and every
     // worker shares the same port; bind errors surface before anything starts.
     let mut first_sockets = Vec::new();
     let mut addrs = Vec::new();
     for l in &config.listeners {
-        let s = listen_socket(l.address, l.backlog).with_context(|| format!("cannot listen on {}", l.address))?;
-        let local = s.local_addr()?.as_socket().context("listener has no IP address")?;
+        let listen_error = |source| RunError::Listen { addr: l.address, source };
+        let s = listen_socket(l.address, l.backlog).map_err(listen_error)?;
+        let local = s.local_addr().map_err(listen_error)?;
+        let local = local.as_socket().ok_or_else(|| RunError::ListenerAddress(format!("{local:?}")))?;
         addrs.push((local, l.backlog));
         first_sockets.push(s);
     }
@@ -72,7 +100,7 @@ pub fn run(config: Config, allocator: Allocator) -> Result<()> {
     let router =
         Arc::new(Router::new(&config.routes, |name| groups.iter().find(|(n, _)| n == name).map(|(_, g)| g.clone())));
     let all_groups: Vec<Arc<Group>> = groups.iter().map(|(_, g)| g.clone()).collect();
-    if upstream::health::start(&all_groups).context("starting the health-check thread")? {
+    if upstream::health::start(&all_groups).map_err(RunError::HealthChecks)? {
         tracing::info!("active health checks running");
     }
     let admission = Arc::new(Admission::new(&config));
@@ -82,7 +110,7 @@ pub fn run(config: Config, allocator: Allocator) -> Result<()> {
         budget: config.relay.splice_budget,
     };
     let splicer = splice::start(&splice_opts)?.splicer;
-    let access_log = AccessLog::start(&config.access_log).context("starting the access log")?;
+    let access_log = AccessLog::start(&config.access_log).map_err(RunError::AccessLog)?;
     let stats = Arc::new(Stats::default());
     let (tx, rx) = shutdown::channel();
     let cpus = allowed_cpus();
@@ -94,7 +122,9 @@ pub fn run(config: Config, allocator: Allocator) -> Result<()> {
         } else {
             addrs
                 .iter()
-                .map(|&(a, backlog)| listen_socket(a, backlog).with_context(|| format!("cannot listen on {a}")))
+                .map(|&(addr, backlog)| {
+                    listen_socket(addr, backlog).map_err(|source| RunError::Listen { addr, source })
+                })
                 .collect::<Result<Vec<_>>>()?
         };
         let ctx = WorkerSetup {
@@ -111,7 +141,7 @@ pub fn run(config: Config, allocator: Allocator) -> Result<()> {
         let h = std::thread::Builder::new()
             .name(format!("wsgate-w{w}"))
             .spawn(move || worker(ctx, sockets))
-            .context("spawning a worker thread")?;
+            .map_err(|source| RunError::Spawn { what: "worker", source })?;
         handles.push(h);
     }
     (allocator.release)();
@@ -130,7 +160,7 @@ pub fn run(config: Config, allocator: Allocator) -> Result<()> {
             // Keep the sender alive until the process exits.
             std::thread::park();
         })
-        .context("spawning the signal thread")?;
+        .map_err(|source| RunError::Spawn { what: "signal", source })?;
     // An error in the thread drops the sender: then there is nothing to wait for.
     let _ = handlers_ready.recv();
 
@@ -147,7 +177,7 @@ pub fn run(config: Config, allocator: Allocator) -> Result<()> {
         match h.join() {
             Ok(Ok(())) => {}
             Ok(Err(e)) => failed = Some(e),
-            Err(_) => failed = Some(anyhow::anyhow!("a worker thread panicked")),
+            Err(_) => failed = Some(RunError::WorkerPanicked),
         }
     }
     report_counts(&stats, splicer.as_ref(), "stopped");
@@ -190,7 +220,7 @@ fn spawn_counts_reporter(stats: Arc<Stats>, splicer: Option<Splicer>) -> Result<
                 }
             }
         })
-        .context("spawning the counts thread")?;
+        .map_err(|source| RunError::Spawn { what: "counts", source })?;
     Ok(())
 }
 
@@ -215,12 +245,12 @@ fn worker(setup: WorkerSetup, sockets: Vec<Socket>) -> Result<()> {
     // task work waits for the worker's next system call): tried, the echo benchmark's
     // round trips went from p50 0.4 ms to 3.5 ms and p99 from 4 ms to 130 ms.
     tokio_uring::builder().entries(RING_ENTRIES).start(async move {
-        readiness::init(RING_ENTRIES).context("creating the poll ring")?;
+        readiness::init(RING_ENTRIES).map_err(RunError::PollRing)?;
         bufpool::configure(setup.config.relay.buffer_size, setup.config.relay.pool_buffers);
         if let Some(splicer) = &setup.splicer {
             splicer
                 .init_worker(splice::idle_limit(setup.config.timeouts.idle), setup.shutdown.clone())
-                .context("preparing the worker for the kernel splice")?;
+                .map_err(RunError::SpliceWorker)?;
         }
         let ctx = Rc::new(Context {
             config: setup.config,
