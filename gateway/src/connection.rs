@@ -14,13 +14,14 @@ use tokio_uring::net::TcpStream;
 
 use crate::accesslog::{AccessLog, AccessRecord, now_unix};
 use crate::admission::{Admission, Admitted};
+use crate::close::{Close, Mode};
 use crate::config::Config;
 use crate::error::{ErrorKind, ProxyError};
 use crate::handshake;
 use crate::http::response::{ResponseHead, error_response};
 use crate::http::rewrite::{Forwarded, upstream_head};
 use crate::http::upgrade::{self, Intent};
-use crate::relay::{self, CloseReason, RelayOptions};
+use crate::relay::{self, RelayOptions};
 use crate::router::Router;
 use crate::shutdown::ShutdownRx;
 use crate::splice::{self, HandoverError, Splicer};
@@ -53,8 +54,8 @@ struct Facts {
     bytes_out: u64,
     upstream_addr: Option<SocketAddr>,
     upstream_response_time: Option<f64>,
-    close: &'static str,
-    mode: &'static str,
+    close: Close,
+    mode: Mode,
 }
 
 /// Serves one accepted client connection to the end, or until its spliced pair is
@@ -72,8 +73,8 @@ pub async fn serve(client: TcpStream, peer: SocketAddr, ctx: Rc<Context>, active
         bytes_out: 0,
         upstream_addr: None,
         upstream_response_time: None,
-        close: "-",
-        mode: "-",
+        close: Close::Unknown,
+        mode: Mode::None,
     };
     // TCP_NODELAY comes from the listening socket: accepted sockets inherit it.
     let mut client = Some(client);
@@ -87,7 +88,7 @@ pub async fn serve(client: TcpStream, peer: SocketAddr, ctx: Rc<Context>, active
     }
     if let Err(err) = result {
         facts.status = err.kind.status();
-        facts.close = "error";
+        facts.close = Close::Error;
         if !err.kind.is_refusal() {
             tracing::info!(side = %err.kind.side(), status = err.kind.status(), client = %peer, request = %facts.request, "{}", err.detail);
         } else if let Some(summary) = ctx.admission.refusal_report() {
@@ -231,8 +232,8 @@ impl ParkedFacts {
             upstream_addr: Some(upstream),
             bytes_in: self.before_splice[0] + outcome.to_upstream,
             bytes_out: self.before_splice[1] + outcome.to_client,
-            close: splice_close(outcome.reason, outcome.first_fin),
-            mode: if self.after_userspace { "userspace+splice" } else { "splice" },
+            close: outcome.reason,
+            mode: if self.after_userspace { Mode::UserspaceThenSplice } else { Mode::Splice },
         });
     }
 }
@@ -342,7 +343,7 @@ async fn proxy(
         // Passed back as-is; both sides closed after it.
         facts.bytes_sent = Box::pin(handshake::pass_response(&upstream, client, &resp, cfg.timeouts.response)).await?;
         facts.bytes_out = facts.bytes_sent;
-        facts.close = CloseReason::Done.as_str();
+        facts.close = Close::Done;
         crate::net::shutdown(client, std::net::Shutdown::Both);
         crate::net::shutdown(&upstream, std::net::Shutdown::Both);
         return Ok(None);
@@ -362,7 +363,7 @@ async fn proxy(
     if !delay.is_zero() {
         let first = RelayOptions { pause_after: Some(delay), ..opts };
         let outcome = userspace_relay(client, &upstream, first, &mut shutdown, ctx, facts).await;
-        if outcome.reason != CloseReason::Paused {
+        if outcome.reason != Close::Paused {
             return Ok(None);
         }
         // It outlived `splice_after`: counted as long now, not when it ends (which may be
@@ -384,7 +385,7 @@ async fn proxy(
         Err(HandoverError::Failed { side, source }) => {
             // The sockets are closed (dropped with the error); nothing can be sent.
             tracing::info!(side = %side, error = %source, client = %facts.peer, "splice handover failed");
-            facts.close = "error";
+            facts.close = Close::Error;
         }
     }
     drop((admitted, live));
@@ -403,30 +404,16 @@ async fn userspace_relay(
     if opts.pause_after.is_none() {
         Stats::bump(&ctx.stats.relayed_userspace);
     }
-    facts.mode = "userspace";
+    facts.mode = Mode::Userspace;
     let outcome = Box::pin(relay::relay(client, upstream, opts, shutdown)).await;
-    if opts.pause_after.is_some() && outcome.reason != CloseReason::Paused {
+    if opts.pause_after.is_some() && outcome.reason != Close::Paused {
         Stats::bump(&ctx.stats.relayed_userspace);
     }
     facts.bytes_in += outcome.client_to_upstream;
     facts.bytes_out += outcome.upstream_to_client;
     facts.bytes_sent = facts.bytes_out;
-    facts.close = outcome.reason.as_str();
+    facts.close = outcome.reason;
     outcome
-}
-
-/// The access log's close reason for a spliced pair.
-fn splice_close(reason: splice::CloseReason, first_fin: Option<splice::Side>) -> &'static str {
-    use splice::{CloseReason as R, Side};
-    match reason {
-        R::Closed if first_fin == Some(Side::Upstream) => "upstream_fin",
-        R::Closed => "client_fin",
-        R::Reset(Side::Client) => "client_reset",
-        R::Reset(Side::Upstream) => "upstream_reset",
-        R::Reset(Side::Internal) | R::Error(..) => "error",
-        R::Idle => "idle_timeout",
-        R::Shutdown => "shutdown",
-    }
 }
 
 /// Counts a connection as active while alive.

@@ -131,7 +131,7 @@ pub async fn exchange(
         let deadline = Instant::now() + x.response_timeout;
         match peek_response(&connected.stream, x.max_response, deadline, x.method).await {
             Ok(head) => return Ok((connected, head)),
-            Err(e) if e.kind == ErrorKind::UpstreamClosed => {
+            Err(e) if e.retry_safe() => {
                 group.report_failure(i);
                 tracing::warn!(upstream = %addr, group = %group.name, error = %e.detail, "upstream closed before answering; trying the next server");
                 failures.other.push(format!("{addr}: {}", e.detail));

@@ -7,6 +7,7 @@
 pub mod accesslog;
 pub mod admission;
 pub mod bufpool;
+pub mod close;
 pub mod config;
 pub mod connection;
 pub mod error;

@@ -20,52 +20,16 @@ use std::time::{Duration, Instant};
 use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::TcpStream;
 
+use crate::close::{Close, Side};
 use crate::shutdown::{Phase, ShutdownRx};
 use crate::{bufpool, net, readiness};
-
-/// Why a relayed connection ended (the access log's close reason).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CloseReason {
-    /// The client closed first (FIN) and the upstream finished after.
-    ClientFin,
-    /// The upstream closed first (FIN) and the client finished after.
-    UpstreamFin,
-    /// The client reset the connection.
-    ClientReset,
-    /// The upstream reset the connection.
-    UpstreamReset,
-    /// No bytes in either direction for `idle_timeout`.
-    IdleTimeout,
-    /// Closed by the end of a graceful drain.
-    Shutdown,
-    /// The response was complete (error responses, plain HTTP).
-    Done,
-    /// Not a close: the relay stopped at a quiet moment (no bytes held, both
-    /// directions open) so the caller can hand the pair to the kernel splice.
-    Paused,
-}
-
-impl CloseReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::ClientFin => "client_fin",
-            Self::UpstreamFin => "upstream_fin",
-            Self::ClientReset => "client_reset",
-            Self::UpstreamReset => "upstream_reset",
-            Self::IdleTimeout => "idle_timeout",
-            Self::Shutdown => "shutdown",
-            Self::Done => "done",
-            Self::Paused => "paused",
-        }
-    }
-}
 
 /// What a relay moved and why it stopped.
 #[derive(Debug, Clone, Copy)]
 pub struct RelayOutcome {
     pub client_to_upstream: u64,
     pub upstream_to_client: u64,
-    pub reason: CloseReason,
+    pub reason: Close,
     /// When the upstream's first bytes arrived.
     pub first_response: Option<Instant>,
     /// The status code of an HTTP response at the start of the upstream's bytes.
@@ -79,7 +43,7 @@ pub struct RelayOptions {
     /// Plain HTTP: once the upstream has finished its response (FIN), the exchange is
     /// over and the client is closed too, instead of waiting for the client's FIN.
     pub end_on_upstream_fin: bool,
-    /// Stop with [`CloseReason::Paused`] at the first quiet moment after this long.
+    /// Stop with [`Close::Paused`] at the first quiet moment after this long.
     pub pause_after: Option<Duration>,
 }
 
@@ -121,38 +85,38 @@ pub async fn relay(
 
     let reason = loop {
         if c2u_done && u2c_done {
-            break first_fin.unwrap_or(CloseReason::ClientFin);
+            break first_fin.unwrap_or(Close::ClientFin);
         }
         tokio::select! {
             end = &mut c2u, if !c2u_done => {
                 c2u_done = true;
-                if let Some(reason) = settle(end, client, upstream, Peer::Client) {
+                if let Some(reason) = settle(end, client, upstream, Side::Client) {
                     break reason;
                 }
-                first_fin.get_or_insert(CloseReason::ClientFin);
+                first_fin.get_or_insert(Close::ClientFin);
             }
             end = &mut u2c, if !u2c_done => {
                 u2c_done = true;
-                if let Some(reason) = settle(end, upstream, client, Peer::Upstream) {
+                if let Some(reason) = settle(end, upstream, client, Side::Upstream) {
                     break reason;
                 }
-                first_fin.get_or_insert(CloseReason::UpstreamFin);
+                first_fin.get_or_insert(Close::UpstreamFin);
                 if opts.end_on_upstream_fin {
-                    break CloseReason::Done;
+                    break Close::Done;
                 }
             }
             () = &mut idle => {
                 let deadline = activity.get() + opts.idle_timeout;
                 if deadline <= Instant::now() {
-                    break CloseReason::IdleTimeout;
+                    break Close::IdleTimeout;
                 }
                 idle.as_mut().reset(deadline.into());
             }
-            () = &mut stop => break CloseReason::Shutdown,
+            () = &mut stop => break Close::Shutdown,
             // Only between reads: dropping a pump that waits for readability loses nothing.
             () = &mut pause, if opts.pause_after.is_some() && !c2u_done && !u2c_done => {
                 if holding.get() == 0 {
-                    break CloseReason::Paused;
+                    break Close::Paused;
                 }
                 pause.as_mut().reset((Instant::now() + PAUSE_RETRY).into());
             }
@@ -161,7 +125,7 @@ pub async fn relay(
     // Wake whatever is still in flight (a parked write to a slow reader, a read) so the
     // kernel lets go of both sockets once the caller drops them. When both directions
     // ended with FIN nothing is in flight, and the close that follows is enough.
-    if !(c2u_done && u2c_done) && reason != CloseReason::Paused {
+    if !(c2u_done && u2c_done) && reason != Close::Paused {
         net::shutdown(client, Shutdown::Both);
         net::shutdown(upstream, Shutdown::Both);
     }
@@ -175,21 +139,12 @@ pub async fn relay(
     }
 }
 
-/// Which side a direction reads from.
-#[derive(Clone, Copy)]
-enum Peer {
-    Client,
-    Upstream,
-}
-
 /// Acts on the end of the direction reading `src` and writing `dst`: a FIN is passed on
 /// as `SHUT_WR` (`None`: the other direction keeps going); a failure is passed on as a
 /// reset and ends the pair with the side that failed.
-fn settle(end: PumpEnd, src: &TcpStream, dst: &TcpStream, src_peer: Peer) -> Option<CloseReason> {
-    let (src_reset, dst_reset) = match src_peer {
-        Peer::Client => (CloseReason::ClientReset, CloseReason::UpstreamReset),
-        Peer::Upstream => (CloseReason::UpstreamReset, CloseReason::ClientReset),
-    };
+fn settle(end: PumpEnd, src: &TcpStream, dst: &TcpStream, src_side: Side) -> Option<Close> {
+    let dst_side = if src_side == Side::Client { Side::Upstream } else { Side::Client };
+    let (src_reset, dst_reset) = (Close::reset(src_side), Close::reset(dst_side));
     match end {
         PumpEnd::Eof => {
             net::shutdown(dst, Shutdown::Write);
