@@ -7,7 +7,6 @@
 
 use std::io::Write as _;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -19,9 +18,9 @@ use tokio_uring::net::TcpListener;
 use crate::accesslog::AccessLog;
 use crate::admission::Admission;
 use crate::config::Config;
-use crate::connection::{self, ActiveConn, Context};
+use crate::conn::{self, Context};
 use crate::router::Router;
-use crate::shutdown::{self, Phase, ShutdownRx};
+use crate::shutdown::{self, ShutdownRx};
 use crate::splice::{self, SpliceOptions, Splicer};
 use crate::stats::Stats;
 use crate::upstream::{self, Group};
@@ -72,7 +71,7 @@ pub const RELEASE_PERIOD: Duration = Duration::from_secs(2);
 
 /// Runs the gateway until shutdown: binds, starts workers, waits for them.
 pub fn run(config: Config, allocator: Allocator) -> Result<()> {
-    connection::start_clock();
+    conn::teardown::start_clock();
     let config = Arc::new(config);
     let workers = config.worker_count();
     let needs = crate::preflight::Needs {
@@ -273,7 +272,7 @@ fn worker(setup: WorkerSetup, sockets: Vec<Socket>) -> Result<()> {
         let mut accept_loops = Vec::new();
         for s in sockets {
             let listener = TcpListener::from_std(s.into());
-            accept_loops.push(tokio_uring::spawn(accept_loop(listener, ctx.clone())));
+            accept_loops.push(tokio_uring::spawn(conn::accept::accept_loop(listener, ctx.clone())));
         }
         for l in accept_loops {
             let _ = l.await;
@@ -285,30 +284,6 @@ fn worker(setup: WorkerSetup, sockets: Vec<Socket>) -> Result<()> {
         }
         Ok(())
     })
-}
-
-async fn accept_loop(listener: TcpListener, ctx: Rc<Context>) {
-    let mut shutdown = ctx.shutdown.clone();
-    let mut draining = std::pin::pin!(shutdown.reached(Phase::Draining));
-    loop {
-        tokio::select! {
-            res = listener.accept() => match res {
-                Ok((stream, peer)) => {
-                    let active = ActiveConn::new(&ctx.stats);
-                    tokio_uring::spawn(connection::serve(stream, peer, ctx.clone(), active));
-                }
-                Err(e) => {
-                    // EMFILE/ENFILE/ENOBUFS: back off briefly instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            },
-            () = &mut draining => break,
-        }
-    }
-    // Wakes the accept still in flight, and stops the kernel queueing connections here.
-    crate::net::shutdown(&listener, std::net::Shutdown::Read);
-    tracing::debug!(fd = listener.as_raw_fd(), "listener closed for draining");
 }
 
 /// A listening socket with SO_REUSEPORT (every worker binds the same address).
