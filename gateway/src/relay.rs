@@ -1,7 +1,7 @@
 //! The userspace relay: both directions of a proxied connection on io_uring.
 //!
 //! Each direction waits for readability on the poll ring (no buffer held), then
-//! borrows a buffer from the per-core pool, takes what is queued with one non-blocking
+//! borrows a buffer from the worker's pool, takes what is queued with one non-blocking
 //! `recv` (the data is known to be there, so an io_uring read would only add a
 //! completion round trip), and writes it all to the other side before reading again:
 //! with one non-blocking `send` when it fits, else with an io_uring write that waits
@@ -20,9 +20,10 @@ use std::time::{Duration, Instant};
 use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::TcpStream;
 
+use crate::bufpool::BufPool;
 use crate::close::{Close, Side};
 use crate::shutdown::{Phase, ShutdownRx};
-use crate::{bufpool, net, readiness};
+use crate::{net, readiness};
 
 /// What a relay moved and why it stopped.
 #[derive(Debug, Clone, Copy)]
@@ -69,14 +70,15 @@ pub async fn relay(
     upstream: &TcpStream,
     opts: RelayOptions,
     shutdown: &mut ShutdownRx,
+    buffers: &BufPool,
 ) -> RelayOutcome {
     let activity = Cell::new(Instant::now());
     let (c2u_bytes, u2c_bytes) = (Cell::new(0u64), Cell::new(0u64));
     let first = Cell::new(None);
     // Directions holding bytes they have read and not yet written.
     let holding = Cell::new(0u32);
-    let mut c2u = pin!(pump(client, upstream, &activity, &c2u_bytes, None, &holding));
-    let mut u2c = pin!(pump(upstream, client, &activity, &u2c_bytes, Some(&first), &holding));
+    let mut c2u = pin!(pump(client, upstream, &activity, &c2u_bytes, None, &holding, buffers));
+    let mut u2c = pin!(pump(upstream, client, &activity, &u2c_bytes, Some(&first), &holding, buffers));
     let mut idle = pin!(tokio::time::sleep(opts.idle_timeout));
     let mut pause = pin!(tokio::time::sleep(opts.pause_after.unwrap_or(Duration::MAX)));
     let mut stop = pin!(shutdown.reached(Phase::Stop));
@@ -184,6 +186,7 @@ async fn pump(
     moved: &Cell<u64>,
     first: Option<&Cell<FirstBytes>>,
     holding: &Cell<u32>,
+    buffers: &BufPool,
 ) -> PumpEnd {
     loop {
         if let Err(e) = readiness::ready(from, readiness::READABLE).await {
@@ -192,24 +195,24 @@ async fn pump(
         // Keep reading while reads fill the whole buffer: bytes are moving, so holding a
         // buffer is fine; a short read means the queue is drained and we wait again.
         loop {
-            let mut buf = bufpool::take();
+            let mut buf = buffers.take();
             let capacity = buf.capacity();
             let n = match net::recv_into(from, &mut buf) {
                 Ok(0) => {
-                    bufpool::put(buf);
+                    buffers.put(buf);
                     return PumpEnd::Eof;
                 }
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    bufpool::put(buf);
+                    buffers.put(buf);
                     break;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {
-                    bufpool::put(buf);
+                    buffers.put(buf);
                     continue;
                 }
                 Err(e) => {
-                    bufpool::put(buf);
+                    buffers.put(buf);
                     return PumpEnd::ReadFailed(e);
                 }
             };
@@ -222,7 +225,7 @@ async fn pump(
             let sent = match net::send_now(to, &buf) {
                 Ok(k) => k,
                 Err(e) => {
-                    bufpool::put(buf);
+                    buffers.put(buf);
                     return PumpEnd::WriteFailed(e);
                 }
             };
@@ -230,12 +233,12 @@ async fn pump(
                 holding.set(holding.get() + 1);
                 let (res, slice) = to.write_all(buf.slice(sent..n)).await;
                 holding.set(holding.get() - 1);
-                bufpool::put(slice.into_inner());
+                buffers.put(slice.into_inner());
                 if let Err(e) = res {
                     return PumpEnd::WriteFailed(e);
                 }
             } else {
-                bufpool::put(buf);
+                buffers.put(buf);
             }
             moved.set(moved.get() + n as u64);
             if n < capacity {

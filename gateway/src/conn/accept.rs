@@ -12,20 +12,20 @@ use std::time::Duration;
 
 use tokio_uring::net::TcpListener;
 
-use super::Context;
+use super::Worker;
 use super::teardown::ActiveConn;
 use crate::shutdown::Phase;
 
 /// Accepts connections on `listener` until the drain.
-pub async fn accept_loop(listener: TcpListener, ctx: Rc<Context>) {
-    let mut shutdown = ctx.shutdown.clone();
+pub async fn accept_loop(listener: TcpListener, worker: Rc<Worker>) {
+    let mut shutdown = worker.shutdown.clone();
     let mut draining = std::pin::pin!(shutdown.reached(Phase::Draining));
     loop {
         tokio::select! {
             res = listener.accept() => match res {
                 Ok((stream, peer)) => {
-                    let active = ActiveConn::new(&ctx.stats);
-                    tokio_uring::spawn(super::serve(stream, peer, ctx.clone(), active));
+                    let active = ActiveConn::new(&worker.stats);
+                    tokio_uring::spawn(super::serve(stream, peer, worker.clone(), active));
                 }
                 Err(e) => {
                     // EMFILE/ENFILE/ENOBUFS: back off briefly instead of spinning.

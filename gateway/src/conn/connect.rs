@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use tokio_uring::net::TcpStream;
 
-use super::Context;
+use super::Worker;
 use super::response::peek_head;
 use super::route_admit::Admit;
 use super::teardown::Facts;
@@ -46,15 +46,15 @@ pub async fn connect(
     head: &RequestHead,
     buf: &[u8],
     admit: &Admit<'_>,
-    ctx: &Context,
+    worker: &Worker,
     facts: &mut Facts,
 ) -> Result<Connected, ProxyError> {
-    let cfg = &ctx.config;
+    let cfg = &worker.config;
     let group = &admit.route.group;
     let fwd = Forwarded {
         client_ip: admit.client_ip,
         peer_ip: admit.peer_ip,
-        trusted: ctx.admission.is_trusted(admit.peer_ip),
+        trusted: worker.admission.is_trusted(admit.peer_ip),
         proto: "http",
     };
     let mut out = upstream_head(head, admit.intent, fwd);

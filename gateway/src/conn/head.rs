@@ -12,16 +12,20 @@ use std::io;
 use tokio::time::timeout_at;
 use tokio_uring::net::TcpStream;
 
-use super::Context;
+use super::Worker;
 use super::teardown::Facts;
 use crate::error::{ErrorKind, ProxyError};
 use crate::http::request::{self, RequestHead};
 use crate::{net, readiness};
 
 /// Reads and parses the request head, and records what the access log needs of it.
-pub async fn read(client: &TcpStream, ctx: &Context, facts: &mut Facts) -> Result<(RequestHead, Vec<u8>), ProxyError> {
-    let limits = &ctx.config.limits;
-    let deadline = facts.started + ctx.config.timeouts.header;
+pub async fn read(
+    client: &TcpStream,
+    worker: &Worker,
+    facts: &mut Facts,
+) -> Result<(RequestHead, Vec<u8>), ProxyError> {
+    let limits = &worker.config.limits;
+    let deadline = facts.started + worker.config.timeouts.header;
     let (head, buf) = read_head(client, limits.max_header_bytes, deadline).await?;
     facts.request = head.request_line();
     facts.host = head.host().unwrap_or_default();

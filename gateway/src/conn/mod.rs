@@ -49,16 +49,20 @@ use self::response::Answer;
 use self::teardown::{ActiveConn, Facts};
 use crate::accesslog::AccessLog;
 use crate::admission::{Admission, Admitted};
+use crate::bufpool::BufPool;
 use crate::config::Config;
 use crate::error::{ErrorKind, ProxyError};
+use crate::lifetimes::Lifetimes;
 use crate::router::Router;
 use crate::shutdown::ShutdownRx;
 use crate::splice::Splicer;
 use crate::stats::Stats;
 
-/// What every connection task of one worker shares.
+/// One worker thread's state, owned by that thread and lent to every phase of its
+/// connections: what all workers share (config, routes, log, counters, admission,
+/// the splice) and what is this worker's alone (relay buffers, lifetimes).
 #[derive(Debug)]
-pub struct Context {
+pub struct Worker {
     pub config: Arc<Config>,
     pub router: Arc<Router>,
     pub access_log: AccessLog,
@@ -67,16 +71,20 @@ pub struct Context {
     pub admission: Arc<Admission>,
     /// The kernel fast path, when it loaded and passed its self-test.
     pub splicer: Option<Splicer>,
+    /// This worker's relay buffers.
+    pub buffers: BufPool,
+    /// How long this worker's WebSockets lived: when to splice.
+    pub lifetimes: Lifetimes,
 }
 
 /// Serves one accepted client connection to its end, or until its spliced pair is
 /// parked (teardown then finishes it when the kernel reports the end).
-pub async fn serve(client: TcpStream, peer: SocketAddr, ctx: Rc<Context>, active: ActiveConn) {
+pub async fn serve(client: TcpStream, peer: SocketAddr, worker: Rc<Worker>, active: ActiveConn) {
     let mut facts = Facts::new(peer);
     // TCP_NODELAY comes from the listening socket: accepted sockets inherit it.
     let mut client = Some(client);
-    let result = proxy(&mut client, &ctx, &mut facts).await;
-    teardown::finish(result, client, facts, ctx, active).await;
+    let result = proxy(&mut client, &worker, &mut facts).await;
+    teardown::finish(result, client, facts, worker, active).await;
 }
 
 /// The phases from the head to the relay. `client_slot` is taken only by the kernel
@@ -84,26 +92,26 @@ pub async fn serve(client: TcpStream, peer: SocketAddr, ctx: Rc<Context>, active
 /// to park, or `None` when the connection is over.
 async fn proxy(
     client_slot: &mut Option<TcpStream>,
-    ctx: &Context,
+    worker: &Worker,
     facts: &mut Facts,
 ) -> Result<Option<Handoff>, ProxyError> {
     let client = client_slot.as_ref().ok_or_else(|| ProxyError::new(ErrorKind::Internal, "client socket missing"))?;
-    let (upstream, admitted) = Box::pin(prepare(client, ctx, facts)).await?;
+    let (upstream, admitted) = Box::pin(prepare(client, worker, facts)).await?;
     let Some(head) = &upstream.response else {
-        relay_choice::plain(client, &upstream, ctx, facts).await;
+        relay_choice::plain(client, &upstream, worker, facts).await;
         return Ok(None);
     };
-    if response::answer(client, &upstream, head, ctx, facts).await? == Answer::Passed {
+    if response::answer(client, &upstream, head, worker, facts).await? == Answer::Passed {
         return Ok(None);
     }
-    Ok(relay_choice::websocket(client_slot, upstream, admitted, ctx, facts).await)
+    Ok(relay_choice::websocket(client_slot, upstream, admitted, worker, facts).await)
 }
 
 /// The phases before the response: head, route and admit, connect. Boxed by the
 /// caller, so the long-lived relay future does not carry their state.
-async fn prepare(client: &TcpStream, ctx: &Context, facts: &mut Facts) -> Result<(Connected, Admitted), ProxyError> {
-    let (head, buf) = head::read(client, ctx, facts).await?;
-    let admit = route_admit::route_admit(&head, ctx, facts)?;
-    let upstream = connect::connect(&head, &buf, &admit, ctx, facts).await?;
+async fn prepare(client: &TcpStream, worker: &Worker, facts: &mut Facts) -> Result<(Connected, Admitted), ProxyError> {
+    let (head, buf) = head::read(client, worker, facts).await?;
+    let admit = route_admit::route_admit(&head, worker, facts)?;
+    let upstream = connect::connect(&head, &buf, &admit, worker, facts).await?;
     Ok((upstream, admit.slots))
 }

@@ -11,7 +11,7 @@
 
 use tokio_uring::net::TcpStream;
 
-use super::Context;
+use super::Worker;
 use super::connect::Connected;
 use super::teardown::Facts;
 use crate::admission::Admitted;
@@ -32,9 +32,9 @@ pub struct Handoff {
 
 /// Plain HTTP: the request body may be large, so relay right away; the response
 /// status is read from the first bytes the upstream sends.
-pub async fn plain(client: &TcpStream, upstream: &Connected, ctx: &Context, facts: &mut Facts) {
-    let opts = RelayOptions { idle_timeout: ctx.config.timeouts.idle, end_on_upstream_fin: true, pause_after: None };
-    let outcome = userspace(client, &upstream.stream, opts, ctx, facts).await;
+pub async fn plain(client: &TcpStream, upstream: &Connected, worker: &Worker, facts: &mut Facts) {
+    let opts = RelayOptions { idle_timeout: worker.config.timeouts.idle, end_on_upstream_fin: true, pause_after: None };
+    let outcome = userspace(client, &upstream.stream, opts, worker, facts).await;
     facts.status = outcome.response_status.unwrap_or(502);
     facts.upstream_response_time = outcome.first_response.map(|t| (t - upstream.started).as_secs_f64());
 }
@@ -45,30 +45,30 @@ pub async fn websocket(
     client_slot: &mut Option<TcpStream>,
     upstream: Connected,
     admitted: Admitted,
-    ctx: &Context,
+    worker: &Worker,
     facts: &mut Facts,
 ) -> Option<Handoff> {
-    let cfg = &ctx.config;
+    let cfg = &worker.config;
     let Connected { stream: upstream, live, .. } = upstream;
     let client = client_slot.as_ref()?;
     let opts = RelayOptions { idle_timeout: cfg.timeouts.idle, end_on_upstream_fin: false, pause_after: None };
-    let Some(splicer) = &ctx.splicer else {
-        userspace(client, &upstream, opts, ctx, facts).await;
+    let Some(splicer) = &worker.splicer else {
+        userspace(client, &upstream, opts, worker, facts).await;
         return None;
     };
     // A short connection costs less in userspace than a handover: when most recent ones
     // on this worker were short, relay it there first and hand it to the kernel at its
     // first quiet moment after `splice_after` (see `lifetimes`).
-    let delay = crate::lifetimes::splice_delay(cfg.relay.splice_after);
+    let delay = worker.lifetimes.splice_delay(cfg.relay.splice_after);
     if !delay.is_zero() {
         let first = RelayOptions { pause_after: Some(delay), ..opts };
-        let outcome = userspace(client, &upstream, first, ctx, facts).await;
+        let outcome = userspace(client, &upstream, first, worker, facts).await;
         if outcome.reason != Close::Paused {
             return None;
         }
         // It outlived `splice_after`: counted as long now, not when it ends (which may be
         // hours away), so a worker that defers learns as soon as connections live on.
-        crate::lifetimes::record(delay, outcome.client_to_upstream, cfg.relay.splice_after);
+        worker.lifetimes.record(delay, outcome.client_to_upstream, cfg.relay.splice_after);
     }
     let client = client_slot.take()?;
     // The userspace path is boxed: the handshake's future stays small, and a spliced
@@ -78,7 +78,7 @@ pub async fn websocket(
         Err(HandoverError::NotSpliced { client, upstream, reason, forwarded }) => {
             tracing::debug!(reason, "pair not spliced; relaying in userspace");
             facts.bytes_in += forwarded;
-            userspace(&client, &upstream, opts, ctx, facts).await;
+            userspace(&client, &upstream, opts, worker, facts).await;
         }
         Err(HandoverError::Failed { side, source }) => {
             // The sockets are closed (dropped with the error); nothing can be sent.
@@ -95,18 +95,18 @@ async fn userspace(
     client: &TcpStream,
     upstream: &TcpStream,
     opts: RelayOptions,
-    ctx: &Context,
+    worker: &Worker,
     facts: &mut Facts,
 ) -> RelayOutcome {
     // Counted in the mode it ends in: a relay that pauses for the splice is not.
     if opts.pause_after.is_none() {
-        Stats::bump(&ctx.stats.relayed_userspace);
+        Stats::bump(&worker.stats.relayed_userspace);
     }
     facts.mode = Mode::Userspace;
-    let mut shutdown = ctx.shutdown.clone();
-    let outcome = Box::pin(relay::relay(client, upstream, opts, &mut shutdown)).await;
+    let mut shutdown = worker.shutdown.clone();
+    let outcome = Box::pin(relay::relay(client, upstream, opts, &mut shutdown, &worker.buffers)).await;
     if opts.pause_after.is_some() && outcome.reason != Close::Paused {
-        Stats::bump(&ctx.stats.relayed_userspace);
+        Stats::bump(&worker.stats.relayed_userspace);
     }
     facts.bytes_in += outcome.client_to_upstream;
     facts.bytes_out += outcome.upstream_to_client;

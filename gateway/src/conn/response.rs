@@ -10,13 +10,13 @@
 //! of a 101, change a byte of a response, or send more than its framing says.
 
 use std::io;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio::time::timeout_at;
 use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::TcpStream;
 
-use super::Context;
+use super::Worker;
 use super::connect::Connected;
 use super::teardown::Facts;
 use crate::close::Close;
@@ -24,7 +24,7 @@ use crate::error::{ErrorKind, ProxyError};
 use crate::http::body::BodyTracker;
 use crate::http::response::{self, ResponseHead};
 use crate::stats::Stats;
-use crate::{bufpool, net, readiness};
+use crate::{net, readiness};
 
 /// What the upstream answered to an upgrade.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,18 +40,18 @@ pub async fn answer(
     client: &TcpStream,
     upstream: &Connected,
     head: &ResponseHead,
-    ctx: &Context,
+    worker: &Worker,
     facts: &mut Facts,
 ) -> Result<Answer, ProxyError> {
     facts.upstream_response_time = Some(upstream.started.elapsed().as_secs_f64());
     facts.status = head.status;
     if head.status == 101 {
-        Stats::bump(&ctx.stats.upgrades_succeeded);
+        Stats::bump(&worker.stats.upgrades_succeeded);
         return Ok(Answer::Switching);
     }
     // Passed back as-is; both sides closed after it.
     let stream = &upstream.stream;
-    facts.bytes_sent = Box::pin(pass(stream, client, head, ctx.config.timeouts.response)).await?;
+    facts.bytes_sent = Box::pin(pass(stream, client, head, worker)).await?;
     facts.bytes_out = facts.bytes_sent;
     facts.close = Close::Done;
     net::shutdown(client, std::net::Shutdown::Both);
@@ -115,8 +115,9 @@ async fn pass(
     upstream: &TcpStream,
     client: &TcpStream,
     head: &ResponseHead,
-    read_timeout: Duration,
+    worker: &Worker,
 ) -> Result<u64, ProxyError> {
+    let read_timeout = worker.config.timeouts.response;
     let mut head_left = head.len;
     let mut body = BodyTracker::new(head.framing);
     let mut sent = 0u64;
@@ -125,11 +126,11 @@ async fn pass(
             Ok(Ok(_)) => {}
             Ok(Err(_)) | Err(_) => break,
         }
-        let (res, buf) = upstream.read(bufpool::take()).await;
+        let (res, buf) = upstream.read(worker.buffers.take()).await;
         let n = match res {
             Ok(n) if n > 0 => n,
             _ => {
-                bufpool::put(buf);
+                worker.buffers.put(buf);
                 break;
             }
         };
@@ -138,17 +139,17 @@ async fn pass(
         let in_body = match body.advance(&buf[in_head..n]) {
             Ok(k) => k,
             Err(e) => {
-                bufpool::put(buf);
+                worker.buffers.put(buf);
                 return Err(e);
             }
         };
         let take = in_head + in_body;
         if take == 0 {
-            bufpool::put(buf);
+            worker.buffers.put(buf);
             break;
         }
         let (res, slice) = client.write_all(buf.slice(..take)).await;
-        bufpool::put(slice.into_inner());
+        worker.buffers.put(slice.into_inner());
         if res.is_err() {
             break;
         }

@@ -10,7 +10,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use super::Context;
+use super::Worker;
 use super::teardown::Facts;
 use crate::admission::Admitted;
 use crate::error::{ErrorKind, ProxyError};
@@ -32,21 +32,21 @@ pub struct Admit<'a> {
 }
 
 /// Routes, validates and admits the request.
-pub fn route_admit<'a>(head: &RequestHead, ctx: &'a Context, facts: &mut Facts) -> Result<Admit<'a>, ProxyError> {
-    let route = ctx.router.find(head.host().as_deref(), head.path()).ok_or_else(|| {
+pub fn route_admit<'a>(head: &RequestHead, worker: &'a Worker, facts: &mut Facts) -> Result<Admit<'a>, ProxyError> {
+    let route = worker.router.find(head.host().as_deref(), head.path()).ok_or_else(|| {
         ProxyError::new(ErrorKind::NoRoute, format!("no route for host `{}` path `{}`", facts.host, head.path()))
     })?;
     let intent = upgrade::classify(head)?;
     request::check_framing(head)?;
     if intent == Intent::WebSocket {
-        Stats::bump(&ctx.stats.upgrades_attempted);
+        Stats::bump(&worker.stats.upgrades_attempted);
     }
     let peer_ip = facts.peer.ip();
-    let client_ip = ctx.admission.client_ip(peer_ip, head);
+    let client_ip = worker.admission.client_ip(peer_ip, head);
     facts.peer = SocketAddr::new(client_ip, facts.peer.port());
     if intent == Intent::WebSocket {
         route.gate.check_origin(head)?;
     }
-    let slots = ctx.admission.admit(client_ip, &route.gate)?;
+    let slots = worker.admission.admit(client_ip, &route.gate)?;
     Ok(Admit { route, intent, client_ip, peer_ip, slots })
 }

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use tokio_uring::net::TcpStream;
 
-use super::Context;
+use super::Worker;
 use super::relay_choice::Handoff;
 use crate::accesslog::{AccessRecord, now_unix};
 use crate::admission::Admitted;
@@ -76,11 +76,11 @@ pub async fn finish(
     result: Result<Option<Handoff>, ProxyError>,
     client: Option<TcpStream>,
     mut facts: Facts,
-    ctx: Rc<Context>,
+    worker: Rc<Worker>,
     active: ActiveConn,
 ) {
     let err = match result {
-        Ok(Some(handoff)) => return park(handoff, &facts, ctx, active),
+        Ok(Some(handoff)) => return park(handoff, &facts, worker, active),
         Ok(None) => None,
         Err(err) => Some(err),
     };
@@ -89,7 +89,7 @@ pub async fn finish(
         facts.close = Close::Error;
         if !err.kind.is_refusal() {
             tracing::info!(side = %err.kind.side(), status = err.kind.status(), client = %facts.peer, request = %facts.request, "{}", err.detail);
-        } else if let Some(summary) = ctx.admission.refusal_report() {
+        } else if let Some(summary) = worker.admission.refusal_report() {
             // Refusals come in floods: one line per `admission.log_period`, with counts.
             tracing::warn!(status = err.kind.status(), "{summary}");
         }
@@ -106,9 +106,9 @@ pub async fn finish(
     }
     drop(active);
     if facts.status == 101 {
-        crate::lifetimes::record(facts.started.elapsed(), facts.bytes_in, ctx.config.relay.splice_after);
+        worker.lifetimes.record(facts.started.elapsed(), facts.bytes_in, worker.config.relay.splice_after);
     }
-    ctx.access_log.log(AccessRecord {
+    worker.access_log.log(AccessRecord {
         remote_addr: facts.peer,
         host: facts.host,
         time: now_unix(),
@@ -127,10 +127,10 @@ pub async fn finish(
 }
 
 /// Leaves a spliced pair to the kernel; its access-log line is written when it ends.
-fn park(handoff: Handoff, facts: &Facts, ctx: Rc<Context>, active: ActiveConn) {
+fn park(handoff: Handoff, facts: &Facts, worker: Rc<Worker>, active: ActiveConn) {
     let Handoff { pair, admitted, live, after_userspace } = handoff;
     active.detach();
-    let end = SplicedEnd { facts: ParkedFacts::new(facts, after_userspace), ctx, _admitted: admitted, live };
+    let end = SplicedEnd { facts: ParkedFacts::new(facts, after_userspace), worker, _admitted: admitted, live };
     pair.park(move |outcome| end.finish(outcome));
 }
 
@@ -138,7 +138,7 @@ fn park(handoff: Handoff, facts: &Facts, ctx: Rc<Context>, active: ActiveConn) {
 /// and the guards that count it (connection, admission, upstream server).
 pub struct SplicedEnd {
     facts: ParkedFacts,
-    ctx: Rc<Context>,
+    worker: Rc<Worker>,
     _admitted: Admitted,
     live: ActiveGuard,
 }
@@ -151,14 +151,14 @@ impl SplicedEnd {
     /// The end of a spliced pair, as the splice reports it.
     fn finish(self, outcome: SpliceOutcome) {
         // The pair's `ActiveConn` was detached when it was parked.
-        self.ctx.stats.active.fetch_sub(1, Ordering::Relaxed);
+        self.worker.stats.active.fetch_sub(1, Ordering::Relaxed);
         let lifetime = self.facts.lifetime();
         // One relayed in userspace first was counted when it outlived `splice_after`.
         if !self.facts.after_userspace {
             let client_bytes = self.facts.before_splice[0] + outcome.to_upstream;
-            crate::lifetimes::record(lifetime, client_bytes, self.ctx.config.relay.splice_after);
+            self.worker.lifetimes.record(lifetime, client_bytes, self.worker.config.relay.splice_after);
         }
-        self.facts.log(&self.ctx, self.live.addr(), outcome, lifetime);
+        self.facts.log(&self.worker, self.live.addr(), outcome, lifetime);
     }
 }
 
@@ -213,11 +213,11 @@ impl ParkedFacts {
     }
 
     /// Writes the pair's access-log line.
-    fn log(self, ctx: &Context, upstream: SocketAddr, outcome: SpliceOutcome, lifetime: Duration) {
+    fn log(self, worker: &Worker, upstream: SocketAddr, outcome: SpliceOutcome, lifetime: Duration) {
         let mut parts = self.text.splitn(4, '\n').map(str::to_owned);
         let mut part = || parts.next().unwrap_or_default();
         let (peer, host, request, user_agent) = (part(), part(), part(), part());
-        ctx.access_log.log(AccessRecord {
+        worker.access_log.log(AccessRecord {
             remote_addr: peer.parse().unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
             host,
             time: now_unix(),
