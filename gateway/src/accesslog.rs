@@ -18,6 +18,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
+use crate::close::{Close, Mode};
 use crate::config::{AccessLogConfig, AccessLogFormat};
 
 /// Everything logged about one connection.
@@ -42,10 +43,10 @@ pub struct AccessRecord {
     /// Bytes relayed upstream → client.
     pub bytes_out: u64,
     /// How the connection ended.
-    pub close: &'static str,
+    pub close: Close,
     /// `userspace`, `splice`, `userspace+splice` (handed to the kernel mid-stream), or
     /// `-` when nothing was relayed.
-    pub mode: &'static str,
+    pub mode: Mode,
 }
 
 /// How often the writer drains the channel (the most a line waits to be written).
@@ -237,8 +238,8 @@ mod tests {
             upstream_addr: Some("127.0.0.1:9001".parse().unwrap()),
             bytes_in: 10,
             bytes_out: 129,
-            close: "client_fin",
-            mode: "userspace",
+            close: Close::ClientFin,
+            mode: Mode::Userspace,
         }
     }
 
@@ -255,5 +256,6 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(v["status"], 101);
         assert_eq!(v["close"], "client_fin");
+        assert_eq!(v["mode"], "userspace");
     }
 }

@@ -37,7 +37,7 @@ pub use handover::HandoverError;
 pub use loader::{LoadError, MAX_CAPACITY, SPLICE_BPF_OBJECT, Splicer};
 pub use park::parked_here;
 pub use selftest::{FORCE_FAIL_ENV, SelfTestError};
-pub use supervise::{CloseReason, Side, SpliceOutcome, SplicedPair};
+pub use supervise::{SpliceOutcome, SplicedPair};
 
 /// How connections are relayed after the 101 (`splice = "…"`, `--splice MODE`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
