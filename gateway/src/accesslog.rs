@@ -67,7 +67,9 @@ impl AccessLog {
 
     /// Opens the destination and starts the writer thread.
     pub fn start(cfg: &AccessLogConfig) -> io::Result<Self> {
-        let out: Box<dyn Write + Send> = match cfg.path.as_str() {
+        // Every field, by name: a new one cannot be left unread here.
+        let AccessLogConfig { path, format } = cfg;
+        let out: Box<dyn Write + Send> = match path.as_str() {
             "off" => return Ok(Self::off()),
             "stdout" => Box::new(io::stdout()),
             path => Box::new(
@@ -80,7 +82,7 @@ impl AccessLog {
         };
         let (tx, rx) = mpsc::sync_channel(64 * 1024);
         let dropped = Arc::new(AtomicU64::new(0));
-        let format = cfg.format;
+        let format = *format;
         let d = dropped.clone();
         let handle =
             std::thread::Builder::new().name("wsgate-accesslog".into()).spawn(move || writer(&rx, out, format, &d))?;
