@@ -17,7 +17,7 @@ enum Command {
     /// Run a WebSocket echo server (the upstream of a benchmark).
     Echo(wsbench::echo::Options),
     /// Generate load against a WebSocket server and verify every echo.
-    Load(wsbench::load::Options),
+    Load(Box<wsbench::load::Options>),
 }
 
 fn main() {

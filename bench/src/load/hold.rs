@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use super::client::{Conn, Recv};
 use super::payload;
+use super::ramp::Ticket;
 use super::receiver::Msg;
 use super::runner::Ctx;
 use super::verify::Expect;
@@ -26,16 +27,15 @@ const PONG_WAIT: Duration = Duration::from_secs(10);
 const VERIFY_WAIT: Duration = Duration::from_secs(10);
 
 /// One connection of the scenario.
-pub async fn conn(ctx: Rc<Ctx>, id: u64) {
-    let Some(mut c) = ctx.open(id).await else {
+pub async fn conn(ctx: Rc<Ctx>, id: u64, ticket: Ticket) {
+    let Some(mut c) = ctx.open(id, Some(ticket)).await else {
         return;
     };
     // The final echoes are spread over up to 5 s so that they measure the path, not a
     // queue of every connection answering at the same instant.
     let spread = ctx.plan.ramp().min(Duration::from_secs(5));
     let jitter = spread.mul_f64((id.wrapping_mul(0x9E37_79B9) % 1000) as f64 / 1000.0);
-    let end = ctx.steady_end() + jitter;
-    if !heartbeat_until(&ctx, &mut c, end).await {
+    if !heartbeat_until(&ctx, &mut c, jitter).await {
         ctx.rec.borrow_mut().counts.closed_early += 1;
         ctx.closed();
         return;
@@ -56,12 +56,16 @@ pub async fn conn(ctx: Rc<Ctx>, id: u64) {
     ctx.closed();
 }
 
-/// Pings every heartbeat period until `end`; false if the server closed meanwhile.
+/// Pings every heartbeat period until `jitter` after the hold's end; false if the server
+/// closed meanwhile. While the ramp goes on the end is not known yet: it is read again at
+/// each wake-up, so a connection learns it at its next heartbeat at the latest (which
+/// spreads the final echoes over a heartbeat period too).
 ///
 /// This is where a held connection spends its life, so its state is kept minimal: one timer
 /// (reset, never re-created) and a readiness wait that keeps no waiter of its own.
-async fn heartbeat_until(ctx: &Ctx, c: &mut Conn, end: Instant) -> bool {
+async fn heartbeat_until(ctx: &Ctx, c: &mut Conn, jitter: Duration) -> bool {
     let period = ctx.plan.heartbeat;
+    let mut end = end_of(ctx, jitter);
     let mut next = Instant::now() + period;
     // The ping in flight: its number and send time (ns on the run clock).
     let awaiting: Cell<Option<(u64, u64)>> = Cell::new(None);
@@ -74,6 +78,11 @@ async fn heartbeat_until(ctx: &Ctx, c: &mut Conn, end: Instant) -> bool {
     tokio::pin!(timer);
     loop {
         let now = Instant::now();
+        end = end_of(ctx, jitter);
+        // The end became known (or moved) while the timer waited for the next heartbeat.
+        if now < end && timer.deadline() > next.min(end).into() {
+            timer.as_mut().reset(next.min(end).into());
+        }
         // At the end, a ping still in flight gets up to PONG_WAIT for its pong.
         if now >= end && (awaiting.get().is_none() || now >= end + PONG_WAIT) {
             break;
@@ -138,6 +147,12 @@ async fn heartbeat_until(ctx: &Ctx, c: &mut Conn, end: Instant) -> bool {
         ctx.rec.borrow_mut().counts.pongs_missing += 1;
     }
     true
+}
+
+/// The hold's end plus `jitter`; the run's time bound while the ramp goes on. A function,
+/// not a closure kept in the idle task, so that it costs a held connection no bytes.
+fn end_of(ctx: &Ctx, jitter: Duration) -> Instant {
+    ctx.hold_end().map_or(ctx.t0 + ctx.plan.max_time, |e| e + jitter)
 }
 
 /// Sends one message and waits for its verified echo. `None` if the server closed.

@@ -15,6 +15,7 @@ pub mod payload;
 pub mod plan;
 pub mod procs;
 pub mod progress;
+pub mod ramp;
 pub mod receiver;
 pub mod runner;
 pub mod stats;
@@ -30,6 +31,7 @@ use anyhow::Result;
 
 use crate::report::Report;
 use progress::{Progress, Show};
+use ramp::{Ramp, Summary};
 use stats::{Latency, Recorder};
 
 /// What a run does.
@@ -81,9 +83,30 @@ pub struct Options {
     /// Connections (bulk: connections; handshake: concurrent loops).
     #[arg(long, default_value_t = 100)]
     pub conns: u64,
-    /// Ramp rate, connections per second (all processes together).
+    /// Ramp rate, connections per second (all processes together): the upper bound of
+    /// the hold's closed-loop ramp, the exact rate of the other scenarios.
     #[arg(long, default_value_t = 2000.0)]
     pub rate: f64,
+    /// Hold: open at exactly --rate instead of the closed-loop ramp (which raises its rate
+    /// while handshakes stay fast and none fails, and backs off when they do not).
+    #[arg(long)]
+    pub fixed_rate: bool,
+    /// Closed-loop ramp: a quarter second whose p90 handshake is slower than this many
+    /// milliseconds halves the rate.
+    #[arg(long, default_value_t = 100.0)]
+    pub ramp_p90_ms: f64,
+    /// Failed connections tolerated before the ramp stops (default: 0.1% of --conns, at
+    /// least 10).
+    #[arg(long)]
+    pub max_failures: Option<u64>,
+    /// The ramp stops (and holds what it opened) when `MemAvailable` falls under this many
+    /// MiB; 0: no guard.
+    #[arg(long, default_value_t = 2048)]
+    pub min_available_mib: u64,
+    /// Time bound of the ramp, seconds (default: 4× --conns/--rate, at least 60, for
+    /// the closed loop; the planned ramp + 60 at a fixed rate).
+    #[arg(long)]
+    pub ramp_max_secs: Option<f64>,
     /// Seconds of steady state after the ramp (hold time, message time).
     #[arg(long, default_value_t = 10.0)]
     pub duration: f64,
@@ -139,23 +162,24 @@ pub fn run(opts: &Options) -> Result<Report> {
     let started = Instant::now();
     let show = if opts.quiet { Show::Quiet } else { Show::Line };
     let procs = opts.procs.max(1);
-    let (rec, timeline, timed_out, threads) = if procs == 1 {
+    let (rec, timeline, timed_out, threads, ramp) = if procs == 1 {
         let plan = Arc::new(plan::Plan::new(opts, 0, 1)?);
         let threads = plan.threads as u64;
         let progress = Arc::new(Progress::default());
+        let ramp = Arc::new(Ramp::new(plan.ramp));
         let (rec, timeline, cut) = std::thread::scope(|s| -> Result<_> {
-            let p = Arc::clone(&progress);
-            let load = s.spawn(move || runner::run(&plan, &p));
+            let (p, r) = (Arc::clone(&progress), Arc::clone(&ramp));
+            let load = s.spawn(move || runner::run(&plan, &p, &r));
             let timeline = progress::sample(|| progress.snap(), || progress.done.load(Relaxed), opts.conns, show);
             let (rec, cut) = load.join().map_err(|_| anyhow::anyhow!("the load panicked"))??;
             Ok((rec, timeline, cut))
         })?;
-        (rec, timeline, cut, threads)
+        (rec, timeline, cut, threads, ramp.summary())
     } else {
         let out = procs::run_workers(opts, procs, show)?;
-        (out.rec, out.timeline, out.timed_out, out.threads)
+        (out.rec, out.timeline, out.timed_out, out.threads, out.ramp)
     };
-    let report = build_report(opts, &rec, timeline, timed_out, started.elapsed().as_secs_f64(), procs, threads);
+    let report = build_report(opts, &rec, timeline, timed_out, started.elapsed().as_secs_f64(), procs, threads, ramp);
     if !opts.quiet {
         report.print_table();
     }
@@ -169,6 +193,7 @@ pub fn run(opts: &Options) -> Result<Report> {
     Ok(report)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn build_report(
     opts: &Options,
     rec: &Recorder,
@@ -177,6 +202,7 @@ fn build_report(
     elapsed: f64,
     procs: u64,
     threads: u64,
+    ramp: Summary,
 ) -> Report {
     let secs = elapsed.max(1e-9);
     let size = opts.size.unwrap_or(opts.scenario.default_size()).max(payload::HEADER);
@@ -190,7 +216,7 @@ fn build_report(
         size: size as u64,
         duration_secs: opts.duration,
         elapsed_secs: elapsed,
-        ramp_secs: timeline.ramp_secs,
+        ramp_secs: timeline.ramp_secs.or(ramp.stopped.as_ref().map(|s| s.at_secs)),
         peak_open: timeline.samples.iter().map(|s| s.snap.open).max().unwrap_or(0),
         counts: rec.counts.clone(),
         latency_us: Latency::of(&rec.rtt),
@@ -202,5 +228,6 @@ fn build_report(
         timeline: timeline.samples,
         timed_out,
         clean: rec.counts.clean() && !timed_out,
+        ramp,
     }
 }

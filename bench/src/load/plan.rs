@@ -43,6 +43,8 @@ pub struct Plan {
     pub threads: usize,
     /// Hard bound of the whole run.
     pub max_time: Duration,
+    /// How this process ramps up.
+    pub ramp: super::ramp::Settings,
 }
 
 impl Plan {
@@ -71,7 +73,13 @@ impl Plan {
         let ramp = opts.conns as f64 / opts.rate.max(0.001);
         let threads =
             opts.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from)).max(1);
-        let max_time = opts.max_time.unwrap_or(ramp + opts.duration + 60.0);
+        // Only the hold is closed-loop: the other scenarios measure a steady phase whose
+        // start all their connections must agree on in advance.
+        let adaptive = opts.scenario == Scenario::Hold && !opts.fixed_rate;
+        let ramp_max = opts.ramp_max_secs.unwrap_or(if adaptive { (ramp * 4.0).max(60.0) } else { ramp + 60.0 });
+        let tail = if adaptive { opts.heartbeat } else { 0.0 };
+        let max_time = opts.max_time.unwrap_or(ramp_max + opts.duration + tail + 60.0);
+        let max_failures = opts.max_failures.unwrap_or((opts.conns / 1000).max(10));
         Ok(Self {
             scenario: opts.scenario,
             dials,
@@ -87,6 +95,15 @@ impl Plan {
             close_wait: Duration::from_secs(5),
             threads,
             max_time: Duration::from_secs_f64(max_time),
+            ramp: super::ramp::Settings {
+                adaptive,
+                cap: rate,
+                planned: conns,
+                p90_limit: Duration::from_secs_f64(opts.ramp_p90_ms.max(1.0) / 1000.0),
+                max_failures: max_failures.div_ceil(procs),
+                min_available_kib: opts.min_available_mib * 1024,
+                max_time: Duration::from_secs_f64(ramp_max),
+            },
         })
     }
 
@@ -100,12 +117,7 @@ impl Plan {
         &self.dials[(id % self.dials.len() as u64) as usize]
     }
 
-    /// When this process's `j`th connection starts, after the run's start.
-    pub fn start_of(&self, j: u64) -> Duration {
-        Duration::from_secs_f64(j as f64 / self.rate)
-    }
-
-    /// End of the planned ramp (all connections started).
+    /// End of the planned ramp at the full rate (all connections started).
     pub fn ramp(&self) -> Duration {
         Duration::from_secs_f64(self.conns as f64 / self.rate)
     }

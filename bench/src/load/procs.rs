@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use super::Options;
 use super::plan::Plan;
 use super::progress::{self, Progress, Show, Snap, Timeline};
+use super::ramp::{Ramp, Summary};
 use super::runner;
 use super::stats::{Recorder, WireRecorder};
 
@@ -29,6 +30,8 @@ pub struct WorkerResult {
     pub timed_out: bool,
     /// Threads it ran.
     pub threads: u64,
+    /// What its ramp did.
+    pub ramp: Summary,
 }
 
 /// A line a worker writes on stdout.
@@ -38,7 +41,7 @@ pub enum Line {
     /// A progress sample.
     Progress(Snap),
     /// The final result.
-    Result(WorkerResult),
+    Result(Box<WorkerResult>),
 }
 
 /// Merged outcome of all workers.
@@ -52,6 +55,8 @@ pub struct Merged {
     pub timed_out: bool,
     /// Threads per worker.
     pub threads: u64,
+    /// The workers' ramps together.
+    pub ramp: Summary,
 }
 
 /// The body of a worker process.
@@ -60,13 +65,14 @@ pub fn worker_main(opts: &Options, index: u64) -> Result<()> {
     let plan = Arc::new(Plan::new(opts, index, opts.procs.max(1))?);
     let progress = Arc::new(Progress::default());
     let threads = plan.threads as u64;
+    let ramp = Arc::new(Ramp::new(plan.ramp));
     let (rec, timed_out) = std::thread::scope(|s| -> Result<_> {
-        let p = Arc::clone(&progress);
-        let load = s.spawn(move || runner::run(&plan, &p));
+        let (p, r) = (Arc::clone(&progress), Arc::clone(&ramp));
+        let load = s.spawn(move || runner::run(&plan, &p, &r));
         progress::sample(|| progress.snap(), || progress.done.load(Relaxed), u64::MAX, Show::Json);
         load.join().map_err(|_| anyhow::anyhow!("the load panicked"))?
     })?;
-    let line = Line::Result(WorkerResult { rec: rec.to_wire()?, timed_out, threads });
+    let line = Line::Result(Box::new(WorkerResult { rec: rec.to_wire()?, timed_out, threads, ramp: ramp.summary() }));
     println!("{}", serde_json::to_string(&line)?);
     Ok(())
 }
@@ -94,6 +100,14 @@ fn worker_args(o: &Options, index: u64) -> Vec<String> {
     }
     kv("conns", o.conns.to_string());
     kv("rate", o.rate.to_string());
+    kv("ramp-p90-ms", o.ramp_p90_ms.to_string());
+    if let Some(f) = o.max_failures {
+        kv("max-failures", f.to_string());
+    }
+    kv("min-available-mib", o.min_available_mib.to_string());
+    if let Some(r) = o.ramp_max_secs {
+        kv("ramp-max-secs", r.to_string());
+    }
     kv("duration", o.duration.to_string());
     kv("interval-ms", o.interval_ms.to_string());
     if let Some(s) = o.size {
@@ -114,6 +128,9 @@ fn worker_args(o: &Options, index: u64) -> Vec<String> {
         kv("max-time", m.to_string());
     }
     kv("worker", index.to_string());
+    if o.fixed_rate {
+        a.push("--fixed-rate".into());
+    }
     a
 }
 
@@ -144,7 +161,7 @@ pub fn run_workers(opts: &Options, procs: u64, show: Show) -> Result<Merged> {
                         snaps.lock().expect("no panics while locked")[i as usize] = s;
                     }
                     Ok(Line::Result(r)) => {
-                        results.lock().expect("no panics while locked")[i as usize] = Some(r);
+                        results.lock().expect("no panics while locked")[i as usize] = Some(*r);
                     }
                     Err(e) => {
                         eprintln!("wsbench load: worker {i} wrote an unreadable line ({e}): {line}");
@@ -170,15 +187,17 @@ pub fn run_workers(opts: &Options, procs: u64, show: Show) -> Result<Merged> {
     let mut rec = Recorder::default();
     let mut timed_out = false;
     let mut threads = 0;
+    let mut ramp = Summary::default();
     let results = std::mem::take(&mut *results.lock().expect("no panics while locked"));
     for (i, r) in results.into_iter().enumerate() {
         let Some(r) = r else { bail!("worker {i} ended without a result") };
         rec.merge(&Recorder::from_wire(&r.rec).with_context(|| format!("result of worker {i}"))?);
         timed_out |= r.timed_out;
         threads = threads.max(r.threads);
+        ramp.add(&r.ramp);
     }
     if failed.load(Relaxed) {
         bail!("a worker's output could not be read");
     }
-    Ok(Merged { rec, timeline, timed_out, threads })
+    Ok(Merged { rec, timeline, timed_out, threads, ramp })
 }

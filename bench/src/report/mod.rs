@@ -12,6 +12,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::load::progress::Sample;
+use crate::load::ramp::Summary;
 use crate::load::stats::{Counts, Latency};
 
 /// Everything a run measured.
@@ -59,6 +60,9 @@ pub struct Report {
     pub timed_out: bool,
     /// No loss, corruption, reordering, early close or failed connection.
     pub clean: bool,
+    /// How the connections were ramped up, and the limit that stopped the ramp if one did.
+    #[serde(default)]
+    pub ramp: Summary,
 }
 
 impl Report {
@@ -119,6 +123,22 @@ impl Report {
             "  rates         {:.0} handshakes/s  {:.0} messages/s  {:.1} MB/s  over {:.1} s",
             self.handshakes_per_sec, self.messages_per_sec, self.mb_per_sec, self.elapsed_secs
         );
+        if self.ramp.adaptive {
+            println!(
+                "  ramp          closed loop: peak {:.0} conn/s, {:.0} conn/s at the end, {} back-offs",
+                self.ramp.peak_rate, self.ramp.final_rate, self.ramp.backoffs
+            );
+        }
+        if let Some(s) = &self.ramp.stopped {
+            println!(
+                "  STOPPED EARLY at {:.1} s, {} of {} opened: {}: {}",
+                s.at_secs,
+                c.connected,
+                self.conns,
+                s.limit.name(),
+                s.detail
+            );
+        }
         if self.timed_out {
             println!("  TIMED OUT: the run hit its time limit; counts are partial");
         }
