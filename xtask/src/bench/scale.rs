@@ -168,7 +168,24 @@ pub(super) fn report_scale(row: &Row, lay: &Layout, conns: u64, through_wsgate: 
     println!("bench scale: {conns} connections planned, {held} held, {verified} verified after the hold");
     let ramp_text =
         ramp.map_or_else(|| "did not finish".into(), |r| format!("{r:.1} s ({:.0} conn/s)", held as f64 / r));
-    println!("  ramp          {ramp_text}");
+    let r = &row.report.ramp;
+    let control = if r.adaptive {
+        format!(
+            "closed loop up to --rate: peak {:.0} conn/s, {:.0} conn/s at the end, {} back-offs",
+            r.peak_rate, r.final_rate, r.backoffs
+        )
+    } else {
+        "fixed rate".into()
+    };
+    println!("  ramp          {ramp_text}; {control}");
+    if let Some(stop) = &r.stopped {
+        println!(
+            "  STOPPED EARLY {}: {} (at {:.1} s, {held} of {conns} held)",
+            stop.limit.name(),
+            stop.detail,
+            stop.at_secs
+        );
+    }
     if through_wsgate {
         let idle = row.idle_bytes_per_conn();
         println!(
@@ -186,7 +203,16 @@ pub(super) fn report_scale(row: &Row, lay: &Layout, conns: u64, through_wsgate: 
         peak.tcp.saturating_sub(before.tcp) as f64 / held.max(1) as f64
     );
     println!("  MemAvailable  {} MiB at the peak", peak.available / 1024);
-    println!("  clean         {}", row.report.clean);
+    let c = &row.report.counts;
+    println!(
+        "  clean         {} (failed connections {}, lost {}, mismatched {}, closed early {}, pongs missing {})",
+        row.report.clean,
+        c.connect_failed + c.handshake_failed,
+        c.lost,
+        c.mismatched,
+        c.closed_early,
+        c.pongs_missing
+    );
     println!("  note          {}", lay.note);
     let summary = json!({
         "scenario": "scale", "conns": conns, "held": held, "verified": verified, "ramp_secs": ramp,
