@@ -18,6 +18,7 @@ pub mod progress;
 pub mod ramp;
 pub mod receiver;
 pub mod runner;
+pub mod start;
 pub mod stats;
 pub mod verify;
 
@@ -32,7 +33,7 @@ use anyhow::Result;
 use crate::report::Report;
 use progress::{Progress, Show};
 use ramp::{Ramp, Summary};
-use stats::{Latency, Recorder};
+use stats::{Histograms, Latency, Recorder};
 
 /// What a run does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -147,6 +148,19 @@ pub struct Options {
     /// Hard limit of the whole run in seconds (default: ramp + duration + 60).
     #[arg(long)]
     pub max_time: Option<f64>,
+    /// Run shard I of N (from 0): this generator opens its share of --conns (the same
+    /// --conns and --rate on every shard are the totals) from every Nth --source address,
+    /// starting at the Ith. Merge the shards' reports with `wsbench report merge`.
+    #[arg(long)]
+    pub shard: Option<plan::Shard>,
+    /// Start at this wall-clock time (Unix seconds, such as `$(( $(date +%s) + 30 ))`), so
+    /// that shards on several machines ramp together.
+    #[arg(long)]
+    pub start_at: Option<f64>,
+    /// Start once this file exists (a barrier on a shared file system), waiting at most
+    /// 10 minutes.
+    #[arg(long)]
+    pub barrier: Option<PathBuf>,
     /// Internal: run as worker process INDEX of --procs, talking JSON lines on stdout.
     #[arg(long, hide = true)]
     pub worker: Option<u64>,
@@ -159,6 +173,8 @@ pub fn run(opts: &Options) -> Result<Report> {
         procs::worker_main(opts, index)?;
         std::process::exit(0);
     }
+    start::wait(opts.start_at, opts.barrier.as_deref())?;
+    let started_unix = start::unix_now();
     let started = Instant::now();
     let show = if opts.quiet { Show::Quiet } else { Show::Line };
     let procs = opts.procs.max(1);
@@ -179,7 +195,9 @@ pub fn run(opts: &Options) -> Result<Report> {
         let out = procs::run_workers(opts, procs, show)?;
         (out.rec, out.timeline, out.timed_out, out.threads, out.ramp)
     };
-    let report = build_report(opts, &rec, timeline, timed_out, started.elapsed().as_secs_f64(), procs, threads, ramp);
+    let elapsed = started.elapsed().as_secs_f64();
+    let mut report = build_report(opts, &rec, timeline, timed_out, elapsed, procs, threads, ramp)?;
+    report.started_unix = started_unix;
     if !opts.quiet {
         report.print_table();
     }
@@ -203,14 +221,20 @@ fn build_report(
     procs: u64,
     threads: u64,
     ramp: Summary,
-) -> Report {
+) -> Result<Report> {
     let secs = elapsed.max(1e-9);
     let size = opts.size.unwrap_or(opts.scenario.default_size()).max(payload::HEADER);
-    Report {
+    let shard = opts.shard.unwrap_or_default();
+    let sources = shard.sources(plan::parse_sources(&opts.source)?)?;
+    Ok(Report {
         scenario: opts.scenario.name().into(),
         targets: plan::describe(&opts.target),
-        sources: opts.source.clone(),
-        conns: opts.conns,
+        sources: sources.iter().map(ToString::to_string).collect(),
+        conns: plan::share(opts.conns, shard, procs),
+        shard: opts.shard.map(|s| s.to_string()),
+        shards: 1,
+        started_unix: 0.0,
+        histograms: Some(Histograms::of(rec)?),
         procs,
         threads,
         size: size as u64,
@@ -229,5 +253,5 @@ fn build_report(
         timed_out,
         clean: rec.counts.clean() && !timed_out,
         ramp,
-    }
+    })
 }

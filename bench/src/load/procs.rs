@@ -127,6 +127,9 @@ fn worker_args(o: &Options, index: u64) -> Vec<String> {
     if let Some(m) = o.max_time {
         kv("max-time", m.to_string());
     }
+    if let Some(s) = o.shard {
+        kv("shard", s.to_string());
+    }
     kv("worker", index.to_string());
     if o.fixed_rate {
         a.push("--fixed-rate".into());

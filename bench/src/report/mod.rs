@@ -4,6 +4,7 @@
 //! A report states misses as they are: failures and verification errors are printed even
 //! when zero, and `clean` is false whenever any of them is not.
 
+pub mod merge;
 pub mod svg;
 
 use std::path::{Path, PathBuf};
@@ -13,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::load::progress::Sample;
 use crate::load::ramp::Summary;
-use crate::load::stats::{Counts, Latency};
+use crate::load::stats::{Counts, Histograms, Latency};
 
 /// Everything a run measured.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -24,8 +25,20 @@ pub struct Report {
     pub targets: Vec<String>,
     /// Source addresses (empty: chosen by the kernel).
     pub sources: Vec<String>,
-    /// Connections (or handshake loops) planned.
+    /// Connections (or handshake loops) planned: this shard's share in a shard's report.
     pub conns: u64,
+    /// `I/N` in the report of shard I of N.
+    #[serde(default)]
+    pub shard: Option<String>,
+    /// Shards merged into this report (1: one run).
+    #[serde(default = "one")]
+    pub shards: u64,
+    /// Wall-clock start, Unix seconds (to line up the timelines of shards).
+    #[serde(default)]
+    pub started_unix: f64,
+    /// The latency histograms themselves, so that reports merge exactly.
+    #[serde(default)]
+    pub histograms: Option<Histograms>,
     /// Worker processes.
     pub procs: u64,
     /// Threads per process.
@@ -65,14 +78,29 @@ pub struct Report {
     pub ramp: Summary,
 }
 
+fn one() -> u64 {
+    1
+}
+
 impl Report {
+    /// Reads a report written by [`Report::write`].
+    pub fn read(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("{} is not a wsbench report", path.display()))
+    }
+
     /// Prints the final table.
     pub fn print_table(&self) {
         let c = &self.counts;
         let l = &self.latency_us;
         let h = &self.handshake_us;
+        let shards = match (&self.shard, self.shards) {
+            (Some(s), _) => format!(", shard {s}"),
+            (None, n) if n > 1 => format!(", {n} shards merged"),
+            _ => String::new(),
+        };
         println!(
-            "wsbench load {}: {} connections ({} procs × {} threads) → {}",
+            "wsbench load {}: {} connections ({} procs × {} threads{shards}) → {}",
             self.scenario,
             self.conns,
             self.procs,
