@@ -96,7 +96,7 @@ fn serve_thread(listener: std::net::TcpListener, cfg: Config, accept_every: Opti
         loop {
             if let Some(every) = accept_every {
                 tokio::time::sleep_until(next).await;
-                next = next.max(tokio::time::Instant::now() - every) + every;
+                next = next.max(tokio::time::Instant::now()) + every;
             }
             match listener.accept().await {
                 Ok((stream, _)) => {

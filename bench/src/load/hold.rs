@@ -58,8 +58,9 @@ pub async fn conn(ctx: Rc<Ctx>, id: u64, ticket: Ticket) {
 
 /// Pings every heartbeat period until `jitter` after the hold's end; false if the server
 /// closed meanwhile. While the ramp goes on the end is not known yet: it is read again at
-/// each wake-up, so a connection learns it at its next heartbeat at the latest (which
-/// spreads the final echoes over a heartbeat period too).
+/// each wake-up, and a connection also wakes when the hold would end after a ramp at the
+/// full rate, so it learns the end on time unless the ramp was slower and the hold
+/// shorter than a heartbeat (then at its next heartbeat).
 ///
 /// This is where a held connection spends its life, so its state is kept minimal: one timer
 /// (reset, never re-created) and a readiness wait that keeps no waiter of its own.
@@ -79,9 +80,11 @@ async fn heartbeat_until(ctx: &Ctx, c: &mut Conn, jitter: Duration) -> bool {
     loop {
         let now = Instant::now();
         end = end_of(ctx, jitter);
-        // The end became known (or moved) while the timer waited for the next heartbeat.
-        if now < end && timer.deadline() > next.min(end).into() {
-            timer.as_mut().reset(next.min(end).into());
+        // The next wake-up: the next heartbeat, the end, or while the end is unknown the
+        // end the ramp would have at its full rate (when it may have become known).
+        let due = next.min(end).min(wake_by(ctx, jitter, now));
+        if now < end && timer.deadline() > due.into() {
+            timer.as_mut().reset(due.into());
         }
         // At the end, a ping still in flight gets up to PONG_WAIT for its pong.
         if now >= end && (awaiting.get().is_none() || now >= end + PONG_WAIT) {
@@ -99,7 +102,7 @@ async fn heartbeat_until(ctx: &Ctx, c: &mut Conn, jitter: Duration) -> bool {
             awaiting.set(Some((pings, sent)));
             pings += 1;
             next += period;
-            timer.as_mut().reset(next.min(end).into());
+            timer.as_mut().reset(next.min(end).min(wake_by(ctx, jitter, now)).into());
             continue;
         }
         if now >= end && timer.deadline() < (end + PONG_WAIT).into() {
@@ -153,6 +156,18 @@ async fn heartbeat_until(ctx: &Ctx, c: &mut Conn, jitter: Duration) -> bool {
 /// not a closure kept in the idle task, so that it costs a held connection no bytes.
 fn end_of(ctx: &Ctx, jitter: Duration) -> Instant {
     ctx.hold_end().map_or(ctx.t0 + ctx.plan.max_time, |e| e + jitter)
+}
+
+/// While the ramp goes on: the hold's end if the ramp ends at its full rate (the earliest
+/// it can be), when that is still ahead; otherwise (or once the end is known) the run's
+/// time bound, which never comes first.
+fn wake_by(ctx: &Ctx, jitter: Duration, now: Instant) -> Instant {
+    let far = ctx.t0 + ctx.plan.max_time;
+    if ctx.hold_end().is_some() {
+        return far;
+    }
+    let earliest = ctx.steady_end() + jitter;
+    if earliest > now { earliest } else { far }
 }
 
 /// Sends one message and waits for its verified echo. `None` if the server closed.
