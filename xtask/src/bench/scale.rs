@@ -139,6 +139,7 @@ pub(super) fn run(opts: &Options, out: &Path, wsgate_built: bool) -> Result<()> 
         duration,
         procs: lay.load_procs,
         report: out.join("scale.json"),
+        progress: true,
     };
     let report = run_load(opts, &load);
     let Sampled { peak, settled, marginal_anon } = sampler.finish();
