@@ -33,9 +33,8 @@ pub async fn conn(ctx: Rc<Ctx>, id: u64, ticket: Ticket) {
     };
     // The final echoes are spread over up to 5 s so that they measure the path, not a
     // queue of every connection answering at the same instant.
-    let spread = ctx.plan.ramp().min(Duration::from_secs(5));
-    let jitter = spread.mul_f64((id.wrapping_mul(0x9E37_79B9) % 1000) as f64 / 1000.0);
-    if !heartbeat_until(&ctx, &mut c, jitter).await {
+    let u = (id.wrapping_mul(0x9E37_79B9) % 1000) as f64 / 1000.0;
+    if !heartbeat_until(&ctx, &mut c, u).await {
         ctx.rec.borrow_mut().counts.closed_early += 1;
         ctx.closed();
         return;
@@ -56,7 +55,8 @@ pub async fn conn(ctx: Rc<Ctx>, id: u64, ticket: Ticket) {
     ctx.closed();
 }
 
-/// Pings every heartbeat period until `jitter` after the hold's end; false if the server
+/// Pings every heartbeat period (the first at the fraction `u` of it) until a jitter set
+/// by `u` after the hold's end; false if the server
 /// closed meanwhile. While the ramp goes on the end is not known yet: it is read again at
 /// each wake-up, and a connection also wakes when the hold would end after a ramp at the
 /// full rate, so it learns the end on time unless the ramp was slower and the hold
@@ -64,10 +64,15 @@ pub async fn conn(ctx: Rc<Ctx>, id: u64, ticket: Ticket) {
 ///
 /// This is where a held connection spends its life, so its state is kept minimal: one timer
 /// (reset, never re-created) and a readiness wait that keeps no waiter of its own.
-async fn heartbeat_until(ctx: &Ctx, c: &mut Conn, jitter: Duration) -> bool {
+async fn heartbeat_until(ctx: &Ctx, c: &mut Conn, u: f64) -> bool {
     let period = ctx.plan.heartbeat;
+    // The final echoes are spread over up to 5 s so that they measure the path, not a
+    // queue of every connection answering at the same instant.
+    let jitter = ctx.plan.ramp().min(Duration::from_secs(5)).mul_f64(u);
     let mut end = end_of(ctx, jitter);
-    let mut next = Instant::now() + period;
+    // The first heartbeat at a point of the period set by the connection's id, so that
+    // heartbeats are spread evenly over the period however fast the ramp went.
+    let mut next = Instant::now() + period.mul_f64(u.max(0.001));
     // The ping in flight: its number and send time (ns on the run clock).
     let awaiting: Cell<Option<(u64, u64)>> = Cell::new(None);
     // Pongs numbered below this were accounted for (answered or counted late): another

@@ -104,7 +104,7 @@ pub struct Options {
     /// MiB; 0: no guard.
     #[arg(long, default_value_t = 2048)]
     pub min_available_mib: u64,
-    /// Time bound of the ramp, seconds (default: 4× --conns/--rate, at least 60, for
+    /// Time bound of the ramp, seconds (default: 10× --conns/--rate, at least 120, for
     /// the closed loop; the planned ramp + 60 at a fixed rate).
     #[arg(long)]
     pub ramp_max_secs: Option<f64>,

@@ -80,7 +80,7 @@ impl Plan {
         // Only the hold is closed-loop: the other scenarios measure a steady phase whose
         // start all their connections must agree on in advance.
         let adaptive = opts.scenario == Scenario::Hold && !opts.fixed_rate;
-        let ramp_max = opts.ramp_max_secs.unwrap_or(if adaptive { (ramp * 4.0).max(60.0) } else { ramp + 60.0 });
+        let ramp_max = opts.ramp_max_secs.unwrap_or(if adaptive { (ramp * 10.0).max(120.0) } else { ramp + 60.0 });
         let tail = if adaptive { opts.heartbeat } else { 0.0 };
         let max_time = opts.max_time.unwrap_or(ramp_max + opts.duration + tail + 60.0);
         let max_failures = opts.max_failures.unwrap_or((opts.conns / 1000).max(10));

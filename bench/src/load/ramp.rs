@@ -326,14 +326,16 @@ impl Ramp {
         }
         if now.duration_since(self.t0) > self.settings.max_time {
             let detail = format!(
-                "{} of {} opened in {:.0} s at {:.0} conn/s, CPU {:.0}% busy",
+                "{} of {} opened here in {:.0} s (the ramp's time bound), {:.0} conn/s at the end, every core {:.0}% busy",
                 s.opened,
                 self.settings.planned,
                 self.settings.max_time.as_secs_f64(),
                 s.rate,
                 busy_frac * 100.0
             );
-            return self.stop(s, Limit::RampTime, detail);
+            // A ramp that ran out of time on busy cores was held back by the CPU.
+            let limit = if busy_frac >= BUSY { Limit::Cpu } else { Limit::RampTime };
+            return self.stop(s, limit, detail);
         }
         if self.settings.adaptive {
             let slow = p90.is_some_and(|p| p > limit_us);
