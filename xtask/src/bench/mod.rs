@@ -22,6 +22,7 @@ mod procs;
 mod row;
 mod sampler;
 mod scale;
+mod sides;
 mod table;
 
 use std::path::{Path, PathBuf};
