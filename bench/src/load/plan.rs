@@ -107,6 +107,7 @@ impl Plan {
                 max_failures: max_failures.div_ceil(procs),
                 min_available_kib: opts.min_available_mib * 1024,
                 max_time: Duration::from_secs_f64(ramp_max),
+                coordinated: false,
             },
         })
     }

@@ -23,8 +23,8 @@ const WINDOW: Duration = Duration::from_millis(250);
 /// The rate a process starts at and never goes under, connections per second.
 const FLOOR: f64 = 10.0;
 /// Windows in a row at the floor, slow, with the machine's CPU above [`BUSY`], before the
-/// ramp stops for CPU saturation.
-const SATURATED_WINDOWS: u32 = 20;
+/// ramp stops for CPU saturation (20 s: a busy spell of a shared machine is not the limit).
+const SATURATED_WINDOWS: u32 = 80;
 /// The machine's busy fraction that counts as saturated.
 const BUSY: f64 = 0.95;
 
@@ -131,6 +131,10 @@ pub struct Settings {
     pub min_available_kib: u64,
     /// Time bound of the ramp.
     pub max_time: Duration,
+    /// One of several worker processes: the hold starts when the parent says every
+    /// worker's ramp is done ([`Ramp::release`]), not when this one's is, so that all
+    /// connections are held at once.
+    pub coordinated: bool,
 }
 
 /// An admitted connection; hand it back with [`Ramp::done`].
@@ -233,7 +237,7 @@ impl Ramp {
                     s.next_at = at + Duration::from_secs_f64(1.0 / s.rate);
                     s.admitted += 1;
                     s.in_flight += 1;
-                    if s.admitted == self.settings.planned {
+                    if s.admitted == self.settings.planned && !self.settings.coordinated {
                         self.end(at);
                     }
                     (Some(at), Some(Ticket { generation: s.generation }))
@@ -250,7 +254,7 @@ impl Ramp {
     }
 
     /// Reports how an admitted handshake ended.
-    pub fn done(&self, t: Ticket, outcome: Outcome) {
+    pub fn finished(&self, t: Ticket, outcome: Outcome) {
         let mut s = self.lock();
         s.in_flight = s.in_flight.saturating_sub(1);
         let current = t.generation == s.generation;
@@ -297,14 +301,37 @@ impl Ramp {
             let now = Instant::now();
             let at_secs = now.duration_since(self.t0).as_secs_f64();
             s.summary.stopped = Some(Stop { limit, detail, at_secs, opened: s.opened });
-            self.end(now);
+            if !self.settings.coordinated {
+                self.end(now);
+            }
+        }
+    }
+
+    /// Whether this process's ramp is over: every connection admitted, or stopped.
+    pub fn done(&self) -> bool {
+        let s = self.lock();
+        s.admitted >= self.settings.planned || s.summary.stopped.is_some()
+    }
+
+    /// Every worker's ramp is over: the hold starts now.
+    pub fn release(&self) {
+        self.end(Instant::now());
+    }
+
+    /// Another worker process stopped for `why`: this one stops too, so that they hold
+    /// their connections together.
+    pub fn stop_with(&self, why: &Stop) {
+        let mut s = self.lock();
+        if s.admitted < self.settings.planned {
+            let detail = format!("with another load process, which hit it: {}", why.detail);
+            self.stop(&mut s, why.limit, detail);
         }
     }
 
     /// Judges the window that just ended and moves the rate.
     fn evaluate(&self, s: &mut State, now: Instant) {
         let elapsed = now.duration_since(s.window_start);
-        if elapsed < WINDOW || s.summary.stopped.is_some() || self.ended_at().is_some() {
+        if elapsed < WINDOW || s.summary.stopped.is_some() || s.admitted >= self.settings.planned {
             return;
         }
         let busy = crate::machine::busy_secs();
@@ -409,13 +436,14 @@ mod tests {
             max_failures: 5,
             min_available_kib: 0,
             max_time: Duration::from_mins(10),
+            coordinated: false,
         }
     }
 
     fn window(r: &Ramp, latency_us: u64) {
         let t = Ticket { generation: r.lock().generation };
         r.lock().in_flight += 1;
-        r.done(t, Outcome::Upgraded(latency_us));
+        r.finished(t, Outcome::Upgraded(latency_us));
         let mut s = r.lock();
         s.window_start -= WINDOW;
         r.evaluate(&mut s, Instant::now());
@@ -453,8 +481,8 @@ mod tests {
     fn running_out_of_files_stops_with_the_figure() {
         let r = Ramp::new(settings());
         r.lock().in_flight += 2;
-        r.done(Ticket { generation: 0 }, Outcome::Upgraded(10));
-        r.done(Ticket { generation: 0 }, Outcome::OutOfFiles);
+        r.finished(Ticket { generation: 0 }, Outcome::Upgraded(10));
+        r.finished(Ticket { generation: 0 }, Outcome::OutOfFiles);
         let stop = r.summary().stopped.expect("stopped");
         assert_eq!(stop.limit, Limit::Fds);
         assert_eq!(stop.opened, 1);
@@ -465,10 +493,10 @@ mod tests {
     fn failures_past_the_allowance_stop_the_ramp() {
         let r = Ramp::new(settings());
         for _ in 0..5 {
-            r.done(Ticket { generation: 0 }, Outcome::Failed);
+            r.finished(Ticket { generation: 0 }, Outcome::Failed);
         }
         assert!(r.summary().stopped.is_none());
-        r.done(Ticket { generation: 0 }, Outcome::Failed);
+        r.finished(Ticket { generation: 0 }, Outcome::Failed);
         assert_eq!(r.summary().stopped.map(|s| s.limit), Some(Limit::HandshakeFailures));
     }
 }

@@ -67,7 +67,7 @@ impl Ctx {
             Ok(c) => {
                 let us = started.elapsed().as_micros() as u64;
                 if let Some(t) = ticket {
-                    self.ramp.done(t, Outcome::Upgraded(us));
+                    self.ramp.finished(t, Outcome::Upgraded(us));
                 }
                 let mut rec = self.rec.borrow_mut();
                 rec.counts.connected += 1;
@@ -78,7 +78,7 @@ impl Ctx {
             }
             Err(e) => {
                 if let Some(t) = ticket {
-                    self.ramp.done(t, outcome_of(&e));
+                    self.ramp.finished(t, outcome_of(&e));
                 }
                 let mut rec = self.rec.borrow_mut();
                 match e {
