@@ -28,7 +28,6 @@ mod selftest;
 mod shared;
 mod supervise;
 mod sweep;
-mod sys;
 
 use std::time::Duration;
 
