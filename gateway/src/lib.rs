@@ -13,6 +13,7 @@ pub mod error;
 pub mod handshake;
 pub mod http;
 pub mod lifetimes;
+pub mod logging;
 pub mod net;
 pub mod preflight;
 pub mod readiness;
