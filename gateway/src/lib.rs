@@ -14,6 +14,7 @@ pub mod error;
 pub mod http;
 pub mod io;
 pub mod lifetimes;
+pub mod logging;
 pub mod preflight;
 pub mod readiness;
 pub mod relay;

@@ -18,6 +18,7 @@ mod hash_key;
 mod health_check;
 mod limits;
 mod listener;
+mod log;
 mod relay;
 mod route;
 mod timeouts;
@@ -39,6 +40,7 @@ pub use hash_key::HashKey;
 pub use health_check::{HealthCheckConfig, parse_statuses};
 pub use limits::Limits;
 pub use listener::ListenerConfig;
+pub use log::{LogConfig, LogFormat};
 pub use relay::{DEFAULT_SPLICE_BUDGET, MIN_SPLICE_BUDGET, RelayConfig, SpliceMode};
 pub use route::RouteConfig;
 pub use timeouts::Timeouts;
@@ -77,6 +79,8 @@ pub struct Config {
     pub upstreams: BTreeMap<String, UpstreamConfig>,
     /// Per-client-address limits and which peers' forwarding headers are believed.
     pub admission: AdmissionConfig,
+    /// wsgate's own diagnostics on stderr (not the access log).
+    pub log: LogConfig,
 }
 
 impl Config {
