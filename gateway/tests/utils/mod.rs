@@ -24,6 +24,16 @@ pub fn upgrade_request(path: &str, extra_headers: &str) -> String {
     )
 }
 
+/// A WebSocket configuration for messages and frames up to 64 MiB (both ends of the
+/// large-message tests).
+pub fn large_messages() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+    tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+        max_message_size: Some(64 << 20),
+        max_frame_size: Some(64 << 20),
+        ..Default::default()
+    }
+}
+
 /// A temporary directory removed on drop.
 pub struct TempDir(pub PathBuf);
 
@@ -140,12 +150,8 @@ impl WsEcho {
                             reqs.lock().unwrap().push(h);
                             Ok(resp)
                         };
-                    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
-                        max_message_size: Some(64 << 20),
-                        max_frame_size: Some(64 << 20),
-                        ..Default::default()
-                    };
-                    let Ok(mut ws) = tokio_tungstenite::accept_hdr_async_with_config(stream, cb, Some(config)).await
+                    let Ok(mut ws) =
+                        tokio_tungstenite::accept_hdr_async_with_config(stream, cb, Some(large_messages())).await
                     else {
                         return;
                     };
