@@ -45,6 +45,17 @@ pub struct Config {
     pub upstreams: BTreeMap<String, UpstreamConfig>,
     /// Per-client-address limits and which peers' forwarding headers are believed.
     pub admission: AdmissionConfig,
+    /// The admin plane: metrics, health endpoints, live connection view.
+    pub admin: AdminConfig,
+}
+
+/// The admin listener (`/metrics`, `/healthz`, `/readyz`, `/status`, `/connections`).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address of the admin listener, e.g. `127.0.0.1:9090`; unset: no admin plane.
+    /// Keep it off the data-plane port and off public networks.
+    pub listen: Option<SocketAddr>,
 }
 
 /// One listening address.
@@ -155,11 +166,14 @@ pub struct AccessLogConfig {
     pub path: String,
     /// `text` (nginx-like) or `json` (one object per line).
     pub format: AccessLogFormat,
+    /// Also write a line when a WebSocket opens (`close=open`), so long-lived
+    /// connections show before they end.
+    pub log_open: bool,
 }
 
 impl Default for AccessLogConfig {
     fn default() -> Self {
-        Self { path: "stdout".into(), format: AccessLogFormat::Text }
+        Self { path: "stdout".into(), format: AccessLogFormat::Text, log_open: false }
     }
 }
 

@@ -20,6 +20,7 @@ use crate::handshake;
 use crate::http::response::{ResponseHead, error_response};
 use crate::http::rewrite::{Forwarded, upstream_head};
 use crate::http::upgrade::{self, Intent};
+use crate::metrics::{self, Mode};
 use crate::relay::{self, CloseReason, RelayOptions};
 use crate::router::Router;
 use crate::shutdown::ShutdownRx;
@@ -55,13 +56,18 @@ struct Facts {
     upstream_response_time: Option<f64>,
     close: &'static str,
     mode: &'static str,
+    /// The route's index, once routed (metrics).
+    route: usize,
+    /// Counts the connection in the metrics and the live view.
+    conn: metrics::Conn,
 }
 
 /// Serves one accepted client connection to the end, or until its spliced pair is
 /// parked (which then owns `active` and writes the access-log line at the end).
 pub async fn serve(client: TcpStream, peer: SocketAddr, ctx: Rc<Context>, active: ActiveConn) {
+    let started = Instant::now();
     let mut facts = Facts {
-        started: Instant::now(),
+        started,
         peer,
         host: String::new(),
         request: String::new(),
@@ -74,6 +80,8 @@ pub async fn serve(client: TcpStream, peer: SocketAddr, ctx: Rc<Context>, active
         upstream_response_time: None,
         close: "-",
         mode: "-",
+        route: 0,
+        conn: metrics::Conn::accepted(started),
     };
     // TCP_NODELAY comes from the listening socket: accepted sockets inherit it.
     let mut client = Some(client);
@@ -81,6 +89,7 @@ pub async fn serve(client: TcpStream, peer: SocketAddr, ctx: Rc<Context>, active
     if let Ok(Some(handoff)) = result {
         let Handoff { pair, admitted, live, after_userspace } = handoff;
         active.detach();
+        facts.conn.take().park();
         let end = SplicedEnd { facts: ParkedFacts::new(&facts, after_userspace), ctx, _admitted: admitted, live };
         pair.park(move |outcome| end.finish(outcome));
         return;
@@ -109,7 +118,8 @@ pub async fn serve(client: TcpStream, peer: SocketAddr, ctx: Rc<Context>, active
     if facts.status == 101 {
         crate::lifetimes::record(facts.started.elapsed(), facts.bytes_in, ctx.config.relay.splice_after);
     }
-    ctx.access_log.log(AccessRecord {
+    let conn = facts.conn.take();
+    let record = AccessRecord {
         remote_addr: facts.peer,
         host: facts.host,
         time: now_unix(),
@@ -124,7 +134,9 @@ pub async fn serve(client: TcpStream, peer: SocketAddr, ctx: Rc<Context>, active
         bytes_out: facts.bytes_out,
         close: facts.close,
         mode: facts.mode,
-    });
+    };
+    conn.closed(&record);
+    ctx.access_log.log(record);
 }
 
 /// A spliced pair ready to park, with the guards it keeps until it ends.
@@ -182,7 +194,7 @@ struct ParkedFacts {
 /// A fixed instant of this process, so a parked pair keeps its start in 8 bytes. Set
 /// by [`start_clock`] before the first accept (a later first use would date earlier
 /// connections from it).
-fn epoch() -> Instant {
+pub(crate) fn epoch() -> Instant {
     static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
     *EPOCH.get_or_init(Instant::now)
 }
@@ -218,7 +230,7 @@ impl ParkedFacts {
         let mut parts = self.text.splitn(4, '\n').map(str::to_owned);
         let mut part = || parts.next().unwrap_or_default();
         let (peer, host, request, user_agent) = (part(), part(), part(), part());
-        ctx.access_log.log(AccessRecord {
+        let record = AccessRecord {
             remote_addr: peer.parse().unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
             host,
             time: now_unix(),
@@ -233,7 +245,9 @@ impl ParkedFacts {
             bytes_out: self.before_splice[1] + outcome.to_client,
             close: splice_close(outcome.reason, outcome.first_fin),
             mode: if self.after_userspace { "userspace+splice" } else { "splice" },
-        });
+        };
+        metrics::parked_closed(self.started_ns, &record);
+        ctx.access_log.log(record);
     }
 }
 
@@ -264,8 +278,10 @@ async fn prepare(client: &TcpStream, ctx: &Context, facts: &mut Facts) -> Result
     })?;
     let intent = upgrade::classify(&head)?;
     crate::http::request::check_framing(&head)?;
+    facts.route = route.index;
     if intent == Intent::WebSocket {
         Stats::bump(&ctx.stats.upgrades_attempted);
+        metrics::upgrade_requested(route.index);
     }
 
     // Phase: admit (client address as believed, origin, limits).
@@ -350,6 +366,7 @@ async fn proxy(
 
     // Phase: relay, in the kernel when it can take the pair.
     Stats::bump(&ctx.stats.upgrades_succeeded);
+    upgraded(ctx, facts);
     let opts = RelayOptions { idle_timeout, end_on_upstream_fin: false, pause_after: None };
     let Some(splicer) = &ctx.splicer else {
         userspace_relay(client, &upstream, opts, &mut shutdown, ctx, facts).await;
@@ -370,10 +387,12 @@ async fn proxy(
         crate::lifetimes::record(delay, outcome.client_to_upstream, cfg.relay.splice_after);
     }
     let Some(client) = client_slot.take() else { return Ok(None) };
+    facts.conn.set_mode(Mode::Handover);
     // The userspace path is boxed: the handshake's future stays small, and a spliced
     // pair leaves it altogether (parked, it is a table row, not a task).
     match Box::pin(splicer.splice(client, upstream, Vec::new())).await {
         Ok(pair) => {
+            facts.conn.spliced(pair.live_slot(), [facts.bytes_in, facts.bytes_out]);
             return Ok(Some(Handoff { pair, admitted, live, after_userspace: !delay.is_zero() }));
         }
         Err(HandoverError::NotSpliced { client, upstream, reason, forwarded }) => {
@@ -404,6 +423,7 @@ async fn userspace_relay(
         Stats::bump(&ctx.stats.relayed_userspace);
     }
     facts.mode = "userspace";
+    facts.conn.set_mode(Mode::Userspace);
     let outcome = Box::pin(relay::relay(client, upstream, opts, shutdown)).await;
     if opts.pause_after.is_some() && outcome.reason != CloseReason::Paused {
         Stats::bump(&ctx.stats.relayed_userspace);
@@ -413,6 +433,37 @@ async fn userspace_relay(
     facts.bytes_sent = facts.bytes_out;
     facts.close = outcome.reason.as_str();
     outcome
+}
+
+/// The 101 is on its way: counts the upgrade, opens the pair's row in the live view,
+/// and writes the access log's open line when `log_open` asks for it.
+fn upgraded(ctx: &Context, facts: &mut Facts) {
+    let unknown = SocketAddr::from(([0, 0, 0, 0], 0));
+    let opened = metrics::live::Opened {
+        client: facts.peer,
+        upstream: facts.upstream_addr.unwrap_or(unknown),
+        route: facts.route,
+        started_ns: metrics::id_of(facts.started),
+    };
+    facts.conn.upgraded(facts.route, facts.started.elapsed(), opened);
+    if ctx.config.access_log.log_open {
+        ctx.access_log.log(AccessRecord {
+            remote_addr: facts.peer,
+            host: facts.host.clone(),
+            time: now_unix(),
+            request: facts.request.clone(),
+            status: 101,
+            bytes_sent: 0,
+            request_time: facts.started.elapsed().as_secs_f64(),
+            upstream_response_time: facts.upstream_response_time,
+            user_agent: facts.user_agent.clone(),
+            upstream_addr: facts.upstream_addr,
+            bytes_in: facts.bytes_in,
+            bytes_out: 0,
+            close: "open",
+            mode: "-",
+        });
+    }
 }
 
 /// The access log's close reason for a spliced pair.

@@ -5,6 +5,7 @@
 //! configuration reference.
 
 pub mod accesslog;
+pub mod admin;
 pub mod admission;
 pub mod bufpool;
 pub mod config;
@@ -13,6 +14,7 @@ pub mod error;
 pub mod handshake;
 pub mod http;
 pub mod lifetimes;
+pub mod metrics;
 pub mod net;
 pub mod preflight;
 pub mod readiness;

@@ -62,6 +62,9 @@ struct RunOptions {
     /// Idle timeout of relayed connections (e.g. 3600s, 90s, 500ms).
     #[arg(long, value_parser = humantime_parse)]
     idle_timeout: Option<std::time::Duration>,
+    /// Admin listener (metrics, health, live view), e.g. 127.0.0.1:9090.
+    #[arg(long, value_name = "IP:PORT")]
+    admin: Option<SocketAddr>,
     /// Hand WebSockets to the kernel splice at their first quiet moment after this long
     /// (`relay.splice_after`; 0s: right after the 101).
     #[arg(long, value_parser = humantime_parse)]
@@ -108,6 +111,9 @@ impl RunOptions {
         }
         if let Some(t) = self.idle_timeout {
             config.timeouts.idle = t;
+        }
+        if let Some(a) = self.admin {
+            config.admin.listen = Some(a);
         }
         if let Some(t) = self.splice_after {
             config.relay.splice_after = t;

@@ -9,6 +9,8 @@ use crate::upstream::Group;
 /// One compiled route.
 #[derive(Debug)]
 pub struct Route {
+    /// Position in the configuration (the route's metrics slot).
+    pub index: usize,
     host: Option<String>,
     prefix: String,
     pub group: Arc<Group>,
@@ -27,8 +29,10 @@ impl Router {
     pub fn new(routes: &[RouteConfig], group_of: impl Fn(&str) -> Option<Arc<Group>>) -> Self {
         let routes = routes
             .iter()
-            .filter_map(|r| {
+            .enumerate()
+            .filter_map(|(index, r)| {
                 Some(Route {
+                    index,
                     host: r.host.as_ref().map(|h| h.to_ascii_lowercase()),
                     prefix: r.path.clone(),
                     group: group_of(&r.upstream)?,

@@ -11,7 +11,8 @@
 //!   byte counts and close reason when it ends. A parked pair is a table row,
 //!   not a task (`park`); it becomes a supervision task (`supervise`: FIN, RST,
 //!   idle, drain, pressure) only once something happens to it.
-//! - [`Splicer::counts`]: counters for logs and metrics.
+//! - [`Splicer::counts`]: counters for logs and metrics; [`Splicer::live_bytes`]:
+//!   what an open pair has moved so far (the admin plane's live view).
 //!
 //! Backpressure (`backpressure`) bounds what the kernel holds per direction by
 //! [`SpliceOptions::budget`]. This module must never block a worker thread and
@@ -22,6 +23,7 @@
 mod backpressure;
 mod counters;
 mod handover;
+mod live;
 mod loader;
 mod park;
 mod selftest;
@@ -34,6 +36,7 @@ use std::time::Duration;
 
 pub use counters::SpliceCounts;
 pub use handover::HandoverError;
+pub use live::{LiveBytes, LiveSlot};
 pub use loader::{LoadError, MAX_CAPACITY, SPLICE_BPF_OBJECT, Splicer};
 pub use park::parked_here;
 pub use selftest::{FORCE_FAIL_ENV, SelfTestError};

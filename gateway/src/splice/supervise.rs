@@ -123,6 +123,11 @@ impl SplicedPair {
         (self.splicer, self.client, self.upstream, self.ins, self.early)
     }
 
+    /// The splicer, the pair's row of the shared array and the bytes forwarded during the handover.
+    pub(super) fn row(&self) -> (&Splicer, u32, u64) {
+        (&self.splicer, self.ins.slot, self.early)
+    }
+
     /// Socket cookies (client, upstream): their keys in the sockhash.
     pub fn cookies(&self) -> (u64, u64) {
         (self.ins.client_cookie, self.ins.upstream_cookie)
