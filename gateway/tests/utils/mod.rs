@@ -43,6 +43,18 @@ impl Gateway {
         g
     }
 
+    /// Like [`Gateway::with_config`], with extra environment variables (test hooks).
+    pub fn with_config_env(toml: &str, extra_args: &[&str], env: &[(&str, &str)]) -> Self {
+        let dir = TempDir::new();
+        let path = dir.0.join("wsgate.toml");
+        std::fs::write(&path, toml).unwrap();
+        let mut args = vec!["-c".to_owned(), path.display().to_string()];
+        args.extend(extra_args.iter().map(|s| (*s).to_owned()));
+        let mut g = Self::spawn_env(&args, env);
+        g.tmp = Some(dir);
+        g
+    }
+
     /// Starts wsgate in its one-line form in front of `upstreams`.
     pub fn one_line(upstreams: &[SocketAddr], extra_args: &[&str]) -> Self {
         let mut args = vec!["--listen".to_owned(), "127.0.0.1:0".to_owned(), "--workers".to_owned(), "2".to_owned()];
@@ -55,8 +67,13 @@ impl Gateway {
     }
 
     fn spawn(args: &[String]) -> Self {
+        Self::spawn_env(args, &[])
+    }
+
+    fn spawn_env(args: &[String], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_wsgate"))
             .args(args)
+            .envs(env.iter().copied())
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -108,8 +125,18 @@ impl Gateway {
 
     /// Sends SIGTERM.
     pub fn terminate(&self) {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+    }
+
+    /// Sends `sig` to the process.
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
         let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap());
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        nix::sys::signal::kill(pid, sig).unwrap();
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
     }
 
     /// Waits (bounded) for the process to exit; returns its exit success.
