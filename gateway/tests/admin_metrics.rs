@@ -9,7 +9,7 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::time::Duration;
 
-use admin_util::{admin_addr, eventually, request, sample, scrape};
+use admin_util::{admin_addr, count, eventually, request, scrape};
 use utils::{Gateway, RawUpstream, read_head, status_of, upgrade_request};
 
 const SWITCHING: &[u8] = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
@@ -74,13 +74,15 @@ fn read_until_end(c: &mut TcpStream) {
     while matches!(c.read(&mut buf), Ok(n) if n > 0) {}
 }
 
+/// Connections ended in each way, and refusals.
+const K: usize = 2;
+const M: usize = 3;
+
 #[test]
 fn counters_say_exactly_what_happened() {
     let (echo, fin, rst) = (RawUpstream::switching(b""), ending_upstream(false), ending_upstream(true));
     let g = Gateway::with_config(&config(&echo, &fin, &rst), &["--admin", "127.0.0.1:0"]);
     let admin = admin_addr(&g);
-    const K: usize = 2;
-    const M: usize = 3;
 
     // One WebSocket holds the only place of /one; M more are refused there.
     let mut holder = upgrade(&g, "/one/");
@@ -125,11 +127,11 @@ fn counters_say_exactly_what_happened() {
     let mut text = String::new();
     let settled = eventually(Duration::from_secs(15), || {
         text = scrape(admin);
-        sample(&text, "wsgate_connections_closed_total", &[]) as usize == accepted
-            && sample(&text, "wsgate_connections_active", &[]) == 0.0
+        count(&text, "wsgate_connections_closed_total", &[]) == accepted
+            && count(&text, "wsgate_connections_active", &[]) == 0
     });
     assert!(settled, "not every connection was counted closed:\n{text}");
-    let n = |name: &str, labels: &[(&str, &str)]| sample(&text, name, labels) as usize;
+    let n = |name: &str, labels: &[(&str, &str)]| count(&text, name, labels);
     assert_eq!(n("wsgate_connections_accepted_total", &[]), accepted);
     assert_eq!(n("wsgate_upgrade_requests_total", &[]), accepted);
     assert_eq!(n("wsgate_upgrade_requests_total", &[("route", "/one"), ("upstream", "echo")]), 1 + M);
@@ -186,21 +188,21 @@ fn python(script: &str, input: &str) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-const PARSE: &str = r#"
+const PARSE: &str = r"
 import sys
 from prometheus_client.parser import text_string_to_metric_families
 for f in text_string_to_metric_families(sys.stdin.read()):
     for s in f.samples:
         print(f.type, s.name, sorted(s.labels.items()), s.value)
-"#;
+";
 
-const PARSE_OPENMETRICS: &str = r#"
+const PARSE_OPENMETRICS: &str = r"
 import sys
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 for f in text_string_to_metric_families(sys.stdin.read()):
     for s in f.samples:
         print(f.type, s.name, sorted(s.labels.items()), s.value)
-"#;
+";
 
 #[test]
 fn python_prometheus_client_parses_both_formats() {
@@ -210,9 +212,7 @@ fn python_prometheus_client_parses_both_formats() {
     let mut c = upgrade(&g, "/");
     c.shutdown(Shutdown::Write).unwrap();
     read_until_end(&mut c);
-    assert!(
-        eventually(Duration::from_secs(10), || sample(&scrape(admin), "wsgate_connections_closed_total", &[]) == 1.0)
-    );
+    assert!(eventually(Duration::from_secs(10), || count(&scrape(admin), "wsgate_connections_closed_total", &[]) == 1));
 
     let (status, head, text) = request(admin, "/metrics", None);
     assert_eq!(status, 200);

@@ -72,3 +72,12 @@ pub fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// [`sample`] for a count: a whole, non-negative number.
+pub fn count(text: &str, name: &str, labels: &[(&str, &str)]) -> usize {
+    let v = sample(text, name, labels);
+    assert!(v >= 0.0 && v.fract() == 0.0, "{name}{labels:?} = {v} is not a count");
+    #[allow(clippy::cast_sign_loss, reason = "checked just above")]
+    let n = v as usize;
+    n
+}
