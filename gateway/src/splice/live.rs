@@ -36,6 +36,14 @@ pub struct LiveBytes {
     pub over_budget: bool,
 }
 
+impl LiveSlot {
+    /// A row no pair has held yet (generation 0): for benchmarks of the readers only.
+    #[doc(hidden)]
+    pub fn unallocated(slot: u32) -> Self {
+        Self { slot, generation: 0, early: 0 }
+    }
+}
+
 impl SplicedPair {
     /// The pair's row, for [`Splicer::live_bytes`].
     pub fn live_slot(&self) -> LiveSlot {
