@@ -24,7 +24,8 @@ fn a_blocked_worker_makes_healthz_fail_until_it_answers() {
     let asked = Instant::now();
     let (status, body) = get(admin, "/healthz");
     assert_eq!(status, 503, "{body}");
-    assert!(body.contains("[1]"), "the stuck worker is named: {body}");
+    // Worker 0 may be late too on a loaded machine; worker 1 cannot be on time.
+    assert!(body.contains("1]"), "the stuck worker is named: {body}");
     // It is back once the block is over (the ping deadline is 1 s; allow a loaded machine).
     let mut last = (0, String::new());
     assert!(eventually(Duration::from_secs(15), || {
