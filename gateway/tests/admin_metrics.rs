@@ -159,8 +159,9 @@ fn counters_say_exactly_what_happened() {
     assert_eq!(n("wsgate_handshake_duration_seconds_count", &[]), upgrades);
     assert_eq!(n("wsgate_connection_duration_seconds_count", &[]), upgrades);
     assert_eq!(n("wsgate_upstream_connect_duration_seconds_count", &[]), upgrades);
-    // The idle ones lived at least the idle timeout, the others far less.
-    assert_eq!(n("wsgate_connection_duration_seconds_bucket", &[("le", "1")]), upgrades - K, "{text}");
+    // The idle ones lived at least the idle timeout (4 s), and none a minute.
+    assert!(n("wsgate_connection_duration_seconds_bucket", &[("le", "1")]) <= upgrades - K, "{text}");
+    assert_eq!(n("wsgate_connection_duration_seconds_bucket", &[("le", "60")]), upgrades, "{text}");
     assert_eq!(n("wsgate_relayed_bytes_total", &[("direction", "to_upstream")]), 100 * K);
     assert!(n("wsgate_relayed_bytes_total", &[("direction", "to_client")]) >= 100 * K + SWITCHING.len() * (1 + 3 * K));
     assert_eq!(n("wsgate_splice_mode", &[("mode", "userspace")]), 1);
