@@ -97,8 +97,8 @@ fn main() {
             upstream_addr: Some(upstream),
             bytes_in: 0,
             bytes_out: 0,
-            close: "client_fin",
-            mode: "userspace",
+            close: wsgate::close::Close::ClientFin,
+            mode: wsgate::close::Mode::Userspace,
         };
         let s = Instant::now();
         for i in 0..n {

@@ -68,6 +68,17 @@ fn set_blocking(fd: RawFd) -> io::Result<()> {
     if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 
+/// Writes all of `bytes` to `to`: at once when it fits in the socket buffer (the
+/// usual case for a head), the rest by io_uring, which waits for room.
+pub async fn write_all(to: &TcpStream, bytes: Vec<u8>) -> io::Result<()> {
+    use tokio_uring::buf::BoundedBuf;
+    let sent = send_now(to, &bytes)?;
+    if sent == bytes.len() {
+        return Ok(());
+    }
+    to.write_all(bytes.slice(sent..)).await.0
+}
+
 /// Reads what is queued without consuming it (`MSG_PEEK | MSG_DONTWAIT`).
 /// `Ok(0)` is end of stream; `WouldBlock` means nothing is queued.
 pub fn peek(fd: &impl AsRawFd, buf: &mut [u8]) -> io::Result<usize> {

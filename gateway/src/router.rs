@@ -30,13 +30,15 @@ impl Router {
         let routes = routes
             .iter()
             .enumerate()
-            .filter_map(|(index, r)| {
+            .filter_map(|(index, route)| {
+                // Every field, by name: a new one cannot be left unread here.
+                let RouteConfig { host, path, upstream, allowed_origins, max_connections } = route;
                 Some(Route {
                     index,
-                    host: r.host.as_ref().map(|h| h.to_ascii_lowercase()),
-                    prefix: r.path.clone(),
-                    group: group_of(&r.upstream)?,
-                    gate: Arc::new(RouteGate::new(r)),
+                    host: host.as_ref().map(|h| h.to_ascii_lowercase()),
+                    prefix: path.clone(),
+                    group: group_of(upstream)?,
+                    gate: Arc::new(RouteGate::new(allowed_origins, *max_connections)),
                 })
             })
             .collect();

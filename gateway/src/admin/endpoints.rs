@@ -11,7 +11,7 @@ use serde_json::json;
 use super::State;
 use super::exposition::{self, Format};
 use crate::metrics::live::Filter;
-use crate::metrics::{self, Mode};
+use crate::metrics::{self, ActiveMode};
 use crate::shutdown::Phase;
 
 /// Rows `/connections` returns when `limit` is not given, and the most it returns.
@@ -116,7 +116,7 @@ fn status(state: &State) -> Response {
         .iter()
         .map(|w| {
             let active: serde_json::Map<String, serde_json::Value> =
-                Mode::ALL.iter().map(|m| (m.as_str().to_owned(), json!(w.active(*m)))).collect();
+                ActiveMode::ALL.iter().map(|m| (m.as_str().to_owned(), json!(w.active(*m)))).collect();
             json!({ "worker": w.index, "accepted": w.accepted.load(Relaxed), "active": active, "pings_answered": w.pings_answered.load(Relaxed) })
         })
         .collect();

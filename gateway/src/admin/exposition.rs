@@ -14,7 +14,7 @@ use prometheus_client::registry::{Registry, Unit};
 
 use super::State;
 use crate::metrics::histogram::{Histogram, HistogramSnapshot};
-use crate::metrics::{CLOSE_REASONS, Mode, WorkerMetrics};
+use crate::metrics::{ActiveMode, CLOSE_REASONS, WorkerMetrics};
 use crate::shutdown::Phase;
 
 /// Which exposition format a scraper asked for.
@@ -126,7 +126,8 @@ impl Collector for Scrape {
         let active: Vec<_> = workers
             .iter()
             .flat_map(|w| {
-                Mode::ALL.map(|m| ([("worker", w.index.to_string()), ("mode", m.as_str().to_owned())], w.active(m)))
+                ActiveMode::ALL
+                    .map(|m| ([("worker", w.index.to_string()), ("mode", m.as_str().to_owned())], w.active(m)))
             })
             .collect();
         gauge(

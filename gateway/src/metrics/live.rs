@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::worker::Mode;
+use super::worker::ActiveMode;
 use crate::splice::{LiveSlot, Splicer};
 
 /// A WebSocket that just got its 101.
@@ -52,7 +52,7 @@ pub enum Event {
 #[derive(Debug)]
 struct Entry {
     opened: Opened,
-    mode: Mode,
+    mode: ActiveMode,
     slot: Option<LiveSlot>,
     before: [u64; 2],
 }
@@ -113,12 +113,14 @@ impl Table {
         while let Ok(e) = self.events.try_recv() {
             match e {
                 Event::Open { worker, id, opened } => {
-                    self.entries
-                        .insert((worker, id), Entry { opened, mode: Mode::Userspace, slot: None, before: [0; 2] });
+                    self.entries.insert(
+                        (worker, id),
+                        Entry { opened, mode: ActiveMode::Userspace, slot: None, before: [0; 2] },
+                    );
                 }
                 Event::Spliced { worker, id, slot, before } => {
                     if let Some(entry) = self.entries.get_mut(&(worker, id)) {
-                        entry.mode = Mode::Splice;
+                        entry.mode = ActiveMode::Splice;
                         entry.slot = Some(slot);
                         entry.before = before;
                     }

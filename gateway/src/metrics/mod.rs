@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
-pub use worker::{CLOSE_REASONS, Mode, RouteCounters, WorkerMetrics};
+pub use worker::{ActiveMode, CLOSE_REASONS, RouteCounters, WorkerMetrics};
 
 use crate::accesslog::AccessRecord;
 use crate::splice::{LiveSlot, Splicer};
@@ -154,7 +154,7 @@ fn with<R>(f: impl FnOnce(&Here) -> R) -> Option<R> {
 /// Nanoseconds from the connection epoch to `started`: a connection's id in the live
 /// view, the same number a parked pair keeps as its start.
 pub fn id_of(started: Instant) -> u64 {
-    u64::try_from(started.saturating_duration_since(crate::connection::epoch()).as_nanos()).unwrap_or(u64::MAX)
+    u64::try_from(started.saturating_duration_since(crate::conn::teardown::epoch()).as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// Connection clock now (see [`id_of`]).
@@ -182,7 +182,7 @@ pub fn upgrade_requested(route: usize) {
 #[derive(Debug)]
 pub struct Conn {
     id: u64,
-    mode: Mode,
+    mode: ActiveMode,
     upgraded: bool,
     /// False for the empty guard [`Conn::take`] leaves behind.
     counted: bool,
@@ -193,9 +193,9 @@ impl Conn {
     pub fn accepted(started: Instant) -> Self {
         with(|h| {
             h.metrics.accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            h.metrics.enter(Mode::Handshake);
+            h.metrics.enter(ActiveMode::Handshake);
         });
-        Self { id: id_of(started), mode: Mode::Handshake, upgraded: false, counted: true }
+        Self { id: id_of(started), mode: ActiveMode::Handshake, upgraded: false, counted: true }
     }
 
     /// Moves the guard out, leaving one that counts nothing.
@@ -205,7 +205,7 @@ impl Conn {
     }
 
     /// Now in `mode`.
-    pub fn set_mode(&mut self, mode: Mode) {
+    pub fn set_mode(&mut self, mode: ActiveMode) {
         if mode != self.mode && self.counted {
             with(|h| {
                 h.metrics.leave(self.mode);
@@ -231,12 +231,12 @@ impl Conn {
                 let _ = tx.send(live::Event::Open { worker: h.metrics.index, id: self.id, opened });
             }
         });
-        self.set_mode(Mode::Userspace);
+        self.set_mode(ActiveMode::Userspace);
     }
 
     /// Handed to the kernel splice after `before` bytes in userspace.
     pub fn spliced(&mut self, slot: LiveSlot, before: [u64; 2]) {
-        self.set_mode(Mode::Splice);
+        self.set_mode(ActiveMode::Splice);
         if self.upgraded && self.counted {
             with(|h| {
                 if let Some(tx) = &h.events {
@@ -273,7 +273,7 @@ impl Drop for Conn {
 /// A parked spliced pair (its [`Conn`] parked with `id`) ended as `record` says.
 pub fn parked_closed(id: u64, record: &AccessRecord) {
     with(|h| {
-        h.metrics.leave(Mode::Splice);
+        h.metrics.leave(ActiveMode::Splice);
         count_end(h, record, true, id);
     });
 }
@@ -281,7 +281,7 @@ pub fn parked_closed(id: u64, record: &AccessRecord) {
 fn count_end(h: &Here, record: &AccessRecord, upgraded: bool, id: u64) {
     use std::sync::atomic::Ordering::Relaxed;
     let m = &h.metrics;
-    m.count_close(record.close);
+    m.count_close(record.close.as_str());
     m.closed_bytes[0].fetch_add(record.bytes_in, Relaxed);
     m.closed_bytes[1].fetch_add(record.bytes_out, Relaxed);
     if upgraded {

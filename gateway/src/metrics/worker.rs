@@ -9,7 +9,7 @@ use super::histogram::{Histogram, LATENCY_BOUNDS, LIFETIME_BOUNDS};
 
 /// Where a connection is in its life, for the active-connection gauge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
+pub enum ActiveMode {
     /// Accepted; request head, admission, upstream exchange.
     Handshake,
     /// Relayed by the userspace relay.
@@ -20,15 +20,16 @@ pub enum Mode {
     Splice,
 }
 
-impl Mode {
-    pub const ALL: [Mode; 4] = [Mode::Handshake, Mode::Userspace, Mode::Handover, Mode::Splice];
+impl ActiveMode {
+    pub const ALL: [ActiveMode; 4] =
+        [ActiveMode::Handshake, ActiveMode::Userspace, ActiveMode::Handover, ActiveMode::Splice];
 
     pub fn as_str(self) -> &'static str {
         match self {
-            Mode::Handshake => "handshake",
-            Mode::Userspace => "userspace",
-            Mode::Handover => "handover",
-            Mode::Splice => "splice",
+            ActiveMode::Handshake => "handshake",
+            ActiveMode::Userspace => "userspace",
+            ActiveMode::Handover => "handover",
+            ActiveMode::Splice => "splice",
         }
     }
 }
@@ -97,16 +98,16 @@ impl WorkerMetrics {
         }
     }
 
-    pub fn enter(&self, mode: Mode) {
+    pub fn enter(&self, mode: ActiveMode) {
         self.active[mode as usize].fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn leave(&self, mode: Mode) {
+    pub fn leave(&self, mode: ActiveMode) {
         self.active[mode as usize].fetch_sub(1, Ordering::Relaxed);
     }
 
     /// Connections in `mode` right now.
-    pub fn active(&self, mode: Mode) -> i64 {
+    pub fn active(&self, mode: ActiveMode) -> i64 {
         self.active[mode as usize].load(Ordering::Relaxed)
     }
 

@@ -21,11 +21,12 @@ use std::sync::atomic::Ordering;
 
 use tokio_uring::net::TcpStream;
 
+use super::SplicedPair;
 use super::backpressure::write_all;
 use super::loader::{Inner, Splicer};
 use super::shared::{DirField, Link, TO_CLIENT, TO_UPSTREAM};
 use super::sys;
-use super::{Side, SplicedPair};
+use crate::close::Side;
 
 /// Read size while draining the client before insertion (on the handover's stack).
 const DRAIN_CHUNK: usize = 4 * 1024;

@@ -15,9 +15,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
-pub use balance::HashKey;
-
-use crate::config::{Balance, HealthCheckConfig, UpstreamConfig};
+use crate::config::{Balance, HashKey, HealthCheckConfig, ServerConfig, UpstreamConfig};
 use balance::Rendezvous;
 use passive::{Passive, now_ms};
 
@@ -123,28 +121,41 @@ pub struct Group {
 
 impl Group {
     pub fn new(name: &str, cfg: &UpstreamConfig) -> Self {
-        let servers: Vec<Server> =
-            cfg.servers.iter().map(|s| Server::new(s.address, s.weight, s.backup, s.max_conns)).collect();
+        // Every field, by name: a new one cannot be left unread here.
+        let UpstreamConfig {
+            servers,
+            balance: policy,
+            hash_key,
+            max_fails,
+            fail_timeout,
+            tries,
+            source_addresses,
+            health_check,
+        } = cfg;
+        let servers: Vec<Server> = servers
+            .iter()
+            .map(|&ServerConfig { address, weight, backup, max_conns }| Server::new(address, weight, backup, max_conns))
+            .collect();
         let schedule = balance::interleave(&servers);
-        let hashing = if matches!(cfg.balance, Balance::IpHash | Balance::Hash) {
+        let hashing = if matches!(policy, Balance::IpHash | Balance::Hash) {
             Rendezvous::new(&servers)
         } else {
             Rendezvous::default()
         };
         Self {
             name: name.to_owned(),
-            tries: if cfg.tries == 0 { servers.len() } else { cfg.tries.min(servers.len()) },
+            tries: if *tries == 0 { servers.len() } else { (*tries).min(servers.len()) },
             servers,
-            balance: cfg.balance,
-            hash_key: cfg.hash_key.as_deref().and_then(|k| HashKey::parse(k).ok()),
+            balance: *policy,
+            hash_key: hash_key.clone(),
             cursor: AtomicUsize::new(0),
             schedule,
             hashing,
-            max_fails: cfg.max_fails,
-            fail_timeout_ms: u64::try_from(cfg.fail_timeout.as_millis()).unwrap_or(u64::MAX),
-            sources: cfg.source_addresses.clone(),
+            max_fails: *max_fails,
+            fail_timeout_ms: u64::try_from(fail_timeout.as_millis()).unwrap_or(u64::MAX),
+            sources: source_addresses.clone(),
             source_cursor: AtomicUsize::new(0),
-            health_check: cfg.health_check.clone(),
+            health_check: health_check.clone(),
         }
     }
 

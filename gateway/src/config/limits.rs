@@ -1,0 +1,25 @@
+//! `[limits]`: sizes and counts a connection or the process may not exceed.
+//!
+//! Data only: this module never counts anything live.
+
+use serde::{Deserialize, Serialize};
+
+/// Size and count limits.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest accepted request head in bytes; larger heads get 431.
+    pub max_header_bytes: usize,
+    /// Largest upstream response head in bytes; larger ones get 502.
+    pub max_response_header_bytes: usize,
+    /// Connections this process holds at once (sizes kernel maps and the open-files
+    /// preflight). Also the global admission limit: a request head arriving while this
+    /// many connections are admitted is refused with `admission.status`.
+    pub max_connections: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { max_header_bytes: 16 * 1024, max_response_header_bytes: 16 * 1024, max_connections: 100_000 }
+    }
+}
