@@ -43,10 +43,6 @@ fn release_freed_memory() {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
     let (opts, check_only) = match &cli.command {
         Some(Command::Check(o)) => (o, true),
         None => (&cli.opts, cli.opts.test),
@@ -58,6 +54,7 @@ fn main() -> ExitCode {
             println!("wsgate: configuration {where_} is valid");
             return Ok(());
         }
+        wsgate::logging::init(&config.log);
         wsgate::runtime::run(config, wsgate::runtime::Allocator { release: release_freed_memory })
             .context("wsgate stopped with an error")
     });

@@ -22,8 +22,8 @@ use tokio_uring::net::TcpStream;
 
 use crate::bufpool::BufPool;
 use crate::close::{Close, Side};
+use crate::readiness;
 use crate::shutdown::{Phase, ShutdownRx};
-use crate::{net, readiness};
 
 /// What a relay moved and why it stopped.
 #[derive(Debug, Clone, Copy)]
@@ -128,8 +128,8 @@ pub async fn relay(
     // kernel lets go of both sockets once the caller drops them. When both directions
     // ended with FIN nothing is in flight, and the close that follows is enough.
     if !(c2u_done && u2c_done) && reason != Close::Paused {
-        net::shutdown(client, Shutdown::Both);
-        net::shutdown(upstream, Shutdown::Both);
+        crate::io::shutdown_quietly(client, Shutdown::Both);
+        crate::io::shutdown_quietly(upstream, Shutdown::Both);
     }
     let first: FirstBytes = first.get();
     RelayOutcome {
@@ -149,7 +149,7 @@ fn settle(end: PumpEnd, src: &TcpStream, dst: &TcpStream, src_side: Side) -> Opt
     let (src_reset, dst_reset) = (Close::reset(src_side), Close::reset(dst_side));
     match end {
         PumpEnd::Eof => {
-            net::shutdown(dst, Shutdown::Write);
+            crate::io::shutdown_quietly(dst, Shutdown::Write);
             None
         }
         PumpEnd::ReadFailed(e) => {
@@ -167,7 +167,7 @@ fn settle(end: PumpEnd, src: &TcpStream, dst: &TcpStream, src_side: Side) -> Opt
 
 /// Passes a reset on: the next close of `s` sends RST.
 fn reset(s: &TcpStream) {
-    if let Err(e) = net::set_linger_zero(s) {
+    if let Err(e) = crate::io::reset_on_close(s) {
         tracing::debug!(error = %e, "SO_LINGER on reset propagation");
     }
 }
@@ -197,7 +197,7 @@ async fn pump(
         loop {
             let mut buf = buffers.take();
             let capacity = buf.capacity();
-            let n = match net::recv_into(from, &mut buf) {
+            let n = match crate::io::recv_into(from, &mut buf) {
                 Ok(0) => {
                     buffers.put(buf);
                     return PumpEnd::Eof;
@@ -222,7 +222,7 @@ async fn pump(
             }
             // Most writes fit in the socket buffer at once; what does not is written
             // by io_uring, which waits for room (the slow reader's flow control).
-            let sent = match net::send_now(to, &buf) {
+            let sent = match crate::io::send_now(to, &buf) {
                 Ok(k) => k,
                 Err(e) => {
                     buffers.put(buf);

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::{AccessLogFormat, Config, ConfigError, SpliceMode};
+use super::{AccessLogFormat, Config, ConfigError, LogFormat, SpliceMode};
 
 /// Configuration file and field overrides (the doc comments are `wsgate --help`).
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -34,6 +34,9 @@ pub struct CliOptions {
     /// Access log format.
     #[arg(long, value_enum)]
     pub access_log_format: Option<AccessLogFormat>,
+    /// Format of wsgate's own diagnostics on stderr (`[log] format`).
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
     /// Most connections held at once (sizes the splice maps and the preflight).
     #[arg(long, value_name = "N")]
     pub max_connections: Option<u64>,
@@ -81,6 +84,7 @@ impl CliOptions {
             splice,
             access_log,
             access_log_format,
+            log_format,
             max_connections,
             strict_tuning,
             idle_timeout,
@@ -106,6 +110,9 @@ impl CliOptions {
         }
         if let Some(f) = *access_log_format {
             config.access_log.format = f;
+        }
+        if let Some(f) = *log_format {
+            config.log.format = f;
         }
         if let Some(n) = *max_connections {
             config.limits.max_connections = n;

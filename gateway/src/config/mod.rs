@@ -19,6 +19,7 @@ mod hash_key;
 mod health_check;
 mod limits;
 mod listener;
+mod log;
 mod relay;
 mod route;
 mod timeouts;
@@ -41,6 +42,7 @@ pub use hash_key::HashKey;
 pub use health_check::{HealthCheckConfig, parse_statuses};
 pub use limits::Limits;
 pub use listener::ListenerConfig;
+pub use log::{LogConfig, LogFormat};
 pub use relay::{DEFAULT_SPLICE_BUDGET, MIN_SPLICE_BUDGET, RelayConfig, SpliceMode};
 pub use route::RouteConfig;
 pub use timeouts::Timeouts;
@@ -81,6 +83,8 @@ pub struct Config {
     pub admission: AdmissionConfig,
     /// The admin plane: metrics, health endpoints, live connection view.
     pub admin: AdminConfig,
+    /// wsgate's own diagnostics on stderr (not the access log).
+    pub log: LogConfig,
 }
 
 impl Config {

@@ -106,6 +106,7 @@ fn command_line_flags_override_their_fields() {
         splice: Some(SpliceMode::Userspace),
         access_log: Some("off".into()),
         access_log_format: Some(AccessLogFormat::Json),
+        log_format: Some(LogFormat::Json),
         max_connections: Some(77),
         strict_tuning: true,
         idle_timeout: Some(Duration::from_secs(90)),
@@ -118,7 +119,7 @@ fn command_line_flags_override_their_fields() {
     assert_eq!(servers, [addr("127.0.0.1:7001"), addr("127.0.0.1:7002")]);
     assert_eq!((c.workers, c.splice, c.strict_tuning), (3, SpliceMode::Userspace, true));
     assert_eq!((c.access_log.path.as_str(), c.access_log.format), ("off", AccessLogFormat::Json));
-    assert_eq!(c.limits.max_connections, 77);
+    assert_eq!((c.limits.max_connections, c.log.format), (77, LogFormat::Json));
     assert_eq!((c.timeouts.idle, c.relay.splice_after), (Duration::from_secs(90), Duration::ZERO));
 
     assert!(matches!(CliOptions::default().load(), Err(ConfigError::Missing)));

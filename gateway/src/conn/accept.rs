@@ -37,6 +37,6 @@ pub async fn accept_loop(listener: TcpListener, worker: Rc<Worker>) {
         }
     }
     // Wakes the accept still in flight, and stops the kernel queueing connections here.
-    crate::net::shutdown(&listener, std::net::Shutdown::Read);
+    crate::io::shutdown_quietly(&listener, std::net::Shutdown::Read);
     tracing::debug!(fd = listener.as_raw_fd(), "listener closed for draining");
 }

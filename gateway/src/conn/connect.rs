@@ -26,7 +26,6 @@ use crate::http::request::RequestHead;
 use crate::http::response::ResponseHead;
 use crate::http::rewrite::{Forwarded, upstream_head};
 use crate::http::upgrade::Intent;
-use crate::net;
 use crate::upstream::{ActiveGuard, Group, Pick};
 
 /// A connected upstream.
@@ -73,7 +72,7 @@ pub async fn connect(
         self::exchange(group, &pick, &exchange).await?
     } else {
         let connected = connect_any(group, &pick, cfg.timeouts.connect).await?;
-        if let Err(e) = net::write_all(&connected.stream, out).await {
+        if let Err(e) = crate::io::write_all(&connected.stream, out).await {
             group.report_failure(connected.server);
             return Err(ProxyError::new(ErrorKind::UpstreamClosed, format!("forwarding request head: {e}")));
         }
@@ -116,7 +115,7 @@ pub async fn exchange(group: &Arc<Group>, pick: &Pick<'_>, x: &Exchange<'_>) -> 
     for i in group.attempt_order(pick) {
         let Some(mut connected) = connect_one(group, i, x.connect_timeout, &mut failures).await else { continue };
         let addr = group.server(i).addr;
-        if let Err(e) = net::write_all(&connected.stream, x.request.to_vec()).await {
+        if let Err(e) = crate::io::write_all(&connected.stream, x.request.to_vec()).await {
             group.report_failure(i);
             tracing::warn!(upstream = %addr, group = %group.name, error = %e, "forwarding the request failed; trying the next server");
             failures.other.push(format!("{addr}: forwarding request head: {e}"));
@@ -173,7 +172,7 @@ async fn connect_one(group: &Arc<Group>, i: usize, timeout: Duration, failures: 
     let live = group.try_enter(i)?;
     let addr = group.server(i).addr;
     let started = Instant::now();
-    match net::connect(addr, group.next_source(), timeout).await {
+    match crate::io::connect(addr, group.next_source(), timeout).await {
         Ok(stream) => {
             crate::metrics::upstream_connected(started.elapsed());
             Some(Connected { stream, server: i, started, live, response: None })

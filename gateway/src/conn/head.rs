@@ -16,7 +16,7 @@ use super::Worker;
 use super::teardown::Facts;
 use crate::error::{ErrorKind, ProxyError};
 use crate::http::request::{self, RequestHead};
-use crate::{net, readiness};
+use crate::readiness;
 
 /// Reads and parses the request head, and records what the access log needs of it.
 pub async fn read(
@@ -55,7 +55,7 @@ async fn read_head(
         if buf.len() == buf.capacity() {
             buf.reserve_exact((buf.capacity() * 2).min(max) - buf.len());
         }
-        match net::recv_into(client, &mut buf) {
+        match crate::io::recv_into(client, &mut buf) {
             Ok(0) => {
                 return Err(ProxyError::new(ErrorKind::ClientClosed, "closed before the request head was complete"));
             }

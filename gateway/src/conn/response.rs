@@ -23,8 +23,8 @@ use crate::close::Close;
 use crate::error::{ErrorKind, ProxyError};
 use crate::http::body::BodyTracker;
 use crate::http::response::{self, ResponseHead};
+use crate::readiness;
 use crate::stats::Stats;
-use crate::{net, readiness};
 
 /// What the upstream answered to an upgrade.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,8 +55,8 @@ pub async fn answer(
     facts.bytes_sent = Box::pin(pass(stream, client, head, worker)).await?;
     facts.bytes_out = facts.bytes_sent;
     facts.close = Close::Done;
-    net::shutdown(client, std::net::Shutdown::Both);
-    net::shutdown(stream, std::net::Shutdown::Both);
+    crate::io::shutdown_quietly(client, std::net::Shutdown::Both);
+    crate::io::shutdown_quietly(stream, std::net::Shutdown::Both);
     Ok(Answer::Passed)
 }
 
@@ -76,7 +76,7 @@ pub async fn peek_head(
             Ok(Err(e)) => break Err(ProxyError::new(ErrorKind::UpstreamClosed, format!("waiting for response: {e}"))),
             Ok(Ok(ev)) => ev,
         };
-        let n = match net::peek(upstream, &mut buf) {
+        let n = match crate::io::peek(upstream, &mut buf) {
             Ok(0) => break Err(ProxyError::new(ErrorKind::UpstreamClosed, "closed before sending a response")),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
@@ -97,7 +97,7 @@ pub async fn peek_head(
             }
             // Partial head: be woken only when more than what is queued has arrived.
             Ok(None) => {
-                if let Err(e) = net::set_rcvlowat(upstream, n + 1) {
+                if let Err(e) = crate::io::set_rcvlowat(upstream, n + 1) {
                     break Err(ProxyError::new(ErrorKind::Internal, format!("SO_RCVLOWAT: {e}")));
                 }
                 lowat_raised = true;
@@ -105,7 +105,7 @@ pub async fn peek_head(
         }
     };
     if lowat_raised {
-        let _ = net::set_rcvlowat(upstream, 1);
+        let _ = crate::io::set_rcvlowat(upstream, 1);
     }
     result
 }

@@ -25,7 +25,6 @@ use crate::close::{Close, Mode};
 use crate::error::ProxyError;
 use crate::http::response::error_response;
 use crate::metrics;
-use crate::net;
 use crate::splice::SpliceOutcome;
 use crate::stats::Stats;
 use crate::upstream::ActiveGuard;
@@ -136,11 +135,11 @@ pub async fn finish(
             if err.kind.respond() {
                 let response = error_response(err.kind);
                 let len = response.len() as u64;
-                if net::write_all(client, response).await.is_ok() {
+                if crate::io::write_all(client, response).await.is_ok() {
                     facts.bytes_sent = len;
                 }
             }
-            net::shutdown(client, std::net::Shutdown::Both);
+            crate::io::shutdown_quietly(client, std::net::Shutdown::Both);
         }
     }
     drop(active);

@@ -8,10 +8,9 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::backpressure::Direction;
-use super::loader::Splicer;
 use super::shared::{TO_CLIENT, TO_UPSTREAM};
+use super::splicer::Splicer;
 use super::supervise::SplicedPair;
-use super::sys;
 
 /// Names one spliced pair's row of the kernel-shared array, for as long as the
 /// pair holds it (the generation tells a reused row apart).
@@ -71,7 +70,7 @@ impl Splicer {
         if generation.load(Ordering::Acquire) != live.generation {
             return None;
         }
-        let idle = Duration::from_nanos(sys::coarse_now_ns().saturating_sub(last));
+        let idle = Duration::from_nanos(crate::io::bpf::coarse_now_ns().saturating_sub(last));
         Some(LiveBytes { to_upstream: live.early + up, to_client: down, idle, over_budget })
     }
 }

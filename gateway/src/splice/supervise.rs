@@ -19,10 +19,9 @@ use std::time::Duration;
 
 use super::backpressure::{Direction, Fd};
 use super::handover::Inserted;
-use super::loader::Splicer;
 use super::shared::{TO_CLIENT, TO_UPSTREAM};
+use super::splicer::Splicer;
 use super::sweep::{Registration, Swept, watch_pair};
-use super::sys;
 use crate::close::{Close, Side};
 use crate::readiness;
 use crate::shutdown::ShutdownRx;
@@ -123,6 +122,12 @@ impl SplicedPair {
         (&self.splicer, self.ins.slot, self.early)
     }
 
+    /// Leaves the pair to the kernel and this worker's table; `finish` is called
+    /// with the outcome when the pair ends. The pair costs no task while parked.
+    pub fn park(self, finish: impl FnOnce(SpliceOutcome) + 'static) {
+        super::park::park(self, finish);
+    }
+
     /// Socket cookies (client, upstream): their keys in the sockhash.
     pub fn cookies(&self) -> (u64, u64) {
         (self.ins.client_cookie, self.ins.upstream_cookie)
@@ -151,13 +156,13 @@ impl SplicedPair {
                 // Pass the failure on as RST to the side that did not fail.
                 for (fd, s) in [(client, Side::Client), (upstream, Side::Upstream)] {
                     if s != side {
-                        let _ = sys::set_reset_on_close(fd);
+                        let _ = crate::io::reset_on_close(&fd);
                     }
                 }
             }
             End::Idle | End::Shutdown => {
-                let _ = sys::shutdown_write(client);
-                let _ = sys::shutdown_write(upstream);
+                let _ = crate::io::shutdown(&client, std::net::Shutdown::Write);
+                let _ = crate::io::shutdown(&upstream, std::net::Shutdown::Write);
             }
             End::Closed(_) => {}
         }
@@ -177,7 +182,7 @@ impl SplicedPair {
         // verdict still running for this pair writes to a slot no new pair has yet.
         drop(self.client);
         drop(self.upstream);
-        inner.release(self.ins);
+        super::handover::release(inner, self.ins);
         outcome
     }
 }
@@ -268,7 +273,7 @@ async fn burst(d: &Direction<'_>, src: RawFd, src_side: Side, dst_side: Side) ->
     let mut buf = vec![0u8; RELAY_CHUNK];
     let mut pause = EOF_RECHECK_MIN;
     loop {
-        match sys::recv(src, &mut buf, 0) {
+        match crate::io::recv(&src, &mut buf, 0) {
             // A premature end of stream. The verdict passed bytes that have not reached
             // this socket's receive queue: a passed skb waits in the psock's
             // `ingress_skb` whenever that queue is not empty, and the queue also holds
@@ -286,7 +291,7 @@ async fn burst(d: &Direction<'_>, src: RawFd, src_side: Side, dst_side: Side) ->
                 if let Err(e) = d.wait_room(false).await {
                     return Some(DirEnd::Failed(dst_side, e));
                 }
-                return Some(match sys::shutdown_write(d.dst) {
+                return Some(match crate::io::shutdown(&d.dst, std::net::Shutdown::Write) {
                     Ok(()) => DirEnd::Fin,
                     Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => DirEnd::Fin,
                     Err(e) => DirEnd::Failed(dst_side, e),

@@ -257,9 +257,9 @@ impl Group {
             tracing::warn!(
                 group = %self.name,
                 upstream = %s.addr,
-                "upstream marked down for {} ms after {} failed attempt(s)",
-                self.fail_timeout_ms,
-                self.max_fails
+                down_ms = self.fail_timeout_ms,
+                failed = self.max_fails,
+                "upstream marked down after failed attempts"
             );
         }
     }

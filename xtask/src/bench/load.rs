@@ -17,6 +17,7 @@ use wsbench::report::Report;
 use super::Options;
 use super::procfs::{meminfo_kib, tcp_inuse};
 use super::procs::bin_dir;
+use super::sampler::Sampler;
 use crate::exec::describe;
 
 /// Below this much `MemAvailable` a running load is stopped, before the OOM killer acts.
@@ -30,12 +31,16 @@ pub(super) struct LoadArgs {
     pub(super) duration: f64,
     pub(super) procs: u64,
     pub(super) report: PathBuf,
+    /// Show wsbench's live progress line and its table (the scale run, which is long).
+    pub(super) progress: bool,
 }
 
-pub(super) fn run_load(opts: &Options, a: &LoadArgs) -> Result<Report> {
+/// Runs the load; returns its report and the largest anonymous RSS (KiB) its processes
+/// (the load and its workers) had together.
+pub(super) fn run_load(opts: &Options, a: &LoadArgs) -> Result<(Report, u64)> {
     let targets: Vec<String> = a.targets.iter().map(ToString::to_string).collect();
     let mut cmd = Command::new(bin_dir().join("wsbench"));
-    cmd.args(["load", a.scenario.name(), "--quiet", "--target", &targets.join(",")])
+    cmd.args(["load", a.scenario.name(), "--target", &targets.join(",")])
         .args(["--conns", &a.conns.to_string(), "--duration", &a.duration.to_string()])
         .args(["--rate", &opts.rate.to_string(), "--interval-ms", &opts.interval_ms.to_string()])
         .args(["--heartbeat", &opts.heartbeat.to_string(), "--threads", &opts.load_threads.to_string()])
@@ -43,6 +48,9 @@ pub(super) fn run_load(opts: &Options, a: &LoadArgs) -> Result<Report> {
         .arg("--report")
         .arg(&a.report)
         .stdin(Stdio::null());
+    if !a.progress {
+        cmd.arg("--quiet");
+    }
     if let Some(size) = opts.size {
         cmd.args(["--size", &size.to_string()]);
     }
@@ -52,6 +60,7 @@ pub(super) fn run_load(opts: &Options, a: &LoadArgs) -> Result<Report> {
     // Its own process group, so the memory guard can stop the load and all its workers.
     cmd.process_group(0);
     let mut child = cmd.spawn().with_context(|| format!("failed to start `{}`", describe(&cmd)))?;
+    let sampler = Sampler::start(vec![child.id()]);
     let status = loop {
         if let Some(status) = child.try_wait()? {
             break status;
@@ -76,6 +85,9 @@ pub(super) fn run_load(opts: &Options, a: &LoadArgs) -> Result<Report> {
     if !status.success() && status.code() != Some(2) {
         bail!("`{}` failed with {status}", describe(&cmd));
     }
+    let load_anon = sampler.finish().peak.anon;
     let text = std::fs::read_to_string(&a.report).with_context(|| format!("no report at {}", a.report.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("{} is not a wsbench report", a.report.display()))
+    let report =
+        serde_json::from_str(&text).with_context(|| format!("{} is not a wsbench report", a.report.display()))?;
+    Ok((report, load_anon))
 }

@@ -1,6 +1,9 @@
-//! Loads the eBPF splice program with aya, sizes its maps from the configured
-//! capacity, attaches the verdict to the sockhash and maps the per-connection
-//! state array into this process.
+//! The [`Splicer`], the kernel splice's handle, with its whole surface in one impl:
+//! load (with aya: sizes the maps from the configured capacity, attaches the verdict
+//! to the sockhash, maps the per-connection state array into this process), self-test,
+//! prepare a worker, splice a pair, read the counters, and the diagnostics tests use.
+//! The mechanics of each live in their own files (`selftest`, `park`, `handover`,
+//! `counters`).
 //!
 //! Owns every map and program handle: nothing else in the gateway sees aya.
 //! Must never be dropped while pairs are spliced (dropping detaches the program;
@@ -16,9 +19,17 @@ use aya::maps::{Map, MapData, SockHash};
 use aya::programs::SkSkb;
 use aya::{Ebpf, EbpfLoader};
 
-use super::counters::Counters;
+use std::time::Duration;
+
+use tokio_uring::net::TcpStream;
+
+use super::counters::{Counters, SpliceCounts};
+use super::handover::{self, HandoverError};
+use super::park;
+use super::selftest::{self, SelfTestError};
 use super::shared::{self, Conn, DirField};
-use super::sys;
+use super::supervise::SplicedPair;
+use crate::shutdown::ShutdownRx;
 
 /// The compiled `ebpf/splice.bpf.o`.
 pub static SPLICE_BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/splice.bpf.o"));
@@ -60,7 +71,7 @@ pub(super) struct Inner {
     _conns: MapData,
     pub sock_hash_fd: RawFd,
     pub links_fd: RawFd,
-    conns: sys::MapMmap,
+    conns: crate::io::bpf::MapMmap,
     /// Free slots of the `conns` array, oldest first so a slot rests as long as
     /// possible before reuse. Held for one push or pop per splice: never across a syscall.
     free: Mutex<VecDeque<u32>>,
@@ -94,8 +105,9 @@ impl Splicer {
             .map_err(|e| classify(&e))?;
         prog.load().map_err(|e| classify(&e))?;
         prog.attach(&attach_fd).map_err(|e| classify(&e))?;
-        let conns_map = sys::MapMmap::new(conns.fd().as_fd().as_raw_fd(), capacity as usize * size_of::<Conn>())
-            .map_err(|e| LoadError::Refused(format!("mmap of the connection array: {e}")))?;
+        let conns_map =
+            crate::io::bpf::MapMmap::new(conns.fd().as_fd().as_raw_fd(), capacity as usize * size_of::<Conn>())
+                .map_err(|e| LoadError::Refused(format!("mmap of the connection array: {e}")))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 sock_hash_fd: sock_hash.fd().as_fd().as_raw_fd(),
@@ -113,6 +125,40 @@ impl Splicer {
         })
     }
 
+    /// Runs the self-test (a loopback pair spliced, bytes checked both ways, half-close
+    /// and close); returns how long it took.
+    pub fn self_test(&self) -> Result<Duration, SelfTestError> {
+        selftest::run(self)
+    }
+
+    /// Prepares this worker thread to splice: its table of parked pairs, with the
+    /// idle timeout and drain signal they follow. Call once per worker thread, after
+    /// `readiness::init`; [`Splicer::splice`] refuses pairs on other threads.
+    pub fn init_worker(&self, idle: Option<Duration>, shutdown: ShutdownRx) -> std::io::Result<()> {
+        park::init_worker(self, idle, shutdown)
+    }
+
+    /// Hands a connection to the kernel after its 101.
+    ///
+    /// `client_early` are client bytes read after the request head and not yet
+    /// forwarded; the upstream's 101 must still be queued in `upstream` (peeked,
+    /// not read). On success the pair is in the kernel; leave it there with
+    /// [`SplicedPair::park`]. A pair is taken back out only by its end, reported to
+    /// the park callback.
+    pub async fn splice(
+        &self,
+        client: TcpStream,
+        upstream: TcpStream,
+        client_early: Vec<u8>,
+    ) -> Result<SplicedPair, HandoverError> {
+        handover::splice(self, client, upstream, client_early).await
+    }
+
+    /// Current counts of this splicer.
+    pub fn counts(&self) -> SpliceCounts {
+        self.inner.counters.snapshot()
+    }
+
     /// Pairs that can be spliced at once.
     pub fn capacity(&self) -> u32 {
         self.inner.capacity
@@ -125,22 +171,22 @@ impl Splicer {
 
     /// Sockets currently in the sockhash (one syscall per entry: tests and diagnostics only).
     pub fn sockhash_entries(&self) -> std::io::Result<usize> {
-        sys::keys(self.inner.sock_hash_fd).map(|k| k.len())
+        crate::io::bpf::keys(self.inner.sock_hash_fd).map(|k| k.len())
     }
 
     /// Entries in the peer-link map (one syscall per entry: tests and diagnostics only).
     pub fn link_entries(&self) -> std::io::Result<usize> {
-        sys::keys(self.inner.links_fd).map(|k| k.len())
+        crate::io::bpf::keys(self.inner.links_fd).map(|k| k.len())
     }
 
     /// Whether the socket with this cookie is still in the sockhash (scans the map: tests and diagnostics only).
     pub fn contains(&self, cookie: u64) -> std::io::Result<bool> {
-        Ok(sys::keys(self.inner.sock_hash_fd)?.contains(&cookie))
+        Ok(crate::io::bpf::keys(self.inner.sock_hash_fd)?.contains(&cookie))
     }
 
     /// Whether a peer link for this cookie is still published (scans the map: tests and diagnostics only).
     pub fn linked(&self, cookie: u64) -> std::io::Result<bool> {
-        Ok(sys::keys(self.inner.links_fd)?.contains(&cookie))
+        Ok(crate::io::bpf::keys(self.inner.links_fd)?.contains(&cookie))
     }
 
     /// Slots free (for the "spliced" gauge and admission).
@@ -169,7 +215,7 @@ impl Inner {
                 self.conns.word(base + f.offset(dir)).store(0, Ordering::Relaxed);
             }
         }
-        self.conns.word(base + shared::LAST_ACTIVE).store(sys::coarse_now_ns(), Ordering::Relaxed);
+        self.conns.word(base + shared::LAST_ACTIVE).store(crate::io::bpf::coarse_now_ns(), Ordering::Relaxed);
         self.conns.word(base + shared::GENERATION).fetch_add(1, Ordering::Relaxed);
         Some(slot)
     }
