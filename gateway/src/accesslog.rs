@@ -5,6 +5,9 @@
 //! because a data-plane thread must never block on a disk. Nor is it woken per record:
 //! it drains the channel every [`WRITE_PERIOD`], so logging costs a worker no system
 //! call (a blocked receiver would cost a futex wake-up per connection).
+//!
+//! [`request_reopen`] (SIGUSR1, for logrotate) makes the writer reopen a file
+//! destination before its next batch.
 
 use std::fmt::Write as _;
 use std::fs::OpenOptions;
@@ -52,6 +55,14 @@ pub struct AccessRecord {
 /// How often the writer drains the channel (the most a line waits to be written).
 pub const WRITE_PERIOD: Duration = Duration::from_millis(50);
 
+/// Set by [`request_reopen`], cleared by the writer when it reopens.
+static REOPEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Asks the writer to reopen its file (after logrotate moved it away).
+pub fn request_reopen() {
+    REOPEN.store(true, Ordering::Relaxed);
+}
+
 /// Handle used by workers to submit records.
 #[derive(Debug, Clone)]
 pub struct AccessLog {
@@ -69,24 +80,20 @@ impl AccessLog {
     /// Opens the destination and starts the writer thread.
     pub fn start(cfg: &AccessLogConfig) -> io::Result<Self> {
         // Every field, by name: a new one cannot be left unread here.
-        let AccessLogConfig { path, format } = cfg;
-        let out: Box<dyn Write + Send> = match path.as_str() {
+        // (`log_open` is the connections' business: they write the open lines.)
+        let AccessLogConfig { path, format, log_open: _ } = cfg;
+        let (out, file): (Box<dyn Write + Send>, _) = match path.as_str() {
             "off" => return Ok(Self::off()),
-            "stdout" => Box::new(io::stdout()),
-            path => Box::new(
-                OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)
-                    .map_err(|e| io::Error::new(e.kind(), format!("cannot open access log {path}: {e}")))?,
-            ),
+            "stdout" => (Box::new(io::stdout()), None),
+            path => (Box::new(open(path)?), Some(path.to_owned())),
         };
         let (tx, rx) = mpsc::sync_channel(64 * 1024);
         let dropped = Arc::new(AtomicU64::new(0));
         let format = *format;
         let d = dropped.clone();
-        let handle =
-            std::thread::Builder::new().name("wsgate-accesslog".into()).spawn(move || writer(&rx, out, format, &d))?;
+        let handle = std::thread::Builder::new()
+            .name("wsgate-accesslog".into())
+            .spawn(move || writer(&rx, out, file.as_deref(), format, &d))?;
         Ok(Self { tx: Some(tx), dropped, writer: Arc::new(Mutex::new(Some(handle))) })
     }
 
@@ -111,10 +118,31 @@ impl AccessLog {
     }
 }
 
-fn writer(rx: &Receiver<AccessRecord>, out: Box<dyn Write + Send>, format: AccessLogFormat, dropped: &AtomicU64) {
+fn open(path: &str) -> io::Result<std::fs::File> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot open access log {path}: {e}")))
+}
+
+fn writer(
+    rx: &Receiver<AccessRecord>,
+    out: Box<dyn Write + Send>,
+    file: Option<&str>,
+    format: AccessLogFormat,
+    dropped: &AtomicU64,
+) {
     let mut out = BufWriter::new(out);
     let mut reported = 0;
     loop {
+        if let (true, Some(path)) = (REOPEN.swap(false, Ordering::Relaxed), file) {
+            let _ = out.flush();
+            match open(path) {
+                Ok(f) => out = BufWriter::new(Box::new(f)),
+                Err(e) => tracing::error!(error = %e, "reopening the access log failed; still writing to the old file"),
+            }
+        }
         // Everything queued, then one flush: bursts are batched.
         let mut wrote = false;
         let open = loop {

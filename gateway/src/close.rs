@@ -64,6 +64,8 @@ pub enum Close {
     Paused,
     /// A failure on wsgate's side, or one the connection could not survive.
     Error,
+    /// Not a close: the line written when a WebSocket opens (`access_log.log_open`).
+    Open,
 }
 
 impl Close {
@@ -98,6 +100,7 @@ impl Close {
             Self::Done => "done",
             Self::Paused => "paused",
             Self::Error => "error",
+            Self::Open => "open",
         }
     }
 }
@@ -160,6 +163,7 @@ mod tests {
             Close::Done,
             Close::Paused,
             Close::Error,
+            Close::Open,
         ];
         for c in all {
             assert_eq!(serde_json::to_string(&c).unwrap(), format!("\"{c}\""));

@@ -5,6 +5,7 @@
 //! [`runtime`] starts the workers; [`config`] is the configuration reference.
 
 pub mod accesslog;
+pub mod admin;
 pub mod admission;
 pub mod bufpool;
 pub mod close;
@@ -15,6 +16,7 @@ pub mod http;
 pub mod io;
 pub mod lifetimes;
 pub mod logging;
+pub mod metrics;
 pub mod preflight;
 pub mod readiness;
 pub mod relay;

@@ -9,6 +9,8 @@ use crate::upstream::Group;
 /// One compiled route.
 #[derive(Debug)]
 pub struct Route {
+    /// Position in the configuration (the route's metrics slot).
+    pub index: usize,
     host: Option<String>,
     prefix: String,
     pub group: Arc<Group>,
@@ -27,10 +29,12 @@ impl Router {
     pub fn new(routes: &[RouteConfig], group_of: impl Fn(&str) -> Option<Arc<Group>>) -> Self {
         let routes = routes
             .iter()
-            .filter_map(|route| {
+            .enumerate()
+            .filter_map(|(index, route)| {
                 // Every field, by name: a new one cannot be left unread here.
                 let RouteConfig { host, path, upstream, allowed_origins, max_connections } = route;
                 Some(Route {
+                    index,
                     host: host.as_ref().map(|h| h.to_ascii_lowercase()),
                     prefix: path.clone(),
                     group: group_of(upstream)?,

@@ -16,11 +16,13 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio_uring::net::TcpListener;
 
 use crate::accesslog::AccessLog;
+use crate::admin;
 use crate::admission::Admission;
 use crate::bufpool::BufPool;
 use crate::config::Config;
 use crate::conn::{self, Worker};
 use crate::lifetimes::Lifetimes;
+use crate::metrics::{Metrics, WorkerSlot};
 use crate::readiness;
 use crate::router::Router;
 use crate::shutdown::{self, ShutdownRx};
@@ -51,6 +53,8 @@ pub enum RunError {
     SpliceWorker(std::io::Error),
     #[error("a worker thread panicked")]
     WorkerPanicked,
+    #[error("cannot listen on {addr} (admin): {source}")]
+    Admin { addr: SocketAddr, source: std::io::Error },
 }
 
 type Result<T, E = RunError> = std::result::Result<T, E>;
@@ -110,11 +114,13 @@ pub fn run(config: Config, allocator: Allocator) -> Result<()> {
         capacity: u32::try_from(config.limits.max_connections).unwrap_or(u32::MAX).clamp(1, splice::MAX_CAPACITY),
         budget: config.relay.splice_budget,
     };
-    let splicer = splice::start(&splice_opts)?.splicer;
+    let started_splice = splice::start(&splice_opts)?;
+    let splicer = started_splice.splicer.clone();
     let access_log = AccessLog::start(&config.access_log).map_err(RunError::AccessLog)?;
     let stats = Arc::new(Stats::default());
     let (tx, rx) = shutdown::channel();
     let cpus = allowed_cpus();
+    let mut metric_slots = start_metrics(&config, workers, (&all_groups, &admission, started_splice), &rx)?.into_iter();
 
     let mut handles = Vec::new();
     for w in 0..workers {
@@ -138,6 +144,7 @@ pub fn run(config: Config, allocator: Allocator) -> Result<()> {
             splicer: splicer.clone(),
             cpu: cpus.get(w % cpus.len().max(1)).copied(),
             allocator,
+            metrics: metric_slots.next().ok_or(RunError::WorkerPanicked)?,
         };
         let h = std::thread::Builder::new()
             .name(format!("wsgate-w{w}"))
@@ -185,6 +192,25 @@ pub fn run(config: Config, allocator: Allocator) -> Result<()> {
     // The workers' handles are gone with them: the last lines are written here.
     access_log.finish();
     failed.map_or(Ok(()), Err)
+}
+
+/// The workers' counters, and the admin plane that reads them when `[admin] listen`
+/// is set; returns each worker's slot.
+fn start_metrics(
+    config: &Config,
+    workers: usize,
+    (groups, admission, splice): (&[Arc<Group>], &Arc<Admission>, splice::Started),
+    shutdown: &ShutdownRx,
+) -> Result<Vec<WorkerSlot>> {
+    let sources = admin::Sources { groups: groups.to_vec(), admission: admission.clone(), splice };
+    let live_view = config.admin.listen.is_some();
+    let (metrics, slots) = Metrics::new(workers, admin::route_labels(&config.routes), live_view);
+    if let Some(addr) = config.admin.listen {
+        let local = admin::start(addr, admin::State::new(metrics, sources, shutdown.clone(), config))
+            .map_err(|source| RunError::Admin { addr, source })?;
+        println!("wsgate: admin on {local}");
+    }
+    Ok(slots)
 }
 
 /// How often the per-mode counts are logged (only when something changed).
@@ -235,6 +261,7 @@ struct WorkerSetup {
     splicer: Option<Splicer>,
     cpu: Option<usize>,
     allocator: Allocator,
+    metrics: WorkerSlot,
 }
 
 fn worker(setup: WorkerSetup, sockets: Vec<Socket>) -> Result<()> {
@@ -247,6 +274,7 @@ fn worker(setup: WorkerSetup, sockets: Vec<Socket>) -> Result<()> {
     // round trips went from p50 0.4 ms to 3.5 ms and p99 from 4 ms to 130 ms.
     tokio_uring::builder().entries(RING_ENTRIES).start(async move {
         readiness::init(RING_ENTRIES).map_err(RunError::PollRing)?;
+        crate::metrics::install(setup.metrics);
         if let Some(splicer) = &setup.splicer {
             splicer
                 .init_worker(splice::idle_limit(setup.config.timeouts.idle), setup.shutdown.clone())

@@ -3,7 +3,8 @@
 //! SIGTERM/SIGINT → `Draining`: listeners stop accepting, established connections
 //! continue for `timeouts.drain`; then → `Stop`: every connection is closed with the
 //! reason "shutdown". A second signal goes straight to `Stop`. Data-plane threads only
-//! read the channel; the signal thread is the only writer.
+//! read the channel; the signal thread is the only writer. SIGUSR1 asks the access
+//! log to reopen its file.
 
 use std::time::Duration;
 
@@ -68,6 +69,14 @@ pub fn signal_thread(tx: &ShutdownTx, drain: Duration, installed: &std::sync::mp
     rt.block_on(async {
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
+        // SIGUSR1 (logrotate): reopen the access log file; it must not end the process.
+        let mut usr1 = signal(SignalKind::user_defined1())?;
+        tokio::spawn(async move {
+            while usr1.recv().await.is_some() {
+                tracing::info!("SIGUSR1: reopening the access log");
+                crate::accesslog::request_reopen();
+            }
+        });
         let _ = installed.send(());
         tokio::select! {
             _ = term.recv() => {}

@@ -18,11 +18,14 @@ pub const BUILD: &[Need] = &[
     Need::File("/usr/include/bpf/bpf_helpers.h", "libbpf-dev"),
 ];
 
-/// What the test suite needs beyond the build: network namespaces and the eBPF format check.
+/// What the test suite needs beyond the build: network namespaces, the eBPF format
+/// check, and the Python Prometheus parser the admin tests feed `/metrics` to (the
+/// system `python3`'s, at `/usr/bin/python3`).
 pub const TEST: &[Need] = &[
     Need::Program("ip", "iproute2"),
     Need::Program("unshare", "util-linux"),
     Need::Program("clang-format-19", "clang-format-19"),
+    Need::File("/usr/lib/python3/dist-packages/prometheus_client/__init__.py", "python3-prometheus-client"),
 ];
 
 /// A thing that must exist, and the Debian package that provides it.

@@ -40,6 +40,16 @@ pub enum Limit {
 impl Limit {
     const ALL: [Self; 4] = [Self::Global, Self::Route, Self::PerAddress, Self::Rate];
 
+    /// Its `reason` label in the metrics.
+    fn label(self) -> &'static str {
+        match self {
+            Self::Global => "max_connections",
+            Self::Route => "route_max_connections",
+            Self::PerAddress => "limit_conn",
+            Self::Rate => "rate",
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             Self::Global => "limits.max_connections",
@@ -106,6 +116,8 @@ pub struct Admission {
     rate: Option<Buckets>,
     refused_kind: ErrorKind,
     refused: [AtomicU64; 4],
+    /// Refusals per limit since start (`refused` is reset by each report).
+    refused_ever: [AtomicU64; 4],
     refused_total: AtomicU64,
     last_report: AtomicU64,
     period_ms: u64,
@@ -127,6 +139,7 @@ impl Admission {
             rate: (*rate > 0.0).then(|| Buckets::new(n, *rate, *burst)),
             refused_kind: if *status == 429 { ErrorKind::TooManyRequests } else { ErrorKind::OverLimit },
             refused: Default::default(),
+            refused_ever: Default::default(),
             refused_total: AtomicU64::new(0),
             last_report: AtomicU64::new(0),
             period_ms: u64::try_from(log_period.as_millis()).unwrap_or(u64::MAX).max(1),
@@ -184,6 +197,7 @@ impl Admission {
 
     fn refuse(&self, limit: Limit, client: IpAddr) -> ProxyError {
         self.refused[limit as usize].fetch_add(1, Ordering::Relaxed);
+        self.refused_ever[limit as usize].fetch_add(1, Ordering::Relaxed);
         self.refused_total.fetch_add(1, Ordering::Relaxed);
         ProxyError::new(self.refused_kind, format!("{client} refused by {}", limit.name()))
     }
@@ -205,6 +219,11 @@ impl Admission {
             })
             .collect();
         (!parts.is_empty()).then(|| format!("connections refused since the last report: {}", parts.join(", ")))
+    }
+
+    /// Refusals since start by limit (metric label, count).
+    pub fn refusals(&self) -> [(&'static str, u64); 4] {
+        Limit::ALL.map(|l| (l.label(), self.refused_ever[l as usize].load(Ordering::Relaxed)))
     }
 
     /// Connections refused by a limit since start (for metrics).

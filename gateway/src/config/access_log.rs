@@ -12,11 +12,14 @@ pub struct AccessLogConfig {
     pub path: String,
     /// `text` (nginx-like) or `json` (one object per line).
     pub format: AccessLogFormat,
+    /// Also write a line when a WebSocket opens (`close=open`), so long-lived
+    /// connections show before they end.
+    pub log_open: bool,
 }
 
 impl Default for AccessLogConfig {
     fn default() -> Self {
-        Self { path: "stdout".into(), format: AccessLogFormat::Text }
+        Self { path: "stdout".into(), format: AccessLogFormat::Text, log_open: false }
     }
 }
 

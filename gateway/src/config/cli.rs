@@ -46,6 +46,9 @@ pub struct CliOptions {
     /// Idle timeout of relayed connections (e.g. 3600s, 90s, 500ms).
     #[arg(long, value_parser = humantime_parse)]
     pub idle_timeout: Option<Duration>,
+    /// Admin listener (metrics, health, live view), e.g. 127.0.0.1:9090.
+    #[arg(long, value_name = "IP:PORT")]
+    pub admin: Option<SocketAddr>,
     /// Hand WebSockets to the kernel splice at their first quiet moment after this long
     /// (`relay.splice_after`; 0s: right after the 101).
     #[arg(long, value_parser = humantime_parse)]
@@ -86,6 +89,7 @@ impl CliOptions {
             strict_tuning,
             idle_timeout,
             splice_after,
+            admin,
         } = self;
         if !listen.is_empty() {
             config.listeners = Config::one_line(listen.clone(), Vec::new()).listeners;
@@ -121,6 +125,9 @@ impl CliOptions {
         }
         if let Some(t) = *splice_after {
             config.relay.splice_after = t;
+        }
+        if let Some(a) = *admin {
+            config.admin.listen = Some(a);
         }
     }
 }

@@ -10,6 +10,7 @@
 //! touches sockets or files other than the configuration file itself.
 
 mod access_log;
+mod admin;
 mod admission;
 mod cidr;
 mod cli;
@@ -32,6 +33,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 pub use access_log::{AccessLogConfig, AccessLogFormat};
+pub use admin::AdminConfig;
 pub use admission::AdmissionConfig;
 pub use cidr::Cidr;
 pub use cli::CliOptions;
@@ -79,6 +81,8 @@ pub struct Config {
     pub upstreams: BTreeMap<String, UpstreamConfig>,
     /// Per-client-address limits and which peers' forwarding headers are believed.
     pub admission: AdmissionConfig,
+    /// The admin plane: metrics, health endpoints, live connection view.
+    pub admin: AdminConfig,
     /// wsgate's own diagnostics on stderr (not the access log).
     pub log: LogConfig,
 }

@@ -173,7 +173,10 @@ async fn connect_one(group: &Arc<Group>, i: usize, timeout: Duration, failures: 
     let addr = group.server(i).addr;
     let started = Instant::now();
     match crate::io::connect(addr, group.next_source(), timeout).await {
-        Ok(stream) => Some(Connected { stream, server: i, started, live, response: None }),
+        Ok(stream) => {
+            crate::metrics::upstream_connected(started.elapsed());
+            Some(Connected { stream, server: i, started, live, response: None })
+        }
         Err(e) => {
             drop(live);
             group.report_failure(i);

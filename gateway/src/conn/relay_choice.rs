@@ -16,6 +16,7 @@ use super::connect::Connected;
 use super::teardown::Facts;
 use crate::admission::Admitted;
 use crate::close::{Close, Mode};
+use crate::metrics::ActiveMode;
 use crate::relay::{self, RelayOptions, RelayOutcome};
 use crate::splice::{HandoverError, SplicedPair};
 use crate::stats::Stats;
@@ -71,10 +72,14 @@ pub async fn websocket(
         worker.lifetimes.record(delay, outcome.client_to_upstream, cfg.relay.splice_after);
     }
     let client = client_slot.take()?;
+    facts.conn.set_mode(ActiveMode::Handover);
     // The userspace path is boxed: the handshake's future stays small, and a spliced
     // pair leaves it altogether (parked, it is a table row, not a task).
     match Box::pin(splicer.splice(client, upstream, Vec::new())).await {
-        Ok(pair) => return Some(Handoff { pair, admitted, live, after_userspace: !delay.is_zero() }),
+        Ok(pair) => {
+            facts.conn.spliced(pair.live_slot(), [facts.bytes_in, facts.bytes_out]);
+            return Some(Handoff { pair, admitted, live, after_userspace: !delay.is_zero() });
+        }
         Err(HandoverError::NotSpliced { client, upstream, reason, forwarded }) => {
             tracing::debug!(reason, "pair not spliced; relaying in userspace");
             facts.bytes_in += forwarded;
@@ -103,6 +108,7 @@ async fn userspace(
         Stats::bump(&worker.stats.relayed_userspace);
     }
     facts.mode = Mode::Userspace;
+    facts.conn.set_mode(ActiveMode::Userspace);
     let mut shutdown = worker.shutdown.clone();
     let outcome = Box::pin(relay::relay(client, upstream, opts, &mut shutdown, &worker.buffers)).await;
     if opts.pause_after.is_some() && outcome.reason != Close::Paused {

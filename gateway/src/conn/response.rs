@@ -47,6 +47,7 @@ pub async fn answer(
     facts.status = head.status;
     if head.status == 101 {
         Stats::bump(&worker.stats.upgrades_succeeded);
+        super::teardown::opened(facts, worker);
         return Ok(Answer::Switching);
     }
     // Passed back as-is; both sides closed after it.

@@ -38,8 +38,10 @@ pub fn route_admit<'a>(head: &RequestHead, worker: &'a Worker, facts: &mut Facts
     })?;
     let intent = upgrade::classify(head)?;
     request::check_framing(head)?;
+    facts.route = route.index;
     if intent == Intent::WebSocket {
         Stats::bump(&worker.stats.upgrades_attempted);
+        crate::metrics::upgrade_requested(route.index);
     }
     let peer_ip = facts.peer.ip();
     let client_ip = worker.admission.client_ip(peer_ip, head);

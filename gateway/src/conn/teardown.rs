@@ -24,6 +24,7 @@ use crate::admission::Admitted;
 use crate::close::{Close, Mode};
 use crate::error::ProxyError;
 use crate::http::response::error_response;
+use crate::metrics;
 use crate::splice::SpliceOutcome;
 use crate::stats::Stats;
 use crate::upstream::ActiveGuard;
@@ -44,13 +45,18 @@ pub struct Facts {
     pub upstream_response_time: Option<f64>,
     pub close: Close,
     pub mode: Mode,
+    /// The route's index, once routed (metrics).
+    pub route: usize,
+    /// Counts the connection in the metrics and the admin plane's live view.
+    pub conn: metrics::Conn,
 }
 
 impl Facts {
     /// A connection just accepted from `peer`.
     pub fn new(peer: SocketAddr) -> Self {
+        let started = Instant::now();
         Self {
-            started: Instant::now(),
+            started,
             peer,
             host: String::new(),
             request: String::new(),
@@ -63,7 +69,40 @@ impl Facts {
             upstream_response_time: None,
             close: Close::Unknown,
             mode: Mode::None,
+            route: 0,
+            conn: metrics::Conn::accepted(started),
         }
+    }
+}
+
+/// The 101 is on its way: counts the upgrade, opens the pair's row in the live view,
+/// and writes the access log's open line when `access_log.log_open` asks for it.
+pub fn opened(facts: &mut Facts, worker: &Worker) {
+    let unknown = SocketAddr::from(([0, 0, 0, 0], 0));
+    let opened = metrics::live::Opened {
+        client: facts.peer,
+        upstream: facts.upstream_addr.unwrap_or(unknown),
+        route: facts.route,
+        started_ns: metrics::id_of(facts.started),
+    };
+    facts.conn.upgraded(facts.route, facts.started.elapsed(), opened);
+    if worker.config.access_log.log_open {
+        worker.access_log.log(AccessRecord {
+            remote_addr: facts.peer,
+            host: facts.host.clone(),
+            time: now_unix(),
+            request: facts.request.clone(),
+            status: 101,
+            bytes_sent: 0,
+            request_time: facts.started.elapsed().as_secs_f64(),
+            upstream_response_time: facts.upstream_response_time,
+            user_agent: facts.user_agent.clone(),
+            upstream_addr: facts.upstream_addr,
+            bytes_in: facts.bytes_in,
+            bytes_out: 0,
+            close: Close::Open,
+            mode: Mode::None,
+        });
     }
 }
 
@@ -79,7 +118,7 @@ pub async fn finish(
     active: ActiveConn,
 ) {
     let err = match result {
-        Ok(Some(handoff)) => return park(handoff, &facts, worker, active),
+        Ok(Some(handoff)) => return park(handoff, &mut facts, worker, active),
         Ok(None) => None,
         Err(err) => Some(err),
     };
@@ -107,7 +146,8 @@ pub async fn finish(
     if facts.status == 101 {
         worker.lifetimes.record(facts.started.elapsed(), facts.bytes_in, worker.config.relay.splice_after);
     }
-    worker.access_log.log(AccessRecord {
+    let conn = facts.conn.take();
+    let record = AccessRecord {
         remote_addr: facts.peer,
         host: facts.host,
         time: now_unix(),
@@ -122,13 +162,17 @@ pub async fn finish(
         bytes_out: facts.bytes_out,
         close: facts.close,
         mode: facts.mode,
-    });
+    };
+    conn.closed(&record);
+    worker.access_log.log(record);
 }
 
 /// Leaves a spliced pair to the kernel; its access-log line is written when it ends.
-fn park(handoff: Handoff, facts: &Facts, worker: Rc<Worker>, active: ActiveConn) {
+fn park(handoff: Handoff, facts: &mut Facts, worker: Rc<Worker>, active: ActiveConn) {
     let Handoff { pair, admitted, live, after_userspace } = handoff;
     active.detach();
+    // Counted as spliced until `SplicedEnd::finish` (by its start, which is its id).
+    facts.conn.take().park();
     let end = SplicedEnd { facts: ParkedFacts::new(facts, after_userspace), worker, _admitted: admitted, live };
     pair.park(move |outcome| end.finish(outcome));
 }
@@ -180,7 +224,7 @@ pub struct ParkedFacts {
 /// A fixed instant of this process, so a parked pair keeps its start in 8 bytes. Set
 /// by [`start_clock`] before the first accept (a later first use would date earlier
 /// connections from it).
-fn epoch() -> Instant {
+pub(crate) fn epoch() -> Instant {
     static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
     *EPOCH.get_or_init(Instant::now)
 }
@@ -216,7 +260,7 @@ impl ParkedFacts {
         let mut parts = self.text.splitn(4, '\n').map(str::to_owned);
         let mut part = || parts.next().unwrap_or_default();
         let (peer, host, request, user_agent) = (part(), part(), part(), part());
-        worker.access_log.log(AccessRecord {
+        let record = AccessRecord {
             remote_addr: peer.parse().unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
             host,
             time: now_unix(),
@@ -231,7 +275,9 @@ impl ParkedFacts {
             bytes_out: self.before_splice[1] + outcome.to_client,
             close: outcome.reason,
             mode: if self.after_userspace { Mode::UserspaceThenSplice } else { Mode::Splice },
-        });
+        };
+        metrics::parked_closed(self.started_ns, &record);
+        worker.access_log.log(record);
     }
 }
 

@@ -13,7 +13,8 @@
 //!   A parked pair is a table row, not a task (`park`); it becomes a supervision
 //!   task (`supervise`: FIN, RST, idle, drain, pressure) only once something
 //!   happens to it.
-//! - [`Splicer::counts`]: counters for logs and metrics.
+//! - [`Splicer::counts`]: counters for logs and metrics; [`Splicer::live_bytes`]:
+//!   what an open pair has moved so far (the admin plane's live view).
 //!
 //! Backpressure (`backpressure`) bounds what the kernel holds per direction by
 //! [`SpliceOptions::budget`]. This module must never block a worker thread and
@@ -24,6 +25,7 @@
 mod backpressure;
 mod counters;
 mod handover;
+mod live;
 mod park;
 mod selftest;
 mod shared;
@@ -35,6 +37,7 @@ use std::time::Duration;
 
 pub use counters::SpliceCounts;
 pub use handover::HandoverError;
+pub use live::{LiveBytes, LiveSlot};
 pub use park::parked_here;
 pub use selftest::{FORCE_FAIL_ENV, SelfTestError};
 pub use splicer::{LoadError, MAX_CAPACITY, SPLICE_BPF_OBJECT, Splicer};

@@ -235,6 +235,11 @@ impl Inner {
     pub fn last_active(&self, slot: u32) -> &AtomicU64 {
         self.conns.word(slot as usize * size_of::<Conn>() + shared::LAST_ACTIVE)
     }
+
+    /// The slot's generation, bumped each time the slot is handed to a new pair.
+    pub fn generation(&self, slot: u32) -> &AtomicU64 {
+        self.conns.word(slot as usize * size_of::<Conn>() + shared::GENERATION)
+    }
 }
 
 fn take(ebpf: &mut Ebpf, name: &str) -> Result<Map, LoadError> {

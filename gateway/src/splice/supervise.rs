@@ -117,6 +117,11 @@ impl SplicedPair {
         (self.splicer, self.client, self.upstream, self.ins, self.early)
     }
 
+    /// The splicer, the pair's row of the shared array and the bytes forwarded during the handover.
+    pub(super) fn row(&self) -> (&Splicer, u32, u64) {
+        (&self.splicer, self.ins.slot, self.early)
+    }
+
     /// Leaves the pair to the kernel and this worker's table; `finish` is called
     /// with the outcome when the pair ends. The pair costs no task while parked.
     pub fn park(self, finish: impl FnOnce(SpliceOutcome) + 'static) {

@@ -58,12 +58,14 @@ async fn check_loop(group: Arc<Group>, i: usize) {
         ticks.tick().await;
         match probe(server.addr, &request, cfg.timeout, &statuses).await {
             Ok(status) => {
+                server.checks_passed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 (passed, failed) = (passed.saturating_add(1), 0);
                 if passed >= cfg.rise && !server.set_healthy(true) {
                     tracing::warn!(group = %group.name, upstream = %server.addr, status, passed = cfg.rise, "upstream passed its health checks; back in service");
                 }
             }
             Err(reason) => {
+                server.checks_failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 (passed, failed) = (0, failed.saturating_add(1));
                 if failed >= cfg.fall && server.is_healthy() {
                     server.set_healthy(false);

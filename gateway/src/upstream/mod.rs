@@ -32,6 +32,11 @@ pub struct Server {
     passive: Passive,
     /// Verdict of the active health checks; true until they say otherwise.
     healthy: AtomicBool,
+    /// Active health checks passed and failed, and times passive health marked it down
+    /// (for metrics).
+    pub checks_passed: AtomicU64,
+    pub checks_failed: AtomicU64,
+    pub passive_marks: AtomicU64,
 }
 
 impl Server {
@@ -44,6 +49,9 @@ impl Server {
             active: AtomicU64::new(0),
             passive: Passive::default(),
             healthy: AtomicBool::new(true),
+            checks_passed: AtomicU64::new(0),
+            checks_failed: AtomicU64::new(0),
+            passive_marks: AtomicU64::new(0),
         }
     }
 
@@ -59,6 +67,11 @@ impl Server {
     /// Publishes a health-check verdict; returns the previous one.
     pub fn set_healthy(&self, healthy: bool) -> bool {
         self.healthy.swap(healthy, Ordering::Relaxed)
+    }
+
+    /// Whether the server may be picked now (health checks and passive marks agree).
+    pub fn is_up(&self) -> bool {
+        self.available(now_ms())
     }
 
     /// Whether passive failure marking has the server down right now.
@@ -240,6 +253,7 @@ impl Group {
     pub fn report_failure(&self, i: usize) {
         let s = &self.servers[i];
         if s.passive.failure(now_ms(), self.max_fails, self.fail_timeout_ms) {
+            s.passive_marks.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(
                 group = %self.name,
                 upstream = %s.addr,

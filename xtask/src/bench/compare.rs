@@ -38,8 +38,12 @@ pub(super) fn run(opts: &Options, out: &Path, wsgate_built: bool) -> Result<()> 
             mode @ ("wsgate/sockmap" | "wsgate/userspace" | "wsgate/auto") if wsgate_built => {
                 targets.push((mode.into(), mode.strip_prefix("wsgate/").map(str::to_string)));
             }
+            // The same with the admin plane on (its cost on the data plane).
+            mode @ ("wsgate/sockmap+admin" | "wsgate/userspace+admin" | "wsgate/auto+admin") if wsgate_built => {
+                targets.push((mode.into(), mode.strip_prefix("wsgate/").map(str::to_string)));
+            }
             other => bail!(
-                "unknown target {other:?}: use direct, wsgate (each splice mode), wsgate/MODE (auto, sockmap, userspace), nginx"
+                "unknown target {other:?}: use direct, wsgate (each splice mode), wsgate/MODE (auto, sockmap, userspace; MODE+admin with the admin plane on), nginx"
             ),
         }
     }

@@ -88,7 +88,8 @@ pub struct Options {
     #[arg(value_enum)]
     pub scenario: Scenario,
     /// Targets in order (direct is the baseline): direct, wsgate (sockmap and userspace),
-    /// wsgate/sockmap, wsgate/userspace, wsgate/auto (what the default picks), nginx.
+    /// wsgate/sockmap, wsgate/userspace, wsgate/auto (what the default picks), nginx;
+    /// `wsgate/MODE+admin` runs wsgate with its admin plane on.
     #[arg(long, value_delimiter = ',', default_value = "direct,wsgate,nginx")]
     pub targets: Vec<String>,
     /// Connections (default: hold 5000, echo 1000, bulk 8, handshake 16, scale 100000).

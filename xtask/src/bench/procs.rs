@@ -146,7 +146,12 @@ pub(super) fn start_wsgate(
         cmd.args(["--upstream", &u.to_string()]);
     }
     if let Some(mode) = splice {
+        // `MODE+admin`: the admin plane on, on a port of its own.
+        let (mode, admin) = mode.strip_suffix("+admin").map_or((mode, false), |m| (m, true));
         cmd.args(["--splice", mode]);
+        if admin {
+            cmd.args(["--admin", &SocketAddr::from(([127, 0, 0, 1], free_port()?)).to_string()]);
+        }
     }
     let log = std::fs::OpenOptions::new()
         .create(true)

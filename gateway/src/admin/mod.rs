@@ -1,0 +1,111 @@
+//! The admin plane: `/metrics`, `/healthz`, `/readyz`, `/status` and
+//! `/connections` on their own listener (`[admin] listen`, `--admin`), served by
+//! their own thread with a small current-thread tokio runtime.
+//!
+//! It shares with the data plane only atomics, the live view's event queue and one
+//! ping channel per worker; it must never make a worker wait for it. Off (no
+//! thread, no listener, no live-view events) when `[admin] listen` is unset.
+
+mod endpoints;
+pub mod exposition;
+mod server;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::admission::Admission;
+use crate::metrics::Metrics;
+use crate::shutdown::ShutdownRx;
+use crate::splice::Splicer;
+use crate::upstream::Group;
+
+/// Everything the admin endpoints read.
+#[derive(Debug)]
+pub struct State {
+    pub metrics: Arc<Metrics>,
+    pub groups: Vec<Arc<Group>>,
+    pub admission: Arc<Admission>,
+    /// The kernel splice, when in force.
+    pub splicer: Option<Splicer>,
+    /// Why the splice is not in force (`splice = "auto"` fell back), if it is not.
+    pub splice_fallback: Option<String>,
+    pub shutdown: ShutdownRx,
+    pub started: Instant,
+    pub started_unix: f64,
+    /// SHA-1 of the configuration in force (JSON), for `/status`.
+    pub config_digest: String,
+    /// How long `/healthz` waits for every worker's answer.
+    pub ping_deadline: std::time::Duration,
+}
+
+/// What the data plane lends the admin plane.
+#[derive(Debug)]
+pub struct Sources {
+    pub groups: Vec<Arc<Group>>,
+    pub admission: Arc<Admission>,
+    pub splice: crate::splice::Started,
+}
+
+impl State {
+    /// The state of a process starting now with `config`.
+    pub fn new(metrics: Arc<Metrics>, sources: Sources, shutdown: ShutdownRx, config: &crate::config::Config) -> Self {
+        let Sources { groups, admission, splice } = sources;
+        Self {
+            metrics,
+            groups,
+            admission,
+            splicer: splice.splicer,
+            splice_fallback: splice.fallback,
+            shutdown,
+            started: Instant::now(),
+            started_unix: crate::accesslog::now_unix(),
+            config_digest: digest(config),
+            ping_deadline: PING_DEADLINE,
+        }
+    }
+}
+
+/// Binds `addr` and serves the admin endpoints on a thread of their own; returns the
+/// bound address (port 0 resolved).
+pub fn start(addr: SocketAddr, state: State) -> std::io::Result<SocketAddr> {
+    let listener = std::net::TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
+    let local = listener.local_addr()?;
+    tracing::info!("admin plane on http://{local}/metrics");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    std::thread::Builder::new().name("wsgate-admin".into()).spawn(move || {
+        runtime.block_on(async move {
+            match tokio::net::TcpListener::from_std(listener) {
+                Ok(l) => server::serve(l, Arc::new(state)).await,
+                Err(e) => tracing::error!(error = %e, "admin listener failed; the admin plane is off"),
+            }
+        });
+    })?;
+    Ok(local)
+}
+
+/// How long `/healthz` waits for every worker to answer its ping.
+pub const PING_DEADLINE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The metrics labels of each route, in configuration order.
+pub fn route_labels(routes: &[crate::config::RouteConfig]) -> Vec<crate::metrics::RouteLabel> {
+    routes
+        .iter()
+        .map(|r| crate::metrics::RouteLabel {
+            route: format!("{}{}", r.host.as_deref().unwrap_or_default(), r.path),
+            upstream: r.upstream.clone(),
+        })
+        .collect()
+}
+
+/// SHA-1 (hex) of the configuration as JSON: tells two processes' configurations apart.
+pub fn digest(config: &crate::config::Config) -> String {
+    use sha1::Digest as _;
+    let json = serde_json::to_vec(config).unwrap_or_default();
+    sha1::Sha1::digest(&json).iter().fold(String::with_capacity(40), |mut s, b| {
+        use std::fmt::Write as _;
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
