@@ -58,6 +58,14 @@ pub struct ListenerConfig {
     pub backlog: u32,
 }
 
+impl ListenerConfig {
+    /// What the listener speaks to clients: plain HTTP until a listener carries TLS
+    /// settings (then `https`), so `X-Forwarded-Proto` follows the listener.
+    pub fn scheme(&self) -> crate::http::Scheme {
+        crate::http::Scheme::Http
+    }
+}
+
 fn default_backlog() -> u32 {
     65535
 }
@@ -102,6 +110,8 @@ impl Default for Timeouts {
 pub struct Limits {
     /// Largest accepted request head in bytes; larger heads get 431.
     pub max_header_bytes: usize,
+    /// Most headers a request head may carry (default 256, 1 to 8192); more get 431.
+    pub max_headers: usize,
     /// Largest upstream response head in bytes; larger ones get 502.
     pub max_response_header_bytes: usize,
     /// Connections this process holds at once (sizes kernel maps and the open-files
@@ -112,7 +122,12 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_header_bytes: 16 * 1024, max_response_header_bytes: 16 * 1024, max_connections: 100_000 }
+        Self {
+            max_header_bytes: 16 * 1024,
+            max_headers: crate::http::DEFAULT_MAX_HEADERS,
+            max_response_header_bytes: 16 * 1024,
+            max_connections: 100_000,
+        }
     }
 }
 
@@ -497,6 +512,9 @@ impl Config {
         }
         if !(512..=1024 * 1024).contains(&self.limits.max_header_bytes) {
             return Err(invalid("limits.max_header_bytes", "must be between 512 and 1048576"));
+        }
+        if !(1..=8192).contains(&self.limits.max_headers) {
+            return Err(invalid("limits.max_headers", "must be between 1 and 8192"));
         }
         if !(512..=1024 * 1024).contains(&self.limits.max_response_header_bytes) {
             return Err(invalid("limits.max_response_header_bytes", "must be between 512 and 1048576"));

@@ -17,6 +17,7 @@ use crate::admission::{Admission, Admitted};
 use crate::config::Config;
 use crate::error::{ErrorKind, ProxyError};
 use crate::handshake;
+use crate::http::Scheme;
 use crate::http::response::{ResponseHead, error_response};
 use crate::http::rewrite::{Forwarded, upstream_head};
 use crate::http::upgrade::{self, Intent};
@@ -44,6 +45,8 @@ pub struct Context {
 struct Facts {
     started: Instant,
     peer: SocketAddr,
+    /// What the accepting listener speaks (`X-Forwarded-Proto`).
+    scheme: Scheme,
     host: String,
     request: String,
     user_agent: String,
@@ -59,10 +62,11 @@ struct Facts {
 
 /// Serves one accepted client connection to the end, or until its spliced pair is
 /// parked (which then owns `active` and writes the access-log line at the end).
-pub async fn serve(client: TcpStream, peer: SocketAddr, ctx: Rc<Context>, active: ActiveConn) {
+pub async fn serve(client: TcpStream, peer: SocketAddr, scheme: Scheme, ctx: Rc<Context>, active: ActiveConn) {
     let mut facts = Facts {
         started: Instant::now(),
         peer,
+        scheme,
         host: String::new(),
         request: String::new(),
         user_agent: String::new(),
@@ -244,6 +248,16 @@ struct Prepared {
     response: Option<ResponseHead>,
     /// Holds the admission slots (per address, per route, global) until the end.
     admitted: Admitted,
+    /// What the client sent after its head (not yet forwarded).
+    early: Vec<u8>,
+    /// The request's body framing and method (for plain HTTP).
+    plain: PlainRequest,
+}
+
+/// What a plain exchange needs of the request head.
+struct PlainRequest {
+    framing: crate::http::body::Framing,
+    method: String,
 }
 
 /// The phases before the relay: read head, route, validate, admit, connect, forward,
@@ -253,12 +267,13 @@ async fn prepare(client: &TcpStream, ctx: &Context, facts: &mut Facts) -> Result
     let cfg = &ctx.config;
     // Phase: read head.
     let deadline = facts.started + cfg.timeouts.header;
-    let (head, buf) = handshake::read_head(client, cfg.limits.max_header_bytes, deadline).await?;
+    let (head, buf) = handshake::read_head(client, &cfg.limits, deadline).await?;
     facts.request = head.request_line();
     facts.host = head.host().unwrap_or_default();
     facts.user_agent = head.header("user-agent").map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default();
 
     // Phase: route, validate.
+    crate::http::request::check_host(&head)?;
     let route = ctx.router.find(head.host().as_deref(), head.path()).ok_or_else(|| {
         ProxyError::new(ErrorKind::NoRoute, format!("no route for host `{}` path `{}`", facts.host, head.path()))
     })?;
@@ -280,11 +295,13 @@ async fn prepare(client: &TcpStream, ctx: &Context, facts: &mut Facts) -> Result
     // Phase: connect upstream and forward the rewritten head with whatever followed it.
     // An upgrade also waits for the response head here (peeked, left queued), so that a
     // server failing before it answers is replaced by the next one.
-    let fwd = Forwarded { client_ip, peer_ip, trusted: ctx.admission.is_trusted(peer_ip), proto: "http" };
-    let mut out = upstream_head(&head, intent, fwd);
-    let early = &buf[head.len..];
-    out.extend_from_slice(early);
-    facts.bytes_in = early.len() as u64;
+    let fwd =
+        Forwarded { client_ip, peer_ip, trusted: ctx.admission.is_trusted(peer_ip), proto: facts.scheme.as_str() };
+    // Bytes that followed the head are not forwarded with it: for an upgrade they wait
+    // for the 101 (then they are WebSocket data), for plain HTTP only the request's own
+    // body goes on (see `plain`). A pipelined request is never passed on raw.
+    let out = upstream_head(&head, intent, fwd);
+    let early = buf[head.len..].to_vec();
     let pick = Pick { client: client_ip, key: route.group.hash_key().and_then(|k| k.extract(&head)) };
     let (connected, resp) = if intent == Intent::WebSocket {
         let exchange = handshake::Exchange {
@@ -306,7 +323,8 @@ async fn prepare(client: &TcpStream, ctx: &Context, facts: &mut Facts) -> Result
         (connected, None)
     };
     facts.upstream_addr = Some(route.group.server(connected.server).addr);
-    Ok(Prepared { connected, response: resp, admitted })
+    let plain = PlainRequest { framing: head.framing(), method: head.method };
+    Ok(Prepared { connected, response: resp, admitted, early, plain })
 }
 
 /// The phases up to the relay. `client_slot` is taken only by the kernel splice (which
@@ -319,19 +337,41 @@ async fn proxy(
 ) -> Result<Option<Handoff>, ProxyError> {
     let cfg = &ctx.config;
     let client = client_slot.as_ref().ok_or_else(|| ProxyError::new(ErrorKind::Internal, "client socket missing"))?;
-    let Prepared { connected, response: resp, admitted } = Box::pin(prepare(client, ctx, facts)).await?;
+    let Prepared { connected, response: resp, admitted, early, plain } = Box::pin(prepare(client, ctx, facts)).await?;
     let upstream = connected.stream;
     let live = connected.live;
 
     let mut shutdown = ctx.shutdown.clone();
     let idle_timeout = cfg.timeouts.idle;
     let Some(resp) = resp else {
-        // Plain HTTP: the request body may be large, so relay right away; the response
-        // status is read from the first bytes the upstream sends.
-        let opts = RelayOptions { idle_timeout, end_on_upstream_fin: true, pause_after: None };
-        let outcome = userspace_relay(client, &upstream, opts, &mut shutdown, ctx, facts).await;
-        facts.status = outcome.response_status.unwrap_or(502);
-        facts.upstream_response_time = outcome.first_response.map(|t| (t - connected.started).as_secs_f64());
+        // Plain HTTP: the body as framed, then the response as framed, then the end.
+        Stats::bump(&ctx.stats.relayed_userspace);
+        facts.mode = "userspace";
+        let limits = crate::plain::Limits {
+            response: cfg.timeouts.response,
+            idle: idle_timeout,
+            max_response: cfg.limits.max_response_header_bytes,
+        };
+        let exchange = crate::plain::exchange(client, &upstream, plain.framing, &early, &plain.method, limits);
+        let done = tokio::select! {
+            done = Box::pin(exchange) => done,
+            () = shutdown.reached(crate::shutdown::Phase::Stop) => {
+                facts.close = CloseReason::Shutdown.as_str();
+                return Ok(None);
+            }
+        };
+        let done = done?;
+        if done.pipelined {
+            tracing::debug!(client = %facts.peer, "bytes after the request were not forwarded (pipelining is not supported)");
+        }
+        facts.status = done.status;
+        facts.bytes_in = done.bytes_in;
+        facts.bytes_out = done.bytes_out;
+        facts.bytes_sent = done.bytes_out;
+        facts.upstream_response_time = done.first_response.map(|t| (t - connected.started).as_secs_f64());
+        facts.close = CloseReason::Done.as_str();
+        crate::net::shutdown(client, std::net::Shutdown::Both);
+        crate::net::shutdown(&upstream, std::net::Shutdown::Both);
         return Ok(None);
     };
 
@@ -348,8 +388,15 @@ async fn proxy(
         return Ok(None);
     }
 
-    // Phase: relay, in the kernel when it can take the pair.
+    // Phase: relay, in the kernel when it can take the pair. What the client sent
+    // after its head is WebSocket data now: it goes first.
     Stats::bump(&ctx.stats.upgrades_succeeded);
+    if !early.is_empty() {
+        facts.bytes_in += early.len() as u64;
+        handshake::write_all(&upstream, early).await.map_err(|e| {
+            ProxyError::new(ErrorKind::UpstreamClosed, format!("forwarding the client's first frames: {e}"))
+        })?;
+    }
     let opts = RelayOptions { idle_timeout, end_on_upstream_fin: false, pause_after: None };
     let Some(splicer) = &ctx.splicer else {
         userspace_relay(client, &upstream, opts, &mut shutdown, ctx, facts).await;
@@ -382,9 +429,23 @@ async fn proxy(
             userspace_relay(&client, &upstream, opts, &mut shutdown, ctx, facts).await;
         }
         Err(HandoverError::Failed { side, source }) => {
-            // The sockets are closed (dropped with the error); nothing can be sent.
-            tracing::info!(side = %side, error = %source, client = %facts.peer, "splice handover failed");
-            facts.close = "error";
+            // The sockets are closed (dropped with the error); nothing can be sent. A
+            // peer that reset or closed meanwhile is that peer's doing, not a failure.
+            let reset = crate::net::is_reset(&source);
+            match (side, reset) {
+                (splice::Side::Client, true) => {
+                    tracing::debug!(error = %source, client = %facts.peer, "client reset during the splice handover");
+                    facts.close = "client_reset";
+                }
+                (splice::Side::Upstream, true) => {
+                    tracing::debug!(error = %source, client = %facts.peer, "upstream reset during the splice handover");
+                    facts.close = "upstream_reset";
+                }
+                _ => {
+                    tracing::info!(side = %side, error = %source, client = %facts.peer, "splice handover failed");
+                    facts.close = "error";
+                }
+            }
         }
     }
     drop((admitted, live));

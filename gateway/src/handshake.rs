@@ -34,9 +34,10 @@ use crate::{bufpool, net, readiness};
 /// the whole buffer, which may hold bytes that followed the head (never dropped).
 pub async fn read_head(
     client: &TcpStream,
-    max: usize,
+    limits: &crate::config::Limits,
     deadline: Instant,
 ) -> Result<(RequestHead, Vec<u8>), ProxyError> {
+    let max = limits.max_header_bytes;
     let mut buf: Vec<u8> = Vec::with_capacity(max.min(1024));
     // The head usually arrived with the connection: try to take it before waiting.
     let mut wait = false;
@@ -65,7 +66,7 @@ pub async fn read_head(
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(ProxyError::new(ErrorKind::ClientClosed, format!("reading request: {e}"))),
         }
-        if let Some(head) = request::parse(&buf)? {
+        if let Some(head) = request::parse(&buf, limits.max_headers)? {
             return Ok((head, buf));
         }
         if buf.len() >= max {

@@ -14,6 +14,7 @@ pub mod handshake;
 pub mod http;
 pub mod lifetimes;
 pub mod net;
+pub mod plain;
 pub mod preflight;
 pub mod readiness;
 pub mod relay;

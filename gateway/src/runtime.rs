@@ -241,9 +241,11 @@ fn worker(setup: WorkerSetup, sockets: Vec<Socket>) -> Result<()> {
             }
         });
         let mut accept_loops = Vec::new();
-        for s in sockets {
+        // One socket per listener, in the configuration's order.
+        let schemes: Vec<_> = ctx.config.listeners.iter().map(crate::config::ListenerConfig::scheme).collect();
+        for (s, scheme) in sockets.into_iter().zip(schemes) {
             let listener = TcpListener::from_std(s.into());
-            accept_loops.push(tokio_uring::spawn(accept_loop(listener, ctx.clone())));
+            accept_loops.push(tokio_uring::spawn(accept_loop(listener, scheme, ctx.clone())));
         }
         for l in accept_loops {
             let _ = l.await;
@@ -257,7 +259,7 @@ fn worker(setup: WorkerSetup, sockets: Vec<Socket>) -> Result<()> {
     })
 }
 
-async fn accept_loop(listener: TcpListener, ctx: Rc<Context>) {
+async fn accept_loop(listener: TcpListener, scheme: crate::http::Scheme, ctx: Rc<Context>) {
     let mut shutdown = ctx.shutdown.clone();
     let mut draining = std::pin::pin!(shutdown.reached(Phase::Draining));
     loop {
@@ -265,7 +267,7 @@ async fn accept_loop(listener: TcpListener, ctx: Rc<Context>) {
             res = listener.accept() => match res {
                 Ok((stream, peer)) => {
                     let active = ActiveConn::new(&ctx.stats);
-                    tokio_uring::spawn(connection::serve(stream, peer, ctx.clone(), active));
+                    tokio_uring::spawn(connection::serve(stream, peer, scheme, ctx.clone(), active));
                 }
                 Err(e) => {
                     // EMFILE/ENFILE/ENOBUFS: back off briefly instead of spinning.

@@ -1,6 +1,6 @@
 //! The request head as the upstream sees it: the nginx recipe's `proxy_set_header` lines.
 //!
-//! Host is kept; `X-Real-IP` (the client address as believed) and `X-Forwarded-Proto`
+//! The request line carries the normalised target; Host is kept; `X-Real-IP` (the client address as believed) and `X-Forwarded-Proto`
 //! are set; `X-Forwarded-For` is the incoming one with the peer address appended when
 //! the peer is a trusted proxy, and just the peer address otherwise: a header from an
 //! untrusted peer is never passed on. Hop-by-hop headers and headers named in `Connection` are
@@ -37,7 +37,7 @@ pub struct Forwarded<'a> {
     pub peer_ip: IpAddr,
     /// Whether the peer is a trusted proxy (its `X-Forwarded-For` is kept).
     pub trusted: bool,
-    /// `http` or `https`.
+    /// The scheme of the listener that accepted the client (`X-Forwarded-Proto`).
     pub proto: &'a str,
 }
 
@@ -58,7 +58,9 @@ pub fn upstream_head(head: &RequestHead, intent: Intent, fwd: Forwarded<'_>) -> 
     out.extend_from_slice(head.method.as_bytes());
     out.push(b' ');
     out.extend_from_slice(head.target.as_bytes());
-    out.extend_from_slice(b" HTTP/1.1\r\n");
+    // HTTP/1.0 goes on as HTTP/1.0 (nginx's `proxy_http_version 1.0`): the upstream then
+    // answers in a way a 1.0 client understands (no chunked coding, close-delimited).
+    out.extend_from_slice(if head.minor_version == 0 { b" HTTP/1.0\r\n" } else { b" HTTP/1.1\r\n" });
     for (name, value) in &head.headers {
         if !dropped(name) {
             push_header(&mut out, name.as_bytes(), value);
@@ -97,7 +99,9 @@ fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::request::parse;
+    fn parse(buf: &[u8]) -> Result<Option<crate::http::request::RequestHead>, crate::error::ProxyError> {
+        crate::http::request::parse(buf, crate::http::DEFAULT_MAX_HEADERS)
+    }
 
     #[test]
     fn websocket_head_is_rewritten_like_the_recipe() {

@@ -192,7 +192,9 @@ impl HashKey {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::request::parse;
+    fn parse(buf: &[u8]) -> Result<Option<crate::http::request::RequestHead>, crate::error::ProxyError> {
+        crate::http::request::parse(buf, crate::http::DEFAULT_MAX_HEADERS)
+    }
 
     fn servers(n: u16) -> Vec<Server> {
         (0..n).map(|i| Server::new(format!("10.0.0.{}:80", i + 1).parse().unwrap(), 1, false, 0)).collect()
