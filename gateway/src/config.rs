@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::upstream::address::ServerAddress;
+
 /// The whole configuration of one wsgate process.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -222,8 +224,10 @@ fn default_path() -> String {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct UpstreamConfig {
-    /// Servers of the group: `"IP:PORT"` or
-    /// `{ address = "IP:PORT", weight = 2, backup = false, max_conns = 0 }`.
+    /// Servers of the group: `"ADDRESS"` or
+    /// `{ address = "ADDRESS", weight = 2, backup = false, max_conns = 0 }`, where ADDRESS
+    /// is `IP:PORT`, `[IPv6]:PORT` or `HOST:PORT` (a DNS name, resolved at start and
+    /// every `resolve_interval`).
     pub servers: Vec<ServerConfig>,
     /// Which server a new connection goes to: `round_robin` (smooth weighted, the
     /// default), `least_conn` (fewest live connections relative to weight, counted
@@ -250,6 +254,10 @@ pub struct UpstreamConfig {
     pub source_addresses: Vec<IpAddr>,
     /// Active health checks, run on the admin thread. Absent (the default): none.
     pub health_check: Option<HealthCheckConfig>,
+    /// How often servers given by DNS name are resolved again (their first address,
+    /// IPv4 first unless `source_addresses` are IPv6). `0s`: only at start. Default 30s.
+    #[serde(with = "humantime_serde")]
+    pub resolve_interval: Duration,
 }
 
 impl Default for UpstreamConfig {
@@ -263,6 +271,7 @@ impl Default for UpstreamConfig {
             tries: 0,
             source_addresses: Vec::new(),
             health_check: None,
+            resolve_interval: Duration::from_secs(30),
         }
     }
 }
@@ -348,8 +357,8 @@ pub fn parse_statuses(specs: &[String]) -> Result<Vec<(u16, u16)>, String> {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(from = "ServerSpec", into = "ServerSpec")]
 pub struct ServerConfig {
-    /// `IP:PORT` of the server.
-    pub address: SocketAddr,
+    /// Where the server is: `IP:PORT`, `[IPv6]:PORT` or `HOST:PORT`.
+    pub address: ServerAddress,
     /// Relative share of new connections.
     pub weight: u32,
     /// Used only when no primary server is available.
@@ -358,19 +367,44 @@ pub struct ServerConfig {
     pub max_conns: u64,
 }
 
-#[derive(Deserialize, Serialize)]
+/// A server as written: an address string or a table. Deserialized by hand (not
+/// `untagged`), so a bad address says what is wrong and what is accepted.
+#[derive(Serialize)]
 #[serde(untagged)]
 enum ServerSpec {
-    Address(SocketAddr),
-    Full {
-        address: SocketAddr,
-        #[serde(default = "default_weight")]
-        weight: u32,
-        #[serde(default)]
-        backup: bool,
-        #[serde(default)]
-        max_conns: u64,
-    },
+    Address(ServerAddress),
+    Full(FullServerSpec),
+}
+
+#[derive(Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct FullServerSpec {
+    address: ServerAddress,
+    #[serde(default = "default_weight")]
+    weight: u32,
+    #[serde(default)]
+    backup: bool,
+    #[serde(default)]
+    max_conns: u64,
+}
+
+impl<'de> Deserialize<'de> for ServerSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Spec;
+        impl<'de> serde::de::Visitor<'de> for Spec {
+            type Value = ServerSpec;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a server address (\"IP:PORT\" or \"HOST:PORT\") or a table with `address`")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<ServerSpec, E> {
+                ServerAddress::try_from(s.to_owned()).map(ServerSpec::Address).map_err(E::custom)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<ServerSpec, A::Error> {
+                FullServerSpec::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(ServerSpec::Full)
+            }
+        }
+        d.deserialize_any(Spec)
+    }
 }
 
 fn default_weight() -> u32 {
@@ -381,14 +415,16 @@ impl From<ServerSpec> for ServerConfig {
     fn from(s: ServerSpec) -> Self {
         match s {
             ServerSpec::Address(address) => Self { address, weight: 1, backup: false, max_conns: 0 },
-            ServerSpec::Full { address, weight, backup, max_conns } => Self { address, weight, backup, max_conns },
+            ServerSpec::Full(FullServerSpec { address, weight, backup, max_conns }) => {
+                Self { address, weight, backup, max_conns }
+            }
         }
     }
 }
 
 impl From<ServerConfig> for ServerSpec {
     fn from(s: ServerConfig) -> Self {
-        Self::Full { address: s.address, weight: s.weight, backup: s.backup, max_conns: s.max_conns }
+        Self::Full(FullServerSpec { address: s.address, weight: s.weight, backup: s.backup, max_conns: s.max_conns })
     }
 }
 
@@ -467,7 +503,7 @@ impl Config {
     pub fn one_line(listen: Vec<SocketAddr>, upstreams: Vec<SocketAddr>) -> Self {
         let servers = upstreams
             .into_iter()
-            .map(|address| ServerConfig { address, weight: 1, backup: false, max_conns: 0 })
+            .map(|address| ServerConfig { address: ServerAddress::Ip(address), weight: 1, backup: false, max_conns: 0 })
             .collect();
         Self {
             listeners: listen
@@ -630,7 +666,7 @@ fn validate_upstream(name: &str, u: &UpstreamConfig) -> Result<(), ConfigError> 
         return Err(invalid(field("fail_timeout"), "must be greater than 0 when max_fails is set"));
     }
     for (i, a) in u.source_addresses.iter().enumerate() {
-        if u.servers.iter().any(|s| s.address.is_ipv4() != a.is_ipv4()) {
+        if u.servers.iter().filter_map(|s| s.address.ip()).any(|s| s.is_ipv4() != a.is_ipv4()) {
             return Err(invalid(
                 field(&format!("source_addresses[{i}]")),
                 format!("{a} is not of the same address family as every server"),

@@ -322,7 +322,7 @@ async fn prepare(client: &TcpStream, ctx: &Context, facts: &mut Facts) -> Result
         }
         (connected, None)
     };
-    facts.upstream_addr = Some(route.group.server(connected.server).addr);
+    facts.upstream_addr = Some(route.group.server(connected.server).addr());
     let plain = PlainRequest { framing: head.framing(), method: head.method };
     Ok(Prepared { connected, response: resp, admitted, early, plain })
 }

@@ -122,7 +122,7 @@ pub async fn exchange(
     let mut failures = Failures::default();
     for i in group.attempt_order(pick) {
         let Some(connected) = connect_one(group, i, x.connect_timeout, &mut failures).await else { continue };
-        let addr = group.server(i).addr;
+        let addr = group.server(i).addr();
         if let Err(e) = write_all(&connected.stream, x.request.to_vec()).await {
             group.report_failure(i);
             tracing::warn!(upstream = %addr, group = %group.name, error = %e, "forwarding the request failed; trying the next server");
@@ -175,7 +175,7 @@ impl Failures {
 async fn connect_one(group: &Arc<Group>, i: usize, timeout: Duration, failures: &mut Failures) -> Option<Connected> {
     // A server can fill up between the pick and here: skip it, it did not fail.
     let live = group.try_enter(i)?;
-    let addr = group.server(i).addr;
+    let addr = group.server(i).addr();
     let started = Instant::now();
     match net::connect(addr, group.next_source(), timeout).await {
         Ok(stream) => Some(Connected { stream, server: i, started, live }),

@@ -67,11 +67,15 @@ pub fn run(config: Config, allocator: Allocator) -> Result<()> {
         first_sockets.push(s);
     }
 
-    let groups: Vec<(String, Arc<Group>)> =
-        config.upstreams.iter().map(|(name, u)| (name.clone(), Arc::new(Group::new(name, u)))).collect();
+    let groups: Vec<(String, Arc<Group>)> = config
+        .upstreams
+        .iter()
+        .map(|(name, u)| Ok((name.clone(), Arc::new(Group::new(name, u)?))))
+        .collect::<Result<_, upstream::ResolveError>>()?;
     let router =
         Arc::new(Router::new(&config.routes, |name| groups.iter().find(|(n, _)| n == name).map(|(_, g)| g.clone())));
     let all_groups: Vec<Arc<Group>> = groups.iter().map(|(_, g)| g.clone()).collect();
+    upstream::start_resolver(&all_groups).context("starting the upstream resolver thread")?;
     if upstream::health::start(&all_groups).context("starting the health-check thread")? {
         tracing::info!("active health checks running");
     }

@@ -304,3 +304,52 @@ fn a_client_reset_right_after_its_upgrade_is_logged_as_a_client_reset() {
         assert!(line.contains("close=client_reset"), "splice = {splice}: {line}");
     }
 }
+
+#[test]
+fn an_upstream_given_by_host_name_is_resolved() {
+    let (ws, _) = recorder(OK);
+    let (other, got) = recorder(OK);
+    let cfg = config(ws.addr, other.addr, "")
+        .replace(&format!("[\"{}\"]", other.addr), &format!("[\"localhost:{}\"]", other.addr.port()));
+    assert!(cfg.contains("\"localhost:"), "{cfg}");
+    let gw = Gateway::with_config(&cfg, &[]);
+    assert_eq!(exchange(&gw, b"GET /named HTTP/1.1\r\nHost: example.test\r\n\r\n").as_bytes(), OK);
+    let got = received(&got, &other, 1, |_| true);
+    assert_eq!(got, [format!("GET /named HTTP/1.1\r\nHost: example.test\r\nConnection: close\r\n{FWD}")]);
+    gw.wait_log(&format!("ua=127.0.0.1:{}", other.addr.port()));
+}
+
+#[test]
+fn a_bad_server_address_says_what_is_accepted() {
+    let dir = utils::TempDir::new();
+    for (servers, want) in [
+        ("[\"localhost\"]", "`localhost`: no port; expected IP:PORT, [IPv6]:PORT or HOST:PORT"),
+        ("[{ address = \"bad host:80\" }]", "`bad host:80`: not an IP address or a DNS name; expected IP:PORT"),
+        ("[\"backend:http\"]", "the port must be a number from 1 to 65535"),
+    ] {
+        let path = dir.0.join("bad.toml");
+        std::fs::write(
+            &path,
+            format!("[[listener]]\naddress = \"127.0.0.1:0\"\n[upstream.main]\nservers = {servers}\n[[route]]\nupstream = \"main\"\n"),
+        )
+        .unwrap();
+        let out =
+            std::process::Command::new(env!("CARGO_BIN_EXE_wsgate")).args(["check", "-c"]).arg(&path).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains(want) && stderr.contains("line 4"), "{servers}: {stderr}");
+    }
+    // A name that does not resolve stops the start with the field named.
+    let path = dir.0.join("unresolved.toml");
+    std::fs::write(
+        &path,
+        "[[listener]]\naddress = \"127.0.0.1:0\"\n[upstream.main]\nservers = [\"127.0.0.1:1\", \"no-such-host.invalid:80\"]\n[[route]]\nupstream = \"main\"\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wsgate")).arg("-c").arg(&path).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && stderr.contains("upstream.main.servers[1].address: cannot resolve `no-such-host.invalid:80`"),
+        "{stderr}"
+    );
+}

@@ -84,7 +84,7 @@ impl Rendezvous {
             .iter()
             .enumerate()
             .filter(|(_, s)| !s.backup)
-            .map(|(i, s)| (i, hash_bytes(s.addr.to_string().as_bytes()), f64::from(s.weight)))
+            .map(|(i, s)| (i, hash_bytes(s.address.to_string().as_bytes()), f64::from(s.weight)))
             .collect();
         Self { members }
     }
@@ -197,7 +197,12 @@ mod tests {
     }
 
     fn servers(n: u16) -> Vec<Server> {
-        (0..n).map(|i| Server::new(format!("10.0.0.{}:80", i + 1).parse().unwrap(), 1, false, 0)).collect()
+        (0..n)
+            .map(|i| {
+                let addr: std::net::SocketAddr = format!("10.0.0.{}:80", i + 1).parse().unwrap();
+                Server::new(crate::upstream::address::ServerAddress::Ip(addr), addr, 1, false, 0)
+            })
+            .collect()
     }
 
     #[test]

@@ -50,24 +50,24 @@ async fn check_loop(group: Arc<Group>, i: usize) {
     };
     let statuses = parse_statuses(&cfg.statuses).unwrap_or_default();
     let server = group.server(i);
-    let request = check_request(&cfg, server.addr);
+    let request = check_request(&cfg, server.addr());
     let mut ticks = tokio::time::interval(cfg.interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let (mut passed, mut failed) = (0u32, 0u32);
     loop {
         ticks.tick().await;
-        match probe(server.addr, &request, cfg.timeout, &statuses).await {
+        match probe(server.addr(), &request, cfg.timeout, &statuses).await {
             Ok(status) => {
                 (passed, failed) = (passed.saturating_add(1), 0);
                 if passed >= cfg.rise && !server.set_healthy(true) {
-                    tracing::warn!(group = %group.name, upstream = %server.addr, status, "upstream passed {} health checks; back in service", cfg.rise);
+                    tracing::warn!(group = %group.name, upstream = %server.addr(), status, "upstream passed {} health checks; back in service", cfg.rise);
                 }
             }
             Err(reason) => {
                 (passed, failed) = (0, failed.saturating_add(1));
                 if failed >= cfg.fall && server.is_healthy() {
                     server.set_healthy(false);
-                    tracing::warn!(group = %group.name, upstream = %server.addr, "upstream failed {} health checks; out of service: {reason}", cfg.fall);
+                    tracing::warn!(group = %group.name, upstream = %server.addr(), "upstream failed {} health checks; out of service: {reason}", cfg.fall);
                 }
             }
         }
