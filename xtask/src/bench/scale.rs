@@ -1,0 +1,205 @@
+//! `cargo xtask bench scale --conns N`: the many-connection hold, spread over several
+//! wsgate, echo and load processes when the open-files limit requires it.
+//!
+//! It refuses a count the machine's memory cannot hold rather than push the machine
+//! into the OOM killer, and it never leaves a process it started behind.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use serde_json::json;
+
+use wsbench::load::Scenario as LoadScenario;
+
+use super::load::{LoadArgs, run_load};
+use super::procfs::{cpu_secs, mem_now, meminfo_kib};
+use super::procs::{Proc, free_port, nofile_hard, start_echo, start_wsgate};
+use super::row::Row;
+use super::sampler::{Sampled, Sampler};
+use super::{Options, defaults};
+
+/// The processes of a scale run and how they were laid out.
+pub(super) struct Layout {
+    pub(super) procs: Vec<Proc>,
+    pub(super) gate_pids: Vec<u32>,
+    pub(super) echo_addrs: Vec<SocketAddr>,
+    pub(super) echo_procs: usize,
+    pub(super) instances: u64,
+    pub(super) target: SocketAddr,
+    pub(super) sources: String,
+    pub(super) load_procs: u64,
+    pub(super) limit: u64,
+    pub(super) note: String,
+}
+
+/// Refuses a connection count the machine's memory cannot hold.
+pub(super) fn check_memory(conns: u64, through_wsgate: bool) -> Result<()> {
+    // ~19 KiB kernel per proxied connection (four sockets), ~10 direct, plus userspace;
+    // refuse what cannot fit rather than push the machine into the OOM killer.
+    let per_conn_kib = if through_wsgate { 24 } else { 13 };
+    let avail = meminfo_kib("MemAvailable");
+    let fits = avail.saturating_sub(2 << 20) / per_conn_kib;
+    if conns > fits {
+        bail!(
+            "{conns} connections need ~{} MiB but {} MiB are available (keeping 2 GiB free): try --conns {fits}",
+            conns * per_conn_kib / 1024,
+            avail / 1024
+        );
+    }
+    Ok(())
+}
+
+/// Starts echo processes (several addresses, several processes per address on one port)
+/// and wsgate instances, sized by the open-files limit and the ports of an address pair.
+pub(super) fn lay_out(opts: &Options, conns: u64, through_wsgate: bool, log: &Path) -> Result<Layout> {
+    let limit = nofile_hard();
+    let per_proc = limit.saturating_sub(500).max(1000);
+    // Each loopback address pair has ~28k ephemeral ports: spread over addresses.
+    let pairs = conns.div_ceil(25_000).max(1);
+    let port = free_port()?;
+    let mut procs = Vec::new();
+    let mut echo_addrs = Vec::new();
+    let echo_per_addr = conns.div_ceil(pairs).div_ceil(per_proc).max(1);
+    for a in 0..pairs {
+        let addr: SocketAddr = format!("127.0.0.{}:{port}", 10 + a).parse()?;
+        for _ in 0..echo_per_addr {
+            procs.push(start_echo(addr, opts.echo_threads)?.0);
+        }
+        echo_addrs.push(addr);
+    }
+    let echo_procs = procs.len();
+    let mut gate_pids = Vec::new();
+    let mut instances = 0;
+    let target = if through_wsgate {
+        let target: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+        // 10% headroom: SO_REUSEPORT spreads connections by hash, not evenly, and an
+        // instance at its --max-connections answers 503.
+        instances = (2 * conns + conns / 5).div_ceil(per_proc).max(1);
+        for _ in 0..instances {
+            // Each instance is sized (kernel maps, preflight) for its share of the
+            // connections; two open files per proxied connection.
+            let p = start_wsgate(target, &echo_addrs, opts.workers, None, Some(per_proc / 2), log)?;
+            gate_pids.push(p.pid());
+            procs.push(p);
+        }
+        target
+    } else {
+        echo_addrs[0]
+    };
+    let note = if through_wsgate && instances > 1 {
+        format!(
+            "{instances} wsgate instances share {target} through SO_REUSEPORT because the open-files hard limit is {limit} \
+             (one tuned process would hold them all on an edge node)"
+        )
+    } else {
+        format!("open-files hard limit {limit}")
+    };
+    Ok(Layout {
+        procs,
+        gate_pids,
+        echo_addrs,
+        echo_procs,
+        instances,
+        target,
+        sources: format!("127.0.1.1-127.0.1.{}", pairs.min(250)),
+        load_procs: conns.div_ceil(per_proc).max(1),
+        limit,
+        note,
+    })
+}
+
+pub(super) fn run(opts: &Options, out: &Path, wsgate_built: bool) -> Result<()> {
+    let (conns, duration) = defaults(opts);
+    let through_wsgate = opts.targets.iter().any(|t| t == "wsgate");
+    if through_wsgate && !wsgate_built {
+        bail!("the scale run needs wsgate, which did not build (or use --targets direct)");
+    }
+    check_memory(conns, through_wsgate)?;
+    let mut lay = lay_out(opts, conns, through_wsgate, &out.join("wsgate.log"))?;
+    eprintln!(
+        "bench scale: {conns} connections → {} ({}); {} echo processes on {} addresses, {} load processes from {}",
+        if through_wsgate { "wsgate" } else { "echo directly" },
+        lay.note,
+        lay.echo_procs,
+        lay.echo_addrs.len(),
+        lay.load_procs,
+        lay.sources
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let before = mem_now(&lay.gate_pids);
+    let cpu0 = cpu_secs(&lay.gate_pids);
+    let sampler = Sampler::start(lay.gate_pids.clone());
+    let load = LoadArgs {
+        scenario: LoadScenario::Hold,
+        targets: if through_wsgate { vec![lay.target] } else { lay.echo_addrs.clone() },
+        sources: Some(lay.sources.clone()),
+        conns,
+        duration,
+        procs: lay.load_procs,
+        report: out.join("scale.json"),
+    };
+    let report = run_load(opts, &load);
+    let Sampled { peak, settled, marginal_anon } = sampler.finish();
+    let cpu = cpu_secs(&lay.gate_pids) - cpu0;
+    drop(std::mem::take(&mut lay.procs));
+    let row = Row {
+        name: if through_wsgate { "wsgate".into() } else { "direct".into() },
+        report: report?,
+        proxy_cpu: through_wsgate.then_some(cpu),
+        machine_busy: 0.0,
+        before,
+        peak,
+        settled,
+        marginal_anon,
+        above_direct: Vec::new(),
+    };
+    report_scale(&row, &lay, conns, through_wsgate, out)
+}
+
+/// Prints and writes the outcome of a scale run.
+pub(super) fn report_scale(row: &Row, lay: &Layout, conns: u64, through_wsgate: bool, out: &Path) -> Result<()> {
+    let (before, peak) = (row.before, row.peak);
+    let held = row.report.peak_open;
+    let verified = row.report.counts.verified;
+    let ramp = row.report.ramp_secs;
+    println!();
+    println!("bench scale: {conns} connections planned, {held} held, {verified} verified after the hold");
+    let ramp_text =
+        ramp.map_or_else(|| "did not finish".into(), |r| format!("{r:.1} s ({:.0} conn/s)", held as f64 / r));
+    println!("  ramp          {ramp_text}");
+    if through_wsgate {
+        let idle = row.idle_bytes_per_conn();
+        println!(
+            "  wsgate memory {idle:.0} B userspace (anonymous RSS) per held connection at the end of the hold, every \
+             instance's fixed costs included ({} goal ≤ 256 B); {:.0} B per connection added over the ramp; {:.3} KiB \
+             RSS per connection at the peak",
+            if idle <= 256.0 { "met" } else { "MISS" },
+            row.marginal_anon.unwrap_or(f64::NAN),
+            row.rss_per_conn()
+        );
+    }
+    println!(
+        "  kernel        {:.2} KiB slab per connection (all sockets), TCP memory {:.2} KiB per connection",
+        row.kernel_per_conn(),
+        peak.tcp.saturating_sub(before.tcp) as f64 / held.max(1) as f64
+    );
+    println!("  MemAvailable  {} MiB at the peak", peak.available / 1024);
+    println!("  clean         {}", row.report.clean);
+    println!("  note          {}", lay.note);
+    let summary = json!({
+        "scenario": "scale", "conns": conns, "held": held, "verified": verified, "ramp_secs": ramp,
+        "through_wsgate": through_wsgate, "wsgate_instances": lay.instances, "echo_processes": lay.echo_procs,
+        "load_processes": lay.load_procs, "nofile_hard_limit": lay.limit, "note": lay.note,
+        "wsgate_rss_kib_per_conn": through_wsgate.then(|| row.rss_per_conn()),
+        "wsgate_anon_kib_per_conn": through_wsgate.then(|| row.anon_per_conn()),
+        "wsgate_marginal_anon_bytes_per_conn": through_wsgate.then_some(row.marginal_anon).flatten(),
+        "wsgate_idle_anon_bytes_per_conn": through_wsgate.then(|| row.idle_bytes_per_conn()),
+        "slab_kib_per_conn": row.kernel_per_conn(), "mem_available_kib_at_peak": peak.available,
+        "report": row.report,
+    });
+    std::fs::write(out.join("summary.json"), serde_json::to_string_pretty(&summary)?)?;
+    println!("reports, plots and summary: {}", out.display());
+    Ok(())
+}
