@@ -47,6 +47,39 @@ pub struct Config {
     pub upstreams: BTreeMap<String, UpstreamConfig>,
     /// Per-client-address limits and which peers' forwarding headers are believed.
     pub admission: AdmissionConfig,
+    /// TCP keepalive and `TCP_USER_TIMEOUT` on client and upstream sockets (dead peers).
+    pub keepalive: KeepaliveConfig,
+}
+
+/// How a peer that vanished without a FIN or RST is found: TCP keepalive probes on
+/// every client and upstream socket, and `TCP_USER_TIMEOUT` for data left unacknowledged.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KeepaliveConfig {
+    /// Turns `SO_KEEPALIVE` on for client and upstream sockets (default true).
+    pub enabled: bool,
+    /// Silence before the first probe (`TCP_KEEPIDLE`); `0s` (the default) keeps the
+    /// kernel's `net.ipv4.tcp_keepalive_time` (set by the tuning profiles).
+    #[serde(with = "humantime_serde")]
+    pub idle: Duration,
+    /// Between two unanswered probes (`TCP_KEEPINTVL`); `0s` keeps
+    /// `net.ipv4.tcp_keepalive_intvl`.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Unanswered probes before the connection is dropped (`TCP_KEEPCNT`, 0 to 127);
+    /// 0 keeps `net.ipv4.tcp_keepalive_probes`.
+    pub count: u32,
+    /// Sent data left unacknowledged this long drops the connection
+    /// (`TCP_USER_TIMEOUT`; it also bounds the keepalive probing); `0s` (the default):
+    /// the kernel's retransmission limits.
+    #[serde(with = "humantime_serde")]
+    pub user_timeout: Duration,
+}
+
+impl Default for KeepaliveConfig {
+    fn default() -> Self {
+        Self { enabled: true, idle: Duration::ZERO, interval: Duration::ZERO, count: 0, user_timeout: Duration::ZERO }
+    }
 }
 
 /// One listening address.
@@ -548,6 +581,18 @@ impl Config {
         }
         if !(512..=1024 * 1024).contains(&self.limits.max_header_bytes) {
             return Err(invalid("limits.max_header_bytes", "must be between 512 and 1048576"));
+        }
+        let ka = &self.keepalive;
+        for (field, d) in [("keepalive.idle", ka.idle), ("keepalive.interval", ka.interval)] {
+            if d.as_secs() > 32767 || (!d.is_zero() && d.as_secs() == 0) {
+                return Err(invalid(field, "must be 0s or whole seconds from 1s to 32767s"));
+            }
+        }
+        if ka.count > 127 {
+            return Err(invalid("keepalive.count", "must be between 0 and 127"));
+        }
+        if ka.user_timeout.as_millis() > u128::from(u32::MAX) {
+            return Err(invalid("keepalive.user_timeout", "must be below 49 days"));
         }
         if !(1..=8192).contains(&self.limits.max_headers) {
             return Err(invalid("limits.max_headers", "must be between 1 and 8192"));

@@ -323,6 +323,9 @@ async fn prepare(client: &TcpStream, ctx: &Context, facts: &mut Facts) -> Result
         (connected, None)
     };
     facts.upstream_addr = Some(route.group.server(connected.server).addr());
+    if let Err(e) = crate::keepalive::apply(&connected.stream, &cfg.keepalive) {
+        tracing::warn!(error = %e, "setting TCP keepalive on the upstream socket");
+    }
     let plain = PlainRequest { framing: head.framing(), method: head.method };
     Ok(Prepared { connected, response: resp, admitted, early, plain })
 }

@@ -12,6 +12,7 @@ pub mod connection;
 pub mod error;
 pub mod handshake;
 pub mod http;
+pub mod keepalive;
 pub mod lifetimes;
 pub mod net;
 pub mod plain;

@@ -61,7 +61,8 @@ pub fn run(config: Config, allocator: Allocator) -> Result<()> {
     let mut first_sockets = Vec::new();
     let mut addrs = Vec::new();
     for l in &config.listeners {
-        let s = listen_socket(l.address, l.backlog).with_context(|| format!("cannot listen on {}", l.address))?;
+        let s = listen_socket(l.address, l.backlog, &config.keepalive)
+            .with_context(|| format!("cannot listen on {}", l.address))?;
         let local = s.local_addr()?.as_socket().context("listener has no IP address")?;
         addrs.push((local, l.backlog));
         first_sockets.push(s);
@@ -98,7 +99,9 @@ pub fn run(config: Config, allocator: Allocator) -> Result<()> {
         } else {
             addrs
                 .iter()
-                .map(|&(a, backlog)| listen_socket(a, backlog).with_context(|| format!("cannot listen on {a}")))
+                .map(|&(a, backlog)| {
+                    listen_socket(a, backlog, &config.keepalive).with_context(|| format!("cannot listen on {a}"))
+                })
                 .collect::<Result<Vec<_>>>()?
         };
         let ctx = WorkerSetup {
@@ -288,11 +291,17 @@ async fn accept_loop(listener: TcpListener, scheme: crate::http::Scheme, ctx: Rc
 }
 
 /// A listening socket with SO_REUSEPORT (every worker binds the same address).
-fn listen_socket(addr: SocketAddr, backlog: u32) -> std::io::Result<Socket> {
+fn listen_socket(
+    addr: SocketAddr,
+    backlog: u32,
+    keepalive: &crate::config::KeepaliveConfig,
+) -> std::io::Result<Socket> {
     let s = Socket::new(Domain::for_address(addr), Type::STREAM.cloexec(), Some(Protocol::TCP))?;
     s.set_reuse_address(true)?;
     s.set_reuse_port(true)?;
     s.set_nodelay(true)?;
+    // Accepted sockets inherit TCP_NODELAY and the keepalive options.
+    crate::keepalive::apply(&s, keepalive)?;
     s.bind(&addr.into())?;
     s.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
     Ok(s)

@@ -223,11 +223,14 @@ fn swept_reason(why: Swept) -> CloseReason {
     }
 }
 
+/// A peer that reset, or that TCP keepalive or `TCP_USER_TIMEOUT` gave up on
+/// (`ETIMEDOUT`), is a lost connection of that side, as in the userspace relay.
 fn failure(side: Side, e: &io::Error) -> CloseReason {
     match e.kind() {
-        io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionAborted => {
-            CloseReason::Reset(side)
-        }
+        io::ErrorKind::ConnectionReset
+        | io::ErrorKind::BrokenPipe
+        | io::ErrorKind::ConnectionAborted
+        | io::ErrorKind::TimedOut => CloseReason::Reset(side),
         kind => CloseReason::Error(side, kind),
     }
 }
