@@ -60,3 +60,20 @@ fn histograms_merge_across_the_wire() {
     let p50 = merged.rtt.value_at_quantile(0.5);
     assert!(merged.rtt.equivalent(p50, 1000), "p50 {p50}");
 }
+
+#[test]
+fn workers_hold_their_connections_together() {
+    // Each worker ramps at its own pace; the hold starts in all of them once every
+    // ramp is over, so every connection is open at once.
+    let echo = Echo::start(&[]);
+    let run = load(
+        "hold",
+        echo.addr,
+        &["--procs", "3", "--threads", "1", "--conns", "600", "--duration", "1", "--heartbeat", "1"],
+    );
+    assert_eq!(run.code, 0, "report: {}", run.report);
+    assert_eq!(run.count("connected"), 600);
+    assert_eq!(run.count("verified"), 600);
+    assert_eq!(run.report["peak_open"], 600);
+    assert!(run.report["ramp"]["stopped"].is_null());
+}

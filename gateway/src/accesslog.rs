@@ -18,6 +18,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
+use crate::close::{Close, Mode};
 use crate::config::{AccessLogConfig, AccessLogFormat};
 
 /// Everything logged about one connection.
@@ -42,10 +43,10 @@ pub struct AccessRecord {
     /// Bytes relayed upstream → client.
     pub bytes_out: u64,
     /// How the connection ended.
-    pub close: &'static str,
+    pub close: Close,
     /// `userspace`, `splice`, `userspace+splice` (handed to the kernel mid-stream), or
     /// `-` when nothing was relayed.
-    pub mode: &'static str,
+    pub mode: Mode,
 }
 
 /// How often the writer drains the channel (the most a line waits to be written).
@@ -67,7 +68,9 @@ impl AccessLog {
 
     /// Opens the destination and starts the writer thread.
     pub fn start(cfg: &AccessLogConfig) -> io::Result<Self> {
-        let out: Box<dyn Write + Send> = match cfg.path.as_str() {
+        // Every field, by name: a new one cannot be left unread here.
+        let AccessLogConfig { path, format } = cfg;
+        let out: Box<dyn Write + Send> = match path.as_str() {
             "off" => return Ok(Self::off()),
             "stdout" => Box::new(io::stdout()),
             path => Box::new(
@@ -80,7 +83,7 @@ impl AccessLog {
         };
         let (tx, rx) = mpsc::sync_channel(64 * 1024);
         let dropped = Arc::new(AtomicU64::new(0));
-        let format = cfg.format;
+        let format = *format;
         let d = dropped.clone();
         let handle =
             std::thread::Builder::new().name("wsgate-accesslog".into()).spawn(move || writer(&rx, out, format, &d))?;
@@ -178,29 +181,18 @@ pub fn now_unix() -> f64 {
     SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }
 
-/// nginx's `$time_local`: `22/Nov/2026:02:03:39 +0000`.
+/// nginx's `$time_local`: `22/Nov/2026:02:03:39 +0000`, in the local time zone.
 fn time_local(unix: f64) -> String {
-    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
-    let t = unix as libc::time_t;
-    // SAFETY: an all-zero `tm` is a valid value; `localtime_r` fills it from `t`.
-    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
-    // SAFETY: both pointers are valid for the call; localtime_r is thread-safe.
-    if unsafe { libc::localtime_r(&raw const t, &raw mut tm) }.is_null() {
-        return "-".into();
-    }
-    let off = tm.tm_gmtoff / 60;
-    format!(
-        "{:02}/{}/{}:{:02}:{:02}:{:02} {}{:02}{:02}",
-        tm.tm_mday,
-        MONTHS[usize::try_from(tm.tm_mon).unwrap_or(0) % 12],
-        tm.tm_year + 1900,
-        tm.tm_hour,
-        tm.tm_min,
-        tm.tm_sec,
-        if off < 0 { '-' } else { '+' },
-        off.abs() / 60,
-        off.abs() % 60
-    )
+    time_in(unix, &chrono::Local)
+}
+
+/// `$time_local`'s format in the zone `tz`.
+fn time_in<Tz: chrono::TimeZone>(unix: f64, tz: &Tz) -> String
+where
+    Tz::Offset: std::fmt::Display,
+{
+    chrono::DateTime::from_timestamp(unix.floor() as i64, 0)
+        .map_or_else(|| "-".into(), |t| t.with_timezone(tz).format("%d/%b/%Y:%H:%M:%S %z").to_string())
 }
 
 /// Escapes quotes, backslashes and control bytes the way nginx does (`\xHH`).
@@ -237,8 +229,8 @@ mod tests {
             upstream_addr: Some("127.0.0.1:9001".parse().unwrap()),
             bytes_in: 10,
             bytes_out: 129,
-            close: "client_fin",
-            mode: "userspace",
+            close: Close::ClientFin,
+            mode: Mode::Userspace,
         }
     }
 
@@ -250,10 +242,23 @@ mod tests {
     }
 
     #[test]
+    fn time_is_nginx_time_local() {
+        let utc = chrono::FixedOffset::east_opt(0).unwrap();
+        assert_eq!(time_in(1_764_720_000.9, &utc), "03/Dec/2025:00:00:00 +0000");
+        let new_york = chrono::FixedOffset::west_opt(5 * 3600).unwrap();
+        assert_eq!(time_in(1_764_720_000.0, &new_york), "02/Dec/2025:19:00:00 -0500");
+        let kolkata = chrono::FixedOffset::east_opt(5 * 3600 + 1800).unwrap();
+        assert_eq!(time_in(1_764_720_000.0, &kolkata), "03/Dec/2025:05:30:00 +0530");
+        assert_eq!(time_in(f64::MAX, &utc), "-");
+        assert_eq!(time_local(0.0).len(), "01/Jan/1970:00:00:00 +0000".len());
+    }
+
+    #[test]
     fn json_line_parses() {
         let line = render(&record(), AccessLogFormat::Json);
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(v["status"], 101);
         assert_eq!(v["close"], "client_fin");
+        assert_eq!(v["mode"], "userspace");
     }
 }

@@ -1,29 +1,9 @@
 //! One error type for the life of a connection: a closed kind, the side that failed,
 //! and a detail for the log. The HTTP status, the log line and the access-log reason
-//! all come from here, so they can never disagree.
+//! all come from here, so they can never disagree. It must never do I/O: it
+//! describes a failure; the connection's phases act on it.
 
-use std::fmt;
-
-/// Which side of the proxy a failure came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
-    /// The downstream client.
-    Client,
-    /// An upstream server.
-    Upstream,
-    /// wsgate itself (resources, configuration, bugs).
-    Internal,
-}
-
-impl fmt::Display for Side {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Side::Client => "client",
-            Side::Upstream => "upstream",
-            Side::Internal => "internal",
-        })
-    }
-}
+pub use crate::close::Side;
 
 /// What went wrong, as a closed set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,7 +111,8 @@ impl ErrorKind {
 }
 
 /// A failed connection phase.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("{} error {}: {detail}", kind.side(), kind.status())]
 pub struct ProxyError {
     pub kind: ErrorKind,
     pub detail: String,
@@ -141,12 +122,12 @@ impl ProxyError {
     pub fn new(kind: ErrorKind, detail: impl Into<String>) -> Self {
         Self { kind, detail: detail.into() }
     }
-}
 
-impl fmt::Display for ProxyError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} error {}: {}", self.kind.side(), self.kind.status(), self.detail)
+    /// Whether the same request may go to the next upstream server: the server failed
+    /// before answering anything (refused, reset or closed before a response head), so
+    /// nothing of a response was consumed, and an upgrade is a GET. A malformed head or
+    /// a response timeout is not: a slow or broken server is not hammered with retries.
+    pub fn retry_safe(&self) -> bool {
+        matches!(self.kind, ErrorKind::UpstreamRefused | ErrorKind::UpstreamClosed)
     }
 }
-
-impl std::error::Error for ProxyError {}

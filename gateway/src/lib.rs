@@ -1,21 +1,20 @@
 //! wsgate: a WebSocket reverse proxy with a thread-per-core io_uring data plane.
 //!
-//! The life of a connection is in [`connection`] (phases in [`handshake`]); bytes move
-//! in [`relay`] (userspace). [`runtime`] starts the workers; [`config`] is the
-//! configuration reference.
+//! The life of a connection is in [`conn`], one file per phase (its chart opens
+//! `conn/mod.rs`); bytes move in [`relay`] (userspace) or [`splice`] (the kernel).
+//! [`runtime`] starts the workers; [`config`] is the configuration reference.
 
 pub mod accesslog;
 pub mod admission;
 pub mod bufpool;
+pub mod close;
 pub mod config;
-pub mod connection;
+pub mod conn;
 pub mod error;
-pub mod handshake;
 pub mod http;
-pub mod keepalive;
+pub mod io;
 pub mod lifetimes;
-pub mod net;
-pub mod plain;
+pub mod logging;
 pub mod preflight;
 pub mod readiness;
 pub mod relay;

@@ -12,7 +12,8 @@
 //!
 //! Only WebSockets whose client sent something count: one that gave up before a byte
 //! (a client timing out under overload) tells nothing of the workload's lifetimes.
-//! Per worker thread, no locks, no system calls; never consulted for plain HTTP.
+//! A field of the worker ([`crate::conn::Worker`]): no locks, no system calls; it must
+//! never be consulted for plain HTTP nor shared between workers.
 
 use std::cell::Cell;
 use std::time::Duration;
@@ -20,30 +21,35 @@ use std::time::Duration;
 /// Weight of one connection in the moving share (the last ~16 dominate).
 const WEIGHT: f32 = 1.0 / 16.0;
 
-thread_local! {
+/// One worker's record of how long its WebSockets lived.
+#[derive(Debug, Default)]
+pub struct Lifetimes {
     /// Moving share of recent WebSockets on this worker that ended within `splice_after`.
-    static SHORT_SHARE: Cell<f32> = const { Cell::new(0.0) };
+    short_share: Cell<f32>,
 }
 
-/// How long the next WebSocket on this worker should be relayed in userspace before
-/// the splice: `Duration::ZERO` (splice at the 101) unless most recent ones were short.
-pub fn splice_delay(splice_after: Duration) -> Duration {
-    if splice_after.is_zero() || SHORT_SHARE.get() <= 0.5 { Duration::ZERO } else { splice_after }
-}
-
-/// Records that a WebSocket on this worker ended after `lifetime`, its client having
-/// sent `client_bytes` after the request head (none: not counted, see the module doc).
-pub fn record(lifetime: Duration, client_bytes: u64, splice_after: Duration) {
-    if client_bytes == 0 {
-        return;
+impl Lifetimes {
+    /// How long the next WebSocket on this worker should be relayed in userspace before
+    /// the splice: `Duration::ZERO` (splice at the 101) unless most recent ones were short.
+    pub fn splice_delay(&self, splice_after: Duration) -> Duration {
+        if splice_after.is_zero() || self.short_share.get() <= 0.5 { Duration::ZERO } else { splice_after }
     }
-    let short = if lifetime < splice_after { 1.0 } else { 0.0 };
-    SHORT_SHARE.set(SHORT_SHARE.get() + (short - SHORT_SHARE.get()) * WEIGHT);
-}
 
-/// This worker's moving share of short WebSockets (diagnostics and tests).
-pub fn short_share() -> f32 {
-    SHORT_SHARE.get()
+    /// Records that a WebSocket on this worker ended after `lifetime`, its client having
+    /// sent `client_bytes` after the request head (none: not counted, see the module doc).
+    pub fn record(&self, lifetime: Duration, client_bytes: u64, splice_after: Duration) {
+        if client_bytes == 0 {
+            return;
+        }
+        let short = if lifetime < splice_after { 1.0 } else { 0.0 };
+        let share = self.short_share.get();
+        self.short_share.set(share + (short - share) * WEIGHT);
+    }
+
+    /// This worker's moving share of short WebSockets (diagnostics and tests).
+    pub fn short_share(&self) -> f32 {
+        self.short_share.get()
+    }
 }
 
 #[cfg(test)]
@@ -54,6 +60,10 @@ mod tests {
 
     #[test]
     fn splices_at_once_until_most_connections_are_short_and_back() {
+        let lifetimes = Lifetimes::default();
+        let splice_delay = |after| lifetimes.splice_delay(after);
+        let record = |lifetime, bytes, after| lifetimes.record(lifetime, bytes, after);
+        let short_share = || lifetimes.short_share();
         assert_eq!(splice_delay(AFTER), Duration::ZERO, "a fresh worker splices at the 101");
         let mut short = 0;
         while splice_delay(AFTER).is_zero() {

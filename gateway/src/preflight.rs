@@ -7,7 +7,6 @@
 use std::fmt;
 use std::path::Path;
 
-use anyhow::bail;
 use tuning::{rlimit, sysctl};
 
 /// Open files kept for everything that is not a proxied connection: listeners (one per
@@ -47,16 +46,30 @@ pub struct Report {
     pub shortfalls: Vec<Shortfall>,
 }
 
+/// Why the preflight stops the start-up.
+#[derive(Debug, thiserror::Error)]
+pub enum PreflightError {
+    /// The open-files limit could not be read or raised at all.
+    #[error("open-files limit: {0}")]
+    OpenFiles(#[from] tuning::Error),
+    /// `--strict-tuning` and the machine falls short.
+    #[error("--strict-tuning: {} shortfall(s): {}", .0.len(), list(.0))]
+    Strict(Vec<Shortfall>),
+}
+
+fn list(shortfalls: &[Shortfall]) -> String {
+    shortfalls.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+}
+
 /// Raises the soft open-files limit, checks every need, logs one `tracing::warn!` per shortfall;
 /// with `strict` a shortfall is an error naming every shortfall.
-pub fn run(needs: &Needs, strict: bool) -> anyhow::Result<Report> {
+pub fn run(needs: &Needs, strict: bool) -> Result<Report, PreflightError> {
     let report = check(needs, Path::new(sysctl::PROC_SYS))?;
     for s in &report.shortfalls {
         tracing::warn!(what = s.what, needed = s.needed, actual = s.actual, "preflight: {s}");
     }
     if strict && !report.shortfalls.is_empty() {
-        let list: Vec<String> = report.shortfalls.iter().map(ToString::to_string).collect();
-        bail!("--strict-tuning: {} shortfall(s): {}", list.len(), list.join("; "));
+        return Err(PreflightError::Strict(report.shortfalls));
     }
     Ok(report)
 }
@@ -67,7 +80,7 @@ pub fn open_files_needed(needs: &Needs) -> u64 {
 }
 
 /// The checks of [`run`], reading sysctls under `sysctl_root`.
-fn check(needs: &Needs, sysctl_root: &Path) -> anyhow::Result<Report> {
+fn check(needs: &Needs, sysctl_root: &Path) -> Result<Report, PreflightError> {
     let mut shortfalls = Vec::new();
     let files = open_files_needed(needs);
 

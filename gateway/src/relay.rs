@@ -1,7 +1,7 @@
 //! The userspace relay: both directions of a proxied connection on io_uring.
 //!
 //! Each direction waits for readability on the poll ring (no buffer held), then
-//! borrows a buffer from the per-core pool, takes what is queued with one non-blocking
+//! borrows a buffer from the worker's pool, takes what is queued with one non-blocking
 //! `recv` (the data is known to be there, so an io_uring read would only add a
 //! completion round trip), and writes it all to the other side before reading again:
 //! with one non-blocking `send` when it fits, else with an io_uring write that waits
@@ -20,52 +20,17 @@ use std::time::{Duration, Instant};
 use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::TcpStream;
 
+use crate::bufpool::BufPool;
+use crate::close::{Close, Side};
+use crate::readiness;
 use crate::shutdown::{Phase, ShutdownRx};
-use crate::{bufpool, net, readiness};
-
-/// Why a relayed connection ended (the access log's close reason).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CloseReason {
-    /// The client closed first (FIN) and the upstream finished after.
-    ClientFin,
-    /// The upstream closed first (FIN) and the client finished after.
-    UpstreamFin,
-    /// The client reset the connection.
-    ClientReset,
-    /// The upstream reset the connection.
-    UpstreamReset,
-    /// No bytes in either direction for `idle_timeout`.
-    IdleTimeout,
-    /// Closed by the end of a graceful drain.
-    Shutdown,
-    /// The response was complete (error responses, plain HTTP).
-    Done,
-    /// Not a close: the relay stopped at a quiet moment (no bytes held, both
-    /// directions open) so the caller can hand the pair to the kernel splice.
-    Paused,
-}
-
-impl CloseReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::ClientFin => "client_fin",
-            Self::UpstreamFin => "upstream_fin",
-            Self::ClientReset => "client_reset",
-            Self::UpstreamReset => "upstream_reset",
-            Self::IdleTimeout => "idle_timeout",
-            Self::Shutdown => "shutdown",
-            Self::Done => "done",
-            Self::Paused => "paused",
-        }
-    }
-}
 
 /// What a relay moved and why it stopped.
 #[derive(Debug, Clone, Copy)]
 pub struct RelayOutcome {
     pub client_to_upstream: u64,
     pub upstream_to_client: u64,
-    pub reason: CloseReason,
+    pub reason: Close,
     /// When the upstream's first bytes arrived.
     pub first_response: Option<Instant>,
     /// The status code of an HTTP response at the start of the upstream's bytes.
@@ -79,7 +44,7 @@ pub struct RelayOptions {
     /// Plain HTTP: once the upstream has finished its response (FIN), the exchange is
     /// over and the client is closed too, instead of waiting for the client's FIN.
     pub end_on_upstream_fin: bool,
-    /// Stop with [`CloseReason::Paused`] at the first quiet moment after this long.
+    /// Stop with [`Close::Paused`] at the first quiet moment after this long.
     pub pause_after: Option<Duration>,
 }
 
@@ -105,14 +70,15 @@ pub async fn relay(
     upstream: &TcpStream,
     opts: RelayOptions,
     shutdown: &mut ShutdownRx,
+    buffers: &BufPool,
 ) -> RelayOutcome {
     let activity = Cell::new(Instant::now());
     let (c2u_bytes, u2c_bytes) = (Cell::new(0u64), Cell::new(0u64));
     let first = Cell::new(None);
     // Directions holding bytes they have read and not yet written.
     let holding = Cell::new(0u32);
-    let mut c2u = pin!(pump(client, upstream, &activity, &c2u_bytes, None, &holding));
-    let mut u2c = pin!(pump(upstream, client, &activity, &u2c_bytes, Some(&first), &holding));
+    let mut c2u = pin!(pump(client, upstream, &activity, &c2u_bytes, None, &holding, buffers));
+    let mut u2c = pin!(pump(upstream, client, &activity, &u2c_bytes, Some(&first), &holding, buffers));
     let mut idle = pin!(tokio::time::sleep(opts.idle_timeout));
     let mut pause = pin!(tokio::time::sleep(opts.pause_after.unwrap_or(Duration::MAX)));
     let mut stop = pin!(shutdown.reached(Phase::Stop));
@@ -121,38 +87,38 @@ pub async fn relay(
 
     let reason = loop {
         if c2u_done && u2c_done {
-            break first_fin.unwrap_or(CloseReason::ClientFin);
+            break first_fin.unwrap_or(Close::ClientFin);
         }
         tokio::select! {
             end = &mut c2u, if !c2u_done => {
                 c2u_done = true;
-                if let Some(reason) = settle(end, client, upstream, Peer::Client) {
+                if let Some(reason) = settle(end, client, upstream, Side::Client) {
                     break reason;
                 }
-                first_fin.get_or_insert(CloseReason::ClientFin);
+                first_fin.get_or_insert(Close::ClientFin);
             }
             end = &mut u2c, if !u2c_done => {
                 u2c_done = true;
-                if let Some(reason) = settle(end, upstream, client, Peer::Upstream) {
+                if let Some(reason) = settle(end, upstream, client, Side::Upstream) {
                     break reason;
                 }
-                first_fin.get_or_insert(CloseReason::UpstreamFin);
+                first_fin.get_or_insert(Close::UpstreamFin);
                 if opts.end_on_upstream_fin {
-                    break CloseReason::Done;
+                    break Close::Done;
                 }
             }
             () = &mut idle => {
                 let deadline = activity.get() + opts.idle_timeout;
                 if deadline <= Instant::now() {
-                    break CloseReason::IdleTimeout;
+                    break Close::IdleTimeout;
                 }
                 idle.as_mut().reset(deadline.into());
             }
-            () = &mut stop => break CloseReason::Shutdown,
+            () = &mut stop => break Close::Shutdown,
             // Only between reads: dropping a pump that waits for readability loses nothing.
             () = &mut pause, if opts.pause_after.is_some() && !c2u_done && !u2c_done => {
                 if holding.get() == 0 {
-                    break CloseReason::Paused;
+                    break Close::Paused;
                 }
                 pause.as_mut().reset((Instant::now() + PAUSE_RETRY).into());
             }
@@ -161,9 +127,9 @@ pub async fn relay(
     // Wake whatever is still in flight (a parked write to a slow reader, a read) so the
     // kernel lets go of both sockets once the caller drops them. When both directions
     // ended with FIN nothing is in flight, and the close that follows is enough.
-    if !(c2u_done && u2c_done) && reason != CloseReason::Paused {
-        net::shutdown(client, Shutdown::Both);
-        net::shutdown(upstream, Shutdown::Both);
+    if !(c2u_done && u2c_done) && reason != Close::Paused {
+        crate::io::shutdown_quietly(client, Shutdown::Both);
+        crate::io::shutdown_quietly(upstream, Shutdown::Both);
     }
     let first: FirstBytes = first.get();
     RelayOutcome {
@@ -175,24 +141,15 @@ pub async fn relay(
     }
 }
 
-/// Which side a direction reads from.
-#[derive(Clone, Copy)]
-enum Peer {
-    Client,
-    Upstream,
-}
-
 /// Acts on the end of the direction reading `src` and writing `dst`: a FIN is passed on
 /// as `SHUT_WR` (`None`: the other direction keeps going); a failure is passed on as a
 /// reset and ends the pair with the side that failed.
-fn settle(end: PumpEnd, src: &TcpStream, dst: &TcpStream, src_peer: Peer) -> Option<CloseReason> {
-    let (src_reset, dst_reset) = match src_peer {
-        Peer::Client => (CloseReason::ClientReset, CloseReason::UpstreamReset),
-        Peer::Upstream => (CloseReason::UpstreamReset, CloseReason::ClientReset),
-    };
+fn settle(end: PumpEnd, src: &TcpStream, dst: &TcpStream, src_side: Side) -> Option<Close> {
+    let dst_side = if src_side == Side::Client { Side::Upstream } else { Side::Client };
+    let (src_reset, dst_reset) = (Close::reset(src_side), Close::reset(dst_side));
     match end {
         PumpEnd::Eof => {
-            net::shutdown(dst, Shutdown::Write);
+            crate::io::shutdown_quietly(dst, Shutdown::Write);
             None
         }
         PumpEnd::ReadFailed(e) => {
@@ -210,7 +167,7 @@ fn settle(end: PumpEnd, src: &TcpStream, dst: &TcpStream, src_peer: Peer) -> Opt
 
 /// Passes a reset on: the next close of `s` sends RST.
 fn reset(s: &TcpStream) {
-    if let Err(e) = net::set_linger_zero(s) {
+    if let Err(e) = crate::io::reset_on_close(s) {
         tracing::debug!(error = %e, "SO_LINGER on reset propagation");
     }
 }
@@ -229,6 +186,7 @@ async fn pump(
     moved: &Cell<u64>,
     first: Option<&Cell<FirstBytes>>,
     holding: &Cell<u32>,
+    buffers: &BufPool,
 ) -> PumpEnd {
     loop {
         if let Err(e) = readiness::ready(from, readiness::READABLE).await {
@@ -237,24 +195,24 @@ async fn pump(
         // Keep reading while reads fill the whole buffer: bytes are moving, so holding a
         // buffer is fine; a short read means the queue is drained and we wait again.
         loop {
-            let mut buf = bufpool::take();
+            let mut buf = buffers.take();
             let capacity = buf.capacity();
-            let n = match net::recv_into(from, &mut buf) {
+            let n = match crate::io::recv_into(from, &mut buf) {
                 Ok(0) => {
-                    bufpool::put(buf);
+                    buffers.put(buf);
                     return PumpEnd::Eof;
                 }
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    bufpool::put(buf);
+                    buffers.put(buf);
                     break;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {
-                    bufpool::put(buf);
+                    buffers.put(buf);
                     continue;
                 }
                 Err(e) => {
-                    bufpool::put(buf);
+                    buffers.put(buf);
                     return PumpEnd::ReadFailed(e);
                 }
             };
@@ -264,10 +222,10 @@ async fn pump(
             }
             // Most writes fit in the socket buffer at once; what does not is written
             // by io_uring, which waits for room (the slow reader's flow control).
-            let sent = match net::send_now(to, &buf) {
+            let sent = match crate::io::send_now(to, &buf) {
                 Ok(k) => k,
                 Err(e) => {
-                    bufpool::put(buf);
+                    buffers.put(buf);
                     return PumpEnd::WriteFailed(e);
                 }
             };
@@ -275,12 +233,12 @@ async fn pump(
                 holding.set(holding.get() + 1);
                 let (res, slice) = to.write_all(buf.slice(sent..n)).await;
                 holding.set(holding.get() - 1);
-                bufpool::put(slice.into_inner());
+                buffers.put(slice.into_inner());
                 if let Err(e) = res {
                     return PumpEnd::WriteFailed(e);
                 }
             } else {
-                bufpool::put(buf);
+                buffers.put(buf);
             }
             moved.set(moved.get() + n as u64);
             if n < capacity {

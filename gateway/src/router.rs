@@ -27,12 +27,14 @@ impl Router {
     pub fn new(routes: &[RouteConfig], group_of: impl Fn(&str) -> Option<Arc<Group>>) -> Self {
         let routes = routes
             .iter()
-            .filter_map(|r| {
+            .filter_map(|route| {
+                // Every field, by name: a new one cannot be left unread here.
+                let RouteConfig { host, path, upstream, allowed_origins, max_connections } = route;
                 Some(Route {
-                    host: r.host.as_ref().map(|h| h.to_ascii_lowercase()),
-                    prefix: r.path.clone(),
-                    group: group_of(&r.upstream)?,
-                    gate: Arc::new(RouteGate::new(r)),
+                    host: host.as_ref().map(|h| h.to_ascii_lowercase()),
+                    prefix: path.clone(),
+                    group: group_of(upstream)?,
+                    gate: Arc::new(RouteGate::new(allowed_origins, *max_connections)),
                 })
             })
             .collect();

@@ -7,26 +7,55 @@
 
 use std::io::Write as _;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use anyhow::{Context as _, Result};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio_uring::net::TcpListener;
 
 use crate::accesslog::AccessLog;
 use crate::admission::Admission;
+use crate::bufpool::BufPool;
 use crate::config::Config;
-use crate::connection::{self, ActiveConn, Context};
+use crate::conn::{self, Worker};
+use crate::lifetimes::Lifetimes;
+use crate::readiness;
 use crate::router::Router;
-use crate::shutdown::{self, Phase, ShutdownRx};
+use crate::shutdown::{self, ShutdownRx};
 use crate::splice::{self, SpliceOptions, Splicer};
 use crate::stats::Stats;
 use crate::upstream::{self, Group};
-use crate::{bufpool, readiness};
+
+/// Why the gateway could not start, or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("preflight: {0}")]
+    Preflight(#[from] crate::preflight::PreflightError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("listener on {0} has no IP address")]
+    ListenerAddress(String),
+    #[error(transparent)]
+    Splice(#[from] splice::StartError),
+    #[error("starting the health-check thread: {0}")]
+    HealthChecks(std::io::Error),
+    #[error("starting the access log: {0}")]
+    AccessLog(std::io::Error),
+    #[error("spawning the {what} thread: {source}")]
+    Spawn { what: &'static str, source: std::io::Error },
+    #[error("creating the poll ring: {0}")]
+    PollRing(std::io::Error),
+    #[error("preparing the worker for the kernel splice: {0}")]
+    SpliceWorker(std::io::Error),
+    #[error(transparent)]
+    Resolve(upstream::ResolveError),
+    #[error("a worker thread panicked")]
+    WorkerPanicked,
+}
+
+type Result<T, E = RunError> = std::result::Result<T, E>;
 
 /// Submission queue size of each worker's io_uring (completion queue is twice that).
 const RING_ENTRIES: u32 = 4096;
@@ -46,7 +75,7 @@ pub const RELEASE_PERIOD: Duration = Duration::from_secs(2);
 
 /// Runs the gateway until shutdown: binds, starts workers, waits for them.
 pub fn run(config: Config, allocator: Allocator) -> Result<()> {
-    connection::start_clock();
+    conn::teardown::start_clock();
     let config = Arc::new(config);
     let workers = config.worker_count();
     let needs = crate::preflight::Needs {
@@ -54,30 +83,27 @@ pub fn run(config: Config, allocator: Allocator) -> Result<()> {
         listen_backlog: config.listeners.iter().map(|l| l.backlog).max().unwrap_or(0),
         upstream_conns_per_source: config.limits.max_connections,
     };
-    crate::preflight::run(&needs, config.strict_tuning).context("preflight (--strict-tuning)")?;
+    crate::preflight::run(&needs, config.strict_tuning)?;
 
     // Bind the first socket of each listener here, so port 0 resolves once and every
     // worker shares the same port; bind errors surface before anything starts.
     let mut first_sockets = Vec::new();
     let mut addrs = Vec::new();
     for l in &config.listeners {
-        let s = listen_socket(l.address, l.backlog, &config.keepalive)
-            .with_context(|| format!("cannot listen on {}", l.address))?;
-        let local = s.local_addr()?.as_socket().context("listener has no IP address")?;
+        let listen_error = |source| RunError::Listen { addr: l.address, source };
+        let s = listen_socket(l.address, l.backlog, &config.keepalive).map_err(listen_error)?;
+        let local = s.local_addr().map_err(listen_error)?;
+        let local = local.as_socket().ok_or_else(|| RunError::ListenerAddress(format!("{local:?}")))?;
         addrs.push((local, l.backlog));
         first_sockets.push(s);
     }
 
-    let groups: Vec<(String, Arc<Group>)> = config
-        .upstreams
-        .iter()
-        .map(|(name, u)| Ok((name.clone(), Arc::new(Group::new(name, u)?))))
-        .collect::<Result<_, upstream::ResolveError>>()?;
+    let groups = upstream_groups(&config)?;
     let router =
         Arc::new(Router::new(&config.routes, |name| groups.iter().find(|(n, _)| n == name).map(|(_, g)| g.clone())));
     let all_groups: Vec<Arc<Group>> = groups.iter().map(|(_, g)| g.clone()).collect();
-    upstream::start_resolver(&all_groups).context("starting the upstream resolver thread")?;
-    if upstream::health::start(&all_groups).context("starting the health-check thread")? {
+    upstream::start_resolver(&all_groups).map_err(|source| RunError::Spawn { what: "resolver", source })?;
+    if upstream::health::start(&all_groups).map_err(RunError::HealthChecks)? {
         tracing::info!("active health checks running");
     }
     let admission = Arc::new(Admission::new(&config));
@@ -87,7 +113,7 @@ pub fn run(config: Config, allocator: Allocator) -> Result<()> {
         budget: config.relay.splice_budget,
     };
     let splicer = splice::start(&splice_opts)?.splicer;
-    let access_log = AccessLog::start(&config.access_log).context("starting the access log")?;
+    let access_log = AccessLog::start(&config.access_log).map_err(RunError::AccessLog)?;
     let stats = Arc::new(Stats::default());
     let (tx, rx) = shutdown::channel();
     let cpus = allowed_cpus();
@@ -99,8 +125,8 @@ pub fn run(config: Config, allocator: Allocator) -> Result<()> {
         } else {
             addrs
                 .iter()
-                .map(|&(a, backlog)| {
-                    listen_socket(a, backlog, &config.keepalive).with_context(|| format!("cannot listen on {a}"))
+                .map(|&(addr, backlog)| {
+                    listen_socket(addr, backlog, &config.keepalive).map_err(|source| RunError::Listen { addr, source })
                 })
                 .collect::<Result<Vec<_>>>()?
         };
@@ -118,7 +144,7 @@ pub fn run(config: Config, allocator: Allocator) -> Result<()> {
         let h = std::thread::Builder::new()
             .name(format!("wsgate-w{w}"))
             .spawn(move || worker(ctx, sockets))
-            .context("spawning a worker thread")?;
+            .map_err(|source| RunError::Spawn { what: "worker", source })?;
         handles.push(h);
     }
     (allocator.release)();
@@ -137,7 +163,7 @@ pub fn run(config: Config, allocator: Allocator) -> Result<()> {
             // Keep the sender alive until the process exits.
             std::thread::park();
         })
-        .context("spawning the signal thread")?;
+        .map_err(|source| RunError::Spawn { what: "signal", source })?;
     // An error in the thread drops the sender: then there is nothing to wait for.
     let _ = handlers_ready.recv();
 
@@ -154,7 +180,7 @@ pub fn run(config: Config, allocator: Allocator) -> Result<()> {
         match h.join() {
             Ok(Ok(())) => {}
             Ok(Err(e)) => failed = Some(e),
-            Err(_) => failed = Some(anyhow::anyhow!("a worker thread panicked")),
+            Err(_) => failed = Some(RunError::WorkerPanicked),
         }
     }
     report_counts(&stats, splicer.as_ref(), "stopped");
@@ -197,7 +223,7 @@ fn spawn_counts_reporter(stats: Arc<Stats>, splicer: Option<Splicer>) -> Result<
                 }
             }
         })
-        .context("spawning the counts thread")?;
+        .map_err(|source| RunError::Spawn { what: "counts", source })?;
     Ok(())
 }
 
@@ -222,14 +248,14 @@ fn worker(setup: WorkerSetup, sockets: Vec<Socket>) -> Result<()> {
     // task work waits for the worker's next system call): tried, the echo benchmark's
     // round trips went from p50 0.4 ms to 3.5 ms and p99 from 4 ms to 130 ms.
     tokio_uring::builder().entries(RING_ENTRIES).start(async move {
-        readiness::init(RING_ENTRIES).context("creating the poll ring")?;
-        bufpool::configure(setup.config.relay.buffer_size, setup.config.relay.pool_buffers);
+        readiness::init(RING_ENTRIES).map_err(RunError::PollRing)?;
         if let Some(splicer) = &setup.splicer {
             splicer
                 .init_worker(splice::idle_limit(setup.config.timeouts.idle), setup.shutdown.clone())
-                .context("preparing the worker for the kernel splice")?;
+                .map_err(RunError::SpliceWorker)?;
         }
-        let ctx = Rc::new(Context {
+        let buffers = BufPool::new(setup.config.relay.buffer_size, setup.config.relay.pool_buffers);
+        let state = Rc::new(Worker {
             config: setup.config,
             router: setup.router,
             access_log: setup.access_log,
@@ -237,6 +263,8 @@ fn worker(setup: WorkerSetup, sockets: Vec<Socket>) -> Result<()> {
             shutdown: setup.shutdown.clone(),
             admission: setup.admission,
             splicer: setup.splicer,
+            buffers,
+            lifetimes: Lifetimes::default(),
         });
         let release = setup.allocator.release;
         tokio_uring::spawn(async move {
@@ -249,45 +277,31 @@ fn worker(setup: WorkerSetup, sockets: Vec<Socket>) -> Result<()> {
         });
         let mut accept_loops = Vec::new();
         // One socket per listener, in the configuration's order.
-        let schemes: Vec<_> = ctx.config.listeners.iter().map(crate::config::ListenerConfig::scheme).collect();
+        let schemes: Vec<_> = state.config.listeners.iter().map(crate::config::ListenerConfig::scheme).collect();
         for (s, scheme) in sockets.into_iter().zip(schemes) {
             let listener = TcpListener::from_std(s.into());
-            accept_loops.push(tokio_uring::spawn(accept_loop(listener, scheme, ctx.clone())));
+            accept_loops.push(tokio_uring::spawn(conn::accept::accept_loop(listener, scheme, state.clone())));
         }
         for l in accept_loops {
             let _ = l.await;
         }
         // Draining: wait for this worker's connections to finish (they close themselves
         // at `Stop`).
-        while ctx.stats.active.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+        while state.stats.active.load(std::sync::atomic::Ordering::Relaxed) > 0 {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         Ok(())
     })
 }
 
-async fn accept_loop(listener: TcpListener, scheme: crate::http::Scheme, ctx: Rc<Context>) {
-    let mut shutdown = ctx.shutdown.clone();
-    let mut draining = std::pin::pin!(shutdown.reached(Phase::Draining));
-    loop {
-        tokio::select! {
-            res = listener.accept() => match res {
-                Ok((stream, peer)) => {
-                    let active = ActiveConn::new(&ctx.stats);
-                    tokio_uring::spawn(connection::serve(stream, peer, scheme, ctx.clone(), active));
-                }
-                Err(e) => {
-                    // EMFILE/ENFILE/ENOBUFS: back off briefly instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            },
-            () = &mut draining => break,
-        }
-    }
-    // Wakes the accept still in flight, and stops the kernel queueing connections here.
-    crate::net::shutdown(&listener, std::net::Shutdown::Read);
-    tracing::debug!(fd = listener.as_raw_fd(), "listener closed for draining");
+/// The upstream groups by name, their server names resolved (blocking, at start).
+fn upstream_groups(config: &Config) -> Result<Vec<(String, Arc<Group>)>> {
+    config
+        .upstreams
+        .iter()
+        .map(|(name, u)| Ok((name.clone(), Arc::new(Group::new(name, u)?))))
+        .collect::<Result<_, upstream::ResolveError>>()
+        .map_err(RunError::Resolve)
 }
 
 /// A listening socket with SO_REUSEPORT (every worker binds the same address).
@@ -301,7 +315,7 @@ fn listen_socket(
     s.set_reuse_port(true)?;
     s.set_nodelay(true)?;
     // Accepted sockets inherit TCP_NODELAY and the keepalive options.
-    crate::keepalive::apply(&s, keepalive)?;
+    crate::io::set_keepalive(&s, keepalive)?;
     s.bind(&addr.into())?;
     s.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
     Ok(s)

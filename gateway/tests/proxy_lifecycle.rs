@@ -108,3 +108,49 @@ fn sigterm_right_after_the_ready_line_drains_instead_of_killing() {
         );
     }
 }
+
+/// Starts wsgate with `args`, waits for its ready line, stops it, and returns its
+/// stderr (diagnostics at `info`).
+fn diagnostics_of(args: &[&str]) -> String {
+    use std::io::{BufRead as _, BufReader, Read as _};
+    let up = RawUpstream::switching(b"");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wsgate"))
+        .args(["--listen", "127.0.0.1:0", "--workers", "1", "--access-log", "off", "--upstream"])
+        .arg(up.addr.to_string())
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut ready).unwrap();
+    assert!(ready.starts_with("wsgate: listening on "), "{ready}");
+    let _ = child.kill();
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    let _ = child.wait();
+    err
+}
+
+#[test]
+fn diagnostics_are_json_objects_with_log_format_json() {
+    let err = diagnostics_of(&["--log-format", "json"]);
+    let events: Vec<serde_json::Value> =
+        err.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect();
+    let listening = events
+        .iter()
+        .find(|v| v["fields"]["message"].as_str().is_some_and(|m| m.starts_with("listening on 127.0.0.1:")))
+        .unwrap_or_else(|| panic!("no `listening on` event in {err}"));
+    assert_eq!(listening["level"], "INFO");
+    assert_eq!(listening["fields"]["workers"], 1);
+    assert!(listening["timestamp"].is_string(), "{listening}");
+}
+
+#[test]
+fn text_diagnostics_have_no_colour_escapes_when_stderr_is_not_a_terminal() {
+    let err = diagnostics_of(&[]);
+    assert!(err.contains("listening on 127.0.0.1:"), "{err}");
+    assert!(err.contains("workers=1"), "{err}");
+    assert!(!err.contains('\x1b'), "ANSI escapes in a piped stderr: {err:?}");
+}

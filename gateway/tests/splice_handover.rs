@@ -15,7 +15,7 @@ use rand::{Rng, SeedableRng};
 use splice_util::{Handshake, Job, Proxy, check, fill, splicer_or_skip};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use wsgate::splice::{CloseReason, SpliceOutcome};
+use wsgate::splice::SpliceOutcome;
 
 /// Connections per run (`SPLICE_TORTURE_CONNS` overrides, for debugging).
 const CONNS: u64 = 3000;
@@ -238,7 +238,7 @@ fn handover_torture_random_timing_both_directions() {
                     Ok(_) => {}
                 }
                 let o: SpliceOutcome = o.map_err(|e| format!("conn {id}: no outcome: {e}"))??;
-                if o.reason != CloseReason::Closed || o.to_upstream != up_len || o.to_client != SWITCH.len() as u64 + down_len {
+                if !o.reason.is_fin() || o.to_upstream != up_len || o.to_client != SWITCH.len() as u64 + down_len {
                     return Err(format!("conn {id}: outcome {o:?}, expected {up_len} up and {} down", SWITCH.len() as u64 + down_len));
                 }
                 Ok::<(), String>(())

@@ -12,7 +12,6 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use splice_util::{Proxy, eventually, meminfo, splicer_or_skip};
-use wsgate::splice::CloseReason;
 
 const PAIRS_DEFAULT: usize = 5000;
 
@@ -129,7 +128,8 @@ fn five_thousand_spliced_pairs_echo() {
     assert!(child.wait().unwrap().success(), "ends process failed");
     for o in outcomes {
         let o = o.recv_timeout(Duration::from_secs(20)).unwrap().unwrap();
-        assert_eq!((o.reason, o.to_upstream, o.to_client), (CloseReason::Closed, 64, 64));
+        assert!(o.reason.is_fin(), "{o:?}");
+        assert_eq!((o.to_upstream, o.to_client), (64, 64));
     }
     assert!(eventually(Duration::from_secs(10), || splicer.sockhash_entries().unwrap() == 0));
     assert_eq!(splicer.link_entries().unwrap(), 0);

@@ -32,6 +32,10 @@ pub struct Options {
     /// Test only: corrupt-every=N or drop-every=N data frames per connection.
     #[arg(long, hide = true)]
     pub fault: Option<Fault>,
+    /// Test only: accept at most this many connections per second per thread (a slow
+    /// upstream, to prove the load's ramp backs off; the rest wait in the backlog).
+    #[arg(long, hide = true)]
+    pub accept_rate: Option<f64>,
 }
 
 /// What every connection needs to know; copied into each.
@@ -65,11 +69,12 @@ pub fn run(opts: &Options) -> Result<()> {
     for _ in 1..threads {
         listeners.push(reuseport_listener(addr)?);
     }
+    let accept_every = opts.accept_rate.map(|r| std::time::Duration::from_secs_f64(1.0 / r.max(0.001)));
     let mut handles = Vec::new();
     for (i, l) in listeners.into_iter().enumerate() {
         let h = std::thread::Builder::new()
             .name(format!("echo-{i}"))
-            .spawn(move || serve_thread(l, cfg))
+            .spawn(move || serve_thread(l, cfg, accept_every))
             .context("cannot start an echo thread")?;
         handles.push(h);
     }
@@ -83,11 +88,16 @@ pub fn run(opts: &Options) -> Result<()> {
     Ok(())
 }
 
-fn serve_thread(listener: std::net::TcpListener, cfg: Config) -> Result<()> {
+fn serve_thread(listener: std::net::TcpListener, cfg: Config, accept_every: Option<std::time::Duration>) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::from_std(listener)?;
+        let mut next = tokio::time::Instant::now();
         loop {
+            if let Some(every) = accept_every {
+                tokio::time::sleep_until(next).await;
+                next = next.max(tokio::time::Instant::now()) + every;
+            }
             match listener.accept().await {
                 Ok((stream, _)) => {
                     tokio::spawn(conn::serve(stream, cfg));

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use super::client::Recv;
 use super::payload;
+use super::ramp::Ticket;
 use super::receiver::Msg;
 use super::runner::Ctx;
 use super::verify::Expect;
@@ -21,8 +22,8 @@ use crate::ws::frame::{self, OP_BINARY};
 const EXCHANGE_WAIT: Duration = Duration::from_secs(30);
 
 /// One connection of the scenario.
-pub async fn conn(ctx: Rc<Ctx>, id: u64) {
-    let Some(mut c) = ctx.open(id).await else {
+pub async fn conn(ctx: Rc<Ctx>, id: u64, ticket: Ticket) {
+    let Some(mut c) = ctx.open(id, Some(ticket)).await else {
         return;
     };
     let size = ctx.plan.size.max(payload::HEADER);

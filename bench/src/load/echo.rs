@@ -9,14 +9,15 @@ use std::time::Instant;
 
 use super::client::Recv;
 use super::payload;
+use super::ramp::Ticket;
 use super::receiver::Msg;
 use super::runner::Ctx;
 use super::verify::Expect;
 use crate::ws::frame::OP_BINARY;
 
 /// One connection of the scenario.
-pub async fn conn(ctx: Rc<Ctx>, id: u64) {
-    let Some(mut c) = ctx.open(id).await else {
+pub async fn conn(ctx: Rc<Ctx>, id: u64, ticket: Ticket) {
+    let Some(mut c) = ctx.open(id, Some(ticket)).await else {
         return;
     };
     let plan = &ctx.plan;

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use super::client::{Conn, Recv};
 use super::payload;
+use super::ramp::Ticket;
 use super::receiver::Msg;
 use super::runner::Ctx;
 use super::verify::Expect;
@@ -26,16 +27,14 @@ const PONG_WAIT: Duration = Duration::from_secs(10);
 const VERIFY_WAIT: Duration = Duration::from_secs(10);
 
 /// One connection of the scenario.
-pub async fn conn(ctx: Rc<Ctx>, id: u64) {
-    let Some(mut c) = ctx.open(id).await else {
+pub async fn conn(ctx: Rc<Ctx>, id: u64, ticket: Ticket) {
+    let Some(mut c) = ctx.open(id, Some(ticket)).await else {
         return;
     };
     // The final echoes are spread over up to 5 s so that they measure the path, not a
     // queue of every connection answering at the same instant.
-    let spread = ctx.plan.ramp().min(Duration::from_secs(5));
-    let jitter = spread.mul_f64((id.wrapping_mul(0x9E37_79B9) % 1000) as f64 / 1000.0);
-    let end = ctx.steady_end() + jitter;
-    if !heartbeat_until(&ctx, &mut c, end).await {
+    let u = (id.wrapping_mul(0x9E37_79B9) % 1000) as f64 / 1000.0;
+    if !heartbeat_until(&ctx, &mut c, u).await {
         ctx.rec.borrow_mut().counts.closed_early += 1;
         ctx.closed();
         return;
@@ -56,13 +55,24 @@ pub async fn conn(ctx: Rc<Ctx>, id: u64) {
     ctx.closed();
 }
 
-/// Pings every heartbeat period until `end`; false if the server closed meanwhile.
+/// Pings every heartbeat period (the first at the fraction `u` of it) until a jitter set
+/// by `u` after the hold's end; false if the server
+/// closed meanwhile. While the ramp goes on the end is not known yet: it is read again at
+/// each wake-up, and a connection also wakes when the hold would end after a ramp at the
+/// full rate, so it learns the end on time unless the ramp was slower and the hold
+/// shorter than a heartbeat (then at its next heartbeat).
 ///
 /// This is where a held connection spends its life, so its state is kept minimal: one timer
 /// (reset, never re-created) and a readiness wait that keeps no waiter of its own.
-async fn heartbeat_until(ctx: &Ctx, c: &mut Conn, end: Instant) -> bool {
+async fn heartbeat_until(ctx: &Ctx, c: &mut Conn, u: f64) -> bool {
     let period = ctx.plan.heartbeat;
-    let mut next = Instant::now() + period;
+    // The final echoes are spread over up to 5 s so that they measure the path, not a
+    // queue of every connection answering at the same instant.
+    let jitter = ctx.plan.ramp().min(Duration::from_secs(5)).mul_f64(u);
+    let mut end = end_of(ctx, jitter);
+    // The first heartbeat at a point of the period set by the connection's id, so that
+    // heartbeats are spread evenly over the period however fast the ramp went.
+    let mut next = Instant::now() + period.mul_f64(u.max(0.001));
     // The ping in flight: its number and send time (ns on the run clock).
     let awaiting: Cell<Option<(u64, u64)>> = Cell::new(None);
     // Pongs numbered below this were accounted for (answered or counted late): another
@@ -74,6 +84,13 @@ async fn heartbeat_until(ctx: &Ctx, c: &mut Conn, end: Instant) -> bool {
     tokio::pin!(timer);
     loop {
         let now = Instant::now();
+        end = end_of(ctx, jitter);
+        // The next wake-up: the next heartbeat, the end, or while the end is unknown the
+        // end the ramp would have at its full rate (when it may have become known).
+        let due = next.min(end).min(wake_by(ctx, jitter, now));
+        if now < end && timer.deadline() > due.into() {
+            timer.as_mut().reset(due.into());
+        }
         // At the end, a ping still in flight gets up to PONG_WAIT for its pong.
         if now >= end && (awaiting.get().is_none() || now >= end + PONG_WAIT) {
             break;
@@ -90,7 +107,7 @@ async fn heartbeat_until(ctx: &Ctx, c: &mut Conn, end: Instant) -> bool {
             awaiting.set(Some((pings, sent)));
             pings += 1;
             next += period;
-            timer.as_mut().reset(next.min(end).into());
+            timer.as_mut().reset(next.min(end).min(wake_by(ctx, jitter, now)).into());
             continue;
         }
         if now >= end && timer.deadline() < (end + PONG_WAIT).into() {
@@ -138,6 +155,24 @@ async fn heartbeat_until(ctx: &Ctx, c: &mut Conn, end: Instant) -> bool {
         ctx.rec.borrow_mut().counts.pongs_missing += 1;
     }
     true
+}
+
+/// The hold's end plus `jitter`; the run's time bound while the ramp goes on. A function,
+/// not a closure kept in the idle task, so that it costs a held connection no bytes.
+fn end_of(ctx: &Ctx, jitter: Duration) -> Instant {
+    ctx.hold_end().map_or(ctx.t0 + ctx.plan.max_time, |e| e + jitter)
+}
+
+/// While the ramp goes on: the hold's end if the ramp ends at its full rate (the earliest
+/// it can be), when that is still ahead; otherwise (or once the end is known) the run's
+/// time bound, which never comes first.
+fn wake_by(ctx: &Ctx, jitter: Duration, now: Instant) -> Instant {
+    let far = ctx.t0 + ctx.plan.max_time;
+    if ctx.hold_end().is_some() {
+        return far;
+    }
+    let earliest = ctx.steady_end() + jitter;
+    if earliest > now { earliest } else { far }
 }
 
 /// Sends one message and waits for its verified echo. `None` if the server closed.

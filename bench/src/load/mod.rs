@@ -15,8 +15,10 @@ pub mod payload;
 pub mod plan;
 pub mod procs;
 pub mod progress;
+pub mod ramp;
 pub mod receiver;
 pub mod runner;
+pub mod start;
 pub mod stats;
 pub mod verify;
 
@@ -30,7 +32,8 @@ use anyhow::Result;
 
 use crate::report::Report;
 use progress::{Progress, Show};
-use stats::{Latency, Recorder};
+use ramp::{Ramp, Summary};
+use stats::{Histograms, Latency, Recorder};
 
 /// What a run does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -81,9 +84,30 @@ pub struct Options {
     /// Connections (bulk: connections; handshake: concurrent loops).
     #[arg(long, default_value_t = 100)]
     pub conns: u64,
-    /// Ramp rate, connections per second (all processes together).
+    /// Ramp rate, connections per second (all processes together): the upper bound of
+    /// the hold's closed-loop ramp, the exact rate of the other scenarios.
     #[arg(long, default_value_t = 2000.0)]
     pub rate: f64,
+    /// Hold: open at exactly --rate instead of the closed-loop ramp (which raises its rate
+    /// while handshakes stay fast and none fails, and backs off when they do not).
+    #[arg(long)]
+    pub fixed_rate: bool,
+    /// Closed-loop ramp: a quarter second whose p90 handshake is slower than this many
+    /// milliseconds halves the rate.
+    #[arg(long, default_value_t = 100.0)]
+    pub ramp_p90_ms: f64,
+    /// Failed connections tolerated before the ramp stops (default: 0.1% of --conns, at
+    /// least 10).
+    #[arg(long)]
+    pub max_failures: Option<u64>,
+    /// The ramp stops (and holds what it opened) when `MemAvailable` falls under this many
+    /// MiB; 0: no guard.
+    #[arg(long, default_value_t = 2048)]
+    pub min_available_mib: u64,
+    /// Time bound of the ramp, seconds (default: 10× --conns/--rate, at least 120, for
+    /// the closed loop; the planned ramp + 60 at a fixed rate).
+    #[arg(long)]
+    pub ramp_max_secs: Option<f64>,
     /// Seconds of steady state after the ramp (hold time, message time).
     #[arg(long, default_value_t = 10.0)]
     pub duration: f64,
@@ -124,6 +148,19 @@ pub struct Options {
     /// Hard limit of the whole run in seconds (default: ramp + duration + 60).
     #[arg(long)]
     pub max_time: Option<f64>,
+    /// Run shard I of N (from 0): this generator opens its share of --conns (the same
+    /// --conns and --rate on every shard are the totals) from every Nth --source address,
+    /// starting at the Ith. Merge the shards' reports with `wsbench report merge`.
+    #[arg(long)]
+    pub shard: Option<plan::Shard>,
+    /// Start at this wall-clock time (Unix seconds, such as `$(( $(date +%s) + 30 ))`), so
+    /// that shards on several machines ramp together.
+    #[arg(long)]
+    pub start_at: Option<f64>,
+    /// Start once this file exists (a barrier on a shared file system), waiting at most
+    /// 10 minutes.
+    #[arg(long)]
+    pub barrier: Option<PathBuf>,
     /// Internal: run as worker process INDEX of --procs, talking JSON lines on stdout.
     #[arg(long, hide = true)]
     pub worker: Option<u64>,
@@ -136,26 +173,31 @@ pub fn run(opts: &Options) -> Result<Report> {
         procs::worker_main(opts, index)?;
         std::process::exit(0);
     }
+    start::wait(opts.start_at, opts.barrier.as_deref())?;
+    let started_unix = start::unix_now();
     let started = Instant::now();
     let show = if opts.quiet { Show::Quiet } else { Show::Line };
     let procs = opts.procs.max(1);
-    let (rec, timeline, timed_out, threads) = if procs == 1 {
+    let (rec, timeline, timed_out, threads, ramp) = if procs == 1 {
         let plan = Arc::new(plan::Plan::new(opts, 0, 1)?);
         let threads = plan.threads as u64;
         let progress = Arc::new(Progress::default());
+        let ramp = Arc::new(Ramp::new(plan.ramp));
         let (rec, timeline, cut) = std::thread::scope(|s| -> Result<_> {
-            let p = Arc::clone(&progress);
-            let load = s.spawn(move || runner::run(&plan, &p));
+            let (p, r) = (Arc::clone(&progress), Arc::clone(&ramp));
+            let load = s.spawn(move || runner::run(&plan, &p, &r));
             let timeline = progress::sample(|| progress.snap(), || progress.done.load(Relaxed), opts.conns, show);
             let (rec, cut) = load.join().map_err(|_| anyhow::anyhow!("the load panicked"))??;
             Ok((rec, timeline, cut))
         })?;
-        (rec, timeline, cut, threads)
+        (rec, timeline, cut, threads, ramp.summary())
     } else {
         let out = procs::run_workers(opts, procs, show)?;
-        (out.rec, out.timeline, out.timed_out, out.threads)
+        (out.rec, out.timeline, out.timed_out, out.threads, out.ramp)
     };
-    let report = build_report(opts, &rec, timeline, timed_out, started.elapsed().as_secs_f64(), procs, threads);
+    let elapsed = started.elapsed().as_secs_f64();
+    let mut report = build_report(opts, &rec, timeline, timed_out, elapsed, procs, threads, ramp)?;
+    report.started_unix = started_unix;
     if !opts.quiet {
         report.print_table();
     }
@@ -169,6 +211,7 @@ pub fn run(opts: &Options) -> Result<Report> {
     Ok(report)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn build_report(
     opts: &Options,
     rec: &Recorder,
@@ -177,20 +220,27 @@ fn build_report(
     elapsed: f64,
     procs: u64,
     threads: u64,
-) -> Report {
+    ramp: Summary,
+) -> Result<Report> {
     let secs = elapsed.max(1e-9);
     let size = opts.size.unwrap_or(opts.scenario.default_size()).max(payload::HEADER);
-    Report {
+    let shard = opts.shard.unwrap_or_default();
+    let sources = shard.sources(plan::parse_sources(&opts.source)?)?;
+    Ok(Report {
         scenario: opts.scenario.name().into(),
         targets: plan::describe(&opts.target),
-        sources: opts.source.clone(),
-        conns: opts.conns,
+        sources: sources.iter().map(ToString::to_string).collect(),
+        conns: plan::share(opts.conns, shard, procs),
+        shard: opts.shard.map(|s| s.to_string()),
+        shards: 1,
+        started_unix: 0.0,
+        histograms: Some(Histograms::of(rec)?),
         procs,
         threads,
         size: size as u64,
         duration_secs: opts.duration,
         elapsed_secs: elapsed,
-        ramp_secs: timeline.ramp_secs,
+        ramp_secs: timeline.ramp_secs.or(ramp.stopped.as_ref().map(|s| s.at_secs)),
         peak_open: timeline.samples.iter().map(|s| s.snap.open).max().unwrap_or(0),
         counts: rec.counts.clone(),
         latency_us: Latency::of(&rec.rtt),
@@ -202,5 +252,6 @@ fn build_report(
         timeline: timeline.samples,
         timed_out,
         clean: rec.counts.clean() && !timed_out,
-    }
+        ramp,
+    })
 }

@@ -21,9 +21,9 @@ pub struct Plan {
     pub dials: Vec<Dial>,
     /// Connections (or handshake loops) this process runs.
     pub conns: u64,
-    /// This process's index among the workers.
+    /// This process's slot among all processes of all shards (`index·N + I`).
     pub proc_index: u64,
-    /// Number of worker processes.
+    /// Processes of all shards together (`procs·N`): the stride of connection ids.
     pub procs: u64,
     /// Connections per second this process opens.
     pub rate: f64,
@@ -43,6 +43,8 @@ pub struct Plan {
     pub threads: usize,
     /// Hard bound of the whole run.
     pub max_time: Duration,
+    /// How this process ramps up.
+    pub ramp: super::ramp::Settings,
 }
 
 impl Plan {
@@ -51,7 +53,8 @@ impl Plan {
         if opts.target.is_empty() {
             bail!("at least one --target is needed");
         }
-        let sources = parse_sources(&opts.source)?;
+        let shard = opts.shard.unwrap_or_default();
+        let sources = shard.sources(parse_sources(&opts.source)?)?;
         let mut dials = Vec::new();
         let host = opts.host.clone();
         for src in if sources.is_empty() { vec![None] } else { sources.into_iter().map(Some).collect() } {
@@ -65,19 +68,28 @@ impl Plan {
                 });
             }
         }
-        let conns = opts.conns / procs + u64::from(index < opts.conns % procs);
+        // Process `index` of shard I/N is slot `index·N + I` of `procs·N`: the connection
+        // ids of all shards and processes interleave without overlap.
+        let (slot, stride) = (index * shard.count + shard.index, procs * shard.count);
+        let conns = opts.conns / stride + u64::from(slot < opts.conns % stride);
         let size = opts.size.unwrap_or(opts.scenario.default_size());
-        let rate = (opts.rate / procs as f64).max(0.001);
+        let rate = (opts.rate / stride as f64).max(0.001);
         let ramp = opts.conns as f64 / opts.rate.max(0.001);
         let threads =
             opts.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from)).max(1);
-        let max_time = opts.max_time.unwrap_or(ramp + opts.duration + 60.0);
+        // Only the hold is closed-loop: the other scenarios measure a steady phase whose
+        // start all their connections must agree on in advance.
+        let adaptive = opts.scenario == Scenario::Hold && !opts.fixed_rate;
+        let ramp_max = opts.ramp_max_secs.unwrap_or(if adaptive { (ramp * 10.0).max(120.0) } else { ramp + 60.0 });
+        let tail = if adaptive { opts.heartbeat } else { 0.0 };
+        let max_time = opts.max_time.unwrap_or(ramp_max + opts.duration + tail + 60.0);
+        let max_failures = opts.max_failures.unwrap_or((opts.conns / 1000).max(10));
         Ok(Self {
             scenario: opts.scenario,
             dials,
             conns,
-            proc_index: index,
-            procs,
+            proc_index: slot,
+            procs: stride,
             rate,
             duration: Duration::from_secs_f64(opts.duration),
             interval: Duration::from_millis(opts.interval_ms.max(1)),
@@ -87,6 +99,16 @@ impl Plan {
             close_wait: Duration::from_secs(5),
             threads,
             max_time: Duration::from_secs_f64(max_time),
+            ramp: super::ramp::Settings {
+                adaptive,
+                cap: rate,
+                planned: conns,
+                p90_limit: Duration::from_secs_f64(opts.ramp_p90_ms.max(1.0) / 1000.0),
+                max_failures: max_failures.div_ceil(procs),
+                min_available_kib: opts.min_available_mib * 1024,
+                max_time: Duration::from_secs_f64(ramp_max),
+                coordinated: false,
+            },
         })
     }
 
@@ -95,19 +117,77 @@ impl Plan {
         self.proc_index + self.procs * j
     }
 
-    /// Where connection `id` connects.
+    /// Where connection `id` connects: this process's connections take its (target,
+    /// source) pairs in turn.
     pub fn dial(&self, id: u64) -> &Dial {
-        &self.dials[(id % self.dials.len() as u64) as usize]
+        let j = id / self.procs + self.proc_index;
+        &self.dials[(j % self.dials.len() as u64) as usize]
     }
 
-    /// When this process's `j`th connection starts, after the run's start.
-    pub fn start_of(&self, j: u64) -> Duration {
-        Duration::from_secs_f64(j as f64 / self.rate)
-    }
-
-    /// End of the planned ramp (all connections started).
+    /// End of the planned ramp at the full rate (all connections started).
     pub fn ramp(&self) -> Duration {
         Duration::from_secs_f64(self.conns as f64 / self.rate)
+    }
+}
+
+/// Connections that shard `shard` opens of `conns` in all, over its `procs` processes.
+pub fn share(conns: u64, shard: Shard, procs: u64) -> u64 {
+    let stride = procs * shard.count;
+    (0..procs).map(|i| conns / stride + u64::from(i * shard.count + shard.index < conns % stride)).sum()
+}
+
+/// `--shard I/N`: this load generator is shard I (from 0) of N, each on its own machine or
+/// with its own source addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    /// I.
+    pub index: u64,
+    /// N.
+    pub count: u64,
+}
+
+impl Default for Shard {
+    fn default() -> Self {
+        Shard { index: 0, count: 1 }
+    }
+}
+
+impl std::str::FromStr for Shard {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (i, n) = s.split_once('/').ok_or_else(|| format!("expected I/N (such as 0/4), not {s:?}"))?;
+        let index: u64 = i.trim().parse().map_err(|e| format!("bad shard index {i:?}: {e}"))?;
+        let count: u64 = n.trim().parse().map_err(|e| format!("bad shard count {n:?}: {e}"))?;
+        if count == 0 || index >= count {
+            return Err(format!("shard {index}/{count}: the index counts from 0 and must be under the count"));
+        }
+        Ok(Shard { index, count })
+    }
+}
+
+impl std::fmt::Display for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
+}
+
+impl Shard {
+    /// This shard's source addresses: every Nth of the list, starting at the Ith (an
+    /// empty list stays empty: each machine's kernel picks).
+    pub fn sources(self, all: Vec<IpAddr>) -> Result<Vec<IpAddr>> {
+        if all.is_empty() || self.count == 1 {
+            return Ok(all);
+        }
+        if (all.len() as u64) < self.count {
+            bail!(
+                "{} shards need at least {} source addresses (each shard takes every {}th), got {}",
+                self.count,
+                self.count,
+                self.count,
+                all.len()
+            );
+        }
+        Ok(all.into_iter().skip(self.index as usize).step_by(self.count as usize).collect())
     }
 }
 
@@ -145,5 +225,24 @@ mod tests {
         assert_eq!(v.len(), 4);
         assert_eq!(v[3], IpAddr::V4(Ipv4Addr::new(127, 0, 0, 5)));
         assert!(parse_sources(&["127.0.0.5-127.0.0.3".into()]).is_err());
+    }
+
+    #[test]
+    fn shards_take_every_nth_source_and_need_enough() {
+        let all = parse_sources(&["127.0.0.2-127.0.0.7".into()]).unwrap();
+        let s: Shard = "1/3".parse().unwrap();
+        let mine = s.sources(all.clone()).unwrap();
+        assert_eq!(mine, vec![IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3)), IpAddr::V4(Ipv4Addr::new(127, 0, 0, 6))]);
+        assert!("3/3".parse::<Shard>().is_err());
+        assert!("1/0".parse::<Shard>().is_err());
+        assert!(Shard { index: 0, count: 7 }.sources(all).is_err());
+    }
+
+    #[test]
+    fn shares_add_up_to_the_total() {
+        for (conns, n, procs) in [(10, 3, 1), (1001, 4, 3), (5, 8, 2), (0, 2, 2)] {
+            let sum: u64 = (0..n).map(|i| share(conns, Shard { index: i, count: n }, procs)).sum();
+            assert_eq!(sum, conns, "{conns} over {n} shards of {procs} processes");
+        }
     }
 }

@@ -127,8 +127,10 @@ pub fn sample(read: impl Fn() -> Snap, done: impl Fn() -> bool, planned: u64, sh
                 let rate = (s.ops - last.ops) as f64 / dt;
                 let conn_rate = (s.connected - last.connected) as f64 / dt;
                 let bar = bar(s.connected + s.failed, planned);
+                let avail = crate::load::ramp::mem_available_kib() / 1024;
                 let line = format!(
-                    "[{t:7.1}s] {bar} open {}/{planned} (+{conn_rate:.0}/s)  failed {}  ops {} ({rate:.0}/s)",
+                    "[{t:7.1}s] {bar} open {}/{planned} (+{conn_rate:.0}/s)  failed {}  ops {} ({rate:.0}/s)  \
+                     MemAvailable {avail} MiB",
                     s.open, s.failed, s.ops
                 );
                 if tty {

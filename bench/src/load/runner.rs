@@ -16,6 +16,7 @@ use tokio::task::{JoinHandle, LocalSet};
 use super::client::{Conn, ConnectError};
 use super::plan::Plan;
 use super::progress::Progress;
+use super::ramp::{Outcome, Ramp, Ticket};
 use super::stats::Recorder;
 use super::{Scenario, bulk, echo, handshake, hold};
 
@@ -30,6 +31,8 @@ pub struct Ctx {
     pub progress: Arc<Progress>,
     /// Start of the run (shared by all threads of the process).
     pub t0: Instant,
+    /// The process's ramp (shared by all its threads).
+    pub ramp: Arc<Ramp>,
 }
 
 impl Ctx {
@@ -38,27 +41,45 @@ impl Ctx {
         self.t0.elapsed().as_nanos() as u64
     }
 
-    /// End of the steady phase: ramp + duration.
+    /// End of the steady phase of a fixed-rate run: the planned ramp + duration.
     pub fn steady_end(&self) -> Instant {
         self.t0 + self.plan.ramp() + self.plan.duration
     }
 
-    /// Opens connection `id`, recording the handshake time or the failure.
-    pub async fn open(&self, id: u64) -> Option<Conn> {
+    /// End of the hold: the ramp's actual end + duration, once the ramp has ended (a
+    /// closed-loop ramp ends when it has opened every connection or hit a limit).
+    pub fn hold_end(&self) -> Option<Instant> {
+        if self.plan.ramp.adaptive {
+            self.ramp.ended_at().map(|e| e + self.plan.duration)
+        } else {
+            Some(self.steady_end())
+        }
+    }
+
+    /// Opens connection `id`, recording the handshake time or the failure, and telling the
+    /// ramp how it went when the ramp admitted it (`ticket`).
+    pub async fn open(&self, id: u64, ticket: Option<Ticket>) -> Option<Conn> {
         let started = Instant::now();
         let seed = id ^ (self.t0.elapsed().as_nanos() as u64).rotate_left(32);
         // Boxed: the connect-and-upgrade state is large and short-lived; keeping it inline
         // would make every idle connection's task as big as its biggest moment.
         match Box::pin(Conn::open(self.plan.dial(id), seed)).await {
             Ok(c) => {
+                let us = started.elapsed().as_micros() as u64;
+                if let Some(t) = ticket {
+                    self.ramp.finished(t, Outcome::Upgraded(us));
+                }
                 let mut rec = self.rec.borrow_mut();
                 rec.counts.connected += 1;
-                rec.handshake_us(started.elapsed().as_micros() as u64);
+                rec.handshake_us(us);
                 self.progress.connected.fetch_add(1, Relaxed);
                 self.progress.open.fetch_add(1, Relaxed);
                 Some(c)
             }
             Err(e) => {
+                if let Some(t) = ticket {
+                    self.ramp.finished(t, outcome_of(&e));
+                }
                 let mut rec = self.rec.borrow_mut();
                 match e {
                     ConnectError::Connect(_) => rec.counts.connect_failed += 1,
@@ -79,16 +100,29 @@ impl Ctx {
     }
 }
 
+/// What a failed connection tells the ramp.
+fn outcome_of(e: &ConnectError) -> Outcome {
+    match e {
+        ConnectError::Connect(e) => match e.raw_os_error() {
+            Some(libc::EMFILE | libc::ENFILE) => Outcome::OutOfFiles,
+            Some(libc::EADDRNOTAVAIL) => Outcome::OutOfPorts,
+            _ => Outcome::Failed,
+        },
+        ConnectError::Handshake(_) => Outcome::Failed,
+    }
+}
+
 /// Runs the plan on its threads; returns the merged recorder and whether `max_time` cut it.
-pub fn run(plan: &Arc<Plan>, progress: &Arc<Progress>) -> Result<(Recorder, bool)> {
+pub fn run(plan: &Arc<Plan>, progress: &Arc<Progress>, ramp: &Arc<Ramp>) -> Result<(Recorder, bool)> {
     let t0 = Instant::now();
     let mut handles = Vec::new();
     for k in 0..plan.threads {
         let plan = Arc::clone(plan);
         let progress = Arc::clone(progress);
+        let ramp = Arc::clone(ramp);
         let h = std::thread::Builder::new()
             .name(format!("load-{k}"))
-            .spawn(move || thread_main(plan, progress, t0, k))
+            .spawn(move || thread_main(plan, progress, ramp, t0, k))
             .context("cannot start a load thread")?;
         handles.push(h);
     }
@@ -103,10 +137,16 @@ pub fn run(plan: &Arc<Plan>, progress: &Arc<Progress>) -> Result<(Recorder, bool
     Ok((total, cut))
 }
 
-fn thread_main(plan: Arc<Plan>, progress: Arc<Progress>, t0: Instant, k: usize) -> Result<(Recorder, bool)> {
+fn thread_main(
+    plan: Arc<Plan>,
+    progress: Arc<Progress>,
+    ramp: Arc<Ramp>,
+    t0: Instant,
+    k: usize,
+) -> Result<(Recorder, bool)> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let max_time = plan.max_time;
-    let ctx = Rc::new(Ctx { plan, rec: RefCell::new(Recorder::default()), progress, t0 });
+    let ctx = Rc::new(Ctx { plan, rec: RefCell::new(Recorder::default()), progress, t0, ramp });
     let local = LocalSet::new();
     let timed_out = local.block_on(&rt, async {
         tokio::time::timeout_at((t0 + max_time).into(), drive(Rc::clone(&ctx), k)).await.is_err()
@@ -116,19 +156,20 @@ fn thread_main(plan: Arc<Plan>, progress: Arc<Progress>, t0: Instant, k: usize) 
     Ok((rec, timed_out))
 }
 
-/// Starts this thread's share of connections at the planned rate and waits for them all.
+/// Starts this thread's share of connections as the ramp admits them (until it has
+/// started them all or the ramp stopped) and waits for them all.
 async fn drive(ctx: Rc<Ctx>, k: usize) {
     let plan = Arc::clone(&ctx.plan);
     let mut tasks: Vec<JoinHandle<()>> = Vec::new();
     for j in (k as u64..plan.conns).step_by(plan.threads) {
-        tokio::time::sleep_until((ctx.t0 + plan.start_of(j)).into()).await;
+        let Some(ticket) = ctx.ramp.admit().await else { break };
         let id = plan.id(j);
         let c = Rc::clone(&ctx);
         tasks.push(match plan.scenario {
-            Scenario::Hold => tokio::task::spawn_local(hold::conn(c, id)),
-            Scenario::Echo => tokio::task::spawn_local(echo::conn(c, id)),
-            Scenario::Bulk => tokio::task::spawn_local(bulk::conn(c, id)),
-            Scenario::Handshake => tokio::task::spawn_local(handshake::worker(c, id)),
+            Scenario::Hold => tokio::task::spawn_local(hold::conn(c, id, ticket)),
+            Scenario::Echo => tokio::task::spawn_local(echo::conn(c, id, ticket)),
+            Scenario::Bulk => tokio::task::spawn_local(bulk::conn(c, id, ticket)),
+            Scenario::Handshake => tokio::task::spawn_local(handshake::worker(c, id, ticket)),
         });
     }
     for t in tasks {
@@ -151,8 +192,10 @@ mod tests {
         let p = <P as clap::Parser>::parse_from(["x", "hold"]);
         let plan = Arc::new(Plan::new(&p.o, 0, 1).unwrap());
         let progress = Arc::default();
-        let ctx = Rc::new(Ctx { plan, rec: RefCell::new(Recorder::default()), progress, t0: Instant::now() });
-        let hold = std::mem::size_of_val(&hold::conn(Rc::clone(&ctx), 0));
+        let ramp = Arc::new(Ramp::new(plan.ramp));
+        let ctx = Rc::new(Ctx { plan, rec: RefCell::new(Recorder::default()), progress, t0: Instant::now(), ramp });
+        let ticket = crate::load::ramp::Ticket::first();
+        let hold = std::mem::size_of_val(&hold::conn(Rc::clone(&ctx), 0, ticket));
         assert!(hold <= 640, "hold task future is {hold} bytes");
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -166,6 +166,32 @@ pub struct WireRecorder {
     pub handshake: String,
 }
 
+/// A report's histograms, serialized (`HdrHistogram` V2 + base64), so that reports of
+/// shards merge exactly: percentiles of the merged run come from the merged histograms.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Histograms {
+    /// Round trips, µs.
+    pub rtt: String,
+    /// Connect + upgrade times, µs.
+    pub handshake: String,
+}
+
+impl Histograms {
+    /// The histograms of `rec`.
+    pub fn of(rec: &Recorder) -> Result<Self> {
+        Ok(Self { rtt: encode(&rec.rtt)?, handshake: encode(&rec.handshake)? })
+    }
+
+    /// A recorder with these histograms and `counts`.
+    pub fn recorder(&self, counts: &Counts) -> Result<Recorder> {
+        Recorder::from_wire(&WireRecorder {
+            counts: counts.clone(),
+            rtt: self.rtt.clone(),
+            handshake: self.handshake.clone(),
+        })
+    }
+}
+
 fn encode(h: &Histogram<u64>) -> Result<String> {
     let mut bytes = Vec::new();
     V2Serializer::new().serialize(h, &mut bytes).map_err(|e| anyhow::anyhow!("serialize histogram: {e:?}"))?;

@@ -4,6 +4,7 @@
 //! A report states misses as they are: failures and verification errors are printed even
 //! when zero, and `clean` is false whenever any of them is not.
 
+pub mod merge;
 pub mod svg;
 
 use std::path::{Path, PathBuf};
@@ -12,7 +13,8 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::load::progress::Sample;
-use crate::load::stats::{Counts, Latency};
+use crate::load::ramp::Summary;
+use crate::load::stats::{Counts, Histograms, Latency};
 
 /// Everything a run measured.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -23,8 +25,20 @@ pub struct Report {
     pub targets: Vec<String>,
     /// Source addresses (empty: chosen by the kernel).
     pub sources: Vec<String>,
-    /// Connections (or handshake loops) planned.
+    /// Connections (or handshake loops) planned: this shard's share in a shard's report.
     pub conns: u64,
+    /// `I/N` in the report of shard I of N.
+    #[serde(default)]
+    pub shard: Option<String>,
+    /// Shards merged into this report (1: one run).
+    #[serde(default = "one")]
+    pub shards: u64,
+    /// Wall-clock start, Unix seconds (to line up the timelines of shards).
+    #[serde(default)]
+    pub started_unix: f64,
+    /// The latency histograms themselves, so that reports merge exactly.
+    #[serde(default)]
+    pub histograms: Option<Histograms>,
     /// Worker processes.
     pub procs: u64,
     /// Threads per process.
@@ -59,16 +73,34 @@ pub struct Report {
     pub timed_out: bool,
     /// No loss, corruption, reordering, early close or failed connection.
     pub clean: bool,
+    /// How the connections were ramped up, and the limit that stopped the ramp if one did.
+    #[serde(default)]
+    pub ramp: Summary,
+}
+
+fn one() -> u64 {
+    1
 }
 
 impl Report {
+    /// Reads a report written by [`Report::write`].
+    pub fn read(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("{} is not a wsbench report", path.display()))
+    }
+
     /// Prints the final table.
     pub fn print_table(&self) {
         let c = &self.counts;
         let l = &self.latency_us;
         let h = &self.handshake_us;
+        let shards = match (&self.shard, self.shards) {
+            (Some(s), _) => format!(", shard {s}"),
+            (None, n) if n > 1 => format!(", {n} shards merged"),
+            _ => String::new(),
+        };
         println!(
-            "wsbench load {}: {} connections ({} procs × {} threads) → {}",
+            "wsbench load {}: {} connections ({} procs × {} threads{shards}) → {}",
             self.scenario,
             self.conns,
             self.procs,
@@ -119,6 +151,22 @@ impl Report {
             "  rates         {:.0} handshakes/s  {:.0} messages/s  {:.1} MB/s  over {:.1} s",
             self.handshakes_per_sec, self.messages_per_sec, self.mb_per_sec, self.elapsed_secs
         );
+        if self.ramp.adaptive {
+            println!(
+                "  ramp          closed loop: peak {:.0} conn/s, {:.0} conn/s at the end, {} back-offs",
+                self.ramp.peak_rate, self.ramp.final_rate, self.ramp.backoffs
+            );
+        }
+        if let Some(s) = &self.ramp.stopped {
+            println!(
+                "  STOPPED EARLY at {:.1} s, {} of {} opened: {}: {}",
+                s.at_secs,
+                c.connected,
+                self.conns,
+                s.limit.name(),
+                s.detail
+            );
+        }
         if self.timed_out {
             println!("  TIMED OUT: the run hit its time limit; counts are partial");
         }

@@ -16,9 +16,9 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-pub use trust::{Cidr, Trusted};
+pub use trust::Trusted;
 
-use crate::config::{Config, RouteConfig};
+use crate::config::{AdmissionConfig, Config};
 use crate::error::{ErrorKind, ProxyError};
 use crate::http::request::RequestHead;
 use crate::upstream::passive::now_ms;
@@ -60,10 +60,11 @@ pub struct RouteGate {
 }
 
 impl RouteGate {
-    pub fn new(route: &RouteConfig) -> Self {
+    /// A route's `allowed_origins` and `max_connections`.
+    pub fn new(allowed_origins: &[String], max_connections: u64) -> Self {
         Self {
-            origins: route.allowed_origins.iter().map(|o| o.trim().to_ascii_lowercase()).collect(),
-            limit: route.max_connections,
+            origins: allowed_origins.iter().map(|o| o.trim().to_ascii_lowercase()).collect(),
+            limit: max_connections,
             live: AtomicU64::new(0),
         }
     }
@@ -112,21 +113,23 @@ pub struct Admission {
 
 impl Admission {
     pub fn new(cfg: &Config) -> Self {
-        let a = &cfg.admission;
-        let n = a.table_slots.max(1);
+        // Every field, by name: a new one cannot be left unread here.
+        let AdmissionConfig { limit_conn, rate, burst, status, trusted_proxies, log_period, table_slots } =
+            &cfg.admission;
+        let n = (*table_slots).max(1);
         Self {
-            trusted: Trusted::new(&a.trusted_proxies),
+            trusted: Trusted::new(trusted_proxies),
             global_limit: cfg.limits.max_connections,
             global: AtomicU64::new(0),
-            limit_conn: a.limit_conn,
+            limit_conn: *limit_conn,
             slots: Slots::new(n),
-            conns: (a.limit_conn > 0).then(|| Counts::new(n)),
-            rate: (a.rate > 0.0).then(|| Buckets::new(n, a.rate, a.burst)),
-            refused_kind: if a.status == 429 { ErrorKind::TooManyRequests } else { ErrorKind::OverLimit },
+            conns: (*limit_conn > 0).then(|| Counts::new(n)),
+            rate: (*rate > 0.0).then(|| Buckets::new(n, *rate, *burst)),
+            refused_kind: if *status == 429 { ErrorKind::TooManyRequests } else { ErrorKind::OverLimit },
             refused: Default::default(),
             refused_total: AtomicU64::new(0),
             last_report: AtomicU64::new(0),
-            period_ms: u64::try_from(a.log_period.as_millis()).unwrap_or(u64::MAX).max(1),
+            period_ms: u64::try_from(log_period.as_millis()).unwrap_or(u64::MAX).max(1),
         }
     }
 
@@ -252,7 +255,10 @@ mod tests {
             "[limits]\nmax_connections = 5\n[admission]\ntable_slots = 64\n{extra}\n[[route]]\nupstream = \"u\"\nmax_connections = 4\nallowed_origins = [\"https://Good.example\"]\n[upstream.u]\nservers = [\"127.0.0.1:1\"]\n"
         ))
         .unwrap();
-        (Arc::new(Admission::new(&c)), Arc::new(RouteGate::new(&c.routes[0])))
+        (
+            Arc::new(Admission::new(&c)),
+            Arc::new(RouteGate::new(&c.routes[0].allowed_origins, c.routes[0].max_connections)),
+        )
     }
 
     #[test]

@@ -11,28 +11,11 @@ pub mod response;
 pub mod rewrite;
 pub mod upgrade;
 
-/// Default of `limits.max_headers`: request headers a head may carry at most (more is
-/// 431). Generous for browsers (which send 10–30) and for clients behind several proxies.
-pub const DEFAULT_MAX_HEADERS: usize = 256;
+/// Default of `limits.max_headers` (see the config).
+pub use crate::config::DEFAULT_MAX_HEADERS;
 
 /// Headers an upstream response head may carry at most; more is 502.
 pub const MAX_RESPONSE_HEADERS: usize = 256;
-
-/// The scheme a listener speaks to its clients (what `X-Forwarded-Proto` says).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scheme {
-    Http,
-    Https,
-}
-
-impl Scheme {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Http => "http",
-            Self::Https => "https",
-        }
-    }
-}
 
 /// Case-insensitive check whether a comma-separated header value contains `token`.
 pub fn has_token(value: &[u8], token: &str) -> bool {

@@ -23,7 +23,6 @@ use std::time::Duration;
 
 use super::loader::Inner;
 use super::shared::DirField;
-use super::sys;
 use crate::readiness;
 
 /// First and longest pause between checks of a congested peer's progress.
@@ -33,7 +32,7 @@ const POLL_MAX: Duration = Duration::from_millis(16);
 /// Writes all of `data` to a non-blocking socket, waiting for writability.
 pub(super) async fn write_all(fd: RawFd, mut data: &[u8]) -> io::Result<()> {
     while !data.is_empty() {
-        match sys::send(fd, data) {
+        match crate::io::send(&fd, data) {
             Ok(n) => data = &data[n..],
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 readiness::ready(&Fd(fd), readiness::WRITABLE).await?;
@@ -108,10 +107,10 @@ impl Direction<'_> {
     }
 
     fn progress(&self) -> io::Result<Progress> {
-        let acked = sys::tcp_progress(self.dst)?.bytes_acked;
+        let acked = crate::io::tcp_progress(&self.dst)?.bytes_acked;
         // Read after `acked`, so acks racing with the two calls can only make
         // the backlog look larger, never empty too early.
-        let unacked = sys::unacked(self.dst)? as u64;
+        let unacked = crate::io::unacked(&self.dst)? as u64;
         let sent = self.word(DirField::AckedBase).load(Ordering::Acquire)
             + self.word(DirField::Redirected).load(Ordering::Acquire)
             + self.word(DirField::Forwarded).load(Ordering::Acquire);
@@ -128,8 +127,8 @@ impl Direction<'_> {
             if p.drained && (!room || p.held < budget) {
                 return Ok(budget.saturating_sub(p.held));
             }
-            let state = sys::tcp_progress(self.dst)?.state;
-            if !matches!(state, sys::TCP_ESTABLISHED | sys::TCP_CLOSE_WAIT) {
+            let state = crate::io::tcp_progress(&self.dst)?.state;
+            if !matches!(state, crate::io::TCP_ESTABLISHED | crate::io::TCP_CLOSE_WAIT) {
                 return Err(io::Error::from(io::ErrorKind::ConnectionReset));
             }
             tokio::time::sleep(pause).await;
@@ -142,11 +141,11 @@ impl Direction<'_> {
         while !data.is_empty() {
             let room = self.wait_room(true).await?;
             let take = data.len().min(usize::try_from(room).unwrap_or(usize::MAX)).max(1);
-            match sys::send(self.dst, &data[..take]) {
+            match crate::io::send(&self.dst, &data[..take]) {
                 Ok(n) => {
                     data = &data[n..];
                     self.word(DirField::Forwarded).fetch_add(n as u64, Ordering::Release);
-                    self.inner.last_active(self.slot).store(sys::coarse_now_ns(), Ordering::Relaxed);
+                    self.inner.last_active(self.slot).store(crate::io::bpf::coarse_now_ns(), Ordering::Relaxed);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     readiness::ready(&Fd(self.dst), readiness::WRITABLE).await?;

@@ -21,11 +21,11 @@ use std::sync::atomic::Ordering;
 
 use tokio_uring::net::TcpStream;
 
+use super::SplicedPair;
 use super::backpressure::write_all;
 use super::loader::{Inner, Splicer};
 use super::shared::{DirField, Link, TO_CLIENT, TO_UPSTREAM};
-use super::sys;
-use super::{Side, SplicedPair};
+use crate::close::Side;
 
 /// Read size while draining the client before insertion (on the handover's stack).
 const DRAIN_CHUNK: usize = 4 * 1024;
@@ -119,7 +119,7 @@ impl Splicer {
         }
         // The pair is kept as plain fds from here on (a tokio-uring stream costs an
         // allocation each); its sockets are the same, so the sockhash sees no change.
-        let (Ok(client), Ok(upstream)) = (sys::dup(client.as_raw_fd()), sys::dup(upstream.as_raw_fd())) else {
+        let (Ok(client), Ok(upstream)) = (crate::io::dup(&client), crate::io::dup(&upstream)) else {
             counters.handover_failed.fetch_add(1, Ordering::Relaxed);
             let (reason, forwarded) = ("out of file descriptors", early);
             return Err(HandoverError::NotSpliced { client, upstream, reason, forwarded });
@@ -150,13 +150,13 @@ impl Splicer {
 /// and the splice would then believe redirected bytes delivered before they are).
 /// Nothing writes to `fd` meanwhile. Also checks the socket is still established.
 fn written_so_far(fd: RawFd) -> Result<u64, InsertError> {
-    let mut acked = sys::tcp_progress(fd).map_err(InsertError::Failed)?;
+    let mut acked = crate::io::tcp_progress(&fd).map_err(InsertError::Failed)?;
     for _ in 0..16 {
-        if acked.state != sys::TCP_ESTABLISHED {
+        if acked.state != crate::io::TCP_ESTABLISHED {
             return Err(InsertError::NotSpliceable("a side is no longer established"));
         }
-        let unacked = sys::unacked(fd).map_err(InsertError::Failed)? as u64;
-        let again = sys::tcp_progress(fd).map_err(InsertError::Failed)?;
+        let unacked = crate::io::unacked(&fd).map_err(InsertError::Failed)? as u64;
+        let again = crate::io::tcp_progress(&fd).map_err(InsertError::Failed)?;
         if again.bytes_acked == acked.bytes_acked {
             return Ok(acked.bytes_acked + unacked);
         }
@@ -184,7 +184,7 @@ async fn drain_client(client: RawFd, upstream: RawFd, limit: u64) -> Result<Drai
     let mut total = 0u64;
     let mut buf = [0u8; DRAIN_CHUNK];
     loop {
-        match sys::recv(client, &mut buf, 0) {
+        match crate::io::recv(&client, &mut buf, 0) {
             Ok(0) => return Ok(Drained::Closed(total)),
             Ok(n) => {
                 write_all(upstream, &buf[..n]).await.map_err(|e| (Side::Upstream, e))?;
@@ -212,14 +212,14 @@ impl Inner {
         // What each socket has been given to send so far (client, upstream), before the
         // program counts anything; also checks both are still established.
         let written = [written_so_far(client)?, written_so_far(upstream)?];
-        let client_cookie = sys::cookie(client).map_err(InsertError::Failed)?;
-        let upstream_cookie = sys::cookie(upstream).map_err(InsertError::Failed)?;
+        let client_cookie = crate::io::cookie(&client).map_err(InsertError::Failed)?;
+        let upstream_cookie = crate::io::cookie(&upstream).map_err(InsertError::Failed)?;
         let slot = self.alloc_slot().ok_or(InsertError::NotSpliceable("splice capacity reached"))?;
         let ins = Inserted { slot, client_cookie, upstream_cookie };
         let result = self.publish_and_insert(client, upstream, ins, written);
         if let Err(e) = result {
-            let _ = sys::map_delete(self.links_fd, &client_cookie);
-            let _ = sys::map_delete(self.links_fd, &upstream_cookie);
+            let _ = crate::io::bpf::map_delete(self.links_fd, &client_cookie);
+            let _ = crate::io::bpf::map_delete(self.links_fd, &upstream_cookie);
             self.free_slot(slot);
             return Err(e);
         }
@@ -241,10 +241,12 @@ impl Inner {
         }
         let to_upstream = Link { peer_cookie: ins.upstream_cookie, slot: ins.slot, dir: TO_UPSTREAM as u32 };
         let to_client = Link { peer_cookie: ins.client_cookie, slot: ins.slot, dir: TO_CLIENT as u32 };
-        sys::map_update(self.links_fd, &ins.client_cookie, &to_upstream, 0).map_err(InsertError::Failed)?;
-        sys::map_update(self.links_fd, &ins.upstream_cookie, &to_client, 0).map_err(InsertError::Failed)?;
+        crate::io::bpf::map_update(self.links_fd, &ins.client_cookie, &to_upstream, 0).map_err(InsertError::Failed)?;
+        crate::io::bpf::map_update(self.links_fd, &ins.upstream_cookie, &to_client, 0).map_err(InsertError::Failed)?;
         let client_fd = client.cast_unsigned();
-        if let Err(e) = sys::map_update(self.sock_hash_fd, &ins.client_cookie, &client_fd, sys::BPF_NOEXIST) {
+        if let Err(e) =
+            crate::io::bpf::map_update(self.sock_hash_fd, &ins.client_cookie, &client_fd, crate::io::bpf::BPF_NOEXIST)
+        {
             return Err(if e.raw_os_error() == Some(libc::EOPNOTSUPP) {
                 InsertError::NotSpliceable("a side is no longer established")
             } else {
@@ -252,14 +254,19 @@ impl Inner {
             });
         }
         let upstream_fd = upstream.cast_unsigned();
-        if let Err(e) = sys::map_update(self.sock_hash_fd, &ins.upstream_cookie, &upstream_fd, sys::BPF_NOEXIST) {
+        if let Err(e) = crate::io::bpf::map_update(
+            self.sock_hash_fd,
+            &ins.upstream_cookie,
+            &upstream_fd,
+            crate::io::bpf::BPF_NOEXIST,
+        ) {
             // The client is in already; taking it out again may discard bytes the
             // kernel passed to it meanwhile, so the pair is failed, not relayed.
-            let _ = sys::map_delete(self.sock_hash_fd, &ins.client_cookie);
+            let _ = crate::io::bpf::map_delete(self.sock_hash_fd, &ins.client_cookie);
             return Err(InsertError::Failed(e));
         }
-        sys::kick(client).map_err(InsertError::Failed)?;
-        sys::kick(upstream).map_err(InsertError::Failed)?;
+        crate::io::set_rcvlowat(&client, 1).map_err(InsertError::Failed)?;
+        crate::io::set_rcvlowat(&upstream, 1).map_err(InsertError::Failed)?;
         Ok(())
     }
 
@@ -267,8 +274,8 @@ impl Inner {
     /// Freed slots are reused last (first in, first out), long after any verdict that
     /// looked the pair up before its links went.
     pub(super) fn release(&self, ins: Inserted) {
-        let _ = sys::map_delete(self.links_fd, &ins.client_cookie);
-        let _ = sys::map_delete(self.links_fd, &ins.upstream_cookie);
+        let _ = crate::io::bpf::map_delete(self.links_fd, &ins.client_cookie);
+        let _ = crate::io::bpf::map_delete(self.links_fd, &ins.upstream_cookie);
         self.free_slot(ins.slot);
     }
 }

@@ -18,7 +18,6 @@ use aya::{Ebpf, EbpfLoader};
 
 use super::counters::Counters;
 use super::shared::{self, Conn, DirField};
-use super::sys;
 
 /// The compiled `ebpf/splice.bpf.o`.
 pub static SPLICE_BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/splice.bpf.o"));
@@ -60,7 +59,7 @@ pub(super) struct Inner {
     _conns: MapData,
     pub sock_hash_fd: RawFd,
     pub links_fd: RawFd,
-    conns: sys::MapMmap,
+    conns: crate::io::bpf::MapMmap,
     /// Free slots of the `conns` array, oldest first so a slot rests as long as
     /// possible before reuse. Held for one push or pop per splice: never across a syscall.
     free: Mutex<VecDeque<u32>>,
@@ -94,8 +93,9 @@ impl Splicer {
             .map_err(|e| classify(&e))?;
         prog.load().map_err(|e| classify(&e))?;
         prog.attach(&attach_fd).map_err(|e| classify(&e))?;
-        let conns_map = sys::MapMmap::new(conns.fd().as_fd().as_raw_fd(), capacity as usize * size_of::<Conn>())
-            .map_err(|e| LoadError::Refused(format!("mmap of the connection array: {e}")))?;
+        let conns_map =
+            crate::io::bpf::MapMmap::new(conns.fd().as_fd().as_raw_fd(), capacity as usize * size_of::<Conn>())
+                .map_err(|e| LoadError::Refused(format!("mmap of the connection array: {e}")))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 sock_hash_fd: sock_hash.fd().as_fd().as_raw_fd(),
@@ -125,22 +125,22 @@ impl Splicer {
 
     /// Sockets currently in the sockhash (one syscall per entry: tests and diagnostics only).
     pub fn sockhash_entries(&self) -> std::io::Result<usize> {
-        sys::keys(self.inner.sock_hash_fd).map(|k| k.len())
+        crate::io::bpf::keys(self.inner.sock_hash_fd).map(|k| k.len())
     }
 
     /// Entries in the peer-link map (one syscall per entry: tests and diagnostics only).
     pub fn link_entries(&self) -> std::io::Result<usize> {
-        sys::keys(self.inner.links_fd).map(|k| k.len())
+        crate::io::bpf::keys(self.inner.links_fd).map(|k| k.len())
     }
 
     /// Whether the socket with this cookie is still in the sockhash (scans the map: tests and diagnostics only).
     pub fn contains(&self, cookie: u64) -> std::io::Result<bool> {
-        Ok(sys::keys(self.inner.sock_hash_fd)?.contains(&cookie))
+        Ok(crate::io::bpf::keys(self.inner.sock_hash_fd)?.contains(&cookie))
     }
 
     /// Whether a peer link for this cookie is still published (scans the map: tests and diagnostics only).
     pub fn linked(&self, cookie: u64) -> std::io::Result<bool> {
-        Ok(sys::keys(self.inner.links_fd)?.contains(&cookie))
+        Ok(crate::io::bpf::keys(self.inner.links_fd)?.contains(&cookie))
     }
 
     /// Slots free (for the "spliced" gauge and admission).
@@ -169,7 +169,7 @@ impl Inner {
                 self.conns.word(base + f.offset(dir)).store(0, Ordering::Relaxed);
             }
         }
-        self.conns.word(base + shared::LAST_ACTIVE).store(sys::coarse_now_ns(), Ordering::Relaxed);
+        self.conns.word(base + shared::LAST_ACTIVE).store(crate::io::bpf::coarse_now_ns(), Ordering::Relaxed);
         self.conns.word(base + shared::GENERATION).fetch_add(1, Ordering::Relaxed);
         Some(slot)
     }

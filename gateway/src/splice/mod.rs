@@ -28,7 +28,6 @@ mod selftest;
 mod shared;
 mod supervise;
 mod sweep;
-mod sys;
 
 use std::time::Duration;
 
@@ -37,23 +36,9 @@ pub use handover::HandoverError;
 pub use loader::{LoadError, MAX_CAPACITY, SPLICE_BPF_OBJECT, Splicer};
 pub use park::parked_here;
 pub use selftest::{FORCE_FAIL_ENV, SelfTestError};
-pub use supervise::{CloseReason, Side, SpliceOutcome, SplicedPair};
+pub use supervise::{SpliceOutcome, SplicedPair};
 
-/// How connections are relayed after the 101 (`splice = "…"`, `--splice MODE`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum SpliceMode {
-    /// The kernel splice when it loads and passes its self-test, else the userspace relay.
-    #[default]
-    Auto,
-    /// The kernel splice or nothing: refuse to start when it is unavailable.
-    Sockmap,
-    /// Always the userspace relay.
-    Userspace,
-}
-
-/// Default per-direction budget of bytes the kernel may hold for a pair.
-pub const DEFAULT_BUDGET: u64 = 1 << 20;
+pub use crate::config::{DEFAULT_SPLICE_BUDGET as DEFAULT_BUDGET, MIN_SPLICE_BUDGET as MIN_BUDGET, SpliceMode};
 
 /// What [`start`] needs to know.
 #[derive(Debug, Clone, Copy)]
@@ -71,9 +56,6 @@ impl Default for SpliceOptions {
         Self { mode: SpliceMode::Auto, capacity: 65_536, budget: DEFAULT_BUDGET }
     }
 }
-
-/// Smallest accepted budget: one loopback skb can carry 64 KiB.
-pub const MIN_BUDGET: u64 = 64 * 1024;
 
 /// The result of [`start`].
 #[derive(Debug)]

@@ -19,7 +19,6 @@ use std::sync::atomic::Ordering;
 use super::handover::InsertError;
 use super::loader::Splicer;
 use super::shared::{DirField, TO_CLIENT, TO_UPSTREAM};
-use super::sys;
 
 /// Environment variable that forces the self-test to fail (test hook).
 pub const FORCE_FAIL_ENV: &str = "WSGATE_SPLICE_SELFTEST_FAIL";
@@ -154,7 +153,7 @@ fn check_inserted(t: &mut Loop) -> Result<(), SelfTestError> {
     if !expect_eof(&mut t.a).map_err(io("half-close: EOF on wsgate's client socket"))? {
         return Err(fail("half-close", "data instead of EOF on wsgate's client socket"));
     }
-    sys::shutdown_write(t.b.as_raw_fd()).map_err(io("half-close: shutdown"))?;
+    crate::io::shutdown(&t.b, std::net::Shutdown::Write).map_err(io("half-close: shutdown"))?;
     if !expect_eof(&mut t.u).map_err(io("half-close: EOF at upstream"))? {
         return Err(fail("half-close", "upstream saw data instead of EOF"));
     }
@@ -168,7 +167,7 @@ fn check_inserted(t: &mut Loop) -> Result<(), SelfTestError> {
     if !expect_eof(&mut t.b).map_err(io("close: EOF on wsgate's upstream socket"))? {
         return Err(fail("close", "data instead of EOF on wsgate's upstream socket"));
     }
-    sys::shutdown_write(t.a.as_raw_fd()).map_err(io("close: shutdown"))?;
+    crate::io::shutdown(&t.a, std::net::Shutdown::Write).map_err(io("close: shutdown"))?;
     if !expect_eof(&mut t.c).map_err(io("close: EOF at client"))? {
         return Err(fail("close", "client saw data instead of EOF"));
     }

@@ -22,7 +22,7 @@ use super::handover::Inserted;
 use super::loader::Splicer;
 use super::shared::{TO_CLIENT, TO_UPSTREAM};
 use super::sweep::{Registration, Swept, watch_pair};
-use super::sys;
+use crate::close::{Close, Side};
 use crate::readiness;
 use crate::shutdown::ShutdownRx;
 
@@ -33,38 +33,32 @@ const RELAY_CHUNK: usize = 64 * 1024;
 const EOF_RECHECK_MIN: Duration = Duration::from_millis(1);
 const EOF_RECHECK_MAX: Duration = Duration::from_millis(50);
 
-/// Which end of a connection something happened on.
+/// How supervision saw a pair end, with what it needs to close the sockets; the
+/// outcome reports it as a [`Close`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
-    Client,
-    Upstream,
-    /// wsgate itself (a failed system call on its side of the kernel).
-    Internal,
-}
-
-impl std::fmt::Display for Side {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Side::Client => "client",
-            Side::Upstream => "upstream",
-            Side::Internal => "internal",
-        })
-    }
-}
-
-/// How a spliced pair ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CloseReason {
-    /// Both sides sent FIN (each was passed on to the other).
-    Closed,
-    /// This side reset the connection; the other side was reset too.
+enum End {
+    /// Both sides sent FIN (each was passed on to the other); this one first.
+    Closed(Side),
+    /// This side reset the connection; the other side is reset too.
     Reset(Side),
-    /// An error on this side; the other side was reset.
-    Error(Side, io::ErrorKind),
-    /// No byte in either direction for the idle timeout; both sides got FIN.
+    /// An error on this side; the other side is reset.
+    Error(Side),
+    /// No byte in either direction for the idle timeout; both sides get FIN.
     Idle,
-    /// The drain signal; both sides got FIN.
+    /// The drain signal; both sides get FIN.
     Shutdown,
+}
+
+impl End {
+    fn close(self) -> Close {
+        match self {
+            Self::Closed(first) => Close::fin(first),
+            Self::Reset(side) => Close::reset(side),
+            Self::Error(_) => Close::Error,
+            Self::Idle => Close::IdleTimeout,
+            Self::Shutdown => Close::Shutdown,
+        }
+    }
 }
 
 /// What supervision reports for the access log.
@@ -75,7 +69,9 @@ pub struct SpliceOutcome {
     pub to_upstream: u64,
     /// Bytes upstream → client from the 101 on.
     pub to_client: u64,
-    pub reason: CloseReason,
+    /// How it ended: `client_fin`/`upstream_fin` (both closed, that side first),
+    /// a reset, `error`, `idle_timeout` or `shutdown`.
+    pub reason: Close,
     /// Times a direction went over budget and was relayed in userspace.
     pub pressure_runs: u64,
     /// Most bytes the kernel held unacknowledged in one direction.
@@ -83,8 +79,6 @@ pub struct SpliceOutcome {
     /// Retransmitted bytes the program cut off skbs, both directions (they had
     /// been handed on already; see `skip_handed_on` in splice.bpf.c).
     pub trimmed: u64,
-    /// The side whose FIN came first, if any did.
-    pub first_fin: Option<Side>,
 }
 
 /// A connection whose sockets are in the kernel; hand it to [`SplicedPair::park`].
@@ -141,34 +135,33 @@ impl SplicedPair {
         let (client, upstream) = (self.client.as_raw_fd(), self.upstream.as_raw_fd());
         let up = Direction { inner, slot: self.ins.slot, dir: TO_UPSTREAM, dst: upstream };
         let down = Direction { inner, slot: self.ins.slot, dir: TO_CLIENT, dst: client };
-        let (reason, first_fin) = if let Some(why) = swept {
-            (swept_reason(why), None)
+        let end = if let Some(why) = swept {
+            swept_reason(why)
         } else {
             until_end(&up, &down, watch_pair(&self.splicer, self.ins.slot, idle_timeout, shutdown)).await
         };
-        match reason {
-            CloseReason::Reset(side) | CloseReason::Error(side, _) => {
+        match end {
+            End::Reset(side) | End::Error(side) => {
                 // Pass the failure on as RST to the side that did not fail.
                 for (fd, s) in [(client, Side::Client), (upstream, Side::Upstream)] {
                     if s != side {
-                        let _ = sys::set_reset_on_close(fd);
+                        let _ = crate::io::reset_on_close(&fd);
                     }
                 }
             }
-            CloseReason::Idle | CloseReason::Shutdown => {
-                let _ = sys::shutdown_write(client);
-                let _ = sys::shutdown_write(upstream);
+            End::Idle | End::Shutdown => {
+                let _ = crate::io::shutdown(&client, std::net::Shutdown::Write);
+                let _ = crate::io::shutdown(&upstream, std::net::Shutdown::Write);
             }
-            CloseReason::Closed => {}
+            End::Closed(_) => {}
         }
         let outcome = SpliceOutcome {
             to_upstream: self.early + up.bytes(),
             to_client: down.bytes(),
-            reason,
+            reason: end.close(),
             pressure_runs: up.pressure_runs() + down.pressure_runs(),
             held_max: up.held_max().max(down.held_max()),
             trimmed: up.trimmed() + down.trimmed(),
-            first_fin,
         };
         let counters = &inner.counters;
         counters.pressure.fetch_add(outcome.pressure_runs, Ordering::Relaxed);
@@ -183,55 +176,46 @@ impl SplicedPair {
     }
 }
 
-/// Watches both directions and the sweeper until the pair ends; returns why, and
-/// which side sent the first FIN.
-async fn until_end(up: &Direction<'_>, down: &Direction<'_>, sweep: Registration) -> (CloseReason, Option<Side>) {
+/// Watches both directions and the sweeper until the pair ends; returns how.
+async fn until_end(up: &Direction<'_>, down: &Direction<'_>, sweep: Registration) -> End {
     let (client, upstream) = (down.dst, up.dst);
     let mut up_fut = pin!(direction(up, client, Side::Client, Side::Upstream));
     let mut down_fut = pin!(direction(down, upstream, Side::Upstream, Side::Client));
     let mut sweep = pin!(sweep);
     let (mut up_done, mut down_done) = (false, false);
-    let mut first_fin = None;
-    let reason = loop {
+    loop {
         tokio::select! {
             end = &mut up_fut, if !up_done => match end {
-                DirEnd::Fin if down_done => break CloseReason::Closed,
-                DirEnd::Fin => {
-                    up_done = true;
-                    first_fin = Some(Side::Client);
-                }
+                DirEnd::Fin if down_done => break End::Closed(Side::Upstream),
+                DirEnd::Fin => up_done = true,
                 DirEnd::Failed(side, e) => break failure(side, &e),
             },
             end = &mut down_fut, if !down_done => match end {
-                DirEnd::Fin if up_done => break CloseReason::Closed,
-                DirEnd::Fin => {
-                    down_done = true;
-                    first_fin = Some(Side::Upstream);
-                }
+                DirEnd::Fin if up_done => break End::Closed(Side::Client),
+                DirEnd::Fin => down_done = true,
                 DirEnd::Failed(side, e) => break failure(side, &e),
             },
             why = &mut sweep => break swept_reason(why),
         }
-    };
-    (reason, first_fin)
+    }
 }
 
-fn swept_reason(why: Swept) -> CloseReason {
+fn swept_reason(why: Swept) -> End {
     match why {
-        Swept::Idle => CloseReason::Idle,
-        Swept::Drain => CloseReason::Shutdown,
+        Swept::Idle => End::Idle,
+        Swept::Drain => End::Shutdown,
     }
 }
 
 /// A peer that reset, or that TCP keepalive or `TCP_USER_TIMEOUT` gave up on
 /// (`ETIMEDOUT`), is a lost connection of that side, as in the userspace relay.
-fn failure(side: Side, e: &io::Error) -> CloseReason {
+fn failure(side: Side, e: &io::Error) -> End {
     match e.kind() {
         io::ErrorKind::ConnectionReset
         | io::ErrorKind::BrokenPipe
         | io::ErrorKind::ConnectionAborted
-        | io::ErrorKind::TimedOut => CloseReason::Reset(side),
-        kind => CloseReason::Error(side, kind),
+        | io::ErrorKind::TimedOut => End::Reset(side),
+        _ => End::Error(side),
     }
 }
 
@@ -281,7 +265,7 @@ async fn burst(d: &Direction<'_>, src: RawFd, src_side: Side, dst_side: Side) ->
     let mut buf = vec![0u8; RELAY_CHUNK];
     let mut pause = EOF_RECHECK_MIN;
     loop {
-        match sys::recv(src, &mut buf, 0) {
+        match crate::io::recv(&src, &mut buf, 0) {
             // A premature end of stream. The verdict passed bytes that have not reached
             // this socket's receive queue: a passed skb waits in the psock's
             // `ingress_skb` whenever that queue is not empty, and the queue also holds
@@ -299,7 +283,7 @@ async fn burst(d: &Direction<'_>, src: RawFd, src_side: Side, dst_side: Side) ->
                 if let Err(e) = d.wait_room(false).await {
                     return Some(DirEnd::Failed(dst_side, e));
                 }
-                return Some(match sys::shutdown_write(d.dst) {
+                return Some(match crate::io::shutdown(&d.dst, std::net::Shutdown::Write) {
                     Ok(()) => DirEnd::Fin,
                     Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => DirEnd::Fin,
                     Err(e) => DirEnd::Failed(dst_side, e),

@@ -22,7 +22,6 @@ use slab::Slab;
 use super::backpressure::needs_userspace;
 use super::loader::Splicer;
 use super::park;
-use super::sys;
 
 /// Longest time between two checks of a pair (the drain signal's latency).
 const TICK_MAX: Duration = Duration::from_millis(250);
@@ -134,7 +133,7 @@ async fn run(sweeper: Rc<RefCell<Sweeper>>) {
     loop {
         let tick = sweeper.borrow().tick;
         tokio::time::sleep(tick).await;
-        let now = sys::coarse_now_ns();
+        let now = crate::io::bpf::coarse_now_ns();
         // Resumed rows become supervision tasks, which register here when first polled.
         let parked = park::sweep(now);
         let mut sw = sweeper.borrow_mut();

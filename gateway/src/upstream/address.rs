@@ -1,98 +1,26 @@
-//! Where an upstream server is: an IP address with a port, or a DNS name with a port,
-//! resolved at start and again every `resolve_interval` (its current address lives in
-//! an [`AddrCell`] that the data plane reads).
+//! Resolving upstream server names, and the cell that holds a server's current
+//! address (written by the resolver thread, read by every connect).
 //!
-//! Accepted forms (config `servers`): `IP:PORT`, `[IPv6]:PORT`, `HOST:PORT` where HOST
-//! is a DNS name (letters, digits, `-`, `.`; labels of 1 to 63 characters). Must never
-//! resolve on a data-plane thread: resolution blocks (getaddrinfo).
+//! Must never resolve on a data-plane thread: resolution blocks (getaddrinfo).
 
-use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::RwLock;
 
-/// A server address as configured.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub enum ServerAddress {
-    Ip(SocketAddr),
-    Name { host: String, port: u16 },
-}
+use crate::config::ServerAddress;
 
-/// What a server address may look like, for errors.
-pub const ACCEPTED: &str = "expected IP:PORT, [IPv6]:PORT or HOST:PORT with HOST a DNS name (e.g. `10.0.0.1:9000`, `[::1]:9000`, `backend.internal:9000`)";
-
-impl ServerAddress {
-    pub fn port(&self) -> u16 {
-        match self {
-            Self::Ip(a) => a.port(),
-            Self::Name { port, .. } => *port,
-        }
-    }
-
-    /// The IP address when configured as one.
-    pub fn ip(&self) -> Option<SocketAddr> {
-        match self {
-            Self::Ip(a) => Some(*a),
-            Self::Name { .. } => None,
-        }
-    }
-
-    /// Resolves to one address: the IP itself, or the first of the name's addresses,
-    /// IPv4 before IPv6 (`ipv4` false: IPv6 first), so the choice is stable across
-    /// resolutions. Blocking.
-    pub fn resolve(&self, ipv4: bool) -> std::io::Result<SocketAddr> {
-        match self {
-            Self::Ip(a) => Ok(*a),
-            Self::Name { host, port } => {
-                let all: Vec<SocketAddr> = (host.as_str(), *port).to_socket_addrs()?.collect();
-                all.iter()
-                    .find(|a| a.is_ipv4() == ipv4)
-                    .or_else(|| all.first())
-                    .copied()
-                    .ok_or_else(|| std::io::Error::other(format!("`{host}` has no address")))
-            }
-        }
-    }
-}
-
-impl TryFrom<String> for ServerAddress {
-    type Error = String;
-
-    fn try_from(s: String) -> Result<Self, String> {
-        if let Ok(a) = s.parse::<SocketAddr>() {
-            return Ok(Self::Ip(a));
-        }
-        let bad = |why: &str| format!("`{s}`: {why}; {ACCEPTED}");
-        let Some((host, port)) = s.rsplit_once(':') else { return Err(bad("no port")) };
-        let port: u16 = port.parse().map_err(|_| bad("the port must be a number from 1 to 65535"))?;
-        let label_ok = |l: &str| {
-            (1..=63).contains(&l.len())
-                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-        };
-        let host = host.strip_suffix('.').unwrap_or(host);
-        if host.is_empty() || host.len() > 253 || !host.split('.').all(label_ok) {
-            return Err(bad("not an IP address or a DNS name"));
-        }
-        if host.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
-            return Err(bad("not a valid IPv4 address"));
-        }
-        Ok(Self::Name { host: host.to_ascii_lowercase(), port })
-    }
-}
-
-impl From<ServerAddress> for String {
-    fn from(a: ServerAddress) -> Self {
-        a.to_string()
-    }
-}
-
-impl fmt::Display for ServerAddress {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Ip(a) => write!(f, "{a}"),
-            Self::Name { host, port } => write!(f, "{host}:{port}"),
+/// Resolves to one address: the IP itself, or the first of the name's addresses of
+/// the asked family (`ipv4`), else its first, so the choice is stable across
+/// resolutions. Blocking.
+pub fn resolve(address: &ServerAddress, ipv4: bool) -> std::io::Result<SocketAddr> {
+    match address {
+        ServerAddress::Ip(a) => Ok(*a),
+        ServerAddress::Name { host, port } => {
+            let all: Vec<SocketAddr> = (host.as_str(), *port).to_socket_addrs()?.collect();
+            all.iter()
+                .find(|a| a.is_ipv4() == ipv4)
+                .or_else(|| all.first())
+                .copied()
+                .ok_or_else(|| std::io::Error::other(format!("`{host}` has no address")))
         }
     }
 }
@@ -123,24 +51,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn accepted_forms() {
-        let ok = |s: &str| ServerAddress::try_from(s.to_owned()).unwrap();
-        assert_eq!(ok("10.0.0.1:9000"), ServerAddress::Ip("10.0.0.1:9000".parse().unwrap()));
-        assert_eq!(ok("[::1]:9000"), ServerAddress::Ip("[::1]:9000".parse().unwrap()));
-        assert_eq!(ok("Backend.internal:9000"), ServerAddress::Name { host: "backend.internal".into(), port: 9000 });
-        assert_eq!(ok("localhost:9000").to_string(), "localhost:9000");
-        for bad in
-            ["localhost", "localhost:", "localhost:99999", "bad host:80", "a..b:80", "-a:80", "1.2.3.999:80", ":80"]
-        {
-            let e = ServerAddress::try_from(bad.to_owned()).unwrap_err();
-            assert!(e.contains("HOST:PORT"), "{bad}: {e}");
-        }
-    }
-
-    #[test]
     fn localhost_resolves_and_prefers_the_asked_family() {
         let a = ServerAddress::try_from("localhost:9000".to_owned()).unwrap();
-        let v4 = a.resolve(true).unwrap();
+        let v4 = resolve(&a, true).unwrap();
         assert!(v4.ip().is_loopback() && v4.port() == 9000, "{v4}");
         let cell = AddrCell::new(v4);
         assert_eq!(cell.set(v4), None);

@@ -10,6 +10,7 @@
 use std::net::IpAddr;
 
 use super::Server;
+use crate::config::HashKey;
 use crate::http::request::RequestHead;
 
 /// Spreads each primary over the schedule by weight (3:1 → a a b a, not a a a b), the
@@ -140,34 +141,8 @@ pub fn hash_ip(ip: IpAddr) -> u64 {
     }
 }
 
-/// Where `balance = "hash"` finds its key in a request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HashKey {
-    /// The first value of a header.
-    Header(String),
-    /// A cookie of the `Cookie` header(s).
-    Cookie(String),
-    /// A query parameter of the request target (raw, not percent-decoded).
-    Query(String),
-}
-
+/// Reading the key out of a request (the type and its parsing are configuration).
 impl HashKey {
-    /// Parses `header:NAME`, `cookie:NAME` or `query:NAME`.
-    pub fn parse(spec: &str) -> Result<Self, String> {
-        let bad = || format!("`{spec}` must be header:NAME, cookie:NAME or query:NAME");
-        let (kind, name) = spec.split_once(':').ok_or_else(bad)?;
-        let name = name.trim();
-        if name.is_empty() || name.contains(|c: char| c.is_whitespace() || c == ';' || c == '=' || c == '&') {
-            return Err(bad());
-        }
-        match kind.trim() {
-            "header" => Ok(Self::Header(name.to_owned())),
-            "cookie" => Ok(Self::Cookie(name.to_owned())),
-            "query" => Ok(Self::Query(name.to_owned())),
-            _ => Err(bad()),
-        }
-    }
-
     /// The key's value in `head`, if present and not empty.
     pub fn extract<'a>(&self, head: &'a RequestHead) -> Option<&'a [u8]> {
         let v = match self {
@@ -200,7 +175,7 @@ mod tests {
         (0..n)
             .map(|i| {
                 let addr: std::net::SocketAddr = format!("10.0.0.{}:80", i + 1).parse().unwrap();
-                Server::new(crate::upstream::address::ServerAddress::Ip(addr), addr, 1, false, 0)
+                Server::new(crate::config::ServerAddress::Ip(addr), addr, 1, false, 0)
             })
             .collect()
     }

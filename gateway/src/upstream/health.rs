@@ -60,14 +60,14 @@ async fn check_loop(group: Arc<Group>, i: usize) {
             Ok(status) => {
                 (passed, failed) = (passed.saturating_add(1), 0);
                 if passed >= cfg.rise && !server.set_healthy(true) {
-                    tracing::warn!(group = %group.name, upstream = %server.addr(), status, "upstream passed {} health checks; back in service", cfg.rise);
+                    tracing::warn!(group = %group.name, upstream = %server.addr(), status, passed = cfg.rise, "upstream passed its health checks; back in service");
                 }
             }
             Err(reason) => {
                 (passed, failed) = (0, failed.saturating_add(1));
                 if failed >= cfg.fall && server.is_healthy() {
                     server.set_healthy(false);
-                    tracing::warn!(group = %group.name, upstream = %server.addr(), "upstream failed {} health checks; out of service: {reason}", cfg.fall);
+                    tracing::warn!(group = %group.name, upstream = %server.addr(), failed = cfg.fall, %reason, "upstream failed its health checks; out of service");
                 }
             }
         }

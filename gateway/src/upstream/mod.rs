@@ -16,10 +16,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
-pub use balance::HashKey;
-
-use crate::config::{Balance, HealthCheckConfig, UpstreamConfig};
-use address::{AddrCell, ServerAddress};
+use crate::config::{Balance, HashKey, HealthCheckConfig, ServerConfig, UpstreamConfig};
+use address::AddrCell;
 use balance::Rendezvous;
 use passive::{Passive, now_ms};
 
@@ -27,7 +25,7 @@ use passive::{Passive, now_ms};
 #[derive(Debug)]
 pub struct Server {
     /// Where the server is, as configured (an IP or a DNS name, with a port).
-    pub address: ServerAddress,
+    pub address: crate::config::ServerAddress,
     /// Its current IP address (a name's is re-resolved every `resolve_interval`).
     current: AddrCell,
     pub weight: u32,
@@ -42,7 +40,7 @@ pub struct Server {
 }
 
 impl Server {
-    fn new(address: ServerAddress, addr: SocketAddr, weight: u32, backup: bool, max_conns: u64) -> Self {
+    fn new(address: crate::config::ServerAddress, addr: SocketAddr, weight: u32, backup: bool, max_conns: u64) -> Self {
         Self {
             address,
             current: AddrCell::new(addr),
@@ -133,11 +131,6 @@ pub struct ResolveError {
     source: std::io::Error,
 }
 
-/// Names resolve to IPv4 unless the group connects from IPv6 source addresses.
-fn prefers_ipv4(cfg: &UpstreamConfig) -> bool {
-    cfg.source_addresses.first().is_none_or(IpAddr::is_ipv4)
-}
-
 /// Starts one thread that resolves the groups' server names again, each group every
 /// `resolve_interval`. Returns whether one was needed.
 pub fn start_resolver(groups: &[Arc<Group>]) -> std::io::Result<bool> {
@@ -169,42 +162,53 @@ impl Group {
     /// Builds the group, resolving servers given by name (blocking: call at start, off
     /// the data plane).
     pub fn new(name: &str, cfg: &UpstreamConfig) -> Result<Self, ResolveError> {
-        let ipv4 = prefers_ipv4(cfg);
-        let servers = cfg
-            .servers
+        // Every field, by name: a new one cannot be left unread here.
+        let UpstreamConfig {
+            servers,
+            balance: policy,
+            hash_key,
+            max_fails,
+            fail_timeout,
+            tries,
+            source_addresses,
+            health_check,
+            resolve_interval,
+        } = cfg;
+        let ipv4 = source_addresses.first().is_none_or(IpAddr::is_ipv4);
+        let servers = servers
             .iter()
             .enumerate()
-            .map(|(index, s)| {
-                let addr = s.address.resolve(ipv4).map_err(|source| ResolveError {
+            .map(|(index, ServerConfig { address, weight, backup, max_conns })| {
+                let addr = address::resolve(address, ipv4).map_err(|source| ResolveError {
                     group: name.to_owned(),
                     index,
-                    address: s.address.to_string(),
+                    address: address.to_string(),
                     source,
                 })?;
-                Ok(Server::new(s.address.clone(), addr, s.weight, s.backup, s.max_conns))
+                Ok(Server::new(address.clone(), addr, *weight, *backup, *max_conns))
             })
             .collect::<Result<Vec<Server>, ResolveError>>()?;
         let schedule = balance::interleave(&servers);
-        let hashing = if matches!(cfg.balance, Balance::IpHash | Balance::Hash) {
+        let hashing = if matches!(policy, Balance::IpHash | Balance::Hash) {
             Rendezvous::new(&servers)
         } else {
             Rendezvous::default()
         };
         Ok(Self {
             name: name.to_owned(),
-            tries: if cfg.tries == 0 { servers.len() } else { cfg.tries.min(servers.len()) },
+            tries: if *tries == 0 { servers.len() } else { (*tries).min(servers.len()) },
             servers,
-            balance: cfg.balance,
-            hash_key: cfg.hash_key.as_deref().and_then(|k| HashKey::parse(k).ok()),
+            balance: *policy,
+            hash_key: hash_key.clone(),
             cursor: AtomicUsize::new(0),
             schedule,
             hashing,
-            max_fails: cfg.max_fails,
-            fail_timeout_ms: u64::try_from(cfg.fail_timeout.as_millis()).unwrap_or(u64::MAX),
-            sources: cfg.source_addresses.clone(),
+            max_fails: *max_fails,
+            fail_timeout_ms: u64::try_from(fail_timeout.as_millis()).unwrap_or(u64::MAX),
+            sources: source_addresses.clone(),
             source_cursor: AtomicUsize::new(0),
-            health_check: cfg.health_check.clone(),
-            resolve_interval: cfg.resolve_interval,
+            health_check: health_check.clone(),
+            resolve_interval: *resolve_interval,
             ipv4,
         })
     }
@@ -213,7 +217,7 @@ impl Group {
     /// a failed resolution keeps the old one. Blocking: for the resolver thread.
     pub fn resolve_again(&self) {
         for s in self.servers.iter().filter(|s| s.address.ip().is_none()) {
-            match s.address.resolve(self.ipv4) {
+            match address::resolve(&s.address, self.ipv4) {
                 Ok(addr) => {
                     if let Some(old) = s.current.set(addr) {
                         tracing::info!(group = %self.name, server = %s.address, %old, new = %addr, "upstream address changed");
@@ -323,9 +327,9 @@ impl Group {
             tracing::warn!(
                 group = %self.name,
                 upstream = %s.addr(),
-                "upstream marked down for {} ms after {} failed attempt(s)",
-                self.fail_timeout_ms,
-                self.max_fails
+                down_ms = self.fail_timeout_ms,
+                failed = self.max_fails,
+                "upstream marked down after failed attempts"
             );
         }
     }

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use wsgate::splice::{CloseReason, SpliceOutcome, Splicer};
+use wsgate::splice::{SpliceOutcome, Splicer};
 
 use super::{Handshake, Job, Proxy, fill, quad};
 
@@ -211,7 +211,7 @@ fn account(report: &mut Report, id: u64, o: &SpliceOutcome) {
     report.pressure += o.pressure_runs;
     report.min_pressure = report.min_pressure.min(o.pressure_runs);
     report.trimmed += o.trimmed;
-    if !matches!(o.reason, CloseReason::Closed) {
+    if !o.reason.is_fin() {
         report.failures.push(format!("pair {id}: ended {:?}, not by both FINs", o.reason));
     }
 }

@@ -160,6 +160,7 @@ pub(super) fn run_target(
         duration,
         procs: load_procs_for(conns),
         report: out.join(format!("{file}.json")),
+        progress: false,
     };
     let report = run_load(opts, &load);
     let Sampled { peak, settled, marginal_anon } = sampler.finish();

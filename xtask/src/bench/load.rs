@@ -30,12 +30,14 @@ pub(super) struct LoadArgs {
     pub(super) duration: f64,
     pub(super) procs: u64,
     pub(super) report: PathBuf,
+    /// Show wsbench's live progress line and its table (the scale run, which is long).
+    pub(super) progress: bool,
 }
 
 pub(super) fn run_load(opts: &Options, a: &LoadArgs) -> Result<Report> {
     let targets: Vec<String> = a.targets.iter().map(ToString::to_string).collect();
     let mut cmd = Command::new(bin_dir().join("wsbench"));
-    cmd.args(["load", a.scenario.name(), "--quiet", "--target", &targets.join(",")])
+    cmd.args(["load", a.scenario.name(), "--target", &targets.join(",")])
         .args(["--conns", &a.conns.to_string(), "--duration", &a.duration.to_string()])
         .args(["--rate", &opts.rate.to_string(), "--interval-ms", &opts.interval_ms.to_string()])
         .args(["--heartbeat", &opts.heartbeat.to_string(), "--threads", &opts.load_threads.to_string()])
@@ -43,6 +45,9 @@ pub(super) fn run_load(opts: &Options, a: &LoadArgs) -> Result<Report> {
         .arg("--report")
         .arg(&a.report)
         .stdin(Stdio::null());
+    if !a.progress {
+        cmd.arg("--quiet");
+    }
     if let Some(size) = opts.size {
         cmd.args(["--size", &size.to_string()]);
     }

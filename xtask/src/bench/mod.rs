@@ -22,6 +22,7 @@ mod procs;
 mod row;
 mod sampler;
 mod scale;
+mod sides;
 mod table;
 
 use std::path::{Path, PathBuf};
@@ -96,7 +97,9 @@ pub struct Options {
     /// Seconds of steady state per target (default: 10; echo and scale 30).
     #[arg(long)]
     pub duration: Option<f64>,
-    /// Ramp rate in connections per second.
+    /// Ramp rate in connections per second: the upper bound of the closed-loop ramp of
+    /// hold and scale (which finds the rate the machine sustains), the exact rate of the
+    /// other scenarios.
     #[arg(long, default_value_t = 3000.0)]
     pub rate: f64,
     /// Echo scenario: milliseconds between messages of one connection.
@@ -120,11 +123,15 @@ pub struct Options {
     /// Directory for the reports and plots (default: target/bench/SCENARIO).
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Scale run: run everything inside a new network namespace tuned with the `edge-1m`
-    /// profile's per-namespace knobs (listen backlog, SYN backlog, port range, …), as on
-    /// a tuned edge node; the machine's own settings stay as they are. Needs root.
-    #[arg(long)]
+    /// Run inside a new network namespace tuned with the `edge-1m` profile's
+    /// per-namespace knobs (listen backlog, SYN backlog, port range, …), as on a tuned
+    /// edge node; the machine's own settings stay as they are. The scale run does this by
+    /// default when it may (root); this flag makes it an error when it cannot.
+    #[arg(long, conflicts_with = "no_netns")]
     pub netns: bool,
+    /// Scale run: stay in this network namespace (with this machine's own sysctls).
+    #[arg(long)]
+    pub no_netns: bool,
     /// Runs of every target, interleaved (direct, A, B, direct, A, B, …) so that a slow
     /// spell of a shared machine hits all of them; the table shows each target's median
     /// round (the upper one of an even count), judged by machine CPU above the same
@@ -134,8 +141,10 @@ pub struct Options {
 }
 
 pub fn run(opts: &Options) -> Result<()> {
-    if opts.netns {
-        return netns::run_in_tuned_netns();
+    if (opts.netns || opts.scenario == Scenario::Scale)
+        && let netns::Placed::Done = netns::place(opts.no_netns, opts.netns)?
+    {
+        return Ok(());
     }
     let out = opts.out.clone().unwrap_or_else(|| {
         let target = procs::bin_dir().parent().map_or_else(|| workspace_root().join("target"), Path::to_path_buf);

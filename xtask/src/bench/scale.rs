@@ -18,6 +18,7 @@ use super::procfs::{cpu_secs, mem_now, meminfo_kib};
 use super::procs::{Proc, free_port, nofile_hard, start_echo, start_wsgate};
 use super::row::Row;
 use super::sampler::{Sampled, Sampler};
+use super::sides::{self, Cost};
 use super::{Options, defaults};
 
 /// The processes of a scale run and how they were laid out.
@@ -131,6 +132,9 @@ pub(super) fn run(opts: &Options, out: &Path, wsgate_built: bool) -> Result<()> 
     let before = mem_now(&lay.gate_pids);
     let cpu0 = cpu_secs(&lay.gate_pids);
     let sampler = Sampler::start(lay.gate_pids.clone());
+    let echo_pids: Vec<u32> = lay.procs[..lay.echo_procs].iter().map(Proc::pid).collect();
+    let sides_before = sides::before(&echo_pids);
+    let echo_sampler = Sampler::start(echo_pids.clone());
     let load = LoadArgs {
         scenario: LoadScenario::Hold,
         targets: if through_wsgate { vec![lay.target] } else { lay.echo_addrs.clone() },
@@ -139,10 +143,12 @@ pub(super) fn run(opts: &Options, out: &Path, wsgate_built: bool) -> Result<()> 
         duration,
         procs: lay.load_procs,
         report: out.join("scale.json"),
+        progress: true,
     };
     let report = run_load(opts, &load);
     let Sampled { peak, settled, marginal_anon } = sampler.finish();
     let cpu = cpu_secs(&lay.gate_pids) - cpu0;
+    let sides = sides::after(sides_before, &echo_pids, echo_sampler.finish().peak.anon);
     drop(std::mem::take(&mut lay.procs));
     let row = Row {
         name: if through_wsgate { "wsgate".into() } else { "direct".into() },
@@ -155,11 +161,18 @@ pub(super) fn run(opts: &Options, out: &Path, wsgate_built: bool) -> Result<()> 
         marginal_anon,
         above_direct: Vec::new(),
     };
-    report_scale(&row, &lay, conns, through_wsgate, out)
+    report_scale(&row, &lay, &sides, conns, through_wsgate, out)
 }
 
 /// Prints and writes the outcome of a scale run.
-pub(super) fn report_scale(row: &Row, lay: &Layout, conns: u64, through_wsgate: bool, out: &Path) -> Result<()> {
+pub(super) fn report_scale(
+    row: &Row,
+    lay: &Layout,
+    sides: &Cost,
+    conns: u64,
+    through_wsgate: bool,
+    out: &Path,
+) -> Result<()> {
     let (before, peak) = (row.before, row.peak);
     let held = row.report.peak_open;
     let verified = row.report.counts.verified;
@@ -168,7 +181,24 @@ pub(super) fn report_scale(row: &Row, lay: &Layout, conns: u64, through_wsgate: 
     println!("bench scale: {conns} connections planned, {held} held, {verified} verified after the hold");
     let ramp_text =
         ramp.map_or_else(|| "did not finish".into(), |r| format!("{r:.1} s ({:.0} conn/s)", held as f64 / r));
-    println!("  ramp          {ramp_text}");
+    let r = &row.report.ramp;
+    let control = if r.adaptive {
+        format!(
+            "closed loop up to --rate: peak {:.0} conn/s, {:.0} conn/s at the end, {} back-offs",
+            r.peak_rate, r.final_rate, r.backoffs
+        )
+    } else {
+        "fixed rate".into()
+    };
+    println!("  ramp          {ramp_text}; {control}");
+    if let Some(stop) = &r.stopped {
+        println!(
+            "  STOPPED EARLY {}: {} (at {:.1} s, {held} of {conns} held)",
+            stop.limit.name(),
+            stop.detail,
+            stop.at_secs
+        );
+    }
     if through_wsgate {
         let idle = row.idle_bytes_per_conn();
         println!(
@@ -185,8 +215,37 @@ pub(super) fn report_scale(row: &Row, lay: &Layout, conns: u64, through_wsgate: 
         row.kernel_per_conn(),
         peak.tcp.saturating_sub(before.tcp) as f64 / held.max(1) as f64
     );
+    let c = &row.report.counts;
+    // What the echo and the client do in a hold: handshakes, heartbeats, one echo each.
+    let ops = (c.connected + c.pings + c.sent).max(1) as f64;
+    let per_load = held.max(1) as f64 / lay.load_procs.max(1) as f64;
+    println!(
+        "  client        {:.1} s CPU, {:.1} µs per operation ({} handshakes, {} heartbeats, {} echoes); {:.2} KiB RSS \
+         per connection (largest of {} processes ÷ its share)",
+        sides.load_cpu,
+        sides.load_cpu / ops * 1e6,
+        c.connected,
+        c.pings,
+        c.sent,
+        sides.load_max_rss_kib as f64 / per_load,
+        lay.load_procs
+    );
+    println!(
+        "  echo          {:.1} s CPU, {:.1} µs per operation; {:.2} KiB anonymous RSS per held connection",
+        sides.echo_cpu,
+        sides.echo_cpu / ops * 1e6,
+        sides.echo_anon_kib as f64 / held.max(1) as f64
+    );
     println!("  MemAvailable  {} MiB at the peak", peak.available / 1024);
-    println!("  clean         {}", row.report.clean);
+    println!(
+        "  clean         {} (failed connections {}, lost {}, mismatched {}, closed early {}, pongs missing {})",
+        row.report.clean,
+        c.connect_failed + c.handshake_failed,
+        c.lost,
+        c.mismatched,
+        c.closed_early,
+        c.pongs_missing
+    );
     println!("  note          {}", lay.note);
     let summary = json!({
         "scenario": "scale", "conns": conns, "held": held, "verified": verified, "ramp_secs": ramp,
@@ -197,6 +256,9 @@ pub(super) fn report_scale(row: &Row, lay: &Layout, conns: u64, through_wsgate: 
         "wsgate_marginal_anon_bytes_per_conn": through_wsgate.then_some(row.marginal_anon).flatten(),
         "wsgate_idle_anon_bytes_per_conn": through_wsgate.then(|| row.idle_bytes_per_conn()),
         "slab_kib_per_conn": row.kernel_per_conn(), "mem_available_kib_at_peak": peak.available,
+        "client_cpu_secs": sides.load_cpu, "client_max_rss_kib": sides.load_max_rss_kib,
+        "echo_cpu_secs": sides.echo_cpu, "echo_anon_kib_growth": sides.echo_anon_kib,
+        "client_and_echo_operations": ops,
         "report": row.report,
     });
     std::fs::write(out.join("summary.json"), serde_json::to_string_pretty(&summary)?)?;

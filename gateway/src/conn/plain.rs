@@ -1,5 +1,5 @@
-//! One plain (non-upgrade) HTTP exchange, once the rewritten request head has been
-//! forwarded: the request body goes upstream exactly as its framing says, the response
+//! Phase 5 for plain HTTP, one exchange: runs once connect has forwarded the rewritten
+//! request head: the request body goes upstream exactly as its framing says, the response
 //! head is awaited within `timeouts.response` (504 past it), interim 1xx responses and
 //! then the final response go back exactly as framed, and the exchange ends.
 //!
@@ -17,24 +17,25 @@ use std::time::{Duration, Instant};
 use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::TcpStream;
 
+use super::Worker;
+use super::response::{pass, peek_head};
 use crate::error::{ErrorKind, ProxyError};
-use crate::handshake;
 use crate::http::body::{BodyTracker, Framing};
 use crate::http::response::ResponseHead;
-use crate::{bufpool, readiness};
+use crate::readiness;
 
 /// Interim (1xx) responses passed on before the final one; more is an upstream fault.
 const MAX_INTERIM: usize = 8;
 
 /// Bounds of one exchange.
 #[derive(Debug, Clone, Copy)]
-pub struct Limits {
+struct Limits {
     /// For the response head, counted from the end of the request body.
-    pub response: Duration,
-    /// Between two reads of the request or response body.
-    pub idle: Duration,
+    response: Duration,
+    /// Between two reads of the request body.
+    idle: Duration,
     /// Largest response head.
-    pub max_response: usize,
+    max_response: usize,
 }
 
 /// What an exchange did.
@@ -60,25 +61,31 @@ pub async fn exchange(
     framing: Framing,
     early: &[u8],
     method: &str,
-    limits: Limits,
+    worker: &Worker,
 ) -> Result<Exchanged, ProxyError> {
+    let cfg = &worker.config;
+    let limits = Limits {
+        response: cfg.timeouts.response,
+        idle: cfg.timeouts.idle,
+        max_response: cfg.limits.max_response_header_bytes,
+    };
     let mut done = Exchanged::default();
     let mut body = BodyTracker::new(framing);
     let first = body.advance(early).map_err(|e| client_fault(&e))?;
     done.pipelined = first < early.len();
     if first > 0 {
-        handshake::write_all(upstream, early[..first].to_vec()).await.map_err(|e| forwarding(&e))?;
+        crate::io::write_all(upstream, early[..first].to_vec()).await.map_err(|e| forwarding(&e))?;
         done.bytes_in = first as u64;
     }
 
     // The upstream may answer before the body is complete (413, 401): watch for its
     // head while the body streams; its timeout starts once the body is through.
     let far = Instant::now() + Duration::from_hours(24 * 365);
-    let mut response = pin!(handshake::peek_response(upstream, limits.max_response, far, method));
+    let mut response = pin!(peek_head(upstream, limits.max_response, far, method));
     let head = if body.is_done() {
         timed(limits.response, &mut response).await?
     } else {
-        let mut pump = pin!(pump_body(client, upstream, &mut body, limits.idle));
+        let mut pump = pin!(pump_body(client, upstream, &mut body, limits.idle, worker));
         tokio::select! {
             pumped = &mut pump => {
                 let (forwarded, pipelined) = pumped?;
@@ -100,13 +107,13 @@ pub async fn exchange(
         }
         done.bytes_out += pass_interim(upstream, client, &head).await?;
         let deadline = Instant::now() + limits.response;
-        head = handshake::peek_response(upstream, limits.max_response, deadline, method).await?;
+        head = peek_head(upstream, limits.max_response, deadline, method).await?;
     }
     if (100..200).contains(&head.status) {
         return Err(ProxyError::new(ErrorKind::UpstreamInvalid, format!("more than {MAX_INTERIM} interim responses")));
     }
     done.status = head.status;
-    done.bytes_out += handshake::pass_response(upstream, client, &head, limits.idle).await?;
+    done.bytes_out += pass(upstream, client, &head, worker).await?;
     Ok(done)
 }
 
@@ -116,14 +123,14 @@ async fn pass_interim(upstream: &TcpStream, client: &TcpStream, head: &ResponseH
     let mut buf = vec![0u8; head.len];
     let mut got = 0;
     while got < head.len {
-        match crate::net::recv_now(upstream, &mut buf[got..]) {
+        match crate::io::recv(upstream, &mut buf[got..], libc::MSG_DONTWAIT) {
             Ok(0) | Err(_) => {
                 return Err(ProxyError::new(ErrorKind::UpstreamClosed, "interim response head vanished"));
             }
             Ok(n) => got += n,
         }
     }
-    handshake::write_all(client, buf)
+    crate::io::write_all(client, buf)
         .await
         .map_err(|e| ProxyError::new(ErrorKind::ClientClosed, format!("passing an interim response: {e}")))?;
     Ok(head.len as u64)
@@ -146,7 +153,9 @@ async fn pump_body(
     upstream: &TcpStream,
     body: &mut BodyTracker,
     idle: Duration,
+    worker: &Worker,
 ) -> Result<(u64, bool), ProxyError> {
+    let pool = &worker.buffers;
     let mut forwarded = 0u64;
     while !body.is_done() {
         match tokio::time::timeout(idle, readiness::ready(client, readiness::READABLE)).await {
@@ -154,27 +163,27 @@ async fn pump_body(
             Ok(Err(e)) => return Err(ProxyError::new(ErrorKind::ClientClosed, format!("waiting for the body: {e}"))),
             Err(_) => return Err(ProxyError::new(ErrorKind::HeaderTimeout, "request body stalled")),
         }
-        let (res, buf) = client.read(bufpool::take()).await;
+        let (res, buf) = client.read(pool.take()).await;
         let n = match res {
             Ok(0) => {
-                bufpool::put(buf);
+                pool.put(buf);
                 return Err(ProxyError::new(ErrorKind::ClientClosed, "closed in the middle of the request body"));
             }
             Ok(n) => n,
             Err(e) => {
-                bufpool::put(buf);
+                pool.put(buf);
                 return Err(ProxyError::new(ErrorKind::ClientClosed, format!("reading the request body: {e}")));
             }
         };
         let take = match body.advance(&buf[..n]) {
             Ok(k) => k,
             Err(e) => {
-                bufpool::put(buf);
+                pool.put(buf);
                 return Err(client_fault(&e));
             }
         };
         let (res, slice) = upstream.write_all(buf.slice(..take)).await;
-        bufpool::put(slice.into_inner());
+        pool.put(slice.into_inner());
         res.map_err(|e| forwarding(&e))?;
         forwarded += take as u64;
         if take < n {

@@ -6,19 +6,22 @@
 //! Set on each listening socket (accepted sockets inherit the options, so the
 //! accept path pays nothing) and on each upstream socket after connect. Values left at
 //! 0 keep the kernel's `net.ipv4.tcp_keepalive_*` (what the tuning profiles set). Must
-//! never fail a connection: an option the kernel refuses is logged once per socket.
+//! never fail a connection: an upstream socket the kernel refuses an option for is logged
+//! and used anyway.
 
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::AsRawFd;
 
-use socket2::{SockRef, TcpKeepalive};
+use socket2::TcpKeepalive;
 
+use super::socket::with_sock;
 use crate::config::KeepaliveConfig;
 
 /// Applies `cfg` to the socket behind `fd`.
-pub fn apply(fd: &impl AsRawFd, cfg: &KeepaliveConfig) -> std::io::Result<()> {
-    // SAFETY: the descriptor is open for the duration of this call (owned by `fd`).
-    let borrowed = unsafe { BorrowedFd::borrow_raw(fd.as_raw_fd()) };
-    let sock = SockRef::from(&borrowed);
+pub fn set_keepalive(fd: &impl AsRawFd, cfg: &KeepaliveConfig) -> std::io::Result<()> {
+    with_sock(fd, |sock| apply(&sock, cfg))
+}
+
+fn apply(sock: &socket2::SockRef<'_>, cfg: &KeepaliveConfig) -> std::io::Result<()> {
     if !cfg.enabled {
         return Ok(());
     }
@@ -56,8 +59,8 @@ mod tests {
             count: 4,
             user_timeout: Duration::from_millis(1500),
         };
-        apply(&l, &cfg).unwrap();
-        let s = SockRef::from(&l);
+        set_keepalive(&l, &cfg).unwrap();
+        let s = socket2::SockRef::from(&l);
         assert!(s.keepalive().unwrap());
         assert_eq!(s.keepalive_time().unwrap(), Duration::from_secs(7));
         assert_eq!(s.keepalive_interval().unwrap(), Duration::from_secs(3));
@@ -66,7 +69,7 @@ mod tests {
         // Accepted sockets inherit them: the reason they are set on listeners only.
         let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
         let (a, _) = l.accept().unwrap();
-        let a = SockRef::from(&a);
+        let a = socket2::SockRef::from(&a);
         assert!(a.keepalive().unwrap());
         assert_eq!(a.keepalive_time().unwrap(), Duration::from_secs(7));
         assert_eq!(a.keepalive_retries().unwrap(), 4);

@@ -1,0 +1,51 @@
+//! `[[listener]]`: the addresses client connections are accepted on.
+//!
+//! Data only: this module never binds a socket.
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+/// One listening address.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// `IP:PORT` to bind (port 0 picks a free port, shared by all workers).
+    pub address: SocketAddr,
+    /// Listen backlog (capped by the kernel at `net.core.somaxconn`).
+    #[serde(default = "default_backlog")]
+    pub backlog: u32,
+}
+
+impl ListenerConfig {
+    /// What the listener speaks to clients (`X-Forwarded-Proto`): plain HTTP until a
+    /// listener carries TLS settings (then `https`).
+    pub fn scheme(&self) -> Scheme {
+        Scheme::Http
+    }
+
+    /// A listener on `address` with the default backlog.
+    pub fn on(address: SocketAddr) -> Self {
+        Self { address, backlog: default_backlog() }
+    }
+}
+
+/// The scheme a listener speaks to its clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    Http,
+    Https,
+}
+
+impl Scheme {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Http => "http",
+            Self::Https => "https",
+        }
+    }
+}
+
+fn default_backlog() -> u32 {
+    65535
+}

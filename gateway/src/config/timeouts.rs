@@ -1,0 +1,41 @@
+//! `[timeouts]`: how long each phase of a connection may take.
+//!
+//! Data only: this module never starts a timer.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Timeouts of the connection phases.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Timeouts {
+    /// Time allowed for the client to send its whole request head (`client_header_timeout`).
+    #[serde(with = "humantime_serde")]
+    pub header: Duration,
+    /// Time allowed to establish a TCP connection to one upstream server (`proxy_connect_timeout`).
+    #[serde(with = "humantime_serde")]
+    pub connect: Duration,
+    /// Time allowed for the upstream to send its response head after the request was forwarded.
+    #[serde(with = "humantime_serde")]
+    pub response: Duration,
+    /// A relayed connection with no bytes in either direction for this long is closed
+    /// (`proxy_read_timeout` / `proxy_send_timeout` of the recipe).
+    #[serde(with = "humantime_serde")]
+    pub idle: Duration,
+    /// On SIGTERM, established connections get this long to finish before they are closed.
+    #[serde(with = "humantime_serde")]
+    pub drain: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            header: Duration::from_secs(10),
+            connect: Duration::from_secs(15),
+            response: Duration::from_mins(1),
+            idle: Duration::from_hours(1),
+            drain: Duration::from_secs(30),
+        }
+    }
+}

@@ -1,0 +1,43 @@
+//! Phase 0, accept: runs on each worker for each of its SO_REUSEPORT listeners from
+//! start-up until the drain. Takes a connection from the kernel, counts it
+//! ([`ActiveConn`]) and spawns its life ([`super::serve`]) as a task of this worker.
+//!
+//! Returns when the drain begins, after shutting the listener's read side (which stops
+//! the kernel queueing connections on it). Must never read from a connection or wait
+//! on one: a slow client must not hold up the next accept.
+
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::time::Duration;
+
+use tokio_uring::net::TcpListener;
+
+use super::Worker;
+use super::teardown::ActiveConn;
+use crate::config::Scheme;
+use crate::shutdown::Phase;
+
+/// Accepts connections on `listener` until the drain.
+pub async fn accept_loop(listener: TcpListener, scheme: Scheme, worker: Rc<Worker>) {
+    let mut shutdown = worker.shutdown.clone();
+    let mut draining = std::pin::pin!(shutdown.reached(Phase::Draining));
+    loop {
+        tokio::select! {
+            res = listener.accept() => match res {
+                Ok((stream, peer)) => {
+                    let active = ActiveConn::new(&worker.stats);
+                    tokio_uring::spawn(super::serve(stream, peer, scheme, worker.clone(), active));
+                }
+                Err(e) => {
+                    // EMFILE/ENFILE/ENOBUFS: back off briefly instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            },
+            () = &mut draining => break,
+        }
+    }
+    // Wakes the accept still in flight, and stops the kernel queueing connections here.
+    crate::io::shutdown_quietly(&listener, std::net::Shutdown::Read);
+    tracing::debug!(fd = listener.as_raw_fd(), "listener closed for draining");
+}

@@ -1,0 +1,214 @@
+//! Phase 3, connect: runs once the request is admitted. Rewrites the head for the
+//! upstream (`X-Forwarded-*`, hop-by-hop headers), connects to the route's servers in
+//! policy order and forwards the head (what followed it waits: see `plain` and
+//! `relay_choice`). For an upgrade it
+//! also waits for the response head ([`super::response::peek_head`], left queued), and
+//! moves to the next server while [`ProxyError::retry_safe`] says so; so does any
+//! failed connect (nothing was sent). At most `tries` servers, each failure reported
+//! to passive health.
+//!
+//! Returns the connected upstream (and, for an upgrade, its response head). Errors:
+//! 502 (refused, closed, malformed), 503 (no eligible server), 504 (timeouts). Must
+//! never retry once any byte of a response was consumed, nor send upstream anything
+//! but the head wsgate parsed and rewrote and the bytes that followed it.
+
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_uring::net::TcpStream;
+
+use super::Worker;
+use super::response::peek_head;
+use super::route_admit::Admit;
+use super::teardown::Facts;
+use crate::error::{ErrorKind, ProxyError};
+use crate::http::body::Framing;
+use crate::http::request::RequestHead;
+use crate::http::response::ResponseHead;
+use crate::http::rewrite::{Forwarded, upstream_head};
+use crate::http::upgrade::Intent;
+use crate::upstream::{ActiveGuard, Group, Pick};
+
+/// A connected upstream.
+pub struct Connected {
+    pub stream: TcpStream,
+    pub server: usize,
+    pub started: Instant,
+    /// Counts the connection as live on its server (`least_conn`, `max_conns`) until dropped.
+    pub live: ActiveGuard,
+    /// The upstream's response head (peeked, still queued); `None` for plain HTTP.
+    pub response: Option<ResponseHead>,
+    /// What the client sent after its head, not forwarded yet.
+    pub early: Vec<u8>,
+    /// The request's body framing (plain HTTP).
+    pub framing: Framing,
+    /// The request's method (plain HTTP: how the response is framed).
+    pub method: String,
+}
+
+/// Connects upstream and forwards the request: `head` parsed from `buf`, whose bytes
+/// after the head follow it.
+pub async fn connect(
+    head: &RequestHead,
+    buf: &[u8],
+    admit: &Admit<'_>,
+    worker: &Worker,
+    facts: &mut Facts,
+) -> Result<Connected, ProxyError> {
+    let cfg = &worker.config;
+    let group = &admit.route.group;
+    let fwd = Forwarded {
+        client_ip: admit.client_ip,
+        peer_ip: admit.peer_ip,
+        trusted: worker.admission.is_trusted(admit.peer_ip),
+        proto: facts.scheme.as_str(),
+    };
+    // Bytes that followed the head are not forwarded with it: for an upgrade they wait
+    // for the 101 (then they are WebSocket data), for plain HTTP only the request's own
+    // body goes on (see `plain`). A pipelined request is never passed on raw.
+    let out = upstream_head(head, admit.intent, fwd);
+    let pick = Pick { client: admit.client_ip, key: group.hash_key().and_then(|k| k.extract(head)) };
+    let connected = if admit.intent == Intent::WebSocket {
+        let exchange = Exchange {
+            request: &out,
+            connect_timeout: cfg.timeouts.connect,
+            response_timeout: cfg.timeouts.response,
+            max_response: cfg.limits.max_response_header_bytes,
+            method: &head.method,
+        };
+        self::exchange(group, &pick, &exchange).await?
+    } else {
+        let connected = connect_any(group, &pick, cfg.timeouts.connect).await?;
+        if let Err(e) = crate::io::write_all(&connected.stream, out).await {
+            group.report_failure(connected.server);
+            return Err(ProxyError::new(ErrorKind::UpstreamClosed, format!("forwarding request head: {e}")));
+        }
+        connected
+    };
+    facts.upstream_addr = Some(group.server(connected.server).addr());
+    if let Err(e) = crate::io::set_keepalive(&connected.stream, &cfg.keepalive) {
+        tracing::warn!(error = %e, "setting TCP keepalive on the upstream socket");
+    }
+    let mut connected = connected;
+    connected.early = buf[head.len..].to_vec();
+    connected.framing = head.framing();
+    connected.method.clone_from(&head.method);
+    Ok(connected)
+}
+
+/// Connects to the group's servers in policy order (bounded by `tries`) until one
+/// accepts; each failure is reported to passive health. All refused → 502; all timed
+/// out → 504; no eligible server → 503.
+pub async fn connect_any(group: &Arc<Group>, pick: &Pick<'_>, timeout: Duration) -> Result<Connected, ProxyError> {
+    let mut failures = Failures::default();
+    for i in group.attempt_order(pick) {
+        if let Some(connected) = connect_one(group, i, timeout, &mut failures).await {
+            return Ok(connected);
+        }
+    }
+    Err(failures.into_error(group))
+}
+
+/// What an upgrade sends upstream and how long it waits for the answer.
+#[derive(Debug)]
+pub struct Exchange<'a> {
+    /// The rewritten request head and the bytes that followed it.
+    pub request: &'a [u8],
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+    pub max_response: usize,
+    pub method: &'a str,
+}
+
+/// For a WebSocket upgrade: connect, forward the request, and peek the response head,
+/// moving on to the next server (bounded by `tries`) when one fails before answering
+/// anything — refused, connect timeout, or [`ProxyError::retry_safe`]. Every failure
+/// is reported to passive health.
+pub async fn exchange(group: &Arc<Group>, pick: &Pick<'_>, x: &Exchange<'_>) -> Result<Connected, ProxyError> {
+    let mut failures = Failures::default();
+    for i in group.attempt_order(pick) {
+        let Some(mut connected) = connect_one(group, i, x.connect_timeout, &mut failures).await else { continue };
+        let addr = group.server(i).addr();
+        if let Err(e) = crate::io::write_all(&connected.stream, x.request.to_vec()).await {
+            group.report_failure(i);
+            tracing::warn!(upstream = %addr, group = %group.name, error = %e, "forwarding the request failed; trying the next server");
+            failures.other.push(format!("{addr}: forwarding request head: {e}"));
+            continue;
+        }
+        let deadline = Instant::now() + x.response_timeout;
+        match peek_head(&connected.stream, x.max_response, deadline, x.method).await {
+            Ok(head) => {
+                connected.response = Some(head);
+                return Ok(connected);
+            }
+            Err(e) if e.retry_safe() => {
+                group.report_failure(i);
+                tracing::warn!(upstream = %addr, group = %group.name, error = %e.detail, "upstream closed before answering; trying the next server");
+                failures.other.push(format!("{addr}: {}", e.detail));
+            }
+            Err(e) => {
+                group.report_failure(i);
+                return Err(ProxyError::new(e.kind, format!("{addr}: {}", e.detail)));
+            }
+        }
+    }
+    Err(failures.into_error(group))
+}
+
+/// Failed attempts of one connection, for its error.
+#[derive(Default)]
+struct Failures {
+    timeouts: Vec<String>,
+    other: Vec<String>,
+}
+
+impl Failures {
+    /// All connect timeouts → 504; other failures → 502; nothing tried → 503.
+    fn into_error(self, group: &Group) -> ProxyError {
+        let kind = match (self.timeouts.is_empty(), self.other.is_empty()) {
+            (true, true) => {
+                return ProxyError::new(
+                    ErrorKind::NoUpstream,
+                    format!("no available server in upstream `{}`", group.name),
+                );
+            }
+            (false, true) => ErrorKind::UpstreamTimeout,
+            _ => ErrorKind::UpstreamRefused,
+        };
+        let all: Vec<String> = self.timeouts.into_iter().chain(self.other).collect();
+        ProxyError::new(kind, format!("upstream `{}`: {}", group.name, all.join("; ")))
+    }
+}
+
+/// One connect attempt to server `i`; `None` (failure recorded) when it is full or fails.
+async fn connect_one(group: &Arc<Group>, i: usize, timeout: Duration, failures: &mut Failures) -> Option<Connected> {
+    // A server can fill up between the pick and here: skip it, it did not fail.
+    let live = group.try_enter(i)?;
+    let addr = group.server(i).addr();
+    let started = Instant::now();
+    match crate::io::connect(addr, group.next_source(), timeout).await {
+        Ok(stream) => Some(Connected {
+            stream,
+            server: i,
+            started,
+            live,
+            response: None,
+            early: Vec::new(),
+            framing: Framing::Empty,
+            method: String::new(),
+        }),
+        Err(e) => {
+            drop(live);
+            group.report_failure(i);
+            tracing::warn!(upstream = %addr, group = %group.name, error = %e, "upstream connect failed; trying the next server");
+            let failure = format!("{addr}: {e}");
+            if e.kind() == io::ErrorKind::TimedOut {
+                failures.timeouts.push(failure);
+            } else {
+                failures.other.push(failure);
+            }
+            None
+        }
+    }
+}

@@ -1,0 +1,79 @@
+//! Phase 1, the request head: runs right after the accept. Reads the client's head
+//! within `timeouts.header`, at most `limits.max_header_bytes`, parses it, and notes
+//! its request line, host and user agent for the access log.
+//!
+//! Returns the parsed head (its path normalised, see `http::path`) and the whole
+//! buffer, which may hold bytes that followed the head (kept: connect decides what of
+//! them may go upstream). Errors: 408 (not in time,
+//! nothing sent), 431, 400, 499 (the client went away). Must never wait without a
+//! deadline, grow a buffer past the limit, or panic on any byte the client sends.
+
+use std::io;
+
+use tokio::time::timeout_at;
+use tokio_uring::net::TcpStream;
+
+use super::Worker;
+use super::teardown::Facts;
+use crate::error::{ErrorKind, ProxyError};
+use crate::http::request::{self, RequestHead};
+use crate::readiness;
+
+/// Reads and parses the request head, and records what the access log needs of it.
+pub async fn read(
+    client: &TcpStream,
+    worker: &Worker,
+    facts: &mut Facts,
+) -> Result<(RequestHead, Vec<u8>), ProxyError> {
+    let limits = &worker.config.limits;
+    let deadline = facts.started + worker.config.timeouts.header;
+    let (head, buf) = read_head(client, limits.max_header_bytes, limits.max_headers, deadline).await?;
+    facts.request = head.request_line();
+    facts.host = head.host().unwrap_or_default();
+    facts.user_agent = head.header("user-agent").map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default();
+    Ok((head, buf))
+}
+
+/// Reads the request head within `deadline`, at most `max` bytes.
+async fn read_head(
+    client: &TcpStream,
+    max: usize,
+    max_headers: usize,
+    deadline: std::time::Instant,
+) -> Result<(RequestHead, Vec<u8>), ProxyError> {
+    let mut buf: Vec<u8> = Vec::with_capacity(max.min(1024));
+    // The head usually arrived with the connection: try to take it before waiting.
+    let mut wait = false;
+    loop {
+        if wait {
+            match timeout_at(deadline.into(), readiness::ready(client, readiness::READABLE)).await {
+                Err(_) => return Err(ProxyError::new(ErrorKind::HeaderTimeout, "request head not complete in time")),
+                Ok(Err(e)) => {
+                    return Err(ProxyError::new(ErrorKind::ClientClosed, format!("waiting for request: {e}")));
+                }
+                Ok(Ok(_)) => {}
+            }
+        }
+        if buf.len() == buf.capacity() {
+            buf.reserve_exact((buf.capacity() * 2).min(max) - buf.len());
+        }
+        match crate::io::recv_into(client, &mut buf) {
+            Ok(0) => {
+                return Err(ProxyError::new(ErrorKind::ClientClosed, "closed before the request head was complete"));
+            }
+            Ok(_) => wait = false,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                wait = true;
+                continue;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(ProxyError::new(ErrorKind::ClientClosed, format!("reading request: {e}"))),
+        }
+        if let Some(head) = request::parse(&buf, max_headers)? {
+            return Ok((head, buf));
+        }
+        if buf.len() >= max {
+            return Err(ProxyError::new(ErrorKind::HeadersTooLarge, format!("request head larger than {max} bytes")));
+        }
+    }
+}

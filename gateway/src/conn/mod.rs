@@ -1,0 +1,121 @@
+//! The life of one client connection, as named phases, one file each, in the order
+//! they run. Read this chart, then the files top to bottom.
+//!
+//! ```text
+//!  accept ── spawns one task per connection ──▶ serve:
+//!
+//!  head ─▶ route_admit ─▶ connect ──────────────────▶ response ──▶ relay_choice ───────────▶ teardown
+//!   │        │              │ upgrade: connect, forward,  │ 101 ─▶    splice ─▶ park ─┐      (finish)
+//!   │        │              │ peek the head; next server  │           userspace ──────┼────▶ lifetimes,
+//!   │        │              │ while retry_safe            │           userspace, then │      counts,
+//!   │        │              │                             │           splice ─▶ park ─┤      access log
+//!   │        │              │ plain HTTP: connect, ───────┼─────────▶ plain: body ────┼────▶
+//!   │        │              │ forward, no head            │ as framed, response (504),│
+//!   │        │              │                             │ then closed               │
+//!   │        │              │                             │ other ─▶ passed back,     │
+//!   │        │              │                             │          closed ──────────┼────▶
+//!   ▼ 408    ▼ 404 400      ▼ 502 503 504                 ▼ 502 504                   │
+//!     431      426 403                                                                │
+//!     400 499  429 503                                                                │
+//!   └────────┴──────────────┴── ProxyError ───────────────┴───────────────────────────┼────▶ teardown:
+//!                                                         error response (unless the  │      answer, close,
+//!                                                         client is gone), then log   │      log
+//!                                                                                     ▼
+//!  a parked pair is a row of the worker's table, not a task; when the kernel splice reports
+//!  its end (FIN, RST, idle, drain) it comes back to teardown (`SplicedEnd::finish`).
+//!  The drain stops `accept`; relays and parked pairs close themselves at `Stop`.
+//! ```
+//!
+//! [`serve`] below drives the phases: each returns what the next needs, or a
+//! [`ProxyError`] that goes straight to teardown. The phases record what the access
+//! log needs in one [`teardown::Facts`]. Nothing here may panic on network input, and
+//! nothing reaches an upstream that `head` did not parse.
+
+pub mod accept;
+pub mod connect;
+pub mod head;
+pub mod plain;
+pub mod relay_choice;
+pub mod response;
+pub mod route_admit;
+pub mod teardown;
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use tokio_uring::net::TcpStream;
+
+use self::connect::Connected;
+use self::relay_choice::Handoff;
+use self::response::Answer;
+use self::teardown::{ActiveConn, Facts};
+use crate::accesslog::AccessLog;
+use crate::admission::{Admission, Admitted};
+use crate::bufpool::BufPool;
+use crate::config::{Config, Scheme};
+use crate::error::{ErrorKind, ProxyError};
+use crate::lifetimes::Lifetimes;
+use crate::router::Router;
+use crate::shutdown::ShutdownRx;
+use crate::splice::Splicer;
+use crate::stats::Stats;
+
+/// One worker thread's state, owned by that thread and lent to every phase of its
+/// connections: what all workers share (config, routes, log, counters, admission,
+/// the splice) and what is this worker's alone (relay buffers, lifetimes).
+#[derive(Debug)]
+pub struct Worker {
+    pub config: Arc<Config>,
+    pub router: Arc<Router>,
+    pub access_log: AccessLog,
+    pub stats: Arc<Stats>,
+    pub shutdown: ShutdownRx,
+    pub admission: Arc<Admission>,
+    /// The kernel fast path, when it loaded and passed its self-test.
+    pub splicer: Option<Splicer>,
+    /// This worker's relay buffers.
+    pub buffers: BufPool,
+    /// How long this worker's WebSockets lived: when to splice.
+    pub lifetimes: Lifetimes,
+}
+
+/// Serves one accepted client connection to its end, or until its spliced pair is
+/// parked (teardown then finishes it when the kernel reports the end).
+pub async fn serve(client: TcpStream, peer: SocketAddr, scheme: Scheme, worker: Rc<Worker>, active: ActiveConn) {
+    let mut facts = Facts::new(peer);
+    facts.scheme = scheme;
+    // TCP_NODELAY comes from the listening socket: accepted sockets inherit it.
+    let mut client = Some(client);
+    let result = proxy(&mut client, &worker, &mut facts).await;
+    teardown::finish(result, client, facts, worker, active).await;
+}
+
+/// The phases from the head to the relay. `client_slot` is taken only by the kernel
+/// splice; on an error it is still there for the response. Returns the spliced pair
+/// to park, or `None` when the connection is over.
+async fn proxy(
+    client_slot: &mut Option<TcpStream>,
+    worker: &Worker,
+    facts: &mut Facts,
+) -> Result<Option<Handoff>, ProxyError> {
+    let client = client_slot.as_ref().ok_or_else(|| ProxyError::new(ErrorKind::Internal, "client socket missing"))?;
+    let (upstream, admitted) = Box::pin(prepare(client, worker, facts)).await?;
+    let Some(head) = &upstream.response else {
+        relay_choice::plain(client, &upstream, worker, facts).await?;
+        return Ok(None);
+    };
+    if response::answer(client, &upstream, head, worker, facts).await? == Answer::Passed {
+        return Ok(None);
+    }
+    Ok(relay_choice::websocket(client_slot, upstream, admitted, worker, facts).await)
+}
+
+/// The phases before the response: head, route and admit, connect. Boxed by the
+/// caller, so the long-lived relay future does not carry their state.
+async fn prepare(client: &TcpStream, worker: &Worker, facts: &mut Facts) -> Result<(Connected, Admitted), ProxyError> {
+    let (head, buf) = head::read(client, worker, facts).await?;
+    let admit = route_admit::route_admit(&head, worker, facts)?;
+    let upstream = connect::connect(&head, &buf, &admit, worker, facts).await?;
+    Ok((upstream, admit.slots))
+}

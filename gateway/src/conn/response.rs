@@ -1,0 +1,159 @@
+//! Phase 4, the response: runs for an upgrade once the upstream's response head has
+//! been peeked (by `connect`, which needs it to know whether to retry). Records the
+//! status and the upstream response time. A 101 goes on to the relay with the head
+//! still queued in the upstream socket, so the relay delivers it in order with what
+//! followed it; any other status is passed back exactly (head, then the body as
+//! framed) and both sides are closed.
+//!
+//! Returns [`Answer::Switching`] or [`Answer::Passed`]. Errors: 502 (malformed or too
+//! large head, bad body framing), 504 (no head in time). Must never consume the head
+//! of a 101, change a byte of a response, or send more than its framing says.
+
+use std::io;
+use std::time::Instant;
+
+use tokio::time::timeout_at;
+use tokio_uring::buf::BoundedBuf;
+use tokio_uring::net::TcpStream;
+
+use super::Worker;
+use super::connect::Connected;
+use super::teardown::Facts;
+use crate::close::Close;
+use crate::error::{ErrorKind, ProxyError};
+use crate::http::body::BodyTracker;
+use crate::http::response::{self, ResponseHead};
+use crate::readiness;
+use crate::stats::Stats;
+
+/// What the upstream answered to an upgrade.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// 101: relay both ways.
+    Switching,
+    /// Any other status: passed back and closed; the connection is over.
+    Passed,
+}
+
+/// Acts on the upstream's answer to an upgrade (its peeked head is `head`).
+pub async fn answer(
+    client: &TcpStream,
+    upstream: &Connected,
+    head: &ResponseHead,
+    worker: &Worker,
+    facts: &mut Facts,
+) -> Result<Answer, ProxyError> {
+    facts.upstream_response_time = Some(upstream.started.elapsed().as_secs_f64());
+    facts.status = head.status;
+    if head.status == 101 {
+        Stats::bump(&worker.stats.upgrades_succeeded);
+        return Ok(Answer::Switching);
+    }
+    // Passed back as-is; both sides closed after it.
+    let stream = &upstream.stream;
+    facts.bytes_sent = Box::pin(pass(stream, client, head, worker)).await?;
+    facts.bytes_out = facts.bytes_sent;
+    facts.close = Close::Done;
+    crate::io::shutdown_quietly(client, std::net::Shutdown::Both);
+    crate::io::shutdown_quietly(stream, std::net::Shutdown::Both);
+    Ok(Answer::Passed)
+}
+
+/// Waits for the upstream's response head and parses it without consuming it.
+pub async fn peek_head(
+    upstream: &TcpStream,
+    max: usize,
+    deadline: Instant,
+    method: &str,
+) -> Result<ResponseHead, ProxyError> {
+    // Most response heads fit in 1 KiB; grow to `max` only for one that does not.
+    let mut buf = vec![0u8; max.min(1024)];
+    let mut lowat_raised = false;
+    let result = loop {
+        let revents = match timeout_at(deadline.into(), readiness::ready(upstream, readiness::READABLE)).await {
+            Err(_) => break Err(ProxyError::new(ErrorKind::UpstreamTimeout, "no response head in time")),
+            Ok(Err(e)) => break Err(ProxyError::new(ErrorKind::UpstreamClosed, format!("waiting for response: {e}"))),
+            Ok(Ok(ev)) => ev,
+        };
+        let n = match crate::io::peek(upstream, &mut buf) {
+            Ok(0) => break Err(ProxyError::new(ErrorKind::UpstreamClosed, "closed before sending a response")),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => break Err(ProxyError::new(ErrorKind::UpstreamClosed, format!("reading response: {e}"))),
+        };
+        match response::parse(&buf[..n], method) {
+            Err(e) => break Err(e),
+            Ok(Some(head)) => break Ok(head),
+            Ok(None) if n >= max => {
+                break Err(ProxyError::new(
+                    ErrorKind::UpstreamInvalid,
+                    format!("response head larger than {max} bytes"),
+                ));
+            }
+            Ok(None) if n == buf.len() => buf.resize(max, 0),
+            Ok(None) if revents & readiness::CLOSED != 0 => {
+                break Err(ProxyError::new(ErrorKind::UpstreamClosed, "closed in the middle of the response head"));
+            }
+            // Partial head: be woken only when more than what is queued has arrived.
+            Ok(None) => {
+                if let Err(e) = crate::io::set_rcvlowat(upstream, n + 1) {
+                    break Err(ProxyError::new(ErrorKind::Internal, format!("SO_RCVLOWAT: {e}")));
+                }
+                lowat_raised = true;
+            }
+        }
+    };
+    if lowat_raised {
+        let _ = crate::io::set_rcvlowat(upstream, 1);
+    }
+    result
+}
+
+/// Passes a (non-101) response from the upstream to the client exactly: the head,
+/// then the body as framed, then stops. Returns the bytes sent to the client.
+pub(super) async fn pass(
+    upstream: &TcpStream,
+    client: &TcpStream,
+    head: &ResponseHead,
+    worker: &Worker,
+) -> Result<u64, ProxyError> {
+    let read_timeout = worker.config.timeouts.response;
+    let mut head_left = head.len;
+    let mut body = BodyTracker::new(head.framing);
+    let mut sent = 0u64;
+    while head_left > 0 || !body.is_done() {
+        match tokio::time::timeout(read_timeout, readiness::ready(upstream, readiness::READABLE)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) | Err(_) => break,
+        }
+        let (res, buf) = upstream.read(worker.buffers.take()).await;
+        let n = match res {
+            Ok(n) if n > 0 => n,
+            _ => {
+                worker.buffers.put(buf);
+                break;
+            }
+        };
+        let in_head = head_left.min(n);
+        head_left -= in_head;
+        let in_body = match body.advance(&buf[in_head..n]) {
+            Ok(k) => k,
+            Err(e) => {
+                worker.buffers.put(buf);
+                return Err(e);
+            }
+        };
+        let take = in_head + in_body;
+        if take == 0 {
+            worker.buffers.put(buf);
+            break;
+        }
+        let (res, slice) = client.write_all(buf.slice(..take)).await;
+        worker.buffers.put(slice.into_inner());
+        if res.is_err() {
+            break;
+        }
+        sent += take as u64;
+    }
+    Ok(sent)
+}

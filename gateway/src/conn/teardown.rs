@@ -1,0 +1,265 @@
+//! Phase 6, teardown: the one place a connection ends. Runs when the phases before it
+//! return, or, for a spliced pair, when the kernel splice reports the pair's end.
+//! Turns a [`ProxyError`] into its response, its log line and its access-log status
+//! (so the three always agree), closes the client, feeds the worker's lifetimes,
+//! releases the counts and guards, and writes the access-log line.
+//!
+//! Holds what is known of a connection ([`Facts`]), and what a parked pair keeps of it
+//! ([`ParkedFacts`], [`SplicedEnd`]); [`ActiveConn`] counts it while alive. Returns
+//! nothing. Must never block, wait for the network longer than one error response
+//! takes to write, or log a connection twice.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use tokio_uring::net::TcpStream;
+
+use super::Worker;
+use super::relay_choice::Handoff;
+use crate::accesslog::{AccessRecord, now_unix};
+use crate::admission::Admitted;
+use crate::close::{Close, Mode};
+use crate::error::ProxyError;
+use crate::http::response::error_response;
+use crate::splice::SpliceOutcome;
+use crate::stats::Stats;
+use crate::upstream::ActiveGuard;
+
+/// What is known of the connection so far, for the access log.
+pub struct Facts {
+    pub started: Instant,
+    /// The client's address (as believed, once admission has looked at the head).
+    pub peer: SocketAddr,
+    pub host: String,
+    pub request: String,
+    pub user_agent: String,
+    pub status: u16,
+    pub bytes_sent: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub upstream_addr: Option<SocketAddr>,
+    pub upstream_response_time: Option<f64>,
+    pub close: Close,
+    pub mode: Mode,
+    /// What the accepting listener speaks (`X-Forwarded-Proto`).
+    pub scheme: crate::config::Scheme,
+}
+
+impl Facts {
+    /// A connection just accepted from `peer`.
+    pub fn new(peer: SocketAddr) -> Self {
+        Self {
+            started: Instant::now(),
+            peer,
+            host: String::new(),
+            request: String::new(),
+            user_agent: String::new(),
+            status: 0,
+            bytes_sent: 0,
+            bytes_in: 0,
+            bytes_out: 0,
+            upstream_addr: None,
+            upstream_response_time: None,
+            close: Close::Unknown,
+            mode: Mode::None,
+            scheme: crate::config::Scheme::Http,
+        }
+    }
+}
+
+/// Ends a connection whose phases returned `result`: parks a spliced pair (which
+/// comes back to [`SplicedEnd::finish`] when it ends), or answers an error, closes the
+/// client and writes the access-log line. `client` is still there unless the splice
+/// took it.
+pub async fn finish(
+    result: Result<Option<Handoff>, ProxyError>,
+    client: Option<TcpStream>,
+    mut facts: Facts,
+    worker: Rc<Worker>,
+    active: ActiveConn,
+) {
+    let err = match result {
+        Ok(Some(handoff)) => return park(handoff, &facts, worker, active),
+        Ok(None) => None,
+        Err(err) => Some(err),
+    };
+    if let Some(err) = err {
+        facts.status = err.kind.status();
+        facts.close = Close::Error;
+        if !err.kind.is_refusal() {
+            tracing::info!(side = %err.kind.side(), status = err.kind.status(), client = %facts.peer, request = %facts.request, "{}", err.detail);
+        } else if let Some(summary) = worker.admission.refusal_report() {
+            // Refusals come in floods: one line per `admission.log_period`, with counts.
+            tracing::warn!(status = err.kind.status(), "{summary}");
+        }
+        if let Some(client) = &client {
+            if err.kind.respond() {
+                let response = error_response(err.kind);
+                let len = response.len() as u64;
+                if crate::io::write_all(client, response).await.is_ok() {
+                    facts.bytes_sent = len;
+                }
+            }
+            crate::io::shutdown_quietly(client, std::net::Shutdown::Both);
+        }
+    }
+    drop(active);
+    if facts.status == 101 {
+        worker.lifetimes.record(facts.started.elapsed(), facts.bytes_in, worker.config.relay.splice_after);
+    }
+    worker.access_log.log(AccessRecord {
+        remote_addr: facts.peer,
+        host: facts.host,
+        time: now_unix(),
+        request: facts.request,
+        status: facts.status,
+        bytes_sent: facts.bytes_sent,
+        request_time: facts.started.elapsed().as_secs_f64(),
+        upstream_response_time: facts.upstream_response_time,
+        user_agent: facts.user_agent,
+        upstream_addr: facts.upstream_addr,
+        bytes_in: facts.bytes_in,
+        bytes_out: facts.bytes_out,
+        close: facts.close,
+        mode: facts.mode,
+    });
+}
+
+/// Leaves a spliced pair to the kernel; its access-log line is written when it ends.
+fn park(handoff: Handoff, facts: &Facts, worker: Rc<Worker>, active: ActiveConn) {
+    let Handoff { pair, admitted, live, after_userspace } = handoff;
+    active.detach();
+    let end = SplicedEnd { facts: ParkedFacts::new(facts, after_userspace), worker, _admitted: admitted, live };
+    pair.park(move |outcome| end.finish(outcome));
+}
+
+/// What a parked pair keeps of its connection until it ends: the access log's facts
+/// and the guards that count it (connection, admission, upstream server).
+pub struct SplicedEnd {
+    facts: ParkedFacts,
+    worker: Rc<Worker>,
+    _admitted: Admitted,
+    live: ActiveGuard,
+}
+
+// A parked pair is this plus 32 bytes of sockets and cookies, boxed: 128 bytes keeps it
+// in the allocator's 128-byte class (with its row and log text, about 200 bytes).
+const _: () = assert!(size_of::<SplicedEnd>() <= 96);
+
+impl SplicedEnd {
+    /// The end of a spliced pair, as the splice reports it.
+    fn finish(self, outcome: SpliceOutcome) {
+        // The pair's `ActiveConn` was detached when it was parked.
+        self.worker.stats.active.fetch_sub(1, Ordering::Relaxed);
+        let lifetime = self.facts.lifetime();
+        // One relayed in userspace first was counted when it outlived `splice_after`.
+        if !self.facts.after_userspace {
+            let client_bytes = self.facts.before_splice[0] + outcome.to_upstream;
+            self.worker.lifetimes.record(lifetime, client_bytes, self.worker.config.relay.splice_after);
+        }
+        self.facts.log(&self.worker, self.live.addr(), outcome, lifetime);
+    }
+}
+
+/// What the access log needs of a parked pair, kept compact: it lives as long as the
+/// pair, and an idle pair should cost a couple of hundred bytes at most.
+pub struct ParkedFacts {
+    /// Nanoseconds from [`epoch`] to the accept.
+    started_ns: u64,
+    /// Client address, host, request line and user agent, each but the last ended by a
+    /// newline (which none of them can contain).
+    text: Box<str>,
+    /// Bytes (client → upstream, upstream → client) moved before the splice: client
+    /// bytes that came with the request head, and the userspace relay's before the pause.
+    before_splice: [u64; 2],
+    upstream_response_time: f32,
+    /// The userspace relay ran before the splice (`mode=userspace+splice`).
+    after_userspace: bool,
+}
+
+/// A fixed instant of this process, so a parked pair keeps its start in 8 bytes. Set
+/// by [`start_clock`] before the first accept (a later first use would date earlier
+/// connections from it).
+fn epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+/// Fixes the instant parked pairs count their start from; call before accepting.
+pub fn start_clock() {
+    epoch();
+}
+
+impl ParkedFacts {
+    fn new(facts: &Facts, after_userspace: bool) -> Self {
+        let peer = facts.peer.to_string();
+        let started = facts.started.saturating_duration_since(epoch());
+        Self {
+            started_ns: u64::try_from(started.as_nanos()).unwrap_or(u64::MAX),
+            text: [peer.as_str(), "\n", &facts.host, "\n", &facts.request, "\n", &facts.user_agent]
+                .concat()
+                .into_boxed_str(),
+            before_splice: [facts.bytes_in, facts.bytes_out],
+            #[allow(clippy::cast_possible_truncation, reason = "seconds; an f32 keeps microseconds over minutes")]
+            upstream_response_time: facts.upstream_response_time.unwrap_or_default() as f32,
+            after_userspace,
+        }
+    }
+
+    /// Accept to now.
+    fn lifetime(&self) -> Duration {
+        epoch().elapsed().saturating_sub(Duration::from_nanos(self.started_ns))
+    }
+
+    /// Writes the pair's access-log line.
+    fn log(self, worker: &Worker, upstream: SocketAddr, outcome: SpliceOutcome, lifetime: Duration) {
+        let mut parts = self.text.splitn(4, '\n').map(str::to_owned);
+        let mut part = || parts.next().unwrap_or_default();
+        let (peer, host, request, user_agent) = (part(), part(), part(), part());
+        worker.access_log.log(AccessRecord {
+            remote_addr: peer.parse().unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
+            host,
+            time: now_unix(),
+            request,
+            status: 101,
+            bytes_sent: self.before_splice[1] + outcome.to_client,
+            request_time: lifetime.as_secs_f64(),
+            upstream_response_time: Some(f64::from(self.upstream_response_time)),
+            user_agent,
+            upstream_addr: Some(upstream),
+            bytes_in: self.before_splice[0] + outcome.to_upstream,
+            bytes_out: self.before_splice[1] + outcome.to_client,
+            close: outcome.reason,
+            mode: if self.after_userspace { Mode::UserspaceThenSplice } else { Mode::Splice },
+        });
+    }
+}
+
+/// Counts a connection as active while alive.
+#[derive(Debug)]
+pub struct ActiveConn(Option<Arc<Stats>>);
+
+impl ActiveConn {
+    pub fn new(stats: &Arc<Stats>) -> Self {
+        Stats::bump(&stats.accepted);
+        stats.active.fetch_add(1, Ordering::Relaxed);
+        Self(Some(stats.clone()))
+    }
+
+    /// Keeps the connection counted without this guard: whoever holds the connection
+    /// from now on must decrement `Stats::active` itself (a parked pair, to stay small).
+    fn detach(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for ActiveConn {
+    fn drop(&mut self) {
+        if let Some(stats) = &self.0 {
+            stats.active.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! Socket calls on a descriptor someone else owns: non-blocking reads and writes,
+//! options, TCP state. Each takes the descriptor by reference (a stream or a raw fd)
+//! and must never close it, block, or keep it past the call.
+
+use std::io;
+use std::mem::{MaybeUninit, size_of, zeroed};
+use std::net::Shutdown;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+use socket2::SockRef;
+use tokio_uring::buf::BoundedBuf;
+use tokio_uring::net::TcpStream;
+
+/// Runs `f` with a socket2 view of `fd`.
+pub(super) fn with_sock<T>(fd: &impl AsRawFd, f: impl FnOnce(SockRef<'_>) -> T) -> T {
+    // SAFETY: `fd` is borrowed for the whole call, so its descriptor stays open; the
+    // view lives only inside `f` and never closes it.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd.as_raw_fd()) };
+    f(SockRef::from(&borrowed))
+}
+
+pub(super) fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
+    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r) }
+}
+
+fn getsockopt<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, value: &mut T) -> io::Result<()> {
+    let mut len = size_of::<T>() as libc::socklen_t;
+    // SAFETY: `value` is a valid, writable `T` and `len` its size; the kernel writes at most `len` bytes.
+    cvt(unsafe { libc::getsockopt(fd, level, name, std::ptr::from_mut(value).cast(), &raw mut len) })?;
+    Ok(())
+}
+
+pub(super) fn setsockopt<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, value: &T) -> io::Result<()> {
+    let len = size_of::<T>() as libc::socklen_t;
+    // SAFETY: `value` points to a valid `T` of `len` bytes that the kernel only reads.
+    cvt(unsafe { libc::setsockopt(fd, level, name, std::ptr::from_ref(value).cast(), len) })?;
+    Ok(())
+}
+
+/// Writes all of `bytes` to `to`: at once when it fits in the socket buffer (the
+/// usual case for a head), the rest by io_uring, which waits for room.
+pub async fn write_all(to: &TcpStream, bytes: Vec<u8>) -> io::Result<()> {
+    let sent = send_now(to, &bytes)?;
+    if sent == bytes.len() {
+        return Ok(());
+    }
+    to.write_all(bytes.slice(sent..)).await.0
+}
+
+/// Non-blocking `recv` (`MSG_DONTWAIT` added to `flags`). `Ok(0)` is end of stream;
+/// `WouldBlock` means nothing is queued.
+pub fn recv(fd: &impl AsRawFd, buf: &mut [u8], flags: libc::c_int) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for writes of `buf.len()` bytes for the whole call.
+    let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), flags | libc::MSG_DONTWAIT) };
+    if n < 0 { Err(io::Error::last_os_error()) } else { Ok(n.unsigned_abs()) }
+}
+
+/// Reads what is queued without consuming it (`MSG_PEEK`), without blocking.
+pub fn peek(fd: &impl AsRawFd, buf: &mut [u8]) -> io::Result<usize> {
+    recv(fd, buf, libc::MSG_PEEK)
+}
+
+/// Receives into the spare capacity of `buf` without blocking and extends its length.
+/// `WouldBlock` means nothing is queued.
+pub fn recv_into(fd: &impl AsRawFd, buf: &mut Vec<u8>) -> io::Result<usize> {
+    let spare: &mut [MaybeUninit<u8>] = buf.spare_capacity_mut();
+    let n = with_sock(fd, |s| s.recv_with_flags(spare, libc::MSG_DONTWAIT))?;
+    // SAFETY: the kernel initialised the first `n` bytes of the spare capacity.
+    unsafe { buf.set_len(buf.len() + n) };
+    Ok(n)
+}
+
+/// Non-blocking `send` without `SIGPIPE`; `WouldBlock` when the buffer is full.
+pub fn send(fd: &impl AsRawFd, data: &[u8]) -> io::Result<usize> {
+    with_sock(fd, |s| s.send_with_flags(data, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL))
+}
+
+/// Sends what fits in the socket's buffer without blocking; returns the bytes taken,
+/// 0 when the buffer is full.
+pub fn send_now(fd: &impl AsRawFd, data: &[u8]) -> io::Result<usize> {
+    match send(fd, data) {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
+        r => r,
+    }
+}
+
+/// Sets `SO_RCVLOWAT`: readiness (`POLLIN`) is reported only once `bytes` are queued.
+/// Setting it (even to 1) also makes the kernel run a sockmap verdict over bytes
+/// queued before the socket was inserted.
+pub fn set_rcvlowat(fd: &impl AsRawFd, bytes: usize) -> io::Result<()> {
+    let bytes: libc::c_int = i32::try_from(bytes).unwrap_or(i32::MAX);
+    setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVLOWAT, &bytes)
+}
+
+/// `SO_LINGER {on, 0}`: closing the socket sends RST instead of FIN (passes a reset on).
+pub fn reset_on_close(fd: &impl AsRawFd) -> io::Result<()> {
+    with_sock(fd, |s| s.set_linger(Some(Duration::ZERO)))
+}
+
+/// `shutdown(2)`.
+pub fn shutdown(fd: &impl AsRawFd, how: Shutdown) -> io::Result<()> {
+    with_sock(fd, |s| s.shutdown(how))
+}
+
+/// `shutdown(2)` whose failure does not matter (the peer may already be gone).
+pub fn shutdown_quietly(fd: &impl AsRawFd, how: Shutdown) {
+    let _ = shutdown(fd, how);
+}
+
+/// The socket's cookie (`SO_COOKIE`), its key in the sockhash.
+pub fn cookie(fd: &impl AsRawFd) -> io::Result<u64> {
+    with_sock(fd, |s| s.cookie())
+}
+
+/// A second descriptor for the same open socket (`F_DUPFD_CLOEXEC`).
+pub fn dup(fd: &impl AsRawFd) -> io::Result<OwnedFd> {
+    // SAFETY: `fd` is borrowed for the whole call, so its descriptor stays open.
+    unsafe { BorrowedFd::borrow_raw(fd.as_raw_fd()) }.try_clone_to_owned()
+}
+
+/// What the splice needs of `TCP_INFO`.
+#[derive(Debug, Clone, Copy)]
+pub struct TcpProgress {
+    /// `tcpi_state` (1 = `ESTABLISHED`, 8 = `CLOSE_WAIT`, …).
+    pub state: u8,
+    /// Bytes of this socket's output the peer has acknowledged, ever.
+    pub bytes_acked: u64,
+}
+
+/// `tcpi_state` values the splice distinguishes.
+pub const TCP_ESTABLISHED: u8 = 1;
+pub const TCP_CLOSE_WAIT: u8 = 8;
+
+/// The socket's TCP state and acknowledged bytes (`TCP_INFO`).
+pub fn tcp_progress(fd: &impl AsRawFd) -> io::Result<TcpProgress> {
+    // SAFETY: tcp_info is plain old data; all-zero is a valid value.
+    let mut info: libc::tcp_info = unsafe { zeroed() };
+    getsockopt(fd.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_INFO, &mut info)?;
+    Ok(TcpProgress { state: info.tcpi_state, bytes_acked: info.tcpi_bytes_acked })
+}
+
+/// Bytes written to the socket and not yet acknowledged by its peer (`SIOCOUTQ`).
+pub fn unacked(fd: &impl AsRawFd) -> io::Result<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ writes one c_int through the pointer.
+    cvt(unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCOUTQ, &raw mut n) })?;
+    Ok(usize::try_from(n).unwrap_or(0))
+}
