@@ -1,7 +1,7 @@
 //! Compiles the eBPF C programs in `../ebpf` into `OUT_DIR` for the splice module.
 //!
 //! Every `ebpf/NAME.bpf.c` becomes `OUT_DIR/NAME.bpf.o`, embedded by
-//! `src/splice/loader.rs` with `aya::include_bytes_aligned!`. The kernel types
+//! `src/splice/splicer.rs` with `aya::include_bytes_aligned!`. The kernel types
 //! (`vmlinux.h`) are generated here from the running kernel's BTF with bpftool,
 //! never committed. This script must never touch anything outside `OUT_DIR`.
 

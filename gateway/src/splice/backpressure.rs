@@ -21,8 +21,8 @@ use std::os::fd::RawFd;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use super::loader::Inner;
 use super::shared::DirField;
+use super::splicer::Inner;
 use crate::readiness;
 
 /// First and longest pause between checks of a congested peer's progress.

@@ -40,10 +40,3 @@ impl Counters {
         }
     }
 }
-
-impl super::Splicer {
-    /// Current counts of this splicer.
-    pub fn counts(&self) -> SpliceCounts {
-        self.inner.counters.snapshot()
-    }
-}

@@ -23,8 +23,8 @@ use tokio_uring::net::TcpStream;
 
 use super::SplicedPair;
 use super::backpressure::write_all;
-use super::loader::{Inner, Splicer};
 use super::shared::{DirField, Link, TO_CLIENT, TO_UPSTREAM};
+use super::splicer::{Inner, Splicer};
 use crate::close::Side;
 
 /// Read size while draining the client before insertion (on the handover's stack).
@@ -71,75 +71,68 @@ pub(super) struct Inserted {
     pub upstream_cookie: u64,
 }
 
-impl Splicer {
-    /// Hands a connection to the kernel after its 101.
-    ///
-    /// `client_early` are client bytes read after the request head and not yet
-    /// forwarded; the upstream's 101 must still be queued in `upstream` (peeked,
-    /// not read). On success the pair is spliced and must be driven by
-    /// [`SplicedPair::supervise`].
-    pub async fn splice(
-        &self,
-        client: TcpStream,
-        upstream: TcpStream,
-        client_early: Vec<u8>,
-    ) -> Result<SplicedPair, HandoverError> {
-        let counters = &self.inner.counters;
-        if !super::park::ready() {
+/// See [`Splicer::splice`].
+pub(super) async fn splice(
+    splicer: &Splicer,
+    client: TcpStream,
+    upstream: TcpStream,
+    client_early: Vec<u8>,
+) -> Result<SplicedPair, HandoverError> {
+    let counters = &splicer.inner.counters;
+    if !super::park::ready() {
+        counters.handover_failed.fetch_add(1, Ordering::Relaxed);
+        return Err(HandoverError::NotSpliced {
+            client,
+            upstream,
+            reason: "worker not prepared to splice",
+            forwarded: 0,
+        });
+    }
+    let mut early = client_early.len() as u64;
+    if let Err(source) = write_all(upstream.as_raw_fd(), &client_early).await {
+        counters.handover_failed.fetch_add(1, Ordering::Relaxed);
+        return Err(HandoverError::Failed { side: Side::Upstream, source });
+    }
+    drop(client_early);
+    match drain_client(client.as_raw_fd(), upstream.as_raw_fd(), splicer.inner.budget).await {
+        Ok(Drained::Empty(n)) => early += n,
+        Ok(Drained::Closed(n)) => {
             counters.handover_failed.fetch_add(1, Ordering::Relaxed);
-            return Err(HandoverError::NotSpliced {
-                client,
-                upstream,
-                reason: "worker not prepared to splice",
-                forwarded: 0,
-            });
-        }
-        let mut early = client_early.len() as u64;
-        if let Err(source) = write_all(upstream.as_raw_fd(), &client_early).await {
-            counters.handover_failed.fetch_add(1, Ordering::Relaxed);
-            return Err(HandoverError::Failed { side: Side::Upstream, source });
-        }
-        drop(client_early);
-        match drain_client(client.as_raw_fd(), upstream.as_raw_fd(), self.inner.budget).await {
-            Ok(Drained::Empty(n)) => early += n,
-            Ok(Drained::Closed(n)) => {
-                counters.handover_failed.fetch_add(1, Ordering::Relaxed);
-                let (reason, forwarded) = ("client already half-closed", early + n);
-                return Err(HandoverError::NotSpliced { client, upstream, reason, forwarded });
-            }
-            Ok(Drained::Busy(n)) => {
-                counters.handover_failed.fetch_add(1, Ordering::Relaxed);
-                let (reason, forwarded) = ("client kept sending during the handover", early + n);
-                return Err(HandoverError::NotSpliced { client, upstream, reason, forwarded });
-            }
-            Err((side, source)) => {
-                counters.handover_failed.fetch_add(1, Ordering::Relaxed);
-                return Err(HandoverError::Failed { side, source });
-            }
-        }
-        // The pair is kept as plain fds from here on (a tokio-uring stream costs an
-        // allocation each); its sockets are the same, so the sockhash sees no change.
-        let (Ok(client), Ok(upstream)) = (crate::io::dup(&client), crate::io::dup(&upstream)) else {
-            counters.handover_failed.fetch_add(1, Ordering::Relaxed);
-            let (reason, forwarded) = ("out of file descriptors", early);
+            let (reason, forwarded) = ("client already half-closed", early + n);
             return Err(HandoverError::NotSpliced { client, upstream, reason, forwarded });
-        };
-        match self.inner.insert_pair(client.as_raw_fd(), upstream.as_raw_fd()) {
-            Ok(ins) => {
-                counters.spliced.fetch_add(1, Ordering::Relaxed);
-                counters.active.fetch_add(1, Ordering::Relaxed);
-                Ok(SplicedPair::new(self.clone(), client, upstream, ins, early))
-            }
-            Err(InsertError::NotSpliceable(reason)) => {
-                counters.handover_failed.fetch_add(1, Ordering::Relaxed);
-                let stream = |fd: OwnedFd| TcpStream::from_std(std::net::TcpStream::from(fd));
-                let (client, upstream) = (stream(client), stream(upstream));
-                Err(HandoverError::NotSpliced { client, upstream, reason, forwarded: early })
-            }
-            Err(InsertError::Failed(source)) => {
-                counters.handover_failed.fetch_add(1, Ordering::Relaxed);
-                Err(HandoverError::Failed { side: Side::Internal, source })
-            }
+        }
+        Ok(Drained::Busy(n)) => {
+            counters.handover_failed.fetch_add(1, Ordering::Relaxed);
+            let (reason, forwarded) = ("client kept sending during the handover", early + n);
+            return Err(HandoverError::NotSpliced { client, upstream, reason, forwarded });
+        }
+        Err((side, source)) => {
+            counters.handover_failed.fetch_add(1, Ordering::Relaxed);
+            return Err(HandoverError::Failed { side, source });
+        }
+    }
+    // The pair is kept as plain fds from here on (a tokio-uring stream costs an
+    // allocation each); its sockets are the same, so the sockhash sees no change.
+    let (Ok(client), Ok(upstream)) = (crate::io::dup(&client), crate::io::dup(&upstream)) else {
+        counters.handover_failed.fetch_add(1, Ordering::Relaxed);
+        let (reason, forwarded) = ("out of file descriptors", early);
+        return Err(HandoverError::NotSpliced { client, upstream, reason, forwarded });
+    };
+    match insert_pair(&splicer.inner, client.as_raw_fd(), upstream.as_raw_fd()) {
+        Ok(ins) => {
+            counters.spliced.fetch_add(1, Ordering::Relaxed);
+            counters.active.fetch_add(1, Ordering::Relaxed);
+            Ok(SplicedPair::new(splicer.clone(), client, upstream, ins, early))
+        }
+        Err(InsertError::NotSpliceable(reason)) => {
+            counters.handover_failed.fetch_add(1, Ordering::Relaxed);
+            let stream = |fd: OwnedFd| TcpStream::from_std(std::net::TcpStream::from(fd));
+            let (client, upstream) = (stream(client), stream(upstream));
+            Err(HandoverError::NotSpliced { client, upstream, reason, forwarded: early })
+        }
+        Err(InsertError::Failed(source)) => {
+            counters.handover_failed.fetch_add(1, Ordering::Relaxed);
+            Err(HandoverError::Failed { side: Side::Internal, source })
         }
     }
 }
@@ -205,77 +198,72 @@ pub(super) enum InsertError {
     Failed(io::Error),
 }
 
-impl Inner {
-    /// Publishes the state and links of a pair, inserts both sockets and kicks
-    /// them. Both receive queues must be untouched or drained to EAGAIN.
-    pub(super) fn insert_pair(&self, client: RawFd, upstream: RawFd) -> Result<Inserted, InsertError> {
-        // What each socket has been given to send so far (client, upstream), before the
-        // program counts anything; also checks both are still established.
-        let written = [written_so_far(client)?, written_so_far(upstream)?];
-        let client_cookie = crate::io::cookie(&client).map_err(InsertError::Failed)?;
-        let upstream_cookie = crate::io::cookie(&upstream).map_err(InsertError::Failed)?;
-        let slot = self.alloc_slot().ok_or(InsertError::NotSpliceable("splice capacity reached"))?;
-        let ins = Inserted { slot, client_cookie, upstream_cookie };
-        let result = self.publish_and_insert(client, upstream, ins, written);
-        if let Err(e) = result {
-            let _ = crate::io::bpf::map_delete(self.links_fd, &client_cookie);
-            let _ = crate::io::bpf::map_delete(self.links_fd, &upstream_cookie);
-            self.free_slot(slot);
-            return Err(e);
-        }
-        Ok(ins)
+/// Publishes the state and links of a pair, inserts both sockets and kicks
+/// them. Both receive queues must be untouched or drained to EAGAIN.
+pub(super) fn insert_pair(inner: &Inner, client: RawFd, upstream: RawFd) -> Result<Inserted, InsertError> {
+    // What each socket has been given to send so far (client, upstream), before the
+    // program counts anything; also checks both are still established.
+    let written = [written_so_far(client)?, written_so_far(upstream)?];
+    let client_cookie = crate::io::cookie(&client).map_err(InsertError::Failed)?;
+    let upstream_cookie = crate::io::cookie(&upstream).map_err(InsertError::Failed)?;
+    let slot = inner.alloc_slot().ok_or(InsertError::NotSpliceable("splice capacity reached"))?;
+    let ins = Inserted { slot, client_cookie, upstream_cookie };
+    let result = publish_and_insert(inner, client, upstream, ins, written);
+    if let Err(e) = result {
+        let _ = crate::io::bpf::map_delete(inner.links_fd, &client_cookie);
+        let _ = crate::io::bpf::map_delete(inner.links_fd, &upstream_cookie);
+        inner.free_slot(slot);
+        return Err(e);
     }
+    Ok(ins)
+}
 
-    /// `written`: [`written_so_far`] of the client and of the upstream.
-    fn publish_and_insert(
-        &self,
-        client: RawFd,
-        upstream: RawFd,
-        ins: Inserted,
-        written: [u64; 2],
-    ) -> Result<(), InsertError> {
-        // Everything written to a socket before this point was written by the handshake
-        // or the userspace relay; the program counts only what follows.
-        for (dir, written) in [(TO_UPSTREAM, written[1]), (TO_CLIENT, written[0])] {
-            self.dir_word(ins.slot, dir, DirField::AckedBase).store(written, Ordering::Release);
-        }
-        let to_upstream = Link { peer_cookie: ins.upstream_cookie, slot: ins.slot, dir: TO_UPSTREAM as u32 };
-        let to_client = Link { peer_cookie: ins.client_cookie, slot: ins.slot, dir: TO_CLIENT as u32 };
-        crate::io::bpf::map_update(self.links_fd, &ins.client_cookie, &to_upstream, 0).map_err(InsertError::Failed)?;
-        crate::io::bpf::map_update(self.links_fd, &ins.upstream_cookie, &to_client, 0).map_err(InsertError::Failed)?;
-        let client_fd = client.cast_unsigned();
-        if let Err(e) =
-            crate::io::bpf::map_update(self.sock_hash_fd, &ins.client_cookie, &client_fd, crate::io::bpf::BPF_NOEXIST)
-        {
-            return Err(if e.raw_os_error() == Some(libc::EOPNOTSUPP) {
-                InsertError::NotSpliceable("a side is no longer established")
-            } else {
-                InsertError::Failed(e)
-            });
-        }
-        let upstream_fd = upstream.cast_unsigned();
-        if let Err(e) = crate::io::bpf::map_update(
-            self.sock_hash_fd,
-            &ins.upstream_cookie,
-            &upstream_fd,
-            crate::io::bpf::BPF_NOEXIST,
-        ) {
-            // The client is in already; taking it out again may discard bytes the
-            // kernel passed to it meanwhile, so the pair is failed, not relayed.
-            let _ = crate::io::bpf::map_delete(self.sock_hash_fd, &ins.client_cookie);
-            return Err(InsertError::Failed(e));
-        }
-        crate::io::set_rcvlowat(&client, 1).map_err(InsertError::Failed)?;
-        crate::io::set_rcvlowat(&upstream, 1).map_err(InsertError::Failed)?;
-        Ok(())
+/// `written`: [`written_so_far`] of the client and of the upstream.
+fn publish_and_insert(
+    inner: &Inner,
+    client: RawFd,
+    upstream: RawFd,
+    ins: Inserted,
+    written: [u64; 2],
+) -> Result<(), InsertError> {
+    // Everything written to a socket before this point was written by the handshake
+    // or the userspace relay; the program counts only what follows.
+    for (dir, written) in [(TO_UPSTREAM, written[1]), (TO_CLIENT, written[0])] {
+        inner.dir_word(ins.slot, dir, DirField::AckedBase).store(written, Ordering::Release);
     }
+    let to_upstream = Link { peer_cookie: ins.upstream_cookie, slot: ins.slot, dir: TO_UPSTREAM as u32 };
+    let to_client = Link { peer_cookie: ins.client_cookie, slot: ins.slot, dir: TO_CLIENT as u32 };
+    crate::io::bpf::map_update(inner.links_fd, &ins.client_cookie, &to_upstream, 0).map_err(InsertError::Failed)?;
+    crate::io::bpf::map_update(inner.links_fd, &ins.upstream_cookie, &to_client, 0).map_err(InsertError::Failed)?;
+    let client_fd = client.cast_unsigned();
+    if let Err(e) =
+        crate::io::bpf::map_update(inner.sock_hash_fd, &ins.client_cookie, &client_fd, crate::io::bpf::BPF_NOEXIST)
+    {
+        return Err(if e.raw_os_error() == Some(libc::EOPNOTSUPP) {
+            InsertError::NotSpliceable("a side is no longer established")
+        } else {
+            InsertError::Failed(e)
+        });
+    }
+    let upstream_fd = upstream.cast_unsigned();
+    if let Err(e) =
+        crate::io::bpf::map_update(inner.sock_hash_fd, &ins.upstream_cookie, &upstream_fd, crate::io::bpf::BPF_NOEXIST)
+    {
+        // The client is in already; taking it out again may discard bytes the
+        // kernel passed to it meanwhile, so the pair is failed, not relayed.
+        let _ = crate::io::bpf::map_delete(inner.sock_hash_fd, &ins.client_cookie);
+        return Err(InsertError::Failed(e));
+    }
+    crate::io::set_rcvlowat(&client, 1).map_err(InsertError::Failed)?;
+    crate::io::set_rcvlowat(&upstream, 1).map_err(InsertError::Failed)?;
+    Ok(())
+}
 
-    /// Removes the links of a pair and frees its slot, best after its sockets are closed.
-    /// Freed slots are reused last (first in, first out), long after any verdict that
-    /// looked the pair up before its links went.
-    pub(super) fn release(&self, ins: Inserted) {
-        let _ = crate::io::bpf::map_delete(self.links_fd, &ins.client_cookie);
-        let _ = crate::io::bpf::map_delete(self.links_fd, &ins.upstream_cookie);
-        self.free_slot(ins.slot);
-    }
+/// Removes the links of a pair and frees its slot, best after its sockets are closed.
+/// Freed slots are reused last (first in, first out), long after any verdict that
+/// looked the pair up before its links went.
+pub(super) fn release(inner: &Inner, ins: Inserted) {
+    let _ = crate::io::bpf::map_delete(inner.links_fd, &ins.client_cookie);
+    let _ = crate::io::bpf::map_delete(inner.links_fd, &ins.upstream_cookie);
+    inner.free_slot(ins.slot);
 }

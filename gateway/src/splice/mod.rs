@@ -2,15 +2,17 @@
 //! connection are spliced with an eBPF sockmap so that bytes flow client ⇄
 //! upstream without entering wsgate.
 //!
-//! Surface (the rest of the gateway never touches aya or maps):
+//! Surface (the rest of the gateway never touches aya or maps), all of it in
+//! `splicer.rs` and `supervise.rs`:
 //! - [`start`]: load + self-test per [`SpliceMode`]; `auto` falls back to the
 //!   userspace relay with one warning, `sockmap` refuses to start.
 //! - [`Splicer::init_worker`]: per worker thread, before its first splice.
 //! - [`Splicer::splice`]: hand a pair over after the 101 (see `handover`).
 //! - [`SplicedPair::park`]: leave the pair to the kernel; a callback gets its
-//!   byte counts and close reason when it ends. A parked pair is a table row,
-//!   not a task (`park`); it becomes a supervision task (`supervise`: FIN, RST,
-//!   idle, drain, pressure) only once something happens to it.
+//!   byte counts and close reason when it ends (the only way a pair comes back).
+//!   A parked pair is a table row, not a task (`park`); it becomes a supervision
+//!   task (`supervise`: FIN, RST, idle, drain, pressure) only once something
+//!   happens to it.
 //! - [`Splicer::counts`]: counters for logs and metrics.
 //!
 //! Backpressure (`backpressure`) bounds what the kernel holds per direction by
@@ -22,10 +24,10 @@
 mod backpressure;
 mod counters;
 mod handover;
-mod loader;
 mod park;
 mod selftest;
 mod shared;
+mod splicer;
 mod supervise;
 mod sweep;
 
@@ -33,9 +35,9 @@ use std::time::Duration;
 
 pub use counters::SpliceCounts;
 pub use handover::HandoverError;
-pub use loader::{LoadError, MAX_CAPACITY, SPLICE_BPF_OBJECT, Splicer};
 pub use park::parked_here;
 pub use selftest::{FORCE_FAIL_ENV, SelfTestError};
+pub use splicer::{LoadError, MAX_CAPACITY, SPLICE_BPF_OBJECT, Splicer};
 pub use supervise::{SpliceOutcome, SplicedPair};
 
 pub use crate::config::{DEFAULT_SPLICE_BUDGET as DEFAULT_BUDGET, MIN_SPLICE_BUDGET as MIN_BUDGET, SpliceMode};

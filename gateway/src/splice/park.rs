@@ -25,7 +25,7 @@ use slab::Slab;
 
 use super::backpressure::needs_userspace;
 use super::handover::Inserted;
-use super::loader::Splicer;
+use super::splicer::Splicer;
 use super::supervise::{SpliceOutcome, SplicedPair};
 use super::sweep::{self, Swept};
 use crate::readiness;
@@ -96,27 +96,23 @@ thread_local! {
     static TABLE: RefCell<Option<Table>> = const { RefCell::new(None) };
 }
 
-impl Splicer {
-    /// Prepares this worker thread to splice: its table of parked pairs, with the
-    /// idle timeout and drain signal they follow. Call once per worker thread, after
-    /// `readiness::init`; [`Splicer::splice`] refuses pairs on other threads.
-    pub fn init_worker(&self, idle: Option<Duration>, shutdown: ShutdownRx) -> io::Result<()> {
-        readiness::set_token_handler(on_token)?;
-        let idle_ns = idle.map_or(u64::MAX, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
-        sweep::shorten_tick(idle);
-        TABLE.with(|t| {
-            *t.borrow_mut() = Some(Table {
-                splicer: self.clone(),
-                policy: Policy { idle, shutdown },
-                idle_ns,
-                // Reserved, not touched: rows cost memory only as pairs are parked, and
-                // the table never moves a million rows to grow.
-                rows: Slab::with_capacity(self.capacity() as usize),
-                next_generation: 0,
-            });
+/// See [`Splicer::init_worker`].
+pub(super) fn init_worker(splicer: &Splicer, idle: Option<Duration>, shutdown: ShutdownRx) -> io::Result<()> {
+    readiness::set_token_handler(on_token)?;
+    let idle_ns = idle.map_or(u64::MAX, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+    sweep::shorten_tick(idle);
+    TABLE.with(|t| {
+        *t.borrow_mut() = Some(Table {
+            splicer: splicer.clone(),
+            policy: Policy { idle, shutdown },
+            idle_ns,
+            // Reserved, not touched: rows cost memory only as pairs are parked, and
+            // the table never moves a million rows to grow.
+            rows: Slab::with_capacity(splicer.capacity() as usize),
+            next_generation: 0,
         });
-        Ok(())
-    }
+    });
+    Ok(())
 }
 
 /// Whether this thread was prepared with [`Splicer::init_worker`].
@@ -133,42 +129,39 @@ fn token(key: usize, side: u64, generation: u32) -> u64 {
     key as u64 | side << SIDE_SHIFT | u64::from(generation) << GEN_SHIFT
 }
 
-impl SplicedPair {
-    /// Leaves the pair to the kernel and this worker's table; `finish` is called
-    /// with the outcome when the pair ends. The pair costs no task while parked.
-    pub fn park(self, finish: impl FnOnce(SpliceOutcome) + 'static) {
-        let (splicer, client, upstream, ins, early) = self.into_parts();
-        let slot = ins.slot;
-        let cookies = [ins.client_cookie, ins.upstream_cookie];
-        let parked: Box<dyn Resume> = Box::new(Parked { client, upstream, cookies, early, finish });
-        let (c, u) = parked.fds();
-        let refused = TABLE.with(|t| {
-            let mut t = t.borrow_mut();
-            let Some(table) = t.as_mut() else { return Err((parked, None)) };
-            let generation = table.next_generation;
-            table.next_generation = (generation + 1) & GEN_MASK;
-            let entry = table.rows.vacant_entry();
-            let key = entry.key();
-            let armed = readiness::arm(c, readiness::CLOSED, token(key, 0, generation))
-                .and_then(|()| readiness::arm(u, readiness::CLOSED, token(key, 1, generation)));
-            if let Err(e) = armed {
-                let _ = readiness::disarm(token(key, 0, generation));
-                tracing::warn!(error = %e, "spliced pair supervised by a task: its polls could not be armed");
-                let policy = Policy { idle: table.policy.idle, shutdown: table.policy.shutdown.clone() };
-                return Err((parked, Some(policy)));
-            }
-            entry.insert(Row { slot, generation, pair: parked });
-            Ok(())
-        });
-        match refused {
-            Ok(()) => sweep::ensure_running(),
-            Err((parked, Some(policy))) => parked.resume(splicer, slot, None, &policy),
-            Err((parked, None)) => {
-                // `splice` refuses pairs on unprepared threads, and a pair cannot change threads.
-                tracing::error!("spliced pair parked on a thread without a table; supervised without idle timeout");
-                let (_tx, shutdown) = crate::shutdown::channel();
-                parked.resume(splicer, slot, None, &Policy { idle: None, shutdown });
-            }
+/// See [`SplicedPair::park`].
+pub(super) fn park(pair: SplicedPair, finish: impl FnOnce(SpliceOutcome) + 'static) {
+    let (splicer, client, upstream, ins, early) = pair.into_parts();
+    let slot = ins.slot;
+    let cookies = [ins.client_cookie, ins.upstream_cookie];
+    let parked: Box<dyn Resume> = Box::new(Parked { client, upstream, cookies, early, finish });
+    let (c, u) = parked.fds();
+    let refused = TABLE.with(|t| {
+        let mut t = t.borrow_mut();
+        let Some(table) = t.as_mut() else { return Err((parked, None)) };
+        let generation = table.next_generation;
+        table.next_generation = (generation + 1) & GEN_MASK;
+        let entry = table.rows.vacant_entry();
+        let key = entry.key();
+        let armed = readiness::arm(c, readiness::CLOSED, token(key, 0, generation))
+            .and_then(|()| readiness::arm(u, readiness::CLOSED, token(key, 1, generation)));
+        if let Err(e) = armed {
+            let _ = readiness::disarm(token(key, 0, generation));
+            tracing::warn!(error = %e, "spliced pair supervised by a task: its polls could not be armed");
+            let policy = Policy { idle: table.policy.idle, shutdown: table.policy.shutdown.clone() };
+            return Err((parked, Some(policy)));
+        }
+        entry.insert(Row { slot, generation, pair: parked });
+        Ok(())
+    });
+    match refused {
+        Ok(()) => sweep::ensure_running(),
+        Err((parked, Some(policy))) => parked.resume(splicer, slot, None, &policy),
+        Err((parked, None)) => {
+            // `splice` refuses pairs on unprepared threads, and a pair cannot change threads.
+            tracing::error!("spliced pair parked on a thread without a table; supervised without idle timeout");
+            let (_tx, shutdown) = crate::shutdown::channel();
+            parked.resume(splicer, slot, None, &Policy { idle: None, shutdown });
         }
     }
 }

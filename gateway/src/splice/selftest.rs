@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use std::sync::atomic::Ordering;
 
 use super::handover::InsertError;
-use super::loader::Splicer;
 use super::shared::{DirField, TO_CLIENT, TO_UPSTREAM};
+use super::splicer::Splicer;
 
 /// Environment variable that forces the self-test to fail (test hook).
 pub const FORCE_FAIL_ENV: &str = "WSGATE_SPLICE_SELFTEST_FAIL";
@@ -71,55 +71,53 @@ fn pattern(seed: u8, n: usize) -> Vec<u8> {
     (0..n).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
 }
 
-impl Splicer {
-    /// Runs the self-test; returns how long it took.
-    pub fn self_test(&self) -> Result<Duration, SelfTestError> {
-        let started = Instant::now();
-        if std::env::var_os(FORCE_FAIL_ENV).is_some_and(|v| v == "1") {
-            return Err(fail("start", format!("forced by {FORCE_FAIL_ENV}=1")));
-        }
-        let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| fail("listen", e))?;
-        let (c, a) = pair(&listener).map_err(|e| fail("connect", e))?;
-        let (b, u) = pair(&listener).map_err(|e| fail("connect", e))?;
-        self.check(Loop { c, a, b, u })?;
-        Ok(started.elapsed())
+/// See [`Splicer::self_test`].
+pub(super) fn run(splicer: &Splicer) -> Result<Duration, SelfTestError> {
+    let started = Instant::now();
+    if std::env::var_os(FORCE_FAIL_ENV).is_some_and(|v| v == "1") {
+        return Err(fail("start", format!("forced by {FORCE_FAIL_ENV}=1")));
     }
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| fail("listen", e))?;
+    let (c, a) = pair(&listener).map_err(|e| fail("connect", e))?;
+    let (b, u) = pair(&listener).map_err(|e| fail("connect", e))?;
+    check(splicer, Loop { c, a, b, u })?;
+    Ok(started.elapsed())
+}
 
-    fn check(&self, mut t: Loop) -> Result<(), SelfTestError> {
-        let io = |step| move |e: io::Error| fail(step, e);
-        // Queued before insertion, in both directions.
-        t.c.write_all(b"early-client").map_err(io("write before insertion"))?;
-        t.u.write_all(b"early-upstream").map_err(io("write before insertion"))?;
-        std::thread::sleep(Duration::from_millis(5));
-        let ins = match self.inner.insert_pair(t.a.as_raw_fd(), t.b.as_raw_fd()) {
-            Ok(i) => i,
-            Err(InsertError::NotSpliceable(why)) => return Err(fail("insert", why)),
-            Err(InsertError::Failed(e)) => return Err(fail("insert", e)),
-        };
-        let result = check_inserted(&mut t);
-        let carried = [TO_UPSTREAM, TO_CLIENT].map(|dir| {
-            let word = |f| self.inner.dir_word(ins.slot, dir, f).load(Ordering::Acquire);
-            (word(DirField::Redirected), word(DirField::Passed))
-        });
-        self.inner.release(ins);
-        result?;
-        let expected = [12 + BULK as u64, 14 + BULK as u64 + 16];
-        if carried.map(|(redirected, _)| redirected) != expected || carried.iter().any(|&(_, passed)| passed != 0) {
-            return Err(fail(
-                "kernel counters",
-                format!("redirected/passed {carried:?}, expected {expected:?} redirected"),
-            ));
-        }
-        // Close: once wsgate's sockets are closed the kernel drops both entries.
-        drop(t.a);
-        drop(t.b);
-        for cookie in [ins.client_cookie, ins.upstream_cookie] {
-            if self.contains(cookie).map_err(io("sockhash lookup"))? {
-                return Err(fail("close", "a closed socket is still in the sockhash"));
-            }
-        }
-        Ok(())
+fn check(splicer: &Splicer, mut t: Loop) -> Result<(), SelfTestError> {
+    let io = |step| move |e: io::Error| fail(step, e);
+    // Queued before insertion, in both directions.
+    t.c.write_all(b"early-client").map_err(io("write before insertion"))?;
+    t.u.write_all(b"early-upstream").map_err(io("write before insertion"))?;
+    std::thread::sleep(Duration::from_millis(5));
+    let ins = match super::handover::insert_pair(&splicer.inner, t.a.as_raw_fd(), t.b.as_raw_fd()) {
+        Ok(i) => i,
+        Err(InsertError::NotSpliceable(why)) => return Err(fail("insert", why)),
+        Err(InsertError::Failed(e)) => return Err(fail("insert", e)),
+    };
+    let result = check_inserted(&mut t);
+    let carried = [TO_UPSTREAM, TO_CLIENT].map(|dir| {
+        let word = |f| splicer.inner.dir_word(ins.slot, dir, f).load(Ordering::Acquire);
+        (word(DirField::Redirected), word(DirField::Passed))
+    });
+    super::handover::release(&splicer.inner, ins);
+    result?;
+    let expected = [12 + BULK as u64, 14 + BULK as u64 + 16];
+    if carried.map(|(redirected, _)| redirected) != expected || carried.iter().any(|&(_, passed)| passed != 0) {
+        return Err(fail(
+            "kernel counters",
+            format!("redirected/passed {carried:?}, expected {expected:?} redirected"),
+        ));
     }
+    // Close: once wsgate's sockets are closed the kernel drops both entries.
+    drop(t.a);
+    drop(t.b);
+    for cookie in [ins.client_cookie, ins.upstream_cookie] {
+        if splicer.contains(cookie).map_err(io("sockhash lookup"))? {
+            return Err(fail("close", "a closed socket is still in the sockhash"));
+        }
+    }
+    Ok(())
 }
 
 fn check_inserted(t: &mut Loop) -> Result<(), SelfTestError> {

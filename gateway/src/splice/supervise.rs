@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use super::backpressure::{Direction, Fd};
 use super::handover::Inserted;
-use super::loader::Splicer;
 use super::shared::{TO_CLIENT, TO_UPSTREAM};
+use super::splicer::Splicer;
 use super::sweep::{Registration, Swept, watch_pair};
 use crate::close::{Close, Side};
 use crate::readiness;
@@ -117,6 +117,12 @@ impl SplicedPair {
         (self.splicer, self.client, self.upstream, self.ins, self.early)
     }
 
+    /// Leaves the pair to the kernel and this worker's table; `finish` is called
+    /// with the outcome when the pair ends. The pair costs no task while parked.
+    pub fn park(self, finish: impl FnOnce(SpliceOutcome) + 'static) {
+        super::park::park(self, finish);
+    }
+
     /// Socket cookies (client, upstream): their keys in the sockhash.
     pub fn cookies(&self) -> (u64, u64) {
         (self.ins.client_cookie, self.ins.upstream_cookie)
@@ -171,7 +177,7 @@ impl SplicedPair {
         // verdict still running for this pair writes to a slot no new pair has yet.
         drop(self.client);
         drop(self.upstream);
-        inner.release(self.ins);
+        super::handover::release(inner, self.ins);
         outcome
     }
 }

@@ -20,8 +20,8 @@ use crate::shutdown::{Phase, ShutdownRx};
 use slab::Slab;
 
 use super::backpressure::needs_userspace;
-use super::loader::Splicer;
 use super::park;
+use super::splicer::Splicer;
 
 /// Longest time between two checks of a pair (the drain signal's latency).
 const TICK_MAX: Duration = Duration::from_millis(250);

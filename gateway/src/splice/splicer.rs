@@ -1,6 +1,9 @@
-//! Loads the eBPF splice program with aya, sizes its maps from the configured
-//! capacity, attaches the verdict to the sockhash and maps the per-connection
-//! state array into this process.
+//! The [`Splicer`], the kernel splice's handle, with its whole surface in one impl:
+//! load (with aya: sizes the maps from the configured capacity, attaches the verdict
+//! to the sockhash, maps the per-connection state array into this process), self-test,
+//! prepare a worker, splice a pair, read the counters, and the diagnostics tests use.
+//! The mechanics of each live in their own files (`selftest`, `park`, `handover`,
+//! `counters`).
 //!
 //! Owns every map and program handle: nothing else in the gateway sees aya.
 //! Must never be dropped while pairs are spliced (dropping detaches the program;
@@ -16,8 +19,17 @@ use aya::maps::{Map, MapData, SockHash};
 use aya::programs::SkSkb;
 use aya::{Ebpf, EbpfLoader};
 
-use super::counters::Counters;
+use std::time::Duration;
+
+use tokio_uring::net::TcpStream;
+
+use super::counters::{Counters, SpliceCounts};
+use super::handover::{self, HandoverError};
+use super::park;
+use super::selftest::{self, SelfTestError};
 use super::shared::{self, Conn, DirField};
+use super::supervise::SplicedPair;
+use crate::shutdown::ShutdownRx;
 
 /// The compiled `ebpf/splice.bpf.o`.
 pub static SPLICE_BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/splice.bpf.o"));
@@ -111,6 +123,40 @@ impl Splicer {
                 counters: Counters::default(),
             }),
         })
+    }
+
+    /// Runs the self-test (a loopback pair spliced, bytes checked both ways, half-close
+    /// and close); returns how long it took.
+    pub fn self_test(&self) -> Result<Duration, SelfTestError> {
+        selftest::run(self)
+    }
+
+    /// Prepares this worker thread to splice: its table of parked pairs, with the
+    /// idle timeout and drain signal they follow. Call once per worker thread, after
+    /// `readiness::init`; [`Splicer::splice`] refuses pairs on other threads.
+    pub fn init_worker(&self, idle: Option<Duration>, shutdown: ShutdownRx) -> std::io::Result<()> {
+        park::init_worker(self, idle, shutdown)
+    }
+
+    /// Hands a connection to the kernel after its 101.
+    ///
+    /// `client_early` are client bytes read after the request head and not yet
+    /// forwarded; the upstream's 101 must still be queued in `upstream` (peeked,
+    /// not read). On success the pair is in the kernel; leave it there with
+    /// [`SplicedPair::park`]. A pair is taken back out only by its end, reported to
+    /// the park callback.
+    pub async fn splice(
+        &self,
+        client: TcpStream,
+        upstream: TcpStream,
+        client_early: Vec<u8>,
+    ) -> Result<SplicedPair, HandoverError> {
+        handover::splice(self, client, upstream, client_early).await
+    }
+
+    /// Current counts of this splicer.
+    pub fn counts(&self) -> SpliceCounts {
+        self.inner.counters.snapshot()
     }
 
     /// Pairs that can be spliced at once.
