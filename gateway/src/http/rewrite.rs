@@ -28,6 +28,9 @@ const DROPPED: &[&str] = &[
     "x-forwarded-proto",
 ];
 
+/// Headers a `Connection` token never removes: the request's Host and body framing.
+const KEPT: &[&str] = &["host", "content-length", "transfer-encoding"];
+
 /// What the proxy adds about the client.
 #[derive(Debug, Clone, Copy)]
 pub struct Forwarded<'a> {
@@ -49,9 +52,12 @@ pub fn upstream_head(head: &RequestHead, intent: Intent, fwd: Forwarded<'_>) -> 
         .map(|t| t.trim_ascii().to_ascii_lowercase())
         .filter(|t| !t.is_empty())
         .collect();
+    // `Connection` may not take away what the request needs: its Host and its framing
+    // (found by the fuzzer: `Connection: host` left the upstream without Host).
     let dropped = |name: &str| {
         let lower = name.to_ascii_lowercase();
-        DROPPED.contains(&lower.as_str()) || named_by_connection.iter().any(|t| t == lower.as_bytes())
+        DROPPED.contains(&lower.as_str())
+            || (!KEPT.contains(&lower.as_str()) && named_by_connection.iter().any(|t| t == lower.as_bytes()))
     };
 
     let mut out = Vec::with_capacity(head.len + 128);
@@ -122,6 +128,18 @@ mod tests {
             "{out}"
         );
         assert!(!out.contains("10.1.1.1") && !out.contains("6.6.6.6"), "{out}");
+    }
+
+    #[test]
+    fn connection_cannot_remove_host_or_framing() {
+        let head = parse(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\nConnection: host, content-length, x-y\r\nX-Y: 1\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        let ip = "::1".parse().unwrap();
+        let fwd = Forwarded { client_ip: ip, peer_ip: ip, trusted: false, proto: "http" };
+        let out = String::from_utf8(upstream_head(&head, Intent::Plain, fwd)).unwrap();
+        assert!(out.starts_with("POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\nConnection: close\r\n"), "{out}");
+        assert!(!out.contains("X-Y"), "{out}");
     }
 
     #[test]
