@@ -4,12 +4,13 @@
 
 #[path = "upstream_common/mod.rs"]
 mod upstream_common;
+mod utils;
 
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use upstream_common::{Answer, Gateway, Origin, config, handshake};
+use upstream_common::{Answer, Origin, config, gateway, handshake};
 
 fn one(o: &Origin) -> String {
     format!("servers = [\"{}\"]", o.addr)
@@ -49,7 +50,7 @@ fn count(statuses: &[u16], status: u16) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limit_conn_is_exact_under_1000_concurrent_attempts_from_one_address() {
     let a = Origin::start("a");
-    let gw = Gateway::start(&config(&one(&a), "[admission]\nlimit_conn = 100\nlog_period = \"60s\""));
+    let gw = gateway(&config(&one(&a), "[admission]\nlimit_conn = 100\nlog_period = \"60s\""));
     let ip: IpAddr = "127.0.0.2".parse().unwrap();
     let (statuses, held) = concurrent(gw.addr, 1000, |_| ip).await;
     eprintln!("1000 concurrent from {ip}: {} × 101, {} × 503", count(&statuses, 101), count(&statuses, 503));
@@ -80,14 +81,14 @@ async fn limit_conn_is_exact_under_1000_concurrent_attempts_from_one_address() {
 async fn global_and_route_limits_are_exact_and_429_is_configurable() {
     let a = Origin::start("a");
     let extra = "[limits]\nmax_connections = 150\n[admission]\nstatus = 429";
-    let gw = Gateway::start(&config(&one(&a), extra));
+    let gw = gateway(&config(&one(&a), extra));
     let (statuses, held) = concurrent(gw.addr, 1000, |i| IpAddr::from([127, 0, 1, (i % 50 + 1) as u8])).await;
     assert_eq!((count(&statuses, 101), count(&statuses, 429)), (150, 850));
     drop(held);
 
     let route = "[[route]]\npath = \"/small\"\nupstream = \"g\"\nmax_connections = 7\n";
     let toml = config(&one(&a), "").replacen("[[route]]", &format!("{route}[[route]]"), 1);
-    let gw = Gateway::start(&toml);
+    let gw = gateway(&toml);
     let mut held = Vec::new();
     let mut statuses = Vec::new();
     for _ in 0..20 {
@@ -102,7 +103,7 @@ async fn global_and_route_limits_are_exact_and_429_is_configurable() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handshake_rate_per_address_allows_the_burst_then_refuses() {
     let a = Origin::start("a");
-    let gw = Gateway::start(&config(&one(&a), "[admission]\nrate = 0.5\nburst = 5"));
+    let gw = gateway(&config(&one(&a), "[admission]\nrate = 0.5\nburst = 5"));
     let ip: IpAddr = "127.0.0.4".parse().unwrap();
     let mut statuses = Vec::new();
     for _ in 0..20 {
@@ -116,7 +117,7 @@ async fn handshake_rate_per_address_allows_the_burst_then_refuses() {
 async fn spoofed_forwarded_for_from_an_untrusted_peer_is_ignored() {
     let a = Origin::start("a");
     // Untrusted peer: the headers are replaced, and limits apply to the peer address.
-    let gw = Gateway::start(&config(&one(&a), "[admission]\nlimit_conn = 1"));
+    let gw = gateway(&config(&one(&a), "[admission]\nlimit_conn = 1"));
     let first = handshake(gw.addr, None, "/", "X-Forwarded-For: 1.1.1.1\r\nX-Real-IP: 1.1.1.1\r\n").await.unwrap();
     assert_eq!(first.status, 101);
     assert_eq!(first.header("x-seen-real-ip"), "127.0.0.1");
@@ -126,7 +127,7 @@ async fn spoofed_forwarded_for_from_an_untrusted_peer_is_ignored() {
     drop((first, second, gw));
 
     // Trusted peer: believed for limits and passed on with the peer appended.
-    let gw = Gateway::start(&config(&one(&a), "[admission]\nlimit_conn = 1\ntrusted_proxies = [\"127.0.0.0/8\"]"));
+    let gw = gateway(&config(&one(&a), "[admission]\nlimit_conn = 1\ntrusted_proxies = [\"127.0.0.0/8\"]"));
     let first = handshake(gw.addr, None, "/", "X-Forwarded-For: 1.1.1.1\r\n").await.unwrap();
     assert_eq!(first.status, 101);
     assert_eq!(first.header("x-seen-real-ip"), "1.1.1.1");
@@ -142,7 +143,7 @@ async fn disallowed_origin_is_refused() {
     let a = Origin::start("a");
     let route = "[[route]]\npath = \"/app\"\nupstream = \"g\"\nallowed_origins = [\"https://app.example\"]\n";
     let toml = config(&one(&a), "").replacen("[[route]]", &format!("{route}[[route]]"), 1);
-    let gw = Gateway::start(&toml);
+    let gw = gateway(&toml);
     let evil = handshake(gw.addr, None, "/app", "Origin: https://evil.example\r\n").await.unwrap();
     assert_eq!(evil.status, 403);
     assert!(evil.head.contains("Connection: close"), "{}", evil.head);

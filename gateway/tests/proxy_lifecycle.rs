@@ -8,13 +8,17 @@ use std::time::{Duration, Instant};
 
 use utils::{Gateway, RawUpstream, TempDir, read_exact, read_head, read_to_eof, status_of, upgrade_request};
 
+/// `workers` userspace workers in front of `upstream`, draining for `drain` on SIGTERM.
+fn draining_config(workers: usize, drain: &str, upstream: std::net::SocketAddr) -> String {
+    format!(
+        "workers = {workers}\nsplice = \"userspace\"\n[[listener]]\naddress = \"127.0.0.1:0\"\n[timeouts]\ndrain = \"{drain}\"\n[[route]]\npath = \"/\"\nupstream = \"u\"\n[upstream.u]\nservers = [\"{upstream}\"]\n"
+    )
+}
+
 #[test]
 fn sigterm_drains_established_connections_then_closes_them() {
     let up = RawUpstream::switching(b"");
-    let config = format!(
-        "workers = 2\nsplice = \"userspace\"\n[[listener]]\naddress = \"127.0.0.1:0\"\n[timeouts]\ndrain = \"1500ms\"\n[[route]]\npath = \"/\"\nupstream = \"u\"\n[upstream.u]\nservers = [\"{}\"]\n",
-        up.addr
-    );
+    let config = draining_config(2, "1500ms", up.addr);
     let mut gw = Gateway::with_config(&config, &[]);
     let mut c = gw.connect();
     c.write_all(upgrade_request("/", "").as_bytes()).unwrap();
@@ -95,10 +99,7 @@ fn json_access_log_to_a_file() {
 #[test]
 fn sigterm_right_after_the_ready_line_drains_instead_of_killing() {
     let up = RawUpstream::switching(b"");
-    let config = format!(
-        "workers = 1\nsplice = \"userspace\"\n[[listener]]\naddress = \"127.0.0.1:0\"\n[timeouts]\ndrain = \"100ms\"\n[[route]]\npath = \"/\"\nupstream = \"u\"\n[upstream.u]\nservers = [\"{}\"]\n",
-        up.addr
-    );
+    let config = draining_config(1, "100ms", up.addr);
     for round in 0..10 {
         let mut gw = Gateway::with_config(&config, &[]);
         gw.terminate();

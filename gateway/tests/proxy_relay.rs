@@ -78,13 +78,10 @@ fn sixteen_mib_messages_round_trip() {
     let echo = WsEcho::start();
     let gw = Gateway::one_line(&[echo.addr], &relay_args());
     rt().block_on(async {
-        let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
-            max_message_size: Some(64 << 20),
-            max_frame_size: Some(64 << 20),
-            ..Default::default()
-        };
         let (mut ws, _) =
-            tokio_tungstenite::connect_async_with_config(gw.ws_url("/big"), Some(config), false).await.unwrap();
+            tokio_tungstenite::connect_async_with_config(gw.ws_url("/big"), Some(utils::large_messages()), false)
+                .await
+                .unwrap();
         for round in 0..2u8 {
             let payload: Vec<u8> = (0..16 << 20).map(|i: u32| (i % 251) as u8 ^ round).collect();
             ws.send(Message::binary(payload.clone())).await.unwrap();

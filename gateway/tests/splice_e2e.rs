@@ -9,99 +9,32 @@
 mod splice_util;
 mod utils;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, mpsc};
-use std::time::{Duration, Instant};
+use std::sync::{Mutex, mpsc};
+use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
-use utils::WsEcho;
+use utils::{Gateway, GatewayBuilder, WsEcho};
 use wsgate::splice::FORCE_FAIL_ENV;
 
-/// A wsgate process with its stdout (access log) and stderr (diagnostics) collected.
-struct Wsgate {
-    child: Child,
-    addr: Option<SocketAddr>,
-    out: Arc<Mutex<Vec<String>>>,
-    err: Arc<Mutex<Vec<String>>>,
-}
+/// Splices at the 101 (the per-worker learning of `splice_after` is tested apart).
+const SPLICE_AT_101: &[&str] = &["--workers", "2", "--splice-after", "0s"];
 
-impl Wsgate {
-    fn start(upstream: SocketAddr, mode: &str, force_fail: bool, unprivileged: bool) -> Self {
-        Self::start_with(upstream, mode, force_fail, unprivileged, &["--workers", "2", "--splice-after", "0s"])
-    }
-
-    /// `args`: more command-line arguments (`--workers`, `--splice-after`).
-    fn start_with(upstream: SocketAddr, mode: &str, force_fail: bool, unprivileged: bool, args: &[&str]) -> Self {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_wsgate"));
-        cmd.args(["--listen", "127.0.0.1:0", "--upstream", &upstream.to_string(), "--splice", mode])
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        if force_fail {
-            cmd.env(FORCE_FAIL_ENV, "1");
-        }
-        if unprivileged {
-            cmd.uid(65_534).gid(65_534);
-        }
-        let mut child = cmd.spawn().expect("start wsgate");
-        let (tx, rx) = mpsc::channel();
-        let out = Arc::new(Mutex::new(Vec::new()));
-        let err = Arc::new(Mutex::new(Vec::new()));
-        let (o, stdout) = (out.clone(), child.stdout.take().unwrap());
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(addr) = line.strip_prefix("wsgate: listening on ") {
-                    let _ = tx.send(addr.parse::<SocketAddr>().unwrap());
-                }
-                o.lock().unwrap().push(line);
-            }
-        });
-        let (e, stderr) = (err.clone(), child.stderr.take().unwrap());
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                e.lock().unwrap().push(line);
-            }
-        });
-        let addr = rx.recv_timeout(Duration::from_secs(20)).ok();
-        Self { child, addr, out, err }
-    }
-
-    fn stderr(&self) -> String {
-        self.err.lock().unwrap().join("\n")
-    }
-
-    fn wait_log(&self, needle: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(l) = self.out.lock().unwrap().iter().find(|l| l.contains(needle)) {
-                return l.clone();
-            }
-            assert!(Instant::now() < deadline, "no log line with {needle:?}: {:#?}", self.out.lock().unwrap());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Wsgate {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// wsgate in front of `upstream` with `--splice mode`, its diagnostics at `info`.
+fn wsgate(upstream: SocketAddr, mode: &str) -> GatewayBuilder {
+    Gateway::builder().one_line(&[upstream]).args(&["--splice", mode]).log_level("info")
 }
 
 /// A WebSocket session of messages of growing sizes, each echoed intact.
-fn echo_session(gw: &Wsgate) {
+fn echo_session(gw: &Gateway) {
     echo_messages(gw, "/chat", 200);
 }
 
 /// A WebSocket session on `path` of `messages` messages, each echoed intact.
-fn echo_messages(gw: &Wsgate, path: &str, messages: usize) {
-    let url = format!("ws://{}{path}", gw.addr.expect("listening"));
+fn echo_messages(gw: &Gateway, path: &str, messages: usize) {
+    let url = format!("ws://{}{path}", gw.addr);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
         let (mut ws, resp) = tokio_tungstenite::connect_async(url).await.unwrap();
@@ -125,24 +58,13 @@ fn echo_messages(gw: &Wsgate, path: &str, messages: usize) {
     });
 }
 
-fn wait_exit(gw: &mut Wsgate) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if let Some(status) = gw.child.try_wait().unwrap() {
-            return Some(status);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    None
-}
-
 #[test]
 fn sockmap_mode_relays_a_websocket_session_in_the_kernel() {
     if !can_splice("sockmap_mode_e2e") {
         return;
     }
     let echo = WsEcho::start();
-    let gw = Wsgate::start(echo.addr, "sockmap", false, false);
+    let gw = wsgate(echo.addr, "sockmap").args(SPLICE_AT_101).start();
     echo_session(&gw);
     let line = gw.wait_log("\"GET /chat HTTP/1.1\" 101 ");
     assert!(line.contains("mode=splice"), "not spliced: {line}");
@@ -154,11 +76,11 @@ fn auto_falls_back_to_userspace_when_the_self_test_fails() {
         return;
     }
     let echo = WsEcho::start();
-    let gw = Wsgate::start(echo.addr, "auto", true, false);
+    let gw = wsgate(echo.addr, "auto").args(SPLICE_AT_101).env(FORCE_FAIL_ENV, "1").start();
     echo_session(&gw);
     let line = gw.wait_log("\"GET /chat HTTP/1.1\" 101 ");
     assert!(line.contains("mode=userspace"), "{line}");
-    let err = gw.stderr();
+    let err = gw.stderr().join("\n");
     assert_eq!(err.matches("falling back to the userspace relay").count(), 1, "one warning expected:\n{err}");
     assert!(err.contains(FORCE_FAIL_ENV), "{err}");
 }
@@ -169,12 +91,11 @@ fn auto_falls_back_to_userspace_without_capabilities() {
         return;
     }
     let echo = WsEcho::start();
-    let gw = Wsgate::start(echo.addr, "auto", false, true);
-    assert!(gw.addr.is_some(), "wsgate did not start unprivileged:\n{}", gw.stderr());
+    let gw = wsgate(echo.addr, "auto").args(SPLICE_AT_101).unprivileged().start();
     echo_session(&gw);
     let line = gw.wait_log("\"GET /chat HTTP/1.1\" 101 ");
     assert!(line.contains("mode=userspace"), "{line}");
-    let err = gw.stderr();
+    let err = gw.stderr().join("\n");
     assert!(err.contains("falling back") && err.contains("CAP_BPF"), "{err}");
 }
 
@@ -185,11 +106,18 @@ fn sockmap_mode_refuses_to_start_when_the_splice_is_unavailable() {
     }
     let echo = WsEcho::start();
     for (force_fail, unprivileged) in [(true, false), (false, true)] {
-        let mut gw = Wsgate::start(echo.addr, "sockmap", force_fail, unprivileged);
-        assert!(gw.addr.is_none(), "wsgate listened although the splice is unavailable");
-        let status = wait_exit(&mut gw).expect("wsgate kept running");
-        assert!(!status.success());
-        let err = gw.stderr();
+        let mut builder = wsgate(echo.addr, "sockmap").args(SPLICE_AT_101);
+        if force_fail {
+            builder = builder.env(FORCE_FAIL_ENV, "1");
+        }
+        if unprivileged {
+            builder = builder.unprivileged();
+        }
+        let Err(exited) = builder.start_or_exit() else {
+            panic!("wsgate listened although the splice is unavailable");
+        };
+        assert!(!exited.status.success());
+        let err = exited.stderr.join("\n");
         assert!(err.contains("splice = \"sockmap\"") && err.contains("unavailable"), "unclear refusal:\n{err}");
     }
 }
@@ -260,13 +188,13 @@ fn streaming_upstream(received: mpsc::Sender<usize>) -> utils::RawUpstream {
 
 /// A WebSocket that is upgraded, sends a close frame and closes (`/short/{i}`); returns
 /// its access-log line.
-fn short_session(gw: &Wsgate, i: usize) -> String {
+fn short_session(gw: &Gateway, i: usize) -> String {
     short_session_sending(gw, i, true)
 }
 
 /// [`short_session`], with or without the client's close frame.
-fn short_session_sending(gw: &Wsgate, i: usize, close_frame: bool) -> String {
-    let mut c = TcpStream::connect(gw.addr.expect("listening")).unwrap();
+fn short_session_sending(gw: &Gateway, i: usize, close_frame: bool) -> String {
+    let mut c = TcpStream::connect(gw.addr).unwrap();
     c.write_all(utils::upgrade_request(&format!("/short/{i}"), "").as_bytes()).unwrap();
     let (head, _) = utils::read_head(&mut c);
     assert_eq!(utils::status_of(&head), 101);
@@ -280,9 +208,9 @@ fn short_session_sending(gw: &Wsgate, i: usize, close_frame: bool) -> String {
 
 /// A streaming upstream (reporting what it received to `received`) behind one wsgate
 /// worker (the choice is per worker) that skips splicing connections shorter than 150 ms.
-fn learning_pair(received: mpsc::Sender<usize>) -> (utils::RawUpstream, Wsgate) {
+fn learning_pair(received: mpsc::Sender<usize>) -> (utils::RawUpstream, Gateway) {
     let up = streaming_upstream(received);
-    let gw = Wsgate::start_with(up.addr, "sockmap", false, false, &["--workers", "1", "--splice-after", "150ms"]);
+    let gw = wsgate(up.addr, "sockmap").args(&["--workers", "1", "--splice-after", "150ms"]).start();
     (up, gw)
 }
 
@@ -330,7 +258,7 @@ fn a_connection_is_handed_to_the_kernel_mid_stream_without_losing_a_byte() {
     // The worker learns that its connections are short: the next one starts in userspace.
     let learned = (0..60).map(|i| short_session(&gw, i)).any(|line| line.contains("mode=userspace"));
     assert!(learned, "60 short connections did not make the worker defer the splice");
-    let mut c = TcpStream::connect(gw.addr.expect("listening")).unwrap();
+    let mut c = TcpStream::connect(gw.addr).unwrap();
     c.write_all(utils::upgrade_request("/chat", "").as_bytes()).unwrap();
     let (head, early) = utils::read_head(&mut c);
     assert_eq!(utils::status_of(&head), 101);

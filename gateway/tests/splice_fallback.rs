@@ -3,8 +3,11 @@
 //! CAP_BPF/CAP_NET_ADMIN — `auto` falls back to the userspace relay with the
 //! reason, `sockmap` refuses to start with a clear message, and `userspace`
 //! never tries. Each case runs in a child process (environment and
-//! credentials are per process).
+//! credentials are per process): this binary itself, started again with
+//! `WSGATE_SPLICE_TEST_ROLE` set, which `main` turns into the child's part
+//! instead of the tests (so the child's part is not a test of its own).
 
+mod reexec;
 mod splice_util;
 
 use std::os::unix::process::CommandExt;
@@ -18,10 +21,22 @@ fn opts(mode: SpliceMode) -> SpliceOptions {
     SpliceOptions { mode, capacity: 64, ..SpliceOptions::default() }
 }
 
-/// Runs `child_entry` of this binary in a child process in `role`.
+fn main() {
+    reexec::main(
+        ROLE,
+        child,
+        reexec::trials![
+            forced_self_test_failure_falls_back_in_auto_and_refuses_in_sockmap,
+            missing_capabilities_fall_back_in_auto_and_refuse_in_sockmap,
+            splice_mode_reads_from_config_and_command_line,
+        ],
+    );
+}
+
+/// Runs this binary again as a child process in `role` (see [`child`]).
 fn run_child(role: &str, customize: impl FnOnce(&mut Command)) -> String {
     let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args(["--exact", "child_entry", "--nocapture", "--test-threads=1"]).env(ROLE, role);
+    cmd.env(ROLE, role);
     customize(&mut cmd);
     let out = cmd.output().unwrap();
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
@@ -31,9 +46,8 @@ fn run_child(role: &str, customize: impl FnOnce(&mut Command)) -> String {
 }
 
 /// The child side: the three modes under whatever made the splice unavailable.
-#[test]
-fn child_entry() {
-    let Ok(role) = std::env::var(ROLE) else { return };
+/// A failed assertion panics, so the child exits non-zero and `run_child` reports it.
+fn child(role: &str) {
     let expect = if role == "forced" { FORCE_FAIL_ENV } else { "not permitted" };
     let auto = start(&opts(SpliceMode::Auto)).expect("auto starts anyway");
     assert!(auto.splicer.is_none(), "auto must fall back");
@@ -52,7 +66,6 @@ fn child_entry() {
     println!("CHILD OK ({role}): {why}");
 }
 
-#[test]
 fn forced_self_test_failure_falls_back_in_auto_and_refuses_in_sockmap() {
     if splice_util::splicer_or_skip("forced_self_test_failure", 16, 1 << 20).is_none() {
         return;
@@ -63,7 +76,6 @@ fn forced_self_test_failure_falls_back_in_auto_and_refuses_in_sockmap() {
     eprintln!("{text}");
 }
 
-#[test]
 fn missing_capabilities_fall_back_in_auto_and_refuse_in_sockmap() {
     if splice_util::splicer_or_skip("missing_capabilities", 16, 1 << 20).is_none() {
         return;
@@ -76,7 +88,6 @@ fn missing_capabilities_fall_back_in_auto_and_refuse_in_sockmap() {
     eprintln!("{text}");
 }
 
-#[test]
 fn splice_mode_reads_from_config_and_command_line() {
     #[derive(serde::Deserialize)]
     struct Cfg {

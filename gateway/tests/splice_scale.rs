@@ -3,7 +3,10 @@
 //! 5000 proxied connections are 20000 sockets, the open-files limit of one
 //! process here; so the client and upstream ends live in a child process
 //! (10000 fds) and wsgate's sides in this one (10000 fds), as in production.
+//! The child is this binary itself, started again with `WSGATE_SPLICE_SCALE_ENDS`
+//! set, which `main` turns into the ends' part instead of the test.
 
+mod reexec;
 mod splice_util;
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -29,10 +32,13 @@ fn message(i: usize, dir: u8) -> [u8; 64] {
     m
 }
 
-/// The child: client and upstream ends of every pair.
-#[test]
-fn scale_ends_child() {
-    let Ok(proxy_addr) = std::env::var(ROLE) else { return };
+fn main() {
+    reexec::main(ROLE, ends, reexec::trials![five_thousand_spliced_pairs_echo]);
+}
+
+/// The child: client and upstream ends of every pair, connecting through `proxy_addr`.
+/// A failed assertion panics, so the child exits non-zero and the test reports it.
+fn ends(proxy_addr: &str) {
     let upstream = TcpListener::bind("127.0.0.1:0").unwrap();
     println!("UPSTREAM {}", upstream.local_addr().unwrap());
     std::io::stdout().flush().unwrap();
@@ -40,7 +46,7 @@ fn scale_ends_child() {
     let mut ends = Vec::with_capacity(n);
     for _ in 0..n {
         // Lockstep: wsgate accepts this client, then connects to the upstream.
-        let c = TcpStream::connect(&proxy_addr).unwrap();
+        let c = TcpStream::connect(proxy_addr).unwrap();
         let (u, _) = upstream.accept().unwrap();
         for s in [&c, &u] {
             s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -70,14 +76,12 @@ fn scale_ends_child() {
     std::io::stdout().flush().unwrap();
 }
 
-#[test]
 fn five_thousand_spliced_pairs_echo() {
     let n = pairs();
     let Some(splicer) = splicer_or_skip("five_thousand_spliced_pairs_echo", n as u32 + 64, 1 << 20) else { return };
     let proxy = Proxy::start(&splicer);
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "scale_ends_child", "--nocapture", "--test-threads=1"])
         .env(ROLE, listener.local_addr().unwrap().to_string())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -89,7 +93,6 @@ fn five_thousand_spliced_pairs_echo() {
         loop {
             line.clear();
             assert!(out.read_line(&mut line).unwrap() > 0, "child ended before {want}");
-            // libtest may have printed "test … " on the same line first.
             if let Some(at) = line.find(want) {
                 return line[at..].trim().to_string();
             }

@@ -2,11 +2,12 @@
 //! `wsgate` binary to test origins that name themselves in the 101.
 
 mod upstream_common;
+mod utils;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use upstream_common::{Gateway, Origin, client_addr, config, handshake, many, tally};
+use upstream_common::{Origin, client_addr, config, gateway, handshake, many, tally};
 
 const N: usize = 10_000;
 const PARALLEL: usize = 32;
@@ -29,7 +30,7 @@ fn servers(origins: &[&Origin], extra: &[&str]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn round_robin_weights_3_to_2_give_60_40() {
     let (oa, ob) = (Origin::start("a"), Origin::start("b"));
-    let gw = Gateway::start(&config(&servers(&[&oa, &ob], &[", weight = 3", ", weight = 2"]), ""));
+    let gw = gateway(&config(&servers(&[&oa, &ob], &[", weight = 3", ", weight = 2"]), ""));
     let started = Instant::now();
     let results = many(gw.addr, N, PARALLEL, |_| (None, "/".into(), String::new())).await;
     let counts = tally(&results);
@@ -42,7 +43,7 @@ async fn round_robin_weights_3_to_2_give_60_40() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn least_conn_spreads_short_connections_and_fills_the_emptiest_server() {
     let (oa, ob, oc) = (Origin::start("a"), Origin::start("b"), Origin::start("c"));
-    let gw = Gateway::start(&config(&format!("balance = \"least_conn\"\n{}", servers(&[&oa, &ob, &oc], &[])), ""));
+    let gw = gateway(&config(&format!("balance = \"least_conn\"\n{}", servers(&[&oa, &ob, &oc], &[])), ""));
     let results = many(gw.addr, N, PARALLEL, |_| (None, "/".into(), String::new())).await;
     let counts = tally(&results);
     eprintln!("least_conn over {N}: {counts:?}");
@@ -76,7 +77,7 @@ async fn least_conn_spreads_short_connections_and_fills_the_emptiest_server() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ip_hash_is_stable_per_address_and_spreads_addresses() {
     let (oa, ob, oc) = (Origin::start("a"), Origin::start("b"), Origin::start("c"));
-    let gw = Gateway::start(&config(&format!("balance = \"ip_hash\"\n{}", servers(&[&oa, &ob, &oc], &[])), ""));
+    let gw = gateway(&config(&format!("balance = \"ip_hash\"\n{}", servers(&[&oa, &ob, &oc], &[])), ""));
     // 5,000 addresses × 2 connections each.
     let results = many(gw.addr, N, PARALLEL, |i| (Some(client_addr(i % ADDRS)), "/".into(), String::new())).await;
     let counts = tally(&results);
@@ -98,7 +99,7 @@ async fn hash_on_a_query_key_is_stable_and_adding_a_server_moves_few_keys() {
     let (oa, ob, oc, od) = (Origin::start("a"), Origin::start("b"), Origin::start("c"), Origin::start("d"));
     let group = |o: &[&Origin]| format!("balance = \"hash\"\nhash_key = \"query:room\"\n{}", servers(o, &[]));
     let keys = 5000;
-    let gw = Gateway::start(&config(&group(&[&oa, &ob, &oc]), ""));
+    let gw = gateway(&config(&group(&[&oa, &ob, &oc]), ""));
     let results = many(gw.addr, N, PARALLEL, move |i| (None, format!("/ws?room=r{}", i % keys), String::new())).await;
     let counts = tally(&results);
     eprintln!("hash over {N} with {keys} keys: {counts:?}");
@@ -112,7 +113,7 @@ async fn hash_on_a_query_key_is_stable_and_adding_a_server_moves_few_keys() {
     }
     drop(gw);
 
-    let gw = Gateway::start(&config(&group(&[&oa, &ob, &oc, &od]), ""));
+    let gw = gateway(&config(&group(&[&oa, &ob, &oc, &od]), ""));
     let after = many(gw.addr, keys, PARALLEL, |i| (None, format!("/ws?room=r{i}"), String::new())).await;
     let mut moved = 0;
     for (i, x) in after.iter().enumerate() {
@@ -130,10 +131,8 @@ async fn hash_on_a_query_key_is_stable_and_adding_a_server_moves_few_keys() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn source_addresses_are_used_in_turn() {
     let oa = Origin::start("a");
-    let gw = Gateway::start(&config(
-        &format!("source_addresses = [\"127.0.0.7\", \"127.0.0.8\"]\n{}", servers(&[&oa], &[])),
-        "",
-    ));
+    let gw =
+        gateway(&config(&format!("source_addresses = [\"127.0.0.7\", \"127.0.0.8\"]\n{}", servers(&[&oa], &[])), ""));
     let mut seen = BTreeMap::new();
     for _ in 0..20 {
         let ans = handshake(gw.addr, None, "/", "").await.unwrap();

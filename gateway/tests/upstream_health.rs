@@ -3,10 +3,11 @@
 //! is down, passive failure marking and its expiry, and a server killed mid-run.
 
 mod upstream_common;
+mod utils;
 
 use std::time::{Duration, Instant};
 
-use upstream_common::{Gateway, Origin, config, many, tally};
+use upstream_common::{Origin, config, gateway, many, tally};
 
 fn servers(list: &[String]) -> String {
     format!("servers = [{}]", list.join(", "))
@@ -23,7 +24,7 @@ async fn active_checks_take_a_server_out_within_fall_intervals_and_back_within_r
     let hc = format!(
         "[upstream.g.health_check]\ninterval = \"{interval_ms}ms\"\ntimeout = \"500ms\"\nfall = {fall}\nrise = {rise}\n"
     );
-    let gw = Gateway::start(&format!("{}{hc}", config(&servers(&[plain(&a), plain(&b)]), "")));
+    let gw = gateway(&format!("{}{hc}", config(&servers(&[plain(&a), plain(&b)]), "")));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let t = tally(&many(gw.addr, 100, 8, |_| (None, "/".into(), String::new())).await);
     assert_eq!((t.get("a"), t.get("b")), (Some(&50), Some(&50)), "{t:?}");
@@ -52,7 +53,7 @@ async fn backup_is_used_only_while_every_primary_is_down() {
     let (p1, p2, bk) = (Origin::start("p1"), Origin::start("p2"), Origin::start("bk"));
     let group = servers(&[plain(&p1), plain(&p2), format!("{{ address = \"{}\", backup = true }}", bk.addr)]);
     let hc = "[upstream.g.health_check]\ninterval = \"100ms\"\ntimeout = \"300ms\"\nfall = 2\nrise = 2\n";
-    let gw = Gateway::start(&format!("{}{hc}", config(&group, "")));
+    let gw = gateway(&format!("{}{hc}", config(&group, "")));
     let run = || many(gw.addr, 200, 8, |_| (None, "/".into(), String::new()));
 
     let t = tally(&run().await);
@@ -81,7 +82,7 @@ async fn passive_failures_mark_a_server_down_until_fail_timeout() {
         l.local_addr().unwrap()
     };
     let group = format!("max_fails = 2\nfail_timeout = \"1s\"\nservers = [\"{}\", \"{dead}\"]", a.addr);
-    let gw = Gateway::start(&config(&group, ""));
+    let gw = gateway(&config(&group, ""));
 
     let t = tally(&many(gw.addr, 100, 4, |_| (None, "/".into(), String::new())).await);
     assert_eq!(t.get("a"), Some(&100), "every handshake moved on to the live server: {t:?}");
@@ -105,7 +106,7 @@ async fn a_server_killed_mid_run_costs_no_handshake() {
     let (a, mut b, c) = (Origin::start("a"), Origin::start("b"), Origin::start("c"));
     let group = format!("max_fails = 1\nfail_timeout = \"30s\"\n{}", servers(&[plain(&a), plain(&b), plain(&c)]));
     let hc = "[upstream.g.health_check]\ninterval = \"100ms\"\ntimeout = \"300ms\"\nfall = 2\nrise = 2\n";
-    let gw = Gateway::start(&format!("{}{hc}", config(&group, "")));
+    let gw = gateway(&format!("{}{hc}", config(&group, "")));
     let addr = gw.addr;
     let load = tokio::spawn(async move {
         let started = Instant::now();
@@ -146,7 +147,7 @@ async fn a_server_closing_before_the_101_is_skipped_and_marked_down() {
     let (mute, a) = (Origin::start("mute"), Origin::start("a"));
     mute.state.mute.store(true, std::sync::atomic::Ordering::Relaxed);
     let group = format!("max_fails = 2\nfail_timeout = \"30s\"\n{}", servers(&[plain(&mute), plain(&a)]));
-    let gw = Gateway::start(&config(&group, ""));
+    let gw = gateway(&config(&group, ""));
     let t = tally(&many(gw.addr, 50, 1, |_| (None, "/".into(), String::new())).await);
     assert_eq!(t.get("a"), Some(&50), "{t:?}");
     gw.wait_stderr("marked down", Duration::from_secs(2));

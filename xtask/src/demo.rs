@@ -48,24 +48,31 @@ pub fn run(opts: &Options) -> Result<()> {
     exec(cargo().args(["build", "--quiet", "--release", "-p", "wsgate", "-p", "wsbench"]))?;
     let bin = workspace_root().join("target/release");
 
-    // 1. The upstream: wsbench's WebSocket echo server.
-    let mut echo = Command::new(bin.join("wsbench"));
-    echo.args(["echo", "--listen", "127.0.0.1:0", "--threads", "1"]).stdout(Stdio::piped());
-    let (echo, echo_addr, _) = spawn_with_ready_line(echo, "wsbench echo: listening on ")?;
+    // 1. The upstreams: the example's group has two servers, so two of wsbench's
+    //    WebSocket echo servers.
+    let mut echoes = Vec::new();
+    for _ in 0..2 {
+        let mut echo = Command::new(bin.join("wsbench"));
+        echo.args(["echo", "--listen", "127.0.0.1:0", "--threads", "1"]).stdout(Stdio::piped());
+        let (proc, addr, _) = spawn_with_ready_line(echo, "wsbench echo: listening on ")?;
+        echoes.push((proc, addr));
+    }
+    let echo_addrs: Vec<SocketAddr> = echoes.iter().map(|(_, a)| *a).collect();
 
-    // 2. wsgate with the example configuration, pointed at that upstream.
+    // 2. wsgate with the example configuration, its addresses moved to free ports.
     let example = std::fs::read_to_string(workspace_root().join("gateway/wsgate.example.toml"))?;
-    let config = example
-        .replace("127.0.0.1:8080", "127.0.0.1:0")
-        .replace("\"127.0.0.1:9001\",", &format!("\"{echo_addr}\","))
-        .replace("{ address = \"127.0.0.1:9002\", weight = 1 },", "")
-        .replace("max_connections = 100000", "max_connections = 1000");
+    let config = demo_config(&example, &echo_addrs)?;
     let config_path = std::env::temp_dir().join(format!("wsgate-demo-{}.toml", std::process::id()));
     std::fs::write(&config_path, config)?;
     let mut gw = Command::new(bin.join("wsgate"));
     gw.arg("-c").arg(&config_path).args(["--splice", &opts.splice]).stdout(Stdio::piped());
     let (gw, gw_addr, access_log) = spawn_with_ready_line(gw, "wsgate: listening on ")?;
-    println!("demo: echo upstream on {echo_addr}, wsgate on {gw_addr} (config {})", config_path.display());
+    println!(
+        "demo: echo upstreams on {} and {}, wsgate on {gw_addr} (config {})",
+        echo_addrs[0],
+        echo_addrs[1],
+        config_path.display()
+    );
 
     // 3. Traffic: a real WebSocket client, several connections, verified echoes.
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
@@ -85,18 +92,27 @@ pub fn run(opts: &Options) -> Result<()> {
         summary.rtts_us.last().copied().unwrap_or(0.0),
     );
     println!("demo: plain GET /health through wsgate: {health}");
+    let served: Vec<usize> =
+        echo_addrs.iter().map(|a| lines.iter().filter(|l| l.contains(&format!("ua={a} "))).count()).collect();
+    println!(
+        "demo: round robin over the group: {} connections to {}, {} to {}",
+        served[0], echo_addrs[0], served[1], echo_addrs[1]
+    );
     println!("demo: access log ({} lines):", lines.len());
     for l in &lines {
         println!("  {l}");
     }
     if opts.keep_running {
-        println!("\ndemo: still running: ws://{gw_addr}/ws/ → {echo_addr}. Ctrl-C to stop.");
+        println!(
+            "\ndemo: still running: ws://{gw_addr}/ws/ → {} and {}. Ctrl-C to stop.",
+            echo_addrs[0], echo_addrs[1]
+        );
         loop {
             std::thread::sleep(Duration::from_hours(1));
         }
     }
     drop(gw);
-    drop(echo);
+    drop(echoes);
     let _ = std::fs::remove_file(&config_path);
     if summary.upgraded != opts.connections || summary.mismatched > 0 {
         bail!(
@@ -108,6 +124,29 @@ pub fn run(opts: &Options) -> Result<()> {
     }
     println!("demo: ok");
     Ok(())
+}
+
+/// The example configuration on free ports: listening on an ephemeral port, its two
+/// servers replaced by `upstreams`, and sized for a demo (a backlog and a connection
+/// count that an untuned machine's `somaxconn` and open-files limit hold, so the
+/// preflight has nothing to warn about). Fails when the example no longer has the addresses
+/// this replaces (then the demo would point at servers it never started).
+fn demo_config(example: &str, upstreams: &[SocketAddr]) -> Result<String> {
+    let swaps = [
+        ("127.0.0.1:8080", "127.0.0.1:0".to_owned()),
+        ("\"127.0.0.1:9001\"", format!("\"{}\"", upstreams[0])),
+        ("\"127.0.0.1:9002\"", format!("\"{}\"", upstreams[1])),
+        ("backlog = 65535", "backlog = 1024".to_owned()),
+        ("max_connections = 100000", "max_connections = 1000".to_owned()),
+    ];
+    let mut config = example.to_owned();
+    for (from, to) in swaps {
+        if !config.contains(from) {
+            bail!("gateway/wsgate.example.toml no longer contains `{from}`: update xtask/src/demo.rs");
+        }
+        config = config.replace(from, &to);
+    }
+    Ok(config)
 }
 
 /// Starts `cmd`, waits (bounded) for its `prefix ADDR` line on stdout; later stdout
@@ -185,4 +224,20 @@ async fn plain_get(gw: SocketAddr) -> Result<String> {
     tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await??;
     let text = String::from_utf8_lossy(&out);
     Ok(text.lines().next().unwrap_or("(no response)").to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn demo_config_points_every_server_of_the_example_at_a_started_upstream() {
+        let example = std::fs::read_to_string(workspace_root().join("gateway/wsgate.example.toml")).unwrap();
+        let ups: Vec<SocketAddr> = vec!["127.0.0.1:41001".parse().unwrap(), "127.0.0.1:41002".parse().unwrap()];
+        let config = demo_config(&example, &ups).unwrap();
+        assert!(config.contains("\"127.0.0.1:41001\"") && config.contains("\"127.0.0.1:41002\""), "{config}");
+        assert!(!config.contains("\"127.0.0.1:9001\"") && !config.contains("\"127.0.0.1:9002\""), "{config}");
+        assert!(config.contains("address = \"127.0.0.1:0\""), "{config}");
+        assert!(demo_config("workers = 0\n", &ups).is_err());
+    }
 }

@@ -1,124 +1,25 @@
 //! Harness of the upstream and admission tests: the real `wsgate` binary started with a
-//! configuration file, test origins that answer 101 with their identity (and a
-//! toggleable `/health`), and clients that can connect from any 127.0.0.0/8 address.
+//! configuration file (through `utils::Gateway`), test origins that answer 101 with
+//! their identity (and a toggleable `/health`), and clients that can connect from any
+//! 127.0.0.0/8 address.
 //! Every wait is bounded in time.
 
 #![allow(dead_code)] // each test binary uses a different subset
 
-use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, SocketAddr};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
-/// A running wsgate; killed on drop. stderr lines (warnings) are collected.
-pub struct Gateway {
-    child: Child,
-    pub addr: SocketAddr,
-    stderr: Arc<Mutex<Vec<(Instant, String)>>>,
-    dir: std::path::PathBuf,
-}
+pub use crate::utils::Gateway;
 
-impl Gateway {
-    /// Starts wsgate with `toml`, which must listen on 127.0.0.1:0.
-    pub fn start(toml: &str) -> Self {
-        static N: AtomicU64 = AtomicU64::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "wsgate-upstream-test-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("wsgate.toml");
-        std::fs::write(&path, toml).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_wsgate"))
-            .args(["-c", &path.display().to_string(), "--splice", "userspace"])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start wsgate");
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        let err = child.stderr.take().unwrap();
-        let lines = stderr.clone();
-        std::thread::spawn(move || {
-            for l in BufReader::new(err).lines().map_while(Result::ok) {
-                lines.lock().unwrap().push((Instant::now(), l));
-            }
-        });
-        let (tx, rx) = std::sync::mpsc::channel();
-        let out = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for l in BufReader::new(out).lines().map_while(Result::ok) {
-                if let Some(a) = l.strip_prefix("wsgate: listening on ") {
-                    let _ = tx.send(a.parse::<SocketAddr>().unwrap());
-                }
-            }
-        });
-        let Ok(addr) = rx.recv_timeout(Duration::from_secs(20)) else {
-            let _ = child.kill();
-            panic!("wsgate did not start; stderr: {:#?}", stderr.lock().unwrap());
-        };
-        Self { child, addr, stderr, dir }
-    }
-
-    /// stderr lines so far.
-    pub fn stderr(&self) -> Vec<String> {
-        self.stderr.lock().unwrap().iter().map(|(_, l)| l.clone()).collect()
-    }
-
-    /// Waits (bounded) for a stderr line containing `needle`; returns when it was seen.
-    pub fn wait_stderr(&self, needle: &str, within: Duration) -> Instant {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some((t, _)) = self.stderr.lock().unwrap().iter().find(|(_, l)| l.contains(needle)) {
-                return *t;
-            }
-            assert!(Instant::now() < deadline, "no stderr line containing {needle:?}; got {:#?}", self.stderr());
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-}
-
-impl Gateway {
-    /// Waits (bounded) until `n` stderr lines contain `needle`; returns when the n-th was seen.
-    pub fn wait_stderr_count(&self, needle: &str, n: usize, within: Duration) -> Instant {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some((t, _)) = self.stderr.lock().unwrap().iter().filter(|(_, l)| l.contains(needle)).nth(n - 1) {
-                return *t;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "fewer than {n} stderr lines containing {needle:?}; got {:#?}",
-                self.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-
-    /// stderr lines containing `needle` first seen after `since`.
-    pub fn stderr_since(&self, since: Instant, needle: &str) -> Vec<String> {
-        self.stderr
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(t, l)| *t > since && l.contains(needle))
-            .map(|(_, l)| l.clone())
-            .collect()
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+/// wsgate with `toml` (which must listen on 127.0.0.1:0) and the userspace relay,
+/// diagnostics at `warn` collected.
+pub fn gateway(toml: &str) -> Gateway {
+    Gateway::builder().config(toml).args(&["--splice", "userspace"]).log_level("warn").start()
 }
 
 /// A config with `workers = 2`, access log off, one route `/` to group `g`.

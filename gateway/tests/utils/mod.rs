@@ -4,13 +4,16 @@
 
 #![allow(dead_code)] // each test binary uses a different subset of the harness
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod gateway;
+
+#[allow(unused_imports)] // each test binary uses a different subset of the harness
+pub use gateway::{Exited, Gateway, GatewayBuilder};
+
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 
@@ -21,126 +24,13 @@ pub fn upgrade_request(path: &str, extra_headers: &str) -> String {
     )
 }
 
-/// A running wsgate process; killed on drop.
-pub struct Gateway {
-    child: Child,
-    pub addr: SocketAddr,
-    /// Access-log lines (stdout) seen so far.
-    lines: Arc<Mutex<Vec<String>>>,
-    tmp: Option<TempDir>,
-}
-
-impl Gateway {
-    /// Starts wsgate with a TOML configuration (its listener must be 127.0.0.1:0).
-    pub fn with_config(toml: &str, extra_args: &[&str]) -> Self {
-        let dir = TempDir::new();
-        let path = dir.0.join("wsgate.toml");
-        std::fs::write(&path, toml).unwrap();
-        let mut args = vec!["-c".to_owned(), path.display().to_string()];
-        args.extend(extra_args.iter().map(|s| (*s).to_owned()));
-        let mut g = Self::spawn(&args);
-        g.tmp = Some(dir);
-        g
-    }
-
-    /// Starts wsgate in its one-line form in front of `upstreams`.
-    pub fn one_line(upstreams: &[SocketAddr], extra_args: &[&str]) -> Self {
-        let mut args = vec!["--listen".to_owned(), "127.0.0.1:0".to_owned(), "--workers".to_owned(), "2".to_owned()];
-        for u in upstreams {
-            args.push("--upstream".into());
-            args.push(u.to_string());
-        }
-        args.extend(extra_args.iter().map(|s| (*s).to_owned()));
-        Self::spawn(&args)
-    }
-
-    fn spawn(args: &[String]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_wsgate"))
-            .args(args)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start wsgate");
-        let stdout = child.stdout.take().unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::channel();
-        let l = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if let Some(addr) = line.strip_prefix("wsgate: listening on ") {
-                    let _ = tx.send(addr.parse::<SocketAddr>().unwrap());
-                } else {
-                    l.lock().unwrap().push(line);
-                }
-            }
-        });
-        let addr = rx.recv_timeout(Duration::from_secs(20)).expect("wsgate did not print its listening line");
-        Self { child, addr, lines, tmp: None }
-    }
-
-    /// Access-log lines so far.
-    pub fn log_lines(&self) -> Vec<String> {
-        self.lines.lock().unwrap().clone()
-    }
-
-    /// Waits (bounded) until an access-log line contains `needle`.
-    pub fn wait_log(&self, needle: &str) -> String {
-        self.wait_log_any(&[needle])
-    }
-
-    /// Waits (bounded) until an access-log line contains one of `needles`.
-    pub fn wait_log_any(&self, needles: &[&str]) -> String {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(l) = self.log_lines().into_iter().find(|l| needles.iter().any(|n| l.contains(n))) {
-                return l;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no access-log line containing {needles:?}; got {:#?}",
-                self.log_lines()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Sends SIGTERM.
-    pub fn terminate(&self) {
-        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap());
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-    }
-
-    /// Waits (bounded) for the process to exit; returns its exit success.
-    pub fn wait_exit(&mut self, within: Duration) -> bool {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status.success();
-            }
-            assert!(Instant::now() < deadline, "wsgate did not exit within {within:?}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// A raw client connection with a read timeout.
-    pub fn connect(&self) -> TcpStream {
-        let s = TcpStream::connect(self.addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        s.set_nodelay(true).unwrap();
-        s
-    }
-
-    pub fn ws_url(&self, path: &str) -> String {
-        format!("ws://{}{path}", self.addr)
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+/// A WebSocket configuration for messages and frames up to 64 MiB (both ends of the
+/// large-message tests).
+pub fn large_messages() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+    tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+        max_message_size: Some(64 << 20),
+        max_frame_size: Some(64 << 20),
+        ..Default::default()
     }
 }
 
@@ -260,12 +150,8 @@ impl WsEcho {
                             reqs.lock().unwrap().push(h);
                             Ok(resp)
                         };
-                    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
-                        max_message_size: Some(64 << 20),
-                        max_frame_size: Some(64 << 20),
-                        ..Default::default()
-                    };
-                    let Ok(mut ws) = tokio_tungstenite::accept_hdr_async_with_config(stream, cb, Some(config)).await
+                    let Ok(mut ws) =
+                        tokio_tungstenite::accept_hdr_async_with_config(stream, cb, Some(large_messages())).await
                     else {
                         return;
                     };

@@ -162,7 +162,7 @@ pub(super) fn run_target(
         report: out.join(format!("{file}.json")),
         progress: false,
     };
-    let report = run_load(opts, &load);
+    let report = run_load(opts, &load).map(|(r, _)| r);
     let Sampled { peak, settled, marginal_anon } = sampler.finish();
     let proxy_cpu = proxy.as_ref().map(|_| cpu_secs(&pids.iter().flat_map(|p| family(*p)).collect::<Vec<_>>()) - cpu0);
     let machine_busy = wsbench::machine::busy_secs() - busy0;

@@ -17,6 +17,7 @@ use wsbench::report::Report;
 use super::Options;
 use super::procfs::{meminfo_kib, tcp_inuse};
 use super::procs::bin_dir;
+use super::sampler::Sampler;
 use crate::exec::describe;
 
 /// Below this much `MemAvailable` a running load is stopped, before the OOM killer acts.
@@ -34,7 +35,9 @@ pub(super) struct LoadArgs {
     pub(super) progress: bool,
 }
 
-pub(super) fn run_load(opts: &Options, a: &LoadArgs) -> Result<Report> {
+/// Runs the load; returns its report and the largest anonymous RSS (KiB) its processes
+/// (the load and its workers) had together.
+pub(super) fn run_load(opts: &Options, a: &LoadArgs) -> Result<(Report, u64)> {
     let targets: Vec<String> = a.targets.iter().map(ToString::to_string).collect();
     let mut cmd = Command::new(bin_dir().join("wsbench"));
     cmd.args(["load", a.scenario.name(), "--target", &targets.join(",")])
@@ -57,6 +60,7 @@ pub(super) fn run_load(opts: &Options, a: &LoadArgs) -> Result<Report> {
     // Its own process group, so the memory guard can stop the load and all its workers.
     cmd.process_group(0);
     let mut child = cmd.spawn().with_context(|| format!("failed to start `{}`", describe(&cmd)))?;
+    let sampler = Sampler::start(vec![child.id()]);
     let status = loop {
         if let Some(status) = child.try_wait()? {
             break status;
@@ -81,6 +85,9 @@ pub(super) fn run_load(opts: &Options, a: &LoadArgs) -> Result<Report> {
     if !status.success() && status.code() != Some(2) {
         bail!("`{}` failed with {status}", describe(&cmd));
     }
+    let load_anon = sampler.finish().peak.anon;
     let text = std::fs::read_to_string(&a.report).with_context(|| format!("no report at {}", a.report.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("{} is not a wsbench report", a.report.display()))
+    let report =
+        serde_json::from_str(&text).with_context(|| format!("{} is not a wsbench report", a.report.display()))?;
+    Ok((report, load_anon))
 }

@@ -145,10 +145,13 @@ pub(super) fn run(opts: &Options, out: &Path, wsgate_built: bool) -> Result<()> 
         report: out.join("scale.json"),
         progress: true,
     };
-    let report = run_load(opts, &load);
+    let (report, load_anon_kib) = match run_load(opts, &load) {
+        Ok((r, anon)) => (Ok(r), anon),
+        Err(e) => (Err(e), 0),
+    };
     let Sampled { peak, settled, marginal_anon } = sampler.finish();
     let cpu = cpu_secs(&lay.gate_pids) - cpu0;
-    let sides = sides::after(sides_before, &echo_pids, echo_sampler.finish().peak.anon);
+    let sides = sides::after(sides_before, &echo_pids, echo_sampler.finish().peak.anon, load_anon_kib);
     drop(std::mem::take(&mut lay.procs));
     let row = Row {
         name: if through_wsgate { "wsgate".into() } else { "direct".into() },
@@ -218,16 +221,15 @@ pub(super) fn report_scale(
     let c = &row.report.counts;
     // What the echo and the client do in a hold: handshakes, heartbeats, one echo each.
     let ops = (c.connected + c.pings + c.sent).max(1) as f64;
-    let per_load = held.max(1) as f64 / lay.load_procs.max(1) as f64;
     println!(
-        "  client        {:.1} s CPU, {:.1} µs per operation ({} handshakes, {} heartbeats, {} echoes); {:.2} KiB RSS \
-         per connection (largest of {} processes ÷ its share)",
+        "  client        {:.1} s CPU, {:.1} µs per operation ({} handshakes, {} heartbeats, {} echoes); {:.2} KiB \
+         anonymous RSS per held connection ({} processes, fixed costs included)",
         sides.load_cpu,
         sides.load_cpu / ops * 1e6,
         c.connected,
         c.pings,
         c.sent,
-        sides.load_max_rss_kib as f64 / per_load,
+        sides.load_anon_kib as f64 / held.max(1) as f64,
         lay.load_procs
     );
     println!(
@@ -256,7 +258,7 @@ pub(super) fn report_scale(
         "wsgate_marginal_anon_bytes_per_conn": through_wsgate.then_some(row.marginal_anon).flatten(),
         "wsgate_idle_anon_bytes_per_conn": through_wsgate.then(|| row.idle_bytes_per_conn()),
         "slab_kib_per_conn": row.kernel_per_conn(), "mem_available_kib_at_peak": peak.available,
-        "client_cpu_secs": sides.load_cpu, "client_max_rss_kib": sides.load_max_rss_kib,
+        "client_cpu_secs": sides.load_cpu, "client_anon_kib_peak": sides.load_anon_kib,
         "echo_cpu_secs": sides.echo_cpu, "echo_anon_kib_growth": sides.echo_anon_kib,
         "client_and_echo_operations": ops,
         "report": row.report,

@@ -1,7 +1,8 @@
 //! What the benchmark's own sides cost during a scale run: the echo upstream's CPU and
-//! memory (from `/proc`) and the load generator's (from `getrusage` of the children this
-//! process reaped: the load and, through it, its workers), so that a reader sees how much
-//! of the machine the proxy did not get.
+//! memory (from `/proc`), the load generator's CPU (from `getrusage` of the children this
+//! process reaped meanwhile: the load and, through it, its workers) and its memory (sampled
+//! from `/proc` while it ran), so that a reader sees how much of the machine the proxy did
+//! not get.
 //!
 //! Read-only: it never signals or waits for a process.
 
@@ -9,11 +10,11 @@ use nix::sys::resource::{UsageWho, getrusage};
 
 use super::procfs::{cpu_secs, status_kib};
 
-/// CPU seconds and largest RSS (KiB) of the reaped children so far.
-fn children() -> (f64, u64) {
-    getrusage(UsageWho::RUSAGE_CHILDREN).map_or((0.0, 0), |u| {
+/// CPU seconds of the reaped children so far.
+fn children_cpu() -> f64 {
+    getrusage(UsageWho::RUSAGE_CHILDREN).map_or(0.0, |u| {
         let secs = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
-        (secs(u.user_time()) + secs(u.system_time()), u64::try_from(u.max_rss()).unwrap_or(0))
+        secs(u.user_time()) + secs(u.system_time())
     })
 }
 
@@ -34,8 +35,8 @@ pub(super) struct Cost {
     pub(super) echo_anon_kib: u64,
     /// CPU seconds of the load processes.
     pub(super) load_cpu: f64,
-    /// Largest RSS of one load process, KiB.
-    pub(super) load_max_rss_kib: u64,
+    /// Largest anonymous RSS of the load processes together, KiB.
+    pub(super) load_anon_kib: u64,
 }
 
 /// Reads the echo processes before the load starts.
@@ -43,18 +44,17 @@ pub(super) fn before(echo_pids: &[u32]) -> Before {
     Before {
         echo_cpu: cpu_secs(echo_pids),
         echo_anon_kib: status_kib(echo_pids, "RssAnon"),
-        children_cpu: children().0,
+        children_cpu: children_cpu(),
     }
 }
 
 /// Reads the echo processes at the end of the hold (`echo_anon_peak`: their largest
-/// anonymous RSS seen) and the load once reaped.
-pub(super) fn after(b: Before, echo_pids: &[u32], echo_anon_peak_kib: u64) -> Cost {
-    let (children_cpu, load_max_rss_kib) = children();
+/// anonymous RSS seen) and the load once reaped (`load_anon`: its largest, sampled).
+pub(super) fn after(b: Before, echo_pids: &[u32], echo_anon_peak_kib: u64, load_anon_kib: u64) -> Cost {
     Cost {
         echo_cpu: cpu_secs(echo_pids) - b.echo_cpu,
         echo_anon_kib: echo_anon_peak_kib.saturating_sub(b.echo_anon_kib),
-        load_cpu: children_cpu - b.children_cpu,
-        load_max_rss_kib,
+        load_cpu: children_cpu() - b.children_cpu,
+        load_anon_kib,
     }
 }
