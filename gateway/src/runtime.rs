@@ -51,6 +51,8 @@ pub enum RunError {
     PollRing(std::io::Error),
     #[error("preparing the worker for the kernel splice: {0}")]
     SpliceWorker(std::io::Error),
+    #[error(transparent)]
+    Resolve(upstream::ResolveError),
     #[error("a worker thread panicked")]
     WorkerPanicked,
     #[error("cannot listen on {addr} (admin): {source}")]
@@ -93,18 +95,18 @@ pub fn run(config: Config, allocator: Allocator) -> Result<()> {
     let mut addrs = Vec::new();
     for l in &config.listeners {
         let listen_error = |source| RunError::Listen { addr: l.address, source };
-        let s = listen_socket(l.address, l.backlog).map_err(listen_error)?;
+        let s = listen_socket(l.address, l.backlog, &config.keepalive).map_err(listen_error)?;
         let local = s.local_addr().map_err(listen_error)?;
         let local = local.as_socket().ok_or_else(|| RunError::ListenerAddress(format!("{local:?}")))?;
         addrs.push((local, l.backlog));
         first_sockets.push(s);
     }
 
-    let groups: Vec<(String, Arc<Group>)> =
-        config.upstreams.iter().map(|(name, u)| (name.clone(), Arc::new(Group::new(name, u)))).collect();
+    let groups = upstream_groups(&config)?;
     let router =
         Arc::new(Router::new(&config.routes, |name| groups.iter().find(|(n, _)| n == name).map(|(_, g)| g.clone())));
     let all_groups: Vec<Arc<Group>> = groups.iter().map(|(_, g)| g.clone()).collect();
+    upstream::start_resolver(&all_groups).map_err(|source| RunError::Spawn { what: "resolver", source })?;
     if upstream::health::start(&all_groups).map_err(RunError::HealthChecks)? {
         tracing::info!("active health checks running");
     }
@@ -130,7 +132,7 @@ pub fn run(config: Config, allocator: Allocator) -> Result<()> {
             addrs
                 .iter()
                 .map(|&(addr, backlog)| {
-                    listen_socket(addr, backlog).map_err(|source| RunError::Listen { addr, source })
+                    listen_socket(addr, backlog, &config.keepalive).map_err(|source| RunError::Listen { addr, source })
                 })
                 .collect::<Result<Vec<_>>>()?
         };
@@ -302,9 +304,11 @@ fn worker(setup: WorkerSetup, sockets: Vec<Socket>) -> Result<()> {
             }
         });
         let mut accept_loops = Vec::new();
-        for s in sockets {
+        // One socket per listener, in the configuration's order.
+        let schemes: Vec<_> = state.config.listeners.iter().map(crate::config::ListenerConfig::scheme).collect();
+        for (s, scheme) in sockets.into_iter().zip(schemes) {
             let listener = TcpListener::from_std(s.into());
-            accept_loops.push(tokio_uring::spawn(conn::accept::accept_loop(listener, state.clone())));
+            accept_loops.push(tokio_uring::spawn(conn::accept::accept_loop(listener, scheme, state.clone())));
         }
         for l in accept_loops {
             let _ = l.await;
@@ -318,12 +322,28 @@ fn worker(setup: WorkerSetup, sockets: Vec<Socket>) -> Result<()> {
     })
 }
 
+/// The upstream groups by name, their server names resolved (blocking, at start).
+fn upstream_groups(config: &Config) -> Result<Vec<(String, Arc<Group>)>> {
+    config
+        .upstreams
+        .iter()
+        .map(|(name, u)| Ok((name.clone(), Arc::new(Group::new(name, u)?))))
+        .collect::<Result<_, upstream::ResolveError>>()
+        .map_err(RunError::Resolve)
+}
+
 /// A listening socket with SO_REUSEPORT (every worker binds the same address).
-fn listen_socket(addr: SocketAddr, backlog: u32) -> std::io::Result<Socket> {
+fn listen_socket(
+    addr: SocketAddr,
+    backlog: u32,
+    keepalive: &crate::config::KeepaliveConfig,
+) -> std::io::Result<Socket> {
     let s = Socket::new(Domain::for_address(addr), Type::STREAM.cloexec(), Some(Protocol::TCP))?;
     s.set_reuse_address(true)?;
     s.set_reuse_port(true)?;
     s.set_nodelay(true)?;
+    // Accepted sockets inherit TCP_NODELAY and the keepalive options.
+    crate::io::set_keepalive(&s, keepalive)?;
     s.bind(&addr.into())?;
     s.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
     Ok(s)

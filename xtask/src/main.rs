@@ -3,6 +3,7 @@
 mod bench;
 mod demo;
 mod exec;
+mod fuzz;
 mod packages;
 mod stress;
 mod test;
@@ -29,6 +30,8 @@ enum Command {
     Bench(bench::Options),
     /// Long randomized soaks (the splice torture, for minutes or hours).
     Stress(stress::Options),
+    /// Coverage-guided fuzzing (libFuzzer) of every parser of network bytes.
+    Fuzz(fuzz::Options),
 }
 
 fn main() {
@@ -39,6 +42,7 @@ fn main() {
         Command::Tune(o) => tune::run(&o),
         Command::Bench(o) => bench::run(&o),
         Command::Stress(o) => stress::run(&o),
+        Command::Fuzz(o) => fuzz::run(&o),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -2,7 +2,8 @@
 //!
 //! Installs the system packages the build and tests need (apt, as root), then: rustfmt
 //! check, clang-format check of `ebpf/`, clippy with warnings denied, every test of the
-//! workspace, and the relay tests once more over the kernel splice.
+//! workspace, the relay tests once more over the kernel splice, and a short bounded
+//! run of every fuzz target (90 s in all).
 
 use std::process::Command;
 
@@ -40,6 +41,11 @@ pub fn run(opts: &Options) -> Result<()> {
         exec(cargo().args(["test", "-p", "wsgate", "--test", "proxy_relay"]).env("WSGATE_TEST_SPLICE", "sockmap"))?;
     } else {
         eprintln!("xtask: NOT RUN: relay tests over the kernel splice need root (CAP_BPF, CAP_NET_ADMIN)");
+    }
+    if opts.test_args.is_empty() {
+        let each = std::time::Duration::from_secs(15);
+        step(&format!("fuzzing ({} s per target, {} targets)", each.as_secs(), crate::fuzz::TARGETS.len()));
+        crate::fuzz::fuzz(crate::fuzz::TARGETS, each)?;
     }
     eprintln!("xtask: all checks passed");
     Ok(())

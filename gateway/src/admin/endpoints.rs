@@ -127,7 +127,7 @@ fn status(state: &State) -> Response {
             let servers: Vec<_> = g
                 .servers()
                 .iter()
-                .map(|s| json!({ "address": s.addr, "up": s.is_up(), "connections": s.active() }))
+                .map(|s| json!({ "address": s.address.to_string(), "resolved": s.addr(), "up": s.is_up(), "connections": s.active() }))
                 .collect();
             json!({ "name": g.name, "servers": servers })
         })

@@ -225,7 +225,7 @@ impl Collector for Scrape {
         let mut marks = Vec::new();
         for g in &s.groups {
             for srv in g.servers() {
-                let l = [("upstream", g.name.clone()), ("server", srv.addr.to_string())];
+                let l = [("upstream", g.name.clone()), ("server", srv.address.to_string())];
                 up.push((l.clone(), i64::from(srv.is_up())));
                 conns.push((l.clone(), i64::try_from(srv.active()).unwrap_or(i64::MAX)));
                 let [a, b] = l.clone();

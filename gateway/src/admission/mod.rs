@@ -311,8 +311,9 @@ mod tests {
     #[test]
     fn origins() {
         let (_, r) = setup("");
-        let head =
-            |o: &str| crate::http::request::parse(format!("GET / HTTP/1.1\r\n{o}\r\n").as_bytes()).unwrap().unwrap();
+        let head = |o: &str| {
+            crate::http::request::parse(format!("GET / HTTP/1.1\r\n{o}\r\n").as_bytes(), 256).unwrap().unwrap()
+        };
         assert!(r.check_origin(&head("Origin: https://good.EXAMPLE\r\n")).is_ok());
         assert_eq!(r.check_origin(&head("Origin: https://evil.example\r\n")).unwrap_err().kind, ErrorKind::Forbidden);
         assert!(r.check_origin(&head("")).is_ok());

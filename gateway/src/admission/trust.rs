@@ -58,7 +58,9 @@ fn parse_ip(v: &[u8]) -> Option<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::request::parse;
+    fn parse(buf: &[u8]) -> Result<Option<crate::http::request::RequestHead>, crate::error::ProxyError> {
+        crate::http::request::parse(buf, crate::http::DEFAULT_MAX_HEADERS)
+    }
 
     #[test]
     fn only_trusted_peers_are_believed() {

@@ -4,12 +4,18 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Default of `max_headers`: generous for browsers (which send 10–30 headers) and for
+/// clients behind several proxies.
+pub const DEFAULT_MAX_HEADERS: usize = 256;
+
 /// Size and count limits.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
     /// Largest accepted request head in bytes; larger heads get 431.
     pub max_header_bytes: usize,
+    /// Most headers a request head may carry (default 256, 1 to 8192); more get 431.
+    pub max_headers: usize,
     /// Largest upstream response head in bytes; larger ones get 502.
     pub max_response_header_bytes: usize,
     /// Connections this process holds at once (sizes kernel maps and the open-files
@@ -20,6 +26,11 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_header_bytes: 16 * 1024, max_response_header_bytes: 16 * 1024, max_connections: 100_000 }
+        Self {
+            max_header_bytes: 16 * 1024,
+            max_headers: DEFAULT_MAX_HEADERS,
+            max_response_header_bytes: 16 * 1024,
+            max_connections: 100_000,
+        }
     }
 }

@@ -18,9 +18,31 @@ pub struct ListenerConfig {
 }
 
 impl ListenerConfig {
+    /// What the listener speaks to clients (`X-Forwarded-Proto`): plain HTTP until a
+    /// listener carries TLS settings (then `https`).
+    pub fn scheme(&self) -> Scheme {
+        Scheme::Http
+    }
+
     /// A listener on `address` with the default backlog.
     pub fn on(address: SocketAddr) -> Self {
         Self { address, backlog: default_backlog() }
+    }
+}
+
+/// The scheme a listener speaks to its clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    Http,
+    Https,
+}
+
+impl Scheme {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Http => "http",
+            Self::Https => "https",
+        }
     }
 }
 

@@ -17,11 +17,13 @@ mod cli;
 mod error;
 mod hash_key;
 mod health_check;
+mod keepalive;
 mod limits;
 mod listener;
 mod log;
 mod relay;
 mod route;
+mod server_address;
 mod timeouts;
 mod upstream;
 mod validate;
@@ -40,11 +42,13 @@ pub use cli::CliOptions;
 pub use error::{ConfigError, ParseError};
 pub use hash_key::HashKey;
 pub use health_check::{HealthCheckConfig, parse_statuses};
-pub use limits::Limits;
-pub use listener::ListenerConfig;
+pub use keepalive::KeepaliveConfig;
+pub use limits::{DEFAULT_MAX_HEADERS, Limits};
+pub use listener::{ListenerConfig, Scheme};
 pub use log::{LogConfig, LogFormat};
 pub use relay::{DEFAULT_SPLICE_BUDGET, MIN_SPLICE_BUDGET, RelayConfig, SpliceMode};
 pub use route::RouteConfig;
+pub use server_address::ServerAddress;
 pub use timeouts::Timeouts;
 pub use upstream::{Balance, ServerConfig, UpstreamConfig};
 
@@ -85,6 +89,8 @@ pub struct Config {
     pub admin: AdminConfig,
     /// wsgate's own diagnostics on stderr (not the access log).
     pub log: LogConfig,
+    /// TCP keepalive and `TCP_USER_TIMEOUT` on client and upstream sockets (dead peers).
+    pub keepalive: KeepaliveConfig,
 }
 
 impl Config {

@@ -9,14 +9,16 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{HashKey, HealthCheckConfig};
+use super::{HashKey, HealthCheckConfig, ServerAddress};
 
 /// A group of upstream servers.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct UpstreamConfig {
-    /// Servers of the group: `"IP:PORT"` or
-    /// `{ address = "IP:PORT", weight = 2, backup = false, max_conns = 0 }`.
+    /// Servers of the group: `"ADDRESS"` or
+    /// `{ address = "ADDRESS", weight = 2, backup = false, max_conns = 0 }`, where ADDRESS
+    /// is `IP:PORT`, `[IPv6]:PORT` or `HOST:PORT` (a DNS name, resolved at start and
+    /// every `resolve_interval`).
     pub servers: Vec<ServerConfig>,
     /// Which server a new connection goes to: `round_robin` (smooth weighted, the
     /// default), `least_conn` (fewest live connections relative to weight, counted
@@ -43,6 +45,10 @@ pub struct UpstreamConfig {
     pub source_addresses: Vec<IpAddr>,
     /// Active health checks, run on the admin thread. Absent (the default): none.
     pub health_check: Option<HealthCheckConfig>,
+    /// How often servers given by DNS name are resolved again (their first address,
+    /// IPv4 first unless `source_addresses` are IPv6). `0s`: only at start. Default 30s.
+    #[serde(with = "humantime_serde")]
+    pub resolve_interval: Duration,
 }
 
 impl Default for UpstreamConfig {
@@ -56,6 +62,7 @@ impl Default for UpstreamConfig {
             tries: 0,
             source_addresses: Vec::new(),
             health_check: None,
+            resolve_interval: Duration::from_secs(30),
         }
     }
 }
@@ -79,8 +86,8 @@ pub enum Balance {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(from = "ServerSpec", into = "ServerSpec")]
 pub struct ServerConfig {
-    /// `IP:PORT` of the server.
-    pub address: SocketAddr,
+    /// Where the server is: `IP:PORT`, `[IPv6]:PORT` or `HOST:PORT`.
+    pub address: ServerAddress,
     /// Relative share of new connections.
     pub weight: u32,
     /// Used only when no primary server is available.
@@ -92,24 +99,48 @@ pub struct ServerConfig {
 impl ServerConfig {
     /// A primary server of weight 1 without a connection limit.
     pub fn at(address: SocketAddr) -> Self {
-        Self { address, weight: 1, backup: false, max_conns: 0 }
+        Self { address: ServerAddress::Ip(address), weight: 1, backup: false, max_conns: 0 }
     }
 }
 
-/// The two ways to write a server: its bare address, or a table.
-#[derive(Deserialize, Serialize)]
+/// The two ways to write a server: its bare address, or a table. Deserialized by hand
+/// (not `untagged`), so a bad address says what is wrong and what is accepted.
+#[derive(Serialize)]
 #[serde(untagged)]
 enum ServerSpec {
-    Address(SocketAddr),
-    Full {
-        address: SocketAddr,
-        #[serde(default = "default_weight")]
-        weight: u32,
-        #[serde(default)]
-        backup: bool,
-        #[serde(default)]
-        max_conns: u64,
-    },
+    Address(ServerAddress),
+    Full(FullServerSpec),
+}
+
+#[derive(Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct FullServerSpec {
+    address: ServerAddress,
+    #[serde(default = "default_weight")]
+    weight: u32,
+    #[serde(default)]
+    backup: bool,
+    #[serde(default)]
+    max_conns: u64,
+}
+
+impl<'de> Deserialize<'de> for ServerSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Spec;
+        impl<'de> serde::de::Visitor<'de> for Spec {
+            type Value = ServerSpec;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a server address (\"IP:PORT\" or \"HOST:PORT\") or a table with `address`")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<ServerSpec, E> {
+                ServerAddress::try_from(s.to_owned()).map(ServerSpec::Address).map_err(E::custom)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<ServerSpec, A::Error> {
+                FullServerSpec::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(ServerSpec::Full)
+            }
+        }
+        d.deserialize_any(Spec)
+    }
 }
 
 fn default_weight() -> u32 {
@@ -119,8 +150,10 @@ fn default_weight() -> u32 {
 impl From<ServerSpec> for ServerConfig {
     fn from(s: ServerSpec) -> Self {
         match s {
-            ServerSpec::Address(address) => Self::at(address),
-            ServerSpec::Full { address, weight, backup, max_conns } => Self { address, weight, backup, max_conns },
+            ServerSpec::Address(address) => Self { address, weight: 1, backup: false, max_conns: 0 },
+            ServerSpec::Full(FullServerSpec { address, weight, backup, max_conns }) => {
+                Self { address, weight, backup, max_conns }
+            }
         }
     }
 }
@@ -128,6 +161,6 @@ impl From<ServerSpec> for ServerConfig {
 impl From<ServerConfig> for ServerSpec {
     fn from(s: ServerConfig) -> Self {
         let ServerConfig { address, weight, backup, max_conns } = s;
-        Self::Full { address, weight, backup, max_conns }
+        Self::Full(FullServerSpec { address, weight, backup, max_conns })
     }
 }

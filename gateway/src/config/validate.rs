@@ -33,6 +33,21 @@ impl Config {
         if !(512..=1024 * 1024).contains(&self.limits.max_header_bytes) {
             return Err(invalid("limits.max_header_bytes", "must be between 512 and 1048576"));
         }
+        if !(1..=8192).contains(&self.limits.max_headers) {
+            return Err(invalid("limits.max_headers", "must be between 1 and 8192"));
+        }
+        let ka = &self.keepalive;
+        for (field, d) in [("keepalive.idle", ka.idle), ("keepalive.interval", ka.interval)] {
+            if d.as_secs() > 32767 || (!d.is_zero() && d.as_secs() == 0) {
+                return Err(invalid(field, "must be 0s or whole seconds from 1s to 32767s"));
+            }
+        }
+        if ka.count > 127 {
+            return Err(invalid("keepalive.count", "must be between 0 and 127"));
+        }
+        if ka.user_timeout.as_millis() > u128::from(u32::MAX) {
+            return Err(invalid("keepalive.user_timeout", "must be below 49 days"));
+        }
         if !(512..=1024 * 1024).contains(&self.limits.max_response_header_bytes) {
             return Err(invalid("limits.max_response_header_bytes", "must be between 512 and 1048576"));
         }
@@ -132,7 +147,7 @@ fn validate_upstream(name: &str, u: &UpstreamConfig) -> Result<(), ConfigError> 
         return Err(invalid(field("fail_timeout"), "must be greater than 0 when max_fails is set"));
     }
     for (i, a) in u.source_addresses.iter().enumerate() {
-        if u.servers.iter().any(|s| s.address.is_ipv4() != a.is_ipv4()) {
+        if u.servers.iter().filter_map(|s| s.address.ip()).any(|s| s.is_ipv4() != a.is_ipv4()) {
             return Err(invalid(
                 field(&format!("source_addresses[{i}]")),
                 format!("{a} is not of the same address family as every server"),

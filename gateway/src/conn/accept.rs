@@ -14,10 +14,11 @@ use tokio_uring::net::TcpListener;
 
 use super::Worker;
 use super::teardown::ActiveConn;
+use crate::config::Scheme;
 use crate::shutdown::Phase;
 
 /// Accepts connections on `listener` until the drain.
-pub async fn accept_loop(listener: TcpListener, worker: Rc<Worker>) {
+pub async fn accept_loop(listener: TcpListener, scheme: Scheme, worker: Rc<Worker>) {
     let mut shutdown = worker.shutdown.clone();
     let mut draining = std::pin::pin!(shutdown.reached(Phase::Draining));
     loop {
@@ -25,7 +26,7 @@ pub async fn accept_loop(listener: TcpListener, worker: Rc<Worker>) {
             res = listener.accept() => match res {
                 Ok((stream, peer)) => {
                     let active = ActiveConn::new(&worker.stats);
-                    tokio_uring::spawn(super::serve(stream, peer, worker.clone(), active));
+                    tokio_uring::spawn(super::serve(stream, peer, scheme, worker.clone(), active));
                 }
                 Err(e) => {
                     // EMFILE/ENFILE/ENOBUFS: back off briefly instead of spinning.

@@ -1,6 +1,7 @@
 //! Phase 3, connect: runs once the request is admitted. Rewrites the head for the
 //! upstream (`X-Forwarded-*`, hop-by-hop headers), connects to the route's servers in
-//! policy order and forwards the head with whatever followed it. For an upgrade it
+//! policy order and forwards the head (what followed it waits: see `plain` and
+//! `relay_choice`). For an upgrade it
 //! also waits for the response head ([`super::response::peek_head`], left queued), and
 //! moves to the next server while [`ProxyError::retry_safe`] says so; so does any
 //! failed connect (nothing was sent). At most `tries` servers, each failure reported
@@ -22,6 +23,7 @@ use super::response::peek_head;
 use super::route_admit::Admit;
 use super::teardown::Facts;
 use crate::error::{ErrorKind, ProxyError};
+use crate::http::body::Framing;
 use crate::http::request::RequestHead;
 use crate::http::response::ResponseHead;
 use crate::http::rewrite::{Forwarded, upstream_head};
@@ -37,6 +39,12 @@ pub struct Connected {
     pub live: ActiveGuard,
     /// The upstream's response head (peeked, still queued); `None` for plain HTTP.
     pub response: Option<ResponseHead>,
+    /// What the client sent after its head, not forwarded yet.
+    pub early: Vec<u8>,
+    /// The request's body framing (plain HTTP).
+    pub framing: Framing,
+    /// The request's method (plain HTTP: how the response is framed).
+    pub method: String,
 }
 
 /// Connects upstream and forwards the request: `head` parsed from `buf`, whose bytes
@@ -54,12 +62,12 @@ pub async fn connect(
         client_ip: admit.client_ip,
         peer_ip: admit.peer_ip,
         trusted: worker.admission.is_trusted(admit.peer_ip),
-        proto: "http",
+        proto: facts.scheme.as_str(),
     };
-    let mut out = upstream_head(head, admit.intent, fwd);
-    let early = &buf[head.len..];
-    out.extend_from_slice(early);
-    facts.bytes_in = early.len() as u64;
+    // Bytes that followed the head are not forwarded with it: for an upgrade they wait
+    // for the 101 (then they are WebSocket data), for plain HTTP only the request's own
+    // body goes on (see `plain`). A pipelined request is never passed on raw.
+    let out = upstream_head(head, admit.intent, fwd);
     let pick = Pick { client: admit.client_ip, key: group.hash_key().and_then(|k| k.extract(head)) };
     let connected = if admit.intent == Intent::WebSocket {
         let exchange = Exchange {
@@ -78,7 +86,14 @@ pub async fn connect(
         }
         connected
     };
-    facts.upstream_addr = Some(group.server(connected.server).addr);
+    facts.upstream_addr = Some(group.server(connected.server).addr());
+    if let Err(e) = crate::io::set_keepalive(&connected.stream, &cfg.keepalive) {
+        tracing::warn!(error = %e, "setting TCP keepalive on the upstream socket");
+    }
+    let mut connected = connected;
+    connected.early = buf[head.len..].to_vec();
+    connected.framing = head.framing();
+    connected.method.clone_from(&head.method);
     Ok(connected)
 }
 
@@ -114,7 +129,7 @@ pub async fn exchange(group: &Arc<Group>, pick: &Pick<'_>, x: &Exchange<'_>) -> 
     let mut failures = Failures::default();
     for i in group.attempt_order(pick) {
         let Some(mut connected) = connect_one(group, i, x.connect_timeout, &mut failures).await else { continue };
-        let addr = group.server(i).addr;
+        let addr = group.server(i).addr();
         if let Err(e) = crate::io::write_all(&connected.stream, x.request.to_vec()).await {
             group.report_failure(i);
             tracing::warn!(upstream = %addr, group = %group.name, error = %e, "forwarding the request failed; trying the next server");
@@ -170,12 +185,21 @@ impl Failures {
 async fn connect_one(group: &Arc<Group>, i: usize, timeout: Duration, failures: &mut Failures) -> Option<Connected> {
     // A server can fill up between the pick and here: skip it, it did not fail.
     let live = group.try_enter(i)?;
-    let addr = group.server(i).addr;
+    let addr = group.server(i).addr();
     let started = Instant::now();
     match crate::io::connect(addr, group.next_source(), timeout).await {
         Ok(stream) => {
             crate::metrics::upstream_connected(started.elapsed());
-            Some(Connected { stream, server: i, started, live, response: None })
+            Some(Connected {
+                stream,
+                server: i,
+                started,
+                live,
+                response: None,
+                early: Vec::new(),
+                framing: Framing::Empty,
+                method: String::new(),
+            })
         }
         Err(e) => {
             drop(live);

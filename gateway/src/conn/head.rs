@@ -2,8 +2,9 @@
 //! within `timeouts.header`, at most `limits.max_header_bytes`, parses it, and notes
 //! its request line, host and user agent for the access log.
 //!
-//! Returns the parsed head and the whole buffer, which may hold bytes that followed
-//! the head (never dropped: they go upstream after it). Errors: 408 (not in time,
+//! Returns the parsed head (its path normalised, see `http::path`) and the whole
+//! buffer, which may hold bytes that followed the head (kept: connect decides what of
+//! them may go upstream). Errors: 408 (not in time,
 //! nothing sent), 431, 400, 499 (the client went away). Must never wait without a
 //! deadline, grow a buffer past the limit, or panic on any byte the client sends.
 
@@ -26,7 +27,7 @@ pub async fn read(
 ) -> Result<(RequestHead, Vec<u8>), ProxyError> {
     let limits = &worker.config.limits;
     let deadline = facts.started + worker.config.timeouts.header;
-    let (head, buf) = read_head(client, limits.max_header_bytes, deadline).await?;
+    let (head, buf) = read_head(client, limits.max_header_bytes, limits.max_headers, deadline).await?;
     facts.request = head.request_line();
     facts.host = head.host().unwrap_or_default();
     facts.user_agent = head.header("user-agent").map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default();
@@ -37,6 +38,7 @@ pub async fn read(
 async fn read_head(
     client: &TcpStream,
     max: usize,
+    max_headers: usize,
     deadline: std::time::Instant,
 ) -> Result<(RequestHead, Vec<u8>), ProxyError> {
     let mut buf: Vec<u8> = Vec::with_capacity(max.min(1024));
@@ -67,7 +69,7 @@ async fn read_head(
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(ProxyError::new(ErrorKind::ClientClosed, format!("reading request: {e}"))),
         }
-        if let Some(head) = request::parse(&buf)? {
+        if let Some(head) = request::parse(&buf, max_headers)? {
             return Ok((head, buf));
         }
         if buf.len() >= max {

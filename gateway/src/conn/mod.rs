@@ -9,8 +9,10 @@
 //!   │        │              │ peek the head; next server  │           userspace ──────┼────▶ lifetimes,
 //!   │        │              │ while retry_safe            │           userspace, then │      counts,
 //!   │        │              │                             │           splice ─▶ park ─┤      access log
-//!   │        │              │ plain HTTP: connect, ───────┼─────────▶ userspace ──────┼────▶
-//!   │        │              │ forward, no head            │ other ─▶ passed back,     │
+//!   │        │              │ plain HTTP: connect, ───────┼─────────▶ plain: body ────┼────▶
+//!   │        │              │ forward, no head            │ as framed, response (504),│
+//!   │        │              │                             │ then closed               │
+//!   │        │              │                             │ other ─▶ passed back,     │
 //!   │        │              │                             │          closed ──────────┼────▶
 //!   ▼ 408    ▼ 404 400      ▼ 502 503 504                 ▼ 502 504                   │
 //!     431      426 403                                                                │
@@ -32,6 +34,7 @@
 pub mod accept;
 pub mod connect;
 pub mod head;
+pub mod plain;
 pub mod relay_choice;
 pub mod response;
 pub mod route_admit;
@@ -50,7 +53,7 @@ use self::teardown::{ActiveConn, Facts};
 use crate::accesslog::AccessLog;
 use crate::admission::{Admission, Admitted};
 use crate::bufpool::BufPool;
-use crate::config::Config;
+use crate::config::{Config, Scheme};
 use crate::error::{ErrorKind, ProxyError};
 use crate::lifetimes::Lifetimes;
 use crate::router::Router;
@@ -79,8 +82,9 @@ pub struct Worker {
 
 /// Serves one accepted client connection to its end, or until its spliced pair is
 /// parked (teardown then finishes it when the kernel reports the end).
-pub async fn serve(client: TcpStream, peer: SocketAddr, worker: Rc<Worker>, active: ActiveConn) {
+pub async fn serve(client: TcpStream, peer: SocketAddr, scheme: Scheme, worker: Rc<Worker>, active: ActiveConn) {
     let mut facts = Facts::new(peer);
+    facts.scheme = scheme;
     // TCP_NODELAY comes from the listening socket: accepted sockets inherit it.
     let mut client = Some(client);
     let result = proxy(&mut client, &worker, &mut facts).await;
@@ -98,7 +102,7 @@ async fn proxy(
     let client = client_slot.as_ref().ok_or_else(|| ProxyError::new(ErrorKind::Internal, "client socket missing"))?;
     let (upstream, admitted) = Box::pin(prepare(client, worker, facts)).await?;
     let Some(head) = &upstream.response else {
-        relay_choice::plain(client, &upstream, worker, facts).await;
+        relay_choice::plain(client, &upstream, worker, facts).await?;
         return Ok(None);
     };
     if response::answer(client, &upstream, head, worker, facts).await? == Answer::Passed {

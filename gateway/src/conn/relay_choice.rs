@@ -15,7 +15,8 @@ use super::Worker;
 use super::connect::Connected;
 use super::teardown::Facts;
 use crate::admission::Admitted;
-use crate::close::{Close, Mode};
+use crate::close::{Close, Mode, Side};
+use crate::error::ProxyError;
 use crate::metrics::ActiveMode;
 use crate::relay::{self, RelayOptions, RelayOutcome};
 use crate::splice::{HandoverError, SplicedPair};
@@ -31,13 +32,38 @@ pub struct Handoff {
     pub after_userspace: bool,
 }
 
-/// Plain HTTP: the request body may be large, so relay right away; the response
-/// status is read from the first bytes the upstream sends.
-pub async fn plain(client: &TcpStream, upstream: &Connected, worker: &Worker, facts: &mut Facts) {
-    let opts = RelayOptions { idle_timeout: worker.config.timeouts.idle, end_on_upstream_fin: true, pause_after: None };
-    let outcome = userspace(client, &upstream.stream, opts, worker, facts).await;
-    facts.status = outcome.response_status.unwrap_or(502);
-    facts.upstream_response_time = outcome.first_response.map(|t| (t - upstream.started).as_secs_f64());
+/// Plain HTTP: the body as framed, then the response as framed, then the end (see
+/// [`super::plain`]); a drain's `Stop` ends it early.
+pub async fn plain(
+    client: &TcpStream,
+    upstream: &Connected,
+    worker: &Worker,
+    facts: &mut Facts,
+) -> Result<(), ProxyError> {
+    Stats::bump(&worker.stats.relayed_userspace);
+    facts.mode = Mode::Userspace;
+    let stream = &upstream.stream;
+    let exchange = super::plain::exchange(client, stream, upstream.framing, &upstream.early, &upstream.method, worker);
+    let mut shutdown = worker.shutdown.clone();
+    let done = tokio::select! {
+        done = Box::pin(exchange) => done?,
+        () = shutdown.reached(crate::shutdown::Phase::Stop) => {
+            facts.close = Close::Shutdown;
+            return Ok(());
+        }
+    };
+    if done.pipelined {
+        tracing::debug!(client = %facts.peer, "bytes after the request were not forwarded (no pipelining)");
+    }
+    facts.status = done.status;
+    facts.bytes_in = done.bytes_in;
+    facts.bytes_out = done.bytes_out;
+    facts.bytes_sent = done.bytes_out;
+    facts.upstream_response_time = done.first_response.map(|t| (t - upstream.started).as_secs_f64());
+    facts.close = Close::Done;
+    crate::io::shutdown_quietly(client, std::net::Shutdown::Both);
+    crate::io::shutdown_quietly(stream, std::net::Shutdown::Both);
+    Ok(())
 }
 
 /// A WebSocket after its 101: relays it in the kernel when it can take the pair.
@@ -50,8 +76,17 @@ pub async fn websocket(
     facts: &mut Facts,
 ) -> Option<Handoff> {
     let cfg = &worker.config;
-    let Connected { stream: upstream, live, .. } = upstream;
+    let Connected { stream: upstream, live, early, .. } = upstream;
     let client = client_slot.as_ref()?;
+    // What the client sent after its head is WebSocket data now: it goes first.
+    if !early.is_empty() {
+        facts.bytes_in += early.len() as u64;
+        if let Err(e) = crate::io::write_all(&upstream, early).await {
+            tracing::debug!(error = %e, client = %facts.peer, "upstream gone before the client's first frames");
+            facts.close = Close::UpstreamReset;
+            return None;
+        }
+    }
     let opts = RelayOptions { idle_timeout: cfg.timeouts.idle, end_on_upstream_fin: false, pause_after: None };
     let Some(splicer) = &worker.splicer else {
         userspace(client, &upstream, opts, worker, facts).await;
@@ -86,9 +121,25 @@ pub async fn websocket(
             userspace(&client, &upstream, opts, worker, facts).await;
         }
         Err(HandoverError::Failed { side, source }) => {
-            // The sockets are closed (dropped with the error); nothing can be sent.
-            tracing::info!(side = %side, error = %source, client = %facts.peer, "splice handover failed");
-            facts.close = Close::Error;
+            // The sockets are closed (dropped with the error); nothing can be sent. A
+            // peer that reset or closed meanwhile is that peer's doing, not a failure.
+            let lost = matches!(
+                source.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::TimedOut
+            );
+            match side {
+                Side::Client | Side::Upstream if lost => {
+                    tracing::debug!(side = %side, error = %source, client = %facts.peer, "peer reset during the splice handover");
+                    facts.close = Close::reset(side);
+                }
+                _ => {
+                    tracing::info!(side = %side, error = %source, client = %facts.peer, "splice handover failed");
+                    facts.close = Close::Error;
+                }
+            }
         }
     }
     drop((admitted, live));

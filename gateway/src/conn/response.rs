@@ -112,7 +112,7 @@ pub async fn peek_head(
 
 /// Passes a (non-101) response from the upstream to the client exactly: the head,
 /// then the body as framed, then stops. Returns the bytes sent to the client.
-async fn pass(
+pub(super) async fn pass(
     upstream: &TcpStream,
     client: &TcpStream,
     head: &ResponseHead,

@@ -33,6 +33,7 @@ pub struct Admit<'a> {
 
 /// Routes, validates and admits the request.
 pub fn route_admit<'a>(head: &RequestHead, worker: &'a Worker, facts: &mut Facts) -> Result<Admit<'a>, ProxyError> {
+    request::check_host(head)?;
     let route = worker.router.find(head.host().as_deref(), head.path()).ok_or_else(|| {
         ProxyError::new(ErrorKind::NoRoute, format!("no route for host `{}` path `{}`", facts.host, head.path()))
     })?;

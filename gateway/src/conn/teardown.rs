@@ -49,6 +49,8 @@ pub struct Facts {
     pub route: usize,
     /// Counts the connection in the metrics and the admin plane's live view.
     pub conn: metrics::Conn,
+    /// What the accepting listener speaks (`X-Forwarded-Proto`).
+    pub scheme: crate::config::Scheme,
 }
 
 impl Facts {
@@ -71,6 +73,7 @@ impl Facts {
             mode: Mode::None,
             route: 0,
             conn: metrics::Conn::accepted(started),
+            scheme: crate::config::Scheme::Http,
         }
     }
 }

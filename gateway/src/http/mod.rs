@@ -5,13 +5,17 @@
 //! on any input (every parser is fed bytes straight from the network).
 
 pub mod body;
+pub mod path;
 pub mod request;
 pub mod response;
 pub mod rewrite;
 pub mod upgrade;
 
-/// Headers a head may carry at most; more is treated like an oversized head (431/502).
-pub const MAX_HEADERS: usize = 128;
+/// Default of `limits.max_headers` (see the config).
+pub use crate::config::DEFAULT_MAX_HEADERS;
+
+/// Headers an upstream response head may carry at most; more is 502.
+pub const MAX_RESPONSE_HEADERS: usize = 256;
 
 /// Case-insensitive check whether a comma-separated header value contains `token`.
 pub fn has_token(value: &[u8], token: &str) -> bool {

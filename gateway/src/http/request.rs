@@ -1,14 +1,21 @@
-//! The client's request head: read limits aside, turn bytes into an owned head.
+//! The client's request head: read limits aside, turn bytes into an owned head, and
+//! the checks a head must pass before anything of it reaches an upstream (Host,
+//! framing, version).
+//!
+//! Must never panic on any input: every byte here comes from the network.
 
-use super::MAX_HEADERS;
+use super::body::Framing;
 use crate::error::{ErrorKind, ProxyError};
 
 /// A parsed request head (owned: it outlives the read buffer).
 #[derive(Debug, Clone)]
 pub struct RequestHead {
     pub method: String,
-    /// Request target as sent (origin form, e.g. `/ws/chat?room=1`).
+    /// Request target as routed and forwarded: origin form with its path normalised
+    /// (see [`super::path`]), e.g. `/ws/chat?room=1`.
     pub target: String,
+    /// Request target exactly as sent, for logs.
+    pub raw_target: String,
     /// Minor HTTP version: 1 for HTTP/1.1, 0 for HTTP/1.0.
     pub minor_version: u8,
     /// Headers in order, names as sent, values byte-exact.
@@ -44,15 +51,28 @@ impl RequestHead {
         self.target.split('?').next().unwrap_or("")
     }
 
-    /// `METHOD target HTTP/1.x` for logs.
+    /// `METHOD target HTTP/1.x` for logs, with the target as sent.
     pub fn request_line(&self) -> String {
-        format!("{} {} HTTP/1.{}", self.method, self.target, self.minor_version)
+        format!("{} {} HTTP/1.{}", self.method, self.raw_target, self.minor_version)
+    }
+
+    /// How the request's body is delimited (RFC 9112 §6.3): chunked, a length, or none
+    /// at all (a request never runs until close). Meaningful once [`check_framing`] passed.
+    pub fn framing(&self) -> Framing {
+        if self.header("transfer-encoding").is_some() {
+            return Framing::Chunked;
+        }
+        match self.header("content-length").and_then(|v| std::str::from_utf8(v).ok()?.parse::<u64>().ok()) {
+            Some(n) => Framing::Length(n),
+            None => Framing::Empty,
+        }
     }
 }
 
-/// Parses a request head from `buf`. `Ok(None)`: incomplete, read more.
-pub fn parse(buf: &[u8]) -> Result<Option<RequestHead>, ProxyError> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+/// Parses a request head from `buf`, with at most `max_headers` headers (more is 431).
+/// `Ok(None)`: incomplete, read more.
+pub fn parse(buf: &[u8], max_headers: usize) -> Result<Option<RequestHead>, ProxyError> {
+    let mut headers = vec![httparse::EMPTY_HEADER; max_headers];
     let mut req = httparse::Request::new(&mut headers);
     match req.parse(buf) {
         Ok(httparse::Status::Partial) => Ok(None),
@@ -66,18 +86,52 @@ pub fn parse(buf: &[u8]) -> Result<Option<RequestHead>, ProxyError> {
                     format!("request target `{target}` is not origin-form"),
                 ));
             }
+            let normalised = super::path::normalise(target)?;
             let headers = req.headers.iter().map(|h| (h.name.to_owned(), h.value.to_vec())).collect();
-            Ok(Some(RequestHead { method: method.to_owned(), target: target.to_owned(), minor_version, headers, len }))
+            Ok(Some(RequestHead {
+                method: method.to_owned(),
+                target: normalised,
+                raw_target: target.to_owned(),
+                minor_version,
+                headers,
+                len,
+            }))
         }
-        Err(httparse::Error::TooManyHeaders) => {
-            Err(ProxyError::new(ErrorKind::HeadersTooLarge, format!("more than {MAX_HEADERS} request headers")))
-        }
+        Err(httparse::Error::TooManyHeaders) => Err(ProxyError::new(
+            ErrorKind::HeadersTooLarge,
+            format!("more than {max_headers} request headers (limits.max_headers)"),
+        )),
         Err(e) => Err(ProxyError::new(ErrorKind::BadRequest, format!("malformed request head: {e}"))),
     }
 }
 
+/// The Host rules of RFC 9112 §3.2: an HTTP/1.1 request carries exactly one Host; an
+/// HTTP/1.0 request may carry none, but wsgate refuses it then (it routes by Host and
+/// forwards HTTP/1.0 as it came, so the upstream would have no name to go by). A Host
+/// value is a name or address with an optional port, nothing else.
+pub fn check_host(head: &RequestHead) -> Result<(), ProxyError> {
+    let bad = |d: &str| Err(ProxyError::new(ErrorKind::BadRequest, d.to_owned()));
+    let mut hosts = head.headers_named("host");
+    let Some(host) = hosts.next() else {
+        return bad(if head.minor_version == 1 {
+            "HTTP/1.1 request without Host"
+        } else {
+            "HTTP/1.0 request without Host (send Host, or use HTTP/1.1)"
+        });
+    };
+    if hosts.next().is_some() {
+        return bad("more than one Host header");
+    }
+    let valid = |b: &u8| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:[]%".contains(b);
+    if host.is_empty() || !host.iter().all(valid) {
+        return bad("Host must be a name or address with an optional port");
+    }
+    Ok(())
+}
+
 /// Request framing checks that protect the upstream from smuggling: a body is framed
-/// by exactly one of Content-Length or chunked Transfer-Encoding.
+/// by exactly one of Content-Length or chunked Transfer-Encoding, and an HTTP/1.0
+/// request (which has no chunked coding) carries no Transfer-Encoding at all.
 pub fn check_framing(head: &RequestHead) -> Result<(), ProxyError> {
     let bad = |d: &str| Err(ProxyError::new(ErrorKind::BadRequest, d.to_owned()));
     let mut lengths = head.headers_named("content-length");
@@ -90,6 +144,9 @@ pub fn check_framing(head: &RequestHead) -> Result<(), ProxyError> {
     }
     let mut te = head.headers_named("transfer-encoding").peekable();
     if te.peek().is_some() {
+        if head.minor_version == 0 {
+            return bad("Transfer-Encoding in an HTTP/1.0 request");
+        }
         if first.is_some() {
             return bad("both Content-Length and Transfer-Encoding");
         }
@@ -106,10 +163,14 @@ pub fn check_framing(head: &RequestHead) -> Result<(), ProxyError> {
 mod tests {
     use super::*;
 
+    fn parse_(buf: &[u8]) -> Result<Option<RequestHead>, ProxyError> {
+        parse(buf, 256)
+    }
+
     #[test]
     fn partial_then_complete() {
-        assert!(parse(b"GET /ws HTTP/1.1\r\nHost: a").unwrap().is_none());
-        let h = parse(b"GET /ws?x=1 HTTP/1.1\r\nHost: Example.COM:8080\r\n\r\nextra").unwrap().unwrap();
+        assert!(parse_(b"GET /ws HTTP/1.1\r\nHost: a").unwrap().is_none());
+        let h = parse_(b"GET /ws?x=1 HTTP/1.1\r\nHost: Example.COM:8080\r\n\r\nextra").unwrap().unwrap();
         assert_eq!(h.len, 48);
         assert_eq!(h.host().as_deref(), Some("example.com"));
         assert_eq!(h.path(), "/ws");
@@ -120,20 +181,71 @@ mod tests {
         for input in
             [&b"\x00\x01\x02\r\n\r\n"[..], b"GET\r\n\r\n", b"GET http://x/ HTTP/1.1\r\n\r\n", b"GET / HTTP/9.9\r\n\r\n"]
         {
-            let e = parse(input).unwrap_err();
+            let e = parse_(input).unwrap_err();
             assert_eq!(e.kind, ErrorKind::BadRequest, "{input:?}");
         }
     }
 
     #[test]
     fn smuggling_shapes_are_refused() {
-        let h = parse(b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n").unwrap().unwrap();
+        let h = parse_(b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n").unwrap().unwrap();
         assert!(check_framing(&h).is_err());
-        let h = parse(b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n").unwrap().unwrap();
+        let h = parse_(b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n").unwrap().unwrap();
         assert!(check_framing(&h).is_err());
-        let h = parse(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n").unwrap().unwrap();
+        let h = parse_(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n").unwrap().unwrap();
         assert!(check_framing(&h).is_err());
-        let h = parse(b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n").unwrap().unwrap();
+        let h = parse_(b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n").unwrap().unwrap();
         assert!(check_framing(&h).is_ok());
+    }
+}
+
+#[cfg(test)]
+mod host_tests {
+    use super::*;
+
+    fn check(raw: &str) -> Result<(), ProxyError> {
+        check_host(&parse(raw.as_bytes(), 256).unwrap().unwrap())
+    }
+
+    #[test]
+    fn host_rules() {
+        assert!(check("GET / HTTP/1.1\r\nHost: a.example:80\r\n\r\n").is_ok());
+        assert!(check("GET / HTTP/1.1\r\nHost: [::1]:80\r\n\r\n").is_ok());
+        assert!(check("GET / HTTP/1.0\r\nHost: a\r\n\r\n").is_ok());
+        for bad in [
+            "GET / HTTP/1.1\r\n\r\n",
+            "GET / HTTP/1.0\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nhost: a\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost:\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a b\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a/b\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: u@a\r\n\r\n",
+        ] {
+            assert_eq!(check(bad).unwrap_err().kind, ErrorKind::BadRequest, "{bad}");
+        }
+    }
+
+    #[test]
+    fn too_many_headers_names_the_limit() {
+        let headers = (0..200).fold(String::new(), |mut s, i| {
+            use std::fmt::Write as _;
+            let _ = write!(s, "X-{i}: v\r\n");
+            s
+        });
+        let raw = format!("GET / HTTP/1.1\r\nHost: a\r\n{headers}\r\n");
+        assert!(parse(raw.as_bytes(), 256).unwrap().is_some());
+        let e = parse(raw.as_bytes(), 100).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::HeadersTooLarge);
+        assert!(e.detail.contains("limits.max_headers"), "{}", e.detail);
+    }
+
+    #[test]
+    fn target_is_normalised_and_raw_kept() {
+        let h = parse(b"GET /ws/%2e%2e/admin?q=1 HTTP/1.1\r\nHost: a\r\n\r\n", 256).unwrap().unwrap();
+        assert_eq!(h.target, "/admin?q=1");
+        assert_eq!(h.path(), "/admin");
+        assert_eq!(h.request_line(), "GET /ws/%2e%2e/admin?q=1 HTTP/1.1");
+        assert!(parse(b"GET /../x HTTP/1.1\r\nHost: a\r\n\r\n", 256).is_err());
     }
 }

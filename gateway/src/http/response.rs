@@ -1,6 +1,6 @@
 //! The upstream's response head, and the short responses wsgate writes itself.
 
-use super::MAX_HEADERS;
+use super::MAX_RESPONSE_HEADERS;
 use crate::error::{ErrorKind, ProxyError};
 
 /// What the proxy needs to know of an upstream response head.
@@ -15,7 +15,7 @@ pub struct ResponseHead {
 
 /// Parses a response head. `Ok(None)`: incomplete.
 pub fn parse(buf: &[u8], request_method: &str) -> Result<Option<ResponseHead>, ProxyError> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut headers = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
     let mut resp = httparse::Response::new(&mut headers);
     match resp.parse(buf) {
         Ok(httparse::Status::Partial) => Ok(None),

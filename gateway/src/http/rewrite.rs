@@ -1,6 +1,6 @@
 //! The request head as the upstream sees it: the nginx recipe's `proxy_set_header` lines.
 //!
-//! Host is kept; `X-Real-IP` (the client address as believed) and `X-Forwarded-Proto`
+//! The request line carries the normalised target; Host is kept; `X-Real-IP` (the client address as believed) and `X-Forwarded-Proto`
 //! are set; `X-Forwarded-For` is the incoming one with the peer address appended when
 //! the peer is a trusted proxy, and just the peer address otherwise: a header from an
 //! untrusted peer is never passed on. Hop-by-hop headers and headers named in `Connection` are
@@ -28,6 +28,9 @@ const DROPPED: &[&str] = &[
     "x-forwarded-proto",
 ];
 
+/// Headers a `Connection` token never removes: the request's Host and body framing.
+const KEPT: &[&str] = &["host", "content-length", "transfer-encoding"];
+
 /// What the proxy adds about the client.
 #[derive(Debug, Clone, Copy)]
 pub struct Forwarded<'a> {
@@ -37,7 +40,7 @@ pub struct Forwarded<'a> {
     pub peer_ip: IpAddr,
     /// Whether the peer is a trusted proxy (its `X-Forwarded-For` is kept).
     pub trusted: bool,
-    /// `http` or `https`.
+    /// The scheme of the listener that accepted the client (`X-Forwarded-Proto`).
     pub proto: &'a str,
 }
 
@@ -49,16 +52,21 @@ pub fn upstream_head(head: &RequestHead, intent: Intent, fwd: Forwarded<'_>) -> 
         .map(|t| t.trim_ascii().to_ascii_lowercase())
         .filter(|t| !t.is_empty())
         .collect();
+    // `Connection` may not take away what the request needs: its Host and its framing
+    // (found by the fuzzer: `Connection: host` left the upstream without Host).
     let dropped = |name: &str| {
         let lower = name.to_ascii_lowercase();
-        DROPPED.contains(&lower.as_str()) || named_by_connection.iter().any(|t| t == lower.as_bytes())
+        DROPPED.contains(&lower.as_str())
+            || (!KEPT.contains(&lower.as_str()) && named_by_connection.iter().any(|t| t == lower.as_bytes()))
     };
 
     let mut out = Vec::with_capacity(head.len + 128);
     out.extend_from_slice(head.method.as_bytes());
     out.push(b' ');
     out.extend_from_slice(head.target.as_bytes());
-    out.extend_from_slice(b" HTTP/1.1\r\n");
+    // HTTP/1.0 goes on as HTTP/1.0 (nginx's `proxy_http_version 1.0`): the upstream then
+    // answers in a way a 1.0 client understands (no chunked coding, close-delimited).
+    out.extend_from_slice(if head.minor_version == 0 { b" HTTP/1.0\r\n" } else { b" HTTP/1.1\r\n" });
     for (name, value) in &head.headers {
         if !dropped(name) {
             push_header(&mut out, name.as_bytes(), value);
@@ -97,7 +105,9 @@ fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::request::parse;
+    fn parse(buf: &[u8]) -> Result<Option<crate::http::request::RequestHead>, crate::error::ProxyError> {
+        crate::http::request::parse(buf, crate::http::DEFAULT_MAX_HEADERS)
+    }
 
     #[test]
     fn websocket_head_is_rewritten_like_the_recipe() {
@@ -118,6 +128,18 @@ mod tests {
             "{out}"
         );
         assert!(!out.contains("10.1.1.1") && !out.contains("6.6.6.6"), "{out}");
+    }
+
+    #[test]
+    fn connection_cannot_remove_host_or_framing() {
+        let head = parse(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\nConnection: host, content-length, x-y\r\nX-Y: 1\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        let ip = "::1".parse().unwrap();
+        let fwd = Forwarded { client_ip: ip, peer_ip: ip, trusted: false, proto: "http" };
+        let out = String::from_utf8(upstream_head(&head, Intent::Plain, fwd)).unwrap();
+        assert!(out.starts_with("POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\nConnection: close\r\n"), "{out}");
+        assert!(!out.contains("X-Y"), "{out}");
     }
 
     #[test]

@@ -32,6 +32,13 @@ pub fn classify(head: &RequestHead) -> Result<Intent, ProxyError> {
     if head.header("host").is_none() {
         return bad("missing Host");
     }
+    // What follows an upgrade request is WebSocket data once the 101 comes, so the
+    // request itself carries no body.
+    let has_body = head.header("transfer-encoding").is_some()
+        || head.headers_named("content-length").any(|v| v.iter().any(|&b| b != b'0'));
+    if has_body {
+        return bad("an upgrade request carries no body");
+    }
     if !head.headers_named("connection").any(|v| has_token(v, "upgrade")) {
         return bad("Connection must contain `upgrade`");
     }
@@ -51,7 +58,9 @@ pub fn classify(head: &RequestHead) -> Result<Intent, ProxyError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::request::parse;
+    fn parse(buf: &[u8]) -> Result<Option<crate::http::request::RequestHead>, crate::error::ProxyError> {
+        crate::http::request::parse(buf, crate::http::DEFAULT_MAX_HEADERS)
+    }
 
     const OK: &str = "GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: WebSocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
 
@@ -80,6 +89,8 @@ mod tests {
             (OK.replace("dGhlIHNhbXBsZSBub25jZQ==", "!!!"), ErrorKind::BadRequest),
             (OK.replace("Version: 13", "Version: 8"), ErrorKind::UnsupportedVersion),
             (OK.replace("Host: a\r\n", ""), ErrorKind::BadRequest),
+            (OK.replace("Host: a\r\n", "Host: a\r\nContent-Length: 5\r\n"), ErrorKind::BadRequest),
+            (OK.replace("Host: a\r\n", "Host: a\r\nTransfer-Encoding: chunked\r\n"), ErrorKind::BadRequest),
         ];
         for (req, kind) in cases {
             assert_eq!(classify_str(&req).unwrap_err().kind, kind, "{req}");

@@ -1,5 +1,6 @@
 //! The one place wsgate makes the system calls io_uring does not cover: socket reads,
-//! writes, options and state ([`socket`]), the non-blocking connect ([`connect`]), and
+//! writes, options and state ([`socket`]), TCP keepalive ([`keepalive`]), the
+//! non-blocking connect ([`connect`]), and
 //! the bpf(2) map calls and shared memory of the kernel splice ([`bpf`]). Built on
 //! socket2's `SockRef` where it offers the call.
 //!
@@ -10,7 +11,9 @@
 
 pub mod bpf;
 pub mod connect;
+pub mod keepalive;
 pub mod socket;
 
 pub use connect::connect;
+pub use keepalive::set_keepalive;
 pub use socket::*;

@@ -13,7 +13,7 @@ use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::TcpStream;
 
 /// Runs `f` with a socket2 view of `fd`.
-fn with_sock<T>(fd: &impl AsRawFd, f: impl FnOnce(SockRef<'_>) -> T) -> T {
+pub(super) fn with_sock<T>(fd: &impl AsRawFd, f: impl FnOnce(SockRef<'_>) -> T) -> T {
     // SAFETY: `fd` is borrowed for the whole call, so its descriptor stays open; the
     // view lives only inside `f` and never closes it.
     let borrowed = unsafe { BorrowedFd::borrow_raw(fd.as_raw_fd()) };

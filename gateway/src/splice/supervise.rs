@@ -218,11 +218,14 @@ fn swept_reason(why: Swept) -> End {
     }
 }
 
+/// A peer that reset, or that TCP keepalive or `TCP_USER_TIMEOUT` gave up on
+/// (`ETIMEDOUT`), is a lost connection of that side, as in the userspace relay.
 fn failure(side: Side, e: &io::Error) -> End {
     match e.kind() {
-        io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionAborted => {
-            End::Reset(side)
-        }
+        io::ErrorKind::ConnectionReset
+        | io::ErrorKind::BrokenPipe
+        | io::ErrorKind::ConnectionAborted
+        | io::ErrorKind::TimedOut => End::Reset(side),
         _ => End::Error(side),
     }
 }

@@ -85,7 +85,7 @@ impl Rendezvous {
             .iter()
             .enumerate()
             .filter(|(_, s)| !s.backup)
-            .map(|(i, s)| (i, hash_bytes(s.addr.to_string().as_bytes()), f64::from(s.weight)))
+            .map(|(i, s)| (i, hash_bytes(s.address.to_string().as_bytes()), f64::from(s.weight)))
             .collect();
         Self { members }
     }
@@ -167,10 +167,17 @@ impl HashKey {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::request::parse;
+    fn parse(buf: &[u8]) -> Result<Option<crate::http::request::RequestHead>, crate::error::ProxyError> {
+        crate::http::request::parse(buf, crate::http::DEFAULT_MAX_HEADERS)
+    }
 
     fn servers(n: u16) -> Vec<Server> {
-        (0..n).map(|i| Server::new(format!("10.0.0.{}:80", i + 1).parse().unwrap(), 1, false, 0)).collect()
+        (0..n)
+            .map(|i| {
+                let addr: std::net::SocketAddr = format!("10.0.0.{}:80", i + 1).parse().unwrap();
+                Server::new(crate::config::ServerAddress::Ip(addr), addr, 1, false, 0)
+            })
+            .collect()
     }
 
     #[test]

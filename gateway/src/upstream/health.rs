@@ -50,18 +50,18 @@ async fn check_loop(group: Arc<Group>, i: usize) {
     };
     let statuses = parse_statuses(&cfg.statuses).unwrap_or_default();
     let server = group.server(i);
-    let request = check_request(&cfg, server.addr);
+    let request = check_request(&cfg, server.addr());
     let mut ticks = tokio::time::interval(cfg.interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let (mut passed, mut failed) = (0u32, 0u32);
     loop {
         ticks.tick().await;
-        match probe(server.addr, &request, cfg.timeout, &statuses).await {
+        match probe(server.addr(), &request, cfg.timeout, &statuses).await {
             Ok(status) => {
                 server.checks_passed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 (passed, failed) = (passed.saturating_add(1), 0);
                 if passed >= cfg.rise && !server.set_healthy(true) {
-                    tracing::warn!(group = %group.name, upstream = %server.addr, status, passed = cfg.rise, "upstream passed its health checks; back in service");
+                    tracing::warn!(group = %group.name, upstream = %server.addr(), status, passed = cfg.rise, "upstream passed its health checks; back in service");
                 }
             }
             Err(reason) => {
@@ -69,7 +69,7 @@ async fn check_loop(group: Arc<Group>, i: usize) {
                 (passed, failed) = (0, failed.saturating_add(1));
                 if failed >= cfg.fall && server.is_healthy() {
                     server.set_healthy(false);
-                    tracing::warn!(group = %group.name, upstream = %server.addr, failed = cfg.fall, %reason, "upstream failed its health checks; out of service");
+                    tracing::warn!(group = %group.name, upstream = %server.addr(), failed = cfg.fall, %reason, "upstream failed its health checks; out of service");
                 }
             }
         }

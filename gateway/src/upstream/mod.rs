@@ -7,6 +7,7 @@
 //! by the group size and `tries`. Policies live in [`balance`], passive marking in
 //! [`passive`], active checks (own thread, own runtime) in [`health`].
 
+pub mod address;
 pub mod balance;
 pub mod health;
 pub mod passive;
@@ -16,13 +17,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use crate::config::{Balance, HashKey, HealthCheckConfig, ServerConfig, UpstreamConfig};
+use address::AddrCell;
 use balance::Rendezvous;
 use passive::{Passive, now_ms};
 
 /// One upstream server and its live state.
 #[derive(Debug)]
 pub struct Server {
-    pub addr: SocketAddr,
+    /// Where the server is, as configured (an IP or a DNS name, with a port).
+    pub address: crate::config::ServerAddress,
+    /// Its current IP address (a name's is re-resolved every `resolve_interval`).
+    current: AddrCell,
     pub weight: u32,
     pub backup: bool,
     /// Live connections allowed (all workers); 0 = no limit.
@@ -40,9 +45,10 @@ pub struct Server {
 }
 
 impl Server {
-    fn new(addr: SocketAddr, weight: u32, backup: bool, max_conns: u64) -> Self {
+    fn new(address: crate::config::ServerAddress, addr: SocketAddr, weight: u32, backup: bool, max_conns: u64) -> Self {
         Self {
-            addr,
+            address,
+            current: AddrCell::new(addr),
             weight,
             backup,
             max_conns,
@@ -53,6 +59,11 @@ impl Server {
             checks_failed: AtomicU64::new(0),
             passive_marks: AtomicU64::new(0),
         }
+    }
+
+    /// The address connections go to now.
+    pub fn addr(&self) -> SocketAddr {
+        self.current.get()
     }
 
     pub fn active(&self) -> u64 {
@@ -117,10 +128,53 @@ pub struct Group {
     sources: Vec<IpAddr>,
     source_cursor: AtomicUsize,
     health_check: Option<HealthCheckConfig>,
+    /// How often names are resolved again (zero: never).
+    resolve_interval: std::time::Duration,
+    /// Names resolve to their first IPv4 address (else IPv6).
+    ipv4: bool,
+}
+
+/// A server name that did not resolve at start.
+#[derive(Debug, thiserror::Error)]
+#[error("upstream.{group}.servers[{index}].address: cannot resolve `{address}`")]
+pub struct ResolveError {
+    group: String,
+    index: usize,
+    address: String,
+    source: std::io::Error,
+}
+
+/// Starts one thread that resolves the groups' server names again, each group every
+/// `resolve_interval`. Returns whether one was needed.
+pub fn start_resolver(groups: &[Arc<Group>]) -> std::io::Result<bool> {
+    let mut named: Vec<(Arc<Group>, std::time::Instant)> = groups
+        .iter()
+        .filter(|g| !g.resolve_interval.is_zero() && g.servers.iter().any(|s| s.address.ip().is_none()))
+        .map(|g| (g.clone(), std::time::Instant::now() + g.resolve_interval))
+        .collect();
+    if named.is_empty() {
+        return Ok(false);
+    }
+    std::thread::Builder::new().name("wsgate-resolve".into()).spawn(move || {
+        loop {
+            let now = std::time::Instant::now();
+            for (g, due) in &mut named {
+                if *due <= now {
+                    g.resolve_again();
+                    *due = std::time::Instant::now() + g.resolve_interval;
+                }
+            }
+            let next = named.iter().map(|(_, due)| *due).min().unwrap_or(now);
+            std::thread::sleep(next.saturating_duration_since(std::time::Instant::now()));
+        }
+    })?;
+    Ok(true)
 }
 
 impl Group {
-    pub fn new(name: &str, cfg: &UpstreamConfig) -> Self {
+    /// Builds the group, resolving servers given by name (blocking: call at start, off
+    /// the data plane).
+    pub fn new(name: &str, cfg: &UpstreamConfig) -> Result<Self, ResolveError> {
         // Every field, by name: a new one cannot be left unread here.
         let UpstreamConfig {
             servers,
@@ -131,18 +185,29 @@ impl Group {
             tries,
             source_addresses,
             health_check,
+            resolve_interval,
         } = cfg;
-        let servers: Vec<Server> = servers
+        let ipv4 = source_addresses.first().is_none_or(IpAddr::is_ipv4);
+        let servers = servers
             .iter()
-            .map(|&ServerConfig { address, weight, backup, max_conns }| Server::new(address, weight, backup, max_conns))
-            .collect();
+            .enumerate()
+            .map(|(index, ServerConfig { address, weight, backup, max_conns })| {
+                let addr = address::resolve(address, ipv4).map_err(|source| ResolveError {
+                    group: name.to_owned(),
+                    index,
+                    address: address.to_string(),
+                    source,
+                })?;
+                Ok(Server::new(address.clone(), addr, *weight, *backup, *max_conns))
+            })
+            .collect::<Result<Vec<Server>, ResolveError>>()?;
         let schedule = balance::interleave(&servers);
         let hashing = if matches!(policy, Balance::IpHash | Balance::Hash) {
             Rendezvous::new(&servers)
         } else {
             Rendezvous::default()
         };
-        Self {
+        Ok(Self {
             name: name.to_owned(),
             tries: if *tries == 0 { servers.len() } else { (*tries).min(servers.len()) },
             servers,
@@ -156,6 +221,25 @@ impl Group {
             sources: source_addresses.clone(),
             source_cursor: AtomicUsize::new(0),
             health_check: health_check.clone(),
+            resolve_interval: *resolve_interval,
+            ipv4,
+        })
+    }
+
+    /// Resolves every server given by name again and moves it to its new address;
+    /// a failed resolution keeps the old one. Blocking: for the resolver thread.
+    pub fn resolve_again(&self) {
+        for s in self.servers.iter().filter(|s| s.address.ip().is_none()) {
+            match address::resolve(&s.address, self.ipv4) {
+                Ok(addr) => {
+                    if let Some(old) = s.current.set(addr) {
+                        tracing::info!(group = %self.name, server = %s.address, %old, new = %addr, "upstream address changed");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(group = %self.name, server = %s.address, error = %e, "cannot resolve upstream; keeping its last address");
+                }
+            }
         }
     }
 
@@ -256,7 +340,7 @@ impl Group {
             s.passive_marks.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(
                 group = %self.name,
-                upstream = %s.addr,
+                upstream = %s.addr(),
                 down_ms = self.fail_timeout_ms,
                 failed = self.max_fails,
                 "upstream marked down after failed attempts"
@@ -289,7 +373,7 @@ impl ActiveGuard {
 
     /// That server's address.
     pub fn addr(&self) -> std::net::SocketAddr {
-        self.group.server(self.index).addr
+        self.group.server(self.index).addr()
     }
 }
 
@@ -306,11 +390,25 @@ mod tests {
 
     fn group(toml: &str) -> Arc<Group> {
         let c = Config::from_toml(toml).unwrap();
-        Arc::new(Group::new("g", &c.upstreams["g"]))
+        Arc::new(Group::new("g", &c.upstreams["g"]).unwrap())
     }
 
     fn pick() -> Pick<'static> {
         Pick { client: "127.0.0.1".parse().unwrap(), key: None }
+    }
+
+    #[test]
+    fn names_are_resolved_again_and_ips_kept() {
+        let g = group("[upstream.g]\nservers = [\"localhost:9\", \"127.0.0.5:9\"]\n");
+        let resolved = g.server(0).addr();
+        assert!(resolved.ip().is_loopback() && resolved.is_ipv4(), "{resolved}");
+        // A stale address (the name moved since): the next resolution brings it back.
+        let stale: std::net::SocketAddr = "192.0.2.1:9".parse().unwrap();
+        g.server(0).current.set(stale);
+        g.server(1).current.set(stale);
+        g.resolve_again();
+        assert_eq!(g.server(0).addr(), resolved);
+        assert_eq!(g.server(1).addr(), stale, "an IP server is never re-resolved");
     }
 
     #[test]
