@@ -26,6 +26,8 @@ pub const TEST: &[Need] = &[
     Need::Program("unshare", "util-linux"),
     Need::Program("clang-format-19", "clang-format-19"),
     Need::File("/usr/lib/python3/dist-packages/prometheus_client/__init__.py", "python3-prometheus-client"),
+    // libFuzzer (libfuzzer-sys) is C++: the fuzz step of the suite builds it.
+    Need::Program("g++", "g++"),
 ];
 
 /// A thing that must exist, and the Debian package that provides it.
