@@ -8,6 +8,7 @@
 
 pub mod bulk;
 pub mod client;
+pub mod deadlines;
 pub mod echo;
 pub mod handshake;
 pub mod hold;
