@@ -12,6 +12,7 @@ pub mod deadlines;
 pub mod echo;
 pub mod handshake;
 pub mod hold;
+pub mod live_p99;
 pub mod payload;
 pub mod plan;
 pub mod procs;

@@ -44,7 +44,7 @@ pub struct WorkerResult {
 #[serde(rename_all = "snake_case")]
 pub enum Line {
     /// A progress sample.
-    Progress(Snap),
+    Progress(Box<Snap>),
     /// Its ramp is over (every connection started, or stopped for this limit).
     RampDone(Option<Stop>),
     /// The final result.
@@ -247,7 +247,7 @@ pub fn run_workers(opts: &Options, procs: u64, show: Show) -> Result<Merged> {
                 let Ok(line) = line else { break };
                 match serde_json::from_str::<Line>(&line) {
                     Ok(Line::Progress(s)) => {
-                        snaps.lock().expect("no panics while locked")[i as usize] = s;
+                        snaps.lock().expect("no panics while locked")[i as usize] = *s;
                     }
                     Ok(Line::RampDone(stopped)) => {
                         if let Some(why) = stopped

@@ -72,6 +72,7 @@ impl Ctx {
                 let mut rec = self.rec.borrow_mut();
                 rec.counts.connected += 1;
                 rec.handshake_us(us);
+                self.progress.handshakes.record(us);
                 self.progress.connected.fetch_add(1, Relaxed);
                 self.progress.open.fetch_add(1, Relaxed);
                 Some(c)
