@@ -63,17 +63,34 @@ fn histograms_merge_across_the_wire() {
 
 #[test]
 fn workers_hold_their_connections_together() {
-    // Each worker ramps at its own pace; the hold starts in all of them once every
-    // ramp is over, so every connection is open at once.
+    // Worker 0 starts its ramp 5 s after the others (a hidden test flag). Had the others
+    // started their 1 s hold when their own ramps ended, they would have closed before
+    // worker 0 opened any connection; the parent starts the hold in all of them once
+    // every ramp is over, so all 600 are open at once.
     let echo = Echo::start(&[]);
     let run = load(
         "hold",
         echo.addr,
-        &["--procs", "3", "--threads", "1", "--conns", "600", "--duration", "1", "--heartbeat", "1"],
+        &[
+            "--procs",
+            "3",
+            "--threads",
+            "1",
+            "--conns",
+            "600",
+            "--duration",
+            "1",
+            "--heartbeat",
+            "1",
+            "--slow-worker-ms",
+            "5000",
+        ],
     );
     assert_eq!(run.code, 0, "report: {}", run.report);
     assert_eq!(run.count("connected"), 600);
     assert_eq!(run.count("verified"), 600);
-    assert_eq!(run.report["peak_open"], 600);
+    assert_eq!(run.report["peak_open"], 600, "report: {}", run.report);
     assert!(run.report["ramp"]["stopped"].is_null());
+    // The hold began once the slow worker had ramped, so the run outlasted its delay.
+    assert!(run.report["elapsed_secs"].as_f64().unwrap() > 5.0);
 }

@@ -3,16 +3,16 @@
 //! connection still echoes one verified message, and close.
 //!
 //! An idle held connection is the unit of the million-connection budget: it holds its
-//! socket, empty buffers and one timer, and nothing else.
+//! socket, empty buffers and one entry in its thread's deadline queue, and nothing else.
 
 use std::cell::Cell;
-use std::future::Future as _;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use super::client::{Conn, Recv};
+use super::deadlines::Deadline;
 use super::payload;
 use super::ramp::Ticket;
 use super::receiver::Msg;
@@ -62,8 +62,9 @@ pub async fn conn(ctx: Rc<Ctx>, id: u64, ticket: Ticket) {
 /// full rate, so it learns the end on time unless the ramp was slower and the hold
 /// shorter than a heartbeat (then at its next heartbeat).
 ///
-/// This is where a held connection spends its life, so its state is kept minimal: one timer
-/// (reset, never re-created) and a readiness wait that keeps no waiter of its own.
+/// This is where a held connection spends its life, so its state is kept minimal: one entry
+/// in the thread's deadline queue (no runtime timer of its own) and a readiness wait that
+/// keeps no waiter of its own.
 async fn heartbeat_until(ctx: &Ctx, c: &mut Conn, u: f64) -> bool {
     let period = ctx.plan.heartbeat;
     // The final echoes are spread over up to 5 s so that they measure the path, not a
@@ -80,16 +81,19 @@ async fn heartbeat_until(ctx: &Ctx, c: &mut Conn, u: f64) -> bool {
     let accounted = Cell::new(0u64);
     let closed = Cell::new(false);
     let mut pings = 0u64;
-    let timer = tokio::time::sleep_until(next.min(end).into());
-    tokio::pin!(timer);
+    // The next wake-up, parked in the thread's deadline queue while the task waits.
+    let mut wake = next.min(end);
+    let deadline = Deadline::default();
     loop {
         let now = Instant::now();
         end = end_of(ctx, jitter);
         // The next wake-up: the next heartbeat, the end, or while the end is unknown the
         // end the ramp would have at its full rate (when it may have become known).
         let due = next.min(end).min(wake_by(ctx, jitter, now));
-        if now < end && timer.deadline() > due.into() {
-            timer.as_mut().reset(due.into());
+        // Always the next wake-up exactly: a wake-up that has passed must not stay armed
+        // (it would be ready again at once, a loop that burns the thread).
+        if now < end {
+            wake = due;
         }
         // At the end, a ping still in flight gets up to PONG_WAIT for its pong.
         if now >= end && (awaiting.get().is_none() || now >= end + PONG_WAIT) {
@@ -107,18 +111,17 @@ async fn heartbeat_until(ctx: &Ctx, c: &mut Conn, u: f64) -> bool {
             awaiting.set(Some((pings, sent)));
             pings += 1;
             next += period;
-            timer.as_mut().reset(next.min(end).min(wake_by(ctx, jitter, now)).into());
             continue;
         }
-        if now >= end && timer.deadline() < (end + PONG_WAIT).into() {
-            timer.as_mut().reset((end + PONG_WAIT).into());
+        if now >= end && wake < end + PONG_WAIT {
+            wake = end + PONG_WAIT;
             continue;
         }
         let readable = std::future::poll_fn(|cx| {
             if c.has_early() || c.stream().poll_read_ready(cx).is_ready() {
                 return Poll::Ready(true);
             }
-            timer.as_mut().poll(cx).map(|()| false)
+            deadline.poll(cx, wake).map(|()| false)
         })
         .await;
         if !readable {

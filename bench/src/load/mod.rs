@@ -8,9 +8,11 @@
 
 pub mod bulk;
 pub mod client;
+pub mod deadlines;
 pub mod echo;
 pub mod handshake;
 pub mod hold;
+pub mod live_p99;
 pub mod payload;
 pub mod plan;
 pub mod procs;
@@ -164,6 +166,10 @@ pub struct Options {
     /// Internal: run as worker process INDEX of --procs, talking JSON lines on stdout.
     #[arg(long, hide = true)]
     pub worker: Option<u64>,
+    /// Test only: worker process 0 starts its ramp this many milliseconds late, so that
+    /// the workers' ramps end far apart (what proves that they hold together).
+    #[arg(long, hide = true, default_value_t = 0)]
+    pub slow_worker_ms: u64,
 }
 
 /// Runs the load; returns the report (already printed and written).

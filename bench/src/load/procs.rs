@@ -44,7 +44,7 @@ pub struct WorkerResult {
 #[serde(rename_all = "snake_case")]
 pub enum Line {
     /// A progress sample.
-    Progress(Snap),
+    Progress(Box<Snap>),
     /// Its ramp is over (every connection started, or stopped for this limit).
     RampDone(Option<Stop>),
     /// The final result.
@@ -79,6 +79,10 @@ pub struct Merged {
 /// The body of a worker process.
 pub fn worker_main(opts: &Options, index: u64) -> Result<()> {
     die_with_parent();
+    if index == 0 {
+        // Test only (`--slow-worker-ms`): this worker's ramp ends that much after the others'.
+        std::thread::sleep(Duration::from_millis(opts.slow_worker_ms));
+    }
     let mut plan = Plan::new(opts, index, opts.procs.max(1))?;
     plan.ramp.coordinated = true;
     let plan = Arc::new(plan);
@@ -198,6 +202,9 @@ fn worker_args(o: &Options, index: u64) -> Vec<String> {
         kv("shard", s.to_string());
     }
     kv("worker", index.to_string());
+    if o.slow_worker_ms > 0 {
+        kv("slow-worker-ms", o.slow_worker_ms.to_string());
+    }
     if o.fixed_rate {
         a.push("--fixed-rate".into());
     }
@@ -240,7 +247,7 @@ pub fn run_workers(opts: &Options, procs: u64, show: Show) -> Result<Merged> {
                 let Ok(line) = line else { break };
                 match serde_json::from_str::<Line>(&line) {
                     Ok(Line::Progress(s)) => {
-                        snaps.lock().expect("no panics while locked")[i as usize] = s;
+                        snaps.lock().expect("no panics while locked")[i as usize] = *s;
                     }
                     Ok(Line::RampDone(stopped)) => {
                         if let Some(why) = stopped

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use super::live_p99::{self, BUCKETS};
+
 /// Shared counters of one process.
 #[derive(Debug, Default)]
 pub struct Progress {
@@ -22,6 +24,8 @@ pub struct Progress {
     pub failed: AtomicU64,
     /// Messages verified or handshakes completed so far.
     pub ops: AtomicU64,
+    /// Handshake times, for the live line's p99.
+    pub handshakes: super::live_p99::Live,
     /// Set when the load threads have finished.
     pub done: AtomicBool,
 }
@@ -37,6 +41,14 @@ pub struct Snap {
     pub failed: u64,
     /// Messages or handshakes so far.
     pub ops: u64,
+    /// Handshake times so far in the live line's buckets (worker to parent only: not kept
+    /// in the timeline).
+    #[serde(default, skip_serializing_if = "no_handshakes")]
+    pub handshakes: [u64; BUCKETS],
+}
+
+fn no_handshakes(h: &[u64; BUCKETS]) -> bool {
+    h.iter().all(|c| *c == 0)
 }
 
 impl Snap {
@@ -48,6 +60,7 @@ impl Snap {
             connected: self.connected + o.connected,
             failed: self.failed + o.failed,
             ops: self.ops + o.ops,
+            handshakes: std::array::from_fn(|i| self.handshakes[i] + o.handshakes[i]),
         }
     }
 }
@@ -60,6 +73,7 @@ impl Progress {
             connected: self.connected.load(Relaxed),
             failed: self.failed.load(Relaxed),
             ops: self.ops.load(Relaxed),
+            handshakes: self.handshakes.counts(),
         }
     }
 }
@@ -112,7 +126,8 @@ pub fn sample(read: impl Fn() -> Snap, done: impl Fn() -> bool, planned: u64, sh
         let finished = done();
         let s = read();
         let t = start.elapsed().as_secs_f64();
-        tl.samples.push(Sample { t, snap: s, machine_busy_secs: crate::machine::busy_secs() });
+        let kept = Snap { handshakes: [0; BUCKETS], ..s };
+        tl.samples.push(Sample { t, snap: kept, machine_busy_secs: crate::machine::busy_secs() });
         if tl.ramp_secs.is_none() && s.connected + s.failed >= planned {
             tl.ramp_secs = Some(t);
         }
@@ -128,9 +143,11 @@ pub fn sample(read: impl Fn() -> Snap, done: impl Fn() -> bool, planned: u64, sh
                 let conn_rate = (s.connected - last.connected) as f64 / dt;
                 let bar = bar(s.connected + s.failed, planned);
                 let avail = crate::load::ramp::mem_available_kib() / 1024;
+                let p99 = live_p99::p99_between(&last.handshakes, &s.handshakes)
+                    .map_or_else(|| "-".to_string(), |us| format!("≤{:.1} ms", us / 1000.0));
                 let line = format!(
-                    "[{t:7.1}s] {bar} open {}/{planned} (+{conn_rate:.0}/s)  failed {}  ops {} ({rate:.0}/s)  \
-                     MemAvailable {avail} MiB",
+                    "[{t:7.1}s] {bar} open {}/{planned} (+{conn_rate:.0}/s)  p99 handshake {p99}  failed {}  \
+                     ops {} ({rate:.0}/s)  MemAvailable {avail} MiB",
                     s.open, s.failed, s.ops
                 );
                 if tty {

@@ -18,7 +18,7 @@ use super::plan::Plan;
 use super::progress::Progress;
 use super::ramp::{Outcome, Ramp, Ticket};
 use super::stats::Recorder;
-use super::{Scenario, bulk, echo, handshake, hold};
+use super::{Scenario, bulk, deadlines, echo, handshake, hold};
 
 /// What one thread's tasks share.
 #[derive(Debug)]
@@ -72,6 +72,7 @@ impl Ctx {
                 let mut rec = self.rec.borrow_mut();
                 rec.counts.connected += 1;
                 rec.handshake_us(us);
+                self.progress.handshakes.record(us);
                 self.progress.connected.fetch_add(1, Relaxed);
                 self.progress.open.fetch_add(1, Relaxed);
                 Some(c)
@@ -149,9 +150,11 @@ fn thread_main(
     let ctx = Rc::new(Ctx { plan, rec: RefCell::new(Recorder::default()), progress, t0, ramp });
     let local = LocalSet::new();
     let timed_out = local.block_on(&rt, async {
+        tokio::task::spawn_local(deadlines::drive());
         tokio::time::timeout_at((t0 + max_time).into(), drive(Rc::clone(&ctx), k)).await.is_err()
     });
     drop(local);
+    deadlines::clear();
     let rec = ctx.rec.borrow().clone();
     Ok((rec, timed_out))
 }
@@ -196,7 +199,7 @@ mod tests {
         let ctx = Rc::new(Ctx { plan, rec: RefCell::new(Recorder::default()), progress, t0: Instant::now(), ramp });
         let ticket = crate::load::ramp::Ticket::first();
         let hold = std::mem::size_of_val(&hold::conn(Rc::clone(&ctx), 0, ticket));
-        assert!(hold <= 640, "hold task future is {hold} bytes");
+        assert!(hold <= 560, "hold task future is {hold} bytes");
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         rt.block_on(async {
