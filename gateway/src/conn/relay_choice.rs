@@ -52,7 +52,7 @@ pub async fn websocket(
     let Connected { stream: upstream, live, .. } = upstream;
     let client = client_slot.as_ref()?;
     let opts = RelayOptions { idle_timeout: cfg.timeouts.idle, end_on_upstream_fin: false, pause_after: None };
-    let Some(splicer) = &worker.splicer else {
+    let Some(pairs) = &worker.pairs else {
         userspace(client, &upstream, opts, worker, facts).await;
         return None;
     };
@@ -73,7 +73,7 @@ pub async fn websocket(
     let client = client_slot.take()?;
     // The userspace path is boxed: the handshake's future stays small, and a spliced
     // pair leaves it altogether (parked, it is a table row, not a task).
-    match Box::pin(splicer.splice(client, upstream, Vec::new())).await {
+    match Box::pin(pairs.splice(client, upstream, Vec::new())).await {
         Ok(pair) => return Some(Handoff { pair, admitted, live, after_userspace: !delay.is_zero() }),
         Err(HandoverError::NotSpliced { client, upstream, reason, forwarded }) => {
             tracing::debug!(reason, "pair not spliced; relaying in userspace");
@@ -104,7 +104,7 @@ async fn userspace(
     }
     facts.mode = Mode::Userspace;
     let mut shutdown = worker.shutdown.clone();
-    let outcome = Box::pin(relay::relay(client, upstream, opts, &mut shutdown, &worker.buffers)).await;
+    let outcome = Box::pin(relay::relay(client, upstream, opts, &mut shutdown, &worker.ring, &worker.buffers)).await;
     if opts.pause_after.is_some() && outcome.reason != Close::Paused {
         Stats::bump(&worker.stats.relayed_userspace);
     }

@@ -23,19 +23,19 @@ use std::time::Duration;
 
 use super::shared::DirField;
 use super::splicer::Inner;
-use crate::readiness;
+use crate::readiness::{self, Ring};
 
 /// First and longest pause between checks of a congested peer's progress.
 const POLL_MIN: Duration = Duration::from_millis(1);
 const POLL_MAX: Duration = Duration::from_millis(16);
 
-/// Writes all of `data` to a non-blocking socket, waiting for writability.
-pub(super) async fn write_all(fd: RawFd, mut data: &[u8]) -> io::Result<()> {
+/// Writes all of `data` to a non-blocking socket, waiting for writability on `ring`.
+pub(super) async fn write_all(ring: &Ring, fd: RawFd, mut data: &[u8]) -> io::Result<()> {
     while !data.is_empty() {
         match crate::io::send(&fd, data) {
             Ok(n) => data = &data[n..],
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                readiness::ready(&Fd(fd), readiness::WRITABLE).await?;
+                ring.ready(&Fd(fd), readiness::WRITABLE).await?;
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
@@ -52,7 +52,7 @@ pub(super) fn needs_userspace(inner: &Inner, slot: u32, dir: usize) -> bool {
         || inner.dir_word(slot, dir, DirField::Broken).load(Ordering::Relaxed) != 0
 }
 
-/// A raw fd for [`readiness::ready`].
+/// A raw fd for [`Ring::ready`].
 pub(super) struct Fd(pub RawFd);
 
 impl std::os::fd::AsRawFd for Fd {
@@ -65,6 +65,8 @@ impl std::os::fd::AsRawFd for Fd {
 #[derive(Clone, Copy)]
 pub(super) struct Direction<'a> {
     pub inner: &'a Inner,
+    /// The worker's poll ring, to wait for room at `dst`.
+    pub ring: &'a Ring,
     pub slot: u32,
     pub dir: usize,
     pub dst: RawFd,
@@ -148,7 +150,7 @@ impl Direction<'_> {
                     self.inner.last_active(self.slot).store(crate::io::bpf::coarse_now_ns(), Ordering::Relaxed);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    readiness::ready(&Fd(self.dst), readiness::WRITABLE).await?;
+                    self.ring.ready(&Fd(self.dst), readiness::WRITABLE).await?;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),

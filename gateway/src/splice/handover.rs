@@ -17,6 +17,7 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::rc::Rc;
 use std::sync::atomic::Ordering;
 
 use tokio_uring::net::TcpStream;
@@ -24,8 +25,9 @@ use tokio_uring::net::TcpStream;
 use super::SplicedPair;
 use super::backpressure::write_all;
 use super::shared::{DirField, Link, TO_CLIENT, TO_UPSTREAM};
-use super::splicer::{Inner, Splicer};
+use super::splicer::{Inner, Local};
 use crate::close::Side;
+use crate::readiness::Ring;
 
 /// Read size while draining the client before insertion (on the handover's stack).
 const DRAIN_CHUNK: usize = 4 * 1024;
@@ -71,30 +73,22 @@ pub(super) struct Inserted {
     pub upstream_cookie: u64,
 }
 
-/// See [`Splicer::splice`].
+/// See [`WorkerPairs::splice`](super::WorkerPairs::splice).
 pub(super) async fn splice(
-    splicer: &Splicer,
+    local: &Rc<Local>,
     client: TcpStream,
     upstream: TcpStream,
     client_early: Vec<u8>,
 ) -> Result<SplicedPair, HandoverError> {
+    let (splicer, ring) = (&local.splicer, &local.ring);
     let counters = &splicer.inner.counters;
-    if !super::park::ready() {
-        counters.handover_failed.fetch_add(1, Ordering::Relaxed);
-        return Err(HandoverError::NotSpliced {
-            client,
-            upstream,
-            reason: "worker not prepared to splice",
-            forwarded: 0,
-        });
-    }
     let mut early = client_early.len() as u64;
-    if let Err(source) = write_all(upstream.as_raw_fd(), &client_early).await {
+    if let Err(source) = write_all(ring, upstream.as_raw_fd(), &client_early).await {
         counters.handover_failed.fetch_add(1, Ordering::Relaxed);
         return Err(HandoverError::Failed { side: Side::Upstream, source });
     }
     drop(client_early);
-    match drain_client(client.as_raw_fd(), upstream.as_raw_fd(), splicer.inner.budget).await {
+    match drain_client(ring, client.as_raw_fd(), upstream.as_raw_fd(), splicer.inner.budget).await {
         Ok(Drained::Empty(n)) => early += n,
         Ok(Drained::Closed(n)) => {
             counters.handover_failed.fetch_add(1, Ordering::Relaxed);
@@ -122,7 +116,7 @@ pub(super) async fn splice(
         Ok(ins) => {
             counters.spliced.fetch_add(1, Ordering::Relaxed);
             counters.active.fetch_add(1, Ordering::Relaxed);
-            Ok(SplicedPair::new(splicer.clone(), client, upstream, ins, early))
+            Ok(SplicedPair::new(local.clone(), client, upstream, ins, early))
         }
         Err(InsertError::NotSpliceable(reason)) => {
             counters.handover_failed.fetch_add(1, Ordering::Relaxed);
@@ -173,14 +167,14 @@ enum Drained {
 /// Reads the client until EAGAIN, forwarding everything to the upstream. Usually
 /// the queue is empty and one `recv` says so; the small buffer keeps that case free
 /// of a large allocation.
-async fn drain_client(client: RawFd, upstream: RawFd, limit: u64) -> Result<Drained, (Side, io::Error)> {
+async fn drain_client(ring: &Ring, client: RawFd, upstream: RawFd, limit: u64) -> Result<Drained, (Side, io::Error)> {
     let mut total = 0u64;
     let mut buf = [0u8; DRAIN_CHUNK];
     loop {
         match crate::io::recv(&client, &mut buf, 0) {
             Ok(0) => return Ok(Drained::Closed(total)),
             Ok(n) => {
-                write_all(upstream, &buf[..n]).await.map_err(|e| (Side::Upstream, e))?;
+                write_all(ring, upstream, &buf[..n]).await.map_err(|e| (Side::Upstream, e))?;
                 total += n as u64;
                 if total > limit {
                     return Ok(Drained::Busy(total));

@@ -6,8 +6,9 @@
 //! `splicer.rs` and `supervise.rs`:
 //! - [`start`]: load + self-test per [`SpliceMode`]; `auto` falls back to the
 //!   userspace relay with one warning, `sockmap` refuses to start.
-//! - [`Splicer::init_worker`]: per worker thread, before its first splice.
-//! - [`Splicer::splice`]: hand a pair over after the 101 (see `handover`).
+//! - [`Splicer::init_worker`]: per worker thread, before its first splice; gives
+//!   the thread's [`WorkerPairs`] (its parked pairs and sweeper, on its poll ring).
+//! - [`WorkerPairs::splice`]: hand a pair over after the 101 (see `handover`).
 //! - [`SplicedPair::park`]: leave the pair to the kernel; a callback gets its
 //!   byte counts and close reason when it ends (the only way a pair comes back).
 //!   A parked pair is a table row, not a task (`park`); it becomes a supervision
@@ -35,9 +36,8 @@ use std::time::Duration;
 
 pub use counters::SpliceCounts;
 pub use handover::HandoverError;
-pub use park::parked_here;
 pub use selftest::{FORCE_FAIL_ENV, SelfTestError};
-pub use splicer::{LoadError, MAX_CAPACITY, SPLICE_BPF_OBJECT, Splicer};
+pub use splicer::{LoadError, MAX_CAPACITY, SPLICE_BPF_OBJECT, Splicer, WorkerPairs};
 pub use supervise::{SpliceOutcome, SplicedPair};
 
 pub use crate::config::{DEFAULT_SPLICE_BUDGET as DEFAULT_BUDGET, MIN_SPLICE_BUDGET as MIN_BUDGET, SpliceMode};

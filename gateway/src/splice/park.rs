@@ -15,9 +15,8 @@
 //!
 //! Must never touch a socket of a parked pair except to arm and cancel its polls.
 
-use std::cell::RefCell;
-use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::rc::{Rc, Weak};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -25,7 +24,7 @@ use slab::Slab;
 
 use super::backpressure::needs_userspace;
 use super::handover::Inserted;
-use super::splicer::Splicer;
+use super::splicer::{Local, Splicer};
 use super::supervise::{SpliceOutcome, SplicedPair};
 use super::sweep::{self, Swept};
 use crate::readiness;
@@ -51,7 +50,7 @@ trait Resume {
     /// The client's and the upstream's fd.
     fn fds(&self) -> (RawFd, RawFd);
     /// Turns the row back into a supervision task that ends with the callback.
-    fn resume(self: Box<Self>, splicer: Splicer, slot: u32, start: Option<Swept>, policy: &Policy);
+    fn resume(self: Box<Self>, local: Rc<Local>, slot: u32, start: Option<Swept>, policy: &Policy);
 }
 
 impl<F: FnOnce(SpliceOutcome) + 'static> Resume for Parked<F> {
@@ -59,10 +58,10 @@ impl<F: FnOnce(SpliceOutcome) + 'static> Resume for Parked<F> {
         (self.client.as_raw_fd(), self.upstream.as_raw_fd())
     }
 
-    fn resume(self: Box<Self>, splicer: Splicer, slot: u32, start: Option<Swept>, policy: &Policy) {
+    fn resume(self: Box<Self>, local: Rc<Local>, slot: u32, start: Option<Swept>, policy: &Policy) {
         let Parked { client, upstream, cookies: [client_cookie, upstream_cookie], early, finish } = *self;
         let ins = Inserted { slot, client_cookie, upstream_cookie };
-        let pair = SplicedPair::new(splicer, client, upstream, ins, early);
+        let pair = SplicedPair::new(local, client, upstream, ins, early);
         let (idle, shutdown) = (policy.idle, policy.shutdown.clone());
         tokio_uring::spawn(async move {
             let outcome = pair.supervise(start, idle, shutdown).await;
@@ -84,45 +83,41 @@ struct Policy {
     shutdown: ShutdownRx,
 }
 
-struct Table {
-    splicer: Splicer,
+/// One worker's parked pairs, a field of its [`Local`].
+pub(super) struct Table {
     policy: Policy,
     idle_ns: u64,
     rows: Slab<Row>,
     next_generation: u32,
 }
 
-thread_local! {
-    static TABLE: RefCell<Option<Table>> = const { RefCell::new(None) };
-}
-
-/// See [`Splicer::init_worker`].
-pub(super) fn init_worker(splicer: &Splicer, idle: Option<Duration>, shutdown: ShutdownRx) -> io::Result<()> {
-    readiness::set_token_handler(on_token)?;
-    let idle_ns = idle.map_or(u64::MAX, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
-    sweep::shorten_tick(idle);
-    TABLE.with(|t| {
-        *t.borrow_mut() = Some(Table {
-            splicer: splicer.clone(),
+impl Table {
+    pub(super) fn new(splicer: &Splicer, idle: Option<Duration>, shutdown: ShutdownRx) -> Self {
+        Self {
             policy: Policy { idle, shutdown },
-            idle_ns,
+            idle_ns: idle.map_or(u64::MAX, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
             // Reserved, not touched: rows cost memory only as pairs are parked, and
             // the table never moves a million rows to grow.
             rows: Slab::with_capacity(splicer.capacity() as usize),
             next_generation: 0,
-        });
-    });
-    Ok(())
+        }
+    }
+
+    /// Parked pairs.
+    pub(super) fn len(&self) -> usize {
+        self.rows.len()
+    }
 }
 
-/// Whether this thread was prepared with [`Splicer::init_worker`].
-pub(super) fn ready() -> bool {
-    TABLE.with(|t| t.borrow().is_some())
-}
-
-/// Parked pairs on this thread (tests and diagnostics).
-pub fn parked_here() -> usize {
-    TABLE.with(|t| t.borrow().as_ref().map_or(0, |t| t.rows.len()))
+/// Makes the worker's poll ring deliver its token completions to this table. The
+/// handler holds the worker's state weakly: the ring is one of its fields.
+pub(super) fn listen(local: &Rc<Local>) {
+    let weak: Weak<Local> = Rc::downgrade(local);
+    local.ring.set_token_handler(Rc::new(move |token, result| {
+        if let Some(local) = weak.upgrade() {
+            on_token(&local, token, result);
+        }
+    }));
 }
 
 fn token(key: usize, side: u64, generation: u32) -> u64 {
@@ -131,39 +126,22 @@ fn token(key: usize, side: u64, generation: u32) -> u64 {
 
 /// See [`SplicedPair::park`].
 pub(super) fn park(pair: SplicedPair, finish: impl FnOnce(SpliceOutcome) + 'static) {
-    let (splicer, client, upstream, ins, early) = pair.into_parts();
+    let (local, client, upstream, ins, early) = pair.into_parts();
     let slot = ins.slot;
     let cookies = [ins.client_cookie, ins.upstream_cookie];
     let parked: Box<dyn Resume> = Box::new(Parked { client, upstream, cookies, early, finish });
     let (c, u) = parked.fds();
-    let refused = TABLE.with(|t| {
-        let mut t = t.borrow_mut();
-        let Some(table) = t.as_mut() else { return Err((parked, None)) };
+    {
+        let mut table = local.table.borrow_mut();
         let generation = table.next_generation;
         table.next_generation = (generation + 1) & GEN_MASK;
         let entry = table.rows.vacant_entry();
         let key = entry.key();
-        let armed = readiness::arm(c, readiness::CLOSED, token(key, 0, generation))
-            .and_then(|()| readiness::arm(u, readiness::CLOSED, token(key, 1, generation)));
-        if let Err(e) = armed {
-            let _ = readiness::disarm(token(key, 0, generation));
-            tracing::warn!(error = %e, "spliced pair supervised by a task: its polls could not be armed");
-            let policy = Policy { idle: table.policy.idle, shutdown: table.policy.shutdown.clone() };
-            return Err((parked, Some(policy)));
-        }
+        local.ring.arm(c, readiness::CLOSED, token(key, 0, generation));
+        local.ring.arm(u, readiness::CLOSED, token(key, 1, generation));
         entry.insert(Row { slot, generation, pair: parked });
-        Ok(())
-    });
-    match refused {
-        Ok(()) => sweep::ensure_running(),
-        Err((parked, Some(policy))) => parked.resume(splicer, slot, None, &policy),
-        Err((parked, None)) => {
-            // `splice` refuses pairs on unprepared threads, and a pair cannot change threads.
-            tracing::error!("spliced pair parked on a thread without a table; supervised without idle timeout");
-            let (_tx, shutdown) = crate::shutdown::channel();
-            parked.resume(splicer, slot, None, &Policy { idle: None, shutdown });
-        }
     }
+    sweep::ensure_running(&local);
 }
 
 /// Why a row is resumed.
@@ -175,57 +153,51 @@ enum Wake {
 }
 
 /// Removes row `key` and resumes it as a task.
-fn resume(table: &mut Table, key: usize, wake: Wake) {
+fn resume(local: &Rc<Local>, table: &mut Table, key: usize, wake: Wake) {
     let row = table.rows.remove(key);
-    let _ = readiness::disarm(token(key, 0, row.generation));
-    let _ = readiness::disarm(token(key, 1, row.generation));
+    local.ring.disarm(token(key, 0, row.generation));
+    local.ring.disarm(token(key, 1, row.generation));
     let start = match wake {
         Wake::Event => None,
         Wake::Swept(why) => Some(why),
     };
-    row.pair.resume(table.splicer.clone(), row.slot, start, &table.policy);
+    row.pair.resume(local.clone(), row.slot, start, &table.policy);
 }
 
 /// The poll ring's token handler: a close-only poll of a parked pair fired.
-fn on_token(token: u64, _result: i32) {
+fn on_token(local: &Rc<Local>, token: u64, _result: i32) {
     let key = (token & u64::from(u32::MAX)) as usize;
     let generation = ((token >> GEN_SHIFT) as u32) & GEN_MASK;
-    TABLE.with(|t| {
-        let mut t = t.borrow_mut();
-        let Some(table) = t.as_mut() else { return };
-        // A completion for a row already resumed (its cancelled poll) or reused is stale.
-        if table.rows.get(key).is_some_and(|r| r.generation == generation) {
-            resume(table, key, Wake::Event);
-        }
-    });
+    let mut table = local.table.borrow_mut();
+    // A completion for a row already resumed (its cancelled poll) or reused is stale.
+    if table.rows.get(key).is_some_and(|r| r.generation == generation) {
+        resume(local, &mut table, key, Wake::Event);
+    }
 }
 
-/// One sweep over this thread's parked pairs (no syscall per row): resumes those that
+/// One sweep over this worker's parked pairs (no syscall per row): resumes those that
 /// are idle, must close for the drain, or have bytes passed to userspace. Returns how
 /// many rows remain.
-pub(super) fn sweep(now_ns: u64) -> usize {
-    TABLE.with(|t| {
-        let mut t = t.borrow_mut();
-        let Some(table) = t.as_mut() else { return 0 };
-        let stop = table.policy.shutdown.phase() == Phase::Stop;
-        let inner = &table.splicer.inner;
-        let due: Vec<(usize, Wake)> = table
-            .rows
-            .iter()
-            .filter_map(|(key, row)| {
-                if stop {
-                    return Some((key, Wake::Swept(Swept::Drain)));
-                }
-                let last = inner.last_active(row.slot).load(Ordering::Relaxed);
-                if now_ns.saturating_sub(last) >= table.idle_ns {
-                    return Some((key, Wake::Swept(Swept::Idle)));
-                }
-                (0..2).any(|dir| needs_userspace(inner, row.slot, dir)).then_some((key, Wake::Event))
-            })
-            .collect();
-        for (key, wake) in due {
-            resume(table, key, wake);
-        }
-        table.rows.len()
-    })
+pub(super) fn sweep(local: &Rc<Local>, now_ns: u64) -> usize {
+    let mut table = local.table.borrow_mut();
+    let stop = table.policy.shutdown.phase() == Phase::Stop;
+    let inner = &local.splicer.inner;
+    let due: Vec<(usize, Wake)> = table
+        .rows
+        .iter()
+        .filter_map(|(key, row)| {
+            if stop {
+                return Some((key, Wake::Swept(Swept::Drain)));
+            }
+            let last = inner.last_active(row.slot).load(Ordering::Relaxed);
+            if now_ns.saturating_sub(last) >= table.idle_ns {
+                return Some((key, Wake::Swept(Swept::Idle)));
+            }
+            (0..2).any(|dir| needs_userspace(inner, row.slot, dir)).then_some((key, Wake::Event))
+        })
+        .collect();
+    for (key, wake) in due {
+        resume(local, &mut table, key, wake);
+    }
+    table.rows.len()
 }

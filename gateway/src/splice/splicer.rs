@@ -1,17 +1,20 @@
 //! The [`Splicer`], the kernel splice's handle, with its whole surface in one impl:
 //! load (with aya: sizes the maps from the configured capacity, attaches the verdict
 //! to the sockhash, maps the per-connection state array into this process), self-test,
-//! prepare a worker, splice a pair, read the counters, and the diagnostics tests use.
-//! The mechanics of each live in their own files (`selftest`, `park`, `handover`,
-//! `counters`).
+//! prepare a worker, read the counters, and the diagnostics tests use; and
+//! [`WorkerPairs`], what one worker thread owns of the splice (its parked pairs and
+//! sweeper, on the worker's poll ring), which splices a pair. The mechanics of each
+//! live in their own files (`selftest`, `park`, `sweep`, `handover`, `counters`).
 //!
 //! Owns every map and program handle: nothing else in the gateway sees aya.
 //! Must never be dropped while pairs are spliced (dropping detaches the program;
 //! [`Splicer`] keeps it alive through an `Arc`).
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -25,10 +28,12 @@ use tokio_uring::net::TcpStream;
 
 use super::counters::{Counters, SpliceCounts};
 use super::handover::{self, HandoverError};
-use super::park;
+use super::park::{self, Table};
 use super::selftest::{self, SelfTestError};
 use super::shared::{self, Conn, DirField};
 use super::supervise::SplicedPair;
+use super::sweep::Sweeper;
+use crate::readiness::Ring;
 use crate::shutdown::ShutdownRx;
 
 /// The compiled `ebpf/splice.bpf.o`.
@@ -131,27 +136,19 @@ impl Splicer {
         selftest::run(self)
     }
 
-    /// Prepares this worker thread to splice: its table of parked pairs, with the
-    /// idle timeout and drain signal they follow. Call once per worker thread, after
-    /// `readiness::init`; [`Splicer::splice`] refuses pairs on other threads.
-    pub fn init_worker(&self, idle: Option<Duration>, shutdown: ShutdownRx) -> std::io::Result<()> {
-        park::init_worker(self, idle, shutdown)
-    }
-
-    /// Hands a connection to the kernel after its 101.
-    ///
-    /// `client_early` are client bytes read after the request head and not yet
-    /// forwarded; the upstream's 101 must still be queued in `upstream` (peeked,
-    /// not read). On success the pair is in the kernel; leave it there with
-    /// [`SplicedPair::park`]. A pair is taken back out only by its end, reported to
-    /// the park callback.
-    pub async fn splice(
-        &self,
-        client: TcpStream,
-        upstream: TcpStream,
-        client_early: Vec<u8>,
-    ) -> Result<SplicedPair, HandoverError> {
-        handover::splice(self, client, upstream, client_early).await
+    /// Prepares a worker thread to splice: its table of parked pairs and its sweeper,
+    /// waiting on the worker's poll `ring`, with the idle timeout and drain signal its
+    /// pairs follow. Call once per worker thread, on that thread; the result must stay
+    /// there (it is not `Send`).
+    pub fn init_worker(&self, ring: &Ring, idle: Option<Duration>, shutdown: ShutdownRx) -> WorkerPairs {
+        let local = Rc::new(Local {
+            splicer: self.clone(),
+            ring: ring.clone(),
+            table: RefCell::new(Table::new(self, idle, shutdown)),
+            sweeper: RefCell::new(Sweeper::new(idle)),
+        });
+        park::listen(&local);
+        WorkerPairs { local }
     }
 
     /// Current counts of this splicer.
@@ -192,6 +189,55 @@ impl Splicer {
     /// Slots free (for the "spliced" gauge and admission).
     pub fn free_slots(&self) -> usize {
         self.inner.free.lock().map_or(0, |f| f.len())
+    }
+}
+
+/// What one worker thread owns of the splice: its poll ring, its table of parked
+/// pairs and its sweeper. Cheap to clone; made by [`Splicer::init_worker`].
+#[derive(Clone)]
+pub struct WorkerPairs {
+    pub(super) local: Rc<Local>,
+}
+
+impl std::fmt::Debug for WorkerPairs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerPairs").field("parked", &self.parked()).finish_non_exhaustive()
+    }
+}
+
+/// The state behind a [`WorkerPairs`].
+pub(super) struct Local {
+    pub splicer: Splicer,
+    pub ring: Ring,
+    pub table: RefCell<Table>,
+    pub sweeper: RefCell<Sweeper>,
+}
+
+impl WorkerPairs {
+    /// Hands a connection to the kernel after its 101.
+    ///
+    /// `client_early` are client bytes read after the request head and not yet
+    /// forwarded; the upstream's 101 must still be queued in `upstream` (peeked,
+    /// not read). On success the pair is in the kernel; leave it there with
+    /// [`SplicedPair::park`]. A pair is taken back out only by its end, reported to
+    /// the park callback.
+    pub async fn splice(
+        &self,
+        client: TcpStream,
+        upstream: TcpStream,
+        client_early: Vec<u8>,
+    ) -> Result<SplicedPair, HandoverError> {
+        handover::splice(&self.local, client, upstream, client_early).await
+    }
+
+    /// The splicer these pairs belong to.
+    pub fn splicer(&self) -> &Splicer {
+        &self.local.splicer
+    }
+
+    /// Pairs parked on this worker (tests and diagnostics).
+    pub fn parked(&self) -> usize {
+        self.local.table.borrow().len()
     }
 }
 

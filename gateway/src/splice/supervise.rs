@@ -11,16 +11,16 @@
 //! one outside `backpressure`.
 
 use std::io;
-use std::marker::PhantomData;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::pin::pin;
+use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::backpressure::{Direction, Fd};
 use super::handover::Inserted;
 use super::shared::{TO_CLIENT, TO_UPSTREAM};
-use super::splicer::Splicer;
+use super::splicer::Local;
 use super::sweep::{Registration, Swept, watch_pair};
 use crate::close::{Close, Side};
 use crate::readiness;
@@ -84,12 +84,12 @@ pub struct SpliceOutcome {
 /// A connection whose sockets are in the kernel; hand it to [`SplicedPair::park`].
 /// Not `Send`: it belongs to the worker thread that spliced it.
 pub struct SplicedPair {
-    splicer: Splicer,
+    /// The worker's splice state (its poll ring, table and sweeper).
+    local: Rc<Local>,
     client: OwnedFd,
     upstream: OwnedFd,
     ins: Inserted,
     early: u64,
-    _worker: PhantomData<*const ()>,
 }
 
 impl std::fmt::Debug for SplicedPair {
@@ -109,12 +109,12 @@ enum DirEnd {
 }
 
 impl SplicedPair {
-    pub(super) fn new(splicer: Splicer, client: OwnedFd, upstream: OwnedFd, ins: Inserted, early: u64) -> Self {
-        Self { splicer, client, upstream, ins, early, _worker: PhantomData }
+    pub(super) fn new(local: Rc<Local>, client: OwnedFd, upstream: OwnedFd, ins: Inserted, early: u64) -> Self {
+        Self { local, client, upstream, ins, early }
     }
 
-    pub(super) fn into_parts(self) -> (Splicer, OwnedFd, OwnedFd, Inserted, u64) {
-        (self.splicer, self.client, self.upstream, self.ins, self.early)
+    pub(super) fn into_parts(self) -> (Rc<Local>, OwnedFd, OwnedFd, Inserted, u64) {
+        (self.local, self.client, self.upstream, self.ins, self.early)
     }
 
     /// Leaves the pair to the kernel and this worker's table; `finish` is called
@@ -137,14 +137,15 @@ impl SplicedPair {
         idle_timeout: Option<Duration>,
         shutdown: ShutdownRx,
     ) -> SpliceOutcome {
-        let inner = &*self.splicer.inner;
+        let local = self.local.clone();
+        let (inner, ring) = (&*local.splicer.inner, &local.ring);
         let (client, upstream) = (self.client.as_raw_fd(), self.upstream.as_raw_fd());
-        let up = Direction { inner, slot: self.ins.slot, dir: TO_UPSTREAM, dst: upstream };
-        let down = Direction { inner, slot: self.ins.slot, dir: TO_CLIENT, dst: client };
+        let up = Direction { inner, ring, slot: self.ins.slot, dir: TO_UPSTREAM, dst: upstream };
+        let down = Direction { inner, ring, slot: self.ins.slot, dir: TO_CLIENT, dst: client };
         let end = if let Some(why) = swept {
             swept_reason(why)
         } else {
-            until_end(&up, &down, watch_pair(&self.splicer, self.ins.slot, idle_timeout, shutdown)).await
+            until_end(&up, &down, watch_pair(&local, self.ins.slot, idle_timeout, shutdown)).await
         };
         match end {
             End::Reset(side) | End::Error(side) => {
@@ -235,7 +236,7 @@ async fn direction(d: &Direction<'_>, src: RawFd, src_side: Side, dst_side: Side
         // redirected bytes, which would wake the pair on every message. Pass mode
         // is noticed on every poll of `Watch` (the sweeper wakes the task for it).
         let mask = if d.needs_userspace() { readiness::READABLE } else { readiness::CLOSED };
-        if let Err(e) = (Watch { d, ready: readiness::ready(&Fd(src), mask) }).await {
+        if let Err(e) = (Watch { d, ready: d.ring.ready(&Fd(src), mask) }).await {
             return DirEnd::Failed(Side::Internal, e);
         }
         // Cold path, boxed so an idle pair's future stays small.
