@@ -21,8 +21,8 @@ use std::os::fd::RawFd;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use super::kernel::Inner;
 use super::shared::DirField;
-use super::splicer::Inner;
 use crate::readiness::{self, Ring};
 
 /// First and longest pause between checks of a congested peer's progress.

@@ -2,41 +2,39 @@
 //!
 //! Once a pair is in the kernel, nothing happens in userspace until a side
 //! closes or fails, the idle timeout or the drain signal ends it, or a
-//! direction goes over budget. So [`SplicedPair::park`] stores just the two
-//! sockets, the bytes forwarded during the handover and the caller's finish
-//! callback (what the access log needs), arms one close-only poll per socket
-//! on the worker's poll ring with a token naming the row, and returns: no task,
-//! future, waker, timer or buffer exists for the pair.
+//! direction goes over budget. So a parked pair is just a row: the two sockets,
+//! the bytes forwarded during the handover and the caller's finish callback (what
+//! the access log needs), named by a token for the close-only polls its owner
+//! (`worker`) arms on the poll ring. No task, future, waker, timer or buffer
+//! exists for it.
 //!
-//! A row is resumed into a supervision task ([`SplicedPair::supervise`]) when a
-//! poll fires, or when the sweeper (`sweep`) finds it idle, draining, or with
-//! bytes passed to userspace. The task runs to the pair's end (a resumed pair
-//! is not parked again) and hands the outcome to the finish callback.
-//!
-//! Must never touch a socket of a parked pair except to arm and cancel its polls.
+//! The table is data with rules: [`Table::insert`] says which polls to arm,
+//! [`Table::take`] and [`Table::due`] hand rows back as [`Taken`] (to be resumed
+//! into supervision by the owner) when a poll fired, or when a row is idle,
+//! draining, or has bytes passed to userspace. Must never touch a socket, arm or
+//! cancel a poll, or spawn anything itself.
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::rc::{Rc, Weak};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use slab::Slab;
 
 use super::backpressure::needs_userspace;
-use super::handover::Inserted;
-use super::splicer::{Local, Splicer};
-use super::supervise::{SpliceOutcome, SplicedPair};
-use super::sweep::{self, Swept};
-use crate::readiness;
-use crate::shutdown::{Phase, ShutdownRx};
+use super::kernel::{Inner, Inserted, Pair};
+use super::supervise::SpliceOutcome;
+use super::sweep::{Swept, idle_ns};
 
 /// Token bits: row key (32), side (1), generation (29).
 const SIDE_SHIFT: u32 = 32;
 const GEN_SHIFT: u32 = 33;
 const GEN_MASK: u32 = (1 << 29) - 1;
 
+/// The callback that receives a pair's outcome.
+pub(super) type Finish = Box<dyn FnOnce(SpliceOutcome)>;
+
 /// What a parked pair keeps, boxed once; `F` is the caller's finish callback.
-struct Parked<F: ?Sized> {
+struct Parked<F> {
     client: OwnedFd,
     upstream: OwnedFd,
     /// Socket cookies (client, upstream): the keys of the pair's links.
@@ -46,59 +44,55 @@ struct Parked<F: ?Sized> {
 }
 
 /// A parked pair with its callback type erased.
-trait Resume {
+trait Unpark {
     /// The client's and the upstream's fd.
     fn fds(&self) -> (RawFd, RawFd);
-    /// Turns the row back into a supervision task that ends with the callback.
-    fn resume(self: Box<Self>, local: Rc<Local>, slot: u32, start: Option<Swept>, policy: &Policy);
+    /// The pair and its callback again (the callback boxed on this cold path).
+    fn unpark(self: Box<Self>, slot: u32) -> (Pair, Finish);
 }
 
-impl<F: FnOnce(SpliceOutcome) + 'static> Resume for Parked<F> {
+impl<F: FnOnce(SpliceOutcome) + 'static> Unpark for Parked<F> {
     fn fds(&self) -> (RawFd, RawFd) {
         (self.client.as_raw_fd(), self.upstream.as_raw_fd())
     }
 
-    fn resume(self: Box<Self>, local: Rc<Local>, slot: u32, start: Option<Swept>, policy: &Policy) {
+    fn unpark(self: Box<Self>, slot: u32) -> (Pair, Finish) {
         let Parked { client, upstream, cookies: [client_cookie, upstream_cookie], early, finish } = *self;
         let ins = Inserted { slot, client_cookie, upstream_cookie };
-        let pair = SplicedPair::new(local, client, upstream, ins, early);
-        let (idle, shutdown) = (policy.idle, policy.shutdown.clone());
-        tokio_uring::spawn(async move {
-            let outcome = pair.supervise(start, idle, shutdown).await;
-            finish(outcome);
-        });
+        (Pair { client, upstream, ins, early }, Box::new(finish))
     }
 }
 
-/// One row: the kernel slot inline (the sweeper reads it for every row) and the rest boxed.
+/// One row: the kernel slot inline (the sweep reads it for every row) and the rest boxed.
 struct Row {
     slot: u32,
     generation: u32,
-    pair: Box<dyn Resume>,
+    pair: Box<dyn Unpark>,
 }
 
-/// How this worker's pairs end: the idle timeout and the drain signal.
-struct Policy {
-    idle: Option<Duration>,
-    shutdown: ShutdownRx,
+/// A row handed back: the pair, its callback and the tokens of its polls (which
+/// the owner cancels).
+pub(super) struct Taken {
+    pub pair: Pair,
+    pub finish: Finish,
+    pub tokens: [u64; 2],
 }
 
-/// One worker's parked pairs, a field of its [`Local`].
+/// One worker's parked pairs.
 pub(super) struct Table {
-    policy: Policy,
     idle_ns: u64,
     rows: Slab<Row>,
     next_generation: u32,
 }
 
 impl Table {
-    pub(super) fn new(splicer: &Splicer, idle: Option<Duration>, shutdown: ShutdownRx) -> Self {
+    /// A table for at most `capacity` pairs whose idle limit is `idle`.
+    pub(super) fn new(capacity: u32, idle: Option<Duration>) -> Self {
         Self {
-            policy: Policy { idle, shutdown },
-            idle_ns: idle.map_or(u64::MAX, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
+            idle_ns: idle_ns(idle),
             // Reserved, not touched: rows cost memory only as pairs are parked, and
             // the table never moves a million rows to grow.
-            rows: Slab::with_capacity(splicer.capacity() as usize),
+            rows: Slab::with_capacity(capacity as usize),
             next_generation: 0,
         }
     }
@@ -107,97 +101,57 @@ impl Table {
     pub(super) fn len(&self) -> usize {
         self.rows.len()
     }
-}
 
-/// Makes the worker's poll ring deliver its token completions to this table. The
-/// handler holds the worker's state weakly: the ring is one of its fields.
-pub(super) fn listen(local: &Rc<Local>) {
-    let weak: Weak<Local> = Rc::downgrade(local);
-    local.ring.set_token_handler(Rc::new(move |token, result| {
-        if let Some(local) = weak.upgrade() {
-            on_token(&local, token, result);
-        }
-    }));
+    /// Parks `pair`; returns the close-only polls to arm (fd, token), one per socket.
+    pub(super) fn insert(&mut self, pair: Pair, finish: impl FnOnce(SpliceOutcome) + 'static) -> [(RawFd, u64); 2] {
+        let Pair { client, upstream, ins, early } = pair;
+        let cookies = [ins.client_cookie, ins.upstream_cookie];
+        let parked: Box<dyn Unpark> = Box::new(Parked { client, upstream, cookies, early, finish });
+        let (c, u) = parked.fds();
+        let generation = self.next_generation;
+        self.next_generation = (generation + 1) & GEN_MASK;
+        let key = self.rows.insert(Row { slot: ins.slot, generation, pair: parked });
+        [(c, token(key, 0, generation)), (u, token(key, 1, generation))]
+    }
+
+    /// The row a poll with `token` fired for, unless that completion is stale (its row
+    /// was already taken, and maybe reused).
+    pub(super) fn take(&mut self, token: u64) -> Option<Taken> {
+        let key = (token & u64::from(u32::MAX)) as usize;
+        let generation = ((token >> GEN_SHIFT) as u32) & GEN_MASK;
+        self.rows.get(key).is_some_and(|r| r.generation == generation).then(|| self.remove(key))
+    }
+
+    /// One pass over the rows at `now_ns` (no syscall per row): takes those that are
+    /// idle, must close for the drain (`stop`), or have bytes passed to userspace;
+    /// each with why the sweep ended it (`None`: it only needs its supervisor).
+    pub(super) fn due(&mut self, inner: &Inner, now_ns: u64, stop: bool) -> Vec<(Taken, Option<Swept>)> {
+        let idle_ns = self.idle_ns;
+        let due: Vec<(usize, Option<Swept>)> = self
+            .rows
+            .iter()
+            .filter_map(|(key, row)| {
+                if stop {
+                    return Some((key, Some(Swept::Drain)));
+                }
+                let last = inner.last_active(row.slot).load(Ordering::Relaxed);
+                if now_ns.saturating_sub(last) >= idle_ns {
+                    return Some((key, Some(Swept::Idle)));
+                }
+                (0..2).any(|dir| needs_userspace(inner, row.slot, dir)).then_some((key, None))
+            })
+            .collect();
+        due.into_iter().map(|(key, why)| (self.remove(key), why)).collect()
+    }
+
+    fn remove(&mut self, key: usize) -> Taken {
+        let row = self.rows.remove(key);
+        let tokens = [token(key, 0, row.generation), token(key, 1, row.generation)];
+        let (pair, finish) = row.pair.unpark(row.slot);
+        Taken { pair, finish, tokens }
+    }
 }
 
 fn token(key: usize, side: u64, generation: u32) -> u64 {
     key as u64 | side << SIDE_SHIFT | u64::from(generation) << GEN_SHIFT
-}
-
-/// See [`SplicedPair::park`].
-pub(super) fn park(pair: SplicedPair, finish: impl FnOnce(SpliceOutcome) + 'static) {
-    let (local, client, upstream, ins, early) = pair.into_parts();
-    let slot = ins.slot;
-    let cookies = [ins.client_cookie, ins.upstream_cookie];
-    let parked: Box<dyn Resume> = Box::new(Parked { client, upstream, cookies, early, finish });
-    let (c, u) = parked.fds();
-    {
-        let mut table = local.table.borrow_mut();
-        let generation = table.next_generation;
-        table.next_generation = (generation + 1) & GEN_MASK;
-        let entry = table.rows.vacant_entry();
-        let key = entry.key();
-        local.ring.arm(c, readiness::CLOSED, token(key, 0, generation));
-        local.ring.arm(u, readiness::CLOSED, token(key, 1, generation));
-        entry.insert(Row { slot, generation, pair: parked });
-    }
-    sweep::ensure_running(&local);
-}
-
-/// Why a row is resumed.
-#[derive(Clone, Copy)]
-enum Wake {
-    /// A poll fired (close or error) or bytes were passed to userspace.
-    Event,
-    Swept(Swept),
-}
-
-/// Removes row `key` and resumes it as a task.
-fn resume(local: &Rc<Local>, table: &mut Table, key: usize, wake: Wake) {
-    let row = table.rows.remove(key);
-    local.ring.disarm(token(key, 0, row.generation));
-    local.ring.disarm(token(key, 1, row.generation));
-    let start = match wake {
-        Wake::Event => None,
-        Wake::Swept(why) => Some(why),
-    };
-    row.pair.resume(local.clone(), row.slot, start, &table.policy);
-}
-
-/// The poll ring's token handler: a close-only poll of a parked pair fired.
-fn on_token(local: &Rc<Local>, token: u64, _result: i32) {
-    let key = (token & u64::from(u32::MAX)) as usize;
-    let generation = ((token >> GEN_SHIFT) as u32) & GEN_MASK;
-    let mut table = local.table.borrow_mut();
-    // A completion for a row already resumed (its cancelled poll) or reused is stale.
-    if table.rows.get(key).is_some_and(|r| r.generation == generation) {
-        resume(local, &mut table, key, Wake::Event);
-    }
-}
-
-/// One sweep over this worker's parked pairs (no syscall per row): resumes those that
-/// are idle, must close for the drain, or have bytes passed to userspace. Returns how
-/// many rows remain.
-pub(super) fn sweep(local: &Rc<Local>, now_ns: u64) -> usize {
-    let mut table = local.table.borrow_mut();
-    let stop = table.policy.shutdown.phase() == Phase::Stop;
-    let inner = &local.splicer.inner;
-    let due: Vec<(usize, Wake)> = table
-        .rows
-        .iter()
-        .filter_map(|(key, row)| {
-            if stop {
-                return Some((key, Wake::Swept(Swept::Drain)));
-            }
-            let last = inner.last_active(row.slot).load(Ordering::Relaxed);
-            if now_ns.saturating_sub(last) >= table.idle_ns {
-                return Some((key, Wake::Swept(Swept::Idle)));
-            }
-            (0..2).any(|dir| needs_userspace(inner, row.slot, dir)).then_some((key, Wake::Event))
-        })
-        .collect();
-    for (key, wake) in due {
-        resume(local, &mut table, key, wake);
-    }
-    table.rows.len()
 }

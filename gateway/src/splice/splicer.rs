@@ -3,19 +3,17 @@
 //! to the sockhash, maps the per-connection state array into this process), self-test,
 //! prepare a worker, read the counters, and the diagnostics tests use; and
 //! [`WorkerPairs`], what one worker thread owns of the splice (its parked pairs and
-//! sweeper, on the worker's poll ring), which splices a pair. The mechanics of each
-//! live in their own files (`selftest`, `park`, `sweep`, `handover`, `counters`).
+//! sweeper, on the worker's poll ring), which splices a pair. The mechanics live
+//! in their own files: `kernel` (maps, slots, insertion), `selftest`, `counters`,
+//! and `worker`, the one owner of a spliced pair's states.
 //!
 //! Owns every map and program handle: nothing else in the gateway sees aya.
 //! Must never be dropped while pairs are spliced (dropping detaches the program;
 //! [`Splicer`] keeps it alive through an `Arc`).
 
-use std::cell::RefCell;
-use std::collections::VecDeque;
 use std::fmt::Write as _;
-use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use aya::maps::{Map, MapData, SockHash};
@@ -27,12 +25,11 @@ use std::time::Duration;
 use tokio_uring::net::TcpStream;
 
 use super::counters::{Counters, SpliceCounts};
-use super::handover::{self, HandoverError};
-use super::park::{self, Table};
+use super::handover::HandoverError;
+use super::kernel::Inner;
 use super::selftest::{self, SelfTestError};
-use super::shared::{self, Conn, DirField};
-use super::supervise::SplicedPair;
-use super::sweep::Sweeper;
+use super::shared::Conn;
+use super::worker::{self, Local, SplicedPair};
 use crate::readiness::Ring;
 use crate::shutdown::ShutdownRx;
 
@@ -66,23 +63,6 @@ impl std::fmt::Debug for Splicer {
             .field("budget", &self.inner.budget)
             .finish_non_exhaustive()
     }
-}
-
-pub(super) struct Inner {
-    /// Keeps the program attached; only touched at load and drop.
-    _ebpf: Mutex<Ebpf>,
-    _sock_hash: SockHash<MapData, u64>,
-    _links: MapData,
-    _conns: MapData,
-    pub sock_hash_fd: RawFd,
-    pub links_fd: RawFd,
-    conns: crate::io::bpf::MapMmap,
-    /// Free slots of the `conns` array, oldest first so a slot rests as long as
-    /// possible before reuse. Held for one push or pop per splice: never across a syscall.
-    free: Mutex<VecDeque<u32>>,
-    pub capacity: u32,
-    pub budget: u64,
-    pub counters: Counters,
 }
 
 impl Splicer {
@@ -133,7 +113,7 @@ impl Splicer {
     /// Runs the self-test (a loopback pair spliced, bytes checked both ways, half-close
     /// and close); returns how long it took.
     pub fn self_test(&self) -> Result<Duration, SelfTestError> {
-        selftest::run(self)
+        selftest::run(&self.inner)
     }
 
     /// Prepares a worker thread to splice: its table of parked pairs and its sweeper,
@@ -141,14 +121,8 @@ impl Splicer {
     /// pairs follow. Call once per worker thread, on that thread; the result must stay
     /// there (it is not `Send`).
     pub fn init_worker(&self, ring: &Ring, idle: Option<Duration>, shutdown: ShutdownRx) -> WorkerPairs {
-        let local = Rc::new(Local {
-            splicer: self.clone(),
-            ring: ring.clone(),
-            table: RefCell::new(Table::new(self, idle, shutdown)),
-            sweeper: RefCell::new(Sweeper::new(idle)),
-        });
-        park::listen(&local);
-        WorkerPairs { local }
+        let local = Local::start(self.inner.clone(), ring, idle, shutdown);
+        WorkerPairs { splicer: self.clone(), local }
     }
 
     /// Current counts of this splicer.
@@ -196,21 +170,14 @@ impl Splicer {
 /// pairs and its sweeper. Cheap to clone; made by [`Splicer::init_worker`].
 #[derive(Clone)]
 pub struct WorkerPairs {
-    pub(super) local: Rc<Local>,
+    splicer: Splicer,
+    local: Rc<Local>,
 }
 
 impl std::fmt::Debug for WorkerPairs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WorkerPairs").field("parked", &self.parked()).finish_non_exhaustive()
     }
-}
-
-/// The state behind a [`WorkerPairs`].
-pub(super) struct Local {
-    pub splicer: Splicer,
-    pub ring: Ring,
-    pub table: RefCell<Table>,
-    pub sweeper: RefCell<Sweeper>,
 }
 
 impl WorkerPairs {
@@ -227,59 +194,17 @@ impl WorkerPairs {
         upstream: TcpStream,
         client_early: Vec<u8>,
     ) -> Result<SplicedPair, HandoverError> {
-        handover::splice(&self.local, client, upstream, client_early).await
+        worker::splice(&self.local, client, upstream, client_early).await
     }
 
     /// The splicer these pairs belong to.
     pub fn splicer(&self) -> &Splicer {
-        &self.local.splicer
+        &self.splicer
     }
 
     /// Pairs parked on this worker (tests and diagnostics).
     pub fn parked(&self) -> usize {
-        self.local.table.borrow().len()
-    }
-}
-
-impl Inner {
-    pub fn alloc_slot(&self) -> Option<u32> {
-        let slot = self.free.lock().ok()?.pop_front()?;
-        let base = slot as usize * size_of::<Conn>();
-        for dir in 0..2 {
-            for f in [
-                DirField::Redirected,
-                DirField::Passed,
-                DirField::PassRuns,
-                DirField::HeldMax,
-                DirField::BoundBase,
-                DirField::NextSeq,
-                DirField::Trimmed,
-                DirField::Broken,
-                DirField::Forwarded,
-                DirField::AckedBase,
-            ] {
-                self.conns.word(base + f.offset(dir)).store(0, Ordering::Relaxed);
-            }
-        }
-        self.conns.word(base + shared::LAST_ACTIVE).store(crate::io::bpf::coarse_now_ns(), Ordering::Relaxed);
-        self.conns.word(base + shared::GENERATION).fetch_add(1, Ordering::Relaxed);
-        Some(slot)
-    }
-
-    pub fn free_slot(&self, slot: u32) {
-        if let Ok(mut f) = self.free.lock() {
-            f.push_back(slot);
-        }
-    }
-
-    /// One field of one direction of a slot, shared with the program.
-    pub fn dir_word(&self, slot: u32, dir: usize, field: DirField) -> &AtomicU64 {
-        self.conns.word(slot as usize * size_of::<Conn>() + field.offset(dir))
-    }
-
-    /// The slot's last-activity stamp (`CLOCK_MONOTONIC_COARSE` ns).
-    pub fn last_active(&self, slot: u32) -> &AtomicU64 {
-        self.conns.word(slot as usize * size_of::<Conn>() + shared::LAST_ACTIVE)
+        self.local.parked()
     }
 }
 
