@@ -3,20 +3,22 @@
 //!
 //! tokio-uring 0.5 can only wait for data by parking a read *with* a buffer, so a
 //! million idle connections would pin a million buffers. Instead each worker owns
-//! one small extra ring used only for `IORING_OP_POLL_ADD`: a connection waits
-//! here, and only once bytes are queued does it borrow a buffer from the per-core
-//! pool and read them through tokio-uring. The ring's fd is the one and only epoll
-//! registration of the worker (tokio's reactor wakes the completion drain).
+//! one small extra ring, a [`Ring`], used only for `IORING_OP_POLL_ADD`: a
+//! connection waits here, and only once bytes are queued does it borrow a buffer
+//! from the per-core pool and read them through tokio-uring. The ring's fd is the
+//! one and only epoll registration of the worker (tokio's reactor wakes the
+//! completion drain). The worker holds the [`Ring`] and lends it to whatever waits.
 //!
-//! Dropping a pending [`ready`] future cancels the poll in the kernel
+//! Dropping a pending [`Ring::ready`] future cancels the poll in the kernel
 //! (`IORING_OP_ASYNC_CANCEL`), so timeouts can simply drop it; no request is ever
 //! dropped on the floor (a cancel that found no room waits in a backlog), since a
-//! poll left pending would keep its socket open. For waiters that
-//! are rows of a table rather than tasks (parked spliced pairs), [`arm`] starts a
-//! poll identified only by a token, and its completion goes to the thread's
-//! [`set_token_handler`] callback: nothing is allocated per wait. This module must
-//! never block: submissions are non-blocking `io_uring_enter` calls, batched per
-//! scheduler pass by a flusher task.
+//! poll left pending would keep its socket open. For waiters that are rows of a
+//! table rather than tasks (parked spliced pairs), [`Ring::arm`] starts a poll
+//! identified only by a token, and its completion goes to the ring's
+//! [`Ring::set_token_handler`] callback: nothing is allocated per wait. This module
+//! must never block: submissions are non-blocking `io_uring_enter` calls, batched
+//! per scheduler pass by a flusher task. A [`Ring`] belongs to the thread that
+//! started it and must never be used from another (it is not `Send`).
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -36,12 +38,13 @@ const CANCEL_TAG: u64 = u64::MAX;
 const TOKEN_BIT: u64 = 1 << 63;
 /// Rounds of reaping and flushing overflowed completions per wake of the drain.
 const MAX_OVERFLOW_ROUNDS: usize = 64;
-/// Largest token [`arm`] accepts.
+/// Largest token [`Ring::arm`] accepts.
 pub const MAX_TOKEN: u64 = TOKEN_BIT - 2;
 
-/// Receives the completions of [`arm`]ed polls: the token and the poll's result
-/// (the reported mask, or a negative errno such as `-ECANCELED`).
-pub type TokenHandler = fn(token: u64, result: i32);
+/// Receives the completions of [`Ring::arm`]ed polls: the token and the poll's result
+/// (the reported mask, or a negative errno such as `-ECANCELED`). It may arm and
+/// disarm polls on the same ring.
+pub type TokenHandler = Rc<dyn Fn(u64, i32)>;
 
 /// Readable: data, FIN (`POLLRDHUP`) or an error.
 pub const READABLE: u32 = (libc::POLLIN | libc::POLLRDHUP | libc::POLLERR | libc::POLLHUP) as u32;
@@ -68,13 +71,56 @@ struct Reactor {
     backlog: Vec<io_uring::squeue::Entry>,
 }
 
-thread_local! {
-    static REACTOR: RefCell<Option<Rc<RefCell<Reactor>>>> = const { RefCell::new(None) };
+/// One worker's poll ring; cheap to clone (every clone is the same ring).
+#[derive(Clone)]
+pub struct Ring {
+    reactor: Rc<RefCell<Reactor>>,
 }
 
-/// Creates this thread's poll ring and spawns its completion drain on the current
-/// tokio-uring runtime. Call once per worker thread, inside `tokio_uring::start`.
-pub fn init(entries: u32) -> io::Result<()> {
+impl std::fmt::Debug for Ring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let r = self.reactor.borrow();
+        f.debug_struct("Ring").field("fd", &r.ring.as_raw_fd()).field("waits", &r.slots.len()).finish()
+    }
+}
+
+impl Ring {
+    /// Creates a poll ring and spawns its completion drain on the current
+    /// tokio-uring runtime. Call once per worker thread, inside `tokio_uring::start`.
+    pub fn start(entries: u32) -> io::Result<Self> {
+        start(entries)
+    }
+
+    /// Waits until `fd` reports one of `events` (a mask of `POLL*` bits) and returns
+    /// the reported mask. Holds no buffer while waiting.
+    pub fn ready(&self, fd: &impl AsRawFd, events: u32) -> Ready {
+        Ready { reactor: self.reactor.clone(), fd: fd.as_raw_fd(), events, key: None }
+    }
+
+    /// Sets the receiver of this ring's [`Ring::arm`]ed completions.
+    pub fn set_token_handler(&self, handler: TokenHandler) {
+        self.reactor.borrow_mut().on_token = Some(handler);
+    }
+
+    /// Starts a one-shot poll of `fd` for `events` whose completion is delivered to
+    /// the token handler as `token` (at most [`MAX_TOKEN`]). The caller must
+    /// [`Ring::disarm`] it before closing `fd` (a pending poll keeps the socket
+    /// alive) unless it completed.
+    pub fn arm(&self, fd: RawFd, events: u32, token: u64) {
+        debug_assert!(token <= MAX_TOKEN, "token out of range");
+        let sqe = opcode::PollAdd::new(types::Fd(fd), events).build().user_data(token | TOKEN_BIT);
+        push(&mut self.reactor.borrow_mut(), &sqe);
+    }
+
+    /// Cancels the poll started by [`Ring::arm`] with `token`, if it is still
+    /// pending; its completion (`-ECANCELED`) still reaches the token handler.
+    pub fn disarm(&self, token: u64) {
+        let sqe = opcode::AsyncCancel::new(token | TOKEN_BIT).build().user_data(CANCEL_TAG);
+        push(&mut self.reactor.borrow_mut(), &sqe);
+    }
+}
+
+fn start(entries: u32) -> io::Result<Ring> {
     let ring = IoUring::builder().setup_cqsize(entries.saturating_mul(4)).build(entries)?;
     let fd = ring.as_raw_fd();
     let flush = Rc::new(tokio::sync::Notify::new());
@@ -86,14 +132,13 @@ pub fn init(entries: u32) -> io::Result<()> {
         on_token: None,
         backlog: Vec::new(),
     }));
-    REACTOR.with(|r| *r.borrow_mut() = Some(reactor.clone()));
     let ring_fd = RingFd { fd, _ring: reactor.clone() };
     // SAFETY: `RingFd` keeps the ring (and so its fd) alive for as long as the AsyncFd
     // exists, and always returns that same fd.
     let afd = unsafe { AsyncFd::register(ring_fd) }.map_err(|e| io::Error::other(e.to_string()))?;
     tokio_uring::spawn(drain(afd, reactor.clone()));
-    tokio_uring::spawn(flusher(reactor, flush));
-    Ok(())
+    tokio_uring::spawn(flusher(reactor.clone(), flush));
+    Ok(Ring { reactor })
 }
 
 /// Submits every SQE queued since it last ran, in one `io_uring_enter`. Woken by the
@@ -186,7 +231,7 @@ async fn drain(afd: AsyncFd<RingFd>, reactor: Rc<RefCell<Reactor>>) {
                     break;
                 }
             }
-            (*on_token, overflowed)
+            (on_token.clone(), overflowed)
         };
         // Still overflowing (a flood): stay ready, so this runs again after the wakes.
         if !overflowed {
@@ -214,53 +259,10 @@ async fn drain(afd: AsyncFd<RingFd>, reactor: Rc<RefCell<Reactor>>) {
     }
 }
 
-/// Sets this thread's receiver of [`arm`]ed completions. Call after [`init`].
-pub fn set_token_handler(handler: TokenHandler) -> io::Result<()> {
-    with_reactor(|r| {
-        r.on_token = Some(handler);
-        Ok(())
-    })
-}
-
-/// Starts a one-shot poll of `fd` for `events` whose completion is delivered to the
-/// token handler as `token` (at most [`MAX_TOKEN`]). The caller must [`disarm`] it
-/// before closing `fd` (a pending poll keeps the socket alive) unless it completed.
-pub fn arm(fd: RawFd, events: u32, token: u64) -> io::Result<()> {
-    debug_assert!(token <= MAX_TOKEN, "token out of range");
-    let sqe = opcode::PollAdd::new(types::Fd(fd), events).build().user_data(token | TOKEN_BIT);
-    with_reactor(|r| {
-        push(r, &sqe);
-        Ok(())
-    })
-}
-
-/// Cancels the poll started by [`arm`] with `token`, if it is still pending; its
-/// completion (`-ECANCELED`) still reaches the token handler.
-pub fn disarm(token: u64) -> io::Result<()> {
-    let sqe = opcode::AsyncCancel::new(token | TOKEN_BIT).build().user_data(CANCEL_TAG);
-    with_reactor(|r| {
-        push(r, &sqe);
-        Ok(())
-    })
-}
-
-fn with_reactor<T>(f: impl FnOnce(&mut Reactor) -> io::Result<T>) -> io::Result<T> {
-    let Some(reactor) = REACTOR.with(|r| r.borrow().clone()) else {
-        return Err(io::Error::other("readiness::init was not called on this thread"));
-    };
-    let mut r = reactor.borrow_mut();
-    f(&mut r)
-}
-
-/// Waits until `fd` reports one of `events` (a mask of `POLL*` bits) and returns the
-/// reported mask. Holds no buffer while waiting.
-pub fn ready(fd: &impl AsRawFd, events: u32) -> Ready {
-    Ready { fd: fd.as_raw_fd(), events, key: None }
-}
-
-/// Future of [`ready`].
+/// Future of [`Ring::ready`].
 #[must_use = "futures do nothing unless awaited"]
 pub struct Ready {
+    reactor: Rc<RefCell<Reactor>>,
     fd: RawFd,
     events: u32,
     key: Option<usize>,
@@ -270,9 +272,7 @@ impl Future for Ready {
     type Output = io::Result<u32>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<u32>> {
-        let Some(reactor) = REACTOR.with(|r| r.borrow().clone()) else {
-            return Poll::Ready(Err(io::Error::other("readiness::init was not called on this thread")));
-        };
+        let reactor = self.reactor.clone();
         let mut r = reactor.borrow_mut();
         if let Some(key) = self.key {
             return match r.slots.get_mut(key) {
@@ -302,8 +302,7 @@ impl Future for Ready {
 impl Drop for Ready {
     fn drop(&mut self) {
         let Some(key) = self.key.take() else { return };
-        let Some(reactor) = REACTOR.with(|r| r.borrow().clone()) else { return };
-        let mut r = reactor.borrow_mut();
+        let mut r = self.reactor.borrow_mut();
         match r.slots.get_mut(key) {
             Some(Slot::Done(_)) => {
                 r.slots.remove(key);
@@ -362,8 +361,8 @@ mod tests {
     use super::*;
 
     /// Waits whose slots are still in the table (waiting, done or abandoned).
-    fn slots_in_use() -> usize {
-        with_reactor(|r| Ok(r.slots.len())).unwrap()
+    fn slots_in_use(ring: &Ring) -> usize {
+        ring.reactor.borrow().slots.len()
     }
 
     fn pairs(n: usize) -> Vec<(UnixStream, UnixStream)> {
@@ -371,14 +370,17 @@ mod tests {
     }
 
     /// Spawns one readability wait per pair's first end; returns how many completed.
-    fn spawn_waits(set: &[(UnixStream, UnixStream)]) -> (Rc<Cell<usize>>, Vec<tokio::task::JoinHandle<()>>) {
+    fn spawn_waits(
+        ring: &Ring,
+        set: &[(UnixStream, UnixStream)],
+    ) -> (Rc<Cell<usize>>, Vec<tokio::task::JoinHandle<()>>) {
         let done = Rc::new(Cell::new(0));
         let handles = set
             .iter()
             .map(|(a, _)| {
-                let (fd, done) = (a.as_raw_fd(), done.clone());
+                let (fd, done, ring) = (a.as_raw_fd(), done.clone(), ring.clone());
                 tokio_uring::spawn(async move {
-                    let mask = ready(&fd, READABLE).await.expect("readiness wait failed");
+                    let mask = ring.ready(&fd, READABLE).await.expect("readiness wait failed");
                     assert!(mask & libc::POLLIN as u32 != 0, "woken without data: {mask:#x}");
                     done.set(done.get() + 1);
                 })
@@ -405,23 +407,23 @@ mod tests {
     fn waits_and_cancels_survive_a_full_completion_queue() {
         const N: usize = 100;
         tokio_uring::start(async {
-            init(4).unwrap();
+            let ring = Ring::start(4).unwrap();
             // All at once ready: 200 completions for a queue of 16.
             let a = pairs(N);
-            let (done, _handles) = spawn_waits(&a);
-            until("arming the first waits", || slots_in_use() == N).await;
+            let (done, _handles) = spawn_waits(&ring, &a);
+            until("arming the first waits", || slots_in_use(&ring) == N).await;
             for (_, peer) in &a {
                 (&*peer).write_all(b"x").unwrap();
             }
             until("waking every wait past the overflow", || done.get() == N).await;
-            until("freeing the first waits' slots", || slots_in_use() == 0).await;
+            until("freeing the first waits' slots", || slots_in_use(&ring) == 0).await;
             drop(a);
 
             // Cancels pushed while the completion queue is overflowing.
             let (b, c) = (pairs(N), pairs(N));
-            let (b_done, b_handles) = spawn_waits(&b);
-            let (c_done, _c_handles) = spawn_waits(&c);
-            until("arming the second waits", || slots_in_use() == 2 * N).await;
+            let (b_done, b_handles) = spawn_waits(&ring, &b);
+            let (c_done, _c_handles) = spawn_waits(&ring, &c);
+            until("arming the second waits", || slots_in_use(&ring) == 2 * N).await;
             for (_, peer) in &c {
                 (&*peer).write_all(b"x").unwrap();
             }
@@ -429,7 +431,7 @@ mod tests {
                 h.abort();
             }
             until("waking the third waits", || c_done.get() == N).await;
-            until("cancelling every abandoned wait", || slots_in_use() == 0).await;
+            until("cancelling every abandoned wait", || slots_in_use(&ring) == 0).await;
             assert_eq!(b_done.get(), 0, "a cancelled wait completed");
         });
     }

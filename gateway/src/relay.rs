@@ -22,7 +22,7 @@ use tokio_uring::net::TcpStream;
 
 use crate::bufpool::BufPool;
 use crate::close::{Close, Side};
-use crate::readiness;
+use crate::readiness::{self, Ring};
 use crate::shutdown::{Phase, ShutdownRx};
 
 /// What a relay moved and why it stopped.
@@ -70,6 +70,7 @@ pub async fn relay(
     upstream: &TcpStream,
     opts: RelayOptions,
     shutdown: &mut ShutdownRx,
+    ring: &Ring,
     buffers: &BufPool,
 ) -> RelayOutcome {
     let activity = Cell::new(Instant::now());
@@ -77,8 +78,8 @@ pub async fn relay(
     let first = Cell::new(None);
     // Directions holding bytes they have read and not yet written.
     let holding = Cell::new(0u32);
-    let mut c2u = pin!(pump(client, upstream, &activity, &c2u_bytes, None, &holding, buffers));
-    let mut u2c = pin!(pump(upstream, client, &activity, &u2c_bytes, Some(&first), &holding, buffers));
+    let mut c2u = pin!(pump(client, upstream, &activity, &c2u_bytes, None, &holding, (ring, buffers)));
+    let mut u2c = pin!(pump(upstream, client, &activity, &u2c_bytes, Some(&first), &holding, (ring, buffers)));
     let mut idle = pin!(tokio::time::sleep(opts.idle_timeout));
     let mut pause = pin!(tokio::time::sleep(opts.pause_after.unwrap_or(Duration::MAX)));
     let mut stop = pin!(shutdown.reached(Phase::Stop));
@@ -186,10 +187,10 @@ async fn pump(
     moved: &Cell<u64>,
     first: Option<&Cell<FirstBytes>>,
     holding: &Cell<u32>,
-    buffers: &BufPool,
+    (ring, buffers): (&Ring, &BufPool),
 ) -> PumpEnd {
     loop {
-        if let Err(e) = readiness::ready(from, readiness::READABLE).await {
+        if let Err(e) = ring.ready(from, readiness::READABLE).await {
             return PumpEnd::ReadFailed(e);
         }
         // Keep reading while reads fill the whole buffer: bytes are moving, so holding a

@@ -23,7 +23,7 @@ use crate::config::Config;
 use crate::conn::{self, Worker};
 use crate::lifetimes::Lifetimes;
 use crate::metrics::{Metrics, WorkerSlot};
-use crate::readiness;
+use crate::readiness::Ring;
 use crate::router::Router;
 use crate::shutdown::{self, ShutdownRx};
 use crate::splice::{self, SpliceOptions, Splicer};
@@ -49,8 +49,6 @@ pub enum RunError {
     Spawn { what: &'static str, source: std::io::Error },
     #[error("creating the poll ring: {0}")]
     PollRing(std::io::Error),
-    #[error("preparing the worker for the kernel splice: {0}")]
-    SpliceWorker(std::io::Error),
     #[error(transparent)]
     Resolve(upstream::ResolveError),
     #[error("a worker thread panicked")]
@@ -275,13 +273,10 @@ fn worker(setup: WorkerSetup, sockets: Vec<Socket>) -> Result<()> {
     // task work waits for the worker's next system call): tried, the echo benchmark's
     // round trips went from p50 0.4 ms to 3.5 ms and p99 from 4 ms to 130 ms.
     tokio_uring::builder().entries(RING_ENTRIES).start(async move {
-        readiness::init(RING_ENTRIES).map_err(RunError::PollRing)?;
+        let ring = Ring::start(RING_ENTRIES).map_err(RunError::PollRing)?;
         crate::metrics::install(setup.metrics);
-        if let Some(splicer) = &setup.splicer {
-            splicer
-                .init_worker(splice::idle_limit(setup.config.timeouts.idle), setup.shutdown.clone())
-                .map_err(RunError::SpliceWorker)?;
-        }
+        let idle = splice::idle_limit(setup.config.timeouts.idle);
+        let pairs = setup.splicer.as_ref().map(|s| s.init_worker(&ring, idle, setup.shutdown.clone()));
         let buffers = BufPool::new(setup.config.relay.buffer_size, setup.config.relay.pool_buffers);
         let state = Rc::new(Worker {
             config: setup.config,
@@ -291,6 +286,8 @@ fn worker(setup: WorkerSetup, sockets: Vec<Socket>) -> Result<()> {
             shutdown: setup.shutdown.clone(),
             admission: setup.admission,
             splicer: setup.splicer,
+            ring,
+            pairs,
             buffers,
             lifetimes: Lifetimes::default(),
         });

@@ -66,7 +66,7 @@ fn a_worker_built_by_hand_serves_plain_http_with_its_own_buffers() {
     });
 
     tokio_uring::start(async move {
-        wsgate::readiness::init(256).unwrap();
+        let ring = wsgate::readiness::Ring::start(256).unwrap();
         let worker = Rc::new(Worker {
             config: config.clone(),
             router,
@@ -75,6 +75,8 @@ fn a_worker_built_by_hand_serves_plain_http_with_its_own_buffers() {
             shutdown,
             admission: Arc::new(Admission::new(&config)),
             splicer: None,
+            ring,
+            pairs: None,
             buffers: BufPool::new(4096, 4),
             lifetimes: Lifetimes::default(),
         });

@@ -28,6 +28,7 @@ use crate::http::request::RequestHead;
 use crate::http::response::ResponseHead;
 use crate::http::rewrite::{Forwarded, upstream_head};
 use crate::http::upgrade::Intent;
+use crate::readiness::Ring;
 use crate::upstream::{ActiveGuard, Group, Pick};
 
 /// A connected upstream.
@@ -71,6 +72,7 @@ pub async fn connect(
     let pick = Pick { client: admit.client_ip, key: group.hash_key().and_then(|k| k.extract(head)) };
     let connected = if admit.intent == Intent::WebSocket {
         let exchange = Exchange {
+            ring: &worker.ring,
             request: &out,
             connect_timeout: cfg.timeouts.connect,
             response_timeout: cfg.timeouts.response,
@@ -79,7 +81,7 @@ pub async fn connect(
         };
         self::exchange(group, &pick, &exchange).await?
     } else {
-        let connected = connect_any(group, &pick, cfg.timeouts.connect).await?;
+        let connected = connect_any(&worker.ring, group, &pick, cfg.timeouts.connect).await?;
         if let Err(e) = crate::io::write_all(&connected.stream, out).await {
             group.report_failure(connected.server);
             return Err(ProxyError::new(ErrorKind::UpstreamClosed, format!("forwarding request head: {e}")));
@@ -100,10 +102,15 @@ pub async fn connect(
 /// Connects to the group's servers in policy order (bounded by `tries`) until one
 /// accepts; each failure is reported to passive health. All refused → 502; all timed
 /// out → 504; no eligible server → 503.
-pub async fn connect_any(group: &Arc<Group>, pick: &Pick<'_>, timeout: Duration) -> Result<Connected, ProxyError> {
+pub async fn connect_any(
+    ring: &Ring,
+    group: &Arc<Group>,
+    pick: &Pick<'_>,
+    timeout: Duration,
+) -> Result<Connected, ProxyError> {
     let mut failures = Failures::default();
     for i in group.attempt_order(pick) {
-        if let Some(connected) = connect_one(group, i, timeout, &mut failures).await {
+        if let Some(connected) = connect_one(ring, group, i, timeout, &mut failures).await {
             return Ok(connected);
         }
     }
@@ -113,6 +120,8 @@ pub async fn connect_any(group: &Arc<Group>, pick: &Pick<'_>, timeout: Duration)
 /// What an upgrade sends upstream and how long it waits for the answer.
 #[derive(Debug)]
 pub struct Exchange<'a> {
+    /// The worker's poll ring, for the connect and the response.
+    pub ring: &'a Ring,
     /// The rewritten request head and the bytes that followed it.
     pub request: &'a [u8],
     pub connect_timeout: Duration,
@@ -128,7 +137,9 @@ pub struct Exchange<'a> {
 pub async fn exchange(group: &Arc<Group>, pick: &Pick<'_>, x: &Exchange<'_>) -> Result<Connected, ProxyError> {
     let mut failures = Failures::default();
     for i in group.attempt_order(pick) {
-        let Some(mut connected) = connect_one(group, i, x.connect_timeout, &mut failures).await else { continue };
+        let Some(mut connected) = connect_one(x.ring, group, i, x.connect_timeout, &mut failures).await else {
+            continue;
+        };
         let addr = group.server(i).addr();
         if let Err(e) = crate::io::write_all(&connected.stream, x.request.to_vec()).await {
             group.report_failure(i);
@@ -137,7 +148,7 @@ pub async fn exchange(group: &Arc<Group>, pick: &Pick<'_>, x: &Exchange<'_>) -> 
             continue;
         }
         let deadline = Instant::now() + x.response_timeout;
-        match peek_head(&connected.stream, x.max_response, deadline, x.method).await {
+        match peek_head(x.ring, &connected.stream, x.max_response, deadline, x.method).await {
             Ok(head) => {
                 connected.response = Some(head);
                 return Ok(connected);
@@ -182,12 +193,18 @@ impl Failures {
 }
 
 /// One connect attempt to server `i`; `None` (failure recorded) when it is full or fails.
-async fn connect_one(group: &Arc<Group>, i: usize, timeout: Duration, failures: &mut Failures) -> Option<Connected> {
+async fn connect_one(
+    ring: &Ring,
+    group: &Arc<Group>,
+    i: usize,
+    timeout: Duration,
+    failures: &mut Failures,
+) -> Option<Connected> {
     // A server can fill up between the pick and here: skip it, it did not fail.
     let live = group.try_enter(i)?;
     let addr = group.server(i).addr();
     let started = Instant::now();
-    match crate::io::connect(addr, group.next_source(), timeout).await {
+    match crate::io::connect(ring, addr, group.next_source(), timeout).await {
         Ok(stream) => {
             crate::metrics::upstream_connected(started.elapsed());
             Some(Connected {

@@ -17,7 +17,7 @@ use super::Worker;
 use super::teardown::Facts;
 use crate::error::{ErrorKind, ProxyError};
 use crate::http::request::{self, RequestHead};
-use crate::readiness;
+use crate::readiness::{self, Ring};
 
 /// Reads and parses the request head, and records what the access log needs of it.
 pub async fn read(
@@ -27,7 +27,7 @@ pub async fn read(
 ) -> Result<(RequestHead, Vec<u8>), ProxyError> {
     let limits = &worker.config.limits;
     let deadline = facts.started + worker.config.timeouts.header;
-    let (head, buf) = read_head(client, limits.max_header_bytes, limits.max_headers, deadline).await?;
+    let (head, buf) = read_head(&worker.ring, client, limits.max_header_bytes, limits.max_headers, deadline).await?;
     facts.request = head.request_line();
     facts.host = head.host().unwrap_or_default();
     facts.user_agent = head.header("user-agent").map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default();
@@ -36,6 +36,7 @@ pub async fn read(
 
 /// Reads the request head within `deadline`, at most `max` bytes.
 async fn read_head(
+    ring: &Ring,
     client: &TcpStream,
     max: usize,
     max_headers: usize,
@@ -46,7 +47,7 @@ async fn read_head(
     let mut wait = false;
     loop {
         if wait {
-            match timeout_at(deadline.into(), readiness::ready(client, readiness::READABLE)).await {
+            match timeout_at(deadline.into(), ring.ready(client, readiness::READABLE)).await {
                 Err(_) => return Err(ProxyError::new(ErrorKind::HeaderTimeout, "request head not complete in time")),
                 Ok(Err(e)) => {
                     return Err(ProxyError::new(ErrorKind::ClientClosed, format!("waiting for request: {e}")));

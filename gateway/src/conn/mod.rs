@@ -56,14 +56,16 @@ use crate::bufpool::BufPool;
 use crate::config::{Config, Scheme};
 use crate::error::{ErrorKind, ProxyError};
 use crate::lifetimes::Lifetimes;
+use crate::readiness::Ring;
 use crate::router::Router;
 use crate::shutdown::ShutdownRx;
-use crate::splice::Splicer;
+use crate::splice::{Splicer, WorkerPairs};
 use crate::stats::Stats;
 
 /// One worker thread's state, owned by that thread and lent to every phase of its
 /// connections: what all workers share (config, routes, log, counters, admission,
-/// the splice) and what is this worker's alone (relay buffers, lifetimes).
+/// the splice) and what is this worker's alone (poll ring, relay buffers, parked
+/// pairs and their sweeper, lifetimes).
 #[derive(Debug)]
 pub struct Worker {
     pub config: Arc<Config>,
@@ -74,6 +76,11 @@ pub struct Worker {
     pub admission: Arc<Admission>,
     /// The kernel fast path, when it loaded and passed its self-test.
     pub splicer: Option<Splicer>,
+    /// This worker's poll ring: every readiness wait of its connections.
+    pub ring: Ring,
+    /// This worker's spliced pairs (parked and supervised) and their sweeper, when
+    /// the kernel fast path is on; made with [`Splicer::init_worker`] on `ring`.
+    pub pairs: Option<WorkerPairs>,
     /// This worker's relay buffers.
     pub buffers: BufPool,
     /// How long this worker's WebSockets lived: when to splice.

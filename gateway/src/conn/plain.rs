@@ -81,7 +81,7 @@ pub async fn exchange(
     // The upstream may answer before the body is complete (413, 401): watch for its
     // head while the body streams; its timeout starts once the body is through.
     let far = Instant::now() + Duration::from_hours(24 * 365);
-    let mut response = pin!(peek_head(upstream, limits.max_response, far, method));
+    let mut response = pin!(peek_head(&worker.ring, upstream, limits.max_response, far, method));
     let head = if body.is_done() {
         timed(limits.response, &mut response).await?
     } else {
@@ -107,7 +107,7 @@ pub async fn exchange(
         }
         done.bytes_out += pass_interim(upstream, client, &head).await?;
         let deadline = Instant::now() + limits.response;
-        head = peek_head(upstream, limits.max_response, deadline, method).await?;
+        head = peek_head(&worker.ring, upstream, limits.max_response, deadline, method).await?;
     }
     if (100..200).contains(&head.status) {
         return Err(ProxyError::new(ErrorKind::UpstreamInvalid, format!("more than {MAX_INTERIM} interim responses")));
@@ -158,7 +158,7 @@ async fn pump_body(
     let pool = &worker.buffers;
     let mut forwarded = 0u64;
     while !body.is_done() {
-        match tokio::time::timeout(idle, readiness::ready(client, readiness::READABLE)).await {
+        match tokio::time::timeout(idle, worker.ring.ready(client, readiness::READABLE)).await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => return Err(ProxyError::new(ErrorKind::ClientClosed, format!("waiting for the body: {e}"))),
             Err(_) => return Err(ProxyError::new(ErrorKind::HeaderTimeout, "request body stalled")),

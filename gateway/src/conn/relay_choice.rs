@@ -88,7 +88,7 @@ pub async fn websocket(
         }
     }
     let opts = RelayOptions { idle_timeout: cfg.timeouts.idle, end_on_upstream_fin: false, pause_after: None };
-    let Some(splicer) = &worker.splicer else {
+    let Some(pairs) = &worker.pairs else {
         userspace(client, &upstream, opts, worker, facts).await;
         return None;
     };
@@ -110,7 +110,7 @@ pub async fn websocket(
     facts.conn.set_mode(ActiveMode::Handover);
     // The userspace path is boxed: the handshake's future stays small, and a spliced
     // pair leaves it altogether (parked, it is a table row, not a task).
-    match Box::pin(splicer.splice(client, upstream, Vec::new())).await {
+    match Box::pin(pairs.splice(client, upstream, Vec::new())).await {
         Ok(pair) => {
             facts.conn.spliced(pair.live_slot(), [facts.bytes_in, facts.bytes_out]);
             return Some(Handoff { pair, admitted, live, after_userspace: !delay.is_zero() });
@@ -161,7 +161,7 @@ async fn userspace(
     facts.mode = Mode::Userspace;
     facts.conn.set_mode(ActiveMode::Userspace);
     let mut shutdown = worker.shutdown.clone();
-    let outcome = Box::pin(relay::relay(client, upstream, opts, &mut shutdown, &worker.buffers)).await;
+    let outcome = Box::pin(relay::relay(client, upstream, opts, &mut shutdown, &worker.ring, &worker.buffers)).await;
     if opts.pause_after.is_some() && outcome.reason != Close::Paused {
         Stats::bump(&worker.stats.relayed_userspace);
     }

@@ -23,7 +23,7 @@ use crate::close::Close;
 use crate::error::{ErrorKind, ProxyError};
 use crate::http::body::BodyTracker;
 use crate::http::response::{self, ResponseHead};
-use crate::readiness;
+use crate::readiness::{self, Ring};
 use crate::stats::Stats;
 
 /// What the upstream answered to an upgrade.
@@ -62,6 +62,7 @@ pub async fn answer(
 
 /// Waits for the upstream's response head and parses it without consuming it.
 pub async fn peek_head(
+    ring: &Ring,
     upstream: &TcpStream,
     max: usize,
     deadline: Instant,
@@ -71,7 +72,7 @@ pub async fn peek_head(
     let mut buf = vec![0u8; max.min(1024)];
     let mut lowat_raised = false;
     let result = loop {
-        let revents = match timeout_at(deadline.into(), readiness::ready(upstream, readiness::READABLE)).await {
+        let revents = match timeout_at(deadline.into(), ring.ready(upstream, readiness::READABLE)).await {
             Err(_) => break Err(ProxyError::new(ErrorKind::UpstreamTimeout, "no response head in time")),
             Ok(Err(e)) => break Err(ProxyError::new(ErrorKind::UpstreamClosed, format!("waiting for response: {e}"))),
             Ok(Ok(ev)) => ev,
@@ -123,7 +124,7 @@ pub(super) async fn pass(
     let mut body = BodyTracker::new(head.framing);
     let mut sent = 0u64;
     while head_left > 0 || !body.is_done() {
-        match tokio::time::timeout(read_timeout, readiness::ready(upstream, readiness::READABLE)).await {
+        match tokio::time::timeout(read_timeout, worker.ring.ready(upstream, readiness::READABLE)).await {
             Ok(Ok(_)) => {}
             Ok(Err(_)) | Err(_) => break,
         }

@@ -1,5 +1,6 @@
 //! The non-blocking connect to an upstream, with a timeout: a timed-out attempt is
-//! closed at once, not left in flight. Waits on the poll ring ([`crate::readiness`]);
+//! closed at once, not left in flight. Waits on the worker's poll ring
+//! ([`crate::readiness::Ring`]);
 //! must never block a worker or leave a socket half set up.
 
 use std::io;
@@ -11,13 +12,19 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tokio_uring::net::TcpStream;
 
 use super::socket::{cvt, setsockopt};
-use crate::readiness;
+use crate::readiness::{self, Ring};
 
 /// Connects to `addr` within `timeout`, from local address `source` if given; the
 /// socket comes back in blocking mode with `TCP_NODELAY`, ready for `io_uring` reads and
 /// writes. A source address is bound with `IP_BIND_ADDRESS_NO_PORT`, so the port is
 /// chosen at connect time per destination and each source gets its own port range.
-pub async fn connect(addr: SocketAddr, source: Option<IpAddr>, timeout: Duration) -> io::Result<TcpStream> {
+/// An unfinished connect waits on `ring`.
+pub async fn connect(
+    ring: &Ring,
+    addr: SocketAddr,
+    source: Option<IpAddr>,
+    timeout: Duration,
+) -> io::Result<TcpStream> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM.nonblocking().cloexec(), Some(Protocol::TCP))?;
     socket.set_nodelay(true)?;
     if let Some(ip) = source {
@@ -32,7 +39,7 @@ pub async fn connect(addr: SocketAddr, source: Option<IpAddr>, timeout: Duration
         // one poll(2) says so without a trip through the poll ring.
         Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) && poll_now(socket.as_raw_fd(), libc::POLLOUT) => {}
         Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {
-            match tokio::time::timeout(timeout, readiness::ready(&socket, readiness::WRITABLE)).await {
+            match tokio::time::timeout(timeout, ring.ready(&socket, readiness::WRITABLE)).await {
                 Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
                 // Writable without an error or hang-up: connected, nothing to ask.
                 Ok(Ok(mask)) if mask & (libc::POLLERR | libc::POLLHUP) as u32 == 0 => {}

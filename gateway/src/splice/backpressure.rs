@@ -21,21 +21,21 @@ use std::os::fd::RawFd;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use super::kernel::Inner;
 use super::shared::DirField;
-use super::splicer::Inner;
-use crate::readiness;
+use crate::readiness::{self, Ring};
 
 /// First and longest pause between checks of a congested peer's progress.
 const POLL_MIN: Duration = Duration::from_millis(1);
 const POLL_MAX: Duration = Duration::from_millis(16);
 
-/// Writes all of `data` to a non-blocking socket, waiting for writability.
-pub(super) async fn write_all(fd: RawFd, mut data: &[u8]) -> io::Result<()> {
+/// Writes all of `data` to a non-blocking socket, waiting for writability on `ring`.
+pub(super) async fn write_all(ring: &Ring, fd: RawFd, mut data: &[u8]) -> io::Result<()> {
     while !data.is_empty() {
         match crate::io::send(&fd, data) {
             Ok(n) => data = &data[n..],
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                readiness::ready(&Fd(fd), readiness::WRITABLE).await?;
+                ring.ready(&Fd(fd), readiness::WRITABLE).await?;
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
@@ -52,7 +52,14 @@ pub(super) fn needs_userspace(inner: &Inner, slot: u32, dir: usize) -> bool {
         || inner.dir_word(slot, dir, DirField::Broken).load(Ordering::Relaxed) != 0
 }
 
-/// A raw fd for [`readiness::ready`].
+/// Bytes this direction of `slot` has moved: redirected in the kernel, or
+/// forwarded by userspace while over budget.
+pub(super) fn bytes(inner: &Inner, slot: u32, dir: usize) -> u64 {
+    inner.dir_word(slot, dir, DirField::Redirected).load(Ordering::Acquire)
+        + inner.dir_word(slot, dir, DirField::Forwarded).load(Ordering::Acquire)
+}
+
+/// A raw fd for [`Ring::ready`].
 pub(super) struct Fd(pub RawFd);
 
 impl std::os::fd::AsRawFd for Fd {
@@ -65,6 +72,8 @@ impl std::os::fd::AsRawFd for Fd {
 #[derive(Clone, Copy)]
 pub(super) struct Direction<'a> {
     pub inner: &'a Inner,
+    /// The worker's poll ring, to wait for room at `dst`.
+    pub ring: &'a Ring,
     pub slot: u32,
     pub dir: usize,
     pub dst: RawFd,
@@ -148,7 +157,7 @@ impl Direction<'_> {
                     self.inner.last_active(self.slot).store(crate::io::bpf::coarse_now_ns(), Ordering::Relaxed);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    readiness::ready(&Fd(self.dst), readiness::WRITABLE).await?;
+                    self.ring.ready(&Fd(self.dst), readiness::WRITABLE).await?;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
@@ -159,7 +168,7 @@ impl Direction<'_> {
 
     /// Bytes this direction carried while spliced (redirected plus relayed).
     pub fn bytes(&self) -> u64 {
-        self.word(DirField::Redirected).load(Ordering::Acquire) + self.word(DirField::Forwarded).load(Ordering::Acquire)
+        bytes(self.inner, self.slot, self.dir)
     }
 
     /// Times this direction went over budget.

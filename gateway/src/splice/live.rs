@@ -7,10 +7,10 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use super::backpressure::Direction;
+use super::backpressure::{bytes, needs_userspace};
 use super::shared::{TO_CLIENT, TO_UPSTREAM};
 use super::splicer::Splicer;
-use super::supervise::SplicedPair;
+use super::worker::SplicedPair;
 
 /// Names one spliced pair's row of the kernel-shared array, for as long as the
 /// pair holds it (the generation tells a reused row apart).
@@ -46,8 +46,8 @@ impl LiveSlot {
 impl SplicedPair {
     /// The pair's row, for [`Splicer::live_bytes`].
     pub fn live_slot(&self) -> LiveSlot {
-        let (splicer, slot, early) = self.row();
-        LiveSlot { slot, generation: splicer.inner.generation(slot).load(Ordering::Acquire), early }
+        let (inner, slot, early) = self.row();
+        LiveSlot { slot, generation: inner.generation(slot).load(Ordering::Acquire), early }
     }
 }
 
@@ -59,12 +59,9 @@ impl Splicer {
         if live.slot >= inner.capacity || generation.load(Ordering::Acquire) != live.generation {
             return None;
         }
-        let (up, down) = (
-            Direction { inner, slot: live.slot, dir: TO_UPSTREAM, dst: -1 },
-            Direction { inner, slot: live.slot, dir: TO_CLIENT, dst: -1 },
-        );
-        let over_budget = up.needs_userspace() || down.needs_userspace();
-        let (up, down) = (up.bytes(), down.bytes());
+        let slot = live.slot;
+        let over_budget = needs_userspace(inner, slot, TO_UPSTREAM) || needs_userspace(inner, slot, TO_CLIENT);
+        let (up, down) = (bytes(inner, slot, TO_UPSTREAM), bytes(inner, slot, TO_CLIENT));
         let last = inner.last_active(live.slot).load(Ordering::Relaxed);
         // Read again: a row reused meanwhile may have given another pair's counts.
         if generation.load(Ordering::Acquire) != live.generation {

@@ -3,16 +3,19 @@
 //! upstream without entering wsgate.
 //!
 //! Surface (the rest of the gateway never touches aya or maps), all of it in
-//! `splicer.rs` and `supervise.rs`:
+//! `splicer.rs` and `worker.rs`:
 //! - [`start`]: load + self-test per [`SpliceMode`]; `auto` falls back to the
 //!   userspace relay with one warning, `sockmap` refuses to start.
-//! - [`Splicer::init_worker`]: per worker thread, before its first splice.
-//! - [`Splicer::splice`]: hand a pair over after the 101 (see `handover`).
+//! - [`Splicer::init_worker`]: per worker thread, before its first splice; gives
+//!   the thread's [`WorkerPairs`] (its parked pairs and sweeper, on its poll ring).
+//! - [`WorkerPairs::splice`]: hand a pair over after the 101 (see `handover`).
 //! - [`SplicedPair::park`]: leave the pair to the kernel; a callback gets its
 //!   byte counts and close reason when it ends (the only way a pair comes back).
 //!   A parked pair is a table row, not a task (`park`); it becomes a supervision
 //!   task (`supervise`: FIN, RST, idle, drain, pressure) only once something
-//!   happens to it.
+//!   happens to it. One owner, `worker`, moves a pair through its states
+//!   (handing over → parked → supervised → ended); the others return what
+//!   happened instead of calling each other.
 //! - [`Splicer::counts`]: counters for logs and metrics; [`Splicer::live_bytes`]:
 //!   what an open pair has moved so far (the admin plane's live view).
 //!
@@ -21,10 +24,28 @@
 //! never hold a buffer for an idle pair. A pair cannot be taken back out of the
 //! kernel while open: removing a socket from the sockhash discards the bytes
 //! its psock still queues, so a pair leaves only by closing.
+//!
+//! Imports inside `splice/` have no circle: each module imports only modules on
+//! the lines below it (leaves are shared):
+//!
+//! ```text
+//! mod                 start, re-exports
+//! └─ splicer          → selftest, worker, handover (its error), kernel, counters, shared
+//!    └─ worker        → handover, park, supervise, sweep, kernel   (the one owner)
+//!       └─ park       → supervise (outcome type), sweep, backpressure, kernel
+//!          ├─ supervise → sweep, backpressure, kernel, shared
+//!          ├─ handover  → backpressure, kernel
+//!          └─ selftest  → kernel, shared
+//!             └─ sweep        → backpressure, kernel
+//!                └─ backpressure → kernel, shared
+//!                   └─ kernel    → counters, shared
+//!                      └─ counters, shared   (leaves)
+//! ```
 
 mod backpressure;
 mod counters;
 mod handover;
+mod kernel;
 mod live;
 mod park;
 mod selftest;
@@ -32,16 +53,17 @@ mod shared;
 mod splicer;
 mod supervise;
 mod sweep;
+mod worker;
 
 use std::time::Duration;
 
 pub use counters::SpliceCounts;
 pub use handover::HandoverError;
 pub use live::{LiveBytes, LiveSlot};
-pub use park::parked_here;
 pub use selftest::{FORCE_FAIL_ENV, SelfTestError};
-pub use splicer::{LoadError, MAX_CAPACITY, SPLICE_BPF_OBJECT, Splicer};
-pub use supervise::{SpliceOutcome, SplicedPair};
+pub use splicer::{LoadError, MAX_CAPACITY, SPLICE_BPF_OBJECT, Splicer, WorkerPairs};
+pub use supervise::SpliceOutcome;
+pub use worker::SplicedPair;
 
 pub use crate::config::{DEFAULT_SPLICE_BUDGET as DEFAULT_BUDGET, MIN_SPLICE_BUDGET as MIN_BUDGET, SpliceMode};
 

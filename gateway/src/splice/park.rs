@@ -2,21 +2,18 @@
 //!
 //! Once a pair is in the kernel, nothing happens in userspace until a side
 //! closes or fails, the idle timeout or the drain signal ends it, or a
-//! direction goes over budget. So [`SplicedPair::park`] stores just the two
-//! sockets, the bytes forwarded during the handover and the caller's finish
-//! callback (what the access log needs), arms one close-only poll per socket
-//! on the worker's poll ring with a token naming the row, and returns: no task,
-//! future, waker, timer or buffer exists for the pair.
+//! direction goes over budget. So a parked pair is just a row: the two sockets,
+//! the bytes forwarded during the handover and the caller's finish callback (what
+//! the access log needs), named by a token for the close-only polls its owner
+//! (`worker`) arms on the poll ring. No task, future, waker, timer or buffer
+//! exists for it.
 //!
-//! A row is resumed into a supervision task ([`SplicedPair::supervise`]) when a
-//! poll fires, or when the sweeper (`sweep`) finds it idle, draining, or with
-//! bytes passed to userspace. The task runs to the pair's end (a resumed pair
-//! is not parked again) and hands the outcome to the finish callback.
-//!
-//! Must never touch a socket of a parked pair except to arm and cancel its polls.
+//! The table is data with rules: [`Table::insert`] says which polls to arm,
+//! [`Table::take`] and [`Table::due`] hand rows back as [`Taken`] (to be resumed
+//! into supervision by the owner) when a poll fired, or when a row is idle,
+//! draining, or has bytes passed to userspace. Must never touch a socket, arm or
+//! cancel a poll, or spawn anything itself.
 
-use std::cell::RefCell;
-use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -24,20 +21,20 @@ use std::time::Duration;
 use slab::Slab;
 
 use super::backpressure::needs_userspace;
-use super::handover::Inserted;
-use super::splicer::Splicer;
-use super::supervise::{SpliceOutcome, SplicedPair};
-use super::sweep::{self, Swept};
-use crate::readiness;
-use crate::shutdown::{Phase, ShutdownRx};
+use super::kernel::{Inner, Inserted, Pair};
+use super::supervise::SpliceOutcome;
+use super::sweep::{Swept, idle_ns};
 
 /// Token bits: row key (32), side (1), generation (29).
 const SIDE_SHIFT: u32 = 32;
 const GEN_SHIFT: u32 = 33;
 const GEN_MASK: u32 = (1 << 29) - 1;
 
+/// The callback that receives a pair's outcome.
+pub(super) type Finish = Box<dyn FnOnce(SpliceOutcome)>;
+
 /// What a parked pair keeps, boxed once; `F` is the caller's finish callback.
-struct Parked<F: ?Sized> {
+struct Parked<F> {
     client: OwnedFd,
     upstream: OwnedFd,
     /// Socket cookies (client, upstream): the keys of the pair's links.
@@ -47,185 +44,114 @@ struct Parked<F: ?Sized> {
 }
 
 /// A parked pair with its callback type erased.
-trait Resume {
+trait Unpark {
     /// The client's and the upstream's fd.
     fn fds(&self) -> (RawFd, RawFd);
-    /// Turns the row back into a supervision task that ends with the callback.
-    fn resume(self: Box<Self>, splicer: Splicer, slot: u32, start: Option<Swept>, policy: &Policy);
+    /// The pair and its callback again (the callback boxed on this cold path).
+    fn unpark(self: Box<Self>, slot: u32) -> (Pair, Finish);
 }
 
-impl<F: FnOnce(SpliceOutcome) + 'static> Resume for Parked<F> {
+impl<F: FnOnce(SpliceOutcome) + 'static> Unpark for Parked<F> {
     fn fds(&self) -> (RawFd, RawFd) {
         (self.client.as_raw_fd(), self.upstream.as_raw_fd())
     }
 
-    fn resume(self: Box<Self>, splicer: Splicer, slot: u32, start: Option<Swept>, policy: &Policy) {
+    fn unpark(self: Box<Self>, slot: u32) -> (Pair, Finish) {
         let Parked { client, upstream, cookies: [client_cookie, upstream_cookie], early, finish } = *self;
         let ins = Inserted { slot, client_cookie, upstream_cookie };
-        let pair = SplicedPair::new(splicer, client, upstream, ins, early);
-        let (idle, shutdown) = (policy.idle, policy.shutdown.clone());
-        tokio_uring::spawn(async move {
-            let outcome = pair.supervise(start, idle, shutdown).await;
-            finish(outcome);
-        });
+        (Pair { client, upstream, ins, early }, Box::new(finish))
     }
 }
 
-/// One row: the kernel slot inline (the sweeper reads it for every row) and the rest boxed.
+/// One row: the kernel slot inline (the sweep reads it for every row) and the rest boxed.
 struct Row {
     slot: u32,
     generation: u32,
-    pair: Box<dyn Resume>,
+    pair: Box<dyn Unpark>,
 }
 
-/// How this worker's pairs end: the idle timeout and the drain signal.
-struct Policy {
-    idle: Option<Duration>,
-    shutdown: ShutdownRx,
+/// A row handed back: the pair, its callback and the tokens of its polls (which
+/// the owner cancels).
+pub(super) struct Taken {
+    pub pair: Pair,
+    pub finish: Finish,
+    pub tokens: [u64; 2],
 }
 
-struct Table {
-    splicer: Splicer,
-    policy: Policy,
+/// One worker's parked pairs.
+pub(super) struct Table {
     idle_ns: u64,
     rows: Slab<Row>,
     next_generation: u32,
 }
 
-thread_local! {
-    static TABLE: RefCell<Option<Table>> = const { RefCell::new(None) };
-}
-
-/// See [`Splicer::init_worker`].
-pub(super) fn init_worker(splicer: &Splicer, idle: Option<Duration>, shutdown: ShutdownRx) -> io::Result<()> {
-    readiness::set_token_handler(on_token)?;
-    let idle_ns = idle.map_or(u64::MAX, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
-    sweep::shorten_tick(idle);
-    TABLE.with(|t| {
-        *t.borrow_mut() = Some(Table {
-            splicer: splicer.clone(),
-            policy: Policy { idle, shutdown },
-            idle_ns,
+impl Table {
+    /// A table for at most `capacity` pairs whose idle limit is `idle`.
+    pub(super) fn new(capacity: u32, idle: Option<Duration>) -> Self {
+        Self {
+            idle_ns: idle_ns(idle),
             // Reserved, not touched: rows cost memory only as pairs are parked, and
             // the table never moves a million rows to grow.
-            rows: Slab::with_capacity(splicer.capacity() as usize),
+            rows: Slab::with_capacity(capacity as usize),
             next_generation: 0,
-        });
-    });
-    Ok(())
-}
-
-/// Whether this thread was prepared with [`Splicer::init_worker`].
-pub(super) fn ready() -> bool {
-    TABLE.with(|t| t.borrow().is_some())
-}
-
-/// Parked pairs on this thread (tests and diagnostics).
-pub fn parked_here() -> usize {
-    TABLE.with(|t| t.borrow().as_ref().map_or(0, |t| t.rows.len()))
-}
-
-fn token(key: usize, side: u64, generation: u32) -> u64 {
-    key as u64 | side << SIDE_SHIFT | u64::from(generation) << GEN_SHIFT
-}
-
-/// See [`SplicedPair::park`].
-pub(super) fn park(pair: SplicedPair, finish: impl FnOnce(SpliceOutcome) + 'static) {
-    let (splicer, client, upstream, ins, early) = pair.into_parts();
-    let slot = ins.slot;
-    let cookies = [ins.client_cookie, ins.upstream_cookie];
-    let parked: Box<dyn Resume> = Box::new(Parked { client, upstream, cookies, early, finish });
-    let (c, u) = parked.fds();
-    let refused = TABLE.with(|t| {
-        let mut t = t.borrow_mut();
-        let Some(table) = t.as_mut() else { return Err((parked, None)) };
-        let generation = table.next_generation;
-        table.next_generation = (generation + 1) & GEN_MASK;
-        let entry = table.rows.vacant_entry();
-        let key = entry.key();
-        let armed = readiness::arm(c, readiness::CLOSED, token(key, 0, generation))
-            .and_then(|()| readiness::arm(u, readiness::CLOSED, token(key, 1, generation)));
-        if let Err(e) = armed {
-            let _ = readiness::disarm(token(key, 0, generation));
-            tracing::warn!(error = %e, "spliced pair supervised by a task: its polls could not be armed");
-            let policy = Policy { idle: table.policy.idle, shutdown: table.policy.shutdown.clone() };
-            return Err((parked, Some(policy)));
-        }
-        entry.insert(Row { slot, generation, pair: parked });
-        Ok(())
-    });
-    match refused {
-        Ok(()) => sweep::ensure_running(),
-        Err((parked, Some(policy))) => parked.resume(splicer, slot, None, &policy),
-        Err((parked, None)) => {
-            // `splice` refuses pairs on unprepared threads, and a pair cannot change threads.
-            tracing::error!("spliced pair parked on a thread without a table; supervised without idle timeout");
-            let (_tx, shutdown) = crate::shutdown::channel();
-            parked.resume(splicer, slot, None, &Policy { idle: None, shutdown });
         }
     }
-}
 
-/// Why a row is resumed.
-#[derive(Clone, Copy)]
-enum Wake {
-    /// A poll fired (close or error) or bytes were passed to userspace.
-    Event,
-    Swept(Swept),
-}
+    /// Parked pairs.
+    pub(super) fn len(&self) -> usize {
+        self.rows.len()
+    }
 
-/// Removes row `key` and resumes it as a task.
-fn resume(table: &mut Table, key: usize, wake: Wake) {
-    let row = table.rows.remove(key);
-    let _ = readiness::disarm(token(key, 0, row.generation));
-    let _ = readiness::disarm(token(key, 1, row.generation));
-    let start = match wake {
-        Wake::Event => None,
-        Wake::Swept(why) => Some(why),
-    };
-    row.pair.resume(table.splicer.clone(), row.slot, start, &table.policy);
-}
+    /// Parks `pair`; returns the close-only polls to arm (fd, token), one per socket.
+    pub(super) fn insert(&mut self, pair: Pair, finish: impl FnOnce(SpliceOutcome) + 'static) -> [(RawFd, u64); 2] {
+        let Pair { client, upstream, ins, early } = pair;
+        let cookies = [ins.client_cookie, ins.upstream_cookie];
+        let parked: Box<dyn Unpark> = Box::new(Parked { client, upstream, cookies, early, finish });
+        let (c, u) = parked.fds();
+        let generation = self.next_generation;
+        self.next_generation = (generation + 1) & GEN_MASK;
+        let key = self.rows.insert(Row { slot: ins.slot, generation, pair: parked });
+        [(c, token(key, 0, generation)), (u, token(key, 1, generation))]
+    }
 
-/// The poll ring's token handler: a close-only poll of a parked pair fired.
-fn on_token(token: u64, _result: i32) {
-    let key = (token & u64::from(u32::MAX)) as usize;
-    let generation = ((token >> GEN_SHIFT) as u32) & GEN_MASK;
-    TABLE.with(|t| {
-        let mut t = t.borrow_mut();
-        let Some(table) = t.as_mut() else { return };
-        // A completion for a row already resumed (its cancelled poll) or reused is stale.
-        if table.rows.get(key).is_some_and(|r| r.generation == generation) {
-            resume(table, key, Wake::Event);
-        }
-    });
-}
+    /// The row a poll with `token` fired for, unless that completion is stale (its row
+    /// was already taken, and maybe reused).
+    pub(super) fn take(&mut self, token: u64) -> Option<Taken> {
+        let key = (token & u64::from(u32::MAX)) as usize;
+        let generation = ((token >> GEN_SHIFT) as u32) & GEN_MASK;
+        self.rows.get(key).is_some_and(|r| r.generation == generation).then(|| self.remove(key))
+    }
 
-/// One sweep over this thread's parked pairs (no syscall per row): resumes those that
-/// are idle, must close for the drain, or have bytes passed to userspace. Returns how
-/// many rows remain.
-pub(super) fn sweep(now_ns: u64) -> usize {
-    TABLE.with(|t| {
-        let mut t = t.borrow_mut();
-        let Some(table) = t.as_mut() else { return 0 };
-        let stop = table.policy.shutdown.phase() == Phase::Stop;
-        let inner = &table.splicer.inner;
-        let due: Vec<(usize, Wake)> = table
+    /// One pass over the rows at `now_ns` (no syscall per row): takes those that are
+    /// idle, must close for the drain (`stop`), or have bytes passed to userspace;
+    /// each with why the sweep ended it (`None`: it only needs its supervisor).
+    pub(super) fn due(&mut self, inner: &Inner, now_ns: u64, stop: bool) -> Vec<(Taken, Option<Swept>)> {
+        let idle_ns = self.idle_ns;
+        let due: Vec<(usize, Option<Swept>)> = self
             .rows
             .iter()
             .filter_map(|(key, row)| {
                 if stop {
-                    return Some((key, Wake::Swept(Swept::Drain)));
+                    return Some((key, Some(Swept::Drain)));
                 }
                 let last = inner.last_active(row.slot).load(Ordering::Relaxed);
-                if now_ns.saturating_sub(last) >= table.idle_ns {
-                    return Some((key, Wake::Swept(Swept::Idle)));
+                if now_ns.saturating_sub(last) >= idle_ns {
+                    return Some((key, Some(Swept::Idle)));
                 }
-                (0..2).any(|dir| needs_userspace(inner, row.slot, dir)).then_some((key, Wake::Event))
+                (0..2).any(|dir| needs_userspace(inner, row.slot, dir)).then_some((key, None))
             })
             .collect();
-        for (key, wake) in due {
-            resume(table, key, wake);
-        }
-        table.rows.len()
-    })
+        due.into_iter().map(|(key, why)| (self.remove(key), why)).collect()
+    }
+
+    fn remove(&mut self, key: usize) -> Taken {
+        let row = self.rows.remove(key);
+        let tokens = [token(key, 0, row.generation), token(key, 1, row.generation)];
+        let (pair, finish) = row.pair.unpark(row.slot);
+        Taken { pair, finish, tokens }
+    }
+}
+
+fn token(key: usize, side: u64, generation: u32) -> u64 {
+    key as u64 | side << SIDE_SHIFT | u64::from(generation) << GEN_SHIFT
 }

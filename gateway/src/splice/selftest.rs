@@ -16,9 +16,8 @@ use std::time::{Duration, Instant};
 
 use std::sync::atomic::Ordering;
 
-use super::handover::InsertError;
+use super::kernel::{self, Inner, InsertError};
 use super::shared::{DirField, TO_CLIENT, TO_UPSTREAM};
-use super::splicer::Splicer;
 
 /// Environment variable that forces the self-test to fail (test hook).
 pub const FORCE_FAIL_ENV: &str = "WSGATE_SPLICE_SELFTEST_FAIL";
@@ -71,8 +70,8 @@ fn pattern(seed: u8, n: usize) -> Vec<u8> {
     (0..n).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
 }
 
-/// See [`Splicer::self_test`].
-pub(super) fn run(splicer: &Splicer) -> Result<Duration, SelfTestError> {
+/// See [`Splicer::self_test`](super::Splicer::self_test).
+pub(super) fn run(inner: &Inner) -> Result<Duration, SelfTestError> {
     let started = Instant::now();
     if std::env::var_os(FORCE_FAIL_ENV).is_some_and(|v| v == "1") {
         return Err(fail("start", format!("forced by {FORCE_FAIL_ENV}=1")));
@@ -80,27 +79,27 @@ pub(super) fn run(splicer: &Splicer) -> Result<Duration, SelfTestError> {
     let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| fail("listen", e))?;
     let (c, a) = pair(&listener).map_err(|e| fail("connect", e))?;
     let (b, u) = pair(&listener).map_err(|e| fail("connect", e))?;
-    check(splicer, Loop { c, a, b, u })?;
+    check(inner, Loop { c, a, b, u })?;
     Ok(started.elapsed())
 }
 
-fn check(splicer: &Splicer, mut t: Loop) -> Result<(), SelfTestError> {
+fn check(inner: &Inner, mut t: Loop) -> Result<(), SelfTestError> {
     let io = |step| move |e: io::Error| fail(step, e);
     // Queued before insertion, in both directions.
     t.c.write_all(b"early-client").map_err(io("write before insertion"))?;
     t.u.write_all(b"early-upstream").map_err(io("write before insertion"))?;
     std::thread::sleep(Duration::from_millis(5));
-    let ins = match super::handover::insert_pair(&splicer.inner, t.a.as_raw_fd(), t.b.as_raw_fd()) {
+    let ins = match kernel::insert_pair(inner, t.a.as_raw_fd(), t.b.as_raw_fd()) {
         Ok(i) => i,
         Err(InsertError::NotSpliceable(why)) => return Err(fail("insert", why)),
         Err(InsertError::Failed(e)) => return Err(fail("insert", e)),
     };
     let result = check_inserted(&mut t);
     let carried = [TO_UPSTREAM, TO_CLIENT].map(|dir| {
-        let word = |f| splicer.inner.dir_word(ins.slot, dir, f).load(Ordering::Acquire);
+        let word = |f| inner.dir_word(ins.slot, dir, f).load(Ordering::Acquire);
         (word(DirField::Redirected), word(DirField::Passed))
     });
-    super::handover::release(&splicer.inner, ins);
+    kernel::release(inner, ins);
     result?;
     let expected = [12 + BULK as u64, 14 + BULK as u64 + 16];
     if carried.map(|(redirected, _)| redirected) != expected || carried.iter().any(|&(_, passed)| passed != 0) {
@@ -113,7 +112,7 @@ fn check(splicer: &Splicer, mut t: Loop) -> Result<(), SelfTestError> {
     drop(t.a);
     drop(t.b);
     for cookie in [ins.client_cookie, ins.upstream_cookie] {
-        if splicer.contains(cookie).map_err(io("sockhash lookup"))? {
+        if crate::io::bpf::keys(inner.sock_hash_fd).map_err(io("sockhash lookup"))?.contains(&cookie) {
             return Err(fail("close", "a closed socket is still in the sockhash"));
         }
     }

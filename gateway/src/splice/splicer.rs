@@ -1,18 +1,19 @@
 //! The [`Splicer`], the kernel splice's handle, with its whole surface in one impl:
 //! load (with aya: sizes the maps from the configured capacity, attaches the verdict
 //! to the sockhash, maps the per-connection state array into this process), self-test,
-//! prepare a worker, splice a pair, read the counters, and the diagnostics tests use.
-//! The mechanics of each live in their own files (`selftest`, `park`, `handover`,
-//! `counters`).
+//! prepare a worker, read the counters, and the diagnostics tests use; and
+//! [`WorkerPairs`], what one worker thread owns of the splice (its parked pairs and
+//! sweeper, on the worker's poll ring), which splices a pair. The mechanics live
+//! in their own files: `kernel` (maps, slots, insertion), `selftest`, `counters`,
+//! and `worker`, the one owner of a spliced pair's states.
 //!
 //! Owns every map and program handle: nothing else in the gateway sees aya.
 //! Must never be dropped while pairs are spliced (dropping detaches the program;
 //! [`Splicer`] keeps it alive through an `Arc`).
 
-use std::collections::VecDeque;
 use std::fmt::Write as _;
-use std::os::fd::{AsFd, AsRawFd, RawFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::os::fd::{AsFd, AsRawFd};
+use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 
 use aya::maps::{Map, MapData, SockHash};
@@ -24,11 +25,12 @@ use std::time::Duration;
 use tokio_uring::net::TcpStream;
 
 use super::counters::{Counters, SpliceCounts};
-use super::handover::{self, HandoverError};
-use super::park;
+use super::handover::HandoverError;
+use super::kernel::Inner;
 use super::selftest::{self, SelfTestError};
-use super::shared::{self, Conn, DirField};
-use super::supervise::SplicedPair;
+use super::shared::Conn;
+use super::worker::{self, Local, SplicedPair};
+use crate::readiness::Ring;
 use crate::shutdown::ShutdownRx;
 
 /// The compiled `ebpf/splice.bpf.o`.
@@ -61,23 +63,6 @@ impl std::fmt::Debug for Splicer {
             .field("budget", &self.inner.budget)
             .finish_non_exhaustive()
     }
-}
-
-pub(super) struct Inner {
-    /// Keeps the program attached; only touched at load and drop.
-    _ebpf: Mutex<Ebpf>,
-    _sock_hash: SockHash<MapData, u64>,
-    _links: MapData,
-    _conns: MapData,
-    pub sock_hash_fd: RawFd,
-    pub links_fd: RawFd,
-    conns: crate::io::bpf::MapMmap,
-    /// Free slots of the `conns` array, oldest first so a slot rests as long as
-    /// possible before reuse. Held for one push or pop per splice: never across a syscall.
-    free: Mutex<VecDeque<u32>>,
-    pub capacity: u32,
-    pub budget: u64,
-    pub counters: Counters,
 }
 
 impl Splicer {
@@ -128,30 +113,16 @@ impl Splicer {
     /// Runs the self-test (a loopback pair spliced, bytes checked both ways, half-close
     /// and close); returns how long it took.
     pub fn self_test(&self) -> Result<Duration, SelfTestError> {
-        selftest::run(self)
+        selftest::run(&self.inner)
     }
 
-    /// Prepares this worker thread to splice: its table of parked pairs, with the
-    /// idle timeout and drain signal they follow. Call once per worker thread, after
-    /// `readiness::init`; [`Splicer::splice`] refuses pairs on other threads.
-    pub fn init_worker(&self, idle: Option<Duration>, shutdown: ShutdownRx) -> std::io::Result<()> {
-        park::init_worker(self, idle, shutdown)
-    }
-
-    /// Hands a connection to the kernel after its 101.
-    ///
-    /// `client_early` are client bytes read after the request head and not yet
-    /// forwarded; the upstream's 101 must still be queued in `upstream` (peeked,
-    /// not read). On success the pair is in the kernel; leave it there with
-    /// [`SplicedPair::park`]. A pair is taken back out only by its end, reported to
-    /// the park callback.
-    pub async fn splice(
-        &self,
-        client: TcpStream,
-        upstream: TcpStream,
-        client_early: Vec<u8>,
-    ) -> Result<SplicedPair, HandoverError> {
-        handover::splice(self, client, upstream, client_early).await
+    /// Prepares a worker thread to splice: its table of parked pairs and its sweeper,
+    /// waiting on the worker's poll `ring`, with the idle timeout and drain signal its
+    /// pairs follow. Call once per worker thread, on that thread; the result must stay
+    /// there (it is not `Send`).
+    pub fn init_worker(&self, ring: &Ring, idle: Option<Duration>, shutdown: ShutdownRx) -> WorkerPairs {
+        let local = Local::start(self.inner.clone(), ring, idle, shutdown);
+        WorkerPairs { splicer: self.clone(), local }
     }
 
     /// Current counts of this splicer.
@@ -195,50 +166,45 @@ impl Splicer {
     }
 }
 
-impl Inner {
-    pub fn alloc_slot(&self) -> Option<u32> {
-        let slot = self.free.lock().ok()?.pop_front()?;
-        let base = slot as usize * size_of::<Conn>();
-        for dir in 0..2 {
-            for f in [
-                DirField::Redirected,
-                DirField::Passed,
-                DirField::PassRuns,
-                DirField::HeldMax,
-                DirField::BoundBase,
-                DirField::NextSeq,
-                DirField::Trimmed,
-                DirField::Broken,
-                DirField::Forwarded,
-                DirField::AckedBase,
-            ] {
-                self.conns.word(base + f.offset(dir)).store(0, Ordering::Relaxed);
-            }
-        }
-        self.conns.word(base + shared::LAST_ACTIVE).store(crate::io::bpf::coarse_now_ns(), Ordering::Relaxed);
-        self.conns.word(base + shared::GENERATION).fetch_add(1, Ordering::Relaxed);
-        Some(slot)
+/// What one worker thread owns of the splice: its poll ring, its table of parked
+/// pairs and its sweeper. Cheap to clone; made by [`Splicer::init_worker`].
+#[derive(Clone)]
+pub struct WorkerPairs {
+    splicer: Splicer,
+    local: Rc<Local>,
+}
+
+impl std::fmt::Debug for WorkerPairs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerPairs").field("parked", &self.parked()).finish_non_exhaustive()
+    }
+}
+
+impl WorkerPairs {
+    /// Hands a connection to the kernel after its 101.
+    ///
+    /// `client_early` are client bytes read after the request head and not yet
+    /// forwarded; the upstream's 101 must still be queued in `upstream` (peeked,
+    /// not read). On success the pair is in the kernel; leave it there with
+    /// [`SplicedPair::park`]. A pair is taken back out only by its end, reported to
+    /// the park callback.
+    pub async fn splice(
+        &self,
+        client: TcpStream,
+        upstream: TcpStream,
+        client_early: Vec<u8>,
+    ) -> Result<SplicedPair, HandoverError> {
+        worker::splice(&self.local, client, upstream, client_early).await
     }
 
-    pub fn free_slot(&self, slot: u32) {
-        if let Ok(mut f) = self.free.lock() {
-            f.push_back(slot);
-        }
+    /// The splicer these pairs belong to.
+    pub fn splicer(&self) -> &Splicer {
+        &self.splicer
     }
 
-    /// One field of one direction of a slot, shared with the program.
-    pub fn dir_word(&self, slot: u32, dir: usize, field: DirField) -> &AtomicU64 {
-        self.conns.word(slot as usize * size_of::<Conn>() + field.offset(dir))
-    }
-
-    /// The slot's last-activity stamp (`CLOCK_MONOTONIC_COARSE` ns).
-    pub fn last_active(&self, slot: u32) -> &AtomicU64 {
-        self.conns.word(slot as usize * size_of::<Conn>() + shared::LAST_ACTIVE)
-    }
-
-    /// The slot's generation, bumped each time the slot is handed to a new pair.
-    pub fn generation(&self, slot: u32) -> &AtomicU64 {
-        self.conns.word(slot as usize * size_of::<Conn>() + shared::GENERATION)
+    /// Pairs parked on this worker (tests and diagnostics).
+    pub fn parked(&self) -> usize {
+        self.local.parked()
     }
 }
 

@@ -4,27 +4,26 @@
 //! sockets at the end (which removes them from the sockhash).
 //!
 //! A pair is supervised by a task only once something happens to it: until then
-//! it is parked (`park`), a row of its worker's table. The supervising task holds
-//! no buffer while it waits, and no timer of its own (the sweeper, `sweep`,
-//! reads the kernel's last-activity stamp from shared memory). Must never read a
-//! socket except to relay passed bytes or observe its close, and never write to
-//! one outside `backpressure`.
+//! it is parked (`park`), a row of its worker's table. The worker (`worker`)
+//! spawns [`supervise`] and hands the [`SpliceOutcome`] it returns to the pair's
+//! callback. The supervising task holds no buffer while it waits, and no timer of
+//! its own (the sweeper, `sweep`, reads the kernel's last-activity stamp from
+//! shared memory). Must never read a socket except to relay passed bytes or
+//! observe its close, never write to one outside `backpressure`, and never
+//! park, resume or spawn a pair.
 
 use std::io;
-use std::marker::PhantomData;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::pin::pin;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::backpressure::{Direction, Fd};
-use super::handover::Inserted;
+use super::kernel::{self, Inner, Pair};
 use super::shared::{TO_CLIENT, TO_UPSTREAM};
-use super::splicer::Splicer;
-use super::sweep::{Registration, Swept, watch_pair};
+use super::sweep::{Registration, Swept};
 use crate::close::{Close, Side};
-use crate::readiness;
-use crate::shutdown::ShutdownRx;
+use crate::readiness::{self, Ring};
 
 /// Read size when relaying passed bytes.
 const RELAY_CHUNK: usize = 64 * 1024;
@@ -81,26 +80,6 @@ pub struct SpliceOutcome {
     pub trimmed: u64,
 }
 
-/// A connection whose sockets are in the kernel; hand it to [`SplicedPair::park`].
-/// Not `Send`: it belongs to the worker thread that spliced it.
-pub struct SplicedPair {
-    splicer: Splicer,
-    client: OwnedFd,
-    upstream: OwnedFd,
-    ins: Inserted,
-    early: u64,
-    _worker: PhantomData<*const ()>,
-}
-
-impl std::fmt::Debug for SplicedPair {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SplicedPair")
-            .field("client_cookie", &self.ins.client_cookie)
-            .field("upstream_cookie", &self.ins.upstream_cookie)
-            .finish_non_exhaustive()
-    }
-}
-
 /// How one direction ended.
 enum DirEnd {
     /// FIN from the source, passed on to the destination.
@@ -108,83 +87,54 @@ enum DirEnd {
     Failed(Side, io::Error),
 }
 
-impl SplicedPair {
-    pub(super) fn new(splicer: Splicer, client: OwnedFd, upstream: OwnedFd, ins: Inserted, early: u64) -> Self {
-        Self { splicer, client, upstream, ins, early, _worker: PhantomData }
-    }
-
-    pub(super) fn into_parts(self) -> (Splicer, OwnedFd, OwnedFd, Inserted, u64) {
-        (self.splicer, self.client, self.upstream, self.ins, self.early)
-    }
-
-    /// The splicer, the pair's row of the shared array and the bytes forwarded during the handover.
-    pub(super) fn row(&self) -> (&Splicer, u32, u64) {
-        (&self.splicer, self.ins.slot, self.early)
-    }
-
-    /// Leaves the pair to the kernel and this worker's table; `finish` is called
-    /// with the outcome when the pair ends. The pair costs no task while parked.
-    pub fn park(self, finish: impl FnOnce(SpliceOutcome) + 'static) {
-        super::park::park(self, finish);
-    }
-
-    /// Socket cookies (client, upstream): their keys in the sockhash.
-    pub fn cookies(&self) -> (u64, u64) {
-        (self.ins.client_cookie, self.ins.upstream_cookie)
-    }
-
-    /// Supervises the pair until both sides closed, one failed, it was idle for
-    /// `idle_timeout`, or `shutdown` reached the `Stop` phase; `swept` says the
-    /// sweeper already decided to end it. Closes both sockets.
-    pub(super) async fn supervise(
-        self,
-        swept: Option<Swept>,
-        idle_timeout: Option<Duration>,
-        shutdown: ShutdownRx,
-    ) -> SpliceOutcome {
-        let inner = &*self.splicer.inner;
-        let (client, upstream) = (self.client.as_raw_fd(), self.upstream.as_raw_fd());
-        let up = Direction { inner, slot: self.ins.slot, dir: TO_UPSTREAM, dst: upstream };
-        let down = Direction { inner, slot: self.ins.slot, dir: TO_CLIENT, dst: client };
-        let end = if let Some(why) = swept {
-            swept_reason(why)
-        } else {
-            until_end(&up, &down, watch_pair(&self.splicer, self.ins.slot, idle_timeout, shutdown)).await
-        };
-        match end {
-            End::Reset(side) | End::Error(side) => {
-                // Pass the failure on as RST to the side that did not fail.
-                for (fd, s) in [(client, Side::Client), (upstream, Side::Upstream)] {
-                    if s != side {
-                        let _ = crate::io::reset_on_close(&fd);
-                    }
+/// Supervises `pair` until both sides closed, one failed, or the sweeper ended it
+/// (`swept` when it already had; else it registers with `watch()` and waits).
+/// Closes both sockets, then releases the pair's links and slot.
+pub(super) async fn supervise(
+    inner: &Inner,
+    ring: &Ring,
+    pair: Pair,
+    swept: Option<Swept>,
+    watch: impl FnOnce() -> Registration,
+) -> SpliceOutcome {
+    let Pair { client: client_fd, upstream: upstream_fd, ins, early } = pair;
+    let (client, upstream) = (client_fd.as_raw_fd(), upstream_fd.as_raw_fd());
+    let up = Direction { inner, ring, slot: ins.slot, dir: TO_UPSTREAM, dst: upstream };
+    let down = Direction { inner, ring, slot: ins.slot, dir: TO_CLIENT, dst: client };
+    let end = if let Some(why) = swept { swept_reason(why) } else { until_end(&up, &down, watch()).await };
+    match end {
+        End::Reset(side) | End::Error(side) => {
+            // Pass the failure on as RST to the side that did not fail.
+            for (fd, s) in [(client, Side::Client), (upstream, Side::Upstream)] {
+                if s != side {
+                    let _ = crate::io::reset_on_close(&fd);
                 }
             }
-            End::Idle | End::Shutdown => {
-                let _ = crate::io::shutdown(&client, std::net::Shutdown::Write);
-                let _ = crate::io::shutdown(&upstream, std::net::Shutdown::Write);
-            }
-            End::Closed(_) => {}
         }
-        let outcome = SpliceOutcome {
-            to_upstream: self.early + up.bytes(),
-            to_client: down.bytes(),
-            reason: end.close(),
-            pressure_runs: up.pressure_runs() + down.pressure_runs(),
-            held_max: up.held_max().max(down.held_max()),
-            trimmed: up.trimmed() + down.trimmed(),
-        };
-        let counters = &inner.counters;
-        counters.pressure.fetch_add(outcome.pressure_runs, Ordering::Relaxed);
-        counters.trimmed.fetch_add(outcome.trimmed, Ordering::Relaxed);
-        counters.active.fetch_sub(1, Ordering::Relaxed);
-        // Closed first (which takes them out of the sockhash), then the slot is freed: a
-        // verdict still running for this pair writes to a slot no new pair has yet.
-        drop(self.client);
-        drop(self.upstream);
-        super::handover::release(inner, self.ins);
-        outcome
+        End::Idle | End::Shutdown => {
+            let _ = crate::io::shutdown(&client, std::net::Shutdown::Write);
+            let _ = crate::io::shutdown(&upstream, std::net::Shutdown::Write);
+        }
+        End::Closed(_) => {}
     }
+    let outcome = SpliceOutcome {
+        to_upstream: early + up.bytes(),
+        to_client: down.bytes(),
+        reason: end.close(),
+        pressure_runs: up.pressure_runs() + down.pressure_runs(),
+        held_max: up.held_max().max(down.held_max()),
+        trimmed: up.trimmed() + down.trimmed(),
+    };
+    let counters = &inner.counters;
+    counters.pressure.fetch_add(outcome.pressure_runs, Ordering::Relaxed);
+    counters.trimmed.fetch_add(outcome.trimmed, Ordering::Relaxed);
+    counters.active.fetch_sub(1, Ordering::Relaxed);
+    // Closed first (which takes them out of the sockhash), then the slot is freed: a
+    // verdict still running for this pair writes to a slot no new pair has yet.
+    drop(client_fd);
+    drop(upstream_fd);
+    kernel::release(inner, ins);
+    outcome
 }
 
 /// Watches both directions and the sweeper until the pair ends; returns how.
@@ -243,7 +193,7 @@ async fn direction(d: &Direction<'_>, src: RawFd, src_side: Side, dst_side: Side
         // redirected bytes, which would wake the pair on every message. Pass mode
         // is noticed on every poll of `Watch` (the sweeper wakes the task for it).
         let mask = if d.needs_userspace() { readiness::READABLE } else { readiness::CLOSED };
-        if let Err(e) = (Watch { d, ready: readiness::ready(&Fd(src), mask) }).await {
+        if let Err(e) = (Watch { d, ready: d.ring.ready(&Fd(src), mask) }).await {
             return DirEnd::Failed(Side::Internal, e);
         }
         // Cold path, boxed so an idle pair's future stays small.

@@ -1,12 +1,12 @@
 //! Per-worker sweeper for the idle timeout, the drain signal and pass mode of
 //! spliced pairs, so that no pair holds a timer or a channel future of its own.
 //!
-//! Each worker thread runs one sweeper task while it has pairs, parked (rows of
-//! `park`'s table) or supervised by a task (registered here). Every tick it
-//! reads each pair's last-activity stamp and pass counters from the
-//! kernel-shared array (plain memory, no syscall) and the drain phase, resumes
-//! the parked pairs that need it and wakes the supervisors that must end.
-//! Must never block and never make a syscall per pair.
+//! The [`Sweeper`] is the registry of a worker's supervised pairs (a field of its
+//! `worker::Local`); the worker's sweep task (in `worker`) calls [`Sweeper::check`]
+//! every tick, which reads each pair's last-activity stamp and pass counters from
+//! the kernel-shared array (plain memory, no syscall) and the drain phase, and
+//! wakes the supervisors that must end or relay. It decides; it never resumes,
+//! spawns or ends a pair itself. Must never block and never make a syscall per pair.
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -20,8 +20,7 @@ use crate::shutdown::{Phase, ShutdownRx};
 use slab::Slab;
 
 use super::backpressure::needs_userspace;
-use super::park;
-use super::splicer::Splicer;
+use super::kernel::Inner;
 
 /// Longest time between two checks of a pair (the drain signal's latency).
 const TICK_MAX: Duration = Duration::from_millis(250);
@@ -35,8 +34,12 @@ pub(super) enum Swept {
     Drain,
 }
 
+/// An idle limit in ns, `u64::MAX` for none.
+pub(super) fn idle_ns(idle: Option<Duration>) -> u64 {
+    idle.map_or(u64::MAX, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
 struct Entry {
-    splicer: Splicer,
     slot: u32,
     /// Idle limit in ns, `u64::MAX` for none.
     idle_ns: u64,
@@ -45,110 +48,52 @@ struct Entry {
     swept: Option<Swept>,
 }
 
-#[derive(Default)]
-struct Sweeper {
+/// One worker's sweeper: the supervised pairs it watches, whether its task runs,
+/// and its tick.
+pub(super) struct Sweeper {
     entries: Slab<Entry>,
-    running: bool,
+    /// Whether the worker's sweep task is running.
+    pub running: bool,
     tick: Duration,
 }
 
-thread_local! {
-    static SWEEPER: Rc<RefCell<Sweeper>> = Rc::new(RefCell::new(Sweeper { tick: TICK_MAX, ..Sweeper::default() }));
-}
-
-/// Makes the ticks short enough for an idle timeout of `idle` (a quarter of it).
-pub(super) fn shorten_tick(idle: Option<Duration>) {
-    if let Some(d) = idle {
-        SWEEPER.with(|s| {
-            let mut sw = s.borrow_mut();
-            sw.tick = sw.tick.min((d / 4).max(TICK_MIN));
-        });
+impl Sweeper {
+    /// A sweeper whose ticks are short enough for an idle timeout of `idle`.
+    pub(super) fn new(idle: Option<Duration>) -> Self {
+        let mut sweeper = Self { entries: Slab::new(), running: false, tick: TICK_MAX };
+        sweeper.shorten_tick(idle);
+        sweeper
     }
-}
 
-/// Starts this worker's sweeper task unless it is running.
-pub(super) fn ensure_running() {
-    SWEEPER.with(|s| {
-        let mut sw = s.borrow_mut();
-        if !sw.running {
-            sw.running = true;
-            tokio::task::spawn_local(run(s.clone()));
+    /// Makes the ticks short enough for an idle timeout of `idle` (a quarter of it).
+    fn shorten_tick(&mut self, idle: Option<Duration>) {
+        if let Some(d) = idle {
+            self.tick = self.tick.min((d / 4).max(TICK_MIN));
         }
-    });
-}
-
-/// Registers a supervised pair with this worker's sweeper; resolves when it must end.
-pub(super) fn watch_pair(splicer: &Splicer, slot: u32, idle: Option<Duration>, drain: ShutdownRx) -> Registration {
-    let idle_ns = idle.map_or(u64::MAX, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
-    shorten_tick(idle);
-    let key = SWEEPER.with(|s| {
-        s.borrow_mut().entries.insert(Entry {
-            splicer: splicer.clone(),
-            slot,
-            idle_ns,
-            drain,
-            waker: None,
-            swept: None,
-        })
-    });
-    ensure_running();
-    Registration { key }
-}
-
-/// A pair's place in the sweeper; removing it on drop.
-pub(super) struct Registration {
-    key: usize,
-}
-
-impl Future for Registration {
-    type Output = Swept;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Swept> {
-        SWEEPER.with(|s| {
-            let mut sw = s.borrow_mut();
-            let Some(e) = sw.entries.get_mut(self.key) else { return Poll::Pending };
-            if let Some(why) = e.swept {
-                return Poll::Ready(why);
-            }
-            if !e.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                e.waker = Some(cx.waker().clone());
-            }
-            Poll::Pending
-        })
     }
-}
 
-impl Drop for Registration {
-    fn drop(&mut self) {
-        SWEEPER.with(|s| {
-            let mut sw = s.borrow_mut();
-            if sw.entries.contains(self.key) {
-                sw.entries.remove(self.key);
-            }
-        });
+    /// Time between two checks.
+    pub(super) fn tick(&self) -> Duration {
+        self.tick
     }
-}
 
-async fn run(sweeper: Rc<RefCell<Sweeper>>) {
-    loop {
-        let tick = sweeper.borrow().tick;
-        tokio::time::sleep(tick).await;
-        let now = crate::io::bpf::coarse_now_ns();
-        // Resumed rows become supervision tasks, which register here when first polled.
-        let parked = park::sweep(now);
-        let mut sw = sweeper.borrow_mut();
-        if sw.entries.is_empty() && parked == 0 {
-            sw.running = false;
-            return;
-        }
-        for (_, e) in &mut sw.entries {
+    /// Whether no supervised pair is registered.
+    pub(super) fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// One check of every supervised pair at `now` (ns): marks and wakes those that
+    /// are idle or must close for the drain, and wakes those with bytes passed to
+    /// userspace.
+    pub(super) fn check(&mut self, inner: &Inner, now: u64) {
+        for (_, e) in &mut self.entries {
             if e.swept.is_some() {
                 continue;
             }
             let swept = if e.drain.phase() == Phase::Stop {
                 Some(Swept::Drain)
             } else {
-                let last = e.splicer.inner.last_active(e.slot).load(Ordering::Relaxed);
+                let last = inner.last_active(e.slot).load(Ordering::Relaxed);
                 (now.saturating_sub(last) >= e.idle_ns).then_some(Swept::Idle)
             };
             if swept.is_some() {
@@ -156,13 +101,60 @@ async fn run(sweeper: Rc<RefCell<Sweeper>>) {
                 if let Some(w) = e.waker.take() {
                     w.wake();
                 }
-            } else if (0..2).any(|dir| needs_userspace(&e.splicer.inner, e.slot, dir)) {
+            } else if (0..2).any(|dir| needs_userspace(inner, e.slot, dir)) {
                 // A direction went into pass mode while its supervisor waited only
                 // for a close: wake it so it starts relaying (see `supervise`).
                 if let Some(w) = &e.waker {
                     w.wake_by_ref();
                 }
             }
+        }
+    }
+}
+
+/// Registers a supervised pair with `sweeper`; resolves when it must end. The
+/// caller makes sure the sweep task runs.
+pub(super) fn watch_pair(
+    sweeper: &Rc<RefCell<Sweeper>>,
+    slot: u32,
+    idle: Option<Duration>,
+    drain: ShutdownRx,
+) -> Registration {
+    let key = {
+        let mut sw = sweeper.borrow_mut();
+        sw.shorten_tick(idle);
+        sw.entries.insert(Entry { slot, idle_ns: idle_ns(idle), drain, waker: None, swept: None })
+    };
+    Registration { sweeper: sweeper.clone(), key }
+}
+
+/// A pair's place in the sweeper; removing it on drop.
+pub(super) struct Registration {
+    sweeper: Rc<RefCell<Sweeper>>,
+    key: usize,
+}
+
+impl Future for Registration {
+    type Output = Swept;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Swept> {
+        let mut sw = self.sweeper.borrow_mut();
+        let Some(e) = sw.entries.get_mut(self.key) else { return Poll::Pending };
+        if let Some(why) = e.swept {
+            return Poll::Ready(why);
+        }
+        if !e.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            e.waker = Some(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let mut sw = self.sweeper.borrow_mut();
+        if sw.entries.contains(self.key) {
+            sw.entries.remove(self.key);
         }
     }
 }

@@ -17,9 +17,9 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use wsgate::readiness;
+use wsgate::readiness::{self, Ring};
 use wsgate::shutdown::{Phase, ShutdownTx};
-use wsgate::splice::{HandoverError, SpliceOutcome, Splicer};
+use wsgate::splice::{HandoverError, SpliceOutcome, Splicer, WorkerPairs};
 
 /// Loads a splicer, or explains loudly why the test cannot run here.
 pub fn splicer_or_skip(test: &str, capacity: u32, budget: u64) -> Option<Splicer> {
@@ -80,20 +80,20 @@ impl Proxy {
         let splicer = splicer.clone();
         let thread = std::thread::spawn(move || {
             tokio_uring::start(async move {
-                readiness::init(4096).expect("poll ring");
-                splicer.init_worker(idle, shutdown_rx).expect("worker prepared to splice");
+                let ring = Ring::start(4096).expect("poll ring");
+                let pairs = splicer.init_worker(&ring, idle, shutdown_rx);
                 while let Some(msg) = rx.recv().await {
                     let job = match msg {
                         Msg::Job(job) => job,
                         Msg::Parked(reply) => {
-                            let _ = reply.send(wsgate::splice::parked_here());
+                            let _ = reply.send(pairs.parked());
                             continue;
                         }
                     };
-                    let splicer = splicer.clone();
+                    let (pairs, ring) = (pairs.clone(), ring.clone());
                     tokio_uring::spawn(async move {
                         let done = job.done.clone();
-                        if let Err(e) = run_job(&splicer, job).await {
+                        if let Err(e) = run_job(&pairs, &ring, job).await {
                             let _ = done.send(Err(e));
                         }
                     });
@@ -138,17 +138,17 @@ impl Drop for Proxy {
 }
 
 /// Splices and parks one pair; the outcome goes to `job.done` when it ends.
-async fn run_job(splicer: &Splicer, job: Job) -> Result<(), String> {
+async fn run_job(pairs: &WorkerPairs, ring: &Ring, job: Job) -> Result<(), String> {
     let Job { client, upstream, handshake, done, cookies } = job;
     let early = match handshake {
         Handshake::None => Vec::new(),
-        Handshake::Http => {
-            http_handshake(client.as_raw_fd(), upstream.as_raw_fd()).await.map_err(|e| format!("handshake: {e}"))?
-        }
+        Handshake::Http => http_handshake(ring, client.as_raw_fd(), upstream.as_raw_fd())
+            .await
+            .map_err(|e| format!("handshake: {e}"))?,
     };
     let client = tokio_uring::net::TcpStream::from_std(client);
     let upstream = tokio_uring::net::TcpStream::from_std(upstream);
-    let pair = match splicer.splice(client, upstream, early).await {
+    let pair = match pairs.splice(client, upstream, early).await {
         Ok(p) => p,
         Err(HandoverError::NotSpliced { reason, .. }) => return Err(format!("not spliced: {reason}")),
         Err(e) => return Err(e.to_string()),
@@ -193,11 +193,11 @@ fn head_end(b: &[u8]) -> Option<usize> {
 
 /// What the gateway's handshake does, minus HTTP checks: consume the request
 /// head (keeping the bytes after it), forward it, peek the 101 until complete.
-async fn http_handshake(client: RawFd, upstream: RawFd) -> io::Result<Vec<u8>> {
+async fn http_handshake(ring: &Ring, client: RawFd, upstream: RawFd) -> io::Result<Vec<u8>> {
     let mut got = Vec::new();
     let mut buf = vec![0u8; 16 * 1024];
     let end = loop {
-        readiness::ready(&Fd(client), readiness::READABLE).await?;
+        ring.ready(&Fd(client), readiness::READABLE).await?;
         match recv(client, &mut buf, 0) {
             Ok(0) => return Err(io::Error::other("client closed before its head")),
             Ok(n) => got.extend_from_slice(&buf[..n]),
@@ -210,7 +210,7 @@ async fn http_handshake(client: RawFd, upstream: RawFd) -> io::Result<Vec<u8>> {
     };
     send_all(upstream, &got[..end])?;
     loop {
-        readiness::ready(&Fd(upstream), readiness::READABLE).await?;
+        ring.ready(&Fd(upstream), readiness::READABLE).await?;
         match recv(upstream, &mut buf, libc::MSG_PEEK) {
             Ok(0) => return Err(io::Error::other("upstream closed before its 101")),
             Ok(n) if head_end(&buf[..n]).is_some() => break,

@@ -1,0 +1,180 @@
+//! One worker's spliced pairs, and the one owner of their state.
+//!
+//! A pair's life is a line of states, each held by exactly one thing and moved
+//! only here: handing over (`handover::splice` returns a [`Pair`]) → parked (a row
+//! of the [`Table`], the pair's polls armed on the worker's poll ring) →
+//! supervised (a task running `supervise::supervise`) → ended (its
+//! [`SpliceOutcome`] handed to the caller's callback). The handover, the table,
+//! the sweeper and the supervisor return what happened (a pair, a row taken back,
+//! a decision, an outcome); only this module arms and cancels polls, resumes rows,
+//! spawns supervision and runs the sweep tick. Must never block, and never hold a
+//! borrow of the table or the sweeper across an await or a callback.
+
+use std::cell::RefCell;
+use std::rc::{Rc, Weak};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_uring::net::TcpStream;
+
+use super::handover::{self, HandoverError};
+use super::kernel::{Inner, Pair};
+use super::park::{Table, Taken};
+use super::supervise::{self, SpliceOutcome};
+use super::sweep::{self, Registration, Sweeper, Swept};
+use crate::readiness::{self, Ring};
+use crate::shutdown::{Phase, ShutdownRx};
+
+/// A worker's splice state: the kernel side, its poll ring, its parked pairs, its
+/// sweeper, and how its pairs end (idle timeout, drain signal).
+pub(super) struct Local {
+    inner: Arc<Inner>,
+    ring: Ring,
+    table: RefCell<Table>,
+    sweeper: Rc<RefCell<Sweeper>>,
+    idle: Option<Duration>,
+    shutdown: ShutdownRx,
+}
+
+impl Local {
+    /// The state of one worker, whose ring delivers its token completions here (the
+    /// handler holds the state weakly: the ring is one of its fields).
+    pub(super) fn start(inner: Arc<Inner>, ring: &Ring, idle: Option<Duration>, shutdown: ShutdownRx) -> Rc<Self> {
+        let local = Rc::new(Self {
+            table: RefCell::new(Table::new(inner.capacity, idle)),
+            sweeper: Rc::new(RefCell::new(Sweeper::new(idle))),
+            inner,
+            ring: ring.clone(),
+            idle,
+            shutdown,
+        });
+        let weak: Weak<Self> = Rc::downgrade(&local);
+        local.ring.set_token_handler(Rc::new(move |token, _result| {
+            if let Some(local) = weak.upgrade() {
+                local.on_token(token);
+            }
+        }));
+        local
+    }
+
+    /// Parked pairs.
+    pub(super) fn parked(&self) -> usize {
+        self.table.borrow().len()
+    }
+
+    /// A close-only poll of a parked pair fired (or a stale one completed).
+    fn on_token(self: &Rc<Self>, token: u64) {
+        let row = self.table.borrow_mut().take(token);
+        if let Some(row) = row {
+            self.resume(row, None);
+        }
+    }
+
+    /// Turns a row taken back from the table into a supervision task that ends
+    /// with the pair's callback; `swept` says the sweeper already ended it.
+    fn resume(self: &Rc<Self>, taken: Taken, swept: Option<Swept>) {
+        let Taken { pair, finish, tokens } = taken;
+        for token in tokens {
+            self.ring.disarm(token);
+        }
+        let local = self.clone();
+        tokio_uring::spawn(async move {
+            let slot = pair.ins.slot;
+            let watch = || local.watch(slot);
+            let outcome = supervise::supervise(&local.inner, &local.ring, pair, swept, watch).await;
+            finish(outcome);
+        });
+    }
+
+    /// Registers a supervised pair with the sweeper, whose task then runs.
+    fn watch(self: &Rc<Self>, slot: u32) -> Registration {
+        let registration = sweep::watch_pair(&self.sweeper, slot, self.idle, self.shutdown.clone());
+        self.ensure_sweeping();
+        registration
+    }
+
+    /// Starts the sweep task unless it is running.
+    fn ensure_sweeping(self: &Rc<Self>) {
+        let mut sw = self.sweeper.borrow_mut();
+        if !sw.running {
+            sw.running = true;
+            tokio::task::spawn_local(sweep_loop(self.clone()));
+        }
+    }
+}
+
+/// See [`WorkerPairs::splice`](super::WorkerPairs::splice).
+pub(super) async fn splice(
+    local: &Rc<Local>,
+    client: TcpStream,
+    upstream: TcpStream,
+    client_early: Vec<u8>,
+) -> Result<SplicedPair, HandoverError> {
+    let pair = handover::splice(&local.inner, &local.ring, client, upstream, client_early).await?;
+    Ok(SplicedPair { local: local.clone(), pair })
+}
+
+/// The worker's sweep task, while it has pairs: every tick, resumes the parked pairs
+/// the table finds due and lets the sweeper check the supervised ones.
+async fn sweep_loop(local: Rc<Local>) {
+    loop {
+        let tick = local.sweeper.borrow().tick();
+        tokio::time::sleep(tick).await;
+        let now = crate::io::bpf::coarse_now_ns();
+        let stop = local.shutdown.phase() == Phase::Stop;
+        // Resumed rows become supervision tasks, which register when first polled.
+        let (due, parked) = {
+            let mut table = local.table.borrow_mut();
+            let due = table.due(&local.inner, now, stop);
+            (due, table.len())
+        };
+        for (taken, swept) in due {
+            local.resume(taken, swept);
+        }
+        let mut sw = local.sweeper.borrow_mut();
+        if sw.is_empty() && parked == 0 {
+            sw.running = false;
+            return;
+        }
+        sw.check(&local.inner, now);
+    }
+}
+
+/// A connection whose sockets are in the kernel; hand it to [`SplicedPair::park`].
+/// Not `Send`: it belongs to the worker thread that spliced it.
+pub struct SplicedPair {
+    local: Rc<Local>,
+    pair: Pair,
+}
+
+impl std::fmt::Debug for SplicedPair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SplicedPair")
+            .field("client_cookie", &self.pair.ins.client_cookie)
+            .field("upstream_cookie", &self.pair.ins.upstream_cookie)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SplicedPair {
+    /// Leaves the pair to the kernel and this worker's table; `finish` is called
+    /// with the outcome when the pair ends. The pair costs no task while parked.
+    pub fn park(self, finish: impl FnOnce(SpliceOutcome) + 'static) {
+        let Self { local, pair } = self;
+        let polls = local.table.borrow_mut().insert(pair, finish);
+        for (fd, token) in polls {
+            local.ring.arm(fd, readiness::CLOSED, token);
+        }
+        local.ensure_sweeping();
+    }
+
+    /// Socket cookies (client, upstream): their keys in the sockhash.
+    pub fn cookies(&self) -> (u64, u64) {
+        (self.pair.ins.client_cookie, self.pair.ins.upstream_cookie)
+    }
+
+    /// The kernel side, the pair's row of the shared array and the bytes forwarded during the handover.
+    pub(super) fn row(&self) -> (&Inner, u32, u64) {
+        (&self.local.inner, self.pair.ins.slot, self.pair.early)
+    }
+}
