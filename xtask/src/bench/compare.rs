@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use super::load::{LoadArgs, run_load};
 use super::nginx::start_nginx;
 use super::procfs::{cpu_secs, family, mem_now};
-use super::procs::{Proc, SPLICE_MODES, free_port, load_procs_for, start_echo, start_wsgate};
+use super::procs::{Proc, SPLICE_MODES, free_port, load_procs_for, start_echo, start_wsgate, wsgate_bin};
 use super::row::Row;
 use super::sampler::{Sampled, Sampler};
 use super::table::print_table;
@@ -42,8 +42,15 @@ pub(super) fn run(opts: &Options, out: &Path, wsgate_built: bool) -> Result<()> 
             mode @ ("wsgate/sockmap+admin" | "wsgate/userspace+admin" | "wsgate/auto+admin") if wsgate_built => {
                 targets.push((mode.into(), mode.strip_prefix("wsgate/").map(str::to_string)));
             }
+            // The same relay in another build (`--baseline-bin`).
+            mode @ ("baseline/sockmap" | "baseline/userspace" | "baseline/auto") => {
+                if opts.baseline_bin.is_none() {
+                    bail!("target {mode} needs --baseline-bin PATH (the wsgate binary to compare with)");
+                }
+                targets.push((mode.into(), mode.strip_prefix("baseline/").map(str::to_string)));
+            }
             other => bail!(
-                "unknown target {other:?}: use direct, wsgate (each splice mode), wsgate/MODE (auto, sockmap, userspace; MODE+admin with the admin plane on), nginx"
+                "unknown target {other:?}: use direct, wsgate (each splice mode), wsgate/MODE (auto, sockmap, userspace; MODE+admin with the admin plane on), baseline/MODE (with --baseline-bin), nginx"
             ),
         }
     }
@@ -146,7 +153,11 @@ pub(super) fn run_target(
         "nginx" => Some(start_nginx(&tmp, listen, echo_addr, opts.workers)?),
         _ => {
             let log = out.join(format!("{file}.log"));
-            Some(start_wsgate(listen, &[echo_addr], opts.workers, splice, None, &log)?)
+            let bin = match &opts.baseline_bin {
+                Some(b) if name.starts_with("baseline/") => b.clone(),
+                _ => wsgate_bin(),
+            };
+            Some(start_wsgate(&bin, listen, &[echo_addr], opts.workers, splice, None, &log)?)
         }
     };
     let target = if proxy.is_some() { listen } else { echo_addr };

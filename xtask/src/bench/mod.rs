@@ -89,7 +89,8 @@ pub struct Options {
     pub scenario: Scenario,
     /// Targets in order (direct is the baseline): direct, wsgate (sockmap and userspace),
     /// wsgate/sockmap, wsgate/userspace, wsgate/auto (what the default picks), nginx;
-    /// `wsgate/MODE+admin` runs wsgate with its admin plane on.
+    /// `wsgate/MODE+admin` runs wsgate with its admin plane on; `baseline/MODE` runs
+    /// `--baseline-bin`.
     #[arg(long, value_delimiter = ',', default_value = "direct,wsgate,nginx")]
     pub targets: Vec<String>,
     /// Connections (default: hold 5000, echo 1000, bulk 8, handshake 16, scale 100000).
@@ -139,6 +140,11 @@ pub struct Options {
     /// round's direct, and the spread.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=9))]
     pub rounds: u32,
+    /// Another wsgate binary (the release build of an earlier commit, say), measured in
+    /// the same run as the targets `baseline/MODE` (auto, sockmap, userspace): a change's
+    /// before and after side by side, against the same direct.
+    #[arg(long)]
+    pub baseline_bin: Option<PathBuf>,
 }
 
 pub fn run(opts: &Options) -> Result<()> {

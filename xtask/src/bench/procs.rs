@@ -129,7 +129,14 @@ pub(super) fn wait_port(addr: SocketAddr, p: &mut Proc) -> Result<()> {
 /// without its capabilities) is reported and left out of the table.
 pub(super) const SPLICE_MODES: [&str; 2] = ["userspace", "sockmap"];
 
+/// The wsgate binary this workspace built (release).
+pub(super) fn wsgate_bin() -> PathBuf {
+    bin_dir().join("wsgate")
+}
+
+/// Starts `bin` (a wsgate binary) and waits until it listens.
 pub(super) fn start_wsgate(
+    bin: &Path,
     listen: SocketAddr,
     upstreams: &[SocketAddr],
     workers: usize,
@@ -137,7 +144,7 @@ pub(super) fn start_wsgate(
     max_connections: Option<u64>,
     log: &Path,
 ) -> Result<Proc> {
-    let mut cmd = Command::new(bin_dir().join("wsgate"));
+    let mut cmd = Command::new(bin);
     cmd.args(["--listen", &listen.to_string(), "--workers", &workers.to_string()]);
     if let Some(n) = max_connections {
         cmd.args(["--max-connections", &n.to_string()]);

@@ -15,7 +15,7 @@ use wsbench::load::Scenario as LoadScenario;
 
 use super::load::{LoadArgs, run_load};
 use super::procfs::{cpu_secs, mem_now, meminfo_kib};
-use super::procs::{Proc, free_port, nofile_hard, start_echo, start_wsgate};
+use super::procs::{Proc, free_port, nofile_hard, start_echo, start_wsgate, wsgate_bin};
 use super::row::Row;
 use super::sampler::{Sampled, Sampler};
 use super::sides::{self, Cost};
@@ -81,7 +81,7 @@ pub(super) fn lay_out(opts: &Options, conns: u64, through_wsgate: bool, log: &Pa
         for _ in 0..instances {
             // Each instance is sized (kernel maps, preflight) for its share of the
             // connections; two open files per proxied connection.
-            let p = start_wsgate(target, &echo_addrs, opts.workers, None, Some(per_proc / 2), log)?;
+            let p = start_wsgate(&wsgate_bin(), target, &echo_addrs, opts.workers, None, Some(per_proc / 2), log)?;
             gate_pids.push(p.pid());
             procs.push(p);
         }
