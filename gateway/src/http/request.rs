@@ -150,10 +150,19 @@ pub fn check_framing(head: &RequestHead) -> Result<(), ProxyError> {
         if first.is_some() {
             return bad("both Content-Length and Transfer-Encoding");
         }
-        let last = head.headers_named("transfer-encoding").last().unwrap_or_default();
-        let final_coding = last.rsplit(|&b| b == b',').next().unwrap_or_default().trim_ascii();
-        if !final_coding.eq_ignore_ascii_case(b"chunked") {
+        // The codings of every Transfer-Encoding line, in order (RFC 9110 §5.3: lines
+        // combine as one list). Chunked is applied once, last (RFC 9112 §6.1).
+        let codings: Vec<&[u8]> = head
+            .headers_named("transfer-encoding")
+            .flat_map(|v| v.split(|&b| b == b','))
+            .map(<[u8]>::trim_ascii)
+            .collect();
+        let chunked = |c: &[u8]| c.eq_ignore_ascii_case(b"chunked");
+        if !codings.last().is_some_and(|c| chunked(c)) {
             return bad("Transfer-Encoding must end in chunked");
+        }
+        if codings.iter().filter(|c| chunked(c)).count() > 1 {
+            return bad("chunked applied more than once in Transfer-Encoding");
         }
     }
     Ok(())
