@@ -25,4 +25,5 @@ pub mod runtime;
 pub mod shutdown;
 pub mod splice;
 pub mod stats;
+pub mod systemd;
 pub mod upstream;

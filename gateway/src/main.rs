@@ -23,7 +23,13 @@ struct Cli {
 enum Command {
     /// Validate the configuration and exit 0 (valid) or 1 (invalid), like `nginx -t`.
     Check(RunOptions),
+    /// Kernel and limit tuning profiles: list, show, apply, verify, revert (an edge
+    /// node needs no source tree: the package installs the profiles).
+    Tune(tuning::cli::Options),
 }
+
+/// Where the package installs the tuning profiles.
+const INSTALLED_PROFILES: &str = "/usr/share/wsgate/profiles";
 
 #[derive(Debug, Clone, clap::Args)]
 struct RunOptions {
@@ -32,6 +38,19 @@ struct RunOptions {
     /// Check the configuration and exit (same as `wsgate check`).
     #[arg(short = 't', long = "test")]
     test: bool,
+}
+
+/// `wsgate tune`: the installed profiles, else the ones of the source tree it was built from.
+fn tune(opts: &tuning::cli::Options) -> ExitCode {
+    let installed = std::path::Path::new(INSTALLED_PROFILES);
+    let dir = if installed.is_dir() { installed.to_path_buf() } else { tuning::shipped_profiles_dir() };
+    match tuning::cli::run(opts, &dir) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("wsgate tune: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Returns the memory this thread freed to the system (see `runtime::Allocator`):
@@ -45,6 +64,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let (opts, check_only) = match &cli.command {
         Some(Command::Check(o)) => (o, true),
+        Some(Command::Tune(t)) => return tune(t),
         None => (&cli.opts, cli.opts.test),
     };
     let result = opts.cli.load().map_err(anyhow::Error::from).and_then(|config| {

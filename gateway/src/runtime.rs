@@ -172,14 +172,10 @@ pub fn run(config: Config, allocator: Allocator) -> Result<()> {
     // An error in the thread drops the sender: then there is nothing to wait for.
     let _ = handlers_ready.recv();
 
-    for (a, _) in &addrs {
-        tracing::info!(workers, "listening on {a}");
-        // The ready line scripts and tests wait for.
-        println!("wsgate: listening on {a}");
-    }
-    let _ = std::io::stdout().flush();
+    announce_ready(&addrs, workers);
 
     spawn_counts_reporter(stats.clone(), splicer.clone())?;
+    crate::systemd::spawn_status(stats.clone()).map_err(|source| RunError::Spawn { what: "notify", source })?;
     let mut failed = None;
     for h in handles {
         match h.join() {
@@ -192,6 +188,17 @@ pub fn run(config: Config, allocator: Allocator) -> Result<()> {
     // The workers' handles are gone with them: the last lines are written here.
     access_log.finish();
     failed.map_or(Ok(()), Err)
+}
+
+/// Every listener listens: the ready lines scripts and tests wait for, and `READY=1`
+/// to the service manager.
+fn announce_ready(addrs: &[(SocketAddr, u32)], workers: usize) {
+    for (a, _) in addrs {
+        tracing::info!(workers, "listening on {a}");
+        println!("wsgate: listening on {a}");
+    }
+    let _ = std::io::stdout().flush();
+    crate::systemd::ready(addrs.len(), workers);
 }
 
 /// The workers' counters, and the admin plane that reads them when `[admin] listen`

@@ -84,6 +84,7 @@ pub fn signal_thread(tx: &ShutdownTx, drain: Duration, installed: &std::sync::mp
         }
         tracing::info!(drain_secs = drain.as_secs_f64(), "shutdown signal: draining (send it again to stop at once)");
         tx.set(Phase::Draining);
+        crate::systemd::stopping();
         tokio::select! {
             () = tokio::time::sleep(drain) => tracing::info!("drain period over: closing remaining connections"),
             _ = term.recv() => tracing::info!("second signal: closing all connections"),

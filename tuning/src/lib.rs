@@ -9,6 +9,8 @@
 
 pub mod apply;
 pub mod catalogue;
+#[cfg(feature = "cli")]
+pub mod cli;
 pub mod error;
 pub mod netns;
 pub mod persist;

@@ -27,6 +27,8 @@ pub const TEST: &[Need] = &[
     Need::Program("unshare", "util-linux"),
     Need::Program("clang-format-19", "clang-format-19"),
     Need::File("/usr/lib/python3/dist-packages/prometheus_client/__init__.py", "python3-prometheus-client"),
+    // pip, to put `kubernetes-validate` under target/ for the manifests' check.
+    Need::File("/usr/lib/python3/dist-packages/pip/__init__.py", "python3-pip"),
     // The reference parser of the request head's differential test.
     Need::File("/usr/lib/python3/dist-packages/h11/__init__.py", "python3-h11"),
     // libFuzzer (libfuzzer-sys) is C++: the fuzz step of the suite builds it.

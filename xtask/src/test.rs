@@ -2,8 +2,9 @@
 //!
 //! Installs the system packages the build and tests need (apt, as root), then: rustfmt
 //! check, clang-format check of `ebpf/`, clippy with warnings denied, every test of the
-//! workspace, the relay tests once more over the kernel splice, and a short bounded
-//! run of every fuzz target (90 s in all).
+//! workspace, the relay tests once more over the kernel splice, the Debian package's
+//! install, upgrade and purge, the Kubernetes manifests checked offline, and a short
+//! bounded run of every fuzz target (90 s in all).
 
 use std::process::Command;
 
@@ -41,6 +42,17 @@ pub fn run(opts: &Options) -> Result<()> {
         exec(cargo().args(["test", "-p", "wsgate", "--test", "proxy_relay"]).env("WSGATE_TEST_SPLICE", "sockmap"))?;
     } else {
         eprintln!("xtask: NOT RUN: relay tests over the kernel splice need root (CAP_BPF, CAP_NET_ADMIN)");
+    }
+    if nix::unistd::Uid::effective().is_root() && opts.test_args.is_empty() {
+        step("Debian package: install, check, upgrade, purge");
+        crate::package::install_check()?;
+    } else {
+        eprintln!("xtask: NOT RUN: the package install check needs root (dpkg -i)");
+    }
+    if opts.test_args.is_empty() {
+        step("Kubernetes manifests: schemas, config, probes");
+        exec(cargo().args(["build", "--release", "-p", "wsgate"]))?;
+        crate::deploy_check::run(&workspace_root().join("target/release/wsgate"))?;
     }
     if opts.test_args.is_empty() {
         let each = std::time::Duration::from_secs(15);

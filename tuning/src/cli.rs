@@ -1,24 +1,23 @@
-//! `cargo xtask tune`: list, show, apply, verify and revert kernel/limit tuning profiles
-//! (`tuning/profiles/*.toml`). A thin command line over the `tuning` crate; it never writes a
-//! sysctl the profile does not name, and `--dry-run` writes nothing at all.
+//! The `tune` command line (`wsgate tune`, `cargo xtask tune`): list, show, apply, verify
+//! and revert kernel/limit tuning profiles (`*.toml` in a profiles directory). A thin
+//! layer over this crate; it never writes a sysctl the profile does not name, and
+//! `--dry-run` writes nothing at all.
 
 use std::path::{Path, PathBuf};
 
+use crate::persist::{self, PersistPaths};
+use crate::revert::{self, Restored};
+use crate::{Profile, Step, Target, profile, rlimit};
 use anyhow::{Context, Result, bail};
-use tuning::persist::{self, PersistPaths};
-use tuning::revert::{self, Restored};
-use tuning::{Profile, Step, Target, profile, rlimit};
-
-use crate::exec::workspace_root;
 
 /// Options of `cargo xtask tune`.
 #[derive(Debug, clap::Args)]
 pub struct Options {
-    /// Directory of the profiles [default: tuning/profiles of this workspace].
+    /// Directory of the profiles [default: the installed profiles, else those of the source tree].
     #[arg(long, global = true, value_name = "DIR")]
     profiles: Option<PathBuf>,
     /// State file: `apply` records the values it replaces there, `revert` restores them.
-    #[arg(long, global = true, value_name = "FILE", default_value = tuning::state::DEFAULT_PATH)]
+    #[arg(long, global = true, value_name = "FILE", default_value = crate::state::DEFAULT_PATH)]
     state: PathBuf,
     #[command(subcommand)]
     action: Action,
@@ -64,8 +63,9 @@ enum Action {
     Revert,
 }
 
-pub fn run(opts: &Options) -> Result<()> {
-    let dir = opts.profiles.clone().unwrap_or_else(|| workspace_root().join("tuning/profiles"));
+/// Runs one `tune` command; profiles come from `--profiles`, else `default_dir`.
+pub fn run(opts: &Options, default_dir: &Path) -> Result<()> {
+    let dir = opts.profiles.clone().unwrap_or_else(|| default_dir.to_path_buf());
     match &opts.action {
         Action::List => list(&dir),
         Action::Show { profile } => {
@@ -112,7 +112,7 @@ fn show(p: &Profile) {
 fn target(netns: Option<&str>, pid: Option<u32>) -> Target {
     let mut target = netns.map_or_else(Target::host, Target::named_netns);
     if let Some(pid) = pid {
-        target.limits = tuning::LimitsCheck::pid(pid);
+        target.limits = crate::LimitsCheck::pid(pid);
     }
     target
 }
@@ -120,14 +120,14 @@ fn target(netns: Option<&str>, pid: Option<u32>) -> Target {
 /// Runs `f` inside the named network namespace, or here.
 fn within<T: Send>(netns: Option<&str>, f: impl FnOnce() -> T + Send) -> Result<T> {
     match netns {
-        Some(name) => Ok(tuning::netns::run_in(name, f)?),
+        Some(name) => Ok(crate::netns::run_in(name, f)?),
         None => Ok(f()),
     }
 }
 
 fn verify(p: &Profile, pid: Option<u32>, netns: Option<&str>) -> Result<()> {
     let target = target(netns, pid);
-    let report = within(netns, || tuning::verify(p, &target))?;
+    let report = within(netns, || crate::verify(p, &target))?;
     println!("{report}");
     if !report.ok() {
         bail!("{} knob(s) of profile {} miss", report.misses(), p.name);
@@ -137,7 +137,7 @@ fn verify(p: &Profile, pid: Option<u32>, netns: Option<&str>) -> Result<()> {
 
 fn apply(p: &Profile, state: &Path, dry_run: bool, persist: bool, netns: Option<&str>) -> Result<()> {
     let target = target(netns, None);
-    let plan = within(netns, || tuning::plan(p, &target))??;
+    let plan = within(netns, || crate::plan(p, &target))??;
     let verb = if dry_run { "would write" } else { "write" };
     for step in &plan.steps {
         match step {
@@ -190,8 +190,8 @@ fn apply(p: &Profile, state: &Path, dry_run: bool, persist: bool, netns: Option<
 /// Whether a process started from here could get the profile's open-files limit, said plainly
 /// when it could not (the limit itself is per process: wsgate raises its own at start-up).
 fn nofile_note(p: &Profile) -> Option<String> {
-    let knob = p.knobs.iter().find(|k| k.name == tuning::catalogue::NOFILE)?;
-    let Some(tuning::Field::Int(wanted)) = knob.want.0.first().copied() else {
+    let knob = p.knobs.iter().find(|k| k.name == crate::catalogue::NOFILE)?;
+    let Some(crate::Field::Int(wanted)) = knob.want.0.first().copied() else {
         return None;
     };
     let now = rlimit::nofile().ok()?;

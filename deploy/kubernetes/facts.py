@@ -1,0 +1,27 @@
+"""What the deployment check needs of the manifests, as JSON on stdout: the wsgate.toml
+of the ConfigMap, and the DaemonSet's probes (path, port, host) and grace period."""
+
+import json
+import sys
+
+import yaml
+
+
+def main():
+    docs = []
+    for path in sys.argv[1:]:
+        with open(path) as f:
+            docs.extend(d for d in yaml.safe_load_all(f) if d)
+    config = next(d for d in docs if d["kind"] == "ConfigMap")["data"]["wsgate.toml"]
+    ds = next(d for d in docs if d["kind"] == "DaemonSet")
+    pod = ds["spec"]["template"]["spec"]
+    wsgate = next(c for c in pod["containers"] if c["name"] == "wsgate")
+    probes = {}
+    for kind in ("readinessProbe", "livenessProbe"):
+        get = wsgate[kind]["httpGet"]
+        probes[kind] = {"path": get["path"], "port": get["port"], "host": get.get("host", "")}
+    print(json.dumps({"config": config, "probes": probes, "grace": pod["terminationGracePeriodSeconds"]}))
+
+
+if __name__ == "__main__":
+    main()
