@@ -9,7 +9,9 @@
 //! TCP flow control and nothing is buffered beyond one buffer per moving direction.
 //! A FIN becomes `shutdown(SHUT_WR)` on the other side (the other direction keeps
 //! flowing); a reset is passed on as a reset. The relay never closes the sockets: the
-//! caller owns them and closes them after [`relay`] returns.
+//! caller owns them and closes them after [`relay`] returns. When the admin plane is on,
+//! what it moves is published as it goes ([`RelayBytes`]: two relaxed stores per
+//! message, nothing else).
 
 use std::cell::Cell;
 use std::io;
