@@ -2,7 +2,7 @@
 //! and a `/connections` page, with N synthetic connections in the live view (opened
 //! through the hooks the data plane calls, on a thread set up as a worker), each
 //! figure next to the same read with none open (the baseline), and what the hooks
-//! cost the data plane per connection.
+//! (through a worker's `Recorder`) cost the data plane per connection.
 //!
 //! `cargo bench -p wsgate --bench admin_scrape [-- N]` (default 100000). As root with
 //! BPF, half the rows are spliced and their bytes are read from the kernel-shared
@@ -15,7 +15,7 @@ use wsgate::admin::{Sources, State, exposition};
 use wsgate::admission::Admission;
 use wsgate::config::Config;
 use wsgate::metrics::live::{Filter, Opened};
-use wsgate::metrics::{self, Conn, Metrics, RouteLabel};
+use wsgate::metrics::{self, Metrics, Recorder, RouteLabel};
 use wsgate::splice::{LiveSlot, Splicer, Started};
 
 /// Median of `runs` timings of `f`.
@@ -55,7 +55,7 @@ fn main() {
         let (_, rows) = t.view(&Filter::default(), &metrics.routes, splicer.as_ref(), metrics::now_ns(), (0, 100));
         assert!(rows.len() <= 100);
     };
-    metrics.spliced_now(splicer.as_ref());
+    metrics.live_totals(splicer.as_ref());
     let (scrape0, page0) = (median(21, scrape), median(21, page));
 
     // The worker's side: open N WebSockets through the hooks, and close as many more.
@@ -63,13 +63,13 @@ fn main() {
     let local = tokio::task::LocalSet::new();
     let slot = slots.into_iter().next().unwrap();
     let (open_ns, churn_ns) = local.block_on(&rt, async move {
-        metrics::install(slot);
+        let recorder = Recorder::start(slot);
         let base = Instant::now();
         let client = "127.0.0.1:40000".parse().unwrap();
         let upstream = "127.0.0.1:9000".parse().unwrap();
         let open = |i: u32| {
             let started = base + Duration::from_nanos(u64::from(i));
-            let mut c = Conn::accepted(started);
+            let mut c = recorder.accepted(started);
             let opened = Opened { client, upstream, route: 0, started_ns: metrics::id_of(started) };
             c.upgraded(0, Duration::from_micros(300), opened);
             c

@@ -9,7 +9,9 @@
 //! TCP flow control and nothing is buffered beyond one buffer per moving direction.
 //! A FIN becomes `shutdown(SHUT_WR)` on the other side (the other direction keeps
 //! flowing); a reset is passed on as a reset. The relay never closes the sockets: the
-//! caller owns them and closes them after [`relay`] returns.
+//! caller owns them and closes them after [`relay`] returns. When the admin plane is on,
+//! what it moves is published as it goes ([`RelayBytes`]: two relaxed stores per
+//! message, nothing else).
 
 use std::cell::Cell;
 use std::io;
@@ -22,6 +24,7 @@ use tokio_uring::net::TcpStream;
 
 use crate::bufpool::BufPool;
 use crate::close::{Close, Side};
+use crate::metrics::live::RelayBytes;
 use crate::readiness::{self, Ring};
 use crate::shutdown::{Phase, ShutdownRx};
 
@@ -70,16 +73,24 @@ pub async fn relay(
     upstream: &TcpStream,
     opts: RelayOptions,
     shutdown: &mut ShutdownRx,
-    ring: &Ring,
-    buffers: &BufPool,
+    (ring, buffers, live): (&Ring, &BufPool, Option<&RelayBytes>),
 ) -> RelayOutcome {
     let activity = Cell::new(Instant::now());
     let (c2u_bytes, u2c_bytes) = (Cell::new(0u64), Cell::new(0u64));
     let first = Cell::new(None);
     // Directions holding bytes they have read and not yet written.
     let holding = Cell::new(0u32);
-    let mut c2u = pin!(pump(client, upstream, &activity, &c2u_bytes, None, &holding, (ring, buffers)));
-    let mut u2c = pin!(pump(upstream, client, &activity, &u2c_bytes, Some(&first), &holding, (ring, buffers)));
+    let mut c2u =
+        pin!(pump(client, upstream, &activity, (&c2u_bytes, live.map(|l| (l, 0))), None, &holding, (ring, buffers)));
+    let mut u2c = pin!(pump(
+        upstream,
+        client,
+        &activity,
+        (&u2c_bytes, live.map(|l| (l, 1))),
+        Some(&first),
+        &holding,
+        (ring, buffers)
+    ));
     let mut idle = pin!(tokio::time::sleep(opts.idle_timeout));
     let mut pause = pin!(tokio::time::sleep(opts.pause_after.unwrap_or(Duration::MAX)));
     let mut stop = pin!(shutdown.reached(Phase::Stop));
@@ -176,7 +187,9 @@ fn reset(s: &TcpStream) {
 /// When the upstream's first bytes came, and the HTTP status they start with.
 type FirstBytes = Option<(Instant, Option<u16>)>;
 
-/// Moves bytes from `from` to `to` until FIN or an error. `first` records when the
+/// Moves bytes from `from` to `to` until FIN or an error, counting them in `moved`
+/// (and publishing them to the admin plane's live view in `published`, direction
+/// `.1`, when it is on). `first` records when the
 /// first bytes came and the HTTP status they start with, if any. `holding` counts
 /// this direction while it waits to write bytes it has read (it is safe to drop only
 /// when not counted).
@@ -184,7 +197,7 @@ async fn pump(
     from: &TcpStream,
     to: &TcpStream,
     activity: &Cell<Instant>,
-    moved: &Cell<u64>,
+    (moved, published): (&Cell<u64>, Option<(&RelayBytes, usize)>),
     first: Option<&Cell<FirstBytes>>,
     holding: &Cell<u32>,
     (ring, buffers): (&Ring, &BufPool),
@@ -217,9 +230,10 @@ async fn pump(
                     return PumpEnd::ReadFailed(e);
                 }
             };
-            activity.set(Instant::now());
+            let now = Instant::now();
+            activity.set(now);
             if let Some(first) = first.filter(|f| f.get().is_none()) {
-                first.set(Some((Instant::now(), sniff_status(&buf))));
+                first.set(Some((now, sniff_status(&buf))));
             }
             // Most writes fit in the socket buffer at once; what does not is written
             // by io_uring, which waits for room (the slow reader's flow control).
@@ -242,6 +256,9 @@ async fn pump(
                 buffers.put(buf);
             }
             moved.set(moved.get() + n as u64);
+            if let Some((live, direction)) = published {
+                live.add(direction, n as u64, now);
+            }
             if n < capacity {
                 break;
             }

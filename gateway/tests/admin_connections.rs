@@ -1,6 +1,8 @@
 //! `/connections` over real requests: a spliced WebSocket shows with byte counts
-//! that grow while it streams (read live from the kernel splice's counters); rows
-//! filter by route, upstream and client prefix, and page.
+//! that grow while it streams (read live from the kernel splice's counters), and so
+//! does one relayed in userspace (its relay's counters), in `/connections` and in
+//! `/metrics`, with exact totals once it ends; rows filter by route, upstream and
+//! client prefix, and page.
 
 mod admin_util;
 mod splice_util;
@@ -9,7 +11,7 @@ mod utils;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use admin_util::{admin_addr, count, eventually, get, scrape};
@@ -112,6 +114,101 @@ fn a_spliced_websocket_shows_with_growing_byte_counts() {
 }
 
 #[test]
+fn a_userspace_websocket_shows_growing_byte_counts_and_exact_totals_after_close() {
+    let up = RawUpstream::switching(b"");
+    let g = Gateway::with_config(&config(up.addr, "userspace"), &[]);
+    let admin = admin_addr(&g);
+    let bytes = |text: &str, direction: &str| count(text, "wsgate_relayed_bytes_total", &[("direction", direction)]);
+    let text = scrape(admin);
+    assert_eq!((bytes(&text, "to_upstream"), bytes(&text, "to_client")), (0, 0), "{text}");
+
+    let mut c = g.connect();
+    c.write_all(upgrade_request("/", "").as_bytes()).unwrap();
+    let (head, rest) = read_head(&mut c);
+    assert_eq!(status_of(&head), 101, "{head}");
+    assert!(rest.is_empty());
+    let me = c.local_addr().unwrap().to_string();
+
+    // Stream (the upstream echoes) until told to stop; bounded to 30 s. Both ends count.
+    let (stop, sent) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
+    let (mut writer, mut reader) = (c.try_clone().unwrap(), c.try_clone().unwrap());
+    let (s, n) = (stop.clone(), sent.clone());
+    let write = std::thread::spawn(move || {
+        let started = Instant::now();
+        while !s.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(30) {
+            if writer.write_all(&[2u8; 1000]).is_err() {
+                return;
+            }
+            n.fetch_add(1000, Ordering::Relaxed);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    });
+    let read = std::thread::spawn(move || {
+        let (mut buf, mut got) = (vec![0u8; 65536], 0u64);
+        while let Ok(n @ 1..) = reader.read(&mut buf) {
+            got += n as u64;
+        }
+        got
+    });
+
+    let mut first = None;
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            // (The 101 head is the relay's first bytes to the client.)
+            first = row_of(&connections(admin, ""), &me).filter(|r| {
+                r["bytes_to_upstream"].as_u64() > Some(0) && r["bytes_to_client"].as_u64() > Some(head.len() as u64)
+            });
+            first.is_some()
+        }),
+        "no row with bytes for {me}: {}",
+        connections(admin, "")
+    );
+    let first = first.unwrap();
+    assert_eq!(first["mode"], "userspace", "{first}");
+    assert_eq!(first["bytes_live"], true, "{first}");
+    // Streaming every 5 ms: the last byte is recent (a loaded machine may lag seconds).
+    assert!(first["idle_seconds"].as_f64().is_some_and(|s| s < 5.0), "{first}");
+    let mut later = Value::Null;
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            later = row_of(&connections(admin, ""), &me).unwrap_or_default();
+            later["bytes_to_upstream"].as_u64() > first["bytes_to_upstream"].as_u64()
+                && later["bytes_to_client"].as_u64() > first["bytes_to_client"].as_u64()
+        }),
+        "byte counts did not grow while streaming: {first} then {later}"
+    );
+    // The metric moves while the WebSocket is open, both ways, and never back.
+    let scraped = scrape(admin);
+    let (up0, down0) = (bytes(&scraped, "to_upstream"), bytes(&scraped, "to_client"));
+    assert!(up0 > 0 && down0 > 0, "{scraped}");
+    let (mut up1, mut down1) = (up0, down0);
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let text = scrape(admin);
+            let (up, down) = (bytes(&text, "to_upstream"), bytes(&text, "to_client"));
+            assert!(up >= up1 && down >= down1, "relayed bytes went back: {up1} {down1} then {up} {down}");
+            (up1, down1) = (up, down);
+            up > up0 && down > down0
+        }),
+        "relayed bytes did not move while the WebSocket streamed: {up0} {down0} then {up1} {down1}"
+    );
+    assert_eq!(count(&scrape(admin), "wsgate_connections_active", &[("mode", "userspace")]), 1);
+
+    stop.store(true, Ordering::Relaxed);
+    write.join().unwrap();
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    let received = read.join().unwrap();
+    let sent = sent.load(Ordering::Relaxed);
+    assert_eq!(received, sent, "the echo lost bytes");
+    assert!(eventually(Duration::from_secs(10), || connections(admin, "")["total"] == 0));
+    // Exact once it ended: what the client sent, and what it got (the 101 head included).
+    let text = scrape(admin);
+    assert_eq!(bytes(&text, "to_upstream"), usize::try_from(sent).unwrap(), "{text}");
+    assert_eq!(bytes(&text, "to_client"), usize::try_from(received).unwrap() + head.len(), "{text}");
+    assert_eq!(count(&text, "wsgate_connections_closed_total", &[("reason", "client_fin")]), 1, "{text}");
+}
+
+#[test]
 fn rows_filter_and_page() {
     let up = RawUpstream::switching(b"");
     let g = Gateway::with_config(&config(up.addr, "userspace"), &[]);
@@ -121,7 +218,8 @@ fn rows_filter_and_page() {
     let one = conns[1].local_addr().unwrap().to_string();
     let row = row_of(&connections(admin, ""), &one).unwrap();
     assert_eq!(row["mode"], "userspace");
-    assert_eq!(row["bytes_live"], false);
+    // The userspace relay publishes its counts as it moves bytes.
+    assert_eq!(row["bytes_live"], true);
 
     let total = |q: &str| connections(admin, q)["total"].as_u64().unwrap();
     let rows = |q: &str| connections(admin, q)["connections"].as_array().unwrap().len();

@@ -205,16 +205,16 @@ impl Collector for Scrape {
             Histogram::merged(workers.iter().map(|w| &w.lifetime)),
         )?;
 
-        let spliced = s.metrics.spliced_now(s.splicer.as_ref());
+        let live = s.metrics.live_totals(s.splicer.as_ref());
         let closed_bytes = |d: usize| workers.iter().map(|w| w.closed_bytes[d].load(Relaxed)).sum::<u64>();
         let bytes = [
-            ([("direction", "to_upstream")], closed_bytes(0) + spliced.bytes[0]),
-            ([("direction", "to_client")], closed_bytes(1) + spliced.bytes[1]),
+            ([("direction", "to_upstream")], closed_bytes(0) + live.bytes[0]),
+            ([("direction", "to_client")], closed_bytes(1) + live.bytes[1]),
         ];
         counter(
             e,
             "wsgate_relayed",
-            "Bytes relayed after the request head: of ended connections, plus open spliced pairs live from the kernel counters.",
+            "Bytes relayed after the request head: of ended connections, plus open WebSockets live (the kernel splice's counters, the userspace relay's).",
             Some(&Unit::Bytes),
             &bytes,
         )?;
@@ -271,7 +271,7 @@ impl Collector for Scrape {
             e,
             "wsgate_splice_pairs_over_budget",
             "Spliced pairs with a direction over its budget now (relayed in userspace until the reader catches up).",
-            &[(NO_LABELS, i64::try_from(spliced.over_budget).unwrap_or(i64::MAX))],
+            &[(NO_LABELS, i64::try_from(live.over_budget).unwrap_or(i64::MAX))],
         )?;
         counter(
             e,

@@ -28,6 +28,7 @@ use crate::http::request::RequestHead;
 use crate::http::response::ResponseHead;
 use crate::http::rewrite::{Forwarded, upstream_head};
 use crate::http::upgrade::Intent;
+use crate::metrics::Recorder;
 use crate::readiness::Ring;
 use crate::upstream::{ActiveGuard, Group, Pick};
 
@@ -78,10 +79,11 @@ pub async fn connect(
             response_timeout: cfg.timeouts.response,
             max_response: cfg.limits.max_response_header_bytes,
             method: &head.method,
+            metrics: &worker.metrics,
         };
         self::exchange(group, &pick, &exchange).await?
     } else {
-        let connected = connect_any(&worker.ring, group, &pick, cfg.timeouts.connect).await?;
+        let connected = connect_any((&worker.ring, &worker.metrics), group, &pick, cfg.timeouts.connect).await?;
         if let Err(e) = crate::io::write_all(&connected.stream, out).await {
             group.report_failure(connected.server);
             return Err(ProxyError::new(ErrorKind::UpstreamClosed, format!("forwarding request head: {e}")));
@@ -103,14 +105,14 @@ pub async fn connect(
 /// accepts; each failure is reported to passive health. All refused → 502; all timed
 /// out → 504; no eligible server → 503.
 pub async fn connect_any(
-    ring: &Ring,
+    (ring, metrics): (&Ring, &Recorder),
     group: &Arc<Group>,
     pick: &Pick<'_>,
     timeout: Duration,
 ) -> Result<Connected, ProxyError> {
     let mut failures = Failures::default();
     for i in group.attempt_order(pick) {
-        if let Some(connected) = connect_one(ring, group, i, timeout, &mut failures).await {
+        if let Some(connected) = connect_one((ring, metrics), group, i, timeout, &mut failures).await {
             return Ok(connected);
         }
     }
@@ -128,6 +130,8 @@ pub struct Exchange<'a> {
     pub response_timeout: Duration,
     pub max_response: usize,
     pub method: &'a str,
+    /// The worker's counters (upstream connect latency).
+    pub metrics: &'a Recorder,
 }
 
 /// For a WebSocket upgrade: connect, forward the request, and peek the response head,
@@ -137,7 +141,8 @@ pub struct Exchange<'a> {
 pub async fn exchange(group: &Arc<Group>, pick: &Pick<'_>, x: &Exchange<'_>) -> Result<Connected, ProxyError> {
     let mut failures = Failures::default();
     for i in group.attempt_order(pick) {
-        let Some(mut connected) = connect_one(x.ring, group, i, x.connect_timeout, &mut failures).await else {
+        let Some(mut connected) = connect_one((x.ring, x.metrics), group, i, x.connect_timeout, &mut failures).await
+        else {
             continue;
         };
         let addr = group.server(i).addr();
@@ -194,7 +199,7 @@ impl Failures {
 
 /// One connect attempt to server `i`; `None` (failure recorded) when it is full or fails.
 async fn connect_one(
-    ring: &Ring,
+    (ring, metrics): (&Ring, &Recorder),
     group: &Arc<Group>,
     i: usize,
     timeout: Duration,
@@ -206,7 +211,7 @@ async fn connect_one(
     let started = Instant::now();
     match crate::io::connect(ring, addr, group.next_source(), timeout).await {
         Ok(stream) => {
-            crate::metrics::upstream_connected(started.elapsed());
+            metrics.upstream_connected(started.elapsed());
             Some(Connected {
                 stream,
                 server: i,

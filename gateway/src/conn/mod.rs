@@ -56,6 +56,7 @@ use crate::bufpool::BufPool;
 use crate::config::{Config, Scheme};
 use crate::error::{ErrorKind, ProxyError};
 use crate::lifetimes::Lifetimes;
+use crate::metrics::Recorder;
 use crate::readiness::Ring;
 use crate::router::Router;
 use crate::shutdown::ShutdownRx;
@@ -85,12 +86,14 @@ pub struct Worker {
     pub buffers: BufPool,
     /// How long this worker's WebSockets lived: when to splice.
     pub lifetimes: Lifetimes,
+    /// This worker's counters for the admin plane (empty when nobody reads them).
+    pub metrics: Recorder,
 }
 
 /// Serves one accepted client connection to its end, or until its spliced pair is
 /// parked (teardown then finishes it when the kernel reports the end).
 pub async fn serve(client: TcpStream, peer: SocketAddr, scheme: Scheme, worker: Rc<Worker>, active: ActiveConn) {
-    let mut facts = Facts::new(peer);
+    let mut facts = Facts::new(peer, &worker.metrics);
     facts.scheme = scheme;
     // TCP_NODELAY comes from the listening socket: accepted sockets inherit it.
     let mut client = Some(client);

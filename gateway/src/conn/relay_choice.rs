@@ -161,7 +161,10 @@ async fn userspace(
     facts.mode = Mode::Userspace;
     facts.conn.set_mode(ActiveMode::Userspace);
     let mut shutdown = worker.shutdown.clone();
-    let outcome = Box::pin(relay::relay(client, upstream, opts, &mut shutdown, &worker.ring, &worker.buffers)).await;
+    // What it moves shows live in the admin plane (`None` when that is off).
+    let live = facts.conn.relaying();
+    let io = (&worker.ring, &worker.buffers, live.as_deref());
+    let outcome = Box::pin(relay::relay(client, upstream, opts, &mut shutdown, io)).await;
     if opts.pause_after.is_some() && outcome.reason != Close::Paused {
         Stats::bump(&worker.stats.relayed_userspace);
     }

@@ -42,7 +42,7 @@ pub fn route_admit<'a>(head: &RequestHead, worker: &'a Worker, facts: &mut Facts
     facts.route = route.index;
     if intent == Intent::WebSocket {
         Stats::bump(&worker.stats.upgrades_attempted);
-        crate::metrics::upgrade_requested(route.index);
+        worker.metrics.upgrade_requested(route.index);
     }
     let peer_ip = facts.peer.ip();
     let client_ip = worker.admission.client_ip(peer_ip, head);

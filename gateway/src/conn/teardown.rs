@@ -54,8 +54,8 @@ pub struct Facts {
 }
 
 impl Facts {
-    /// A connection just accepted from `peer`.
-    pub fn new(peer: SocketAddr) -> Self {
+    /// A connection just accepted from `peer`, counted by `metrics`.
+    pub fn new(peer: SocketAddr, metrics: &metrics::Recorder) -> Self {
         let started = Instant::now();
         Self {
             started,
@@ -72,7 +72,7 @@ impl Facts {
             close: Close::Unknown,
             mode: Mode::None,
             route: 0,
-            conn: metrics::Conn::accepted(started),
+            conn: metrics.accepted(started),
             scheme: crate::config::Scheme::Http,
         }
     }
@@ -279,7 +279,7 @@ impl ParkedFacts {
             close: outcome.reason,
             mode: if self.after_userspace { Mode::UserspaceThenSplice } else { Mode::Splice },
         };
-        metrics::parked_closed(self.started_ns, &record);
+        worker.metrics.parked_closed(self.started_ns, &record);
         worker.access_log.log(record);
     }
 }

@@ -1,16 +1,21 @@
 //! The live view of open WebSockets: each worker sends an event when one opens,
-//! is handed to the kernel splice, or closes; the admin thread folds the events
-//! into its table when it is asked for the view (and every second, so the queue
-//! stays short). Bytes of spliced pairs are read from the kernel counters at that
-//! moment, not sent by the worker.
+//! starts its userspace relay, is handed to the kernel splice, or closes (with its
+//! final byte counts); the admin thread folds the events into its table when it is
+//! asked for the view (and every second, so the queue stays short). Bytes of open
+//! WebSockets are read at that moment: of spliced pairs from the kernel counters, of
+//! userspace-relayed ones from the [`RelayBytes`] their relay stores into.
 //!
-//! The worker's side is one unbounded channel send per event: it must never wait
-//! for the admin thread, nor send anything per message.
+//! The worker's side is one unbounded channel send per event and, per message, two
+//! relaxed stores into its own [`RelayBytes`]: it must never wait for the admin
+//! thread, nor send or allocate anything per message.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc::Receiver;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
@@ -25,6 +30,32 @@ pub struct Opened {
     pub route: usize,
     /// Nanoseconds from the process's connection epoch to the accept.
     pub started_ns: u64,
+}
+
+/// What a userspace relay has moved so far, shared with the live view. The relay is
+/// the only writer (plain relaxed stores, no read-modify-write); the admin thread
+/// loads. Allocated once per relay (40 bytes with its `Arc`), when the live view is on.
+#[derive(Debug, Default)]
+pub struct RelayBytes {
+    /// Client → upstream, upstream → client.
+    moved: [AtomicU64; 2],
+    /// Connection clock (see [`super::id_of`]) of the last bytes either way; 0: none yet.
+    last_ns: AtomicU64,
+}
+
+impl RelayBytes {
+    /// `n` more bytes moved in `direction` (0: to the upstream, 1: to the client) at
+    /// `at`. Only the relay that owns these counters may call this.
+    pub fn add(&self, direction: usize, n: u64, at: Instant) {
+        let c = &self.moved[direction & 1];
+        c.store(c.load(Relaxed) + n, Relaxed);
+        self.last_ns.store(super::id_of(at), Relaxed);
+    }
+
+    /// Bytes moved so far (client → upstream, upstream → client).
+    pub fn moved(&self) -> [u64; 2] {
+        [self.moved[0].load(Relaxed), self.moved[1].load(Relaxed)]
+    }
 }
 
 /// What a worker tells the live view.
@@ -43,9 +74,17 @@ pub enum Event {
         slot: LiveSlot,
         before: [u64; 2],
     },
+    /// The userspace relay starts and publishes what it moves in `bytes`.
+    Relaying {
+        worker: usize,
+        id: u64,
+        bytes: Arc<RelayBytes>,
+    },
+    /// Ended, having moved `bytes` (client → upstream, upstream → client) in all.
     Closed {
         worker: usize,
         id: u64,
+        bytes: [u64; 2],
     },
 }
 
@@ -54,7 +93,47 @@ struct Entry {
     opened: Opened,
     mode: ActiveMode,
     slot: Option<LiveSlot>,
+    /// Bytes counted before the current relay's (the kernel splice's or the
+    /// userspace relay's) own counters.
     before: [u64; 2],
+    /// The userspace relay's counters, while it relays.
+    relay: Option<Arc<RelayBytes>>,
+}
+
+/// What an entry has moved now, and whether the counts are live.
+struct Now {
+    bytes: [u64; 2],
+    live: bool,
+    /// Since the last byte, when known.
+    idle: Option<Duration>,
+    over_budget: bool,
+}
+
+impl Entry {
+    fn now(&self, splicer: Option<&Splicer>, now_ns: u64) -> Now {
+        let [up, down] = self.before;
+        if let Some(slot) = self.slot {
+            return match splicer.and_then(|sp| sp.live_bytes(slot)) {
+                Some(k) => Now {
+                    bytes: [up + k.to_upstream, down + k.to_client],
+                    live: true,
+                    idle: Some(k.idle),
+                    over_budget: k.over_budget,
+                },
+                None => Now { bytes: self.before, live: false, idle: None, over_budget: false },
+            };
+        }
+        match &self.relay {
+            Some(relay) => {
+                let moved = relay.moved();
+                let last = relay.last_ns.load(Relaxed);
+                let since = if last == 0 { self.opened.started_ns } else { last };
+                let idle = Some(Duration::from_nanos(now_ns.saturating_sub(since)));
+                Now { bytes: [up + moved[0], down + moved[1]], live: true, idle, over_budget: false }
+            }
+            None => Now { bytes: self.before, live: false, idle: None, over_budget: false },
+        }
+    }
 }
 
 /// One row of `/connections`.
@@ -68,22 +147,24 @@ pub struct ConnView {
     pub upstream_group: String,
     pub age_seconds: f64,
     pub mode: &'static str,
-    /// Client → upstream bytes so far (for a pair still in the userspace relay: those
-    /// that came with the request head; its relay reports at close).
+    /// Client → upstream bytes so far, live from the relay's counters (the kernel
+    /// splice's, or the userspace relay's).
     pub bytes_to_upstream: u64,
     pub bytes_to_client: u64,
-    /// Whether the byte counts are live (read from the kernel splice's counters now).
+    /// Whether the byte counts are live (false between the 101 and the relay's start).
     pub bytes_live: bool,
-    /// Seconds since the last byte either way, when known (spliced pairs).
+    /// Seconds since the last byte either way (since the accept when none moved yet),
+    /// when the counts are live.
     pub idle_seconds: Option<f64>,
 }
 
-/// The spliced pairs open now, summed.
+/// The live view's totals.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct SplicedNow {
-    /// Bytes moved (client → upstream, upstream → client), before the splice included.
+pub struct Totals {
+    /// Bytes moved (client → upstream, upstream → client) by every WebSocket the view
+    /// has seen: those that ended, in full, and those open, live.
     pub bytes: [u64; 2],
-    /// Pairs with a direction over its budget.
+    /// Spliced pairs with a direction over its budget.
     pub over_budget: u64,
 }
 
@@ -101,11 +182,13 @@ pub struct Filter {
 pub struct Table {
     events: Receiver<Event>,
     entries: HashMap<(usize, u64), Entry>,
+    /// Bytes of the WebSockets that ended.
+    closed: [u64; 2],
 }
 
 impl Table {
     pub fn new(events: Receiver<Event>) -> Self {
-        Self { events, entries: HashMap::new() }
+        Self { events, entries: HashMap::new(), closed: [0; 2] }
     }
 
     /// Applies every event queued so far.
@@ -115,18 +198,30 @@ impl Table {
                 Event::Open { worker, id, opened } => {
                     self.entries.insert(
                         (worker, id),
-                        Entry { opened, mode: ActiveMode::Userspace, slot: None, before: [0; 2] },
+                        Entry { opened, mode: ActiveMode::Userspace, slot: None, before: [0; 2], relay: None },
                     );
+                }
+                Event::Relaying { worker, id, bytes } => {
+                    if let Some(entry) = self.entries.get_mut(&(worker, id)) {
+                        // A relay after another one (a handover that did not take) adds on.
+                        if let Some(old) = entry.relay.replace(bytes) {
+                            let [a, b] = old.moved();
+                            entry.before = [entry.before[0] + a, entry.before[1] + b];
+                        }
+                    }
                 }
                 Event::Spliced { worker, id, slot, before } => {
                     if let Some(entry) = self.entries.get_mut(&(worker, id)) {
                         entry.mode = ActiveMode::Splice;
                         entry.slot = Some(slot);
+                        // Counts everything the userspace relay moved.
                         entry.before = before;
+                        entry.relay = None;
                     }
                 }
-                Event::Closed { worker, id } => {
+                Event::Closed { worker, id, bytes } => {
                     self.entries.remove(&(worker, id));
+                    self.closed = [self.closed[0] + bytes[0], self.closed[1] + bytes[1]];
                 }
             }
         }
@@ -140,16 +235,15 @@ impl Table {
         self.entries.is_empty()
     }
 
-    /// What the spliced pairs open now have moved, summed, and how many are over budget.
-    pub fn spliced(&self, splicer: Option<&Splicer>) -> SplicedNow {
-        let mut sum = SplicedNow::default();
-        let Some(splicer) = splicer else { return sum };
+    /// What the WebSockets seen have moved (ended ones in full, open ones so far),
+    /// and how many spliced pairs are over budget.
+    pub fn totals(&self, splicer: Option<&Splicer>) -> Totals {
+        let mut sum = Totals { bytes: self.closed, over_budget: 0 };
         for e in self.entries.values() {
-            if let Some(b) = e.slot.and_then(|s| splicer.live_bytes(s)) {
-                sum.bytes[0] += e.before[0] + b.to_upstream;
-                sum.bytes[1] += e.before[1] + b.to_client;
-                sum.over_budget += u64::from(b.over_budget);
-            }
+            let now = e.now(splicer, 0);
+            sum.bytes[0] += now.bytes[0];
+            sum.bytes[1] += now.bytes[1];
+            sum.over_budget += u64::from(now.over_budget);
         }
         sum
     }
@@ -183,8 +277,7 @@ impl Table {
             .take(limit)
             .map(|(&(worker, id), e)| {
                 let l = label(e.opened.route);
-                let live = e.slot.and_then(|s| splicer.and_then(|sp| sp.live_bytes(s)));
-                let (up, down) = live.map_or((0, 0), |b| (b.to_upstream, b.to_client));
+                let now = e.now(splicer, now_ns);
                 ConnView {
                     worker,
                     id,
@@ -194,10 +287,10 @@ impl Table {
                     upstream_group: l.upstream,
                     age_seconds: Duration::from_nanos(now_ns.saturating_sub(e.opened.started_ns)).as_secs_f64(),
                     mode: e.mode.as_str(),
-                    bytes_to_upstream: e.before[0] + up,
-                    bytes_to_client: e.before[1] + down,
-                    bytes_live: live.is_some(),
-                    idle_seconds: live.map(|b| b.idle.as_secs_f64()),
+                    bytes_to_upstream: now.bytes[0],
+                    bytes_to_client: now.bytes[1],
+                    bytes_live: now.live,
+                    idle_seconds: now.idle.map(|d| d.as_secs_f64()),
                 }
             })
             .collect();

@@ -2,27 +2,26 @@
 //! histograms ([`WorkerMetrics`]), the live view's events ([`live`]), and each
 //! worker's answer to the health ping.
 //!
-//! The data plane calls the free functions and the [`Conn`] guard of this module;
-//! they reach the calling worker's own counters through a thread-local set by
-//! [`install`]. Nothing here locks, blocks or makes a system call on a worker: the
-//! admin thread sums the workers' counters when it is scraped. On a thread without
-//! [`install`] (tests, the set-up) every hook does nothing.
+//! The data plane counts through its worker's [`Recorder`] (a field of the worker,
+//! no thread-local) and the [`Conn`] guard of each connection. Nothing here locks,
+//! blocks or makes a system call on a worker: the admin thread sums the workers'
+//! counters when it is scraped. An empty recorder (tests, the set-up) counts nothing.
 
 pub mod histogram;
 pub mod live;
+mod recorder;
 mod worker;
 
-use std::cell::OnceCell;
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
+pub use recorder::{Conn, Recorder};
 pub use worker::{ActiveMode, CLOSE_REASONS, RouteCounters, WorkerMetrics};
 
-use crate::accesslog::AccessRecord;
-use crate::splice::{LiveSlot, Splicer};
+use crate::splice::Splicer;
 
 /// A health ping: the worker's loop answers on the sender.
 pub type Ping = oneshot::Sender<()>;
@@ -50,7 +49,7 @@ pub struct Metrics {
     pings: Vec<mpsc::Sender<Ping>>,
 }
 
-/// What one worker takes to [`install`].
+/// What one worker takes to [`Recorder::start`].
 #[derive(Debug)]
 pub struct WorkerSlot {
     metrics: Arc<WorkerMetrics>,
@@ -99,56 +98,26 @@ impl Metrics {
         if silent.is_empty() { Ok(()) } else { Err(silent) }
     }
 
-    /// The spliced pairs open now (live bytes, pairs over budget), from the live view.
-    pub fn spliced_now(&self, splicer: Option<&Splicer>) -> live::SplicedNow {
-        self.live.as_ref().and_then(|t| t.lock().ok()).map_or_else(live::SplicedNow::default, |mut t| {
+    /// The live view's totals (bytes of the WebSockets it has seen, open ones live;
+    /// spliced pairs over budget).
+    pub fn live_totals(&self, splicer: Option<&Splicer>) -> live::Totals {
+        self.live.as_ref().and_then(|t| t.lock().ok()).map_or_else(live::Totals::default, |mut t| {
             t.catch_up();
-            t.spliced(splicer)
+            t.totals(splicer)
         })
     }
-}
 
-struct Here {
-    metrics: Arc<WorkerMetrics>,
-    events: Option<Sender<live::Event>>,
-}
+    /// Connections ended, by reason ([`CLOSE_REASONS`]), summed over the workers.
+    pub fn closed_by_reason(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        CLOSE_REASONS.iter().enumerate().map(|(i, r)| (*r, self.workers.iter().map(|w| w.closed(i)).sum()))
+    }
 
-thread_local! {
-    static HERE: OnceCell<Here> = const { OnceCell::new() };
-}
-
-/// Makes this worker thread count into `slot`, and starts the task that answers the
-/// health pings on the worker's loop. Call inside the worker's runtime.
-pub fn install(slot: WorkerSlot) {
-    let WorkerSlot { metrics, events, mut pings } = slot;
-    let index = metrics.index;
-    let stall = stall_for(index);
-    let answered = metrics.clone();
-    HERE.with(|h| {
-        let _ = h.set(Here { metrics, events });
-    });
-    tokio::task::spawn_local(async move {
-        let mut stall = stall;
-        while let Some(reply) = pings.recv().await {
-            if let Some(d) = stall.take() {
-                tracing::warn!(worker = index, ms = d.as_millis() as u64, "{STALL_ENV}: blocking this worker");
-                std::thread::sleep(d);
-            }
-            answered.pings_answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let _ = reply.send(());
-        }
-    });
-}
-
-/// What [`STALL_ENV`] asks of worker `index`.
-fn stall_for(index: usize) -> Option<Duration> {
-    let v = std::env::var(STALL_ENV).ok()?;
-    let (w, ms) = v.split_once(':')?;
-    (w.trim().parse::<usize>().ok()? == index).then_some(Duration::from_millis(ms.trim().parse().ok()?))
-}
-
-fn with<R>(f: impl FnOnce(&Here) -> R) -> Option<R> {
-    HERE.try_with(|h| h.get().map(f)).ok().flatten()
+    /// [`Metrics::closed_by_reason`] as `reason=count` words, reasons never seen left out.
+    pub fn closed_summary(&self) -> String {
+        let words: Vec<String> =
+            self.closed_by_reason().filter(|(_, n)| *n > 0).map(|(r, n)| format!("{r}={n}")).collect();
+        words.join(" ")
+    }
 }
 
 /// Nanoseconds from the connection epoch to `started`: a connection's id in the live
@@ -160,136 +129,4 @@ pub fn id_of(started: Instant) -> u64 {
 /// Connection clock now (see [`id_of`]).
 pub fn now_ns() -> u64 {
     id_of(Instant::now())
-}
-
-/// An upstream connection completed after `took`.
-pub fn upstream_connected(took: Duration) {
-    with(|h| h.metrics.connect.observe(took));
-}
-
-/// A valid WebSocket upgrade request was routed to `route`.
-pub fn upgrade_requested(route: usize) {
-    with(|h| {
-        if let Some(r) = h.metrics.route(route) {
-            r.upgrade_requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
-    });
-}
-
-/// Counts one connection from accept to close: its mode in the active gauge, and
-/// (once upgraded) its row in the live view. Dropped without [`closed`] (a panic, a
-/// cancelled task) it still leaves the gauge.
-#[derive(Debug)]
-pub struct Conn {
-    id: u64,
-    mode: ActiveMode,
-    upgraded: bool,
-    /// False for the empty guard [`Conn::take`] leaves behind.
-    counted: bool,
-}
-
-impl Conn {
-    /// A connection accepted at `started`.
-    pub fn accepted(started: Instant) -> Self {
-        with(|h| {
-            h.metrics.accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            h.metrics.enter(ActiveMode::Handshake);
-        });
-        Self { id: id_of(started), mode: ActiveMode::Handshake, upgraded: false, counted: true }
-    }
-
-    /// Moves the guard out, leaving one that counts nothing.
-    #[must_use]
-    pub fn take(&mut self) -> Self {
-        std::mem::replace(self, Self { id: self.id, mode: self.mode, upgraded: false, counted: false })
-    }
-
-    /// Now in `mode`.
-    pub fn set_mode(&mut self, mode: ActiveMode) {
-        if mode != self.mode && self.counted {
-            with(|h| {
-                h.metrics.leave(self.mode);
-                h.metrics.enter(mode);
-            });
-            self.mode = mode;
-        }
-    }
-
-    /// The upstream answered 101 `handshake` after the accept; relayed from now on.
-    pub fn upgraded(&mut self, route: usize, handshake: Duration, opened: live::Opened) {
-        if !self.counted {
-            return;
-        }
-        self.upgraded = true;
-        with(|h| {
-            if let Some(r) = h.metrics.route(route) {
-                r.upgrades.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
-            h.metrics.count_status(101);
-            h.metrics.handshake.observe(handshake);
-            if let Some(tx) = &h.events {
-                let _ = tx.send(live::Event::Open { worker: h.metrics.index, id: self.id, opened });
-            }
-        });
-        self.set_mode(ActiveMode::Userspace);
-    }
-
-    /// Handed to the kernel splice after `before` bytes in userspace.
-    pub fn spliced(&mut self, slot: LiveSlot, before: [u64; 2]) {
-        self.set_mode(ActiveMode::Splice);
-        if self.upgraded && self.counted {
-            with(|h| {
-                if let Some(tx) = &h.events {
-                    let _ = tx.send(live::Event::Spliced { worker: h.metrics.index, id: self.id, slot, before });
-                }
-            });
-        }
-    }
-
-    /// The pair is parked: it stays counted as spliced until [`parked_closed`].
-    pub fn park(self) {
-        std::mem::forget(self);
-    }
-
-    /// The connection ended as `record` says (the access log's line).
-    pub fn closed(self, record: &AccessRecord) {
-        let (upgraded, id, counted) = (self.upgraded, self.id, self.counted);
-        // Leaves the gauge.
-        drop(self);
-        if counted {
-            with(|h| count_end(h, record, upgraded, id));
-        }
-    }
-}
-
-impl Drop for Conn {
-    fn drop(&mut self) {
-        if self.counted {
-            with(|h| h.metrics.leave(self.mode));
-        }
-    }
-}
-
-/// A parked spliced pair (its [`Conn`] parked with `id`) ended as `record` says.
-pub fn parked_closed(id: u64, record: &AccessRecord) {
-    with(|h| {
-        h.metrics.leave(ActiveMode::Splice);
-        count_end(h, record, true, id);
-    });
-}
-
-fn count_end(h: &Here, record: &AccessRecord, upgraded: bool, id: u64) {
-    use std::sync::atomic::Ordering::Relaxed;
-    let m = &h.metrics;
-    m.count_close(record.close.as_str());
-    m.closed_bytes[0].fetch_add(record.bytes_in, Relaxed);
-    m.closed_bytes[1].fetch_add(record.bytes_out, Relaxed);
-    if upgraded {
-        m.lifetime.observe(Duration::try_from_secs_f64(record.request_time).unwrap_or_default());
-        if let Some(tx) = &h.events {
-            let _ = tx.send(live::Event::Closed { worker: m.index, id });
-        }
-    } else {
-        m.count_status(record.status);
-    }
 }

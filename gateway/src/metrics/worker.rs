@@ -72,7 +72,8 @@ pub struct WorkerMetrics {
     closed: [AtomicU64; CLOSE_REASONS.len()],
     statuses: Box<[AtomicU64]>,
     pub routes: Box<[RouteCounters]>,
-    /// Bytes (client → upstream, upstream → client) of connections that ended.
+    /// Bytes (client → upstream, upstream → client) of connections that ended and that
+    /// the live view did not take (not upgraded, or the live view is off).
     pub closed_bytes: [AtomicU64; 2],
     pub handshake: Histogram,
     pub connect: Histogram,
