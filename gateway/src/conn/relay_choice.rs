@@ -87,7 +87,12 @@ pub async fn websocket(
             return None;
         }
     }
-    let opts = RelayOptions { idle_timeout: cfg.timeouts.idle, end_on_upstream_fin: false, pause_after: None };
+    let opts = RelayOptions {
+        idle_timeout: cfg.timeouts.idle,
+        end_on_upstream_fin: false,
+        pause_after: None,
+        close_timeout: cfg.drain.close_timeout,
+    };
     let Some(pairs) = &worker.pairs else {
         userspace(client, &upstream, opts, worker, facts).await;
         return None;
@@ -161,7 +166,9 @@ async fn userspace(
     facts.mode = Mode::Userspace;
     facts.conn.set_mode(ActiveMode::Userspace);
     let mut shutdown = worker.shutdown.clone();
-    let outcome = Box::pin(relay::relay(client, upstream, opts, &mut shutdown, &worker.ring, &worker.buffers)).await;
+    let _live = worker.pacer.enter();
+    let relay = relay::relay(client, upstream, opts, &mut shutdown, &worker.ring, &worker.buffers, Some(&worker.pacer));
+    let outcome = Box::pin(relay).await;
     if opts.pause_after.is_some() && outcome.reason != Close::Paused {
         Stats::bump(&worker.stats.relayed_userspace);
     }
