@@ -36,6 +36,9 @@ pub struct RelayOutcome {
     pub first_response: Option<Instant>,
     /// The status code of an HTTP response at the start of the upstream's bytes.
     pub response_status: Option<u16>,
+    /// Where the frames stood when the relay stopped (client→upstream,
+    /// upstream→client): the next relay of the pair starts from here.
+    pub frames: [FrameTracker; 2],
 }
 
 /// How one relay behaves.
@@ -50,6 +53,9 @@ pub struct RelayOptions {
     /// How long the drain waits for a frame in progress to end, then for the peers'
     /// Close frames (`drain.close_timeout`).
     pub close_timeout: Duration,
+    /// Where the frames stand when the relay starts (client→upstream,
+    /// upstream→client): after the upstream's 101 head, after the client's early frames.
+    pub frames: [FrameTracker; 2],
 }
 
 /// How soon a pause is tried again when bytes were in flight.
@@ -111,6 +117,8 @@ pub async fn relay(
     pacer: Option<&Pacer>,
 ) -> RelayOutcome {
     let (c2u, u2c) = (Dir::default(), Dir::default());
+    c2u.frames.set(opts.frames[0]);
+    u2c.frames.set(opts.frames[1]);
     let first = Cell::new(None);
     let ended = pumps(client, upstream, (&c2u, &u2c), &first, opts, shutdown, (ring, buffers), pacer).await;
     if ended.reason == Close::Drain {
@@ -134,6 +142,7 @@ pub async fn relay(
         reason: ended.reason,
         first_response: first.map(|f| f.0),
         response_status: first.and_then(|f| f.1),
+        frames: [c2u.frames.get(), u2c.frames.get()],
     }
 }
 

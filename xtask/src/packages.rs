@@ -19,13 +19,16 @@ pub const BUILD: &[Need] = &[
 ];
 
 /// What the test suite needs beyond the build: network namespaces, the eBPF format
-/// check, and the Python Prometheus parser the admin tests feed `/metrics` to (the
-/// system `python3`'s, at `/usr/bin/python3`).
+/// check, the Python Prometheus parser the admin tests feed `/metrics` to and the
+/// Python `websockets` clients of the drain tests (the system `python3`'s, at
+/// `/usr/bin/python3`).
 pub const TEST: &[Need] = &[
     Need::Program("ip", "iproute2"),
     Need::Program("unshare", "util-linux"),
     Need::Program("clang-format-19", "clang-format-19"),
     Need::File("/usr/lib/python3/dist-packages/prometheus_client/__init__.py", "python3-prometheus-client"),
+    // The drain tests' strict WebSocket clients.
+    Need::File("/usr/lib/python3/dist-packages/websockets/__init__.py", "python3-websockets"),
     // libFuzzer (libfuzzer-sys) is C++: the fuzz step of the suite builds it.
     Need::Program("g++", "g++"),
 ];

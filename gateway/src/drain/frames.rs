@@ -23,11 +23,26 @@ pub struct FrameTracker {
     in_close: bool,
     /// A whole Close frame has gone by.
     close_seen: bool,
+    /// Bytes went by untracked: where frames end is not known, so no boundary is.
+    lost: bool,
 }
 
 impl FrameTracker {
+    /// A stream whose first `n` bytes are not frames (the upstream's 101 head).
+    pub fn after(n: u64) -> Self {
+        Self { left: n, ..Self::default() }
+    }
+
+    /// A stream where bytes went by untracked: it has no known boundary.
+    pub fn lost() -> Self {
+        Self { lost: true, ..Self::default() }
+    }
+
     /// Accounts for `bytes`, the next bytes of the stream.
     pub fn feed(&mut self, mut bytes: &[u8]) {
+        if self.lost {
+            return;
+        }
         while !bytes.is_empty() {
             if self.left > 0 {
                 let skip = usize::try_from(self.left).unwrap_or(usize::MAX).min(bytes.len());
@@ -51,13 +66,19 @@ impl FrameTracker {
 
     /// Whether the stream is between two frames.
     pub fn at_boundary(&self) -> bool {
-        self.have == 0 && self.left == 0
+        !self.lost && self.have == 0 && self.left == 0
     }
 
     /// The most bytes that can be read without going past the end of the current
     /// frame (or header); 2 (a header's first bytes) at a boundary.
     pub fn to_boundary(&self) -> u64 {
-        if self.left > 0 { self.left } else { (self.header_needed() - usize::from(self.have)) as u64 }
+        if self.lost {
+            u64::MAX
+        } else if self.left > 0 {
+            self.left
+        } else {
+            (self.header_needed() - usize::from(self.have)) as u64
+        }
     }
 
     /// Whether a whole Close frame has gone by.
@@ -170,6 +191,20 @@ mod tests {
         t.feed(&f[8..]);
         assert!(t.at_boundary());
         assert!(!t.close_seen());
+    }
+
+    #[test]
+    fn a_head_before_the_frames_is_skipped_and_lost_bytes_have_no_boundary() {
+        let head = b"HTTP/1.1 101 Switching Protocols\r\n\r\n";
+        let mut t = FrameTracker::after(head.len() as u64);
+        t.feed(head);
+        assert!(t.at_boundary());
+        t.feed(&frame(1, 3, false));
+        assert!(t.at_boundary());
+        let mut l = FrameTracker::lost();
+        l.feed(&frame(8, 2, true));
+        assert!(!l.at_boundary() && !l.close_seen());
+        assert_eq!(l.to_boundary(), u64::MAX);
     }
 
     #[test]

@@ -1,0 +1,101 @@
+//! The paced drain, over real sockets, with strict Python `websockets` clients and the
+//! tokio-tungstenite echo upstream (both fail a connection on any protocol error): a
+//! SIGTERM closes every WebSocket with a Close 1001 between frames, spread over
+//! `--drain-window`; a second SIGTERM closes at once; SIGHUP never ends the process.
+
+mod drain_util;
+mod utils;
+
+use std::time::{Duration, Instant};
+
+use drain_util::{Clients, assert_all_going_away, histogram, now_secs};
+use nix::sys::signal::Signal;
+use utils::{Gateway, WsEcho};
+
+/// The drain window of these tests.
+const WINDOW: f64 = 5.0;
+/// Past the window: a connection's last frame, the close handshake and a loaded
+/// 2-core machine's scheduling.
+const MARGIN: f64 = 4.0;
+
+fn gateway(echo: &WsEcho, splice: &str, window: &str) -> Gateway {
+    Gateway::one_line(&[echo.addr], &["--splice", splice, "--drain-window", window])
+}
+
+/// Drains `gateways` (SIGTERM to each at once) under `n` streaming clients; returns
+/// their ends and the SIGTERM's time.
+fn drain_under_load(gateways: &mut [Gateway], n: usize) -> (Vec<drain_util::Ended>, f64) {
+    let urls: Vec<String> = gateways.iter().map(|g| g.ws_url("/drain")).collect();
+    let mut clients = Clients::open(n, &urls);
+    // Let every connection stream a while first.
+    std::thread::sleep(Duration::from_secs(2));
+    let start = now_secs();
+    for g in gateways.iter() {
+        g.terminate();
+    }
+    let ended = clients.ended(Duration::from_secs_f64(WINDOW + MARGIN + 30.0));
+    for g in gateways.iter_mut() {
+        assert!(g.wait_exit(Duration::from_secs(20)), "wsgate exits once its connections are closed");
+    }
+    (ended, start)
+}
+
+#[test]
+fn sigterm_closes_every_websocket_with_1001_spread_over_the_window() {
+    let echo = WsEcho::start();
+    let mut gateways = vec![gateway(&echo, "userspace", "5s")];
+    let n = 400;
+    let (ended, start) = drain_under_load(&mut gateways, n);
+    assert_all_going_away(&ended);
+    let h = histogram(&ended, start);
+    eprintln!("close times after SIGTERM (whole seconds, closes): {h:?}");
+    let latest = ended.iter().map(|e| e.closed_at.unwrap() - start).fold(0.0, f64::max);
+    assert!(latest <= WINDOW + MARGIN, "a close came {latest:.2} s after SIGTERM (window {WINDOW} s): {h:?}");
+    let early_seconds = h.iter().filter(|(s, _)| (*s as f64) < WINDOW).count();
+    assert!(early_seconds >= 3, "the closes fall in at least 3 distinct seconds of the window: {h:?}");
+    let most = h.iter().map(|(_, c)| *c).max().unwrap();
+    assert!(most <= n / 2, "no second holds half of the closes: {h:?}");
+    let drained = gateways[0].log_lines().iter().filter(|l| l.contains("close=drain")).count();
+    assert_eq!(drained, n, "every WebSocket's access-log line says close=drain");
+}
+
+#[test]
+fn a_second_sigterm_closes_at_once() {
+    let echo = WsEcho::start();
+    let mut gw = gateway(&echo, "userspace", "60s");
+    let n = 40;
+    let mut clients = Clients::open(n, &[gw.ws_url("/again")]);
+    std::thread::sleep(Duration::from_millis(500));
+    gw.terminate();
+    std::thread::sleep(Duration::from_millis(500));
+    let second = now_secs();
+    gw.terminate();
+    let ended = clients.ended(Duration::from_secs(30));
+    let latest = ended.iter().map(|e| e.closed_at.unwrap() - second).fold(0.0, f64::max);
+    assert!(latest < 5.0, "every connection closed soon after the second SIGTERM, the last after {latest:.2} s");
+    let paced = ended.iter().filter(|e| e.code == Some(1001)).count();
+    assert!(paced < n, "a 60 s window did not close them all in the first second ({paced} of {n} did)");
+    assert!(gw.wait_exit(Duration::from_secs(20)), "wsgate exits after the second SIGTERM");
+}
+
+#[test]
+fn sighup_and_sigusr2_leave_the_process_serving() {
+    let echo = WsEcho::start();
+    let mut gw = gateway(&echo, "userspace", "2s");
+    let mut clients = Clients::open(10, &[gw.ws_url("/hup")]);
+    let since = Instant::now();
+    gw.signal(Signal::SIGHUP);
+    gw.wait_stderr("SIGHUP: configuration reload is not supported yet", Duration::from_secs(10));
+    gw.signal(Signal::SIGUSR2);
+    gw.wait_stderr("SIGUSR2: binary upgrade is not supported yet", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(gw.running(), "wsgate is still running after SIGHUP and SIGUSR2");
+    assert!(gw.stderr_since(since, "ERROR").is_empty(), "{:?}", gw.stderr());
+    // New connections are still served, and the live ones were never touched.
+    let mut more = Clients::open(5, &[gw.ws_url("/hup-after")]);
+    gw.terminate();
+    let mut ended = clients.ended(Duration::from_secs(30));
+    ended.extend(more.ended(Duration::from_secs(30)));
+    assert_all_going_away(&ended);
+    assert!(gw.wait_exit(Duration::from_secs(20)));
+}
