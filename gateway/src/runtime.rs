@@ -280,6 +280,9 @@ fn worker(setup: WorkerSetup, sockets: Vec<Socket>) -> Result<()> {
         let pairs = setup.splicer.as_ref().map(|s| s.init_worker(&ring, idle, setup.shutdown.clone()));
         let buffers = BufPool::new(setup.config.relay.buffer_size, setup.config.relay.pool_buffers);
         let pacer = Rc::new(Pacer::new(&setup.config.drain, setup.config.worker_count()));
+        if let Some(p) = &pairs {
+            p.pace_drain(pacer.clone());
+        }
         let state = Rc::new(Worker {
             config: setup.config,
             router: setup.router,

@@ -59,6 +59,49 @@ fn sigterm_closes_every_websocket_with_1001_spread_over_the_window() {
     assert_eq!(drained, n, "every WebSocket's access-log line says close=drain");
 }
 
+/// A gateway with the kernel splice, or a loud reason why there is none here (a
+/// failure under `CI`).
+fn spliced_gateway_or_skip(echo: &WsEcho, test: &str) -> Option<Gateway> {
+    let started = Gateway::builder()
+        .one_line(&[echo.addr])
+        .args(&["--workers", "2", "--splice", "sockmap", "--drain-window", "5s"])
+        .start_or_exit();
+    match started {
+        Ok(gw) => Some(gw),
+        Err(exited) => {
+            let why = exited.stderr.join("\n");
+            eprintln!("\n==================== SKIPPED: {test}: no kernel splice: {why} ====================\n");
+            assert!(std::env::var_os("CI").is_none(), "{test} must run in CI: {why}");
+            None
+        }
+    }
+}
+
+/// Spliced pairs have no frame state yet (see the README's Limitations): at its turn
+/// a pair gets FIN both ways, no Close frame, so no frame is ever cut; the turns are
+/// spread over the window like the userspace relay's.
+#[test]
+fn spliced_pairs_close_at_their_turns_over_the_window_without_cutting_a_frame() {
+    let echo = WsEcho::start();
+    let Some(gw) = spliced_gateway_or_skip(&echo, "spliced_pairs_close_at_their_turns") else { return };
+    let n = 200;
+    let (ended, start) = drain_under_load(&mut [gw], n);
+    let h = histogram(&ended, start);
+    eprintln!("spliced close times after SIGTERM (whole seconds, closes): {h:?}");
+    for e in &ended {
+        assert_eq!(e.bad, 0, "connection {}: an echo differed from its message", e.conn);
+        assert!(e.echoed > 0, "connection {} streamed nothing before the drain", e.conn);
+        // A FIN without a Close is 1006 to a strict client; a cut frame or a stray
+        // byte would be a protocol error (1002) instead.
+        assert_eq!(e.code, Some(1006), "connection {}: {e:?}", e.conn);
+        assert!(e.error.as_deref().is_some_and(|t| t.contains("ConnectionClosedError")), "{e:?}");
+    }
+    let latest = ended.iter().map(|e| e.closed_at.unwrap() - start).fold(0.0, f64::max);
+    assert!(latest <= WINDOW + MARGIN, "a close came {latest:.2} s after SIGTERM: {h:?}");
+    let early_seconds = h.iter().filter(|(s, _)| (*s as f64) < WINDOW).count();
+    assert!(early_seconds >= 3, "the closes fall in at least 3 distinct seconds of the window: {h:?}");
+}
+
 #[test]
 fn a_second_sigterm_closes_at_once() {
     let echo = WsEcho::start();

@@ -61,14 +61,14 @@ impl Pacer {
         let k = plan.next;
         plan.next += 1;
         self.plan.set(Some(plan));
-        let mut at = plan.start + plan.spacing * k;
-        if self.jitter > 0.0 && !plan.spacing.is_zero() {
-            at += plan.spacing.mul_f64(self.jitter * rand::thread_rng().r#gen::<f64>());
-        }
+        // Inside its share [k, k+1) of the plan: the middle when evenly spaced, anywhere
+        // in a centred part `jitter` wide otherwise.
+        let offset = if self.jitter > 0.0 { self.jitter * rand::thread_rng().r#gen::<f64>() } else { 0.0 };
+        let at = plan.start + plan.spacing * k + plan.spacing.mul_f64((1.0 - self.jitter) / 2.0 + offset);
         // Without a rate cap nothing goes past the window, even a connection that was
         // not counted when the plan was made.
         if self.min_spacing.is_zero() || k >= plan.planned {
-            at = at.min(plan.start + self.window.max(self.min_spacing * k));
+            return at.min(plan.start + self.window.max(self.min_spacing * k));
         }
         at
     }
@@ -78,7 +78,7 @@ impl Pacer {
     pub fn claim_due(&self, now: Instant) -> bool {
         let plan = self.plan.get().unwrap_or_else(|| self.make_plan(now));
         self.plan.set(Some(plan));
-        if plan.start + plan.spacing * plan.next > now {
+        if plan.start + plan.spacing * plan.next + plan.spacing.mul_f64((1.0 - self.jitter) / 2.0) > now {
             return false;
         }
         self.slot();
@@ -115,9 +115,9 @@ mod tests {
         let p = Rc::new(Pacer::new(&cfg(10, 0.0, 0.0), 1));
         let guards: Vec<_> = (0..10).map(|_| p.enter()).collect();
         let slots: Vec<_> = (0..10).map(|_| p.slot()).collect();
-        let start = slots[0];
+        let start = p.plan.get().unwrap().start;
         for (k, s) in slots.iter().enumerate() {
-            assert_eq!(*s - start, Duration::from_secs(k as u64));
+            assert_eq!(*s - start, Duration::from_millis(500 + 1000 * k as u64), "the middle of share {k}");
         }
         // One more than counted still closes inside the window.
         assert!(p.slot() - start <= Duration::from_secs(10));
@@ -143,8 +143,10 @@ mod tests {
         let p = Rc::new(Pacer::new(&cfg(2, 0.0, 0.0), 1));
         let _g: Vec<_> = (0..2).map(|_| p.enter()).collect();
         let now = Instant::now();
-        assert!(p.claim_due(now), "the first close is due at the start");
-        assert!(!p.claim_due(now), "the second one second later");
-        assert!(p.claim_due(now + Duration::from_secs(1)));
+        assert!(!p.claim_due(now), "the first close is due half a share after the start");
+        let start = p.plan.get().unwrap().start;
+        assert!(p.claim_due(start + Duration::from_millis(500)));
+        assert!(!p.claim_due(start + Duration::from_millis(500)), "the second one second later");
+        assert!(p.claim_due(start + Duration::from_millis(1500)));
     }
 }
