@@ -14,6 +14,7 @@ Every loop is bounded: a connection still open after LIMIT seconds is reported a
 
 import asyncio
 import json
+import os
 import random
 import sys
 import time
@@ -21,10 +22,14 @@ import time
 import websockets
 
 LIMIT = 90.0
+# Largest message (env DRAIN_MAX_SIZE): big runs use small ones so one Python process
+# keeps up with every connection.
+MAX_SIZE = int(os.environ.get("DRAIN_MAX_SIZE", "70000"))
+SIZES = [s for s in [1, 7, 125, 126, 300, 4000, 65535, 65536, 70000] if s <= MAX_SIZE]
 
 
 def message(conn, seq, rng):
-    size = rng.choice([1, 7, 125, 126, 300, 4000, 65535, 65536, 70000])
+    size = rng.choice(SIZES)
     head = f"{conn}:{seq}:".encode()
     body = bytes((conn * 31 + seq * 7 + i) & 0xFF for i in range(size))
     return head + body
