@@ -263,6 +263,7 @@ async fn going_away(
     (c2u, u2c): (&Dir, &Dir),
     io: (&Ring, &BufPool),
 ) {
+    tracing::debug!(to_client, to_upstream, "drain: sending Close 1001");
     let client_side = async {
         if to_client {
             if let Err(e) = crate::io::write_all(client, close_frame::to_client()).await {

@@ -78,6 +78,7 @@ impl Local {
             if !pacer.claim_due(std::time::Instant::now()) {
                 return;
             }
+            tracing::debug!("drain: a spliced pair's turn");
             let taken = self.table.borrow_mut().take_any();
             match taken {
                 Some(taken) => self.resume(taken, Some(Swept::Drain)),
