@@ -55,8 +55,11 @@ pub enum Close {
     UpstreamReset,
     /// No bytes in either direction for `idle_timeout`.
     IdleTimeout,
-    /// Closed by the end of a graceful drain.
+    /// Closed by the end of a graceful drain, or at once by a second signal.
     Shutdown,
+    /// Closed by the paced drain: a Close 1001 "going away" to each side between
+    /// frames, then FIN.
+    Drain,
     /// The response was complete (error responses, plain HTTP, passed-back responses).
     Done,
     /// Not a close: the userspace relay stopped at a quiet moment (no bytes held, both
@@ -97,6 +100,7 @@ impl Close {
             Self::UpstreamReset => "upstream_reset",
             Self::IdleTimeout => "idle_timeout",
             Self::Shutdown => "shutdown",
+            Self::Drain => "drain",
             Self::Done => "done",
             Self::Paused => "paused",
             Self::Error => "error",
@@ -160,6 +164,7 @@ mod tests {
             Close::UpstreamReset,
             Close::IdleTimeout,
             Close::Shutdown,
+            Close::Drain,
             Close::Done,
             Close::Paused,
             Close::Error,

@@ -11,6 +11,7 @@ pub mod bufpool;
 pub mod close;
 pub mod config;
 pub mod conn;
+pub mod drain;
 pub mod error;
 pub mod http;
 pub mod io;

@@ -9,9 +9,7 @@
 //! TCP flow control and nothing is buffered beyond one buffer per moving direction.
 //! A FIN becomes `shutdown(SHUT_WR)` on the other side (the other direction keeps
 //! flowing); a reset is passed on as a reset. The relay never closes the sockets: the
-//! caller owns them and closes them after [`relay`] returns. When the admin plane is on,
-//! what it moves is published as it goes ([`RelayBytes`]: two relaxed stores per
-//! message, nothing else).
+//! caller owns them and closes them after [`relay`] returns.
 
 use std::cell::Cell;
 use std::io;
@@ -24,6 +22,7 @@ use tokio_uring::net::TcpStream;
 
 use crate::bufpool::BufPool;
 use crate::close::{Close, Side};
+use crate::drain::{FrameTracker, Pacer, close_frame};
 use crate::metrics::live::RelayBytes;
 use crate::readiness::{self, Ring};
 use crate::shutdown::{Phase, ShutdownRx};
@@ -38,6 +37,9 @@ pub struct RelayOutcome {
     pub first_response: Option<Instant>,
     /// The status code of an HTTP response at the start of the upstream's bytes.
     pub response_status: Option<u16>,
+    /// Where the frames stood when the relay stopped (client→upstream,
+    /// upstream→client): the next relay of the pair starts from here.
+    pub frames: [FrameTracker; 2],
 }
 
 /// How one relay behaves.
@@ -49,6 +51,12 @@ pub struct RelayOptions {
     pub end_on_upstream_fin: bool,
     /// Stop with [`Close::Paused`] at the first quiet moment after this long.
     pub pause_after: Option<Duration>,
+    /// How long the drain waits for a frame in progress to end, then for the peers'
+    /// Close frames (`drain.close_timeout`).
+    pub close_timeout: Duration,
+    /// Where the frames stand when the relay starts (client→upstream,
+    /// upstream→client): after the upstream's 101 head, after the client's early frames.
+    pub frames: [FrameTracker; 2],
 }
 
 /// How soon a pause is tried again when bytes were in flight.
@@ -62,94 +70,248 @@ enum PumpEnd {
     ReadFailed(io::Error),
     /// Writing the destination failed (reset, or it closed its read side).
     WriteFailed(io::Error),
+    /// The drain is closing and the direction has relayed its last whole frame.
+    Boundary,
+}
+
+/// One direction's state, shared by its pump and the relay.
+#[derive(Default)]
+struct Dir {
+    /// Bytes relayed.
+    moved: Cell<u64>,
+    /// Where the relayed bytes' frames end.
+    frames: Cell<FrameTracker>,
+    /// The pump waits to write bytes it has read: it is safe to stop only when not.
+    holding: Cell<bool>,
+}
+
+impl Dir {
+    /// Not holding bytes and between two frames: stopping here cuts nothing.
+    fn at_boundary(&self) -> bool {
+        !self.holding.get() && self.frames.get().at_boundary()
+    }
+}
+
+/// How the pumps stopped.
+struct Ended {
+    reason: Close,
+    /// Both directions ended with FIN: nothing is in flight.
+    both_fin: bool,
+    /// For the drain: (client, upstream) are between frames and get a Close 1001.
+    going_away: [bool; 2],
 }
 
 /// Relays bytes both ways until both directions finished, a reset, the idle timeout,
-/// the `Stop` phase, or a pause (`opts.pause_after`). Unless paused, both sockets are
-/// shut down (not closed) on return, which also completes any io_uring operation
-/// still in flight on them; a pause returns only when nothing is in flight.
+/// the `Stop` phase, a pause (`opts.pause_after`) or this connection's turn in the
+/// drain (`pacer`): then each side gets a Close 1001 at the end of the frame in
+/// progress, the relay waits for the peers' Close frames, and returns
+/// [`Close::Drain`]. Unless paused, both sockets are shut down (not closed) on
+/// return, which also completes any io_uring operation still in flight on them; a
+/// pause returns only when nothing is in flight.
 pub async fn relay(
     client: &TcpStream,
     upstream: &TcpStream,
     opts: RelayOptions,
     shutdown: &mut ShutdownRx,
     (ring, buffers, live): (&Ring, &BufPool, Option<&RelayBytes>),
+    pacer: Option<&Pacer>,
 ) -> RelayOutcome {
-    let activity = Cell::new(Instant::now());
-    let (c2u_bytes, u2c_bytes) = (Cell::new(0u64), Cell::new(0u64));
+    let (c2u, u2c) = (Dir::default(), Dir::default());
+    c2u.frames.set(opts.frames[0]);
+    u2c.frames.set(opts.frames[1]);
     let first = Cell::new(None);
-    // Directions holding bytes they have read and not yet written.
-    let holding = Cell::new(0u32);
-    let mut c2u =
-        pin!(pump(client, upstream, &activity, (&c2u_bytes, live.map(|l| (l, 0))), None, &holding, (ring, buffers)));
-    let mut u2c = pin!(pump(
-        upstream,
-        client,
-        &activity,
-        (&u2c_bytes, live.map(|l| (l, 1))),
-        Some(&first),
-        &holding,
-        (ring, buffers)
-    ));
-    let mut idle = pin!(tokio::time::sleep(opts.idle_timeout));
-    let mut pause = pin!(tokio::time::sleep(opts.pause_after.unwrap_or(Duration::MAX)));
-    let mut stop = pin!(shutdown.reached(Phase::Stop));
-    let (mut c2u_done, mut u2c_done) = (false, false);
-    let mut first_fin = None;
-
-    let reason = loop {
-        if c2u_done && u2c_done {
-            break first_fin.unwrap_or(Close::ClientFin);
+    let ended = pumps(client, upstream, (&c2u, &u2c), &first, opts, shutdown, (ring, buffers, live), pacer).await;
+    if ended.reason == Close::Drain {
+        let [to_client, to_upstream] = ended.going_away;
+        let closing = going_away(client, upstream, [to_client, to_upstream], (&c2u, &u2c), (ring, buffers));
+        if tokio::time::timeout(opts.close_timeout, closing).await.is_err() {
+            tracing::debug!("no Close from a peer within drain.close_timeout");
         }
-        tokio::select! {
-            end = &mut c2u, if !c2u_done => {
-                c2u_done = true;
-                if let Some(reason) = settle(end, client, upstream, Side::Client) {
-                    break reason;
-                }
-                first_fin.get_or_insert(Close::ClientFin);
-            }
-            end = &mut u2c, if !u2c_done => {
-                u2c_done = true;
-                if let Some(reason) = settle(end, upstream, client, Side::Upstream) {
-                    break reason;
-                }
-                first_fin.get_or_insert(Close::UpstreamFin);
-                if opts.end_on_upstream_fin {
-                    break Close::Done;
-                }
-            }
-            () = &mut idle => {
-                let deadline = activity.get() + opts.idle_timeout;
-                if deadline <= Instant::now() {
-                    break Close::IdleTimeout;
-                }
-                idle.as_mut().reset(deadline.into());
-            }
-            () = &mut stop => break Close::Shutdown,
-            // Only between reads: dropping a pump that waits for readability loses nothing.
-            () = &mut pause, if opts.pause_after.is_some() && !c2u_done && !u2c_done => {
-                if holding.get() == 0 {
-                    break Close::Paused;
-                }
-                pause.as_mut().reset((Instant::now() + PAUSE_RETRY).into());
-            }
-        }
-    };
+    }
     // Wake whatever is still in flight (a parked write to a slow reader, a read) so the
     // kernel lets go of both sockets once the caller drops them. When both directions
     // ended with FIN nothing is in flight, and the close that follows is enough.
-    if !(c2u_done && u2c_done) && reason != Close::Paused {
+    if !ended.both_fin && ended.reason != Close::Paused {
         crate::io::shutdown_quietly(client, Shutdown::Both);
         crate::io::shutdown_quietly(upstream, Shutdown::Both);
     }
     let first: FirstBytes = first.get();
     RelayOutcome {
-        client_to_upstream: c2u_bytes.get(),
-        upstream_to_client: u2c_bytes.get(),
-        reason,
+        client_to_upstream: c2u.moved.get(),
+        upstream_to_client: u2c.moved.get(),
+        reason: ended.reason,
         first_response: first.map(|f| f.0),
         response_status: first.and_then(|f| f.1),
+        frames: [c2u.frames.get(), u2c.frames.get()],
+    }
+}
+
+/// Resolves at this connection's turn in the drain.
+async fn drain_turn(mut shutdown: ShutdownRx, pacer: Option<&Pacer>) {
+    let Some(pacer) = pacer else { return std::future::pending().await };
+    shutdown.reached(Phase::Draining).await;
+    tokio::time::sleep_until(pacer.slot().into()).await;
+}
+
+/// Runs both pumps until the relay ends (see [`relay`]). The pumps are dropped on
+/// return, so the drain's close handshake has the sockets to itself.
+#[allow(clippy::too_many_arguments, reason = "the relay's parts, each used once")]
+async fn pumps(
+    client: &TcpStream,
+    upstream: &TcpStream,
+    (c2u, u2c): (&Dir, &Dir),
+    first: &Cell<FirstBytes>,
+    opts: RelayOptions,
+    shutdown: &mut ShutdownRx,
+    (ring, buffers, live): (&Ring, &BufPool, Option<&RelayBytes>),
+    pacer: Option<&Pacer>,
+) -> Ended {
+    let activity = Cell::new(Instant::now());
+    let closing = Cell::new(false);
+    // What each direction moves shows live in the admin plane (`live`, when it is on).
+    let c2u_io = (ring, buffers, live.map(|l| (l, 0)));
+    let u2c_io = (ring, buffers, live.map(|l| (l, 1)));
+    let mut c2u_pump = pin!(pump(client, upstream, c2u, &activity, None, &closing, c2u_io));
+    let mut u2c_pump = pin!(pump(upstream, client, u2c, &activity, Some(first), &closing, u2c_io));
+    let mut idle = pin!(tokio::time::sleep(opts.idle_timeout));
+    let mut pause = pin!(tokio::time::sleep(opts.pause_after.unwrap_or(Duration::MAX)));
+    let mut turn = pin!(drain_turn(shutdown.clone(), pacer));
+    // How long a frame in progress may take to end once it is this connection's turn.
+    let mut frame_end = pin!(tokio::time::sleep(Duration::MAX));
+    let mut stop = pin!(shutdown.reached(Phase::Stop));
+    let (mut c2u_done, mut u2c_done) = (false, false);
+    // Drain: the direction has stopped at a frame boundary.
+    let (mut c2u_whole, mut u2c_whole) = (false, false);
+    let mut first_fin = None;
+    let ended = |reason| Ended { reason, both_fin: false, going_away: [false; 2] };
+
+    loop {
+        if c2u_done && u2c_done {
+            let reason = first_fin.unwrap_or(Close::ClientFin);
+            return Ended { reason, both_fin: true, going_away: [false; 2] };
+        }
+        if closing.get() && (c2u_done || c2u_whole) && (u2c_done || u2c_whole) {
+            // The client's Close goes the upstream→client way, after its last frame.
+            return Ended { reason: Close::Drain, both_fin: false, going_away: [u2c_whole, c2u_whole] };
+        }
+        tokio::select! {
+            end = &mut c2u_pump, if !c2u_done && !c2u_whole => {
+                if matches!(end, PumpEnd::Boundary) {
+                    c2u_whole = true;
+                    continue;
+                }
+                c2u_done = true;
+                if let Some(reason) = settle(end, client, upstream, Side::Client) {
+                    return ended(reason);
+                }
+                first_fin.get_or_insert(Close::ClientFin);
+            }
+            end = &mut u2c_pump, if !u2c_done && !u2c_whole => {
+                if matches!(end, PumpEnd::Boundary) {
+                    u2c_whole = true;
+                    continue;
+                }
+                u2c_done = true;
+                if let Some(reason) = settle(end, upstream, client, Side::Upstream) {
+                    return ended(reason);
+                }
+                first_fin.get_or_insert(Close::UpstreamFin);
+                if opts.end_on_upstream_fin {
+                    return ended(Close::Done);
+                }
+            }
+            () = &mut idle => {
+                let deadline = activity.get() + opts.idle_timeout;
+                if deadline <= Instant::now() {
+                    return ended(Close::IdleTimeout);
+                }
+                idle.as_mut().reset(deadline.into());
+            }
+            () = &mut stop => return ended(Close::Shutdown),
+            () = &mut turn, if !closing.get() => {
+                // A pump that is not holding bytes waits for readability: at a frame
+                // boundary it has nothing more to relay. Any other goes on to the end
+                // of its frame (reading no further) and then reports `Boundary`.
+                closing.set(true);
+                c2u_whole = c2u.at_boundary();
+                u2c_whole = u2c.at_boundary();
+                frame_end.as_mut().reset((Instant::now() + opts.close_timeout).into());
+            }
+            () = &mut frame_end, if closing.get() => {
+                // A sender stopped mid-frame: no Close can go that way without cutting
+                // its frame; that side gets only the FIN.
+                tracing::debug!(c2u_whole, u2c_whole, "drain: a frame did not end within drain.close_timeout");
+                return Ended { reason: Close::Drain, both_fin: false, going_away: [u2c_whole, c2u_whole] };
+            }
+            // Only between reads: dropping a pump that waits for readability loses nothing.
+            () = &mut pause, if opts.pause_after.is_some() && !c2u_done && !u2c_done && !closing.get() => {
+                if !c2u.holding.get() && !u2c.holding.get() {
+                    return ended(Close::Paused);
+                }
+                pause.as_mut().reset((Instant::now() + PAUSE_RETRY).into());
+            }
+        }
+    }
+}
+
+/// The drain's close handshake, once the pumps stopped between frames: a Close 1001
+/// to each side in `to` ([client, upstream]), then reads (and drops) what each of them
+/// still sends until its Close. What is dropped here is what that peer sent after its
+/// direction's last whole frame was relayed: it cannot reach the other side, which
+/// has been told the connection is going away.
+async fn going_away(
+    client: &TcpStream,
+    upstream: &TcpStream,
+    [to_client, to_upstream]: [bool; 2],
+    (c2u, u2c): (&Dir, &Dir),
+    io: (&Ring, &BufPool),
+) {
+    tracing::debug!(to_client, to_upstream, "drain: sending Close 1001");
+    let client_side = async {
+        if to_client {
+            if let Err(e) = crate::io::write_all(client, close_frame::to_client()).await {
+                tracing::debug!(error = %e, "drain: Close to the client");
+                return;
+            }
+            until_close(client, c2u, io).await;
+        }
+    };
+    let upstream_side = async {
+        if to_upstream {
+            let mask = rand::random::<[u8; 4]>();
+            if let Err(e) = crate::io::write_all(upstream, close_frame::to_upstream(mask)).await {
+                tracing::debug!(error = %e, "drain: Close to the upstream");
+                return;
+            }
+            until_close(upstream, u2c, io).await;
+        }
+    };
+    tokio::join!(client_side, upstream_side);
+}
+
+/// Reads `from` (whose frames `dir` follows) until a whole Close frame, end of stream
+/// or an error; the bytes are dropped.
+async fn until_close(from: &TcpStream, dir: &Dir, (ring, buffers): (&Ring, &BufPool)) {
+    let mut frames = dir.frames.get();
+    let mut dropped = 0u64;
+    while !frames.close_seen() {
+        if ring.ready(from, readiness::READABLE).await.is_err() {
+            break;
+        }
+        let mut buf = buffers.take();
+        let got = crate::io::recv_into(from, &mut buf);
+        frames.feed(&buf);
+        dropped += buf.len() as u64;
+        buffers.put(buf);
+        match got {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {}
+            Err(_) => break,
+        }
+    }
+    if dropped > 0 {
+        tracing::debug!(dropped, "drain: bytes after the last relayed frame, up to the peer's Close");
     }
 }
 
@@ -164,6 +326,8 @@ fn settle(end: PumpEnd, src: &TcpStream, dst: &TcpStream, src_side: Side) -> Opt
             crate::io::shutdown_quietly(dst, Shutdown::Write);
             None
         }
+        // Handled by the caller; nothing to pass on.
+        PumpEnd::Boundary => None,
         PumpEnd::ReadFailed(e) => {
             tracing::debug!(error = %e, side = src_reset.as_str(), "read failed");
             reset(dst);
@@ -187,22 +351,23 @@ fn reset(s: &TcpStream) {
 /// When the upstream's first bytes came, and the HTTP status they start with.
 type FirstBytes = Option<(Instant, Option<u16>)>;
 
-/// Moves bytes from `from` to `to` until FIN or an error, counting them in `moved`
-/// (and publishing them to the admin plane's live view in `published`, direction
-/// `.1`, when it is on). `first` records when the
-/// first bytes came and the HTTP status they start with, if any. `holding` counts
-/// this direction while it waits to write bytes it has read (it is safe to drop only
-/// when not counted).
+/// Moves bytes from `from` to `to` until FIN or an error, following the frames in
+/// `dir`. `first` records when the first bytes came and the HTTP status they start
+/// with, if any. Once `closing` (the drain), reads no further than the end of the
+/// current frame and returns [`PumpEnd::Boundary`] there.
 async fn pump(
     from: &TcpStream,
     to: &TcpStream,
+    dir: &Dir,
     activity: &Cell<Instant>,
-    (moved, published): (&Cell<u64>, Option<(&RelayBytes, usize)>),
     first: Option<&Cell<FirstBytes>>,
-    holding: &Cell<u32>,
-    (ring, buffers): (&Ring, &BufPool),
+    closing: &Cell<bool>,
+    (ring, buffers, published): (&Ring, &BufPool, Option<(&RelayBytes, usize)>),
 ) -> PumpEnd {
     loop {
+        if closing.get() && dir.frames.get().at_boundary() {
+            return PumpEnd::Boundary;
+        }
         if let Err(e) = ring.ready(from, readiness::READABLE).await {
             return PumpEnd::ReadFailed(e);
         }
@@ -211,7 +376,12 @@ async fn pump(
         loop {
             let mut buf = buffers.take();
             let capacity = buf.capacity();
-            let n = match crate::io::recv_into(from, &mut buf) {
+            let limit = if closing.get() {
+                usize::try_from(dir.frames.get().to_boundary()).unwrap_or(usize::MAX).min(capacity)
+            } else {
+                capacity
+            };
+            let n = match crate::io::recv_into_max(from, &mut buf, limit) {
                 Ok(0) => {
                     buffers.put(buf);
                     return PumpEnd::Eof;
@@ -235,6 +405,9 @@ async fn pump(
             if let Some(first) = first.filter(|f| f.get().is_none()) {
                 first.set(Some((now, sniff_status(&buf))));
             }
+            let mut frames = dir.frames.get();
+            frames.feed(&buf);
+            dir.frames.set(frames);
             // Most writes fit in the socket buffer at once; what does not is written
             // by io_uring, which waits for room (the slow reader's flow control).
             let sent = match crate::io::send_now(to, &buf) {
@@ -245,9 +418,9 @@ async fn pump(
                 }
             };
             if sent < n {
-                holding.set(holding.get() + 1);
+                dir.holding.set(true);
                 let (res, slice) = to.write_all(buf.slice(sent..n)).await;
-                holding.set(holding.get() - 1);
+                dir.holding.set(false);
                 buffers.put(slice.into_inner());
                 if let Err(e) = res {
                     return PumpEnd::WriteFailed(e);
@@ -255,11 +428,14 @@ async fn pump(
             } else {
                 buffers.put(buf);
             }
-            moved.set(moved.get() + n as u64);
+            dir.moved.set(dir.moved.get() + n as u64);
             if let Some((live, direction)) = published {
                 live.add(direction, n as u64, now);
             }
-            if n < capacity {
+            if closing.get() && frames.at_boundary() {
+                return PumpEnd::Boundary;
+            }
+            if n < limit {
                 break;
             }
         }

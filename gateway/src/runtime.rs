@@ -21,6 +21,7 @@ use crate::admission::Admission;
 use crate::bufpool::BufPool;
 use crate::config::Config;
 use crate::conn::{self, Worker};
+use crate::drain::Pacer;
 use crate::lifetimes::Lifetimes;
 use crate::metrics::{Metrics, WorkerSlot};
 use crate::readiness::Ring;
@@ -157,7 +158,7 @@ pub fn run(config: Config, allocator: Allocator) -> Result<()> {
     // The signal handlers are in place before the ready line: a SIGTERM that follows it
     // at once (a test, `systemctl stop` right after start) must drain, not take the
     // default action and kill the process.
-    let drain = config.timeouts.drain;
+    let drain = config.stop_after();
     let (handlers_in, handlers_ready) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("wsgate-signals".into())
@@ -293,6 +294,10 @@ fn worker(setup: WorkerSetup, sockets: Vec<Socket>) -> Result<()> {
         let idle = splice::idle_limit(setup.config.timeouts.idle);
         let pairs = setup.splicer.as_ref().map(|s| s.init_worker(&ring, idle, setup.shutdown.clone()));
         let buffers = BufPool::new(setup.config.relay.buffer_size, setup.config.relay.pool_buffers);
+        let pacer = Rc::new(Pacer::new(&setup.config.drain, setup.config.worker_count()));
+        if let Some(p) = &pairs {
+            p.pace_drain(pacer.clone());
+        }
         let state = Rc::new(Worker {
             config: setup.config,
             router: setup.router,
@@ -306,6 +311,7 @@ fn worker(setup: WorkerSetup, sockets: Vec<Socket>) -> Result<()> {
             buffers,
             lifetimes: Lifetimes::default(),
             metrics,
+            pacer,
         });
         let release = setup.allocator.release;
         tokio_uring::spawn(async move {

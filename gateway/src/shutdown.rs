@@ -1,10 +1,12 @@
 //! Process shutdown as a small state broadcast on a `watch` channel.
 //!
-//! SIGTERM/SIGINT → `Draining`: listeners stop accepting, established connections
-//! continue for `timeouts.drain`; then → `Stop`: every connection is closed with the
+//! SIGTERM/SIGINT → `Draining`: listeners stop accepting, each WebSocket is closed at
+//! its turn in the paced drain (`drain`, with the reason "drain") and other
+//! connections continue; then → `Stop`: every connection left is closed with the
 //! reason "shutdown". A second signal goes straight to `Stop`. Data-plane threads only
 //! read the channel; the signal thread is the only writer. SIGUSR1 asks the access
-//! log to reopen its file.
+//! log to reopen its file; SIGHUP, SIGUSR2 and SIGALRM are logged and ignored, never
+//! fatal.
 
 use std::time::Duration;
 
@@ -60,10 +62,23 @@ pub fn channel() -> (ShutdownTx, ShutdownRx) {
     (ShutdownTx(tx), ShutdownRx(rx))
 }
 
+/// Signals that would end the process by default and mean nothing to wsgate yet:
+/// each is logged and ignored (SIGHUP until reload exists, SIGUSR2 until binary
+/// upgrade does).
+const IGNORED: [(libc::c_int, &str); 3] = [
+    (libc::SIGHUP, "SIGHUP: configuration reload is not supported yet; still running with the current configuration"),
+    (libc::SIGUSR2, "SIGUSR2: binary upgrade is not supported yet; ignored"),
+    (libc::SIGALRM, "SIGALRM: ignored"),
+];
+
 /// Runs on its own thread: turns SIGTERM/SIGINT into phases. Says so on `installed` once
 /// its handlers replace the default action (which kills the process). Returns when
-/// `Stop` is set.
-pub fn signal_thread(tx: &ShutdownTx, drain: Duration, installed: &std::sync::mpsc::Sender<()>) -> std::io::Result<()> {
+/// `Stop` is set: `stop_after` after the first signal, or at a second one.
+pub fn signal_thread(
+    tx: &ShutdownTx,
+    stop_after: Duration,
+    installed: &std::sync::mpsc::Sender<()>,
+) -> std::io::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
@@ -77,16 +92,27 @@ pub fn signal_thread(tx: &ShutdownTx, drain: Duration, installed: &std::sync::mp
                 crate::accesslog::request_reopen();
             }
         });
+        for (raw, what) in IGNORED {
+            let mut s = signal(SignalKind::from_raw(raw))?;
+            tokio::spawn(async move {
+                while s.recv().await.is_some() {
+                    tracing::warn!("{what}");
+                }
+            });
+        }
         let _ = installed.send(());
         tokio::select! {
             _ = term.recv() => {}
             _ = int.recv() => {}
         }
-        tracing::info!(drain_secs = drain.as_secs_f64(), "shutdown signal: draining (send it again to stop at once)");
+        tracing::info!(
+            stop_secs = stop_after.as_secs_f64(),
+            "shutdown signal: not accepting; closing the WebSockets over drain.window (send it again to stop at once)"
+        );
         tx.set(Phase::Draining);
         crate::systemd::stopping();
         tokio::select! {
-            () = tokio::time::sleep(drain) => tracing::info!("drain period over: closing remaining connections"),
+            () = tokio::time::sleep(stop_after) => tracing::info!("drain period over: closing remaining connections"),
             _ = term.recv() => tracing::info!("second signal: closing all connections"),
             _ = int.recv() => tracing::info!("second signal: closing all connections"),
         }

@@ -149,6 +149,7 @@ fn counters_say_exactly_what_happened() {
         ("idle_timeout", K),
         ("error", M),
         ("shutdown", 0),
+        ("drain", 0),
     ] {
         assert_eq!(
             n("wsgate_connections_closed_total", &[("reason", reason)]),

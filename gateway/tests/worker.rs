@@ -80,6 +80,7 @@ fn a_worker_built_by_hand_serves_plain_http_with_its_own_buffers() {
             buffers: BufPool::new(4096, 4),
             lifetimes: Lifetimes::default(),
             metrics: wsgate::metrics::Recorder::default(),
+            pacer: Rc::new(wsgate::drain::Pacer::new(&config.drain, 1)),
         });
         let listener = tokio_uring::net::TcpListener::from_std(listener);
         let accepting = tokio_uring::spawn(accept::accept_loop(listener, wsgate::config::Scheme::Http, worker.clone()));

@@ -19,8 +19,9 @@ pub const BUILD: &[Need] = &[
 ];
 
 /// What the test suite needs beyond the build: network namespaces, the eBPF format
-/// check, the Python Prometheus parser the admin tests feed `/metrics` to and `h11`, the
-/// reference of the request head's differential test (the system `python3`'s, at
+/// check, the Python Prometheus parser the admin tests feed `/metrics` to, `h11` (the
+/// reference of the request head's differential test) and the Python `websockets`
+/// clients of the drain tests (the system `python3`'s, at
 /// `/usr/bin/python3`).
 pub const TEST: &[Need] = &[
     Need::Program("ip", "iproute2"),
@@ -31,6 +32,8 @@ pub const TEST: &[Need] = &[
     Need::File("/usr/lib/python3/dist-packages/pip/__init__.py", "python3-pip"),
     // The reference parser of the request head's differential test.
     Need::File("/usr/lib/python3/dist-packages/h11/__init__.py", "python3-h11"),
+    // The drain tests' strict WebSocket clients.
+    Need::File("/usr/lib/python3/dist-packages/websockets/__init__.py", "python3-websockets"),
     // libFuzzer (libfuzzer-sys) is C++: the fuzz step of the suite builds it.
     Need::Program("g++", "g++"),
 ];

@@ -53,6 +53,10 @@ pub struct CliOptions {
     /// (`relay.splice_after`; 0s: right after the 101).
     #[arg(long, value_parser = humantime_parse)]
     pub splice_after: Option<Duration>,
+    /// Spread the Close 1001 of the live WebSockets over this long after SIGTERM
+    /// (`drain.window`, e.g. 5s).
+    #[arg(long, value_parser = humantime_parse)]
+    pub drain_window: Option<Duration>,
 }
 
 fn humantime_parse(s: &str) -> Result<Duration, String> {
@@ -90,6 +94,7 @@ impl CliOptions {
             idle_timeout,
             splice_after,
             admin,
+            drain_window,
         } = self;
         if !listen.is_empty() {
             config.listeners = Config::one_line(listen.clone(), Vec::new()).listeners;
@@ -125,6 +130,9 @@ impl CliOptions {
         }
         if let Some(t) = *splice_after {
             config.relay.splice_after = t;
+        }
+        if let Some(w) = *drain_window {
+            config.drain.window = w;
         }
         if let Some(a) = *admin {
             config.admin.listen = Some(a);

@@ -14,6 +14,7 @@ mod admin;
 mod admission;
 mod cidr;
 mod cli;
+mod drain;
 mod error;
 mod hash_key;
 mod health_check;
@@ -39,6 +40,7 @@ pub use admin::AdminConfig;
 pub use admission::AdmissionConfig;
 pub use cidr::Cidr;
 pub use cli::CliOptions;
+pub use drain::DrainConfig;
 pub use error::{ConfigError, ParseError};
 pub use hash_key::HashKey;
 pub use health_check::{HealthCheckConfig, parse_statuses};
@@ -71,6 +73,8 @@ pub struct Config {
     pub listeners: Vec<ListenerConfig>,
     /// Timeouts of the connection phases.
     pub timeouts: Timeouts,
+    /// The paced drain after SIGTERM: Close 1001 to every WebSocket, spread over a window.
+    pub drain: DrainConfig,
     /// Size and count limits.
     pub limits: Limits,
     /// Userspace relay buffers.

@@ -23,7 +23,9 @@ pub struct Timeouts {
     /// (`proxy_read_timeout` / `proxy_send_timeout` of the recipe).
     #[serde(with = "humantime_serde")]
     pub idle: Duration,
-    /// On SIGTERM, established connections get this long to finish before they are closed.
+    /// On SIGTERM, plain HTTP exchanges in progress get this long to finish; WebSockets
+    /// close over `drain.window`. Whatever is left is closed at the later of the two
+    /// (`Config::stop_after`).
     #[serde(with = "humantime_serde")]
     pub drain: Duration,
 }

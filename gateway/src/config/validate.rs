@@ -30,6 +30,7 @@ impl Config {
                 return Err(invalid(name, "must be greater than 0"));
             }
         }
+        self.validate_drain()?;
         if !(512..=1024 * 1024).contains(&self.limits.max_header_bytes) {
             return Err(invalid("limits.max_header_bytes", "must be between 512 and 1048576"));
         }
@@ -106,6 +107,20 @@ impl Config {
                 ));
             }
             validate_upstream(name, u)?;
+        }
+        Ok(())
+    }
+
+    fn validate_drain(&self) -> Result<(), ConfigError> {
+        let d = &self.drain;
+        if !d.rate.is_finite() || d.rate < 0.0 {
+            return Err(invalid("drain.rate", "must be a number of closes per second, 0 (no cap) or more"));
+        }
+        if !(0.0..=1.0).contains(&d.jitter) {
+            return Err(invalid("drain.jitter", "must be between 0 and 1"));
+        }
+        if d.close_timeout.is_zero() {
+            return Err(invalid("drain.close_timeout", "must be greater than 0"));
         }
         Ok(())
     }

@@ -23,7 +23,8 @@
 //!                                                                                     ▼
 //!  a parked pair is a row of the worker's table, not a task; when the kernel splice reports
 //!  its end (FIN, RST, idle, drain) it comes back to teardown (`SplicedEnd::finish`).
-//!  The drain stops `accept`; relays and parked pairs close themselves at `Stop`.
+//!  The drain stops `accept`; each WebSocket closes itself at its turn (`drain::Pacer`),
+//!  relays with a Close 1001 each way; whatever is left closes at `Stop`.
 //! ```
 //!
 //! [`serve`] below drives the phases: each returns what the next needs, or a
@@ -54,6 +55,7 @@ use crate::accesslog::AccessLog;
 use crate::admission::{Admission, Admitted};
 use crate::bufpool::BufPool;
 use crate::config::{Config, Scheme};
+use crate::drain::Pacer;
 use crate::error::{ErrorKind, ProxyError};
 use crate::lifetimes::Lifetimes;
 use crate::metrics::Recorder;
@@ -88,6 +90,8 @@ pub struct Worker {
     pub lifetimes: Lifetimes,
     /// This worker's counters for the admin plane (empty when nobody reads them).
     pub metrics: Recorder,
+    /// When each of this worker's WebSockets gets its Close in the drain.
+    pub pacer: Rc<Pacer>,
 }
 
 /// Serves one accepted client connection to its end, or until its spliced pair is

@@ -16,6 +16,7 @@ use super::connect::Connected;
 use super::teardown::Facts;
 use crate::admission::Admitted;
 use crate::close::{Close, Mode, Side};
+use crate::drain::FrameTracker;
 use crate::error::ProxyError;
 use crate::metrics::ActiveMode;
 use crate::relay::{self, RelayOptions, RelayOutcome};
@@ -76,7 +77,12 @@ pub async fn websocket(
     facts: &mut Facts,
 ) -> Option<Handoff> {
     let cfg = &worker.config;
-    let Connected { stream: upstream, live, early, .. } = upstream;
+    let Connected { stream: upstream, live, early, response, .. } = upstream;
+    // The drain's frame boundaries: the client's early bytes are its first frames; the
+    // upstream's bytes start with its 101 head, still queued.
+    let mut to_upstream = FrameTracker::default();
+    to_upstream.feed(&early);
+    let to_client = FrameTracker::after(response.as_ref().map_or(0, |h| h.len as u64));
     let client = client_slot.as_ref()?;
     // What the client sent after its head is WebSocket data now: it goes first.
     if !early.is_empty() {
@@ -87,7 +93,13 @@ pub async fn websocket(
             return None;
         }
     }
-    let opts = RelayOptions { idle_timeout: cfg.timeouts.idle, end_on_upstream_fin: false, pause_after: None };
+    let opts = RelayOptions {
+        idle_timeout: cfg.timeouts.idle,
+        end_on_upstream_fin: false,
+        pause_after: None,
+        close_timeout: cfg.drain.close_timeout,
+        frames: [to_upstream, to_client],
+    };
     let Some(pairs) = &worker.pairs else {
         userspace(client, &upstream, opts, worker, facts).await;
         return None;
@@ -96,12 +108,14 @@ pub async fn websocket(
     // on this worker were short, relay it there first and hand it to the kernel at its
     // first quiet moment after `splice_after` (see `lifetimes`).
     let delay = worker.lifetimes.splice_delay(cfg.relay.splice_after);
+    let mut opts = opts;
     if !delay.is_zero() {
         let first = RelayOptions { pause_after: Some(delay), ..opts };
         let outcome = userspace(client, &upstream, first, worker, facts).await;
         if outcome.reason != Close::Paused {
             return None;
         }
+        opts.frames = outcome.frames;
         // It outlived `splice_after`: counted as long now, not when it ends (which may be
         // hours away), so a worker that defers learns as soon as connections live on.
         worker.lifetimes.record(delay, outcome.client_to_upstream, cfg.relay.splice_after);
@@ -118,6 +132,10 @@ pub async fn websocket(
         Err(HandoverError::NotSpliced { client, upstream, reason, forwarded }) => {
             tracing::debug!(reason, "pair not spliced; relaying in userspace");
             facts.bytes_in += forwarded;
+            if forwarded > 0 {
+                // Client bytes went through the handover untracked.
+                opts.frames[0] = FrameTracker::lost();
+            }
             userspace(&client, &upstream, opts, worker, facts).await;
         }
         Err(HandoverError::Failed { side, source }) => {
@@ -161,10 +179,11 @@ async fn userspace(
     facts.mode = Mode::Userspace;
     facts.conn.set_mode(ActiveMode::Userspace);
     let mut shutdown = worker.shutdown.clone();
+    let _in_drain_count = worker.pacer.enter();
     // What it moves shows live in the admin plane (`None` when that is off).
     let live = facts.conn.relaying();
     let io = (&worker.ring, &worker.buffers, live.as_deref());
-    let outcome = Box::pin(relay::relay(client, upstream, opts, &mut shutdown, io)).await;
+    let outcome = Box::pin(relay::relay(client, upstream, opts, &mut shutdown, io, Some(&worker.pacer))).await;
     if opts.pause_after.is_some() && outcome.reason != Close::Paused {
         Stats::bump(&worker.stats.relayed_userspace);
     }

@@ -176,8 +176,13 @@ fn park(handoff: Handoff, facts: &mut Facts, worker: Rc<Worker>, active: ActiveC
     active.detach();
     // Counted as spliced until `SplicedEnd::finish` (by its start, which is its id).
     facts.conn.take().park();
+    // Counted as live for the drain's schedule until it ends.
+    let counted = worker.pacer.enter();
     let end = SplicedEnd { facts: ParkedFacts::new(facts, after_userspace), worker, _admitted: admitted, live };
-    pair.park(move |outcome| end.finish(outcome));
+    pair.park(move |outcome| {
+        drop(counted);
+        end.finish(outcome);
+    });
 }
 
 /// What a parked pair keeps of its connection until it ends: the access log's facts

@@ -71,6 +71,16 @@ pub fn recv_into(fd: &impl AsRawFd, buf: &mut Vec<u8>) -> io::Result<usize> {
     Ok(n)
 }
 
+/// Like [`recv_into`], taking at most `limit` bytes.
+pub fn recv_into_max(fd: &impl AsRawFd, buf: &mut Vec<u8>, limit: usize) -> io::Result<usize> {
+    let spare: &mut [MaybeUninit<u8>] = buf.spare_capacity_mut();
+    let limit = limit.min(spare.len());
+    let n = with_sock(fd, |s| s.recv_with_flags(&mut spare[..limit], libc::MSG_DONTWAIT))?;
+    // SAFETY: the kernel initialised the first `n` bytes of the spare capacity.
+    unsafe { buf.set_len(buf.len() + n) };
+    Ok(n)
+}
+
 /// Non-blocking `send` without `SIGPIPE`; `WouldBlock` when the buffer is full.
 pub fn send(fd: &impl AsRawFd, data: &[u8]) -> io::Result<usize> {
     with_sock(fd, |s| s.send_with_flags(data, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL))

@@ -35,13 +35,14 @@ impl ActiveMode {
 }
 
 /// How connections end, as the access log names it (`close=`); anything else is `other`.
-pub const CLOSE_REASONS: [&str; 9] = [
+pub const CLOSE_REASONS: [&str; 10] = [
     "client_fin",
     "upstream_fin",
     "client_reset",
     "upstream_reset",
     "idle_timeout",
     "shutdown",
+    "drain",
     "error",
     "done",
     "other",

@@ -144,6 +144,12 @@ impl Table {
         due.into_iter().map(|(key, why)| (self.remove(key), why)).collect()
     }
 
+    /// Takes any one row (the drain's next close).
+    pub(super) fn take_any(&mut self) -> Option<Taken> {
+        let key = self.rows.iter().next().map(|(key, _)| key)?;
+        Some(self.remove(key))
+    }
+
     fn remove(&mut self, key: usize) -> Taken {
         let row = self.rows.remove(key);
         let tokens = [token(key, 0, row.generation), token(key, 1, row.generation)];

@@ -30,6 +30,7 @@ use super::kernel::Inner;
 use super::selftest::{self, SelfTestError};
 use super::shared::Conn;
 use super::worker::{self, Local, SplicedPair};
+use crate::drain::Pacer;
 use crate::readiness::Ring;
 use crate::shutdown::ShutdownRx;
 
@@ -205,6 +206,12 @@ impl WorkerPairs {
     /// Pairs parked on this worker (tests and diagnostics).
     pub fn parked(&self) -> usize {
         self.local.parked()
+    }
+
+    /// From the drain on, this worker's pairs close at their turns in `pacer`'s
+    /// schedule (spread over `drain.window`) instead of all at `Stop`.
+    pub fn pace_drain(&self, pacer: Rc<Pacer>) {
+        self.local.pace_drain(pacer);
     }
 }
 

@@ -82,6 +82,21 @@ impl Sweeper {
         self.entries.is_empty()
     }
 
+    /// Ends one supervised pair for the drain (its turn came); false when none is left.
+    pub(super) fn drain_one(&mut self) -> bool {
+        let Some((_, e)) = self.entries.iter_mut().find(|(_, e)| e.swept.is_none()) else { return false };
+        e.swept = Some(Swept::Drain);
+        if let Some(w) = e.waker.take() {
+            w.wake();
+        }
+        true
+    }
+
+    /// Whether some supervised pair has not been ended yet.
+    pub(super) fn has_live(&self) -> bool {
+        self.entries.iter().any(|(_, e)| e.swept.is_none())
+    }
+
     /// One check of every supervised pair at `now` (ns): marks and wakes those that
     /// are idle or must close for the drain, and wakes those with bytes passed to
     /// userspace.

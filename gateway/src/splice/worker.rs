@@ -10,7 +10,7 @@
 //! spawns supervision and runs the sweep tick. Must never block, and never hold a
 //! borrow of the table or the sweeper across an await or a callback.
 
-use std::cell::RefCell;
+use std::cell::{OnceCell, RefCell};
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +22,7 @@ use super::kernel::{Inner, Pair};
 use super::park::{Table, Taken};
 use super::supervise::{self, SpliceOutcome};
 use super::sweep::{self, Registration, Sweeper, Swept};
+use crate::drain::Pacer;
 use crate::readiness::{self, Ring};
 use crate::shutdown::{Phase, ShutdownRx};
 
@@ -34,6 +35,8 @@ pub(super) struct Local {
     sweeper: Rc<RefCell<Sweeper>>,
     idle: Option<Duration>,
     shutdown: ShutdownRx,
+    /// The worker's drain schedule, once set: pairs close at their turn, not at `Stop`.
+    pacer: OnceCell<Rc<Pacer>>,
 }
 
 impl Local {
@@ -47,6 +50,7 @@ impl Local {
             ring: ring.clone(),
             idle,
             shutdown,
+            pacer: OnceCell::new(),
         });
         let weak: Weak<Self> = Rc::downgrade(&local);
         local.ring.set_token_handler(Rc::new(move |token, _result| {
@@ -55,6 +59,34 @@ impl Local {
             }
         }));
         local
+    }
+
+    /// Pairs close at their turn in `pacer`'s schedule when the drain begins.
+    pub(super) fn pace_drain(&self, pacer: Rc<Pacer>) {
+        let _ = self.pacer.set(pacer);
+    }
+
+    /// Ends the pairs whose turn in the drain has come, one per due close; parked
+    /// ones first. They get FIN, not a Close frame (see `supervise`).
+    fn drain_due(self: &Rc<Self>) {
+        let Some(pacer) = self.pacer.get() else { return };
+        loop {
+            let parked = self.table.borrow().len() > 0;
+            if !parked && !self.sweeper.borrow().has_live() {
+                return;
+            }
+            if !pacer.claim_due(std::time::Instant::now()) {
+                return;
+            }
+            tracing::debug!("drain: a spliced pair's turn");
+            let taken = self.table.borrow_mut().take_any();
+            match taken {
+                Some(taken) => self.resume(taken, Some(Swept::Drain)),
+                None => {
+                    self.sweeper.borrow_mut().drain_one();
+                }
+            }
+        }
     }
 
     /// Parked pairs.
@@ -130,6 +162,9 @@ async fn sweep_loop(local: Rc<Local>) {
         };
         for (taken, swept) in due {
             local.resume(taken, swept);
+        }
+        if local.shutdown.phase() == Phase::Draining {
+            local.drain_due();
         }
         let mut sw = local.sweeper.borrow_mut();
         if sw.is_empty() && parked == 0 {

@@ -189,6 +189,11 @@ impl Gateway {
         line
     }
 
+    /// When each diagnostics line containing `needle` came, so far.
+    pub fn stderr_times(&self, needle: &str) -> Vec<Instant> {
+        self.err.lock().unwrap().iter().filter(|(_, l)| l.contains(needle)).map(|(t, _)| *t).collect()
+    }
+
     /// Diagnostics lines so far.
     pub fn stderr(&self) -> Vec<String> {
         texts(&self.err)
