@@ -28,6 +28,7 @@ use crate::router::Router;
 use crate::shutdown::{self, ShutdownRx};
 use crate::splice::{self, SpliceOptions, Splicer};
 use crate::stats::Stats;
+use crate::tls::Acceptor;
 use crate::upstream::{self, Group};
 
 /// Why the gateway could not start, or stopped with an error.
@@ -53,6 +54,8 @@ pub enum RunError {
     Resolve(upstream::ResolveError),
     #[error("a worker thread panicked")]
     WorkerPanicked,
+    #[error(transparent)]
+    Tls(crate::tls::TlsSetupError),
     #[error("cannot listen on {addr} (admin): {source}")]
     Admin { addr: SocketAddr, source: std::io::Error },
 }
@@ -100,6 +103,7 @@ pub fn run(config: Config, allocator: Allocator) -> Result<()> {
         first_sockets.push(s);
     }
 
+    let acceptors = tls_acceptors(&config)?;
     let groups = upstream_groups(&config)?;
     let router =
         Arc::new(Router::new(&config.routes, |name| groups.iter().find(|(n, _)| n == name).map(|(_, g)| g.clone())));
@@ -145,6 +149,7 @@ pub fn run(config: Config, allocator: Allocator) -> Result<()> {
             cpu: cpus.get(w % cpus.len().max(1)).copied(),
             allocator,
             metrics: metric_slots.next().ok_or(RunError::WorkerPanicked)?,
+            tls: acceptors.clone(),
         };
         let h = std::thread::Builder::new()
             .name(format!("wsgate-w{w}"))
@@ -227,6 +232,8 @@ fn report_counts(stats: &Stats, splicer: Option<&Splicer>, what: &str) {
         userspace = stats.relayed_userspace.load(Ordering::Relaxed),
         splice_pressure = splice.pressure,
         splice_handover_failed = splice.handover_failed,
+        tls_handshakes = stats.tls.done.load(Ordering::Relaxed),
+        tls_failed = %stats.tls.summary(),
         upgrade_success_ratio = stats.upgrade_success_ratio().unwrap_or(0.0),
         "{what}"
     );
@@ -262,6 +269,8 @@ struct WorkerSetup {
     cpu: Option<usize>,
     allocator: Allocator,
     metrics: WorkerSlot,
+    /// Each listener's TLS acceptor, in the configuration's order.
+    tls: Vec<Option<Acceptor>>,
 }
 
 fn worker(setup: WorkerSetup, sockets: Vec<Socket>) -> Result<()> {
@@ -303,9 +312,9 @@ fn worker(setup: WorkerSetup, sockets: Vec<Socket>) -> Result<()> {
         let mut accept_loops = Vec::new();
         // One socket per listener, in the configuration's order.
         let schemes: Vec<_> = state.config.listeners.iter().map(crate::config::ListenerConfig::scheme).collect();
-        for (s, scheme) in sockets.into_iter().zip(schemes) {
+        for ((s, scheme), tls) in sockets.into_iter().zip(schemes).zip(setup.tls) {
             let listener = TcpListener::from_std(s.into());
-            accept_loops.push(tokio_uring::spawn(conn::accept::accept_loop(listener, scheme, state.clone())));
+            accept_loops.push(tokio_uring::spawn(conn::accept::accept_loop(listener, scheme, tls, state.clone())));
         }
         for l in accept_loops {
             let _ = l.await;
@@ -317,6 +326,18 @@ fn worker(setup: WorkerSetup, sockets: Vec<Socket>) -> Result<()> {
         }
         Ok(())
     })
+}
+
+/// Each listener's TLS acceptor (`None` for a plain listener), its files loaded and
+/// checked once for all workers.
+fn tls_acceptors(config: &Config) -> Result<Vec<Option<Acceptor>>> {
+    config
+        .listeners
+        .iter()
+        .enumerate()
+        .map(|(i, l)| l.tls.as_ref().map(|tls| Acceptor::from_config(&format!("listener[{i}].tls"), tls)).transpose())
+        .collect::<Result<_, _>>()
+        .map_err(RunError::Tls)
 }
 
 /// The upstream groups by name, their server names resolved (blocking, at start).

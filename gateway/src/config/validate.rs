@@ -6,7 +6,9 @@
 //! never changes the configuration it checks.
 
 use super::error::invalid;
-use super::{Balance, Config, ConfigError, MIN_SPLICE_BUDGET, UpstreamConfig, parse_statuses};
+use super::{
+    Balance, Config, ConfigError, MIN_SPLICE_BUDGET, TlsConfig, UpstreamConfig, parse_statuses, valid_sni_name,
+};
 
 impl Config {
     /// Checks every field; the first problem found is returned, naming its field.
@@ -17,6 +19,9 @@ impl Config {
         for (i, l) in self.listeners.iter().enumerate() {
             if l.backlog == 0 {
                 return Err(invalid(format!("listener[{i}].backlog"), "must be at least 1"));
+            }
+            if let Some(tls) = &l.tls {
+                validate_tls(&format!("listener[{i}].tls"), tls)?;
             }
         }
         let t = &self.timeouts;
@@ -178,6 +183,31 @@ fn validate_upstream(name: &str, u: &UpstreamConfig) -> Result<(), ConfigError> 
             return Err(invalid(hf("statuses"), "needs at least one status"));
         }
         parse_statuses(&h.statuses).map_err(|reason| invalid(hf("statuses"), reason))?;
+    }
+    Ok(())
+}
+
+/// A TLS listener needs a certificate to present, a key beside every certificate, and
+/// well-formed SNI names (the files themselves are checked by `crate::tls`).
+fn validate_tls(field: &str, tls: &TlsConfig) -> Result<(), ConfigError> {
+    match (&tls.cert, &tls.key) {
+        (Some(_), None) => return Err(invalid(format!("{field}.key"), "required with `cert`")),
+        (None, Some(_)) => return Err(invalid(format!("{field}.cert"), "required with `key`")),
+        (None, None) if tls.sni.is_empty() => {
+            return Err(invalid(field, "needs `cert` and `key`, or at least one [[listener.tls.sni]] entry"));
+        }
+        _ => {}
+    }
+    for (j, entry) in tls.sni.iter().enumerate() {
+        if entry.names.is_empty() {
+            return Err(invalid(format!("{field}.sni[{j}].names"), "must list at least one name"));
+        }
+        if let Some(bad) = entry.names.iter().find(|n| !valid_sni_name(n)) {
+            return Err(invalid(
+                format!("{field}.sni[{j}].names"),
+                format!("`{bad}` is not a host name (letters, digits, `-`, `.`; `*.` only in front)"),
+            ));
+        }
     }
     Ok(())
 }

@@ -12,6 +12,7 @@
 use tokio_uring::net::TcpStream;
 
 use super::Worker;
+use super::client_io::ClientIo;
 use super::connect::Connected;
 use super::teardown::Facts;
 use crate::admission::Admitted;
@@ -21,6 +22,7 @@ use crate::metrics::ActiveMode;
 use crate::relay::{self, RelayOptions, RelayOutcome};
 use crate::splice::{HandoverError, SplicedPair};
 use crate::stats::Stats;
+use crate::tls::TlsStream;
 use crate::upstream::ActiveGuard;
 
 /// A spliced pair ready to park, with the guards it keeps until it ends.
@@ -35,7 +37,7 @@ pub struct Handoff {
 /// Plain HTTP: the body as framed, then the response as framed, then the end (see
 /// [`super::plain`]); a drain's `Stop` ends it early.
 pub async fn plain(
-    client: &TcpStream,
+    client: &ClientIo,
     upstream: &Connected,
     worker: &Worker,
     facts: &mut Facts,
@@ -61,15 +63,16 @@ pub async fn plain(
     facts.bytes_sent = done.bytes_out;
     facts.upstream_response_time = done.first_response.map(|t| (t - upstream.started).as_secs_f64());
     facts.close = Close::Done;
-    crate::io::shutdown_quietly(client, std::net::Shutdown::Both);
+    client.shutdown(std::net::Shutdown::Both);
     crate::io::shutdown_quietly(stream, std::net::Shutdown::Both);
     Ok(())
 }
 
 /// A WebSocket after its 101: relays it in the kernel when it can take the pair.
 /// `client_slot` is taken only by the splice (which owns the sockets from then on).
+/// A TLS client always stays in userspace (no kTLS here).
 pub async fn websocket(
-    client_slot: &mut Option<TcpStream>,
+    client_slot: &mut Option<ClientIo>,
     upstream: Connected,
     admitted: Admitted,
     worker: &Worker,
@@ -88,6 +91,13 @@ pub async fn websocket(
         }
     }
     let opts = RelayOptions { idle_timeout: cfg.timeouts.idle, end_on_upstream_fin: false, pause_after: None };
+    let client = match client {
+        ClientIo::Tls(tls) => {
+            userspace_tls(tls, &upstream, opts, worker, facts).await;
+            return None;
+        }
+        ClientIo::Plain(client) => client,
+    };
     let Some(pairs) = &worker.pairs else {
         userspace(client, &upstream, opts, worker, facts).await;
         return None;
@@ -106,7 +116,7 @@ pub async fn websocket(
         // hours away), so a worker that defers learns as soon as connections live on.
         worker.lifetimes.record(delay, outcome.client_to_upstream, cfg.relay.splice_after);
     }
-    let client = client_slot.take()?;
+    let Some(ClientIo::Plain(client)) = client_slot.take() else { return None };
     facts.conn.set_mode(ActiveMode::Handover);
     // The userspace path is boxed: the handshake's future stays small, and a spliced
     // pair leaves it altogether (parked, it is a table row, not a task).
@@ -144,6 +154,26 @@ pub async fn websocket(
     }
     drop((admitted, live));
     None
+}
+
+/// Relays a TLS pair in userspace and adds what moved to the facts.
+async fn userspace_tls(
+    client: &TlsStream,
+    upstream: &TcpStream,
+    opts: RelayOptions,
+    worker: &Worker,
+    facts: &mut Facts,
+) {
+    Stats::bump(&worker.stats.relayed_userspace);
+    facts.mode = Mode::Userspace;
+    facts.conn.set_mode(ActiveMode::Userspace);
+    let mut shutdown = worker.shutdown.clone();
+    let outcome =
+        Box::pin(crate::relay_tls::relay(client, upstream, opts, &mut shutdown, &worker.ring, &worker.buffers)).await;
+    facts.bytes_in += outcome.client_to_upstream;
+    facts.bytes_out += outcome.upstream_to_client;
+    facts.bytes_sent = facts.bytes_out;
+    facts.close = outcome.reason;
 }
 
 /// Relays in userspace and adds what moved to the facts.
