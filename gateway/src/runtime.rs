@@ -83,12 +83,7 @@ pub fn run(config: Config, allocator: Allocator) -> Result<()> {
     conn::teardown::start_clock();
     let config = Arc::new(config);
     let workers = config.worker_count();
-    let needs = crate::preflight::Needs {
-        max_connections: config.limits.max_connections,
-        listen_backlog: config.listeners.iter().map(|l| l.backlog).max().unwrap_or(0),
-        upstream_conns_per_source: config.limits.max_connections,
-    };
-    crate::preflight::run(&needs, config.strict_tuning)?;
+    preflight(&config)?;
 
     // Bind the first socket of each listener here, so port 0 resolves once and every
     // worker shares the same port; bind errors surface before anything starts.
@@ -326,6 +321,17 @@ fn worker(setup: WorkerSetup, sockets: Vec<Socket>) -> Result<()> {
         }
         Ok(())
     })
+}
+
+/// Checks the kernel and process limits this configuration needs.
+fn preflight(config: &Config) -> Result<()> {
+    let needs = crate::preflight::Needs {
+        max_connections: config.limits.max_connections,
+        listen_backlog: config.listeners.iter().map(|l| l.backlog).max().unwrap_or(0),
+        upstream_conns_per_source: config.limits.max_connections,
+    };
+    crate::preflight::run(&needs, config.strict_tuning)?;
+    Ok(())
 }
 
 /// Each listener's TLS acceptor (`None` for a plain listener), its files loaded and
