@@ -19,7 +19,7 @@ pub const BUILD: &[Need] = &[
 ];
 
 /// What the test suite needs beyond the build: network namespaces, the eBPF format
-/// check, and the Python Prometheus parser the admin tests feed `/metrics` to (the
+/// check, the TLS clients, and the Python Prometheus parser the admin tests feed `/metrics` to (the
 /// system `python3`'s, at `/usr/bin/python3`).
 pub const TEST: &[Need] = &[
     Need::Program("ip", "iproute2"),
@@ -28,6 +28,12 @@ pub const TEST: &[Need] = &[
     Need::File("/usr/lib/python3/dist-packages/prometheus_client/__init__.py", "python3-prometheus-client"),
     // libFuzzer (libfuzzer-sys) is C++: the fuzz step of the suite builds it.
     Need::Program("g++", "g++"),
+    // The TLS tests' clients: `openssl s_client`, Python `websockets` (the system
+    // python3's) and Node `ws` (Debian's, found through NODE_PATH=/usr/share/nodejs).
+    Need::Program("openssl", "openssl"),
+    Need::File("/usr/lib/python3/dist-packages/websockets/__init__.py", "python3-websockets"),
+    Need::Program("node", "nodejs"),
+    Need::File("/usr/share/nodejs/ws/package.json", "node-ws"),
 ];
 
 /// A thing that must exist, and the Debian package that provides it.
