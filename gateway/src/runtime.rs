@@ -119,7 +119,8 @@ pub fn run(config: Config, allocator: Allocator) -> Result<()> {
     let stats = Arc::new(Stats::default());
     let (tx, rx) = shutdown::channel();
     let cpus = allowed_cpus();
-    let mut metric_slots = start_metrics(&config, workers, (&all_groups, &admission, started_splice), &rx)?.into_iter();
+    let mut metric_slots =
+        start_metrics(&config, workers, (&all_groups, &admission, started_splice, &stats), &rx)?.into_iter();
 
     let mut handles = Vec::new();
     for w in 0..workers {
@@ -199,10 +200,11 @@ pub fn run(config: Config, allocator: Allocator) -> Result<()> {
 fn start_metrics(
     config: &Config,
     workers: usize,
-    (groups, admission, splice): (&[Arc<Group>], &Arc<Admission>, splice::Started),
+    (groups, admission, splice, stats): (&[Arc<Group>], &Arc<Admission>, splice::Started, &Arc<Stats>),
     shutdown: &ShutdownRx,
 ) -> Result<Vec<WorkerSlot>> {
-    let sources = admin::Sources { groups: groups.to_vec(), admission: admission.clone(), splice };
+    let sources =
+        admin::Sources { groups: groups.to_vec(), admission: admission.clone(), splice, stats: stats.clone() };
     let live_view = config.admin.listen.is_some();
     let (metrics, slots) = Metrics::new(workers, admin::route_labels(&config.routes), live_view);
     if let Some(addr) = config.admin.listen {

@@ -4,6 +4,7 @@
 //! handshakes are counted by reason and leave the worker serving, and `wsgate check`
 //! validates the files.
 
+mod admin_util;
 mod tls_util;
 mod utils;
 
@@ -142,7 +143,8 @@ fn bad_handshakes_are_counted_and_the_worker_serves_the_next_client() {
     let pki = Pki::new();
     let cert = pki.issue("gw", &["gw.test"]);
     let echo = WsEcho::start();
-    let config = format!("{BASE}{}{}", tls_listener(Some(&cert), &[]), routes(echo.addr));
+    let config =
+        format!("{BASE}[admin]\nlisten = \"127.0.0.1:0\"\n{}{}", tls_listener(Some(&cert), &[]), routes(echo.addr));
     // One worker: a stuck one would stop every later connection.
     let gw = Gateway::builder().config(&config).log_level("wsgate=debug").start();
     let client = pki.client(&[b"http/1.1"]);
@@ -173,6 +175,16 @@ fn bad_handshakes_are_counted_and_the_worker_serves_the_next_client() {
     let mut tls = tls_connect(gw.addr, "gw.test", &client).unwrap();
     ws_echo(&mut tls, "/after", 6);
     assert!(gw.stderr().iter().all(|l| !l.contains("ERROR")), "{:#?}", gw.stderr());
+
+    // Counted by reason in /metrics: one of each, and the two good handshakes.
+    let text = admin_util::scrape(admin_util::admin_addr(&gw));
+    for reason in ["not_tls", "closed_early", "timeout"] {
+        let n = admin_util::sample(&text, "wsgate_tls_handshake_failures_total", &[("reason", reason)]);
+        assert!((n - 1.0).abs() < f64::EPSILON, "{reason}: {n}");
+    }
+    assert!(admin_util::sample(&text, "wsgate_tls_handshake_failures_total", &[("reason", "unknown_sni")]) < 0.5);
+    let done = admin_util::sample(&text, "wsgate_tls_handshakes_total", &[]);
+    assert!((done - 2.0).abs() < f64::EPSILON, "{done}");
 }
 
 /// `wsgate check -c FILE`: exit status and output.
