@@ -42,6 +42,7 @@ fn main() {
         groups: Vec::new(),
         admission: Arc::new(Admission::new(&config)),
         splice: Started { splicer: splicer.clone(), fallback: None },
+        stats: Arc::new(wsgate::stats::Stats::default()),
     };
     let state = Arc::new(State::new(metrics.clone(), sources, shutdown, &config));
     let registry = exposition::registry(state);

@@ -60,6 +60,21 @@ fn release_freed_memory() {
     unsafe { libmimalloc_sys::mi_collect(true) };
 }
 
+/// `wsgate check` for TLS listeners: every certificate and key is read, each key
+/// must match its certificate, and certificates that expire soon are warned about.
+fn check_tls(config: &wsgate::config::Config) -> anyhow::Result<()> {
+    for (i, l) in config.listeners.iter().enumerate() {
+        let Some(tls) = &l.tls else { continue };
+        let field = format!("listener[{i}].tls");
+        let loaded = wsgate::tls::acceptor::load(&field, tls)?;
+        for warning in loaded.expiry_warnings() {
+            println!("wsgate: warning: {warning}");
+        }
+        wsgate::tls::Acceptor::new(&field, tls, &loaded)?;
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let (opts, check_only) = match &cli.command {
@@ -69,6 +84,7 @@ fn main() -> ExitCode {
     };
     let result = opts.cli.load().map_err(anyhow::Error::from).and_then(|config| {
         if check_only {
+            check_tls(&config)?;
             let where_ =
                 opts.cli.config.as_ref().map_or_else(|| "command line".to_owned(), |p| p.display().to_string());
             println!("wsgate: configuration {where_} is valid");

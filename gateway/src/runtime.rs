@@ -29,6 +29,7 @@ use crate::router::Router;
 use crate::shutdown::{self, ShutdownRx};
 use crate::splice::{self, SpliceOptions, Splicer};
 use crate::stats::Stats;
+use crate::tls::Acceptor;
 use crate::upstream::{self, Group};
 
 /// Why the gateway could not start, or stopped with an error.
@@ -54,6 +55,8 @@ pub enum RunError {
     Resolve(upstream::ResolveError),
     #[error("a worker thread panicked")]
     WorkerPanicked,
+    #[error(transparent)]
+    Tls(crate::tls::TlsSetupError),
     #[error("cannot listen on {addr} (admin): {source}")]
     Admin { addr: SocketAddr, source: std::io::Error },
 }
@@ -81,12 +84,7 @@ pub fn run(config: Config, allocator: Allocator) -> Result<()> {
     conn::teardown::start_clock();
     let config = Arc::new(config);
     let workers = config.worker_count();
-    let needs = crate::preflight::Needs {
-        max_connections: config.limits.max_connections,
-        listen_backlog: config.listeners.iter().map(|l| l.backlog).max().unwrap_or(0),
-        upstream_conns_per_source: config.limits.max_connections,
-    };
-    crate::preflight::run(&needs, config.strict_tuning)?;
+    preflight(&config)?;
 
     // Bind the first socket of each listener here, so port 0 resolves once and every
     // worker shares the same port; bind errors surface before anything starts.
@@ -101,6 +99,7 @@ pub fn run(config: Config, allocator: Allocator) -> Result<()> {
         first_sockets.push(s);
     }
 
+    let acceptors = tls_acceptors(&config)?;
     let groups = upstream_groups(&config)?;
     let router =
         Arc::new(Router::new(&config.routes, |name| groups.iter().find(|(n, _)| n == name).map(|(_, g)| g.clone())));
@@ -121,7 +120,8 @@ pub fn run(config: Config, allocator: Allocator) -> Result<()> {
     let stats = Arc::new(Stats::default());
     let (tx, rx) = shutdown::channel();
     let cpus = allowed_cpus();
-    let (metrics, mut metric_slots) = start_metrics(&config, workers, (&all_groups, &admission, started_splice), &rx)?;
+    let (metrics, mut metric_slots) =
+        start_metrics(&config, workers, (&all_groups, &admission, started_splice, &stats), &rx)?;
 
     let mut handles = Vec::new();
     for w in 0..workers {
@@ -146,6 +146,7 @@ pub fn run(config: Config, allocator: Allocator) -> Result<()> {
             cpu: cpus.get(w % cpus.len().max(1)).copied(),
             allocator,
             metrics: metric_slots.next().ok_or(RunError::WorkerPanicked)?,
+            tls: acceptors.clone(),
         };
         let h = std::thread::Builder::new()
             .name(format!("wsgate-w{w}"))
@@ -207,10 +208,11 @@ fn announce_ready(addrs: &[(SocketAddr, u32)], workers: usize) {
 fn start_metrics(
     config: &Config,
     workers: usize,
-    (groups, admission, splice): (&[Arc<Group>], &Arc<Admission>, splice::Started),
+    (groups, admission, splice, stats): (&[Arc<Group>], &Arc<Admission>, splice::Started, &Arc<Stats>),
     shutdown: &ShutdownRx,
 ) -> Result<(Arc<Metrics>, std::vec::IntoIter<WorkerSlot>)> {
-    let sources = admin::Sources { groups: groups.to_vec(), admission: admission.clone(), splice };
+    let sources =
+        admin::Sources { groups: groups.to_vec(), admission: admission.clone(), splice, stats: stats.clone() };
     let live_view = config.admin.listen.is_some();
     let (metrics, slots) = Metrics::new(workers, admin::route_labels(&config.routes), live_view);
     if let Some(addr) = config.admin.listen {
@@ -235,6 +237,8 @@ fn report_counts(stats: &Stats, splicer: Option<&Splicer>, what: &str) {
         userspace = stats.relayed_userspace.load(Ordering::Relaxed),
         splice_pressure = splice.pressure,
         splice_handover_failed = splice.handover_failed,
+        tls_handshakes = stats.tls.done.load(Ordering::Relaxed),
+        tls_failed = %stats.tls.summary(),
         upgrade_success_ratio = stats.upgrade_success_ratio().unwrap_or(0.0),
         "{what}"
     );
@@ -278,6 +282,8 @@ struct WorkerSetup {
     cpu: Option<usize>,
     allocator: Allocator,
     metrics: WorkerSlot,
+    /// Each listener's TLS acceptor, in the configuration's order.
+    tls: Vec<Option<Acceptor>>,
 }
 
 fn worker(setup: WorkerSetup, sockets: Vec<Socket>) -> Result<()> {
@@ -325,9 +331,9 @@ fn worker(setup: WorkerSetup, sockets: Vec<Socket>) -> Result<()> {
         let mut accept_loops = Vec::new();
         // One socket per listener, in the configuration's order.
         let schemes: Vec<_> = state.config.listeners.iter().map(crate::config::ListenerConfig::scheme).collect();
-        for (s, scheme) in sockets.into_iter().zip(schemes) {
+        for ((s, scheme), tls) in sockets.into_iter().zip(schemes).zip(setup.tls) {
             let listener = TcpListener::from_std(s.into());
-            accept_loops.push(tokio_uring::spawn(conn::accept::accept_loop(listener, scheme, state.clone())));
+            accept_loops.push(tokio_uring::spawn(conn::accept::accept_loop(listener, scheme, tls, state.clone())));
         }
         for l in accept_loops {
             let _ = l.await;
@@ -339,6 +345,29 @@ fn worker(setup: WorkerSetup, sockets: Vec<Socket>) -> Result<()> {
         }
         Ok(())
     })
+}
+
+/// Checks the kernel and process limits this configuration needs.
+fn preflight(config: &Config) -> Result<()> {
+    let needs = crate::preflight::Needs {
+        max_connections: config.limits.max_connections,
+        listen_backlog: config.listeners.iter().map(|l| l.backlog).max().unwrap_or(0),
+        upstream_conns_per_source: config.limits.max_connections,
+    };
+    crate::preflight::run(&needs, config.strict_tuning)?;
+    Ok(())
+}
+
+/// Each listener's TLS acceptor (`None` for a plain listener), its files loaded and
+/// checked once for all workers.
+fn tls_acceptors(config: &Config) -> Result<Vec<Option<Acceptor>>> {
+    config
+        .listeners
+        .iter()
+        .enumerate()
+        .map(|(i, l)| l.tls.as_ref().map(|tls| Acceptor::from_config(&format!("listener[{i}].tls"), tls)).transpose())
+        .collect::<Result<_, _>>()
+        .map_err(RunError::Tls)
 }
 
 /// The upstream groups by name, their server names resolved (blocking, at start).

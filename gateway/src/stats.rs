@@ -15,6 +15,8 @@ pub struct Stats {
     pub upgrades_succeeded: AtomicU64,
     /// Connections relayed by the userspace relay (spliced ones are counted by the splicer).
     pub relayed_userspace: AtomicU64,
+    /// TLS handshakes done and failed (by reason).
+    pub tls: crate::tls::HandshakeStats,
 }
 
 impl Stats {

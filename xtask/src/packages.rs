@@ -19,9 +19,9 @@ pub const BUILD: &[Need] = &[
 ];
 
 /// What the test suite needs beyond the build: network namespaces, the eBPF format
-/// check, the Python Prometheus parser the admin tests feed `/metrics` to, `h11` (the
-/// reference of the request head's differential test) and the Python `websockets`
-/// clients of the drain tests (the system `python3`'s, at
+/// check, the TLS clients, the Python Prometheus parser the admin tests feed `/metrics`
+/// to, `h11` (the reference of the request head's differential test) and the Python
+/// `websockets` clients of the drain and TLS tests (the system `python3`'s, at
 /// `/usr/bin/python3`).
 pub const TEST: &[Need] = &[
     Need::Program("ip", "iproute2"),
@@ -32,10 +32,15 @@ pub const TEST: &[Need] = &[
     Need::File("/usr/lib/python3/dist-packages/pip/__init__.py", "python3-pip"),
     // The reference parser of the request head's differential test.
     Need::File("/usr/lib/python3/dist-packages/h11/__init__.py", "python3-h11"),
-    // The drain tests' strict WebSocket clients.
+    // The drain and TLS tests' strict WebSocket clients.
     Need::File("/usr/lib/python3/dist-packages/websockets/__init__.py", "python3-websockets"),
     // libFuzzer (libfuzzer-sys) is C++: the fuzz step of the suite builds it.
     Need::Program("g++", "g++"),
+    // The TLS tests' clients: `openssl s_client`, Python `websockets` (the system
+    // python3's) and Node `ws` (Debian's, found through NODE_PATH=/usr/share/nodejs).
+    Need::Program("openssl", "openssl"),
+    Need::Program("node", "nodejs"),
+    Need::File("/usr/share/nodejs/ws/package.json", "node-ws"),
 ];
 
 /// A thing that must exist, and the Debian package that provides it.

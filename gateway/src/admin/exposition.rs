@@ -16,6 +16,7 @@ use super::State;
 use crate::metrics::histogram::{Histogram, HistogramSnapshot};
 use crate::metrics::{ActiveMode, CLOSE_REASONS, WorkerMetrics};
 use crate::shutdown::Phase;
+use crate::tls::HandshakeFailure;
 
 /// Which exposition format a scraper asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -243,6 +244,12 @@ impl Collector for Scrape {
         gauge(e, "wsgate_upstream_connections", "Connections to the server now (all workers).", &conns)?;
         counter(e, "wsgate_upstream_health_checks", "Active health checks by result.", None, &checks)?;
         counter(e, "wsgate_upstream_passive_marks", "Times passive health marked the server down.", None, &marks)?;
+
+        let tls = &s.stats.tls;
+        let done = tls.done.load(Relaxed);
+        counter(e, "wsgate_tls_handshakes", "TLS handshakes completed.", None, &[(NO_LABELS, done)])?;
+        let failed: Vec<_> = HandshakeFailure::ALL.iter().map(|&w| ([("reason", w.as_str())], tls.failed(w))).collect();
+        counter(e, "wsgate_tls_handshake_failures", "TLS handshakes that failed, by reason.", None, &failed)?;
 
         let refusals: Vec<_> = s.admission.refusals().into_iter().map(|(r, n)| ([("reason", r)], n)).collect();
         counter(e, "wsgate_admission_refusals", "Connections refused by an admission limit.", None, &refusals)?;

@@ -26,6 +26,8 @@ pub struct State {
     pub metrics: Arc<Metrics>,
     pub groups: Vec<Arc<Group>>,
     pub admission: Arc<Admission>,
+    /// The process-wide counters (TLS handshakes).
+    pub stats: Arc<crate::stats::Stats>,
     /// The kernel splice, when in force.
     pub splicer: Option<Splicer>,
     /// Why the splice is not in force (`splice = "auto"` fell back), if it is not.
@@ -45,16 +47,18 @@ pub struct Sources {
     pub groups: Vec<Arc<Group>>,
     pub admission: Arc<Admission>,
     pub splice: crate::splice::Started,
+    pub stats: Arc<crate::stats::Stats>,
 }
 
 impl State {
     /// The state of a process starting now with `config`.
     pub fn new(metrics: Arc<Metrics>, sources: Sources, shutdown: ShutdownRx, config: &crate::config::Config) -> Self {
-        let Sources { groups, admission, splice } = sources;
+        let Sources { groups, admission, splice, stats } = sources;
         Self {
             metrics,
             groups,
             admission,
+            stats,
             splicer: splice.splicer,
             splice_fallback: splice.fallback,
             shutdown,

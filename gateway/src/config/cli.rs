@@ -19,6 +19,12 @@ pub struct CliOptions {
     /// Listen address (repeatable); replaces the file's listeners.
     #[arg(long, value_name = "IP:PORT")]
     pub listen: Vec<SocketAddr>,
+    /// PEM certificate chain: makes the listeners (`--listen`, else the file's) TLS listeners.
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `--tls-cert`.
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// Upstream server (repeatable); all paths go to this one group, replacing the file's routes.
     #[arg(long, value_name = "IP:PORT")]
     pub upstream: Vec<SocketAddr>,
@@ -83,6 +89,8 @@ impl CliOptions {
         let Self {
             config: _,
             listen,
+            tls_cert,
+            tls_key,
             upstream,
             workers,
             splice,
@@ -98,6 +106,11 @@ impl CliOptions {
         } = self;
         if !listen.is_empty() {
             config.listeners = Config::one_line(listen.clone(), Vec::new()).listeners;
+        }
+        if let (Some(cert), Some(key)) = (tls_cert, tls_key) {
+            for l in &mut config.listeners {
+                l.tls = Some(super::TlsConfig::default_only(cert.clone(), key.clone()));
+            }
         }
         if !upstream.is_empty() {
             let one = Config::one_line(Vec::new(), upstream.clone());

@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
+use super::TlsConfig;
+
 /// One listening address.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -15,18 +17,22 @@ pub struct ListenerConfig {
     /// Listen backlog (capped by the kernel at `net.core.somaxconn`).
     #[serde(default = "default_backlog")]
     pub backlog: u32,
+    /// TLS on this listener (`tls = { cert = "…", key = "…" }`, and
+    /// `[[listener.tls.sni]]` entries): clients speak `https`/`wss` here.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
 }
 
 impl ListenerConfig {
-    /// What the listener speaks to clients (`X-Forwarded-Proto`): plain HTTP until a
-    /// listener carries TLS settings (then `https`).
+    /// What the listener speaks to clients (`X-Forwarded-Proto`): `https` when it
+    /// carries TLS settings, plain HTTP otherwise.
     pub fn scheme(&self) -> Scheme {
-        Scheme::Http
+        if self.tls.is_some() { Scheme::Https } else { Scheme::Http }
     }
 
     /// A listener on `address` with the default backlog.
     pub fn on(address: SocketAddr) -> Self {
-        Self { address, backlog: default_backlog() }
+        Self { address, backlog: default_backlog(), tls: None }
     }
 }
 

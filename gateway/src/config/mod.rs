@@ -26,6 +26,7 @@ mod relay;
 mod route;
 mod server_address;
 mod timeouts;
+mod tls;
 mod upstream;
 mod validate;
 
@@ -52,6 +53,7 @@ pub use relay::{DEFAULT_SPLICE_BUDGET, MIN_SPLICE_BUDGET, RelayConfig, SpliceMod
 pub use route::RouteConfig;
 pub use server_address::ServerAddress;
 pub use timeouts::Timeouts;
+pub use tls::{SniCertConfig, TlsConfig, valid_sni_name};
 pub use upstream::{Balance, ServerConfig, UpstreamConfig};
 
 /// The whole configuration of one wsgate process.

@@ -6,7 +6,9 @@
 //! never changes the configuration it checks.
 
 use super::error::invalid;
-use super::{Balance, Config, ConfigError, MIN_SPLICE_BUDGET, UpstreamConfig, parse_statuses};
+use super::{
+    Balance, Config, ConfigError, MIN_SPLICE_BUDGET, TlsConfig, UpstreamConfig, parse_statuses, valid_sni_name,
+};
 
 impl Config {
     /// Checks every field; the first problem found is returned, naming its field.
@@ -17,6 +19,9 @@ impl Config {
         for (i, l) in self.listeners.iter().enumerate() {
             if l.backlog == 0 {
                 return Err(invalid(format!("listener[{i}].backlog"), "must be at least 1"));
+            }
+            if let Some(tls) = &l.tls {
+                validate_tls(&format!("listener[{i}].tls"), tls)?;
             }
         }
         let t = &self.timeouts;
@@ -37,18 +42,7 @@ impl Config {
         if !(1..=8192).contains(&self.limits.max_headers) {
             return Err(invalid("limits.max_headers", "must be between 1 and 8192"));
         }
-        let ka = &self.keepalive;
-        for (field, d) in [("keepalive.idle", ka.idle), ("keepalive.interval", ka.interval)] {
-            if d.as_secs() > 32767 || (!d.is_zero() && d.as_secs() == 0) {
-                return Err(invalid(field, "must be 0s or whole seconds from 1s to 32767s"));
-            }
-        }
-        if ka.count > 127 {
-            return Err(invalid("keepalive.count", "must be between 0 and 127"));
-        }
-        if ka.user_timeout.as_millis() > u128::from(u32::MAX) {
-            return Err(invalid("keepalive.user_timeout", "must be below 49 days"));
-        }
+        self.validate_keepalive()?;
         if !(512..=1024 * 1024).contains(&self.limits.max_response_header_bytes) {
             return Err(invalid("limits.max_response_header_bytes", "must be between 512 and 1048576"));
         }
@@ -107,6 +101,22 @@ impl Config {
                 ));
             }
             validate_upstream(name, u)?;
+        }
+        Ok(())
+    }
+
+    fn validate_keepalive(&self) -> Result<(), ConfigError> {
+        let ka = &self.keepalive;
+        for (field, d) in [("keepalive.idle", ka.idle), ("keepalive.interval", ka.interval)] {
+            if d.as_secs() > 32767 || (!d.is_zero() && d.as_secs() == 0) {
+                return Err(invalid(field, "must be 0s or whole seconds from 1s to 32767s"));
+            }
+        }
+        if ka.count > 127 {
+            return Err(invalid("keepalive.count", "must be between 0 and 127"));
+        }
+        if ka.user_timeout.as_millis() > u128::from(u32::MAX) {
+            return Err(invalid("keepalive.user_timeout", "must be below 49 days"));
         }
         Ok(())
     }
@@ -193,6 +203,31 @@ fn validate_upstream(name: &str, u: &UpstreamConfig) -> Result<(), ConfigError> 
             return Err(invalid(hf("statuses"), "needs at least one status"));
         }
         parse_statuses(&h.statuses).map_err(|reason| invalid(hf("statuses"), reason))?;
+    }
+    Ok(())
+}
+
+/// A TLS listener needs a certificate to present, a key beside every certificate, and
+/// well-formed SNI names (the files themselves are checked by `crate::tls`).
+fn validate_tls(field: &str, tls: &TlsConfig) -> Result<(), ConfigError> {
+    match (&tls.cert, &tls.key) {
+        (Some(_), None) => return Err(invalid(format!("{field}.key"), "required with `cert`")),
+        (None, Some(_)) => return Err(invalid(format!("{field}.cert"), "required with `key`")),
+        (None, None) if tls.sni.is_empty() => {
+            return Err(invalid(field, "needs `cert` and `key`, or at least one [[listener.tls.sni]] entry"));
+        }
+        _ => {}
+    }
+    for (j, entry) in tls.sni.iter().enumerate() {
+        if entry.names.is_empty() {
+            return Err(invalid(format!("{field}.sni[{j}].names"), "must list at least one name"));
+        }
+        if let Some(bad) = entry.names.iter().find(|n| !valid_sni_name(n)) {
+            return Err(invalid(
+                format!("{field}.sni[{j}].names"),
+                format!("`{bad}` is not a host name (letters, digits, `-`, `.`; `*.` only in front)"),
+            ));
+        }
     }
     Ok(())
 }

@@ -10,21 +10,16 @@
 
 use std::io;
 
-use tokio::time::timeout_at;
-use tokio_uring::net::TcpStream;
-
 use super::Worker;
+use super::client_io::ClientIo;
 use super::teardown::Facts;
 use crate::error::{ErrorKind, ProxyError};
 use crate::http::request::{self, RequestHead};
-use crate::readiness::{self, Ring};
+use crate::readiness::Ring;
+use tokio::time::timeout_at;
 
 /// Reads and parses the request head, and records what the access log needs of it.
-pub async fn read(
-    client: &TcpStream,
-    worker: &Worker,
-    facts: &mut Facts,
-) -> Result<(RequestHead, Vec<u8>), ProxyError> {
+pub async fn read(client: &ClientIo, worker: &Worker, facts: &mut Facts) -> Result<(RequestHead, Vec<u8>), ProxyError> {
     let limits = &worker.config.limits;
     let deadline = facts.started + worker.config.timeouts.header;
     let (head, buf) = read_head(&worker.ring, client, limits.max_header_bytes, limits.max_headers, deadline).await?;
@@ -37,7 +32,7 @@ pub async fn read(
 /// Reads the request head within `deadline`, at most `max` bytes.
 async fn read_head(
     ring: &Ring,
-    client: &TcpStream,
+    client: &ClientIo,
     max: usize,
     max_headers: usize,
     deadline: std::time::Instant,
@@ -47,7 +42,7 @@ async fn read_head(
     let mut wait = false;
     loop {
         if wait {
-            match timeout_at(deadline.into(), ring.ready(client, readiness::READABLE)).await {
+            match timeout_at(deadline.into(), client.readable(ring)).await {
                 Err(_) => return Err(ProxyError::new(ErrorKind::HeaderTimeout, "request head not complete in time")),
                 Ok(Err(e)) => {
                     return Err(ProxyError::new(ErrorKind::ClientClosed, format!("waiting for request: {e}")));
@@ -58,7 +53,7 @@ async fn read_head(
         if buf.len() == buf.capacity() {
             buf.reserve_exact((buf.capacity() * 2).min(max) - buf.len());
         }
-        match crate::io::recv_into(client, &mut buf) {
+        match client.recv_into(&mut buf) {
             Ok(0) => {
                 return Err(ProxyError::new(ErrorKind::ClientClosed, "closed before the request head was complete"));
             }

@@ -33,6 +33,7 @@
 //! nothing reaches an upstream that `head` did not parse.
 
 pub mod accept;
+pub mod client_io;
 pub mod connect;
 pub mod head;
 pub mod plain;
@@ -47,6 +48,7 @@ use std::sync::Arc;
 
 use tokio_uring::net::TcpStream;
 
+use self::client_io::ClientIo;
 use self::connect::Connected;
 use self::relay_choice::Handoff;
 use self::response::Answer;
@@ -64,6 +66,7 @@ use crate::router::Router;
 use crate::shutdown::ShutdownRx;
 use crate::splice::{Splicer, WorkerPairs};
 use crate::stats::Stats;
+use crate::tls::Acceptor;
 
 /// One worker thread's state, owned by that thread and lent to every phase of its
 /// connections: what all workers share (config, routes, log, counters, admission,
@@ -95,11 +98,34 @@ pub struct Worker {
 }
 
 /// Serves one accepted client connection to its end, or until its spliced pair is
-/// parked (teardown then finishes it when the kernel reports the end).
-pub async fn serve(client: TcpStream, peer: SocketAddr, scheme: Scheme, worker: Rc<Worker>, active: ActiveConn) {
+/// parked (teardown then finishes it when the kernel reports the end). On a TLS
+/// listener (`tls`) the handshake comes first, within the header timeout; a failed
+/// one is counted by reason and logged at debug level, and ends the connection.
+pub async fn serve(
+    client: TcpStream,
+    peer: SocketAddr,
+    (scheme, tls): (Scheme, Option<Acceptor>),
+    worker: Rc<Worker>,
+    active: ActiveConn,
+) {
     let mut facts = Facts::new(peer, &worker.metrics);
     facts.scheme = scheme;
     // TCP_NODELAY comes from the listening socket: accepted sockets inherit it.
+    let client = match tls {
+        None => ClientIo::Plain(client),
+        Some(acceptor) => {
+            let deadline = facts.started + worker.config.timeouts.header;
+            match crate::tls::handshake::accept(client, acceptor.config, &worker.ring, deadline, &worker.stats.tls)
+                .await
+            {
+                Ok(stream) => ClientIo::Tls(Box::new(stream)),
+                Err(failed) => {
+                    tracing::debug!(client = %peer, reason = failed.why.as_str(), "TLS handshake failed: {}", failed.detail);
+                    return;
+                }
+            }
+        }
+    };
     let mut client = Some(client);
     let result = proxy(&mut client, &worker, &mut facts).await;
     teardown::finish(result, client, facts, worker, active).await;
@@ -109,7 +135,7 @@ pub async fn serve(client: TcpStream, peer: SocketAddr, scheme: Scheme, worker: 
 /// splice; on an error it is still there for the response. Returns the spliced pair
 /// to park, or `None` when the connection is over.
 async fn proxy(
-    client_slot: &mut Option<TcpStream>,
+    client_slot: &mut Option<ClientIo>,
     worker: &Worker,
     facts: &mut Facts,
 ) -> Result<Option<Handoff>, ProxyError> {
@@ -127,7 +153,7 @@ async fn proxy(
 
 /// The phases before the response: head, route and admit, connect. Boxed by the
 /// caller, so the long-lived relay future does not carry their state.
-async fn prepare(client: &TcpStream, worker: &Worker, facts: &mut Facts) -> Result<(Connected, Admitted), ProxyError> {
+async fn prepare(client: &ClientIo, worker: &Worker, facts: &mut Facts) -> Result<(Connected, Admitted), ProxyError> {
     let (head, buf) = head::read(client, worker, facts).await?;
     let admit = route_admit::route_admit(&head, worker, facts)?;
     let upstream = connect::connect(&head, &buf, &admit, worker, facts).await?;

@@ -18,11 +18,11 @@ use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::TcpStream;
 
 use super::Worker;
+use super::client_io::ClientIo;
 use super::response::{pass, peek_head};
 use crate::error::{ErrorKind, ProxyError};
 use crate::http::body::{BodyTracker, Framing};
 use crate::http::response::ResponseHead;
-use crate::readiness;
 
 /// Interim (1xx) responses passed on before the final one; more is an upstream fault.
 const MAX_INTERIM: usize = 8;
@@ -56,7 +56,7 @@ pub struct Exchanged {
 /// Runs the exchange. `early` is what the client sent right after its head (already
 /// read); `framing` is the request's body framing.
 pub async fn exchange(
-    client: &TcpStream,
+    client: &ClientIo,
     upstream: &TcpStream,
     framing: Framing,
     early: &[u8],
@@ -105,7 +105,7 @@ pub async fn exchange(
         if !(100..200).contains(&head.status) {
             break;
         }
-        done.bytes_out += pass_interim(upstream, client, &head).await?;
+        done.bytes_out += pass_interim(upstream, client, &head, worker).await?;
         let deadline = Instant::now() + limits.response;
         head = peek_head(&worker.ring, upstream, limits.max_response, deadline, method).await?;
     }
@@ -119,7 +119,12 @@ pub async fn exchange(
 
 /// Passes an interim head, which was peeked and so is queued whole: exactly its bytes,
 /// so the final response behind it stays queued.
-async fn pass_interim(upstream: &TcpStream, client: &TcpStream, head: &ResponseHead) -> Result<u64, ProxyError> {
+async fn pass_interim(
+    upstream: &TcpStream,
+    client: &ClientIo,
+    head: &ResponseHead,
+    worker: &Worker,
+) -> Result<u64, ProxyError> {
     let mut buf = vec![0u8; head.len];
     let mut got = 0;
     while got < head.len {
@@ -130,8 +135,10 @@ async fn pass_interim(upstream: &TcpStream, client: &TcpStream, head: &ResponseH
             Ok(n) => got += n,
         }
     }
-    crate::io::write_all(client, buf)
+    client
+        .write_all(&worker.ring, buf)
         .await
+        .0
         .map_err(|e| ProxyError::new(ErrorKind::ClientClosed, format!("passing an interim response: {e}")))?;
     Ok(head.len as u64)
 }
@@ -149,7 +156,7 @@ async fn timed(
 /// Streams the rest of the request body from the client to the upstream, and nothing
 /// past it. Returns the bytes forwarded and whether the client sent more than its body.
 async fn pump_body(
-    client: &TcpStream,
+    client: &ClientIo,
     upstream: &TcpStream,
     body: &mut BodyTracker,
     idle: Duration,
@@ -158,13 +165,20 @@ async fn pump_body(
     let pool = &worker.buffers;
     let mut forwarded = 0u64;
     while !body.is_done() {
-        match tokio::time::timeout(idle, worker.ring.ready(client, readiness::READABLE)).await {
+        match tokio::time::timeout(idle, client.readable(&worker.ring)).await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => return Err(ProxyError::new(ErrorKind::ClientClosed, format!("waiting for the body: {e}"))),
             Err(_) => return Err(ProxyError::new(ErrorKind::HeaderTimeout, "request body stalled")),
         }
-        let (res, buf) = client.read(pool.take()).await;
-        let n = match res {
+        let mut buf = pool.take();
+        let n = match client.recv_into(&mut buf) {
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted) => {
+                pool.put(buf);
+                continue;
+            }
+            res => res,
+        };
+        let n = match n {
             Ok(0) => {
                 pool.put(buf);
                 return Err(ProxyError::new(ErrorKind::ClientClosed, "closed in the middle of the request body"));

@@ -12,6 +12,7 @@
 use tokio_uring::net::TcpStream;
 
 use super::Worker;
+use super::client_io::ClientIo;
 use super::connect::Connected;
 use super::teardown::Facts;
 use crate::admission::Admitted;
@@ -22,6 +23,7 @@ use crate::metrics::ActiveMode;
 use crate::relay::{self, RelayOptions, RelayOutcome};
 use crate::splice::{HandoverError, SplicedPair};
 use crate::stats::Stats;
+use crate::tls::TlsStream;
 use crate::upstream::ActiveGuard;
 
 /// A spliced pair ready to park, with the guards it keeps until it ends.
@@ -36,7 +38,7 @@ pub struct Handoff {
 /// Plain HTTP: the body as framed, then the response as framed, then the end (see
 /// [`super::plain`]); a drain's `Stop` ends it early.
 pub async fn plain(
-    client: &TcpStream,
+    client: &ClientIo,
     upstream: &Connected,
     worker: &Worker,
     facts: &mut Facts,
@@ -62,15 +64,16 @@ pub async fn plain(
     facts.bytes_sent = done.bytes_out;
     facts.upstream_response_time = done.first_response.map(|t| (t - upstream.started).as_secs_f64());
     facts.close = Close::Done;
-    crate::io::shutdown_quietly(client, std::net::Shutdown::Both);
+    client.shutdown(std::net::Shutdown::Both);
     crate::io::shutdown_quietly(stream, std::net::Shutdown::Both);
     Ok(())
 }
 
 /// A WebSocket after its 101: relays it in the kernel when it can take the pair.
 /// `client_slot` is taken only by the splice (which owns the sockets from then on).
+/// A TLS client always stays in userspace (no kTLS here).
 pub async fn websocket(
-    client_slot: &mut Option<TcpStream>,
+    client_slot: &mut Option<ClientIo>,
     upstream: Connected,
     admitted: Admitted,
     worker: &Worker,
@@ -100,6 +103,13 @@ pub async fn websocket(
         close_timeout: cfg.drain.close_timeout,
         frames: [to_upstream, to_client],
     };
+    let client = match client {
+        ClientIo::Tls(tls) => {
+            userspace_tls(tls, &upstream, opts, worker, facts).await;
+            return None;
+        }
+        ClientIo::Plain(client) => client,
+    };
     let Some(pairs) = &worker.pairs else {
         userspace(client, &upstream, opts, worker, facts).await;
         return None;
@@ -120,7 +130,7 @@ pub async fn websocket(
         // hours away), so a worker that defers learns as soon as connections live on.
         worker.lifetimes.record(delay, outcome.client_to_upstream, cfg.relay.splice_after);
     }
-    let client = client_slot.take()?;
+    let Some(ClientIo::Plain(client)) = client_slot.take() else { return None };
     facts.conn.set_mode(ActiveMode::Handover);
     // The userspace path is boxed: the handshake's future stays small, and a spliced
     // pair leaves it altogether (parked, it is a table row, not a task).
@@ -162,6 +172,26 @@ pub async fn websocket(
     }
     drop((admitted, live));
     None
+}
+
+/// Relays a TLS pair in userspace and adds what moved to the facts.
+async fn userspace_tls(
+    client: &TlsStream,
+    upstream: &TcpStream,
+    opts: RelayOptions,
+    worker: &Worker,
+    facts: &mut Facts,
+) {
+    Stats::bump(&worker.stats.relayed_userspace);
+    facts.mode = Mode::Userspace;
+    facts.conn.set_mode(ActiveMode::Userspace);
+    let mut shutdown = worker.shutdown.clone();
+    let outcome =
+        Box::pin(crate::relay_tls::relay(client, upstream, opts, &mut shutdown, &worker.ring, &worker.buffers)).await;
+    facts.bytes_in += outcome.client_to_upstream;
+    facts.bytes_out += outcome.upstream_to_client;
+    facts.bytes_sent = facts.bytes_out;
+    facts.close = outcome.reason;
 }
 
 /// Relays in userspace and adds what moved to the facts.

@@ -13,10 +13,10 @@ use std::io;
 use std::time::Instant;
 
 use tokio::time::timeout_at;
-use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::TcpStream;
 
 use super::Worker;
+use super::client_io::ClientIo;
 use super::connect::Connected;
 use super::teardown::Facts;
 use crate::close::Close;
@@ -37,7 +37,7 @@ pub enum Answer {
 
 /// Acts on the upstream's answer to an upgrade (its peeked head is `head`).
 pub async fn answer(
-    client: &TcpStream,
+    client: &ClientIo,
     upstream: &Connected,
     head: &ResponseHead,
     worker: &Worker,
@@ -55,7 +55,7 @@ pub async fn answer(
     facts.bytes_sent = Box::pin(pass(stream, client, head, worker)).await?;
     facts.bytes_out = facts.bytes_sent;
     facts.close = Close::Done;
-    crate::io::shutdown_quietly(client, std::net::Shutdown::Both);
+    client.shutdown(std::net::Shutdown::Both);
     crate::io::shutdown_quietly(stream, std::net::Shutdown::Both);
     Ok(Answer::Passed)
 }
@@ -115,7 +115,7 @@ pub async fn peek_head(
 /// then the body as framed, then stops. Returns the bytes sent to the client.
 pub(super) async fn pass(
     upstream: &TcpStream,
-    client: &TcpStream,
+    client: &ClientIo,
     head: &ResponseHead,
     worker: &Worker,
 ) -> Result<u64, ProxyError> {
@@ -128,7 +128,7 @@ pub(super) async fn pass(
             Ok(Ok(_)) => {}
             Ok(Err(_)) | Err(_) => break,
         }
-        let (res, buf) = upstream.read(worker.buffers.take()).await;
+        let (res, mut buf) = upstream.read(worker.buffers.take()).await;
         let n = match res {
             Ok(n) if n > 0 => n,
             _ => {
@@ -150,8 +150,9 @@ pub(super) async fn pass(
             worker.buffers.put(buf);
             break;
         }
-        let (res, slice) = client.write_all(buf.slice(..take)).await;
-        worker.buffers.put(slice.into_inner());
+        buf.truncate(take);
+        let (res, buf) = client.write_all(&worker.ring, buf).await;
+        worker.buffers.put(buf);
         if res.is_err() {
             break;
         }

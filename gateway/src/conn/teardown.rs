@@ -15,9 +15,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use tokio_uring::net::TcpStream;
-
 use super::Worker;
+use super::client_io::ClientIo;
 use super::relay_choice::Handoff;
 use crate::accesslog::{AccessRecord, now_unix};
 use crate::admission::Admitted;
@@ -115,7 +114,7 @@ pub fn opened(facts: &mut Facts, worker: &Worker) {
 /// took it.
 pub async fn finish(
     result: Result<Option<Handoff>, ProxyError>,
-    client: Option<TcpStream>,
+    client: Option<ClientIo>,
     mut facts: Facts,
     worker: Rc<Worker>,
     active: ActiveConn,
@@ -138,11 +137,11 @@ pub async fn finish(
             if err.kind.respond() {
                 let response = error_response(err.kind);
                 let len = response.len() as u64;
-                if crate::io::write_all(client, response).await.is_ok() {
+                if client.write_all(&worker.ring, response).await.0.is_ok() {
                     facts.bytes_sent = len;
                 }
             }
-            crate::io::shutdown_quietly(client, std::net::Shutdown::Both);
+            client.shutdown(std::net::Shutdown::Both);
         }
     }
     drop(active);

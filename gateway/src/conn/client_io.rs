@@ -1,0 +1,85 @@
+//! The client's side of a connection as the phases see it: a plain TCP socket or a
+//! TLS stream over one ([`ClientIo`]), with the few operations the phases use — wait
+//! until readable, read what is there without waiting, write all of a buffer, shut
+//! down.
+//!
+//! Buffers move by ownership, as io_uring wants them. Must never hide a TLS stream
+//! from a caller that would hand its socket to the kernel splice (`as_plain`).
+
+use std::io;
+use std::net::Shutdown;
+
+use tokio_uring::buf::BoundedBuf;
+use tokio_uring::net::TcpStream;
+
+use crate::readiness::{self, Ring};
+use crate::tls::TlsStream;
+
+/// A client connection: plain, or TLS once its handshake is done.
+pub enum ClientIo {
+    Plain(TcpStream),
+    Tls(Box<TlsStream>),
+}
+
+impl std::fmt::Debug for ClientIo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if matches!(self, Self::Plain(_)) { "ClientIo::Plain" } else { "ClientIo::Tls" })
+    }
+}
+
+impl ClientIo {
+    /// The TCP socket (plain), `None` for TLS (bytes on its socket are records).
+    pub fn as_plain(&self) -> Option<&TcpStream> {
+        match self {
+            Self::Plain(s) => Some(s),
+            Self::Tls(_) => None,
+        }
+    }
+
+    /// Waits until a read may return something (bytes, the end, an error). TLS:
+    /// decrypted bytes already waiting count as readable at once.
+    pub async fn readable(&self, ring: &Ring) -> io::Result<u32> {
+        match self {
+            Self::Plain(s) => ring.ready(s, readiness::READABLE).await,
+            Self::Tls(t) if t.has_plaintext() => Ok(libc::POLLIN as u32),
+            Self::Tls(t) => ring.ready(t.tcp(), readiness::READABLE).await,
+        }
+    }
+
+    /// Reads what is there into the spare capacity of `buf`, without waiting.
+    /// `Ok(0)` is the end of the client's stream; `WouldBlock`: wait with [`Self::readable`].
+    pub fn recv_into(&self, buf: &mut Vec<u8>) -> io::Result<usize> {
+        match self {
+            Self::Plain(s) => crate::io::recv_into(s, buf),
+            Self::Tls(t) => t.recv_into(buf),
+        }
+    }
+
+    /// Writes all of `buf`, waiting for room (a slow reader holds the writer), and
+    /// gives the buffer back.
+    pub async fn write_all(&self, ring: &Ring, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
+        match self {
+            Self::Plain(s) => {
+                let sent = match crate::io::send_now(s, &buf) {
+                    Ok(k) => k,
+                    Err(e) => return (Err(e), buf),
+                };
+                if sent == buf.len() {
+                    return (Ok(()), buf);
+                }
+                let (res, slice) = s.write_all(buf.slice(sent..)).await;
+                (res, slice.into_inner())
+            }
+            Self::Tls(t) => (t.write_all(ring, &buf).await, buf),
+        }
+    }
+
+    /// Shuts the connection down (`how`); TLS sends its close_notify first when
+    /// writing stops. Never closes the socket (dropping does).
+    pub fn shutdown(&self, how: Shutdown) {
+        match self {
+            Self::Plain(s) => crate::io::shutdown_quietly(s, how),
+            Self::Tls(t) => t.shutdown(how),
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! The TLS handshake of one accepted connection, within a deadline (the header
+//! timeout: a client that has not finished its handshake has not sent its head).
+//!
+//! Returns the [`TlsStream`] ready for the request head, or why it failed; failures
+//! are counted by reason ([`HandshakeStats`]) and logged at debug level by the caller,
+//! never at error level (any client on the internet can cause them). Must never wait
+//! without the deadline nor read past what rustls asks for.
+
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use rustls::{ServerConfig, ServerConnection};
+use tokio::time::timeout_at;
+use tokio_uring::net::TcpStream;
+
+use super::TlsStream;
+use crate::readiness::{self, Ring};
+
+/// Why a handshake failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandshakeFailure {
+    /// Not finished within the deadline.
+    Timeout,
+    /// The client closed (or reset) before the handshake was done: a ClientHello cut
+    /// short, a scanner.
+    ClosedEarly,
+    /// Bytes that are not TLS records (plain HTTP on a TLS port, garbage).
+    NotTls,
+    /// No protocol version or cipher suite in common (TLS 1.1 and older).
+    NoSharedVersion,
+    /// The name asked for (SNI) has no certificate and no default is configured.
+    UnknownSni,
+    /// The client refused the server (an alert: unknown CA, bad certificate).
+    ClientAlert,
+    /// Anything else rustls refused.
+    Other,
+}
+
+impl HandshakeFailure {
+    pub const ALL: [Self; 7] = [
+        Self::Timeout,
+        Self::ClosedEarly,
+        Self::NotTls,
+        Self::NoSharedVersion,
+        Self::UnknownSni,
+        Self::ClientAlert,
+        Self::Other,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Timeout => "timeout",
+            Self::ClosedEarly => "closed_early",
+            Self::NotTls => "not_tls",
+            Self::NoSharedVersion => "no_shared_version",
+            Self::UnknownSni => "unknown_sni",
+            Self::ClientAlert => "client_alert",
+            Self::Other => "other",
+        }
+    }
+
+    fn of(e: &rustls::Error) -> Self {
+        use rustls::Error as E;
+        match e {
+            E::InvalidMessage(_) => Self::NotTls,
+            E::PeerIncompatible(_) => Self::NoSharedVersion,
+            E::AlertReceived(_) => Self::ClientAlert,
+            // rustls's words when the certificate resolver chose nothing.
+            E::General(m) if m.contains("certificate chain") => Self::UnknownSni,
+            _ => Self::Other,
+        }
+    }
+}
+
+/// Handshakes done and failed, by reason; shared by all workers.
+#[derive(Debug, Default)]
+pub struct HandshakeStats {
+    pub done: AtomicU64,
+    failed: [AtomicU64; HandshakeFailure::ALL.len()],
+}
+
+impl HandshakeStats {
+    pub fn failed(&self, why: HandshakeFailure) -> u64 {
+        self.failed[why as usize].load(Ordering::Relaxed)
+    }
+
+    fn count(&self, why: HandshakeFailure) {
+        self.failed[why as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `reason=count` for every reason seen, for a log line.
+    pub fn summary(&self) -> String {
+        HandshakeFailure::ALL
+            .iter()
+            .filter(|&&w| self.failed(w) > 0)
+            .map(|&w| format!("{}={}", w.as_str(), self.failed(w)))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+/// A failed handshake: why, and what rustls or the socket said.
+#[derive(Debug)]
+pub struct Failed {
+    pub why: HandshakeFailure,
+    pub detail: String,
+}
+
+/// Runs the server side of the handshake on `tcp` until it is done or `deadline`.
+pub async fn accept(
+    tcp: TcpStream,
+    config: Arc<ServerConfig>,
+    ring: &Ring,
+    deadline: Instant,
+    stats: &HandshakeStats,
+) -> Result<TlsStream, Failed> {
+    let result = drive(tcp, config, ring, deadline).await;
+    match &result {
+        Ok(_) => {
+            stats.done.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(f) => stats.count(f.why),
+    }
+    result
+}
+
+async fn drive(tcp: TcpStream, config: Arc<ServerConfig>, ring: &Ring, deadline: Instant) -> Result<TlsStream, Failed> {
+    let fail = |why, detail: String| Failed { why, detail };
+    let conn = ServerConnection::new(config).map_err(|e| fail(HandshakeFailure::Other, e.to_string()))?;
+    let stream = TlsStream::new(tcp, conn);
+    loop {
+        // What rustls has to say (ServerHello…, tickets, an alert) goes first.
+        match timeout_at(deadline.into(), stream.flush(ring)).await {
+            Err(_) => return Err(fail(HandshakeFailure::Timeout, "writing the handshake".into())),
+            Ok(Err(e)) => return Err(fail(HandshakeFailure::ClosedEarly, format!("writing the handshake: {e}"))),
+            Ok(Ok(())) => {}
+        }
+        if !stream.conn().is_handshaking() {
+            return Ok(stream);
+        }
+        match stream.read_records() {
+            Ok(0) => return Err(fail(HandshakeFailure::ClosedEarly, "closed in the middle of the handshake".into())),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                match timeout_at(deadline.into(), ring.ready(stream.tcp(), readiness::READABLE)).await {
+                    Err(_) => return Err(fail(HandshakeFailure::Timeout, "handshake not complete in time".into())),
+                    Ok(Err(e)) => return Err(fail(HandshakeFailure::ClosedEarly, e.to_string())),
+                    Ok(Ok(_)) => {}
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                // The rustls error again, typed, for its reason.
+                let why = stream
+                    .conn()
+                    .process_new_packets()
+                    .err()
+                    .map_or(HandshakeFailure::Other, |e| HandshakeFailure::of(&e));
+                // The alert rustls queued, if the socket takes it now.
+                let _ = tokio::time::timeout(std::time::Duration::ZERO, stream.flush(ring)).await;
+                return Err(fail(why, e.to_string()));
+            }
+            Err(e) => return Err(fail(HandshakeFailure::ClosedEarly, e.to_string())),
+        }
+    }
+}

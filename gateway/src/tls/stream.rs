@@ -1,0 +1,179 @@
+//! One client connection after its TLS handshake: rustls's `ServerConnection` driven
+//! over the non-blocking socket with `read_tls`/`write_tls`, decrypting into buffers
+//! the caller lends (the worker's pool) and encrypting from them.
+//!
+//! Reads never wait: `WouldBlock` means "wait for the socket to be readable" (see
+//! [`TlsStream::has_plaintext`] first). Writes wait for room on the worker's poll
+//! ring, so a slow reader stops the writer. A `RefCell` borrow of the connection
+//! never spans an `.await`; both relay directions may use one stream at once, and
+//! rustls keeps the order of what they queue.
+
+use std::cell::RefCell;
+use std::io::{self, Read, Write};
+use std::net::Shutdown;
+
+use rustls::ServerConnection;
+use tokio_uring::net::TcpStream;
+
+use crate::readiness::{self, Ring};
+
+/// A client connection speaking TLS.
+pub struct TlsStream {
+    tcp: TcpStream,
+    conn: RefCell<ServerConnection>,
+}
+
+impl std::fmt::Debug for TlsStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsStream").finish_non_exhaustive()
+    }
+}
+
+/// The socket as rustls's non-blocking `Read`/`Write`.
+struct Sock<'a>(&'a TcpStream);
+
+impl Read for Sock<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        crate::io::recv(self.0, buf, 0)
+    }
+}
+
+impl Write for Sock<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        crate::io::send(self.0, buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A rustls error as an I/O error (a bad record, an alert from the client).
+fn tls_error(e: &rustls::Error) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e.to_string())
+}
+
+impl TlsStream {
+    /// Wraps an accepted socket and a fresh server connection (handshake not done).
+    pub fn new(tcp: TcpStream, conn: ServerConnection) -> Self {
+        Self { tcp, conn: RefCell::new(conn) }
+    }
+
+    /// The socket under the TLS layer.
+    pub fn tcp(&self) -> &TcpStream {
+        &self.tcp
+    }
+
+    /// The rustls connection (for the handshake and its facts). Never held over an `.await`.
+    pub fn conn(&self) -> std::cell::RefMut<'_, ServerConnection> {
+        self.conn.borrow_mut()
+    }
+
+    /// Decrypted bytes are waiting: a reader must not wait for the socket.
+    pub fn has_plaintext(&self) -> bool {
+        self.conn.borrow_mut().process_new_packets().is_ok_and(|s| s.plaintext_bytes_to_read() > 0)
+    }
+
+    /// Reads TLS records from the socket (without waiting) into rustls and decrypts
+    /// them. `Ok(0)`: the client closed its side of the TCP connection.
+    pub fn read_records(&self) -> io::Result<usize> {
+        let mut conn = self.conn.borrow_mut();
+        let n = loop {
+            match conn.read_tls(&mut Sock(&self.tcp)) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                r => break r?,
+            }
+        };
+        let state = conn.process_new_packets();
+        if let Err(e) = state {
+            // rustls queued an alert telling the client why: send it if it fits now.
+            let _ = conn.write_tls(&mut Sock(&self.tcp));
+            return Err(tls_error(&e));
+        }
+        Ok(n)
+    }
+
+    /// Decrypts into the spare capacity of `buf` without waiting, and extends its
+    /// length. `Ok(0)` is the end of the client's stream (close_notify, or FIN
+    /// without it); `WouldBlock` means nothing is buffered nor queued on the socket.
+    pub fn recv_into(&self, buf: &mut Vec<u8>) -> io::Result<usize> {
+        if buf.len() == buf.capacity() {
+            return Err(io::Error::other("recv_into with a full buffer"));
+        }
+        loop {
+            let start = buf.len();
+            buf.resize(buf.capacity(), 0);
+            let read = self.conn.borrow_mut().reader().read(&mut buf[start..]);
+            match read {
+                Ok(n) => {
+                    buf.truncate(start + n);
+                    return Ok(n);
+                }
+                Err(e) => {
+                    buf.truncate(start);
+                    match e.kind() {
+                        io::ErrorKind::WouldBlock => {}
+                        io::ErrorKind::UnexpectedEof => return Ok(0),
+                        _ => return Err(e),
+                    }
+                }
+            }
+            // Nothing decrypted: take more records from the socket (`WouldBlock` when none).
+            self.read_records()?;
+            // Anything rustls must answer (a key update) goes with the next write, or now.
+            self.send_queued_now()?;
+        }
+    }
+
+    /// Encrypts all of `data` and writes it, waiting for room on the socket.
+    pub async fn write_all(&self, ring: &Ring, data: &[u8]) -> io::Result<()> {
+        let mut sent = 0;
+        while sent < data.len() {
+            // rustls takes what fits under its buffer limit; the rest after a flush.
+            sent += self.conn.borrow_mut().writer().write(&data[sent..])?;
+            self.flush(ring).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes every queued TLS record, waiting for room on the socket.
+    pub async fn flush(&self, ring: &Ring) -> io::Result<()> {
+        loop {
+            self.send_queued_now()?;
+            if !self.conn.borrow().wants_write() {
+                return Ok(());
+            }
+            ring.ready(&self.tcp, readiness::WRITABLE).await?;
+        }
+    }
+
+    /// Writes what of the queued TLS records the socket takes now.
+    fn send_queued_now(&self) -> io::Result<()> {
+        let mut conn = self.conn.borrow_mut();
+        while conn.wants_write() {
+            match conn.write_tls(&mut Sock(&self.tcp)) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends the server's side: close_notify (if it fits in the socket buffer now),
+    /// then `SHUT_WR`.
+    pub fn close_write(&self) {
+        self.conn.borrow_mut().send_close_notify();
+        let _ = self.send_queued_now();
+        crate::io::shutdown_quietly(&self.tcp, Shutdown::Write);
+    }
+
+    /// Shuts the socket down (`how`), after a close_notify when writing stops.
+    pub fn shutdown(&self, how: Shutdown) {
+        if how != Shutdown::Read {
+            self.conn.borrow_mut().send_close_notify();
+            let _ = self.send_queued_now();
+        }
+        crate::io::shutdown_quietly(&self.tcp, how);
+    }
+}
