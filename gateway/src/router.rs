@@ -1,4 +1,7 @@
 //! Routing: host and path prefix → upstream group, first match wins (config order).
+//!
+//! Built once from the configuration and shared read-only by every worker: a lookup
+//! must never lock, allocate or panic, whatever Host and path the client sent.
 
 use std::sync::Arc;
 

@@ -6,7 +6,7 @@
 //! bucket). Counts are held by an [`Admitted`] guard for the connection's whole life.
 //! Every count is an atomic updated with compare-and-swap, so a limit is exact across
 //! all workers; nothing here locks or waits. Refusals are counted and summarised at most
-//! once per `log_period` (the text is returned, [`crate::connection`] logs it).
+//! once per `log_period` (the text is returned; `conn::route_admit` logs it).
 //! Also here: the route's `allowed_origins` check and the trusted-proxy rules.
 
 mod table;

@@ -1,5 +1,7 @@
 //! Where an HTTP/1.1 message body ends (RFC 9112 §6.3), so a response can be passed
 //! on exactly and the connection closed right after it, without buffering the body.
+//!
+//! Must never buffer a body, trust a length it could not parse, or panic on any byte.
 
 use crate::error::{ErrorKind, ProxyError};
 

@@ -1,4 +1,6 @@
 //! The upstream's response head, and the short responses wsgate writes itself.
+//!
+//! Must never pass on a head it could not parse, nor panic on any byte an upstream sends.
 
 use super::MAX_RESPONSE_HEADERS;
 use crate::error::{ErrorKind, ProxyError};

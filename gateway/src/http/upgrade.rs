@@ -1,4 +1,6 @@
 //! RFC 6455 §4.2.1: is this request a valid WebSocket opening handshake?
+//!
+//! Must never accept a handshake the RFC refuses (the upstream would see it as one).
 
 use base64::Engine as _;
 
