@@ -40,7 +40,7 @@ fn a_blocked_worker_makes_healthz_fail_until_it_answers() {
 fn readyz_turns_503_at_once_on_sigterm() {
     let up = RawUpstream::switching(b"");
     let toml = format!(
-        "workers = 2\nsplice = \"userspace\"\n[[listener]]\naddress = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[timeouts]\ndrain = \"10s\"\n[[route]]\nupstream = \"u\"\n[[upstream.u.servers]]\naddress = \"{}\"\n",
+        "workers = 2\nsplice = \"userspace\"\n[[listener]]\naddress = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[timeouts]\ndrain = \"10s\"\n[drain]\nwindow = \"60s\"\njitter = 0.0\n[[route]]\nupstream = \"u\"\n[[upstream.u.servers]]\naddress = \"{}\"\n",
         up.addr
     );
     let g = Gateway::with_config(&toml, &[]);

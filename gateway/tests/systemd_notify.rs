@@ -38,7 +38,7 @@ fn ready_once_serving_status_while_running_stopping_at_sigterm() {
     let manager = UnixDatagram::bind(&path).unwrap();
     let up = RawUpstream::switching(b"");
     let config = format!(
-        "workers = 2\nsplice = \"userspace\"\n[[listener]]\naddress = \"127.0.0.1:0\"\n[timeouts]\ndrain = \"2s\"\n[[route]]\npath = \"/\"\nupstream = \"u\"\n[upstream.u]\nservers = [\"{}\"]\n",
+        "workers = 2\nsplice = \"userspace\"\n[[listener]]\naddress = \"127.0.0.1:0\"\n[timeouts]\ndrain = \"2s\"\n[drain]\nwindow = \"1s\"\njitter = 0.0\nclose_timeout = \"1s\"\n[[route]]\npath = \"/\"\nupstream = \"u\"\n[upstream.u]\nservers = [\"{}\"]\n",
         up.addr
     );
     let mut gw = Gateway::builder().config(&config).env("NOTIFY_SOCKET", path.to_str().unwrap()).start();
