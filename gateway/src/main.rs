@@ -61,8 +61,13 @@ fn release_freed_memory() {
 }
 
 /// `wsgate check` for TLS listeners: every certificate and key is read, each key
-/// must match its certificate, and certificates that expire soon are warned about.
+/// must match its certificate, each chain must be in order, each OCSP response must be
+/// for its certificate, and certificates (and staples) that expire soon are warned
+/// about. Says whether the kernel has kTLS.
 fn check_tls(config: &wsgate::config::Config) -> anyhow::Result<()> {
+    if config.listeners.iter().any(|l| l.tls.is_some()) {
+        println!("wsgate: {}", wsgate::tls::ktls::probe());
+    }
     for (i, l) in config.listeners.iter().enumerate() {
         let Some(tls) = &l.tls else { continue };
         let field = format!("listener[{i}].tls");

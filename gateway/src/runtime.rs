@@ -361,6 +361,9 @@ fn preflight(config: &Config) -> Result<()> {
 /// Each listener's TLS acceptor (`None` for a plain listener), its files loaded and
 /// checked once for all workers.
 fn tls_acceptors(config: &Config) -> Result<Vec<Option<Acceptor>>> {
+    if config.listeners.iter().any(|l| l.tls.is_some()) {
+        tracing::info!("{}", crate::tls::ktls::probe());
+    }
     config
         .listeners
         .iter()

@@ -21,6 +21,12 @@ pub struct TlsConfig {
     /// PEM file with the private key of `cert` (PKCS#8, PKCS#1 or SEC1).
     #[serde(default)]
     pub key: Option<PathBuf>,
+    /// DER file with an OCSP response for `cert`, stapled to handshakes (refresh it
+    /// with `openssl ocsp … -respout FILE` from a timer, then reload). Checked at load:
+    /// successful, for this leaf, status good; past its `nextUpdate` it is not stapled
+    /// and a warning says so.
+    #[serde(default)]
+    pub ocsp: Option<PathBuf>,
     /// Certificates chosen by SNI, tried in order: exact names first over all
     /// entries, then wildcards.
     #[serde(default)]
@@ -39,12 +45,15 @@ pub struct SniCertConfig {
     pub cert: PathBuf,
     /// PEM file with its private key.
     pub key: PathBuf,
+    /// DER file with an OCSP response for `cert` to staple (as the listener's `ocsp`).
+    #[serde(default)]
+    pub ocsp: Option<PathBuf>,
 }
 
 impl TlsConfig {
     /// The one-line form (`--tls-cert`, `--tls-key`): one default certificate.
     pub fn default_only(cert: PathBuf, key: PathBuf) -> Self {
-        Self { cert: Some(cert), key: Some(key), sni: Vec::new() }
+        Self { cert: Some(cert), key: Some(key), ocsp: None, sni: Vec::new() }
     }
 }
 

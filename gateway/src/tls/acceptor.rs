@@ -46,8 +46,10 @@ pub struct Loaded {
 }
 
 impl Loaded {
-    /// One line per certificate that expires within [`EXPIRY_WARNING`] (or has).
+    /// One line per certificate that expires within [`EXPIRY_WARNING`] (or has), and
+    /// per stale OCSP response.
     pub fn expiry_warnings(&self) -> Vec<String> {
+        let stale = self.certs.iter().flat_map(|(_, c)| c.warnings.iter().cloned());
         self.certs
             .iter()
             .filter(|(_, c)| c.valid_for() < EXPIRY_WARNING)
@@ -59,6 +61,7 @@ impl Loaded {
                     format!("{field}.cert: the certificate expires in {} days", left.as_secs() / 86_400)
                 }
             })
+            .chain(stale)
             .collect()
     }
 }
@@ -67,11 +70,13 @@ impl Loaded {
 pub fn load(field: &str, tls: &TlsConfig) -> Result<Loaded, TlsSetupError> {
     let mut out = Vec::new();
     if let (Some(cert), Some(key)) = (&tls.cert, &tls.key) {
-        out.push((field.to_owned(), certs::load(field, cert, key)?));
+        let files = certs::Files { cert, key, ocsp: tls.ocsp.as_deref() };
+        out.push((field.to_owned(), certs::load(field, files)?));
     }
     for (j, entry) in tls.sni.iter().enumerate() {
         let f = format!("{field}.sni[{j}]");
-        let loaded = certs::load(&f, &entry.cert, &entry.key)?;
+        let files = certs::Files { cert: &entry.cert, key: &entry.key, ocsp: entry.ocsp.as_deref() };
+        let loaded = certs::load(&f, files)?;
         out.push((f, loaded));
     }
     if out.is_empty() {

@@ -3,14 +3,18 @@
 //! ([`acceptor`]), the handshake of one accepted connection ([`handshake`]) and the
 //! encrypted stream the connection phases then read and write ([`stream`]).
 //!
-//! TLS 1.2 and 1.3 only, rustls's safe defaults, ALPN `http/1.1`. This kernel has no
-//! kTLS, so a TLS pair is always relayed in userspace (`crate::relay_tls`); this
+//! TLS 1.2 and 1.3 only, rustls's safe defaults, ALPN `http/1.1`, an OCSP staple from a
+//! file ([`ocsp`]). This kernel has no kTLS ([`ktls`] asks the kernel, and holds the
+//! design for splicing TLS pairs where it exists), so a TLS pair is always relayed in
+//! userspace (`crate::relay_tls`); this
 //! module must never hand a TLS socket to the kernel splice, nor log a failed
 //! handshake at error level (clients cause them: they are counted by reason).
 
 pub mod acceptor;
 pub mod certs;
 pub mod handshake;
+pub mod ktls;
+pub mod ocsp;
 pub mod sni;
 pub mod stream;
 

@@ -51,6 +51,14 @@ impl Pki {
         self.dir.0.join("ca.pem")
     }
 
+    /// The CA's private key, written to a PEM file (for tools that sign as the CA,
+    /// such as `openssl ocsp`).
+    pub fn ca_key_file(&self) -> PathBuf {
+        let path = self.dir.0.join("ca.key");
+        std::fs::write(&path, self.ca_key.serialize_pem()).unwrap();
+        path
+    }
+
     /// Issues a certificate for `names` (CN = the first), valid for `days` from now;
     /// its file holds the leaf, then the CA (a chain).
     pub fn issue_for(&self, stem: &str, names: &[&str], days: i64) -> Issued {
