@@ -13,6 +13,7 @@ pub mod config;
 pub mod conn;
 pub mod drain;
 pub mod error;
+pub mod h2;
 pub mod http;
 pub mod io;
 pub mod lifetimes;

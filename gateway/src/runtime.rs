@@ -368,7 +368,14 @@ fn tls_acceptors(config: &Config) -> Result<Vec<Option<Acceptor>>> {
         .listeners
         .iter()
         .enumerate()
-        .map(|(i, l)| l.tls.as_ref().map(|tls| Acceptor::from_config(&format!("listener[{i}].tls"), tls)).transpose())
+        .map(|(i, l)| {
+            l.tls
+                .as_ref()
+                .map(|tls| {
+                    Acceptor::from_config(&format!("listener[{i}].tls"), tls).map(|a| a.offer_h2(config.http2.enabled))
+                })
+                .transpose()
+        })
         .collect::<Result<_, _>>()
         .map_err(RunError::Tls)
 }

@@ -34,6 +34,8 @@ pub const TEST: &[Need] = &[
     Need::File("/usr/lib/python3/dist-packages/h11/__init__.py", "python3-h11"),
     // The drain and TLS tests' strict WebSocket clients.
     Need::File("/usr/lib/python3/dist-packages/websockets/__init__.py", "python3-websockets"),
+    // The HTTP/2 tests' client (RFC 8441 WebSocket streams, plain requests, resets).
+    Need::File("/usr/lib/python3/dist-packages/h2/__init__.py", "python3-h2"),
     // libFuzzer (libfuzzer-sys) is C++: the fuzz step of the suite builds it.
     Need::Program("g++", "g++"),
     // The TLS tests' clients: `openssl s_client`, Python `websockets` (the system

@@ -18,6 +18,7 @@ mod drain;
 mod error;
 mod hash_key;
 mod health_check;
+mod http2;
 mod keepalive;
 mod limits;
 mod listener;
@@ -45,6 +46,7 @@ pub use drain::DrainConfig;
 pub use error::{ConfigError, ParseError};
 pub use hash_key::HashKey;
 pub use health_check::{HealthCheckConfig, parse_statuses};
+pub use http2::Http2Config;
 pub use keepalive::KeepaliveConfig;
 pub use limits::{DEFAULT_MAX_HEADERS, Limits};
 pub use listener::{ListenerConfig, Scheme};
@@ -97,6 +99,8 @@ pub struct Config {
     pub log: LogConfig,
     /// TCP keepalive and `TCP_USER_TIMEOUT` on client and upstream sockets (dead peers).
     pub keepalive: KeepaliveConfig,
+    /// HTTP/2 on TLS listeners: WebSocket over HTTP/2 (RFC 8441) and its limits.
+    pub http2: Http2Config,
 }
 
 impl Config {

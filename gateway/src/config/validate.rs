@@ -36,6 +36,7 @@ impl Config {
             }
         }
         self.validate_drain()?;
+        self.validate_http2()?;
         if !(512..=1024 * 1024).contains(&self.limits.max_header_bytes) {
             return Err(invalid("limits.max_header_bytes", "must be between 512 and 1048576"));
         }
@@ -117,6 +118,26 @@ impl Config {
         }
         if ka.user_timeout.as_millis() > u128::from(u32::MAX) {
             return Err(invalid("keepalive.user_timeout", "must be below 49 days"));
+        }
+        Ok(())
+    }
+
+    fn validate_http2(&self) -> Result<(), ConfigError> {
+        const WINDOW: std::ops::RangeInclusive<u32> = 65_535..=(1 << 31) - 1;
+        let h = &self.http2;
+        if h.max_concurrent_streams == 0 {
+            return Err(invalid("http2.max_concurrent_streams", "must be at least 1"));
+        }
+        if !(1024..=1024 * 1024).contains(&h.max_header_list_size) {
+            return Err(invalid("http2.max_header_list_size", "must be between 1024 and 1048576"));
+        }
+        for (field, w) in [("http2.stream_window", h.stream_window), ("http2.connection_window", h.connection_window)] {
+            if !WINDOW.contains(&w) {
+                return Err(invalid(field, "must be between 65535 and 2147483647 bytes"));
+            }
+        }
+        if h.max_resets_per_second == 0 {
+            return Err(invalid("http2.max_resets_per_second", "must be at least 1"));
         }
         Ok(())
     }

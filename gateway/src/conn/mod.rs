@@ -118,6 +118,9 @@ pub async fn serve(
             match crate::tls::handshake::accept(client, acceptor.config, &worker.ring, deadline, &worker.stats.tls)
                 .await
             {
+                Ok(stream) if stream.conn().alpn_protocol() == Some(b"h2") => {
+                    return crate::h2::serve(Box::new(stream), peer, worker, active).await;
+                }
                 Ok(stream) => ClientIo::Tls(Box::new(stream)),
                 Err(failed) => {
                     tracing::debug!(client = %peer, reason = failed.why.as_str(), "TLS handshake failed: {}", failed.detail);

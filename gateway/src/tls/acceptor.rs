@@ -26,8 +26,10 @@ pub struct TlsSetupError {
     pub reason: String,
 }
 
-/// ALPN protocols offered, best first (`h2` joins once HTTP/2 is served).
+/// ALPN protocols offered when HTTP/2 is off.
 pub const ALPN: &[&[u8]] = &[b"http/1.1"];
+/// ALPN protocols offered with HTTP/2 on (`http2.enabled`), best first.
+pub const ALPN_H2: &[&[u8]] = &[b"h2", b"http/1.1"];
 
 /// Certificates expiring sooner than this are warned about.
 pub const EXPIRY_WARNING: Duration = Duration::from_hours(21 * 24);
@@ -106,6 +108,15 @@ impl Acceptor {
         config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
         config.ticketer = provider::Ticketer::new().map_err(|e| setup(format!("session tickets: {e}")))?;
         Ok(Self { config: Arc::new(config) })
+    }
+
+    /// Offers `h2` in ALPN before `http/1.1` when `on` (`http2.enabled`).
+    #[must_use]
+    pub fn offer_h2(mut self, on: bool) -> Self {
+        if on {
+            Arc::make_mut(&mut self.config).alpn_protocols = ALPN_H2.iter().map(|p| p.to_vec()).collect();
+        }
+        self
     }
 
     /// Loads and builds in one step (start-up).

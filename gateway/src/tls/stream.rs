@@ -99,23 +99,24 @@ impl TlsStream {
         if buf.len() == buf.capacity() {
             return Err(io::Error::other("recv_into with a full buffer"));
         }
+        let start = buf.len();
+        buf.resize(buf.capacity(), 0);
+        let read = self.read_plain(&mut buf[start..]);
+        buf.truncate(start + *read.as_ref().unwrap_or(&0));
+        read
+    }
+
+    /// Decrypts into `out` (not empty) without waiting: as [`Self::recv_into`].
+    pub fn read_plain(&self, out: &mut [u8]) -> io::Result<usize> {
         loop {
-            let start = buf.len();
-            buf.resize(buf.capacity(), 0);
-            let read = self.conn.borrow_mut().reader().read(&mut buf[start..]);
+            let read = self.conn.borrow_mut().reader().read(out);
             match read {
-                Ok(n) => {
-                    buf.truncate(start + n);
-                    return Ok(n);
-                }
-                Err(e) => {
-                    buf.truncate(start);
-                    match e.kind() {
-                        io::ErrorKind::WouldBlock => {}
-                        io::ErrorKind::UnexpectedEof => return Ok(0),
-                        _ => return Err(e),
-                    }
-                }
+                Ok(n) => return Ok(n),
+                Err(e) => match e.kind() {
+                    io::ErrorKind::WouldBlock => {}
+                    io::ErrorKind::UnexpectedEof => return Ok(0),
+                    _ => return Err(e),
+                },
             }
             // Nothing decrypted: take more records from the socket (`WouldBlock` when none).
             self.read_records()?;
@@ -146,8 +147,19 @@ impl TlsStream {
         }
     }
 
+    /// Encrypts what of `data` fits under rustls's buffer limit, without waiting;
+    /// [`Self::send_queued_now`] then writes it.
+    pub fn queue_plain(&self, data: &[u8]) -> io::Result<usize> {
+        self.conn.borrow_mut().writer().write(data)
+    }
+
+    /// TLS records are queued that the socket has not taken yet.
+    pub fn wants_write(&self) -> bool {
+        self.conn.borrow().wants_write()
+    }
+
     /// Writes what of the queued TLS records the socket takes now.
-    fn send_queued_now(&self) -> io::Result<()> {
+    pub fn send_queued_now(&self) -> io::Result<()> {
         let mut conn = self.conn.borrow_mut();
         while conn.wants_write() {
             match conn.write_tls(&mut Sock(&self.tcp)) {
