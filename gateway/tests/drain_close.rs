@@ -156,9 +156,7 @@ fn two_thousand_websockets_half_spliced_drain_over_five_seconds() {
     eprintln!("userspace close times (s, closes): {:?}", histogram(&userspace, start));
     eprintln!("spliced close times (s, closes): {:?}", histogram(&spliced, start));
     assert_going_away(&userspace);
-    for e in &spliced {
-        assert!(e.bad == 0 && e.code == Some(1006), "{e:?}");
-    }
+    assert_going_away(&spliced);
     let silent = userspace.iter().chain(&spliced).filter(|e| e.echoed == 0).count();
     let echoed: u64 = userspace.iter().chain(&spliced).map(|e| e.echoed).sum();
     eprintln!("{echoed} messages echoed intact; {silent} connections saw no echo before their close");

@@ -168,8 +168,7 @@ async fn until_end(up: &Direction<'_>, down: &Direction<'_>, sweep: Registration
     let mut sweep = pin!(sweep);
     let (mut up_done, mut down_done) = (false, false);
     let mut stopped = [false; 2];
-    let deadline = pin!(tokio::time::sleep(Duration::MAX));
-    let mut deadline = deadline;
+    let mut deadline = pin!(tokio::time::sleep(Duration::MAX));
     loop {
         if stop.is_set() && (up_done || stopped[0]) && (down_done || stopped[1]) {
             break End::GoingAway { open: [!up_done, !down_done] };
