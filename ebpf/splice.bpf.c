@@ -204,39 +204,147 @@ static __always_inline int pass(struct splice_dir *d, __u64 len)
 	return SK_PASS;
 }
 
-SEC("sk_skb/stream_verdict")
-int splice_verdict(struct __sk_buff *skb)
+/*
+ * WebSocket frame tracking (see struct splice_frames). The program reads only
+ * frame headers (2 to 14 bytes each) and skips payloads by count, one step of
+ * bpf_loop per header or payload, so the cost grows with the frames in an skb,
+ * not its bytes. Past TRACK_STEPS steps in one skb it stops and marks the
+ * direction unknown rather than guess; 2^17 steps follow an skb of 256 KiB of
+ * empty frames, more than TCP queues in one skb here.
+ */
+#define TRACK_STEPS (1 << 17)
+#define OPCODE_CLOSE 0x8
+
+/* One run of the tracker over one skb, on the verdict's stack. */
+struct frame_run {
+	struct __sk_buff *skb;
+	__u64 left;
+	__u32 pos;
+	__u32 len;
+	__u32 have;
+	__u32 flags;
+	__u8 head[16];
+};
+
+/* Length of a frame header whose second byte is b1: 2, plus 2 or 8 for an
+ * extended length, plus 4 for a mask. */
+static __always_inline __u32 header_len(__u8 b1)
 {
-	__u64 cookie = bpf_get_socket_cookie(skb);
-	struct splice_link *link;
-	struct splice_conn *conn;
-	struct splice_dir *d;
-	__u64 len;
+	__u32 n = 2;
+
+	if ((b1 & 0x7f) == 126)
+		n += 2;
+	else if ((b1 & 0x7f) == 127)
+		n += 8;
+	if (b1 & 0x80)
+		n += 4;
+	return n;
+}
+
+/* A whole header h is in: its payload starts. */
+static __always_inline void start_payload(struct frame_run *t, const __u8 *h)
+{
+	__u8 n = h[1] & 0x7f;
+
+	if (n == 126) {
+		t->left = ((__u64)h[2] << 8) | h[3];
+	} else if (n == 127) {
+		__u64 v = 0;
+
+		for (int i = 2; i < 10; i++)
+			v = (v << 8) | h[i];
+		t->left = v;
+	} else {
+		t->left = n;
+	}
+	if ((h[0] & 0x0f) == OPCODE_CLOSE)
+		t->flags |= SPLICE_FRAMES_IN_CLOSE;
+	else
+		t->flags &= ~SPLICE_FRAMES_IN_CLOSE;
+	t->have = 0;
+	if (t->left == 0 && (t->flags & SPLICE_FRAMES_IN_CLOSE))
+		t->flags |= SPLICE_FRAMES_CLOSE_SEEN;
+}
+
+/* One step: skip payload, read a whole header at once, or (near the end of
+ * the skb, or for a header split across skbs) one header byte. */
+static long track_step(__u32 i, void *ctx)
+{
+	struct frame_run *t = ctx;
+	__u32 pos = t->pos, len = t->len, have = t->have;
+	__u8 h[14];
+	__u8 b;
+
+	if (pos >= len)
+		return 1;
+	if (t->left > 0) {
+		__u64 rest = len - pos;
+		__u64 skip = t->left < rest ? t->left : rest;
+
+		t->left -= skip;
+		t->pos = pos + (__u32)skip;
+		if (t->left == 0 && (t->flags & SPLICE_FRAMES_IN_CLOSE))
+			t->flags |= SPLICE_FRAMES_CLOSE_SEEN;
+		return 0;
+	}
+	if (have == 0 && len - pos >= sizeof(h)) {
+		if (bpf_skb_load_bytes(t->skb, pos, h, sizeof(h)))
+			goto unknown;
+		t->pos = pos + header_len(h[1]);
+		start_payload(t, h);
+		return 0;
+	}
+	if (have >= 14 || bpf_skb_load_bytes(t->skb, pos, &b, 1))
+		goto unknown;
+	t->head[have & 15] = b;
+	have++;
+	t->have = have;
+	t->pos = pos + 1;
+	if (have >= 2 && have == header_len(t->head[1]))
+		start_payload(t, t->head);
+	return 0;
+unknown:
+	t->flags |= SPLICE_FRAMES_UNKNOWN;
+	return 1;
+}
+
+/* Runs the tracker of direction f over the skb's len bytes. */
+static __always_inline void track_frames(struct __sk_buff *skb, __u32 len,
+					 struct splice_frames *f)
+{
+	struct frame_run t = {};
+
+	if (f->flags & SPLICE_FRAMES_UNKNOWN)
+		return;
+	t.skb = skb;
+	t.len = len;
+	t.left = f->left;
+	t.have = f->have;
+	t.flags = f->flags;
+	__builtin_memcpy(t.head, f->head, sizeof(f->head));
+	bpf_loop(TRACK_STEPS, track_step, &t, 0);
+	if (t.pos < t.len)
+		t.flags |= SPLICE_FRAMES_UNKNOWN;
+	WRITE_ONCE(f->left, t.left);
+	__builtin_memcpy(f->head, t.head, sizeof(f->head));
+	WRITE_ONCE(f->have, (__u8)t.have);
+	WRITE_ONCE(f->flags, (__u8)t.flags);
+}
+
+/* Redirects the skb of direction d to the peer, or passes it to userspace
+ * (over budget, draining, or while passed bytes wait to be forwarded). */
+static __always_inline int route(struct __sk_buff *skb,
+				 struct splice_link *link, struct splice_dir *d,
+				 __u64 draining)
+{
+	__u64 len = skb->len;
 	__u64 held = 0;
 	int looked = 0;
-	__u32 slot;
 
-	/* An skb without payload only carried a FIN, which TCP has already
-	 * processed (the socket is in CLOSE_WAIT and reads return 0). It must
-	 * not reach a psock queue: behind queued bytes, a zero-length skb makes
-	 * the psock backlog report EPIPE and stop, stranding every later byte.
-	 * Dropping it loses nothing. */
-	if (skb->len == 0)
-		return SK_DROP;
-	link = bpf_map_lookup_elem(&links, &cookie);
-	if (!link)
-		return SK_PASS;
-	slot = link->slot;
-	conn = bpf_map_lookup_elem(&conns, &slot);
-	if (!conn)
-		return SK_PASS;
-	d = &conn->dir[link->dir & 1];
-	WRITE_ONCE(conn->last_active_ns, bpf_ktime_get_coarse_ns());
-	if (READ_ONCE(d->broken))
-		return SK_DROP;
-	if (skip_handed_on(skb, cookie, d) != FRESH)
-		return SK_DROP;
-	len = skb->len;
+	/* The drain is taking the pair back: userspace relays every byte
+	 * from here on, up to the end of the frame in progress. */
+	if (draining)
+		return pass(d, len);
 
 	/* Once anything was passed, keep passing until userspace has written
 	 * it to the peer: redirecting now would overtake those bytes. */
@@ -266,6 +374,56 @@ int splice_verdict(struct __sk_buff *skb)
 	if (looked && held + len > d->held_max)
 		WRITE_ONCE(d->held_max, held + len);
 	return SK_PASS;
+}
+
+SEC("sk_skb/stream_verdict")
+int splice_verdict(struct __sk_buff *skb)
+{
+	__u64 cookie = bpf_get_socket_cookie(skb);
+	struct splice_link *link;
+	struct splice_conn *conn;
+	struct splice_frames *f;
+	struct splice_dir *d;
+	__u64 draining;
+	__u32 slot, dir;
+	int verdict;
+
+	/* An skb without payload only carried a FIN, which TCP has already
+	 * processed (the socket is in CLOSE_WAIT and reads return 0). It must
+	 * not reach a psock queue: behind queued bytes, a zero-length skb makes
+	 * the psock backlog report EPIPE and stop, stranding every later byte.
+	 * Dropping it loses nothing. */
+	if (skb->len == 0)
+		return SK_DROP;
+	link = bpf_map_lookup_elem(&links, &cookie);
+	if (!link)
+		return SK_PASS;
+	slot = link->slot;
+	conn = bpf_map_lookup_elem(&conns, &slot);
+	if (!conn)
+		return SK_PASS;
+	dir = link->dir & 1;
+	d = &conn->dir[dir];
+	f = &conn->frames[dir];
+	WRITE_ONCE(conn->last_active_ns, bpf_ktime_get_coarse_ns());
+	if (READ_ONCE(d->broken))
+		return SK_DROP;
+	if (skip_handed_on(skb, cookie, d) != FRESH)
+		return SK_DROP;
+
+	/* Frames and counters change together inside one odd `seq` (verdicts
+	 * of one socket never run at once). The atomic add orders the read of
+	 * `draining` after it: a userspace that sets `draining` and then reads
+	 * an even `seq` knows every later verdict sees the flag. Once draining,
+	 * the frames stay where they were: userspace follows them from there.
+	 */
+	__sync_fetch_and_add(&f->seq, 1);
+	draining = READ_ONCE(conn->draining);
+	if (!draining)
+		track_frames(skb, skb->len, f);
+	verdict = route(skb, link, d, draining);
+	__sync_fetch_and_add(&f->seq, 1);
+	return verdict;
 }
 
 char _license[] SEC("license") = "GPL";

@@ -45,11 +45,41 @@ struct splice_dir {
 /* Marks splice_dir.next_seq as known (sequence numbers are 32 bits). */
 #define SPLICE_SEQ_SET (1ULL << 32)
 
+/*
+ * WebSocket frame state of one direction (RFC 6455 section 5.2), updated by
+ * the program for every skb before it is redirected or passed, so that
+ * userspace knows where the current frame ends when it takes a draining pair
+ * back. Userspace seeds it before the pair is published (from the frames it
+ * relayed itself) and reads it under `seq`: the program makes `seq` odd while
+ * it updates this struct and the direction's redirected/passed counters, so
+ * an even `seq` read before and after the fields makes a consistent picture of
+ * the stream at byte redirected + passed.
+ */
+struct splice_frames {
+	__u64 left;    /* payload bytes left in the current frame */
+	__u64 seq;     /* odd while the program updates the state */
+	__u8 head[14]; /* the frame header read so far */
+	__u8 have;  /* bytes of head held; 0 between frames and in a payload */
+	__u8 flags; /* SPLICE_FRAMES_* */
+};
+
+/* splice_frames.flags: where frames end is not known (bytes went by untracked,
+ * or an skb held more frames than the program follows in one run). */
+#define SPLICE_FRAMES_UNKNOWN 1
+/* The current (or last) frame is a Close. */
+#define SPLICE_FRAMES_IN_CLOSE 2
+/* A whole Close frame has gone by. */
+#define SPLICE_FRAMES_CLOSE_SEEN 4
+
 /* Per-pair state: one element of the mmap-able `conns` array. */
 struct splice_conn {
 	struct splice_dir dir[2];
 	__u64 last_active_ns; /* CLOCK_MONOTONIC_COARSE of the last skb */
 	__u64 generation; /* bumped by userspace each time the slot is reused */
+	struct splice_frames frames[2]; /* per direction, like dir */
+	__u64 draining; /* written by userspace: non-zero passes every skb of
+			   both directions to userspace (the drain's takeover)
+			 */
 };
 
 #endif /* WSGATE_SPLICE_H */

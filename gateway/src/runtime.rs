@@ -302,7 +302,7 @@ fn worker(setup: WorkerSetup, sockets: Vec<Socket>) -> Result<()> {
         let buffers = BufPool::new(setup.config.relay.buffer_size, setup.config.relay.pool_buffers);
         let pacer = Rc::new(Pacer::new(&setup.config.drain, setup.config.worker_count()));
         if let Some(p) = &pairs {
-            p.pace_drain(pacer.clone());
+            p.pace_drain(pacer.clone(), setup.config.drain.close_timeout);
         }
         let state = Rc::new(Worker {
             config: setup.config,

@@ -1,7 +1,7 @@
-//! The drain's close reasons are counted: at SIGTERM, userspace-relayed WebSockets
-//! get their Close 1001 at their turn in `drain.window` (`close=drain`), spliced pairs
-//! are closed at theirs (`close=shutdown`); the access log and the closed-by-reason
-//! counter in the process's last line say so.
+//! The drain's close reasons are counted: at SIGTERM, WebSockets get their Close 1001
+//! at their turn in `drain.window` (`close=drain`), relayed in userspace or spliced
+//! alike; the access log and the closed-by-reason counter in the process's last line
+//! say so.
 //!
 //! The admin plane stops with the process, right after the last connection closes,
 //! so no scrape can be sure to see the last closes; the counter the scrape reads is
@@ -83,9 +83,9 @@ fn sigterm_counts_userspace_websockets_closed_by_drain() {
 }
 
 #[test]
-fn sigterm_counts_spliced_websockets_closed_by_shutdown() {
+fn sigterm_counts_spliced_websockets_closed_by_drain() {
     if splice_util::splicer_or_skip("admin_shutdown_spliced", 16, 1 << 20).is_none() {
         return;
     }
-    sigterm_counts_drain_closes("sockmap", "shutdown");
+    sigterm_counts_drain_closes("sockmap", "drain");
 }

@@ -134,7 +134,7 @@ pub async fn websocket(
     facts.conn.set_mode(ActiveMode::Handover);
     // The userspace path is boxed: the handshake's future stays small, and a spliced
     // pair leaves it altogether (parked, it is a table row, not a task).
-    match Box::pin(pairs.splice(client, upstream, Vec::new())).await {
+    match Box::pin(pairs.splice_frames(client, upstream, Vec::new(), opts.frames)).await {
         Ok(pair) => {
             facts.conn.spliced(pair.live_slot(), [facts.bytes_in, facts.bytes_out]);
             return Some(Handoff { pair, admitted, live, after_userspace: !delay.is_zero() });

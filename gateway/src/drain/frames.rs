@@ -10,6 +10,24 @@
 /// Opcode of a Close frame.
 const OPCODE_CLOSE: u8 = 0x8;
 
+/// A [`FrameTracker`]'s whole state as plain values: what the kernel splice keeps per
+/// direction (`struct splice_frames` in `ebpf/splice.h`), to seed it and to read it back.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FrameState {
+    /// The header read so far (only while `have > 0`).
+    pub head: [u8; 14],
+    /// Bytes of `head` read so far.
+    pub have: u8,
+    /// Payload bytes left in the current frame.
+    pub left: u64,
+    /// The current (or last) frame is a Close.
+    pub in_close: bool,
+    /// A whole Close frame has gone by.
+    pub close_seen: bool,
+    /// Bytes went by untracked: where frames end is not known.
+    pub lost: bool,
+}
+
 /// Frame state of one direction of a WebSocket.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FrameTracker {
@@ -36,6 +54,26 @@ impl FrameTracker {
     /// A stream where bytes went by untracked: it has no known boundary.
     pub fn lost() -> Self {
         Self { lost: true, ..Self::default() }
+    }
+
+    /// The whole state, as the kernel splice keeps it.
+    pub fn state(&self) -> FrameState {
+        let Self { head, have, left, in_close, close_seen, lost } = *self;
+        FrameState { head, have, left, in_close, close_seen, lost }
+    }
+
+    /// A tracker in `state`; a state no tracker can be in (more header bytes than a
+    /// header has) has no known boundary.
+    pub fn from_state(state: FrameState) -> Self {
+        let FrameState { head, have, left, in_close, close_seen, lost } = state;
+        let t = Self { head, have, left, in_close, close_seen, lost };
+        let sane = have == 0 || (have < 14 && usize::from(have) < t.header_needed() && left == 0);
+        if sane { t } else { Self::lost() }
+    }
+
+    /// Whether where frames end is not known (bytes went by untracked).
+    pub fn is_lost(&self) -> bool {
+        self.lost
     }
 
     /// Accounts for `bytes`, the next bytes of the stream.

@@ -14,5 +14,5 @@ pub mod close_frame;
 pub mod frames;
 pub mod pacer;
 
-pub use frames::FrameTracker;
+pub use frames::{FrameState, FrameTracker};
 pub use pacer::Pacer;

@@ -104,6 +104,11 @@ impl Direction<'_> {
         self.word(DirField::Passed).load(Ordering::Acquire) > self.word(DirField::Forwarded).load(Ordering::Acquire)
     }
 
+    /// Passed bytes userspace has written to the peer.
+    pub fn forwarded(&self) -> u64 {
+        self.word(DirField::Forwarded).load(Ordering::Acquire)
+    }
+
     /// The program met retransmitted bytes it could not trim off an skb and dropped
     /// it: the stream has a hole, and the pair must be reset.
     pub fn broken(&self) -> bool {

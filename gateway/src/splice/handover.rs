@@ -12,6 +12,10 @@
 //! passed to userspace, and the verdict keeps passing that direction until
 //! supervision has forwarded it, so nothing overtakes it.
 //!
+//! The WebSocket frame state of each direction (where the frames stand at the first
+//! byte the program will see: after the client bytes forwarded here, at the start of
+//! the upstream's still-queued 101 head) seeds the program's frame tracker.
+//!
 //! Returns the pair in the kernel ([`Pair`]) to its owner (`worker`). Must never
 //! write to either socket after the state is published except through the
 //! forwarding accounting of `backpressure`, and never park or supervise a pair.
@@ -25,6 +29,7 @@ use tokio_uring::net::TcpStream;
 use super::backpressure::write_all;
 use super::kernel::{Inner, InsertError, Pair, insert_pair};
 use crate::close::Side;
+use crate::drain::FrameTracker;
 use crate::readiness::Ring;
 
 /// Read size while draining the client before insertion (on the handover's stack).
@@ -70,15 +75,17 @@ pub(super) async fn splice(
     client: TcpStream,
     upstream: TcpStream,
     client_early: Vec<u8>,
+    mut frames: [FrameTracker; 2],
 ) -> Result<Pair, HandoverError> {
     let counters = &inner.counters;
+    frames[0].feed(&client_early);
     let mut early = client_early.len() as u64;
     if let Err(source) = write_all(ring, upstream.as_raw_fd(), &client_early).await {
         counters.handover_failed.fetch_add(1, Ordering::Relaxed);
         return Err(HandoverError::Failed { side: Side::Upstream, source });
     }
     drop(client_early);
-    match drain_client(ring, client.as_raw_fd(), upstream.as_raw_fd(), inner.budget).await {
+    match drain_client(ring, client.as_raw_fd(), upstream.as_raw_fd(), inner.budget, &mut frames[0]).await {
         Ok(Drained::Empty(n)) => early += n,
         Ok(Drained::Closed(n)) => {
             counters.handover_failed.fetch_add(1, Ordering::Relaxed);
@@ -102,7 +109,7 @@ pub(super) async fn splice(
         let (reason, forwarded) = ("out of file descriptors", early);
         return Err(HandoverError::NotSpliced { client, upstream, reason, forwarded });
     };
-    match insert_pair(inner, client.as_raw_fd(), upstream.as_raw_fd()) {
+    match insert_pair(inner, client.as_raw_fd(), upstream.as_raw_fd(), frames) {
         Ok(ins) => {
             counters.spliced.fetch_add(1, Ordering::Relaxed);
             counters.active.fetch_add(1, Ordering::Relaxed);
@@ -133,16 +140,23 @@ enum Drained {
     Busy(u64),
 }
 
-/// Reads the client until EAGAIN, forwarding everything to the upstream. Usually
-/// the queue is empty and one `recv` says so; the small buffer keeps that case free
-/// of a large allocation.
-async fn drain_client(ring: &Ring, client: RawFd, upstream: RawFd, limit: u64) -> Result<Drained, (Side, io::Error)> {
+/// Reads the client until EAGAIN, forwarding everything to the upstream and following
+/// its frames in `frames`. Usually the queue is empty and one `recv` says so; the
+/// small buffer keeps that case free of a large allocation.
+async fn drain_client(
+    ring: &Ring,
+    client: RawFd,
+    upstream: RawFd,
+    limit: u64,
+    frames: &mut FrameTracker,
+) -> Result<Drained, (Side, io::Error)> {
     let mut total = 0u64;
     let mut buf = [0u8; DRAIN_CHUNK];
     loop {
         match crate::io::recv(&client, &mut buf, 0) {
             Ok(0) => return Ok(Drained::Closed(total)),
             Ok(n) => {
+                frames.feed(&buf[..n]);
                 write_all(ring, upstream, &buf[..n]).await.map_err(|e| (Side::Upstream, e))?;
                 total += n as u64;
                 if total > limit {

@@ -19,7 +19,22 @@ use aya::Ebpf;
 use aya::maps::{MapData, SockHash};
 
 use super::counters::Counters;
-use super::shared::{self, Conn, DirField, Link, TO_CLIENT, TO_UPSTREAM};
+use super::frame_state;
+use super::shared::{self, Conn, DirField, FramesWord, Link, TO_CLIENT, TO_UPSTREAM};
+use crate::drain::FrameTracker;
+
+/// Reads of a direction's frames before giving up on a consistent one (each verdict
+/// keeps `seq` odd for a few microseconds).
+const FREEZE_TRIES: u32 = 10_000;
+
+/// Where one direction's frames stood when the program stopped following them, and
+/// the bytes it had passed to userspace by then (the frames count them: the bytes
+/// userspace has yet to read of those are behind the frames' position).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Frozen {
+    pub frames: FrameTracker,
+    pub passed: u64,
+}
 
 /// The loaded program, its maps and the free slots; shared by every worker.
 pub(super) struct Inner {
@@ -59,6 +74,12 @@ impl Inner {
                 self.conns.word(base + f.offset(dir)).store(0, Ordering::Relaxed);
             }
         }
+        for dir in 0..2 {
+            for w in [FramesWord::Left, FramesWord::Seq, FramesWord::HeadLow, FramesWord::HeadHigh] {
+                self.conns.word(base + w.offset(dir)).store(0, Ordering::Relaxed);
+            }
+        }
+        self.conns.word(base + shared::DRAINING).store(0, Ordering::Relaxed);
         self.conns.word(base + shared::LAST_ACTIVE).store(crate::io::bpf::coarse_now_ns(), Ordering::Relaxed);
         self.conns.word(base + shared::GENERATION).fetch_add(1, Ordering::Relaxed);
         Some(slot)
@@ -73,6 +94,53 @@ impl Inner {
     /// One field of one direction of a slot, shared with the program.
     pub fn dir_word(&self, slot: u32, dir: usize, field: DirField) -> &AtomicU64 {
         self.conns.word(slot as usize * size_of::<Conn>() + field.offset(dir))
+    }
+
+    /// One word of one direction's frame state, shared with the program.
+    pub fn frames_word(&self, slot: u32, dir: usize, word: FramesWord) -> &AtomicU64 {
+        self.conns.word(slot as usize * size_of::<Conn>() + word.offset(dir))
+    }
+
+    /// The slot's drain flag: non-zero makes the program pass every skb of the pair.
+    fn draining(&self, slot: u32) -> &AtomicU64 {
+        self.conns.word(slot as usize * size_of::<Conn>() + shared::DRAINING)
+    }
+
+    /// Makes the program pass every later skb of `slot` to userspace without following
+    /// its frames, and returns where each direction's frames stood then (client→upstream,
+    /// upstream→client).
+    ///
+    /// The program bumps a direction's `seq` (an atomic add) before it reads the flag,
+    /// and again once its frames and counters are updated. The flag is stored before
+    /// `seq` is read (both sequentially consistent), so once `seq` reads even, every
+    /// later verdict sees the flag: the frames stay where they are from then on, and a
+    /// read of them and of `passed` between two equal even reads of `seq` is one picture.
+    pub fn freeze_frames(&self, slot: u32) -> [Frozen; 2] {
+        self.draining(slot).store(1, Ordering::SeqCst);
+        [TO_UPSTREAM, TO_CLIENT].map(|dir| self.frozen(slot, dir))
+    }
+
+    fn frozen(&self, slot: u32, dir: usize) -> Frozen {
+        let seq = self.frames_word(slot, dir, FramesWord::Seq);
+        let word = |w| self.frames_word(slot, dir, w).load(Ordering::SeqCst);
+        for _ in 0..FREEZE_TRIES {
+            let before = seq.load(Ordering::SeqCst);
+            if before % 2 == 1 {
+                std::hint::spin_loop();
+                continue;
+            }
+            let words = frame_state::Words {
+                left: word(FramesWord::Left),
+                head_low: word(FramesWord::HeadLow),
+                head_high: word(FramesWord::HeadHigh),
+            };
+            let passed = self.dir_word(slot, dir, DirField::Passed).load(Ordering::SeqCst);
+            if seq.load(Ordering::SeqCst) == before {
+                return Frozen { frames: frame_state::decode(words), passed };
+            }
+        }
+        // A direction so busy that no read fell between two verdicts: no boundary.
+        Frozen { frames: FrameTracker::lost(), passed: 0 }
     }
 
     /// The slot's last-activity stamp (`CLOCK_MONOTONIC_COARSE` ns).
@@ -130,8 +198,15 @@ pub(super) enum InsertError {
 }
 
 /// Publishes the state and links of a pair, inserts both sockets and kicks
-/// them. Both receive queues must be untouched or drained to EAGAIN.
-pub(super) fn insert_pair(inner: &Inner, client: RawFd, upstream: RawFd) -> Result<Inserted, InsertError> {
+/// them. Both receive queues must be untouched or drained to EAGAIN. `frames`
+/// (client→upstream, upstream→client) is where the WebSocket frames stand at the
+/// first byte the program will see in each direction.
+pub(super) fn insert_pair(
+    inner: &Inner,
+    client: RawFd,
+    upstream: RawFd,
+    frames: [FrameTracker; 2],
+) -> Result<Inserted, InsertError> {
     // What each socket has been given to send so far (client, upstream), before the
     // program counts anything; also checks both are still established.
     let written = [written_so_far(client)?, written_so_far(upstream)?];
@@ -139,6 +214,12 @@ pub(super) fn insert_pair(inner: &Inner, client: RawFd, upstream: RawFd) -> Resu
     let upstream_cookie = crate::io::cookie(&upstream).map_err(InsertError::Failed)?;
     let slot = inner.alloc_slot().ok_or(InsertError::NotSpliceable("splice capacity reached"))?;
     let ins = Inserted { slot, client_cookie, upstream_cookie };
+    for (dir, tracker) in [(TO_UPSTREAM, &frames[0]), (TO_CLIENT, &frames[1])] {
+        let w = frame_state::encode(tracker);
+        inner.frames_word(slot, dir, FramesWord::Left).store(w.left, Ordering::Relaxed);
+        inner.frames_word(slot, dir, FramesWord::HeadLow).store(w.head_low, Ordering::Relaxed);
+        inner.frames_word(slot, dir, FramesWord::HeadHigh).store(w.head_high, Ordering::Relaxed);
+    }
     let result = publish_and_insert(inner, client, upstream, ins, written);
     if let Err(e) = result {
         let _ = crate::io::bpf::map_delete(inner.links_fd, &client_cookie);

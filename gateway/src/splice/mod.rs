@@ -8,7 +8,10 @@
 //!   userspace relay with one warning, `sockmap` refuses to start.
 //! - [`Splicer::init_worker`]: per worker thread, before its first splice; gives
 //!   the thread's [`WorkerPairs`] (its parked pairs and sweeper, on its poll ring).
-//! - [`WorkerPairs::splice`]: hand a pair over after the 101 (see `handover`).
+//! - [`WorkerPairs::splice_frames`]: hand a pair over after the 101 (see
+//!   `handover`) with where its WebSocket frames stand, which the program follows
+//!   from there so that the pair's turn in the drain sends a Close 1001 at a frame
+//!   boundary (`going_away`); [`WorkerPairs::splice`] for a stream of unknown frames.
 //! - [`SplicedPair::park`]: leave the pair to the kernel; a callback gets its
 //!   byte counts and close reason when it ends (the only way a pair comes back).
 //!   A parked pair is a table row, not a task (`park`); it becomes a supervision
@@ -33,17 +36,20 @@
 //! └─ splicer          → selftest, worker, handover (its error), kernel, counters, shared
 //!    └─ worker        → handover, park, supervise, sweep, kernel   (the one owner)
 //!       └─ park       → supervise (outcome type), sweep, backpressure, kernel
-//!          ├─ supervise → sweep, backpressure, kernel, shared
+//!          ├─ supervise → going_away, sweep, backpressure, kernel, shared
+//!          │  └─ going_away → backpressure, kernel, shared
 //!          ├─ handover  → backpressure, kernel
 //!          └─ selftest  → kernel, shared
 //!             └─ sweep        → backpressure, kernel
 //!                └─ backpressure → kernel, shared
-//!                   └─ kernel    → counters, shared
-//!                      └─ counters, shared   (leaves)
+//!                   └─ kernel    → frame_state, counters, shared
+//!                      └─ frame_state, counters, shared   (leaves)
 //! ```
 
 mod backpressure;
 mod counters;
+mod frame_state;
+mod going_away;
 mod handover;
 mod kernel;
 mod live;

@@ -89,11 +89,12 @@ fn check(inner: &Inner, mut t: Loop) -> Result<(), SelfTestError> {
     t.c.write_all(b"early-client").map_err(io("write before insertion"))?;
     t.u.write_all(b"early-upstream").map_err(io("write before insertion"))?;
     std::thread::sleep(Duration::from_millis(5));
-    let ins = match kernel::insert_pair(inner, t.a.as_raw_fd(), t.b.as_raw_fd()) {
-        Ok(i) => i,
-        Err(InsertError::NotSpliceable(why)) => return Err(fail("insert", why)),
-        Err(InsertError::Failed(e)) => return Err(fail("insert", e)),
-    };
+    let ins =
+        match kernel::insert_pair(inner, t.a.as_raw_fd(), t.b.as_raw_fd(), [crate::drain::FrameTracker::lost(); 2]) {
+            Ok(i) => i,
+            Err(InsertError::NotSpliceable(why)) => return Err(fail("insert", why)),
+            Err(InsertError::Failed(e)) => return Err(fail("insert", e)),
+        };
     let result = check_inserted(&mut t);
     let carried = [TO_UPSTREAM, TO_CLIENT].map(|dir| {
         let word = |f| inner.dir_word(ins.slot, dir, f).load(Ordering::Acquire);

@@ -33,18 +33,39 @@ pub struct Dir {
     pub acked_base: u64,
 }
 
+/// `struct splice_frames`: one direction's WebSocket frame state.
+#[repr(C)]
+pub struct Frames {
+    pub left: u64,
+    pub seq: u64,
+    pub head: [u8; 14],
+    pub have: u8,
+    pub flags: u8,
+}
+
+/// `SPLICE_FRAMES_UNKNOWN`: where frames end is not known.
+pub const FRAMES_UNKNOWN: u8 = 1;
+/// `SPLICE_FRAMES_IN_CLOSE`: the current (or last) frame is a Close.
+pub const FRAMES_IN_CLOSE: u8 = 2;
+/// `SPLICE_FRAMES_CLOSE_SEEN`: a whole Close frame has gone by.
+pub const FRAMES_CLOSE_SEEN: u8 = 4;
+
 /// `struct splice_conn`, one element of the `conns` array.
 #[repr(C)]
 pub struct Conn {
     pub dir: [Dir; 2],
     pub last_active_ns: u64,
     pub generation: u64,
+    pub frames: [Frames; 2],
+    pub draining: u64,
 }
 
 const _: () = assert!(size_of::<Link>() == 16);
 const _: () = assert!(size_of::<Dir>() == 80);
-const _: () = assert!(size_of::<Conn>() == 176);
+const _: () = assert!(size_of::<Frames>() == 32);
+const _: () = assert!(size_of::<Conn>() == 248);
 const _: () = assert!(offset_of!(Conn, last_active_ns) == 160);
+const _: () = assert!(offset_of!(Conn, frames) == 176);
 
 /// Fields of [`Dir`] by byte offset, for atomic access through the mmap.
 #[derive(Debug, Clone, Copy)]
@@ -83,3 +104,29 @@ impl DirField {
 pub const LAST_ACTIVE: usize = offset_of!(Conn, last_active_ns);
 /// Byte offset of `generation` inside a [`Conn`].
 pub const GENERATION: usize = offset_of!(Conn, generation);
+
+/// Words of one direction's [`Frames`], for atomic access through the mmap: the
+/// payload left, the update counter, then the 16 bytes of header, count and flags
+/// as two words in the machine's byte order.
+#[derive(Debug, Clone, Copy)]
+pub enum FramesWord {
+    Left,
+    Seq,
+    HeadLow,
+    HeadHigh,
+}
+
+impl FramesWord {
+    pub const fn offset(self, dir: usize) -> usize {
+        let field = match self {
+            FramesWord::Left => offset_of!(Frames, left),
+            FramesWord::Seq => offset_of!(Frames, seq),
+            FramesWord::HeadLow => offset_of!(Frames, head),
+            FramesWord::HeadHigh => offset_of!(Frames, head) + 8,
+        };
+        offset_of!(Conn, frames) + dir * size_of::<Frames>() + field
+    }
+}
+
+/// Byte offset of `draining` inside a [`Conn`].
+pub const DRAINING: usize = offset_of!(Conn, draining);

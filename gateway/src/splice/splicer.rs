@@ -188,14 +188,30 @@ impl WorkerPairs {
     /// forwarded; the upstream's 101 must still be queued in `upstream` (peeked,
     /// not read). On success the pair is in the kernel; leave it there with
     /// [`SplicedPair::park`]. A pair is taken back out only by its end, reported to
-    /// the park callback.
+    /// the park callback. Where its WebSocket frames end is not known: at its turn in
+    /// the drain it gets FIN (see [`WorkerPairs::splice_frames`]).
     pub async fn splice(
         &self,
         client: TcpStream,
         upstream: TcpStream,
         client_early: Vec<u8>,
     ) -> Result<SplicedPair, HandoverError> {
-        worker::splice(&self.local, client, upstream, client_early).await
+        let frames = [crate::drain::FrameTracker::lost(); 2];
+        worker::splice(&self.local, client, upstream, client_early, frames).await
+    }
+
+    /// [`WorkerPairs::splice`] of a WebSocket whose frames stand at `frames`
+    /// (client→upstream before `client_early`, upstream→client at the first queued
+    /// upstream byte): the program follows them from there, so at its turn in the
+    /// drain the pair gets a Close 1001 at a frame boundary.
+    pub async fn splice_frames(
+        &self,
+        client: TcpStream,
+        upstream: TcpStream,
+        client_early: Vec<u8>,
+        frames: [crate::drain::FrameTracker; 2],
+    ) -> Result<SplicedPair, HandoverError> {
+        worker::splice(&self.local, client, upstream, client_early, frames).await
     }
 
     /// The splicer these pairs belong to.
@@ -209,9 +225,10 @@ impl WorkerPairs {
     }
 
     /// From the drain on, this worker's pairs close at their turns in `pacer`'s
-    /// schedule (spread over `drain.window`) instead of all at `Stop`.
-    pub fn pace_drain(&self, pacer: Rc<Pacer>) {
-        self.local.pace_drain(pacer);
+    /// schedule (spread over `drain.window`) instead of all at `Stop`; each waits up
+    /// to `close_timeout` for its frames in progress, then for the peers' Close.
+    pub fn pace_drain(&self, pacer: Rc<Pacer>, close_timeout: Duration) {
+        self.local.pace_drain(pacer, close_timeout);
     }
 }
 

@@ -1,7 +1,9 @@
 //! Supervision of a spliced pair on its worker's runtime: propagates FIN, RST
 //! and errors between the sides, relays whatever the verdict passed to
 //! userspace, enforces the idle timeout and the drain signal, and closes both
-//! sockets at the end (which removes them from the sockhash).
+//! sockets at the end (which removes them from the sockhash). At the pair's turn in
+//! the paced drain it stops relaying where it holds no byte and hands the pair to
+//! `going_away` (Close 1001 at a frame boundary).
 //!
 //! A pair is supervised by a task only once something happens to it: until then
 //! it is parked (`park`), a row of its worker's table. The worker (`worker`)
@@ -19,6 +21,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::backpressure::{Direction, Fd};
+use super::going_away::going_away;
 use super::kernel::{self, Inner, Pair};
 use super::shared::{TO_CLIENT, TO_UPSTREAM};
 use super::sweep::{Registration, Swept};
@@ -44,8 +47,11 @@ enum End {
     Error(Side),
     /// No byte in either direction for the idle timeout; both sides get FIN.
     Idle,
-    /// The drain signal; both sides get FIN.
+    /// The drain's `Stop`; both sides get FIN.
     Shutdown,
+    /// The pair's turn in the paced drain; `open` says which directions (to the
+    /// upstream, to the client) had not ended.
+    GoingAway { open: [bool; 2] },
 }
 
 impl End {
@@ -56,6 +62,7 @@ impl End {
             Self::Error(_) => Close::Error,
             Self::Idle => Close::IdleTimeout,
             Self::Shutdown => Close::Shutdown,
+            Self::GoingAway { .. } => Close::Drain,
         }
     }
 }
@@ -84,24 +91,37 @@ pub struct SpliceOutcome {
 enum DirEnd {
     /// FIN from the source, passed on to the destination.
     Fin,
+    /// The drain's stop, at a point where no byte is held.
+    Stopped,
     Failed(Side, io::Error),
 }
 
 /// Supervises `pair` until both sides closed, one failed, or the sweeper ended it
-/// (`swept` when it already had; else it registers with `watch()` and waits).
-/// Closes both sockets, then releases the pair's links and slot.
+/// (`swept` when it already had; else it registers with `watch()` and waits). At its
+/// turn in the drain it waits up to `close_timeout` for a point where it holds no
+/// byte, then for each frame in progress and the Close handshake. Closes both
+/// sockets, then releases the pair's links and slot.
 pub(super) async fn supervise(
     inner: &Inner,
     ring: &Ring,
     pair: Pair,
-    swept: Option<Swept>,
+    (swept, close_timeout): (Option<Swept>, Duration),
     watch: impl FnOnce() -> Registration,
 ) -> SpliceOutcome {
     let Pair { client: client_fd, upstream: upstream_fd, ins, early } = pair;
     let (client, upstream) = (client_fd.as_raw_fd(), upstream_fd.as_raw_fd());
     let up = Direction { inner, ring, slot: ins.slot, dir: TO_UPSTREAM, dst: upstream };
     let down = Direction { inner, ring, slot: ins.slot, dir: TO_CLIENT, dst: client };
-    let end = if let Some(why) = swept { swept_reason(why) } else { until_end(&up, &down, watch()).await };
+    let mut end = match swept {
+        Some(why) => swept_reason(why),
+        None => until_end(&up, &down, watch(), close_timeout).await,
+    };
+    if let End::GoingAway { open } = end {
+        // Boxed: the drain's cold path keeps an idle pair's future small.
+        if !Box::pin(going_away(&up, &down, open, close_timeout)).await {
+            end = End::Shutdown;
+        }
+    }
     match end {
         End::Reset(side) | End::Error(side) => {
             // Pass the failure on as RST to the side that did not fail.
@@ -111,7 +131,7 @@ pub(super) async fn supervise(
                 }
             }
         }
-        End::Idle | End::Shutdown => {
+        End::Idle | End::Shutdown | End::GoingAway { .. } => {
             let _ = crate::io::shutdown(&client, std::net::Shutdown::Write);
             let _ = crate::io::shutdown(&upstream, std::net::Shutdown::Write);
         }
@@ -137,26 +157,46 @@ pub(super) async fn supervise(
     outcome
 }
 
-/// Watches both directions and the sweeper until the pair ends; returns how.
-async fn until_end(up: &Direction<'_>, down: &Direction<'_>, sweep: Registration) -> End {
+/// Watches both directions and the sweeper until the pair ends; returns how. At the
+/// pair's turn in the drain, lets each direction run on to a point where it holds no
+/// byte (at most `close_timeout`; past it the pair gets FIN).
+async fn until_end(up: &Direction<'_>, down: &Direction<'_>, sweep: Registration, close_timeout: Duration) -> End {
     let (client, upstream) = (down.dst, up.dst);
-    let mut up_fut = pin!(direction(up, client, Side::Client, Side::Upstream));
-    let mut down_fut = pin!(direction(down, upstream, Side::Upstream, Side::Client));
+    let stop = Stop::default();
+    let mut up_fut = pin!(direction(up, client, (Side::Client, Side::Upstream), &stop));
+    let mut down_fut = pin!(direction(down, upstream, (Side::Upstream, Side::Client), &stop));
     let mut sweep = pin!(sweep);
     let (mut up_done, mut down_done) = (false, false);
+    let mut stopped = [false; 2];
+    let mut deadline = pin!(tokio::time::sleep(Duration::MAX));
     loop {
+        if stop.is_set() && (up_done || stopped[0]) && (down_done || stopped[1]) {
+            break End::GoingAway { open: [!up_done, !down_done] };
+        }
         tokio::select! {
-            end = &mut up_fut, if !up_done => match end {
+            end = &mut up_fut, if !up_done && !stopped[0] => match end {
                 DirEnd::Fin if down_done => break End::Closed(Side::Upstream),
                 DirEnd::Fin => up_done = true,
+                DirEnd::Stopped => stopped[0] = true,
                 DirEnd::Failed(side, e) => break failure(side, &e),
             },
-            end = &mut down_fut, if !down_done => match end {
+            end = &mut down_fut, if !down_done && !stopped[1] => match end {
                 DirEnd::Fin if up_done => break End::Closed(Side::Client),
                 DirEnd::Fin => down_done = true,
+                DirEnd::Stopped => stopped[1] = true,
                 DirEnd::Failed(side, e) => break failure(side, &e),
             },
-            why = &mut sweep => break swept_reason(why),
+            why = &mut sweep, if !stop.is_set() => match why {
+                Swept::GoingAway => {
+                    stop.set();
+                    deadline.as_mut().reset(tokio::time::Instant::now() + close_timeout);
+                }
+                why => break swept_reason(why),
+            },
+            () = &mut deadline, if stop.is_set() => {
+                tracing::debug!("drain: a spliced pair kept relaying past drain.close_timeout");
+                break End::Shutdown;
+            }
         }
     }
 }
@@ -165,6 +205,36 @@ fn swept_reason(why: Swept) -> End {
     match why {
         Swept::Idle => End::Idle,
         Swept::Drain => End::Shutdown,
+        Swept::GoingAway => End::GoingAway { open: [true; 2] },
+    }
+}
+
+/// The drain's request that both directions stop relaying where they hold no byte.
+#[derive(Default)]
+struct Stop {
+    set: std::cell::Cell<bool>,
+    notify: tokio::sync::Notify,
+}
+
+impl Stop {
+    fn set(&self) {
+        self.set.set(true);
+        self.notify.notify_waiters();
+    }
+
+    fn is_set(&self) -> bool {
+        self.set.get()
+    }
+
+    /// Resolves once set.
+    async fn wait(&self) {
+        loop {
+            let notified = self.notify.notified();
+            if self.set.get() {
+                return;
+            }
+            notified.await;
+        }
     }
 }
 
@@ -183,8 +253,11 @@ fn failure(side: Side, e: &io::Error) -> End {
 /// Watches one source socket: relays what the verdict passed to userspace and,
 /// on FIN, shuts the destination's write side once the kernel has handed it
 /// every redirected byte. Holds no buffer while waiting.
-async fn direction(d: &Direction<'_>, src: RawFd, src_side: Side, dst_side: Side) -> DirEnd {
+async fn direction(d: &Direction<'_>, src: RawFd, (src_side, dst_side): (Side, Side), stop: &Stop) -> DirEnd {
     loop {
+        if stop.is_set() {
+            return DirEnd::Stopped;
+        }
         if d.broken() {
             let e = io::Error::other("retransmitted bytes could not be trimmed off an skb (see splice.bpf.c)");
             return DirEnd::Failed(Side::Internal, e);
@@ -193,11 +266,14 @@ async fn direction(d: &Direction<'_>, src: RawFd, src_side: Side, dst_side: Side
         // redirected bytes, which would wake the pair on every message. Pass mode
         // is noticed on every poll of `Watch` (the sweeper wakes the task for it).
         let mask = if d.needs_userspace() { readiness::READABLE } else { readiness::CLOSED };
-        if let Err(e) = (Watch { d, ready: d.ring.ready(&Fd(src), mask) }).await {
-            return DirEnd::Failed(Side::Internal, e);
+        tokio::select! {
+            ready = (Watch { d, ready: d.ring.ready(&Fd(src), mask) }) => if let Err(e) = ready {
+                return DirEnd::Failed(Side::Internal, e);
+            },
+            () = stop.wait() => return DirEnd::Stopped,
         }
         // Cold path, boxed so an idle pair's future stays small.
-        if let Some(end) = Box::pin(burst(d, src, src_side, dst_side)).await {
+        if let Some(end) = Box::pin(burst(d, src, (src_side, dst_side), stop)).await {
             return end;
         }
     }
@@ -220,9 +296,9 @@ impl std::future::Future for Watch<'_, '_> {
     }
 }
 
-/// Handles one readiness event: relays passed bytes until EAGAIN (`None`), or
-/// ends the direction on EOF or error.
-async fn burst(d: &Direction<'_>, src: RawFd, src_side: Side, dst_side: Side) -> Option<DirEnd> {
+/// Handles one readiness event: relays passed bytes until EAGAIN or the drain's stop
+/// (`None`), or ends the direction on EOF or error.
+async fn burst(d: &Direction<'_>, src: RawFd, (src_side, dst_side): (Side, Side), stop: &Stop) -> Option<DirEnd> {
     let mut buf = vec![0u8; RELAY_CHUNK];
     let mut pause = EOF_RECHECK_MIN;
     loop {
@@ -253,6 +329,9 @@ async fn burst(d: &Direction<'_>, src: RawFd, src_side: Side, dst_side: Side) ->
             Ok(n) => {
                 if let Err(e) = d.forward(&buf[..n]).await {
                     return Some(DirEnd::Failed(dst_side, e));
+                }
+                if stop.is_set() {
+                    return None;
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,

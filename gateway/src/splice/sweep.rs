@@ -31,7 +31,10 @@ const TICK_MIN: Duration = Duration::from_millis(10);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Swept {
     Idle,
+    /// The drain's `Stop`: close at once (FIN).
     Drain,
+    /// The pair's turn in the paced drain: a Close 1001 at a frame boundary.
+    GoingAway,
 }
 
 /// An idle limit in ns, `u64::MAX` for none.
@@ -85,7 +88,7 @@ impl Sweeper {
     /// Ends one supervised pair for the drain (its turn came); false when none is left.
     pub(super) fn drain_one(&mut self) -> bool {
         let Some((_, e)) = self.entries.iter_mut().find(|(_, e)| e.swept.is_none()) else { return false };
-        e.swept = Some(Swept::Drain);
+        e.swept = Some(Swept::GoingAway);
         if let Some(w) = e.waker.take() {
             w.wake();
         }

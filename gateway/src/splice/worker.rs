@@ -22,9 +22,13 @@ use super::kernel::{Inner, Pair};
 use super::park::{Table, Taken};
 use super::supervise::{self, SpliceOutcome};
 use super::sweep::{self, Registration, Sweeper, Swept};
-use crate::drain::Pacer;
+use crate::drain::{FrameTracker, Pacer};
 use crate::readiness::{self, Ring};
 use crate::shutdown::{Phase, ShutdownRx};
+
+/// How long a pair's turn in the drain waits for frames in progress and for the
+/// peers' Close when no drain schedule was set (`drain.close_timeout`'s default).
+const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A worker's splice state: the kernel side, its poll ring, its parked pairs, its
 /// sweeper, and how its pairs end (idle timeout, drain signal).
@@ -35,8 +39,9 @@ pub(super) struct Local {
     sweeper: Rc<RefCell<Sweeper>>,
     idle: Option<Duration>,
     shutdown: ShutdownRx,
-    /// The worker's drain schedule, once set: pairs close at their turn, not at `Stop`.
-    pacer: OnceCell<Rc<Pacer>>,
+    /// The worker's drain schedule, once set: pairs close at their turn, not at `Stop`,
+    /// each waiting up to the duration for its frames in progress and its Close.
+    pacer: OnceCell<(Rc<Pacer>, Duration)>,
 }
 
 impl Local {
@@ -62,14 +67,14 @@ impl Local {
     }
 
     /// Pairs close at their turn in `pacer`'s schedule when the drain begins.
-    pub(super) fn pace_drain(&self, pacer: Rc<Pacer>) {
-        let _ = self.pacer.set(pacer);
+    pub(super) fn pace_drain(&self, pacer: Rc<Pacer>, close_timeout: Duration) {
+        let _ = self.pacer.set((pacer, close_timeout));
     }
 
     /// Ends the pairs whose turn in the drain has come, one per due close; parked
-    /// ones first. They get FIN, not a Close frame (see `supervise`).
+    /// ones first. They get a Close 1001 at a frame boundary (see `going_away`).
     fn drain_due(self: &Rc<Self>) {
-        let Some(pacer) = self.pacer.get() else { return };
+        let Some((pacer, _)) = self.pacer.get() else { return };
         loop {
             let parked = self.table.borrow().len() > 0;
             if !parked && !self.sweeper.borrow().has_live() {
@@ -81,7 +86,7 @@ impl Local {
             tracing::debug!("drain: a spliced pair's turn");
             let taken = self.table.borrow_mut().take_any();
             match taken {
-                Some(taken) => self.resume(taken, Some(Swept::Drain)),
+                Some(taken) => self.resume(taken, Some(Swept::GoingAway)),
                 None => {
                     self.sweeper.borrow_mut().drain_one();
                 }
@@ -113,7 +118,8 @@ impl Local {
         tokio_uring::spawn(async move {
             let slot = pair.ins.slot;
             let watch = || local.watch(slot);
-            let outcome = supervise::supervise(&local.inner, &local.ring, pair, swept, watch).await;
+            let close_timeout = local.pacer.get().map_or(DEFAULT_CLOSE_TIMEOUT, |(_, t)| *t);
+            let outcome = supervise::supervise(&local.inner, &local.ring, pair, (swept, close_timeout), watch).await;
             finish(outcome);
         });
     }
@@ -141,8 +147,9 @@ pub(super) async fn splice(
     client: TcpStream,
     upstream: TcpStream,
     client_early: Vec<u8>,
+    frames: [FrameTracker; 2],
 ) -> Result<SplicedPair, HandoverError> {
-    let pair = handover::splice(&local.inner, &local.ring, client, upstream, client_early).await?;
+    let pair = handover::splice(&local.inner, &local.ring, client, upstream, client_early, frames).await?;
     Ok(SplicedPair { local: local.clone(), pair })
 }
 

@@ -17,6 +17,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
+use wsgate::drain::FrameTracker;
 use wsgate::readiness::{self, Ring};
 use wsgate::shutdown::{Phase, ShutdownTx};
 use wsgate::splice::{HandoverError, SpliceOutcome, Splicer, WorkerPairs};
@@ -140,15 +141,21 @@ impl Drop for Proxy {
 /// Splices and parks one pair; the outcome goes to `job.done` when it ends.
 async fn run_job(pairs: &WorkerPairs, ring: &Ring, job: Job) -> Result<(), String> {
     let Job { client, upstream, handshake, done, cookies } = job;
-    let early = match handshake {
-        Handshake::None => Vec::new(),
-        Handshake::Http => http_handshake(ring, client.as_raw_fd(), upstream.as_raw_fd())
-            .await
-            .map_err(|e| format!("handshake: {e}"))?,
+    // Without a handshake both streams start between two frames, and the program
+    // follows them (the torture's streams are WebSocket frames); after one, where the
+    // frames stand is left unknown.
+    let (early, frames) = match handshake {
+        Handshake::None => (Vec::new(), [FrameTracker::default(); 2]),
+        Handshake::Http => {
+            let early = http_handshake(ring, client.as_raw_fd(), upstream.as_raw_fd())
+                .await
+                .map_err(|e| format!("handshake: {e}"))?;
+            (early, [FrameTracker::lost(); 2])
+        }
     };
     let client = tokio_uring::net::TcpStream::from_std(client);
     let upstream = tokio_uring::net::TcpStream::from_std(upstream);
-    let pair = match pairs.splice(client, upstream, early).await {
+    let pair = match pairs.splice_frames(client, upstream, early, frames).await {
         Ok(p) => p,
         Err(HandoverError::NotSpliced { reason, .. }) => return Err(format!("not spliced: {reason}")),
         Err(e) => return Err(e.to_string()),

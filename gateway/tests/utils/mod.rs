@@ -117,10 +117,14 @@ pub fn server_frame(s: &mut impl Read) -> (bool, u8, Vec<u8>) {
 /// Header names and values of one request, in order.
 pub type Headers = Vec<(String, String)>;
 
-/// A tokio-tungstenite echo upstream that records every request head it accepts.
+/// A tokio-tungstenite echo upstream that records every request head it accepts, and
+/// what each connection (numbered in accept order) received: `message N` (its length),
+/// `close CODE` (a Close frame; tungstenite refuses an unmasked one from a client) or
+/// `error TEXT` (a protocol error).
 pub struct WsEcho {
     pub addr: SocketAddr,
     pub requests: Arc<Mutex<Vec<Headers>>>,
+    pub events: Arc<Mutex<Vec<(usize, String)>>>,
     _rt: tokio::runtime::Runtime,
 }
 
@@ -131,11 +135,14 @@ impl WsEcho {
         let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
         let addr = listener.local_addr().unwrap();
         let requests = Arc::new(Mutex::new(Vec::new()));
+        let events = Arc::new(Mutex::new(Vec::new()));
         let reqs = requests.clone();
+        let evs = events.clone();
         rt.spawn(async move {
-            loop {
+            for conn in 0.. {
                 let Ok((stream, _)) = listener.accept().await else { return };
                 let reqs = reqs.clone();
+                let evs = evs.clone();
                 tokio::spawn(async move {
                     let cb =
                         |req: &tokio_tungstenite::tungstenite::handshake::server::Request,
@@ -155,12 +162,19 @@ impl WsEcho {
                     else {
                         return;
                     };
-                    while let Some(Ok(msg)) = ws.next().await {
+                    let event = |e: String| evs.lock().unwrap().push((conn, e));
+                    while let Some(msg) = ws.next().await {
+                        let msg = match msg {
+                            Ok(m) => m,
+                            Err(e) => return event(format!("error {e}")),
+                        };
                         if msg.is_text() || msg.is_binary() {
+                            event(format!("message {}", msg.len()));
                             if ws.send(msg).await.is_err() {
                                 return;
                             }
-                        } else if msg.is_close() {
+                        } else if let tokio_tungstenite::tungstenite::Message::Close(frame) = msg {
+                            event(format!("close {}", frame.map_or(0, |f| u16::from(f.code))));
                             let _ = ws.close(None).await;
                             return;
                         }
@@ -168,7 +182,7 @@ impl WsEcho {
                 });
             }
         });
-        Self { addr, requests, _rt: rt }
+        Self { addr, requests, events, _rt: rt }
     }
 }
 
