@@ -97,6 +97,9 @@ pub struct Config {
     pub log: LogConfig,
     /// TCP keepalive and `TCP_USER_TIMEOUT` on client and upstream sockets (dead peers).
     pub keepalive: KeepaliveConfig,
+    /// File the process id is written to at start (removed at exit), for
+    /// `wsgate reload` and `wsgate drain`. Unset (the default): none.
+    pub pid_file: Option<std::path::PathBuf>,
 }
 
 impl Config {

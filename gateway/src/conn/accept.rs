@@ -1,7 +1,8 @@
 //! Phase 0, accept: runs on each worker for each of its SO_REUSEPORT listeners from
 //! start-up until the drain. Takes a connection from the kernel, counts it
-//! ([`ActiveConn`]) and spawns its life ([`super::serve`]) as a task of this worker;
-//! on a TLS listener that life starts with the handshake (never here).
+//! ([`ActiveConn`]), hands it the configuration generation in force and spawns its
+//! life ([`super::serve`]) as a task of this worker; on a TLS listener that life
+//! starts with the handshake (never here), with that generation's certificates.
 //!
 //! Returns when the drain begins, after shutting the listener's read side (which stops
 //! the kernel queueing connections on it). Must never read from a connection or wait
@@ -17,10 +18,10 @@ use super::Worker;
 use super::teardown::ActiveConn;
 use crate::config::Scheme;
 use crate::shutdown::Phase;
-use crate::tls::Acceptor;
 
-/// Accepts connections on `listener` until the drain.
-pub async fn accept_loop(listener: TcpListener, scheme: Scheme, tls: Option<Acceptor>, worker: Rc<Worker>) {
+/// Accepts connections on listener number `index` (of the configuration's) until the
+/// drain.
+pub async fn accept_loop(listener: TcpListener, (index, scheme): (usize, Scheme), worker: Rc<Worker>) {
     let mut shutdown = worker.shutdown.clone();
     let mut draining = std::pin::pin!(shutdown.reached(Phase::Draining));
     loop {
@@ -28,7 +29,10 @@ pub async fn accept_loop(listener: TcpListener, scheme: Scheme, tls: Option<Acce
             res = listener.accept() => match res {
                 Ok((stream, peer)) => {
                     let active = ActiveConn::new(&worker.stats);
-                    tokio_uring::spawn(super::serve(stream, peer, (scheme, tls.clone()), worker.clone(), active));
+                    let generation = worker.generations.current();
+                    let tls = generation.tls.get(index).cloned().flatten();
+                    let listener = (scheme, tls, generation);
+                    tokio_uring::spawn(super::serve(stream, peer, listener, worker.clone(), active));
                 }
                 Err(e) => {
                     // EMFILE/ENFILE/ENOBUFS: back off briefly instead of spinning.

@@ -161,7 +161,11 @@ impl WsEcho {
                                 return;
                             }
                         } else if msg.is_close() {
+                            // Reading on sends tungstenite's queued Close reply (the
+                            // client then sees a completed close handshake, not 1006)
+                            // and ends once the handshake is over.
                             let _ = ws.close(None).await;
+                            while let Some(Ok(_)) = ws.next().await {}
                             return;
                         }
                     }
