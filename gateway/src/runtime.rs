@@ -24,6 +24,7 @@ use crate::drain::Pacer;
 use crate::lifetimes::Lifetimes;
 use crate::metrics::{Metrics, WorkerSlot};
 use crate::readiness::Ring;
+use crate::reload::listeners::{self, ListenerKey, Listeners, Order};
 use crate::reload::pid_file::PidFile;
 use crate::reload::{Generation, Generations, Reloader};
 use crate::shutdown::{self, ShutdownRx};
@@ -115,17 +116,12 @@ pub fn run(config: Config, source: CliOptions, allocator: Allocator) -> Result<(
     let pid_file = config.pid_file.as_deref().map(PidFile::write).transpose().map_err(RunError::PidFile)?;
 
     let mut handles = Vec::new();
+    let mut orders = Vec::new();
     for w in 0..workers {
-        let sockets = if w == 0 {
-            std::mem::take(&mut first_sockets)
-        } else {
-            addrs
-                .iter()
-                .map(|&(addr, backlog)| {
-                    listen_socket(addr, backlog, &config.keepalive).map_err(|source| RunError::Listen { addr, source })
-                })
-                .collect::<Result<Vec<_>>>()?
-        };
+        let first = (w == 0).then(|| std::mem::take(&mut first_sockets));
+        let sockets = worker_sockets(&config, &addrs, first)?;
+        let (order_tx, order_rx) = tokio::sync::mpsc::unbounded_channel();
+        orders.push(order_tx);
         let ctx = WorkerSetup {
             config: config.clone(),
             generations: generations.clone(),
@@ -136,6 +132,7 @@ pub fn run(config: Config, source: CliOptions, allocator: Allocator) -> Result<(
             cpu: cpus.get(w % cpus.len().max(1)).copied(),
             allocator,
             metrics: metric_slots.next().ok_or(RunError::WorkerPanicked)?,
+            orders: order_rx,
         };
         let h = std::thread::Builder::new()
             .name(format!("wsgate-w{w}"))
@@ -154,6 +151,7 @@ pub fn run(config: Config, source: CliOptions, allocator: Allocator) -> Result<(
         generations: generations.clone(),
         admission: admission.clone(),
         metrics: metrics.clone(),
+        listeners: Listeners::new(orders, config.keepalive.clone(), listen_socket),
     });
     let (handlers_in, handlers_ready) = std::sync::mpsc::channel();
     std::thread::Builder::new()
@@ -280,9 +278,14 @@ struct WorkerSetup {
     cpu: Option<usize>,
     allocator: Allocator,
     metrics: WorkerSlot,
+    /// Listeners a reload adds or removes.
+    orders: tokio::sync::mpsc::UnboundedReceiver<Order>,
 }
 
-fn worker(setup: WorkerSetup, sockets: Vec<Socket>) -> Result<()> {
+/// One listener's socket of one worker, by key.
+type KeyedSocket = (ListenerKey, crate::config::Scheme, Socket);
+
+fn worker(mut setup: WorkerSetup, sockets: Vec<KeyedSocket>) -> Result<()> {
     if let Some(cpu) = setup.cpu {
         pin_to(cpu);
     }
@@ -300,7 +303,6 @@ fn worker(setup: WorkerSetup, sockets: Vec<Socket>) -> Result<()> {
         if let Some(p) = &pairs {
             p.pace_drain(pacer.clone());
         }
-        let schemes: Vec<_> = setup.config.listeners.iter().map(crate::config::ListenerConfig::scheme).collect();
         let state = Rc::new(Worker {
             generations: setup.generations,
             stats: setup.stats,
@@ -323,14 +325,14 @@ fn worker(setup: WorkerSetup, sockets: Vec<Socket>) -> Result<()> {
                 release();
             }
         });
-        let mut accept_loops = Vec::new();
-        // One socket per listener, in the configuration's order (a reload keeps them).
-        for (index, (s, scheme)) in sockets.into_iter().zip(schemes).enumerate() {
-            let listener = TcpListener::from_std(s.into());
-            accept_loops.push(tokio_uring::spawn(conn::accept::accept_loop(listener, (index, scheme), state.clone())));
+        let mut accepting = Vec::new();
+        for (key, scheme, s) in sockets {
+            accepting.push(accept_on(s, (key, scheme), &state));
         }
-        for l in accept_loops {
+        follow_reloads(&mut setup.orders, &mut accepting, &state).await;
+        for (_, removed, l) in accepting {
             let _ = l.await;
+            drop(removed);
         }
         // Draining: wait for this worker's connections to finish (they close themselves
         // at `Stop`).
@@ -339,6 +341,64 @@ fn worker(setup: WorkerSetup, sockets: Vec<Socket>) -> Result<()> {
         }
         Ok(())
     })
+}
+
+/// One worker's socket of each listener, with its key: `first` (the ones bound at
+/// start) or new ones on the same addresses.
+fn worker_sockets(
+    config: &Config,
+    addrs: &[(SocketAddr, u32)],
+    first: Option<Vec<Socket>>,
+) -> Result<Vec<KeyedSocket>> {
+    let sockets = match first {
+        Some(s) => s,
+        None => addrs
+            .iter()
+            .map(|&(addr, backlog)| {
+                listen_socket(addr, backlog, &config.keepalive).map_err(|source| RunError::Listen { addr, source })
+            })
+            .collect::<Result<Vec<_>>>()?,
+    };
+    let keys = config.listeners.iter().map(|l| (listeners::key(l), l.scheme()));
+    Ok(keys.zip(sockets).map(|((k, scheme), s)| (k, scheme, s)).collect())
+}
+
+/// One accept loop of a worker: its listener, the sender that stops it, the task.
+type Accepting = (ListenerKey, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>);
+
+/// Starts accepting on `socket` (this worker's of listener `key`).
+fn accept_on(socket: Socket, (key, scheme): (ListenerKey, crate::config::Scheme), worker: &Rc<Worker>) -> Accepting {
+    let listener = TcpListener::from_std(socket.into());
+    let (removed_tx, removed) = tokio::sync::oneshot::channel();
+    (key, removed_tx, tokio_uring::spawn(conn::accept::accept_loop(listener, (key, scheme), worker.clone(), removed)))
+}
+
+/// Until the drain, adds and removes this worker's listeners as reloads order.
+async fn follow_reloads(
+    orders: &mut tokio::sync::mpsc::UnboundedReceiver<Order>,
+    accepting: &mut Vec<Accepting>,
+    worker: &Rc<Worker>,
+) {
+    let mut shutdown = worker.shutdown.clone();
+    let mut draining = std::pin::pin!(shutdown.reached(crate::shutdown::Phase::Draining));
+    loop {
+        tokio::select! {
+            order = orders.recv() => match order {
+                Some(Order::Add { key, scheme, socket }) => accepting.push(accept_on(socket, (key, scheme), worker)),
+                Some(Order::Remove(key)) => {
+                    for (_, removed, _) in accepting.extract_if(.., |(k, _, _)| *k == key) {
+                        let _ = removed.send(());
+                    }
+                }
+                // No reload can come any more: only the drain is left to wait for.
+                None => {
+                    draining.await;
+                    return;
+                }
+            },
+            () = &mut draining => return,
+        }
+    }
 }
 
 /// Checks the kernel and process limits this configuration needs.
@@ -353,7 +413,10 @@ fn preflight(config: &Config) -> Result<()> {
 }
 
 /// A listening socket with SO_REUSEPORT (every worker binds the same address).
-fn listen_socket(
+///
+/// # Errors
+/// The socket, option, bind or listen call that failed.
+pub fn listen_socket(
     addr: SocketAddr,
     backlog: u32,
     keepalive: &crate::config::KeepaliveConfig,

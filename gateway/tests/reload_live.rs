@@ -304,3 +304,78 @@ fn live_websockets_stream_through_reloads_and_new_ones_follow_the_new_config() {
     assert!(lines().contains("GET /probe "), "the probe's line went to the reopened file: {}", lines());
     assert!(!files.pid.exists(), "the pid file is removed at exit");
 }
+
+/// Sends one binary message on a raw WebSocket and checks its echo byte for byte.
+fn echo_once(s: &mut std::net::TcpStream, seq: usize) {
+    use std::io::Write as _;
+    let payload: Vec<u8> = (0..300 + seq * 997).map(|i| (i * 31 + seq * 7) as u8).collect();
+    s.write_all(&utils::client_frame(true, 2, &payload)).unwrap();
+    let (fin, opcode, echoed) = utils::server_frame(s);
+    assert!(fin && opcode == 2 && echoed == payload, "message {seq}: not echoed whole");
+}
+
+/// A raw WebSocket through `addr`, upgraded.
+fn websocket(addr: SocketAddr) -> std::net::TcpStream {
+    use std::io::Write as _;
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(upgrade_request("/ws", "").as_bytes()).unwrap();
+    assert_eq!(status_of(&read_head(&mut s).0), 101);
+    s
+}
+
+#[test]
+fn listeners_are_added_and_removed_on_reload_and_their_websockets_go_on() {
+    let echo = WsEcho::start();
+    let dir = TempDir::new();
+    let file = dir.0.join("wsgate.toml");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let write = |listeners: &[String]| {
+        let mut text = String::from(
+            "workers = 2\nsplice = \"auto\"\n[relay]\nsplice_after = \"0s\"\n[drain]\nwindow = \"1s\"\njitter = 0.0\n",
+        );
+        for a in listeners {
+            let _ = write!(text, "[[listener]]\naddress = \"{a}\"\n");
+        }
+        let _ = write!(text, "[[route]]\nupstream = \"u\"\n[upstream.u]\nservers = [\"{}\"]\n", echo.addr);
+        replace(&file, text.as_bytes());
+    };
+    let (first, added) = ("127.0.0.1:0".to_owned(), format!("127.0.0.1:{port}"));
+    write(std::slice::from_ref(&first));
+    let mut gw = Gateway::builder().args(&["-c", file.to_str().unwrap()]).log_level("wsgate=info").start();
+    let mut live = websocket(gw.addr);
+    echo_once(&mut live, 0);
+
+    // Added: the new address serves at once; the first one still does.
+    write(&[first.clone(), added.clone()]);
+    gw.signal(nix::sys::signal::Signal::SIGHUP);
+    nth_line(&gw, "configuration reloaded", 1);
+    let added: SocketAddr = added.parse().unwrap();
+    echo_once(&mut websocket(added), 1);
+    echo_once(&mut websocket(gw.addr), 2);
+    echo_once(&mut live, 3);
+
+    // Removed: the first address stops accepting; the WebSocket it accepted goes on.
+    write(&[added.to_string()]);
+    gw.signal(nix::sys::signal::Signal::SIGHUP);
+    nth_line(&gw, "configuration reloaded", 2);
+    assert!(
+        eventually(WITHIN, || std::net::TcpStream::connect(gw.addr).is_err()),
+        "the removed listener still accepts"
+    );
+    echo_once(&mut live, 4);
+    echo_once(&mut websocket(added), 5);
+
+    // An address that cannot be bound refuses the whole reload, by listener.
+    write(&[added.to_string(), busy.local_addr().unwrap().to_string()]);
+    gw.signal(nix::sys::signal::Signal::SIGHUP);
+    let refused = nth_line(&gw, "reload refused", 1);
+    assert!(refused.contains("listener[1]: cannot listen on"), "{refused}");
+    echo_once(&mut websocket(added), 6);
+    echo_once(&mut live, 7);
+
+    drop(live);
+    gw.terminate();
+    assert!(gw.wait_exit(WITHIN), "wsgate did not exit cleanly");
+}

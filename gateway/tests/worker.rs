@@ -78,8 +78,14 @@ fn a_worker_built_by_hand_serves_plain_http_with_its_own_buffers() {
             pacer: Rc::new(wsgate::drain::Pacer::new(&config.drain, 1)),
         });
         let listener = tokio_uring::net::TcpListener::from_std(listener);
-        let accepting =
-            tokio_uring::spawn(accept::accept_loop(listener, (0, wsgate::config::Scheme::Http), worker.clone()));
+        let key = wsgate::reload::listeners::key(&config.listeners[0]);
+        let (_keep, removed) = tokio::sync::oneshot::channel();
+        let accepting = tokio_uring::spawn(accept::accept_loop(
+            listener,
+            (key, wsgate::config::Scheme::Http),
+            worker.clone(),
+            removed,
+        ));
         let deadline = Instant::now() + Duration::from_secs(20);
         // One connection accepted and ended (its active count back to 0).
         while worker.stats.accepted.load(Ordering::Relaxed) == 0 || worker.stats.active.load(Ordering::Relaxed) > 0 {

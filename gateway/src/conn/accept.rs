@@ -17,20 +17,33 @@ use tokio_uring::net::TcpListener;
 use super::Worker;
 use super::teardown::ActiveConn;
 use crate::config::Scheme;
+use crate::reload::listeners::ListenerKey;
 use crate::shutdown::Phase;
 
-/// Accepts connections on listener number `index` (of the configuration's) until the
-/// drain.
-pub async fn accept_loop(listener: TcpListener, (index, scheme): (usize, Scheme), worker: Rc<Worker>) {
+/// Accepts connections on the listener `key` until the drain, or until a reload
+/// removes the listener (`removed` fires or its sender is dropped).
+pub async fn accept_loop(
+    listener: TcpListener,
+    (key, scheme): (ListenerKey, Scheme),
+    worker: Rc<Worker>,
+    removed: tokio::sync::oneshot::Receiver<()>,
+) {
     let mut shutdown = worker.shutdown.clone();
     let mut draining = std::pin::pin!(shutdown.reached(Phase::Draining));
+    let mut removed = std::pin::pin!(removed);
     loop {
         tokio::select! {
             res = listener.accept() => match res {
                 Ok((stream, peer)) => {
-                    let active = ActiveConn::new(&worker.stats);
                     let generation = worker.generations.current();
-                    let tls = generation.tls.get(index).cloned().flatten();
+                    let tls = generation.tls_for(&key);
+                    if scheme == Scheme::Https && tls.is_none() {
+                        // Accepted as a reload removed this TLS listener: never served
+                        // as plain text.
+                        drop(stream);
+                        continue;
+                    }
+                    let active = ActiveConn::new(&worker.stats);
                     let listener = (scheme, tls, generation);
                     tokio_uring::spawn(super::serve(stream, peer, listener, worker.clone(), active));
                 }
@@ -41,9 +54,10 @@ pub async fn accept_loop(listener: TcpListener, (index, scheme): (usize, Scheme)
                 }
             },
             () = &mut draining => break,
+            _ = &mut removed => break,
         }
     }
     // Wakes the accept still in flight, and stops the kernel queueing connections here.
     crate::io::shutdown_quietly(&listener, std::net::Shutdown::Read);
-    tracing::debug!(fd = listener.as_raw_fd(), "listener closed for draining");
+    tracing::debug!(fd = listener.as_raw_fd(), "listener closed (draining, or removed by a reload)");
 }

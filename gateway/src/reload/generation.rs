@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
 
+use super::listeners::ListenerKey;
 use crate::accesslog::AccessLog;
 use crate::config::Config;
 use crate::router::Router;
@@ -38,9 +39,8 @@ pub struct Generation {
     pub router: Router,
     /// The upstream groups by name, in the configuration's order.
     pub groups: Vec<Arc<Group>>,
-    /// Each listener's TLS acceptor (`None` for a plain listener), in the
-    /// configuration's order.
-    pub tls: Vec<Option<Acceptor>>,
+    /// Each TLS listener's acceptor, by listener.
+    pub tls: Vec<(ListenerKey, Acceptor)>,
     pub access_log: AccessLog,
 }
 
@@ -53,8 +53,9 @@ impl Generation {
             .listeners
             .iter()
             .enumerate()
-            .map(|(i, l)| {
-                l.tls.as_ref().map(|tls| Acceptor::from_config(&format!("listener[{i}].tls"), tls)).transpose()
+            .filter_map(|(i, l)| {
+                let tls = l.tls.as_ref()?;
+                Some(Acceptor::from_config(&format!("listener[{i}].tls"), tls).map(|a| (super::listeners::key(l), a)))
             })
             .collect::<Result<Vec<_>, _>>()?;
         let groups = config
@@ -71,6 +72,11 @@ impl Generation {
             _ => AccessLog::start(&config.access_log).map_err(BuildError::AccessLog)?,
         };
         Ok(Self { number, config, router, groups, tls, access_log })
+    }
+
+    /// The TLS acceptor of the listener `key` (`None`: plain, or no longer configured).
+    pub fn tls_for(&self, key: &ListenerKey) -> Option<Acceptor> {
+        self.tls.iter().find(|(k, _)| k == key).map(|(_, a)| a.clone())
     }
 
     /// The group called `name`.

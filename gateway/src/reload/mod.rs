@@ -4,7 +4,8 @@
 //! started with, spliced or relayed in userspace.
 //!
 //! - [`generation`]: what a generation holds and how it is built and published;
-//! - [`restart_only`]: listener changes (refused) and sections kept until a restart;
+//! - [`listeners`]: listeners added and removed (bound before anything changes);
+//! - [`restart_only`]: the sections kept until a restart, each named in a warning;
 //! - [`pid_file`]: how `wsgate reload` and `wsgate drain` find the running process.
 //!
 //! An invalid file, a certificate that does not load or a name that does not resolve
@@ -13,6 +14,7 @@
 //! the new configuration removed run to their natural end.
 
 pub mod generation;
+pub mod listeners;
 pub mod pid_file;
 mod restart_only;
 
@@ -44,6 +46,8 @@ pub struct Reloader {
     pub generations: Generations,
     pub admission: Arc<Admission>,
     pub metrics: Arc<Metrics>,
+    /// The workers' listeners, which a reload may add to or remove from.
+    pub listeners: listeners::Listeners,
 }
 
 impl Reloader {
@@ -73,9 +77,7 @@ impl Reloader {
     fn try_reload(&self) -> Result<u64, ReloadError> {
         let config = self.source.load()?;
         let old = self.generations.current();
-        if let Some(why) = restart_only::listener_change(&old.config, &config) {
-            return Err(ReloadError::Listeners(why));
-        }
+        let listeners = self.listeners.plan(&old.config, &config).map_err(ReloadError::Listeners)?;
         let next = Generation::build(old.number + 1, Arc::new(config), Some(&old))?;
         let number = next.number;
         // Said once the new generation is sure to be applied.
@@ -91,6 +93,7 @@ impl Reloader {
         // Published first: the new health checks run while this generation is in force.
         let tenure = self.generations.tenure(number);
         self.generations.publish(next);
+        self.listeners.apply(listeners);
         if let Err(e) = self.generations.current().start_background(&tenure) {
             tracing::error!(error = %e, "reload: the health checks or name resolution of generation {number} did not start");
         }

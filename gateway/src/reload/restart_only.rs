@@ -1,9 +1,6 @@
 //! What a reload cannot change in a running process, and what it says about it.
 //!
-//! Listeners (addresses, backlog, plain or TLS) are bound once per worker at start: a
-//! reload that changes them is refused whole, so the process never runs a config it
-//! does not serve (a certificate or key of a TLS listener may change: it reloads).
-//! Sections sized or started once (workers, relay buffers, the splice and its map
+//! (Listeners may change: see [`super::listeners`].) Sections sized or started once (workers, relay buffers, the splice and its map
 //! capacity, the idle limit of spliced pairs, keepalive, the drain, the admin plane,
 //! log format, admission tables, the pid file) keep their start values: a change there
 //! is applied at the next restart and said in one warning each, by name. Compares
@@ -11,28 +8,6 @@
 
 use super::generation::same;
 use crate::config::Config;
-
-/// Why a listener change is refused.
-pub fn listener_change(old: &Config, new: &Config) -> Option<String> {
-    let shape = |c: &Config| -> Vec<(std::net::SocketAddr, u32, bool)> {
-        c.listeners.iter().map(|l| (l.address, l.backlog, l.tls.is_some())).collect()
-    };
-    let (before, after) = (shape(old), shape(new));
-    if before == after {
-        return None;
-    }
-    let list = |s: &[(std::net::SocketAddr, u32, bool)]| {
-        s.iter()
-            .map(|(a, b, tls)| format!("{a} (backlog {b}{})", if *tls { ", tls" } else { "" }))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    Some(format!(
-        "listener: listeners cannot change on reload (running: {}; file: {}); restart wsgate to change them",
-        list(&before),
-        list(&after)
-    ))
-}
 
 /// The sections that changed but keep their start values until a restart.
 pub fn kept_until_restart(old: &Config, new: &Config) -> Vec<&'static str> {
@@ -93,16 +68,6 @@ mod tests {
             "{extra}\n[[listener]]\naddress = \"127.0.0.1:8080\"\n[[route]]\nupstream = \"u\"\n[upstream.u]\nservers = [\"127.0.0.1:9000\"]\n"
         );
         Config::from_toml(&text).unwrap()
-    }
-
-    #[test]
-    fn a_listener_change_is_refused_by_name() {
-        let old = config("");
-        let mut new = config("");
-        assert_eq!(listener_change(&old, &new), None);
-        new.listeners[0].address = "127.0.0.1:8081".parse().unwrap();
-        let why = listener_change(&old, &new).unwrap();
-        assert!(why.starts_with("listener:") && why.contains("127.0.0.1:8081"), "{why}");
     }
 
     #[test]
