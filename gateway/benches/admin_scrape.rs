@@ -39,12 +39,14 @@ fn main() {
     let config = Config::default();
     let (_tx, shutdown) = wsgate::shutdown::channel();
     let sources = Sources {
-        groups: Vec::new(),
+        generations: wsgate::reload::Generations::new(
+            wsgate::reload::Generation::build(1, Arc::new(Config::default()), None).unwrap(),
+        ),
         admission: Arc::new(Admission::new(&config)),
         splice: Started { splicer: splicer.clone(), fallback: None },
         stats: Arc::new(wsgate::stats::Stats::default()),
     };
-    let state = Arc::new(State::new(metrics.clone(), sources, shutdown, &config));
+    let state = Arc::new(State::new(metrics.clone(), sources, shutdown));
     let registry = exposition::registry(state);
     let scrape = || {
         let text = exposition::render(&registry, exposition::Format::Prometheus).unwrap();

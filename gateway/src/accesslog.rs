@@ -6,14 +6,15 @@
 //! it drains the channel every [`WRITE_PERIOD`], so logging costs a worker no system
 //! call (a blocked receiver would cost a futex wake-up per connection).
 //!
-//! [`request_reopen`] (SIGUSR1, for logrotate) makes the writer reopen a file
-//! destination before its next batch.
+//! [`request_reopen`] (SIGUSR1, for logrotate) makes every writer reopen its file
+//! destination before its next batch. Each configuration generation whose access log
+//! differs from the one before has its own writer; [`finish_all`] ends them all at exit.
 
 use std::fmt::Write as _;
 use std::fs::OpenOptions;
 use std::io::{self, BufWriter, Write};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
@@ -55,12 +56,30 @@ pub struct AccessRecord {
 /// How often the writer drains the channel (the most a line waits to be written).
 pub const WRITE_PERIOD: Duration = Duration::from_millis(50);
 
-/// Set by [`request_reopen`], cleared by the writer when it reopens.
-static REOPEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// One more per [`request_reopen`]: each writer reopens its file when this moved past
+/// the value it last saw (after a reload two writers may be running: each reopens).
+static REOPEN: AtomicU64 = AtomicU64::new(0);
 
-/// Asks the writer to reopen its file (after logrotate moved it away).
+/// Asks every writer to reopen its file (after logrotate moved it away).
 pub fn request_reopen() {
-    REOPEN.store(true, Ordering::Relaxed);
+    REOPEN.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Every writer thread started (one per access-log destination of each configuration
+/// generation) and its stop flag, for [`finish_all`] at exit.
+static WRITERS: Mutex<Vec<(Arc<AtomicBool>, JoinHandle<()>)>> = Mutex::new(Vec::new());
+
+/// Writes what every writer has queued and stops them all: call at exit, once the
+/// workers are gone. Handles may still be held elsewhere (the admin plane, the reload);
+/// a line submitted after this is lost.
+pub fn finish_all() {
+    let writers = WRITERS.lock().map(|mut w| std::mem::take(&mut *w)).unwrap_or_default();
+    for (stop, _) in &writers {
+        stop.store(true, Ordering::Relaxed);
+    }
+    for (_, h) in writers {
+        let _ = h.join();
+    }
 }
 
 /// Handle used by workers to submit records.
@@ -68,13 +87,12 @@ pub fn request_reopen() {
 pub struct AccessLog {
     tx: Option<SyncSender<AccessRecord>>,
     dropped: Arc<AtomicU64>,
-    writer: Arc<Mutex<Option<JoinHandle<()>>>>,
 }
 
 impl AccessLog {
     /// A log that discards everything (`path = "off"`).
     pub fn off() -> Self {
-        Self { tx: None, dropped: Arc::new(AtomicU64::new(0)), writer: Arc::default() }
+        Self { tx: None, dropped: Arc::new(AtomicU64::new(0)) }
     }
 
     /// Opens the destination and starts the writer thread.
@@ -91,19 +109,17 @@ impl AccessLog {
         let dropped = Arc::new(AtomicU64::new(0));
         let format = *format;
         let d = dropped.clone();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
         let handle = std::thread::Builder::new()
             .name("wsgate-accesslog".into())
-            .spawn(move || writer(&rx, out, file.as_deref(), format, &d))?;
-        Ok(Self { tx: Some(tx), dropped, writer: Arc::new(Mutex::new(Some(handle))) })
-    }
-
-    /// Writes what is queued and stops the writer; call once every other handle is gone.
-    pub fn finish(self) {
-        let handle = self.writer.lock().ok().and_then(|mut w| w.take());
-        drop(self);
-        if let Some(h) = handle {
-            let _ = h.join();
+            .spawn(move || writer(&rx, out, (file.as_deref(), &stopped), format, &d))?;
+        if let Ok(mut w) = WRITERS.lock() {
+            // Writers that ended by themselves (their generation is gone) leave.
+            w.retain(|(_, h)| !h.is_finished());
+            w.push((stop, handle));
         }
+        Ok(Self { tx: Some(tx), dropped })
     }
 
     /// Submits a record without blocking.
@@ -129,14 +145,17 @@ fn open(path: &str) -> io::Result<std::fs::File> {
 fn writer(
     rx: &Receiver<AccessRecord>,
     out: Box<dyn Write + Send>,
-    file: Option<&str>,
+    (file, stop): (Option<&str>, &AtomicBool),
     format: AccessLogFormat,
     dropped: &AtomicU64,
 ) {
     let mut out = BufWriter::new(out);
     let mut reported = 0;
+    let mut reopened = REOPEN.load(Ordering::Relaxed);
     loop {
-        if let (true, Some(path)) = (REOPEN.swap(false, Ordering::Relaxed), file) {
+        let asked = REOPEN.load(Ordering::Relaxed);
+        if let (true, Some(path)) = (asked != reopened, file) {
+            reopened = asked;
             let _ = out.flush();
             match open(path) {
                 Ok(f) => out = BufWriter::new(Box::new(f)),
@@ -145,6 +164,8 @@ fn writer(
         }
         // Everything queued, then one flush: bursts are batched.
         let mut wrote = false;
+        // Read before the queue is drained: what was queued before the stop is written.
+        let stopping = stop.load(Ordering::Relaxed);
         let open = loop {
             match rx.try_recv() {
                 Ok(r) => {
@@ -160,7 +181,7 @@ fn writer(
         if wrote {
             let _ = out.flush();
         }
-        if !open {
+        if !open || stopping {
             return;
         }
         let d = dropped.load(Ordering::Relaxed);

@@ -23,6 +23,7 @@ pub mod preflight;
 pub mod readiness;
 pub mod relay;
 pub mod relay_tls;
+pub mod reload;
 pub mod router;
 pub mod runtime;
 pub mod shutdown;

@@ -26,6 +26,49 @@ enum Command {
     /// Kernel and limit tuning profiles: list, show, apply, verify, revert (an edge
     /// node needs no source tree: the package installs the profiles).
     Tune(tuning::cli::Options),
+    /// Reload the running wsgate's configuration (SIGHUP to the pid in the pid file):
+    /// new connections use the new file, live WebSockets keep flowing. Check the
+    /// result in its log (or `wsgate_reloads` in the metrics).
+    Reload(SignalOptions),
+    /// Start the paced drain of the running wsgate (SIGTERM to the pid in the pid
+    /// file): it stops accepting and closes its WebSockets with 1001 over
+    /// `drain.window`, then exits. A Kubernetes `preStop` hook.
+    Drain(SignalOptions),
+}
+
+/// Which running wsgate to signal.
+#[derive(Debug, Clone, clap::Args)]
+struct SignalOptions {
+    /// The running process's pid file (`--pid-file` or `pid_file` it was started with).
+    #[arg(long, value_name = "FILE", conflicts_with = "config")]
+    pid_file: Option<std::path::PathBuf>,
+    /// Or the configuration file whose `pid_file` names it.
+    #[arg(short, long, value_name = "FILE")]
+    config: Option<std::path::PathBuf>,
+}
+
+/// `wsgate reload` and `wsgate drain`: sends `signal` to the running process.
+fn signal_running(opts: &SignalOptions, signal: nix::sys::signal::Signal, what: &str) -> ExitCode {
+    let result = (|| -> anyhow::Result<i32> {
+        let pid_file = match (&opts.pid_file, &opts.config) {
+            (Some(p), _) => p.clone(),
+            (None, Some(c)) => wsgate::config::Config::from_file(c)?
+                .pid_file
+                .ok_or(wsgate::reload::pid_file::SignalError::NoPidFile)?,
+            (None, None) => anyhow::bail!(wsgate::reload::pid_file::SignalError::NoPidFile),
+        };
+        Ok(wsgate::reload::pid_file::signal(&pid_file, signal)?)
+    })();
+    match result {
+        Ok(pid) => {
+            println!("wsgate: {what} requested (pid {pid})");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("wsgate {what}: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Where the package installs the tuning profiles.
@@ -85,6 +128,8 @@ fn main() -> ExitCode {
     let (opts, check_only) = match &cli.command {
         Some(Command::Check(o)) => (o, true),
         Some(Command::Tune(t)) => return tune(t),
+        Some(Command::Reload(s)) => return signal_running(s, nix::sys::signal::Signal::SIGHUP, "reload"),
+        Some(Command::Drain(s)) => return signal_running(s, nix::sys::signal::Signal::SIGTERM, "drain"),
         None => (&cli.opts, cli.opts.test),
     };
     let result = opts.cli.load().map_err(anyhow::Error::from).and_then(|config| {
@@ -96,8 +141,8 @@ fn main() -> ExitCode {
             return Ok(());
         }
         wsgate::logging::init(&config.log);
-        wsgate::runtime::run(config, wsgate::runtime::Allocator { release: release_freed_memory })
-            .context("wsgate stopped with an error")
+        let allocator = wsgate::runtime::Allocator { release: release_freed_memory };
+        wsgate::runtime::run(config, opts.cli.clone(), allocator).context("wsgate stopped with an error")
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -15,22 +15,21 @@ use std::time::Duration;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio_uring::net::TcpListener;
 
-use crate::accesslog::AccessLog;
 use crate::admin;
 use crate::admission::Admission;
 use crate::bufpool::BufPool;
-use crate::config::Config;
+use crate::config::{CliOptions, Config};
 use crate::conn::{self, Worker};
 use crate::drain::Pacer;
 use crate::lifetimes::Lifetimes;
 use crate::metrics::{Metrics, WorkerSlot};
 use crate::readiness::Ring;
-use crate::router::Router;
+use crate::reload::listeners::{self, ListenerKey, Listeners, Order};
+use crate::reload::pid_file::PidFile;
+use crate::reload::{Generation, Generations, Reloader};
 use crate::shutdown::{self, ShutdownRx};
 use crate::splice::{self, SpliceOptions, Splicer};
 use crate::stats::Stats;
-use crate::tls::Acceptor;
-use crate::upstream::{self, Group};
 
 /// Why the gateway could not start, or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -45,18 +44,16 @@ pub enum RunError {
     Splice(#[from] splice::StartError),
     #[error("starting the health-check thread: {0}")]
     HealthChecks(std::io::Error),
-    #[error("starting the access log: {0}")]
-    AccessLog(std::io::Error),
     #[error("spawning the {what} thread: {source}")]
     Spawn { what: &'static str, source: std::io::Error },
     #[error("creating the poll ring: {0}")]
     PollRing(std::io::Error),
     #[error(transparent)]
-    Resolve(upstream::ResolveError),
+    Generation(crate::reload::BuildError),
+    #[error("{0}")]
+    PidFile(std::io::Error),
     #[error("a worker thread panicked")]
     WorkerPanicked,
-    #[error(transparent)]
-    Tls(crate::tls::TlsSetupError),
     #[error("cannot listen on {addr} (admin): {source}")]
     Admin { addr: SocketAddr, source: std::io::Error },
 }
@@ -79,8 +76,9 @@ pub struct Allocator {
 /// How often a worker hands freed memory back ([`Allocator::release`]).
 pub const RELEASE_PERIOD: Duration = Duration::from_secs(2);
 
-/// Runs the gateway until shutdown: binds, starts workers, waits for them.
-pub fn run(config: Config, allocator: Allocator) -> Result<()> {
+/// Runs the gateway until shutdown: binds, starts workers, waits for them. `source`
+/// is where `config` came from: a reload reads it again.
+pub fn run(config: Config, source: CliOptions, allocator: Allocator) -> Result<()> {
     conn::teardown::start_clock();
     let config = Arc::new(config);
     let workers = config.worker_count();
@@ -99,15 +97,12 @@ pub fn run(config: Config, allocator: Allocator) -> Result<()> {
         first_sockets.push(s);
     }
 
-    let acceptors = tls_acceptors(&config)?;
-    let groups = upstream_groups(&config)?;
-    let router =
-        Arc::new(Router::new(&config.routes, |name| groups.iter().find(|(n, _)| n == name).map(|(_, g)| g.clone())));
-    let all_groups: Vec<Arc<Group>> = groups.iter().map(|(_, g)| g.clone()).collect();
-    upstream::start_resolver(&all_groups).map_err(|source| RunError::Spawn { what: "resolver", source })?;
-    if upstream::health::start(&all_groups).map_err(RunError::HealthChecks)? {
-        tracing::info!("active health checks running");
+    if config.listeners.iter().any(|l| l.tls.is_some()) {
+        tracing::info!("{}", crate::tls::ktls::probe());
     }
+    let first = Generation::build(1, config.clone(), None).map_err(RunError::Generation)?;
+    let generations = Generations::new(first);
+    generations.current().start_background(&generations.tenure(1)).map_err(RunError::HealthChecks)?;
     let admission = Arc::new(Admission::new(&config));
     let splice_opts = SpliceOptions {
         mode: config.splice,
@@ -116,29 +111,23 @@ pub fn run(config: Config, allocator: Allocator) -> Result<()> {
     };
     let started_splice = splice::start(&splice_opts)?;
     let splicer = started_splice.splicer.clone();
-    let access_log = AccessLog::start(&config.access_log).map_err(RunError::AccessLog)?;
     let stats = Arc::new(Stats::default());
     let (tx, rx) = shutdown::channel();
     let cpus = allowed_cpus();
     let (metrics, mut metric_slots) =
-        start_metrics(&config, workers, (&all_groups, &admission, started_splice, &stats), &rx)?;
+        start_metrics(&config, workers, (&generations, &admission, started_splice, &stats), &rx)?;
+    let pid_file = config.pid_file.as_deref().map(PidFile::write).transpose().map_err(RunError::PidFile)?;
 
     let mut handles = Vec::new();
+    let mut orders = Vec::new();
     for w in 0..workers {
-        let sockets = if w == 0 {
-            std::mem::take(&mut first_sockets)
-        } else {
-            addrs
-                .iter()
-                .map(|&(addr, backlog)| {
-                    listen_socket(addr, backlog, &config.keepalive).map_err(|source| RunError::Listen { addr, source })
-                })
-                .collect::<Result<Vec<_>>>()?
-        };
+        let first = (w == 0).then(|| std::mem::take(&mut first_sockets));
+        let sockets = worker_sockets(&config, &addrs, first)?;
+        let (order_tx, order_rx) = tokio::sync::mpsc::unbounded_channel();
+        orders.push(order_tx);
         let ctx = WorkerSetup {
             config: config.clone(),
-            router: router.clone(),
-            access_log: access_log.clone(),
+            generations: generations.clone(),
             stats: stats.clone(),
             shutdown: rx.clone(),
             admission: admission.clone(),
@@ -146,7 +135,7 @@ pub fn run(config: Config, allocator: Allocator) -> Result<()> {
             cpu: cpus.get(w % cpus.len().max(1)).copied(),
             allocator,
             metrics: metric_slots.next().ok_or(RunError::WorkerPanicked)?,
-            tls: acceptors.clone(),
+            orders: order_rx,
         };
         let h = std::thread::Builder::new()
             .name(format!("wsgate-w{w}"))
@@ -160,11 +149,18 @@ pub fn run(config: Config, allocator: Allocator) -> Result<()> {
     // at once (a test, `systemctl stop` right after start) must drain, not take the
     // default action and kill the process.
     let drain = config.stop_after();
+    let reloader = Arc::new(Reloader {
+        source,
+        generations: generations.clone(),
+        admission: admission.clone(),
+        metrics: metrics.clone(),
+        listeners: Listeners::new(orders, config.keepalive.clone(), listen_socket),
+    });
     let (handlers_in, handlers_ready) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("wsgate-signals".into())
         .spawn(move || {
-            if let Err(e) = shutdown::signal_thread(&tx, drain, &handlers_in) {
+            if let Err(e) = shutdown::signal_thread(&tx, drain, reloader, &handlers_in) {
                 tracing::error!(error = %e, "signal handling failed; SIGTERM will not drain gracefully");
             }
             // Keep the sender alive until the process exits.
@@ -187,8 +183,11 @@ pub fn run(config: Config, allocator: Allocator) -> Result<()> {
         }
     }
     report_stopped(&stats, splicer.as_ref(), &metrics);
-    // The workers' handles are gone with them: the last lines are written here.
-    access_log.finish();
+    drop(pid_file);
+    // The workers are gone: the last lines of every generation's access log are
+    // written here (the admin plane and the reload may still hold a handle).
+    drop(generations);
+    crate::accesslog::finish_all();
     failed.map_or(Ok(()), Err)
 }
 
@@ -208,15 +207,15 @@ fn announce_ready(addrs: &[(SocketAddr, u32)], workers: usize) {
 fn start_metrics(
     config: &Config,
     workers: usize,
-    (groups, admission, splice, stats): (&[Arc<Group>], &Arc<Admission>, splice::Started, &Arc<Stats>),
+    (generations, admission, splice, stats): (&Generations, &Arc<Admission>, splice::Started, &Arc<Stats>),
     shutdown: &ShutdownRx,
 ) -> Result<(Arc<Metrics>, std::vec::IntoIter<WorkerSlot>)> {
     let sources =
-        admin::Sources { groups: groups.to_vec(), admission: admission.clone(), splice, stats: stats.clone() };
+        admin::Sources { generations: generations.clone(), admission: admission.clone(), splice, stats: stats.clone() };
     let live_view = config.admin.listen.is_some();
     let (metrics, slots) = Metrics::new(workers, admin::route_labels(&config.routes), live_view);
     if let Some(addr) = config.admin.listen {
-        let local = admin::start(addr, admin::State::new(metrics.clone(), sources, shutdown.clone(), config))
+        let local = admin::start(addr, admin::State::new(metrics.clone(), sources, shutdown.clone()))
             .map_err(|source| RunError::Admin { addr, source })?;
         println!("wsgate: admin on {local}");
     }
@@ -272,9 +271,9 @@ fn spawn_counts_reporter(stats: Arc<Stats>, splicer: Option<Splicer>) -> Result<
 }
 
 struct WorkerSetup {
+    /// The configuration at start: what a worker sizes once (buffers, drain, splice).
     config: Arc<Config>,
-    router: Arc<Router>,
-    access_log: AccessLog,
+    generations: Generations,
     stats: Arc<Stats>,
     shutdown: ShutdownRx,
     admission: Arc<Admission>,
@@ -282,11 +281,14 @@ struct WorkerSetup {
     cpu: Option<usize>,
     allocator: Allocator,
     metrics: WorkerSlot,
-    /// Each listener's TLS acceptor, in the configuration's order.
-    tls: Vec<Option<Acceptor>>,
+    /// Listeners a reload adds or removes.
+    orders: tokio::sync::mpsc::UnboundedReceiver<Order>,
 }
 
-fn worker(setup: WorkerSetup, sockets: Vec<Socket>) -> Result<()> {
+/// One listener's socket of one worker, by key.
+type KeyedSocket = (ListenerKey, crate::config::Scheme, Socket);
+
+fn worker(mut setup: WorkerSetup, sockets: Vec<KeyedSocket>) -> Result<()> {
     if let Some(cpu) = setup.cpu {
         pin_to(cpu);
     }
@@ -305,9 +307,7 @@ fn worker(setup: WorkerSetup, sockets: Vec<Socket>) -> Result<()> {
             p.pace_drain(pacer.clone(), setup.config.drain.close_timeout);
         }
         let state = Rc::new(Worker {
-            config: setup.config,
-            router: setup.router,
-            access_log: setup.access_log,
+            generations: setup.generations,
             stats: setup.stats,
             shutdown: setup.shutdown.clone(),
             admission: setup.admission,
@@ -328,15 +328,14 @@ fn worker(setup: WorkerSetup, sockets: Vec<Socket>) -> Result<()> {
                 release();
             }
         });
-        let mut accept_loops = Vec::new();
-        // One socket per listener, in the configuration's order.
-        let schemes: Vec<_> = state.config.listeners.iter().map(crate::config::ListenerConfig::scheme).collect();
-        for ((s, scheme), tls) in sockets.into_iter().zip(schemes).zip(setup.tls) {
-            let listener = TcpListener::from_std(s.into());
-            accept_loops.push(tokio_uring::spawn(conn::accept::accept_loop(listener, scheme, tls, state.clone())));
+        let mut accepting = Vec::new();
+        for (key, scheme, s) in sockets {
+            accepting.push(accept_on(s, (key, scheme), &state));
         }
-        for l in accept_loops {
+        follow_reloads(&mut setup.orders, &mut accepting, &state).await;
+        for (_, removed, l) in accepting {
             let _ = l.await;
+            drop(removed);
         }
         // Draining: wait for this worker's connections to finish (they close themselves
         // at `Stop`).
@@ -345,6 +344,64 @@ fn worker(setup: WorkerSetup, sockets: Vec<Socket>) -> Result<()> {
         }
         Ok(())
     })
+}
+
+/// One worker's socket of each listener, with its key: `first` (the ones bound at
+/// start) or new ones on the same addresses.
+fn worker_sockets(
+    config: &Config,
+    addrs: &[(SocketAddr, u32)],
+    first: Option<Vec<Socket>>,
+) -> Result<Vec<KeyedSocket>> {
+    let sockets = match first {
+        Some(s) => s,
+        None => addrs
+            .iter()
+            .map(|&(addr, backlog)| {
+                listen_socket(addr, backlog, &config.keepalive).map_err(|source| RunError::Listen { addr, source })
+            })
+            .collect::<Result<Vec<_>>>()?,
+    };
+    let keys = config.listeners.iter().map(|l| (listeners::key(l), l.scheme()));
+    Ok(keys.zip(sockets).map(|((k, scheme), s)| (k, scheme, s)).collect())
+}
+
+/// One accept loop of a worker: its listener, the sender that stops it, the task.
+type Accepting = (ListenerKey, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>);
+
+/// Starts accepting on `socket` (this worker's of listener `key`).
+fn accept_on(socket: Socket, (key, scheme): (ListenerKey, crate::config::Scheme), worker: &Rc<Worker>) -> Accepting {
+    let listener = TcpListener::from_std(socket.into());
+    let (removed_tx, removed) = tokio::sync::oneshot::channel();
+    (key, removed_tx, tokio_uring::spawn(conn::accept::accept_loop(listener, (key, scheme), worker.clone(), removed)))
+}
+
+/// Until the drain, adds and removes this worker's listeners as reloads order.
+async fn follow_reloads(
+    orders: &mut tokio::sync::mpsc::UnboundedReceiver<Order>,
+    accepting: &mut Vec<Accepting>,
+    worker: &Rc<Worker>,
+) {
+    let mut shutdown = worker.shutdown.clone();
+    let mut draining = std::pin::pin!(shutdown.reached(crate::shutdown::Phase::Draining));
+    loop {
+        tokio::select! {
+            order = orders.recv() => match order {
+                Some(Order::Add { key, scheme, socket }) => accepting.push(accept_on(socket, (key, scheme), worker)),
+                Some(Order::Remove(key)) => {
+                    for (_, removed, _) in accepting.extract_if(.., |(k, _, _)| *k == key) {
+                        let _ = removed.send(());
+                    }
+                }
+                // No reload can come any more: only the drain is left to wait for.
+                None => {
+                    draining.await;
+                    return;
+                }
+            },
+            () = &mut draining => return,
+        }
+    }
 }
 
 /// Checks the kernel and process limits this configuration needs.
@@ -358,40 +415,11 @@ fn preflight(config: &Config) -> Result<()> {
     Ok(())
 }
 
-/// Each listener's TLS acceptor (`None` for a plain listener), its files loaded and
-/// checked once for all workers.
-fn tls_acceptors(config: &Config) -> Result<Vec<Option<Acceptor>>> {
-    if config.listeners.iter().any(|l| l.tls.is_some()) {
-        tracing::info!("{}", crate::tls::ktls::probe());
-    }
-    config
-        .listeners
-        .iter()
-        .enumerate()
-        .map(|(i, l)| {
-            l.tls
-                .as_ref()
-                .map(|tls| {
-                    Acceptor::from_config(&format!("listener[{i}].tls"), tls).map(|a| a.offer_h2(config.http2.enabled))
-                })
-                .transpose()
-        })
-        .collect::<Result<_, _>>()
-        .map_err(RunError::Tls)
-}
-
-/// The upstream groups by name, their server names resolved (blocking, at start).
-fn upstream_groups(config: &Config) -> Result<Vec<(String, Arc<Group>)>> {
-    config
-        .upstreams
-        .iter()
-        .map(|(name, u)| Ok((name.clone(), Arc::new(Group::new(name, u)?))))
-        .collect::<Result<_, upstream::ResolveError>>()
-        .map_err(RunError::Resolve)
-}
-
 /// A listening socket with SO_REUSEPORT (every worker binds the same address).
-fn listen_socket(
+///
+/// # Errors
+/// The socket, option, bind or listen call that failed.
+pub fn listen_socket(
     addr: SocketAddr,
     backlog: u32,
     keepalive: &crate::config::KeepaliveConfig,

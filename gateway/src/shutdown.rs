@@ -4,9 +4,10 @@
 //! its turn in the paced drain (`drain`, with the reason "drain") and other
 //! connections continue; then → `Stop`: every connection left is closed with the
 //! reason "shutdown". A second signal goes straight to `Stop`. Data-plane threads only
-//! read the channel; the signal thread is the only writer. SIGUSR1 asks the access
-//! log to reopen its file; SIGHUP, SIGUSR2 and SIGALRM are logged and ignored, never
-//! fatal.
+//! read the channel; the signal thread is the only writer. SIGHUP reloads the
+//! configuration (`reload`), one reload at a time, until the drain starts. SIGUSR1
+//! asks the access log to reopen its file; SIGUSR2 and SIGALRM are logged and
+//! ignored, never fatal.
 
 use std::time::Duration;
 
@@ -63,13 +64,9 @@ pub fn channel() -> (ShutdownTx, ShutdownRx) {
 }
 
 /// Signals that would end the process by default and mean nothing to wsgate yet:
-/// each is logged and ignored (SIGHUP until reload exists, SIGUSR2 until binary
-/// upgrade does).
-const IGNORED: [(libc::c_int, &str); 3] = [
-    (libc::SIGHUP, "SIGHUP: configuration reload is not supported yet; still running with the current configuration"),
-    (libc::SIGUSR2, "SIGUSR2: binary upgrade is not supported yet; ignored"),
-    (libc::SIGALRM, "SIGALRM: ignored"),
-];
+/// each is logged and ignored (SIGUSR2 until binary upgrade exists).
+const IGNORED: [(libc::c_int, &str); 2] =
+    [(libc::SIGUSR2, "SIGUSR2: binary upgrade is not supported yet; ignored"), (libc::SIGALRM, "SIGALRM: ignored")];
 
 /// Runs on its own thread: turns SIGTERM/SIGINT into phases. Says so on `installed` once
 /// its handlers replace the default action (which kills the process). Returns when
@@ -77,6 +74,7 @@ const IGNORED: [(libc::c_int, &str); 3] = [
 pub fn signal_thread(
     tx: &ShutdownTx,
     stop_after: Duration,
+    reloader: std::sync::Arc<crate::reload::Reloader>,
     installed: &std::sync::mpsc::Sender<()>,
 ) -> std::io::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
@@ -90,6 +88,23 @@ pub fn signal_thread(
             while usr1.recv().await.is_some() {
                 tracing::info!("SIGUSR1: reopening the access log");
                 crate::accesslog::request_reopen();
+            }
+        });
+        // SIGHUP: reload, one at a time (signals that arrive meanwhile make one more),
+        // off this thread's runtime so a SIGTERM is still heard during a slow reload.
+        let mut hup = signal(SignalKind::hangup())?;
+        let draining = tx.0.subscribe();
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                if *draining.borrow() != Phase::Running {
+                    tracing::warn!("SIGHUP: draining; the configuration is not reloaded");
+                    continue;
+                }
+                tracing::info!("SIGHUP: reloading the configuration");
+                let r = reloader.clone();
+                if tokio::task::spawn_blocking(move || r.reload()).await.is_err() {
+                    tracing::error!("the reload panicked; still running the previous configuration");
+                }
             }
         });
         for (raw, what) in IGNORED {

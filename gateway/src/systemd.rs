@@ -1,6 +1,7 @@
 //! The service manager's side (systemd `Type=notify`): `READY=1` once every listener
-//! listens and the splice self-test ran, `STOPPING=1` when the drain starts, and a
-//! `STATUS=` line with the live connections while running.
+//! listens and the splice self-test ran, `RELOADING=1` (with `MONOTONIC_USEC=`) then
+//! `READY=1` around a reload, `STOPPING=1` when the drain starts, and a `STATUS=` line
+//! with the live connections while running.
 //!
 //! Every message is a datagram to `$NOTIFY_SOCKET`; without it (not under systemd)
 //! each call is a no-op. Must never block or fail the data plane: a notification that
@@ -34,6 +35,23 @@ pub fn ready(listeners: usize, workers: usize) {
         NotifyState::Ready,
         NotifyState::Status(&format!("listening on {listeners} address(es), {workers} workers")),
     ]);
+}
+
+/// A reload starts: the service manager shows the unit as reloading until
+/// [`reloaded`].
+pub fn reloading() {
+    match NotifyState::monotonic_usec_now() {
+        Ok(now) => send(&[NotifyState::Reloading, now, NotifyState::Status("reloading the configuration")]),
+        Err(e) => {
+            tracing::debug!(error = %e, "no monotonic clock for MONOTONIC_USEC");
+            send(&[NotifyState::Reloading, NotifyState::Status("reloading the configuration")]);
+        }
+    }
+}
+
+/// The reload is over (applied or refused, as `status` says): the service is up.
+pub fn reloaded(status: &str) {
+    send(&[NotifyState::Ready, NotifyState::Status(status)]);
 }
 
 /// The drain started: the service manager shows the unit as stopping.

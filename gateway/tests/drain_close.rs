@@ -186,11 +186,16 @@ fn a_second_sigterm_closes_at_once() {
 #[test]
 fn sighup_and_sigusr2_leave_the_process_serving() {
     let echo = WsEcho::start();
-    let mut gw = gateway(&echo, "userspace", "2s");
+    let mut gw = Gateway::builder()
+        .one_line(&[echo.addr])
+        .args(&["--splice", "userspace", "--drain-window", "2s"])
+        .log_level("wsgate=info")
+        .start();
     let mut clients = Clients::open(10, &[gw.ws_url("/hup")]);
     let since = Instant::now();
+    // SIGHUP reloads the same configuration (a new generation for new connections).
     gw.signal(Signal::SIGHUP);
-    gw.wait_stderr("SIGHUP: configuration reload is not supported yet", Duration::from_secs(10));
+    gw.wait_stderr("configuration reloaded", Duration::from_secs(10));
     gw.signal(Signal::SIGUSR2);
     gw.wait_stderr("SIGUSR2: binary upgrade is not supported yet", Duration::from_secs(10));
     std::thread::sleep(Duration::from_millis(500));

@@ -8,15 +8,13 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use wsgate::accesslog::AccessLog;
 use wsgate::admission::Admission;
 use wsgate::bufpool::BufPool;
 use wsgate::config::Config;
 use wsgate::conn::{Worker, accept};
 use wsgate::lifetimes::Lifetimes;
-use wsgate::router::Router;
+use wsgate::reload::{Generation, Generations};
 use wsgate::stats::Stats;
-use wsgate::upstream::Group;
 
 const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello";
 
@@ -50,8 +48,7 @@ fn a_worker_built_by_hand_serves_plain_http_with_its_own_buffers() {
     );
     let config = Arc::new(Config::from_toml(&toml).unwrap());
     config.validate().unwrap();
-    let group = Arc::new(Group::new("origin", &config.upstreams["origin"]).unwrap());
-    let router = Arc::new(Router::new(&config.routes, |_| Some(group.clone())));
+    let generations = Generations::new(Generation::build(1, config.clone(), None).unwrap());
     let (_tx, shutdown) = wsgate::shutdown::channel();
 
     let listener = StdListener::bind("127.0.0.1:0").unwrap();
@@ -68,9 +65,7 @@ fn a_worker_built_by_hand_serves_plain_http_with_its_own_buffers() {
     tokio_uring::start(async move {
         let ring = wsgate::readiness::Ring::start(256).unwrap();
         let worker = Rc::new(Worker {
-            config: config.clone(),
-            router,
-            access_log: AccessLog::off(),
+            generations,
             stats: Arc::new(Stats::default()),
             shutdown,
             admission: Arc::new(Admission::new(&config)),
@@ -83,8 +78,14 @@ fn a_worker_built_by_hand_serves_plain_http_with_its_own_buffers() {
             pacer: Rc::new(wsgate::drain::Pacer::new(&config.drain, 1)),
         });
         let listener = tokio_uring::net::TcpListener::from_std(listener);
-        let accepting =
-            tokio_uring::spawn(accept::accept_loop(listener, wsgate::config::Scheme::Http, None, worker.clone()));
+        let key = wsgate::reload::listeners::key(&config.listeners[0]);
+        let (_keep, removed) = tokio::sync::oneshot::channel();
+        let accepting = tokio_uring::spawn(accept::accept_loop(
+            listener,
+            (key, wsgate::config::Scheme::Http),
+            worker.clone(),
+            removed,
+        ));
         let deadline = Instant::now() + Duration::from_secs(20);
         // One connection accepted and ended (its active count back to 0).
         while worker.stats.accepted.load(Ordering::Relaxed) == 0 || worker.stats.active.load(Ordering::Relaxed) > 0 {

@@ -105,7 +105,7 @@ fn readyz(state: &State) -> Response {
     if state.shutdown.phase() != Phase::Running {
         return Response::text(503, "draining\n");
     }
-    let any_up = state.groups.iter().any(|g| g.servers().iter().any(crate::upstream::Server::is_up));
+    let any_up = state.generations.current().groups.iter().any(|g| g.servers().iter().any(|s| s.is_up()));
     if any_up { Response::text(200, "ready\n") } else { Response::text(503, "no upstream server is up\n") }
 }
 
@@ -120,7 +120,8 @@ fn status(state: &State) -> Response {
             json!({ "worker": w.index, "accepted": w.accepted.load(Relaxed), "active": active, "pings_answered": w.pings_answered.load(Relaxed) })
         })
         .collect();
-    let upstreams: Vec<_> = state
+    let generation = state.generations.current();
+    let upstreams: Vec<_> = generation
         .groups
         .iter()
         .map(|g| {
@@ -142,7 +143,8 @@ fn status(state: &State) -> Response {
         &json!({
             "version": env!("CARGO_PKG_VERSION"),
             "uptime_seconds": state.started.elapsed().as_secs_f64(),
-            "config_digest": state.config_digest,
+            "config_digest": super::digest(&generation.config),
+            "config_generation": generation.number,
             "phase": format!("{:?}", state.shutdown.phase()).to_lowercase(),
             "splice": splice,
             "workers": workers,

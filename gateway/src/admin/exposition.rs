@@ -224,7 +224,7 @@ impl Collector for Scrape {
         let mut conns = Vec::new();
         let mut checks = Vec::new();
         let mut marks = Vec::new();
-        for g in &s.groups {
+        for g in &s.generations.current().groups {
             for srv in g.servers() {
                 let l = [("upstream", g.name.clone()), ("server", srv.address.to_string())];
                 up.push((l.clone(), i64::from(srv.is_up())));
@@ -244,6 +244,17 @@ impl Collector for Scrape {
         gauge(e, "wsgate_upstream_connections", "Connections to the server now (all workers).", &conns)?;
         counter(e, "wsgate_upstream_health_checks", "Active health checks by result.", None, &checks)?;
         counter(e, "wsgate_upstream_passive_marks", "Times passive health marked the server down.", None, &marks)?;
+
+        let reloads = &s.metrics.reloads;
+        let by_result: Vec<_> = reloads.counts().into_iter().map(|(r, n)| ([("result", r)], n)).collect();
+        counter(e, "wsgate_reloads", "Configuration reloads (SIGHUP, wsgate reload) by result.", None, &by_result)?;
+        let generation = i64::try_from(reloads.generation()).unwrap_or(i64::MAX);
+        gauge(
+            e,
+            "wsgate_config_generation",
+            "The configuration generation new connections use (1 at start, one more per applied reload).",
+            &[(NO_LABELS, generation)],
+        )?;
 
         let tls = &s.stats.tls;
         let done = tls.done.load(Relaxed);

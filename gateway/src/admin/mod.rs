@@ -16,15 +16,16 @@ use std::time::Instant;
 
 use crate::admission::Admission;
 use crate::metrics::Metrics;
+use crate::reload::Generations;
 use crate::shutdown::ShutdownRx;
 use crate::splice::Splicer;
-use crate::upstream::Group;
 
 /// Everything the admin endpoints read.
 #[derive(Debug)]
 pub struct State {
     pub metrics: Arc<Metrics>,
-    pub groups: Vec<Arc<Group>>,
+    /// The configuration generation in force: its upstream groups are the ones shown.
+    pub generations: Generations,
     pub admission: Arc<Admission>,
     /// The process-wide counters (TLS handshakes).
     pub stats: Arc<crate::stats::Stats>,
@@ -35,8 +36,6 @@ pub struct State {
     pub shutdown: ShutdownRx,
     pub started: Instant,
     pub started_unix: f64,
-    /// SHA-1 of the configuration in force (JSON), for `/status`.
-    pub config_digest: String,
     /// How long `/healthz` waits for every worker's answer.
     pub ping_deadline: std::time::Duration,
 }
@@ -44,19 +43,19 @@ pub struct State {
 /// What the data plane lends the admin plane.
 #[derive(Debug)]
 pub struct Sources {
-    pub groups: Vec<Arc<Group>>,
+    pub generations: Generations,
     pub admission: Arc<Admission>,
     pub splice: crate::splice::Started,
     pub stats: Arc<crate::stats::Stats>,
 }
 
 impl State {
-    /// The state of a process starting now with `config`.
-    pub fn new(metrics: Arc<Metrics>, sources: Sources, shutdown: ShutdownRx, config: &crate::config::Config) -> Self {
-        let Sources { groups, admission, splice, stats } = sources;
+    /// The state of a process starting now.
+    pub fn new(metrics: Arc<Metrics>, sources: Sources, shutdown: ShutdownRx) -> Self {
+        let Sources { generations, admission, splice, stats } = sources;
         Self {
             metrics,
-            groups,
+            generations,
             admission,
             stats,
             splicer: splice.splicer,
@@ -64,7 +63,6 @@ impl State {
             shutdown,
             started: Instant::now(),
             started_unix: crate::accesslog::now_unix(),
-            config_digest: digest(config),
             ping_deadline: PING_DEADLINE,
         }
     }

@@ -108,7 +108,8 @@ impl RouteGate {
 #[derive(Debug)]
 pub struct Admission {
     trusted: Trusted,
-    global_limit: u64,
+    /// `limits.max_connections` of the configuration generation in force.
+    global_limit: AtomicU64,
     global: AtomicU64,
     limit_conn: u32,
     slots: Slots,
@@ -131,7 +132,7 @@ impl Admission {
         let n = (*table_slots).max(1);
         Self {
             trusted: Trusted::new(trusted_proxies),
-            global_limit: cfg.limits.max_connections,
+            global_limit: AtomicU64::new(cfg.limits.max_connections),
             global: AtomicU64::new(0),
             limit_conn: *limit_conn,
             slots: Slots::new(n),
@@ -156,9 +157,16 @@ impl Admission {
         self.trusted.client_ip(peer, head)
     }
 
+    /// A reload's `limits.max_connections`: new connections are held to it; the live
+    /// ones above it are not closed.
+    pub fn set_global_limit(&self, limit: u64) {
+        self.global_limit.store(limit, Ordering::Relaxed);
+    }
+
     /// Admits a connection from `client` through `route`, or refuses it with
     /// `admission.status`. The counts are released when the guard drops.
     pub fn admit(self: &Arc<Self>, client: IpAddr, route: &Arc<RouteGate>) -> Result<Admitted, ProxyError> {
+        let limit = self.global_limit.load(Ordering::Relaxed);
         let slot = self.slots.of(client);
         if let Some(rate) = &self.rate
             && !rate.take(slot, now_ms())
@@ -166,11 +174,7 @@ impl Admission {
             return Err(self.refuse(Limit::Rate, client));
         }
         let mut guard = Admitted { admission: self.clone(), route: None, slot: NO_SLOT, global: false };
-        if self
-            .global
-            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| (n < self.global_limit).then_some(n + 1))
-            .is_err()
-        {
+        if self.global.fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| (n < limit).then_some(n + 1)).is_err() {
             return Err(self.refuse(Limit::Global, client));
         }
         guard.global = true;

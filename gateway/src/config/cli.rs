@@ -63,6 +63,10 @@ pub struct CliOptions {
     /// (`drain.window`, e.g. 5s).
     #[arg(long, value_parser = humantime_parse)]
     pub drain_window: Option<Duration>,
+    /// Write the process id here at start (`pid_file`); `wsgate reload` and
+    /// `wsgate drain` read it.
+    #[arg(long, value_name = "FILE")]
+    pub pid_file: Option<PathBuf>,
 }
 
 fn humantime_parse(s: &str) -> Result<Duration, String> {
@@ -103,6 +107,7 @@ impl CliOptions {
             splice_after,
             admin,
             drain_window,
+            pid_file,
         } = self;
         if !listen.is_empty() {
             config.listeners = Config::one_line(listen.clone(), Vec::new()).listeners;
@@ -146,6 +151,9 @@ impl CliOptions {
         }
         if let Some(w) = *drain_window {
             config.drain.window = w;
+        }
+        if let Some(p) = pid_file {
+            config.pid_file = Some(p.clone());
         }
         if let Some(a) = *admin {
             config.admin.listen = Some(a);

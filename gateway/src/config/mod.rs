@@ -101,6 +101,9 @@ pub struct Config {
     pub keepalive: KeepaliveConfig,
     /// HTTP/2 on TLS listeners: WebSocket over HTTP/2 (RFC 8441) and its limits.
     pub http2: Http2Config,
+    /// File the process id is written to at start (removed at exit), for
+    /// `wsgate reload` and `wsgate drain`. Unset (the default): none.
+    pub pid_file: Option<std::path::PathBuf>,
 }
 
 impl Config {

@@ -58,7 +58,8 @@ pub async fn connect(
     worker: &Worker,
     facts: &mut Facts,
 ) -> Result<Connected, ProxyError> {
-    let cfg = &worker.config;
+    let generation = facts.generation.clone();
+    let cfg = &generation.config;
     let group = &admit.route.group;
     let fwd = Forwarded {
         client_ip: admit.client_ip,

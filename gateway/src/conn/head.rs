@@ -20,8 +20,9 @@ use tokio::time::timeout_at;
 
 /// Reads and parses the request head, and records what the access log needs of it.
 pub async fn read(client: &ClientIo, worker: &Worker, facts: &mut Facts) -> Result<(RequestHead, Vec<u8>), ProxyError> {
-    let limits = &worker.config.limits;
-    let deadline = facts.started + worker.config.timeouts.header;
+    let generation = facts.generation.clone();
+    let limits = &generation.config.limits;
+    let deadline = facts.started + generation.config.timeouts.header;
     let (head, buf) = read_head(&worker.ring, client, limits.max_header_bytes, limits.max_headers, deadline).await?;
     facts.request = head.request_line();
     facts.host = head.host().unwrap_or_default();

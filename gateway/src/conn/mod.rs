@@ -53,30 +53,29 @@ use self::connect::Connected;
 use self::relay_choice::Handoff;
 use self::response::Answer;
 use self::teardown::{ActiveConn, Facts};
-use crate::accesslog::AccessLog;
 use crate::admission::{Admission, Admitted};
 use crate::bufpool::BufPool;
-use crate::config::{Config, Scheme};
+use crate::config::Scheme;
 use crate::drain::Pacer;
 use crate::error::{ErrorKind, ProxyError};
 use crate::lifetimes::Lifetimes;
 use crate::metrics::Recorder;
 use crate::readiness::Ring;
-use crate::router::Router;
+use crate::reload::{Generation, Generations};
 use crate::shutdown::ShutdownRx;
 use crate::splice::{Splicer, WorkerPairs};
 use crate::stats::Stats;
 use crate::tls::Acceptor;
 
 /// One worker thread's state, owned by that thread and lent to every phase of its
-/// connections: what all workers share (config, routes, log, counters, admission,
-/// the splice) and what is this worker's alone (poll ring, relay buffers, parked
-/// pairs and their sweeper, lifetimes).
+/// connections: what all workers share (the configuration generations, counters,
+/// admission, the splice) and what is this worker's alone (poll ring, relay buffers,
+/// parked pairs and their sweeper, lifetimes). A connection's configuration, routes,
+/// groups and access log are its generation's ([`Facts::generation`]).
 #[derive(Debug)]
 pub struct Worker {
-    pub config: Arc<Config>,
-    pub router: Arc<Router>,
-    pub access_log: AccessLog,
+    /// The configuration generation in force (each connection takes it at accept).
+    pub generations: Generations,
     pub stats: Arc<Stats>,
     pub shutdown: ShutdownRx,
     pub admission: Arc<Admission>,
@@ -104,22 +103,22 @@ pub struct Worker {
 pub async fn serve(
     client: TcpStream,
     peer: SocketAddr,
-    (scheme, tls): (Scheme, Option<Acceptor>),
+    (scheme, tls, generation): (Scheme, Option<Acceptor>, Arc<Generation>),
     worker: Rc<Worker>,
     active: ActiveConn,
 ) {
-    let mut facts = Facts::new(peer, &worker.metrics);
+    let mut facts = Facts::new(peer, &worker.metrics, generation);
     facts.scheme = scheme;
     // TCP_NODELAY comes from the listening socket: accepted sockets inherit it.
     let client = match tls {
         None => ClientIo::Plain(client),
         Some(acceptor) => {
-            let deadline = facts.started + worker.config.timeouts.header;
+            let deadline = facts.started + facts.generation.config.timeouts.header;
             match crate::tls::handshake::accept(client, acceptor.config, &worker.ring, deadline, &worker.stats.tls)
                 .await
             {
                 Ok(stream) if stream.conn().alpn_protocol() == Some(b"h2") => {
-                    return crate::h2::serve(Box::new(stream), peer, worker, active).await;
+                    return crate::h2::serve(Box::new(stream), peer, facts.generation, worker, active).await;
                 }
                 Ok(stream) => ClientIo::Tls(Box::new(stream)),
                 Err(failed) => {
@@ -158,7 +157,8 @@ async fn proxy(
 /// caller, so the long-lived relay future does not carry their state.
 async fn prepare(client: &ClientIo, worker: &Worker, facts: &mut Facts) -> Result<(Connected, Admitted), ProxyError> {
     let (head, buf) = head::read(client, worker, facts).await?;
-    let admit = route_admit::route_admit(&head, worker, facts)?;
+    let generation = facts.generation.clone();
+    let admit = route_admit::route_admit(&head, worker, &generation, facts)?;
     let upstream = connect::connect(&head, &buf, &admit, worker, facts).await?;
     Ok((upstream, admit.slots))
 }

@@ -62,8 +62,8 @@ pub async fn exchange(
     early: &[u8],
     method: &str,
     worker: &Worker,
+    cfg: &crate::config::Config,
 ) -> Result<Exchanged, ProxyError> {
-    let cfg = &worker.config;
     let limits = Limits {
         response: cfg.timeouts.response,
         idle: cfg.timeouts.idle,
@@ -113,7 +113,7 @@ pub async fn exchange(
         return Err(ProxyError::new(ErrorKind::UpstreamInvalid, format!("more than {MAX_INTERIM} interim responses")));
     }
     done.status = head.status;
-    done.bytes_out += pass(upstream, client, &head, worker).await?;
+    done.bytes_out += pass(upstream, client, &head, worker, cfg.timeouts.response).await?;
     Ok(done)
 }
 

@@ -46,7 +46,9 @@ pub async fn plain(
     Stats::bump(&worker.stats.relayed_userspace);
     facts.mode = Mode::Userspace;
     let stream = &upstream.stream;
-    let exchange = super::plain::exchange(client, stream, upstream.framing, &upstream.early, &upstream.method, worker);
+    let generation = facts.generation.clone();
+    let (early, method) = (&upstream.early, &upstream.method);
+    let exchange = super::plain::exchange(client, stream, upstream.framing, early, method, worker, &generation.config);
     let mut shutdown = worker.shutdown.clone();
     let done = tokio::select! {
         done = Box::pin(exchange) => done?,
@@ -79,7 +81,8 @@ pub async fn websocket(
     worker: &Worker,
     facts: &mut Facts,
 ) -> Option<Handoff> {
-    let cfg = &worker.config;
+    let generation = facts.generation.clone();
+    let cfg = &generation.config;
     let Connected { stream: upstream, live, early, response, .. } = upstream;
     // The drain's frame boundaries: the client's early bytes are its first frames; the
     // upstream's bytes start with its 101 head, still queued.

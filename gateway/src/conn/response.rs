@@ -47,12 +47,12 @@ pub async fn answer(
     facts.status = head.status;
     if head.status == 101 {
         Stats::bump(&worker.stats.upgrades_succeeded);
-        super::teardown::opened(facts, worker);
+        super::teardown::opened(facts);
         return Ok(Answer::Switching);
     }
     // Passed back as-is; both sides closed after it.
     let stream = &upstream.stream;
-    facts.bytes_sent = Box::pin(pass(stream, client, head, worker)).await?;
+    facts.bytes_sent = Box::pin(pass(stream, client, head, worker, facts.generation.config.timeouts.response)).await?;
     facts.bytes_out = facts.bytes_sent;
     facts.close = Close::Done;
     client.shutdown(std::net::Shutdown::Both);
@@ -118,8 +118,8 @@ pub(super) async fn pass(
     client: &ClientIo,
     head: &ResponseHead,
     worker: &Worker,
+    read_timeout: std::time::Duration,
 ) -> Result<u64, ProxyError> {
-    let read_timeout = worker.config.timeouts.response;
     let mut head_left = head.len;
     let mut body = BodyTracker::new(head.framing);
     let mut sent = 0u64;

@@ -16,6 +16,7 @@ use crate::admission::Admitted;
 use crate::error::{ErrorKind, ProxyError};
 use crate::http::request::{self, RequestHead};
 use crate::http::upgrade::{self, Intent};
+use crate::reload::Generation;
 use crate::router::Route;
 use crate::stats::Stats;
 
@@ -32,9 +33,15 @@ pub struct Admit<'a> {
 }
 
 /// Routes, validates and admits the request.
-pub fn route_admit<'a>(head: &RequestHead, worker: &'a Worker, facts: &mut Facts) -> Result<Admit<'a>, ProxyError> {
+/// The route comes from `generation`, the connection's own.
+pub fn route_admit<'a>(
+    head: &RequestHead,
+    worker: &Worker,
+    generation: &'a Generation,
+    facts: &mut Facts,
+) -> Result<Admit<'a>, ProxyError> {
     request::check_host(head)?;
-    let route = worker.router.find(head.host().as_deref(), head.path()).ok_or_else(|| {
+    let route = generation.router.find(head.host().as_deref(), head.path()).ok_or_else(|| {
         ProxyError::new(ErrorKind::NoRoute, format!("no route for host `{}` path `{}`", facts.host, head.path()))
     })?;
     let intent = upgrade::classify(head)?;

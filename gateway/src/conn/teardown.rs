@@ -24,6 +24,7 @@ use crate::close::{Close, Mode};
 use crate::error::ProxyError;
 use crate::http::response::error_response;
 use crate::metrics;
+use crate::reload::Generation;
 use crate::splice::SpliceOutcome;
 use crate::stats::Stats;
 use crate::upstream::ActiveGuard;
@@ -50,11 +51,14 @@ pub struct Facts {
     pub conn: metrics::Conn,
     /// What the accepting listener speaks (`X-Forwarded-Proto`).
     pub scheme: crate::config::Scheme,
+    /// The configuration generation in force at accept: this connection's
+    /// configuration, routes, upstream groups and access log to its end.
+    pub generation: Arc<Generation>,
 }
 
 impl Facts {
     /// A connection just accepted from `peer`, counted by `metrics`.
-    pub fn new(peer: SocketAddr, metrics: &metrics::Recorder) -> Self {
+    pub fn new(peer: SocketAddr, metrics: &metrics::Recorder, generation: Arc<Generation>) -> Self {
         let started = Instant::now();
         Self {
             started,
@@ -73,13 +77,14 @@ impl Facts {
             route: 0,
             conn: metrics.accepted(started),
             scheme: crate::config::Scheme::Http,
+            generation,
         }
     }
 }
 
 /// The 101 is on its way: counts the upgrade, opens the pair's row in the live view,
 /// and writes the access log's open line when `access_log.log_open` asks for it.
-pub fn opened(facts: &mut Facts, worker: &Worker) {
+pub fn opened(facts: &mut Facts) {
     let unknown = SocketAddr::from(([0, 0, 0, 0], 0));
     let opened = metrics::live::Opened {
         client: facts.peer,
@@ -88,8 +93,8 @@ pub fn opened(facts: &mut Facts, worker: &Worker) {
         started_ns: metrics::id_of(facts.started),
     };
     facts.conn.upgraded(facts.route, facts.started.elapsed(), opened);
-    if worker.config.access_log.log_open {
-        worker.access_log.log(AccessRecord {
+    if facts.generation.config.access_log.log_open {
+        facts.generation.access_log.log(AccessRecord {
             remote_addr: facts.peer,
             host: facts.host.clone(),
             time: now_unix(),
@@ -146,7 +151,7 @@ pub async fn finish(
     }
     drop(active);
     if facts.status == 101 {
-        worker.lifetimes.record(facts.started.elapsed(), facts.bytes_in, worker.config.relay.splice_after);
+        worker.lifetimes.record(facts.started.elapsed(), facts.bytes_in, facts.generation.config.relay.splice_after);
     }
     let conn = facts.conn.take();
     let record = AccessRecord {
@@ -166,7 +171,7 @@ pub async fn finish(
         mode: facts.mode,
     };
     conn.closed(&record);
-    worker.access_log.log(record);
+    facts.generation.access_log.log(record);
 }
 
 /// Leaves a spliced pair to the kernel; its access-log line is written when it ends.
@@ -206,7 +211,8 @@ impl SplicedEnd {
         // One relayed in userspace first was counted when it outlived `splice_after`.
         if !self.facts.after_userspace {
             let client_bytes = self.facts.before_splice[0] + outcome.to_upstream;
-            self.worker.lifetimes.record(lifetime, client_bytes, self.worker.config.relay.splice_after);
+            let splice_after = self.worker.generations.current().config.relay.splice_after;
+            self.worker.lifetimes.record(lifetime, client_bytes, splice_after);
         }
         self.facts.log(&self.worker, self.live.addr(), outcome, lifetime);
     }
@@ -284,7 +290,9 @@ impl ParkedFacts {
             mode: if self.after_userspace { Mode::UserspaceThenSplice } else { Mode::Splice },
         };
         worker.metrics.parked_closed(self.started_ns, &record);
-        worker.access_log.log(record);
+        // A parked pair keeps no generation (to stay small): its line goes to the
+        // access log in force when it ends.
+        worker.generations.current().access_log.log(record);
     }
 }
 

@@ -31,6 +31,7 @@ mod stream;
 use std::cell::Cell;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -39,6 +40,7 @@ use tokio::sync::Notify;
 
 use crate::conn::Worker;
 use crate::conn::teardown::ActiveConn;
+use crate::reload::Generation;
 use crate::shutdown::Phase;
 use crate::tls::TlsStream;
 
@@ -47,7 +49,13 @@ const GOAWAY_GRACE: Duration = Duration::from_secs(1);
 
 /// Serves one HTTP/2 client connection (its TLS handshake done, ALPN `h2`) until
 /// the client leaves, the drain's `Stop`, or a reset flood.
-pub async fn serve(tls: Box<TlsStream>, peer: SocketAddr, worker: Rc<Worker>, active: ActiveConn) {
+pub async fn serve(
+    tls: Box<TlsStream>,
+    peer: SocketAddr,
+    generation: Arc<Generation>,
+    worker: Rc<Worker>,
+    active: ActiveConn,
+) {
     let _active = active;
     let io = match io::H2Io::new(tls) {
         Ok(io) => io,
@@ -56,7 +64,7 @@ pub async fn serve(tls: Box<TlsStream>, peer: SocketAddr, worker: Rc<Worker>, ac
             return;
         }
     };
-    let c = &worker.config.http2;
+    let c = &generation.config.http2;
     let mut builder = h2::server::Builder::new();
     builder
         .enable_connect_protocol()
@@ -65,7 +73,7 @@ pub async fn serve(tls: Box<TlsStream>, peer: SocketAddr, worker: Rc<Worker>, ac
         .initial_window_size(c.stream_window)
         .initial_connection_window_size(c.connection_window)
         .max_send_buffer_size(c.stream_window as usize);
-    let deadline = Instant::now() + worker.config.timeouts.header;
+    let deadline = Instant::now() + generation.config.timeouts.header;
     let mut conn = match tokio::time::timeout_at(deadline.into(), builder.handshake::<_, Bytes>(io)).await {
         Ok(Ok(conn)) => conn,
         Ok(Err(e)) => {
@@ -89,7 +97,7 @@ pub async fn serve(tls: Box<TlsStream>, peer: SocketAddr, worker: Rc<Worker>, ac
                     return;
                 }
                 Some(Ok((request, respond))) => {
-                    tokio_uring::spawn(stream::serve(request, respond, peer, worker.clone(), resets.clone()));
+                    tokio_uring::spawn(stream::serve(request, respond, peer, generation.clone(), worker.clone(), resets.clone()));
                 }
             },
             () = drain.reached(Phase::Draining), if !going_away => {

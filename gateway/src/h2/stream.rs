@@ -13,6 +13,7 @@ use std::cell::Cell;
 use std::future::poll_fn;
 use std::net::{Shutdown, SocketAddr};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Instant;
 
 use base64::Engine as _;
@@ -35,6 +36,7 @@ use crate::http::body::Framing;
 use crate::http::request::{self, RequestHead};
 use crate::http::response::ResponseHead;
 use crate::readiness;
+use crate::reload::Generation;
 use crate::shutdown::Phase;
 use crate::stats::Stats;
 
@@ -54,11 +56,12 @@ pub async fn serve(
     request: Request<RecvStream>,
     mut respond: SendResponse<Bytes>,
     peer: SocketAddr,
+    generation: Arc<Generation>,
     worker: Rc<Worker>,
     resets: Rc<ResetMeter>,
 ) {
     let active = ActiveConn::new(&worker.stats);
-    let mut facts = Facts::new(peer, &worker.metrics);
+    let mut facts = Facts::new(peer, &worker.metrics, generation);
     facts.scheme = Scheme::Https;
     facts.mode = Mode::Userspace;
     let (parts, recv) = request.into_parts();
@@ -91,9 +94,10 @@ async fn websocket_stream(
 ) -> Result<(), ProxyError> {
     let key = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 16]>());
     let bytes = h1_head(parts, Some(&key), None)?;
-    let head = parse_head(&bytes, worker, facts, "CONNECT")?;
+    let head = parse_head(&bytes, facts, "CONNECT")?;
     let upstream = until_reset(respond, resets, async {
-        let admit = route_admit::route_admit(&head, worker, facts)?;
+        let generation = facts.generation.clone();
+        let admit = route_admit::route_admit(&head, worker, &generation, facts)?;
         let upstream = connect::connect(&head, &bytes, &admit, worker, facts).await?;
         Ok((upstream, admit.slots))
     })
@@ -123,7 +127,7 @@ async fn websocket_stream(
         send_head(respond, 200, &kept, false)?.ok_or_else(|| ProxyError::new(ErrorKind::Internal, "no stream"))?;
     Stats::bump(&worker.stats.upgrades_succeeded);
     facts.status = 200;
-    teardown::opened(facts, worker);
+    teardown::opened(facts);
     relay(recv, send, &upstream.stream, worker, facts, resets).await;
     Ok(())
 }
@@ -148,9 +152,10 @@ async fn plain_stream(
     let length = declared.or(buffered.as_ref().map(|b| b.len() as u64));
     let bytes = h1_head(parts, None, length)?;
     let method = parts.method.as_str();
-    let head = parse_head(&bytes, worker, facts, method)?;
+    let head = parse_head(&bytes, facts, method)?;
     let (upstream, head_in) = until_reset(respond, resets, async {
-        let admit = route_admit::route_admit(&head, worker, facts)?;
+        let generation = facts.generation.clone();
+        let admit = route_admit::route_admit(&head, worker, &generation, facts)?;
         let upstream = connect::connect(&head, &bytes, &admit, worker, facts).await?;
         let sent = match buffered {
             Some(body) => write_up(&upstream.stream, &body).await.map(|()| body.len() as u64),
@@ -158,8 +163,8 @@ async fn plain_stream(
         }
         .map_err(|e| ProxyError::new(ErrorKind::UpstreamClosed, format!("sending the body: {e}")))?;
         facts.bytes_in = sent;
-        let deadline = Instant::now() + worker.config.timeouts.response;
-        let max = worker.config.limits.max_response_header_bytes;
+        let deadline = Instant::now() + facts.generation.config.timeouts.response;
+        let max = facts.generation.config.limits.max_response_header_bytes;
         let head_in = response::peek_head(&worker.ring, &upstream.stream, max, deadline, method).await?;
         Ok((upstream, head_in))
     })
@@ -172,7 +177,8 @@ async fn plain_stream(
         facts.close = Close::Done;
         return Ok(());
     };
-    let passed = pass_body(send, &upstream.stream, head_in.framing, worker).await;
+    let passed =
+        pass_body(send, &upstream.stream, head_in.framing, facts.generation.config.timeouts.response, worker).await;
     facts.bytes_out = passed.unwrap_or_else(|s| s);
     facts.bytes_sent = facts.bytes_out;
     facts.close = if passed.is_ok() { Close::Done } else { Close::Error };
@@ -251,12 +257,12 @@ fn push(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 }
 
 /// Parses the synthesized head like any client's, and notes it for the access log.
-fn parse_head(bytes: &[u8], worker: &Worker, facts: &mut Facts, method: &str) -> Result<RequestHead, ProxyError> {
-    let max = worker.config.limits.max_header_bytes;
+fn parse_head(bytes: &[u8], facts: &mut Facts, method: &str) -> Result<RequestHead, ProxyError> {
+    let max = facts.generation.config.limits.max_header_bytes;
     if bytes.len() > max {
         return Err(ProxyError::new(ErrorKind::HeadersTooLarge, format!("request head larger than {max} bytes")));
     }
-    let head = request::parse(bytes, worker.config.limits.max_headers)?
+    let head = request::parse(bytes, facts.generation.config.limits.max_headers)?
         .ok_or_else(|| ProxyError::new(ErrorKind::Internal, "incomplete synthesized head"))?;
     facts.request = format!("{method} {} HTTP/2", head.target);
     facts.host = head.host().unwrap_or_default();
@@ -403,6 +409,7 @@ async fn pass_body(
     mut send: SendStream<Bytes>,
     upstream: &TcpStream,
     framing: Framing,
+    timeout: std::time::Duration,
     worker: &Worker,
 ) -> Result<u64, u64> {
     let mut left = match framing {
@@ -416,8 +423,7 @@ async fn pass_body(
     };
     let mut out = 0u64;
     while left > 0 {
-        let ready =
-            tokio::time::timeout(worker.config.timeouts.response, worker.ring.ready(upstream, readiness::READABLE));
+        let ready = tokio::time::timeout(timeout, worker.ring.ready(upstream, readiness::READABLE));
         if !matches!(ready.await, Ok(Ok(_))) {
             send.send_reset(h2::Reason::INTERNAL_ERROR);
             return Err(out);
@@ -536,7 +542,7 @@ async fn relay(
             }
         }
     };
-    let idle = worker.config.timeouts.idle;
+    let idle = facts.generation.config.timeouts.idle;
     let idle_watch = async {
         loop {
             let deadline = activity.get() + idle;

@@ -10,6 +10,7 @@
 pub mod histogram;
 pub mod live;
 mod recorder;
+pub mod reloads;
 mod worker;
 
 use std::sync::mpsc::Sender;
@@ -46,6 +47,8 @@ pub struct Metrics {
     pub routes: Vec<RouteLabel>,
     /// The live view, when the admin plane is on (else no event is sent).
     pub live: Option<Mutex<live::Table>>,
+    /// Configuration reloads and the generation in force.
+    pub reloads: reloads::Reloads,
     pings: Vec<mpsc::Sender<Ping>>,
 }
 
@@ -72,7 +75,7 @@ impl Metrics {
             slots.push(WorkerSlot { metrics: m, events: live_view.then(|| tx.clone()), pings: ping_rx });
         }
         let live = live_view.then(|| Mutex::new(live::Table::new(rx)));
-        (Arc::new(Self { workers: all, routes, live, pings }), slots)
+        (Arc::new(Self { workers: all, routes, live, reloads: reloads::Reloads::default(), pings }), slots)
     }
 
     /// Pings every worker through its own loop; `Ok` when all answered within `deadline`,

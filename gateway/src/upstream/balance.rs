@@ -175,7 +175,7 @@ mod tests {
         (0..n)
             .map(|i| {
                 let addr: std::net::SocketAddr = format!("10.0.0.{}:80", i + 1).parse().unwrap();
-                Server::new(crate::config::ServerAddress::Ip(addr), addr, 1, false, 0)
+                Server::new(crate::config::ServerAddress::Ip(addr), addr, (1, false, 0), None)
             })
             .collect()
     }

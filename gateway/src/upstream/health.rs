@@ -14,25 +14,28 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::Group;
+use super::{Group, Tenure};
 use crate::config::{HealthCheckConfig, parse_statuses};
 
 /// Largest response head a check reads.
 const MAX_HEAD: usize = 8192;
 
-/// Starts the health-check thread if any group has `health_check`; returns whether it did.
-pub fn start(groups: &[Arc<Group>]) -> io::Result<bool> {
+/// Starts the health-check thread if any group has `health_check`; returns whether it
+/// did. The thread ends once `tenure` is over (a reload replaced the groups: the next
+/// generation's thread checks the servers that stay, their verdicts kept).
+pub fn start(groups: &[Arc<Group>], tenure: &Tenure) -> io::Result<bool> {
     let checked: Vec<Arc<Group>> = groups.iter().filter(|g| g.health_check().is_some()).cloned().collect();
     if checked.is_empty() {
         return Ok(false);
     }
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let tenure = tenure.clone();
     std::thread::Builder::new().name("wsgate-health".into()).spawn(move || {
         runtime.block_on(async move {
             let mut tasks = Vec::new();
             for g in checked {
                 for i in 0..g.servers().len() {
-                    tasks.push(tokio::spawn(check_loop(g.clone(), i)));
+                    tasks.push(tokio::spawn(check_loop(g.clone(), i, tenure.clone())));
                 }
             }
             for t in tasks {
@@ -43,8 +46,8 @@ pub fn start(groups: &[Arc<Group>]) -> io::Result<bool> {
     Ok(true)
 }
 
-/// Checks server `i` of `group` forever.
-async fn check_loop(group: Arc<Group>, i: usize) {
+/// Checks server `i` of `group` until a reload replaces the group.
+async fn check_loop(group: Arc<Group>, i: usize, tenure: Tenure) {
     let Some(cfg) = group.health_check().cloned() else {
         return;
     };
@@ -56,6 +59,9 @@ async fn check_loop(group: Arc<Group>, i: usize) {
     let (mut passed, mut failed) = (0u32, 0u32);
     loop {
         ticks.tick().await;
+        if tenure.is_over() {
+            return;
+        }
         match probe(server.addr(), &request, cfg.timeout, &statuses).await {
             Ok(status) => {
                 server.checks_passed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

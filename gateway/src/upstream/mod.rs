@@ -21,17 +21,26 @@ use address::AddrCell;
 use balance::Rendezvous;
 use passive::{Passive, now_ms};
 
-/// One upstream server and its live state.
+/// One upstream server: its configuration in this generation and its live state.
 #[derive(Debug)]
 pub struct Server {
     /// Where the server is, as configured (an IP or a DNS name, with a port).
     pub address: crate::config::ServerAddress,
-    /// Its current IP address (a name's is re-resolved every `resolve_interval`).
-    current: AddrCell,
     pub weight: u32,
     pub backup: bool,
     /// Live connections allowed (all workers); 0 = no limit.
     pub max_conns: u64,
+    /// What is known of the server, shared with the same server (same group, same
+    /// address) of the configuration generations before and after this one: a reload
+    /// keeps its health verdict, passive marks and live connection count.
+    live: Arc<ServerLive>,
+}
+
+/// The live state of one server, kept across reloads.
+#[derive(Debug)]
+pub struct ServerLive {
+    /// Its current IP address (a name's is re-resolved every `resolve_interval`).
+    current: AddrCell,
     /// Connections established or being established to this server right now (all workers).
     active: AtomicU64,
     passive: Passive,
@@ -44,23 +53,38 @@ pub struct Server {
     pub passive_marks: AtomicU64,
 }
 
-impl Server {
-    fn new(address: crate::config::ServerAddress, addr: SocketAddr, weight: u32, backup: bool, max_conns: u64) -> Self {
-        Self {
-            address,
-            current: AddrCell::new(addr),
-            weight,
-            backup,
-            max_conns,
-            active: AtomicU64::new(0),
-            passive: Passive::default(),
-            healthy: AtomicBool::new(true),
-            checks_passed: AtomicU64::new(0),
-            checks_failed: AtomicU64::new(0),
-            passive_marks: AtomicU64::new(0),
-        }
-    }
+impl std::ops::Deref for Server {
+    type Target = ServerLive;
 
+    /// The live state reads as the server's own (`server.checks_passed`).
+    fn deref(&self) -> &ServerLive {
+        &self.live
+    }
+}
+
+impl Server {
+    fn new(
+        address: crate::config::ServerAddress,
+        addr: SocketAddr,
+        (weight, backup, max_conns): (u32, bool, u64),
+        kept: Option<Arc<ServerLive>>,
+    ) -> Self {
+        let live = kept.unwrap_or_else(|| {
+            Arc::new(ServerLive {
+                current: AddrCell::new(addr),
+                active: AtomicU64::new(0),
+                passive: Passive::default(),
+                healthy: AtomicBool::new(true),
+                checks_passed: AtomicU64::new(0),
+                checks_failed: AtomicU64::new(0),
+                passive_marks: AtomicU64::new(0),
+            })
+        });
+        Self { address, weight, backup, max_conns, live }
+    }
+}
+
+impl ServerLive {
     /// The address connections go to now.
     pub fn addr(&self) -> SocketAddr {
         self.current.get()
@@ -93,7 +117,9 @@ impl Server {
     fn available(&self, now: u64) -> bool {
         self.is_healthy() && !self.passive.is_down(now)
     }
+}
 
+impl Server {
     fn has_room(&self) -> bool {
         self.max_conns == 0 || self.active() < self.max_conns
     }
@@ -144,9 +170,30 @@ pub struct ResolveError {
     source: std::io::Error,
 }
 
+/// How long the groups of one configuration generation are in force: the background
+/// threads made for them (health checks, resolver) stop once a reload replaced them.
+#[derive(Debug, Clone)]
+pub struct Tenure {
+    /// The generation in force now (the reload publishes each new one here).
+    current: Arc<AtomicU64>,
+    own: u64,
+}
+
+impl Tenure {
+    /// The tenure of generation `own`; `current` holds the number in force.
+    pub fn new(current: Arc<AtomicU64>, own: u64) -> Self {
+        Self { current, own }
+    }
+
+    /// Whether a newer generation replaced this one.
+    pub fn is_over(&self) -> bool {
+        self.current.load(Ordering::Relaxed) != self.own
+    }
+}
+
 /// Starts one thread that resolves the groups' server names again, each group every
-/// `resolve_interval`. Returns whether one was needed.
-pub fn start_resolver(groups: &[Arc<Group>]) -> std::io::Result<bool> {
+/// `resolve_interval`, until `tenure` is over. Returns whether one was needed.
+pub fn start_resolver(groups: &[Arc<Group>], tenure: Tenure) -> std::io::Result<bool> {
     let mut named: Vec<(Arc<Group>, std::time::Instant)> = groups
         .iter()
         .filter(|g| !g.resolve_interval.is_zero() && g.servers.iter().any(|s| s.address.ip().is_none()))
@@ -156,7 +203,7 @@ pub fn start_resolver(groups: &[Arc<Group>]) -> std::io::Result<bool> {
         return Ok(false);
     }
     std::thread::Builder::new().name("wsgate-resolve".into()).spawn(move || {
-        loop {
+        while !tenure.is_over() {
             let now = std::time::Instant::now();
             for (g, due) in &mut named {
                 if *due <= now {
@@ -165,7 +212,9 @@ pub fn start_resolver(groups: &[Arc<Group>]) -> std::io::Result<bool> {
                 }
             }
             let next = named.iter().map(|(_, due)| *due).min().unwrap_or(now);
-            std::thread::sleep(next.saturating_duration_since(std::time::Instant::now()));
+            // Wakes at least every second to see whether a reload replaced the groups.
+            let wait = next.saturating_duration_since(std::time::Instant::now());
+            std::thread::sleep(wait.min(std::time::Duration::from_secs(1)));
         }
     })?;
     Ok(true)
@@ -175,6 +224,13 @@ impl Group {
     /// Builds the group, resolving servers given by name (blocking: call at start, off
     /// the data plane).
     pub fn new(name: &str, cfg: &UpstreamConfig) -> Result<Self, ResolveError> {
+        Self::after(name, cfg, None)
+    }
+
+    /// Builds the group of a reloaded configuration: servers also in `previous` (same
+    /// address as configured) keep their live state (health verdict, passive marks,
+    /// connection count, current IP). Blocking like [`Group::new`].
+    pub fn after(name: &str, cfg: &UpstreamConfig, previous: Option<&Self>) -> Result<Self, ResolveError> {
         // Every field, by name: a new one cannot be left unread here.
         let UpstreamConfig {
             servers,
@@ -192,13 +248,22 @@ impl Group {
             .iter()
             .enumerate()
             .map(|(index, ServerConfig { address, weight, backup, max_conns })| {
+                let kept = previous.and_then(|p| p.servers.iter().find(|s| s.address == *address));
+                if let Some(kept) = kept {
+                    return Ok(Server::new(
+                        address.clone(),
+                        kept.addr(),
+                        (*weight, *backup, *max_conns),
+                        Some(kept.live.clone()),
+                    ));
+                }
                 let addr = address::resolve(address, ipv4).map_err(|source| ResolveError {
                     group: name.to_owned(),
                     index,
                     address: address.to_string(),
                     source,
                 })?;
-                Ok(Server::new(address.clone(), addr, *weight, *backup, *max_conns))
+                Ok(Server::new(address.clone(), addr, (*weight, *backup, *max_conns), None))
             })
             .collect::<Result<Vec<Server>, ResolveError>>()?;
         let schedule = balance::interleave(&servers);

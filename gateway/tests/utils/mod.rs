@@ -175,7 +175,11 @@ impl WsEcho {
                             }
                         } else if let tokio_tungstenite::tungstenite::Message::Close(frame) = msg {
                             event(format!("close {}", frame.map_or(0, |f| u16::from(f.code))));
+                            // Reading on sends tungstenite's queued Close reply (the
+                            // client then sees a completed close handshake, not 1006)
+                            // and ends once the handshake is over.
                             let _ = ws.close(None).await;
+                            while let Some(Ok(_)) = ws.next().await {}
                             return;
                         }
                     }
