@@ -318,6 +318,7 @@ fn worker(setup: WorkerSetup, sockets: Vec<Socket>) -> Result<()> {
             lifetimes: Lifetimes::default(),
             metrics,
             pacer,
+            pool: crate::upstream::pool::Pool::default(),
         });
         let release = setup.allocator.release;
         tokio_uring::spawn(async move {
@@ -328,6 +329,7 @@ fn worker(setup: WorkerSetup, sockets: Vec<Socket>) -> Result<()> {
                 release();
             }
         });
+        tokio_uring::spawn(sweep_pool(state.clone()));
         let mut accept_loops = Vec::new();
         // One socket per listener, in the configuration's order.
         let schemes: Vec<_> = state.config.listeners.iter().map(crate::config::ListenerConfig::scheme).collect();
@@ -410,4 +412,19 @@ fn pin_to(cpu: usize) {
     if set.set(cpu).is_err() || nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).is_err() {
         tracing::warn!(cpu, "could not pin worker thread to its core");
     }
+}
+
+/// Closes this worker's idle upstream connections past their `keepalive_timeout`, once a
+/// second, and all of them when the drain begins (none is kept from then on).
+async fn sweep_pool(worker: Rc<conn::Worker>) {
+    let mut shutdown = worker.shutdown.clone();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => worker.pool.sweep(),
+            () = shutdown.reached(crate::shutdown::Phase::Draining) => break,
+        }
+    }
+    worker.pool.close();
 }
