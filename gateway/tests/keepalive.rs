@@ -5,6 +5,7 @@
 //! upstream keeps every byte each of its connections received, and the tests compare
 //! those bytes exactly.
 
+mod admin_util;
 mod utils;
 
 use std::io::{Read, Write};
@@ -222,7 +223,10 @@ fn pipelined_requests_are_answered_in_order_on_one_pooled_upstream_connection() 
 #[test]
 fn upstream_connections_are_reused_across_client_connections() {
     let (app, conns) = recording(SERVE_ALL);
-    let gw = Gateway::with_config(&config(app.addr, utils::refused_addr(), "keepalive = 2", ""), &[]);
+    let gw = Gateway::with_config(
+        &config(app.addr, utils::refused_addr(), "keepalive = 2", ""),
+        &["--admin", "127.0.0.1:0"],
+    );
     for i in 0..4 {
         let mut c = gw.connect();
         c.write_all(format!("GET /r{i} HTTP/1.1\r\nHost: x.test\r\nConnection: close\r\n\r\n").as_bytes()).unwrap();
@@ -231,6 +235,11 @@ fn upstream_connections_are_reused_across_client_connections() {
     let want = (0..4).map(|i| format!("GET /r{i} HTTP/1.1\r\nHost: x.test\r\n{FWD}")).collect::<Vec<_>>().concat();
     wait_for(&conns, &[want]);
     assert_eq!(app.accepted.load(Ordering::SeqCst), 1);
+    // The admin plane counts one miss (the first request) and three hits.
+    let text = admin_util::scrape(admin_util::admin_addr(&gw));
+    assert_eq!(admin_util::count(&text, "wsgate_upstream_pool_hits_total", &[]), 3, "{text}");
+    assert_eq!(admin_util::count(&text, "wsgate_upstream_pool_misses_total", &[]), 1);
+    assert_eq!(admin_util::count(&text, "wsgate_upstream_connections_opened_total", &[]), 1);
 }
 
 #[test]
