@@ -9,9 +9,9 @@
 //!   │        │              │ peek the head; next server  │           userspace ──────┼────▶ lifetimes,
 //!   │        │              │ while retry_safe            │           userspace, then │      counts,
 //!   │        │              │                             │           splice ─▶ park ─┤      access log
-//!   │        │              │ plain HTTP: connect, ───────┼─────────▶ plain: body ────┼────▶
-//!   │        │              │ forward, no head            │ as framed, response (504),│
-//!   │        │              │                             │ then closed               │
+//!   │        │              │ plain HTTP: pooled or new ──┼─────────▶ plain: body ────┼────▶
+//!   │        │              │ connection, forward, no head│ as framed, response (504),│
+//!   │        │              │                             │ then closed, or kept ─────┼──▶ keepalive
 //!   │        │              │                             │ other ─▶ passed back,     │
 //!   │        │              │                             │          closed ──────────┼────▶
 //!   ▼ 408    ▼ 404 400      ▼ 502 503 504                 ▼ 502 504                   │
@@ -25,9 +25,14 @@
 //!  its end (FIN, RST, idle, drain) it comes back to teardown (`SplicedEnd::finish`).
 //!  The drain stops `accept`; each WebSocket closes itself at its turn (`drain::Pacer`),
 //!  relays with a Close 1001 each way; whatever is left closes at `Stop`.
+//!  keepalive: the request's access-log line, then the next request's first byte (already
+//!  there when pipelined) within `client_keepalive` ─▶ head again; else idle timeout, FIN,
+//!  reset or drain ─▶ closed and counted, without a line.
 //! ```
 //!
-//! [`serve`] below drives the phases: each returns what the next needs, or a
+//! [`serve`] below drives the phases, once per request of a kept-alive plain HTTP
+//! connection (DESIGN's "plain HTTP with `Connection: close`" is now keep-alive, see
+//! `keepalive` and `plain`): each returns what the next needs, or a
 //! [`ProxyError`] that goes straight to teardown. The phases record what the access
 //! log needs in one [`teardown::Facts`]. Nothing here may panic on network input, and
 //! nothing reaches an upstream that `head` did not parse.
