@@ -364,3 +364,41 @@ fn a_websocket_upgrade_after_a_plain_request_on_the_same_connection_works() {
     assert_eq!(utils::read_exact(&mut c, frame.len()), frame);
     assert_eq!(ws.accepted.load(Ordering::SeqCst), 1);
 }
+
+/// Python's `http.client` on one persistent connection: three GETs and a POST.
+const PY_CLIENT: &str = r#"
+import http.client, sys
+c = http.client.HTTPConnection(sys.argv[1], int(sys.argv[2]), timeout=10)
+for i, (method, body) in enumerate([("GET", None), ("GET", None), ("POST", b"x=1"), ("GET", None)]):
+    c.request(method, f"/py{i}", body=body)
+    r = c.getresponse()
+    print(r.status, r.read().decode(), r.will_close, c.sock.getsockname()[1])
+"#;
+
+#[test]
+fn python_http_client_keeps_its_connection_across_requests() {
+    let (app, conns) = recording(SERVE_ALL);
+    let gw = Gateway::with_config(&config(app.addr, utils::refused_addr(), "keepalive = 2", ""), &[]);
+    let out = std::process::Command::new("python3")
+        .args(["-c", PY_CLIENT, &gw.addr.ip().to_string(), &gw.addr.port().to_string()])
+        .output()
+        .expect("python3");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<Vec<&str>> = stdout.lines().map(|l| l.split(' ').collect()).collect();
+    assert_eq!(lines.len(), 4, "{stdout}");
+    for (i, l) in lines.iter().enumerate() {
+        assert_eq!(l[..3], ["200", &format!("/py{i}"), "False"], "{stdout}");
+        assert_eq!(l[3], lines[0][3], "the client opened a new connection: {stdout}");
+    }
+    let want = [
+        format!("GET /py0 HTTP/1.1\r\nHost: {}\r\nAccept-Encoding: identity\r\n{FWD}", gw.addr),
+        format!("GET /py1 HTTP/1.1\r\nHost: {}\r\nAccept-Encoding: identity\r\n{FWD}", gw.addr),
+        format!(
+            "POST /py2 HTTP/1.1\r\nHost: {}\r\nAccept-Encoding: identity\r\nContent-Length: 3\r\n{FWD}x=1",
+            gw.addr
+        ),
+        format!("GET /py3 HTTP/1.1\r\nHost: {}\r\nAccept-Encoding: identity\r\n{FWD}", gw.addr),
+    ];
+    wait_for(&conns, &[want.concat()]);
+}
