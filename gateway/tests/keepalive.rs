@@ -402,3 +402,17 @@ fn python_http_client_keeps_its_connection_across_requests() {
     ];
     wait_for(&conns, &[want.concat()]);
 }
+
+#[test]
+fn the_drain_closes_an_idle_kept_alive_connection_and_wsgate_exits() {
+    let (app, _) = recording(SERVE_ALL);
+    let mut gw = Gateway::with_config(&config(app.addr, utils::refused_addr(), "keepalive = 2", ""), &[]);
+    let mut c = gw.connect();
+    c.write_all(b"GET /x HTTP/1.1\r\nHost: x.test\r\n\r\n").unwrap();
+    assert_eq!(read_response(&mut c).1, b"/x");
+    let signalled = Instant::now();
+    gw.terminate();
+    assert!(read_to_eof(&mut c).is_empty());
+    assert!(signalled.elapsed() < Duration::from_secs(5), "closed after {:?}", signalled.elapsed());
+    assert!(gw.wait_exit(Duration::from_secs(10)), "wsgate did not exit cleanly");
+}

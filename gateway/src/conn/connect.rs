@@ -8,8 +8,9 @@
 //! to passive health.
 //!
 //! A plain request to a group with a pool (`upstream.NAME.keepalive`) first asks the
-//! worker's pool for an idle connection to the server the balancer picked (upgrades
-//! always connect anew: see DESIGN), and goes out without `Connection: close`.
+//! worker's pool for an idle connection to the server the balancer picked (an upgrade's
+//! connection becomes its WebSocket, so upgrades always connect anew), and goes out
+//! without `Connection: close`.
 //!
 //! Returns the connected upstream (and, for an upgrade, its response head). Errors:
 //! 502 (refused, closed, malformed), 503 (no eligible server), 504 (timeouts). Must

@@ -63,8 +63,8 @@ pub async fn next_request(client: &ClientIo, session: &mut Session, worker: &Wor
         return Next::End(Close::Drain);
     }
     let deadline = Instant::now() + worker.config.timeouts.client_keepalive;
+    // No buffer while idle: it is taken once the client's bytes are there.
     let buf = &mut session.leftover;
-    buf.reserve(1024);
     loop {
         tokio::select! {
             ready = timeout_at(deadline.into(), client.readable(&worker.ring)) => match ready {
@@ -74,6 +74,7 @@ pub async fn next_request(client: &ClientIo, session: &mut Session, worker: &Wor
             },
             () = shutdown.reached(Phase::Draining) => return Next::End(Close::Drain),
         }
+        buf.reserve(1024);
         match client.recv_into(buf) {
             Ok(0) => return Next::End(Close::ClientFin),
             Ok(_) => return Next::Request,

@@ -1,7 +1,9 @@
 //! Phase 5 for plain HTTP, one exchange: runs once connect has forwarded the rewritten
 //! request head: the request body goes upstream exactly as its framing says, the response
 //! head is awaited within `timeouts.response` (504 past it), interim 1xx responses and
-//! then the final response go back exactly as framed, and the exchange ends.
+//! then the final response go back exactly as framed (but for the final head's
+//! `Connection` headers, set for the client connection: see `response::pass`), and the
+//! exchange ends, saying whether both connections are at a message boundary.
 //!
 //! Bytes the client sends past its request's body — a pipelined request — never reach
 //! the upstream raw: they are kept ([`Exchanged::leftover`]) and parsed as the next

@@ -50,8 +50,8 @@ pub fn for_client(head: &[u8], closing: bool) -> Vec<u8> {
         let name = line.split(|&b| b == b':').next().unwrap_or_default().trim_ascii();
         name.eq_ignore_ascii_case(b"connection") || name.eq_ignore_ascii_case(b"keep-alive")
     };
-    // httparse also takes bare LF line ends: each line without its CR LF or LF.
-    let Some(fields) = head.strip_suffix(b"\r\n\r\n").or_else(|| head.strip_suffix(b"\n\n")) else {
+    // httparse also takes bare LF line ends, mixed with CR LF: each line without either.
+    let Some(fields) = without_eol(head).and_then(without_eol) else {
         return head.to_vec();
     };
     let mut lines = fields.split(|&b| b == b'\n').map(|l| l.strip_suffix(b"\r").unwrap_or(l));
@@ -70,6 +70,11 @@ pub fn for_client(head: &[u8], closing: bool) -> Vec<u8> {
     }
     out.extend_from_slice(b"\r\n");
     out
+}
+
+/// `line` without its line end (CR LF or a bare LF), `None` when it has none.
+fn without_eol(line: &[u8]) -> Option<&[u8]> {
+    line.strip_suffix(b"\r\n").or_else(|| line.strip_suffix(b"\n"))
 }
 
 /// A complete short response for an error of `kind`, with `Connection: close`.
@@ -122,6 +127,11 @@ mod tests {
         let upstream = b"HTTP/1.1 200 OK\r\nConnection: close\r\nKeep-Alive: timeout=5\r\nContent-Length: 0\r\n\r\n";
         assert_eq!(for_client(upstream, false), b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
         assert_eq!(for_client(upstream, true), b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        // Bare LF line ends (which httparse takes), even mixed: the head still says close.
+        let mixed = b"HTTP/1.1 200 OK\nContent-Length: 0\n\r\n";
+        assert!(ok(mixed).keep_alive);
+        assert!(!ok(&for_client(mixed, true)).keep_alive);
+        assert_eq!(for_client(b"HTTP/1.1 200 OK\n\n", true), b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n");
     }
 
     #[test]
