@@ -318,6 +318,7 @@ fn worker(mut setup: WorkerSetup, sockets: Vec<KeyedSocket>) -> Result<()> {
             lifetimes: Lifetimes::default(),
             metrics,
             pacer,
+            pool: crate::upstream::pool::Pool::default(),
         });
         let release = setup.allocator.release;
         tokio_uring::spawn(async move {
@@ -328,6 +329,7 @@ fn worker(mut setup: WorkerSetup, sockets: Vec<KeyedSocket>) -> Result<()> {
                 release();
             }
         });
+        tokio_uring::spawn(sweep_pool(state.clone()));
         let mut accepting = Vec::new();
         for (key, scheme, s) in sockets {
             accepting.push(accept_on(s, (key, scheme), &state));
@@ -448,4 +450,19 @@ fn pin_to(cpu: usize) {
     if set.set(cpu).is_err() || nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).is_err() {
         tracing::warn!(cpu, "could not pin worker thread to its core");
     }
+}
+
+/// Closes this worker's idle upstream connections past their `keepalive_timeout`, once a
+/// second, and all of them when the drain begins (none is kept from then on).
+async fn sweep_pool(worker: Rc<conn::Worker>) {
+    let mut shutdown = worker.shutdown.clone();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => worker.pool.sweep(),
+            () = shutdown.reached(crate::shutdown::Phase::Draining) => break,
+        }
+    }
+    worker.pool.close();
 }

@@ -12,7 +12,10 @@ use std::time::{Duration, Instant};
 
 use utils::{Gateway, RawUpstream, read_head, read_to_eof, status_of, upgrade_request};
 
-/// Two routes: `/ws/` to `ws`, everything else to `other`.
+/// Two routes: `/ws/` to `ws`, everything else to `other`. Client keep-alive is off
+/// (`client_keepalive = "0s"`): one request per connection, so each test reads its
+/// answer up to the close, and a pipelined request is left unserved (kept-alive
+/// connections are proven in `keepalive.rs`).
 fn config(ws: SocketAddr, other: SocketAddr, extra: &str) -> String {
     format!(
         r#"
@@ -24,6 +27,7 @@ address = "127.0.0.1:0"
 header = "2s"
 connect = "2s"
 response = "1s"
+client_keepalive = "0s"
 [[route]]
 path = "/ws/"
 upstream = "ws"
@@ -101,6 +105,8 @@ const FWD: &str = "X-Real-IP: 127.0.0.1\r\nX-Forwarded-For: 127.0.0.1\r\nX-Forwa
 
 const FORBIDDEN: &[u8] = b"HTTP/1.1 403 Forbidden\r\nContent-Length: 3\r\n\r\nno\n";
 const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n";
+/// `OK` as the client gets it: told that its connection ends after it.
+const OK_CLOSED: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n";
 const PIPELINED: &str = "GET /admin HTTP/1.1\r\nHost: internal\r\nX-Forwarded-For: 10.0.0.1\r\n\r\n";
 
 /// Sends `request`, reads the whole answer until wsgate closes.
@@ -150,7 +156,7 @@ fn a_request_pipelined_behind_a_plain_get_never_reaches_the_upstream() {
     let (other, got) = recorder(OK);
     let gw = Gateway::with_config(&config(ws.addr, other.addr, ""), &[]);
     let req = format!("GET /health HTTP/1.1\r\nHost: example.test\r\n\r\n{PIPELINED}");
-    assert_eq!(exchange(&gw, req.as_bytes()).as_bytes(), OK);
+    assert_eq!(exchange(&gw, req.as_bytes()).as_bytes(), OK_CLOSED);
     let got = received(&got, &other, 1, |_| true);
     assert_eq!(got, [format!("GET /health HTTP/1.1\r\nHost: example.test\r\nConnection: close\r\n{FWD}")]);
     assert_eq!(ws.accepted.load(Ordering::SeqCst), 0);
@@ -164,12 +170,12 @@ fn only_the_framed_body_of_a_post_reaches_the_upstream() {
     let gw = Gateway::with_config(&config(ws.addr, other.addr, ""), &[]);
     // Content-Length: the five body bytes, not the pipelined request behind them.
     let req = format!("POST /form HTTP/1.1\r\nHost: example.test\r\nContent-Length: 5\r\n\r\nhello{PIPELINED}");
-    assert_eq!(exchange(&gw, req.as_bytes()).as_bytes(), OK);
+    assert_eq!(exchange(&gw, req.as_bytes()).as_bytes(), OK_CLOSED);
     // Chunked: up to the last chunk's empty line, nothing after it.
     let req = format!(
         "POST /form HTTP/1.1\r\nHost: example.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n{PIPELINED}"
     );
-    assert_eq!(exchange(&gw, req.as_bytes()).as_bytes(), OK);
+    assert_eq!(exchange(&gw, req.as_bytes()).as_bytes(), OK_CLOSED);
     let got = received(&got, &other, 2, |_| true);
     assert_eq!(
         got,
@@ -211,10 +217,10 @@ fn dot_segments_and_double_slashes_are_resolved_before_routing() {
     let gw = Gateway::with_config(&config(ws.addr, other.addr, ""), &[]);
     for target in ["/ws/../admin", "/ws/%2e%2e/admin", "/ws/%2E./admin?x=1", "//admin"] {
         let req = format!("GET {target} HTTP/1.1\r\nHost: example.test\r\n\r\n");
-        assert_eq!(exchange(&gw, req.as_bytes()).as_bytes(), OK, "{target}");
+        assert_eq!(exchange(&gw, req.as_bytes()).as_bytes(), OK_CLOSED, "{target}");
     }
     let req = "GET //ws//./chat HTTP/1.1\r\nHost: example.test\r\n\r\n";
-    assert_eq!(exchange(&gw, req.as_bytes()).as_bytes(), OK);
+    assert_eq!(exchange(&gw, req.as_bytes()).as_bytes(), OK_CLOSED);
     let got = received(&other_got, &other, 4, |_| true);
     let head = |target: &str| format!("GET {target} HTTP/1.1\r\nHost: example.test\r\nConnection: close\r\n{FWD}");
     assert_eq!(got, [head("/admin"), head("/admin"), head("/admin?x=1"), head("/admin")]);
@@ -237,7 +243,7 @@ fn http_1_0_goes_upstream_as_http_1_0_with_its_host_or_is_refused_without_one() 
     let (other, got) = recorder_with(b"HTTP/1.0 200 OK\r\n\r\nold", true);
     let gw = Gateway::with_config(&config(ws.addr, other.addr, ""), &[]);
     let answer = exchange(&gw, b"GET /page HTTP/1.0\r\nHost: example.test\r\nConnection: keep-alive\r\n\r\n");
-    assert_eq!(answer, "HTTP/1.0 200 OK\r\n\r\nold");
+    assert_eq!(answer, "HTTP/1.0 200 OK\r\nConnection: close\r\n\r\nold");
     let got = received(&got, &other, 1, |_| true);
     assert_eq!(got, [format!("GET /page HTTP/1.0\r\nHost: example.test\r\nConnection: close\r\n{FWD}")]);
     refused("GET /page HTTP/1.0\r\n\r\n", 400, "");
@@ -274,7 +280,7 @@ fn the_header_count_limit_is_configurable() {
     let req = format!("GET /many HTTP/1.1\r\nHost: example.test\r\n{headers}\r\n");
     // The default (256) takes 200 small headers, every one forwarded.
     let gw = Gateway::with_config(&config(ws.addr, other.addr, ""), &[]);
-    assert_eq!(exchange(&gw, req.as_bytes()).as_bytes(), OK);
+    assert_eq!(exchange(&gw, req.as_bytes()).as_bytes(), OK_CLOSED);
     let got = received(&got, &other, 1, |_| true);
     assert_eq!(got, [format!("GET /many HTTP/1.1\r\nHost: example.test\r\n{headers}Connection: close\r\n{FWD}")]);
     // A lower limit refuses them with 431.
@@ -313,7 +319,7 @@ fn an_upstream_given_by_host_name_is_resolved() {
         .replace(&format!("[\"{}\"]", other.addr), &format!("[\"localhost:{}\"]", other.addr.port()));
     assert!(cfg.contains("\"localhost:"), "{cfg}");
     let gw = Gateway::with_config(&cfg, &[]);
-    assert_eq!(exchange(&gw, b"GET /named HTTP/1.1\r\nHost: example.test\r\n\r\n").as_bytes(), OK);
+    assert_eq!(exchange(&gw, b"GET /named HTTP/1.1\r\nHost: example.test\r\n\r\n").as_bytes(), OK_CLOSED);
     let got = received(&got, &other, 1, |_| true);
     assert_eq!(got, [format!("GET /named HTTP/1.1\r\nHost: example.test\r\nConnection: close\r\n{FWD}")]);
     gw.wait_log(&format!("ua=127.0.0.1:{}", other.addr.port()));

@@ -56,7 +56,10 @@ fn a_worker_built_by_hand_serves_plain_http_with_its_own_buffers() {
     let client = std::thread::spawn(move || {
         let mut c = StdStream::connect(addr).unwrap();
         c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        c.write_all(b"GET /hello HTTP/1.1\r\nHost: example.test\r\nUser-Agent: worker-test\r\n\r\n").unwrap();
+        c.write_all(
+            b"GET /hello HTTP/1.1\r\nHost: example.test\r\nUser-Agent: worker-test\r\nConnection: close\r\n\r\n",
+        )
+        .unwrap();
         let mut got = Vec::new();
         c.read_to_end(&mut got).unwrap();
         got
@@ -76,6 +79,7 @@ fn a_worker_built_by_hand_serves_plain_http_with_its_own_buffers() {
             lifetimes: Lifetimes::default(),
             metrics: wsgate::metrics::Recorder::default(),
             pacer: Rc::new(wsgate::drain::Pacer::new(&config.drain, 1)),
+            pool: wsgate::upstream::pool::Pool::default(),
         });
         let listener = tokio_uring::net::TcpListener::from_std(listener);
         let key = wsgate::reload::listeners::key(&config.listeners[0]);

@@ -187,6 +187,27 @@ impl Collector for Scrape {
             &codes,
         )?;
 
+        counter(
+            e,
+            "wsgate_upstream_connections_opened",
+            "Upstream TCP connections opened.",
+            None,
+            &per_worker(workers, |w| w.upstream_opened.load(Relaxed)),
+        )?;
+        counter(
+            e,
+            "wsgate_upstream_pool_hits",
+            "Plain requests sent on an idle upstream connection from the worker's pool (upstream.NAME.keepalive).",
+            None,
+            &per_worker(workers, |w| w.pool_hits.load(Relaxed)),
+        )?;
+        counter(
+            e,
+            "wsgate_upstream_pool_misses",
+            "Plain requests to a pooled upstream group that found no usable idle connection.",
+            None,
+            &per_worker(workers, |w| w.pool_misses.load(Relaxed)),
+        )?;
         histogram(
             e,
             "wsgate_handshake_duration",

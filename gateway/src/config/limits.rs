@@ -22,6 +22,10 @@ pub struct Limits {
     /// preflight). Also the global admission limit: a request head arriving while this
     /// many connections are admitted is refused with `admission.status`.
     pub max_connections: u64,
+    /// Requests one client connection may carry (nginx's `keepalive_requests`, default
+    /// 1000); the response to the last one says `Connection: close`. 1: one request per
+    /// connection.
+    pub max_requests: u32,
 }
 
 impl Default for Limits {
@@ -31,6 +35,7 @@ impl Default for Limits {
             max_headers: DEFAULT_MAX_HEADERS,
             max_response_header_bytes: 16 * 1024,
             max_connections: 100_000,
+            max_requests: 1000,
         }
     }
 }

@@ -28,6 +28,11 @@ pub struct Timeouts {
     /// (`Config::stop_after`).
     #[serde(with = "humantime_serde")]
     pub drain: Duration,
+    /// How long a client connection may wait, idle, for its next request after a
+    /// response (nginx's `keepalive_timeout`); the next request's first byte starts
+    /// `header`. `0s` closes after every response.
+    #[serde(with = "humantime_serde")]
+    pub client_keepalive: Duration,
 }
 
 impl Default for Timeouts {
@@ -38,6 +43,7 @@ impl Default for Timeouts {
             response: Duration::from_mins(1),
             idle: Duration::from_hours(1),
             drain: Duration::from_secs(30),
+            client_keepalive: Duration::from_secs(75),
         }
     }
 }

@@ -49,6 +49,18 @@ pub struct UpstreamConfig {
     /// IPv4 first unless `source_addresses` are IPv6). `0s`: only at start. Default 30s.
     #[serde(with = "humantime_serde")]
     pub resolve_interval: Duration,
+    /// Idle connections to this group's servers each worker keeps for the next plain
+    /// HTTP request (nginx's `keepalive`). 0 (the default, as in nginx): none, and plain
+    /// requests go upstream with `Connection: close`; otherwise they go as persistent
+    /// HTTP/1.1, and a connection whose response was completely framed goes back to
+    /// the worker's pool (oldest dropped beyond this count).
+    pub keepalive: usize,
+    /// How long an idle pooled connection is kept (nginx's `keepalive_timeout`). Default 60s.
+    #[serde(with = "humantime_serde")]
+    pub keepalive_timeout: Duration,
+    /// Requests one pooled upstream connection carries before it is closed (nginx's
+    /// `keepalive_requests`). Default 1000.
+    pub keepalive_requests: u32,
 }
 
 impl Default for UpstreamConfig {
@@ -63,6 +75,9 @@ impl Default for UpstreamConfig {
             source_addresses: Vec::new(),
             health_check: None,
             resolve_interval: Duration::from_secs(30),
+            keepalive: 0,
+            keepalive_timeout: Duration::from_mins(1),
+            keepalive_requests: 1000,
         }
     }
 }

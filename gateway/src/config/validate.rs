@@ -47,6 +47,9 @@ impl Config {
         if !(512..=1024 * 1024).contains(&self.limits.max_response_header_bytes) {
             return Err(invalid("limits.max_response_header_bytes", "must be between 512 and 1048576"));
         }
+        if self.limits.max_requests == 0 {
+            return Err(invalid("limits.max_requests", "must be at least 1"));
+        }
         if self.limits.max_connections == 0 {
             return Err(invalid("limits.max_connections", "must be at least 1"));
         }
@@ -102,6 +105,12 @@ impl Config {
                 ));
             }
             validate_upstream(name, u)?;
+            if u.keepalive > 0 && (u.keepalive_timeout.is_zero() || u.keepalive_requests == 0) {
+                return Err(invalid(
+                    format!("upstream.{name}.keepalive"),
+                    "with a pool, keepalive_timeout and keepalive_requests must be greater than 0",
+                ));
+            }
         }
         Ok(())
     }

@@ -7,6 +7,11 @@
 //! failed connect (nothing was sent). At most `tries` servers, each failure reported
 //! to passive health.
 //!
+//! A plain request to a group with a pool (`upstream.NAME.keepalive`) first asks the
+//! worker's pool for an idle connection to the server the balancer picked (an upgrade's
+//! connection becomes its WebSocket, so upgrades always connect anew), and goes out
+//! without `Connection: close`.
+//!
 //! Returns the connected upstream (and, for an upgrade, its response head). Errors:
 //! 502 (refused, closed, malformed), 503 (no eligible server), 504 (timeouts). Must
 //! never retry once any byte of a response was consumed, nor send upstream anything
@@ -26,7 +31,7 @@ use crate::error::{ErrorKind, ProxyError};
 use crate::http::body::Framing;
 use crate::http::request::RequestHead;
 use crate::http::response::ResponseHead;
-use crate::http::rewrite::{Forwarded, upstream_head};
+use crate::http::rewrite::{Forwarded, upstream_head_on};
 use crate::http::upgrade::Intent;
 use crate::metrics::Recorder;
 use crate::readiness::Ring;
@@ -47,6 +52,13 @@ pub struct Connected {
     pub framing: Framing,
     /// The request's method (plain HTTP: how the response is framed).
     pub method: String,
+    /// Plain HTTP: the rewritten head as sent (sent again on a fresh connection when a
+    /// pooled one turns out closed).
+    pub request: Vec<u8>,
+    /// Plain HTTP: the head asked the upstream to keep the connection (pooled group).
+    pub persistent: bool,
+    /// Taken from the worker's pool, after carrying this many requests; `None`: new.
+    pub reused: Option<u32>,
 }
 
 /// Connects upstream and forwards the request: `head` parsed from `buf`, whose bytes
@@ -70,7 +82,8 @@ pub async fn connect(
     // Bytes that followed the head are not forwarded with it: for an upgrade they wait
     // for the 101 (then they are WebSocket data), for plain HTTP only the request's own
     // body goes on (see `plain`). A pipelined request is never passed on raw.
-    let out = upstream_head(head, admit.intent, fwd);
+    let persistent = admit.intent == Intent::Plain && group.keepalive.idle > 0 && head.minor_version == 1;
+    let out = upstream_head_on(head, admit.intent, fwd, persistent);
     let pick = Pick { client: admit.client_ip, key: group.hash_key().and_then(|k| k.extract(head)) };
     let connected = if admit.intent == Intent::WebSocket {
         let exchange = Exchange {
@@ -84,11 +97,19 @@ pub async fn connect(
         };
         self::exchange(group, &pick, &exchange).await?
     } else {
-        let connected = connect_any((&worker.ring, &worker.metrics), group, &pick, cfg.timeouts.connect).await?;
-        if let Err(e) = crate::io::write_all(&connected.stream, out).await {
-            group.report_failure(connected.server);
-            return Err(ProxyError::new(ErrorKind::UpstreamClosed, format!("forwarding request head: {e}")));
-        }
+        let order = group.attempt_order(&pick);
+        let pooled = match order.first() {
+            Some(&first) if persistent => from_pool(worker, group, first, &out).await,
+            _ => None,
+        };
+        let mut connected = if let Some(c) = pooled {
+            c
+        } else {
+            let c = connect_in((&worker.ring, &worker.metrics), group, order, cfg.timeouts.connect).await?;
+            send_head(group, c, &out).await?
+        };
+        connected.request = out;
+        connected.persistent = persistent;
         connected
     };
     facts.upstream_addr = Some(group.server(connected.server).addr());
@@ -102,17 +123,77 @@ pub async fn connect(
     Ok(connected)
 }
 
-/// Connects to the group's servers in policy order (bounded by `tries`) until one
-/// accepts; each failure is reported to passive health. All refused → 502; all timed
-/// out → 504; no eligible server → 503.
-pub async fn connect_any(
+/// An idle connection to `server` from the worker's pool with `head` sent on it, when
+/// there is one that takes it; counted as a pool hit or miss.
+async fn from_pool(worker: &Worker, group: &Arc<Group>, server: usize, head: &[u8]) -> Option<Connected> {
+    let found = worker.pool.take(group, server).and_then(|c| Some((c, group.try_enter(server)?)));
+    let Some((conn, live)) = found else {
+        worker.metrics.pool_miss();
+        return None;
+    };
+    // Closed between the check and the send: nothing of the request reached a server
+    // that would answer it, so a fresh connection takes it.
+    if crate::io::write_all(&conn.stream, head.to_vec()).await.is_err() {
+        worker.metrics.pool_miss();
+        return None;
+    }
+    worker.metrics.pool_hit();
+    Some(Connected {
+        stream: conn.stream,
+        server,
+        started: Instant::now(),
+        live,
+        response: None,
+        early: Vec::new(),
+        framing: Framing::Empty,
+        method: String::new(),
+        request: Vec::new(),
+        persistent: true,
+        reused: Some(conn.served),
+    })
+}
+
+/// Sends the request head on a new connection (a failure is the server's).
+async fn send_head(group: &Group, connected: Connected, head: &[u8]) -> Result<Connected, ProxyError> {
+    if let Err(e) = crate::io::write_all(&connected.stream, head.to_vec()).await {
+        group.report_failure(connected.server);
+        return Err(ProxyError::new(ErrorKind::UpstreamClosed, format!("forwarding request head: {e}")));
+    }
+    Ok(connected)
+}
+
+/// A new connection to the server `upstream` was on, with its request head sent again:
+/// for a plain request whose pooled connection closed before answering.
+pub async fn again(
+    upstream: &Connected,
+    worker: &Worker,
+    connect_timeout: std::time::Duration,
+) -> Result<Connected, ProxyError> {
+    let group = upstream.live.group();
+    let mut failures = Failures::default();
+    let c = connect_one((&worker.ring, &worker.metrics), group, upstream.server, connect_timeout, &mut failures)
+        .await
+        .ok_or_else(|| failures.into_error(group))?;
+    let mut c = send_head(group, c, &upstream.request).await?;
+    c.request.clone_from(&upstream.request);
+    c.persistent = upstream.persistent;
+    c.early.clone_from(&upstream.early);
+    c.framing = upstream.framing;
+    c.method.clone_from(&upstream.method);
+    Ok(c)
+}
+
+/// Connects to the group's servers in `order` (the balancer's, bounded by `tries`)
+/// until one accepts; each failure is reported to passive health. All refused → 502;
+/// all timed out → 504; no eligible server → 503.
+async fn connect_in(
     (ring, metrics): (&Ring, &Recorder),
     group: &Arc<Group>,
-    pick: &Pick<'_>,
+    order: Vec<usize>,
     timeout: Duration,
 ) -> Result<Connected, ProxyError> {
     let mut failures = Failures::default();
-    for i in group.attempt_order(pick) {
+    for i in order {
         if let Some(connected) = connect_one((ring, metrics), group, i, timeout, &mut failures).await {
             return Ok(connected);
         }
@@ -222,6 +303,9 @@ async fn connect_one(
                 early: Vec::new(),
                 framing: Framing::Empty,
                 method: String::new(),
+                request: Vec::new(),
+                persistent: false,
+                reused: None,
             })
         }
         Err(e) => {

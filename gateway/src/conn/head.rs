@@ -1,4 +1,5 @@
-//! Phase 1, the request head: runs right after the accept. Reads the client's head
+//! Phase 1, the request head: runs right after the accept (and, on a kept-alive
+//! connection, once the next request's first byte came, see `keepalive`). Reads the client's head
 //! within `timeouts.header`, at most `limits.max_header_bytes`, parses it, and notes
 //! its request line, host and user agent for the access log.
 //!
@@ -19,26 +20,42 @@ use crate::readiness::Ring;
 use tokio::time::timeout_at;
 
 /// Reads and parses the request head, and records what the access log needs of it.
-pub async fn read(client: &ClientIo, worker: &Worker, facts: &mut Facts) -> Result<(RequestHead, Vec<u8>), ProxyError> {
+/// `start` is what the client already sent of it (a kept-alive connection's next request).
+pub async fn read(
+    client: &ClientIo,
+    start: Vec<u8>,
+    worker: &Worker,
+    facts: &mut Facts,
+) -> Result<(RequestHead, Vec<u8>), ProxyError> {
     let generation = facts.generation.clone();
     let limits = &generation.config.limits;
     let deadline = facts.started + generation.config.timeouts.header;
-    let (head, buf) = read_head(&worker.ring, client, limits.max_header_bytes, limits.max_headers, deadline).await?;
+    let max = (limits.max_header_bytes, limits.max_headers);
+    let (head, buf) = read_head(&worker.ring, client, start, max, deadline).await?;
     facts.request = head.request_line();
     facts.host = head.host().unwrap_or_default();
     facts.user_agent = head.header("user-agent").map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default();
     Ok((head, buf))
 }
 
-/// Reads the request head within `deadline`, at most `max` bytes.
+/// Reads the request head within `deadline`, at most `max` bytes, after `buf` (what
+/// was already read of it, perhaps all of it: a pipelined request).
 async fn read_head(
     ring: &Ring,
     client: &ClientIo,
-    max: usize,
-    max_headers: usize,
+    mut buf: Vec<u8>,
+    (max, max_headers): (usize, usize),
     deadline: std::time::Instant,
 ) -> Result<(RequestHead, Vec<u8>), ProxyError> {
-    let mut buf: Vec<u8> = Vec::with_capacity(max.min(1024));
+    if !buf.is_empty() {
+        if let Some(head) = request::parse(&buf, max_headers)? {
+            return Ok((head, buf));
+        }
+        if buf.len() >= max {
+            return Err(ProxyError::new(ErrorKind::HeadersTooLarge, format!("request head larger than {max} bytes")));
+        }
+    }
+    buf.reserve(max.min(1024).saturating_sub(buf.len()));
     // The head usually arrived with the connection: try to take it before waiting.
     let mut wait = false;
     loop {

@@ -9,9 +9,9 @@
 //!   │        │              │ peek the head; next server  │           userspace ──────┼────▶ lifetimes,
 //!   │        │              │ while retry_safe            │           userspace, then │      counts,
 //!   │        │              │                             │           splice ─▶ park ─┤      access log
-//!   │        │              │ plain HTTP: connect, ───────┼─────────▶ plain: body ────┼────▶
-//!   │        │              │ forward, no head            │ as framed, response (504),│
-//!   │        │              │                             │ then closed               │
+//!   │        │              │ plain HTTP: pooled or new ──┼─────────▶ plain: body ────┼────▶
+//!   │        │              │ connection, forward, no head│ as framed, response (504),│
+//!   │        │              │                             │ then closed, or kept ─────┼──▶ keepalive
 //!   │        │              │                             │ other ─▶ passed back,     │
 //!   │        │              │                             │          closed ──────────┼────▶
 //!   ▼ 408    ▼ 404 400      ▼ 502 503 504                 ▼ 502 504                   │
@@ -25,9 +25,14 @@
 //!  its end (FIN, RST, idle, drain) it comes back to teardown (`SplicedEnd::finish`).
 //!  The drain stops `accept`; each WebSocket closes itself at its turn (`drain::Pacer`),
 //!  relays with a Close 1001 each way; whatever is left closes at `Stop`.
+//!  keepalive: the request's access-log line, then the next request's first byte (already
+//!  there when pipelined) within `client_keepalive` ─▶ head again; else idle timeout, FIN,
+//!  reset or drain ─▶ closed and counted, without a line.
 //! ```
 //!
-//! [`serve`] below drives the phases: each returns what the next needs, or a
+//! [`serve`] below drives the phases, once per request of a kept-alive plain HTTP
+//! connection (DESIGN's "plain HTTP with `Connection: close`" is now keep-alive, see
+//! `keepalive` and `plain`): each returns what the next needs, or a
 //! [`ProxyError`] that goes straight to teardown. The phases record what the access
 //! log needs in one [`teardown::Facts`]. Nothing here may panic on network input, and
 //! nothing reaches an upstream that `head` did not parse.
@@ -36,6 +41,7 @@ pub mod accept;
 pub mod client_io;
 pub mod connect;
 pub mod head;
+pub mod keepalive;
 pub mod plain;
 pub mod relay_choice;
 pub mod response;
@@ -50,7 +56,8 @@ use tokio_uring::net::TcpStream;
 
 use self::client_io::ClientIo;
 use self::connect::Connected;
-use self::relay_choice::Handoff;
+use self::keepalive::{Next, Session};
+use self::relay_choice::{Handoff, PlainEnd};
 use self::response::Answer;
 use self::teardown::{ActiveConn, Facts};
 use crate::admission::{Admission, Admitted};
@@ -66,6 +73,7 @@ use crate::shutdown::ShutdownRx;
 use crate::splice::{Splicer, WorkerPairs};
 use crate::stats::Stats;
 use crate::tls::Acceptor;
+use crate::upstream::pool::Pool;
 
 /// One worker thread's state, owned by that thread and lent to every phase of its
 /// connections: what all workers share (the configuration generations, counters,
@@ -94,6 +102,8 @@ pub struct Worker {
     pub metrics: Recorder,
     /// When each of this worker's WebSockets gets its Close in the drain.
     pub pacer: Rc<Pacer>,
+    /// This worker's idle upstream connections for plain HTTP (`upstream.NAME.keepalive`).
+    pub pool: Pool,
 }
 
 /// Serves one accepted client connection to its end, or until its spliced pair is
@@ -129,22 +139,52 @@ pub async fn serve(
         }
     };
     let mut client = Some(client);
-    let result = proxy(&mut client, &worker, &mut facts).await;
-    teardown::finish(result, client, facts, worker, active).await;
+    let mut session = Session::default();
+    loop {
+        session.kept = false;
+        let result = proxy(&mut client, &worker, &mut facts, &mut session).await;
+        session.served = session.served.saturating_add(1);
+        let kept = session.kept && matches!(result, Ok(None));
+        let Some(io) = client.as_ref().filter(|_| kept) else {
+            teardown::finish(result, client, facts, worker, active).await;
+            return;
+        };
+        teardown::request_done(&facts);
+        match keepalive::next_request(io, &mut session, &worker, facts.generation.config.timeouts.client_keepalive)
+            .await
+        {
+            Next::Request => {
+                // Each request takes the generation in force when it starts: a reload
+                // applies to the next request of a kept-alive connection.
+                facts.next_request();
+                facts.generation = worker.generations.current();
+            }
+            Next::End(close) => {
+                teardown::ended_idle(io, facts, close, active);
+                return;
+            }
+        }
+    }
 }
 
-/// The phases from the head to the relay. `client_slot` is taken only by the kernel
-/// splice; on an error it is still there for the response. Returns the spliced pair
-/// to park, or `None` when the connection is over.
+/// The phases from the head to the relay, for one request. `client_slot` is taken only
+/// by the kernel splice; on an error it is still there for the response. Returns the
+/// spliced pair to park, or `None` when the request is over (`session.kept` then says
+/// whether the connection waits for another).
 async fn proxy(
     client_slot: &mut Option<ClientIo>,
     worker: &Worker,
     facts: &mut Facts,
+    session: &mut Session,
 ) -> Result<Option<Handoff>, ProxyError> {
     let client = client_slot.as_ref().ok_or_else(|| ProxyError::new(ErrorKind::Internal, "client socket missing"))?;
-    let (upstream, admitted) = Box::pin(prepare(client, worker, facts)).await?;
+    let (upstream, admitted, closing) = Box::pin(prepare(client, session, worker, facts)).await?;
     let Some(head) = &upstream.response else {
-        relay_choice::plain(client, &upstream, worker, facts).await?;
+        if let PlainEnd::KeepAlive(leftover) = relay_choice::plain(client, upstream, closing, worker, facts).await? {
+            session.leftover = leftover;
+            session.kept = true;
+        }
+        drop(admitted);
         return Ok(None);
     };
     if response::answer(client, &upstream, head, worker, facts).await? == Answer::Passed {
@@ -153,12 +193,21 @@ async fn proxy(
     Ok(relay_choice::websocket(client_slot, upstream, admitted, worker, facts).await)
 }
 
-/// The phases before the response: head, route and admit, connect. Boxed by the
-/// caller, so the long-lived relay future does not carry their state.
-async fn prepare(client: &ClientIo, worker: &Worker, facts: &mut Facts) -> Result<(Connected, Admitted), ProxyError> {
-    let (head, buf) = head::read(client, worker, facts).await?;
+/// The phases before the response: head (after what the client already sent of it),
+/// route and admit, connect. Also says whether the client connection ends after this
+/// request (see [`Session::closing`]). Boxed by the caller, so the long-lived relay
+/// future does not carry their state.
+async fn prepare(
+    client: &ClientIo,
+    session: &mut Session,
+    worker: &Worker,
+    facts: &mut Facts,
+) -> Result<(Connected, Admitted, bool), ProxyError> {
+    let start = std::mem::take(&mut session.leftover);
+    let (head, buf) = head::read(client, start, worker, facts).await?;
+    let closing = session.closing(&head, &facts.generation.config);
     let generation = facts.generation.clone();
     let admit = route_admit::route_admit(&head, worker, &generation, facts)?;
     let upstream = connect::connect(&head, &buf, &admit, worker, facts).await?;
-    Ok((upstream, admit.slots))
+    Ok((upstream, admit.slots, closing))
 }

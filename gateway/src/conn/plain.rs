@@ -1,12 +1,14 @@
 //! Phase 5 for plain HTTP, one exchange: runs once connect has forwarded the rewritten
 //! request head: the request body goes upstream exactly as its framing says, the response
 //! head is awaited within `timeouts.response` (504 past it), interim 1xx responses and
-//! then the final response go back exactly as framed, and the exchange ends.
+//! then the final response go back exactly as framed (but for the final head's
+//! `Connection` headers, set for the client connection: see `response::pass`), and the
+//! exchange ends, saying whether both connections are at a message boundary.
 //!
 //! Bytes the client sends past its request's body — a pipelined request — never reach
-//! the upstream: the upstream only ever sees heads that wsgate parsed and rewrote. The
-//! connection closes after the response (`Connection: close` was sent upstream), so a
-//! pipelined request is left unanswered, which RFC 9112 §9.3.2 lets a client retry.
+//! the upstream raw: they are kept ([`Exchanged::leftover`]) and parsed as the next
+//! request's head once this response is through (see `keepalive`), so the upstream only
+//! ever sees heads that wsgate parsed and rewrote.
 //!
 //! Must never: forward a byte the request's framing does not cover, wait without a
 //! bound, or panic on network input.
@@ -19,7 +21,7 @@ use tokio_uring::net::TcpStream;
 
 use super::Worker;
 use super::client_io::ClientIo;
-use super::response::{pass, peek_head};
+use super::response::{pass, peek_head, take_head};
 use crate::error::{ErrorKind, ProxyError};
 use crate::http::body::{BodyTracker, Framing};
 use crate::http::response::ResponseHead;
@@ -38,8 +40,9 @@ struct Limits {
     max_response: usize,
 }
 
-/// What an exchange did.
+/// What an exchange did (filled in as it goes: an error leaves what was done by then).
 #[derive(Debug, Default)]
+#[allow(clippy::struct_excessive_bools, reason = "independent facts of one exchange, each read once")]
 pub struct Exchanged {
     /// The final response's status.
     pub status: u16,
@@ -49,30 +52,52 @@ pub struct Exchanged {
     pub bytes_out: u64,
     /// When the first response head was complete.
     pub first_response: Option<Instant>,
-    /// The client sent bytes past its request (not forwarded).
-    pub pipelined: bool,
+    /// Request body bytes were read from the client beyond those that came with the
+    /// head: the request can no longer be sent again.
+    pub body_read: bool,
+    /// The whole request body went upstream.
+    pub request_complete: bool,
+    /// The whole response went back as framed, nothing past it from the upstream.
+    pub response_complete: bool,
+    /// The final response allows another request on the upstream connection.
+    pub response_keep_alive: bool,
+    /// The client was told (or will find) that its connection ends after this response.
+    pub closing: bool,
+    /// Bytes the client sent past this request: the start of its next request.
+    pub leftover: Vec<u8>,
 }
 
-/// Runs the exchange. `early` is what the client sent right after its head (already
-/// read); `framing` is the request's body framing.
+/// One request as the exchange needs it.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    /// The request's body framing.
+    pub framing: Framing,
+    /// What the client sent right after its head (already read).
+    pub early: &'a [u8],
+    /// How the response is framed (HEAD).
+    pub method: &'a str,
+    /// The client connection ends after this response (the client asked, HTTP/1.0,
+    /// the last of `limits.max_requests`); the drain also ends it.
+    pub closing: bool,
+}
+
+/// Runs the exchange, recording in `done` what it did.
 pub async fn exchange(
     client: &ClientIo,
     upstream: &TcpStream,
-    framing: Framing,
-    early: &[u8],
-    method: &str,
-    worker: &Worker,
-    cfg: &crate::config::Config,
-) -> Result<Exchanged, ProxyError> {
+    req: Request<'_>,
+    (worker, cfg): (&Worker, &crate::config::Config),
+    done: &mut Exchanged,
+) -> Result<(), ProxyError> {
     let limits = Limits {
         response: cfg.timeouts.response,
         idle: cfg.timeouts.idle,
         max_response: cfg.limits.max_response_header_bytes,
     };
-    let mut done = Exchanged::default();
-    let mut body = BodyTracker::new(framing);
+    let (early, method) = (req.early, req.method);
+    let mut body = BodyTracker::new(req.framing);
     let first = body.advance(early).map_err(|e| client_fault(&e))?;
-    done.pipelined = first < early.len();
+    done.leftover = early[first..].to_vec();
     if first > 0 {
         crate::io::write_all(upstream, early[..first].to_vec()).await.map_err(|e| forwarding(&e))?;
         done.bytes_in = first as u64;
@@ -83,16 +108,21 @@ pub async fn exchange(
     let far = Instant::now() + Duration::from_hours(24 * 365);
     let mut response = pin!(peek_head(&worker.ring, upstream, limits.max_response, far, method));
     let head = if body.is_done() {
+        done.request_complete = true;
         timed(limits.response, &mut response).await?
     } else {
+        done.body_read = true;
         let mut pump = pin!(pump_body(client, upstream, &mut body, limits.idle, worker));
         tokio::select! {
             pumped = &mut pump => {
-                let (forwarded, pipelined) = pumped?;
+                let (forwarded, leftover) = pumped?;
                 done.bytes_in += forwarded;
-                done.pipelined |= pipelined;
+                done.leftover = leftover;
+                done.request_complete = true;
                 timed(limits.response, &mut response).await?
             }
+            // Answered before the body was through: the rest of it is unread, so the
+            // client connection ends after this response.
             head = &mut response => head?,
         }
     };
@@ -113,8 +143,18 @@ pub async fn exchange(
         return Err(ProxyError::new(ErrorKind::UpstreamInvalid, format!("more than {MAX_INTERIM} interim responses")));
     }
     done.status = head.status;
-    done.bytes_out += pass(upstream, client, &head, worker, cfg.timeouts.response).await?;
-    Ok(done)
+    done.response_keep_alive = head.keep_alive;
+    let draining = worker.shutdown.phase() >= crate::shutdown::Phase::Draining;
+    // The client connection ends after this response when it asked to, when the drain
+    // has begun, when its body was not read through, or when the response is framed
+    // by the close or comes from an HTTP/1.0 upstream (whose framing a 1.1 client reads
+    // as ending the connection).
+    done.closing =
+        req.closing || draining || !done.request_complete || !head.http11 || head.framing == Framing::UntilClose;
+    let passed = pass(upstream, client, &head, (worker, cfg.timeouts.response), Some(done.closing)).await?;
+    done.bytes_out += passed.sent;
+    done.response_complete = passed.complete;
+    Ok(())
 }
 
 /// Passes an interim head, which was peeked and so is queued whole: exactly its bytes,
@@ -125,16 +165,7 @@ async fn pass_interim(
     head: &ResponseHead,
     worker: &Worker,
 ) -> Result<u64, ProxyError> {
-    let mut buf = vec![0u8; head.len];
-    let mut got = 0;
-    while got < head.len {
-        match crate::io::recv(upstream, &mut buf[got..], libc::MSG_DONTWAIT) {
-            Ok(0) | Err(_) => {
-                return Err(ProxyError::new(ErrorKind::UpstreamClosed, "interim response head vanished"));
-            }
-            Ok(n) => got += n,
-        }
-    }
+    let buf = take_head(upstream, head.len)?;
     client
         .write_all(&worker.ring, buf)
         .await
@@ -154,14 +185,14 @@ async fn timed(
 }
 
 /// Streams the rest of the request body from the client to the upstream, and nothing
-/// past it. Returns the bytes forwarded and whether the client sent more than its body.
+/// past it. Returns the bytes forwarded and what the client sent past its body.
 async fn pump_body(
     client: &ClientIo,
     upstream: &TcpStream,
     body: &mut BodyTracker,
     idle: Duration,
     worker: &Worker,
-) -> Result<(u64, bool), ProxyError> {
+) -> Result<(u64, Vec<u8>), ProxyError> {
     let pool = &worker.buffers;
     let mut forwarded = 0u64;
     while !body.is_done() {
@@ -196,15 +227,16 @@ async fn pump_body(
                 return Err(client_fault(&e));
             }
         };
+        let leftover = buf[take..n].to_vec();
         let (res, slice) = upstream.write_all(buf.slice(..take)).await;
         pool.put(slice.into_inner());
         res.map_err(|e| forwarding(&e))?;
         forwarded += take as u64;
         if take < n {
-            return Ok((forwarded, true));
+            return Ok((forwarded, leftover));
         }
     }
-    Ok((forwarded, false))
+    Ok((forwarded, Vec::new()))
 }
 
 /// A framing error in the request body is the client's.

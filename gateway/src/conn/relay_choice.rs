@@ -14,17 +14,19 @@ use tokio_uring::net::TcpStream;
 use super::Worker;
 use super::client_io::ClientIo;
 use super::connect::Connected;
+use super::plain::{Exchanged, Request};
 use super::teardown::Facts;
 use crate::admission::Admitted;
 use crate::close::{Close, Mode, Side};
 use crate::drain::FrameTracker;
-use crate::error::ProxyError;
+use crate::error::{ErrorKind, ProxyError};
 use crate::metrics::ActiveMode;
 use crate::relay::{self, RelayOptions, RelayOutcome};
 use crate::splice::{HandoverError, SplicedPair};
 use crate::stats::Stats;
 use crate::tls::TlsStream;
 use crate::upstream::ActiveGuard;
+use crate::upstream::pool::Reusable;
 
 /// A spliced pair ready to park, with the guards it keeps until it ends.
 pub struct Handoff {
@@ -35,40 +37,91 @@ pub struct Handoff {
     pub after_userspace: bool,
 }
 
-/// Plain HTTP: the body as framed, then the response as framed, then the end (see
-/// [`super::plain`]); a drain's `Stop` ends it early.
+/// What a plain exchange leaves of the client connection.
+#[derive(Debug)]
+pub enum PlainEnd {
+    /// Closed (or closing): the connection is over.
+    Closed,
+    /// Kept alive, at a message boundary; these bytes (perhaps none) are the start of
+    /// the client's next request.
+    KeepAlive(Vec<u8>),
+}
+
+/// Plain HTTP: the body as framed, then the response as framed (see [`super::plain`]);
+/// a drain's `Stop` ends it early. A request sent on a pooled upstream connection that
+/// the upstream closed without answering goes once more on a new connection to the same
+/// server, when that is safe (idempotent method, no body byte read past the head's).
+/// Afterwards the upstream connection goes back to the worker's pool when both messages
+/// were completely framed and neither side said close; the client connection is kept
+/// unless it ends after this response.
 pub async fn plain(
     client: &ClientIo,
-    upstream: &Connected,
+    upstream: Connected,
+    closing: bool,
     worker: &Worker,
     facts: &mut Facts,
-) -> Result<(), ProxyError> {
+) -> Result<PlainEnd, ProxyError> {
     Stats::bump(&worker.stats.relayed_userspace);
     facts.mode = Mode::Userspace;
-    let stream = &upstream.stream;
-    let generation = facts.generation.clone();
-    let (early, method) = (&upstream.early, &upstream.method);
-    let exchange = super::plain::exchange(client, stream, upstream.framing, early, method, worker, &generation.config);
+    let mut upstream = upstream;
     let mut shutdown = worker.shutdown.clone();
-    let done = tokio::select! {
-        done = Box::pin(exchange) => done?,
-        () = shutdown.reached(crate::shutdown::Phase::Stop) => {
-            facts.close = Close::Shutdown;
-            return Ok(());
+    let mut done = Exchanged::default();
+    let mut retried = false;
+    let generation = facts.generation.clone();
+    let cfg = &generation.config;
+    let result = loop {
+        let req = Request { framing: upstream.framing, early: &upstream.early, method: &upstream.method, closing };
+        let result = tokio::select! {
+            r = Box::pin(super::plain::exchange(client, &upstream.stream, req, (worker, cfg), &mut done)) => r,
+            () = shutdown.reached(crate::shutdown::Phase::Stop) => {
+                facts.close = Close::Shutdown;
+                client.shutdown(std::net::Shutdown::Both);
+                return Ok(PlainEnd::Closed);
+            }
+        };
+        match result {
+            Err(e) if !retried && stale(&e, &upstream, &done) => {
+                tracing::debug!(upstream = %upstream.live.addr(), "pooled upstream connection closed unanswered; sending again on a new one");
+                retried = true;
+                done = Exchanged::default();
+                upstream = super::connect::again(&upstream, worker, cfg.timeouts.connect).await?;
+            }
+            result => break result,
         }
     };
-    if done.pipelined {
-        tracing::debug!(client = %facts.peer, "bytes after the request were not forwarded (no pipelining)");
-    }
     facts.status = done.status;
     facts.bytes_in = done.bytes_in;
     facts.bytes_out = done.bytes_out;
     facts.bytes_sent = done.bytes_out;
     facts.upstream_response_time = done.first_response.map(|t| (t - upstream.started).as_secs_f64());
+    result?;
     facts.close = Close::Done;
-    client.shutdown(std::net::Shutdown::Both);
-    crate::io::shutdown_quietly(stream, std::net::Shutdown::Both);
-    Ok(())
+    let reuse = upstream.persistent && done.request_complete && done.response_complete && done.response_keep_alive;
+    let Connected { stream, server, live, reused, .. } = upstream;
+    if reuse {
+        let group = live.group().clone();
+        drop(live);
+        worker.pool.put(&group, server, Reusable { stream, served: reused.unwrap_or(0).saturating_add(1) });
+    } else {
+        crate::io::shutdown_quietly(&stream, std::net::Shutdown::Both);
+    }
+    if done.closing || !done.response_complete {
+        client.shutdown(std::net::Shutdown::Both);
+        return Ok(PlainEnd::Closed);
+    }
+    Ok(PlainEnd::KeepAlive(done.leftover))
+}
+
+/// The upstream closed a reused connection before any byte of a response, and the
+/// request can go again: nothing of its body was read past what came with its head,
+/// and its method is idempotent (RFC 9110 §9.2.2).
+fn stale(e: &ProxyError, upstream: &Connected, done: &Exchanged) -> bool {
+    const IDEMPOTENT: [&str; 6] = ["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"];
+    e.kind == ErrorKind::UpstreamClosed
+        && upstream.reused.is_some()
+        && done.first_response.is_none()
+        && !done.body_read
+        && IDEMPOTENT.contains(&upstream.method.as_str())
 }
 
 /// A WebSocket after its 101: relays it in the kernel when it can take the pair.

@@ -3,7 +3,9 @@
 //! status and the upstream response time. A 101 goes on to the relay with the head
 //! still queued in the upstream socket, so the relay delivers it in order with what
 //! followed it; any other status is passed back exactly (head, then the body as
-//! framed) and both sides are closed.
+//! framed) and both sides are closed. [`pass`] is also how a plain response goes back:
+//! the one change it may make there is to the head's `Connection` headers, which speak
+//! of the upstream connection and are set anew for the client's (keep-alive or close).
 //!
 //! Returns [`Answer::Switching`] or [`Answer::Passed`]. Errors: 502 (malformed or too
 //! large head, bad body framing), 504 (no head in time). Must never consume the head
@@ -52,7 +54,8 @@ pub async fn answer(
     }
     // Passed back as-is; both sides closed after it.
     let stream = &upstream.stream;
-    facts.bytes_sent = Box::pin(pass(stream, client, head, worker, facts.generation.config.timeouts.response)).await?;
+    facts.bytes_sent =
+        Box::pin(pass(stream, client, head, (worker, facts.generation.config.timeouts.response), None)).await?.sent;
     facts.bytes_out = facts.bytes_sent;
     facts.close = Close::Done;
     client.shutdown(std::net::Shutdown::Both);
@@ -111,52 +114,83 @@ pub async fn peek_head(
     result
 }
 
-/// Passes a (non-101) response from the upstream to the client exactly: the head,
-/// then the body as framed, then stops. Returns the bytes sent to the client.
+/// What passing a response did.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Passed {
+    /// Bytes sent to the client, head included.
+    pub sent: u64,
+    /// The whole response went to the client as framed, and the upstream sent nothing
+    /// past it: both connections are at a message boundary.
+    pub complete: bool,
+}
+
+/// Takes exactly the `len` bytes of a peeked head (queued whole) from `upstream`.
+pub(super) fn take_head(upstream: &TcpStream, len: usize) -> Result<Vec<u8>, ProxyError> {
+    let mut buf = vec![0u8; len];
+    let mut got = 0;
+    while got < len {
+        match crate::io::recv(upstream, &mut buf[got..], 0) {
+            Ok(0) | Err(_) => return Err(ProxyError::new(ErrorKind::UpstreamClosed, "response head vanished")),
+            Ok(n) => got += n,
+        }
+    }
+    Ok(buf)
+}
+
+/// Passes a (non-101) response from the upstream to the client: the head (exactly when
+/// `closing` is `None`; on the plain path, `Some`, its `Connection` headers set for the
+/// client connection, see [`response::for_client`]), then the body as framed, exactly,
+/// then stops.
 pub(super) async fn pass(
     upstream: &TcpStream,
     client: &ClientIo,
     head: &ResponseHead,
-    worker: &Worker,
-    read_timeout: std::time::Duration,
-) -> Result<u64, ProxyError> {
-    let mut head_left = head.len;
+    (worker, read_timeout): (&Worker, std::time::Duration),
+    closing: Option<bool>,
+) -> Result<Passed, ProxyError> {
+    let head_bytes = take_head(upstream, head.len)?;
+    let head_bytes = match closing {
+        Some(closing) => response::for_client(&head_bytes, closing),
+        None => head_bytes,
+    };
+    let mut passed = Passed { sent: head_bytes.len() as u64, complete: false };
+    if client.write_all(&worker.ring, head_bytes).await.0.is_err() {
+        passed.sent = 0;
+        return Ok(passed);
+    }
     let mut body = BodyTracker::new(head.framing);
-    let mut sent = 0u64;
-    while head_left > 0 || !body.is_done() {
+    while !body.is_done() {
         match tokio::time::timeout(read_timeout, worker.ring.ready(upstream, readiness::READABLE)).await {
             Ok(Ok(_)) => {}
-            Ok(Err(_)) | Err(_) => break,
+            Ok(Err(_)) | Err(_) => return Ok(passed),
         }
         let (res, mut buf) = upstream.read(worker.buffers.take()).await;
         let n = match res {
             Ok(n) if n > 0 => n,
             _ => {
                 worker.buffers.put(buf);
-                break;
+                return Ok(passed);
             }
         };
-        let in_head = head_left.min(n);
-        head_left -= in_head;
-        let in_body = match body.advance(&buf[in_head..n]) {
+        let take = match body.advance(&buf[..n]) {
             Ok(k) => k,
             Err(e) => {
                 worker.buffers.put(buf);
                 return Err(e);
             }
         };
-        let take = in_head + in_body;
-        if take == 0 {
-            worker.buffers.put(buf);
-            break;
-        }
         buf.truncate(take);
         let (res, buf) = client.write_all(&worker.ring, buf).await;
         worker.buffers.put(buf);
         if res.is_err() {
-            break;
+            return Ok(passed);
         }
-        sent += take as u64;
+        passed.sent += take as u64;
+        if take < n {
+            // The upstream sent more than its response: that connection is not reused.
+            return Ok(passed);
+        }
     }
-    Ok(sent)
+    passed.complete = true;
+    Ok(passed)
 }

@@ -51,9 +51,9 @@ pub fn route_admit<'a>(
         Stats::bump(&worker.stats.upgrades_attempted);
         worker.metrics.upgrade_requested(route.index);
     }
-    let peer_ip = facts.peer.ip();
+    let peer_ip = facts.origin.ip();
     let client_ip = worker.admission.client_ip(peer_ip, head);
-    facts.peer = SocketAddr::new(client_ip, facts.peer.port());
+    facts.peer = SocketAddr::new(client_ip, facts.origin.port());
     if intent == Intent::WebSocket {
         route.gate.check_origin(head)?;
     }

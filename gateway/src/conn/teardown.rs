@@ -31,9 +31,12 @@ use crate::upstream::ActiveGuard;
 
 /// What is known of the connection so far, for the access log.
 pub struct Facts {
+    /// The accept, or for a later request of a kept-alive connection its first byte.
     pub started: Instant,
     /// The client's address (as believed, once admission has looked at the head).
     pub peer: SocketAddr,
+    /// The TCP peer's address (what admission believes `peer` from, for every request).
+    pub origin: SocketAddr,
     pub host: String,
     pub request: String,
     pub user_agent: String,
@@ -63,6 +66,7 @@ impl Facts {
         Self {
             started,
             peer,
+            origin: peer,
             host: String::new(),
             request: String::new(),
             user_agent: String::new(),
@@ -80,6 +84,63 @@ impl Facts {
             generation,
         }
     }
+}
+
+impl Facts {
+    /// The next request of a kept-alive connection, whose first byte came now: what
+    /// the access log says of one request starts again; the connection's counts go on.
+    pub fn next_request(&mut self) {
+        self.started = Instant::now();
+        self.peer = self.origin;
+        self.host.clear();
+        self.request.clear();
+        self.user_agent.clear();
+        self.status = 0;
+        self.bytes_sent = 0;
+        self.bytes_in = 0;
+        self.bytes_out = 0;
+        self.upstream_addr = None;
+        self.upstream_response_time = None;
+        self.close = Close::Unknown;
+        self.mode = Mode::None;
+        self.route = 0;
+    }
+
+    /// The access-log line of the request these facts describe.
+    fn record(&self) -> AccessRecord {
+        AccessRecord {
+            remote_addr: self.peer,
+            host: self.host.clone(),
+            time: now_unix(),
+            request: self.request.clone(),
+            status: self.status,
+            bytes_sent: self.bytes_sent,
+            request_time: self.started.elapsed().as_secs_f64(),
+            upstream_response_time: self.upstream_response_time,
+            user_agent: self.user_agent.clone(),
+            upstream_addr: self.upstream_addr,
+            bytes_in: self.bytes_in,
+            bytes_out: self.bytes_out,
+            close: self.close,
+            mode: self.mode,
+        }
+    }
+}
+
+/// A request of a kept-alive connection is through and the connection waits for the
+/// next: its access-log line (`close=done`), counted by status.
+pub fn request_done(facts: &Facts) {
+    let record = facts.record();
+    facts.conn.exchanged(&record);
+    facts.generation.access_log.log(record);
+}
+
+/// A kept-alive connection ended between two requests (`close`: the client's FIN or
+/// reset, the idle timeout, the drain): closed without a response or a log line.
+pub fn ended_idle(client: &ClientIo, mut facts: Facts, close: Close, active: ActiveConn) {
+    client.shutdown(std::net::Shutdown::Both);
+    facts.conn.take().ended_idle(close.as_str());
+    drop(active);
 }
 
 /// The 101 is on its way: counts the upgrade, opens the pair's row in the live view,
@@ -154,22 +215,7 @@ pub async fn finish(
         worker.lifetimes.record(facts.started.elapsed(), facts.bytes_in, facts.generation.config.relay.splice_after);
     }
     let conn = facts.conn.take();
-    let record = AccessRecord {
-        remote_addr: facts.peer,
-        host: facts.host,
-        time: now_unix(),
-        request: facts.request,
-        status: facts.status,
-        bytes_sent: facts.bytes_sent,
-        request_time: facts.started.elapsed().as_secs_f64(),
-        upstream_response_time: facts.upstream_response_time,
-        user_agent: facts.user_agent,
-        upstream_addr: facts.upstream_addr,
-        bytes_in: facts.bytes_in,
-        bytes_out: facts.bytes_out,
-        close: facts.close,
-        mode: facts.mode,
-    };
+    let record = facts.record();
     conn.closed(&record);
     facts.generation.access_log.log(record);
 }

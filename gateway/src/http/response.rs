@@ -13,6 +13,11 @@ pub struct ResponseHead {
     pub len: usize,
     /// Body framing (irrelevant for 101).
     pub framing: super::body::Framing,
+    /// HTTP/1.1 without a `close` token in `Connection`: the connection may carry
+    /// another request after this response (once its body is through).
+    pub keep_alive: bool,
+    /// The upstream spoke HTTP/1.1 (a 1.0 response ends its client connection).
+    pub http11: bool,
 }
 
 /// Parses a response head. `Ok(None)`: incomplete.
@@ -24,10 +29,52 @@ pub fn parse(buf: &[u8], request_method: &str) -> Result<Option<ResponseHead>, P
         Ok(httparse::Status::Complete(len)) => {
             let status = resp.code.unwrap_or(0);
             let framing = super::body::Framing::of_response(status, request_method, resp.headers)?;
-            Ok(Some(ResponseHead { status, len, framing }))
+            let close = resp
+                .headers
+                .iter()
+                .any(|h| h.name.eq_ignore_ascii_case("connection") && super::has_token(h.value, "close"));
+            let http11 = resp.version == Some(1);
+            Ok(Some(ResponseHead { status, len, framing, keep_alive: http11 && !close, http11 }))
         }
         Err(e) => Err(ProxyError::new(ErrorKind::UpstreamInvalid, format!("malformed response head: {e}"))),
     }
+}
+
+/// `head` (a whole response head, CRLF CRLF included) as the client gets it on the
+/// plain path: the upstream connection's own `Connection` and `Keep-Alive` headers
+/// dropped (hop-by-hop: they speak of the upstream connection), and `Connection: close`
+/// added when the client connection ends after this response. A head without those
+/// headers and not closing is returned unchanged.
+pub fn for_client(head: &[u8], closing: bool) -> Vec<u8> {
+    let hop = |line: &[u8]| {
+        let name = line.split(|&b| b == b':').next().unwrap_or_default().trim_ascii();
+        name.eq_ignore_ascii_case(b"connection") || name.eq_ignore_ascii_case(b"keep-alive")
+    };
+    // httparse also takes bare LF line ends, mixed with CR LF: each line without either.
+    let Some(fields) = without_eol(head).and_then(without_eol) else {
+        return head.to_vec();
+    };
+    let mut lines = fields.split(|&b| b == b'\n').map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    let status_line = lines.next().unwrap_or_default();
+    let rest: Vec<&[u8]> = lines.collect();
+    if !closing && !rest.iter().any(|l| hop(l)) {
+        return head.to_vec();
+    }
+    let mut out = Vec::with_capacity(head.len() + 19);
+    for line in std::iter::once(status_line).chain(rest.into_iter().filter(|l| !hop(l))) {
+        out.extend_from_slice(line);
+        out.extend_from_slice(b"\r\n");
+    }
+    if closing {
+        out.extend_from_slice(b"Connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+/// `line` without its line end (CR LF or a bare LF), `None` when it has none.
+fn without_eol(line: &[u8]) -> Option<&[u8]> {
+    line.strip_suffix(b"\r\n").or_else(|| line.strip_suffix(b"\n"))
 }
 
 /// A complete short response for an error of `kind`, with `Connection: close`.
@@ -64,6 +111,27 @@ mod tests {
         assert_eq!(head.framing, Framing::Length(21));
         assert_eq!(&r[head.len..], b"426 Upgrade Required\n");
         assert!(String::from_utf8(r).unwrap().contains("Sec-WebSocket-Version: 13"));
+    }
+
+    #[test]
+    fn keep_alive_and_close() {
+        let ok = |raw: &[u8]| parse(raw, "GET").unwrap().unwrap();
+        assert!(ok(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").keep_alive);
+        assert!(!ok(b"HTTP/1.1 200 OK\r\nConnection: keep-alive, Close\r\n\r\n").keep_alive);
+        assert!(!ok(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n").keep_alive);
+        let head = b"HTTP/1.1 204 No Content\r\nX: y\r\n\r\n";
+        assert_eq!(for_client(head, false), head);
+        let closed = for_client(head, true);
+        assert_eq!(closed, b"HTTP/1.1 204 No Content\r\nX: y\r\nConnection: close\r\n\r\n");
+        assert!(!ok(&closed).keep_alive);
+        let upstream = b"HTTP/1.1 200 OK\r\nConnection: close\r\nKeep-Alive: timeout=5\r\nContent-Length: 0\r\n\r\n";
+        assert_eq!(for_client(upstream, false), b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+        assert_eq!(for_client(upstream, true), b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        // Bare LF line ends (which httparse takes), even mixed: the head still says close.
+        let mixed = b"HTTP/1.1 200 OK\nContent-Length: 0\n\r\n";
+        assert!(ok(mixed).keep_alive);
+        assert!(!ok(&for_client(mixed, true)).keep_alive);
+        assert_eq!(for_client(b"HTTP/1.1 200 OK\n\n", true), b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n");
     }
 
     #[test]

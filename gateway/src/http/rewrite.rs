@@ -4,8 +4,8 @@
 //! are set; `X-Forwarded-For` is the incoming one with the peer address appended when
 //! the peer is a trusted proxy, and just the peer address otherwise: a header from an
 //! untrusted peer is never passed on. Hop-by-hop headers and headers named in `Connection` are
-//! dropped; `Connection: upgrade` (WebSocket) or `Connection: close` (plain HTTP) is
-//! added. Every other header (cookies, subprotocols, extensions, Origin) is passed
+//! dropped; `Connection: upgrade` (WebSocket) or `Connection: close` (plain HTTP, unless
+//! the upstream connection is pooled) is added. Every other header (cookies, subprotocols, extensions, Origin) is passed
 //! through with its value byte-exact, in order.
 
 use std::net::IpAddr;
@@ -44,8 +44,15 @@ pub struct Forwarded<'a> {
     pub proto: &'a str,
 }
 
-/// Builds the upstream request head.
+/// Builds the upstream request head for a connection that closes after it.
 pub fn upstream_head(head: &RequestHead, intent: Intent, fwd: Forwarded<'_>) -> Vec<u8> {
+    upstream_head_on(head, intent, fwd, false)
+}
+
+/// Builds the upstream request head; `persistent`: the upstream connection is pooled,
+/// so an HTTP/1.1 plain request goes without `Connection: close` (HTTP/1.1's default
+/// is to keep the connection). HTTP/1.0 requests always get `Connection: close`.
+pub fn upstream_head_on(head: &RequestHead, intent: Intent, fwd: Forwarded<'_>, persistent: bool) -> Vec<u8> {
     let named_by_connection: Vec<Vec<u8>> = head
         .headers_named("connection")
         .flat_map(|v| v.split(|&b| b == b','))
@@ -76,7 +83,7 @@ pub fn upstream_head(head: &RequestHead, intent: Intent, fwd: Forwarded<'_>) -> 
         let upgrade = head.header("upgrade").unwrap_or(b"websocket");
         push_header(&mut out, b"Upgrade", upgrade);
         push_header(&mut out, b"Connection", b"upgrade");
-    } else {
+    } else if !(persistent && head.minor_version == 1) {
         push_header(&mut out, b"Connection", b"close");
     }
     push_header(&mut out, b"X-Real-IP", fwd.client_ip.to_string().as_bytes());
@@ -153,5 +160,9 @@ mod tests {
         let out = String::from_utf8(upstream_head(&head, Intent::Plain, fwd)).unwrap();
         assert!(out.contains("Transfer-Encoding: chunked\r\nConnection: close\r\nX-Real-IP: ::1\r\n"), "{out}");
         assert!(!out.contains("keep-alive"));
+        // Pooled: no Connection header at all (HTTP/1.1 keeps the connection).
+        let out = String::from_utf8(upstream_head_on(&head, Intent::Plain, fwd, true)).unwrap();
+        assert!(out.contains("Transfer-Encoding: chunked\r\nX-Real-IP: ::1\r\n"), "{out}");
+        assert!(!out.to_ascii_lowercase().contains("connection"), "{out}");
     }
 }

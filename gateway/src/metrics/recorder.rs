@@ -58,7 +58,24 @@ impl Recorder {
 
     /// An upstream connection completed after `took`.
     pub fn upstream_connected(&self, took: Duration) {
-        self.with(|h| h.metrics.connect.observe(took));
+        self.with(|h| {
+            h.metrics.connect.observe(took);
+            h.metrics.upstream_opened.fetch_add(1, Relaxed);
+        });
+    }
+
+    /// A plain request went out on a pooled upstream connection.
+    pub fn pool_hit(&self) {
+        self.with(|h| {
+            h.metrics.pool_hits.fetch_add(1, Relaxed);
+        });
+    }
+
+    /// A plain request to a pooled group found no usable idle connection.
+    pub fn pool_miss(&self) {
+        self.with(|h| {
+            h.metrics.pool_misses.fetch_add(1, Relaxed);
+        });
     }
 
     /// A valid WebSocket upgrade request was routed to `route`.
@@ -192,6 +209,31 @@ impl Conn {
     /// The pair is parked: it stays counted as spliced until [`Recorder::parked_closed`].
     pub fn park(mut self) {
         self.counted = false;
+    }
+
+    /// One request of a kept-alive connection ended as `record` says (its access-log
+    /// line); the connection goes on, so its close is not counted yet.
+    pub fn exchanged(&self, record: &AccessRecord) {
+        if !self.counted {
+            return;
+        }
+        self.recorder.with(|h| {
+            h.metrics.count_status(record.status);
+            h.metrics.closed_bytes[0].fetch_add(record.bytes_in, Relaxed);
+            h.metrics.closed_bytes[1].fetch_add(record.bytes_out, Relaxed);
+        });
+    }
+
+    /// A kept-alive connection ended between requests, as `close` says.
+    pub fn ended_idle(mut self, close: &str) {
+        if !self.counted {
+            return;
+        }
+        self.counted = false;
+        self.recorder.with(|h| {
+            h.metrics.leave(self.mode);
+            h.metrics.count_close(close);
+        });
     }
 
     /// The connection ended as `record` says (the access log's line).

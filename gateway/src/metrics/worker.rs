@@ -81,6 +81,12 @@ pub struct WorkerMetrics {
     pub lifetime: Histogram,
     /// Pings answered by the worker's own loop (for `/healthz`).
     pub pings_answered: AtomicU64,
+    /// Upstream TCP connections opened.
+    pub upstream_opened: AtomicU64,
+    /// Plain requests that went out on an idle connection from the worker's pool.
+    pub pool_hits: AtomicU64,
+    /// Plain requests to a pooled group that found no usable idle connection.
+    pub pool_misses: AtomicU64,
 }
 
 impl WorkerMetrics {
@@ -97,6 +103,9 @@ impl WorkerMetrics {
             connect: Histogram::new(LATENCY_BOUNDS),
             lifetime: Histogram::new(LIFETIME_BOUNDS),
             pings_answered: AtomicU64::new(0),
+            upstream_opened: AtomicU64::new(0),
+            pool_hits: AtomicU64::new(0),
+            pool_misses: AtomicU64::new(0),
         }
     }
 

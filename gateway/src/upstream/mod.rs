@@ -11,6 +11,7 @@ pub mod address;
 pub mod balance;
 pub mod health;
 pub mod passive;
+pub mod pool;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -158,6 +159,8 @@ pub struct Group {
     resolve_interval: std::time::Duration,
     /// Names resolve to their first IPv4 address (else IPv6).
     ipv4: bool,
+    /// What each worker's pool keeps of this group's idle connections.
+    pub keepalive: pool::Keep,
 }
 
 /// A server name that did not resolve at start.
@@ -242,6 +245,9 @@ impl Group {
             source_addresses,
             health_check,
             resolve_interval,
+            keepalive,
+            keepalive_timeout,
+            keepalive_requests,
         } = cfg;
         let ipv4 = source_addresses.first().is_none_or(IpAddr::is_ipv4);
         let servers = servers
@@ -288,6 +294,7 @@ impl Group {
             health_check: health_check.clone(),
             resolve_interval: *resolve_interval,
             ipv4,
+            keepalive: pool::Keep { idle: *keepalive, timeout: *keepalive_timeout, requests: *keepalive_requests },
         })
     }
 
@@ -434,6 +441,11 @@ impl ActiveGuard {
     /// The server this guard counts.
     pub fn server(&self) -> usize {
         self.index
+    }
+
+    /// The server's group.
+    pub fn group(&self) -> &Arc<Group> {
+        &self.group
     }
 
     /// That server's address.
