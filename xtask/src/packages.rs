@@ -43,6 +43,10 @@ pub const TEST: &[Need] = &[
     Need::Program("openssl", "openssl"),
     Need::Program("node", "nodejs"),
     Need::File("/usr/share/nodejs/ws/package.json", "node-ws"),
+    // The browser test: headless Chromium (driven over DevTools by Node), with the test
+    // CA put in its NSS database by certutil.
+    Need::Program("chromium", "chromium"),
+    Need::Program("certutil", "libnss3-tools"),
 ];
 
 /// A thing that must exist, and the Debian package that provides it.
