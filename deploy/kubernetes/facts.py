@@ -1,5 +1,6 @@
 """What the deployment check needs of the manifests, as JSON on stdout: the wsgate.toml
-of the ConfigMap, and the DaemonSet's probes (path, port, host) and grace period."""
+of the ConfigMap, and the DaemonSet's probes (path, port, host), grace period, preStop
+command and writable mount paths."""
 
 import json
 import sys
@@ -20,7 +21,10 @@ def main():
     for kind in ("readinessProbe", "livenessProbe"):
         get = wsgate[kind]["httpGet"]
         probes[kind] = {"path": get["path"], "port": get["port"], "host": get.get("host", "")}
-    print(json.dumps({"config": config, "probes": probes, "grace": pod["terminationGracePeriodSeconds"]}))
+    pre_stop = wsgate.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", [])
+    writable = [m["mountPath"] for m in wsgate.get("volumeMounts", []) if not m.get("readOnly", False)]
+    print(json.dumps({"config": config, "probes": probes, "grace": pod["terminationGracePeriodSeconds"],
+                      "pre_stop": pre_stop, "writable": writable}))
 
 
 if __name__ == "__main__":

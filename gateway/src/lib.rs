@@ -5,6 +5,7 @@
 //! [`runtime`] starts the workers; [`config`] is the configuration reference.
 
 pub mod accesslog;
+pub mod activation;
 pub mod admin;
 pub mod admission;
 pub mod bufpool;

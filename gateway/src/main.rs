@@ -32,8 +32,23 @@ enum Command {
     Reload(SignalOptions),
     /// Start the paced drain of the running wsgate (SIGTERM to the pid in the pid
     /// file): it stops accepting and closes its WebSockets with 1001 over
-    /// `drain.window`, then exits. A Kubernetes `preStop` hook.
-    Drain(SignalOptions),
+    /// `drain.window`, then exits. With `--wait`, returns once it has exited: a
+    /// Kubernetes `preStop` hook (the kubelet's SIGTERM that follows then finds nothing
+    /// to cut short).
+    Drain(DrainOptions),
+}
+
+/// `wsgate drain`: which process, and whether to wait for its end.
+#[derive(Debug, Clone, clap::Args)]
+struct DrainOptions {
+    #[command(flatten)]
+    target: SignalOptions,
+    /// Return only once the process has exited (or the wait timeout passed: exit 1).
+    #[arg(long)]
+    wait: bool,
+    /// The longest `--wait` (e.g. 90s).
+    #[arg(long, value_name = "DURATION", default_value = "120s", value_parser = humantime_serde::re::humantime::parse_duration)]
+    wait_timeout: std::time::Duration,
 }
 
 /// Which running wsgate to signal.
@@ -48,7 +63,8 @@ struct SignalOptions {
 }
 
 /// `wsgate reload` and `wsgate drain`: sends `signal` to the running process.
-fn signal_running(opts: &SignalOptions, signal: nix::sys::signal::Signal, what: &str) -> ExitCode {
+/// Returns the pid signalled, or `None` (said on stderr) when that failed.
+fn signal_running(opts: &SignalOptions, signal: nix::sys::signal::Signal, what: &str) -> Option<i32> {
     let result = (|| -> anyhow::Result<i32> {
         let pid_file = match (&opts.pid_file, &opts.config) {
             (Some(p), _) => p.clone(),
@@ -62,13 +78,43 @@ fn signal_running(opts: &SignalOptions, signal: nix::sys::signal::Signal, what: 
     match result {
         Ok(pid) => {
             println!("wsgate: {what} requested (pid {pid})");
-            ExitCode::SUCCESS
+            Some(pid)
         }
         Err(e) => {
             eprintln!("wsgate {what}: {e:#}");
-            ExitCode::FAILURE
+            None
         }
     }
+}
+
+/// `wsgate drain`: SIGTERM, then (with `--wait`) until the process is gone.
+fn drain(opts: &DrainOptions) -> ExitCode {
+    let Some(pid) = signal_running(&opts.target, nix::sys::signal::Signal::SIGTERM, "drain") else {
+        return ExitCode::FAILURE;
+    };
+    if !opts.wait {
+        return ExitCode::SUCCESS;
+    }
+    let started = std::time::Instant::now();
+    while alive(pid) {
+        if started.elapsed() >= opts.wait_timeout {
+            eprintln!("wsgate drain: pid {pid} still running after {:?}", opts.wait_timeout);
+            return ExitCode::FAILURE;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    println!("wsgate: pid {pid} drained and exited after {:.1} s", started.elapsed().as_secs_f64());
+    ExitCode::SUCCESS
+}
+
+/// Whether process `pid` still runs: it exists and is not a zombie (an exited child
+/// its parent has not reaped yet has drained all the same).
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        // The state follows the command name, which is in parentheses.
+        let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
+        !matches!(state, Some("Z" | "X") | None)
+    })
 }
 
 /// Where the package installs the tuning profiles.
@@ -128,8 +174,11 @@ fn main() -> ExitCode {
     let (opts, check_only) = match &cli.command {
         Some(Command::Check(o)) => (o, true),
         Some(Command::Tune(t)) => return tune(t),
-        Some(Command::Reload(s)) => return signal_running(s, nix::sys::signal::Signal::SIGHUP, "reload"),
-        Some(Command::Drain(s)) => return signal_running(s, nix::sys::signal::Signal::SIGTERM, "drain"),
+        Some(Command::Reload(s)) => {
+            let signalled = signal_running(s, nix::sys::signal::Signal::SIGHUP, "reload");
+            return if signalled.is_some() { ExitCode::SUCCESS } else { ExitCode::FAILURE };
+        }
+        Some(Command::Drain(d)) => return drain(d),
         None => (&cli.opts, cli.opts.test),
     };
     let result = opts.cli.load().map_err(anyhow::Error::from).and_then(|config| {

@@ -54,6 +54,8 @@ pub enum RunError {
     PidFile(std::io::Error),
     #[error("a worker thread panicked")]
     WorkerPanicked,
+    #[error(transparent)]
+    Activation(#[from] crate::activation::ActivationError),
     #[error("cannot listen on {addr} (admin): {source}")]
     Admin { addr: SocketAddr, source: std::io::Error },
 }
@@ -84,18 +86,7 @@ pub fn run(config: Config, source: CliOptions, allocator: Allocator) -> Result<(
     let workers = config.worker_count();
     preflight(&config)?;
 
-    // Bind the first socket of each listener here, so port 0 resolves once and every
-    // worker shares the same port; bind errors surface before anything starts.
-    let mut first_sockets = Vec::new();
-    let mut addrs = Vec::new();
-    for l in &config.listeners {
-        let listen_error = |source| RunError::Listen { addr: l.address, source };
-        let s = listen_socket(l.address, l.backlog, &config.keepalive).map_err(listen_error)?;
-        let local = s.local_addr().map_err(listen_error)?;
-        let local = local.as_socket().ok_or_else(|| RunError::ListenerAddress(format!("{local:?}")))?;
-        addrs.push((local, l.backlog));
-        first_sockets.push(s);
-    }
+    let (mut first_sockets, addrs) = bind_listeners(&config)?;
 
     if config.listeners.iter().any(|l| l.tls.is_some()) {
         tracing::info!("{}", crate::tls::ktls::probe());
@@ -193,8 +184,8 @@ pub fn run(config: Config, source: CliOptions, allocator: Allocator) -> Result<(
 
 /// Every listener listens: the ready lines scripts and tests wait for, and `READY=1`
 /// to the service manager.
-fn announce_ready(addrs: &[(SocketAddr, u32)], workers: usize) {
-    for (a, _) in addrs {
+fn announce_ready(addrs: &[Bound], workers: usize) {
+    for Bound { addr: a, .. } in addrs {
         tracing::info!(workers, "listening on {a}");
         println!("wsgate: listening on {a}");
     }
@@ -286,7 +277,10 @@ struct WorkerSetup {
 }
 
 /// One listener's socket of one worker, by key.
-type KeyedSocket = (ListenerKey, crate::config::Scheme, Socket);
+type KeyedSocket = (ListenerKey, crate::config::Scheme, Socket, Shared);
+
+/// Whether a listener's socket is the service manager's, shared by every worker.
+type Shared = bool;
 
 fn worker(mut setup: WorkerSetup, sockets: Vec<KeyedSocket>) -> Result<()> {
     if let Some(cpu) = setup.cpu {
@@ -331,8 +325,8 @@ fn worker(mut setup: WorkerSetup, sockets: Vec<KeyedSocket>) -> Result<()> {
         });
         tokio_uring::spawn(sweep_pool(state.clone()));
         let mut accepting = Vec::new();
-        for (key, scheme, s) in sockets {
-            accepting.push(accept_on(s, (key, scheme), &state));
+        for (key, scheme, s, shared) in sockets {
+            accepting.push(accept_on(s, (key, scheme, shared), &state));
         }
         follow_reloads(&mut setup.orders, &mut accepting, &state).await;
         for (_, removed, l) in accepting {
@@ -350,32 +344,41 @@ fn worker(mut setup: WorkerSetup, sockets: Vec<KeyedSocket>) -> Result<()> {
 
 /// One worker's socket of each listener, with its key: `first` (the ones bound at
 /// start) or new ones on the same addresses.
-fn worker_sockets(
-    config: &Config,
-    addrs: &[(SocketAddr, u32)],
-    first: Option<Vec<Socket>>,
-) -> Result<Vec<KeyedSocket>> {
+fn worker_sockets(config: &Config, addrs: &[Bound], first: Option<Vec<Socket>>) -> Result<Vec<KeyedSocket>> {
     let sockets = match first {
         Some(s) => s,
         None => addrs
             .iter()
-            .map(|&(addr, backlog)| {
-                listen_socket(addr, backlog, &config.keepalive).map_err(|source| RunError::Listen { addr, source })
+            .map(|b| {
+                let socket = match &b.shared {
+                    Some(passed) => passed.try_clone(),
+                    None => listen_socket(b.addr, b.backlog, &config.keepalive),
+                };
+                socket.map_err(|source| RunError::Listen { addr: b.addr, source })
             })
             .collect::<Result<Vec<_>>>()?,
     };
     let keys = config.listeners.iter().map(|l| (listeners::key(l), l.scheme()));
-    Ok(keys.zip(sockets).map(|((k, scheme), s)| (k, scheme, s)).collect())
+    Ok(keys.zip(sockets).zip(addrs).map(|(((k, scheme), s), b)| (k, scheme, s, b.shared.is_some())).collect())
 }
 
 /// One accept loop of a worker: its listener, the sender that stops it, the task.
 type Accepting = (ListenerKey, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>);
 
 /// Starts accepting on `socket` (this worker's of listener `key`).
-fn accept_on(socket: Socket, (key, scheme): (ListenerKey, crate::config::Scheme), worker: &Rc<Worker>) -> Accepting {
-    let listener = TcpListener::from_std(socket.into());
+fn accept_on(
+    socket: Socket,
+    (key, scheme, shared): (ListenerKey, crate::config::Scheme, Shared),
+    worker: &Rc<Worker>,
+) -> Accepting {
     let (removed_tx, removed) = tokio::sync::oneshot::channel();
-    (key, removed_tx, tokio_uring::spawn(conn::accept::accept_loop(listener, (key, scheme), worker.clone(), removed)))
+    let task = if shared {
+        tokio_uring::spawn(conn::accept::accept_shared_loop(socket, (key, scheme), worker.clone(), removed))
+    } else {
+        let listener = TcpListener::from_std(socket.into());
+        tokio_uring::spawn(conn::accept::accept_loop(listener, (key, scheme), worker.clone(), removed))
+    };
+    (key, removed_tx, task)
 }
 
 /// Until the drain, adds and removes this worker's listeners as reloads order.
@@ -389,7 +392,7 @@ async fn follow_reloads(
     loop {
         tokio::select! {
             order = orders.recv() => match order {
-                Some(Order::Add { key, scheme, socket }) => accepting.push(accept_on(socket, (key, scheme), worker)),
+                Some(Order::Add { key, scheme, socket }) => accepting.push(accept_on(socket, (key, scheme, false), worker)),
                 Some(Order::Remove(key)) => {
                     for (_, removed, _) in accepting.extract_if(.., |(k, _, _)| *k == key) {
                         let _ = removed.send(());
@@ -415,6 +418,57 @@ fn preflight(config: &Config) -> Result<()> {
     };
     crate::preflight::run(&needs, config.strict_tuning)?;
     Ok(())
+}
+
+/// The first socket of each listener, and what every worker needs to get its own.
+fn bind_listeners(config: &Config) -> Result<(Vec<Socket>, Vec<Bound>)> {
+    // Bind the first socket of each listener here, so port 0 resolves once and every
+    // worker shares the same port; bind errors surface before anything starts. A
+    // listener whose socket the service manager passed (socket activation) takes it,
+    // and every worker accepts from a duplicate of it.
+    let mut passed = crate::activation::take()?;
+    let mut first_sockets = Vec::new();
+    let mut addrs = Vec::new();
+    for l in &config.listeners {
+        let listen_error = |source| RunError::Listen { addr: l.address, source };
+        let (s, shared) = match crate::activation::claim(&mut passed, l.address) {
+            Some(p) => {
+                tracing::info!(fd = p.fd, name = %p.name, "listening on {} (socket from the service manager)", p.addr);
+                adopt(&p.socket, l.backlog, &config.keepalive).map_err(listen_error)?;
+                let dup = p.socket.try_clone().map_err(listen_error)?;
+                (p.socket, Some(dup))
+            }
+            None => (listen_socket(l.address, l.backlog, &config.keepalive).map_err(listen_error)?, None),
+        };
+        let local = s.local_addr().map_err(listen_error)?;
+        let local = local.as_socket().ok_or_else(|| RunError::ListenerAddress(format!("{local:?}")))?;
+        addrs.push(Bound { addr: local, backlog: l.backlog, shared });
+        first_sockets.push(s);
+    }
+    if let Some(p) = passed.pop() {
+        let configured: Vec<_> = config.listeners.iter().map(|l| l.address).collect();
+        return Err(crate::activation::unmatched(p, &configured).into());
+    }
+    Ok((first_sockets, addrs))
+}
+
+/// A listener's address once listening: the one each worker binds too (SO_REUSEPORT),
+/// or the passed socket every worker shares.
+#[derive(Debug)]
+struct Bound {
+    addr: SocketAddr,
+    backlog: u32,
+    /// The service manager's socket (socket activation), duplicated for each worker.
+    shared: Option<Socket>,
+}
+
+/// Makes a socket the service manager passed accept like one wsgate binds: its
+/// backlog, and the options accepted sockets inherit (`TCP_NODELAY`, keepalive).
+fn adopt(s: &Socket, backlog: u32, keepalive: &crate::config::KeepaliveConfig) -> std::io::Result<()> {
+    s.set_nodelay(true)?;
+    crate::io::set_keepalive(s, keepalive)?;
+    // Listening again on a listening socket only sets its backlog.
+    s.listen(i32::try_from(backlog).unwrap_or(i32::MAX))
 }
 
 /// A listening socket with SO_REUSEPORT (every worker binds the same address).

@@ -209,3 +209,35 @@ fn sighup_and_sigusr2_leave_the_process_serving() {
     assert_all_going_away(&ended);
     assert!(gw.wait_exit(Duration::from_secs(20)));
 }
+
+#[test]
+fn wsgate_drain_wait_returns_once_every_websocket_closed_and_the_process_exited() {
+    let echo = WsEcho::start();
+    let dir = utils::TempDir::new();
+    let pid = dir.0.join("wsgate.pid");
+    let mut gw = Gateway::builder()
+        .one_line(&[echo.addr])
+        .args(&["--splice", "userspace", "--drain-window", "2s", "--pid-file", pid.to_str().unwrap()])
+        .start();
+    let mut clients = Clients::open(20, &[gw.ws_url("/prestop")]);
+    std::thread::sleep(Duration::from_millis(500));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wsgate"))
+        .args(["drain", "--wait", "--wait-timeout", "60s", "--pid-file", pid.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("drained and exited after"), "{text}");
+    // It returned only after the process was gone: every client already has its 1001.
+    assert!(!gw.running(), "wsgate drain --wait returned while wsgate still ran");
+    assert!(!pid.exists(), "the pid file is removed at exit");
+    let ended = clients.ended(Duration::from_secs(5));
+    assert_all_going_away(&ended);
+    // Nothing left to drain: a second call says so and fails.
+    let again = std::process::Command::new(env!("CARGO_BIN_EXE_wsgate"))
+        .args(["drain", "--wait", "--pid-file", pid.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(gw.wait_exit(Duration::from_secs(1)));
+}

@@ -61,6 +61,7 @@ pub fn run(wsgate: &Path) -> Result<()> {
     if facts["grace"].as_u64().unwrap_or(0) <= drain_secs {
         bail!("terminationGracePeriodSeconds {} is not above the drain ({drain})", facts["grace"]);
     }
+    check_pre_stop(&facts, &admin)?;
     let probes = facts["probes"].as_object().context("no probes")?;
     for (kind, p) in probes {
         if p["port"].as_u64() != Some(u64::from(listen.port())) || p["host"].as_str() != Some(&listen.ip().to_string())
@@ -87,6 +88,28 @@ pub fn run(wsgate: &Path) -> Result<()> {
         }
     }
     eprintln!("xtask: manifests valid (strict), ConfigMap config valid, probes answered, grace above drain");
+    Ok(())
+}
+
+/// The preStop hook is `wsgate drain … --wait` (so the kubelet's SIGTERM that follows
+/// does not cut the drain short), ends within the grace period, and finds the pid file
+/// on a writable mount (the root file system is read-only).
+fn check_pre_stop(facts: &serde_json::Value, config: &toml::Value) -> Result<()> {
+    let command: Vec<&str> =
+        facts["pre_stop"].as_array().context("no preStop")?.iter().filter_map(serde_json::Value::as_str).collect();
+    if command.get(1) != Some(&"drain") || !command.contains(&"--wait") {
+        bail!("the preStop hook must run `wsgate drain --wait`, not {command:?}");
+    }
+    let timeout = command.iter().position(|a| *a == "--wait-timeout").and_then(|i| command.get(i + 1));
+    let timeout: u64 = timeout.unwrap_or(&"120s").trim_end_matches('s').parse().context("--wait-timeout in seconds")?;
+    if facts["grace"].as_u64().unwrap_or(0) <= timeout {
+        bail!("the preStop wait ({timeout} s) is not within terminationGracePeriodSeconds {}", facts["grace"]);
+    }
+    let pid_file = config.get("pid_file").and_then(toml::Value::as_str).context("the ConfigMap sets no pid_file")?;
+    let writable = facts["writable"].as_array().context("no mounts")?;
+    if !writable.iter().filter_map(serde_json::Value::as_str).any(|m| Path::new(pid_file).starts_with(m)) {
+        bail!("pid_file {pid_file} is on no writable mount of the wsgate container");
+    }
     Ok(())
 }
 

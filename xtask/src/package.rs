@@ -58,7 +58,7 @@ pub fn build(out: &Path, version: &str) -> Result<PathBuf> {
     };
     put(&root.join("target/release/wsgate"), "usr/bin/wsgate", 0o755)?;
     put(&root.join("gateway/wsgate.example.toml"), "etc/wsgate/wsgate.toml", 0o640)?;
-    for unit in ["wsgate.service", "wsgate-tune.service"] {
+    for unit in ["wsgate.service", "wsgate-tune.service", "wsgate.socket"] {
         put(&root.join("deploy/systemd").join(unit), &format!("lib/systemd/system/{unit}"), 0o644)?;
     }
     for entry in std::fs::read_dir(root.join("tuning/profiles"))? {
@@ -150,6 +150,7 @@ const LEFT_BEHIND: &[&str] = &[
     "/etc/wsgate",
     "/lib/systemd/system/wsgate.service",
     "/lib/systemd/system/wsgate-tune.service",
+    "/lib/systemd/system/wsgate.socket",
     "/usr/share/wsgate",
     "/usr/share/doc/wsgate",
     "/var/lib/wsgate",
@@ -163,7 +164,12 @@ fn install_upgrade_purge(first: &Path, next: &Path) -> Result<()> {
     exec(Command::new("dpkg").arg("-i").arg(first))?;
     exec(Command::new("/usr/bin/wsgate").args(["check", "-c", CONFIG]))?;
     let verify = Command::new("systemd-analyze")
-        .args(["verify", "/lib/systemd/system/wsgate.service", "/lib/systemd/system/wsgate-tune.service"])
+        .args([
+            "verify",
+            "/lib/systemd/system/wsgate.service",
+            "/lib/systemd/system/wsgate-tune.service",
+            "/lib/systemd/system/wsgate.socket",
+        ])
         .output()
         .context("running systemd-analyze verify")?;
     let complaints = String::from_utf8_lossy(&verify.stderr).trim().to_owned();

@@ -12,11 +12,15 @@ use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::Duration;
 
-use tokio_uring::net::TcpListener;
+use std::net::SocketAddr;
+
+use socket2::Socket;
+use tokio_uring::net::{TcpListener, TcpStream};
 
 use super::Worker;
 use super::teardown::ActiveConn;
 use crate::config::Scheme;
+use crate::readiness;
 use crate::reload::listeners::ListenerKey;
 use crate::shutdown::Phase;
 
@@ -34,19 +38,7 @@ pub async fn accept_loop(
     loop {
         tokio::select! {
             res = listener.accept() => match res {
-                Ok((stream, peer)) => {
-                    let generation = worker.generations.current();
-                    let tls = generation.tls_for(&key);
-                    if scheme == Scheme::Https && tls.is_none() {
-                        // Accepted as a reload removed this TLS listener: never served
-                        // as plain text.
-                        drop(stream);
-                        continue;
-                    }
-                    let active = ActiveConn::new(&worker.stats);
-                    let listener = (scheme, tls, generation);
-                    tokio_uring::spawn(super::serve(stream, peer, listener, worker.clone(), active));
-                }
+                Ok((stream, peer)) => start(stream, peer, (key, scheme), &worker),
                 Err(e) => {
                     // EMFILE/ENFILE/ENOBUFS: back off briefly instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
@@ -60,4 +52,62 @@ pub async fn accept_loop(
     // Wakes the accept still in flight, and stops the kernel queueing connections here.
     crate::io::shutdown_quietly(&listener, std::net::Shutdown::Read);
     tracing::debug!(fd = listener.as_raw_fd(), "listener closed (draining, or removed by a reload)");
+}
+
+/// Gives an accepted connection the generation in force and starts its life.
+fn start(stream: TcpStream, peer: SocketAddr, (key, scheme): (ListenerKey, Scheme), worker: &Rc<Worker>) {
+    let generation = worker.generations.current();
+    let tls = generation.tls_for(&key);
+    if scheme == Scheme::Https && tls.is_none() {
+        // Accepted as a reload removed this TLS listener: never served as plain text.
+        return;
+    }
+    let active = ActiveConn::new(&worker.stats);
+    let listener = (scheme, tls, generation);
+    tokio_uring::spawn(super::serve(stream, peer, listener, worker.clone(), active));
+}
+
+/// [`accept_loop`] for a socket the service manager passed (socket activation), which
+/// every worker and the service manager share. Its read side is never shut (that would
+/// stop it for all of them and lose its queue across a restart), and no accept is left
+/// in flight at the end (it would take a connection nobody serves): it waits for
+/// readiness on the worker's poll ring (cancelled when dropped) and then accepts
+/// without blocking; another worker may have taken the connection first.
+pub async fn accept_shared_loop(
+    listener: Socket,
+    (key, scheme): (ListenerKey, Scheme),
+    worker: Rc<Worker>,
+    removed: tokio::sync::oneshot::Receiver<()>,
+) {
+    if let Err(e) = listener.set_nonblocking(true) {
+        tracing::error!(error = %e, "cannot accept from the service manager's socket");
+        return;
+    }
+    let mut shutdown = worker.shutdown.clone();
+    let mut draining = std::pin::pin!(shutdown.reached(Phase::Draining));
+    let mut removed = std::pin::pin!(removed);
+    loop {
+        tokio::select! {
+            ready = worker.ring.ready(&listener, readiness::READABLE) => {
+                if ready.is_err() {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+                match listener.accept() {
+                    Ok((s, peer)) => {
+                        let Some(peer) = peer.as_socket() else { continue };
+                        start(TcpStream::from_std(s.into()), peer, (key, scheme), &worker);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+            }
+            () = &mut draining => break,
+            _ = &mut removed => break,
+        }
+    }
+    tracing::debug!(fd = listener.as_raw_fd(), "stopped accepting on the service manager's socket");
 }

@@ -30,6 +30,7 @@ pub struct GatewayBuilder {
     env: Vec<(String, String)>,
     log_level: Option<String>,
     unprivileged: bool,
+    passed: Option<std::os::fd::OwnedFd>,
 }
 
 impl GatewayBuilder {
@@ -66,6 +67,15 @@ impl GatewayBuilder {
         self
     }
 
+    /// Passes `socket` as a service manager would (socket activation): descriptor 3,
+    /// `LISTEN_FDS=1`, `LISTEN_FDNAMES=web` and `LISTEN_PID` the process's own pid (set
+    /// by a shell that then execs wsgate, so the pid is wsgate's). The test keeps its
+    /// own copy of the socket.
+    pub fn pass_listener(mut self, socket: &std::net::TcpListener) -> Self {
+        self.passed = Some(socket.try_clone().unwrap().into());
+        self
+    }
+
     /// Runs the process as `nobody` (no capabilities).
     pub fn unprivileged(mut self) -> Self {
         self.unprivileged = true;
@@ -84,7 +94,27 @@ impl GatewayBuilder {
     /// Starts wsgate and waits for its ready line or its exit, whichever comes first.
     pub fn start_or_exit(self) -> Result<Gateway, Exited> {
         let dir = TempDir::new();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_wsgate"));
+        let mut cmd = match &self.passed {
+            None => Command::new(env!("CARGO_BIN_EXE_wsgate")),
+            Some(fd) => {
+                let mut sh = Command::new("/bin/sh");
+                sh.args(["-c", "LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=web exec \"$0\" \"$@\""]);
+                sh.arg(env!("CARGO_BIN_EXE_wsgate"));
+                let raw = std::os::fd::AsRawFd::as_raw_fd(fd);
+                // SAFETY: dup2 and fcntl are async-signal-safe; they run in the child
+                // between fork and exec. Descriptor 3 is left without close-on-exec
+                // (dup2 onto itself would keep the flag, so it is cleared).
+                unsafe {
+                    sh.pre_exec(move || {
+                        use nix::fcntl::{FcntlArg, FdFlag, fcntl};
+                        nix::unistd::dup2(raw, 3)?;
+                        fcntl(3, FcntlArg::F_SETFD(FdFlag::empty()))?;
+                        Ok(())
+                    });
+                }
+                sh
+            }
+        };
         if let Some(toml) = &self.config {
             let path = dir.0.join("wsgate.toml");
             std::fs::write(&path, toml).unwrap();
