@@ -10,6 +10,13 @@
 //! way out). A FIN becomes `SHUT_WR` on the other side (towards the client after a
 //! close_notify); a reset or a bad record is passed on as a reset; idle timeout and
 //! the `Stop` phase end it with the same close reasons. Never closes the sockets.
+//!
+//! In the drain, at this pair's turn (the worker's [`Pacer`]), each direction goes on
+//! to the end of the frame in progress ([`FrameTracker`] on the plaintext, no copy)
+//! and relays nothing after it; then the client gets a Close 1001 through TLS and the
+//! upstream a masked one, what each sends until its Close is read and dropped (within
+//! `drain.close_timeout`), and the client gets close_notify. What can be lost is what
+//! [`crate::relay`] says of the plain relay.
 
 use std::cell::Cell;
 use std::io;
@@ -21,6 +28,7 @@ use tokio_uring::net::TcpStream;
 
 use crate::bufpool::BufPool;
 use crate::close::{Close, Side};
+use crate::drain::{FrameTracker, Pacer, close_frame};
 use crate::readiness::{self, Ring};
 use crate::relay::{RelayOptions, RelayOutcome};
 use crate::shutdown::{Phase, ShutdownRx};
@@ -31,35 +39,100 @@ enum PumpEnd {
     Eof,
     ReadFailed(io::Error),
     WriteFailed(io::Error),
+    /// Drain: stopped at a frame boundary; nothing after it was relayed.
+    Whole,
 }
 
-/// Relays both ways until both directions finished, a reset, the idle timeout or
-/// `Stop`. `opts.pause_after` and `end_on_upstream_fin` do not apply (a TLS pair is
-/// never spliced; this relay carries WebSockets only).
+/// Direction indexes: client → upstream, upstream → client.
+const C2U: usize = 0;
+const U2C: usize = 1;
+
+/// What both directions share: activity, the frames each one follows, the drain's turn.
+struct Shared {
+    activity: Cell<Instant>,
+    moved: [Cell<u64>; 2],
+    frames: [Cell<FrameTracker>; 2],
+    closing: Cell<bool>,
+    turn: tokio::sync::Notify,
+}
+
+impl Shared {
+    /// How many of `data`, the next bytes of direction `dir`, to relay: all, or in the
+    /// drain those up to the end of the frame in progress; and whether the direction is
+    /// then at a boundary in the drain.
+    fn take(&self, dir: usize, data: &[u8]) -> (usize, bool) {
+        let mut t = self.frames[dir].get();
+        if !self.closing.get() {
+            t.feed(data);
+            self.frames[dir].set(t);
+            return (data.len(), false);
+        }
+        let mut used = 0;
+        while used < data.len() && !t.at_boundary() {
+            let n = usize::try_from(t.to_boundary()).unwrap_or(usize::MAX).min(data.len() - used);
+            t.feed(&data[used..used + n]);
+            used += n;
+        }
+        self.frames[dir].set(t);
+        (used, t.at_boundary())
+    }
+
+    /// In the drain and between frames in direction `dir`.
+    fn whole(&self, dir: usize) -> bool {
+        self.closing.get() && self.frames[dir].get().at_boundary()
+    }
+}
+
+/// Relays both ways until both directions finished, a reset, the idle timeout, `Stop`
+/// or this pair's turn in the drain (`pacer`). `opts.pause_after` and
+/// `end_on_upstream_fin` do not apply (a TLS pair is never spliced; this relay carries
+/// WebSockets only).
+#[allow(clippy::too_many_lines, reason = "one select over the pair's events, as in crate::relay")]
 pub async fn relay(
     client: &TlsStream,
     upstream: &TcpStream,
     opts: RelayOptions,
     shutdown: &mut ShutdownRx,
-    ring: &Ring,
-    buffers: &BufPool,
+    (ring, buffers): (&Ring, &BufPool),
+    pacer: Option<&Pacer>,
 ) -> RelayOutcome {
-    let activity = Cell::new(Instant::now());
-    let (c2u_bytes, u2c_bytes) = (Cell::new(0u64), Cell::new(0u64));
-    let mut c2u = pin!(decrypting(client, upstream, &activity, &c2u_bytes, (ring, buffers)));
-    let mut u2c = pin!(encrypting(upstream, client, &activity, &u2c_bytes, (ring, buffers)));
+    let s = Shared {
+        activity: Cell::new(Instant::now()),
+        moved: [Cell::new(0), Cell::new(0)],
+        frames: [Cell::new(opts.frames[0]), Cell::new(opts.frames[1])],
+        closing: Cell::new(false),
+        turn: tokio::sync::Notify::new(),
+    };
+    let mut c2u = pin!(decrypting(client, upstream, &s, (ring, buffers)));
+    let mut u2c = pin!(encrypting(upstream, client, &s, (ring, buffers)));
     let mut idle = pin!(tokio::time::sleep(opts.idle_timeout));
+    let mut turn = pin!(drain_turn(shutdown.clone(), pacer));
     let mut stop = pin!(shutdown.reached(Phase::Stop));
+    let mut frame_end = pin!(tokio::time::sleep(std::time::Duration::MAX));
     let (mut c2u_done, mut u2c_done) = (false, false);
+    let (mut c2u_whole, mut u2c_whole) = (false, false);
     let mut first_fin = None;
     let reason = loop {
         if c2u_done && u2c_done {
             break first_fin.unwrap_or(Close::ClientFin);
         }
+        if s.closing.get() && (c2u_done || c2u_whole) && (u2c_done || u2c_whole) {
+            let closing = going_away(client, upstream, [u2c_whole, c2u_whole], &s, (ring, buffers));
+            if tokio::time::timeout(opts.close_timeout, closing).await.is_err() {
+                tracing::debug!("no Close from a peer within drain.close_timeout");
+            }
+            client.close_write();
+            break Close::Drain;
+        }
         tokio::select! {
-            end = &mut c2u, if !c2u_done => {
+            end = &mut c2u, if !c2u_done && !c2u_whole => {
+                if matches!(end, PumpEnd::Whole) {
+                    c2u_whole = true;
+                    continue;
+                }
                 c2u_done = true;
                 match end {
+                    PumpEnd::Whole => {}
                     PumpEnd::Eof => {
                         crate::io::shutdown_quietly(upstream, Shutdown::Write);
                         first_fin.get_or_insert(Close::ClientFin);
@@ -68,9 +141,14 @@ pub async fn relay(
                     PumpEnd::WriteFailed(e) => break failed(&e, Side::Upstream, client, upstream),
                 }
             }
-            end = &mut u2c, if !u2c_done => {
+            end = &mut u2c, if !u2c_done && !u2c_whole => {
+                if matches!(end, PumpEnd::Whole) {
+                    u2c_whole = true;
+                    continue;
+                }
                 u2c_done = true;
                 match end {
+                    PumpEnd::Whole => {}
                     PumpEnd::Eof => {
                         client.close_write();
                         first_fin.get_or_insert(Close::UpstreamFin);
@@ -80,13 +158,25 @@ pub async fn relay(
                 }
             }
             () = &mut idle => {
-                let deadline = activity.get() + opts.idle_timeout;
+                let deadline = s.activity.get() + opts.idle_timeout;
                 if deadline <= Instant::now() {
                     break Close::IdleTimeout;
                 }
                 idle.as_mut().reset(deadline.into());
             }
             () = &mut stop => break Close::Shutdown,
+            () = &mut turn, if !s.closing.get() => {
+                // Each pump stops itself at its next boundary (one waiting between
+                // frames is woken for that); none is dropped in the middle of a write.
+                s.closing.set(true);
+                s.turn.notify_waiters();
+                frame_end.as_mut().reset((Instant::now() + opts.close_timeout).into());
+            }
+            () = &mut frame_end, if s.closing.get() => {
+                // A sender stopped mid-frame: no Close can go that way without cutting it.
+                tracing::debug!(c2u_whole, u2c_whole, "drain: a frame did not end within drain.close_timeout");
+                break Close::Drain;
+            }
         }
     };
     if !(c2u_done && u2c_done) {
@@ -95,15 +185,77 @@ pub async fn relay(
         crate::io::shutdown_quietly(upstream, Shutdown::Both);
     }
     RelayOutcome {
-        client_to_upstream: c2u_bytes.get(),
-        upstream_to_client: u2c_bytes.get(),
+        client_to_upstream: s.moved[C2U].get(),
+        upstream_to_client: s.moved[U2C].get(),
         reason,
         first_response: None,
         response_status: None,
-        // Not followed: a TLS pair is never paused for the splice, and the drain closes
-        // it at `Stop` (no Close 1001 through TLS yet).
-        frames: opts.frames,
+        frames: [s.frames[C2U].get(), s.frames[U2C].get()],
     }
+}
+
+/// Resolves at this pair's turn in the drain (never without a pacer).
+async fn drain_turn(mut shutdown: ShutdownRx, pacer: Option<&Pacer>) {
+    let Some(pacer) = pacer else { return std::future::pending().await };
+    shutdown.reached(Phase::Draining).await;
+    tokio::time::sleep_until(pacer.slot().into()).await;
+}
+
+/// The drain's close handshake once the pumps stopped between frames: a Close 1001 to
+/// each side in `to` ([client, upstream]), then what each still sends is read and
+/// dropped until its Close (it was sent after that direction's last relayed frame).
+async fn going_away(
+    client: &TlsStream,
+    upstream: &TcpStream,
+    [to_client, to_upstream]: [bool; 2],
+    s: &Shared,
+    (ring, buffers): (&Ring, &BufPool),
+) {
+    tracing::debug!(to_client, to_upstream, "drain: sending Close 1001 (TLS)");
+    let client_side = async {
+        if !to_client || client.write_all(ring, &close_frame::to_client()).await.is_err() {
+            return;
+        }
+        let mut frames = s.frames[C2U].get();
+        while !frames.close_seen() {
+            let mut buf = buffers.take();
+            let got = client.recv_into(&mut buf);
+            frames.feed(&buf);
+            buffers.put(buf);
+            match got {
+                Ok(0) => return,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if ring.ready(client.tcp(), readiness::READABLE).await.is_err() {
+                        return;
+                    }
+                }
+                Err(_) => return,
+            }
+        }
+    };
+    let upstream_side = async {
+        if !to_upstream || write_plain(upstream, close_frame::to_upstream(rand::random())).await.0.is_err() {
+            return;
+        }
+        let mut frames = s.frames[U2C].get();
+        while !frames.close_seen() {
+            if ring.ready(upstream, readiness::READABLE).await.is_err() {
+                return;
+            }
+            let mut buf = buffers.take();
+            let got = crate::io::recv_into(upstream, &mut buf);
+            frames.feed(&buf);
+            buffers.put(buf);
+            match got {
+                Ok(0) => return,
+                Ok(_) => {}
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {}
+                Err(_) => return,
+            }
+        }
+    };
+    tokio::join!(client_side, upstream_side);
 }
 
 /// The side `failed` broke the pair: the other side gets a reset on close.
@@ -121,13 +273,15 @@ fn failed(e: &io::Error, failed: Side, client: &TlsStream, upstream: &TcpStream)
 async fn decrypting(
     client: &TlsStream,
     upstream: &TcpStream,
-    activity: &Cell<Instant>,
-    moved: &Cell<u64>,
+    s: &Shared,
     (ring, buffers): (&Ring, &BufPool),
 ) -> PumpEnd {
     loop {
         // Read until nothing is buffered nor queued, so the wait below is for the socket.
         loop {
+            if s.whole(C2U) {
+                return PumpEnd::Whole;
+            }
             let mut buf = buffers.take();
             let n = match client.recv_into(&mut buf) {
                 Ok(0) => {
@@ -144,16 +298,29 @@ async fn decrypting(
                     return PumpEnd::ReadFailed(e);
                 }
             };
-            activity.set(Instant::now());
+            s.activity.set(Instant::now());
+            let (k, whole) = s.take(C2U, &buf[..n]);
+            // In the drain, what follows the frame in progress is not relayed.
+            buf.truncate(k);
             let (res, buf) = write_plain(upstream, buf).await;
             buffers.put(buf);
             if let Err(e) = res {
                 return PumpEnd::WriteFailed(e);
             }
-            moved.set(moved.get() + n as u64);
+            s.moved[C2U].set(s.moved[C2U].get() + k as u64);
+            if whole {
+                return PumpEnd::Whole;
+            }
         }
-        if let Err(e) = ring.ready(client.tcp(), readiness::READABLE).await {
-            return PumpEnd::ReadFailed(e);
+        // Registered before waiting: the drain's turn wakes a pump idle between frames.
+        let turn = s.turn.notified();
+        tokio::select! {
+            ready = ring.ready(client.tcp(), readiness::READABLE) => {
+                if let Err(e) = ready {
+                    return PumpEnd::ReadFailed(e);
+                }
+            }
+            () = turn => {}
         }
     }
 }
@@ -162,13 +329,21 @@ async fn decrypting(
 async fn encrypting(
     upstream: &TcpStream,
     client: &TlsStream,
-    activity: &Cell<Instant>,
-    moved: &Cell<u64>,
+    s: &Shared,
     (ring, buffers): (&Ring, &BufPool),
 ) -> PumpEnd {
     loop {
-        if let Err(e) = ring.ready(upstream, readiness::READABLE).await {
-            return PumpEnd::ReadFailed(e);
+        if s.whole(U2C) {
+            return PumpEnd::Whole;
+        }
+        let turn = s.turn.notified();
+        tokio::select! {
+            ready = ring.ready(upstream, readiness::READABLE) => {
+                if let Err(e) = ready {
+                    return PumpEnd::ReadFailed(e);
+                }
+            }
+            () = turn => continue,
         }
         loop {
             let mut buf = buffers.take();
@@ -188,13 +363,17 @@ async fn encrypting(
                     return PumpEnd::ReadFailed(e);
                 }
             };
-            activity.set(Instant::now());
-            let res = client.write_all(ring, &buf).await;
+            s.activity.set(Instant::now());
+            let (k, whole) = s.take(U2C, &buf[..n]);
+            let res = client.write_all(ring, &buf[..k]).await;
             buffers.put(buf);
             if let Err(e) = res {
                 return PumpEnd::WriteFailed(e);
             }
-            moved.set(moved.get() + n as u64);
+            s.moved[U2C].set(s.moved[U2C].get() + k as u64);
+            if whole {
+                return PumpEnd::Whole;
+            }
             if n < capacity {
                 break;
             }

@@ -4,6 +4,7 @@
 //! `--drain-window`; a second SIGTERM closes at once; SIGHUP never ends the process.
 
 mod drain_util;
+mod tls_util;
 mod utils;
 
 use std::time::{Duration, Instant};
@@ -240,4 +241,32 @@ fn wsgate_drain_wait_returns_once_every_websocket_closed_and_the_process_exited(
         .unwrap();
     assert!(!again.status.success());
     assert!(gw.wait_exit(Duration::from_secs(1)));
+}
+
+#[test]
+fn wss_websockets_close_with_1001_through_tls_over_the_window() {
+    let echo = WsEcho::start();
+    let pki = tls_util::Pki::new();
+    let cert = pki.issue("localhost", &["localhost"]);
+    let config = format!(
+        "workers = 2\n[drain]\nwindow = \"3s\"\njitter = 0.0\n{}[[route]]\nupstream = \"e\"\n[upstream.e]\nservers = [\"{}\"]\n",
+        tls_util::tls_listener(Some(&cert), &[]),
+        echo.addr
+    );
+    let mut gw = Gateway::builder().config(&config).start();
+    let n = 100;
+    let url = format!("wss://localhost:{}/tls-drain", gw.addr.port());
+    let mut clients = Clients::open_ca(n, &[url], 70_000, Some(&pki.ca_file()));
+    std::thread::sleep(Duration::from_secs(1));
+    let start = now_secs();
+    gw.terminate();
+    let ended = clients.ended(Duration::from_secs(40));
+    // Strict clients: a frame cut by the Close would be a protocol error.
+    assert_all_going_away(&ended);
+    let latest = ended.iter().map(|e| e.closed_at.unwrap() - start).fold(0.0, f64::max);
+    assert!(latest < 3.0 + MARGIN + 6.0, "the last close came {latest:.2} s after SIGTERM");
+    assert!(gw.wait_exit(Duration::from_secs(20)), "wsgate exits once its connections are closed");
+    let drained = gw.log_lines().iter().filter(|l| l.contains("GET /tls-drain ") && l.contains("close=drain")).count();
+    assert_eq!(drained, n, "every wss WebSocket's access-log line says close=drain");
+    assert_upstreams_got_1001(&echo, n);
 }

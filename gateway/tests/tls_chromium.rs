@@ -57,6 +57,33 @@ window.result = (async () => {
 </script>
 ";
 
+/// The drain page: one WebSocket that echoes continuously (each message checked, the
+/// next sent when its echo is back) until the server closes it; reports how.
+const DRAIN_PAGE: &str = r"<!doctype html><title>wsgate drain</title><script>
+window.result = (async () => {
+  const ws = new WebSocket(`wss://${location.host}/ws`);
+  ws.binaryType = 'arraybuffer';
+  await new Promise((ok, no) => { ws.onopen = ok; ws.onerror = () => no(new Error('WebSocket error')); });
+  let echoes = 0, bad = 0, pending = null, n = 0;
+  const send = () => {
+    const size = [1, 125, 126, 3000, 20000][n++ % 5];
+    pending = new Uint8Array(size);
+    crypto.getRandomValues(pending);
+    ws.send(pending);
+  };
+  ws.onmessage = e => {
+    const b = new Uint8Array(e.data);
+    if (pending && b.length === pending.length && b.every((v, i) => v === pending[i])) echoes++; else bad++;
+    send();
+  };
+  send();
+  const ev = await new Promise(r => { ws.onclose = r; });
+  const page = performance.getEntriesByType('navigation')[0].nextHopProtocol;
+  return JSON.stringify({ code: ev.code, reason: ev.reason, clean: ev.wasClean, echoes, bad, page });
+})();
+</script>
+";
+
 /// The DevTools driver: starts Chromium in its own process group with the given
 /// profile and HOME (whose NSS database trusts the test CA), opens the URL, waits for
 /// `window.result` and prints it; kills the whole group at the end or after a minute.
@@ -115,15 +142,22 @@ struct Outcome {
     json: serde_json::Value,
 }
 
-/// Serves [`PAGE`] at `/` (HTTP/1.0 or 1.1 request, one response, then close).
+/// Serves [`PAGE`] at `/` and [`DRAIN_PAGE`] at `/drain` (HTTP/1.0 or 1.1 request, one response, then close).
 fn page_upstream() -> RawUpstream {
     RawUpstream::start(|mut s| {
         let (head, _) = read_head(&mut s);
-        let response = if head.starts_with("GET / ") {
+        let page = if head.starts_with("GET / ") {
+            Some(PAGE)
+        } else if head.starts_with("GET /drain ") {
+            Some(DRAIN_PAGE)
+        } else {
+            None
+        };
+        let response = if let Some(page) = page {
             format!(
                 "HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nCache-Control: no-store\r\n\
-                 Content-Length: {}\r\nConnection: close\r\n\r\n{PAGE}",
-                PAGE.len()
+                 Content-Length: {}\r\nConnection: close\r\n\r\n{page}",
+                page.len()
             )
         } else {
             "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_owned()
@@ -134,7 +168,7 @@ fn page_upstream() -> RawUpstream {
 
 /// A HOME whose NSS database (where Chromium on Linux reads locally trusted roots)
 /// trusts the test CA.
-fn home_trusting(pki: &Pki, dir: &Path) -> std::path::PathBuf {
+fn home_trusting(ca: &Path, dir: &Path) -> std::path::PathBuf {
     let home = dir.join("home");
     let db = home.join(".pki/nssdb");
     std::fs::create_dir_all(&db).unwrap();
@@ -145,14 +179,19 @@ fn home_trusting(pki: &Pki, dir: &Path) -> std::path::PathBuf {
         assert!(out.status.success(), "certutil {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     };
     certutil(&["-d", &db, "-N", "--empty-password"]);
-    certutil(&["-d", &db, "-A", "-t", "C,,", "-n", "wsgate test CA", "-i", pki.ca_file().to_str().unwrap()]);
+    certutil(&["-d", &db, "-A", "-t", "C,,", "-n", "wsgate test CA", "-i", ca.to_str().unwrap()]);
     home
 }
 
 /// Opens `url` in headless Chromium and returns what the page reported.
 fn browse(url: &str, pki: &Pki) -> Outcome {
+    browse_with_ca(url, &pki.ca_file())
+}
+
+/// [`browse`] with the test CA's file.
+fn browse_with_ca(url: &str, ca: &Path) -> Outcome {
     let dir = TempDir::new();
-    let home = home_trusting(pki, &dir.0);
+    let home = home_trusting(ca, &dir.0);
     let profile = dir.0.join("profile");
     std::fs::create_dir_all(&profile).unwrap();
     let child = Command::new("node")
@@ -189,9 +228,14 @@ fn browse(url: &str, pki: &Pki) -> Outcome {
 /// A gateway on a TLS listener for `localhost`, `/ws` to a WebSocket echo and the rest
 /// to the page.
 fn gateway(pki: &Pki, echo: &WsEcho, page: &RawUpstream, extra: &str) -> Gateway {
+    gateway_with(pki, echo, page, extra, "")
+}
+
+/// [`gateway`] with `head` before the listener (top-level settings and tables).
+fn gateway_with(pki: &Pki, echo: &WsEcho, page: &RawUpstream, extra: &str, head: &str) -> Gateway {
     let cert = pki.issue("localhost", &["localhost", "127.0.0.1"]);
     let config = format!(
-        "workers = 1\n{extra}{}[[route]]\npath = \"/ws\"\nupstream = \"ws\"\n[[route]]\nupstream = \"page\"\n\
+        "workers = 1\n{head}{extra}{}[[route]]\npath = \"/ws\"\nupstream = \"ws\"\n[[route]]\nupstream = \"page\"\n\
          [upstream.ws]\nservers = [\"{}\"]\n[upstream.page]\nservers = [\"{}\"]\n",
         tls_listener(Some(&cert), &[]),
         echo.addr,
@@ -238,4 +282,41 @@ fn chromium_websocket_over_http2_extended_connect() {
 fn chromium_websocket_over_http11_upgrade() {
     let (page, line) = run("[http2]\nenabled = false\n", "\"GET /ws HTTP/1.1\" 101 ");
     assert_eq!(page, "http/1.1", "{line}");
+}
+
+#[test]
+fn chromium_gets_a_close_1001_over_http2_in_the_drain() {
+    for (extra, request) in
+        [("", "\"CONNECT /ws HTTP/2\" 200 "), ("[http2]\nenabled = false\n", "\"GET /ws HTTP/1.1\" 101 ")]
+    {
+        let pki = Pki::new();
+        let echo = WsEcho::start();
+        let page = page_upstream();
+        let mut gw = gateway_with(&pki, &echo, &page, extra, "[drain]\nwindow = \"1s\"\njitter = 0.0\n");
+        let url = format!("https://localhost:{}/drain", gw.addr.port());
+        let browsing = std::thread::spawn({
+            let pki_ca = pki.ca_file();
+            move || browse_with_ca(&url, &pki_ca)
+        });
+        // The page's WebSocket reached the upstream: let it stream, then drain.
+        let deadline = std::time::Instant::now() + Duration::from_mins(1);
+        while echo.requests.lock().unwrap().is_empty() {
+            assert!(std::time::Instant::now() < deadline, "the page never opened its WebSocket");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(700));
+        gw.terminate();
+        let outcome = browsing.join().unwrap();
+        let j = &outcome.json;
+        assert_eq!(j["code"], 1001, "{request}: {outcome:?}");
+        assert_eq!(j["reason"], "going away", "{outcome:?}");
+        assert_eq!(j["clean"], true, "the browser saw a complete close handshake: {outcome:?}");
+        assert_eq!(j["bad"], 0, "{outcome:?}");
+        assert!(j["echoes"].as_u64().unwrap() > 0, "{outcome:?}");
+        assert!(gw.wait_exit(Duration::from_secs(20)), "wsgate exits after the drain");
+        let line = gw.wait_log(request);
+        assert!(line.contains("close=drain"), "{line}");
+        let events = echo.events.lock().unwrap().clone();
+        assert!(events.iter().any(|(_, e)| e == "close 1001"), "the upstream got a Close 1001: {events:?}");
+    }
 }

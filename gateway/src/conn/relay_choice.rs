@@ -242,8 +242,10 @@ async fn userspace_tls(
     facts.mode = Mode::Userspace;
     facts.conn.set_mode(ActiveMode::Userspace);
     let mut shutdown = worker.shutdown.clone();
+    let _in_drain_count = worker.pacer.enter();
+    let io = (&worker.ring, &worker.buffers);
     let outcome =
-        Box::pin(crate::relay_tls::relay(client, upstream, opts, &mut shutdown, &worker.ring, &worker.buffers)).await;
+        Box::pin(crate::relay_tls::relay(client, upstream, opts, &mut shutdown, io, Some(&worker.pacer))).await;
     facts.bytes_in += outcome.client_to_upstream;
     facts.bytes_out += outcome.upstream_to_client;
     facts.bytes_sent = facts.bytes_out;

@@ -8,7 +8,8 @@
 //!                                     │          its 101, then DATA ⇄ upstream bytes
 //!                                     │     any other method ─▶ an HTTP/1.0 request upstream,
 //!                                     │          its response as HEADERS + DATA
-//!  drain ─▶ GOAWAY (no new streams; open ones go on until Stop)
+//!  drain ─▶ GOAWAY (no new streams); each WebSocket stream at its turn: Close 1001
+//!          both ways at frame boundaries (relay.rs), then END_STREAM
 //!  resets over http2.max_resets_per_second ─▶ GOAWAY ENHANCE_YOUR_CALM, connection closed
 //! ```
 //!
@@ -22,10 +23,10 @@
 //! control is the backpressure (a stream's window is released only once the upstream
 //! took its bytes; wsgate sends only what the client's window allows).
 //!
-//! Not done here: WebSocket streams get no Close 1001 in the drain (they end at
-//! `Stop`), and bytes cross one copy each way (h2 owns its buffers).
+//! Not done here: bytes cross one copy each way (h2 owns its buffers).
 
 mod io;
+mod relay;
 mod stream;
 
 use std::cell::Cell;

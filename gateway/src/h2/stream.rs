@@ -9,7 +9,6 @@
 //! send upstream anything `http::request::parse` did not accept, pass on a response
 //! head it could not parse, or buffer more of a stream than its flow-control window.
 
-use std::cell::Cell;
 use std::future::poll_fn;
 use std::net::{Shutdown, SocketAddr};
 use std::rc::Rc;
@@ -37,7 +36,6 @@ use crate::http::request::{self, RequestHead};
 use crate::http::response::ResponseHead;
 use crate::readiness;
 use crate::reload::Generation;
-use crate::shutdown::Phase;
 use crate::stats::Stats;
 
 /// Largest request body buffered when the client gave no `content-length` (it goes
@@ -128,7 +126,7 @@ async fn websocket_stream(
     Stats::bump(&worker.stats.upgrades_succeeded);
     facts.status = 200;
     teardown::opened(facts);
-    relay(recv, send, &upstream.stream, worker, facts, resets).await;
+    super::relay::relay(recv, send, &upstream.stream, worker, facts, resets).await;
     Ok(())
 }
 
@@ -395,7 +393,7 @@ async fn send_body(recv: &mut RecvStream, upstream: &TcpStream, length: u64) -> 
 
 /// Writes all of `data` upstream: at once when the socket takes it (no copy), the
 /// rest copied and written by io_uring.
-async fn write_up(upstream: &TcpStream, data: &[u8]) -> std::io::Result<()> {
+pub(super) async fn write_up(upstream: &TcpStream, data: &[u8]) -> std::io::Result<()> {
     let sent = crate::io::send_now(upstream, data)?;
     if sent < data.len() {
         crate::io::write_all(upstream, data[sent..].to_vec()).await?;
@@ -456,7 +454,7 @@ async fn pass_body(
 }
 
 /// Sends `data` as DATA frames, each no larger than the window the client gave.
-async fn send_within_window(send: &mut SendStream<Bytes>, mut data: Bytes) -> Result<(), h2::Error> {
+pub(super) async fn send_within_window(send: &mut SendStream<Bytes>, mut data: Bytes) -> Result<(), h2::Error> {
     while !data.is_empty() {
         send.reserve_capacity(data.len());
         let granted = match poll_fn(|cx| send.poll_capacity(cx)).await {
@@ -468,100 +466,6 @@ async fn send_within_window(send: &mut SendStream<Bytes>, mut data: Bytes) -> Re
         }
     }
     Ok(())
-}
-
-/// Relays a WebSocket stream both ways until both have ended, one is reset, the
-/// idle timeout, or the drain's `Stop`; byte counts and the close go to `facts`.
-async fn relay(
-    mut recv: RecvStream,
-    mut send: SendStream<Bytes>,
-    upstream: &TcpStream,
-    worker: &Worker,
-    facts: &mut Facts,
-    resets: &ResetMeter,
-) {
-    let activity = Cell::new(Instant::now());
-    let first_end: Cell<Option<Close>> = Cell::new(None);
-    let end = |c: Close| {
-        if first_end.get().is_none() {
-            first_end.set(Some(c));
-        }
-    };
-    let (bytes_in, bytes_out) = (Cell::new(0u64), Cell::new(0u64));
-    let up = async {
-        while let Some(chunk) = recv.data().await {
-            let Ok(chunk) = chunk else {
-                resets.count();
-                end(Close::ClientReset);
-                crate::io::shutdown_quietly(upstream, Shutdown::Both);
-                return;
-            };
-            activity.set(Instant::now());
-            bytes_in.set(bytes_in.get() + chunk.len() as u64);
-            if write_up(upstream, &chunk).await.is_err() {
-                end(Close::UpstreamReset);
-                crate::io::shutdown_quietly(upstream, Shutdown::Both);
-                return;
-            }
-            let _ = recv.flow_control().release_capacity(chunk.len());
-        }
-        end(Close::ClientFin);
-        crate::io::shutdown_quietly(upstream, Shutdown::Write);
-    };
-    let down = async {
-        loop {
-            if worker.ring.ready(upstream, readiness::READABLE).await.is_err() {
-                end(Close::UpstreamReset);
-                send.send_reset(h2::Reason::CANCEL);
-                return;
-            }
-            let mut buf = worker.buffers.take();
-            let read = crate::io::recv_into(upstream, &mut buf);
-            let data = Bytes::copy_from_slice(&buf);
-            worker.buffers.put(buf);
-            match read {
-                Ok(0) => {
-                    end(Close::UpstreamFin);
-                    let _ = send.send_data(Bytes::new(), true);
-                    return;
-                }
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                Err(_) => {
-                    end(Close::UpstreamReset);
-                    send.send_reset(h2::Reason::CANCEL);
-                    return;
-                }
-            }
-            activity.set(Instant::now());
-            bytes_out.set(bytes_out.get() + data.len() as u64);
-            if send_within_window(&mut send, data).await.is_err() {
-                end(Close::ClientReset);
-                crate::io::shutdown_quietly(upstream, Shutdown::Both);
-                return;
-            }
-        }
-    };
-    let idle = facts.generation.config.timeouts.idle;
-    let idle_watch = async {
-        loop {
-            let deadline = activity.get() + idle;
-            if Instant::now() >= deadline {
-                return;
-            }
-            tokio::time::sleep_until(deadline.into()).await;
-        }
-    };
-    let mut stop = worker.shutdown.clone();
-    tokio::select! {
-        () = async { tokio::join!(up, down); } => facts.close = first_end.get().unwrap_or(Close::Unknown),
-        () = idle_watch => facts.close = Close::IdleTimeout,
-        () = stop.reached(Phase::Stop) => facts.close = Close::Shutdown,
-    }
-    facts.bytes_in += bytes_in.get();
-    facts.bytes_out = bytes_out.get();
-    facts.bytes_sent = facts.bytes_out;
-    crate::io::shutdown_quietly(upstream, Shutdown::Both);
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ import asyncio
 import json
 import os
 import random
+import ssl
 import sys
 import time
 
@@ -40,8 +41,13 @@ async def stream(conn, url, index, opened, go):
     res = {"conn": conn, "url": index, "code": None, "ok": False, "closed_at": None,
            "echoed": 0, "bad": 0, "error": None}
     try:
+        tls = None
+        if url.startswith("wss:"):
+            # The test CA (DRAIN_CA); the certificate names localhost.
+            tls = ssl.create_default_context(cafile=os.environ["DRAIN_CA"])
         ws = await websockets.connect(url, max_size=None, ping_interval=None, close_timeout=10,
-                                      compression=None)
+                                      compression=None, ssl=tls,
+                                      server_hostname="localhost" if tls else None)
     except Exception as e:  # the test counts it
         res["error"] = f"connect: {e!r}"
         opened.append(False)

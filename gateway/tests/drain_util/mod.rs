@@ -42,7 +42,16 @@ impl Clients {
 
     /// Like [`Clients::open`], with messages of at most `max_size` bytes.
     pub fn open_with(n: usize, urls: &[String], max_size: usize) -> Self {
-        let mut child = Command::new("/usr/bin/python3")
+        Self::open_ca(n, urls, max_size, None)
+    }
+
+    /// Like [`Clients::open_with`]; `wss://` URLs trust the CA in the file `ca`.
+    pub fn open_ca(n: usize, urls: &[String], max_size: usize, ca: Option<&std::path::Path>) -> Self {
+        let mut command = Command::new("/usr/bin/python3");
+        if let Some(ca) = ca {
+            command.env("DRAIN_CA", ca);
+        }
+        let mut child = command
             .arg(SCRIPT)
             .env("DRAIN_MAX_SIZE", max_size.to_string())
             .arg(n.to_string())

@@ -1,0 +1,332 @@
+//! The relay of one WebSocket stream over HTTP/2 (RFC 8441): DATA from the client to
+//! the upstream socket and the upstream's bytes back as DATA, within the client's
+//! window, until both ways ended, a reset, the idle timeout, the drain's `Stop`, or this
+//! stream's turn in the drain.
+//!
+//! At its turn (the worker's [`Pacer`], as for HTTP/1.1 WebSockets) each direction is
+//! taken to the end of the frame in progress and relays nothing after it; then the
+//! client gets a Close 1001 as a DATA frame and the upstream a masked one, wsgate reads
+//! (and drops) what each sends until its Close, within `drain.close_timeout`, and ends
+//! the stream (END_STREAM) and the upstream connection. The frames are followed in both
+//! directions with [`FrameTracker`] (headers read, payloads skipped, no copy). What can
+//! be lost is what the HTTP/1.1 relay loses: what a peer sends after its last whole
+//! frame and before it reads the Close. A direction whose frame does not end within
+//! `drain.close_timeout` gets no Close (never one inside a frame); the stream is reset.
+
+use std::cell::Cell;
+use std::net::Shutdown;
+use std::time::Instant;
+
+use bytes::Bytes;
+use h2::{RecvStream, SendStream};
+use tokio::sync::Notify;
+use tokio_uring::net::TcpStream;
+
+use super::ResetMeter;
+use super::stream::{send_within_window, write_up};
+use crate::close::Close;
+use crate::conn::Worker;
+use crate::conn::teardown::Facts;
+use crate::drain::{FrameTracker, Pacer, close_frame};
+use crate::readiness;
+use crate::shutdown::{Phase, ShutdownRx};
+
+/// How one direction's pump ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pump {
+    /// Its stream ended (end of stream, a reset, an error): the close is recorded.
+    Ended,
+    /// Drain: stopped at a frame boundary; nothing after it was relayed.
+    Whole,
+}
+
+/// What the pumps share.
+struct Shared<'a> {
+    activity: Cell<Instant>,
+    first_end: Cell<Option<Close>>,
+    bytes: [Cell<u64>; 2],
+    /// Frames of each direction: [client → upstream, upstream → client].
+    frames: [Cell<FrameTracker>; 2],
+    /// The drain's turn came: each direction stops at its next frame boundary.
+    closing: Cell<bool>,
+    turn: Notify,
+    resets: &'a ResetMeter,
+}
+
+impl<'a> Shared<'a> {
+    fn new(resets: &'a ResetMeter) -> Self {
+        Self {
+            activity: Cell::new(Instant::now()),
+            first_end: Cell::new(None),
+            bytes: [Cell::new(0), Cell::new(0)],
+            frames: [Cell::new(FrameTracker::default()), Cell::new(FrameTracker::default())],
+            closing: Cell::new(false),
+            turn: Notify::new(),
+            resets,
+        }
+    }
+
+    fn end(&self, c: Close) {
+        if self.first_end.get().is_none() {
+            self.first_end.set(Some(c));
+        }
+    }
+
+    /// How many bytes of `data`, the next bytes of direction `dir`, to relay: all of
+    /// them, or in the drain those up to the end of the frame in progress. Accounts
+    /// for them; says whether the direction is at a boundary in the drain.
+    fn take(&self, dir: usize, data: &[u8]) -> (usize, bool) {
+        let mut t = self.frames[dir].get();
+        if !self.closing.get() {
+            t.feed(data);
+            self.frames[dir].set(t);
+            return (data.len(), false);
+        }
+        let mut used = 0;
+        while used < data.len() && !t.at_boundary() {
+            let n = usize::try_from(t.to_boundary()).unwrap_or(usize::MAX).min(data.len() - used);
+            t.feed(&data[used..used + n]);
+            used += n;
+        }
+        self.frames[dir].set(t);
+        (used, t.at_boundary())
+    }
+
+    /// In the drain and between frames in direction `dir`.
+    fn whole(&self, dir: usize) -> bool {
+        self.closing.get() && self.frames[dir].get().at_boundary()
+    }
+}
+
+const C2U: usize = 0;
+const U2C: usize = 1;
+
+/// Relays a WebSocket stream both ways (see the module); byte counts and the close go
+/// to `facts`.
+pub async fn relay(
+    mut recv: RecvStream,
+    mut send: SendStream<Bytes>,
+    upstream: &TcpStream,
+    worker: &Worker,
+    facts: &mut Facts,
+    resets: &ResetMeter,
+) {
+    let _live = worker.pacer.enter();
+    let s = Shared::new(resets);
+    let config = &facts.generation.config;
+    let (idle, close_timeout) = (config.timeouts.idle, config.drain.close_timeout);
+    let mut stop = worker.shutdown.clone();
+    let ended = {
+        let up = up(&mut recv, upstream, &s);
+        let down = down(&mut send, upstream, worker, &s);
+        let watcher = async {
+            drain_turn(worker.shutdown.clone(), &worker.pacer).await;
+            s.closing.set(true);
+            s.turn.notify_waiters();
+            tokio::time::sleep(close_timeout).await;
+        };
+        let idle_watch = async {
+            loop {
+                let deadline = s.activity.get() + idle;
+                if Instant::now() >= deadline {
+                    return;
+                }
+                tokio::time::sleep_until(deadline.into()).await;
+            }
+        };
+        tokio::select! {
+            ends = async { tokio::join!(up, down) } => Ok(ends),
+            () = watcher => {
+                tracing::debug!("drain: a frame did not end within drain.close_timeout");
+                Err(Close::Drain)
+            }
+            () = idle_watch => Err(Close::IdleTimeout),
+            () = stop.reached(Phase::Stop) => Err(Close::Shutdown),
+        }
+    };
+    facts.close = match ended {
+        Ok((c2u, u2c)) if c2u == Pump::Whole || u2c == Pump::Whole => {
+            let to = [u2c == Pump::Whole, c2u == Pump::Whole];
+            let closing = going_away(&mut recv, &mut send, upstream, to, (worker, &s));
+            if tokio::time::timeout(close_timeout, closing).await.is_err() {
+                tracing::debug!("no Close from a peer within drain.close_timeout");
+            }
+            let _ = send.send_data(Bytes::new(), true);
+            Close::Drain
+        }
+        Ok(_) => s.first_end.get().unwrap_or(Close::Unknown),
+        Err(close) => {
+            send.send_reset(h2::Reason::CANCEL);
+            close
+        }
+    };
+    facts.bytes_in += s.bytes[C2U].get();
+    facts.bytes_out = s.bytes[U2C].get();
+    facts.bytes_sent = facts.bytes_out;
+    crate::io::shutdown_quietly(upstream, Shutdown::Both);
+}
+
+/// Resolves at this stream's turn in the drain.
+async fn drain_turn(mut shutdown: ShutdownRx, pacer: &Pacer) {
+    shutdown.reached(Phase::Draining).await;
+    tokio::time::sleep_until(pacer.slot().into()).await;
+}
+
+/// Client → upstream: DATA written to the upstream socket; the stream's window is
+/// released only once the upstream took the bytes.
+async fn up(recv: &mut RecvStream, upstream: &TcpStream, s: &Shared<'_>) -> Pump {
+    loop {
+        if s.whole(C2U) {
+            return Pump::Whole;
+        }
+        // Registered before waiting: the drain's turn wakes a pump idle between frames.
+        let turn = s.turn.notified();
+        let next = tokio::select! {
+            next = recv.data() => next,
+            () = turn => continue,
+        };
+        let chunk = match next {
+            None => {
+                s.end(Close::ClientFin);
+                crate::io::shutdown_quietly(upstream, Shutdown::Write);
+                return Pump::Ended;
+            }
+            Some(Err(_)) => {
+                s.resets.count();
+                s.end(Close::ClientReset);
+                crate::io::shutdown_quietly(upstream, Shutdown::Both);
+                return Pump::Ended;
+            }
+            Some(Ok(chunk)) => chunk,
+        };
+        s.activity.set(Instant::now());
+        let (n, whole) = s.take(C2U, &chunk);
+        if write_up(upstream, &chunk[..n]).await.is_err() {
+            s.end(Close::UpstreamReset);
+            crate::io::shutdown_quietly(upstream, Shutdown::Both);
+            return Pump::Ended;
+        }
+        s.bytes[C2U].set(s.bytes[C2U].get() + n as u64);
+        let _ = recv.flow_control().release_capacity(chunk.len());
+        if whole {
+            return Pump::Whole;
+        }
+    }
+}
+
+/// Upstream → client: what the upstream sends, as DATA within the client's window.
+async fn down(send: &mut SendStream<Bytes>, upstream: &TcpStream, worker: &Worker, s: &Shared<'_>) -> Pump {
+    loop {
+        if s.whole(U2C) {
+            return Pump::Whole;
+        }
+        let turn = s.turn.notified();
+        let ready = tokio::select! {
+            ready = worker.ring.ready(upstream, readiness::READABLE) => ready,
+            () = turn => continue,
+        };
+        if ready.is_err() {
+            s.end(Close::UpstreamReset);
+            send.send_reset(h2::Reason::CANCEL);
+            return Pump::Ended;
+        }
+        let mut buf = worker.buffers.take();
+        let read = crate::io::recv_into(upstream, &mut buf);
+        let (n, whole) = s.take(U2C, &buf);
+        let data = Bytes::copy_from_slice(&buf[..n]);
+        worker.buffers.put(buf);
+        match read {
+            Ok(0) => {
+                s.end(Close::UpstreamFin);
+                let _ = send.send_data(Bytes::new(), true);
+                return Pump::Ended;
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(_) => {
+                s.end(Close::UpstreamReset);
+                send.send_reset(h2::Reason::CANCEL);
+                return Pump::Ended;
+            }
+        }
+        s.activity.set(Instant::now());
+        s.bytes[U2C].set(s.bytes[U2C].get() + data.len() as u64);
+        if send_within_window(send, data).await.is_err() {
+            s.end(Close::ClientReset);
+            crate::io::shutdown_quietly(upstream, Shutdown::Both);
+            return Pump::Ended;
+        }
+        if whole {
+            return Pump::Whole;
+        }
+    }
+}
+
+/// The drain's close handshake once the pumps stopped between frames: a Close 1001 to
+/// each side in `to` ([client, upstream]), then what each still sends is read and
+/// dropped until its Close.
+async fn going_away(
+    recv: &mut RecvStream,
+    send: &mut SendStream<Bytes>,
+    upstream: &TcpStream,
+    [to_client, to_upstream]: [bool; 2],
+    (worker, s): (&Worker, &Shared<'_>),
+) {
+    tracing::debug!(to_client, to_upstream, "drain: sending Close 1001 (HTTP/2 stream)");
+    let client_side = async {
+        if !to_client || send_within_window(send, Bytes::from(close_frame::to_client())).await.is_err() {
+            return;
+        }
+        let mut frames = s.frames[C2U].get();
+        while !frames.close_seen() {
+            let Some(Ok(chunk)) = recv.data().await else { return };
+            frames.feed(&chunk);
+            let _ = recv.flow_control().release_capacity(chunk.len());
+        }
+    };
+    let upstream_side = async {
+        if !to_upstream || write_up(upstream, &close_frame::to_upstream(rand::random())).await.is_err() {
+            return;
+        }
+        let mut frames = s.frames[U2C].get();
+        while !frames.close_seen() {
+            if worker.ring.ready(upstream, readiness::READABLE).await.is_err() {
+                return;
+            }
+            let mut buf = worker.buffers.take();
+            let read = crate::io::recv_into(upstream, &mut buf);
+            frames.feed(&buf);
+            worker.buffers.put(buf);
+            match read {
+                Ok(0) => return,
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => return,
+            }
+        }
+    };
+    tokio::join!(client_side, upstream_side);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn in_the_drain_a_chunk_is_cut_at_the_end_of_the_frame_in_progress() {
+        let meter = ResetMeter::new(100);
+        let s = Shared::new(&meter);
+        // Unmasked frames: 3-byte payload, then 2-byte payload.
+        let two = [0x82, 3, 1, 2, 3, 0x82, 2, 9, 9];
+        // Not draining: everything goes.
+        assert_eq!(s.take(U2C, &two[..4]), (4, false));
+        s.closing.set(true);
+        // Draining, one byte left in the frame: only it goes, then the boundary.
+        assert_eq!(s.take(U2C, &two[4..]), (1, true));
+        assert!(s.whole(U2C));
+        // At a boundary nothing more goes.
+        assert_eq!(s.take(U2C, &two[5..]), (0, true));
+        // The other direction, never fed, is between frames too.
+        assert!(s.whole(C2U));
+    }
+}
