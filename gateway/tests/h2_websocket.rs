@@ -11,7 +11,7 @@ mod tls_util;
 mod utils;
 
 use std::io::{Read, Write};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -227,28 +227,9 @@ elif cmd == "resets": resets(sys.argv[2], sys.argv[3], int(sys.argv[4]))
 
 /// Runs the client with `args` (at most two minutes); returns its success and output.
 fn client(args: &[&str]) -> (bool, String) {
-    let child = Command::new("/usr/bin/python3")
-        .args(["-c", CLIENT])
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3 (cargo xtask test installs python3-h2)");
-    let pid = child.id();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    let Ok(out) = rx.recv_timeout(Duration::from_mins(2)) else {
-        // Only the child this test started, by its id.
-        let _ =
-            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid.cast_signed()), nix::sys::signal::Signal::SIGKILL);
-        panic!("the h2 client did not finish within two minutes");
-    };
-    let out = out.unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    (out.status.success(), text)
+    let mut cmd = Command::new("/usr/bin/python3");
+    cmd.args(["-c", CLIENT]).args(args);
+    utils::run_bounded(&mut cmd, Duration::from_mins(2), "cargo xtask test installs python3-h2")
 }
 
 /// A gateway with a TLS listener (`gw.test`), `/h2/` to a WebSocket echo and

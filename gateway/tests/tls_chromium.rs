@@ -15,7 +15,7 @@ mod utils;
 
 use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use tls_util::{Pki, tls_listener};
@@ -194,33 +194,11 @@ fn browse_with_ca(url: &str, ca: &Path) -> Outcome {
     let home = home_trusting(ca, &dir.0);
     let profile = dir.0.join("profile");
     std::fs::create_dir_all(&profile).unwrap();
-    let child = Command::new("node")
-        .env("NODE_PATH", "/usr/share/nodejs")
-        .args(["-e", DRIVER, url])
-        .arg(&profile)
-        .arg(&home)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("node: {e} (cargo xtask test installs nodejs, node-ws and chromium)"));
-    let pid = child.id();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    let Ok(out) = rx.recv_timeout(Duration::from_mins(2)) else {
-        // Only the driver this test started, by its id (it kills its Chromium itself).
-        let _ =
-            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid.cast_signed()), nix::sys::signal::Signal::SIGKILL);
-        panic!("the Chromium driver did not finish within two minutes");
-    };
-    let out = out.unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(
-        out.status.success(),
-        "Chromium did not report (is Debian's chromium installed? cargo xtask test installs it):\n{text}"
-    );
+    let mut cmd = Command::new("node");
+    cmd.env("NODE_PATH", "/usr/share/nodejs").args(["-e", DRIVER, url]).arg(&profile).arg(&home);
+    // The driver kills its Chromium itself, within a minute.
+    let (ok, text) = utils::run_bounded(&mut cmd, Duration::from_mins(2), "cargo xtask test installs nodejs, node-ws");
+    assert!(ok, "Chromium did not report (is Debian's chromium installed? cargo xtask test installs it):\n{text}");
     let json = text.lines().find_map(|l| l.strip_prefix("result ")).expect("a result line");
     Outcome { json: serde_json::from_str(json).unwrap() }
 }

@@ -8,7 +8,7 @@
 mod tls_util;
 mod utils;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use tls_util::{Issued, Pki, tls_listener};
@@ -32,22 +32,7 @@ fn gateway(pki: &Pki, echo: &WsEcho) -> (Gateway, Issued, Issued) {
 
 /// Runs a client program to its end (at most a minute); returns its success and output.
 fn run(cmd: &mut Command) -> (bool, String) {
-    let child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn();
-    let child = child.unwrap_or_else(|e| panic!("{cmd:?}: {e} (cargo xtask test installs it)"));
-    let pid = child.id();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    let Ok(out) = rx.recv_timeout(Duration::from_mins(1)) else {
-        // Only the child this test started, by its id.
-        let _ =
-            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid.cast_signed()), nix::sys::signal::Signal::SIGKILL);
-        panic!("{cmd:?} did not finish within a minute");
-    };
-    let out = out.unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    (out.status.success(), text)
+    utils::run_bounded(cmd, Duration::from_mins(1), "cargo xtask test installs it")
 }
 
 fn s_client(gw: &Gateway, pki: &Pki, extra: &[&str]) -> (bool, String) {

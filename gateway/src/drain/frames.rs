@@ -102,6 +102,20 @@ impl FrameTracker {
         }
     }
 
+    /// Accounts for the first bytes of `bytes` up to the end of the frame in progress
+    /// (none at a boundary; all of them when they do not reach it, or where frames end
+    /// is not known) and returns how many it took: what the drain still relays of a
+    /// chunk before its Close.
+    pub fn feed_to_boundary(&mut self, bytes: &[u8]) -> usize {
+        let mut used = 0;
+        while used < bytes.len() && !self.at_boundary() {
+            let n = usize::try_from(self.to_boundary()).unwrap_or(usize::MAX).min(bytes.len() - used);
+            self.feed(&bytes[used..used + n]);
+            used += n;
+        }
+        used
+    }
+
     /// Whether the stream is between two frames.
     pub fn at_boundary(&self) -> bool {
         !self.lost && self.have == 0 && self.left == 0
@@ -186,6 +200,25 @@ mod tests {
         }
         f.extend(std::iter::repeat_n(0x7f, len));
         f
+    }
+
+    #[test]
+    fn feed_to_boundary_takes_the_rest_of_the_frame_in_progress_and_no_more() {
+        let stream = [frame(2, 300, true), frame(1, 5, true)].concat();
+        let mut t = FrameTracker::default();
+        t.feed(&stream[..100]);
+        // The first frame is 2 + 2 + 4 + 300 = 308 bytes: 208 of it are left.
+        assert_eq!(t.feed_to_boundary(&stream[100..]), 208);
+        assert!(t.at_boundary());
+        assert_eq!(t.feed_to_boundary(&stream[308..]), 0, "nothing past a boundary");
+        // A chunk inside the frame in progress is taken whole.
+        let mut inside = FrameTracker::default();
+        assert_eq!(inside.feed_to_boundary(&stream[..1]), 0, "at the start of the stream: a boundary");
+        inside.feed(&stream[..10]);
+        assert_eq!(inside.feed_to_boundary(&stream[10..50]), 40);
+        assert!(!inside.at_boundary());
+        // Frames not known: everything.
+        assert_eq!(FrameTracker::lost().feed_to_boundary(&stream), stream.len());
     }
 
     #[test]

@@ -77,19 +77,14 @@ impl<'a> Shared<'a> {
     /// for them; says whether the direction is at a boundary in the drain.
     fn take(&self, dir: usize, data: &[u8]) -> (usize, bool) {
         let mut t = self.frames[dir].get();
-        if !self.closing.get() {
+        let taken = if self.closing.get() {
+            t.feed_to_boundary(data)
+        } else {
             t.feed(data);
-            self.frames[dir].set(t);
-            return (data.len(), false);
-        }
-        let mut used = 0;
-        while used < data.len() && !t.at_boundary() {
-            let n = usize::try_from(t.to_boundary()).unwrap_or(usize::MAX).min(data.len() - used);
-            t.feed(&data[used..used + n]);
-            used += n;
-        }
+            data.len()
+        };
         self.frames[dir].set(t);
-        (used, t.at_boundary())
+        (taken, self.closing.get() && t.at_boundary())
     }
 
     /// In the drain and between frames in direction `dir`.

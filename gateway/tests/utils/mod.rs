@@ -241,6 +241,28 @@ impl RawUpstream {
     }
 }
 
+/// Runs `cmd` (a client program this test starts) to its end, for at most `within`;
+/// returns its success and its stdout then stderr. Past `within` it is killed (by its
+/// own id, nothing else) and the test fails. `missing` says what installs the program.
+pub fn run_bounded(cmd: &mut std::process::Command, within: Duration, missing: &str) -> (bool, String) {
+    use std::process::Stdio;
+    let child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn();
+    let child = child.unwrap_or_else(|e| panic!("{cmd:?}: {e} ({missing})"));
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let Ok(out) = rx.recv_timeout(within) else {
+        let _ =
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid.cast_signed()), nix::sys::signal::Signal::SIGKILL);
+        panic!("{cmd:?} did not finish within {within:?}");
+    };
+    let out = out.unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
 /// An address on which nothing listens (connection refused).
 pub fn refused_addr() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
