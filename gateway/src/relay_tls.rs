@@ -29,6 +29,7 @@ use tokio_uring::net::TcpStream;
 use crate::bufpool::BufPool;
 use crate::close::{Close, Side};
 use crate::drain::{FrameTracker, Pacer, close_frame};
+use crate::metrics::live::RelayBytes;
 use crate::readiness::{self, Ring};
 use crate::relay::{RelayOptions, RelayOutcome};
 use crate::shutdown::{Phase, ShutdownRx};
@@ -48,15 +49,25 @@ const C2U: usize = 0;
 const U2C: usize = 1;
 
 /// What both directions share: activity, the frames each one follows, the drain's turn.
-struct Shared {
+struct Shared<'a> {
     activity: Cell<Instant>,
     moved: [Cell<u64>; 2],
     frames: [Cell<FrameTracker>; 2],
     closing: Cell<bool>,
     turn: tokio::sync::Notify,
+    /// What the admin plane shows live (when it is on).
+    live: Option<&'a RelayBytes>,
 }
 
-impl Shared {
+impl Shared<'_> {
+    /// `n` more bytes relayed in direction `dir`.
+    fn moved(&self, dir: usize, n: usize) {
+        self.moved[dir].set(self.moved[dir].get() + n as u64);
+        if let Some(live) = self.live {
+            live.add(dir, n as u64, self.activity.get());
+        }
+    }
+
     /// How many of `data`, the next bytes of direction `dir`, to relay: all, or in the
     /// drain those up to the end of the frame in progress; and whether the direction is
     /// then at a boundary in the drain.
@@ -88,7 +99,7 @@ pub async fn relay(
     upstream: &TcpStream,
     opts: RelayOptions,
     shutdown: &mut ShutdownRx,
-    (ring, buffers): (&Ring, &BufPool),
+    (ring, buffers, live): (&Ring, &BufPool, Option<&RelayBytes>),
     pacer: Option<&Pacer>,
 ) -> RelayOutcome {
     let s = Shared {
@@ -97,6 +108,7 @@ pub async fn relay(
         frames: [Cell::new(opts.frames[0]), Cell::new(opts.frames[1])],
         closing: Cell::new(false),
         turn: tokio::sync::Notify::new(),
+        live,
     };
     let mut c2u = pin!(decrypting(client, upstream, &s, (ring, buffers)));
     let mut u2c = pin!(encrypting(upstream, client, &s, (ring, buffers)));
@@ -203,7 +215,7 @@ async fn going_away(
     client: &TlsStream,
     upstream: &TcpStream,
     [to_client, to_upstream]: [bool; 2],
-    s: &Shared,
+    s: &Shared<'_>,
     (ring, buffers): (&Ring, &BufPool),
 ) {
     tracing::debug!(to_client, to_upstream, "drain: sending Close 1001 (TLS)");
@@ -268,7 +280,7 @@ fn failed(e: &io::Error, failed: Side, client: &TlsStream, upstream: &TcpStream)
 async fn decrypting(
     client: &TlsStream,
     upstream: &TcpStream,
-    s: &Shared,
+    s: &Shared<'_>,
     (ring, buffers): (&Ring, &BufPool),
 ) -> PumpEnd {
     loop {
@@ -302,7 +314,7 @@ async fn decrypting(
             if let Err(e) = res {
                 return PumpEnd::WriteFailed(e);
             }
-            s.moved[C2U].set(s.moved[C2U].get() + k as u64);
+            s.moved(C2U, k);
             if whole {
                 return PumpEnd::Whole;
             }
@@ -324,7 +336,7 @@ async fn decrypting(
 async fn encrypting(
     upstream: &TcpStream,
     client: &TlsStream,
-    s: &Shared,
+    s: &Shared<'_>,
     (ring, buffers): (&Ring, &BufPool),
 ) -> PumpEnd {
     loop {
@@ -365,7 +377,7 @@ async fn encrypting(
             if let Err(e) = res {
                 return PumpEnd::WriteFailed(e);
             }
-            s.moved[U2C].set(s.moved[U2C].get() + k as u64);
+            s.moved(U2C, k);
             if whole {
                 return PumpEnd::Whole;
             }

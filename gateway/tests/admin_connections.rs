@@ -1,11 +1,12 @@
 //! `/connections` over real requests: a spliced WebSocket shows with byte counts
 //! that grow while it streams (read live from the kernel splice's counters), and so
 //! does one relayed in userspace (its relay's counters), in `/connections` and in
-//! `/metrics`, with exact totals once it ends; rows filter by route, upstream and
-//! client prefix, and page.
+//! `/metrics`, with exact totals once it ends (a wss one too, counted by its TLS
+//! relay); rows filter by route, upstream and client prefix, and page.
 
 mod admin_util;
 mod splice_util;
+mod tls_util;
 mod utils;
 
 use std::io::{Read, Write};
@@ -245,4 +246,65 @@ fn rows_filter_and_page() {
     assert_eq!(get(admin, "/nothing").0, 404);
     drop(conns);
     assert!(eventually(Duration::from_secs(10), || connections(admin, "")["total"] == 0));
+}
+
+#[test]
+fn a_wss_websocket_shows_growing_byte_counts_while_it_streams() {
+    let up = RawUpstream::switching(b"");
+    let pki = tls_util::Pki::new();
+    let cert = pki.issue("gw", &["gw.test"]);
+    let config = format!(
+        "workers = 1\n{}[admin]\nlisten = \"127.0.0.1:0\"\n[[route]]\nupstream = \"u\"\n[[upstream.u.servers]]\naddress = \"{}\"\n",
+        tls_util::tls_listener(Some(&cert), &[]),
+        up.addr
+    );
+    let g = Gateway::with_config(&config, &[]);
+    let admin = admin_addr(&g);
+    let mut tls = tls_util::tls_connect(g.addr, "gw.test", &pki.client(&[b"http/1.1"])).unwrap();
+    let me = tls.sock.local_addr().unwrap().to_string();
+    tls.write_all(upgrade_request("/", "").as_bytes()).unwrap();
+    let (head, rest) = read_head(&mut tls);
+    assert_eq!(status_of(&head), 101, "{head}");
+    assert!(rest.is_empty());
+
+    // One thread owns the TLS stream: 1000 bytes out, their echo back, every 5 ms,
+    // until told to stop (bounded to 30 s).
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    let streaming = std::thread::spawn(move || {
+        let (started, mut moved) = (Instant::now(), 0u64);
+        while !s.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(30) {
+            let out = [moved as u8; 1000];
+            tls.write_all(&out).unwrap();
+            let mut back = [0u8; 1000];
+            tls.read_exact(&mut back).unwrap();
+            assert_eq!(back, out, "the echo changed bytes");
+            moved += 1000;
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        moved
+    });
+    let mut first = None;
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            first = row_of(&connections(admin, ""), &me).filter(|r| r["bytes_to_upstream"].as_u64() > Some(0));
+            first.is_some()
+        }),
+        "no row with bytes for {me}: {}",
+        connections(admin, "")
+    );
+    let first = first.unwrap();
+    assert_eq!((first["mode"].as_str(), first["bytes_live"].as_bool()), (Some("userspace"), Some(true)), "{first}");
+    let mut later = Value::Null;
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            later = row_of(&connections(admin, ""), &me).unwrap_or_default();
+            later["bytes_to_upstream"].as_u64() > first["bytes_to_upstream"].as_u64()
+                && later["bytes_to_client"].as_u64() > first["bytes_to_client"].as_u64()
+        }),
+        "byte counts did not grow while streaming: {first} then {later}"
+    );
+    stop.store(true, Ordering::Relaxed);
+    let moved = streaming.join().unwrap();
+    assert!(moved > 0);
 }

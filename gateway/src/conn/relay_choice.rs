@@ -243,7 +243,9 @@ async fn userspace_tls(
     facts.conn.set_mode(ActiveMode::Userspace);
     let mut shutdown = worker.shutdown.clone();
     let _in_drain_count = worker.pacer.enter();
-    let io = (&worker.ring, &worker.buffers);
+    // What it moves shows live in the admin plane (`None` when that is off).
+    let live = facts.conn.relaying();
+    let io = (&worker.ring, &worker.buffers, live.as_deref());
     let outcome =
         Box::pin(crate::relay_tls::relay(client, upstream, opts, &mut shutdown, io, Some(&worker.pacer))).await;
     facts.bytes_in += outcome.client_to_upstream;

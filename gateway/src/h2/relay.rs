@@ -28,6 +28,7 @@ use crate::close::Close;
 use crate::conn::Worker;
 use crate::conn::teardown::Facts;
 use crate::drain::{FrameTracker, Pacer, close_frame};
+use crate::metrics::live::RelayBytes;
 use crate::readiness;
 use crate::shutdown::{Phase, ShutdownRx};
 
@@ -51,10 +52,12 @@ struct Shared<'a> {
     closing: Cell<bool>,
     turn: Notify,
     resets: &'a ResetMeter,
+    /// What the admin plane shows live (when it is on).
+    live: Option<&'a RelayBytes>,
 }
 
 impl<'a> Shared<'a> {
-    fn new(resets: &'a ResetMeter) -> Self {
+    fn new(resets: &'a ResetMeter, live: Option<&'a RelayBytes>) -> Self {
         Self {
             activity: Cell::new(Instant::now()),
             first_end: Cell::new(None),
@@ -63,6 +66,15 @@ impl<'a> Shared<'a> {
             closing: Cell::new(false),
             turn: Notify::new(),
             resets,
+            live,
+        }
+    }
+
+    /// `n` more bytes relayed in direction `dir`.
+    fn moved(&self, dir: usize, n: usize) {
+        self.bytes[dir].set(self.bytes[dir].get() + n as u64);
+        if let Some(live) = self.live {
+            live.add(dir, n as u64, self.activity.get());
         }
     }
 
@@ -107,7 +119,8 @@ pub async fn relay(
     resets: &ResetMeter,
 ) {
     let _live = worker.pacer.enter();
-    let s = Shared::new(resets);
+    let live = facts.conn.relaying();
+    let s = Shared::new(resets, live.as_deref());
     let config = &facts.generation.config;
     let (idle, close_timeout) = (config.timeouts.idle, config.drain.close_timeout);
     let mut stop = worker.shutdown.clone();
@@ -201,7 +214,7 @@ async fn up(recv: &mut RecvStream, upstream: &TcpStream, s: &Shared<'_>) -> Pump
             crate::io::shutdown_quietly(upstream, Shutdown::Both);
             return Pump::Ended;
         }
-        s.bytes[C2U].set(s.bytes[C2U].get() + n as u64);
+        s.moved(C2U, n);
         let _ = recv.flow_control().release_capacity(chunk.len());
         if whole {
             return Pump::Whole;
@@ -245,7 +258,7 @@ async fn down(send: &mut SendStream<Bytes>, upstream: &TcpStream, worker: &Worke
             }
         }
         s.activity.set(Instant::now());
-        s.bytes[U2C].set(s.bytes[U2C].get() + data.len() as u64);
+        s.moved(U2C, data.len());
         if send_within_window(send, data).await.is_err() {
             s.end(Close::ClientReset);
             crate::io::shutdown_quietly(upstream, Shutdown::Both);
@@ -310,7 +323,7 @@ mod tests {
     #[test]
     fn in_the_drain_a_chunk_is_cut_at_the_end_of_the_frame_in_progress() {
         let meter = ResetMeter::new(100);
-        let s = Shared::new(&meter);
+        let s = Shared::new(&meter, None);
         // Unmasked frames: 3-byte payload, then 2-byte payload.
         let two = [0x82, 3, 1, 2, 3, 0x82, 2, 9, 9];
         // Not draining: everything goes.
