@@ -122,6 +122,9 @@ pub fn run(opts: &Options) -> Result<()> {
             summary.mismatched
         );
     }
+    if !health.contains(" 200 ") {
+        bail!("demo: the plain GET through wsgate got `{health}`, not 200");
+    }
     println!("demo: ok");
     Ok(())
 }
@@ -219,7 +222,8 @@ async fn client(gw: SocketAddr, connections: usize, messages: usize) -> Result<S
 async fn plain_get(gw: SocketAddr) -> Result<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(gw).await?;
-    s.write_all(b"GET /health HTTP/1.1\r\nHost: demo\r\nUser-Agent: wsgate-demo\r\n\r\n").await?;
+    // One request: the client asks wsgate to close after it (kept alive otherwise).
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: demo\r\nUser-Agent: wsgate-demo\r\nConnection: close\r\n\r\n").await?;
     let mut out = Vec::new();
     tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await??;
     let text = String::from_utf8_lossy(&out);

@@ -2,9 +2,9 @@
 //!
 //! Installs the system packages the build and tests need (apt, as root), then: rustfmt
 //! check, clang-format check of `ebpf/`, clippy with warnings denied, every test of the
-//! workspace, the relay tests once more over the kernel splice, the Debian package's
-//! install, upgrade and purge, the Kubernetes manifests checked offline, and a short
-//! bounded run of every fuzz target (90 s in all).
+//! workspace, the relay tests once more over the kernel splice, the demo (the README's
+//! quick start), the Debian package's install, upgrade and purge, the Kubernetes
+//! manifests checked offline, and a short bounded run of every fuzz target (90 s in all).
 
 use std::process::Command;
 
@@ -42,6 +42,11 @@ pub fn run(opts: &Options) -> Result<()> {
         exec(cargo().args(["test", "-p", "wsgate", "--test", "proxy_relay"]).env("WSGATE_TEST_SPLICE", "sockmap"))?;
     } else {
         eprintln!("xtask: NOT RUN: relay tests over the kernel splice need root (CAP_BPF, CAP_NET_ADMIN)");
+    }
+    if opts.test_args.is_empty() {
+        // The README's first command, as a new user runs it.
+        step("demo (the README's quick start)");
+        exec(Command::new(std::env::current_exe()?).arg("demo"))?;
     }
     if nix::unistd::Uid::effective().is_root() && opts.test_args.is_empty() {
         step("Debian package: install, check, upgrade, purge");
