@@ -146,13 +146,6 @@ pub async fn relay(
     }
 }
 
-/// Resolves at this connection's turn in the drain.
-async fn drain_turn(mut shutdown: ShutdownRx, pacer: Option<&Pacer>) {
-    let Some(pacer) = pacer else { return std::future::pending().await };
-    shutdown.reached(Phase::Draining).await;
-    tokio::time::sleep_until(pacer.slot().into()).await;
-}
-
 /// Runs both pumps until the relay ends (see [`relay`]). The pumps are dropped on
 /// return, so the drain's close handshake has the sockets to itself.
 #[allow(clippy::too_many_arguments, reason = "the relay's parts, each used once")]
@@ -175,7 +168,7 @@ async fn pumps(
     let mut u2c_pump = pin!(pump(upstream, client, u2c, &activity, Some(first), &closing, u2c_io));
     let mut idle = pin!(tokio::time::sleep(opts.idle_timeout));
     let mut pause = pin!(tokio::time::sleep(opts.pause_after.unwrap_or(Duration::MAX)));
-    let mut turn = pin!(drain_turn(shutdown.clone(), pacer));
+    let mut turn = pin!(crate::drain::turn(shutdown.clone(), pacer));
     // How long a frame in progress may take to end once it is this connection's turn.
     let mut frame_end = pin!(tokio::time::sleep(Duration::MAX));
     let mut stop = pin!(shutdown.reached(Phase::Stop));

@@ -28,7 +28,7 @@ use tokio_uring::net::TcpStream;
 
 use crate::bufpool::BufPool;
 use crate::close::{Close, Side};
-use crate::drain::{FrameTracker, Pacer, close_frame};
+use crate::drain::{DrainState, Pacer, close_frame};
 use crate::metrics::live::RelayBytes;
 use crate::readiness::{self, Ring};
 use crate::relay::{RelayOptions, RelayOutcome};
@@ -48,13 +48,11 @@ enum PumpEnd {
 const C2U: usize = 0;
 const U2C: usize = 1;
 
-/// What both directions share: activity, the frames each one follows, the drain's turn.
+/// What both directions share: activity, bytes moved, the drain.
 struct Shared<'a> {
     activity: Cell<Instant>,
     moved: [Cell<u64>; 2],
-    frames: [Cell<FrameTracker>; 2],
-    closing: Cell<bool>,
-    turn: tokio::sync::Notify,
+    drain: DrainState,
     /// What the admin plane shows live (when it is on).
     live: Option<&'a RelayBytes>,
 }
@@ -66,26 +64,6 @@ impl Shared<'_> {
         if let Some(live) = self.live {
             live.add(dir, n as u64, self.activity.get());
         }
-    }
-
-    /// How many of `data`, the next bytes of direction `dir`, to relay: all, or in the
-    /// drain those up to the end of the frame in progress; and whether the direction is
-    /// then at a boundary in the drain.
-    fn take(&self, dir: usize, data: &[u8]) -> (usize, bool) {
-        let mut t = self.frames[dir].get();
-        let taken = if self.closing.get() {
-            t.feed_to_boundary(data)
-        } else {
-            t.feed(data);
-            data.len()
-        };
-        self.frames[dir].set(t);
-        (taken, self.closing.get() && t.at_boundary())
-    }
-
-    /// In the drain and between frames in direction `dir`.
-    fn whole(&self, dir: usize) -> bool {
-        self.closing.get() && self.frames[dir].get().at_boundary()
     }
 }
 
@@ -105,15 +83,13 @@ pub async fn relay(
     let s = Shared {
         activity: Cell::new(Instant::now()),
         moved: [Cell::new(0), Cell::new(0)],
-        frames: [Cell::new(opts.frames[0]), Cell::new(opts.frames[1])],
-        closing: Cell::new(false),
-        turn: tokio::sync::Notify::new(),
+        drain: DrainState::new(opts.frames),
         live,
     };
     let mut c2u = pin!(decrypting(client, upstream, &s, (ring, buffers)));
     let mut u2c = pin!(encrypting(upstream, client, &s, (ring, buffers)));
     let mut idle = pin!(tokio::time::sleep(opts.idle_timeout));
-    let mut turn = pin!(drain_turn(shutdown.clone(), pacer));
+    let mut turn = pin!(crate::drain::turn(shutdown.clone(), pacer));
     let mut stop = pin!(shutdown.reached(Phase::Stop));
     let mut frame_end = pin!(tokio::time::sleep(std::time::Duration::MAX));
     let (mut c2u_done, mut u2c_done) = (false, false);
@@ -123,7 +99,7 @@ pub async fn relay(
         if c2u_done && u2c_done {
             break first_fin.unwrap_or(Close::ClientFin);
         }
-        if s.closing.get() && (c2u_done || c2u_whole) && (u2c_done || u2c_whole) {
+        if s.drain.closing() && (c2u_done || c2u_whole) && (u2c_done || u2c_whole) {
             let closing = going_away(client, upstream, [u2c_whole, c2u_whole], &s, (ring, buffers));
             if tokio::time::timeout(opts.close_timeout, closing).await.is_err() {
                 tracing::debug!("no Close from a peer within drain.close_timeout");
@@ -172,14 +148,13 @@ pub async fn relay(
                 idle.as_mut().reset(deadline.into());
             }
             () = &mut stop => break Close::Shutdown,
-            () = &mut turn, if !s.closing.get() => {
+            () = &mut turn, if !s.drain.closing() => {
                 // Each pump stops itself at its next boundary (one waiting between
                 // frames is woken for that); none is dropped in the middle of a write.
-                s.closing.set(true);
-                s.turn.notify_waiters();
+                s.drain.begin();
                 frame_end.as_mut().reset((Instant::now() + opts.close_timeout).into());
             }
-            () = &mut frame_end, if s.closing.get() => {
+            () = &mut frame_end, if s.drain.closing() => {
                 // A sender stopped mid-frame: no Close can go that way without cutting it.
                 tracing::debug!(c2u_whole, u2c_whole, "drain: a frame did not end within drain.close_timeout");
                 break Close::Drain;
@@ -197,15 +172,8 @@ pub async fn relay(
         reason,
         first_response: None,
         response_status: None,
-        frames: [s.frames[C2U].get(), s.frames[U2C].get()],
+        frames: [s.drain.frames(C2U), s.drain.frames(U2C)],
     }
-}
-
-/// Resolves at this pair's turn in the drain (never without a pacer).
-async fn drain_turn(mut shutdown: ShutdownRx, pacer: Option<&Pacer>) {
-    let Some(pacer) = pacer else { return std::future::pending().await };
-    shutdown.reached(Phase::Draining).await;
-    tokio::time::sleep_until(pacer.slot().into()).await;
 }
 
 /// The drain's close handshake once the pumps stopped between frames: a Close 1001 to
@@ -223,7 +191,7 @@ async fn going_away(
         if !to_client || client.write_all(ring, &close_frame::to_client()).await.is_err() {
             return;
         }
-        let mut frames = s.frames[C2U].get();
+        let mut frames = s.drain.frames(C2U);
         while !frames.close_seen() {
             let mut buf = buffers.take();
             let got = client.recv_into(&mut buf);
@@ -245,7 +213,7 @@ async fn going_away(
         if !to_upstream || write_plain(upstream, close_frame::to_upstream(rand::random())).await.0.is_err() {
             return;
         }
-        let mut frames = s.frames[U2C].get();
+        let mut frames = s.drain.frames(U2C);
         while !frames.close_seen() {
             if ring.ready(upstream, readiness::READABLE).await.is_err() {
                 return;
@@ -286,7 +254,7 @@ async fn decrypting(
     loop {
         // Read until nothing is buffered nor queued, so the wait below is for the socket.
         loop {
-            if s.whole(C2U) {
+            if s.drain.whole(C2U) {
                 return PumpEnd::Whole;
             }
             let mut buf = buffers.take();
@@ -306,7 +274,7 @@ async fn decrypting(
                 }
             };
             s.activity.set(Instant::now());
-            let (k, whole) = s.take(C2U, &buf[..n]);
+            let (k, whole) = s.drain.take(C2U, &buf[..n]);
             // In the drain, what follows the frame in progress is not relayed.
             buf.truncate(k);
             let (res, buf) = write_plain(upstream, buf).await;
@@ -320,7 +288,7 @@ async fn decrypting(
             }
         }
         // Registered before waiting: the drain's turn wakes a pump idle between frames.
-        let turn = s.turn.notified();
+        let turn = s.drain.woken();
         tokio::select! {
             ready = ring.ready(client.tcp(), readiness::READABLE) => {
                 if let Err(e) = ready {
@@ -340,10 +308,10 @@ async fn encrypting(
     (ring, buffers): (&Ring, &BufPool),
 ) -> PumpEnd {
     loop {
-        if s.whole(U2C) {
+        if s.drain.whole(U2C) {
             return PumpEnd::Whole;
         }
-        let turn = s.turn.notified();
+        let turn = s.drain.woken();
         tokio::select! {
             ready = ring.ready(upstream, readiness::READABLE) => {
                 if let Err(e) = ready {
@@ -371,7 +339,7 @@ async fn encrypting(
                 }
             };
             s.activity.set(Instant::now());
-            let (k, whole) = s.take(U2C, &buf[..n]);
+            let (k, whole) = s.drain.take(U2C, &buf[..n]);
             let res = client.write_all(ring, &buf[..k]).await;
             buffers.put(buf);
             if let Err(e) = res {

@@ -5,7 +5,9 @@
 //!   payloads, so a Close is only ever put between two frames;
 //! - [`close_frame`] builds the two Close frames (unmasked to the client, masked to the
 //!   upstream, as a client would send it);
-//! - [`pacer`] hands each worker's connections their close times.
+//! - [`pacer`] hands each worker's connections their close times, and [`turn`] waits
+//!   for a connection's;
+//! - [`state`] is a relay's drain state across its two directions.
 //!
 //! Nothing here touches a socket: the userspace relay and the splice supervision use
 //! these pieces on the sockets they own.
@@ -13,6 +15,17 @@
 pub mod close_frame;
 pub mod frames;
 pub mod pacer;
+pub mod state;
 
 pub use frames::{FrameState, FrameTracker};
 pub use pacer::Pacer;
+pub use state::DrainState;
+
+use crate::shutdown::{Phase, ShutdownRx};
+
+/// Resolves at this connection's turn in the drain (never without a pacer).
+pub async fn turn(mut shutdown: ShutdownRx, pacer: Option<&Pacer>) {
+    let Some(pacer) = pacer else { return std::future::pending().await };
+    shutdown.reached(Phase::Draining).await;
+    tokio::time::sleep_until(pacer.slot().into()).await;
+}

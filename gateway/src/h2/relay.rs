@@ -19,7 +19,6 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use h2::{RecvStream, SendStream};
-use tokio::sync::Notify;
 use tokio_uring::net::TcpStream;
 
 use super::ResetMeter;
@@ -27,10 +26,10 @@ use super::stream::{send_within_window, write_up};
 use crate::close::Close;
 use crate::conn::Worker;
 use crate::conn::teardown::Facts;
-use crate::drain::{FrameTracker, Pacer, close_frame};
+use crate::drain::{DrainState, close_frame};
 use crate::metrics::live::RelayBytes;
 use crate::readiness;
-use crate::shutdown::{Phase, ShutdownRx};
+use crate::shutdown::Phase;
 
 /// How one direction's pump ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,11 +45,7 @@ struct Shared<'a> {
     activity: Cell<Instant>,
     first_end: Cell<Option<Close>>,
     bytes: [Cell<u64>; 2],
-    /// Frames of each direction: [client → upstream, upstream → client].
-    frames: [Cell<FrameTracker>; 2],
-    /// The drain's turn came: each direction stops at its next frame boundary.
-    closing: Cell<bool>,
-    turn: Notify,
+    drain: DrainState,
     resets: &'a ResetMeter,
     /// What the admin plane shows live (when it is on).
     live: Option<&'a RelayBytes>,
@@ -62,9 +57,7 @@ impl<'a> Shared<'a> {
             activity: Cell::new(Instant::now()),
             first_end: Cell::new(None),
             bytes: [Cell::new(0), Cell::new(0)],
-            frames: [Cell::new(FrameTracker::default()), Cell::new(FrameTracker::default())],
-            closing: Cell::new(false),
-            turn: Notify::new(),
+            drain: DrainState::default(),
             resets,
             live,
         }
@@ -82,26 +75,6 @@ impl<'a> Shared<'a> {
         if self.first_end.get().is_none() {
             self.first_end.set(Some(c));
         }
-    }
-
-    /// How many bytes of `data`, the next bytes of direction `dir`, to relay: all of
-    /// them, or in the drain those up to the end of the frame in progress. Accounts
-    /// for them; says whether the direction is at a boundary in the drain.
-    fn take(&self, dir: usize, data: &[u8]) -> (usize, bool) {
-        let mut t = self.frames[dir].get();
-        let taken = if self.closing.get() {
-            t.feed_to_boundary(data)
-        } else {
-            t.feed(data);
-            data.len()
-        };
-        self.frames[dir].set(t);
-        (taken, self.closing.get() && t.at_boundary())
-    }
-
-    /// In the drain and between frames in direction `dir`.
-    fn whole(&self, dir: usize) -> bool {
-        self.closing.get() && self.frames[dir].get().at_boundary()
     }
 }
 
@@ -128,9 +101,8 @@ pub async fn relay(
         let up = up(&mut recv, upstream, &s);
         let down = down(&mut send, upstream, worker, &s);
         let watcher = async {
-            drain_turn(worker.shutdown.clone(), &worker.pacer).await;
-            s.closing.set(true);
-            s.turn.notify_waiters();
+            crate::drain::turn(worker.shutdown.clone(), Some(&worker.pacer)).await;
+            s.drain.begin();
             tokio::time::sleep(close_timeout).await;
         };
         let idle_watch = async {
@@ -174,21 +146,15 @@ pub async fn relay(
     crate::io::shutdown_quietly(upstream, Shutdown::Both);
 }
 
-/// Resolves at this stream's turn in the drain.
-async fn drain_turn(mut shutdown: ShutdownRx, pacer: &Pacer) {
-    shutdown.reached(Phase::Draining).await;
-    tokio::time::sleep_until(pacer.slot().into()).await;
-}
-
 /// Client → upstream: DATA written to the upstream socket; the stream's window is
 /// released only once the upstream took the bytes.
 async fn up(recv: &mut RecvStream, upstream: &TcpStream, s: &Shared<'_>) -> Pump {
     loop {
-        if s.whole(C2U) {
+        if s.drain.whole(C2U) {
             return Pump::Whole;
         }
         // Registered before waiting: the drain's turn wakes a pump idle between frames.
-        let turn = s.turn.notified();
+        let turn = s.drain.woken();
         let next = tokio::select! {
             next = recv.data() => next,
             () = turn => continue,
@@ -208,7 +174,7 @@ async fn up(recv: &mut RecvStream, upstream: &TcpStream, s: &Shared<'_>) -> Pump
             Some(Ok(chunk)) => chunk,
         };
         s.activity.set(Instant::now());
-        let (n, whole) = s.take(C2U, &chunk);
+        let (n, whole) = s.drain.take(C2U, &chunk);
         if write_up(upstream, &chunk[..n]).await.is_err() {
             s.end(Close::UpstreamReset);
             crate::io::shutdown_quietly(upstream, Shutdown::Both);
@@ -225,10 +191,10 @@ async fn up(recv: &mut RecvStream, upstream: &TcpStream, s: &Shared<'_>) -> Pump
 /// Upstream → client: what the upstream sends, as DATA within the client's window.
 async fn down(send: &mut SendStream<Bytes>, upstream: &TcpStream, worker: &Worker, s: &Shared<'_>) -> Pump {
     loop {
-        if s.whole(U2C) {
+        if s.drain.whole(U2C) {
             return Pump::Whole;
         }
-        let turn = s.turn.notified();
+        let turn = s.drain.woken();
         let ready = tokio::select! {
             ready = worker.ring.ready(upstream, readiness::READABLE) => ready,
             () = turn => continue,
@@ -240,7 +206,7 @@ async fn down(send: &mut SendStream<Bytes>, upstream: &TcpStream, worker: &Worke
         }
         let mut buf = worker.buffers.take();
         let read = crate::io::recv_into(upstream, &mut buf);
-        let (n, whole) = s.take(U2C, &buf);
+        let (n, whole) = s.drain.take(U2C, &buf);
         let data = Bytes::copy_from_slice(&buf[..n]);
         worker.buffers.put(buf);
         match read {
@@ -285,7 +251,7 @@ async fn going_away(
         if !to_client || send_within_window(send, Bytes::from(close_frame::to_client())).await.is_err() {
             return;
         }
-        let mut frames = s.frames[C2U].get();
+        let mut frames = s.drain.frames(C2U);
         while !frames.close_seen() {
             let Some(Ok(chunk)) = recv.data().await else { return };
             frames.feed(&chunk);
@@ -296,7 +262,7 @@ async fn going_away(
         if !to_upstream || write_up(upstream, &close_frame::to_upstream(rand::random())).await.is_err() {
             return;
         }
-        let mut frames = s.frames[U2C].get();
+        let mut frames = s.drain.frames(U2C);
         while !frames.close_seen() {
             if worker.ring.ready(upstream, readiness::READABLE).await.is_err() {
                 return;
@@ -314,27 +280,4 @@ async fn going_away(
         }
     };
     tokio::join!(client_side, upstream_side);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn in_the_drain_a_chunk_is_cut_at_the_end_of_the_frame_in_progress() {
-        let meter = ResetMeter::new(100);
-        let s = Shared::new(&meter, None);
-        // Unmasked frames: 3-byte payload, then 2-byte payload.
-        let two = [0x82, 3, 1, 2, 3, 0x82, 2, 9, 9];
-        // Not draining: everything goes.
-        assert_eq!(s.take(U2C, &two[..4]), (4, false));
-        s.closing.set(true);
-        // Draining, one byte left in the frame: only it goes, then the boundary.
-        assert_eq!(s.take(U2C, &two[4..]), (1, true));
-        assert!(s.whole(U2C));
-        // At a boundary nothing more goes.
-        assert_eq!(s.take(U2C, &two[5..]), (0, true));
-        // The other direction, never fed, is between frames too.
-        assert!(s.whole(C2U));
-    }
 }
