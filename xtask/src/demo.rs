@@ -32,6 +32,18 @@ pub struct Options {
     pub keep_running: bool,
 }
 
+impl Options {
+    /// What `cargo xtask demo` runs with no flags (the defaults above, in one place).
+    pub fn defaults() -> Self {
+        #[derive(clap::Parser)]
+        struct Plain {
+            #[command(flatten)]
+            options: Options,
+        }
+        <Plain as clap::Parser>::parse_from(["demo"]).options
+    }
+}
+
 /// A child process killed on drop.
 struct Proc(Child);
 
@@ -233,6 +245,12 @@ async fn plain_get(gw: SocketAddr) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_suite_runs_the_demo_as_a_user_does() {
+        let o = Options::defaults();
+        assert_eq!((o.connections, o.messages, o.splice.as_str(), o.keep_running), (8, 20, "auto", false));
+    }
 
     #[test]
     fn demo_config_points_every_server_of_the_example_at_a_started_upstream() {

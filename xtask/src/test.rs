@@ -46,7 +46,7 @@ pub fn run(opts: &Options) -> Result<()> {
     if opts.test_args.is_empty() {
         // The README's first command, as a new user runs it.
         step("demo (the README's quick start)");
-        exec(Command::new(std::env::current_exe()?).arg("demo"))?;
+        crate::demo::run(&crate::demo::Options::defaults())?;
     }
     if nix::unistd::Uid::effective().is_root() && opts.test_args.is_empty() {
         step("Debian package: install, check, upgrade, purge");
