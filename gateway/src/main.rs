@@ -152,7 +152,8 @@ fn release_freed_memory() {
 /// `wsgate check` for TLS listeners: every certificate and key is read, each key
 /// must match its certificate, each chain must be in order, each OCSP response must be
 /// for its certificate, and certificates (and staples) that expire soon are warned
-/// about. Says whether the kernel has kTLS.
+/// about. Says whether the kernel has kTLS. The CA, client certificate and key of
+/// each TLS upstream group are read and checked the same way.
 fn check_tls(config: &wsgate::config::Config) -> anyhow::Result<()> {
     if config.listeners.iter().any(|l| l.tls.is_some()) {
         println!("wsgate: {}", wsgate::tls::ktls::probe());
@@ -165,6 +166,11 @@ fn check_tls(config: &wsgate::config::Config) -> anyhow::Result<()> {
             println!("wsgate: warning: {warning}");
         }
         wsgate::tls::Acceptor::new(&field, tls, &loaded)?;
+    }
+    for (name, u) in &config.upstreams {
+        if let Some(tls) = &u.tls {
+            wsgate::tls::Connector::from_config(&format!("upstream.{name}.tls"), tls)?;
+        }
     }
     Ok(())
 }

@@ -1,20 +1,20 @@
-//! The userspace relay of a TLS pair: the client's records are decrypted into the
-//! worker's pooled buffers and written to the upstream; the upstream's bytes are
-//! read into pooled buffers and encrypted to the client. This kernel has no kTLS, so
-//! a TLS pair never goes to the kernel splice.
+//! The userspace relay of a pair with TLS on one side or both (a wss client, a TLS
+//! upstream): each side's bytes are read — decrypted, for a TLS side — into the
+//! worker's pooled buffers and written — encrypted, for a TLS side — to the other.
+//! This kernel has no kTLS, so such a pair never goes to the kernel splice.
 //!
 //! Same contract as [`crate::relay`]: each direction waits for readability holding no
 //! buffer, reads what is there, and writes all of it before reading again, so a slow
 //! reader stops the sender through TCP flow control (rustls buffers at most one
 //! record of plaintext on the way in, and one pooled buffer's worth of records on the
-//! way out). A FIN becomes `SHUT_WR` on the other side (towards the client after a
-//! close_notify); a reset or a bad record is passed on as a reset; idle timeout and
+//! way out). A FIN (or close_notify) becomes `SHUT_WR` on the other side (after a
+//! close_notify, towards a TLS side); a reset or a bad record is passed on as a reset; idle timeout and
 //! the `Stop` phase end it with the same close reasons. Never closes the sockets.
 //!
 //! In the drain, at this pair's turn (the worker's [`Pacer`]), each direction goes on
 //! to the end of the frame in progress ([`FrameTracker`] on the plaintext, no copy)
-//! and relays nothing after it; then the client gets a Close 1001 through TLS and the
-//! upstream a masked one, what each sends until its Close is read and dropped (within
+//! and relays nothing after it; then the client gets a Close 1001 and the upstream a
+//! masked one (through TLS where the side speaks it), what each sends until its Close is read and dropped (within
 //! `drain.close_timeout`), and the client gets close_notify. What can be lost is what
 //! [`crate::relay`] says of the plain relay.
 
@@ -24,16 +24,14 @@ use std::net::Shutdown;
 use std::pin::pin;
 use std::time::Instant;
 
-use tokio_uring::net::TcpStream;
-
 use crate::bufpool::BufPool;
 use crate::close::{Close, Side};
+use crate::conn::peer_io::PeerIo;
 use crate::drain::{DrainState, Pacer, close_frame};
 use crate::metrics::live::RelayBytes;
-use crate::readiness::{self, Ring};
+use crate::readiness::Ring;
 use crate::relay::{RelayOptions, RelayOutcome};
 use crate::shutdown::{Phase, ShutdownRx};
-use crate::tls::TlsStream;
 
 /// How one direction ended.
 enum PumpEnd {
@@ -70,11 +68,11 @@ impl Shared<'_> {
 /// Relays both ways until both directions finished, a reset, the idle timeout, `Stop`
 /// or this pair's turn in the drain (`pacer`). `opts.pause_after` and
 /// `end_on_upstream_fin` do not apply (a TLS pair is never spliced; this relay carries
-/// WebSockets only).
+/// WebSockets only). Either side may be plain, not both (that is [`crate::relay`]'s).
 #[allow(clippy::too_many_lines, reason = "one select over the pair's events, as in crate::relay")]
 pub async fn relay(
-    client: &TlsStream,
-    upstream: &TcpStream,
+    client: &PeerIo,
+    upstream: &PeerIo,
     opts: RelayOptions,
     shutdown: &mut ShutdownRx,
     (ring, buffers, live): (&Ring, &BufPool, Option<&RelayBytes>),
@@ -86,8 +84,8 @@ pub async fn relay(
         drain: DrainState::new(opts.frames),
         live,
     };
-    let mut c2u = pin!(decrypting(client, upstream, &s, (ring, buffers)));
-    let mut u2c = pin!(encrypting(upstream, client, &s, (ring, buffers)));
+    let mut c2u = pin!(pump(client, upstream, C2U, &s, (ring, buffers)));
+    let mut u2c = pin!(pump(upstream, client, U2C, &s, (ring, buffers)));
     let mut idle = pin!(tokio::time::sleep(opts.idle_timeout));
     let mut turn = pin!(crate::drain::turn(shutdown.clone(), pacer));
     let mut stop = pin!(shutdown.reached(Phase::Stop));
@@ -104,7 +102,7 @@ pub async fn relay(
             if tokio::time::timeout(opts.close_timeout, closing).await.is_err() {
                 tracing::debug!("no Close from a peer within drain.close_timeout");
             }
-            client.close_write();
+            client.shutdown(Shutdown::Write);
             break Close::Drain;
         }
         tokio::select! {
@@ -117,7 +115,7 @@ pub async fn relay(
                 match end {
                     PumpEnd::Whole => {}
                     PumpEnd::Eof => {
-                        crate::io::shutdown_quietly(upstream, Shutdown::Write);
+                        upstream.shutdown(Shutdown::Write);
                         first_fin.get_or_insert(Close::ClientFin);
                     }
                     PumpEnd::ReadFailed(e) => break failed(&e, Side::Client, client, upstream),
@@ -133,7 +131,7 @@ pub async fn relay(
                 match end {
                     PumpEnd::Whole => {}
                     PumpEnd::Eof => {
-                        client.close_write();
+                        client.shutdown(Shutdown::Write);
                         first_fin.get_or_insert(Close::UpstreamFin);
                     }
                     PumpEnd::ReadFailed(e) => break failed(&e, Side::Upstream, client, upstream),
@@ -164,7 +162,7 @@ pub async fn relay(
     if !(c2u_done && u2c_done) {
         // Wakes a write parked on a slow reader; the caller closes both sockets.
         crate::io::shutdown_quietly(client.tcp(), Shutdown::Both);
-        crate::io::shutdown_quietly(upstream, Shutdown::Both);
+        crate::io::shutdown_quietly(upstream.tcp(), Shutdown::Both);
     }
     RelayOutcome {
         client_to_upstream: s.moved[C2U].get(),
@@ -180,150 +178,80 @@ pub async fn relay(
 /// each side in `to` ([client, upstream]), then what each still sends is read and
 /// dropped until its Close (it was sent after that direction's last relayed frame).
 async fn going_away(
-    client: &TlsStream,
-    upstream: &TcpStream,
+    client: &PeerIo,
+    upstream: &PeerIo,
     [to_client, to_upstream]: [bool; 2],
     s: &Shared<'_>,
-    (ring, buffers): (&Ring, &BufPool),
+    io: (&Ring, &BufPool),
 ) {
     tracing::debug!(to_client, to_upstream, "drain: sending Close 1001 (TLS)");
     let client_side = async {
-        if !to_client || client.write_all(ring, &close_frame::to_client()).await.is_err() {
-            return;
-        }
-        let mut frames = s.drain.frames(C2U);
-        while !frames.close_seen() {
-            let mut buf = buffers.take();
-            let got = client.recv_into(&mut buf);
-            frames.feed(&buf);
-            buffers.put(buf);
-            match got {
-                Ok(0) => return,
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if ring.ready(client.tcp(), readiness::READABLE).await.is_err() {
-                        return;
-                    }
-                }
-                Err(_) => return,
-            }
+        if to_client {
+            close_with(client, close_frame::to_client(), s.drain.frames(C2U), io).await;
         }
     };
     let upstream_side = async {
-        if !to_upstream || write_plain(upstream, close_frame::to_upstream(rand::random())).await.0.is_err() {
-            return;
-        }
-        let mut frames = s.drain.frames(U2C);
-        while !frames.close_seen() {
-            if ring.ready(upstream, readiness::READABLE).await.is_err() {
-                return;
-            }
-            let mut buf = buffers.take();
-            let got = crate::io::recv_into(upstream, &mut buf);
-            frames.feed(&buf);
-            buffers.put(buf);
-            match got {
-                Ok(0) => return,
-                Ok(_) => {}
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {}
-                Err(_) => return,
-            }
+        if to_upstream {
+            close_with(upstream, close_frame::to_upstream(rand::random()), s.drain.frames(U2C), io).await;
         }
     };
     tokio::join!(client_side, upstream_side);
 }
 
+/// Sends `close` to `peer`, then reads and drops what it sends until its own Close
+/// (`frames` tracks what comes from it), its end or an error.
+async fn close_with(
+    peer: &PeerIo,
+    close: Vec<u8>,
+    mut frames: crate::drain::FrameTracker,
+    (ring, buffers): (&Ring, &BufPool),
+) {
+    if peer.write_all(ring, close).await.0.is_err() {
+        return;
+    }
+    while !frames.close_seen() {
+        let mut buf = buffers.take();
+        let got = peer.recv_into(&mut buf);
+        frames.feed(&buf);
+        buffers.put(buf);
+        match got {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {
+                if peer.readable(ring).await.is_err() {
+                    return;
+                }
+            }
+            Err(_) => return,
+        }
+    }
+}
+
 /// The side `failed` broke the pair: the other side gets a reset on close.
-fn failed(e: &io::Error, failed: Side, client: &TlsStream, upstream: &TcpStream) -> Close {
+fn failed(e: &io::Error, failed: Side, client: &PeerIo, upstream: &PeerIo) -> Close {
     let reason = Close::reset(failed);
     tracing::debug!(error = %e, side = reason.as_str(), "TLS relay ended");
-    let other: &TcpStream = if failed == Side::Client { upstream } else { client.tcp() };
-    if let Err(e) = crate::io::reset_on_close(other) {
+    let other = if failed == Side::Client { upstream } else { client };
+    if let Err(e) = crate::io::reset_on_close(other.tcp()) {
         tracing::debug!(error = %e, "SO_LINGER on reset propagation");
     }
     reason
 }
 
-/// Client → upstream: decrypt what arrived, write it all, then read again.
-async fn decrypting(
-    client: &TlsStream,
-    upstream: &TcpStream,
-    s: &Shared<'_>,
-    (ring, buffers): (&Ring, &BufPool),
-) -> PumpEnd {
+/// One direction, `from` → `to` (`dir`): read what `from` has (decrypted, for TLS)
+/// until nothing is left, writing all of each read before the next; then wait for
+/// `from` to be readable.
+async fn pump(from: &PeerIo, to: &PeerIo, dir: usize, s: &Shared<'_>, (ring, buffers): (&Ring, &BufPool)) -> PumpEnd {
+    // A short read drains a plain socket; a TLS one gives a record at a time.
+    let plain = from.as_plain().is_some();
     loop {
-        // Read until nothing is buffered nor queued, so the wait below is for the socket.
         loop {
-            if s.drain.whole(C2U) {
+            if s.drain.whole(dir) {
                 return PumpEnd::Whole;
             }
-            let mut buf = buffers.take();
-            let n = match client.recv_into(&mut buf) {
-                Ok(0) => {
-                    buffers.put(buf);
-                    return PumpEnd::Eof;
-                }
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    buffers.put(buf);
-                    break;
-                }
-                Err(e) => {
-                    buffers.put(buf);
-                    return PumpEnd::ReadFailed(e);
-                }
-            };
-            s.activity.set(Instant::now());
-            let (k, whole) = s.drain.take(C2U, &buf[..n]);
-            // In the drain, what follows the frame in progress is not relayed.
-            buf.truncate(k);
-            let (res, buf) = write_plain(upstream, buf).await;
-            buffers.put(buf);
-            if let Err(e) = res {
-                return PumpEnd::WriteFailed(e);
-            }
-            s.moved(C2U, k);
-            if whole {
-                return PumpEnd::Whole;
-            }
-        }
-        // Registered before waiting: the drain's turn wakes a pump idle between frames.
-        let turn = s.drain.woken();
-        tokio::select! {
-            ready = ring.ready(client.tcp(), readiness::READABLE) => {
-                if let Err(e) = ready {
-                    return PumpEnd::ReadFailed(e);
-                }
-            }
-            () = turn => {}
-        }
-    }
-}
-
-/// Upstream → client: read what is queued, encrypt and write it all, then read again.
-async fn encrypting(
-    upstream: &TcpStream,
-    client: &TlsStream,
-    s: &Shared<'_>,
-    (ring, buffers): (&Ring, &BufPool),
-) -> PumpEnd {
-    loop {
-        if s.drain.whole(U2C) {
-            return PumpEnd::Whole;
-        }
-        let turn = s.drain.woken();
-        tokio::select! {
-            ready = ring.ready(upstream, readiness::READABLE) => {
-                if let Err(e) = ready {
-                    return PumpEnd::ReadFailed(e);
-                }
-            }
-            () = turn => continue,
-        }
-        loop {
             let mut buf = buffers.take();
             let capacity = buf.capacity();
-            let n = match crate::io::recv_into(upstream, &mut buf) {
+            let n = match from.recv_into(&mut buf) {
                 Ok(0) => {
                     buffers.put(buf);
                     return PumpEnd::Eof;
@@ -339,34 +267,31 @@ async fn encrypting(
                 }
             };
             s.activity.set(Instant::now());
-            let (k, whole) = s.drain.take(U2C, &buf[..n]);
-            let res = client.write_all(ring, &buf[..k]).await;
+            let (k, whole) = s.drain.take(dir, &buf[..n]);
+            // In the drain, what follows the frame in progress is not relayed.
+            buf.truncate(k);
+            let (res, buf) = to.write_all(ring, buf).await;
             buffers.put(buf);
             if let Err(e) = res {
                 return PumpEnd::WriteFailed(e);
             }
-            s.moved(U2C, k);
+            s.moved(dir, k);
             if whole {
                 return PumpEnd::Whole;
             }
-            if n < capacity {
+            if plain && n < capacity {
                 break;
             }
         }
+        // Registered before waiting: the drain's turn wakes a pump idle between frames.
+        let turn = s.drain.woken();
+        tokio::select! {
+            ready = from.readable(ring) => {
+                if let Err(e) = ready {
+                    return PumpEnd::ReadFailed(e);
+                }
+            }
+            () = turn => {}
+        }
     }
-}
-
-/// Writes all of `buf` to a plain socket: at once when it fits, else by io_uring,
-/// which waits for room.
-async fn write_plain(to: &TcpStream, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
-    use tokio_uring::buf::BoundedBuf;
-    let sent = match crate::io::send_now(to, &buf) {
-        Ok(k) => k,
-        Err(e) => return (Err(e), buf),
-    };
-    if sent == buf.len() {
-        return (Ok(()), buf);
-    }
-    let (res, slice) = to.write_all(buf.slice(sent..)).await;
-    (res, slice.into_inner())
 }

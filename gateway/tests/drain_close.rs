@@ -270,3 +270,32 @@ fn wss_websockets_close_with_1001_through_tls_over_the_window() {
     assert_eq!(drained, n, "every wss WebSocket's access-log line says close=drain");
     assert_upstreams_got_1001(&echo, n);
 }
+
+#[test]
+fn websockets_to_a_tls_upstream_close_with_1001_both_ways() {
+    let pki = tls_util::Pki::new();
+    let backend = tls_util::TlsEcho::start(&pki.issue("backend", &["backend.test"]), None);
+    let config = format!(
+        "workers = 2\n[drain]\nwindow = \"3s\"\njitter = 0.0\n[[listener]]\naddress = \"127.0.0.1:0\"\n\
+         [[route]]\nupstream = \"e\"\n[upstream.e]\nservers = [\"{}\"]\n\
+         tls = {{ server_name = \"backend.test\", ca = \"{}\" }}\n",
+        backend.addr,
+        pki.ca_file().display()
+    );
+    let mut gw = Gateway::builder().config(&config).start();
+    let n = 60;
+    let mut clients = Clients::open_with(n, &[gw.ws_url("/tls-up-drain")], 70_000);
+    std::thread::sleep(Duration::from_secs(1));
+    gw.terminate();
+    let ended = clients.ended(Duration::from_secs(40));
+    // Strict clients: a frame cut by the Close would be a protocol error.
+    assert_all_going_away(&ended);
+    assert!(gw.wait_exit(Duration::from_secs(20)), "wsgate exits once its connections are closed");
+    let drained =
+        gw.log_lines().iter().filter(|l| l.contains("GET /tls-up-drain ") && l.contains("close=drain")).count();
+    assert_eq!(drained, n, "every WebSocket's access-log line says close=drain");
+    // Each upstream connection got wsgate's masked Close 1001 through TLS.
+    let closes = backend.closes.lock().unwrap().clone();
+    assert_eq!(closes.len(), n, "{closes:?}");
+    assert!(closes.iter().all(|&c| c == 1001), "{closes:?}");
+}

@@ -349,3 +349,24 @@ fn streams_reset_after_connecting_past_the_limit_get_goaway_enhance_your_calm() 
     let (ok, out) = client(&["ws", &gw.addr.to_string(), ca.to_str().unwrap(), "1", "2"]);
     assert!(ok && out.contains("ws-ok 1 2"), "{out}");
 }
+
+#[test]
+fn websocket_streams_over_h2_to_a_tls_upstream() {
+    // TLS on both sides of each stream: h2 from the client, HTTP/1.1 over TLS upstream.
+    let pki = Pki::new();
+    let backend = tls_util::TlsEcho::start(&pki.issue("backend", &["backend.test"]), None);
+    let cert = pki.issue("default", &["gw.test", "127.0.0.1"]);
+    let config = format!(
+        "workers = 1\n[timeouts]\nheader = \"5s\"\n{}[[route]]\npath = \"/h2/\"\nupstream = \"ws\"\n\
+         [upstream.ws]\nservers = [\"{}\"]\ntls = {{ server_name = \"backend.test\", ca = \"{}\" }}\n",
+        tls_listener(Some(&cert), &[]),
+        backend.addr,
+        pki.ca_file().display()
+    );
+    let gw = Gateway::builder().config(&config).start();
+    let (ok, out) = client(&["ws", &gw.addr.to_string(), pki.ca_file().to_str().unwrap(), "4", "12"]);
+    assert!(ok && out.contains("ws-ok 4 12"), "{out}\naccess log: {:#?}\n{:#?}", gw.log_lines(), gw.stderr());
+    let seen = backend.seen();
+    assert_eq!(seen.len(), 4, "{seen:?}");
+    assert!(seen.iter().all(|s| s.sni.as_deref() == Some("backend.test") && s.request.starts_with("GET /h2/")));
+}

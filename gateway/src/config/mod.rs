@@ -55,7 +55,7 @@ pub use relay::{DEFAULT_SPLICE_BUDGET, MIN_SPLICE_BUDGET, RelayConfig, SpliceMod
 pub use route::RouteConfig;
 pub use server_address::ServerAddress;
 pub use timeouts::Timeouts;
-pub use tls::{SniCertConfig, TlsConfig, valid_sni_name};
+pub use tls::{SniCertConfig, TlsConfig, UpstreamTlsConfig, valid_sni_name};
 pub use upstream::{Balance, ServerConfig, UpstreamConfig};
 
 /// The whole configuration of one wsgate process.

@@ -67,3 +67,59 @@ pub fn valid_sni_name(name: &str) -> bool {
             .split('.')
             .all(|l| !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
 }
+
+/// `[upstream.NAME] tls`: connections to the group's servers speak TLS. `tls = true`
+/// takes every default; a table sets them. The servers' certificates are always
+/// verified (against `ca`, else the system's roots), for `server_name`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsConfig {
+    /// The name the servers' certificates must be valid for, also sent as SNI.
+    /// Default: each server's host name as configured (`backend.internal:443`), or its
+    /// IP address (checked against the certificate's IP addresses; no SNI is sent).
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// PEM file with the CA certificates to trust. Default: the system's roots
+    /// (`/etc/ssl/certs`, or `SSL_CERT_FILE`).
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// PEM file with a client certificate chain (leaf first) presented to servers that
+    /// ask for one (mutual TLS); needs `key`.
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    /// PEM file with the private key of `cert`.
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+}
+
+/// `tls = true | false | { … }` of an upstream group, as an `Option` (`false`: none).
+pub mod upstream_tls {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::UpstreamTlsConfig;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<UpstreamTlsConfig>, D::Error> {
+        struct Spec;
+        impl<'de> serde::de::Visitor<'de> for Spec {
+            type Value = Option<UpstreamTlsConfig>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("true, false, or a table with server_name, ca, cert, key")
+            }
+            fn visit_bool<E: serde::de::Error>(self, on: bool) -> Result<Self::Value, E> {
+                Ok(on.then(UpstreamTlsConfig::default))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                UpstreamTlsConfig::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Some)
+            }
+        }
+        d.deserialize_any(Spec)
+    }
+
+    #[allow(clippy::ref_option, reason = "the signature serde's `with` calls")]
+    pub fn serialize<S: Serializer>(v: &Option<UpstreamTlsConfig>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            None => false.serialize(s),
+            Some(t) => t.serialize(s),
+        }
+    }
+}

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{HashKey, HealthCheckConfig, ServerAddress};
+use super::{HashKey, HealthCheckConfig, ServerAddress, UpstreamTlsConfig};
 
 /// A group of upstream servers.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -61,6 +61,12 @@ pub struct UpstreamConfig {
     /// Requests one pooled upstream connection carries before it is closed (nginx's
     /// `keepalive_requests`). Default 1000.
     pub keepalive_requests: u32,
+    /// Connections to the servers speak TLS (`wss://` upstreams): `true`, or a table
+    /// with `server_name`, `ca`, `cert` and `key` (see [`UpstreamTlsConfig`]). TLS pairs
+    /// are relayed in userspace (no kTLS here); plain requests to a TLS group are not
+    /// pooled (`keepalive` applies to plain groups). Default: plain TCP.
+    #[serde(with = "super::tls::upstream_tls")]
+    pub tls: Option<UpstreamTlsConfig>,
 }
 
 impl Default for UpstreamConfig {
@@ -78,6 +84,7 @@ impl Default for UpstreamConfig {
             keepalive: 0,
             keepalive_timeout: Duration::from_mins(1),
             keepalive_requests: 1000,
+            tls: None,
         }
     }
 }

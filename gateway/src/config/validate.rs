@@ -234,6 +234,18 @@ fn validate_upstream(name: &str, u: &UpstreamConfig) -> Result<(), ConfigError> 
         }
         parse_statuses(&h.statuses).map_err(|reason| invalid(hf("statuses"), reason))?;
     }
+    if let Some(t) = &u.tls {
+        match (&t.cert, &t.key) {
+            (Some(_), None) => return Err(invalid(field("tls.key"), "required with `cert`")),
+            (None, Some(_)) => return Err(invalid(field("tls.cert"), "required with `key`")),
+            _ => {}
+        }
+        if let Some(n) = &t.server_name
+            && rustls::pki_types::ServerName::try_from(n.as_str()).is_err()
+        {
+            return Err(invalid(field("tls.server_name"), format!("`{n}` is not a DNS name or an IP address")));
+        }
+    }
     Ok(())
 }
 

@@ -21,9 +21,8 @@ use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio_uring::net::TcpStream;
-
 use super::Worker;
+use super::peer_io::PeerIo;
 use super::response::peek_head;
 use super::route_admit::Admit;
 use super::teardown::Facts;
@@ -37,9 +36,9 @@ use crate::metrics::Recorder;
 use crate::readiness::Ring;
 use crate::upstream::{ActiveGuard, Group, Pick};
 
-/// A connected upstream.
+/// A connected upstream (its TLS handshake done, for a TLS group).
 pub struct Connected {
-    pub stream: TcpStream,
+    pub stream: PeerIo,
     pub server: usize,
     pub started: Instant,
     /// Counts the connection as live on its server (`least_conn`, `max_conns`) until dropped.
@@ -106,14 +105,14 @@ pub async fn connect(
             c
         } else {
             let c = connect_in((&worker.ring, &worker.metrics), group, order, cfg.timeouts.connect).await?;
-            send_head(group, c, &out).await?
+            send_head(&worker.ring, group, c, &out).await?
         };
         connected.request = out;
         connected.persistent = persistent;
         connected
     };
     facts.upstream_addr = Some(group.server(connected.server).addr());
-    if let Err(e) = crate::io::set_keepalive(&connected.stream, &cfg.keepalive) {
+    if let Err(e) = crate::io::set_keepalive(connected.stream.tcp(), &cfg.keepalive) {
         tracing::warn!(error = %e, "setting TCP keepalive on the upstream socket");
     }
     let mut connected = connected;
@@ -133,13 +132,14 @@ async fn from_pool(worker: &Worker, group: &Arc<Group>, server: usize, head: &[u
     };
     // Closed between the check and the send: nothing of the request reached a server
     // that would answer it, so a fresh connection takes it.
-    if crate::io::write_all(&conn.stream, head.to_vec()).await.is_err() {
+    let stream = PeerIo::Plain(conn.stream);
+    if stream.write_all(&worker.ring, head.to_vec()).await.0.is_err() {
         worker.metrics.pool_miss();
         return None;
     }
     worker.metrics.pool_hit();
     Some(Connected {
-        stream: conn.stream,
+        stream,
         server,
         started: Instant::now(),
         live,
@@ -154,8 +154,8 @@ async fn from_pool(worker: &Worker, group: &Arc<Group>, server: usize, head: &[u
 }
 
 /// Sends the request head on a new connection (a failure is the server's).
-async fn send_head(group: &Group, connected: Connected, head: &[u8]) -> Result<Connected, ProxyError> {
-    if let Err(e) = crate::io::write_all(&connected.stream, head.to_vec()).await {
+async fn send_head(ring: &Ring, group: &Group, connected: Connected, head: &[u8]) -> Result<Connected, ProxyError> {
+    if let (Err(e), _) = connected.stream.write_all(ring, head.to_vec()).await {
         group.report_failure(connected.server);
         return Err(ProxyError::new(ErrorKind::UpstreamClosed, format!("forwarding request head: {e}")));
     }
@@ -174,7 +174,7 @@ pub async fn again(
     let c = connect_one((&worker.ring, &worker.metrics), group, upstream.server, connect_timeout, &mut failures)
         .await
         .ok_or_else(|| failures.into_error(group))?;
-    let mut c = send_head(group, c, &upstream.request).await?;
+    let mut c = send_head(&worker.ring, group, c, &upstream.request).await?;
     c.request.clone_from(&upstream.request);
     c.persistent = upstream.persistent;
     c.early.clone_from(&upstream.early);
@@ -228,7 +228,7 @@ pub async fn exchange(group: &Arc<Group>, pick: &Pick<'_>, x: &Exchange<'_>) -> 
             continue;
         };
         let addr = group.server(i).addr();
-        if let Err(e) = crate::io::write_all(&connected.stream, x.request.to_vec()).await {
+        if let (Err(e), _) = connected.stream.write_all(x.ring, x.request.to_vec()).await {
             group.report_failure(i);
             tracing::warn!(upstream = %addr, group = %group.name, error = %e, "forwarding the request failed; trying the next server");
             failures.other.push(format!("{addr}: forwarding request head: {e}"));
@@ -291,7 +291,11 @@ async fn connect_one(
     let live = group.try_enter(i)?;
     let addr = group.server(i).addr();
     let started = Instant::now();
-    match crate::io::connect(ring, addr, group.next_source(), timeout).await {
+    let connected = match crate::io::connect(ring, addr, group.next_source(), timeout).await {
+        Ok(tcp) => secure(ring, group, i, tcp, started + timeout).await,
+        Err(e) => Err(e),
+    };
+    match connected {
         Ok(stream) => {
             metrics.upstream_connected(started.elapsed());
             Some(Connected {
@@ -319,6 +323,32 @@ async fn connect_one(
                 failures.other.push(failure);
             }
             None
+        }
+    }
+}
+
+/// The upstream connection as the group speaks it: `tcp` itself, or TLS over it once
+/// the handshake (within `deadline`, the connect timeout) verified the server. A failed
+/// handshake is an `io::Error` saying why (timed out: `TimedOut`), like a failed connect.
+async fn secure(
+    ring: &Ring,
+    group: &Group,
+    i: usize,
+    tcp: tokio_uring::net::TcpStream,
+    deadline: Instant,
+) -> io::Result<PeerIo> {
+    let Some(tls) = &group.tls else { return Ok(PeerIo::Plain(tcp)) };
+    let server = group.server(i);
+    let name = tls.name_for(&server.address, server.addr());
+    match crate::tls::handshake::connect(tcp, tls.config.clone(), name, ring, deadline).await {
+        Ok(stream) => Ok(PeerIo::Tls(Box::new(stream))),
+        Err(failed) => {
+            let kind = if failed.why == crate::tls::HandshakeFailure::Timeout {
+                io::ErrorKind::TimedOut
+            } else {
+                io::ErrorKind::ConnectionRefused
+            };
+            Err(io::Error::new(kind, format!("TLS handshake: {}", failed.detail)))
         }
     }
 }

@@ -12,7 +12,7 @@
 use std::io;
 
 use super::Worker;
-use super::client_io::ClientIo;
+use super::peer_io::PeerIo;
 use super::teardown::Facts;
 use crate::error::{ErrorKind, ProxyError};
 use crate::http::request::{self, RequestHead};
@@ -22,7 +22,7 @@ use tokio::time::timeout_at;
 /// Reads and parses the request head, and records what the access log needs of it.
 /// `start` is what the client already sent of it (a kept-alive connection's next request).
 pub async fn read(
-    client: &ClientIo,
+    client: &PeerIo,
     start: Vec<u8>,
     worker: &Worker,
     facts: &mut Facts,
@@ -42,7 +42,7 @@ pub async fn read(
 /// was already read of it, perhaps all of it: a pipelined request).
 async fn read_head(
     ring: &Ring,
-    client: &ClientIo,
+    client: &PeerIo,
     mut buf: Vec<u8>,
     (max, max_headers): (usize, usize),
     deadline: std::time::Instant,

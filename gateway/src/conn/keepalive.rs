@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use tokio::time::timeout_at;
 
 use super::Worker;
-use super::client_io::ClientIo;
+use super::peer_io::PeerIo;
 use crate::close::Close;
 use crate::http::request::RequestHead;
 use crate::shutdown::Phase;
@@ -53,7 +53,7 @@ pub enum Next {
 }
 
 /// Waits for the next request's first byte.
-pub async fn next_request(client: &ClientIo, session: &mut Session, worker: &Worker, idle: Duration) -> Next {
+pub async fn next_request(client: &PeerIo, session: &mut Session, worker: &Worker, idle: Duration) -> Next {
     if !session.leftover.is_empty() {
         return Next::Request;
     }

@@ -38,10 +38,10 @@
 //! nothing reaches an upstream that `head` did not parse.
 
 pub mod accept;
-pub mod client_io;
 pub mod connect;
 pub mod head;
 pub mod keepalive;
+pub mod peer_io;
 pub mod plain;
 pub mod relay_choice;
 pub mod response;
@@ -54,9 +54,9 @@ use std::sync::Arc;
 
 use tokio_uring::net::TcpStream;
 
-use self::client_io::ClientIo;
 use self::connect::Connected;
 use self::keepalive::{Next, Session};
+use self::peer_io::PeerIo;
 use self::relay_choice::{Handoff, PlainEnd};
 use self::response::Answer;
 use self::teardown::{ActiveConn, Facts};
@@ -121,7 +121,7 @@ pub async fn serve(
     facts.scheme = scheme;
     // TCP_NODELAY comes from the listening socket: accepted sockets inherit it.
     let client = match tls {
-        None => ClientIo::Plain(client),
+        None => PeerIo::Plain(client),
         Some(acceptor) => {
             let deadline = facts.started + facts.generation.config.timeouts.header;
             match crate::tls::handshake::accept(client, acceptor.config, &worker.ring, deadline, &worker.stats.tls)
@@ -130,7 +130,7 @@ pub async fn serve(
                 Ok(stream) if stream.conn().alpn_protocol() == Some(b"h2") => {
                     return crate::h2::serve(Box::new(stream), peer, facts.generation, worker, active).await;
                 }
-                Ok(stream) => ClientIo::Tls(Box::new(stream)),
+                Ok(stream) => PeerIo::Tls(Box::new(stream)),
                 Err(failed) => {
                     tracing::debug!(client = %peer, reason = failed.why.as_str(), "TLS handshake failed: {}", failed.detail);
                     return;
@@ -172,7 +172,7 @@ pub async fn serve(
 /// spliced pair to park, or `None` when the request is over (`session.kept` then says
 /// whether the connection waits for another).
 async fn proxy(
-    client_slot: &mut Option<ClientIo>,
+    client_slot: &mut Option<PeerIo>,
     worker: &Worker,
     facts: &mut Facts,
     session: &mut Session,
@@ -198,7 +198,7 @@ async fn proxy(
 /// request (see [`Session::closing`]). Boxed by the caller, so the long-lived relay
 /// future does not carry their state.
 async fn prepare(
-    client: &ClientIo,
+    client: &PeerIo,
     session: &mut Session,
     worker: &Worker,
     facts: &mut Facts,

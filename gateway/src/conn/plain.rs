@@ -16,11 +16,8 @@
 use std::pin::pin;
 use std::time::{Duration, Instant};
 
-use tokio_uring::buf::BoundedBuf;
-use tokio_uring::net::TcpStream;
-
 use super::Worker;
-use super::client_io::ClientIo;
+use super::peer_io::PeerIo;
 use super::response::{pass, peek_head, take_head};
 use crate::error::{ErrorKind, ProxyError};
 use crate::http::body::{BodyTracker, Framing};
@@ -83,8 +80,8 @@ pub struct Request<'a> {
 
 /// Runs the exchange, recording in `done` what it did.
 pub async fn exchange(
-    client: &ClientIo,
-    upstream: &TcpStream,
+    client: &PeerIo,
+    upstream: &PeerIo,
     req: Request<'_>,
     (worker, cfg): (&Worker, &crate::config::Config),
     done: &mut Exchanged,
@@ -99,7 +96,7 @@ pub async fn exchange(
     let first = body.advance(early).map_err(|e| client_fault(&e))?;
     done.leftover = early[first..].to_vec();
     if first > 0 {
-        crate::io::write_all(upstream, early[..first].to_vec()).await.map_err(|e| forwarding(&e))?;
+        upstream.write_all(&worker.ring, early[..first].to_vec()).await.0.map_err(|e| forwarding(&e))?;
         done.bytes_in = first as u64;
     }
 
@@ -160,8 +157,8 @@ pub async fn exchange(
 /// Passes an interim head, which was peeked and so is queued whole: exactly its bytes,
 /// so the final response behind it stays queued.
 async fn pass_interim(
-    upstream: &TcpStream,
-    client: &ClientIo,
+    upstream: &PeerIo,
+    client: &PeerIo,
     head: &ResponseHead,
     worker: &Worker,
 ) -> Result<u64, ProxyError> {
@@ -187,8 +184,8 @@ async fn timed(
 /// Streams the rest of the request body from the client to the upstream, and nothing
 /// past it. Returns the bytes forwarded and what the client sent past its body.
 async fn pump_body(
-    client: &ClientIo,
-    upstream: &TcpStream,
+    client: &PeerIo,
+    upstream: &PeerIo,
     body: &mut BodyTracker,
     idle: Duration,
     worker: &Worker,
@@ -228,8 +225,9 @@ async fn pump_body(
             }
         };
         let leftover = buf[take..n].to_vec();
-        let (res, slice) = upstream.write_all(buf.slice(..take)).await;
-        pool.put(slice.into_inner());
+        buf.truncate(take);
+        let (res, buf) = upstream.write_all(&worker.ring, buf).await;
+        pool.put(buf);
         res.map_err(|e| forwarding(&e))?;
         forwarded += take as u64;
         if take < n {

@@ -12,8 +12,8 @@
 use tokio_uring::net::TcpStream;
 
 use super::Worker;
-use super::client_io::ClientIo;
 use super::connect::Connected;
+use super::peer_io::PeerIo;
 use super::plain::{Exchanged, Request};
 use super::teardown::Facts;
 use crate::admission::Admitted;
@@ -24,7 +24,6 @@ use crate::metrics::ActiveMode;
 use crate::relay::{self, RelayOptions, RelayOutcome};
 use crate::splice::{HandoverError, SplicedPair};
 use crate::stats::Stats;
-use crate::tls::TlsStream;
 use crate::upstream::ActiveGuard;
 use crate::upstream::pool::Reusable;
 
@@ -55,7 +54,7 @@ pub enum PlainEnd {
 /// were completely framed and neither side said close; the client connection is kept
 /// unless it ends after this response.
 pub async fn plain(
-    client: &ClientIo,
+    client: &PeerIo,
     upstream: Connected,
     closing: bool,
     worker: &Worker,
@@ -98,12 +97,13 @@ pub async fn plain(
     facts.close = Close::Done;
     let reuse = upstream.persistent && done.request_complete && done.response_complete && done.response_keep_alive;
     let Connected { stream, server, live, reused, .. } = upstream;
-    if reuse {
-        let group = live.group().clone();
-        drop(live);
-        worker.pool.put(&group, server, Reusable { stream, served: reused.unwrap_or(0).saturating_add(1) });
-    } else {
-        crate::io::shutdown_quietly(&stream, std::net::Shutdown::Both);
+    match stream {
+        PeerIo::Plain(stream) if reuse => {
+            let group = live.group().clone();
+            drop(live);
+            worker.pool.put(&group, server, Reusable { stream, served: reused.unwrap_or(0).saturating_add(1) });
+        }
+        stream => stream.shutdown(std::net::Shutdown::Both),
     }
     if done.closing || !done.response_complete {
         client.shutdown(std::net::Shutdown::Both);
@@ -126,9 +126,9 @@ fn stale(e: &ProxyError, upstream: &Connected, done: &Exchanged) -> bool {
 
 /// A WebSocket after its 101: relays it in the kernel when it can take the pair.
 /// `client_slot` is taken only by the splice (which owns the sockets from then on).
-/// A TLS client always stays in userspace (no kTLS here).
+/// A pair with TLS on either side always stays in userspace (no kTLS here).
 pub async fn websocket(
-    client_slot: &mut Option<ClientIo>,
+    client_slot: &mut Option<PeerIo>,
     upstream: Connected,
     admitted: Admitted,
     worker: &Worker,
@@ -146,7 +146,7 @@ pub async fn websocket(
     // What the client sent after its head is WebSocket data now: it goes first.
     if !early.is_empty() {
         facts.bytes_in += early.len() as u64;
-        if let Err(e) = crate::io::write_all(&upstream, early).await {
+        if let (Err(e), _) = upstream.write_all(&worker.ring, early).await {
             tracing::debug!(error = %e, client = %facts.peer, "upstream gone before the client's first frames");
             facts.close = Close::UpstreamReset;
             return None;
@@ -159,12 +159,13 @@ pub async fn websocket(
         close_timeout: cfg.drain.close_timeout,
         frames: [to_upstream, to_client],
     };
-    let client = match client {
-        ClientIo::Tls(tls) => {
-            userspace_tls(tls, &upstream, opts, worker, facts).await;
+    // TLS on either side: userspace (no kTLS here).
+    let (client, upstream) = match (client, upstream) {
+        (PeerIo::Plain(client), PeerIo::Plain(upstream)) => (client, upstream),
+        (client, upstream) => {
+            userspace_tls(client, &upstream, opts, worker, facts).await;
             return None;
         }
-        ClientIo::Plain(client) => client,
     };
     let Some(pairs) = &worker.pairs else {
         userspace(client, &upstream, opts, worker, facts).await;
@@ -186,7 +187,7 @@ pub async fn websocket(
         // hours away), so a worker that defers learns as soon as connections live on.
         worker.lifetimes.record(delay, outcome.client_to_upstream, cfg.relay.splice_after);
     }
-    let Some(ClientIo::Plain(client)) = client_slot.take() else { return None };
+    let Some(PeerIo::Plain(client)) = client_slot.take() else { return None };
     facts.conn.set_mode(ActiveMode::Handover);
     // The userspace path is boxed: the handshake's future stays small, and a spliced
     // pair leaves it altogether (parked, it is a table row, not a task).
@@ -230,14 +231,9 @@ pub async fn websocket(
     None
 }
 
-/// Relays a TLS pair in userspace and adds what moved to the facts.
-async fn userspace_tls(
-    client: &TlsStream,
-    upstream: &TcpStream,
-    opts: RelayOptions,
-    worker: &Worker,
-    facts: &mut Facts,
-) {
+/// Relays a pair with TLS on one side or both in userspace and adds what moved to
+/// the facts.
+async fn userspace_tls(client: &PeerIo, upstream: &PeerIo, opts: RelayOptions, worker: &Worker, facts: &mut Facts) {
     Stats::bump(&worker.stats.relayed_userspace);
     facts.mode = Mode::Userspace;
     facts.conn.set_mode(ActiveMode::Userspace);

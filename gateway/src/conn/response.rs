@@ -18,8 +18,8 @@ use tokio::time::timeout_at;
 use tokio_uring::net::TcpStream;
 
 use super::Worker;
-use super::client_io::ClientIo;
 use super::connect::Connected;
+use super::peer_io::PeerIo;
 use super::teardown::Facts;
 use crate::close::Close;
 use crate::error::{ErrorKind, ProxyError};
@@ -27,6 +27,7 @@ use crate::http::body::BodyTracker;
 use crate::http::response::{self, ResponseHead};
 use crate::readiness::{self, Ring};
 use crate::stats::Stats;
+use crate::tls::TlsStream;
 
 /// What the upstream answered to an upgrade.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,7 +40,7 @@ pub enum Answer {
 
 /// Acts on the upstream's answer to an upgrade (its peeked head is `head`).
 pub async fn answer(
-    client: &ClientIo,
+    client: &PeerIo,
     upstream: &Connected,
     head: &ResponseHead,
     worker: &Worker,
@@ -59,12 +60,67 @@ pub async fn answer(
     facts.bytes_out = facts.bytes_sent;
     facts.close = Close::Done;
     client.shutdown(std::net::Shutdown::Both);
-    crate::io::shutdown_quietly(stream, std::net::Shutdown::Both);
+    stream.shutdown(std::net::Shutdown::Both);
     Ok(Answer::Passed)
 }
 
-/// Waits for the upstream's response head and parses it without consuming it.
+/// Waits for the upstream's response head and parses it without consuming it (a TLS
+/// upstream's decrypted bytes are held by its stream, to be read again).
 pub async fn peek_head(
+    ring: &Ring,
+    upstream: &PeerIo,
+    max: usize,
+    deadline: Instant,
+    method: &str,
+) -> Result<ResponseHead, ProxyError> {
+    match upstream {
+        PeerIo::Plain(tcp) => peek_tcp(ring, tcp, max, deadline, method).await,
+        PeerIo::Tls(tls) => peek_tls(ring, tls, max, deadline, method).await,
+    }
+}
+
+/// [`peek_head`] from a TLS upstream: decrypts onto the stream's held bytes until they
+/// hold a whole head.
+async fn peek_tls(
+    ring: &Ring,
+    upstream: &TlsStream,
+    max: usize,
+    deadline: Instant,
+    method: &str,
+) -> Result<ResponseHead, ProxyError> {
+    loop {
+        let looked = upstream.peek_more(|held, ended| match response::parse(held, method) {
+            Ok(None) if held.len() >= max => {
+                Err(ProxyError::new(ErrorKind::UpstreamInvalid, format!("response head larger than {max} bytes")))
+            }
+            Ok(None) if ended && held.is_empty() => {
+                Err(ProxyError::new(ErrorKind::UpstreamClosed, "closed before sending a response"))
+            }
+            Ok(None) if ended => {
+                Err(ProxyError::new(ErrorKind::UpstreamClosed, "closed in the middle of the response head"))
+            }
+            other => other,
+        });
+        match looked {
+            Ok(Some(Ok(Some(head)))) => return Ok(head),
+            Ok(Some(Err(e))) => return Err(e),
+            Ok(Some(Ok(None))) => continue,
+            Ok(None) => {}
+            Err(e) => return Err(ProxyError::new(ErrorKind::UpstreamClosed, format!("reading response: {e}"))),
+        }
+        match timeout_at(deadline.into(), ring.ready(upstream.tcp(), readiness::READABLE)).await {
+            Err(_) => return Err(ProxyError::new(ErrorKind::UpstreamTimeout, "no response head in time")),
+            Ok(Err(e)) => {
+                return Err(ProxyError::new(ErrorKind::UpstreamClosed, format!("waiting for response: {e}")));
+            }
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+/// [`peek_head`] from a plain upstream: `MSG_PEEK`, woken by `SO_RCVLOWAT` only when
+/// more than a partial head has arrived.
+async fn peek_tcp(
     ring: &Ring,
     upstream: &TcpStream,
     max: usize,
@@ -125,7 +181,15 @@ pub struct Passed {
 }
 
 /// Takes exactly the `len` bytes of a peeked head (queued whole) from `upstream`.
-pub(super) fn take_head(upstream: &TcpStream, len: usize) -> Result<Vec<u8>, ProxyError> {
+pub(crate) fn take_head(upstream: &PeerIo, len: usize) -> Result<Vec<u8>, ProxyError> {
+    let upstream = match upstream {
+        PeerIo::Plain(tcp) => tcp,
+        PeerIo::Tls(tls) => {
+            return tls
+                .take_held(len)
+                .ok_or_else(|| ProxyError::new(ErrorKind::UpstreamClosed, "response head vanished"));
+        }
+    };
     let mut buf = vec![0u8; len];
     let mut got = 0;
     while got < len {
@@ -142,8 +206,8 @@ pub(super) fn take_head(upstream: &TcpStream, len: usize) -> Result<Vec<u8>, Pro
 /// client connection, see [`response::for_client`]), then the body as framed, exactly,
 /// then stops.
 pub(super) async fn pass(
-    upstream: &TcpStream,
-    client: &ClientIo,
+    upstream: &PeerIo,
+    client: &PeerIo,
     head: &ResponseHead,
     (worker, read_timeout): (&Worker, std::time::Duration),
     closing: Option<bool>,
@@ -160,13 +224,16 @@ pub(super) async fn pass(
     }
     let mut body = BodyTracker::new(head.framing);
     while !body.is_done() {
-        match tokio::time::timeout(read_timeout, worker.ring.ready(upstream, readiness::READABLE)).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(_)) | Err(_) => return Ok(passed),
-        }
-        let (res, mut buf) = upstream.read(worker.buffers.take()).await;
-        let n = match res {
+        let mut buf = worker.buffers.take();
+        let n = match upstream.recv_into(&mut buf) {
             Ok(n) if n > 0 => n,
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {
+                worker.buffers.put(buf);
+                match tokio::time::timeout(read_timeout, upstream.readable(&worker.ring)).await {
+                    Ok(Ok(_)) => continue,
+                    Ok(Err(_)) | Err(_) => return Ok(passed),
+                }
+            }
             _ => {
                 worker.buffers.put(buf);
                 return Ok(passed);

@@ -16,7 +16,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::Worker;
-use super::client_io::ClientIo;
+use super::peer_io::PeerIo;
 use super::relay_choice::Handoff;
 use crate::accesslog::{AccessRecord, now_unix};
 use crate::admission::Admitted;
@@ -137,7 +137,7 @@ pub fn request_done(facts: &Facts) {
 
 /// A kept-alive connection ended between two requests (`close`: the client's FIN or
 /// reset, the idle timeout, the drain): closed without a response or a log line.
-pub fn ended_idle(client: &ClientIo, mut facts: Facts, close: Close, active: ActiveConn) {
+pub fn ended_idle(client: &PeerIo, mut facts: Facts, close: Close, active: ActiveConn) {
     client.shutdown(std::net::Shutdown::Both);
     facts.conn.take().ended_idle(close.as_str());
     drop(active);
@@ -180,7 +180,7 @@ pub fn opened(facts: &mut Facts) {
 /// took it.
 pub async fn finish(
     result: Result<Option<Handoff>, ProxyError>,
-    client: Option<ClientIo>,
+    client: Option<PeerIo>,
     mut facts: Facts,
     worker: Rc<Worker>,
     active: ActiveConn,

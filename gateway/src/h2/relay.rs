@@ -19,16 +19,16 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use h2::{RecvStream, SendStream};
-use tokio_uring::net::TcpStream;
 
 use super::ResetMeter;
 use super::stream::{send_within_window, write_up};
 use crate::close::Close;
 use crate::conn::Worker;
+use crate::conn::peer_io::PeerIo;
 use crate::conn::teardown::Facts;
 use crate::drain::{DrainState, close_frame};
 use crate::metrics::live::RelayBytes;
-use crate::readiness;
+use crate::readiness::Ring;
 use crate::shutdown::Phase;
 
 /// How one direction's pump ended.
@@ -86,7 +86,7 @@ const U2C: usize = 1;
 pub async fn relay(
     mut recv: RecvStream,
     mut send: SendStream<Bytes>,
-    upstream: &TcpStream,
+    upstream: &PeerIo,
     worker: &Worker,
     facts: &mut Facts,
     resets: &ResetMeter,
@@ -98,7 +98,7 @@ pub async fn relay(
     let (idle, close_timeout) = (config.timeouts.idle, config.drain.close_timeout);
     let mut stop = worker.shutdown.clone();
     let ended = {
-        let up = up(&mut recv, upstream, &s);
+        let up = up(&mut recv, upstream, &worker.ring, &s);
         let down = down(&mut send, upstream, worker, &s);
         let watcher = async {
             crate::drain::turn(worker.shutdown.clone(), Some(&worker.pacer)).await;
@@ -143,12 +143,12 @@ pub async fn relay(
     facts.bytes_in += s.bytes[C2U].get();
     facts.bytes_out = s.bytes[U2C].get();
     facts.bytes_sent = facts.bytes_out;
-    crate::io::shutdown_quietly(upstream, Shutdown::Both);
+    upstream.shutdown(Shutdown::Both);
 }
 
 /// Client → upstream: DATA written to the upstream socket; the stream's window is
 /// released only once the upstream took the bytes.
-async fn up(recv: &mut RecvStream, upstream: &TcpStream, s: &Shared<'_>) -> Pump {
+async fn up(recv: &mut RecvStream, upstream: &PeerIo, ring: &Ring, s: &Shared<'_>) -> Pump {
     loop {
         if s.drain.whole(C2U) {
             return Pump::Whole;
@@ -162,22 +162,22 @@ async fn up(recv: &mut RecvStream, upstream: &TcpStream, s: &Shared<'_>) -> Pump
         let chunk = match next {
             None => {
                 s.end(Close::ClientFin);
-                crate::io::shutdown_quietly(upstream, Shutdown::Write);
+                upstream.shutdown(Shutdown::Write);
                 return Pump::Ended;
             }
             Some(Err(_)) => {
                 s.resets.count();
                 s.end(Close::ClientReset);
-                crate::io::shutdown_quietly(upstream, Shutdown::Both);
+                upstream.shutdown(Shutdown::Both);
                 return Pump::Ended;
             }
             Some(Ok(chunk)) => chunk,
         };
         s.activity.set(Instant::now());
         let (n, whole) = s.drain.take(C2U, &chunk);
-        if write_up(upstream, &chunk[..n]).await.is_err() {
+        if write_up(ring, upstream, &chunk[..n]).await.is_err() {
             s.end(Close::UpstreamReset);
-            crate::io::shutdown_quietly(upstream, Shutdown::Both);
+            upstream.shutdown(Shutdown::Both);
             return Pump::Ended;
         }
         s.moved(C2U, n);
@@ -189,14 +189,14 @@ async fn up(recv: &mut RecvStream, upstream: &TcpStream, s: &Shared<'_>) -> Pump
 }
 
 /// Upstream → client: what the upstream sends, as DATA within the client's window.
-async fn down(send: &mut SendStream<Bytes>, upstream: &TcpStream, worker: &Worker, s: &Shared<'_>) -> Pump {
+async fn down(send: &mut SendStream<Bytes>, upstream: &PeerIo, worker: &Worker, s: &Shared<'_>) -> Pump {
     loop {
         if s.drain.whole(U2C) {
             return Pump::Whole;
         }
         let turn = s.drain.woken();
         let ready = tokio::select! {
-            ready = worker.ring.ready(upstream, readiness::READABLE) => ready,
+            ready = upstream.readable(&worker.ring) => ready,
             () = turn => continue,
         };
         if ready.is_err() {
@@ -205,7 +205,7 @@ async fn down(send: &mut SendStream<Bytes>, upstream: &TcpStream, worker: &Worke
             return Pump::Ended;
         }
         let mut buf = worker.buffers.take();
-        let read = crate::io::recv_into(upstream, &mut buf);
+        let read = upstream.recv_into(&mut buf);
         let (n, whole) = s.drain.take(U2C, &buf);
         let data = Bytes::copy_from_slice(&buf[..n]);
         worker.buffers.put(buf);
@@ -227,7 +227,7 @@ async fn down(send: &mut SendStream<Bytes>, upstream: &TcpStream, worker: &Worke
         s.moved(U2C, data.len());
         if send_within_window(send, data).await.is_err() {
             s.end(Close::ClientReset);
-            crate::io::shutdown_quietly(upstream, Shutdown::Both);
+            upstream.shutdown(Shutdown::Both);
             return Pump::Ended;
         }
         if whole {
@@ -242,7 +242,7 @@ async fn down(send: &mut SendStream<Bytes>, upstream: &TcpStream, worker: &Worke
 async fn going_away(
     recv: &mut RecvStream,
     send: &mut SendStream<Bytes>,
-    upstream: &TcpStream,
+    upstream: &PeerIo,
     [to_client, to_upstream]: [bool; 2],
     (worker, s): (&Worker, &Shared<'_>),
 ) {
@@ -259,16 +259,16 @@ async fn going_away(
         }
     };
     let upstream_side = async {
-        if !to_upstream || write_up(upstream, &close_frame::to_upstream(rand::random())).await.is_err() {
+        if !to_upstream || write_up(&worker.ring, upstream, &close_frame::to_upstream(rand::random())).await.is_err() {
             return;
         }
         let mut frames = s.drain.frames(U2C);
         while !frames.close_seen() {
-            if worker.ring.ready(upstream, readiness::READABLE).await.is_err() {
+            if upstream.readable(&worker.ring).await.is_err() {
                 return;
             }
             let mut buf = worker.buffers.take();
-            let read = crate::io::recv_into(upstream, &mut buf);
+            let read = upstream.recv_into(&mut buf);
             frames.feed(&buf);
             worker.buffers.put(buf);
             match read {

@@ -22,11 +22,11 @@ use h2::{RecvStream, SendStream};
 use http::request::Parts;
 use http::{HeaderName, HeaderValue, Method, Request, Response};
 use sha1::Digest as _;
-use tokio_uring::net::TcpStream;
 
 use super::ResetMeter;
 use crate::close::{Close, Mode};
 use crate::config::Scheme;
+use crate::conn::peer_io::PeerIo;
 use crate::conn::teardown::{self, ActiveConn, Facts};
 use crate::conn::{Worker, connect, response, route_admit};
 use crate::error::{ErrorKind, ProxyError};
@@ -34,7 +34,7 @@ use crate::http::MAX_RESPONSE_HEADERS;
 use crate::http::body::Framing;
 use crate::http::request::{self, RequestHead};
 use crate::http::response::ResponseHead;
-use crate::readiness;
+use crate::readiness::Ring;
 use crate::reload::Generation;
 use crate::stats::Stats;
 
@@ -156,8 +156,8 @@ async fn plain_stream(
         let admit = route_admit::route_admit(&head, worker, &generation, facts)?;
         let upstream = connect::connect(&head, &bytes, &admit, worker, facts).await?;
         let sent = match buffered {
-            Some(body) => write_up(&upstream.stream, &body).await.map(|()| body.len() as u64),
-            None => send_body(&mut recv, &upstream.stream, length.unwrap_or(0)).await,
+            Some(body) => write_up(&worker.ring, &upstream.stream, &body).await.map(|()| body.len() as u64),
+            None => send_body(&mut recv, &worker.ring, &upstream.stream, length.unwrap_or(0)).await,
         }
         .map_err(|e| ProxyError::new(ErrorKind::UpstreamClosed, format!("sending the body: {e}")))?;
         facts.bytes_in = sent;
@@ -180,7 +180,7 @@ async fn plain_stream(
     facts.bytes_out = passed.unwrap_or_else(|s| s);
     facts.bytes_sent = facts.bytes_out;
     facts.close = if passed.is_ok() { Close::Done } else { Close::Error };
-    crate::io::shutdown_quietly(&upstream.stream, Shutdown::Both);
+    upstream.stream.shutdown(Shutdown::Both);
     Ok(())
 }
 
@@ -269,19 +269,9 @@ fn parse_head(bytes: &[u8], facts: &mut Facts, method: &str) -> Result<RequestHe
 }
 
 /// Reads the response head `peeked` saw off the socket, and its headers.
-fn take_head(upstream: &TcpStream, peeked: &ResponseHead) -> Result<(u16, Headers), ProxyError> {
+fn take_head(upstream: &PeerIo, peeked: &ResponseHead) -> Result<(u16, Headers), ProxyError> {
     let invalid = |d: String| ProxyError::new(ErrorKind::UpstreamInvalid, d);
-    let mut buf = vec![0u8; peeked.len];
-    let mut got = 0;
-    // Peek saw all of it queued, so these reads do not wait.
-    while got < buf.len() {
-        match crate::io::recv(upstream, &mut buf[got..], 0) {
-            Ok(0) => return Err(invalid("closed in the response head".into())),
-            Ok(n) => got += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(invalid(format!("reading the response head: {e}"))),
-        }
-    }
+    let buf = crate::conn::response::take_head(upstream, peeked.len)?;
     let mut headers = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
     let mut resp = httparse::Response::new(&mut headers);
     match resp.parse(&buf) {
@@ -377,7 +367,7 @@ async fn read_whole(recv: &mut RecvStream, max: usize) -> Result<Vec<u8>, ProxyE
 }
 
 /// Streams exactly `length` body bytes from the client to the upstream.
-async fn send_body(recv: &mut RecvStream, upstream: &TcpStream, length: u64) -> std::io::Result<u64> {
+async fn send_body(recv: &mut RecvStream, ring: &Ring, upstream: &PeerIo, length: u64) -> std::io::Result<u64> {
     let mut sent = 0u64;
     while let Some(chunk) = recv.data().await {
         let chunk = chunk.map_err(std::io::Error::other)?;
@@ -385,7 +375,7 @@ async fn send_body(recv: &mut RecvStream, upstream: &TcpStream, length: u64) -> 
         if sent > length {
             return Err(std::io::Error::other("more body than its content-length"));
         }
-        write_up(upstream, &chunk).await?;
+        write_up(ring, upstream, &chunk).await?;
         let _ = recv.flow_control().release_capacity(chunk.len());
     }
     if sent == length { Ok(sent) } else { Err(std::io::Error::other("less body than its content-length")) }
@@ -393,10 +383,14 @@ async fn send_body(recv: &mut RecvStream, upstream: &TcpStream, length: u64) -> 
 
 /// Writes all of `data` upstream: at once when the socket takes it (no copy), the
 /// rest copied and written by io_uring.
-pub(super) async fn write_up(upstream: &TcpStream, data: &[u8]) -> std::io::Result<()> {
-    let sent = crate::io::send_now(upstream, data)?;
+pub(super) async fn write_up(ring: &Ring, upstream: &PeerIo, data: &[u8]) -> std::io::Result<()> {
+    let tcp = match upstream {
+        PeerIo::Plain(tcp) => tcp,
+        PeerIo::Tls(tls) => return tls.write_all(ring, data).await,
+    };
+    let sent = crate::io::send_now(tcp, data)?;
     if sent < data.len() {
-        crate::io::write_all(upstream, data[sent..].to_vec()).await?;
+        crate::io::write_all(tcp, data[sent..].to_vec()).await?;
     }
     Ok(())
 }
@@ -405,7 +399,7 @@ pub(super) async fn write_up(upstream: &TcpStream, data: &[u8]) -> std::io::Resu
 /// within the client's window. `Err` holds the bytes sent before it failed.
 async fn pass_body(
     mut send: SendStream<Bytes>,
-    upstream: &TcpStream,
+    upstream: &PeerIo,
     framing: Framing,
     timeout: std::time::Duration,
     worker: &Worker,
@@ -421,14 +415,14 @@ async fn pass_body(
     };
     let mut out = 0u64;
     while left > 0 {
-        let ready = tokio::time::timeout(timeout, worker.ring.ready(upstream, readiness::READABLE));
+        let ready = tokio::time::timeout(timeout, upstream.readable(&worker.ring));
         if !matches!(ready.await, Ok(Ok(_))) {
             send.send_reset(h2::Reason::INTERNAL_ERROR);
             return Err(out);
         }
         let mut buf = worker.buffers.take();
         let limit = usize::try_from(left).unwrap_or(usize::MAX);
-        let read = crate::io::recv_into_max(upstream, &mut buf, limit);
+        let read = upstream.recv_into_max(&mut buf, limit);
         let data = Bytes::copy_from_slice(&buf);
         worker.buffers.put(buf);
         match read {

@@ -17,7 +17,7 @@ use crate::accesslog::AccessLog;
 use crate::config::Config;
 use crate::router::Router;
 use crate::tls::{Acceptor, TlsSetupError};
-use crate::upstream::{self, Group, ResolveError, Tenure};
+use crate::upstream::{self, Group, GroupError, Tenure};
 
 /// Why a generation could not be built from a (valid) configuration.
 #[derive(Debug, thiserror::Error)]
@@ -25,7 +25,7 @@ pub enum BuildError {
     #[error(transparent)]
     Tls(#[from] TlsSetupError),
     #[error(transparent)]
-    Resolve(#[from] ResolveError),
+    Group(#[from] GroupError),
     #[error("access_log.path: {0}")]
     AccessLog(std::io::Error),
 }
@@ -66,7 +66,7 @@ impl Generation {
                 let before = previous.and_then(|p| p.group(name));
                 Ok(Arc::new(Group::after(name, u, before.map(AsRef::as_ref))?))
             })
-            .collect::<Result<Vec<_>, ResolveError>>()?;
+            .collect::<Result<Vec<_>, GroupError>>()?;
         let router = Router::new(&config.routes, |name| groups.iter().find(|g| g.name == name).cloned());
         let access_log = match previous {
             Some(p) if same(&p.config.access_log, &config.access_log) => p.access_log.clone(),

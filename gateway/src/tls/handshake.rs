@@ -1,5 +1,6 @@
 //! The TLS handshake of one accepted connection, within a deadline (the header
-//! timeout: a client that has not finished its handshake has not sent its head).
+//! timeout: a client that has not finished its handshake has not sent its head), and
+//! of one connection to a TLS upstream ([`connect`], within the connect timeout).
 //!
 //! Returns the [`TlsStream`] ready for the request head, or why it failed; failures
 //! are counted by reason ([`HandshakeStats`]) and logged at debug level by the caller,
@@ -11,7 +12,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use rustls::{ServerConfig, ServerConnection};
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection, ServerConfig, ServerConnection};
 use tokio::time::timeout_at;
 use tokio_uring::net::TcpStream;
 
@@ -116,7 +118,10 @@ pub async fn accept(
     deadline: Instant,
     stats: &HandshakeStats,
 ) -> Result<TlsStream, Failed> {
-    let result = drive(tcp, config, ring, deadline).await;
+    let result = match ServerConnection::new(config) {
+        Ok(conn) => drive(TlsStream::new(tcp, conn), ring, deadline).await,
+        Err(e) => Err(Failed { why: HandshakeFailure::Other, detail: e.to_string() }),
+    };
     match &result {
         Ok(_) => {
             stats.done.fetch_add(1, Ordering::Relaxed);
@@ -126,10 +131,25 @@ pub async fn accept(
     result
 }
 
-async fn drive(tcp: TcpStream, config: Arc<ServerConfig>, ring: &Ring, deadline: Instant) -> Result<TlsStream, Failed> {
+/// Runs the client side of the handshake with an upstream on `tcp` (connected) until
+/// it is done or `deadline`; `name` is what the upstream's certificate must be valid
+/// for (and the SNI sent, when it is a DNS name). The error says why, as rustls does
+/// (an invalid or unknown certificate, an alert, a timeout).
+pub async fn connect(
+    tcp: TcpStream,
+    config: Arc<ClientConfig>,
+    name: ServerName<'static>,
+    ring: &Ring,
+    deadline: Instant,
+) -> Result<TlsStream, Failed> {
+    let conn = ClientConnection::new(config, name)
+        .map_err(|e| Failed { why: HandshakeFailure::Other, detail: e.to_string() })?;
+    drive(TlsStream::new(tcp, conn), ring, deadline).await
+}
+
+/// Drives a handshake, either side, until it is done or `deadline`.
+async fn drive(stream: TlsStream, ring: &Ring, deadline: Instant) -> Result<TlsStream, Failed> {
     let fail = |why, detail: String| Failed { why, detail };
-    let conn = ServerConnection::new(config).map_err(|e| fail(HandshakeFailure::Other, e.to_string()))?;
-    let stream = TlsStream::new(tcp, conn);
     loop {
         // What rustls has to say (ServerHello…, tickets, an alert) goes first.
         match timeout_at(deadline.into(), stream.flush(ring)).await {

@@ -1,7 +1,8 @@
 //! TLS termination with rustls: the certificates of a TLS listener ([`certs`]), chosen
 //! by SNI ([`sni`]), the rustls server configuration built from `[listener.tls]`
 //! ([`acceptor`]), the handshake of one accepted connection ([`handshake`]) and the
-//! encrypted stream the connection phases then read and write ([`stream`]).
+//! encrypted stream the connection phases then read and write ([`stream`]), and the
+//! client side towards TLS upstreams ([`connector`]).
 //!
 //! TLS 1.2 and 1.3 only, rustls's safe defaults, ALPN `http/1.1`, an OCSP staple from a
 //! file ([`ocsp`]). This kernel has no kTLS ([`ktls`] asks the kernel, and holds the
@@ -12,6 +13,7 @@
 
 pub mod acceptor;
 pub mod certs;
+pub mod connector;
 pub mod handshake;
 pub mod ktls;
 pub mod ocsp;
@@ -19,5 +21,6 @@ pub mod sni;
 pub mod stream;
 
 pub use acceptor::{Acceptor, TlsSetupError};
+pub use connector::Connector;
 pub use handshake::{HandshakeFailure, HandshakeStats};
 pub use stream::TlsStream;

@@ -1,26 +1,34 @@
-//! One client connection after its TLS handshake: rustls's `ServerConnection` driven
-//! over the non-blocking socket with `read_tls`/`write_tls`, decrypting into buffers
-//! the caller lends (the worker's pool) and encrypting from them.
+//! One TLS connection — a client's (rustls `ServerConnection`) or one to an upstream
+//! (`ClientConnection`) — driven over the non-blocking socket with
+//! `read_tls`/`write_tls`, decrypting into buffers the caller lends (the worker's
+//! pool) and encrypting from them.
 //!
 //! Reads never wait: `WouldBlock` means "wait for the socket to be readable" (see
 //! [`TlsStream::has_plaintext`] first). Writes wait for room on the worker's poll
 //! ring, so a slow reader stops the writer. A `RefCell` borrow of the connection
 //! never spans an `.await`; both relay directions may use one stream at once, and
 //! rustls keeps the order of what they queue.
+//!
+//! An upstream's response head is parsed before it is consumed (the phases peek it):
+//! [`TlsStream::peek_more`] decrypts into a held buffer that every read serves first,
+//! so what was peeked is read again, in order, exactly once.
 
 use std::cell::RefCell;
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
 
-use rustls::ServerConnection;
+use rustls::Connection;
 use tokio_uring::net::TcpStream;
 
 use crate::readiness::{self, Ring};
 
-/// A client connection speaking TLS.
+/// A connection speaking TLS.
 pub struct TlsStream {
     tcp: TcpStream,
-    conn: RefCell<ServerConnection>,
+    conn: RefCell<Connection>,
+    /// Decrypted bytes peeked and not read yet (empty, unallocated, but while an
+    /// upstream's response head is parsed).
+    held: RefCell<Vec<u8>>,
 }
 
 impl std::fmt::Debug for TlsStream {
@@ -53,9 +61,10 @@ fn tls_error(e: &rustls::Error) -> io::Error {
 }
 
 impl TlsStream {
-    /// Wraps an accepted socket and a fresh server connection (handshake not done).
-    pub fn new(tcp: TcpStream, conn: ServerConnection) -> Self {
-        Self { tcp, conn: RefCell::new(conn) }
+    /// Wraps a socket and a fresh rustls connection (handshake not done): a server
+    /// one for an accepted client, a client one towards an upstream.
+    pub fn new(tcp: TcpStream, conn: impl Into<Connection>) -> Self {
+        Self { tcp, conn: RefCell::new(conn.into()), held: RefCell::new(Vec::new()) }
     }
 
     /// The socket under the TLS layer.
@@ -64,13 +73,14 @@ impl TlsStream {
     }
 
     /// The rustls connection (for the handshake and its facts). Never held over an `.await`.
-    pub fn conn(&self) -> std::cell::RefMut<'_, ServerConnection> {
+    pub fn conn(&self) -> std::cell::RefMut<'_, Connection> {
         self.conn.borrow_mut()
     }
 
     /// Decrypted bytes are waiting: a reader must not wait for the socket.
     pub fn has_plaintext(&self) -> bool {
-        self.conn.borrow_mut().process_new_packets().is_ok_and(|s| s.plaintext_bytes_to_read() > 0)
+        !self.held.borrow().is_empty()
+            || self.conn.borrow_mut().process_new_packets().is_ok_and(|s| s.plaintext_bytes_to_read() > 0)
     }
 
     /// Reads TLS records from the socket (without waiting) into rustls and decrypts
@@ -96,11 +106,16 @@ impl TlsStream {
     /// length. `Ok(0)` is the end of the client's stream (close_notify, or FIN
     /// without it); `WouldBlock` means nothing is buffered nor queued on the socket.
     pub fn recv_into(&self, buf: &mut Vec<u8>) -> io::Result<usize> {
-        if buf.len() == buf.capacity() {
+        self.recv_into_max(buf, usize::MAX)
+    }
+
+    /// Like [`Self::recv_into`], taking at most `limit` bytes.
+    pub fn recv_into_max(&self, buf: &mut Vec<u8>, limit: usize) -> io::Result<usize> {
+        if buf.len() == buf.capacity() || limit == 0 {
             return Err(io::Error::other("recv_into with a full buffer"));
         }
         let start = buf.len();
-        buf.resize(buf.capacity(), 0);
+        buf.resize(buf.capacity().min(start.saturating_add(limit)), 0);
         let read = self.read_plain(&mut buf[start..]);
         buf.truncate(start + *read.as_ref().unwrap_or(&0));
         read
@@ -108,6 +123,23 @@ impl TlsStream {
 
     /// Decrypts into `out` (not empty) without waiting: as [`Self::recv_into`].
     pub fn read_plain(&self, out: &mut [u8]) -> io::Result<usize> {
+        {
+            let mut held = self.held.borrow_mut();
+            if !held.is_empty() {
+                let n = held.len().min(out.len());
+                out[..n].copy_from_slice(&held[..n]);
+                held.drain(..n);
+                if held.is_empty() {
+                    *held = Vec::new();
+                }
+                return Ok(n);
+            }
+        }
+        self.read_plain_unheld(out)
+    }
+
+    /// Decrypts into `out` what rustls has or the socket brings, ignoring held bytes.
+    fn read_plain_unheld(&self, out: &mut [u8]) -> io::Result<usize> {
         loop {
             let read = self.conn.borrow_mut().reader().read(out);
             match read {
@@ -123,6 +155,30 @@ impl TlsStream {
             // Anything rustls must answer (a key update) goes with the next write, or now.
             self.send_queued_now()?;
         }
+    }
+
+    /// Decrypts what has arrived (without waiting) onto the held bytes, which stay to
+    /// be read, and shows all of them to `look`. `Ok(None)`: nothing new (wait for the
+    /// socket); `Ok(Some(true))` after `look`: the peer's stream ended after them.
+    pub fn peek_more<T>(&self, look: impl FnOnce(&[u8], bool) -> T) -> io::Result<Option<T>> {
+        let mut chunk = [0u8; 4096];
+        let n = match self.read_plain_unheld(&mut chunk) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+            r => r?,
+        };
+        let mut held = self.held.borrow_mut();
+        held.extend_from_slice(&chunk[..n]);
+        Ok(Some(look(&held, n == 0)))
+    }
+
+    /// Takes exactly `len` held bytes (peeked before), or `None` when fewer are held.
+    pub fn take_held(&self, len: usize) -> Option<Vec<u8>> {
+        let mut held = self.held.borrow_mut();
+        if held.len() < len {
+            return None;
+        }
+        let rest = held.split_off(len);
+        Some(std::mem::replace(&mut *held, rest))
     }
 
     /// Encrypts all of `data` and writes it, waiting for room on the socket.

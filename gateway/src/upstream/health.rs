@@ -1,6 +1,8 @@
 //! Active health checks: every `interval`, an HTTP request to each server of the groups
 //! that have `health_check`; `fall` consecutive failures take a server out, `rise`
-//! consecutive passes bring it back. State changes are logged.
+//! consecutive passes bring it back. State changes are logged. A TLS group's checks
+//! speak TLS too, verified as its connections are (`upstream.NAME.tls`): a server whose
+//! certificate would fail a connection fails its check.
 //!
 //! Runs on its own thread with its own (current-thread tokio) runtime, off the data
 //! plane; the only thing it shares with the workers is each server's `healthy` atomic.
@@ -11,11 +13,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::{Group, Tenure};
-use crate::config::{HealthCheckConfig, parse_statuses};
+use crate::config::{HealthCheckConfig, ServerAddress, parse_statuses};
+use crate::tls::Connector;
 
 /// Largest response head a check reads.
 const MAX_HEAD: usize = 8192;
@@ -62,7 +65,8 @@ async fn check_loop(group: Arc<Group>, i: usize, tenure: Tenure) {
         if tenure.is_over() {
             return;
         }
-        match probe(server.addr(), &request, cfg.timeout, &statuses).await {
+        let target = Target { addr: server.addr(), tls: group.tls.as_ref().map(|t| (t, &server.address)) };
+        match probe(target, &request, cfg.timeout, &statuses).await {
             Ok(status) => {
                 server.checks_passed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 (passed, failed) = (passed.saturating_add(1), 0);
@@ -88,10 +92,40 @@ fn check_request(cfg: &HealthCheckConfig, addr: SocketAddr) -> Vec<u8> {
         .into_bytes()
 }
 
-/// One check: connect, send, read the response head, judge its status.
-async fn probe(addr: SocketAddr, request: &[u8], timeout: Duration, statuses: &[(u16, u16)]) -> Result<u16, String> {
+/// Where one check goes: the server's address, and the group's TLS with the server's
+/// configured address (for the name it is verified for) when the group speaks TLS.
+struct Target<'a> {
+    addr: SocketAddr,
+    tls: Option<(&'a Connector, &'a ServerAddress)>,
+}
+
+/// One check: connect (and the TLS handshake), send, read the response head, judge
+/// its status.
+async fn probe(to: Target<'_>, request: &[u8], timeout: Duration, statuses: &[(u16, u16)]) -> Result<u16, String> {
     let status = tokio::time::timeout(timeout, async {
-        let mut s = TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
+        let tcp = TcpStream::connect(to.addr).await.map_err(|e| format!("connect: {e}"))?;
+        match to.tls {
+            None => exchange(tcp, request).await,
+            Some((tls, address)) => {
+                let name = tls.name_for(address, to.addr);
+                let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
+                let s = connector.connect(name, tcp).await.map_err(|e| format!("TLS handshake: {e}"))?;
+                exchange(s, request).await
+            }
+        }
+    })
+    .await
+    .map_err(|_| format!("no response within {timeout:?}"))??;
+    if statuses.iter().any(|&(lo, hi)| (lo..=hi).contains(&status)) {
+        Ok(status)
+    } else {
+        Err(format!("status {status}"))
+    }
+}
+
+/// Sends the check's request on `s` and reads the status of the response head.
+async fn exchange(mut s: impl AsyncRead + AsyncWrite + Unpin, request: &[u8]) -> Result<u16, String> {
+    {
         s.write_all(request).await.map_err(|e| format!("send: {e}"))?;
         let mut buf = Vec::with_capacity(1024);
         loop {
@@ -112,12 +146,5 @@ async fn probe(addr: SocketAddr, request: &[u8], timeout: Duration, statuses: &[
             }
             buf.extend_from_slice(&chunk[..n]);
         }
-    })
-    .await
-    .map_err(|_| format!("no response within {timeout:?}"))??;
-    if statuses.iter().any(|&(lo, hi)| (lo..=hi).contains(&status)) {
-        Ok(status)
-    } else {
-        Err(format!("status {status}"))
     }
 }

@@ -161,6 +161,17 @@ pub struct Group {
     ipv4: bool,
     /// What each worker's pool keeps of this group's idle connections.
     pub keepalive: pool::Keep,
+    /// TLS towards the servers (`upstream.NAME.tls`); `None`: plain TCP.
+    pub tls: Option<crate::tls::Connector>,
+}
+
+/// Why a group could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum GroupError {
+    #[error(transparent)]
+    Resolve(#[from] ResolveError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsSetupError),
 }
 
 /// A server name that did not resolve at start.
@@ -226,14 +237,14 @@ pub fn start_resolver(groups: &[Arc<Group>], tenure: Tenure) -> std::io::Result<
 impl Group {
     /// Builds the group, resolving servers given by name (blocking: call at start, off
     /// the data plane).
-    pub fn new(name: &str, cfg: &UpstreamConfig) -> Result<Self, ResolveError> {
+    pub fn new(name: &str, cfg: &UpstreamConfig) -> Result<Self, GroupError> {
         Self::after(name, cfg, None)
     }
 
     /// Builds the group of a reloaded configuration: servers also in `previous` (same
     /// address as configured) keep their live state (health verdict, passive marks,
     /// connection count, current IP). Blocking like [`Group::new`].
-    pub fn after(name: &str, cfg: &UpstreamConfig, previous: Option<&Self>) -> Result<Self, ResolveError> {
+    pub fn after(name: &str, cfg: &UpstreamConfig, previous: Option<&Self>) -> Result<Self, GroupError> {
         // Every field, by name: a new one cannot be left unread here.
         let UpstreamConfig {
             servers,
@@ -248,7 +259,12 @@ impl Group {
             keepalive,
             keepalive_timeout,
             keepalive_requests,
+            tls,
         } = cfg;
+        let tls = match tls {
+            Some(t) => Some(crate::tls::Connector::from_config(&format!("upstream.{name}.tls"), t)?),
+            None => None,
+        };
         let ipv4 = source_addresses.first().is_none_or(IpAddr::is_ipv4);
         let servers = servers
             .iter()
@@ -294,7 +310,13 @@ impl Group {
             health_check: health_check.clone(),
             resolve_interval: *resolve_interval,
             ipv4,
-            keepalive: pool::Keep { idle: *keepalive, timeout: *keepalive_timeout, requests: *keepalive_requests },
+            keepalive: pool::Keep {
+                // TLS connections are not pooled (see `upstream.NAME.tls`).
+                idle: if tls.is_some() { 0 } else { *keepalive },
+                timeout: *keepalive_timeout,
+                requests: *keepalive_requests,
+            },
+            tls,
         })
     }
 

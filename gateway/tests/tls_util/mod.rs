@@ -8,6 +8,9 @@
 #![allow(dead_code)] // each test binary uses its own share of these helpers
 
 use std::fmt::Write as _;
+
+use base64::Engine as _;
+use sha1::Digest as _;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
@@ -15,7 +18,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 
 use crate::utils::{Gateway, TempDir, client_frame, read_head, server_frame, upgrade_request};
@@ -168,4 +172,172 @@ pub fn tls_listener(default: Option<&Issued>, sni: &[(&[&str], &Issued)]) -> Str
         let _ = write!(s, "[[listener.tls.sni]]\nnames = {names:?}\ncert = \"{cert}\"\nkey = \"{key}\"\n");
     }
     s
+}
+
+/// What a [`TlsEcho`] saw of one connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seen {
+    /// The name the client asked for (SNI), if any.
+    pub sni: Option<String>,
+    /// The client certificate's DER, when the client sent one.
+    pub client_cert: Option<Vec<u8>>,
+    /// The request line.
+    pub request: String,
+}
+
+/// A TLS upstream (rustls, blocking, a thread per connection) presenting `issued`:
+/// a WebSocket upgrade is answered 101 and every message echoed (a Close too, then the
+/// connection ends); any other request gets `200` with a body naming the SNI and the
+/// path, `Connection: close`. With `client_ca`, it requires a client certificate
+/// issued by that CA (mutual TLS). Records what it saw of every connection.
+pub struct TlsEcho {
+    pub addr: SocketAddr,
+    pub seen: Arc<std::sync::Mutex<Vec<Seen>>>,
+    /// The status code of every Close frame received (0: none in it).
+    pub closes: Arc<std::sync::Mutex<Vec<u16>>>,
+}
+
+impl TlsEcho {
+    pub fn start(issued: &Issued, client_ca: Option<&Pki>) -> Self {
+        let chain: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_file_iter(&issued.cert).unwrap().collect::<Result<_, _>>().unwrap();
+        let key = PrivateKeyDer::from_pem_file(&issued.key).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap();
+        let builder = match client_ca {
+            Some(pki) => {
+                let mut roots = RootCertStore::empty();
+                roots.add(pki.ca.der().clone()).unwrap();
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                    .build()
+                    .unwrap();
+                builder.with_client_cert_verifier(verifier)
+            }
+            None => builder.with_no_client_auth(),
+        };
+        let config = Arc::new(builder.with_single_cert(chain, key).unwrap());
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let closes = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let record = (seen.clone(), closes.clone());
+        std::thread::spawn(move || {
+            for tcp in listener.incoming() {
+                let Ok(tcp) = tcp else { return };
+                let (config, record) = (config.clone(), record.clone());
+                std::thread::spawn(move || {
+                    let _ = tcp.set_read_timeout(Some(Duration::from_secs(30)));
+                    let conn = rustls::ServerConnection::new(config).unwrap();
+                    let mut tls = StreamOwned::new(conn, tcp);
+                    let _ = serve_one(&mut tls, &record.0, &record.1);
+                });
+            }
+        });
+        Self { addr, seen, closes }
+    }
+
+    /// What it saw so far.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+fn serve_one(
+    tls: &mut StreamOwned<rustls::ServerConnection, TcpStream>,
+    record: &std::sync::Mutex<Vec<Seen>>,
+    closes: &std::sync::Mutex<Vec<u16>>,
+) -> std::io::Result<()> {
+    while tls.conn.is_handshaking() {
+        tls.conn.complete_io(&mut tls.sock)?;
+    }
+    let (head, early) = read_head(tls);
+    let request = head.lines().next().unwrap_or_default().to_owned();
+    let sni = tls.conn.server_name().map(str::to_owned);
+    let client_cert = tls.conn.peer_certificates().map(|c| c[0].to_vec());
+    record.lock().unwrap().push(Seen { sni: sni.clone(), client_cert, request: request.clone() });
+    let key = head.lines().find_map(|l| {
+        let (name, value) = l.split_once(':')?;
+        name.eq_ignore_ascii_case("sec-websocket-key").then(|| value.trim().to_owned())
+    });
+    let Some(key) = key else {
+        let path = request.split(' ').nth(1).unwrap_or_default();
+        let body = format!("sni={} path={path}", sni.unwrap_or_default());
+        let response = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+        tls.write_all(response.as_bytes())?;
+        tls.conn.send_close_notify();
+        return tls.flush();
+    };
+    let accept = base64::engine::general_purpose::STANDARD
+        .encode(sha1::Sha1::digest(format!("{key}258EAFA5-E914-47DA-95CA-C5AB0DC85B11").as_bytes()));
+    let response = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+    );
+    tls.write_all(response.as_bytes())?;
+    tls.flush()?;
+    let mut input = std::io::Read::chain(std::io::Cursor::new(early), ReadHalf(tls));
+    loop {
+        let (opcode, payload) = masked_frame(&mut input)?;
+        let mut out = vec![0x80 | opcode];
+        match payload.len() {
+            n if n < 126 => out.push(n as u8),
+            n if n <= 0xffff => {
+                out.push(126);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                out.push(127);
+                out.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        out.extend_from_slice(&payload);
+        let inner = &mut *input.get_mut().1.0;
+        inner.write_all(&out)?;
+        inner.flush()?;
+        if opcode == 8 {
+            let code = payload.get(..2).map_or(0, |c| u16::from_be_bytes([c[0], c[1]]));
+            closes.lock().unwrap().push(code);
+            inner.conn.send_close_notify();
+            return inner.flush();
+        }
+    }
+}
+
+/// Reads from a TLS stream that is also written to between reads.
+struct ReadHalf<'a>(&'a mut StreamOwned<rustls::ServerConnection, TcpStream>);
+
+impl Read for ReadHalf<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+/// One masked client frame: (opcode, unmasked payload).
+fn masked_frame(s: &mut impl Read) -> std::io::Result<(u8, Vec<u8>)> {
+    let mut h = [0u8; 2];
+    s.read_exact(&mut h)?;
+    let len = match h[1] & 0x7f {
+        126 => {
+            let mut b = [0u8; 2];
+            s.read_exact(&mut b)?;
+            u64::from(u16::from_be_bytes(b))
+        }
+        127 => {
+            let mut b = [0u8; 8];
+            s.read_exact(&mut b)?;
+            u64::from_be_bytes(b)
+        }
+        n => u64::from(n),
+    };
+    let mut mask = [0u8; 4];
+    if h[1] & 0x80 != 0 {
+        s.read_exact(&mut mask)?;
+    }
+    let mut payload = vec![0u8; usize::try_from(len).unwrap()];
+    s.read_exact(&mut payload)?;
+    for (i, b) in payload.iter_mut().enumerate() {
+        *b ^= mask[i % 4];
+    }
+    Ok((h[0] & 0x0f, payload))
 }

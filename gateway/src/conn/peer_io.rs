@@ -1,7 +1,7 @@
-//! The client's side of a connection as the phases see it: a plain TCP socket or a
-//! TLS stream over one ([`ClientIo`]), with the few operations the phases use — wait
-//! until readable, read what is there without waiting, write all of a buffer, shut
-//! down.
+//! Either side of a connection as the phases see it — the client's or the upstream's:
+//! a plain TCP socket or a TLS stream over one ([`PeerIo`]), with the few operations
+//! the phases use — wait until readable, read what is there without waiting, write
+//! all of a buffer, shut down.
 //!
 //! Buffers move by ownership, as io_uring wants them. Must never hide a TLS stream
 //! from a caller that would hand its socket to the kernel splice (`as_plain`).
@@ -15,19 +15,27 @@ use tokio_uring::net::TcpStream;
 use crate::readiness::{self, Ring};
 use crate::tls::TlsStream;
 
-/// A client connection: plain, or TLS once its handshake is done.
-pub enum ClientIo {
+/// A client or upstream connection: plain, or TLS once its handshake is done.
+pub enum PeerIo {
     Plain(TcpStream),
     Tls(Box<TlsStream>),
 }
 
-impl std::fmt::Debug for ClientIo {
+impl std::fmt::Debug for PeerIo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if matches!(self, Self::Plain(_)) { "ClientIo::Plain" } else { "ClientIo::Tls" })
+        f.write_str(if matches!(self, Self::Plain(_)) { "PeerIo::Plain" } else { "PeerIo::Tls" })
     }
 }
 
-impl ClientIo {
+impl PeerIo {
+    /// The TCP socket under it (for socket options, readiness, resets).
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            Self::Plain(s) => s,
+            Self::Tls(t) => t.tcp(),
+        }
+    }
+
     /// The TCP socket (plain), `None` for TLS (bytes on its socket are records).
     pub fn as_plain(&self) -> Option<&TcpStream> {
         match self {
@@ -47,11 +55,19 @@ impl ClientIo {
     }
 
     /// Reads what is there into the spare capacity of `buf`, without waiting.
-    /// `Ok(0)` is the end of the client's stream; `WouldBlock`: wait with [`Self::readable`].
+    /// `Ok(0)` is the end of the peer's stream; `WouldBlock`: wait with [`Self::readable`].
     pub fn recv_into(&self, buf: &mut Vec<u8>) -> io::Result<usize> {
         match self {
             Self::Plain(s) => crate::io::recv_into(s, buf),
             Self::Tls(t) => t.recv_into(buf),
+        }
+    }
+
+    /// Like [`Self::recv_into`], taking at most `limit` bytes.
+    pub fn recv_into_max(&self, buf: &mut Vec<u8>, limit: usize) -> io::Result<usize> {
+        match self {
+            Self::Plain(s) => crate::io::recv_into_max(s, buf, limit),
+            Self::Tls(t) => t.recv_into_max(buf, limit),
         }
     }
 
