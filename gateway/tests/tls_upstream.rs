@@ -264,3 +264,64 @@ fn bad_tls_settings_stop_the_start_naming_the_field() {
         std::process::Command::new(env!("CARGO_BIN_EXE_wsgate")).arg("check").arg("-c").arg(&path).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// Frame `i`'s payload in the backpressure test.
+fn payload(i: u64) -> Vec<u8> {
+    (0..65_536u64).map(|j| (j.wrapping_mul(7) ^ i.wrapping_mul(13)) as u8).collect()
+}
+
+#[test]
+fn a_client_that_stops_reading_stops_the_tls_upstream_and_nothing_is_lost() {
+    // More than this pushed without reading would mean a relay reads past what the
+    // other side takes (four loopback sockets' buffers and the echo's own frame).
+    const HELD_AT_MOST: u64 = 160 << 20;
+    let pki = Pki::new();
+    let up = TlsEcho::start(&pki.issue("backend", &["backend.test"]), None);
+    let gw = gateway(up.addr, &format!("{{ server_name = \"backend.test\", ca = \"{}\" }}", pki.ca_file().display()));
+    let mut s = plain_client(&gw);
+    s.write_all(upgrade_request("/pressure", "").as_bytes()).unwrap();
+    let (head, rest) = read_head(&mut s);
+    assert_eq!(status_of(&head), 101, "{head}");
+    assert!(rest.is_empty());
+
+    // Write 64 KiB frames and read nothing until a write stalls for 3 s.
+    s.set_write_timeout(Some(Duration::from_secs(3))).unwrap();
+    let (mut frames, mut pushed, mut at) = (0u64, 0u64, 0usize);
+    let mut current = utils::client_frame(true, 2, &payload(0));
+    loop {
+        match s.write(&current[at..]) {
+            Ok(n) => {
+                at += n;
+                pushed += n as u64;
+                assert!(pushed <= HELD_AT_MOST, "{pushed} bytes taken without the client reading");
+                if at == current.len() {
+                    frames += 1;
+                    current = utils::client_frame(true, 2, &payload(frames));
+                    at = 0;
+                }
+            }
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => break,
+            Err(e) => panic!("write failed: {e}"),
+        }
+    }
+    eprintln!("stalled after {pushed} bytes ({frames} whole frames)");
+    assert!(frames >= 4, "stalled after only {pushed} bytes");
+
+    // Read again: every frame comes back, whole and in order (the one cut by the
+    // stall is finished first).
+    let total = frames + u64::from(at > 0);
+    let mut r = s.try_clone().unwrap();
+    let reader = std::thread::spawn(move || {
+        for i in 0..total {
+            let (fin, opcode, data) = utils::server_frame(&mut r);
+            assert!(fin && opcode == 2 && data == payload(i), "frame {i} differs ({} bytes)", data.len());
+        }
+        total
+    });
+    s.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
+    if at > 0 {
+        s.write_all(&current[at..]).unwrap();
+    }
+    let frames = total;
+    assert_eq!(reader.join().unwrap(), frames);
+}
