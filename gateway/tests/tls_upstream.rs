@@ -43,6 +43,25 @@ fn plain_client(gw: &Gateway) -> TcpStream {
     s
 }
 
+/// Sends `GET path` on `s` and returns the body of its 200 (framed by Content-Length).
+fn get(s: &mut TcpStream, path: &str) -> String {
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: example.test\r\n\r\n").as_bytes()).unwrap();
+    let (head, mut body) = read_head(s);
+    assert_eq!(status_of(&head), 200, "{head}");
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+        .expect("a Content-Length");
+    while body.len() < length {
+        let mut chunk = [0u8; 256];
+        let n = s.read(&mut chunk).unwrap();
+        assert!(n > 0, "closed before the end of the body");
+        body.extend_from_slice(&chunk[..n]);
+    }
+    assert_eq!(body.len(), length, "more than the body");
+    String::from_utf8(body).unwrap()
+}
+
 /// The status of an upgrade sent through `gw` on a plain client connection.
 fn upgrade_status(gw: &Gateway) -> u16 {
     let mut s = plain_client(gw);
@@ -174,17 +193,7 @@ fn plain_requests_to_a_tls_upstream() {
     // Two requests on one client connection: each goes on a new TLS connection.
     let mut s = plain_client(&gw);
     for path in ["/one", "/two?x=1"] {
-        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: example.test\r\n\r\n").as_bytes()).unwrap();
-        let (head, mut body) = read_head(&mut s);
-        assert_eq!(status_of(&head), 200, "{head}");
-        let expected = format!("sni=backend.test path={path}");
-        while body.len() < expected.len() {
-            let mut chunk = [0u8; 256];
-            let n = s.read(&mut chunk).unwrap();
-            assert!(n > 0, "closed before the body");
-            body.extend_from_slice(&chunk[..n]);
-        }
-        assert_eq!(String::from_utf8_lossy(&body), expected);
+        assert_eq!(get(&mut s, path), format!("sni=backend.test path={path}"));
     }
     assert_eq!(up.seen().len(), 2);
 }
@@ -324,4 +333,37 @@ fn a_client_that_stops_reading_stops_the_tls_upstream_and_nothing_is_lost() {
     }
     let frames = total;
     assert_eq!(reader.join().unwrap(), frames);
+}
+
+#[test]
+fn plain_requests_reuse_pooled_tls_connections() {
+    let pki = Pki::new();
+    let up = TlsEcho::start(&pki.issue("backend", &["backend.test"]), None);
+    let config = format!(
+        "{PLAIN}[[route]]\nupstream = \"main\"\n[upstream.main]\nservers = [\"{}\"]\nkeepalive = 4\n\
+         tls = {{ server_name = \"backend.test\", ca = \"{}\" }}\n",
+        up.addr,
+        pki.ca_file().display()
+    );
+    let gw = Gateway::builder().config(&config).start();
+    // Three clients one after the other, three requests each: one TLS connection
+    // upstream carries all nine.
+    for c in 0..3 {
+        let mut s = plain_client(&gw);
+        for r in 0..3 {
+            let path = format!("/keep/{c}/{r}");
+            assert_eq!(get(&mut s, &path), format!("sni=backend.test path={path}"));
+        }
+    }
+    let seen = up.seen();
+    assert_eq!(seen.len(), 9, "{seen:?}");
+    assert!(seen.iter().all(|s| s.conn == seen[0].conn), "more than one upstream connection: {seen:?}");
+    // A response that closes its connection is not pooled: the next request opens another.
+    let mut s = plain_client(&gw);
+    for path in ["/close/a", "/keep/b"] {
+        assert_eq!(get(&mut s, path), format!("sni=backend.test path={path}"));
+    }
+    let seen = up.seen();
+    assert_eq!(seen.len(), 11, "{seen:?}");
+    assert_ne!(seen[9].conn, seen[10].conn, "{seen:?}");
 }

@@ -63,8 +63,8 @@ pub struct UpstreamConfig {
     pub keepalive_requests: u32,
     /// Connections to the servers speak TLS (`wss://` upstreams): `true`, or a table
     /// with `server_name`, `ca`, `cert` and `key` (see [`UpstreamTlsConfig`]). TLS pairs
-    /// are relayed in userspace (no kTLS here); plain requests to a TLS group are not
-    /// pooled (`keepalive` applies to plain groups). Default: plain TCP.
+    /// are relayed in userspace (no kTLS here); `keepalive` pools TLS connections as it
+    /// does plain ones. Default: plain TCP.
     #[serde(with = "super::tls::upstream_tls")]
     pub tls: Option<UpstreamTlsConfig>,
 }

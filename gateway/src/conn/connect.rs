@@ -132,7 +132,7 @@ async fn from_pool(worker: &Worker, group: &Arc<Group>, server: usize, head: &[u
     };
     // Closed between the check and the send: nothing of the request reached a server
     // that would answer it, so a fresh connection takes it.
-    let stream = PeerIo::Plain(conn.stream);
+    let stream = conn.stream;
     if stream.write_all(&worker.ring, head.to_vec()).await.0.is_err() {
         worker.metrics.pool_miss();
         return None;

@@ -97,13 +97,12 @@ pub async fn plain(
     facts.close = Close::Done;
     let reuse = upstream.persistent && done.request_complete && done.response_complete && done.response_keep_alive;
     let Connected { stream, server, live, reused, .. } = upstream;
-    match stream {
-        PeerIo::Plain(stream) if reuse => {
-            let group = live.group().clone();
-            drop(live);
-            worker.pool.put(&group, server, Reusable { stream, served: reused.unwrap_or(0).saturating_add(1) });
-        }
-        stream => stream.shutdown(std::net::Shutdown::Both),
+    if reuse {
+        let group = live.group().clone();
+        drop(live);
+        worker.pool.put(&group, server, Reusable { stream, served: reused.unwrap_or(0).saturating_add(1) });
+    } else {
+        stream.shutdown(std::net::Shutdown::Both);
     }
     if done.closing || !done.response_complete {
         client.shutdown(std::net::Shutdown::Both);

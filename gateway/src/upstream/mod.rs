@@ -310,12 +310,7 @@ impl Group {
             health_check: health_check.clone(),
             resolve_interval: *resolve_interval,
             ipv4,
-            keepalive: pool::Keep {
-                // TLS connections are not pooled (see `upstream.NAME.tls`).
-                idle: if tls.is_some() { 0 } else { *keepalive },
-                timeout: *keepalive_timeout,
-                requests: *keepalive_requests,
-            },
+            keepalive: pool::Keep { idle: *keepalive, timeout: *keepalive_timeout, requests: *keepalive_requests },
             tls,
         })
     }

@@ -15,9 +15,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio_uring::net::TcpStream;
-
 use super::Group;
+use crate::conn::peer_io::PeerIo;
 
 /// What a group's pool keeps (`upstream.NAME.keepalive*`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,7 +31,7 @@ pub struct Keep {
 
 /// An upstream connection that carried `served` requests and may carry more.
 pub struct Reusable {
-    pub stream: TcpStream,
+    pub stream: PeerIo,
     pub served: u32,
 }
 
@@ -120,7 +119,13 @@ impl Pool {
 }
 
 /// Nothing queued and not closed: a non-blocking peek would block.
-fn is_quiet(stream: &TcpStream) -> bool {
+fn is_quiet(stream: &PeerIo) -> bool {
+    // A TLS server's close_notify is a record on the socket like any other byte.
+    if let PeerIo::Tls(tls) = stream
+        && tls.has_plaintext()
+    {
+        return false;
+    }
     let mut byte = [0u8; 1];
-    matches!(crate::io::peek(stream, &mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    matches!(crate::io::peek(stream.tcp(), &mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
 }

@@ -183,12 +183,15 @@ pub struct Seen {
     pub client_cert: Option<Vec<u8>>,
     /// The request line.
     pub request: String,
+    /// The connection it came on, numbered in accept order.
+    pub conn: usize,
 }
 
 /// A TLS upstream (rustls, blocking, a thread per connection) presenting `issued`:
 /// a WebSocket upgrade is answered 101 and every message echoed (a Close too, then the
 /// connection ends); any other request gets `200` with a body naming the SNI and the
-/// path, `Connection: close`. With `client_ca`, it requires a client certificate
+/// path, `Connection: close` — but for a path under `/keep`, which is answered
+/// keep-alive and the connection waits for the next request. With `client_ca`, it requires a client certificate
 /// issued by that CA (mutual TLS). Records what it saw of every connection.
 pub struct TlsEcho {
     pub addr: SocketAddr,
@@ -224,14 +227,14 @@ impl TlsEcho {
         let closes = Arc::new(std::sync::Mutex::new(Vec::new()));
         let record = (seen.clone(), closes.clone());
         std::thread::spawn(move || {
-            for tcp in listener.incoming() {
+            for (n, tcp) in listener.incoming().enumerate() {
                 let Ok(tcp) = tcp else { return };
                 let (config, record) = (config.clone(), record.clone());
                 std::thread::spawn(move || {
                     let _ = tcp.set_read_timeout(Some(Duration::from_secs(30)));
                     let conn = rustls::ServerConnection::new(config).unwrap();
                     let mut tls = StreamOwned::new(conn, tcp);
-                    let _ = serve_one(&mut tls, &record.0, &record.1);
+                    let _ = serve_one(&mut tls, n, &record.0, &record.1);
                 });
             }
         });
@@ -246,28 +249,37 @@ impl TlsEcho {
 
 fn serve_one(
     tls: &mut StreamOwned<rustls::ServerConnection, TcpStream>,
+    conn: usize,
     record: &std::sync::Mutex<Vec<Seen>>,
     closes: &std::sync::Mutex<Vec<u16>>,
 ) -> std::io::Result<()> {
     while tls.conn.is_handshaking() {
         tls.conn.complete_io(&mut tls.sock)?;
     }
-    let (head, early) = read_head(tls);
-    let request = head.lines().next().unwrap_or_default().to_owned();
-    let sni = tls.conn.server_name().map(str::to_owned);
-    let client_cert = tls.conn.peer_certificates().map(|c| c[0].to_vec());
-    record.lock().unwrap().push(Seen { sni: sni.clone(), client_cert, request: request.clone() });
-    let key = head.lines().find_map(|l| {
-        let (name, value) = l.split_once(':')?;
-        name.eq_ignore_ascii_case("sec-websocket-key").then(|| value.trim().to_owned())
-    });
-    let Some(key) = key else {
+    let (key, early) = loop {
+        let Some((head, early)) = next_head(tls)? else { return Ok(()) };
+        let request = head.lines().next().unwrap_or_default().to_owned();
+        let sni = tls.conn.server_name().map(str::to_owned);
+        let client_cert = tls.conn.peer_certificates().map(|c| c[0].to_vec());
+        record.lock().unwrap().push(Seen { sni: sni.clone(), client_cert, request: request.clone(), conn });
+        let key = head.lines().find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("sec-websocket-key").then(|| value.trim().to_owned())
+        });
+        if let Some(key) = key {
+            break (key, early);
+        }
         let path = request.split(' ').nth(1).unwrap_or_default();
         let body = format!("sni={} path={path}", sni.unwrap_or_default());
-        let response = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+        let keep = path.starts_with("/keep");
+        let connection = if keep { "" } else { "Connection: close\r\n" };
+        let response = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n{connection}\r\n{body}", body.len());
         tls.write_all(response.as_bytes())?;
-        tls.conn.send_close_notify();
-        return tls.flush();
+        if !keep {
+            tls.conn.send_close_notify();
+            return tls.flush();
+        }
+        tls.flush()?;
     };
     let accept = base64::engine::general_purpose::STANDARD
         .encode(sha1::Sha1::digest(format!("{key}258EAFA5-E914-47DA-95CA-C5AB0DC85B11").as_bytes()));
@@ -300,6 +312,25 @@ fn serve_one(
             closes.lock().unwrap().push(code);
             inner.conn.send_close_notify();
             return inner.flush();
+        }
+    }
+}
+
+/// The next request head and what came after it; `None` at the end of the stream
+/// before a head began.
+fn next_head(s: &mut impl Read) -> std::io::Result<Option<(String, Vec<u8>)>> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let rest = buf.split_off(i + 4);
+            return Ok(Some((String::from_utf8_lossy(&buf).into_owned(), rest)));
+        }
+        match s.read(&mut chunk) {
+            Ok(0) if buf.is_empty() => return Ok(None),
+            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) => return Err(e),
         }
     }
 }
