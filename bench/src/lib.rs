@@ -8,4 +8,5 @@ pub mod load;
 pub mod machine;
 pub mod report;
 pub mod sock;
+pub mod tls;
 pub mod ws;

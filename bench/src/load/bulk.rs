@@ -15,7 +15,6 @@ use super::ramp::Ticket;
 use super::receiver::Msg;
 use super::runner::Ctx;
 use super::verify::Expect;
-use crate::sock;
 use crate::ws::frame::{self, OP_BINARY};
 
 /// Bound of one message's round trip.
@@ -47,12 +46,12 @@ pub async fn conn(ctx: Rc<Ctx>, id: u64, ticket: Ticket) {
             rec.counts.bytes_sent += size as u64;
         }
         let before = expect.outstanding;
-        let (stream, rx) = c.parts();
+        let (link, rx) = c.parts();
         let exchange = async {
-            let write = sock::write_all(stream, &wire);
+            let write = link.write_all(&wire);
             let read = async {
                 while expect.outstanding >= before && !closed {
-                    let r = super::client::recv_parts(stream, rx, &mut |m| match m {
+                    let r = super::client::recv_parts(link, rx, &mut |m| match m {
                         Msg::Data { payload: p, .. } => {
                             if expect.echoed(p, ctx.now_ns(), &mut ctx.rec.borrow_mut()) {
                                 ctx.progress.ops.fetch_add(1, Relaxed);

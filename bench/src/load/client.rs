@@ -4,16 +4,24 @@
 //!
 //! An idle connection holds its socket, a [`Receiver`] and an empty output queue: no buffer.
 //! Reads go to the thread's buffer after readiness. Every wait here is bounded by the caller.
+//! With `--tls` the same happens through a rustls session (see [`Link`]): a full TLS
+//! handshake, then the upgrade, inside the same connect timeout.
 
-use std::io;
+use std::cell::RefCell;
+use std::io::{self, Write as _};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd as _;
+use std::sync::Arc;
 use std::time::Duration;
 
+use rustls::ClientConnection;
+use rustls::HandshakeKind;
 use tokio::net::{TcpSocket, TcpStream};
 
+use super::link::Link;
 use super::receiver::{Msg, ProtocolError, Receiver};
 use crate::sock::{self, Read};
+use crate::tls::TlsClient;
 use crate::ws::frame;
 use crate::ws::handshake::{self, MAX_HEAD};
 
@@ -65,7 +73,7 @@ impl Rng {
 /// An upgraded client connection.
 #[derive(Debug)]
 pub struct Conn {
-    stream: TcpStream,
+    link: Link,
     rx: Receiver,
     pending: Vec<u8>,
     rng: Rng,
@@ -85,6 +93,8 @@ pub struct Dial {
     pub path: String,
     /// Bound on connect plus upgrade.
     pub timeout: Duration,
+    /// TLS settings (None: plain TCP).
+    pub tls: Option<TlsClient>,
 }
 
 fn bind_address_no_port(socket: &TcpSocket) -> io::Result<()> {
@@ -127,52 +137,60 @@ impl Conn {
         key_bytes[8..].copy_from_slice(&rng.next_u64().to_le_bytes());
         let key = handshake::client_key(key_bytes);
         let req = handshake::client_request(&dial.host, &dial.path, &key);
-        sock::write_all(&stream, req.as_bytes()).await.map_err(ConnectError::Connect)?;
         let mut head = Vec::new();
-        let end = loop {
-            sock::readable(&stream).await.map_err(ConnectError::Connect)?;
-            let read = sock::with_bufs(|b| match sock::try_read(&stream, &mut b.read) {
-                Ok(Read::Data(n)) => {
-                    head.extend_from_slice(&b.read[..n]);
-                    Ok(true)
-                }
-                Ok(Read::Again) => Ok(false),
-                Ok(Read::Eof) => Err(ConnectError::Handshake("closed before the response".into())),
-                Err(e) => Err(ConnectError::Connect(e)),
-            })?;
-            if !read {
-                continue;
+        let link = match &dial.tls {
+            None => {
+                sock::write_all(&stream, req.as_bytes()).await.map_err(ConnectError::Connect)?;
+                Link::plain(stream)
             }
+            Some(tls) => tls_handshake(stream, tls, dial.target.ip(), req.as_bytes(), &mut head).await?,
+        };
+        let end = loop {
             if let Some(end) = handshake::head_end(&head) {
                 break end;
             }
             if head.len() > MAX_HEAD {
                 return Err(ConnectError::Handshake("response head too long".into()));
             }
+            sock::readable(link.stream()).await.map_err(ConnectError::Connect)?;
+            let read = link.read_with(&mut |p| {
+                head.extend_from_slice(p);
+                Ok(())
+            });
+            match read {
+                Ok(Read::Data(_) | Read::Again) => {}
+                Ok(Read::Eof) => return Err(ConnectError::Handshake("closed before the response".into())),
+                Err(e) => return Err(ConnectError::Connect(e)),
+            }
         };
         handshake::check_response(&head[..end], &key).map_err(ConnectError::Handshake)?;
         let early = head.len() > end;
-        Ok(Self { stream, rx: Receiver::with_early(&head[end..]), pending: Vec::new(), rng, early })
+        Ok(Self { link, rx: Receiver::with_early(&head[end..]), pending: Vec::new(), rng, early })
+    }
+
+    /// Whether the TLS handshake resumed a session (None: plain connection).
+    pub fn tls_resumed(&self) -> Option<bool> {
+        self.link.session().map(|s| s.borrow().handshake_kind() == Some(HandshakeKind::Resumed))
     }
 
     /// The socket, for waits that need only a shared reference.
     pub fn stream(&self) -> &TcpStream {
-        &self.stream
+        self.link.stream()
     }
 
     /// Queues one masked frame and writes what the socket takes now.
     pub fn send(&mut self, opcode: u8, payload: &[u8]) -> io::Result<()> {
         let mask = (self.rng.next_u64() as u32).to_ne_bytes();
-        let Self { stream, pending, .. } = self;
+        let Self { link, pending, .. } = self;
         sock::with_bufs(|b| {
             frame::write_frame(&mut b.out, true, opcode, Some(mask), payload);
-            sock::write_or_queue(stream, &b.out, pending)
+            link.write_or_queue(&b.out, pending)
         })
     }
 
     /// Waits until everything queued is written.
     pub async fn flush(&mut self) -> io::Result<()> {
-        sock::flush(&self.stream, &mut self.pending).await
+        self.link.flush(&mut self.pending).await
     }
 
     /// A fresh mask key for frames built by the caller.
@@ -189,7 +207,7 @@ impl Conn {
             self.rx.feed(&[], on_msg).map_err(protocol_error)?;
             return Ok(Recv::Open);
         }
-        recv_parts(&self.stream, &mut self.rx, on_msg).await
+        recv_parts(&self.link, &mut self.rx, on_msg).await
     }
 
     /// Whether frames that came with the 101 wait to be read (then [`Conn::read_now`] must
@@ -207,13 +225,13 @@ impl Conn {
             self.rx.feed(&[], on_msg).map_err(protocol_error)?;
             return Ok(Recv::Open);
         }
-        read_parts(&self.stream, &mut self.rx, on_msg)
+        self.link.read_now(&mut self.rx, on_msg)
     }
 
     /// The socket and the receiver, for a writer and a reader running side by side. Not for
     /// use before the first [`Conn::recv`] when frames came with the 101.
-    pub fn parts(&mut self) -> (&TcpStream, &mut Receiver) {
-        (&self.stream, &mut self.rx)
+    pub fn parts(&mut self) -> (&Link, &mut Receiver) {
+        (&self.link, &mut self.rx)
     }
 
     /// Sends close 1000 and waits (up to `wait`) for the server's close frame; true when the
@@ -233,27 +251,46 @@ impl Conn {
             }
             Some(true)
         };
-        matches!(tokio::time::timeout(wait, closed).await, Ok(Some(true)))
+        let done = matches!(tokio::time::timeout(wait, closed).await, Ok(Some(true)));
+        self.link.close_notify();
+        done
     }
 }
 
 /// [`Conn::recv`] on borrowed parts: wait for readability, read once, deliver messages.
-pub async fn recv_parts(stream: &TcpStream, rx: &mut Receiver, on_msg: &mut impl FnMut(Msg<'_>)) -> io::Result<Recv> {
-    sock::readable(stream).await?;
-    read_parts(stream, rx, on_msg)
+pub async fn recv_parts(link: &Link, rx: &mut Receiver, on_msg: &mut impl FnMut(Msg<'_>)) -> io::Result<Recv> {
+    sock::readable(link.stream()).await?;
+    link.read_now(rx, on_msg)
 }
 
-fn read_parts(stream: &TcpStream, rx: &mut Receiver, on_msg: &mut impl FnMut(Msg<'_>)) -> io::Result<Recv> {
-    sock::with_bufs(|b| match sock::try_read(stream, &mut b.read)? {
-        Read::Data(n) => {
-            rx.feed(&b.read[..n], on_msg).map_err(protocol_error)?;
-            Ok(Recv::Open)
-        }
-        Read::Again => Ok(Recv::Open),
-        Read::Eof => Ok(Recv::Eof),
+/// The TLS handshake on a connected socket, with the upgrade request queued so that it
+/// leaves with the client's last flight; plaintext that comes meanwhile goes to `head`.
+async fn tls_handshake(
+    stream: TcpStream,
+    tls: &TlsClient,
+    ip: IpAddr,
+    request: &[u8],
+    head: &mut Vec<u8>,
+) -> Result<Link, ConnectError> {
+    let failed = |e: &dyn std::fmt::Display| {
+        let e = e.to_string();
+        ConnectError::Handshake(format!("TLS handshake: {}", e.strip_prefix("TLS: ").unwrap_or(&e)))
+    };
+    let mut session = ClientConnection::new(Arc::clone(&tls.config), tls.server_name(ip)).map_err(|e| failed(&e))?;
+    // The caller bounds what it queues (one message at a time).
+    session.set_buffer_limit(None);
+    session.writer().write_all(request).map_err(|e| failed(&e))?;
+    let session = RefCell::new(session);
+    crate::tls::io::handshake(&stream, &session, &mut |p| {
+        head.extend_from_slice(p);
+        Ok(())
     })
+    .await
+    .map_err(|e| failed(&e))?;
+    Ok(Link::tls(stream, session))
 }
 
-fn protocol_error(e: ProtocolError) -> io::Error {
+/// A receiver's error as the I/O error the caller sees.
+pub(super) fn protocol_error(e: ProtocolError) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, format!("server broke the protocol: {e:?}"))
 }

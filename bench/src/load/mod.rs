@@ -12,6 +12,7 @@ pub mod deadlines;
 pub mod echo;
 pub mod handshake;
 pub mod hold;
+pub mod link;
 pub mod live_p99;
 pub mod payload;
 pub mod plan;
@@ -163,6 +164,9 @@ pub struct Options {
     /// 10 minutes.
     #[arg(long)]
     pub barrier: Option<PathBuf>,
+    /// TLS (wss://) settings.
+    #[command(flatten)]
+    pub tls: crate::tls::TlsOptions,
     /// Internal: run as worker process INDEX of --procs, talking JSON lines on stdout.
     #[arg(long, hide = true)]
     pub worker: Option<u64>,
@@ -259,5 +263,6 @@ fn build_report(
         timed_out,
         clean: rec.counts.clean() && !timed_out,
         ramp,
+        tls: opts.tls.describe(),
     })
 }

@@ -57,6 +57,7 @@ impl Plan {
         let sources = shard.sources(parse_sources(&opts.source)?)?;
         let mut dials = Vec::new();
         let host = opts.host.clone();
+        let tls = opts.tls.client()?;
         for src in if sources.is_empty() { vec![None] } else { sources.into_iter().map(Some).collect() } {
             for t in &opts.target {
                 dials.push(Dial {
@@ -65,6 +66,7 @@ impl Plan {
                     host: host.clone().unwrap_or_else(|| t.to_string()),
                     path: opts.path.clone(),
                     timeout: Duration::from_secs_f64(opts.connect_timeout),
+                    tls: tls.clone(),
                 });
             }
         }

@@ -208,6 +208,7 @@ fn worker_args(o: &Options, index: u64) -> Vec<String> {
     if o.fixed_rate {
         a.push("--fixed-rate".into());
     }
+    o.tls.to_args(&mut a);
     a
 }
 

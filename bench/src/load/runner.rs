@@ -71,6 +71,10 @@ impl Ctx {
                 }
                 let mut rec = self.rec.borrow_mut();
                 rec.counts.connected += 1;
+                if let Some(resumed) = c.tls_resumed() {
+                    rec.counts.tls_handshakes += 1;
+                    rec.counts.tls_resumed += u64::from(resumed);
+                }
                 rec.handshake_us(us);
                 self.progress.handshakes.record(us);
                 self.progress.connected.fetch_add(1, Relaxed);

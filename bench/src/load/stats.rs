@@ -51,6 +51,12 @@ pub struct Counts {
     pub bytes_sent: u64,
     /// Payload bytes received back intact.
     pub bytes_received: u64,
+    /// Connections upgraded over TLS (`--tls`).
+    #[serde(default)]
+    pub tls_handshakes: u64,
+    /// Of those, the ones whose TLS session was resumed (`--tls-resume`).
+    #[serde(default)]
+    pub tls_resumed: u64,
 }
 
 impl Counts {
@@ -74,6 +80,8 @@ impl Counts {
             closed_clean,
             bytes_sent,
             bytes_received,
+            tls_handshakes,
+            tls_resumed,
         } = o;
         self.connected += connected;
         self.connect_failed += connect_failed;
@@ -92,6 +100,8 @@ impl Counts {
         self.closed_clean += closed_clean;
         self.bytes_sent += bytes_sent;
         self.bytes_received += bytes_received;
+        self.tls_handshakes += tls_handshakes;
+        self.tls_resumed += tls_resumed;
     }
 
     /// Nothing lost, corrupted, reordered, closed early or failed.

@@ -101,6 +101,7 @@ pub fn merge(reports: &[Report]) -> Result<Report> {
         clean: rec.counts.clean() && !timed_out,
         counts: rec.counts,
         ramp,
+        tls: first.tls.clone(),
     })
 }
 

@@ -76,6 +76,9 @@ pub struct Report {
     /// How the connections were ramped up, and the limit that stopped the ramp if one did.
     #[serde(default)]
     pub ramp: Summary,
+    /// The client's TLS settings (None: plain connections).
+    #[serde(default)]
+    pub tls: Option<String>,
 }
 
 fn one() -> u64 {
@@ -107,6 +110,9 @@ impl Report {
             self.threads,
             self.targets.join(",")
         );
+        if let Some(tls) = &self.tls {
+            println!("  tls           {tls}: {} TLS handshakes, {} resumed", c.tls_handshakes, c.tls_resumed);
+        }
         let ramp = self.ramp_secs.map_or_else(|| "-".into(), |r| format!("{r:.2} s"));
         println!("  {:<13} {:>10} {:>10} {:>10} {:>12}", "connections", "opened", "failed", "peak", "ramp");
         println!(

@@ -18,12 +18,81 @@ use super::procs::{Proc, SPLICE_MODES, free_port, load_procs_for, start_echo, st
 use super::row::Row;
 use super::sampler::{Sampled, Sampler};
 use super::table::print_table;
+use super::tls::TlsFiles;
 use super::{Options, defaults};
 
 pub(super) fn run(opts: &Options, out: &Path, wsgate_built: bool) -> Result<()> {
     let (conns, duration) = defaults(opts);
     let scenario = opts.scenario;
     let (mut echo, echo_addr) = start_echo("127.0.0.1:0".parse()?, opts.echo_threads)?;
+    let tls = if opts.tls { Some(TlsFiles::make(out, &opts.tls_cipher)?) } else { None };
+    let targets = if opts.tls { tls_targets(&opts.targets, wsgate_built)? } else { targets(opts, wsgate_built)? };
+    let mut rounds: Vec<Vec<Row>> = Vec::new();
+    for round in 1..=opts.rounds {
+        let mut rows = Vec::new();
+        for (name, splice) in &targets {
+            echo.check_alive()?;
+            let of = if opts.rounds > 1 { format!(", round {round} of {}", opts.rounds) } else { String::new() };
+            eprintln!("bench: {} against {name} ({conns} connections, {duration} s{of}) …", scenario.name());
+            let file = if opts.rounds > 1 { format!("{name}.r{round}") } else { name.clone() };
+            let t =
+                Target { name, file: &file, splice: splice.as_deref(), tls: tls.as_ref().filter(|_| name != "direct") };
+            match run_target(opts, out, &t, echo_addr, conns, duration) {
+                Ok(r) => rows.push(r),
+                Err(e) => eprintln!("bench: {name} failed: {e:#}"),
+            }
+            // Let TIME_WAIT and slab settle between targets.
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        rounds.push(rows);
+    }
+    let rows = median_rounds(rounds);
+    print_table(scenario.load(), &rows, conns, tls.as_ref().map(TlsFiles::describe).as_deref());
+    let summary: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            json!({
+                "target": r.name, "proxy_cpu_secs": r.proxy_cpu, "machine_busy_secs": r.machine_busy,
+                "rss_kib_before": r.before.rss, "rss_kib_peak": r.peak.rss,
+                "anon_kib_before": r.before.anon, "anon_kib_peak": r.peak.anon,
+                "marginal_anon_bytes_per_conn": r.marginal_anon,
+                "anon_kib_settled": r.settled.anon, "rss_kib_settled": r.settled.rss,
+                "slab_kib_before": r.before.slab, "slab_kib_peak": r.peak.slab,
+                "tcp_mem_kib_before": r.before.tcp, "tcp_mem_kib_peak": r.peak.tcp,
+                "machine_us_per_op_above_direct_rounds_sorted": r.above_direct, "report": r.report,
+            })
+        })
+        .collect();
+    let path = out.join("summary.json");
+    let tls = tls.as_ref().map(TlsFiles::describe);
+    let doc = json!({ "scenario": scenario.name(), "tls": tls, "rows": summary });
+    std::fs::write(&path, serde_json::to_string_pretty(&doc)?)?;
+    println!("reports, plots and summary: {}", out.display());
+    Ok(())
+}
+
+/// The targets of a TLS run: `direct` (the plain echo, always first), `wsgate/tls` (its
+/// userspace relay: TLS pairs are never spliced), `nginx/tls`.
+fn tls_targets(names: &[String], wsgate_built: bool) -> Result<Vec<(String, Option<String>)>> {
+    let mut targets = vec![("direct".to_string(), None)];
+    for t in names {
+        match t.as_str() {
+            "direct" => {}
+            "wsgate" | "wsgate/tls" | "wsgate/userspace" if !wsgate_built => {
+                eprintln!("bench: skipping wsgate (not built)");
+            }
+            "wsgate" | "wsgate/tls" | "wsgate/userspace" => {
+                targets.push(("wsgate/tls".into(), Some("userspace".into())));
+            }
+            "nginx" | "nginx/tls" => targets.push(("nginx/tls".into(), None)),
+            other => bail!("unknown target {other:?} with --tls: use direct, wsgate, nginx"),
+        }
+    }
+    Ok(targets)
+}
+
+/// The targets of a plain run, in the order asked, `direct` first if missing.
+fn targets(opts: &Options, wsgate_built: bool) -> Result<Vec<(String, Option<String>)>> {
     let mut targets: Vec<(String, Option<String>)> = Vec::new();
     for t in &opts.targets {
         match t.as_str() {
@@ -57,44 +126,7 @@ pub(super) fn run(opts: &Options, out: &Path, wsgate_built: bool) -> Result<()> 
     if !targets.iter().any(|(n, _)| n == "direct") {
         targets.insert(0, ("direct".into(), None));
     }
-    let mut rounds: Vec<Vec<Row>> = Vec::new();
-    for round in 1..=opts.rounds {
-        let mut rows = Vec::new();
-        for (name, splice) in &targets {
-            echo.check_alive()?;
-            let of = if opts.rounds > 1 { format!(", round {round} of {}", opts.rounds) } else { String::new() };
-            eprintln!("bench: {} against {name} ({conns} connections, {duration} s{of}) …", scenario.name());
-            let file = if opts.rounds > 1 { format!("{name}.r{round}") } else { name.clone() };
-            match run_target(opts, out, name, &file, splice.as_deref(), echo_addr, conns, duration) {
-                Ok(r) => rows.push(r),
-                Err(e) => eprintln!("bench: {name} failed: {e:#}"),
-            }
-            // Let TIME_WAIT and slab settle between targets.
-            std::thread::sleep(Duration::from_secs(1));
-        }
-        rounds.push(rows);
-    }
-    let rows = median_rounds(rounds);
-    print_table(scenario.load(), &rows, conns);
-    let summary: Vec<Value> = rows
-        .iter()
-        .map(|r| {
-            json!({
-                "target": r.name, "proxy_cpu_secs": r.proxy_cpu, "machine_busy_secs": r.machine_busy,
-                "rss_kib_before": r.before.rss, "rss_kib_peak": r.peak.rss,
-                "anon_kib_before": r.before.anon, "anon_kib_peak": r.peak.anon,
-                "marginal_anon_bytes_per_conn": r.marginal_anon,
-                "anon_kib_settled": r.settled.anon, "rss_kib_settled": r.settled.rss,
-                "slab_kib_before": r.before.slab, "slab_kib_peak": r.peak.slab,
-                "tcp_mem_kib_before": r.before.tcp, "tcp_mem_kib_peak": r.peak.tcp,
-                "machine_us_per_op_above_direct_rounds_sorted": r.above_direct, "report": r.report,
-            })
-        })
-        .collect();
-    let path = out.join("summary.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&json!({ "scenario": scenario.name(), "rows": summary }))?)?;
-    println!("reports, plots and summary: {}", out.display());
-    Ok(())
+    Ok(targets)
 }
 
 /// One row per target from several rounds: the round whose machine CPU above that
@@ -134,30 +166,40 @@ pub(super) fn median_rounds(rounds: Vec<Vec<Row>>) -> Vec<Row> {
         .collect()
 }
 
-#[allow(clippy::too_many_arguments)]
+/// One target of one round.
+pub(super) struct Target<'a> {
+    /// Its row's name.
+    pub(super) name: &'a str,
+    /// The stem of its report files.
+    pub(super) file: &'a str,
+    /// wsgate's `--splice` mode.
+    pub(super) splice: Option<&'a str>,
+    /// The proxy terminates TLS with these files, and the load connects with TLS.
+    pub(super) tls: Option<&'a TlsFiles>,
+}
+
 pub(super) fn run_target(
     opts: &Options,
     out: &Path,
-    name: &str,
-    file: &str,
-    splice: Option<&str>,
+    t: &Target<'_>,
     echo_addr: SocketAddr,
     conns: u64,
     duration: f64,
 ) -> Result<Row> {
+    let Target { name, file, splice, tls } = *t;
     let listen: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
     let file = file.replace('/', "-");
     let tmp = out.join(format!("{file}-tmp"));
     let proxy = match name {
         "direct" => None,
-        "nginx" => Some(start_nginx(&tmp, listen, echo_addr, opts.workers)?),
+        "nginx" | "nginx/tls" => Some(start_nginx(&tmp, listen, echo_addr, opts.workers, tls)?),
         _ => {
             let log = out.join(format!("{file}.log"));
             let bin = match &opts.baseline_bin {
                 Some(b) if name.starts_with("baseline/") => b.clone(),
                 _ => wsgate_bin(),
             };
-            Some(start_wsgate(&bin, listen, &[echo_addr], opts.workers, splice, None, &log)?)
+            Some(start_wsgate(&bin, listen, &[echo_addr], opts.workers, splice, None, tls, &log)?)
         }
     };
     let target = if proxy.is_some() { listen } else { echo_addr };
@@ -176,6 +218,7 @@ pub(super) fn run_target(
         procs: load_procs_for(conns),
         report: out.join(format!("{file}.json")),
         progress: false,
+        extra: tls.map(TlsFiles::load_args).unwrap_or_default(),
     };
     let report = run_load(opts, &load).map(|(r, _)| r);
     let Sampled { peak, settled, marginal_anon } = sampler.finish();

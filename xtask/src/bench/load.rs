@@ -33,6 +33,8 @@ pub(super) struct LoadArgs {
     pub(super) report: PathBuf,
     /// Show wsbench's live progress line and its table (the scale run, which is long).
     pub(super) progress: bool,
+    /// Extra `wsbench load` arguments (the TLS client's, for a TLS target).
+    pub(super) extra: Vec<String>,
 }
 
 /// Runs the load; returns its report and the largest anonymous RSS (KiB) its processes
@@ -57,6 +59,7 @@ pub(super) fn run_load(opts: &Options, a: &LoadArgs) -> Result<(Report, u64)> {
     if let Some(src) = &a.sources {
         cmd.args(["--source", src]);
     }
+    cmd.args(&a.extra);
     // Its own process group, so the memory guard can stop the load and all its workers.
     cmd.process_group(0);
     let mut child = cmd.spawn().with_context(|| format!("failed to start `{}`", describe(&cmd)))?;

@@ -24,6 +24,7 @@ mod sampler;
 mod scale;
 mod sides;
 mod table;
+mod tls;
 
 use std::path::{Path, PathBuf};
 
@@ -140,6 +141,15 @@ pub struct Options {
     /// round's direct, and the spread.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=9))]
     pub rounds: u32,
+    /// wsgate and nginx terminate TLS (wss://) with the same throwaway certificate (ECDSA
+    /// P-256, made under --out), nginx with the recipe's `ssl` lines; the client pins
+    /// --tls-cipher and does a full handshake per connection. TLS pairs are relayed in
+    /// userspace, so `wsgate` is one target; `direct` stays the plain echo (no TLS).
+    #[arg(long)]
+    pub tls: bool,
+    /// The one cipher suite of --tls (rustls's name; nginx gets the same suite).
+    #[arg(long, default_value = "TLS13_AES_128_GCM_SHA256", requires = "tls")]
+    pub tls_cipher: String,
     /// Another wsgate binary (the release build of an earlier commit, say), measured in
     /// the same run as the targets `baseline/MODE` (auto, sockmap, userspace): a change's
     /// before and after side by side, against the same direct.

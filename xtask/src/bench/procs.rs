@@ -134,7 +134,9 @@ pub(super) fn wsgate_bin() -> PathBuf {
     bin_dir().join("wsgate")
 }
 
-/// Starts `bin` (a wsgate binary) and waits until it listens.
+/// Starts `bin` (a wsgate binary) and waits until it listens; with `tls`, its listener
+/// is a TLS listener presenting that certificate.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn start_wsgate(
     bin: &Path,
     listen: SocketAddr,
@@ -142,10 +144,14 @@ pub(super) fn start_wsgate(
     workers: usize,
     splice: Option<&str>,
     max_connections: Option<u64>,
+    tls: Option<&super::tls::TlsFiles>,
     log: &Path,
 ) -> Result<Proc> {
     let mut cmd = Command::new(bin);
     cmd.args(["--listen", &listen.to_string(), "--workers", &workers.to_string()]);
+    if let Some(t) = tls {
+        cmd.arg("--tls-cert").arg(&t.cert).arg("--tls-key").arg(&t.key);
+    }
     if let Some(n) = max_connections {
         cmd.args(["--max-connections", &n.to_string()]);
     }

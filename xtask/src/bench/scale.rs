@@ -81,7 +81,8 @@ pub(super) fn lay_out(opts: &Options, conns: u64, through_wsgate: bool, log: &Pa
         for _ in 0..instances {
             // Each instance is sized (kernel maps, preflight) for its share of the
             // connections; two open files per proxied connection.
-            let p = start_wsgate(&wsgate_bin(), target, &echo_addrs, opts.workers, None, Some(per_proc / 2), log)?;
+            let p =
+                start_wsgate(&wsgate_bin(), target, &echo_addrs, opts.workers, None, Some(per_proc / 2), None, log)?;
             gate_pids.push(p.pid());
             procs.push(p);
         }
@@ -144,6 +145,7 @@ pub(super) fn run(opts: &Options, out: &Path, wsgate_built: bool) -> Result<()> 
         procs: lay.load_procs,
         report: out.join("scale.json"),
         progress: true,
+        extra: Vec::new(),
     };
     let (report, load_anon_kib) = match run_load(opts, &load) {
         Ok((r, anon)) => (Ok(r), anon),

@@ -5,10 +5,26 @@
 use super::row::Row;
 use wsbench::load::Scenario;
 
+/// The goal of a wsgate TLS row: ahead of nginx over TLS on the scenario's figures.
+fn tls_goal(s: Scenario, row: &Row, nginx: &Row) -> (String, bool) {
+    let cpu = row.cpu_per_unit(s).unwrap_or(f64::INFINITY) <= nginx.cpu_per_unit(s).unwrap_or(0.0);
+    match s {
+        Scenario::Echo => (
+            "≤ nginx CPU/msg and p50, p99".into(),
+            cpu && row.report.latency_us.p50 <= nginx.report.latency_us.p50
+                && row.report.latency_us.p99 <= nginx.report.latency_us.p99,
+        ),
+        _ => ("≥ nginx rate, ≤ nginx CPU".into(), cpu && row.headline(s) >= nginx.headline(s)),
+    }
+}
+
 /// The goal wsgate has for this scenario: (description, met?).
-fn goal(s: Scenario, row: &Row, direct: Option<&Row>) -> Option<(String, bool)> {
+fn goal(s: Scenario, row: &Row, direct: Option<&Row>, nginx: Option<&Row>) -> Option<(String, bool)> {
     if !row.name.starts_with("wsgate") {
         return None;
+    }
+    if row.name.ends_with("/tls") {
+        return nginx.map(|n| tls_goal(s, row, n));
     }
     let ratio = direct.map_or(0.0, |d| row.headline(s) / d.headline(s).max(1e-9));
     let cpu = row.cpu_per_unit(s).unwrap_or(f64::INFINITY);
@@ -24,8 +40,10 @@ fn goal(s: Scenario, row: &Row, direct: Option<&Row>) -> Option<(String, bool)> 
     })
 }
 
-pub(super) fn print_table(s: Scenario, rows: &[Row], conns: u64) {
+/// Prints the table; `tls` describes the TLS of the `/tls` targets (a TLS run).
+pub(super) fn print_table(s: Scenario, rows: &[Row], conns: u64, tls: Option<&str>) {
     let direct = rows.iter().find(|r| r.name == "direct");
+    let nginx = rows.iter().find(|r| r.name.starts_with("nginx"));
     let (headline, cpu_unit) = match s {
         Scenario::Hold => ("verified", "CPU µs/conn"),
         Scenario::Echo => ("msg/s", "CPU µs/msg"),
@@ -36,16 +54,21 @@ pub(super) fn print_table(s: Scenario, rows: &[Row], conns: u64) {
     let held = matches!(s, Scenario::Hold);
     println!();
     println!("bench {}: {conns} connections; proxy CPU from /proc/PID/stat, proxy RSS, kernel slab", s.name());
+    if let Some(t) = tls {
+        println!("TLS: wsgate/tls and nginx/tls terminate TLS ({t}); direct is the plain echo, without TLS");
+    }
     println!(
-        "{:<18} {:>6} {:>11} {:>7} {:>9} {:>9} {:>9} {:>11} {:>8} {:>10} {:>10} {:>10} {:>10} {:>8}  goal",
+        "{:<18} {:>6} {:>11} {:>7} {:>7} {:>9} {:>9} {:>9} {:>11} {:>7} {:>8} {:>10} {:>10} {:>10} {:>10} {:>8}  goal",
         "target",
         "clean",
         headline,
         "ratio",
+        "×nginx",
         "p50 µs",
         "p99 µs",
         "p999 µs",
         cpu_unit,
+        "×nginx",
         "idle B/c",
         if held { "anon KiB/c" } else { "anon MiB" },
         if held { "RSS KiB/c" } else { "RSS MiB" },
@@ -55,6 +78,7 @@ pub(super) fn print_table(s: Scenario, rows: &[Row], conns: u64) {
     );
     for r in rows {
         let ratio = direct.map_or(f64::NAN, |d| r.headline(s) / d.headline(s).max(1e-9));
+        let (vs_nginx, cpu_vs_nginx) = versus(s, r, nginx);
         let latency = if s == Scenario::Handshake { &r.report.handshake_us } else { &r.report.latency_us };
         let [p50, p99, p999] = [latency.p50, latency.p99, latency.p999];
         let cpu = r.cpu_per_unit(s).map_or_else(|| "-".into(), |c| format!("{c:.2}"));
@@ -71,18 +95,20 @@ pub(super) fn print_table(s: Scenario, rows: &[Row], conns: u64) {
             format!("{:.1}", r.peak.slab.saturating_sub(r.before.slab) as f64 / 1024.0)
         };
         let clean = r.report.clean;
-        let goal =
-            goal(s, r, direct).map_or_else(String::new, |(g, ok)| format!("{} {g}", if ok { "met" } else { "MISS" }));
+        let goal = goal(s, r, direct, nginx)
+            .map_or_else(String::new, |(g, ok)| format!("{} {g}", if ok { "met" } else { "MISS" }));
         println!(
-            "{:<18} {:>6} {:>11.1} {:>6.2}× {:>9.0} {:>9.0} {:>9.0} {:>11} {:>8} {:>10} {:>10} {:>10} {:>10} {:>8}  {}",
+            "{:<18} {:>6} {:>11.1} {:>6.2}× {:>7} {:>9.0} {:>9.0} {:>9.0} {:>11} {:>7} {:>8} {:>10} {:>10} {:>10} {:>10} {:>8}  {}",
             r.name,
             if clean { "yes" } else { "NO" },
             r.headline(s),
             ratio,
+            vs_nginx,
             p50,
             p99,
             p999,
             cpu,
+            cpu_vs_nginx,
             if held && r.proxy_cpu.is_some() { format!("{:.0}", r.idle_bytes_per_conn()) } else { "-".into() },
             anon,
             rss,
@@ -102,7 +128,18 @@ pub(super) fn print_table(s: Scenario, rows: &[Row], conns: u64) {
          connection in hold, including connections still in their handshake or first second); slab: kernel slab \
          growth, all sockets of the path; mach: the whole machine's CPU (user, system, irq, softirq; not steal) per \
          message or handshake in the steady phase (from 1.5 s after the ramp); +direct: mach minus the same \
-         round's direct (median round with --rounds); latencies: handshake for hs, round trip otherwise; \
-         nginx as in the recipe, access log on)"
+         round's direct (median round with --rounds); ×nginx: headline and proxy CPU per unit ÷ nginx's; \
+         latencies: handshake for hs, round trip otherwise; nginx as in the recipe, access log on)"
     );
+}
+
+/// A row's headline and proxy CPU per unit as multiples of nginx's ("-" without nginx).
+fn versus(s: Scenario, r: &Row, nginx: Option<&Row>) -> (String, String) {
+    let Some(ngx) = nginx else { return ("-".into(), "-".into()) };
+    let head = format!("{:.2}×", r.headline(s) / ngx.headline(s).max(1e-9));
+    let cpu = match (r.cpu_per_unit(s), ngx.cpu_per_unit(s)) {
+        (Some(mine), Some(theirs)) if theirs > 0.0 => format!("{:.2}×", mine / theirs),
+        _ => "-".into(),
+    };
+    (head, cpu)
 }
