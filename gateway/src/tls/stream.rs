@@ -13,7 +13,7 @@
 //! [`TlsStream::peek_more`] decrypts into a held buffer that every read serves first,
 //! so what was peeked is read again, in order, exactly once.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
 
@@ -29,6 +29,10 @@ pub struct TlsStream {
     /// Decrypted bytes peeked and not read yet (empty, unallocated, but while an
     /// upstream's response head is parsed).
     held: RefCell<Vec<u8>>,
+    /// The last read from the socket emptied it: when rustls has no plaintext left,
+    /// the next read would be `EAGAIN`, so it is not made (one system call less per
+    /// message); the caller waits for readiness instead.
+    drained: Cell<bool>,
 }
 
 impl std::fmt::Debug for TlsStream {
@@ -37,12 +41,17 @@ impl std::fmt::Debug for TlsStream {
     }
 }
 
-/// The socket as rustls's non-blocking `Read`/`Write`.
-struct Sock<'a>(&'a TcpStream);
+/// The socket as rustls's non-blocking `Read`/`Write`; a read notes whether it
+/// emptied the socket (it returned less than rustls asked for).
+struct Sock<'a>(&'a TcpStream, Option<&'a Cell<bool>>);
 
 impl Read for Sock<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        crate::io::recv(self.0, buf, 0)
+        let n = crate::io::recv(self.0, buf, 0)?;
+        if let Some(drained) = self.1 {
+            drained.set(n < buf.len());
+        }
+        Ok(n)
     }
 }
 
@@ -64,7 +73,7 @@ impl TlsStream {
     /// Wraps a socket and a fresh rustls connection (handshake not done): a server
     /// one for an accepted client, a client one towards an upstream.
     pub fn new(tcp: TcpStream, conn: impl Into<Connection>) -> Self {
-        Self { tcp, conn: RefCell::new(conn.into()), held: RefCell::new(Vec::new()) }
+        Self { tcp, conn: RefCell::new(conn.into()), held: RefCell::new(Vec::new()), drained: Cell::new(false) }
     }
 
     /// The socket under the TLS layer.
@@ -88,7 +97,7 @@ impl TlsStream {
     pub fn read_records(&self) -> io::Result<usize> {
         let mut conn = self.conn.borrow_mut();
         let n = loop {
-            match conn.read_tls(&mut Sock(&self.tcp)) {
+            match conn.read_tls(&mut Sock(&self.tcp, Some(&self.drained))) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 r => break r?,
             }
@@ -96,7 +105,7 @@ impl TlsStream {
         let state = conn.process_new_packets();
         if let Err(e) = state {
             // rustls queued an alert telling the client why: send it if it fits now.
-            let _ = conn.write_tls(&mut Sock(&self.tcp));
+            let _ = conn.write_tls(&mut Sock(&self.tcp, None));
             return Err(tls_error(&e));
         }
         Ok(n)
@@ -149,6 +158,10 @@ impl TlsStream {
                     io::ErrorKind::UnexpectedEof => return Ok(0),
                     _ => return Err(e),
                 },
+            }
+            // The last read emptied the socket: nothing more until it is readable again.
+            if self.drained.replace(false) {
+                return Err(io::ErrorKind::WouldBlock.into());
             }
             // Nothing decrypted: take more records from the socket (`WouldBlock` when none).
             self.read_records()?;
@@ -218,7 +231,7 @@ impl TlsStream {
     pub fn send_queued_now(&self) -> io::Result<()> {
         let mut conn = self.conn.borrow_mut();
         while conn.wants_write() {
-            match conn.write_tls(&mut Sock(&self.tcp)) {
+            match conn.write_tls(&mut Sock(&self.tcp, None)) {
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
