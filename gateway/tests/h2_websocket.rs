@@ -219,8 +219,18 @@ def resets(addr, ca, n):
         pass
     print("resets-goaway", None if c.goaway is None else int(c.goaway))
 
+def get(addr, ca, path):
+    c = Client(addr, ca)
+    sid = c.conn.get_next_available_stream_id()
+    c.conn.send_headers(sid, [(":method", "GET"), (":scheme", "https"), (":path", path),
+        (":authority", "gw.test")], end_stream=True)
+    c.flush()
+    c.until(lambda: sid in c.ended)
+    print("status", c.headers[sid][":status"], "body", bytes(c.data.get(sid, b"")).decode())
+
 cmd = sys.argv[1]
-if cmd == "ws": websockets(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))
+if cmd == "get": get(sys.argv[2], sys.argv[3], sys.argv[4])
+elif cmd == "ws": websockets(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))
 elif cmd == "plain": plain(sys.argv[2], sys.argv[3])
 elif cmd == "flood": flood(sys.argv[2], sys.argv[3], int(sys.argv[4]))
 elif cmd == "resets": resets(sys.argv[2], sys.argv[3], int(sys.argv[4]))
@@ -351,7 +361,7 @@ fn streams_reset_after_connecting_past_the_limit_get_goaway_enhance_your_calm() 
 }
 
 #[test]
-fn websocket_streams_over_h2_to_a_tls_upstream() {
+fn websocket_streams_and_a_plain_request_over_h2_to_a_tls_upstream() {
     // TLS on both sides of each stream: h2 from the client, HTTP/1.1 over TLS upstream.
     let pki = Pki::new();
     let backend = tls_util::TlsEcho::start(&pki.issue("backend", &["backend.test"]), None);
@@ -364,9 +374,12 @@ fn websocket_streams_over_h2_to_a_tls_upstream() {
         pki.ca_file().display()
     );
     let gw = Gateway::builder().config(&config).start();
+    // A plain request over h2 too: HTTP/1.0 over TLS upstream, the body back as DATA.
+    let (ok, out) = client(&["get", &gw.addr.to_string(), pki.ca_file().to_str().unwrap(), "/h2/plain?x=1"]);
+    assert!(ok && out.contains("status 200 body sni=backend.test path=/h2/plain?x=1"), "{out}\n{:#?}", gw.stderr());
     let (ok, out) = client(&["ws", &gw.addr.to_string(), pki.ca_file().to_str().unwrap(), "4", "12"]);
     assert!(ok && out.contains("ws-ok 4 12"), "{out}\naccess log: {:#?}\n{:#?}", gw.log_lines(), gw.stderr());
     let seen = backend.seen();
-    assert_eq!(seen.len(), 4, "{seen:?}");
+    assert_eq!(seen.len(), 5, "{seen:?}");
     assert!(seen.iter().all(|s| s.sni.as_deref() == Some("backend.test") && s.request.starts_with("GET /h2/")));
 }
