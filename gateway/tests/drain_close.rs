@@ -204,6 +204,9 @@ fn sighup_and_sigusr2_leave_the_process_serving() {
     assert!(gw.stderr_since(since, "ERROR").is_empty(), "{:?}", gw.stderr());
     // New connections are still served, and the live ones were never touched.
     let mut more = Clients::open(5, &[gw.ws_url("/hup-after")]);
+    // Each streams a while first (the drain may close one within milliseconds, before
+    // its first echo, which `assert_all_going_away` would count as streaming nothing).
+    std::thread::sleep(Duration::from_secs(1));
     gw.terminate();
     let mut ended = clients.ended(Duration::from_secs(30));
     ended.extend(more.ended(Duration::from_secs(30)));
@@ -221,7 +224,8 @@ fn wsgate_drain_wait_returns_once_every_websocket_closed_and_the_process_exited(
         .args(&["--splice", "userspace", "--drain-window", "2s", "--pid-file", pid.to_str().unwrap()])
         .start();
     let mut clients = Clients::open(20, &[gw.ws_url("/prestop")]);
-    std::thread::sleep(Duration::from_millis(500));
+    // Each streams a while first (on a loaded machine 0.5 s left one without an echo).
+    std::thread::sleep(Duration::from_secs(1));
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_wsgate"))
         .args(["drain", "--wait", "--wait-timeout", "60s", "--pid-file", pid.to_str().unwrap()])
         .output()

@@ -64,6 +64,9 @@ impl Write for Sock<'_> {
     }
 }
 
+/// The most plaintext one TLS record carries (RFC 8446 §5.1).
+const MAX_RECORD_PLAINTEXT: usize = 16 * 1024;
+
 /// A rustls error as an I/O error (a bad record, an alert from the client).
 fn tls_error(e: &rustls::Error) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e.to_string())
@@ -124,7 +127,14 @@ impl TlsStream {
             return Err(io::Error::other("recv_into with a full buffer"));
         }
         let start = buf.len();
-        buf.resize(buf.capacity().min(start.saturating_add(limit)), 0);
+        let room = (buf.capacity() - start).min(limit);
+        // rustls reads into initialised bytes: zero only what it can fill now — the
+        // plaintext waiting, or one record's worth when it must decrypt first (not the
+        // whole pooled buffer for a 64-byte message).
+        let waiting = self.held.borrow().len()
+            + self.conn.borrow_mut().process_new_packets().map_or(0, |s| s.plaintext_bytes_to_read());
+        let fill = if waiting > 0 { waiting } else { MAX_RECORD_PLAINTEXT };
+        buf.resize(start + room.min(fill), 0);
         let read = self.read_plain(&mut buf[start..]);
         buf.truncate(start + *read.as_ref().unwrap_or(&0));
         read
