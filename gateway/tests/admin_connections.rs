@@ -40,6 +40,20 @@ fn connections(admin: std::net::SocketAddr, query: &str) -> Value {
 }
 
 /// The row of the connection whose client address is `client`.
+/// The row of `client` once both its byte counts passed those of `first` (within 10 s).
+fn grown(admin: std::net::SocketAddr, client: &str, first: &Value) -> Value {
+    let mut later = Value::Null;
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            later = row_of(&connections(admin, ""), client).unwrap_or_default();
+            later["bytes_to_upstream"].as_u64() > first["bytes_to_upstream"].as_u64()
+                && later["bytes_to_client"].as_u64() > first["bytes_to_client"].as_u64()
+        }),
+        "byte counts did not grow while streaming: {first} then {later}"
+    );
+    later
+}
+
 fn row_of(view: &Value, client: &str) -> Option<Value> {
     view["connections"].as_array()?.iter().find(|r| r["client"] == client).cloned()
 }
@@ -90,15 +104,7 @@ fn a_spliced_websocket_shows_with_growing_byte_counts() {
     assert_eq!(first["upstream"], up.addr.to_string());
     let metric = |text: &str| count(text, "wsgate_relayed_bytes_total", &[("direction", "to_upstream")]);
     let scraped = metric(&scrape(admin));
-    let mut later = Value::Null;
-    assert!(
-        eventually(Duration::from_secs(10), || {
-            later = row_of(&connections(admin, ""), &me).unwrap_or_default();
-            later["bytes_to_upstream"].as_u64() > first["bytes_to_upstream"].as_u64()
-                && later["bytes_to_client"].as_u64() > first["bytes_to_client"].as_u64()
-        }),
-        "byte counts did not grow while streaming: {first} then {later}"
-    );
+    let later = grown(admin, &me, &first);
     assert!(later["age_seconds"].as_f64() > first["age_seconds"].as_f64(), "{first} then {later}");
     // The metric moves while the pair is still open, not only when it closes.
     assert!(
@@ -169,15 +175,7 @@ fn a_userspace_websocket_shows_growing_byte_counts_and_exact_totals_after_close(
     assert_eq!(first["bytes_live"], true, "{first}");
     // Streaming every 5 ms: the last byte is recent (a loaded machine may lag seconds).
     assert!(first["idle_seconds"].as_f64().is_some_and(|s| s < 5.0), "{first}");
-    let mut later = Value::Null;
-    assert!(
-        eventually(Duration::from_secs(10), || {
-            later = row_of(&connections(admin, ""), &me).unwrap_or_default();
-            later["bytes_to_upstream"].as_u64() > first["bytes_to_upstream"].as_u64()
-                && later["bytes_to_client"].as_u64() > first["bytes_to_client"].as_u64()
-        }),
-        "byte counts did not grow while streaming: {first} then {later}"
-    );
+    grown(admin, &me, &first);
     // The metric moves while the WebSocket is open, both ways, and never back.
     let scraped = scrape(admin);
     let (up0, down0) = (bytes(&scraped, "to_upstream"), bytes(&scraped, "to_client"));
@@ -295,15 +293,7 @@ fn a_wss_websocket_shows_growing_byte_counts_while_it_streams() {
     );
     let first = first.unwrap();
     assert_eq!((first["mode"].as_str(), first["bytes_live"].as_bool()), (Some("userspace"), Some(true)), "{first}");
-    let mut later = Value::Null;
-    assert!(
-        eventually(Duration::from_secs(10), || {
-            later = row_of(&connections(admin, ""), &me).unwrap_or_default();
-            later["bytes_to_upstream"].as_u64() > first["bytes_to_upstream"].as_u64()
-                && later["bytes_to_client"].as_u64() > first["bytes_to_client"].as_u64()
-        }),
-        "byte counts did not grow while streaming: {first} then {later}"
-    );
+    grown(admin, &me, &first);
     stop.store(true, Ordering::Relaxed);
     let moved = streaming.join().unwrap();
     assert!(moved > 0);

@@ -90,6 +90,21 @@ impl PeerIo {
         }
     }
 
+    /// Writes all of `data`, lent: at once when the socket takes it (no copy), the
+    /// rest copied and written by io_uring; TLS encrypts from it.
+    pub async fn write_slice(&self, ring: &Ring, data: &[u8]) -> io::Result<()> {
+        match self {
+            Self::Plain(s) => {
+                let sent = crate::io::send_now(s, data)?;
+                if sent < data.len() {
+                    crate::io::write_all(s, data[sent..].to_vec()).await?;
+                }
+                Ok(())
+            }
+            Self::Tls(t) => t.write_all(ring, data).await,
+        }
+    }
+
     /// Shuts the connection down (`how`); TLS sends its close_notify first when
     /// writing stops. Never closes the socket (dropping does).
     pub fn shutdown(&self, how: Shutdown) {

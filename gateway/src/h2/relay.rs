@@ -21,7 +21,7 @@ use bytes::Bytes;
 use h2::{RecvStream, SendStream};
 
 use super::ResetMeter;
-use super::stream::{send_within_window, write_up};
+use super::stream::send_within_window;
 use crate::close::Close;
 use crate::conn::Worker;
 use crate::conn::peer_io::PeerIo;
@@ -175,7 +175,7 @@ async fn up(recv: &mut RecvStream, upstream: &PeerIo, ring: &Ring, s: &Shared<'_
         };
         s.activity.set(Instant::now());
         let (n, whole) = s.drain.take(C2U, &chunk);
-        if write_up(ring, upstream, &chunk[..n]).await.is_err() {
+        if upstream.write_slice(ring, &chunk[..n]).await.is_err() {
             s.end(Close::UpstreamReset);
             upstream.shutdown(Shutdown::Both);
             return Pump::Ended;
@@ -259,7 +259,8 @@ async fn going_away(
         }
     };
     let upstream_side = async {
-        if !to_upstream || write_up(&worker.ring, upstream, &close_frame::to_upstream(rand::random())).await.is_err() {
+        if !to_upstream || upstream.write_slice(&worker.ring, &close_frame::to_upstream(rand::random())).await.is_err()
+        {
             return;
         }
         let mut frames = s.drain.frames(U2C);

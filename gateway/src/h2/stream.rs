@@ -156,7 +156,7 @@ async fn plain_stream(
         let admit = route_admit::route_admit(&head, worker, &generation, facts)?;
         let upstream = connect::connect(&head, &bytes, &admit, worker, facts).await?;
         let sent = match buffered {
-            Some(body) => write_up(&worker.ring, &upstream.stream, &body).await.map(|()| body.len() as u64),
+            Some(body) => upstream.stream.write_slice(&worker.ring, &body).await.map(|()| body.len() as u64),
             None => send_body(&mut recv, &worker.ring, &upstream.stream, length.unwrap_or(0)).await,
         }
         .map_err(|e| ProxyError::new(ErrorKind::UpstreamClosed, format!("sending the body: {e}")))?;
@@ -375,24 +375,10 @@ async fn send_body(recv: &mut RecvStream, ring: &Ring, upstream: &PeerIo, length
         if sent > length {
             return Err(std::io::Error::other("more body than its content-length"));
         }
-        write_up(ring, upstream, &chunk).await?;
+        upstream.write_slice(ring, &chunk).await?;
         let _ = recv.flow_control().release_capacity(chunk.len());
     }
     if sent == length { Ok(sent) } else { Err(std::io::Error::other("less body than its content-length")) }
-}
-
-/// Writes all of `data` upstream: at once when the socket takes it (no copy), the
-/// rest copied and written by io_uring.
-pub(super) async fn write_up(ring: &Ring, upstream: &PeerIo, data: &[u8]) -> std::io::Result<()> {
-    let tcp = match upstream {
-        PeerIo::Plain(tcp) => tcp,
-        PeerIo::Tls(tls) => return tls.write_all(ring, data).await,
-    };
-    let sent = crate::io::send_now(tcp, data)?;
-    if sent < data.len() {
-        crate::io::write_all(tcp, data[sent..].to_vec()).await?;
-    }
-    Ok(())
 }
 
 /// Passes a response body as framed (`UntilClose`: to the upstream's FIN) as DATA,

@@ -125,26 +125,24 @@ async fn probe(to: Target<'_>, request: &[u8], timeout: Duration, statuses: &[(u
 
 /// Sends the check's request on `s` and reads the status of the response head.
 async fn exchange(mut s: impl AsyncRead + AsyncWrite + Unpin, request: &[u8]) -> Result<u16, String> {
-    {
-        s.write_all(request).await.map_err(|e| format!("send: {e}"))?;
-        let mut buf = Vec::with_capacity(1024);
-        loop {
-            let mut headers = [httparse::EMPTY_HEADER; 64];
-            let mut resp = httparse::Response::new(&mut headers);
-            match resp.parse(&buf) {
-                Ok(httparse::Status::Complete(_)) => {
-                    return resp.code.ok_or_else(|| "no status".to_owned());
-                }
-                Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => {}
-                Ok(httparse::Status::Partial) => return Err("response head too large".to_owned()),
-                Err(e) => return Err(format!("malformed response: {e}")),
+    s.write_all(request).await.map_err(|e| format!("send: {e}"))?;
+    let mut buf = Vec::with_capacity(1024);
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut resp = httparse::Response::new(&mut headers);
+        match resp.parse(&buf) {
+            Ok(httparse::Status::Complete(_)) => {
+                return resp.code.ok_or_else(|| "no status".to_owned());
             }
-            let mut chunk = [0u8; 2048];
-            let n = s.read(&mut chunk).await.map_err(|e| format!("read: {e}"))?;
-            if n == 0 {
-                return Err("closed before the response head".to_owned());
-            }
-            buf.extend_from_slice(&chunk[..n]);
+            Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => {}
+            Ok(httparse::Status::Partial) => return Err("response head too large".to_owned()),
+            Err(e) => return Err(format!("malformed response: {e}")),
         }
+        let mut chunk = [0u8; 2048];
+        let n = s.read(&mut chunk).await.map_err(|e| format!("read: {e}"))?;
+        if n == 0 {
+            return Err("closed before the response head".to_owned());
+        }
+        buf.extend_from_slice(&chunk[..n]);
     }
 }

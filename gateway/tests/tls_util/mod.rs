@@ -22,7 +22,7 @@ use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 
-use crate::utils::{Gateway, TempDir, client_frame, read_head, server_frame, upgrade_request};
+use crate::utils::{Gateway, TempDir, client_frame, next_head, read_head, server_frame, upgrade_request};
 
 /// A test CA and the directory its files go to.
 pub struct Pki {
@@ -312,25 +312,6 @@ fn serve_one(
             closes.lock().unwrap().push(code);
             inner.conn.send_close_notify();
             return inner.flush();
-        }
-    }
-}
-
-/// The next request head and what came after it; `None` at the end of the stream
-/// before a head began.
-fn next_head(s: &mut impl Read) -> std::io::Result<Option<(String, Vec<u8>)>> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let rest = buf.split_off(i + 4);
-            return Ok(Some((String::from_utf8_lossy(&buf).into_owned(), rest)));
-        }
-        match s.read(&mut chunk) {
-            Ok(0) if buf.is_empty() => return Ok(None),
-            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e) => return Err(e),
         }
     }
 }

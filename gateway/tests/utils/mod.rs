@@ -56,16 +56,31 @@ impl Drop for TempDir {
 /// Reads until `\r\n\r\n` (bounded by the stream's read timeout); returns the head and
 /// any bytes read past it.
 pub fn read_head(s: &mut impl Read) -> (String, Vec<u8>) {
+    match next_head(s) {
+        Ok(Some(head)) => head,
+        Ok(None) => panic!("EOF before a head"),
+        Err(e) => panic!("read head: {e}"),
+    }
+}
+
+/// Like [`read_head`] for a server's loop: `None` at the end of the stream before a
+/// head began, an error for one cut short.
+pub fn next_head(s: &mut impl Read) -> std::io::Result<Option<(String, Vec<u8>)>> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
         if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             let rest = buf.split_off(i + 4);
-            return (String::from_utf8_lossy(&buf).into_owned(), rest);
+            return Ok(Some((String::from_utf8_lossy(&buf).into_owned(), rest)));
         }
-        let n = s.read(&mut chunk).expect("read head");
-        assert!(n > 0, "EOF before end of head; got {:?}", String::from_utf8_lossy(&buf));
-        buf.extend_from_slice(&chunk[..n]);
+        match s.read(&mut chunk)? {
+            0 if buf.is_empty() => return Ok(None),
+            0 => {
+                let got = String::from_utf8_lossy(&buf).into_owned();
+                return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, format!("EOF in a head: {got:?}")));
+            }
+            n => buf.extend_from_slice(&chunk[..n]),
+        }
     }
 }
 
