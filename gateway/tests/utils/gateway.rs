@@ -95,6 +95,13 @@ impl GatewayBuilder {
     pub fn start_or_exit(self) -> Result<Gateway, Exited> {
         let dir = TempDir::new();
         let mut cmd = match &self.passed {
+            // `nobody` may not reach the build's binary (a checkout under a 0700
+            // directory, as `mktemp -d` makes): it runs a copy in the test's directory.
+            None if self.unprivileged => {
+                let bin = dir.0.join("wsgate");
+                std::fs::copy(env!("CARGO_BIN_EXE_wsgate"), &bin).expect("copy wsgate for nobody");
+                Command::new(bin)
+            }
             None => Command::new(env!("CARGO_BIN_EXE_wsgate")),
             Some(fd) => {
                 let mut sh = Command::new("/bin/sh");
