@@ -35,7 +35,12 @@ fn main() {
 
 /// Runs this binary again as a child process in `role` (see [`child`]).
 fn run_child(role: &str, customize: impl FnOnce(&mut Command)) -> String {
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    run_child_of(&std::env::current_exe().unwrap(), role, customize)
+}
+
+/// [`run_child`] with the binary at `exe` (a copy of this one).
+fn run_child_of(exe: &std::path::Path, role: &str, customize: impl FnOnce(&mut Command)) -> String {
+    let mut cmd = Command::new(exe);
     cmd.env(ROLE, role);
     customize(&mut cmd);
     let out = cmd.output().unwrap();
@@ -81,10 +86,17 @@ fn missing_capabilities_fall_back_in_auto_and_refuse_in_sockmap() {
         return;
     }
     // An unprivileged uid without capabilities: BPF is refused (kernel.unprivileged_bpf_disabled).
-    let text = run_child("nocap", |c| {
+    // `nobody` may not reach this binary (a checkout under a 0700 `mktemp -d`
+    // directory): it runs a copy in a directory of its own.
+    let dir = std::env::temp_dir().join(format!("wsgate-fallback-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let copy = dir.join("splice_fallback");
+    std::fs::copy(std::env::current_exe().unwrap(), &copy).unwrap();
+    let text = run_child_of(&copy, "nocap", |c| {
         // std also drops the supplementary groups when it changes the uid.
         c.uid(65_534).gid(65_534);
     });
+    let _ = std::fs::remove_dir_all(&dir);
     eprintln!("{text}");
 }
 
