@@ -27,7 +27,7 @@ enum Command {
     Test(test::Options),
     /// Kernel and open-files tuning profiles: list, show, apply, verify, revert.
     Tune(tuning::cli::Options),
-    /// Benchmarks: direct vs wsgate vs nginx, and the million-connection scale run.
+    /// Benchmarks: direct vs wsgate vs nginx (and HAProxy), and the million-connection scale run.
     Bench(bench::Options),
     /// Long randomized soaks (the splice torture, for minutes or hours).
     Stress(stress::Options),

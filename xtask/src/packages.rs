@@ -22,7 +22,7 @@ pub const BUILD: &[Need] = &[
 /// check, the TLS clients, the Python Prometheus parser the admin tests feed `/metrics`
 /// to, `h11` (the reference of the request head's differential test) and the Python
 /// `websockets` clients of the drain and TLS tests (the system `python3`'s, at
-/// `/usr/bin/python3`).
+/// `/usr/bin/python3`), and haproxy for the bench's haproxy target.
 pub const TEST: &[Need] = &[
     Need::Program("ip", "iproute2"),
     Need::Program("unshare", "util-linux"),
@@ -47,6 +47,8 @@ pub const TEST: &[Need] = &[
     // CA put in its NSS database by certutil.
     Need::Program("chromium", "chromium"),
     Need::Program("certutil", "libnss3-tools"),
+    // The bench's haproxy target, run for real by xtask's `haproxy_bench` test.
+    Need::Program("haproxy", "haproxy"),
 ];
 
 /// A thing that must exist, and the Debian package that provides it.

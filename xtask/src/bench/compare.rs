@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 use serde_json::{Value, json};
 
+use super::haproxy::start_haproxy;
 use super::load::{LoadArgs, run_load};
 use super::nginx::start_nginx;
 use super::procfs::{cpu_secs, family, mem_now};
@@ -72,7 +73,7 @@ pub(super) fn run(opts: &Options, out: &Path, wsgate_built: bool) -> Result<()> 
 }
 
 /// The targets of a TLS run: `direct` (the plain echo, always first), `wsgate/tls` (its
-/// userspace relay: TLS pairs are never spliced), `nginx/tls`.
+/// userspace relay: TLS pairs are never spliced), `nginx/tls`, `haproxy/tls`.
 fn tls_targets(names: &[String], wsgate_built: bool) -> Result<Vec<(String, Option<String>)>> {
     let mut targets = vec![("direct".to_string(), None)];
     for t in names {
@@ -85,7 +86,8 @@ fn tls_targets(names: &[String], wsgate_built: bool) -> Result<Vec<(String, Opti
                 targets.push(("wsgate/tls".into(), Some("userspace".into())));
             }
             "nginx" | "nginx/tls" => targets.push(("nginx/tls".into(), None)),
-            other => bail!("unknown target {other:?} with --tls: use direct, wsgate, nginx"),
+            "haproxy" | "haproxy/tls" => targets.push(("haproxy/tls".into(), None)),
+            other => bail!("unknown target {other:?} with --tls: use direct, wsgate, nginx, haproxy"),
         }
     }
     Ok(targets)
@@ -98,6 +100,7 @@ fn targets(opts: &Options, wsgate_built: bool) -> Result<Vec<(String, Option<Str
         match t.as_str() {
             "direct" => targets.push(("direct".into(), None)),
             "nginx" => targets.push(("nginx".into(), None)),
+            "haproxy" => targets.push(("haproxy".into(), None)),
             "wsgate" if !wsgate_built => eprintln!("bench: skipping wsgate (not built)"),
             "wsgate" => {
                 for m in SPLICE_MODES {
@@ -119,7 +122,7 @@ fn targets(opts: &Options, wsgate_built: bool) -> Result<Vec<(String, Option<Str
                 targets.push((mode.into(), mode.strip_prefix("baseline/").map(str::to_string)));
             }
             other => bail!(
-                "unknown target {other:?}: use direct, wsgate (each splice mode), wsgate/MODE (auto, sockmap, userspace; MODE+admin with the admin plane on), baseline/MODE (with --baseline-bin), nginx"
+                "unknown target {other:?}: use direct, wsgate (each splice mode), wsgate/MODE (auto, sockmap, userspace; MODE+admin with the admin plane on), baseline/MODE (with --baseline-bin), nginx, haproxy"
             ),
         }
     }
@@ -193,6 +196,7 @@ pub(super) fn run_target(
     let proxy = match name {
         "direct" => None,
         "nginx" | "nginx/tls" => Some(start_nginx(&tmp, listen, echo_addr, opts.workers, tls)?),
+        "haproxy" | "haproxy/tls" => Some(start_haproxy(&tmp, listen, echo_addr, opts.workers, tls)?),
         _ => {
             let log = out.join(format!("{file}.log"));
             let bin = match &opts.baseline_bin {

@@ -1,8 +1,9 @@
 //! `cargo xtask bench`: the benchmarks, always against a baseline in the same run.
 //!
 //! `cargo xtask bench SCENARIO` starts a `wsbench echo` upstream, then for each target —
-//! `direct` (no proxy), `wsgate` (once per relay: userspace and the sockmap splice) and `nginx`
-//! (Debian's package, configured like the nginx WebSocket recipe) — runs `wsbench load
+//! `direct` (no proxy), `wsgate` (once per relay: userspace and the sockmap splice), `nginx`
+//! (Debian's package, configured like the nginx WebSocket recipe) and, when asked, `haproxy`
+//! (Debian's package, configured alike) — runs `wsbench load
 //! SCENARIO` against it while sampling the proxy's RSS and CPU, kernel slab and TCP memory,
 //! and prints one table with ratios to direct. `cargo xtask bench scale --conns N` is the
 //! many-connection hold, spread over several wsgate, echo and load processes when the
@@ -14,6 +15,7 @@
 //! a miss: a goal wsgate does not meet is printed as MISS.
 
 mod compare;
+mod haproxy;
 mod load;
 mod netns;
 mod nginx;
@@ -89,7 +91,7 @@ pub struct Options {
     #[arg(value_enum)]
     pub scenario: Scenario,
     /// Targets in order (direct is the baseline): direct, wsgate (sockmap and userspace),
-    /// wsgate/sockmap, wsgate/userspace, wsgate/auto (what the default picks), nginx;
+    /// wsgate/sockmap, wsgate/userspace, wsgate/auto (what the default picks), nginx, haproxy;
     /// `wsgate/MODE+admin` runs wsgate with its admin plane on; `baseline/MODE` runs
     /// `--baseline-bin`.
     #[arg(long, value_delimiter = ',', default_value = "direct,wsgate,nginx")]
@@ -114,7 +116,8 @@ pub struct Options {
     /// Heartbeat period of held connections, seconds.
     #[arg(long, default_value_t = 25.0)]
     pub heartbeat: f64,
-    /// Proxy worker threads (wsgate `--workers`, nginx `worker_processes`).
+    /// Proxy worker threads (wsgate `--workers`, nginx `worker_processes`, HAProxy
+    /// `nbthread`).
     #[arg(long, default_value_t = 1)]
     pub workers: usize,
     /// Threads of the echo upstream.
@@ -141,13 +144,14 @@ pub struct Options {
     /// round's direct, and the spread.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=9))]
     pub rounds: u32,
-    /// wsgate and nginx terminate TLS (wss://) with the same throwaway certificate (ECDSA
-    /// P-256, made under --out), nginx with the recipe's `ssl` lines; the client pins
+    /// wsgate, nginx and HAProxy terminate TLS (wss://) with the same throwaway certificate
+    /// (ECDSA P-256, made under --out), nginx with the recipe's `ssl` lines, HAProxy with
+    /// `bind … ssl crt`; the client pins
     /// --tls-cipher and does a full handshake per connection. TLS pairs are relayed in
     /// userspace, so `wsgate` is one target; `direct` stays the plain echo (no TLS).
     #[arg(long)]
     pub tls: bool,
-    /// The one cipher suite of --tls (rustls's name; nginx gets the same suite).
+    /// The one cipher suite of --tls (rustls's name; nginx and HAProxy get the same suite).
     #[arg(long, default_value = "TLS13_AES_128_GCM_SHA256", requires = "tls")]
     pub tls_cipher: String,
     /// Another wsgate binary (the release build of an earlier commit, say), measured in

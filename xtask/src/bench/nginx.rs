@@ -14,6 +14,10 @@ use super::procs::{Proc, wait_port};
 use super::tls::TlsFiles;
 use crate::exec::exec;
 
+/// nginx's `worker_connections`: sockets per worker, both sides of a proxied connection
+/// (HAProxy's target gets the same budget).
+pub(super) const WORKER_CONNECTIONS: usize = 19000;
+
 /// The nginx WebSocket recipe, with its own prefix and temp directories; with `tls`, its
 /// `ssl` server (HTTP/1.1 only: no `http2`, so that nginx and wsgate speak the same).
 pub(super) fn nginx_conf(
@@ -35,7 +39,7 @@ master_process on;
 pid {d}/nginx.pid;
 error_log {d}/error.log warn;
 events {{
-    worker_connections 19000;
+    worker_connections {WORKER_CONNECTIONS};
 }}
 http {{
     access_log {d}/access.log;

@@ -55,7 +55,8 @@ pub(super) fn print_table(s: Scenario, rows: &[Row], conns: u64, tls: Option<&st
     println!();
     println!("bench {}: {conns} connections; proxy CPU from /proc/PID/stat, proxy RSS, kernel slab", s.name());
     if let Some(t) = tls {
-        println!("TLS: wsgate/tls and nginx/tls terminate TLS ({t}); direct is the plain echo, without TLS");
+        let terminators: Vec<&str> = rows.iter().map(|r| r.name.as_str()).filter(|n| n.ends_with("/tls")).collect();
+        println!("TLS: {} terminate TLS ({t}); direct is the plain echo, without TLS", terminators.join(", "));
     }
     println!(
         "{:<18} {:>6} {:>11} {:>7} {:>7} {:>9} {:>9} {:>9} {:>11} {:>7} {:>8} {:>10} {:>10} {:>10} {:>10} {:>8}  goal",
@@ -129,7 +130,8 @@ pub(super) fn print_table(s: Scenario, rows: &[Row], conns: u64, tls: Option<&st
          growth, all sockets of the path; mach: the whole machine's CPU (user, system, irq, softirq; not steal) per \
          message or handshake in the steady phase (from 1.5 s after the ramp); +direct: mach minus the same \
          round's direct (median round with --rounds); ×nginx: headline and proxy CPU per unit ÷ nginx's; \
-         latencies: handshake for hs, round trip otherwise; nginx as in the recipe, access log on)"
+         latencies: handshake for hs, round trip otherwise; nginx as in the recipe, access log on; haproxy in http \
+         mode with the recipe's timeouts, a log line per connection)"
     );
 }
 

@@ -1,7 +1,8 @@
 //! `cargo xtask bench SCENARIO --tls`: one test CA and one certificate (ECDSA P-256, for
-//! `localhost` and 127.0.0.1) made for the run under its output directory, given to both
-//! wsgate and nginx; one cipher suite pinned on the client (and configured on nginx), so
-//! that both proxies negotiate the same version, suite and key exchange.
+//! `localhost` and 127.0.0.1) made for the run under its output directory, given to
+//! wsgate, nginx and HAProxy; one cipher suite pinned on the client (and configured on
+//! nginx and HAProxy), so that every proxy negotiates the same version, suite and key
+//! exchange.
 //!
 //! Writes only under the run's output directory; the key is a throwaway made per run.
 
@@ -16,7 +17,7 @@ use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 pub(super) struct TlsFiles {
     /// The CA the load client trusts.
     pub(super) ca: PathBuf,
-    /// The chain both proxies present (leaf, CA).
+    /// The chain the proxies present (leaf, CA).
     pub(super) cert: PathBuf,
     /// Its private key.
     pub(super) key: PathBuf,
@@ -96,6 +97,29 @@ impl TlsFiles {
         s
     }
 
+    /// HAProxy's certificate file under `dir`: the chain, then the key, in one PEM
+    /// (`bind … ssl crt FILE`).
+    pub(super) fn haproxy_pem(&self, dir: &Path) -> Result<PathBuf> {
+        let read = |p: &Path| std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()));
+        let pem = dir.join("haproxy.pem");
+        std::fs::write(&pem, read(&self.cert)? + &read(&self.key)?)
+            .with_context(|| format!("cannot write {}", pem.display()))?;
+        Ok(pem)
+    }
+
+    /// The TLS lines of HAProxy's `global` section: the pinned suite, as nginx gets it.
+    pub(super) fn haproxy_global_lines(&self) -> String {
+        let (tls13, tls12) = openssl_name(&self.cipher).unwrap_or((None, None));
+        let mut s = String::new();
+        if let Some(c) = tls12 {
+            let _ = writeln!(s, "    ssl-default-bind-ciphers {c}");
+        }
+        if let Some(c) = tls13 {
+            let _ = writeln!(s, "    ssl-default-bind-ciphersuites {c}");
+        }
+        s
+    }
+
     /// What the table's header says of the TLS targets.
     pub(super) fn describe(&self) -> String {
         format!("{}, ECDSA P-256 certificate, full handshakes (no resumption)", self.cipher)
@@ -107,7 +131,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn nginx_gets_the_pinned_suite_under_its_openssl_name() {
+    fn nginx_and_haproxy_get_the_pinned_suite_under_its_openssl_names() {
         let out = std::env::temp_dir().join(format!("xtask-bench-tls-{}", std::process::id()));
         let t13 = TlsFiles::make(&out, "TLS13_AES_128_GCM_SHA256").unwrap();
         let lines = t13.nginx_lines();
@@ -116,6 +140,10 @@ mod tests {
         assert!(!lines.contains("ssl_ciphers"), "{lines}");
         let t12 = TlsFiles::make(&out, "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256").unwrap();
         assert!(t12.nginx_lines().contains("ssl_ciphers ECDHE-ECDSA-AES128-GCM-SHA256;"));
+        assert_eq!(t13.haproxy_global_lines(), "    ssl-default-bind-ciphersuites TLS_AES_128_GCM_SHA256\n");
+        assert_eq!(t12.haproxy_global_lines(), "    ssl-default-bind-ciphers ECDHE-ECDSA-AES128-GCM-SHA256\n");
+        let pem = std::fs::read_to_string(t13.haproxy_pem(&out).unwrap()).unwrap();
+        assert!(pem.find("BEGIN CERTIFICATE").unwrap() < pem.find("PRIVATE KEY").unwrap(), "chain, then key:\n{pem}");
         assert!(t12.load_args().windows(2).any(|w| w == ["--tls-cipher", "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256"]));
         // An RSA suite cannot work with the ECDSA certificate: refused up front.
         assert!(TlsFiles::make(&out, "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256").is_err());
