@@ -49,8 +49,8 @@ pub struct RelayOptions {
     /// Plain HTTP: once the upstream has finished its response (FIN), the exchange is
     /// over and the client is closed too, instead of waiting for the client's FIN.
     pub end_on_upstream_fin: bool,
-    /// Stop with [`Close::Paused`] at the first quiet moment after this long.
-    pub pause_after: Option<Duration>,
+    /// When to stop with [`Close::Paused`] so that the kernel splice takes the pair.
+    pub handover: Handover,
     /// How long the drain waits for a frame in progress to end, then for the peers'
     /// Close frames (`drain.close_timeout`).
     pub close_timeout: Duration,
@@ -58,6 +58,34 @@ pub struct RelayOptions {
     /// upstream→client): after the upstream's 101 head, after the client's early frames.
     pub frames: [FrameTracker; 2],
 }
+
+/// When the userspace relay stops ([`Close::Paused`]) for the kernel splice to take the
+/// pair; it always stops at a quiet moment (no byte held in userspace).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handover {
+    /// Never: the relay runs until the connection ends.
+    Never,
+    /// At the first quiet moment after this long.
+    After(Duration),
+    /// Once no byte has moved either way for this long (an idle pair costs nothing in
+    /// the kernel), or once the pair carries bulk: more than [`BULK_BYTES_PER_SEC`] in
+    /// one such period (the splice moves bulk with less CPU). Small messages stay here,
+    /// where their round trip is shortest.
+    IdleOrBulk(Duration),
+}
+
+impl Handover {
+    /// When the relay first looks (`None`: never).
+    fn first_look(self) -> Option<Duration> {
+        match self {
+            Self::Never => None,
+            Self::After(d) | Self::IdleOrBulk(d) => Some(d),
+        }
+    }
+}
+
+/// Throughput above which [`Handover::IdleOrBulk`] hands the pair to the kernel.
+pub const BULK_BYTES_PER_SEC: u64 = 4 << 20;
 
 /// How soon a pause is tried again when bytes were in flight.
 const PAUSE_RETRY: Duration = Duration::from_millis(20);
@@ -102,7 +130,7 @@ struct Ended {
 }
 
 /// Relays bytes both ways until both directions finished, a reset, the idle timeout,
-/// the `Stop` phase, a pause (`opts.pause_after`) or this connection's turn in the
+/// the `Stop` phase, a pause (`opts.handover`) or this connection's turn in the
 /// drain (`pacer`): then each side gets a Close 1001 at the end of the frame in
 /// progress, the relay waits for the peers' Close frames, and returns
 /// [`Close::Drain`]. Unless paused, both sockets are shut down (not closed) on
@@ -167,7 +195,11 @@ async fn pumps(
     let mut c2u_pump = pin!(pump(client, upstream, c2u, &activity, None, &closing, c2u_io));
     let mut u2c_pump = pin!(pump(upstream, client, u2c, &activity, Some(first), &closing, u2c_io));
     let mut idle = pin!(tokio::time::sleep(opts.idle_timeout));
-    let mut pause = pin!(tokio::time::sleep(opts.pause_after.unwrap_or(Duration::MAX)));
+    let first_look = opts.handover.first_look();
+    let mut pause = pin!(tokio::time::sleep(first_look.unwrap_or(Duration::MAX)));
+    // Bytes moved (both ways) when the handover last looked, and whether it decided to
+    // hand over and waits for a quiet moment.
+    let (mut looked_at, mut handing_over) = (0u64, false);
     let mut turn = pin!(crate::drain::turn(shutdown.clone(), pacer));
     // How long a frame in progress may take to end once it is this connection's turn.
     let mut frame_end = pin!(tokio::time::sleep(Duration::MAX));
@@ -237,7 +269,20 @@ async fn pumps(
                 return Ended { reason: Close::Drain, both_fin: false, going_away: [u2c_whole, c2u_whole] };
             }
             // Only between reads: dropping a pump that waits for readability loses nothing.
-            () = &mut pause, if opts.pause_after.is_some() && !c2u_done && !u2c_done && !closing.get() => {
+            () = &mut pause, if first_look.is_some() && !c2u_done && !u2c_done && !closing.get() => {
+                let moved = c2u.moved.get() + u2c.moved.get();
+                if let Handover::IdleOrBulk(period) = opts.handover
+                    && !handing_over
+                {
+                    let idle_since = activity.get();
+                    let bulk = moved - looked_at > bulk_bytes(period);
+                    looked_at = moved;
+                    if !bulk && idle_since.elapsed() < period {
+                        pause.as_mut().reset((idle_since + period).into());
+                        continue;
+                    }
+                }
+                handing_over = true;
                 if !c2u.holding.get() && !u2c.holding.get() {
                     return ended(Close::Paused);
                 }
@@ -433,6 +478,11 @@ async fn pump(
             }
         }
     }
+}
+
+/// Bytes that make a pair "bulk" over `period` ([`BULK_BYTES_PER_SEC`]).
+fn bulk_bytes(period: Duration) -> u64 {
+    u64::try_from(u128::from(BULK_BYTES_PER_SEC) * period.as_millis() / 1000).unwrap_or(u64::MAX)
 }
 
 /// The status code of `HTTP/1.x NNN ...` at the start of `bytes`.

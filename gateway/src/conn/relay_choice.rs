@@ -1,8 +1,9 @@
 //! Phase 5, the relay: runs once the upstream has switched protocols (or, for plain
 //! HTTP, right after connect). Chooses where the bytes move: the kernel splice when it
 //! is loaded and takes the pair, the userspace relay otherwise, or the userspace relay
-//! first and the splice at the first quiet moment after `relay.splice_after` when most
-//! recent WebSockets of this worker were short (`lifetimes`).
+//! first and the splice later (see [`first_handover`]: in `auto`, once the pair is
+//! quiet or carries bulk; in `sockmap`, when most recent WebSockets of this worker
+//! were short, see `lifetimes`).
 //!
 //! Returns a [`Handoff`] when the pair went to the kernel (teardown parks it), or
 //! `None` when the relay has ended here; byte counts, close reason and mode are in the
@@ -21,7 +22,7 @@ use crate::close::{Close, Mode, Side};
 use crate::drain::FrameTracker;
 use crate::error::{ErrorKind, ProxyError};
 use crate::metrics::ActiveMode;
-use crate::relay::{self, RelayOptions, RelayOutcome};
+use crate::relay::{self, Handover, RelayOptions, RelayOutcome};
 use crate::splice::{HandoverError, SplicedPair};
 use crate::stats::Stats;
 use crate::upstream::ActiveGuard;
@@ -154,7 +155,7 @@ pub async fn websocket(
     let opts = RelayOptions {
         idle_timeout: cfg.timeouts.idle,
         end_on_upstream_fin: false,
-        pause_after: None,
+        handover: Handover::Never,
         close_timeout: cfg.drain.close_timeout,
         frames: [to_upstream, to_client],
     };
@@ -170,21 +171,21 @@ pub async fn websocket(
         userspace(client, &upstream, opts, worker, facts).await;
         return None;
     };
-    // A short connection costs less in userspace than a handover: when most recent ones
-    // on this worker were short, relay it there first and hand it to the kernel at its
-    // first quiet moment after `splice_after` (see `lifetimes`).
-    let delay = worker.lifetimes.splice_delay(cfg.relay.splice_after);
+    let handover = first_handover(cfg, worker);
     let mut opts = opts;
-    if !delay.is_zero() {
-        let first = RelayOptions { pause_after: Some(delay), ..opts };
+    if handover != Handover::Never {
+        let first = RelayOptions { handover, ..opts };
         let outcome = userspace(client, &upstream, first, worker, facts).await;
         if outcome.reason != Close::Paused {
             return None;
         }
         opts.frames = outcome.frames;
-        // It outlived `splice_after`: counted as long now, not when it ends (which may be
-        // hours away), so a worker that defers learns as soon as connections live on.
-        worker.lifetimes.record(delay, outcome.client_to_upstream, cfg.relay.splice_after);
+        if let Handover::After(delay) = handover {
+            // It outlived `splice_after`: counted as long now, not when it ends (which
+            // may be hours away), so a worker that defers learns as soon as connections
+            // live on.
+            worker.lifetimes.record(delay, outcome.client_to_upstream, cfg.relay.splice_after);
+        }
     }
     let Some(PeerIo::Plain(client)) = client_slot.take() else { return None };
     facts.conn.set_mode(ActiveMode::Handover);
@@ -193,7 +194,7 @@ pub async fn websocket(
     match Box::pin(pairs.splice_frames(client, upstream, Vec::new(), opts.frames)).await {
         Ok(pair) => {
             facts.conn.spliced(pair.live_slot(), [facts.bytes_in, facts.bytes_out]);
-            return Some(Handoff { pair, admitted, live, after_userspace: !delay.is_zero() });
+            return Some(Handoff { pair, admitted, live, after_userspace: handover != Handover::Never });
         }
         Err(HandoverError::NotSpliced { client, upstream, reason, forwarded }) => {
             tracing::debug!(reason, "pair not spliced; relaying in userspace");
@@ -230,6 +231,25 @@ pub async fn websocket(
     None
 }
 
+/// How a spliceable WebSocket starts. `splice_after = 0s`: in the kernel, at the 101.
+/// `auto`: in the userspace relay, where small messages have the shortest round trip
+/// (the splice adds a kernel work-queue hop per message), and in the kernel once the
+/// pair has been quiet for `splice_after` or carries bulk. `sockmap`: in the kernel at
+/// the 101, unless most recent WebSockets of this worker were short; then in userspace
+/// first, in the kernel at the first quiet moment after `splice_after` (a short
+/// connection costs less in userspace than a handover; see `lifetimes`).
+fn first_handover(cfg: &crate::config::Config, worker: &Worker) -> Handover {
+    let after = cfg.relay.splice_after;
+    if after.is_zero() {
+        return Handover::Never;
+    }
+    if cfg.splice == crate::config::SpliceMode::Auto {
+        return Handover::IdleOrBulk(after);
+    }
+    let delay = worker.lifetimes.splice_delay(after);
+    if delay.is_zero() { Handover::Never } else { Handover::After(delay) }
+}
+
 /// Relays a pair with TLS on one side or both in userspace and adds what moved to
 /// the facts.
 async fn userspace_tls(client: &PeerIo, upstream: &PeerIo, opts: RelayOptions, worker: &Worker, facts: &mut Facts) {
@@ -258,7 +278,7 @@ async fn userspace(
     facts: &mut Facts,
 ) -> RelayOutcome {
     // Counted in the mode it ends in: a relay that pauses for the splice is not.
-    if opts.pause_after.is_none() {
+    if opts.handover == Handover::Never {
         Stats::bump(&worker.stats.relayed_userspace);
     }
     facts.mode = Mode::Userspace;
@@ -269,7 +289,7 @@ async fn userspace(
     let live = facts.conn.relaying();
     let io = (&worker.ring, &worker.buffers, live.as_deref());
     let outcome = Box::pin(relay::relay(client, upstream, opts, &mut shutdown, io, Some(&worker.pacer))).await;
-    if opts.pause_after.is_some() && outcome.reason != Close::Paused {
+    if opts.handover != Handover::Never && outcome.reason != Close::Paused {
         Stats::bump(&worker.stats.relayed_userspace);
     }
     facts.bytes_in += outcome.client_to_upstream;
