@@ -1,5 +1,7 @@
-//! When to splice a WebSocket: right after its 101, or only once it has outlived
-//! `relay.splice_after`. Each worker learns it from how long its WebSockets lived.
+//! When `splice = "sockmap"` splices a WebSocket: right after its 101, or only once it
+//! has outlived `relay.splice_after`. Each worker learns it from how long its WebSockets
+//! lived. (`auto` hands pairs over when they go quiet or carry bulk instead: see
+//! [`crate::relay::Handover`].)
 //!
 //! Handing a pair to the kernel costs a few tens of µs of system calls; relaying in
 //! userspace first and handing over later costs more again (measured on the

@@ -1,6 +1,7 @@
 //! The userspace relay: both directions of a proxied connection on io_uring.
 //!
-//! Each direction waits for readability on the poll ring (no buffer held), then
+//! Each direction waits for readability (no buffer held): on the poll ring for its
+//! first few reads, then edge-triggered on tokio's reactor (see [`Waiter`]). It then
 //! borrows a buffer from the worker's pool, takes what is queued with one non-blocking
 //! `recv` (the data is known to be there, so an io_uring read would only add a
 //! completion round trip), and writes it all to the other side before reading again:
@@ -17,6 +18,8 @@ use std::net::Shutdown;
 use std::pin::pin;
 use std::time::{Duration, Instant};
 
+use tokio::io::unix::{AsyncFd, AsyncFdReadyGuard};
+use tokio::io::{Interest, Ready};
 use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::TcpStream;
 
@@ -86,6 +89,64 @@ impl Handover {
 
 /// Throughput above which [`Handover::IdleOrBulk`] hands the pair to the kernel.
 pub const BULK_BYTES_PER_SEC: u64 = 4 << 20;
+
+/// Reads after which a pump waits on tokio's reactor instead of the poll ring.
+const EPOLL_AFTER: u32 = 8;
+
+/// How a pump waits for its source to turn readable.
+///
+/// A wait on the poll ring registers nothing and holds nothing, but each one is a poll
+/// armed and completed through io_uring task work, which reaches a sleeping worker by
+/// interrupting its `epoll_wait` and then wakes it again through the ring's fd: on this
+/// VM that made a small message's round trip through the relay over twice nginx's, and
+/// cost more CPU per message. So a pair that goes on past its first few messages
+/// registers each source socket once, edge-triggered, with tokio's reactor: no re-arm
+/// per message and one direct wake, as nginx waits. A connect–upgrade–close exchange
+/// never pays for the registration (two `epoll_ctl` per socket).
+enum Waiter {
+    Ring,
+    Epoll(AsyncFd<crate::io::RawSocket>),
+}
+
+impl Waiter {
+    /// Moves to tokio's reactor once `reads` reached [`EPOLL_AFTER`] (if the
+    /// registration fails, keeps the ring).
+    fn settle(&mut self, from: &TcpStream, reads: u32) {
+        if matches!(self, Self::Ring) && reads >= EPOLL_AFTER {
+            // SAFETY: `from` is lent to the relay for longer than this waiter lives (the
+            // pump owning it is dropped before the relay returns), so the fd stays open
+            // and the same while registered.
+            match unsafe { AsyncFd::register_with_interest(crate::io::RawSocket::of(from), Interest::READABLE) } {
+                Ok(fd) => *self = Self::Epoll(fd),
+                Err(e) => {
+                    tracing::debug!(error = %io::Error::from(e), "relay: epoll registration failed; staying on the poll ring")
+                }
+            }
+        }
+    }
+
+    /// Waits until `from` is readable; the guard (on the reactor) must be told when the
+    /// socket was drained ([`drained`]).
+    async fn readable(
+        &self,
+        ring: &Ring,
+        from: &TcpStream,
+    ) -> io::Result<Option<AsyncFdReadyGuard<'_, crate::io::RawSocket>>> {
+        match self {
+            Self::Ring => ring.ready(from, readiness::READABLE).await.map(|_| None),
+            Self::Epoll(fd) => fd.readable().await.map(Some),
+        }
+    }
+}
+
+/// The socket has nothing more to read now: forget its readiness, so the next wait
+/// lasts until new bytes come (edge-triggered: a stale readiness costs one `EAGAIN`, a
+/// lost one would hang). A FIN or error already seen is kept: no new edge would come.
+fn drained(guard: &mut Option<AsyncFdReadyGuard<'_, crate::io::RawSocket>>) {
+    if let Some(g) = guard {
+        g.clear_ready_matching(Ready::READABLE);
+    }
+}
 
 /// How soon a pause is tried again when bytes were in flight.
 const PAUSE_RETRY: Duration = Duration::from_millis(20);
@@ -402,13 +463,17 @@ async fn pump(
     closing: &Cell<bool>,
     (ring, buffers, published): (&Ring, &BufPool, Option<(&RelayBytes, usize)>),
 ) -> PumpEnd {
+    let mut waiter = Waiter::Ring;
+    let mut reads = 0u32;
     loop {
         if closing.get() && dir.frames.get().at_boundary() {
             return PumpEnd::Boundary;
         }
-        if let Err(e) = ring.ready(from, readiness::READABLE).await {
-            return PumpEnd::ReadFailed(e);
-        }
+        waiter.settle(from, reads);
+        let mut guard = match waiter.readable(ring, from).await {
+            Ok(guard) => guard,
+            Err(e) => return PumpEnd::ReadFailed(e),
+        };
         // Keep reading while reads fill the whole buffer: bytes are moving, so holding a
         // buffer is fine; a short read means the queue is drained and we wait again.
         loop {
@@ -427,6 +492,7 @@ async fn pump(
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     buffers.put(buf);
+                    drained(&mut guard);
                     break;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {
@@ -438,6 +504,7 @@ async fn pump(
                     return PumpEnd::ReadFailed(e);
                 }
             };
+            reads = reads.saturating_add(1);
             let now = Instant::now();
             activity.set(now);
             if let Some(first) = first.filter(|f| f.get().is_none()) {
@@ -474,6 +541,8 @@ async fn pump(
                 return PumpEnd::Boundary;
             }
             if n < limit {
+                // A short read took all that was queued.
+                drained(&mut guard);
                 break;
             }
         }

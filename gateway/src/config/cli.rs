@@ -55,7 +55,7 @@ pub struct CliOptions {
     /// Admin listener (metrics, health, live view), e.g. 127.0.0.1:9090.
     #[arg(long, value_name = "IP:PORT")]
     pub admin: Option<SocketAddr>,
-    /// Hand WebSockets to the kernel splice at their first quiet moment after this long
+    /// Hand WebSockets to the kernel splice once quiet for this long or carrying bulk
     /// (`relay.splice_after`; 0s: right after the 101).
     #[arg(long, value_parser = humantime_parse)]
     pub splice_after: Option<Duration>,

@@ -37,11 +37,13 @@ pub struct RelayConfig {
     /// Kernel splice: bytes per direction the kernel may hold for a pair before the pair
     /// is relayed in userspace (with TCP flow control) until it drains. At least 65536.
     pub splice_budget: u64,
-    /// Kernel splice: connections that end within this time are not worth splicing.
-    /// While most recent WebSockets of a worker outlived it, new ones are spliced right
-    /// after the 101; once most ended sooner, new ones start in the userspace relay and
-    /// are handed to the kernel at their first quiet moment after this long. `0s`
-    /// always splices at the 101.
+    /// Kernel splice, `splice = "auto"`: a WebSocket starts in the userspace relay
+    /// (shortest round trip for small messages) and is handed to the kernel once no byte
+    /// has moved for this long, or once it carries bulk (over 4 MiB/s). `splice =
+    /// "sockmap"`: connections that end within this time are not worth splicing; while
+    /// most recent WebSockets of a worker outlived it, new ones are spliced right after
+    /// the 101, else they start in userspace and are handed over at their first quiet
+    /// moment after this long. `0s` always splices at the 101.
     #[serde(with = "humantime_serde")]
     pub splice_after: Duration,
 }

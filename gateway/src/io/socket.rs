@@ -157,3 +157,20 @@ pub fn unacked(fd: &impl AsRawFd) -> io::Result<usize> {
     cvt(unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCOUTQ, &raw mut n) })?;
     Ok(usize::try_from(n).unwrap_or(0))
 }
+
+/// A socket's fd number, for registering a socket that something else owns with
+/// tokio's reactor; dropping it closes nothing.
+#[derive(Debug)]
+pub struct RawSocket(RawFd);
+
+impl RawSocket {
+    pub fn of(s: &impl AsRawFd) -> Self {
+        Self(s.as_raw_fd())
+    }
+}
+
+impl AsRawFd for RawSocket {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0
+    }
+}

@@ -1,0 +1,189 @@
+//! `splice = "auto"` picks the faster path per WebSocket, over real sockets and the real
+//! kernel splice: a pair that keeps exchanging small messages stays in the userspace
+//! relay (where a small message's round trip is shortest), a pair that goes quiet for
+//! `splice_after` or carries bulk is handed to the kernel; every byte arrives once, in
+//! order, and the access log says which path the pair took.
+
+mod admin_util;
+mod splice_util;
+mod utils;
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use admin_util::{admin_addr, eventually, sample, scrape};
+use utils::{Gateway, RawUpstream, client_frame, read_exact, read_head, read_to_eof, status_of, upgrade_request};
+
+/// One worker in `auto` mode with the admin plane on, handing pairs over after `after`.
+fn gateway(upstream: SocketAddr, after: &str) -> Gateway {
+    Gateway::with_config(
+        &format!(
+            "workers = 1\nsplice = \"auto\"\n[[listener]]\naddress = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[relay]\nsplice_after = \"{after}\"\n[[route]]\nupstream = \"u\"\n[[upstream.u.servers]]\naddress = \"{upstream}\"\n"
+        ),
+        &[],
+    )
+}
+
+/// An upgraded client connection and the length of the 101 head it read.
+fn upgrade(g: &Gateway) -> (TcpStream, usize) {
+    let mut c = g.connect();
+    c.write_all(upgrade_request("/", "").as_bytes()).unwrap();
+    let (head, early) = read_head(&mut c);
+    assert_eq!(status_of(&head), 101, "{head}");
+    assert!(early.is_empty());
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    (c, head.len())
+}
+
+/// Connections of the only worker in `mode` now, from `/metrics`.
+fn active(admin: SocketAddr, mode: &str) -> f64 {
+    sample(&scrape(admin), "wsgate_connections_active", &[("mode", mode)])
+}
+
+/// A client frame of `len` bytes whose payload names its message number.
+fn message(i: u64, len: usize) -> Vec<u8> {
+    let payload: Vec<u8> = (0..len).map(|k| (i as u8).wrapping_mul(31).wrapping_add(k as u8)).collect();
+    client_frame(true, 0x2, &payload)
+}
+
+/// Sends `n` small messages (numbered from `first`), each echoed byte for byte before
+/// the next, `gap` apart; returns the bytes sent.
+fn exchange(c: &mut TcpStream, first: u64, n: u64, gap: Duration) -> u64 {
+    let mut sent = 0;
+    for i in first..first + n {
+        let f = message(i, 64);
+        c.write_all(&f).unwrap();
+        assert_eq!(read_exact(c, f.len()), f, "message {i} came back changed");
+        sent += f.len() as u64;
+        std::thread::sleep(gap);
+    }
+    sent
+}
+
+/// Closes the client's side, reads the upstream's FIN, and returns the access log line.
+fn close(g: &Gateway, mut c: TcpStream) -> String {
+    c.shutdown(Shutdown::Write).unwrap();
+    assert!(read_to_eof(&mut c).is_empty(), "bytes after the last echo");
+    g.wait_log("\"GET / HTTP/1.1\" 101 ").trim_end().to_owned()
+}
+
+#[test]
+fn a_websocket_that_keeps_exchanging_small_messages_stays_in_userspace() {
+    if splice_util::splicer_or_skip("auto_chatty_stays_userspace", 16, 1 << 20).is_none() {
+        return;
+    }
+    let up = RawUpstream::switching(b"");
+    let g = gateway(up.addr, "3s");
+    let admin = admin_addr(&g);
+    let (mut c, head) = upgrade(&g);
+    // 200 round trips 20 ms apart: over 4 s, past the first look at 3 s, never quiet.
+    let started = Instant::now();
+    let sent = exchange(&mut c, 0, 200, Duration::from_millis(20));
+    assert!(started.elapsed() > Duration::from_secs(3), "the exchange ended before the relay looked");
+    assert_eq!(active(admin, "userspace"), 1.0, "the pair left the userspace relay while it exchanged messages");
+    assert_eq!(active(admin, "splice"), 0.0);
+    let line = close(&g, c);
+    assert!(
+        line.ends_with(&format!(" in={sent} out={} close=client_fin mode=userspace", sent + head as u64)),
+        "{line}"
+    );
+}
+
+#[test]
+fn a_websocket_that_goes_quiet_is_handed_to_the_kernel_and_keeps_every_byte() {
+    if splice_util::splicer_or_skip("auto_quiet_goes_to_kernel", 16, 1 << 20).is_none() {
+        return;
+    }
+    let up = RawUpstream::switching(b"");
+    let g = gateway(up.addr, "300ms");
+    let admin = admin_addr(&g);
+    let (mut c, head) = upgrade(&g);
+    let mut sent = exchange(&mut c, 0, 20, Duration::ZERO);
+    assert!(
+        eventually(Duration::from_secs(20), || active(admin, "splice") == 1.0),
+        "a quiet pair was not handed to the kernel"
+    );
+    // Through the kernel now: still every byte, in order.
+    sent += exchange(&mut c, 20, 50, Duration::ZERO);
+    let line = close(&g, c);
+    assert!(
+        line.ends_with(&format!(" in={sent} out={} close=client_fin mode=userspace+splice", sent + head as u64)),
+        "{line}"
+    );
+}
+
+#[test]
+fn a_websocket_that_carries_bulk_is_handed_to_the_kernel_while_it_streams() {
+    if splice_util::splicer_or_skip("auto_bulk_goes_to_kernel", 16, 1 << 20).is_none() {
+        return;
+    }
+    let up = RawUpstream::switching(b"");
+    let g = gateway(up.addr, "2s");
+    let admin = admin_addr(&g);
+    let (c, head) = upgrade(&g);
+
+    // The writer streams 64 KiB messages until told to stop (bounded to 60 s), and
+    // records its longest pause: a pause of `splice_after` would make the pair idle,
+    // not bulk. The reader checks every echoed byte against what was written.
+    let stop = Arc::new(AtomicBool::new(false));
+    let longest_gap_ms = Arc::new(AtomicU64::new(0));
+    let (mut w, mut r) = (c.try_clone().unwrap(), c);
+    let writer = {
+        let (stop, gap) = (stop.clone(), longest_gap_ms.clone());
+        std::thread::spawn(move || {
+            let (started, mut last, mut sent, mut i) = (Instant::now(), Instant::now(), 0u64, 0u64);
+            let mut written = Vec::new();
+            while !stop.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(60) {
+                let f = message(i, 64 * 1024);
+                w.write_all(&f).unwrap();
+                gap.fetch_max(u64::try_from(last.elapsed().as_millis()).unwrap(), Ordering::Relaxed);
+                last = Instant::now();
+                sent += f.len() as u64;
+                written.push(i);
+                i += 1;
+            }
+            w.shutdown(Shutdown::Write).unwrap();
+            (sent, written.len())
+        })
+    };
+    let reader = std::thread::spawn(move || {
+        let mut got = 0u64;
+        let mut i = 0u64;
+        let mut buf = Vec::new();
+        let mut chunk = vec![0u8; 256 * 1024];
+        loop {
+            let n = r.read(&mut chunk).unwrap();
+            if n == 0 {
+                break;
+            }
+            got += n as u64;
+            buf.extend_from_slice(&chunk[..n]);
+            let len = message(0, 64 * 1024).len();
+            while buf.len() >= len {
+                assert_eq!(buf[..len], message(i, 64 * 1024)[..], "message {i} came back changed");
+                buf.drain(..len);
+                i += 1;
+            }
+        }
+        assert!(buf.is_empty(), "a partial message at the end");
+        got
+    });
+    let spliced = eventually(Duration::from_secs(30), || active(admin, "splice") == 1.0);
+    // Some more streaming through the kernel, then the end.
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let (sent, messages) = writer.join().unwrap();
+    let got = reader.join().unwrap();
+    assert!(spliced, "a pair streaming bulk was not handed to the kernel within 30 s");
+    let gap = longest_gap_ms.load(Ordering::Relaxed);
+    assert!(gap < 2000, "the writer paused {gap} ms: the pair went quiet, so this does not show the bulk rule");
+    assert_eq!(got, sent, "{messages} messages sent, not all echoed");
+    let line = g.wait_log("\"GET / HTTP/1.1\" 101 ").trim_end().to_owned();
+    assert!(
+        line.ends_with(&format!(" in={sent} out={} close=client_fin mode=userspace+splice", sent + head as u64)),
+        "{line}"
+    );
+}
