@@ -33,3 +33,4 @@ pub mod stats;
 pub mod systemd;
 pub mod tls;
 pub mod upstream;
+pub mod wait;

@@ -1,7 +1,7 @@
 //! The userspace relay: both directions of a proxied connection on io_uring.
 //!
 //! Each direction waits for readability (no buffer held): on the poll ring for its
-//! first few reads, then edge-triggered on tokio's reactor (see [`Waiter`]). It then
+//! first few reads, then edge-triggered on tokio's reactor (see [`crate::wait`]). It then
 //! borrows a buffer from the worker's pool, takes what is queued with one non-blocking
 //! `recv` (the data is known to be there, so an io_uring read would only add a
 //! completion round trip), and writes it all to the other side before reading again:
@@ -18,8 +18,6 @@ use std::net::Shutdown;
 use std::pin::pin;
 use std::time::{Duration, Instant};
 
-use tokio::io::unix::{AsyncFd, AsyncFdReadyGuard};
-use tokio::io::{Interest, Ready};
 use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::TcpStream;
 
@@ -29,6 +27,7 @@ use crate::drain::{FrameTracker, Pacer, close_frame};
 use crate::metrics::live::RelayBytes;
 use crate::readiness::{self, Ring};
 use crate::shutdown::{Phase, ShutdownRx};
+use crate::wait::{Waiter, drained};
 
 /// What a relay moved and why it stopped.
 #[derive(Debug, Clone, Copy)]
@@ -89,64 +88,6 @@ impl Handover {
 
 /// Throughput above which [`Handover::IdleOrBulk`] hands the pair to the kernel.
 pub const BULK_BYTES_PER_SEC: u64 = 4 << 20;
-
-/// Reads after which a pump waits on tokio's reactor instead of the poll ring.
-const EPOLL_AFTER: u32 = 8;
-
-/// How a pump waits for its source to turn readable.
-///
-/// A wait on the poll ring registers nothing and holds nothing, but each one is a poll
-/// armed and completed through io_uring task work, which reaches a sleeping worker by
-/// interrupting its `epoll_wait` and then wakes it again through the ring's fd: on this
-/// VM that made a small message's round trip through the relay over twice nginx's, and
-/// cost more CPU per message. So a pair that goes on past its first few messages
-/// registers each source socket once, edge-triggered, with tokio's reactor: no re-arm
-/// per message and one direct wake, as nginx waits. A connect–upgrade–close exchange
-/// never pays for the registration (two `epoll_ctl` per socket).
-enum Waiter {
-    Ring,
-    Epoll(AsyncFd<crate::io::RawSocket>),
-}
-
-impl Waiter {
-    /// Moves to tokio's reactor once `reads` reached [`EPOLL_AFTER`] (if the
-    /// registration fails, keeps the ring).
-    fn settle(&mut self, from: &TcpStream, reads: u32) {
-        if matches!(self, Self::Ring) && reads >= EPOLL_AFTER {
-            // SAFETY: `from` is lent to the relay for longer than this waiter lives (the
-            // pump owning it is dropped before the relay returns), so the fd stays open
-            // and the same while registered.
-            match unsafe { AsyncFd::register_with_interest(crate::io::RawSocket::of(from), Interest::READABLE) } {
-                Ok(fd) => *self = Self::Epoll(fd),
-                Err(e) => {
-                    tracing::debug!(error = %io::Error::from(e), "relay: epoll registration failed; staying on the poll ring")
-                }
-            }
-        }
-    }
-
-    /// Waits until `from` is readable; the guard (on the reactor) must be told when the
-    /// socket was drained ([`drained`]).
-    async fn readable(
-        &self,
-        ring: &Ring,
-        from: &TcpStream,
-    ) -> io::Result<Option<AsyncFdReadyGuard<'_, crate::io::RawSocket>>> {
-        match self {
-            Self::Ring => ring.ready(from, readiness::READABLE).await.map(|_| None),
-            Self::Epoll(fd) => fd.readable().await.map(Some),
-        }
-    }
-}
-
-/// The socket has nothing more to read now: forget its readiness, so the next wait
-/// lasts until new bytes come (edge-triggered: a stale readiness costs one `EAGAIN`, a
-/// lost one would hang). A FIN or error already seen is kept: no new edge would come.
-fn drained(guard: &mut Option<AsyncFdReadyGuard<'_, crate::io::RawSocket>>) {
-    if let Some(g) = guard {
-        g.clear_ready_matching(Ready::READABLE);
-    }
-}
 
 /// How soon a pause is tried again when bytes were in flight.
 const PAUSE_RETRY: Duration = Duration::from_millis(20);

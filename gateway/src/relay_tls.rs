@@ -32,6 +32,7 @@ use crate::metrics::live::RelayBytes;
 use crate::readiness::Ring;
 use crate::relay::{RelayOptions, RelayOutcome};
 use crate::shutdown::{Phase, ShutdownRx};
+use crate::wait::{Guard, Waiter, drained};
 
 /// How one direction ended.
 enum PumpEnd {
@@ -244,6 +245,9 @@ fn failed(e: &io::Error, failed: Side, client: &PeerIo, upstream: &PeerIo) -> Cl
 async fn pump(from: &PeerIo, to: &PeerIo, dir: usize, s: &Shared<'_>, (ring, buffers): (&Ring, &BufPool)) -> PumpEnd {
     // A short read drains a plain socket; a TLS one gives a record at a time.
     let plain = from.as_plain().is_some();
+    let mut waiter = Waiter::default();
+    let mut guard: Guard<'_> = None;
+    let mut reads = 0u32;
     loop {
         loop {
             if s.drain.whole(dir) {
@@ -257,7 +261,12 @@ async fn pump(from: &PeerIo, to: &PeerIo, dir: usize, s: &Shared<'_>, (ring, buf
                     return PumpEnd::Eof;
                 }
                 Ok(n) => n,
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    buffers.put(buf);
+                    drained(&mut guard);
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {
                     buffers.put(buf);
                     break;
                 }
@@ -266,6 +275,7 @@ async fn pump(from: &PeerIo, to: &PeerIo, dir: usize, s: &Shared<'_>, (ring, buf
                     return PumpEnd::ReadFailed(e);
                 }
             };
+            reads = reads.saturating_add(1);
             s.activity.set(Instant::now());
             let (k, whole) = s.drain.take(dir, &buf[..n]);
             // In the drain, what follows the frame in progress is not relayed.
@@ -280,17 +290,23 @@ async fn pump(from: &PeerIo, to: &PeerIo, dir: usize, s: &Shared<'_>, (ring, buf
                 return PumpEnd::Whole;
             }
             if plain && n < capacity {
+                drained(&mut guard);
                 break;
             }
         }
+        guard = None;
+        // TLS bytes already decrypted and waiting are readable at once.
+        if from.has_plaintext() {
+            continue;
+        }
+        waiter.settle(from.tcp(), reads);
         // Registered before waiting: the drain's turn wakes a pump idle between frames.
         let turn = s.drain.woken();
         tokio::select! {
-            ready = from.readable(ring) => {
-                if let Err(e) = ready {
-                    return PumpEnd::ReadFailed(e);
-                }
-            }
+            polled = waiter.readable(ring, from.tcp()) => match polled {
+                Ok(g) => guard = g,
+                Err(e) => return PumpEnd::ReadFailed(e),
+            },
             () = turn => {}
         }
     }

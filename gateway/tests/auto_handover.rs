@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use admin_util::{admin_addr, eventually, sample, scrape};
+use admin_util::{admin_addr, count, eventually, scrape};
 use utils::{Gateway, RawUpstream, client_frame, read_exact, read_head, read_to_eof, status_of, upgrade_request};
 
 /// One worker in `auto` mode with the admin plane on, handing pairs over after `after`.
@@ -39,8 +39,8 @@ fn upgrade(g: &Gateway) -> (TcpStream, usize) {
 }
 
 /// Connections of the only worker in `mode` now, from `/metrics`.
-fn active(admin: SocketAddr, mode: &str) -> f64 {
-    sample(&scrape(admin), "wsgate_connections_active", &[("mode", mode)])
+fn active(admin: SocketAddr, mode: &str) -> usize {
+    count(&scrape(admin), "wsgate_connections_active", &[("mode", mode)])
 }
 
 /// A client frame of `len` bytes whose payload names its message number.
@@ -83,8 +83,8 @@ fn a_websocket_that_keeps_exchanging_small_messages_stays_in_userspace() {
     let started = Instant::now();
     let sent = exchange(&mut c, 0, 200, Duration::from_millis(20));
     assert!(started.elapsed() > Duration::from_secs(3), "the exchange ended before the relay looked");
-    assert_eq!(active(admin, "userspace"), 1.0, "the pair left the userspace relay while it exchanged messages");
-    assert_eq!(active(admin, "splice"), 0.0);
+    assert_eq!(active(admin, "userspace"), 1, "the pair left the userspace relay while it exchanged messages");
+    assert_eq!(active(admin, "splice"), 0);
     let line = close(&g, c);
     assert!(
         line.ends_with(&format!(" in={sent} out={} close=client_fin mode=userspace", sent + head as u64)),
@@ -103,7 +103,7 @@ fn a_websocket_that_goes_quiet_is_handed_to_the_kernel_and_keeps_every_byte() {
     let (mut c, head) = upgrade(&g);
     let mut sent = exchange(&mut c, 0, 20, Duration::ZERO);
     assert!(
-        eventually(Duration::from_secs(20), || active(admin, "splice") == 1.0),
+        eventually(Duration::from_secs(20), || active(admin, "splice") == 1),
         "a quiet pair was not handed to the kernel"
     );
     // Through the kernel now: still every byte, in order.
@@ -115,73 +115,76 @@ fn a_websocket_that_goes_quiet_is_handed_to_the_kernel_and_keeps_every_byte() {
     );
 }
 
+/// Streams 64 KiB messages until `stop` (bounded to 60 s), recording its longest pause
+/// between two writes in `longest_gap_ms`; then closes its side. Returns the bytes sent.
+fn stream_out(mut out: TcpStream, stop: &AtomicBool, longest_gap_ms: &AtomicU64) -> u64 {
+    let (started, mut last, mut sent) = (Instant::now(), Instant::now(), 0u64);
+    let mut i = 0u64;
+    while !stop.load(Ordering::Relaxed) && started.elapsed() < Duration::from_mins(1) {
+        let frame = message(i, 64 * 1024);
+        out.write_all(&frame).unwrap();
+        longest_gap_ms.fetch_max(u64::try_from(last.elapsed().as_millis()).unwrap(), Ordering::Relaxed);
+        last = Instant::now();
+        sent += frame.len() as u64;
+        i += 1;
+    }
+    out.shutdown(Shutdown::Write).unwrap();
+    sent
+}
+
+/// Reads the echo to its end, checking every message against what was sent; returns
+/// the bytes read.
+fn stream_in(mut from: TcpStream) -> u64 {
+    let len = message(0, 64 * 1024).len();
+    let (mut got, mut i) = (0u64, 0u64);
+    let (mut pending, mut chunk) = (Vec::new(), vec![0u8; 256 * 1024]);
+    loop {
+        let n = from.read(&mut chunk).unwrap();
+        if n == 0 {
+            break;
+        }
+        got += n as u64;
+        pending.extend_from_slice(&chunk[..n]);
+        while pending.len() >= len {
+            assert_eq!(pending[..len], message(i, 64 * 1024)[..], "message {i} came back changed");
+            pending.drain(..len);
+            i += 1;
+        }
+    }
+    assert!(pending.is_empty(), "a partial message at the end");
+    got
+}
+
 #[test]
 fn a_websocket_that_carries_bulk_is_handed_to_the_kernel_while_it_streams() {
     if splice_util::splicer_or_skip("auto_bulk_goes_to_kernel", 16, 1 << 20).is_none() {
         return;
     }
     let up = RawUpstream::switching(b"");
-    let g = gateway(up.addr, "2s");
-    let admin = admin_addr(&g);
-    let (c, head) = upgrade(&g);
-
-    // The writer streams 64 KiB messages until told to stop (bounded to 60 s), and
-    // records its longest pause: a pause of `splice_after` would make the pair idle,
-    // not bulk. The reader checks every echoed byte against what was written.
+    let gw = gateway(up.addr, "2s");
+    let admin = admin_addr(&gw);
+    let (client, head) = upgrade(&gw);
+    // A pause of `splice_after` would make the pair idle, not bulk: the writer records
+    // its longest one.
     let stop = Arc::new(AtomicBool::new(false));
     let longest_gap_ms = Arc::new(AtomicU64::new(0));
-    let (mut w, mut r) = (c.try_clone().unwrap(), c);
+    let out = client.try_clone().unwrap();
     let writer = {
         let (stop, gap) = (stop.clone(), longest_gap_ms.clone());
-        std::thread::spawn(move || {
-            let (started, mut last, mut sent, mut i) = (Instant::now(), Instant::now(), 0u64, 0u64);
-            let mut written = Vec::new();
-            while !stop.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(60) {
-                let f = message(i, 64 * 1024);
-                w.write_all(&f).unwrap();
-                gap.fetch_max(u64::try_from(last.elapsed().as_millis()).unwrap(), Ordering::Relaxed);
-                last = Instant::now();
-                sent += f.len() as u64;
-                written.push(i);
-                i += 1;
-            }
-            w.shutdown(Shutdown::Write).unwrap();
-            (sent, written.len())
-        })
+        std::thread::spawn(move || stream_out(out, &stop, &gap))
     };
-    let reader = std::thread::spawn(move || {
-        let mut got = 0u64;
-        let mut i = 0u64;
-        let mut buf = Vec::new();
-        let mut chunk = vec![0u8; 256 * 1024];
-        loop {
-            let n = r.read(&mut chunk).unwrap();
-            if n == 0 {
-                break;
-            }
-            got += n as u64;
-            buf.extend_from_slice(&chunk[..n]);
-            let len = message(0, 64 * 1024).len();
-            while buf.len() >= len {
-                assert_eq!(buf[..len], message(i, 64 * 1024)[..], "message {i} came back changed");
-                buf.drain(..len);
-                i += 1;
-            }
-        }
-        assert!(buf.is_empty(), "a partial message at the end");
-        got
-    });
-    let spliced = eventually(Duration::from_secs(30), || active(admin, "splice") == 1.0);
+    let reader = std::thread::spawn(move || stream_in(client));
+    let spliced = eventually(Duration::from_secs(30), || active(admin, "splice") == 1);
     // Some more streaming through the kernel, then the end.
     std::thread::sleep(Duration::from_millis(500));
     stop.store(true, Ordering::Relaxed);
-    let (sent, messages) = writer.join().unwrap();
+    let sent = writer.join().unwrap();
     let got = reader.join().unwrap();
     assert!(spliced, "a pair streaming bulk was not handed to the kernel within 30 s");
     let gap = longest_gap_ms.load(Ordering::Relaxed);
     assert!(gap < 2000, "the writer paused {gap} ms: the pair went quiet, so this does not show the bulk rule");
-    assert_eq!(got, sent, "{messages} messages sent, not all echoed");
-    let line = g.wait_log("\"GET / HTTP/1.1\" 101 ").trim_end().to_owned();
+    assert_eq!(got, sent, "not every byte sent came back");
+    let line = gw.wait_log("\"GET / HTTP/1.1\" 101 ").trim_end().to_owned();
     assert!(
         line.ends_with(&format!(" in={sent} out={} close=client_fin mode=userspace+splice", sent + head as u64)),
         "{line}"

@@ -44,6 +44,11 @@ impl PeerIo {
         }
     }
 
+    /// TLS bytes already decrypted (or held) and waiting to be read.
+    pub fn has_plaintext(&self) -> bool {
+        matches!(self, Self::Tls(t) if t.has_plaintext())
+    }
+
     /// Waits until a read may return something (bytes, the end, an error). TLS:
     /// decrypted bytes already waiting count as readable at once.
     pub async fn readable(&self, ring: &Ring) -> io::Result<u32> {

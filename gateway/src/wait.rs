@@ -1,0 +1,75 @@
+//! How a relay pump waits for its source socket to turn readable: on the worker's poll
+//! ring for its first few reads, then edge-triggered on tokio's reactor.
+//!
+//! A wait on the poll ring registers nothing and holds nothing, but each one is a poll
+//! armed and completed through io_uring task work, which reaches a sleeping worker by
+//! interrupting its `epoll_wait` (`EINTR`) and then wakes it again through the ring's
+//! fd, and reaches a running one with an inter-processor interrupt. On the development
+//! VM that made a small message's round trip through the relay about twice nginx's and
+//! cost more CPU per message, with four to six times nginx's reschedule interrupts. So a pair that goes on past its first few messages registers
+//! each source socket once, edge-triggered, with tokio's reactor: no re-arm per message
+//! and one direct wake, as nginx waits (then: the round trip, CPU and interrupts of
+//! nginx). A connect–upgrade–close exchange never pays for the registration (two
+//! `epoll_ctl` per socket), and a spliced pair holds none (its relay is gone).
+//!
+//! Must never outlive the socket it waits on: the relay that owns a [`Waiter`] is
+//! lent its sockets for longer than the waiter lives.
+
+use std::io;
+
+use tokio::io::unix::{AsyncFd, AsyncFdReadyGuard};
+use tokio::io::{Interest, Ready};
+use tokio_uring::net::TcpStream;
+
+use crate::io::RawSocket;
+use crate::readiness::{self, Ring};
+
+/// Reads after which a pump waits on tokio's reactor instead of the poll ring.
+pub const EPOLL_AFTER: u32 = 8;
+
+/// Readiness of a socket on tokio's reactor, to be forgotten once it is drained.
+pub type Guard<'a> = Option<AsyncFdReadyGuard<'a, RawSocket>>;
+
+/// One pump's way of waiting (see the module doc).
+#[derive(Default)]
+pub enum Waiter {
+    #[default]
+    Ring,
+    Epoll(AsyncFd<RawSocket>),
+}
+
+impl Waiter {
+    /// Moves to tokio's reactor once `reads` reached [`EPOLL_AFTER`] (if the
+    /// registration fails, keeps the ring).
+    pub fn settle(&mut self, socket: &TcpStream, reads: u32) {
+        if matches!(self, Self::Ring) && reads >= EPOLL_AFTER {
+            // SAFETY: the socket is lent to the relay that owns this waiter for longer
+            // than the waiter lives, so the fd stays open and the same while registered.
+            match unsafe { AsyncFd::register_with_interest(RawSocket::of(socket), Interest::READABLE) } {
+                Ok(fd) => *self = Self::Epoll(fd),
+                Err(e) => {
+                    let e = io::Error::from(e);
+                    tracing::debug!(error = %e, "relay: epoll registration failed; staying on the poll ring");
+                }
+            }
+        }
+    }
+
+    /// Waits until `socket` is readable. On tokio's reactor the guard must be told when
+    /// the socket is drained ([`drained`]).
+    pub async fn readable(&self, ring: &Ring, socket: &TcpStream) -> io::Result<Guard<'_>> {
+        match self {
+            Self::Ring => ring.ready(socket, readiness::READABLE).await.map(|_| None),
+            Self::Epoll(fd) => fd.readable().await.map(Some),
+        }
+    }
+}
+
+/// The socket has nothing more to read now: forget its readiness, so the next wait
+/// lasts until new bytes come (edge-triggered: a stale readiness costs one `EAGAIN`, a
+/// lost one would hang). A FIN or an error already seen is kept: no new edge follows it.
+pub fn drained(guard: &mut Guard<'_>) {
+    if let Some(g) = guard {
+        g.clear_ready_matching(Ready::READABLE);
+    }
+}
