@@ -67,7 +67,8 @@ impl Waiter {
 
 /// The socket has nothing more to read now: forget its readiness, so the next wait
 /// lasts until new bytes come (edge-triggered: a stale readiness costs one `EAGAIN`, a
-/// lost one would hang). A FIN or an error already seen is kept: no new edge follows it.
+/// lost one would hang). A FIN already seen is kept (tokio never clears a closed state,
+/// and only `READABLE` is asked to be cleared): no new edge follows it.
 pub fn drained(guard: &mut Guard<'_>) {
     if let Some(g) = guard {
         g.clear_ready_matching(Ready::READABLE);

@@ -190,3 +190,30 @@ fn a_websocket_that_carries_bulk_is_handed_to_the_kernel_while_it_streams() {
         "{line}"
     );
 }
+
+#[test]
+fn a_last_message_with_the_fin_right_behind_it_reaches_the_upstream_whole() {
+    // In the userspace relay past its first reads (waiting edge-triggered), bytes and a
+    // FIN that arrive in one segment must both be passed on: one edge brings both.
+    let up = RawUpstream::switching(b"");
+    let gw = Gateway::one_line(&[up.addr], &["--splice", "userspace"]);
+    for round in 0..20u64 {
+        let mut c = gw.connect();
+        c.write_all(upgrade_request("/", "").as_bytes()).unwrap();
+        let (head, _) = read_head(&mut c);
+        assert_eq!(status_of(&head), 101, "{head}");
+        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut sent = exchange(&mut c, round * 100, 12, Duration::ZERO);
+        // Corked: the message and the FIN leave in one segment, so the relay sees them
+        // in one wake.
+        socket2::SockRef::from(&c).set_cork(true).unwrap();
+        let last = message(round * 100 + 99, 64);
+        c.write_all(&last).unwrap();
+        c.shutdown(Shutdown::Write).unwrap();
+        socket2::SockRef::from(&c).set_cork(false).unwrap();
+        sent += last.len() as u64;
+        assert_eq!(read_to_eof(&mut c), last, "round {round}: the last message or the FIN was lost");
+        let line = gw.wait_log(&format!(" in={sent} out={} ", sent + head.len() as u64));
+        assert!(line.trim_end().ends_with("close=client_fin mode=userspace"), "{line}");
+    }
+}
