@@ -296,7 +296,13 @@ impl Collector for Scrape {
 
         let reloads = &s.metrics.reloads;
         let by_result: Vec<_> = reloads.counts().into_iter().map(|(r, n)| ([("result", r)], n)).collect();
-        counter(e, "wsgate_reloads", "Configuration reloads (SIGHUP, wsgate reload) by result.", None, &by_result)?;
+        counter(
+            e,
+            "wsgate_reloads",
+            "Configuration reloads (SIGHUP, wsgate reload, changed certificate files) by result.",
+            None,
+            &by_result,
+        )?;
         let generation = i64::try_from(reloads.generation()).unwrap_or(i64::MAX);
         gauge(
             e,

@@ -137,6 +137,11 @@ fn the_tls_watch_is_on_by_default_and_its_interval_is_checked() {
         c.validate().map_err(|e| e.to_string()).map(|()| c.reload.watch_tls)
     };
     assert_eq!(read(""), Ok(Duration::from_secs(5)));
+    assert_eq!(
+        Config::from_toml(EXAMPLE).unwrap().reload.watch_tls,
+        Duration::from_secs(5),
+        "the example says the default"
+    );
     assert_eq!(read("[reload]\nwatch_tls = \"0s\"\n"), Ok(Duration::ZERO));
     assert_eq!(read("[reload]\nwatch_tls = \"250ms\"\n"), Ok(Duration::from_millis(250)));
     for bad in ["\"10ms\"", "\"2h\""] {
