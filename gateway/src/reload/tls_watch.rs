@@ -66,7 +66,13 @@ pub fn stamps(config: &Config) -> Stamps {
 }
 
 fn look_at(paths: impl IntoIterator<Item = PathBuf>) -> Stamps {
-    paths.into_iter().map(|p| (Stamp::of(&p), p)).map(|(s, p)| (p, s)).collect()
+    paths
+        .into_iter()
+        .map(|p| {
+            let stamp = Stamp::of(&p);
+            (p, stamp)
+        })
+        .collect()
 }
 
 /// What the watch remembers between two looks.
