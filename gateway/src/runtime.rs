@@ -140,13 +140,15 @@ pub fn run(config: Config, source: CliOptions, allocator: Allocator) -> Result<(
     // at once (a test, `systemctl stop` right after start) must drain, not take the
     // default action and kill the process.
     let drain = config.stop_after();
-    let reloader = Arc::new(Reloader {
+    let reloader = Arc::new(Reloader::new(
         source,
-        generations: generations.clone(),
-        admission: admission.clone(),
-        metrics: metrics.clone(),
-        listeners: Listeners::new(orders, config.keepalive.clone(), listen_socket),
-    });
+        generations.clone(),
+        admission.clone(),
+        metrics.clone(),
+        Listeners::new(orders, config.keepalive.clone(), listen_socket),
+    ));
+    crate::reload::tls_watch::spawn(reloader.clone(), rx.clone())
+        .map_err(|source| RunError::Spawn { what: "certificate watch", source })?;
     let (handlers_in, handlers_ready) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("wsgate-signals".into())

@@ -64,6 +64,9 @@ impl Files {
         }
     }
 
+    /// Writes the configuration. The certificate file watch is off: here each reload
+    /// is a signal's, so the counts of reloads are exact (`tls_cert_watch` tests the
+    /// watch).
     fn write_config(&self, shape: &Shape) {
         let mut groups = String::new();
         for (name, server) in shape.groups {
@@ -72,6 +75,7 @@ impl Files {
         let text = format!(
             "workers = 2\nsplice = \"auto\"\npid_file = \"{pid}\"\n[relay]\nsplice_after = \"0s\"\n\
              [drain]\nwindow = \"1s\"\njitter = 0.0\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+             [reload]\nwatch_tls = \"0s\"\n\
              [access_log]\npath = \"{log}\"\n\
              [[listener]]\naddress = \"127.0.0.1:0\"\n\
              [[listener]]\naddress = \"127.0.0.1:0\"\n[listener.tls]\ncert = \"{cert}\"\nkey = \"{key}\"\n\

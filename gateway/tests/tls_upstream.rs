@@ -5,15 +5,19 @@
 //! and HTTP/2 clients alike. A certificate that does not verify (unknown CA, wrong
 //! name), or a missing client certificate, is a 502 with the reason in the log, never
 //! a connection to an unverified server; active health checks speak TLS too; bad TLS
-//! settings stop the start with the field named.
+//! settings stop the start with the field named. The admin plane counts the upstream
+//! handshakes by group and failure reason.
 
+mod admin_util;
 mod tls_util;
 mod utils;
 
+use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
+use admin_util::{admin_addr, count, scrape};
 use tls_util::{Pki, TlsEcho, tls_connect, tls_listener, ws_echo};
 use utils::{Gateway, read_head, status_of, upgrade_request};
 
@@ -64,8 +68,13 @@ fn get(s: &mut TcpStream, path: &str) -> String {
 
 /// The status of an upgrade sent through `gw` on a plain client connection.
 fn upgrade_status(gw: &Gateway) -> u16 {
+    upgrade_status_on(gw, "/ws")
+}
+
+/// The status of an upgrade of `path` sent through `gw` on a plain client connection.
+fn upgrade_status_on(gw: &Gateway, path: &str) -> u16 {
     let mut s = plain_client(gw);
-    s.write_all(upgrade_request("/ws", "").as_bytes()).unwrap();
+    s.write_all(upgrade_request(path, "").as_bytes()).unwrap();
     status_of(&read_head(&mut s).0)
 }
 
@@ -152,6 +161,58 @@ fn a_certificate_that_does_not_verify_is_a_502_with_the_reason() {
     for s in up.seen().iter().chain(&up2.seen()) {
         assert!(s.request.is_empty(), "a request went to an unverified server: {s:?}");
     }
+}
+
+#[test]
+fn upstream_handshakes_are_counted_by_group_and_failure_reason() {
+    let pki = Pki::new();
+    let good = TlsEcho::start(&pki.issue("backend", &["backend.test"]), None);
+    // The right name from a CA wsgate does not trust (it has the test CA's name: its
+    // signature is what fails), and a trusted certificate for another name.
+    let stranger = Pki::new();
+    let untrusted = TlsEcho::start(&stranger.issue("backend", &["backend.test"]), None);
+    let misnamed = TlsEcho::start(&pki.issue("other", &["other.test"]), None);
+    let tls = format!("{{ server_name = \"backend.test\", ca = \"{}\" }}", pki.ca_file().display());
+    let mut config = format!("{PLAIN}[admin]\nlisten = \"127.0.0.1:0\"\n");
+    for (group, up) in [("good", &good), ("untrusted", &untrusted), ("misnamed", &misnamed)] {
+        let _ = write!(
+            config,
+            "[[route]]\npath = \"/{group}\"\nupstream = \"{group}\"\n\
+             [upstream.{group}]\nservers = [\"{}\"]\nmax_fails = 0\ntls = {tls}\n",
+            up.addr
+        );
+    }
+    let gw = Gateway::builder().config(&config).log_level("wsgate=debug").start();
+    let admin = admin_addr(&gw);
+
+    for _ in 0..2 {
+        assert_eq!(upgrade_status_on(&gw, "/untrusted"), 502);
+    }
+    for _ in 0..3 {
+        assert_eq!(upgrade_status_on(&gw, "/misnamed"), 502);
+    }
+    let mut s = plain_client(&gw);
+    ws_echo(&mut s, "/good", 6);
+    drop(s);
+
+    // Counted before each 502 and 101 was sent: one scrape sees them all.
+    let text = scrape(admin);
+    let handshakes = |group| count(&text, "wsgate_upstream_tls_handshakes_total", &[("upstream", group)]);
+    assert_eq!((handshakes("good"), handshakes("untrusted"), handshakes("misnamed")), (1, 0, 0), "{text}");
+    let failures = "wsgate_upstream_tls_handshake_failures_total";
+    assert_eq!(count(&text, failures, &[("upstream", "untrusted"), ("reason", "bad_certificate")]), 2, "{text}");
+    assert_eq!(count(&text, failures, &[("upstream", "misnamed"), ("reason", "name_mismatch")]), 3, "{text}");
+    // Nothing else: no other reason, no failure of the good group.
+    assert_eq!(count(&text, failures, &[]), 5, "{text}");
+    // The listener side's counters are another family: a plain listener, none there.
+    assert_eq!(count(&text, "wsgate_tls_handshake_failures_total", &[]), 0, "{text}");
+    // Each failure said why, once, at debug level.
+    let lines = gw.stderr();
+    let said = |reason: &str| {
+        lines.iter().filter(|l| l.contains("upstream TLS handshake failed") && l.contains(reason)).count()
+    };
+    assert_eq!((said("bad_certificate"), said("name_mismatch")), (2, 3), "{lines:#?}");
+    assert!(lines.iter().filter(|l| l.contains("upstream TLS handshake failed")).all(|l| l.contains("DEBUG")));
 }
 
 #[test]

@@ -16,7 +16,7 @@ use super::State;
 use crate::metrics::histogram::{Histogram, HistogramSnapshot};
 use crate::metrics::{ActiveMode, CLOSE_REASONS, WorkerMetrics};
 use crate::shutdown::Phase;
-use crate::tls::HandshakeFailure;
+use crate::tls::{HandshakeFailure, UpstreamHandshakeFailure};
 
 /// Which exposition format a scraper asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,6 +107,34 @@ fn per_worker<T>(
     f: impl Fn(&WorkerMetrics) -> T,
 ) -> Vec<([(&'static str, String); 1], T)> {
     workers.iter().map(|w| ([("worker", w.index.to_string())], f(w))).collect()
+}
+
+/// The handshakes of the TLS upstream groups' connections, by group (and reason).
+fn upstream_tls(e: &mut DescriptorEncoder, generation: &crate::reload::Generation) -> Fmt {
+    let tls: Vec<_> =
+        generation.groups.iter().filter_map(|g| Some((g.name.clone(), g.tls.as_ref()?.stats.clone()))).collect();
+    let done: Vec<_> = tls.iter().map(|(name, stats)| ([("upstream", name.clone())], stats.completed())).collect();
+    counter(
+        e,
+        "wsgate_upstream_tls_handshakes",
+        "TLS handshakes with upstream servers completed (connections for traffic; not health checks).",
+        None,
+        &done,
+    )?;
+    let failed: Vec<_> = tls
+        .iter()
+        .flat_map(|(name, stats)| {
+            UpstreamHandshakeFailure::ALL
+                .map(|w| ([("upstream", name.clone()), ("reason", w.as_str().to_owned())], stats.failed(w)))
+        })
+        .collect();
+    counter(
+        e,
+        "wsgate_upstream_tls_handshake_failures",
+        "TLS handshakes with upstream servers that failed, by reason.",
+        None,
+        &failed,
+    )
 }
 
 impl Collector for Scrape {
@@ -268,7 +296,13 @@ impl Collector for Scrape {
 
         let reloads = &s.metrics.reloads;
         let by_result: Vec<_> = reloads.counts().into_iter().map(|(r, n)| ([("result", r)], n)).collect();
-        counter(e, "wsgate_reloads", "Configuration reloads (SIGHUP, wsgate reload) by result.", None, &by_result)?;
+        counter(
+            e,
+            "wsgate_reloads",
+            "Configuration reloads (SIGHUP, wsgate reload, changed certificate files) by result.",
+            None,
+            &by_result,
+        )?;
         let generation = i64::try_from(reloads.generation()).unwrap_or(i64::MAX);
         gauge(
             e,
@@ -282,6 +316,7 @@ impl Collector for Scrape {
         counter(e, "wsgate_tls_handshakes", "TLS handshakes completed.", None, &[(NO_LABELS, done)])?;
         let failed: Vec<_> = HandshakeFailure::ALL.iter().map(|&w| ([("reason", w.as_str())], tls.failed(w))).collect();
         counter(e, "wsgate_tls_handshake_failures", "TLS handshakes that failed, by reason.", None, &failed)?;
+        upstream_tls(e, &s.generations.current())?;
 
         let refusals: Vec<_> = s.admission.refusals().into_iter().map(|(r, n)| ([("reason", r)], n)).collect();
         counter(e, "wsgate_admission_refusals", "Connections refused by an admission limit.", None, &refusals)?;

@@ -24,6 +24,7 @@ mod limits;
 mod listener;
 mod log;
 mod relay;
+mod reload;
 mod route;
 mod server_address;
 mod timeouts;
@@ -52,6 +53,7 @@ pub use limits::{DEFAULT_MAX_HEADERS, Limits};
 pub use listener::{ListenerConfig, Scheme};
 pub use log::{LogConfig, LogFormat};
 pub use relay::{DEFAULT_SPLICE_BUDGET, MIN_SPLICE_BUDGET, RelayConfig, SpliceMode};
+pub use reload::{MAX_WATCH_TLS, MIN_WATCH_TLS, ReloadConfig};
 pub use route::RouteConfig;
 pub use server_address::ServerAddress;
 pub use timeouts::Timeouts;
@@ -101,6 +103,8 @@ pub struct Config {
     pub keepalive: KeepaliveConfig,
     /// HTTP/2 on TLS listeners: WebSocket over HTTP/2 (RFC 8441) and its limits.
     pub http2: Http2Config,
+    /// Reloads without a signal: the TLS certificate files watched for changes.
+    pub reload: ReloadConfig,
     /// File the process id is written to at start (removed at exit), for
     /// `wsgate reload` and `wsgate drain`. Unset (the default): none.
     pub pid_file: Option<std::path::PathBuf>,

@@ -128,3 +128,30 @@ fn command_line_flags_override_their_fields() {
     let missing = CliOptions { config: Some("/nonexistent/wsgate.toml".into()), ..CliOptions::default() };
     assert!(missing.load().unwrap_err().to_string().starts_with("cannot read /nonexistent/wsgate.toml: "));
 }
+
+#[test]
+fn the_tls_watch_is_on_by_default_and_its_interval_is_checked() {
+    let base = "[[listener]]\naddress = \"127.0.0.1:0\"\n[[route]]\nupstream = \"g\"\n[upstream.g]\nservers = [\"127.0.0.1:1\"]\n";
+    let read = |extra: &str| {
+        let c = Config::from_toml(&format!("{extra}{base}")).map_err(|e| e.to_string())?;
+        c.validate().map_err(|e| e.to_string()).map(|()| c.reload.watch_tls)
+    };
+    assert_eq!(read(""), Ok(Duration::from_secs(5)));
+    assert_eq!(
+        Config::from_toml(EXAMPLE).unwrap().reload.watch_tls,
+        Duration::from_secs(5),
+        "the example says the default"
+    );
+    assert_eq!(read("[reload]\nwatch_tls = \"0s\"\n"), Ok(Duration::ZERO));
+    assert_eq!(read("[reload]\nwatch_tls = \"250ms\"\n"), Ok(Duration::from_millis(250)));
+    for bad in ["\"10ms\"", "\"2h\""] {
+        let e = read(&format!("[reload]\nwatch_tls = {bad}\n")).unwrap_err();
+        assert!(e.starts_with("reload.watch_tls: must be 0s (off) or from 100ms to 1h"), "{bad}: {e}");
+    }
+    for bad in ["\"soon\"", "5", "\"-1s\""] {
+        let e = read(&format!("[reload]\nwatch_tls = {bad}\n")).unwrap_err();
+        assert!(e.contains("watch_tls"), "{bad}: {e}");
+    }
+    let e = read("[reload]\nwatch = \"1s\"\n").unwrap_err();
+    assert!(e.contains("watch"), "{e}");
+}

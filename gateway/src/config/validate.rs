@@ -7,7 +7,8 @@
 
 use super::error::invalid;
 use super::{
-    Balance, Config, ConfigError, MIN_SPLICE_BUDGET, TlsConfig, UpstreamConfig, parse_statuses, valid_sni_name,
+    Balance, Config, ConfigError, MAX_WATCH_TLS, MIN_SPLICE_BUDGET, MIN_WATCH_TLS, TlsConfig, UpstreamConfig,
+    parse_statuses, valid_sni_name,
 };
 
 impl Config {
@@ -24,18 +25,9 @@ impl Config {
                 validate_tls(&format!("listener[{i}].tls"), tls)?;
             }
         }
-        let t = &self.timeouts;
-        for (name, d) in [
-            ("timeouts.header", t.header),
-            ("timeouts.connect", t.connect),
-            ("timeouts.response", t.response),
-            ("timeouts.idle", t.idle),
-        ] {
-            if d.is_zero() {
-                return Err(invalid(name, "must be greater than 0"));
-            }
-        }
+        self.validate_timeouts()?;
         self.validate_drain()?;
+        self.validate_reload()?;
         self.validate_http2()?;
         if !(512..=1024 * 1024).contains(&self.limits.max_header_bytes) {
             return Err(invalid("limits.max_header_bytes", "must be between 512 and 1048576"));
@@ -127,6 +119,29 @@ impl Config {
         }
         if ka.user_timeout.as_millis() > u128::from(u32::MAX) {
             return Err(invalid("keepalive.user_timeout", "must be below 49 days"));
+        }
+        Ok(())
+    }
+
+    fn validate_timeouts(&self) -> Result<(), ConfigError> {
+        let t = &self.timeouts;
+        for (name, d) in [
+            ("timeouts.header", t.header),
+            ("timeouts.connect", t.connect),
+            ("timeouts.response", t.response),
+            ("timeouts.idle", t.idle),
+        ] {
+            if d.is_zero() {
+                return Err(invalid(name, "must be greater than 0"));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_reload(&self) -> Result<(), ConfigError> {
+        let watch = self.reload.watch_tls;
+        if !watch.is_zero() && !(MIN_WATCH_TLS..=MAX_WATCH_TLS).contains(&watch) {
+            return Err(invalid("reload.watch_tls", "must be 0s (off) or from 100ms to 1h"));
         }
         Ok(())
     }

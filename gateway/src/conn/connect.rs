@@ -340,9 +340,11 @@ async fn secure(
     let Some(tls) = &group.tls else { return Ok(PeerIo::Plain(tcp)) };
     let server = group.server(i);
     let name = tls.name_for(&server.address, server.addr());
-    match crate::tls::handshake::connect(tcp, tls.config.clone(), name, ring, deadline).await {
+    match crate::tls::handshake::connect(tcp, (tls.config.clone(), name), ring, deadline, &tls.stats).await {
         Ok(stream) => Ok(PeerIo::Tls(Box::new(stream))),
         Err(failed) => {
+            let reason = crate::tls::UpstreamHandshakeFailure::of(&failed).as_str();
+            tracing::debug!(upstream = %server.addr(), group = %group.name, reason, "upstream TLS handshake failed: {}", failed.detail);
             let kind = if failed.why == crate::tls::HandshakeFailure::Timeout {
                 io::ErrorKind::TimedOut
             } else {

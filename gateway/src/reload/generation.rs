@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use arc_swap::ArcSwap;
 
 use super::listeners::ListenerKey;
+use super::tls_watch::Stamps;
 use crate::accesslog::AccessLog;
 use crate::config::Config;
 use crate::router::Router;
@@ -41,6 +42,9 @@ pub struct Generation {
     pub groups: Vec<Arc<Group>>,
     /// Each TLS listener's acceptor, by listener.
     pub tls: Vec<(ListenerKey, Acceptor)>,
+    /// How the TLS listeners' certificate files looked just before they were read (what
+    /// the file watch compares with).
+    pub tls_files: Stamps,
     pub access_log: AccessLog,
 }
 
@@ -49,6 +53,8 @@ impl Generation {
     /// their live state and an unchanged access log keeps its writer. Blocking (reads
     /// certificate files, resolves names): call off the data plane.
     pub fn build(number: u64, config: Arc<Config>, previous: Option<&Self>) -> Result<Self, BuildError> {
+        // Before the files are read: a change meanwhile is seen as one by the watch.
+        let tls_files = super::tls_watch::stamps(&config);
         let tls = config
             .listeners
             .iter()
@@ -72,7 +78,7 @@ impl Generation {
             Some(p) if same(&p.config.access_log, &config.access_log) => p.access_log.clone(),
             _ => AccessLog::start(&config.access_log).map_err(BuildError::AccessLog)?,
         };
-        Ok(Self { number, config, router, groups, tls, access_log })
+        Ok(Self { number, config, router, groups, tls, tls_files, access_log })
     }
 
     /// The TLS acceptor of the listener `key` (`None`: plain, or no longer configured).

@@ -6,7 +6,9 @@
 //! - [`generation`]: what a generation holds and how it is built and published;
 //! - [`listeners`]: listeners added and removed (bound before anything changes);
 //! - [`restart_only`]: the sections kept until a restart, each named in a warning;
-//! - [`pid_file`]: how `wsgate reload` and `wsgate drain` find the running process.
+//! - [`pid_file`]: how `wsgate reload` and `wsgate drain` find the running process;
+//! - [`tls_watch`]: the TLS listeners' certificate files watched, reloaded when they
+//!   change (only the files: the configuration in force is built again).
 //!
 //! An invalid file, a certificate that does not load or a name that does not resolve
 //! refuses the reload: the running generation stays, and the error is logged with its
@@ -17,8 +19,9 @@ pub mod generation;
 pub mod listeners;
 pub mod pid_file;
 mod restart_only;
+pub mod tls_watch;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 pub use generation::{BuildError, Generation, Generations};
 
@@ -48,14 +51,30 @@ pub struct Reloader {
     pub metrics: Arc<Metrics>,
     /// The workers' listeners, which a reload may add to or remove from.
     pub listeners: listeners::Listeners,
+    /// Held by each reload, so two (a SIGHUP and the file watch) never both build on
+    /// the same generation and publish over each other.
+    serial: Mutex<()>,
 }
 
 impl Reloader {
+    pub fn new(
+        source: CliOptions,
+        generations: Generations,
+        admission: Arc<Admission>,
+        metrics: Arc<Metrics>,
+        listeners: listeners::Listeners,
+    ) -> Self {
+        Self { source, generations, admission, metrics, listeners, serial: Mutex::new(()) }
+    }
+
     /// One reload, from the service manager's `RELOADING=1` to its `READY=1`.
     /// Blocking (files, name resolution): runs off the data plane.
     pub fn reload(&self) {
         crate::systemd::reloading();
-        let status = match self.try_reload() {
+        let serial = self.serial.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let result = self.try_reload();
+        drop(serial);
+        let status = match result {
             Ok(g) => {
                 self.metrics.reloads.applied(g);
                 tracing::info!(
@@ -72,6 +91,45 @@ impl Reloader {
             }
         };
         crate::systemd::reloaded(&status);
+    }
+
+    /// The certificate files of the configuration in force changed (`which`, for the
+    /// log): builds the next generation from the same configuration, which reads them
+    /// again, and publishes it for new connections; live ones keep theirs. Counted with
+    /// the reloads. A file that does not load keeps the generation in force, said in one
+    /// error line. Blocking: for the watch thread. Returns whether it was applied.
+    pub fn reload_certificates(&self, which: &str) -> bool {
+        let serial = self.serial.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let old = self.generations.current();
+        let built = Generation::build(old.number + 1, old.config.clone(), Some(&old));
+        drop(old);
+        match built {
+            Ok(next) => {
+                let number = next.number;
+                let tenure = self.generations.tenure(number);
+                self.generations.publish(next);
+                self.metrics.reloads.applied(number);
+                tracing::info!(
+                    generation = number,
+                    "certificate files changed ({which}): certificates reloaded; new connections use generation {number}, live ones keep theirs"
+                );
+                if let Err(e) = self.generations.current().start_background(&tenure) {
+                    tracing::error!(error = %e, "the health checks or name resolution of generation {number} did not start");
+                }
+                drop(serial);
+                true
+            }
+            Err(e) => {
+                drop(serial);
+                self.metrics.reloads.refused();
+                let running = self.generations.current().number;
+                tracing::error!(
+                    generation = running,
+                    "certificate files changed ({which}) but do not load; still serving those of generation {running}: {e}"
+                );
+                false
+            }
+        }
     }
 
     fn try_reload(&self) -> Result<u64, ReloadError> {

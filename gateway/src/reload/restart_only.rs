@@ -30,6 +30,7 @@ pub fn kept_until_restart(old: &Config, new: &Config) -> Vec<&'static str> {
         keepalive,
         pid_file,
         http2: _,
+        reload: _,
     } = new;
     let mut kept = Vec::new();
     let mut check = |name, changed: bool| {

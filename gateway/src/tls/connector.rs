@@ -7,7 +7,9 @@
 //!
 //! Built with the configuration generation (files read then, never on a connection's
 //! path); session resumption is rustls's in-memory cache, shared by every worker of the
-//! generation. Must never skip verification: there is no setting for it.
+//! generation. Its handshake counters ([`UpstreamHandshakeStats`]) are carried from
+//! one generation to the next ([`Connector::keeping_stats`]). Must never skip
+//! verification: there is no setting for it.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -21,6 +23,7 @@ use rustls_pki_types::pem::PemObject;
 
 use super::TlsSetupError;
 use super::certs;
+use super::upstream_handshakes::UpstreamHandshakeStats;
 use crate::config::{ServerAddress, UpstreamTlsConfig};
 
 /// What a TLS upstream group's connections are made with.
@@ -29,6 +32,8 @@ pub struct Connector {
     pub config: Arc<ClientConfig>,
     /// `server_name` as configured; `None`: each server's own name or address.
     server_name: Option<ServerName<'static>>,
+    /// Handshakes of the group's connections, by result.
+    pub stats: Arc<UpstreamHandshakeStats>,
 }
 
 impl Connector {
@@ -59,7 +64,17 @@ impl Connector {
                 })?),
                 None => None,
             };
-        Ok(Self { config: Arc::new(config), server_name })
+        Ok(Self { config: Arc::new(config), server_name, stats: Arc::default() })
+    }
+
+    /// Counts on in the counters of `previous` (the same group's connector before a
+    /// reload), so they never go back.
+    #[must_use]
+    pub fn keeping_stats(mut self, previous: Option<&Self>) -> Self {
+        if let Some(p) = previous {
+            self.stats = p.stats.clone();
+        }
+        self
     }
 
     /// The name server `address` (now at `addr`) is verified for: `server_name`, else

@@ -3,9 +3,10 @@
 //! of one connection to a TLS upstream ([`connect`], within the connect timeout).
 //!
 //! Returns the [`TlsStream`] ready for the request head, or why it failed; failures
-//! are counted by reason ([`HandshakeStats`]) and logged at debug level by the caller,
-//! never at error level (any client on the internet can cause them). Must never wait
-//! without the deadline nor read past what rustls asks for.
+//! are counted by reason ([`HandshakeStats`]; towards upstreams
+//! [`super::upstream_handshakes::UpstreamHandshakeStats`]) and logged at debug level by
+//! the caller, never at error level (any client on the internet can cause them). Must
+//! never wait without the deadline nor read past what rustls asks for.
 
 use std::io;
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use tokio::time::timeout_at;
 use tokio_uring::net::TcpStream;
 
 use super::TlsStream;
+use super::upstream_handshakes::{UpstreamHandshakeFailure, UpstreamHandshakeStats};
 use crate::readiness::{self, Ring};
 
 /// Why a handshake failed.
@@ -108,6 +110,18 @@ impl HandshakeStats {
 pub struct Failed {
     pub why: HandshakeFailure,
     pub detail: String,
+    /// rustls's own error, when rustls refused (not a timeout or a closed socket).
+    pub error: Option<rustls::Error>,
+}
+
+impl Failed {
+    fn new(why: HandshakeFailure, detail: String) -> Self {
+        Self { why, detail, error: None }
+    }
+
+    fn rustls(e: rustls::Error) -> Self {
+        Self { why: HandshakeFailure::of(&e), detail: e.to_string(), error: Some(e) }
+    }
 }
 
 /// Runs the server side of the handshake on `tcp` until it is done or `deadline`.
@@ -120,7 +134,7 @@ pub async fn accept(
 ) -> Result<TlsStream, Failed> {
     let result = match ServerConnection::new(config) {
         Ok(conn) => drive(TlsStream::new(tcp, conn), ring, deadline).await,
-        Err(e) => Err(Failed { why: HandshakeFailure::Other, detail: e.to_string() }),
+        Err(e) => Err(Failed { why: HandshakeFailure::Other, ..Failed::rustls(e) }),
     };
     match &result {
         Ok(_) => {
@@ -134,22 +148,29 @@ pub async fn accept(
 /// Runs the client side of the handshake with an upstream on `tcp` (connected) until
 /// it is done or `deadline`; `name` is what the upstream's certificate must be valid
 /// for (and the SNI sent, when it is a DNS name). The error says why, as rustls does
-/// (an invalid or unknown certificate, an alert, a timeout).
+/// (an invalid or unknown certificate, an alert, a timeout); `stats` counts it by
+/// reason, under the upstream group's name.
 pub async fn connect(
     tcp: TcpStream,
-    config: Arc<ClientConfig>,
-    name: ServerName<'static>,
+    (config, name): (Arc<ClientConfig>, ServerName<'static>),
     ring: &Ring,
     deadline: Instant,
+    stats: &UpstreamHandshakeStats,
 ) -> Result<TlsStream, Failed> {
-    let conn = ClientConnection::new(config, name)
-        .map_err(|e| Failed { why: HandshakeFailure::Other, detail: e.to_string() })?;
-    drive(TlsStream::new(tcp, conn), ring, deadline).await
+    let result = match ClientConnection::new(config, name) {
+        Ok(conn) => drive(TlsStream::new(tcp, conn), ring, deadline).await,
+        Err(e) => Err(Failed { why: HandshakeFailure::Other, ..Failed::rustls(e) }),
+    };
+    match &result {
+        Ok(_) => stats.done(),
+        Err(f) => stats.count(UpstreamHandshakeFailure::of(f)),
+    }
+    result
 }
 
 /// Drives a handshake, either side, until it is done or `deadline`.
 async fn drive(stream: TlsStream, ring: &Ring, deadline: Instant) -> Result<TlsStream, Failed> {
-    let fail = |why, detail: String| Failed { why, detail };
+    let fail = Failed::new;
     loop {
         // What rustls has to say (ServerHello…, tickets, an alert) goes first.
         match timeout_at(deadline.into(), stream.flush(ring)).await {
@@ -172,14 +193,13 @@ async fn drive(stream: TlsStream, ring: &Ring, deadline: Instant) -> Result<TlsS
             }
             Err(e) if e.kind() == io::ErrorKind::InvalidData => {
                 // The rustls error again, typed, for its reason.
-                let why = stream
-                    .conn()
-                    .process_new_packets()
-                    .err()
-                    .map_or(HandshakeFailure::Other, |e| HandshakeFailure::of(&e));
+                let failed = match stream.conn().process_new_packets() {
+                    Err(typed) => Failed { detail: e.to_string(), ..Failed::rustls(typed) },
+                    Ok(_) => fail(HandshakeFailure::Other, e.to_string()),
+                };
                 // The alert rustls queued, if the socket takes it now.
                 let _ = tokio::time::timeout(std::time::Duration::ZERO, stream.flush(ring)).await;
-                return Err(fail(why, e.to_string()));
+                return Err(failed);
             }
             Err(e) => return Err(fail(HandshakeFailure::ClosedEarly, e.to_string())),
         }

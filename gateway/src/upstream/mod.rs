@@ -262,7 +262,10 @@ impl Group {
             tls,
         } = cfg;
         let tls = match tls {
-            Some(t) => Some(crate::tls::Connector::from_config(&format!("upstream.{name}.tls"), t)?),
+            Some(t) => Some(
+                crate::tls::Connector::from_config(&format!("upstream.{name}.tls"), t)?
+                    .keeping_stats(previous.and_then(|p| p.tls.as_ref())),
+            ),
             None => None,
         };
         let ipv4 = source_addresses.first().is_none_or(IpAddr::is_ipv4);
