@@ -7,13 +7,13 @@
 //! nginx's target does).
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 
 use super::nginx::WORKER_CONNECTIONS;
-use super::procs::{Proc, wait_port};
+use super::procs::{Proc, ensure_installed, wait_port};
 use super::tls::TlsFiles;
 use crate::exec::exec;
 
@@ -62,25 +62,6 @@ backend echo
     )
 }
 
-pub(super) fn ensure_haproxy() -> Result<PathBuf> {
-    for p in ["/usr/sbin/haproxy", "/usr/bin/haproxy"] {
-        if Path::new(p).is_file() {
-            return Ok(p.into());
-        }
-    }
-    if !nix::unistd::Uid::effective().is_root() {
-        bail!("haproxy is not installed: apt-get install haproxy");
-    }
-    eprintln!("bench: installing haproxy …");
-    exec(Command::new("apt-get").args(["update", "-q"]))?;
-    exec(
-        Command::new("apt-get")
-            .args(["install", "-y", "-q", "--no-install-recommends", "haproxy"])
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )?;
-    Ok("/usr/sbin/haproxy".into())
-}
-
 /// Writes the configuration under `dir`, has HAProxy check it, and starts it in the
 /// foreground (`-db`: one process, no master) with its log in `dir/access.log` and its
 /// warnings in `dir/error.log`; waits until it listens.
@@ -91,7 +72,7 @@ pub(super) fn start_haproxy(
     workers: usize,
     tls: Option<&TlsFiles>,
 ) -> Result<Proc> {
-    let haproxy = ensure_haproxy()?;
+    let haproxy = ensure_installed(&["/usr/sbin/haproxy", "/usr/bin/haproxy"], "haproxy")?;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let pem = tls.map(|t| t.haproxy_pem(dir)).transpose()?;
     let conf = dir.join("haproxy.cfg");
@@ -117,6 +98,8 @@ pub(super) fn start_haproxy(
 
 #[cfg(test)]
 mod tests {
+    use std::path::PathBuf;
+
     use super::*;
 
     fn installed() -> Option<&'static str> {

@@ -5,12 +5,12 @@
 //! missing and root, as `cargo xtask test` does).
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 
-use super::procs::{Proc, wait_port};
+use super::procs::{Proc, ensure_installed, wait_port};
 use super::tls::TlsFiles;
 use crate::exec::exec;
 
@@ -76,25 +76,6 @@ http {{
     )
 }
 
-pub(super) fn ensure_nginx() -> Result<PathBuf> {
-    for p in ["/usr/sbin/nginx", "/usr/bin/nginx"] {
-        if Path::new(p).is_file() {
-            return Ok(p.into());
-        }
-    }
-    if !nix::unistd::Uid::effective().is_root() {
-        bail!("nginx is not installed: apt-get install nginx-light");
-    }
-    eprintln!("bench: installing nginx-light …");
-    exec(Command::new("apt-get").args(["update", "-q"]))?;
-    exec(
-        Command::new("apt-get")
-            .args(["install", "-y", "-q", "--no-install-recommends", "nginx-light"])
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )?;
-    Ok("/usr/sbin/nginx".into())
-}
-
 pub(super) fn start_nginx(
     dir: &Path,
     listen: SocketAddr,
@@ -102,7 +83,7 @@ pub(super) fn start_nginx(
     workers: usize,
     tls: Option<&TlsFiles>,
 ) -> Result<Proc> {
-    let nginx = ensure_nginx()?;
+    let nginx = ensure_installed(&["/usr/sbin/nginx", "/usr/bin/nginx"], "nginx-light")?;
     std::fs::create_dir_all(dir)?;
     let conf = dir.join("nginx.conf");
     std::fs::write(&conf, nginx_conf(dir, listen, upstream, workers, tls))?;

@@ -187,3 +187,22 @@ pub(super) fn load_procs_for(conns: u64) -> u64 {
 pub(super) fn nofile_hard() -> u64 {
     nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).map_or(1024, |(_, hard)| hard)
 }
+
+/// The first of `paths` that exists; when none does and this runs as root, installs
+/// Debian's `package` (as `cargo xtask test` does) and returns the first path.
+pub(super) fn ensure_installed(paths: &[&str], package: &str) -> Result<PathBuf> {
+    if let Some(p) = paths.iter().find(|p| Path::new(p).is_file()) {
+        return Ok(p.into());
+    }
+    if !nix::unistd::Uid::effective().is_root() {
+        bail!("{package} is not installed: apt-get install {package}");
+    }
+    eprintln!("bench: installing {package} …");
+    exec(Command::new("apt-get").args(["update", "-q"]))?;
+    exec(
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends", package])
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )?;
+    Ok(paths[0].into())
+}
