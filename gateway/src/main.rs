@@ -108,13 +108,24 @@ fn drain(opts: &DrainOptions) -> ExitCode {
 }
 
 /// Whether process `pid` still runs: it exists and is not a zombie (an exited child
-/// its parent has not reaped yet has drained all the same).
+/// its parent has not reaped yet has drained all the same). A zombie main thread whose
+/// other threads are still exiting (a worker tearing down its rings) is still running:
+/// its parent cannot reap it yet.
 fn alive(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
         // The state follows the command name, which is in parentheses.
         let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
-        !matches!(state, Some("Z" | "X") | None)
+        match state {
+            Some("Z" | "X") => threads(pid) > 1,
+            None => false,
+            Some(_) => true,
+        }
     })
+}
+
+/// Threads of process `pid` that have not exited (its `/proc` task entries).
+fn threads(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, Iterator::count)
 }
 
 /// Where the package installs the tuning profiles.
