@@ -91,9 +91,8 @@ impl Removals {
         let planned: u64 = servers.iter().map(|s| s.active()).sum();
         let plan = Arc::new(Schedule::new(&self.drain, planned, Instant::now()));
         let before = self.tx.borrow().clone();
-        let mut next = Removed {
-            servers: before.servers.iter().filter(|(s, _)| s.strong_count() > 0).cloned().collect(),
-        };
+        let mut next =
+            Removed { servers: before.servers.iter().filter(|(s, _)| s.strong_count() > 0).cloned().collect() };
         next.servers.extend(servers.iter().map(|s| (Arc::downgrade(s), plan.clone())));
         self.tx.send_replace(Arc::new(next));
         planned
