@@ -9,6 +9,7 @@
 
 mod admin_util;
 mod drain_util;
+mod tls_util;
 mod utils;
 
 use std::path::{Path, PathBuf};
@@ -17,6 +18,7 @@ use std::time::{Duration, Instant};
 use admin_util::{admin_addr, count, eventually, scrape};
 use drain_util::{Clients, Ended, assert_going_away, now_secs};
 use nix::sys::signal::Signal;
+use tls_util::Pki;
 use utils::{Gateway, TempDir, WsEcho};
 
 /// Streaming connections, spread by round robin over the two servers.
@@ -27,13 +29,13 @@ const WITHIN: Duration = Duration::from_secs(20);
 /// busy client event loop.
 const CLOSED_WITHIN: f64 = 1.0 + 9.0;
 
-/// The configuration: one group of `servers`, `drain_removed` as given, relayed as
-/// `splice` says (`userspace`, or `sockmap` from the 101 on).
-fn write_config(path: &Path, splice: &str, servers: &[&WsEcho], drain_removed: bool) {
+/// The configuration: `listener`, one group of `servers`, `drain_removed` as given,
+/// relayed as `splice` says (`userspace`, or `sockmap` from the 101 on).
+fn write_config(path: &Path, (splice, listener): (&str, &str), servers: &[&WsEcho], drain_removed: bool) {
     let servers: Vec<String> = servers.iter().map(|s| format!("\"{}\"", s.addr)).collect();
     let text = format!(
         "workers = 2\nsplice = \"{splice}\"\n[relay]\nsplice_after = \"0s\"\n[drain]\nwindow = \"1s\"\njitter = 0.0\n\
-         [admin]\nlisten = \"127.0.0.1:0\"\n[[listener]]\naddress = \"127.0.0.1:0\"\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n{listener}\
          [[route]]\nupstream = \"g\"\n[upstream.g]\nservers = [{}]\ndrain_removed = {drain_removed}\n",
         servers.join(", ")
     );
@@ -64,15 +66,22 @@ struct Setup {
     gw: Gateway,
     config: PathBuf,
     splice: &'static str,
+    listener: String,
     clients: Clients,
     _dir: TempDir,
+    _pki: Option<Pki>,
 }
 
-fn start(splice: &'static str, drain_removed: bool) -> Option<Setup> {
+/// Starts it all; `tls`: the clients speak wss to a TLS listener (relayed by the TLS
+/// relay). `None` when the splice asked for is not there (a failure under `CI`).
+fn start(splice: &'static str, drain_removed: bool, tls: bool) -> Option<Setup> {
     let (a, b) = (WsEcho::start(), WsEcho::start());
     let dir = TempDir::new();
     let config = dir.0.join("wsgate.toml");
-    write_config(&config, splice, &[&a, &b], drain_removed);
+    let pki = tls.then(Pki::new);
+    let cert = pki.as_ref().map(|p| p.issue("localhost", &["localhost"]));
+    let listener = tls_util::tls_listener(cert.as_ref(), &[]);
+    write_config(&config, (splice, &listener), &[&a, &b], drain_removed);
     let started =
         Gateway::builder().args(&["-c", config.to_str().unwrap()]).log_level("warn,wsgate=info").start_or_exit();
     let gw = match started {
@@ -85,7 +94,11 @@ fn start(splice: &'static str, drain_removed: bool) -> Option<Setup> {
             return None;
         }
     };
-    let clients = Clients::open(N, &[gw.ws_url("/removed")]);
+    let url = match &pki {
+        Some(_) => format!("wss://localhost:{}/removed", gw.addr.port()),
+        None => gw.ws_url("/removed"),
+    };
+    let clients = Clients::open_ca(N, &[url], 70_000, pki.as_ref().map(Pki::ca_file).as_deref());
     // Every connection streams a while, and each upstream has its share.
     let both = eventually(WITHIN, || {
         let (on_a, on_b) = (messages(&a), messages(&b));
@@ -93,13 +106,13 @@ fn start(splice: &'static str, drain_removed: bool) -> Option<Setup> {
     });
     assert!(both, "every connection streams: a {:?}, b {:?}", messages(&a), messages(&b));
     std::thread::sleep(Duration::from_secs(1));
-    Some(Setup { a, b, gw, config, splice, clients, _dir: dir })
+    Some(Setup { a, b, gw, config, splice, listener, clients, _dir: dir, _pki: pki })
 }
 
 /// Rewrites the configuration without `b` and reloads; returns the wall-clock time
 /// of the SIGHUP.
 fn remove_b(s: &Setup, drain_removed: bool) -> f64 {
-    write_config(&s.config, s.splice, &[&s.a], drain_removed);
+    write_config(&s.config, (s.splice, &s.listener), &[&s.a], drain_removed);
     let at = now_secs();
     s.gw.signal(Signal::SIGHUP);
     s.gw.wait_stderr("configuration reloaded", WITHIN);
@@ -116,7 +129,18 @@ fn drain_rest(s: &mut Setup, left: usize) -> Vec<Ended> {
 
 #[test]
 fn a_reload_closes_the_websockets_of_a_removed_server_with_1001_and_leaves_the_others() {
-    let mut s = start("userspace", true).unwrap();
+    closes_b_and_leaves_a(start("userspace", true, false).unwrap());
+}
+
+#[test]
+fn wss_websockets_of_a_removed_server_close_with_1001_through_the_tls_relay() {
+    closes_b_and_leaves_a(start("userspace", true, true).unwrap());
+}
+
+/// Removes b from the group with `drain_removed`: b's WebSockets close with 1001 at a
+/// frame boundary within the window and a margin (`close=removed`), a's keep
+/// streaming until the SIGTERM drain.
+fn closes_b_and_leaves_a(mut s: Setup) {
     let on_b = s.b.requests.lock().unwrap().len();
     let on_a = N - on_b;
     assert!(on_a > 0 && on_b > 0, "round robin gave each server connections ({on_a}, {on_b})");
@@ -131,11 +155,12 @@ fn a_reload_closes_the_websockets_of_a_removed_server_with_1001_and_leaves_the_o
         let after = e.closed_at.unwrap() - reloaded;
         assert!(after <= CLOSED_WITHIN, "connection {} closed {after:.2} s after the reload", e.conn);
     }
-    let b_events = s.b.events.lock().unwrap().clone();
-    for conn in 0..on_b {
-        let last = b_events.iter().filter(|(c, _)| *c == conn).map(|(_, e)| e.as_str()).next_back();
-        assert_eq!(last, Some("close 1001"), "b's connection {conn} got the masked Close 1001: {b_events:?}");
-    }
+    let last_is_1001 = |conn: usize| {
+        let events = s.b.events.lock().unwrap();
+        events.iter().rfind(|(c, _)| *c == conn).is_some_and(|(_, e)| e == "close 1001")
+    };
+    let all = eventually(WITHIN, || (0..on_b).all(last_is_1001));
+    assert!(all, "each of b's connections got the masked Close 1001: {:?}", s.b.events.lock().unwrap());
     // a's connections go on streaming, every echo checked.
     let before = messages(&s.a);
     s.clients.none_ends_for(Duration::from_secs(3));
@@ -152,13 +177,13 @@ fn a_reload_closes_the_websockets_of_a_removed_server_with_1001_and_leaves_the_o
 
 #[test]
 fn without_drain_removed_the_websockets_of_a_removed_server_keep_streaming() {
-    let s = start("userspace", false).unwrap();
+    let s = start("userspace", false, false).unwrap();
     keeps_streaming_through_the_removal(s, false);
 }
 
 #[test]
 fn spliced_pairs_of_a_removed_server_keep_streaming_even_with_drain_removed() {
-    let Some(s) = start("sockmap", true) else { return };
+    let Some(s) = start("sockmap", true, false) else { return };
     keeps_streaming_through_the_removal(s, true);
 }
 
