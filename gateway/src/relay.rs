@@ -133,11 +133,11 @@ struct Ended {
 
 /// Relays bytes both ways until both directions finished, a reset, the idle timeout,
 /// the `Stop` phase, a pause (`opts.handover`) or this connection's turn in the
-/// drain or after its server's removal (`pacer`): then each side gets a Close 1001 at the end of the frame in
-/// progress, the relay waits for the peers' Close frames, and returns
-/// [`Close::Drain`]. Unless paused, both sockets are shut down (not closed) on
-/// return, which also completes any io_uring operation still in flight on them; a
-/// pause returns only when nothing is in flight.
+/// drain or after its server's removal (`pacer`): then each side gets a Close 1001
+/// at the end of the frame in progress, the relay waits for the peers' Close frames,
+/// and returns [`Close::Drain`]. Unless paused, both sockets are shut down (not
+/// closed) on return, which also completes any io_uring operation still in flight on
+/// them; a pause returns only when nothing is in flight.
 pub async fn relay(
     client: &TcpStream,
     upstream: &TcpStream,

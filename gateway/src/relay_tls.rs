@@ -67,9 +67,10 @@ impl Shared<'_> {
 }
 
 /// Relays both ways until both directions finished, a reset, the idle timeout, `Stop`
-/// or this pair's turn in the drain or after its server's removal (`pacer`). `opts.handover` and
-/// `end_on_upstream_fin` do not apply (a TLS pair is never spliced; this relay carries
-/// WebSockets only). Either side may be plain, not both (that is [`crate::relay`]'s).
+/// or this pair's turn in the drain or after its server's removal (`pacer`).
+/// `opts.handover` and `end_on_upstream_fin` do not apply (a TLS pair is never
+/// spliced; this relay carries WebSockets only). Either side may be plain, not both
+/// (that is [`crate::relay`]'s).
 #[allow(clippy::too_many_lines, reason = "one select over the pair's events, as in crate::relay")]
 pub async fn relay(
     client: &PeerIo,
