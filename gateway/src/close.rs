@@ -60,6 +60,9 @@ pub enum Close {
     /// Closed by the paced drain: a Close 1001 "going away" to each side between
     /// frames, then FIN.
     Drain,
+    /// Closed like [`Close::Drain`] because a reload removed the upstream server from a
+    /// group with `drain_removed = true`.
+    Removed,
     /// The response was complete (error responses, plain HTTP, passed-back responses).
     Done,
     /// Not a close: the userspace relay stopped at a quiet moment (no bytes held, both
@@ -101,6 +104,7 @@ impl Close {
             Self::IdleTimeout => "idle_timeout",
             Self::Shutdown => "shutdown",
             Self::Drain => "drain",
+            Self::Removed => "removed",
             Self::Done => "done",
             Self::Paused => "paused",
             Self::Error => "error",
@@ -165,6 +169,7 @@ mod tests {
             Close::IdleTimeout,
             Close::Shutdown,
             Close::Drain,
+            Close::Removed,
             Close::Done,
             Close::Paused,
             Close::Error,

@@ -23,7 +23,7 @@ use tokio_uring::net::TcpStream;
 
 use crate::bufpool::BufPool;
 use crate::close::{Close, Side};
-use crate::drain::{FrameTracker, Pacer, close_frame};
+use crate::drain::{FrameTracker, Turns, close_frame};
 use crate::metrics::live::RelayBytes;
 use crate::readiness::{self, Ring};
 use crate::shutdown::{Phase, ShutdownRx};
@@ -133,18 +133,18 @@ struct Ended {
 
 /// Relays bytes both ways until both directions finished, a reset, the idle timeout,
 /// the `Stop` phase, a pause (`opts.handover`) or this connection's turn in the
-/// drain (`pacer`): then each side gets a Close 1001 at the end of the frame in
-/// progress, the relay waits for the peers' Close frames, and returns
-/// [`Close::Drain`]. Unless paused, both sockets are shut down (not closed) on
-/// return, which also completes any io_uring operation still in flight on them; a
-/// pause returns only when nothing is in flight.
+/// drain or after its server's removal (`pacer`): then each side gets a Close 1001
+/// at the end of the frame in progress, the relay waits for the peers' Close frames,
+/// and returns [`Close::Drain`]. Unless paused, both sockets are shut down (not
+/// closed) on return, which also completes any io_uring operation still in flight on
+/// them; a pause returns only when nothing is in flight.
 pub async fn relay(
     client: &TcpStream,
     upstream: &TcpStream,
     opts: RelayOptions,
     shutdown: &mut ShutdownRx,
     (ring, buffers, live): (&Ring, &BufPool, Option<&RelayBytes>),
-    pacer: Option<&Pacer>,
+    pacer: Option<Turns<'_>>,
 ) -> RelayOutcome {
     let (c2u, u2c) = (Dir::default(), Dir::default());
     c2u.frames.set(opts.frames[0]);
@@ -187,7 +187,7 @@ async fn pumps(
     opts: RelayOptions,
     shutdown: &mut ShutdownRx,
     (ring, buffers, live): (&Ring, &BufPool, Option<&RelayBytes>),
-    pacer: Option<&Pacer>,
+    pacer: Option<Turns<'_>>,
 ) -> Ended {
     let activity = Cell::new(Instant::now());
     let closing = Cell::new(false);
@@ -202,7 +202,7 @@ async fn pumps(
     // Bytes moved (both ways) when the handover last looked, and whether it decided to
     // hand over and waits for a quiet moment.
     let (mut looked_at, mut handing_over) = (0u64, false);
-    let mut turn = pin!(crate::drain::turn(shutdown.clone(), pacer));
+    let mut turn = pin!(crate::drain::turns(shutdown.clone(), pacer));
     // How long a frame in progress may take to end once it is this connection's turn.
     let mut frame_end = pin!(tokio::time::sleep(Duration::MAX));
     let mut stop = pin!(shutdown.reached(Phase::Stop));

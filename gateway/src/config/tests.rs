@@ -155,3 +155,17 @@ fn the_tls_watch_is_on_by_default_and_its_interval_is_checked() {
     let e = read("[reload]\nwatch = \"1s\"\n").unwrap_err();
     assert!(e.contains("watch"), "{e}");
 }
+
+#[test]
+fn drain_removed_is_off_by_default_and_a_boolean() {
+    let base = "[[listener]]\naddress = \"127.0.0.1:0\"\n[[route]]\nupstream = \"g\"\n[upstream.g]\nservers = [\"127.0.0.1:1\"]\n";
+    let read = |extra: &str| Config::from_toml(&format!("{base}{extra}")).map(|c| c.upstreams["g"].drain_removed);
+    assert!(!read("").unwrap());
+    assert!(read("drain_removed = true\n").unwrap());
+    let e = read("drain_removed = \"yes\"\n").unwrap_err().to_string();
+    assert!(e.contains("drain_removed"), "{e}");
+    assert!(
+        !Config::from_toml(EXAMPLE).unwrap().upstreams.values().any(|u| u.drain_removed),
+        "the example says the default"
+    );
+}

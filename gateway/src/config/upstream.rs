@@ -67,6 +67,12 @@ pub struct UpstreamConfig {
     /// does plain ones. Default: plain TCP.
     #[serde(with = "super::tls::upstream_tls")]
     pub tls: Option<UpstreamTlsConfig>,
+    /// On a reload whose configuration removes a server from this group, the live
+    /// WebSockets relayed in userspace to that server get a Close 1001 "going away" at
+    /// a frame boundary, spread over `drain.window` as in the SIGTERM drain (access
+    /// log `close=removed`). Spliced pairs keep flowing. Default false: they all run to
+    /// their natural end.
+    pub drain_removed: bool,
 }
 
 impl Default for UpstreamConfig {
@@ -85,6 +91,7 @@ impl Default for UpstreamConfig {
             keepalive_timeout: Duration::from_mins(1),
             keepalive_requests: 1000,
             tls: None,
+            drain_removed: false,
         }
     }
 }

@@ -19,7 +19,7 @@ use super::plain::{Exchanged, Request};
 use super::teardown::Facts;
 use crate::admission::Admitted;
 use crate::close::{Close, Mode, Side};
-use crate::drain::FrameTracker;
+use crate::drain::{FrameTracker, Removal, Turns};
 use crate::error::{ErrorKind, ProxyError};
 use crate::metrics::ActiveMode;
 use crate::relay::{self, Handover, RelayOptions, RelayOutcome};
@@ -143,6 +143,9 @@ pub async fn websocket(
     to_upstream.feed(&early);
     let to_client = FrameTracker::after(response.as_ref().map_or(0, |h| h.len as u64));
     let client = client_slot.as_ref()?;
+    // A reload that removes the server from a group with `drain_removed` closes the
+    // userspace relay with 1001; a spliced pair keeps flowing.
+    let removal = worker.generations.removals.watch(live.server_live());
     // What the client sent after its head is WebSocket data now: it goes first.
     if !early.is_empty() {
         facts.bytes_in += early.len() as u64;
@@ -163,19 +166,19 @@ pub async fn websocket(
     let (client, upstream) = match (client, upstream) {
         (PeerIo::Plain(client), PeerIo::Plain(upstream)) => (client, upstream),
         (client, upstream) => {
-            userspace_tls(client, &upstream, opts, worker, facts).await;
+            userspace_tls(client, &upstream, (opts, &removal), worker, facts).await;
             return None;
         }
     };
     let Some(pairs) = &worker.pairs else {
-        userspace(client, &upstream, opts, worker, facts).await;
+        userspace(client, &upstream, (opts, &removal), worker, facts).await;
         return None;
     };
     let handover = first_handover(cfg, worker);
     let mut opts = opts;
     if handover != Handover::Never {
         let first = RelayOptions { handover, ..opts };
-        let outcome = userspace(client, &upstream, first, worker, facts).await;
+        let outcome = userspace(client, &upstream, (first, &removal), worker, facts).await;
         if outcome.reason != Close::Paused {
             return None;
         }
@@ -203,7 +206,7 @@ pub async fn websocket(
                 // Client bytes went through the handover untracked.
                 opts.frames[0] = FrameTracker::lost();
             }
-            userspace(&client, &upstream, opts, worker, facts).await;
+            userspace(&client, &upstream, (opts, &removal), worker, facts).await;
         }
         Err(HandoverError::Failed { side, source }) => {
             // The sockets are closed (dropped with the error); nothing can be sent. A
@@ -252,7 +255,13 @@ fn first_handover(cfg: &crate::config::Config, worker: &Worker) -> Handover {
 
 /// Relays a pair with TLS on one side or both in userspace and adds what moved to
 /// the facts.
-async fn userspace_tls(client: &PeerIo, upstream: &PeerIo, opts: RelayOptions, worker: &Worker, facts: &mut Facts) {
+async fn userspace_tls(
+    client: &PeerIo,
+    upstream: &PeerIo,
+    (opts, removal): (RelayOptions, &Removal),
+    worker: &Worker,
+    facts: &mut Facts,
+) {
     Stats::bump(&worker.stats.relayed_userspace);
     facts.mode = Mode::Userspace;
     facts.conn.set_mode(ActiveMode::Userspace);
@@ -261,19 +270,19 @@ async fn userspace_tls(client: &PeerIo, upstream: &PeerIo, opts: RelayOptions, w
     // What it moves shows live in the admin plane (`None` when that is off).
     let live = facts.conn.relaying();
     let io = (&worker.ring, &worker.buffers, live.as_deref());
-    let outcome =
-        Box::pin(crate::relay_tls::relay(client, upstream, opts, &mut shutdown, io, Some(&worker.pacer))).await;
+    let turns = Turns { pacer: &worker.pacer, removal: Some(removal) };
+    let outcome = Box::pin(crate::relay_tls::relay(client, upstream, opts, &mut shutdown, io, Some(turns))).await;
     facts.bytes_in += outcome.client_to_upstream;
     facts.bytes_out += outcome.upstream_to_client;
     facts.bytes_sent = facts.bytes_out;
-    facts.close = outcome.reason;
+    facts.close = close_reason(outcome.reason, removal);
 }
 
 /// Relays in userspace and adds what moved to the facts.
 async fn userspace(
     client: &TcpStream,
     upstream: &TcpStream,
-    opts: RelayOptions,
+    (opts, removal): (RelayOptions, &Removal),
     worker: &Worker,
     facts: &mut Facts,
 ) -> RelayOutcome {
@@ -288,13 +297,19 @@ async fn userspace(
     // What it moves shows live in the admin plane (`None` when that is off).
     let live = facts.conn.relaying();
     let io = (&worker.ring, &worker.buffers, live.as_deref());
-    let outcome = Box::pin(relay::relay(client, upstream, opts, &mut shutdown, io, Some(&worker.pacer))).await;
+    let turns = Turns { pacer: &worker.pacer, removal: Some(removal) };
+    let outcome = Box::pin(relay::relay(client, upstream, opts, &mut shutdown, io, Some(turns))).await;
     if opts.handover != Handover::Never && outcome.reason != Close::Paused {
         Stats::bump(&worker.stats.relayed_userspace);
     }
     facts.bytes_in += outcome.client_to_upstream;
     facts.bytes_out += outcome.upstream_to_client;
     facts.bytes_sent = facts.bytes_out;
-    facts.close = outcome.reason;
+    facts.close = close_reason(outcome.reason, removal);
     outcome
+}
+
+/// A relay closed by its turn after its server's removal says so (`close=removed`).
+fn close_reason(reason: Close, removal: &Removal) -> Close {
+    if reason == Close::Drain && removal.fired() { Close::Removed } else { reason }
 }

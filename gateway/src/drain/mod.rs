@@ -7,7 +7,9 @@
 //!   upstream, as a client would send it);
 //! - [`pacer`] hands each worker's connections their close times, and [`turn`] waits
 //!   for a connection's;
-//! - [`state`] is a relay's drain state across its two directions.
+//! - [`state`] is a relay's drain state across its two directions;
+//! - [`removed`] announces the servers a reload removed from a group with
+//!   `drain_removed`, whose WebSockets then close the same way ([`turns`]).
 //!
 //! Nothing here touches a socket: the userspace relay and the splice supervision use
 //! these pieces on the sockets they own.
@@ -15,10 +17,12 @@
 pub mod close_frame;
 pub mod frames;
 pub mod pacer;
+pub mod removed;
 pub mod state;
 
 pub use frames::{FrameState, FrameTracker};
 pub use pacer::Pacer;
+pub use removed::{Removal, Removals};
 pub use state::DrainState;
 
 use crate::shutdown::{Phase, ShutdownRx};
@@ -28,4 +32,28 @@ pub async fn turn(mut shutdown: ShutdownRx, pacer: Option<&Pacer>) {
     let Some(pacer) = pacer else { return std::future::pending().await };
     shutdown.reached(Phase::Draining).await;
     tokio::time::sleep_until(pacer.slot().into()).await;
+}
+
+/// What decides when a relay closes: its worker's drain schedule, and the removal of
+/// its upstream server by a reload (when the relay watches for it).
+#[derive(Debug, Clone, Copy)]
+pub struct Turns<'a> {
+    pub pacer: &'a Pacer,
+    pub removal: Option<&'a Removal>,
+}
+
+/// Resolves at this connection's turn in the drain or, first, at its turn after a
+/// reload removed its upstream server (never without `turns`).
+pub async fn turns(shutdown: ShutdownRx, turns: Option<Turns<'_>>) {
+    let Some(Turns { pacer, removal }) = turns else { return std::future::pending().await };
+    let removed = async {
+        match removal {
+            Some(r) => r.turn().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        () = turn(shutdown, Some(pacer)) => {}
+        () = removed => {}
+    }
 }

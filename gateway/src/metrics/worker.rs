@@ -35,7 +35,7 @@ impl ActiveMode {
 }
 
 /// How connections end, as the access log names it (`close=`); anything else is `other`.
-pub const CLOSE_REASONS: [&str; 10] = [
+pub const CLOSE_REASONS: [&str; 11] = [
     "client_fin",
     "upstream_fin",
     "client_reset",
@@ -43,6 +43,7 @@ pub const CLOSE_REASONS: [&str; 10] = [
     "idle_timeout",
     "shutdown",
     "drain",
+    "removed",
     "error",
     "done",
     "other",

@@ -16,6 +16,7 @@ use super::listeners::ListenerKey;
 use super::tls_watch::Stamps;
 use crate::accesslog::AccessLog;
 use crate::config::Config;
+use crate::drain::Removals;
 use crate::router::Router;
 use crate::tls::{Acceptor, TlsSetupError};
 use crate::upstream::{self, Group, GroupError, Tenure};
@@ -116,13 +117,17 @@ pub fn same<T: serde::Serialize>(a: &T, b: &T) -> bool {
 pub struct Generations {
     current: Arc<ArcSwap<Generation>>,
     number: Arc<AtomicU64>,
+    /// The servers reloads removed from groups with `drain_removed`, announced to the
+    /// relays of their WebSockets.
+    pub removals: Removals,
 }
 
 impl Generations {
     /// Puts the first generation in force.
     pub fn new(first: Generation) -> Self {
         let number = Arc::new(AtomicU64::new(first.number));
-        Self { current: Arc::new(ArcSwap::from_pointee(first)), number }
+        let removals = Removals::new(&first.config.drain);
+        Self { current: Arc::new(ArcSwap::from_pointee(first)), number, removals }
     }
 
     /// The generation in force now (what a new connection takes and keeps).

@@ -12,8 +12,10 @@
 //!
 //! An invalid file, a certificate that does not load or a name that does not resolve
 //! refuses the reload: the running generation stays, and the error is logged with its
-//! field (and line). A reload never closes a connection: the WebSockets of servers
-//! the new configuration removed run to their natural end.
+//! field (and line). A reload closes no connection, with one exception: the
+//! WebSockets of servers removed from a group with `drain_removed = true` get a Close
+//! 1001 over `drain.window` (see [`crate::drain::removed`]); those of other removed
+//! servers run to their natural end.
 
 pub mod generation;
 pub mod listeners;
@@ -147,11 +149,29 @@ impl Reloader {
                 "reload: routes changed; new connections follow them, but the per-route metrics keep the labels of the routes at start until wsgate restarts"
             );
         }
+        // The servers the new configuration removed from groups that drain them.
+        let removed: Vec<_> = next
+            .groups
+            .iter()
+            .filter(|g| g.drain_removed)
+            .filter_map(|g| old.group(&g.name).map(|before| g.removed_since(before)))
+            .flatten()
+            .collect();
         self.admission.set_global_limit(next.config.limits.max_connections);
         // Published first: the new health checks run while this generation is in force.
         let tenure = self.generations.tenure(number);
         self.generations.publish(next);
         self.listeners.apply(listeners);
+        if !removed.is_empty() {
+            let planned = self.generations.removals.announce(&removed);
+            tracing::info!(
+                generation = number,
+                servers = removed.len(),
+                connections = planned,
+                "reload: {} upstream server(s) removed from groups with drain_removed; their WebSockets relayed in userspace close with 1001 over drain.window",
+                removed.len()
+            );
+        }
         if let Err(e) = self.generations.current().start_background(&tenure) {
             tracing::error!(error = %e, "reload: the health checks or name resolution of generation {number} did not start");
         }

@@ -163,6 +163,9 @@ pub struct Group {
     pub keepalive: pool::Keep,
     /// TLS towards the servers (`upstream.NAME.tls`); `None`: plain TCP.
     pub tls: Option<crate::tls::Connector>,
+    /// A reload that removes a server from this group closes its userspace-relayed
+    /// WebSockets with a Close 1001 (`upstream.NAME.drain_removed`).
+    pub drain_removed: bool,
 }
 
 /// Why a group could not be built.
@@ -260,6 +263,7 @@ impl Group {
             keepalive_timeout,
             keepalive_requests,
             tls,
+            drain_removed,
         } = cfg;
         let tls = match tls {
             Some(t) => Some(
@@ -315,6 +319,7 @@ impl Group {
             ipv4,
             keepalive: pool::Keep { idle: *keepalive, timeout: *keepalive_timeout, requests: *keepalive_requests },
             tls,
+            drain_removed: *drain_removed,
         })
     }
 
@@ -333,6 +338,17 @@ impl Group {
                 }
             }
         }
+    }
+
+    /// The live state of `previous`'s servers that this group no longer has (the
+    /// servers a reload removed from the group).
+    pub fn removed_since(&self, previous: &Self) -> Vec<Arc<ServerLive>> {
+        previous
+            .servers
+            .iter()
+            .filter(|old| !self.servers.iter().any(|s| Arc::ptr_eq(&s.live, &old.live)))
+            .map(|old| old.live.clone())
+            .collect()
     }
 
     pub fn server(&self, i: usize) -> &Server {
@@ -466,6 +482,11 @@ impl ActiveGuard {
     /// The server's group.
     pub fn group(&self) -> &Arc<Group> {
         &self.group
+    }
+
+    /// That server's live state: its identity across reloads.
+    pub fn server_live(&self) -> Arc<ServerLive> {
+        self.group.servers[self.index].live.clone()
     }
 
     /// That server's address.

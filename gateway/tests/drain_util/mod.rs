@@ -88,6 +88,30 @@ impl Clients {
     }
 }
 
+impl Clients {
+    /// The ends of the next `k` connections to end, waiting at most `within` in all.
+    pub fn next_ended(&mut self, k: usize, within: Duration) -> Vec<Ended> {
+        let deadline = std::time::Instant::now() + within;
+        (0..k)
+            .map(|i| {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                let line = self
+                    .lines
+                    .recv_timeout(left)
+                    .unwrap_or_else(|_| panic!("only {i} of {k} client connections ended within {within:?}"));
+                serde_json::from_str::<Ended>(&line).unwrap_or_else(|e| panic!("{e}: {line}"))
+            })
+            .collect()
+    }
+
+    /// Panics if a connection ends within `d` (all keep going that long).
+    pub fn none_ends_for(&mut self, d: Duration) {
+        if let Ok(line) = self.lines.recv_timeout(d) {
+            panic!("a client connection ended when none should: {line}");
+        }
+    }
+}
+
 impl Drop for Clients {
     fn drop(&mut self) {
         let _ = self.child.kill();
