@@ -115,44 +115,26 @@ fn a_websocket_that_goes_quiet_is_handed_to_the_kernel_and_keeps_every_byte() {
     );
 }
 
-/// Streams 64 KiB messages until `stop` (bounded to 60 s), recording its longest pause
-/// between two writes in `longest_gap_ms`; then closes its side. Returns the bytes sent.
-fn stream_out(mut out: TcpStream, stop: &AtomicBool, longest_gap_ms: &AtomicU64) -> u64 {
+/// Sends 64 KiB messages, each echoed byte for byte before the next (bulk with the gaps
+/// of a request–response exchange: a pair saturated both ways has no quiet moment to be
+/// handed over in), until `stop` (bounded to 60 s); records the longest pause between
+/// two messages in `longest_gap_ms`. Returns the bytes sent.
+fn bulk_exchange(c: &mut TcpStream, stop: &AtomicBool, longest_gap_ms: &AtomicU64) -> u64 {
+    let messages: Vec<Vec<u8>> = (0..16).map(|i| message(i, 64 * 1024)).collect();
     let (started, mut last, mut sent) = (Instant::now(), Instant::now(), 0u64);
-    let mut i = 0u64;
-    while !stop.load(Ordering::Relaxed) && started.elapsed() < Duration::from_mins(1) {
-        let frame = message(i, 64 * 1024);
-        out.write_all(&frame).unwrap();
+    let mut back = vec![0u8; messages[0].len()];
+    for (i, frame) in messages.iter().cycle().enumerate() {
+        if stop.load(Ordering::Relaxed) || started.elapsed() >= Duration::from_mins(1) {
+            break;
+        }
+        c.write_all(frame).unwrap();
+        c.read_exact(&mut back).unwrap();
+        assert!(back == *frame, "message {i} came back changed");
         longest_gap_ms.fetch_max(u64::try_from(last.elapsed().as_millis()).unwrap(), Ordering::Relaxed);
         last = Instant::now();
         sent += frame.len() as u64;
-        i += 1;
     }
-    out.shutdown(Shutdown::Write).unwrap();
     sent
-}
-
-/// Reads the echo to its end, checking every message against what was sent; returns
-/// the bytes read.
-fn stream_in(mut from: TcpStream) -> u64 {
-    let len = message(0, 64 * 1024).len();
-    let (mut got, mut i) = (0u64, 0u64);
-    let (mut pending, mut chunk) = (Vec::new(), vec![0u8; 256 * 1024]);
-    loop {
-        let n = from.read(&mut chunk).unwrap();
-        if n == 0 {
-            break;
-        }
-        got += n as u64;
-        pending.extend_from_slice(&chunk[..n]);
-        while pending.len() >= len {
-            assert_eq!(pending[..len], message(i, 64 * 1024)[..], "message {i} came back changed");
-            pending.drain(..len);
-            i += 1;
-        }
-    }
-    assert!(pending.is_empty(), "a partial message at the end");
-    got
 }
 
 #[test]
@@ -163,28 +145,27 @@ fn a_websocket_that_carries_bulk_is_handed_to_the_kernel_while_it_streams() {
     let up = RawUpstream::switching(b"");
     let gw = gateway(up.addr, "2s");
     let admin = admin_addr(&gw);
-    let (client, head) = upgrade(&gw);
-    // A pause of `splice_after` would make the pair idle, not bulk: the writer records
+    let (mut client, head) = upgrade(&gw);
+    // A pause of `splice_after` would make the pair idle, not bulk: the exchange records
     // its longest one.
     let stop = Arc::new(AtomicBool::new(false));
     let longest_gap_ms = Arc::new(AtomicU64::new(0));
-    let out = client.try_clone().unwrap();
-    let writer = {
+    let exchange = {
         let (stop, gap) = (stop.clone(), longest_gap_ms.clone());
-        std::thread::spawn(move || stream_out(out, &stop, &gap))
+        std::thread::spawn(move || {
+            let sent = bulk_exchange(&mut client, &stop, &gap);
+            (client, sent)
+        })
     };
-    let reader = std::thread::spawn(move || stream_in(client));
-    let spliced = eventually(Duration::from_secs(30), || active(admin, "splice") == 1);
-    // Some more streaming through the kernel, then the end.
+    let spliced = eventually(Duration::from_mins(1), || active(admin, "splice") == 1);
+    // Some more bulk through the kernel, then the end.
     std::thread::sleep(Duration::from_millis(500));
     stop.store(true, Ordering::Relaxed);
-    let sent = writer.join().unwrap();
-    let got = reader.join().unwrap();
-    assert!(spliced, "a pair streaming bulk was not handed to the kernel within 30 s");
+    let (client, sent) = exchange.join().unwrap();
+    assert!(spliced, "a pair carrying bulk was not handed to the kernel within 60 s");
     let gap = longest_gap_ms.load(Ordering::Relaxed);
-    assert!(gap < 2000, "the writer paused {gap} ms: the pair went quiet, so this does not show the bulk rule");
-    assert_eq!(got, sent, "not every byte sent came back");
-    let line = gw.wait_log("\"GET / HTTP/1.1\" 101 ").trim_end().to_owned();
+    assert!(gap < 2000, "the exchange paused {gap} ms: the pair went quiet, so this does not show the bulk rule");
+    let line = close(&gw, client);
     assert!(
         line.ends_with(&format!(" in={sent} out={} close=client_fin mode=userspace+splice", sent + head as u64)),
         "{line}"
