@@ -133,7 +133,7 @@ struct Ended {
 
 /// Relays bytes both ways until both directions finished, a reset, the idle timeout,
 /// the `Stop` phase, a pause (`opts.handover`) or this connection's turn in the
-/// drain or after its server's removal (`pacer`): then each side gets a Close 1001
+/// drain or after its server's removal (`turns`): then each side gets a Close 1001
 /// at the end of the frame in progress, the relay waits for the peers' Close frames,
 /// and returns [`Close::Drain`]. Unless paused, both sockets are shut down (not
 /// closed) on return, which also completes any io_uring operation still in flight on
@@ -144,13 +144,13 @@ pub async fn relay(
     opts: RelayOptions,
     shutdown: &mut ShutdownRx,
     (ring, buffers, live): (&Ring, &BufPool, Option<&RelayBytes>),
-    pacer: Option<Turns<'_>>,
+    turns: Option<Turns<'_>>,
 ) -> RelayOutcome {
     let (c2u, u2c) = (Dir::default(), Dir::default());
     c2u.frames.set(opts.frames[0]);
     u2c.frames.set(opts.frames[1]);
     let first = Cell::new(None);
-    let ended = pumps(client, upstream, (&c2u, &u2c), &first, opts, shutdown, (ring, buffers, live), pacer).await;
+    let ended = pumps(client, upstream, (&c2u, &u2c), &first, opts, shutdown, (ring, buffers, live), turns).await;
     if ended.reason == Close::Drain {
         let [to_client, to_upstream] = ended.going_away;
         let closing = going_away(client, upstream, [to_client, to_upstream], (&c2u, &u2c), (ring, buffers));
@@ -187,7 +187,7 @@ async fn pumps(
     opts: RelayOptions,
     shutdown: &mut ShutdownRx,
     (ring, buffers, live): (&Ring, &BufPool, Option<&RelayBytes>),
-    pacer: Option<Turns<'_>>,
+    turns: Option<Turns<'_>>,
 ) -> Ended {
     let activity = Cell::new(Instant::now());
     let closing = Cell::new(false);
@@ -202,7 +202,7 @@ async fn pumps(
     // Bytes moved (both ways) when the handover last looked, and whether it decided to
     // hand over and waits for a quiet moment.
     let (mut looked_at, mut handing_over) = (0u64, false);
-    let mut turn = pin!(crate::drain::turns(shutdown.clone(), pacer));
+    let mut turn = pin!(crate::drain::turns(shutdown.clone(), turns));
     // How long a frame in progress may take to end once it is this connection's turn.
     let mut frame_end = pin!(tokio::time::sleep(Duration::MAX));
     let mut stop = pin!(shutdown.reached(Phase::Stop));

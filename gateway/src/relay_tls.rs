@@ -67,7 +67,7 @@ impl Shared<'_> {
 }
 
 /// Relays both ways until both directions finished, a reset, the idle timeout, `Stop`
-/// or this pair's turn in the drain or after its server's removal (`pacer`).
+/// or this pair's turn in the drain or after its server's removal (`turns`).
 /// `opts.handover` and `end_on_upstream_fin` do not apply (a TLS pair is never
 /// spliced; this relay carries WebSockets only). Either side may be plain, not both
 /// (that is [`crate::relay`]'s).
@@ -78,7 +78,7 @@ pub async fn relay(
     opts: RelayOptions,
     shutdown: &mut ShutdownRx,
     (ring, buffers, live): (&Ring, &BufPool, Option<&RelayBytes>),
-    pacer: Option<Turns<'_>>,
+    turns: Option<Turns<'_>>,
 ) -> RelayOutcome {
     let s = Shared {
         activity: Cell::new(Instant::now()),
@@ -89,7 +89,7 @@ pub async fn relay(
     let mut c2u = pin!(pump(client, upstream, C2U, &s, (ring, buffers)));
     let mut u2c = pin!(pump(upstream, client, U2C, &s, (ring, buffers)));
     let mut idle = pin!(tokio::time::sleep(opts.idle_timeout));
-    let mut turn = pin!(crate::drain::turns(shutdown.clone(), pacer));
+    let mut turn = pin!(crate::drain::turns(shutdown.clone(), turns));
     let mut stop = pin!(shutdown.reached(Phase::Stop));
     let mut frame_end = pin!(tokio::time::sleep(std::time::Duration::MAX));
     let (mut c2u_done, mut u2c_done) = (false, false);

@@ -6,11 +6,13 @@
 //! interrupting its `epoll_wait` (`EINTR`) and then wakes it again through the ring's
 //! fd, and reaches a running one with an inter-processor interrupt. On the development
 //! VM that made a small message's round trip through the relay about twice nginx's and
-//! cost more CPU per message, with four to six times nginx's reschedule interrupts. So a pair that goes on past its first few messages registers
-//! each source socket once, edge-triggered, with tokio's reactor: no re-arm per message
-//! and one direct wake, as nginx waits (then: the round trip, CPU and interrupts of
-//! nginx). A connect–upgrade–close exchange never pays for the registration (two
-//! `epoll_ctl` per socket), and a spliced pair holds none (its relay is gone).
+//! cost more CPU per message, with four to six times nginx's reschedule interrupts. So
+//! a pair that goes on past its first few messages registers each source socket once,
+//! edge-triggered, with tokio's reactor: no re-arm per message and one direct wake, as
+//! nginx waits (then: nginx's interrupt count, and a round trip and CPU per message
+//! within about 10 % of nginx's). A connect–upgrade–close exchange never pays for the
+//! registration (two `epoll_ctl` per socket), and a spliced pair holds none (its relay
+//! is gone).
 //!
 //! Must never outlive the socket it waits on: the relay that owns a [`Waiter`] is
 //! lent its sockets for longer than the waiter lives.

@@ -38,6 +38,26 @@ fn upgrade(g: &Gateway) -> (TcpStream, usize) {
     (c, head.len())
 }
 
+/// A WebSocket through one `auto` worker that hands pairs over after `after`, behind
+/// an echo upstream. `None` (said loudly) where the kernel splice cannot run here.
+struct AutoPair {
+    _upstream: RawUpstream,
+    gw: Gateway,
+    admin: SocketAddr,
+    client: TcpStream,
+    /// Length of the 101 head the client read (the access log's `out` counts it).
+    head: u64,
+}
+
+fn auto_pair(test: &str, after: &str) -> Option<AutoPair> {
+    splice_util::splicer_or_skip(test, 16, 1 << 20)?;
+    let upstream = RawUpstream::switching(b"");
+    let gw = gateway(upstream.addr, after);
+    let admin = admin_addr(&gw);
+    let (client, head) = upgrade(&gw);
+    Some(AutoPair { _upstream: upstream, gw, admin, client, head: head as u64 })
+}
+
 /// Connections of the only worker in `mode` now, from `/metrics`.
 fn active(admin: SocketAddr, mode: &str) -> usize {
     count(&scrape(admin), "wsgate_connections_active", &[("mode", mode)])
@@ -72,13 +92,11 @@ fn close(g: &Gateway, mut c: TcpStream) -> String {
 
 #[test]
 fn a_websocket_that_keeps_exchanging_small_messages_stays_in_userspace() {
-    if splice_util::splicer_or_skip("auto_chatty_stays_userspace", 16, 1 << 20).is_none() {
+    let Some(AutoPair { _upstream, gw: g, admin, client: mut c, head }) =
+        auto_pair("auto_chatty_stays_userspace", "3s")
+    else {
         return;
-    }
-    let up = RawUpstream::switching(b"");
-    let g = gateway(up.addr, "3s");
-    let admin = admin_addr(&g);
-    let (mut c, head) = upgrade(&g);
+    };
     // 200 round trips 20 ms apart: over 4 s, past the first look at 3 s, never quiet.
     let started = Instant::now();
     let sent = exchange(&mut c, 0, 200, Duration::from_millis(20));
@@ -86,21 +104,16 @@ fn a_websocket_that_keeps_exchanging_small_messages_stays_in_userspace() {
     assert_eq!(active(admin, "userspace"), 1, "the pair left the userspace relay while it exchanged messages");
     assert_eq!(active(admin, "splice"), 0);
     let line = close(&g, c);
-    assert!(
-        line.ends_with(&format!(" in={sent} out={} close=client_fin mode=userspace", sent + head as u64)),
-        "{line}"
-    );
+    assert!(line.ends_with(&format!(" in={sent} out={} close=client_fin mode=userspace", sent + head)), "{line}");
 }
 
 #[test]
 fn a_websocket_that_goes_quiet_is_handed_to_the_kernel_and_keeps_every_byte() {
-    if splice_util::splicer_or_skip("auto_quiet_goes_to_kernel", 16, 1 << 20).is_none() {
+    let Some(AutoPair { _upstream, gw: g, admin, client: mut c, head }) =
+        auto_pair("auto_quiet_goes_to_kernel", "300ms")
+    else {
         return;
-    }
-    let up = RawUpstream::switching(b"");
-    let g = gateway(up.addr, "300ms");
-    let admin = admin_addr(&g);
-    let (mut c, head) = upgrade(&g);
+    };
     let mut sent = exchange(&mut c, 0, 20, Duration::ZERO);
     assert!(
         eventually(Duration::from_secs(20), || active(admin, "splice") == 1),
@@ -110,7 +123,7 @@ fn a_websocket_that_goes_quiet_is_handed_to_the_kernel_and_keeps_every_byte() {
     sent += exchange(&mut c, 20, 50, Duration::ZERO);
     let line = close(&g, c);
     assert!(
-        line.ends_with(&format!(" in={sent} out={} close=client_fin mode=userspace+splice", sent + head as u64)),
+        line.ends_with(&format!(" in={sent} out={} close=client_fin mode=userspace+splice", sent + head)),
         "{line}"
     );
 }
@@ -139,13 +152,9 @@ fn bulk_exchange(c: &mut TcpStream, stop: &AtomicBool, longest_gap_ms: &AtomicU6
 
 #[test]
 fn a_websocket_that_carries_bulk_is_handed_to_the_kernel_while_it_streams() {
-    if splice_util::splicer_or_skip("auto_bulk_goes_to_kernel", 16, 1 << 20).is_none() {
+    let Some(AutoPair { _upstream, gw, admin, mut client, head }) = auto_pair("auto_bulk_goes_to_kernel", "2s") else {
         return;
-    }
-    let up = RawUpstream::switching(b"");
-    let gw = gateway(up.addr, "2s");
-    let admin = admin_addr(&gw);
-    let (mut client, head) = upgrade(&gw);
+    };
     // A pause of `splice_after` would make the pair idle, not bulk: the exchange records
     // its longest one.
     let stop = Arc::new(AtomicBool::new(false));
@@ -167,7 +176,7 @@ fn a_websocket_that_carries_bulk_is_handed_to_the_kernel_while_it_streams() {
     assert!(gap < 2000, "the exchange paused {gap} ms: the pair went quiet, so this does not show the bulk rule");
     let line = close(&gw, client);
     assert!(
-        line.ends_with(&format!(" in={sent} out={} close=client_fin mode=userspace+splice", sent + head as u64)),
+        line.ends_with(&format!(" in={sent} out={} close=client_fin mode=userspace+splice", sent + head)),
         "{line}"
     );
 }

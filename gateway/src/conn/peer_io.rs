@@ -53,8 +53,8 @@ impl PeerIo {
     /// decrypted bytes already waiting count as readable at once.
     pub async fn readable(&self, ring: &Ring) -> io::Result<u32> {
         match self {
+            _ if self.has_plaintext() => Ok(libc::POLLIN as u32),
             Self::Plain(s) => ring.ready(s, readiness::READABLE).await,
-            Self::Tls(t) if t.has_plaintext() => Ok(libc::POLLIN as u32),
             Self::Tls(t) => ring.ready(t.tcp(), readiness::READABLE).await,
         }
     }

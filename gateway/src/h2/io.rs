@@ -7,29 +7,20 @@
 //! did not make (a write of 0 bytes is "wait", never success).
 
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use crate::io::RawSocket;
 use crate::tls::TlsStream;
-
-/// The raw socket of a [`TlsStream`], registered with tokio's reactor.
-struct Fd(RawFd);
-
-impl AsRawFd for Fd {
-    fn as_raw_fd(&self) -> RawFd {
-        self.0
-    }
-}
 
 /// A TLS stream with tokio I/O traits. Owns the stream: dropping it deregisters the
 /// socket from the reactor, then closes it.
 pub struct H2Io {
     // Declared first: dropped (deregistered) before the socket closes.
-    fd: AsyncFd<Fd>,
+    fd: AsyncFd<RawSocket>,
     tls: Box<TlsStream>,
 }
 
@@ -40,7 +31,7 @@ impl H2Io {
         // SAFETY: the socket is `tls`'s, which this struct owns and drops after `fd`
         // (field order), so it stays open and the same for as long as it is registered.
         let fd =
-            unsafe { AsyncFd::register_with_interest(Fd(tls.tcp().as_raw_fd()), interest) }.map_err(io::Error::from)?;
+            unsafe { AsyncFd::register_with_interest(RawSocket::of(tls.tcp()), interest) }.map_err(io::Error::from)?;
         Ok(Self { fd, tls })
     }
 
