@@ -107,17 +107,12 @@ impl Reloader {
         drop(old);
         match built {
             Ok(next) => {
-                let number = next.number;
-                let tenure = self.generations.tenure(number);
-                self.generations.publish(next);
+                let number = self.put_in_force(next);
                 self.metrics.reloads.applied(number);
                 tracing::info!(
                     generation = number,
                     "certificate files changed ({which}): certificates reloaded; new connections use generation {number}, live ones keep theirs"
                 );
-                if let Err(e) = self.generations.current().start_background(&tenure) {
-                    tracing::error!(error = %e, "the health checks or name resolution of generation {number} did not start");
-                }
                 drop(serial);
                 true
             }
@@ -158,9 +153,7 @@ impl Reloader {
             .flatten()
             .collect();
         self.admission.set_global_limit(next.config.limits.max_connections);
-        // Published first: the new health checks run while this generation is in force.
-        let tenure = self.generations.tenure(number);
-        self.generations.publish(next);
+        self.put_in_force(next);
         self.listeners.apply(listeners);
         if !removed.is_empty() {
             let planned = self.generations.removals.announce(&removed);
@@ -172,9 +165,18 @@ impl Reloader {
                 removed.len()
             );
         }
+        Ok(number)
+    }
+
+    /// Publishes `next` for new connections, then starts its health checks and name
+    /// resolution (they run while it is in force). Returns its number.
+    fn put_in_force(&self, next: Generation) -> u64 {
+        let number = next.number;
+        let tenure = self.generations.tenure(number);
+        self.generations.publish(next);
         if let Err(e) = self.generations.current().start_background(&tenure) {
             tracing::error!(error = %e, "reload: the health checks or name resolution of generation {number} did not start");
         }
-        Ok(number)
+        number
     }
 }
