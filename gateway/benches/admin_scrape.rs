@@ -45,6 +45,7 @@ fn main() {
         admission: Arc::new(Admission::new(&config)),
         splice: Started { splicer: splicer.clone(), fallback: None },
         stats: Arc::new(wsgate::stats::Stats::default()),
+        upgrade: Arc::default(),
     };
     let state = Arc::new(State::new(metrics.clone(), sources, shutdown));
     let registry = exposition::registry(state);

@@ -72,6 +72,9 @@ pub enum Close {
     Error,
     /// Not a close: the line written when a WebSocket opens (`access_log.log_open`).
     Open,
+    /// Not a close: a binary upgrade passed the pair to the new process (which
+    /// writes its line).
+    Handed,
 }
 
 impl Close {
@@ -109,6 +112,7 @@ impl Close {
             Self::Paused => "paused",
             Self::Error => "error",
             Self::Open => "open",
+            Self::Handed => "handed",
         }
     }
 }
@@ -120,7 +124,7 @@ impl fmt::Display for Close {
 }
 
 /// Where a connection's bytes were relayed (the access log's `mode`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize)]
 pub enum Mode {
     /// Nothing was relayed (an error, or a response passed back before any relay).
     #[default]
@@ -174,6 +178,7 @@ mod tests {
             Close::Paused,
             Close::Error,
             Close::Open,
+            Close::Handed,
         ];
         for c in all {
             assert_eq!(serde_json::to_string(&c).unwrap(), format!("\"{c}\""));

@@ -32,5 +32,6 @@ pub mod splice;
 pub mod stats;
 pub mod systemd;
 pub mod tls;
+pub mod upgrade;
 pub mod upstream;
 pub mod wait;

@@ -36,6 +36,22 @@ enum Command {
     /// Kubernetes `preStop` hook (the kubelet's SIGTERM that follows then finds nothing
     /// to cut short).
     Drain(DrainOptions),
+    /// Binary upgrade of the running wsgate (SIGUSR2 to the pid in the pid file): it
+    /// starts the new binary, which self-tests and takes over the listeners and every
+    /// WebSocket relayed in userspace, live; the old process drains what cannot move
+    /// and exits. If the new binary fails to come up, the old one keeps everything.
+    /// Check the result in its log.
+    Upgrade(UpgradeOptions),
+}
+
+/// `wsgate upgrade`: which process, and which binary it starts.
+#[derive(Debug, Clone, clap::Args)]
+struct UpgradeOptions {
+    #[command(flatten)]
+    target: SignalOptions,
+    /// The binary to start (default: the path the running process was started from).
+    #[arg(long, value_name = "PATH")]
+    binary: Option<std::path::PathBuf>,
 }
 
 /// `wsgate drain`: which process, and whether to wait for its end.
@@ -65,16 +81,7 @@ struct SignalOptions {
 /// `wsgate reload` and `wsgate drain`: sends `signal` to the running process.
 /// Returns the pid signalled, or `None` (said on stderr) when that failed.
 fn signal_running(opts: &SignalOptions, signal: nix::sys::signal::Signal, what: &str) -> Option<i32> {
-    let result = (|| -> anyhow::Result<i32> {
-        let pid_file = match (&opts.pid_file, &opts.config) {
-            (Some(p), _) => p.clone(),
-            (None, Some(c)) => wsgate::config::Config::from_file(c)?
-                .pid_file
-                .ok_or(wsgate::reload::pid_file::SignalError::NoPidFile)?,
-            (None, None) => anyhow::bail!(wsgate::reload::pid_file::SignalError::NoPidFile),
-        };
-        Ok(wsgate::reload::pid_file::signal(&pid_file, signal)?)
-    })();
+    let result = pid_file_of(opts).and_then(|pid_file| Ok(wsgate::reload::pid_file::signal(&pid_file, signal)?));
     match result {
         Ok(pid) => {
             println!("wsgate: {what} requested (pid {pid})");
@@ -84,6 +91,38 @@ fn signal_running(opts: &SignalOptions, signal: nix::sys::signal::Signal, what: 
             eprintln!("wsgate {what}: {e:#}");
             None
         }
+    }
+}
+
+/// The pid file `opts` names.
+fn pid_file_of(opts: &SignalOptions) -> anyhow::Result<std::path::PathBuf> {
+    Ok(match (&opts.pid_file, &opts.config) {
+        (Some(p), _) => p.clone(),
+        (None, Some(c)) => {
+            wsgate::config::Config::from_file(c)?.pid_file.ok_or(wsgate::reload::pid_file::SignalError::NoPidFile)?
+        }
+        (None, None) => anyhow::bail!(wsgate::reload::pid_file::SignalError::NoPidFile),
+    })
+}
+
+/// `wsgate upgrade`: names the binary next to the pid file (when given), then SIGUSR2.
+fn upgrade(opts: &UpgradeOptions) -> ExitCode {
+    if let Some(binary) = &opts.binary {
+        let written = pid_file_of(&opts.target).and_then(|pid_file| {
+            let binary =
+                std::fs::canonicalize(binary).map_err(|e| anyhow::anyhow!("--binary {}: {e}", binary.display()))?;
+            let file = wsgate::upgrade::parent::request_file(&pid_file);
+            std::fs::write(&file, binary.as_os_str().as_encoded_bytes())
+                .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", file.display()))
+        });
+        if let Err(e) = written {
+            eprintln!("wsgate upgrade: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    }
+    match signal_running(&opts.target, nix::sys::signal::Signal::SIGUSR2, "binary upgrade") {
+        Some(_) => ExitCode::SUCCESS,
+        None => ExitCode::FAILURE,
     }
 }
 
@@ -196,6 +235,7 @@ fn main() -> ExitCode {
             return if signalled.is_some() { ExitCode::SUCCESS } else { ExitCode::FAILURE };
         }
         Some(Command::Drain(d)) => return drain(d),
+        Some(Command::Upgrade(u)) => return upgrade(u),
         None => (&cli.opts, cli.opts.test),
     };
     let result = opts.cli.load().map_err(anyhow::Error::from).and_then(|config| {

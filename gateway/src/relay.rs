@@ -42,6 +42,8 @@ pub struct RelayOutcome {
     /// Where the frames stood when the relay stopped (client→upstream,
     /// upstream→client): the next relay of the pair starts from here.
     pub frames: [FrameTracker; 2],
+    /// When a byte last moved either way (the idle clock a next relay goes on with).
+    pub last_activity: Instant,
 }
 
 /// How one relay behaves.
@@ -59,6 +61,9 @@ pub struct RelayOptions {
     /// Where the frames stand when the relay starts (client→upstream,
     /// upstream→client): after the upstream's 101 head, after the client's early frames.
     pub frames: [FrameTracker; 2],
+    /// When a byte last moved before this relay (`None`: now); the idle timeout and
+    /// the handover's quiet period count from there.
+    pub active_since: Option<Instant>,
 }
 
 /// When the userspace relay stops ([`Close::Paused`]) for the kernel splice to take the
@@ -150,7 +155,9 @@ pub async fn relay(
     c2u.frames.set(opts.frames[0]);
     u2c.frames.set(opts.frames[1]);
     let first = Cell::new(None);
-    let ended = pumps(client, upstream, (&c2u, &u2c), &first, opts, shutdown, (ring, buffers, live), turns).await;
+    let activity = Cell::new(opts.active_since.unwrap_or_else(Instant::now));
+    let ends = (&first, &activity);
+    let ended = pumps(client, upstream, (&c2u, &u2c), ends, opts, shutdown, (ring, buffers, live), turns).await;
     if ended.reason == Close::Drain {
         let [to_client, to_upstream] = ended.going_away;
         let closing = going_away(client, upstream, [to_client, to_upstream], (&c2u, &u2c), (ring, buffers));
@@ -173,6 +180,7 @@ pub async fn relay(
         first_response: first.map(|f| f.0),
         response_status: first.and_then(|f| f.1),
         frames: [c2u.frames.get(), u2c.frames.get()],
+        last_activity: activity.get(),
     }
 }
 
@@ -183,22 +191,24 @@ async fn pumps(
     client: &TcpStream,
     upstream: &TcpStream,
     (c2u, u2c): (&Dir, &Dir),
-    first: &Cell<FirstBytes>,
+    (first, activity): (&Cell<FirstBytes>, &Cell<Instant>),
     opts: RelayOptions,
     shutdown: &mut ShutdownRx,
     (ring, buffers, live): (&Ring, &BufPool, Option<&RelayBytes>),
     turns: Option<Turns<'_>>,
 ) -> Ended {
-    let activity = Cell::new(Instant::now());
     let closing = Cell::new(false);
     // What each direction moves shows live in the admin plane (`live`, when it is on).
     let c2u_io = (ring, buffers, live.map(|l| (l, 0)));
     let u2c_io = (ring, buffers, live.map(|l| (l, 1)));
-    let mut c2u_pump = pin!(pump(client, upstream, c2u, &activity, None, &closing, c2u_io));
-    let mut u2c_pump = pin!(pump(upstream, client, u2c, &activity, Some(first), &closing, u2c_io));
-    let mut idle = pin!(tokio::time::sleep(opts.idle_timeout));
+    let mut c2u_pump = pin!(pump(client, upstream, c2u, activity, None, &closing, c2u_io));
+    let mut u2c_pump = pin!(pump(upstream, client, u2c, activity, Some(first), &closing, u2c_io));
+    let mut idle = pin!(tokio::time::sleep_until((activity.get() + opts.idle_timeout).into()));
     let first_look = opts.handover.first_look();
     let mut pause = pin!(tokio::time::sleep(first_look.unwrap_or(Duration::MAX)));
+    // A binary upgrade: pause at the next quiet moment, whatever `opts.handover` says.
+    let mut handing = pin!(upgrade_turn(turns, shutdown.clone()));
+    let mut hand_now = false;
     // Bytes moved (both ways) when the handover last looked, and whether it decided to
     // hand over and waits for a quiet moment.
     let (mut looked_at, mut handing_over) = (0u64, false);
@@ -270,11 +280,16 @@ async fn pumps(
                 tracing::debug!(c2u_whole, u2c_whole, "drain: a frame did not end within drain.close_timeout");
                 return Ended { reason: Close::Drain, both_fin: false, going_away: [u2c_whole, c2u_whole] };
             }
+            () = &mut handing, if !hand_now && !closing.get() => {
+                hand_now = true;
+                pause.as_mut().reset(Instant::now().into());
+            }
             // Only between reads: dropping a pump that waits for readability loses nothing.
-            () = &mut pause, if first_look.is_some() && !c2u_done && !u2c_done && !closing.get() => {
+            () = &mut pause, if (first_look.is_some() || hand_now) && !c2u_done && !u2c_done && !closing.get() => {
                 let moved = c2u.moved.get() + u2c.moved.get();
                 if let Handover::IdleOrBulk(period) = opts.handover
                     && !handing_over
+                    && !hand_now
                 {
                     let idle_since = activity.get();
                     let bulk = moved - looked_at > bulk_bytes(period);
@@ -291,6 +306,14 @@ async fn pumps(
                 pause.as_mut().reset((Instant::now() + PAUSE_RETRY).into());
             }
         }
+    }
+}
+
+/// Resolves when a binary upgrade takes the pair (never for a pair that cannot move).
+async fn upgrade_turn(turns: Option<Turns<'_>>, shutdown: ShutdownRx) {
+    match turns.and_then(|t| t.upgrade) {
+        Some(u) => u.handing(shutdown).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -173,6 +173,7 @@ pub async fn relay(
         first_response: None,
         response_status: None,
         frames: [s.drain.frames(C2U), s.drain.frames(U2C)],
+        last_activity: s.activity.get(),
     }
 }
 

@@ -58,6 +58,8 @@ pub enum RunError {
     Activation(#[from] crate::activation::ActivationError),
     #[error("cannot listen on {addr} (admin): {source}")]
     Admin { addr: SocketAddr, source: std::io::Error },
+    #[error("binary upgrade: {0}")]
+    Upgrade(std::io::Error),
 }
 
 type Result<T, E = RunError> = std::result::Result<T, E>;
@@ -82,41 +84,63 @@ pub const RELEASE_PERIOD: Duration = Duration::from_secs(2);
 /// is where `config` came from: a reload reads it again.
 pub fn run(config: Config, source: CliOptions, allocator: Allocator) -> Result<()> {
     conn::teardown::start_clock();
+    // Started by a binary upgrade: the old process's control socket.
+    let upgrading = crate::upgrade::child::from_env().map_err(RunError::Upgrade)?;
+    let result = run_with(config, source, allocator, upgrading.as_ref());
+    if let (Err(e), Some(channel)) = (&result, &upgrading) {
+        crate::upgrade::child::failed(channel, &e.to_string());
+    }
+    result
+}
+
+/// [`run`], with the control socket of a binary upgrade when an old process started
+/// this one (its flag: `Accepting` was said).
+fn run_with(
+    config: Config,
+    source: CliOptions,
+    allocator: Allocator,
+    upgrading: Option<&crate::upgrade::wire::Channel>,
+) -> Result<()> {
     let config = Arc::new(config);
     let workers = config.worker_count();
     preflight(&config)?;
-
-    let (mut first_sockets, addrs) = bind_listeners(&config)?;
 
     if config.listeners.iter().any(|l| l.tls.is_some()) {
         tracing::info!("{}", crate::tls::ktls::probe());
     }
     let first = Generation::build(1, config.clone(), None).map_err(RunError::Generation)?;
     let generations = Generations::new(first);
-    generations.current().start_background(&generations.tenure(1)).map_err(RunError::HealthChecks)?;
     let admission = Arc::new(Admission::new(&config));
     let splice_opts = SpliceOptions {
         mode: config.splice,
         capacity: u32::try_from(config.limits.max_connections).unwrap_or(u32::MAX).clamp(1, splice::MAX_CAPACITY),
         budget: config.relay.splice_budget,
     };
-    let started_splice = splice::start(&splice_opts)?;
+    let mut started_splice = splice::start(&splice_opts)?;
+    // Loaded and self-tested: an old process passes its listening sockets now.
+    let (mut inherited, took_maps) = take_over(upgrading, &mut started_splice)?;
+    let (first_sockets, mut addrs) = bind_listeners(&config, &mut inherited)?;
+    generations.current().start_background(&generations.tenure(1)).map_err(RunError::HealthChecks)?;
     let splicer = started_splice.splicer.clone();
     let stats = Arc::new(Stats::default());
+    let upgrade = Arc::new(crate::upgrade::Upgrade::default());
     let (tx, rx) = shutdown::channel();
     let cpus = allowed_cpus();
-    let (metrics, mut metric_slots) =
-        start_metrics(&config, workers, (&generations, &admission, started_splice, &stats), &rx)?;
-    let pid_file = config.pid_file.as_deref().map(PidFile::write).transpose().map_err(RunError::PidFile)?;
+    let admin_socket = inherited.admin.take();
+    let (metrics, mut metric_slots) = start_metrics(
+        &config,
+        workers,
+        (&generations, &admission, started_splice, &stats),
+        &rx,
+        (admin_socket, &upgrade),
+    )?;
+    // Started by an upgrade, this process names itself only once the old one handed over.
+    let write_pid = || config.pid_file.as_deref().map(PidFile::write).transpose().map_err(RunError::PidFile);
+    let mut pid_file = if upgrading.is_none() { write_pid()? } else { None };
 
-    let mut handles = Vec::new();
-    let mut orders = Vec::new();
-    for w in 0..workers {
-        let first = (w == 0).then(|| std::mem::take(&mut first_sockets));
-        let sockets = worker_sockets(&config, &addrs, first)?;
-        let (order_tx, order_rx) = tokio::sync::mpsc::unbounded_channel();
-        orders.push(order_tx);
-        let ctx = WorkerSetup {
+    let per_worker = sockets_per_worker(&config, first_sockets, &mut addrs)?;
+    let (handles, orders) = spawn_workers(per_worker, |w, order_rx| {
+        Ok(WorkerSetup {
             config: config.clone(),
             generations: generations.clone(),
             stats: stats.clone(),
@@ -127,19 +151,17 @@ pub fn run(config: Config, source: CliOptions, allocator: Allocator) -> Result<(
             allocator,
             metrics: metric_slots.next().ok_or(RunError::WorkerPanicked)?,
             orders: order_rx,
-        };
-        let h = std::thread::Builder::new()
-            .name(format!("wsgate-w{w}"))
-            .spawn(move || worker(ctx, sockets))
-            .map_err(|source| RunError::Spawn { what: "worker", source })?;
-        handles.push(h);
-    }
+            index: w,
+            upgrade: upgrade.clone(),
+        })
+    })?;
     (allocator.release)();
 
     // The signal handlers are in place before the ready line: a SIGTERM that follows it
     // at once (a test, `systemctl stop` right after start) must drain, not take the
     // default action and kill the process.
     let drain = config.stop_after();
+    let adopters = orders.clone();
     let reloader = Arc::new(Reloader::new(
         source,
         generations.clone(),
@@ -147,13 +169,15 @@ pub fn run(config: Config, source: CliOptions, allocator: Allocator) -> Result<(
         metrics.clone(),
         Listeners::new(orders, config.keepalive.clone(), listen_socket),
     ));
+    let upgrade_ctx =
+        crate::upgrade::parent::Context::new((upgrade.clone(), tx.clone(), stats.clone()), &config, splicer.clone());
     crate::reload::tls_watch::spawn(reloader.clone(), rx.clone())
         .map_err(|source| RunError::Spawn { what: "certificate watch", source })?;
     let (handlers_in, handlers_ready) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("wsgate-signals".into())
         .spawn(move || {
-            if let Err(e) = shutdown::signal_thread(&tx, drain, reloader, &handlers_in) {
+            if let Err(e) = shutdown::signal_thread(&tx, drain, reloader, upgrade_ctx, &handlers_in) {
                 tracing::error!(error = %e, "signal handling failed; SIGTERM will not drain gracefully");
             }
             // Keep the sender alive until the process exits.
@@ -164,6 +188,12 @@ pub fn run(config: Config, source: CliOptions, allocator: Allocator) -> Result<(
     let _ = handlers_ready.recv();
 
     announce_ready(&addrs, workers);
+    if let Some(channel) = upgrading {
+        // The old process stops accepting and passes its WebSockets from here on.
+        let channel = channel.try_clone().map_err(RunError::Upgrade)?;
+        crate::upgrade::child::accepting(channel, adopters, took_maps).map_err(RunError::Upgrade)?;
+        pid_file = write_pid()?;
+    }
 
     spawn_counts_reporter(stats.clone(), splicer.clone())?;
     crate::systemd::spawn_status(stats.clone()).map_err(|source| RunError::Spawn { what: "notify", source })?;
@@ -184,6 +214,93 @@ pub fn run(config: Config, source: CliOptions, allocator: Allocator) -> Result<(
     failed.map_or(Ok(()), Err)
 }
 
+/// Started by a binary upgrade: says `Ready` (configuration loaded, splice self-tested)
+/// and takes the old process's sockets, and its splice maps when they fit (see
+/// [`adopt_splice`]); returns them and whether it took the maps.
+fn take_over(
+    upgrading: Option<&crate::upgrade::wire::Channel>,
+    started: &mut splice::Started,
+) -> Result<(crate::upgrade::Inherited, bool)> {
+    let Some(channel) = upgrading else { return Ok((crate::upgrade::Inherited::default(), false)) };
+    let mut inherited = crate::upgrade::child::ready(channel).map_err(RunError::Upgrade)?;
+    let took = adopt_splice(started, inherited.splice.take());
+    Ok((inherited, took))
+}
+
+/// Each worker's sockets: the first worker's, one more of each listener for each
+/// other, and the sockets an old process with more workers passed, spread over all.
+fn sockets_per_worker(config: &Config, first: Vec<KeyedSocket>, addrs: &mut [Bound]) -> Result<Vec<Vec<KeyedSocket>>> {
+    let workers = config.worker_count();
+    let mut per_worker = vec![first];
+    for _ in 1..workers {
+        per_worker.push(worker_sockets(config, addrs)?);
+    }
+    for (i, extra) in leftover_sockets(config, addrs).into_iter().enumerate() {
+        per_worker[i % workers.max(1)].push(extra);
+    }
+    Ok(per_worker)
+}
+
+/// A worker thread's handle.
+type WorkerHandle = std::thread::JoinHandle<Result<()>>;
+
+/// Starts one thread per worker on its sockets, set up by `setup` (worker number, its
+/// order channel); returns the threads and the channels' senders.
+fn spawn_workers(
+    per_worker: Vec<Vec<KeyedSocket>>,
+    mut setup: impl FnMut(usize, tokio::sync::mpsc::UnboundedReceiver<Order>) -> Result<WorkerSetup>,
+) -> Result<(Vec<WorkerHandle>, Vec<tokio::sync::mpsc::UnboundedSender<Order>>)> {
+    let mut handles = Vec::new();
+    let mut orders = Vec::new();
+    for (w, sockets) in per_worker.into_iter().enumerate() {
+        let (order_tx, order_rx) = tokio::sync::mpsc::unbounded_channel();
+        orders.push(order_tx);
+        let ctx = setup(w, order_rx)?;
+        let h = std::thread::Builder::new()
+            .name(format!("wsgate-w{w}"))
+            .spawn(move || worker(ctx, sockets))
+            .map_err(|source| RunError::Spawn { what: "worker", source })?;
+        handles.push(h);
+    }
+    Ok((handles, orders))
+}
+
+/// A binary upgrade: takes the old process's splice maps (and so its spliced pairs)
+/// when this process splices too, with the same program; returns whether it did.
+/// Otherwise the old process keeps its spliced pairs and drains them.
+fn adopt_splice(started: &mut splice::Started, offered: Option<crate::upgrade::InheritedSplice>) -> bool {
+    let Some(offered) = offered else { return false };
+    let Some(own) = &started.splicer else {
+        tracing::warn!("binary upgrade: the splice is off here; the old process drains its spliced pairs");
+        return false;
+    };
+    let offer = offered.offer;
+    if offer.program != splice::program_digest() {
+        tracing::warn!(
+            "binary upgrade: the splice program changed; the old process drains its spliced pairs (new ones splice here)"
+        );
+        return false;
+    }
+    if offer.capacity != own.capacity() || offer.budget != own.budget() {
+        tracing::warn!(
+            capacity = offer.capacity,
+            budget = offer.budget,
+            "binary upgrade: the splice's capacity and budget stay the old process's until a restart"
+        );
+    }
+    match Splicer::adopt(offered.fds, offer.capacity, offer.budget, &offered.used) {
+        Ok(adopted) => {
+            tracing::info!(in_use = offered.used.len(), "binary upgrade: took the old process's splice maps");
+            started.splicer = Some(adopted);
+            true
+        }
+        Err(e) => {
+            tracing::warn!("binary upgrade: {e}; the old process drains its spliced pairs");
+            false
+        }
+    }
+}
+
 /// Every listener listens: the ready lines scripts and tests wait for, and `READY=1`
 /// to the service manager.
 fn announce_ready(addrs: &[Bound], workers: usize) {
@@ -202,14 +319,26 @@ fn start_metrics(
     workers: usize,
     (generations, admission, splice, stats): (&Generations, &Arc<Admission>, splice::Started, &Arc<Stats>),
     shutdown: &ShutdownRx,
+    (inherited, upgrade): (Option<Socket>, &Arc<crate::upgrade::Upgrade>),
 ) -> Result<(Arc<Metrics>, std::vec::IntoIter<WorkerSlot>)> {
-    let sources =
-        admin::Sources { generations: generations.clone(), admission: admission.clone(), splice, stats: stats.clone() };
+    let sources = admin::Sources {
+        generations: generations.clone(),
+        admission: admission.clone(),
+        splice,
+        stats: stats.clone(),
+        upgrade: upgrade.clone(),
+    };
     let live_view = config.admin.listen.is_some();
     let (metrics, slots) = Metrics::new(workers, admin::route_labels(&config.routes), live_view);
     if let Some(addr) = config.admin.listen {
-        let local = admin::start(addr, admin::State::new(metrics.clone(), sources, shutdown.clone()))
-            .map_err(|source| RunError::Admin { addr, source })?;
+        // The old process's admin socket, unless the configuration moved the admin plane.
+        let inherited = inherited.filter(|s| {
+            crate::upgrade::Inherited::local(s).is_some_and(|l| l == addr || (addr.port() == 0 && l.ip() == addr.ip()))
+        });
+        let (local, kept) =
+            admin::start(addr, inherited, admin::State::new(metrics.clone(), sources, shutdown.clone()))
+                .map_err(|source| RunError::Admin { addr, source })?;
+        upgrade.admin_listening(kept);
         println!("wsgate: admin on {local}");
     }
     Ok((metrics, slots.into_iter()))
@@ -274,8 +403,11 @@ struct WorkerSetup {
     cpu: Option<usize>,
     allocator: Allocator,
     metrics: WorkerSlot,
-    /// Listeners a reload adds or removes.
+    /// Listeners a reload adds or removes, and WebSockets a binary upgrade passes.
     orders: tokio::sync::mpsc::UnboundedReceiver<Order>,
+    /// This worker's number.
+    index: usize,
+    upgrade: Arc<crate::upgrade::Upgrade>,
 }
 
 /// One listener's socket of one worker, by key.
@@ -315,6 +447,7 @@ fn worker(mut setup: WorkerSetup, sockets: Vec<KeyedSocket>) -> Result<()> {
             metrics,
             pacer,
             pool: crate::upstream::pool::Pool::default(),
+            upgrade: setup.upgrade,
         });
         let release = setup.allocator.release;
         tokio_uring::spawn(async move {
@@ -328,12 +461,16 @@ fn worker(mut setup: WorkerSetup, sockets: Vec<KeyedSocket>) -> Result<()> {
         tokio_uring::spawn(sweep_pool(state.clone()));
         let mut accepting = Vec::new();
         for (key, scheme, s, shared) in sockets {
-            accepting.push(accept_on(s, (key, scheme, shared), &state));
+            accepting.push(accept_on(s, (key, scheme, shared), (setup.index, &state)));
         }
-        follow_reloads(&mut setup.orders, &mut accepting, &state).await;
-        for (_, removed, l) in accepting {
-            let _ = l.await;
-            drop(removed);
+        follow_reloads(&mut setup.orders, &mut accepting, (setup.index, &state)).await;
+        // After a binary upgrade an accept loop may wait on its last accept, which
+        // closing this worker's ring cancels: it is not waited for.
+        if !state.upgrade.listeners_moved() {
+            for (_, removed, l) in accepting {
+                let _ = l.await;
+                drop(removed);
+            }
         }
         // Draining: wait for this worker's connections to finish (they close themselves
         // at `Stop`).
@@ -344,24 +481,38 @@ fn worker(mut setup: WorkerSetup, sockets: Vec<KeyedSocket>) -> Result<()> {
     })
 }
 
-/// One worker's socket of each listener, with its key: `first` (the ones bound at
-/// start) or new ones on the same addresses.
-fn worker_sockets(config: &Config, addrs: &[Bound], first: Option<Vec<Socket>>) -> Result<Vec<KeyedSocket>> {
-    let sockets = match first {
-        Some(s) => s,
-        None => addrs
-            .iter()
-            .map(|b| {
-                let socket = match &b.shared {
-                    Some(passed) => passed.try_clone(),
-                    None => listen_socket(b.addr, b.backlog, &config.keepalive),
-                };
-                socket.map_err(|source| RunError::Listen { addr: b.addr, source })
-            })
-            .collect::<Result<Vec<_>>>()?,
-    };
+/// One more worker's socket of each listener, with its key: one an old process
+/// passed (binary upgrade), or a new one on the same address.
+fn worker_sockets(config: &Config, addrs: &mut [Bound]) -> Result<Vec<KeyedSocket>> {
+    let sockets = addrs
+        .iter_mut()
+        .map(|b| {
+            let socket = match (&b.shared, b.inherited.pop()) {
+                (Some(passed), _) => passed.try_clone(),
+                (None, Some(inherited)) => Ok(inherited),
+                (None, None) => listen_socket(b.addr, b.backlog, &config.keepalive),
+            };
+            socket.map_err(|source| RunError::Listen { addr: b.addr, source })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(keyed(config, sockets, addrs))
+}
+
+/// Each listener's sockets with its key and scheme.
+fn keyed(config: &Config, sockets: Vec<Socket>, addrs: &[Bound]) -> Vec<KeyedSocket> {
     let keys = config.listeners.iter().map(|l| (listeners::key(l), l.scheme()));
-    Ok(keys.zip(sockets).zip(addrs).map(|(((k, scheme), s), b)| (k, scheme, s, b.shared.is_some())).collect())
+    keys.zip(sockets).zip(addrs).map(|(((k, scheme), s), b)| (k, scheme, s, b.shared.is_some())).collect()
+}
+
+/// The passed sockets no worker took (the old process had more workers).
+fn leftover_sockets(config: &Config, addrs: &mut [Bound]) -> Vec<KeyedSocket> {
+    let mut out = Vec::new();
+    for (l, b) in config.listeners.iter().zip(addrs.iter_mut()) {
+        for s in b.inherited.drain(..) {
+            out.push((listeners::key(l), l.scheme(), s, false));
+        }
+    }
+    out
 }
 
 /// One accept loop of a worker: its listener, the sender that stops it, the task.
@@ -371,8 +522,9 @@ type Accepting = (ListenerKey, tokio::sync::oneshot::Sender<()>, tokio::task::Jo
 fn accept_on(
     socket: Socket,
     (key, scheme, shared): (ListenerKey, crate::config::Scheme, Shared),
-    worker: &Rc<Worker>,
+    (index, worker): (usize, &Rc<Worker>),
 ) -> Accepting {
+    worker.upgrade.listening(index, key, shared, &socket);
     let (removed_tx, removed) = tokio::sync::oneshot::channel();
     let task = if shared {
         tokio_uring::spawn(conn::accept::accept_shared_loop(socket, (key, scheme), worker.clone(), removed))
@@ -387,15 +539,21 @@ fn accept_on(
 async fn follow_reloads(
     orders: &mut tokio::sync::mpsc::UnboundedReceiver<Order>,
     accepting: &mut Vec<Accepting>,
-    worker: &Rc<Worker>,
+    (index, worker): (usize, &Rc<Worker>),
 ) {
     let mut shutdown = worker.shutdown.clone();
     let mut draining = std::pin::pin!(shutdown.reached(crate::shutdown::Phase::Draining));
     loop {
         tokio::select! {
             order = orders.recv() => match order {
-                Some(Order::Add { key, scheme, socket }) => accepting.push(accept_on(socket, (key, scheme, false), worker)),
+                Some(Order::Add { key, scheme, socket }) => {
+                    accepting.push(accept_on(socket, (key, scheme, false), (index, worker)));
+                }
+                Some(Order::Adopt(adopted)) => {
+                    tokio_uring::spawn(conn::adopt::resume(*adopted, worker.clone()));
+                }
                 Some(Order::Remove(key)) => {
+                    worker.upgrade.removed(index, key);
                     for (_, removed, _) in accepting.extract_if(.., |(k, _, _)| *k == key) {
                         let _ = removed.send(());
                     }
@@ -422,8 +580,13 @@ fn preflight(config: &Config) -> Result<()> {
     Ok(())
 }
 
-/// The first socket of each listener, and what every worker needs to get its own.
-fn bind_listeners(config: &Config) -> Result<(Vec<Socket>, Vec<Bound>)> {
+/// The first worker's socket of each listener (keyed), and what every other worker
+/// needs to get its own. Sockets an old process passed (`inherited`, binary upgrade)
+/// are taken before any is bound.
+fn bind_listeners(
+    config: &Config,
+    inherited: &mut crate::upgrade::Inherited,
+) -> Result<(Vec<KeyedSocket>, Vec<Bound>)> {
     // Bind the first socket of each listener here, so port 0 resolves once and every
     // worker shares the same port; bind errors surface before anything starts. A
     // listener whose socket the service manager passed (socket activation) takes it,
@@ -433,7 +596,14 @@ fn bind_listeners(config: &Config) -> Result<(Vec<Socket>, Vec<Bound>)> {
     let mut addrs = Vec::new();
     for l in &config.listeners {
         let listen_error = |source| RunError::Listen { addr: l.address, source };
+        let mut from_old = inherited.take(listeners::key(l));
         let (s, shared) = match crate::activation::claim(&mut passed, l.address) {
+            None if !from_old.is_empty() => {
+                let (s, shared) = from_old.remove(0);
+                tracing::info!("listening on {} (socket from the old process)", l.address);
+                let dup = if shared { Some(s.try_clone().map_err(listen_error)?) } else { None };
+                (s, dup)
+            }
             Some(p) => {
                 tracing::info!(fd = p.fd, name = %p.name, "listening on {} (socket from the service manager)", p.addr);
                 adopt(&p.socket, l.backlog, &config.keepalive).map_err(listen_error)?;
@@ -444,14 +614,17 @@ fn bind_listeners(config: &Config) -> Result<(Vec<Socket>, Vec<Bound>)> {
         };
         let local = s.local_addr().map_err(listen_error)?;
         let local = local.as_socket().ok_or_else(|| RunError::ListenerAddress(format!("{local:?}")))?;
-        addrs.push(Bound { addr: local, backlog: l.backlog, shared });
+        let inherited = if shared.is_some() { Vec::new() } else { from_old.into_iter().map(|(s, _)| s).collect() };
+        addrs.push(Bound { addr: local, backlog: l.backlog, shared, inherited });
         first_sockets.push(s);
     }
+    inherited.close_unclaimed();
     if let Some(p) = passed.pop() {
         let configured: Vec<_> = config.listeners.iter().map(|l| l.address).collect();
         return Err(crate::activation::unmatched(p, &configured).into());
     }
-    Ok((first_sockets, addrs))
+    let first = keyed(config, first_sockets, &addrs);
+    Ok((first, addrs))
 }
 
 /// A listener's address once listening: the one each worker binds too (SO_REUSEPORT),
@@ -462,6 +635,8 @@ struct Bound {
     backlog: u32,
     /// The service manager's socket (socket activation), duplicated for each worker.
     shared: Option<Socket>,
+    /// Sockets an old process passed (binary upgrade) that no worker took yet.
+    inherited: Vec<Socket>,
 }
 
 /// Makes a socket the service manager passed accept like one wsgate binds: its

@@ -6,8 +6,9 @@
 //! reason "shutdown". A second signal goes straight to `Stop`. Data-plane threads only
 //! read the channel; the signal thread is the only writer. SIGHUP reloads the
 //! configuration (`reload`), one reload at a time, until the drain starts. SIGUSR1
-//! asks the access log to reopen its file; SIGUSR2 and SIGALRM are logged and
-//! ignored, never fatal.
+//! asks the access log to reopen its file; SIGUSR2 starts a binary upgrade (`upgrade`:
+//! `Handing` while the live WebSockets move to the new process, then `Draining` for
+//! what could not move); SIGALRM is logged and ignored, never fatal.
 
 use std::time::Duration;
 
@@ -18,6 +19,9 @@ use tokio::sync::watch;
 pub enum Phase {
     /// Accepting and serving.
     Running,
+    /// A binary upgrade: not accepting (the new process accepts on the same
+    /// sockets); WebSockets pass to the new process at their next quiet moment.
+    Handing,
     /// Not accepting; established connections finish.
     Draining,
     /// Close everything now.
@@ -41,11 +45,28 @@ impl ShutdownRx {
     }
 }
 
-/// The sending side, owned by the signal thread.
-#[derive(Debug)]
-pub struct ShutdownTx(watch::Sender<Phase>);
+/// The sending side, owned by the signal thread (and lent to a binary upgrade).
+#[derive(Debug, Clone)]
+pub struct ShutdownTx(std::sync::Arc<watch::Sender<Phase>>);
 
 impl ShutdownTx {
+    /// The current phase.
+    pub fn phase(&self) -> Phase {
+        *self.0.borrow()
+    }
+
+    /// `Running` → `Handing` (a binary upgrade hands over); false when a signal
+    /// started the drain first.
+    pub fn begin_handing(&self) -> bool {
+        self.0.send_if_modified(|p| {
+            let running = *p == Phase::Running;
+            if running {
+                *p = Phase::Handing;
+            }
+            running
+        })
+    }
+
     pub fn set(&self, phase: Phase) {
         self.0.send_if_modified(|p| {
             let changed = phase > *p;
@@ -60,13 +81,12 @@ impl ShutdownTx {
 /// A new channel in `Running`.
 pub fn channel() -> (ShutdownTx, ShutdownRx) {
     let (tx, rx) = watch::channel(Phase::Running);
-    (ShutdownTx(tx), ShutdownRx(rx))
+    (ShutdownTx(std::sync::Arc::new(tx)), ShutdownRx(rx))
 }
 
-/// Signals that would end the process by default and mean nothing to wsgate yet:
-/// each is logged and ignored (SIGUSR2 until binary upgrade exists).
-const IGNORED: [(libc::c_int, &str); 2] =
-    [(libc::SIGUSR2, "SIGUSR2: binary upgrade is not supported yet; ignored"), (libc::SIGALRM, "SIGALRM: ignored")];
+/// Signals that would end the process by default and mean nothing to wsgate: each is
+/// logged and ignored.
+const IGNORED: [(libc::c_int, &str); 1] = [(libc::SIGALRM, "SIGALRM: ignored")];
 
 /// Runs on its own thread: turns SIGTERM/SIGINT into phases. Says so on `installed` once
 /// its handlers replace the default action (which kills the process). Returns when
@@ -75,6 +95,7 @@ pub fn signal_thread(
     tx: &ShutdownTx,
     stop_after: Duration,
     reloader: std::sync::Arc<crate::reload::Reloader>,
+    upgrade: crate::upgrade::parent::Context,
     installed: &std::sync::mpsc::Sender<()>,
 ) -> std::io::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
@@ -104,6 +125,19 @@ pub fn signal_thread(
                 let r = reloader.clone();
                 if tokio::task::spawn_blocking(move || r.reload()).await.is_err() {
                     tracing::error!("the reload panicked; still running the previous configuration");
+                }
+            }
+        });
+        // SIGUSR2: a binary upgrade, one at a time, off this thread's runtime too.
+        let mut usr2 = signal(SignalKind::user_defined2())?;
+        tokio::spawn(async move {
+            while usr2.recv().await.is_some() {
+                tracing::info!("SIGUSR2: binary upgrade");
+                let ctx = upgrade.clone();
+                match tokio::task::spawn_blocking(move || crate::upgrade::parent::run(&ctx)).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::error!("binary upgrade not done, this process keeps every connection: {e}"),
+                    Err(_) => tracing::error!("the binary upgrade panicked"),
                 }
             }
         });

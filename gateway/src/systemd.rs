@@ -75,3 +75,9 @@ pub fn spawn_status(stats: Arc<Stats>) -> std::io::Result<()> {
     })?;
     Ok(())
 }
+
+/// A binary upgrade: the new process `pid` is the service's main process from now on
+/// (its notifications count; this one exits once it holds nothing).
+pub fn main_pid(pid: u32) {
+    send(&[NotifyState::MainPid(pid), NotifyState::Ready, NotifyState::Status("binary upgrade: handing over")]);
+}

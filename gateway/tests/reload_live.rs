@@ -8,18 +8,18 @@
 //! SIGUSR1 after the reloads still reopens the moved access log.
 
 mod admin_util;
+mod reload_util;
 mod tls_util;
 mod utils;
 
 use std::fmt::Write as _;
-use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::Duration;
 
 use admin_util::{admin_addr, count, eventually, scrape};
+use reload_util::Clients;
 use tls_util::{Issued, Pki, listeners, peer_leaf, tls_connect};
 use utils::{Gateway, TempDir, WsEcho, read_head, status_of, upgrade_request};
 
@@ -102,63 +102,6 @@ fn replace(path: &Path, bytes: &[u8]) {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, bytes).unwrap();
     std::fs::rename(&tmp, path).unwrap();
-}
-
-/// The streaming clients (`reload_util/client.py`).
-struct Clients {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    stop: PathBuf,
-}
-
-impl Clients {
-    /// `n` streaming connections over `urls`, for at most `limit` seconds.
-    fn open(n: usize, urls: &[String], ca: &Path, stop: PathBuf, limit: u32) -> Self {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/reload_util/client.py");
-        let mut child = Command::new("/usr/bin/python3")
-            .arg(script)
-            .arg(&stop)
-            .arg(n.to_string())
-            .args(urls)
-            .env("RELOAD_CA", ca)
-            .env("RELOAD_LIMIT", limit.to_string())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("/usr/bin/python3 (cargo xtask test installs python3-websockets)");
-        let out = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        let ready = lines.recv_timeout(Duration::from_mins(3)).expect("the clients did not open in 3 minutes");
-        assert_eq!(ready, format!("READY {n}"), "every client connection opens");
-        Self { child, lines, stop }
-    }
-
-    /// Asks every connection to close (1000) and returns their reports.
-    fn finish(&mut self, n: usize) -> Vec<serde_json::Value> {
-        std::fs::write(&self.stop, b"stop").unwrap();
-        (0..n)
-            .map(|i| {
-                let line = self
-                    .lines
-                    .recv_timeout(Duration::from_mins(1))
-                    .unwrap_or_else(|_| panic!("only {i} of {n} reports"));
-                serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"))
-            })
-            .collect()
-    }
-}
-
-impl Drop for Clients {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Opens one new WebSocket and says which upstream received it.

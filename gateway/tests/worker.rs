@@ -80,6 +80,7 @@ fn a_worker_built_by_hand_serves_plain_http_with_its_own_buffers() {
             metrics: wsgate::metrics::Recorder::default(),
             pacer: Rc::new(wsgate::drain::Pacer::new(&config.drain, 1)),
             pool: wsgate::upstream::pool::Pool::default(),
+            upgrade: Arc::default(),
         });
         let listener = tokio_uring::net::TcpListener::from_std(listener);
         let key = wsgate::reload::listeners::key(&config.listeners[0]);

@@ -102,7 +102,9 @@ async fn healthz(state: &State) -> Response {
 }
 
 fn readyz(state: &State) -> Response {
-    if state.shutdown.phase() != Phase::Running {
+    // After a binary upgrade the new process accepts on the same sockets (and answers
+    // on this admin socket too): the node stays ready while this one drains.
+    if state.shutdown.phase() >= Phase::Draining && !state.upgrade.listeners_moved() {
         return Response::text(503, "draining\n");
     }
     let any_up = state.generations.current().groups.iter().any(|g| g.servers().iter().any(|s| s.is_up()));

@@ -38,6 +38,8 @@ pub struct State {
     pub started_unix: f64,
     /// How long `/healthz` waits for every worker's answer.
     pub ping_deadline: std::time::Duration,
+    /// A binary upgrade of this process (its listeners may have moved on).
+    pub upgrade: Arc<crate::upgrade::Upgrade>,
 }
 
 /// What the data plane lends the admin plane.
@@ -47,12 +49,13 @@ pub struct Sources {
     pub admission: Arc<Admission>,
     pub splice: crate::splice::Started,
     pub stats: Arc<crate::stats::Stats>,
+    pub upgrade: Arc<crate::upgrade::Upgrade>,
 }
 
 impl State {
     /// The state of a process starting now.
     pub fn new(metrics: Arc<Metrics>, sources: Sources, shutdown: ShutdownRx) -> Self {
-        let Sources { generations, admission, splice, stats } = sources;
+        let Sources { generations, admission, splice, stats, upgrade } = sources;
         Self {
             metrics,
             generations,
@@ -64,15 +67,25 @@ impl State {
             started: Instant::now(),
             started_unix: crate::accesslog::now_unix(),
             ping_deadline: PING_DEADLINE,
+            upgrade,
         }
     }
 }
 
-/// Binds `addr` and serves the admin endpoints on a thread of their own; returns the
-/// bound address (port 0 resolved).
-pub fn start(addr: SocketAddr, state: State) -> std::io::Result<SocketAddr> {
-    let listener = std::net::TcpListener::bind(addr)?;
+/// Binds `addr` (or serves `inherited`, the old process's admin socket in a binary
+/// upgrade) and serves the admin endpoints on a thread of their own; returns the
+/// bound address (port 0 resolved) and a duplicate of the socket for a later upgrade.
+pub fn start(
+    addr: SocketAddr,
+    inherited: Option<socket2::Socket>,
+    state: State,
+) -> std::io::Result<(SocketAddr, socket2::Socket)> {
+    let listener = match inherited {
+        Some(s) => std::net::TcpListener::from(s),
+        None => std::net::TcpListener::bind(addr)?,
+    };
     listener.set_nonblocking(true)?;
+    let kept = socket2::Socket::from(listener.try_clone()?);
     let local = listener.local_addr()?;
     tracing::info!("admin plane on http://{local}/metrics");
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -84,7 +97,7 @@ pub fn start(addr: SocketAddr, state: State) -> std::io::Result<SocketAddr> {
             }
         });
     })?;
-    Ok(local)
+    Ok((local, kept))
 }
 
 /// How long `/healthz` waits for every worker to answer its ping.

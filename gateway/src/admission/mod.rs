@@ -199,6 +199,24 @@ impl Admission {
         Ok(guard)
     }
 
+    /// Counts a connection that is already open (a binary upgrade passed it on): it
+    /// is held to no limit, but counts towards them for the connections that follow.
+    pub fn adopted(self: &Arc<Self>, client: IpAddr, route: Option<&Arc<RouteGate>>) -> Admitted {
+        self.global.fetch_add(1, Ordering::AcqRel);
+        let mut guard = Admitted { admission: self.clone(), route: None, slot: NO_SLOT, global: true };
+        if let Some(route) = route {
+            route.live.fetch_add(1, Ordering::Relaxed);
+            guard.route = Some(route.clone());
+        }
+        if let Some(conns) = &self.conns {
+            let slot = self.slots.of(client);
+            if conns.try_inc(slot, u32::MAX) {
+                guard.slot = u32::try_from(slot).unwrap_or(NO_SLOT);
+            }
+        }
+        guard
+    }
+
     fn refuse(&self, limit: Limit, client: IpAddr) -> ProxyError {
         self.refused[limit as usize].fetch_add(1, Ordering::Relaxed);
         self.refused_ever[limit as usize].fetch_add(1, Ordering::Relaxed);

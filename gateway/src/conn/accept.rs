@@ -25,7 +25,11 @@ use crate::reload::listeners::ListenerKey;
 use crate::shutdown::Phase;
 
 /// Accepts connections on the listener `key` until the drain, or until a reload
-/// removes the listener (`removed` fires or its sender is dropped).
+/// removes the listener (`removed` fires or its sender is dropped). In a binary
+/// upgrade the new process accepts on the same socket: this loop then submits no
+/// further accept and serves what the one in flight takes (left in flight, it is
+/// cancelled when the worker's ring closes, before it can take a connection nobody
+/// serves), and never shuts the socket, which is the new process's now.
 pub async fn accept_loop(
     listener: TcpListener,
     (key, scheme): (ListenerKey, Scheme),
@@ -34,19 +38,30 @@ pub async fn accept_loop(
 ) {
     let mut shutdown = worker.shutdown.clone();
     let mut draining = std::pin::pin!(shutdown.reached(Phase::Draining));
+    let mut handing = std::pin::pin!(worker.upgrade.handing(worker.shutdown.clone()));
     let mut removed = std::pin::pin!(removed);
+    let mut accept = std::pin::pin!(listener.accept());
+    let mut handed = false;
     loop {
         tokio::select! {
-            res = listener.accept() => match res {
-                Ok((stream, peer)) => start(stream, peer, (key, scheme), &worker),
-                Err(e) => {
-                    // EMFILE/ENFILE/ENOBUFS: back off briefly instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
+            res = &mut accept => {
+                match res {
+                    Ok((stream, peer)) => start(stream, peer, (key, scheme), &worker),
+                    Err(e) if !handed => {
+                        // EMFILE/ENFILE/ENOBUFS: back off briefly instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    Err(_) => {}
                 }
-            },
-            () = &mut draining => break,
-            _ = &mut removed => break,
+                if handed {
+                    return;
+                }
+                accept.set(listener.accept());
+            }
+            () = &mut handing, if !handed => handed = true,
+            () = &mut draining, if !handed => break,
+            _ = &mut removed, if !handed => break,
         }
     }
     // Wakes the accept still in flight, and stops the kernel queueing connections here.
@@ -107,6 +122,8 @@ pub async fn accept_shared_loop(
             }
             () = &mut draining => break,
             _ = &mut removed => break,
+            // A binary upgrade: the new process accepts from it now.
+            () = worker.upgrade.handing(worker.shutdown.clone()) => break,
         }
     }
     tracing::debug!(fd = listener.as_raw_fd(), "stopped accepting on the service manager's socket");

@@ -38,6 +38,7 @@
 //! nothing reaches an upstream that `head` did not parse.
 
 pub mod accept;
+pub mod adopt;
 pub mod connect;
 pub mod head;
 pub mod keepalive;
@@ -104,6 +105,8 @@ pub struct Worker {
     pub pacer: Rc<Pacer>,
     /// This worker's idle upstream connections for plain HTTP (`upstream.NAME.keepalive`).
     pub pool: Pool,
+    /// A binary upgrade of this process: the listeners and live WebSockets it passes.
+    pub upgrade: Arc<crate::upgrade::Upgrade>,
 }
 
 /// Serves one accepted client connection to its end, or until its spliced pair is

@@ -32,7 +32,8 @@ use crate::upstream::pool::Reusable;
 pub struct Handoff {
     pub pair: SplicedPair,
     pub admitted: Admitted,
-    pub live: ActiveGuard,
+    /// Counts the pair on its upstream server, when the server is known.
+    pub live: Option<ActiveGuard>,
     /// The userspace relay ran first (`mode=userspace+splice` in the access log).
     pub after_userspace: bool,
 }
@@ -134,18 +135,12 @@ pub async fn websocket(
     worker: &Worker,
     facts: &mut Facts,
 ) -> Option<Handoff> {
-    let generation = facts.generation.clone();
-    let cfg = &generation.config;
     let Connected { stream: upstream, live, early, response, .. } = upstream;
     // The drain's frame boundaries: the client's early bytes are its first frames; the
     // upstream's bytes start with its 101 head, still queued.
     let mut to_upstream = FrameTracker::default();
     to_upstream.feed(&early);
     let to_client = FrameTracker::after(response.as_ref().map_or(0, |h| h.len as u64));
-    let client = client_slot.as_ref()?;
-    // A reload that removes the server from a group with `drain_removed` closes the
-    // userspace relay with 1001; a spliced pair keeps flowing.
-    let removal = worker.generations.removals.watch(live.server_live());
     // What the client sent after its head is WebSocket data now: it goes first.
     if !early.is_empty() {
         facts.bytes_in += early.len() as u64;
@@ -155,40 +150,62 @@ pub async fn websocket(
             return None;
         }
     }
+    let frames = ([to_upstream, to_client], None);
+    relay_pair(client_slot, upstream, (admitted, Some(live)), frames, worker, facts).await
+}
+
+/// Relays an open WebSocket whose frames stand at `frames` (client→upstream,
+/// upstream→client) and whose bytes last moved at `active_since` (`None`: now): after
+/// its 101, or passed by an old process in a binary upgrade (`conn::adopt`). `live` counts it on its upstream server when that server is known.
+/// In a binary upgrade of this process, a pair relayed in userspace is passed to the
+/// new process at its next quiet moment (`close=` is then [`Close::Handed`]: the new
+/// process writes its line).
+pub async fn relay_pair(
+    client_slot: &mut Option<PeerIo>,
+    upstream: PeerIo,
+    (admitted, live): (Admitted, Option<ActiveGuard>),
+    (frames, active_since): ([FrameTracker; 2], Option<std::time::Instant>),
+    worker: &Worker,
+    facts: &mut Facts,
+) -> Option<Handoff> {
+    let generation = facts.generation.clone();
+    let cfg = &generation.config;
+    let client = client_slot.as_ref()?;
+    // A reload that removes the server from a group with `drain_removed` closes the
+    // userspace relay with 1001; a spliced pair keeps flowing.
+    let removal = live.as_ref().map(|l| worker.generations.removals.watch(l.server_live()));
     let opts = RelayOptions {
         idle_timeout: cfg.timeouts.idle,
         end_on_upstream_fin: false,
         handover: Handover::Never,
         close_timeout: cfg.drain.close_timeout,
-        frames: [to_upstream, to_client],
+        frames,
+        active_since,
     };
     // TLS on either side: userspace (no kTLS here).
     let (client, upstream) = match (client, upstream) {
         (PeerIo::Plain(client), PeerIo::Plain(upstream)) => (client, upstream),
         (client, upstream) => {
-            userspace_tls(client, &upstream, (opts, &removal), worker, facts).await;
+            userspace_tls(client, &upstream, (opts, removal.as_ref()), worker, facts).await;
             return None;
         }
     };
-    let Some(pairs) = &worker.pairs else {
-        userspace(client, &upstream, (opts, &removal), worker, facts).await;
-        return None;
-    };
-    let handover = first_handover(cfg, worker);
+    let handover = if worker.pairs.is_some() { first_handover(cfg, worker) } else { Handover::Never };
     let mut opts = opts;
-    if handover != Handover::Never {
+    // Spliced at once (`splice_after = 0s`, or `sockmap` learning that pairs live long),
+    // else relayed here first.
+    let splice_now = worker.pairs.is_some() && handover == Handover::Never && !worker.upgrade.passing();
+    if !splice_now {
         let first = RelayOptions { handover, ..opts };
-        let outcome = userspace(client, &upstream, (first, &removal), worker, facts).await;
-        if outcome.reason != Close::Paused {
-            return None;
-        }
-        opts.frames = outcome.frames;
-        if let Handover::After(delay) = handover {
-            // It outlived `splice_after`: counted as long now, not when it ends (which
-            // may be hours away), so a worker that defers learns as soon as connections
-            // live on.
-            worker.lifetimes.record(delay, outcome.client_to_upstream, cfg.relay.splice_after);
-        }
+        let paused = relay_here(client, &upstream, first, removal.as_ref(), worker, facts).await?;
+        opts = RelayOptions { handover: Handover::Never, ..paused };
+    }
+    let Some(pairs) = &worker.pairs else { return None };
+    if let Handover::After(delay) = handover {
+        // It outlived `splice_after`: counted as long now, not when it ends (which
+        // may be hours away), so a worker that defers learns as soon as connections
+        // live on.
+        worker.lifetimes.record(delay, facts.bytes_in, cfg.relay.splice_after);
     }
     let Some(PeerIo::Plain(client)) = client_slot.take() else { return None };
     facts.conn.set_mode(ActiveMode::Handover);
@@ -206,7 +223,7 @@ pub async fn websocket(
                 // Client bytes went through the handover untracked.
                 opts.frames[0] = FrameTracker::lost();
             }
-            userspace(&client, &upstream, (opts, &removal), worker, facts).await;
+            relay_here(&client, &upstream, opts, removal.as_ref(), worker, facts).await;
         }
         Err(HandoverError::Failed { side, source }) => {
             // The sockets are closed (dropped with the error); nothing can be sent. A
@@ -234,6 +251,41 @@ pub async fn websocket(
     None
 }
 
+/// Relays in userspace until the pair ends or a binary upgrade passes it to the new
+/// process (`None`; then `close=handed`), or until it pauses for the kernel splice
+/// (`opts.handover`): then returns where it stands. A pause for an upgrade that is
+/// over, or whose pass failed, relays on.
+async fn relay_here(
+    client: &TcpStream,
+    upstream: &TcpStream,
+    mut opts: RelayOptions,
+    removal: Option<&Removal>,
+    worker: &Worker,
+    facts: &mut Facts,
+) -> Option<RelayOptions> {
+    loop {
+        let outcome = userspace(client, upstream, (opts, removal), worker, facts).await;
+        if outcome.reason != Close::Paused {
+            return None;
+        }
+        opts.frames = outcome.frames;
+        opts.active_since = Some(outcome.last_activity);
+        if worker.upgrade.passing() {
+            // The new process carries the pair on; this one closes its descriptors
+            // without a FIN (the sockets live on there).
+            let state = (opts.frames, outcome.last_activity);
+            if worker.upgrade.pass_pair(client, upstream, facts, state).is_ok() {
+                facts.close = Close::Handed;
+                return None;
+            }
+            // Tried again at its next quiet moment, not at once.
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        } else if opts.handover != Handover::Never && worker.pairs.is_some() {
+            return Some(opts);
+        }
+    }
+}
+
 /// How a spliceable WebSocket starts. `splice_after = 0s`: in the kernel, at the 101.
 /// `auto`: in the userspace relay, where small messages have the shortest round trip
 /// (the splice adds a kernel work-queue hop per message), and in the kernel once the
@@ -258,7 +310,7 @@ fn first_handover(cfg: &crate::config::Config, worker: &Worker) -> Handover {
 async fn userspace_tls(
     client: &PeerIo,
     upstream: &PeerIo,
-    (opts, removal): (RelayOptions, &Removal),
+    (opts, removal): (RelayOptions, Option<&Removal>),
     worker: &Worker,
     facts: &mut Facts,
 ) {
@@ -270,7 +322,7 @@ async fn userspace_tls(
     // What it moves shows live in the admin plane (`None` when that is off).
     let live = facts.conn.relaying();
     let io = (&worker.ring, &worker.buffers, live.as_deref());
-    let turns = Turns { pacer: &worker.pacer, removal: Some(removal) };
+    let turns = Turns { pacer: &worker.pacer, removal, upgrade: None };
     let outcome = Box::pin(crate::relay_tls::relay(client, upstream, opts, &mut shutdown, io, Some(turns))).await;
     facts.bytes_in += outcome.client_to_upstream;
     facts.bytes_out += outcome.upstream_to_client;
@@ -282,7 +334,7 @@ async fn userspace_tls(
 async fn userspace(
     client: &TcpStream,
     upstream: &TcpStream,
-    (opts, removal): (RelayOptions, &Removal),
+    (opts, removal): (RelayOptions, Option<&Removal>),
     worker: &Worker,
     facts: &mut Facts,
 ) -> RelayOutcome {
@@ -297,7 +349,7 @@ async fn userspace(
     // What it moves shows live in the admin plane (`None` when that is off).
     let live = facts.conn.relaying();
     let io = (&worker.ring, &worker.buffers, live.as_deref());
-    let turns = Turns { pacer: &worker.pacer, removal: Some(removal) };
+    let turns = Turns { pacer: &worker.pacer, removal, upgrade: Some(&worker.upgrade) };
     let outcome = Box::pin(relay::relay(client, upstream, opts, &mut shutdown, io, Some(turns))).await;
     if opts.handover != Handover::Never && outcome.reason != Close::Paused {
         Stats::bump(&worker.stats.relayed_userspace);
@@ -310,6 +362,6 @@ async fn userspace(
 }
 
 /// A relay closed by its turn after its server's removal says so (`close=removed`).
-fn close_reason(reason: Close, removal: &Removal) -> Close {
-    if reason == Close::Drain && removal.fired() { Close::Removed } else { reason }
+fn close_reason(reason: Close, removal: Option<&Removal>) -> Close {
+    if reason == Close::Drain && removal.is_some_and(Removal::fired) { Close::Removed } else { reason }
 }

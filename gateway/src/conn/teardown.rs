@@ -211,6 +211,13 @@ pub async fn finish(
         }
     }
     drop(active);
+    if facts.close == Close::Handed {
+        // A binary upgrade passed it on: counted here, its line written by the new
+        // process at its end.
+        let conn = facts.conn.take();
+        conn.closed(&facts.record());
+        return;
+    }
     if facts.status == 101 {
         worker.lifetimes.record(facts.started.elapsed(), facts.bytes_in, facts.generation.config.relay.splice_after);
     }
@@ -241,7 +248,9 @@ pub struct SplicedEnd {
     facts: ParkedFacts,
     worker: Rc<Worker>,
     _admitted: Admitted,
-    live: ActiveGuard,
+    /// The upstream server's count, when the server is known (a pair an old process
+    /// passed in a binary upgrade may be to a server this configuration lacks).
+    live: Option<ActiveGuard>,
 }
 
 // A parked pair is this plus 32 bytes of sockets and cookies, boxed: 128 bytes keeps it
@@ -253,6 +262,10 @@ impl SplicedEnd {
     fn finish(self, outcome: SpliceOutcome) {
         // The pair's `ActiveConn` was detached when it was parked.
         self.worker.stats.active.fetch_sub(1, Ordering::Relaxed);
+        if let Some(handed) = outcome.handed {
+            self.pass_on(handed, outcome);
+            return;
+        }
         let lifetime = self.facts.lifetime();
         // One relayed in userspace first was counted when it outlived `splice_after`.
         if !self.facts.after_userspace {
@@ -260,7 +273,31 @@ impl SplicedEnd {
             let splice_after = self.worker.generations.current().config.relay.splice_after;
             self.worker.lifetimes.record(lifetime, client_bytes, splice_after);
         }
-        self.facts.log(&self.worker, self.live.addr(), outcome, lifetime);
+        self.facts.log(&self.worker, self.live.as_ref().map(ActiveGuard::addr), outcome, lifetime);
+    }
+}
+
+impl SplicedEnd {
+    /// A binary upgrade passes the pair, still in the kernel, to the new process, which
+    /// writes its line at its end. If that fails the pair ends here, with a line
+    /// (`close=error`).
+    fn pass_on(self, handed: crate::splice::Handed, outcome: SpliceOutcome) {
+        let upstream = self.live.as_ref().map(ActiveGuard::addr);
+        let pair = self.facts.passed(upstream, handed.kernel);
+        let lifetime = self.facts.lifetime();
+        let sent = self.worker.upgrade.send_pair(pair, [handed.client, handed.upstream]);
+        let mut outcome = outcome;
+        if sent.is_err() {
+            // Its descriptors close when the callback returns: the pair ends with it.
+            outcome.reason = Close::Error;
+            if !self.worker.upgrade.passing()
+                && let Some(splicer) = &self.worker.splicer
+            {
+                // The new process is gone: the other parked pairs stay, and splice here.
+                splicer.kept();
+            }
+        }
+        self.facts.log(&self.worker, upstream, outcome, lifetime);
     }
 }
 
@@ -285,7 +322,15 @@ pub struct ParkedFacts {
 /// connections from it).
 pub(crate) fn epoch() -> Instant {
     static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
+    *EPOCH.get_or_init(|| {
+        // Set back as far as the clock allows (up to a year): a WebSocket a binary
+        // upgrade passes to this process started before this process did.
+        let now = Instant::now();
+        [365 * 24, 30 * 24, 24, 1]
+            .into_iter()
+            .find_map(|h| now.checked_sub(Duration::from_secs(h * 3600)))
+            .unwrap_or(now)
+    })
 }
 
 /// Fixes the instant parked pairs count their start from; call before accepting.
@@ -309,13 +354,44 @@ impl ParkedFacts {
         }
     }
 
+    /// The facts a binary upgrade passes of this pair (spliced, in the kernel).
+    fn passed(
+        &self,
+        upstream: Option<SocketAddr>,
+        kernel: crate::splice::PassedKernel,
+    ) -> crate::upgrade::wire::PairFacts {
+        let mut parts = self.text.splitn(4, '\n').map(str::to_owned);
+        let mut part = || parts.next().unwrap_or_default();
+        let (peer, host, request, user_agent) = (part(), part(), part(), part());
+        let peer = peer.parse().unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
+        let [host, request, user_agent] = [host, request, user_agent].map(|t| crate::upgrade::clip(&t));
+        crate::upgrade::wire::PairFacts {
+            age_us: u64::try_from(self.lifetime().as_micros()).unwrap_or(u64::MAX),
+            peer,
+            origin: peer,
+            host,
+            request,
+            user_agent,
+            status: 101,
+            bytes_in: self.before_splice[0],
+            bytes_out: self.before_splice[1],
+            upstream_addr: upstream,
+            upstream_response_time: Some(f64::from(self.upstream_response_time)),
+            mode: if self.after_userspace { Mode::UserspaceThenSplice } else { Mode::Splice },
+            https: false,
+            frames: [crate::drain::FrameState::default(); 2],
+            idle_us: 0,
+            spliced: Some(crate::upgrade::wire::SplicedFacts { kernel, after_userspace: self.after_userspace }),
+        }
+    }
+
     /// Accept to now.
     fn lifetime(&self) -> Duration {
         epoch().elapsed().saturating_sub(Duration::from_nanos(self.started_ns))
     }
 
     /// Writes the pair's access-log line.
-    fn log(self, worker: &Worker, upstream: SocketAddr, outcome: SpliceOutcome, lifetime: Duration) {
+    fn log(self, worker: &Worker, upstream: Option<SocketAddr>, outcome: SpliceOutcome, lifetime: Duration) {
         let mut parts = self.text.splitn(4, '\n').map(str::to_owned);
         let mut part = || parts.next().unwrap_or_default();
         let (peer, host, request, user_agent) = (part(), part(), part(), part());
@@ -329,13 +405,17 @@ impl ParkedFacts {
             request_time: lifetime.as_secs_f64(),
             upstream_response_time: Some(f64::from(self.upstream_response_time)),
             user_agent,
-            upstream_addr: Some(upstream),
+            upstream_addr: upstream,
             bytes_in: self.before_splice[0] + outcome.to_upstream,
             bytes_out: self.before_splice[1] + outcome.to_client,
             close: outcome.reason,
             mode: if self.after_userspace { Mode::UserspaceThenSplice } else { Mode::Splice },
         };
         worker.metrics.parked_closed(self.started_ns, &record);
+        if record.close == Close::Handed {
+            // A binary upgrade passed it on: the new process writes its line.
+            return;
+        }
         // A parked pair keeps no generation (to stay small): its line goes to the
         // access log in force when it ends.
         worker.generations.current().access_log.log(record);

@@ -12,7 +12,7 @@ const OPCODE_CLOSE: u8 = 0x8;
 
 /// A [`FrameTracker`]'s whole state as plain values: what the kernel splice keeps per
 /// direction (`struct splice_frames` in `ebpf/splice.h`), to seed it and to read it back.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FrameState {
     /// The header read so far (only while `have > 0`).
     pub head: [u8; 14],

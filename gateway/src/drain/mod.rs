@@ -40,12 +40,15 @@ pub async fn turn(mut shutdown: ShutdownRx, pacer: Option<&Pacer>) {
 pub struct Turns<'a> {
     pub pacer: &'a Pacer,
     pub removal: Option<&'a Removal>,
+    /// A binary upgrade takes the pair to the new process (the relay pauses at its
+    /// next quiet moment); `None` for a pair that cannot move.
+    pub upgrade: Option<&'a crate::upgrade::Upgrade>,
 }
 
 /// Resolves at this connection's turn in the drain or, first, at its turn after a
 /// reload removed its upstream server (never without `turns`).
 pub async fn turns(shutdown: ShutdownRx, turns: Option<Turns<'_>>) {
-    let Some(Turns { pacer, removal }) = turns else { return std::future::pending().await };
+    let Some(Turns { pacer, removal, .. }) = turns else { return std::future::pending().await };
     let removed = async {
         match removal {
             Some(r) => r.turn().await,

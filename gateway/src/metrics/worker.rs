@@ -34,8 +34,9 @@ impl ActiveMode {
     }
 }
 
-/// How connections end, as the access log names it (`close=`); anything else is `other`.
-pub const CLOSE_REASONS: [&str; 11] = [
+/// How connections end, as the access log names it (`close=`; `handed`: passed to a
+/// new process by a binary upgrade); anything else is `other`.
+pub const CLOSE_REASONS: [&str; 12] = [
     "client_fin",
     "upstream_fin",
     "client_reset",
@@ -46,6 +47,7 @@ pub const CLOSE_REASONS: [&str; 11] = [
     "removed",
     "error",
     "done",
+    "handed",
     "other",
 ];
 

@@ -34,6 +34,8 @@ pub enum Order {
     Add { key: ListenerKey, scheme: Scheme, socket: Socket },
     /// Stop accepting on the listener with this key and close its socket.
     Remove(ListenerKey),
+    /// Carry on a WebSocket an old process passed (binary upgrade).
+    Adopt(Box<crate::upgrade::child::Adopted>),
 }
 
 /// The added listeners' sockets (one per worker each) and the removed listeners.

@@ -23,6 +23,13 @@ use super::frame_state;
 use super::shared::{self, Conn, DirField, FramesWord, Link, TO_CLIENT, TO_UPSTREAM};
 use crate::drain::FrameTracker;
 
+/// [`Inner::upgrade`]: the maps are this process's own.
+pub(super) const OWN: u8 = 0;
+/// [`Inner::upgrade`]: offered to a new process, which decides.
+pub(super) const FROZEN: u8 = 1;
+/// [`Inner::upgrade`]: the new process took the maps; parked pairs go to it.
+pub(super) const HANDING: u8 = 2;
+
 /// Reads of a direction's frames before giving up on a consistent one (each verdict
 /// keeps `seq` odd for a few microseconds).
 const FREEZE_TRIES: u32 = 10_000;
@@ -38,11 +45,16 @@ pub(super) struct Frozen {
 
 /// The loaded program, its maps and the free slots; shared by every worker.
 pub(super) struct Inner {
-    /// Keeps the program attached; only touched at load and drop.
-    pub(super) _ebpf: Mutex<Ebpf>,
+    /// Keeps the program attached; only touched at load, drop and a binary upgrade
+    /// (which leaves the program attached for the new process: `None` then, and in a
+    /// process that adopted an old one's maps).
+    pub(super) ebpf: Mutex<Option<Ebpf>>,
+    /// A binary upgrade: no slot is allocated any more ([`HANDING`] once the new process
+    /// took the maps, [`FROZEN`] while it decides, [`OWN`] normally).
+    pub(super) upgrade: std::sync::atomic::AtomicU8,
     pub(super) _sock_hash: SockHash<MapData, u64>,
     pub(super) _links: MapData,
-    pub(super) _conns: MapData,
+    pub(super) conns_data: MapData,
     pub sock_hash_fd: RawFd,
     pub links_fd: RawFd,
     pub(super) conns: crate::io::bpf::MapMmap,
@@ -56,6 +68,9 @@ pub(super) struct Inner {
 
 impl Inner {
     pub fn alloc_slot(&self) -> Option<u32> {
+        if self.upgrade.load(Ordering::Acquire) != OWN {
+            return None;
+        }
         let slot = self.free.lock().ok()?.pop_front()?;
         let base = slot as usize * size_of::<Conn>();
         for dir in 0..2 {

@@ -67,9 +67,9 @@ pub use counters::SpliceCounts;
 pub use handover::HandoverError;
 pub use live::{LiveBytes, LiveSlot};
 pub use selftest::{FORCE_FAIL_ENV, SelfTestError};
-pub use splicer::{LoadError, MAX_CAPACITY, SPLICE_BPF_OBJECT, Splicer, WorkerPairs};
-pub use supervise::SpliceOutcome;
-pub use worker::SplicedPair;
+pub use splicer::{LoadError, MAX_CAPACITY, Offer, SPLICE_BPF_OBJECT, Splicer, WorkerPairs, program_digest};
+pub use supervise::{Handed, SpliceOutcome};
+pub use worker::{PassedKernel, SplicedPair};
 
 pub use crate::config::{DEFAULT_SPLICE_BUDGET as DEFAULT_BUDGET, MIN_SPLICE_BUDGET as MIN_BUDGET, SpliceMode};
 

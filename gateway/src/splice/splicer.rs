@@ -29,7 +29,7 @@ use super::handover::HandoverError;
 use super::kernel::Inner;
 use super::selftest::{self, SelfTestError};
 use super::shared::Conn;
-use super::worker::{self, Local, SplicedPair};
+use super::worker::{self, Local, PassedKernel, SplicedPair};
 use crate::drain::Pacer;
 use crate::readiness::Ring;
 use crate::shutdown::ShutdownRx;
@@ -98,10 +98,11 @@ impl Splicer {
             inner: Arc::new(Inner {
                 sock_hash_fd: sock_hash.fd().as_fd().as_raw_fd(),
                 links_fd: links.fd().as_fd().as_raw_fd(),
-                _ebpf: Mutex::new(ebpf),
+                ebpf: Mutex::new(Some(ebpf)),
+                upgrade: std::sync::atomic::AtomicU8::new(super::kernel::OWN),
                 _sock_hash: sock_hash,
                 _links: links,
-                _conns: conns,
+                conns_data: conns,
                 conns: conns_map,
                 free: Mutex::new((0..capacity).collect()),
                 capacity,
@@ -167,6 +168,97 @@ impl Splicer {
     }
 }
 
+/// The splice's maps as a binary upgrade offers them to the new process: the maps'
+/// descriptors (sockhash, links, per-pair state), their sizes, which program they are
+/// for, and the slots in use (the new process allocates only the others).
+#[derive(Debug)]
+pub struct Offer {
+    pub fds: [std::os::fd::RawFd; 3],
+    pub capacity: u32,
+    pub budget: u64,
+    /// A digest of the compiled program: the new process adopts the maps only when its
+    /// own program is the same (else the pairs stay here and are drained).
+    pub program: u64,
+    pub used: Vec<u32>,
+}
+
+/// A digest of [`SPLICE_BPF_OBJECT`] (same build, same digest).
+pub fn program_digest() -> u64 {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    SPLICE_BPF_OBJECT.hash(&mut h);
+    h.finish()
+}
+
+impl Splicer {
+    /// A binary upgrade offers the maps to the new process: from now on no pair is
+    /// spliced here (new ones relay in userspace, and are passed on).
+    pub fn offer(&self) -> Offer {
+        use std::sync::atomic::Ordering;
+        let inner = &self.inner;
+        inner.upgrade.store(super::kernel::FROZEN, Ordering::Release);
+        let free: std::collections::HashSet<u32> =
+            inner.free.lock().map(|f| f.iter().copied().collect()).unwrap_or_default();
+        Offer {
+            fds: [inner.sock_hash_fd, inner.links_fd, inner.conns_data.fd().as_fd().as_raw_fd()],
+            capacity: inner.capacity,
+            budget: inner.budget,
+            program: program_digest(),
+            used: (0..inner.capacity).filter(|s| !free.contains(s)).collect(),
+        }
+    }
+
+    /// The new process took the maps: the program stays attached when this process
+    /// exits (the new one splices with it), and parked pairs are passed on.
+    pub fn handed(&self) {
+        if let Ok(mut ebpf) = self.inner.ebpf.lock() {
+            // Dropping it would detach the program from the sockhash both use.
+            std::mem::forget(ebpf.take());
+        }
+        self.inner.upgrade.store(super::kernel::HANDING, std::sync::atomic::Ordering::Release);
+    }
+
+    /// The new process did not take the maps (or the upgrade failed): splice here again.
+    pub fn kept(&self) {
+        self.inner.upgrade.store(super::kernel::OWN, std::sync::atomic::Ordering::Release);
+    }
+
+    /// The maps an old process offered in a binary upgrade, with its program attached:
+    /// pairs it passes keep their slots, and new pairs use the slots it did not.
+    ///
+    /// # Errors
+    /// A descriptor that is not the expected map.
+    pub fn adopt(fds: [std::os::fd::OwnedFd; 3], capacity: u32, budget: u64, used: &[u32]) -> Result<Self, LoadError> {
+        let refused = |e: &dyn std::fmt::Display| LoadError::Refused(format!("adopting the old process's maps: {e}"));
+        let [sock_hash, links, conns] = fds;
+        let sock_hash: SockHash<MapData, u64> =
+            SockHash::try_from(Map::SockHash(MapData::from_fd(sock_hash).map_err(|e| refused(&e))?))
+                .map_err(|e| refused(&e))?;
+        let links = MapData::from_fd(links).map_err(|e| refused(&e))?;
+        let conns = MapData::from_fd(conns).map_err(|e| refused(&e))?;
+        let conns_map =
+            crate::io::bpf::MapMmap::new(conns.fd().as_fd().as_raw_fd(), capacity as usize * size_of::<Conn>())
+                .map_err(|e| refused(&e))?;
+        let used: std::collections::HashSet<u32> = used.iter().copied().collect();
+        Ok(Self {
+            inner: Arc::new(Inner {
+                sock_hash_fd: sock_hash.fd().as_fd().as_raw_fd(),
+                links_fd: links.fd().as_fd().as_raw_fd(),
+                ebpf: Mutex::new(None),
+                upgrade: std::sync::atomic::AtomicU8::new(super::kernel::OWN),
+                _sock_hash: sock_hash,
+                _links: links,
+                conns_data: conns,
+                conns: conns_map,
+                free: Mutex::new((0..capacity).filter(|s| !used.contains(s)).collect()),
+                capacity,
+                budget,
+                counters: Counters::default(),
+            }),
+        })
+    }
+}
+
 /// What one worker thread owns of the splice: its poll ring, its table of parked
 /// pairs and its sweeper. Cheap to clone; made by [`Splicer::init_worker`].
 #[derive(Clone)]
@@ -212,6 +304,18 @@ impl WorkerPairs {
         frames: [crate::drain::FrameTracker; 2],
     ) -> Result<SplicedPair, HandoverError> {
         worker::splice(&self.local, client, upstream, client_early, frames).await
+    }
+
+    /// Takes on a pair an old process passed in a binary upgrade, spliced with the maps
+    /// this process adopted from it: its sockets, its slot and cookies, and the client
+    /// bytes forwarded during its handover. Park it as any other.
+    pub fn adopt(
+        &self,
+        client: std::os::fd::OwnedFd,
+        upstream: std::os::fd::OwnedFd,
+        kernel: PassedKernel,
+    ) -> SplicedPair {
+        worker::adopt(&self.local, client, upstream, kernel)
     }
 
     /// The splicer these pairs belong to.

@@ -85,6 +85,18 @@ pub struct SpliceOutcome {
     /// Retransmitted bytes the program cut off skbs, both directions (they had
     /// been handed on already; see `skip_handed_on` in splice.bpf.c).
     pub trimmed: u64,
+    /// `reason` is [`Close::Handed`]: a binary upgrade passes the pair, still in the
+    /// kernel, to the new process; these are its sockets (open until the callback
+    /// returns) and kernel facts.
+    pub handed: Option<Handed>,
+}
+
+/// A parked pair a binary upgrade passes on (see [`SpliceOutcome::handed`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Handed {
+    pub client: std::os::fd::RawFd,
+    pub upstream: std::os::fd::RawFd,
+    pub kernel: super::worker::PassedKernel,
 }
 
 /// How one direction ended.
@@ -144,6 +156,7 @@ pub(super) async fn supervise(
         pressure_runs: up.pressure_runs() + down.pressure_runs(),
         held_max: up.held_max().max(down.held_max()),
         trimmed: up.trimmed() + down.trimmed(),
+        handed: None,
     };
     let counters = &inner.counters;
     counters.pressure.fetch_add(outcome.pressure_runs, Ordering::Relaxed);

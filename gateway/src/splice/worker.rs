@@ -11,6 +11,7 @@
 //! borrow of the table or the sweeper across an await or a callback.
 
 use std::cell::{OnceCell, RefCell};
+use std::os::fd::OwnedFd;
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +30,9 @@ use crate::shutdown::{Phase, ShutdownRx};
 /// How long a pair's turn in the drain waits for frames in progress and for the
 /// peers' Close when no drain schedule was set (`drain.close_timeout`'s default).
 const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Parked pairs a worker passes to the new process per sweep tick in a binary upgrade.
+const HAND_PER_TICK: usize = 512;
 
 /// A worker's splice state: the kernel side, its poll ring, its parked pairs, its
 /// sweeper, and how its pairs end (idle timeout, drain signal).
@@ -94,6 +98,50 @@ impl Local {
         }
     }
 
+    /// A binary upgrade took the maps: every parked pair goes to the new process. Its
+    /// callback gets [`Close::Handed`](crate::close::Close::Handed) with the pair's
+    /// sockets and kernel facts (`SpliceOutcome::handed`), and passes them on before
+    /// it returns; this process then closes its descriptors (the sockets live on there).
+    /// Supervised pairs (closing, under pressure) stay and end here. At most
+    /// [`HAND_PER_TICK`] a tick: each is a blocking send to the new process. Stops as
+    /// soon as the new process no longer takes pairs (its end failed them back to
+    /// [`OWN`](super::kernel::OWN)).
+    fn hand_parked(&self) {
+        for _ in 0..HAND_PER_TICK {
+            if self.inner.upgrade.load(std::sync::atomic::Ordering::Acquire) != super::kernel::HANDING {
+                return;
+            }
+            let taken = self.table.borrow_mut().take_any();
+            let Some(Taken { pair, finish, tokens }) = taken else { return };
+            for token in tokens {
+                self.ring.disarm(token);
+            }
+            let (slot, early) = (pair.ins.slot, pair.early);
+            let handed = super::supervise::Handed {
+                client: std::os::fd::AsRawFd::as_raw_fd(&pair.client),
+                upstream: std::os::fd::AsRawFd::as_raw_fd(&pair.upstream),
+                kernel: PassedKernel {
+                    slot,
+                    client_cookie: pair.ins.client_cookie,
+                    upstream_cookie: pair.ins.upstream_cookie,
+                    early,
+                },
+            };
+            // Its links and slot stay: the new process relays with them.
+            self.inner.counters.active.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            finish(SpliceOutcome {
+                to_upstream: early + super::backpressure::bytes(&self.inner, slot, super::shared::TO_UPSTREAM),
+                to_client: super::backpressure::bytes(&self.inner, slot, super::shared::TO_CLIENT),
+                reason: crate::close::Close::Handed,
+                pressure_runs: 0,
+                held_max: 0,
+                trimmed: 0,
+                handed: Some(handed),
+            });
+            drop(pair);
+        }
+    }
+
     /// Parked pairs.
     pub(super) fn parked(&self) -> usize {
         self.table.borrow().len()
@@ -141,6 +189,25 @@ impl Local {
     }
 }
 
+/// What a parked pair passed in a binary upgrade keeps of the kernel side: its slot,
+/// its sockets' cookies and the client bytes forwarded during its handover.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PassedKernel {
+    pub slot: u32,
+    pub client_cookie: u64,
+    pub upstream_cookie: u64,
+    pub early: u64,
+}
+
+/// See [`WorkerPairs::adopt`](super::WorkerPairs::adopt).
+pub(super) fn adopt(local: &Rc<Local>, client: OwnedFd, upstream: OwnedFd, kernel: PassedKernel) -> SplicedPair {
+    let PassedKernel { slot, client_cookie, upstream_cookie, early } = kernel;
+    let ins = super::kernel::Inserted { slot, client_cookie, upstream_cookie };
+    // Counted as spliced here from now on (the old process stopped counting it).
+    local.inner.counters.active.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    SplicedPair { local: local.clone(), pair: Pair { client, upstream, ins, early } }
+}
+
 /// See [`WorkerPairs::splice`](super::WorkerPairs::splice).
 pub(super) async fn splice(
     local: &Rc<Local>,
@@ -172,6 +239,11 @@ async fn sweep_loop(local: Rc<Local>) {
         }
         if local.shutdown.phase() == Phase::Draining {
             local.drain_due();
+        }
+        if local.shutdown.phase() == Phase::Handing
+            && local.inner.upgrade.load(std::sync::atomic::Ordering::Acquire) == super::kernel::HANDING
+        {
+            local.hand_parked();
         }
         let mut sw = local.sweeper.borrow_mut();
         if sw.is_empty() && parked == 0 {

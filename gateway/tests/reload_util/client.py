@@ -8,7 +8,10 @@ each one streams messages (sizes from 1 byte to 70000, seeded contents) and chec
 every echo is the exact message it sent, until STOP_FILE exists; then it closes with
 1000 and prints one JSON line: url index, messages echoed, bad echoes, wall-clock time of
 its last good echo, the longest time between two good echoes (max_gap, s), whether the
-close handshake completed, error text. Bounded: LIMIT seconds (env RELOAD_LIMIT).
+close handshake completed, error text, its local port and the payload bytes it sent.
+Bounded: LIMIT seconds (env RELOAD_LIMIT). With RELOAD_QUIET_EVERY=K, every K-th
+connection waits 1.5-2.5 s between messages (quiet: `auto` hands such pairs to the
+kernel splice), the others 10-50 ms.
 """
 
 import asyncio
@@ -22,6 +25,7 @@ import time
 import websockets
 
 LIMIT = float(os.environ.get("RELOAD_LIMIT", "120"))
+QUIET_EVERY = int(os.environ.get("RELOAD_QUIET_EVERY", "0"))
 SIZES = [1, 7, 125, 126, 300, 4000, 65535, 65536, 70000]
 
 
@@ -40,7 +44,7 @@ def message(conn, seq, rng):
 async def stream(conn, url, index, stop, opened, go, tls):
     rng = random.Random(conn)
     res = {"conn": conn, "url": index, "echoed": 0, "bad": 0, "last_echo": None,
-           "clean": False, "error": None, "max_gap": 0.0}
+           "clean": False, "error": None, "max_gap": 0.0, "port": None, "sent": 0}
     try:
         ws = await websockets.connect(url, max_size=None, ping_interval=None, close_timeout=10,
                                       compression=None, ssl=tls if url.startswith("wss") else None,
@@ -50,8 +54,10 @@ async def stream(conn, url, index, stop, opened, go, tls):
         opened.append(False)
         return res
     opened.append(True)
+    res["port"] = ws.local_address[1]
     await go.wait()
     deadline = time.monotonic() + LIMIT
+    quiet = QUIET_EVERY > 0 and conn % QUIET_EVERY == 0
     seq = 0
     try:
         while not os.path.exists(stop):
@@ -60,6 +66,7 @@ async def stream(conn, url, index, stop, opened, go, tls):
                 return res
             m = message(conn, seq, rng)
             await ws.send(m)
+            res["sent"] += len(m)
             got = await ws.recv()
             if got == m:
                 res["echoed"] += 1
@@ -70,7 +77,13 @@ async def stream(conn, url, index, stop, opened, go, tls):
             else:
                 res["bad"] += 1
             seq += 1
-            await asyncio.sleep(rng.uniform(0.01, 0.05))
+            if quiet:
+                # Wakes early when asked to stop, so the close is not held up.
+                until = time.monotonic() + rng.uniform(1.5, 2.5)
+                while time.monotonic() < until and not os.path.exists(stop):
+                    await asyncio.sleep(0.1)
+            else:
+                await asyncio.sleep(rng.uniform(0.01, 0.05))
         await ws.close(1000)
         # The test's echo upstream answers a Close with an empty one (1005); a close
         # that timed out or was cut is 1006.
