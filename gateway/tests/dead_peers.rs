@@ -7,13 +7,12 @@
 
 mod utils;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use utils::{RawUpstream, TempDir, client_frame, read_exact, read_head, status_of, upgrade_request};
+use utils::{LineChild, RawUpstream, TempDir, client_frame, read_exact, read_head, status_of, upgrade_request};
 
 /// Two namespaces joined by a veth pair: `client` (10.251.0.2) and `gateway` (10.251.0.1).
 struct Namespaces {
@@ -91,9 +90,8 @@ impl Drop for Namespaces {
 
 /// wsgate started inside a namespace; killed on drop.
 struct NsGateway {
-    child: Child,
+    child: LineChild,
     addr: SocketAddr,
-    lines: mpsc::Receiver<String>,
     _dir: TempDir,
 }
 
@@ -102,39 +100,22 @@ impl NsGateway {
         let dir = TempDir::new();
         let path = dir.0.join("wsgate.toml");
         std::fs::write(&path, toml).unwrap();
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", netns, env!("CARGO_BIN_EXE_wsgate"), "-c"])
-            .arg(&path)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start wsgate");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { return };
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        let ready = rx.recv_timeout(Duration::from_secs(20)).expect("wsgate did not start");
+        let child = LineChild::spawn(
+            Command::new("ip")
+                .args(["netns", "exec", netns, env!("CARGO_BIN_EXE_wsgate"), "-c"])
+                .arg(&path)
+                .env("RUST_LOG", "warn")
+                .stderr(Stdio::null()),
+            "start wsgate",
+        );
+        let ready = child.line(Duration::from_secs(20)).expect("wsgate did not start");
         let addr = ready.strip_prefix("wsgate: listening on ").expect("ready line").parse().unwrap();
-        Self { child, addr, lines: rx, _dir: dir }
+        Self { child, addr, _dir: dir }
     }
 
     /// The first access-log line within `within`, if any.
     fn next_line(&self, within: Duration) -> Option<String> {
-        self.lines.recv_timeout(within).ok()
-    }
-}
-
-impl Drop for NsGateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.child.line(within)
     }
 }
 

@@ -100,6 +100,7 @@ pub async fn accept_shared_loop(
     }
     let mut shutdown = worker.shutdown.clone();
     let mut draining = std::pin::pin!(shutdown.reached(Phase::Draining));
+    let mut handing = std::pin::pin!(worker.upgrade.handing(worker.shutdown.clone()));
     let mut removed = std::pin::pin!(removed);
     loop {
         tokio::select! {
@@ -123,7 +124,7 @@ pub async fn accept_shared_loop(
             () = &mut draining => break,
             _ = &mut removed => break,
             // A binary upgrade: the new process accepts from it now.
-            () = worker.upgrade.handing(worker.shutdown.clone()) => break,
+            () = &mut handing => break,
         }
     }
     tracing::debug!(fd = listener.as_raw_fd(), "stopped accepting on the service manager's socket");

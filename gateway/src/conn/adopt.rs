@@ -29,21 +29,10 @@ pub async fn resume(adopted: Adopted, worker: Rc<Worker>) {
     let Adopted { client, upstream, facts: passed } = adopted;
     let active = ActiveConn::new(&worker.stats);
     let generation = worker.generations.current();
-    let mut facts = Facts::new(passed.peer, &worker.metrics, generation.clone());
-    facts.started = Instant::now().checked_sub(Duration::from_micros(passed.age_us)).unwrap_or_else(Instant::now);
-    facts.origin = passed.origin;
-    facts.host.clone_from(&passed.host);
-    facts.request.clone_from(&passed.request);
-    facts.user_agent.clone_from(&passed.user_agent);
-    facts.status = passed.status;
-    facts.bytes_in = passed.bytes_in;
-    facts.bytes_out = passed.bytes_out;
-    facts.bytes_sent = passed.bytes_out;
-    facts.upstream_addr = passed.upstream_addr;
-    facts.upstream_response_time = passed.upstream_response_time;
-    facts.mode = passed.mode;
-    facts.scheme = if passed.https { crate::config::Scheme::Https } else { crate::config::Scheme::Http };
-    let route = generation.router.find(host_of(&passed.host).as_deref(), path_of(&passed.request));
+    let mut facts = Facts::adopted(&passed, &worker.metrics, generation.clone());
+    let path = routed_path(&passed.request);
+    let host = (!passed.host.is_empty()).then_some(passed.host.as_str());
+    let route = generation.router.find(host, &path);
     let admitted = worker.admission.adopted(passed.peer.ip(), route.map(|r| &r.gate));
     let live = route.and_then(|r| server_guard(&r.group, passed.upstream_addr));
     if let Some(r) = route {
@@ -93,22 +82,27 @@ fn server_guard(group: &std::sync::Arc<crate::upstream::Group>, addr: Option<Soc
     Some(group.enter(i))
 }
 
-/// The host of a `Host` header as routes match it: lowercase, without the port.
-fn host_of(host: &str) -> Option<String> {
-    let h = host.trim();
-    if h.is_empty() {
-        return None;
+/// The path a request line `METHOD target HTTP/1.1` was routed by: its target
+/// normalised as [`crate::http::request`] does on the way in, without the query. (The
+/// host needs nothing: the facts hold it as routed.)
+fn routed_path(request: &str) -> String {
+    let target = request.split(' ').nth(1).unwrap_or("/");
+    let path = crate::http::path::normalise(target).unwrap_or_else(|_| target.to_owned());
+    match path.split_once('?') {
+        Some((path, _)) => path.to_owned(),
+        None => path,
     }
-    let h = if h.starts_with('[') {
-        h.split_inclusive(']').next().unwrap_or(h)
-    } else {
-        h.rsplit_once(':').map_or(h, |(host, _)| host)
-    };
-    Some(h.to_ascii_lowercase())
 }
 
-/// The path of a request line `METHOD target HTTP/1.1` (before `?`).
-fn path_of(request: &str) -> &str {
-    let target = request.split(' ').nth(1).unwrap_or("/");
-    target.split('?').next().unwrap_or("/")
+#[cfg(test)]
+mod tests {
+    use super::routed_path;
+
+    #[test]
+    fn routes_by_the_normalised_path_as_the_first_process_did() {
+        assert_eq!(routed_path("GET /chat/room?x=1 HTTP/1.1"), "/chat/room");
+        assert_eq!(routed_path("GET /a/../chat/./room HTTP/1.1"), "/chat/room");
+        assert_eq!(routed_path("GET /%63hat HTTP/1.1"), "/chat");
+        assert_eq!(routed_path("garbage"), "/");
+    }
 }

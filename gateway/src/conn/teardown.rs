@@ -60,6 +60,54 @@ pub struct Facts {
 }
 
 impl Facts {
+    /// What a binary upgrade passes of this connection, relayed in userspace and
+    /// handed at a quiet moment: its facts so far, where its frames stand, and how
+    /// long it has been `idle`. [`Facts::adopted`] is the other side.
+    pub fn passed(&self, frames: [crate::drain::FrameState; 2], idle: Duration) -> crate::upgrade::wire::PairFacts {
+        crate::upgrade::wire::PairFacts {
+            age_us: u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            peer: self.peer,
+            origin: self.origin,
+            host: crate::upgrade::clip(&self.host),
+            request: crate::upgrade::clip(&self.request),
+            user_agent: crate::upgrade::clip(&self.user_agent),
+            status: self.status,
+            bytes_in: self.bytes_in,
+            bytes_out: self.bytes_out,
+            upstream_addr: self.upstream_addr,
+            upstream_response_time: self.upstream_response_time,
+            mode: self.mode,
+            https: self.scheme == crate::config::Scheme::Https,
+            frames,
+            idle_us: u64::try_from(idle.as_micros()).unwrap_or(u64::MAX),
+            spliced: None,
+        }
+    }
+
+    /// A connection another process passed in a binary upgrade ([`Facts::passed`]),
+    /// counted by `metrics` here, under `generation` from now on.
+    pub fn adopted(
+        passed: &crate::upgrade::wire::PairFacts,
+        metrics: &metrics::Recorder,
+        generation: Arc<Generation>,
+    ) -> Self {
+        let mut facts = Self::new(passed.peer, metrics, generation);
+        facts.started = Instant::now().checked_sub(Duration::from_micros(passed.age_us)).unwrap_or_else(Instant::now);
+        facts.origin = passed.origin;
+        facts.host.clone_from(&passed.host);
+        facts.request.clone_from(&passed.request);
+        facts.user_agent.clone_from(&passed.user_agent);
+        facts.status = passed.status;
+        facts.bytes_in = passed.bytes_in;
+        facts.bytes_out = passed.bytes_out;
+        facts.bytes_sent = passed.bytes_out;
+        facts.upstream_addr = passed.upstream_addr;
+        facts.upstream_response_time = passed.upstream_response_time;
+        facts.mode = passed.mode;
+        facts.scheme = if passed.https { crate::config::Scheme::Https } else { crate::config::Scheme::Http };
+        facts
+    }
+
     /// A connection just accepted from `peer`, counted by `metrics`.
     pub fn new(peer: SocketAddr, metrics: &metrics::Recorder, generation: Arc<Generation>) -> Self {
         let started = Instant::now();

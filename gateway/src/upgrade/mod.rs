@@ -130,24 +130,7 @@ impl Upgrade {
         facts: &crate::conn::teardown::Facts,
         (frames, last_activity): ([FrameTracker; 2], std::time::Instant),
     ) -> std::io::Result<()> {
-        let pair = PairFacts {
-            age_us: u64::try_from(facts.started.elapsed().as_micros()).unwrap_or(u64::MAX),
-            peer: facts.peer,
-            origin: facts.origin,
-            host: clip(&facts.host),
-            request: clip(&facts.request),
-            user_agent: clip(&facts.user_agent),
-            status: facts.status,
-            bytes_in: facts.bytes_in,
-            bytes_out: facts.bytes_out,
-            upstream_addr: facts.upstream_addr,
-            upstream_response_time: facts.upstream_response_time,
-            mode: facts.mode,
-            https: facts.scheme == crate::config::Scheme::Https,
-            frames: frames.map(|f| f.state()),
-            idle_us: u64::try_from(last_activity.elapsed().as_micros()).unwrap_or(u64::MAX),
-            spliced: None,
-        };
+        let pair = facts.passed(frames.map(|f| f.state()), last_activity.elapsed());
         self.send_pair(pair, [client.as_raw_fd(), upstream.as_raw_fd()])
     }
 

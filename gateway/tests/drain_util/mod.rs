@@ -4,10 +4,10 @@
 //! test makes of them. Every wait is bounded; the client is killed on drop.
 #![allow(dead_code, reason = "each test binary uses a different part of the harness")]
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::utils::LineChild;
 
 /// The client script, next to this file.
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/drain_util/client.py");
@@ -29,8 +29,7 @@ pub struct Ended {
 
 /// `n` streaming clients spread over `urls`.
 pub struct Clients {
-    child: Child,
-    lines: mpsc::Receiver<String>,
+    child: LineChild,
     pub n: usize,
 }
 
@@ -51,26 +50,12 @@ impl Clients {
         if let Some(ca) = ca {
             command.env("DRAIN_CA", ca);
         }
-        let mut child = command
-            .arg(SCRIPT)
-            .env("DRAIN_MAX_SIZE", max_size.to_string())
-            .arg(n.to_string())
-            .args(urls)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("/usr/bin/python3 (cargo xtask test installs python3-websockets)");
-        let out = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        let ready = lines.recv_timeout(Duration::from_mins(2)).expect("the clients did not open in 2 minutes");
-        assert_eq!(ready, format!("READY {n}"), "every client connection opens");
-        Self { child, lines, n }
+        let child = LineChild::spawn(
+            command.arg(SCRIPT).env("DRAIN_MAX_SIZE", max_size.to_string()).arg(n.to_string()).args(urls),
+            "/usr/bin/python3 (cargo xtask test installs python3-websockets)",
+        );
+        child.ready(n, Duration::from_mins(2));
+        Self { child, n }
     }
 
     /// Every connection's end, waiting at most `within` in all.
@@ -79,7 +64,7 @@ impl Clients {
         let mut all = Vec::new();
         while all.len() < self.n {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
-            let line = self.lines.recv_timeout(left).unwrap_or_else(|_| {
+            let line = self.child.line(left).unwrap_or_else(|| {
                 panic!("only {} of {} client connections ended within {within:?}", all.len(), self.n)
             });
             all.push(serde_json::from_str::<Ended>(&line).unwrap_or_else(|e| panic!("{e}: {line}")));
@@ -96,9 +81,9 @@ impl Clients {
             .map(|i| {
                 let left = deadline.saturating_duration_since(std::time::Instant::now());
                 let line = self
-                    .lines
-                    .recv_timeout(left)
-                    .unwrap_or_else(|_| panic!("only {i} of {k} client connections ended within {within:?}"));
+                    .child
+                    .line(left)
+                    .unwrap_or_else(|| panic!("only {i} of {k} client connections ended within {within:?}"));
                 serde_json::from_str::<Ended>(&line).unwrap_or_else(|e| panic!("{e}: {line}"))
             })
             .collect()
@@ -106,16 +91,9 @@ impl Clients {
 
     /// Panics if a connection ends within `d` (all keep going that long).
     pub fn none_ends_for(&mut self, d: Duration) {
-        if let Ok(line) = self.lines.recv_timeout(d) {
+        if let Some(line) = self.child.line(d) {
             panic!("a client connection ended when none should: {line}");
         }
-    }
-}
-
-impl Drop for Clients {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

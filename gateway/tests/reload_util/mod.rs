@@ -1,16 +1,15 @@
 //! The streaming WebSocket clients of the reload and upgrade tests (`client.py`,
 //! Python `websockets`): every echoed message checked, one JSON report per connection.
 
-use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::Duration;
+
+use crate::utils::LineChild;
 
 /// The streaming clients (`reload_util/client.py`).
 pub struct Clients {
-    child: Child,
-    lines: mpsc::Receiver<String>,
+    child: LineChild,
     stop: PathBuf,
 }
 
@@ -24,29 +23,19 @@ impl Clients {
     /// between messages (0: none does).
     pub fn open_quiet(n: usize, urls: &[String], ca: &Path, stop: PathBuf, (limit, quiet_every): (u32, usize)) -> Self {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/reload_util/client.py");
-        let mut child = Command::new("/usr/bin/python3")
-            .arg(script)
-            .arg(&stop)
-            .arg(n.to_string())
-            .args(urls)
-            .env("RELOAD_CA", ca)
-            .env("RELOAD_LIMIT", limit.to_string())
-            .env("RELOAD_QUIET_EVERY", quiet_every.to_string())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("/usr/bin/python3 (cargo xtask test installs python3-websockets)");
-        let out = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        let ready = lines.recv_timeout(Duration::from_mins(3)).expect("the clients did not open in 3 minutes");
-        assert_eq!(ready, format!("READY {n}"), "every client connection opens");
-        Self { child, lines, stop }
+        let child = LineChild::spawn(
+            Command::new("/usr/bin/python3")
+                .arg(script)
+                .arg(&stop)
+                .arg(n.to_string())
+                .args(urls)
+                .env("RELOAD_CA", ca)
+                .env("RELOAD_LIMIT", limit.to_string())
+                .env("RELOAD_QUIET_EVERY", quiet_every.to_string()),
+            "/usr/bin/python3 (cargo xtask test installs python3-websockets)",
+        );
+        child.ready(n, Duration::from_mins(3));
+        Self { child, stop }
     }
 
     /// Asks every connection to close (1000) and returns their reports.
@@ -54,19 +43,9 @@ impl Clients {
         std::fs::write(&self.stop, b"stop").unwrap();
         (0..n)
             .map(|i| {
-                let line = self
-                    .lines
-                    .recv_timeout(Duration::from_mins(1))
-                    .unwrap_or_else(|_| panic!("only {i} of {n} reports"));
+                let line = self.child.line(Duration::from_mins(1)).unwrap_or_else(|| panic!("only {i} of {n} reports"));
                 serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"))
             })
             .collect()
-    }
-}
-
-impl Drop for Clients {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }

@@ -288,3 +288,48 @@ pub fn refused_addr() -> SocketAddr {
 pub fn status_of(head: &str) -> u16 {
     head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
 }
+
+/// A helper process (a client script) whose stdout lines arrive as they are written;
+/// killed on drop.
+pub struct LineChild {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl LineChild {
+    /// Spawns `command` with its stdout piped; `what` names it in the panic if it cannot
+    /// start.
+    pub fn spawn(command: &mut std::process::Command, what: &str) -> Self {
+        use std::io::BufRead as _;
+        let mut child = command.stdout(std::process::Stdio::piped()).spawn().unwrap_or_else(|e| panic!("{what}: {e}"));
+        let out = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Self { child, lines }
+    }
+
+    /// The next line, or `None` if none came within `within` (or the process ended).
+    pub fn line(&self, within: Duration) -> Option<String> {
+        self.lines.recv_timeout(within).ok()
+    }
+
+    /// Waits (at most `within`) for the `READY n` line a client script prints once its
+    /// `n` connections are open.
+    pub fn ready(&self, n: usize, within: Duration) {
+        let ready = self.line(within).unwrap_or_else(|| panic!("the clients did not open within {within:?}"));
+        assert_eq!(ready, format!("READY {n}"), "every client connection opens");
+    }
+}
+
+impl Drop for LineChild {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
