@@ -205,6 +205,7 @@ fn run_with(
             Err(_) => failed = Some(RunError::WorkerPanicked),
         }
     }
+    upgrade.wait_finished();
     report_stopped(&stats, splicer.as_ref(), &metrics);
     drop(pid_file);
     // The workers are gone: the last lines of every generation's access log are

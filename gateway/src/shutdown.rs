@@ -136,6 +136,9 @@ pub fn signal_thread(
                 let ctx = upgrade.clone();
                 match tokio::task::spawn_blocking(move || crate::upgrade::parent::run(&ctx)).await {
                     Ok(Ok(_)) => {}
+                    Ok(Err(e @ crate::upgrade::parent::UpgradeError::Draining { .. })) => {
+                        tracing::warn!("binary upgrade not done: {e}");
+                    }
                     Ok(Err(e)) => tracing::error!("binary upgrade not done, this process keeps every connection: {e}"),
                     Err(_) => tracing::error!("the binary upgrade panicked"),
                 }

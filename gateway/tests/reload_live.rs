@@ -14,12 +14,12 @@ mod utils;
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
 use admin_util::{admin_addr, count, eventually, scrape};
-use reload_util::Clients;
+use reload_util::{Clients, echo_once, replace, websocket};
 use tls_util::{Issued, Pki, listeners, peer_leaf, tls_connect};
 use utils::{Gateway, TempDir, WsEcho, read_head, status_of, upgrade_request};
 
@@ -95,13 +95,6 @@ impl Files {
         replace(&self.cert, &std::fs::read(&issued.cert).unwrap());
         replace(&self.key, &std::fs::read(&issued.key).unwrap());
     }
-}
-
-/// Writes `path` as a whole (a reload never reads half a file).
-fn replace(path: &Path, bytes: &[u8]) {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
 }
 
 /// Opens one new WebSocket and says which upstream received it.
@@ -254,25 +247,6 @@ fn live_websockets_stream_through_reloads_and_new_ones_follow_the_new_config() {
     assert!(gw.wait_exit(WITHIN), "wsgate did not exit cleanly");
     assert!(lines().contains("GET /probe "), "the probe's line went to the reopened file: {}", lines());
     assert!(!files.pid.exists(), "the pid file is removed at exit");
-}
-
-/// Sends one binary message on a raw WebSocket and checks its echo byte for byte.
-fn echo_once(s: &mut std::net::TcpStream, seq: usize) {
-    use std::io::Write as _;
-    let payload: Vec<u8> = (0..300 + seq * 997).map(|i| (i * 31 + seq * 7) as u8).collect();
-    s.write_all(&utils::client_frame(true, 2, &payload)).unwrap();
-    let (fin, opcode, echoed) = utils::server_frame(s);
-    assert!(fin && opcode == 2 && echoed == payload, "message {seq}: not echoed whole");
-}
-
-/// A raw WebSocket through `addr`, upgraded.
-fn websocket(addr: SocketAddr) -> std::net::TcpStream {
-    use std::io::Write as _;
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(upgrade_request("/ws", "").as_bytes()).unwrap();
-    assert_eq!(status_of(&read_head(&mut s).0), 101);
-    s
 }
 
 #[test]

@@ -6,17 +6,24 @@
 //! written by the process it ended in, carrying the bytes of its whole life (at least
 //! every payload byte its client sent, before and after the upgrades). New connections
 //! reach the new process; the old one exits. A new binary that fails at once leaves
-//! everything with the running process, which says why. Under a service manager
-//! the old process names the new main PID (`MAINPID=`).
+//! everything with the running process, which says why; so does one of another
+//! upgrade protocol. Under a service manager the old process names the new main PID
+//! (`MAINPID=`). A pair's idle clock goes on across the move; listeners and the admin
+//! address follow the configuration the new process read; a SIGTERM while the new
+//! process starts stops it and drains the old one (Close 1001).
 
+mod admin_util;
+mod drain_util;
 mod reload_util;
 mod utils;
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use reload_util::Clients;
+use admin_util::eventually;
+use reload_util::{Clients, echo_once, replace, websocket};
 use utils::{Gateway, TempDir, WsEcho, read_head, status_of, upgrade_request};
 
 /// Streaming connections: modest, so the test is quick on a loaded 2-core machine.
@@ -283,4 +290,166 @@ fn the_service_manager_is_told_the_new_main_pid() {
     }
     wait_gone(old);
     new_connection_upgrades(&gw);
+}
+
+/// An executable "new binary" that speaks upgrade protocol 999 and then waits (bounded)
+/// for the old process to hang up; it writes its pid next to itself.
+const OTHER_PROTOCOL: &str = r#"#!/usr/bin/python3
+import json, os, socket, sys
+with open(sys.argv[0] + ".pid", "w") as f:
+    f.write(str(os.getpid()))
+s = socket.socket(fileno=int(os.environ["WSGATE_UPGRADE_FD"]))
+s.send(json.dumps({"ready": {"pid": os.getpid(), "protocol": 999}}).encode())
+s.settimeout(60)
+try:
+    while s.recv(65536):
+        pass
+except OSError:
+    pass
+"#;
+
+#[test]
+fn a_new_binary_of_another_upgrade_protocol_is_stopped_and_nothing_moves() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let echo = WsEcho::start();
+    let dir = TempDir::new();
+    let pid_file = dir.0.join("wsgate.pid");
+    let toml = format!("{}[upstream.echo]\nservers = [\"{}\"]\n", config(&pid_file, "userspace"), echo.addr);
+    let mut gw = Gateway::builder().config(&toml).log_level("info").start();
+    let pid = pid_in(&pid_file);
+    let mut live = websocket(gw.addr);
+    echo_once(&mut live, 0);
+    let other = dir.0.join("other-wsgate");
+    std::fs::write(&other, OTHER_PROTOCOL).unwrap();
+    std::fs::set_permissions(&other, std::fs::Permissions::from_mode(0o755)).unwrap();
+    assert!(upgrade_cmd(&["--pid-file", pid_file.to_str().unwrap(), "--binary", other.to_str().unwrap()]));
+    gw.wait_stderr("binary upgrade not done", WITHIN);
+    let said: Vec<String> = gw.stderr().into_iter().filter(|l| l.contains("binary upgrade not done")).collect();
+    assert!(said.iter().any(|l| l.contains("speaks upgrade protocol 999, this one 1")), "{said:#?}");
+    // The other process was stopped; this one keeps serving, its connection untouched.
+    let other_pid: i32 = std::fs::read_to_string(other.with_extension("pid")).unwrap().trim().parse().unwrap();
+    wait_gone(other_pid);
+    assert!(gw.running(), "the running process survives a refused upgrade");
+    assert_eq!(pid_in(&pid_file), pid);
+    echo_once(&mut live, 1);
+    new_connection_upgrades(&gw);
+    // A later upgrade to the real binary goes through.
+    assert!(upgrade_cmd(&["--pid-file", pid_file.to_str().unwrap()]));
+    let _kill = KillOnDrop(wait_new_pid(&pid_file, pid));
+    gw.wait_stderr("binary upgrade: done", WITHIN);
+    echo_once(&mut live, 2);
+}
+
+#[test]
+fn a_pair_idle_before_the_upgrade_times_out_on_its_own_clock() {
+    use std::io::Read as _;
+    const IDLE: Duration = Duration::from_secs(6);
+    let echo = WsEcho::start();
+    let dir = TempDir::new();
+    let pid_file = dir.0.join("wsgate.pid");
+    let toml = format!(
+        "{}[timeouts]\nidle = \"{}s\"\n[upstream.echo]\nservers = [\"{}\"]\n",
+        config(&pid_file, "userspace"),
+        IDLE.as_secs(),
+        echo.addr
+    );
+    let gw = Gateway::builder().config(&toml).log_level("info").start();
+    let old = pid_in(&pid_file);
+    let mut live = websocket(gw.addr);
+    echo_once(&mut live, 0);
+    let last = Instant::now();
+    // Half the idle timeout passes in the old process, the rest in the new one.
+    std::thread::sleep(IDLE / 2);
+    assert!(upgrade_cmd(&["--pid-file", pid_file.to_str().unwrap()]));
+    let _kill = KillOnDrop(wait_new_pid(&pid_file, old));
+    gw.wait_stderr("binary upgrade: done", WITHIN);
+    assert!(gw.stderr().iter().any(|l| l.contains("live WebSockets passed to pid") && l.contains("passed=1")));
+    live.set_read_timeout(Some(WITHIN)).unwrap();
+    let mut buf = [0u8; 64];
+    let _ = live.read(&mut buf);
+    let after = last.elapsed();
+    // Carried over, it ends at IDLE after its last byte; restarted at the handover, it
+    // would last at least IDLE / 2 + IDLE.
+    assert!(
+        after >= IDLE.saturating_sub(Duration::from_millis(500)) && after < IDLE + IDLE / 3,
+        "closed {after:?} after its last byte, idle timeout {IDLE:?}"
+    );
+    let logged = gw.wait_log("\"idle_timeout\"");
+    assert!(logged.contains("/ws"), "{logged}");
+}
+
+#[test]
+fn listeners_and_the_admin_address_follow_the_new_configuration() {
+    let echo = WsEcho::start();
+    let dir = TempDir::new();
+    let (file, pid_file) = (dir.0.join("wsgate.toml"), dir.0.join("wsgate.pid"));
+    let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let (removed, added, admin_old, admin_new) = (free(), free(), free(), free());
+    let write = |listener: SocketAddr, admin: SocketAddr| {
+        let toml = format!(
+            "{}[[listener]]\naddress = \"{listener}\"\n[admin]\nlisten = \"{admin}\"\n\
+             [upstream.echo]\nservers = [\"{}\"]\n",
+            config(&pid_file, "userspace"),
+            echo.addr
+        );
+        replace(&file, toml.as_bytes());
+    };
+    write(removed, admin_old);
+    let gw = Gateway::builder().args(&["-c", file.to_str().unwrap()]).log_level("info").start();
+    let old = pid_in(&pid_file);
+    let mut live = websocket(removed);
+    echo_once(&mut live, 0);
+    assert_eq!(admin_util::get(admin_old, "/readyz").0, 200);
+
+    write(added, admin_new);
+    assert!(upgrade_cmd(&["--pid-file", pid_file.to_str().unwrap()]));
+    let _kill = KillOnDrop(wait_new_pid(&pid_file, old));
+    gw.wait_stderr("binary upgrade: done", WITHIN);
+    wait_gone(old);
+    // The connection accepted on the removed listener moved with the rest.
+    echo_once(&mut live, 1);
+    echo_once(&mut websocket(added), 2);
+    echo_once(&mut websocket(gw.addr), 3);
+    assert!(eventually(WITHIN, || std::net::TcpStream::connect(removed).is_err()), "the removed listener accepts");
+    assert!(gw.stderr().iter().any(|l| l.contains(&format!("{removed} is no listener of the new configuration"))));
+    assert_eq!(admin_util::get(admin_new, "/readyz").0, 200);
+    assert!(eventually(WITHIN, || std::net::TcpStream::connect(admin_old).is_err()), "the old admin address answers");
+}
+
+#[test]
+fn sigterm_while_the_new_process_starts_drains_both_and_every_websocket_gets_1001() {
+    use std::os::unix::fs::PermissionsExt as _;
+    const CONNS: usize = 30;
+    let echo = WsEcho::start();
+    let dir = TempDir::new();
+    let pid_file = dir.0.join("wsgate.pid");
+    let toml = format!("{}[upstream.echo]\nservers = [\"{}\"]\n", config(&pid_file, "userspace"), echo.addr);
+    let gw = Gateway::builder().config(&toml).log_level("info").start();
+    let old = pid_in(&pid_file);
+    let mut clients = drain_util::Clients::open(CONNS, &[gw.ws_url("/live")]);
+    // The new binary takes a while to start: the SIGTERM comes before it is ready.
+    let slow = dir.0.join("slow-wsgate");
+    let started = dir.0.join("slow-wsgate.pid");
+    let script = format!(
+        "#!/bin/sh\necho $$ > '{}'\nsleep 2\nexec '{}' \"$@\"\n",
+        started.display(),
+        env!("CARGO_BIN_EXE_wsgate")
+    );
+    std::fs::write(&slow, script).unwrap();
+    std::fs::set_permissions(&slow, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(upgrade_cmd(&["--pid-file", pid_file.to_str().unwrap(), "--binary", slow.to_str().unwrap()]));
+    assert!(eventually(WITHIN, || started.exists()), "the new binary did not start");
+    let new = std::fs::read_to_string(&started).ok().and_then(|p| p.trim().parse().ok()).unwrap_or(0);
+    let _kill = KillOnDrop(new);
+    gw.terminate();
+    // Every WebSocket of the old process closes with 1001 over the drain window...
+    let ended = clients.ended(WITHIN);
+    drain_util::assert_going_away(&ended);
+    // ...the new process is stopped before it takes a listener, and neither stays behind.
+    wait_gone(old);
+    wait_gone(new);
+    gw.wait_stderr("binary upgrade not done: a shutdown signal came while the new process", WITHIN);
+    let took = gw.stderr().into_iter().filter(|l| l.contains("took the old process's listening sockets")).count();
+    assert_eq!(took, 0, "{:#?}", gw.stderr());
 }

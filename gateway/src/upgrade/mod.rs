@@ -69,9 +69,18 @@ pub struct Upgrade {
     passed: AtomicU64,
     /// When the last pair was passed (ms since the process clock's start).
     last_passed_ms: AtomicU64,
+    /// Held while an upgrade runs ([`parent::run`]).
+    running: Mutex<()>,
 }
 
 impl Upgrade {
+    /// Returns once no upgrade runs: the process must not exit in the middle of one
+    /// (it would leave a new process that nobody stops, holding sockets nobody serves).
+    /// Bounded: an upgrade gives up as soon as the process drains.
+    pub fn wait_finished(&self) {
+        drop(self.running.lock());
+    }
+
     /// A worker accepts on `socket` for listener `key` (kept as a duplicate to pass on).
     pub fn listening(&self, worker: usize, key: ListenerKey, shared: bool, socket: &Socket) {
         match socket.try_clone() {

@@ -33,6 +33,10 @@ pub enum UpgradeError {
     Exited { pid: u32, status: String },
     #[error("the new process (pid {pid}) refused: {why}")]
     Refused { pid: u32, why: String },
+    #[error("a shutdown signal came while the new process (pid {pid}) started; it was stopped and this process drains")]
+    Draining { pid: u32 },
+    #[error("the new process (pid {pid}) speaks upgrade protocol {theirs}, this one {ours}; stopped")]
+    Incompatible { pid: u32, theirs: u32, ours: u32 },
     #[error("the new process (pid {pid}) was not ready within {0:?}; stopped", READY_TIMEOUT)]
     Timeout { pid: u32 },
     #[error("control socket: {0}")]
@@ -90,6 +94,7 @@ pub fn request_file(pid_file: &std::path::Path) -> PathBuf {
 /// # Errors
 /// Everything before the new process accepts: this process then keeps everything.
 pub fn run(ctx: &Context) -> Result<u64, UpgradeError> {
+    let _running = ctx.upgrade.running.lock();
     if ctx.tx.phase() != Phase::Running || ctx.upgrade.passing() {
         return Err(UpgradeError::Busy);
     }
@@ -202,7 +207,7 @@ fn hand_listeners(ours: &Channel, child: &mut Child, ctx: &Context) -> Result<bo
     let pid = child.id();
     let deadline = Instant::now() + READY_TIMEOUT;
     let mut protocol = 0;
-    expect(ours, child, deadline, "Ready", |m| match m {
+    expect((ours, &ctx.tx), child, deadline, "Ready", |m| match m {
         Message::Ready { protocol: p, .. } => {
             protocol = *p;
             true
@@ -210,8 +215,11 @@ fn hand_listeners(ours: &Channel, child: &mut Child, ctx: &Context) -> Result<bo
         _ => false,
     })?;
     if protocol != super::wire::PROTOCOL {
-        let why = format!("it speaks upgrade protocol {protocol}, this process {}", super::wire::PROTOCOL);
-        return Err(UpgradeError::Refused { pid, why });
+        return Err(UpgradeError::Incompatible { pid, theirs: protocol, ours: super::wire::PROTOCOL });
+    }
+    if ctx.tx.phase() != Phase::Running {
+        // Draining: the listeners are being shut; the new process must not take them.
+        return Err(UpgradeError::Draining { pid });
     }
     let (listeners, admin) = ctx.upgrade.sockets();
     let mut fds: Vec<RawFd> = listeners.iter().map(|(_, fd)| *fd).collect();
@@ -239,7 +247,7 @@ fn hand_listeners(ours: &Channel, child: &mut Child, ctx: &Context) -> Result<bo
     }
     tracing::debug!(pid, descriptors = fds.len(), "binary upgrade: listeners passed");
     let mut spliced = false;
-    expect(ours, child, deadline, "Accepting", |m| match m {
+    expect((ours, &ctx.tx), child, deadline, "Accepting", |m| match m {
         Message::Accepting { spliced: s } => {
             spliced = *s;
             true
@@ -249,18 +257,36 @@ fn hand_listeners(ours: &Channel, child: &mut Child, ctx: &Context) -> Result<bo
     Ok(spliced)
 }
 
-/// The next message from the new process, which must be `expected`.
+/// How often a wait for the new process looks whether this process began to drain.
+const DRAIN_CHECK: Duration = Duration::from_millis(100);
+
+/// The next message from the new process, which must be `expected`; given up with
+/// [`UpgradeError::Draining`] as soon as a shutdown signal came (`tx` left `Running`).
 fn expect(
-    ours: &Channel,
+    (ours, tx): (&Channel, &ShutdownTx),
     child: &mut Child,
     deadline: Instant,
     expected: &'static str,
     mut is: impl FnMut(&Message) -> bool,
 ) -> Result<(), UpgradeError> {
     let pid = child.id();
-    let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
-    ours.set_timeout(Some(left)).map_err(UpgradeError::Channel)?;
-    match ours.recv() {
+    let got = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(UpgradeError::Timeout { pid });
+        }
+        ours.set_timeout(Some(left.min(DRAIN_CHECK))).map_err(UpgradeError::Channel)?;
+        match ours.recv() {
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                if tx.phase() != Phase::Running {
+                    return Err(UpgradeError::Draining { pid });
+                }
+            }
+            got => break got,
+        }
+    };
+    let _ = ours.set_timeout(None);
+    match got {
         Ok(Some((m, _))) if is(&m) => Ok(()),
         Ok(Some((Message::Failed { why }, _))) => Err(UpgradeError::Refused { pid, why }),
         Ok(Some((m, _))) => Err(UpgradeError::Protocol { pid, got: format!("{m:?}"), expected }),
@@ -277,14 +303,8 @@ fn expect(
                 .map_or_else(|| "still running, control socket closed".to_owned(), |s| s.to_string());
             Err(UpgradeError::Exited { pid, status })
         }
-        Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
-            Err(UpgradeError::Timeout { pid })
-        }
         Err(e) => Err(UpgradeError::Channel(e)),
     }
-    .inspect(|()| {
-        let _ = ours.set_timeout(None);
-    })
 }
 
 /// Waits for the new process in the background, so that it never lingers as a zombie

@@ -1,11 +1,14 @@
 //! The streaming WebSocket clients of the reload and upgrade tests (`client.py`,
-//! Python `websockets`): every echoed message checked, one JSON report per connection.
+//! Python `websockets`): every echoed message checked, one JSON report per connection;
+//! and raw WebSockets that check one echo at a time.
+#![allow(dead_code, reason = "each test binary uses a different part of the harness")]
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use crate::utils::LineChild;
+use crate::utils::{LineChild, read_head, status_of, upgrade_request};
 
 /// The streaming clients (`reload_util/client.py`).
 pub struct Clients {
@@ -48,4 +51,30 @@ impl Clients {
             })
             .collect()
     }
+}
+
+/// Writes `path` as a whole (a reload never reads half a file).
+pub fn replace(path: &Path, bytes: &[u8]) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// Sends one binary message on a raw WebSocket and checks its echo byte for byte.
+pub fn echo_once(s: &mut std::net::TcpStream, seq: usize) {
+    use std::io::Write as _;
+    let payload: Vec<u8> = (0..300 + seq * 997).map(|i| (i * 31 + seq * 7) as u8).collect();
+    s.write_all(&crate::utils::client_frame(true, 2, &payload)).unwrap();
+    let (fin, opcode, echoed) = crate::utils::server_frame(s);
+    assert!(fin && opcode == 2 && echoed == payload, "message {seq}: not echoed whole");
+}
+
+/// A raw WebSocket through `addr`, upgraded.
+pub fn websocket(addr: SocketAddr) -> std::net::TcpStream {
+    use std::io::Write as _;
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(upgrade_request("/ws", "").as_bytes()).unwrap();
+    assert_eq!(status_of(&read_head(&mut s).0), 101);
+    s
 }
