@@ -460,6 +460,7 @@ fn worker(mut setup: WorkerSetup, sockets: Vec<KeyedSocket>) -> Result<()> {
             }
         });
         tokio_uring::spawn(sweep_pool(state.clone()));
+        tokio_uring::spawn(crate::conn::teardown::close_removed_spliced(state.clone()));
         let mut accepting = Vec::new();
         for (key, scheme, s, shared) in sockets {
             accepting.push(accept_on(s, (key, scheme, shared), (setup.index, &state)));

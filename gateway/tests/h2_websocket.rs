@@ -3,7 +3,9 @@
 //! CONNECT (RFC 8441), many WebSocket streams on one connection echo every byte
 //! (messages larger than the stream window, so flow control is the backpressure),
 //! plain requests are proxied as parsed HTTP/1.0 (the recording upstream checks the
-//! exact head), and a rapid-reset flood ends with GOAWAY `ENHANCE_YOUR_CALM`.
+//! exact head), a rapid-reset flood ends with GOAWAY `ENHANCE_YOUR_CALM`, and a
+//! reload that removes a server from a group with `drain_removed` closes exactly the
+//! streams to it with a Close 1001 while the others go on.
 //!
 //! `cargo xtask test` installs what these need: python3-h2, openssl.
 
@@ -156,6 +158,49 @@ def websockets(addr, ca, streams, messages):
     c.until(lambda: all(s in c.ended for s in sids))
     print("ws-ok", len(sids), messages, total)
 
+def removed(addr, ca, streams, seconds):
+    # Streams echo small messages until `seconds` after OPEN; each that gets a Close
+    # answers it. RESULT says which streams closed (code) and how many echoes each saw.
+    import json, time
+    c = Client(addr, ca)
+    c.until(lambda: h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL in c.remote_settings)
+    sids = []
+    for s in range(streams):
+        sid = c.conn.get_next_available_stream_id()
+        c.conn.send_headers(sid, [(":method", "CONNECT"), (":protocol", "websocket"), (":scheme", "https"),
+            (":path", f"/h2/{s}"), (":authority", "gw.test"), ("sec-websocket-version", "13"), ("x-stream", str(s))])
+        sids.append(sid)
+    c.flush()
+    c.until(lambda: all(s in c.headers for s in sids))
+    closed, echoed, bad, m = {}, [0] * streams, 0, 0
+    def round_trip():
+        nonlocal m, bad
+        sent = {}
+        for k, sid in enumerate(sids):
+            if k not in closed:
+                sent[sid] = os.urandom(100 + (m * 37 + k) % 3000)
+                c.send_all(sid, frame(2, sent[sid]))
+        m += 1
+        for k, sid in enumerate(sids):
+            if sid not in sent: continue
+            buf = c.data.setdefault(sid, bytearray())
+            while (got := unframe(buf)) is None:
+                c.pump()
+            if got[0] == 8:
+                closed[k] = struct.unpack(">H", got[1][:2])[0]
+                c.send_all(sid, frame(8, got[1][:2]), end=True)
+            elif got == (2, sent[sid]):
+                echoed[k] += 1
+            else:
+                bad += 1
+    round_trip()
+    print("OPEN", flush=True)
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        round_trip()
+        time.sleep(0.05)
+    print("RESULT " + json.dumps({"closed": closed, "echoed": echoed, "bad": bad}), flush=True)
+
 def plain(addr, ca):
     c = Client(addr, ca)
     body = bytes(range(256)) * 40
@@ -232,6 +277,7 @@ cmd = sys.argv[1]
 if cmd == "get": get(sys.argv[2], sys.argv[3], sys.argv[4])
 elif cmd == "ws": websockets(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))
 elif cmd == "plain": plain(sys.argv[2], sys.argv[3])
+elif cmd == "removed": removed(sys.argv[2], sys.argv[3], int(sys.argv[4]), float(sys.argv[5]))
 elif cmd == "flood": flood(sys.argv[2], sys.argv[3], int(sys.argv[4]))
 elif cmd == "resets": resets(sys.argv[2], sys.argv[3], int(sys.argv[4]))
 "#;
@@ -382,4 +428,60 @@ fn websocket_streams_and_a_plain_request_over_h2_to_a_tls_upstream() {
     let seen = backend.seen();
     assert_eq!(seen.len(), 5, "{seen:?}");
     assert!(seen.iter().all(|s| s.sni.as_deref() == Some("backend.test") && s.request.starts_with("GET /h2/")));
+}
+
+#[test]
+fn websocket_streams_to_a_server_a_reload_removes_close_with_1001_and_the_others_go_on() {
+    const STREAMS: usize = 6;
+    let pki = Pki::new();
+    let (a, b) = (WsEcho::start(), WsEcho::start());
+    let dir = utils::TempDir::new();
+    let file = dir.0.join("wsgate.toml");
+    let cert = pki.issue("default", &["gw.test", "127.0.0.1"]);
+    let write = |servers: &[&WsEcho]| {
+        let list: Vec<String> = servers.iter().map(|s| format!("\"{}\"", s.addr)).collect();
+        let config = format!(
+            "workers = 1\n[drain]\nwindow = \"1s\"\njitter = 0.0\n{}[[route]]\npath = \"/h2/\"\nupstream = \"ws\"\n\
+             [upstream.ws]\nservers = [{}]\ndrain_removed = true\n",
+            tls_listener(Some(&cert), &[]),
+            list.join(", ")
+        );
+        let tmp = file.with_extension("tmp");
+        std::fs::write(&tmp, config).unwrap();
+        std::fs::rename(&tmp, &file).unwrap();
+    };
+    write(&[&a, &b]);
+    let gw = Gateway::builder().args(&["-c", file.to_str().unwrap()]).log_level("wsgate=info").start();
+    let (addr, ca) = (gw.addr.to_string(), pki.ca_file());
+    let streams = STREAMS.to_string();
+    let args = ["-c", CLIENT, "removed", &addr, ca.to_str().unwrap(), &streams, "6"];
+    let child = utils::LineChild::spawn(Command::new("/usr/bin/python3").args(args), "python3-h2");
+    assert_eq!(child.line(Duration::from_mins(1)).as_deref(), Some("OPEN"), "{:#?}", gw.stderr());
+    write(&[&a]);
+    gw.signal(nix::sys::signal::Signal::SIGHUP);
+    gw.wait_stderr("removed from groups with drain_removed", Duration::from_secs(20));
+    let result = child.line(Duration::from_mins(1)).expect("the client's result");
+    let result: serde_json::Value = serde_json::from_str(result.strip_prefix("RESULT ").unwrap()).unwrap();
+    let stream_of = |h: &Vec<(String, String)>| h.iter().find(|(n, _)| n == "x-stream").map(|(_, v)| v.clone());
+    let on_b: Vec<String> = b.requests.lock().unwrap().iter().filter_map(stream_of).collect();
+    assert!(!on_b.is_empty() && on_b.len() < STREAMS, "both servers have streams: {on_b:?}");
+    let closed = result["closed"].as_object().unwrap();
+    let mut closed_streams: Vec<&String> = closed.keys().collect();
+    closed_streams.sort();
+    let mut want: Vec<&String> = on_b.iter().collect();
+    want.sort();
+    assert_eq!(closed_streams, want, "exactly the streams to the removed server closed: {result}");
+    assert!(closed.values().all(|c| c == 1001), "each with 1001: {result}");
+    assert_eq!(result["bad"], 0, "{result}");
+    // The others kept echoing to the end (every round after the reload too).
+    let echoed = result["echoed"].as_array().unwrap();
+    let least = (0..STREAMS).filter(|s| !on_b.contains(&s.to_string())).map(|s| echoed[s].as_u64().unwrap()).min();
+    let most_closed = on_b.iter().map(|s| echoed[s.parse::<usize>().unwrap()].as_u64().unwrap()).max();
+    assert!(least > most_closed, "the streams to the server that stays went on: {result}");
+    for s in &on_b {
+        let line = gw.wait_log(&format!("\"CONNECT /h2/{s} HTTP/2\" 200 "));
+        assert!(line.contains("close=removed"), "{line}");
+    }
+    let events = b.events.lock().unwrap().clone();
+    assert_eq!(events.iter().filter(|(_, e)| e == "close 1001").count(), on_b.len(), "{events:?}");
 }

@@ -3,9 +3,9 @@
 //! them): every WebSocket relayed to the removed server gets a Close 1001 at a frame
 //! boundary within `drain.window` plus a margin (`close=removed` in the access log and
 //! the metrics), every one to the server that stays keeps streaming, every echo
-//! checked. Without the flag, the removed server's WebSockets keep streaming too, and
-//! so do spliced pairs with it (the flag closes userspace relays only; never a bare
-//! FIN).
+//! checked; alike whether relayed in userspace (plain or TLS) or spliced in the kernel
+//! (the program's frame state says where the frame in flight ends). Without the flag,
+//! the removed server's WebSockets keep streaming.
 
 mod admin_util;
 mod drain_util;
@@ -182,9 +182,15 @@ fn without_drain_removed_the_websockets_of_a_removed_server_keep_streaming() {
 }
 
 #[test]
-fn spliced_pairs_of_a_removed_server_keep_streaming_even_with_drain_removed() {
+fn spliced_pairs_of_a_removed_server_close_with_1001_in_the_kernel_too() {
     let Some(s) = start("sockmap", true, false) else { return };
-    keeps_streaming_through_the_removal(s, true);
+    closes_b_and_leaves_a(s);
+}
+
+#[test]
+fn without_drain_removed_spliced_pairs_of_a_removed_server_keep_streaming() {
+    let Some(s) = start("sockmap", false, false) else { return };
+    keeps_streaming_through_the_removal(s, false);
 }
 
 /// Removes b: no connection ends, both servers' keep streaming; the SIGTERM drain

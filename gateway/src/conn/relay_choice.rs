@@ -172,7 +172,7 @@ pub async fn relay_pair(
     let cfg = &generation.config;
     let client = client_slot.as_ref()?;
     // A reload that removes the server from a group with `drain_removed` closes the
-    // userspace relay with 1001; a spliced pair keeps flowing.
+    // userspace relay with 1001 (a spliced pair, at its turn: `teardown::park`).
     let removal = live.as_ref().map(|l| worker.generations.removals.watch(l.server_live()));
     let opts = RelayOptions {
         idle_timeout: cfg.timeouts.idle,

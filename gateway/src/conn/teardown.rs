@@ -278,15 +278,50 @@ pub async fn finish(
 /// Leaves a spliced pair to the kernel; its access-log line is written when it ends.
 fn park(handoff: Handoff, facts: &mut Facts, worker: Rc<Worker>, active: ActiveConn) {
     let Handoff { pair, admitted, live, after_userspace } = handoff;
+    // Found again by its upstream server if a reload removes it (`drain_removed`).
+    let server = live.as_ref().map(ActiveGuard::server_live);
+    let owner = server.as_ref().map_or(0, |s| Arc::as_ptr(s).addr());
+    let turns = server.and_then(|s| worker.generations.removals.turns_of(&s));
     active.detach();
     // Counted as spliced until `SplicedEnd::finish` (by its start, which is its id).
     facts.conn.take().park();
     // Counted as live for the drain's schedule until it ends.
     let counted = worker.pacer.enter();
+    let pairs = worker.pairs.clone();
     let end = SplicedEnd { facts: ParkedFacts::new(facts, after_userspace), worker, _admitted: admitted, live };
-    pair.park(move |outcome| {
+    let parked = pair.park(owner, move |outcome| {
         drop(counted);
         end.finish(outcome);
+    });
+    // Spliced after a reload removed its server: it closes at its turn too.
+    if let (Some(turns), Some(pairs)) = (turns, pairs) {
+        close_at(pairs, parked, turns.next());
+    }
+}
+
+/// Closes the spliced pairs to the servers reloads remove from groups with
+/// `drain_removed`, each at its turn (a Close 1001 at a frame boundary, as in the
+/// drain; `close=removed`). Runs for the worker's life; the pairs spliced after a
+/// removal are handled as they are parked.
+pub async fn close_removed_spliced(worker: Rc<Worker>) {
+    let Some(pairs) = worker.pairs.clone() else { return };
+    let mut announcements = worker.generations.removals.announcements();
+    while let Some(removed) = announcements.next().await {
+        for (server, turns) in removed {
+            for pair in pairs.owned_by(Arc::as_ptr(&server).addr()) {
+                close_at(pairs.clone(), pair, turns.next());
+            }
+        }
+    }
+}
+
+/// Ends `pair` for the removal of its server at `at`, if it still lives then.
+fn close_at(pairs: crate::splice::WorkerPairs, pair: crate::splice::Owned, at: Instant) {
+    tokio_uring::spawn(async move {
+        tokio::time::sleep_until(at.into()).await;
+        if pairs.remove_owned(pair) {
+            tracing::debug!("a spliced pair's turn: its upstream server was removed");
+        }
     });
 }
 
@@ -301,8 +336,9 @@ pub struct SplicedEnd {
     live: Option<ActiveGuard>,
 }
 
-// A parked pair is this plus 32 bytes of sockets and cookies, boxed: 128 bytes keeps it
-// in the allocator's 128-byte class (with its row and log text, about 200 bytes).
+// A parked pair is this, a pacer guard and 40 bytes of sockets, cookies and its owner
+// key, boxed: 144 bytes, in the allocator's 160-byte class (with its row and log text,
+// about 230 bytes).
 const _: () = assert!(size_of::<SplicedEnd>() <= 96);
 
 impl SplicedEnd {

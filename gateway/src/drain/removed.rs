@@ -98,9 +98,61 @@ impl Removals {
         planned
     }
 
+    /// The turns of the WebSockets to `server`, if a reload removed it.
+    pub fn turns_of(&self, server: &Arc<ServerLive>) -> Option<Turns> {
+        self.tx.borrow().schedule_of(server).cloned().map(Turns)
+    }
+
+    /// The removals announced from now on (for the spliced pairs, which no relay
+    /// watches: their worker finds them when a server is removed).
+    pub fn announcements(&self) -> Announcements {
+        let rx = self.tx.subscribe();
+        let known = rx.borrow().clone();
+        Announcements { rx, known }
+    }
+
     /// What a relay to `server` watches.
     pub fn watch(&self, server: Arc<ServerLive>) -> Removal {
         Removal { rx: self.tx.subscribe(), server, fired: Cell::new(false) }
+    }
+}
+
+/// The turns of one reload's removal: each call is the next WebSocket's.
+#[derive(Debug, Clone)]
+pub struct Turns(Arc<Schedule>);
+
+impl Turns {
+    /// When the next WebSocket to ask closes.
+    pub fn next(&self) -> Instant {
+        self.0.slot()
+    }
+}
+
+/// Removals as reloads announce them.
+#[derive(Debug)]
+pub struct Announcements {
+    rx: watch::Receiver<Arc<Removed>>,
+    known: Arc<Removed>,
+}
+
+impl Announcements {
+    /// The servers the next reloads removed (each with its reload's turns), once there
+    /// are any; `None` once nothing can be announced any more.
+    pub async fn next(&mut self) -> Option<Vec<(Arc<ServerLive>, Turns)>> {
+        loop {
+            self.rx.changed().await.ok()?;
+            let now = self.rx.borrow_and_update().clone();
+            let fresh: Vec<_> = now
+                .servers
+                .iter()
+                .filter(|(s, _)| !self.known.servers.iter().any(|(k, _)| Weak::ptr_eq(k, s)))
+                .filter_map(|(s, plan)| Some((s.upgrade()?, Turns(plan.clone()))))
+                .collect();
+            self.known = now;
+            if !fresh.is_empty() {
+                return Some(fresh);
+            }
+        }
     }
 }
 

@@ -3,7 +3,8 @@
 //! window, until both ways ended, a reset, the idle timeout, the drain's `Stop`, or this
 //! stream's turn in the drain.
 //!
-//! At its turn (the worker's [`Pacer`], as for HTTP/1.1 WebSockets) each direction is
+//! At its turn (the worker's [`Pacer`], as for HTTP/1.1 WebSockets, or the [`Removal`]
+//! of its upstream server by a reload, `drain_removed`) each direction is
 //! taken to the end of the frame in progress and relays nothing after it; then the
 //! client gets a Close 1001 as a DATA frame and the upstream a masked one, wsgate reads
 //! (and drops) what each sends until its Close, within `drain.close_timeout`, and ends
@@ -26,6 +27,7 @@ use crate::close::Close;
 use crate::conn::Worker;
 use crate::conn::peer_io::PeerIo;
 use crate::conn::teardown::Facts;
+use crate::drain::removed::Removal;
 use crate::drain::{DrainState, close_frame};
 use crate::metrics::live::RelayBytes;
 use crate::readiness::Ring;
@@ -84,10 +86,9 @@ const U2C: usize = 1;
 /// Relays a WebSocket stream both ways (see the module); byte counts and the close go
 /// to `facts`.
 pub async fn relay(
-    mut recv: RecvStream,
-    mut send: SendStream<Bytes>,
+    (mut recv, mut send): (RecvStream, SendStream<Bytes>),
     upstream: &PeerIo,
-    worker: &Worker,
+    (worker, removal): (&Worker, &Removal),
     facts: &mut Facts,
     resets: &ResetMeter,
 ) {
@@ -101,7 +102,10 @@ pub async fn relay(
         let up = up(&mut recv, upstream, &worker.ring, &s);
         let down = down(&mut send, upstream, worker, &s);
         let watcher = async {
-            crate::drain::turn(worker.shutdown.clone(), Some(&worker.pacer)).await;
+            tokio::select! {
+                () = crate::drain::turn(worker.shutdown.clone(), Some(&worker.pacer)) => {}
+                () = removal.turn() => {}
+            }
             s.drain.begin();
             tokio::time::sleep(close_timeout).await;
         };
@@ -118,7 +122,7 @@ pub async fn relay(
             ends = async { tokio::join!(up, down) } => Ok(ends),
             () = watcher => {
                 tracing::debug!("drain: a frame did not end within drain.close_timeout");
-                Err(Close::Drain)
+                Err(if removal.fired() { Close::Removed } else { Close::Drain })
             }
             () = idle_watch => Err(Close::IdleTimeout),
             () = stop.reached(Phase::Stop) => Err(Close::Shutdown),
@@ -132,7 +136,7 @@ pub async fn relay(
                 tracing::debug!("no Close from a peer within drain.close_timeout");
             }
             let _ = send.send_data(Bytes::new(), true);
-            Close::Drain
+            if removal.fired() { Close::Removed } else { Close::Drain }
         }
         Ok(_) => s.first_end.get().unwrap_or(Close::Unknown),
         Err(close) => {

@@ -126,7 +126,10 @@ async fn websocket_stream(
     Stats::bump(&worker.stats.upgrades_succeeded);
     facts.status = 200;
     teardown::opened(facts);
-    super::relay::relay(recv, send, &upstream.stream, worker, facts, resets).await;
+    // A reload that removes its server from a group with `drain_removed` closes the
+    // stream with 1001, as it does an HTTP/1.1 WebSocket relayed in userspace.
+    let removal = worker.generations.removals.watch(upstream.live.server_live());
+    super::relay::relay((recv, send), &upstream.stream, (worker, &removal), facts, resets).await;
     Ok(())
 }
 

@@ -161,7 +161,7 @@ impl Reloader {
                 generation = number,
                 servers = removed.len(),
                 connections = planned,
-                "reload: {} upstream server(s) removed from groups with drain_removed; their WebSockets relayed in userspace close with 1001 over drain.window",
+                "reload: {} upstream server(s) removed from groups with drain_removed; their WebSockets close with 1001 over drain.window",
                 removed.len()
             );
         }

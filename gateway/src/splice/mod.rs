@@ -69,7 +69,7 @@ pub use live::{LiveBytes, LiveSlot};
 pub use selftest::{FORCE_FAIL_ENV, SelfTestError};
 pub use splicer::{LoadError, MAX_CAPACITY, Offer, SPLICE_BPF_OBJECT, Splicer, WorkerPairs, program_digest};
 pub use supervise::{Handed, SpliceOutcome};
-pub use worker::{PassedKernel, SplicedPair};
+pub use worker::{Owned, PassedKernel, SplicedPair};
 
 pub use crate::config::{DEFAULT_SPLICE_BUDGET as DEFAULT_BUDGET, MIN_SPLICE_BUDGET as MIN_BUDGET, SpliceMode};
 

@@ -40,6 +40,8 @@ struct Parked<F> {
     /// Socket cookies (client, upstream): the keys of the pair's links.
     cookies: [u64; 2],
     early: u64,
+    /// The caller's key for the pair ([`Table::owned_by`]; 0: none).
+    owner: usize,
     finish: F,
 }
 
@@ -47,6 +49,8 @@ struct Parked<F> {
 trait Unpark {
     /// The client's and the upstream's fd.
     fn fds(&self) -> (RawFd, RawFd);
+    /// The caller's key for the pair.
+    fn owner(&self) -> usize;
     /// The pair and its callback again (the callback boxed on this cold path).
     fn unpark(self: Box<Self>, slot: u32) -> (Pair, Finish);
 }
@@ -56,8 +60,12 @@ impl<F: FnOnce(SpliceOutcome) + 'static> Unpark for Parked<F> {
         (self.client.as_raw_fd(), self.upstream.as_raw_fd())
     }
 
+    fn owner(&self) -> usize {
+        self.owner
+    }
+
     fn unpark(self: Box<Self>, slot: u32) -> (Pair, Finish) {
-        let Parked { client, upstream, cookies: [client_cookie, upstream_cookie], early, finish } = *self;
+        let Parked { client, upstream, cookies: [client_cookie, upstream_cookie], early, owner: _, finish } = *self;
         let ins = Inserted { slot, client_cookie, upstream_cookie };
         (Pair { client, upstream, ins, early }, Box::new(finish))
     }
@@ -76,6 +84,8 @@ pub(super) struct Taken {
     pub pair: Pair,
     pub finish: Finish,
     pub tokens: [u64; 2],
+    /// The caller's key for the pair (it goes on with the pair into supervision).
+    pub owner: usize,
 }
 
 /// One worker's parked pairs.
@@ -102,11 +112,17 @@ impl Table {
         self.rows.len()
     }
 
-    /// Parks `pair`; returns the close-only polls to arm (fd, token), one per socket.
-    pub(super) fn insert(&mut self, pair: Pair, finish: impl FnOnce(SpliceOutcome) + 'static) -> [(RawFd, u64); 2] {
+    /// Parks `pair`, which the caller knows by `owner`; returns the close-only polls to
+    /// arm (fd, token), one per socket. The first token also names the row.
+    pub(super) fn insert(
+        &mut self,
+        pair: Pair,
+        owner: usize,
+        finish: impl FnOnce(SpliceOutcome) + 'static,
+    ) -> [(RawFd, u64); 2] {
         let Pair { client, upstream, ins, early } = pair;
         let cookies = [ins.client_cookie, ins.upstream_cookie];
-        let parked: Box<dyn Unpark> = Box::new(Parked { client, upstream, cookies, early, finish });
+        let parked: Box<dyn Unpark> = Box::new(Parked { client, upstream, cookies, early, owner, finish });
         let (c, u) = parked.fds();
         let generation = self.next_generation;
         self.next_generation = (generation + 1) & GEN_MASK;
@@ -145,6 +161,15 @@ impl Table {
     }
 
     /// Takes any one row (the drain's next close).
+    /// The rows of the pairs the caller knows by `owner`: (token, slot) each.
+    pub(super) fn owned_by(&self, owner: usize) -> Vec<(u64, u32)> {
+        self.rows
+            .iter()
+            .filter(|(_, row)| row.pair.owner() == owner)
+            .map(|(key, row)| (token(key, 0, row.generation), row.slot))
+            .collect()
+    }
+
     pub(super) fn take_any(&mut self) -> Option<Taken> {
         let key = self.rows.iter().next().map(|(key, _)| key)?;
         Some(self.remove(key))
@@ -153,8 +178,9 @@ impl Table {
     fn remove(&mut self, key: usize) -> Taken {
         let row = self.rows.remove(key);
         let tokens = [token(key, 0, row.generation), token(key, 1, row.generation)];
+        let owner = row.pair.owner();
         let (pair, finish) = row.pair.unpark(row.slot);
-        Taken { pair, finish, tokens }
+        Taken { pair, finish, tokens, owner }
     }
 }
 

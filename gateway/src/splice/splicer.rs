@@ -29,7 +29,7 @@ use super::handover::HandoverError;
 use super::kernel::Inner;
 use super::selftest::{self, SelfTestError};
 use super::shared::Conn;
-use super::worker::{self, Local, PassedKernel, SplicedPair};
+use super::worker::{self, Local, Owned, PassedKernel, SplicedPair};
 use crate::drain::Pacer;
 use crate::readiness::Ring;
 use crate::shutdown::ShutdownRx;
@@ -321,6 +321,18 @@ impl WorkerPairs {
     /// The splicer these pairs belong to.
     pub fn splicer(&self) -> &Splicer {
         &self.splicer
+    }
+
+    /// This worker's pairs (parked or supervised) parked with `owner`.
+    pub fn owned_by(&self, owner: usize) -> Vec<Owned> {
+        self.local.owned_by(owner)
+    }
+
+    /// Ends `pair` as at its turn in the drain, with a Close 1001 at a frame boundary
+    /// (`close=removed` in the access log: a reload removed its upstream server); false
+    /// when it already ended.
+    pub fn remove_owned(&self, pair: Owned) -> bool {
+        self.local.remove_owned(pair)
     }
 
     /// Pairs parked on this worker (tests and diagnostics).

@@ -50,8 +50,9 @@ enum End {
     /// The drain's `Stop`; both sides get FIN.
     Shutdown,
     /// The pair's turn in the paced drain; `open` says which directions (to the
-    /// upstream, to the client) had not ended.
-    GoingAway { open: [bool; 2] },
+    /// upstream, to the client) had not ended; `removed`: the turn came from the
+    /// removal of its upstream server by a reload.
+    GoingAway { open: [bool; 2], removed: bool },
 }
 
 impl End {
@@ -62,7 +63,8 @@ impl End {
             Self::Error(_) => Close::Error,
             Self::Idle => Close::IdleTimeout,
             Self::Shutdown => Close::Shutdown,
-            Self::GoingAway { .. } => Close::Drain,
+            Self::GoingAway { removed: false, .. } => Close::Drain,
+            Self::GoingAway { removed: true, .. } => Close::Removed,
         }
     }
 }
@@ -128,7 +130,7 @@ pub(super) async fn supervise(
         Some(why) => swept_reason(why),
         None => until_end(&up, &down, watch(), close_timeout).await,
     };
-    if let End::GoingAway { open } = end {
+    if let End::GoingAway { open, .. } = end {
         // Boxed: the drain's cold path keeps an idle pair's future small.
         if !Box::pin(going_away(&up, &down, open, close_timeout)).await {
             end = End::Shutdown;
@@ -181,10 +183,11 @@ async fn until_end(up: &Direction<'_>, down: &Direction<'_>, sweep: Registration
     let mut sweep = pin!(sweep);
     let (mut up_done, mut down_done) = (false, false);
     let mut stopped = [false; 2];
+    let mut removed = false;
     let mut deadline = pin!(tokio::time::sleep(Duration::MAX));
     loop {
         if stop.is_set() && (up_done || stopped[0]) && (down_done || stopped[1]) {
-            break End::GoingAway { open: [!up_done, !down_done] };
+            break End::GoingAway { open: [!up_done, !down_done], removed };
         }
         tokio::select! {
             end = &mut up_fut, if !up_done && !stopped[0] => match end {
@@ -200,7 +203,8 @@ async fn until_end(up: &Direction<'_>, down: &Direction<'_>, sweep: Registration
                 DirEnd::Failed(side, e) => break failure(side, &e),
             },
             why = &mut sweep, if !stop.is_set() => match why {
-                Swept::GoingAway => {
+                Swept::GoingAway | Swept::Removed => {
+                    removed = why == Swept::Removed;
                     stop.set();
                     deadline.as_mut().reset(tokio::time::Instant::now() + close_timeout);
                 }
@@ -218,7 +222,8 @@ fn swept_reason(why: Swept) -> End {
     match why {
         Swept::Idle => End::Idle,
         Swept::Drain => End::Shutdown,
-        Swept::GoingAway => End::GoingAway { open: [true; 2] },
+        Swept::GoingAway => End::GoingAway { open: [true; 2], removed: false },
+        Swept::Removed => End::GoingAway { open: [true; 2], removed: true },
     }
 }
 

@@ -35,6 +35,9 @@ pub(super) enum Swept {
     Drain,
     /// The pair's turn in the paced drain: a Close 1001 at a frame boundary.
     GoingAway,
+    /// As [`Swept::GoingAway`], at the pair's turn after a reload removed its upstream
+    /// server (`drain_removed`; logged `close=removed`).
+    Removed,
 }
 
 /// An idle limit in ns, `u64::MAX` for none.
@@ -44,6 +47,8 @@ pub(super) fn idle_ns(idle: Option<Duration>) -> u64 {
 
 struct Entry {
     slot: u32,
+    /// The caller's key for the pair.
+    owner: usize,
     /// Idle limit in ns, `u64::MAX` for none.
     idle_ns: u64,
     drain: ShutdownRx,
@@ -95,6 +100,23 @@ impl Sweeper {
         true
     }
 
+    /// The slots of the supervised pairs the caller knows by `owner`.
+    pub(super) fn owned_by(&self, owner: usize) -> Vec<u32> {
+        self.entries.iter().filter(|(_, e)| e.owner == owner && e.swept.is_none()).map(|(_, e)| e.slot).collect()
+    }
+
+    /// Ends the supervised pair in `slot` known by `owner` for the removal of its
+    /// upstream server; false when there is none (it ended).
+    pub(super) fn remove_owned(&mut self, slot: u32, owner: usize) -> bool {
+        let found = self.entries.iter_mut().find(|(_, e)| e.slot == slot && e.owner == owner && e.swept.is_none());
+        let Some((_, e)) = found else { return false };
+        e.swept = Some(Swept::Removed);
+        if let Some(w) = e.waker.take() {
+            w.wake();
+        }
+        true
+    }
+
     /// Whether some supervised pair has not been ended yet.
     pub(super) fn has_live(&self) -> bool {
         self.entries.iter().any(|(_, e)| e.swept.is_none())
@@ -134,14 +156,14 @@ impl Sweeper {
 /// caller makes sure the sweep task runs.
 pub(super) fn watch_pair(
     sweeper: &Rc<RefCell<Sweeper>>,
-    slot: u32,
+    (slot, owner): (u32, usize),
     idle: Option<Duration>,
     drain: ShutdownRx,
 ) -> Registration {
     let key = {
         let mut sw = sweeper.borrow_mut();
         sw.shorten_tick(idle);
-        sw.entries.insert(Entry { slot, idle_ns: idle_ns(idle), drain, waker: None, swept: None })
+        sw.entries.insert(Entry { slot, owner, idle_ns: idle_ns(idle), drain, waker: None, swept: None })
     };
     Registration { sweeper: sweeper.clone(), key }
 }

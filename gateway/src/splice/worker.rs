@@ -112,7 +112,7 @@ impl Local {
                 return;
             }
             let taken = self.table.borrow_mut().take_any();
-            let Some(Taken { pair, finish, tokens }) = taken else { return };
+            let Some(Taken { pair, finish, tokens, .. }) = taken else { return };
             for token in tokens {
                 self.ring.disarm(token);
             }
@@ -142,6 +142,31 @@ impl Local {
         }
     }
 
+    /// The pairs the caller knows by `owner`, parked or supervised.
+    pub(super) fn owned_by(&self, owner: usize) -> Vec<Owned> {
+        let mut all: Vec<Owned> = self
+            .table
+            .borrow()
+            .owned_by(owner)
+            .into_iter()
+            .map(|(row, slot)| Owned { row: Some(row), slot, owner })
+            .collect();
+        all.extend(self.sweeper.borrow().owned_by(owner).into_iter().map(|slot| Owned { row: None, slot, owner }));
+        all
+    }
+
+    /// Ends `pair` as at its turn in the drain (a Close 1001 at a frame boundary, logged
+    /// `close=removed`) if it still lives here; false if it ended.
+    pub(super) fn remove_owned(self: &Rc<Self>, pair: Owned) -> bool {
+        let taken = pair.row.and_then(|row| self.table.borrow_mut().take(row));
+        if let Some(taken) = taken {
+            self.resume(taken, Some(Swept::Removed));
+            return true;
+        }
+        // Supervised since (bytes passed to userspace): the sweeper finds it by its slot.
+        self.sweeper.borrow_mut().remove_owned(pair.slot, pair.owner)
+    }
+
     /// Parked pairs.
     pub(super) fn parked(&self) -> usize {
         self.table.borrow().len()
@@ -158,14 +183,14 @@ impl Local {
     /// Turns a row taken back from the table into a supervision task that ends
     /// with the pair's callback; `swept` says the sweeper already ended it.
     fn resume(self: &Rc<Self>, taken: Taken, swept: Option<Swept>) {
-        let Taken { pair, finish, tokens } = taken;
+        let Taken { pair, finish, tokens, owner } = taken;
         for token in tokens {
             self.ring.disarm(token);
         }
         let local = self.clone();
         tokio_uring::spawn(async move {
             let slot = pair.ins.slot;
-            let watch = || local.watch(slot);
+            let watch = || local.watch(slot, owner);
             let close_timeout = local.pacer.get().map_or(DEFAULT_CLOSE_TIMEOUT, |(_, t)| *t);
             let outcome = supervise::supervise(&local.inner, &local.ring, pair, (swept, close_timeout), watch).await;
             finish(outcome);
@@ -173,8 +198,8 @@ impl Local {
     }
 
     /// Registers a supervised pair with the sweeper, whose task then runs.
-    fn watch(self: &Rc<Self>, slot: u32) -> Registration {
-        let registration = sweep::watch_pair(&self.sweeper, slot, self.idle, self.shutdown.clone());
+    fn watch(self: &Rc<Self>, slot: u32, owner: usize) -> Registration {
+        let registration = sweep::watch_pair(&self.sweeper, (slot, owner), self.idle, self.shutdown.clone());
         self.ensure_sweeping();
         registration
     }
@@ -187,6 +212,16 @@ impl Local {
             tokio::task::spawn_local(sweep_loop(self.clone()));
         }
     }
+}
+
+/// A pair the caller knows by its `owner` key, as found by
+/// [`WorkerPairs::owned_by`](super::WorkerPairs::owned_by): its row while parked (the
+/// token of its first poll; `None`: supervised), and its slot.
+#[derive(Debug, Clone, Copy)]
+pub struct Owned {
+    row: Option<u64>,
+    slot: u32,
+    owner: usize,
 }
 
 /// What a parked pair passed in a binary upgrade keeps of the kernel side: its slot,
@@ -272,14 +307,18 @@ impl std::fmt::Debug for SplicedPair {
 
 impl SplicedPair {
     /// Leaves the pair to the kernel and this worker's table; `finish` is called
-    /// with the outcome when the pair ends. The pair costs no task while parked.
-    pub fn park(self, finish: impl FnOnce(SpliceOutcome) + 'static) {
+    /// with the outcome when the pair ends. The pair costs no task while parked. The
+    /// caller finds it again by `owner` (any key of its own; 0 for none) with
+    /// [`WorkerPairs::owned_by`](super::WorkerPairs::owned_by).
+    pub fn park(self, owner: usize, finish: impl FnOnce(SpliceOutcome) + 'static) -> Owned {
         let Self { local, pair } = self;
-        let polls = local.table.borrow_mut().insert(pair, finish);
+        let slot = pair.ins.slot;
+        let polls = local.table.borrow_mut().insert(pair, owner, finish);
         for (fd, token) in polls {
             local.ring.arm(fd, readiness::CLOSED, token);
         }
         local.ensure_sweeping();
+        Owned { row: Some(polls[0].1), slot, owner }
     }
 
     /// Socket cookies (client, upstream): their keys in the sockhash.

@@ -163,7 +163,7 @@ async fn run_job(pairs: &WorkerPairs, ring: &Ring, job: Job) -> Result<(), Strin
     if let Some(tx) = cookies {
         let _ = tx.send(pair.cookies());
     }
-    pair.park(move |outcome| {
+    pair.park(0, move |outcome| {
         let _ = done.send(Ok(outcome));
     });
     Ok(())
