@@ -45,6 +45,30 @@ fn config(pid: &Path, splice: &str) -> String {
     )
 }
 
+/// An echo upstream and a gateway in front of it (`config` with `extra` sections),
+/// started with `env`; its pid file and the pid it names.
+struct Setup {
+    echo: WsEcho,
+    dir: TempDir,
+    pid_file: std::path::PathBuf,
+    gw: Gateway,
+    pid: i32,
+}
+
+fn start(splice: &str, extra: &str, env: &[(&str, &str)]) -> Setup {
+    let echo = WsEcho::start();
+    let dir = TempDir::new();
+    let pid_file = dir.0.join("wsgate.pid");
+    let toml = format!("{}{extra}[upstream.echo]\nservers = [\"{}\"]\n", config(&pid_file, splice), echo.addr);
+    let mut builder = Gateway::builder().config(&toml).log_level("info");
+    for (k, v) in env {
+        builder = builder.env(k, v);
+    }
+    let gw = builder.start();
+    let pid = pid_in(&pid_file);
+    Setup { echo, dir, pid_file, gw, pid }
+}
+
 /// The pid the pid file holds.
 fn pid_in(path: &Path) -> i32 {
     std::fs::read_to_string(path).unwrap().trim().parse().unwrap()
@@ -154,12 +178,7 @@ fn spliced_websockets_move_to_the_new_process_through_upgrades_and_none_is_dropp
 #[allow(clippy::too_many_lines, reason = "one story: the upgrades, then what every connection saw and logged")]
 fn upgrades_keep_every_websocket(run: &Run) {
     let Run { splice, conns, upgrades, quiet_every, modes } = *run;
-    let echo = WsEcho::start();
-    let dir = TempDir::new();
-    let pid_file = dir.0.join("wsgate.pid");
-    let toml = format!("{}[upstream.echo]\nservers = [\"{}\"]\n", config(&pid_file, splice), echo.addr);
-    let gw = Gateway::builder().config(&toml).log_level("info").start();
-    let first = pid_in(&pid_file);
+    let Setup { echo: _echo, dir, pid_file, gw, pid: first } = start(splice, "", &[]);
     let mut newest = KillOnDrop(0);
     let stop = dir.0.join("stop");
     let mut clients = Clients::open_quiet(conns, &[gw.ws_url("/live")], Path::new(""), stop, (600, quiet_every));
@@ -235,12 +254,7 @@ fn upgrades_keep_every_websocket(run: &Run) {
 
 #[test]
 fn a_new_binary_that_fails_leaves_every_connection_with_the_running_process() {
-    let echo = WsEcho::start();
-    let dir = TempDir::new();
-    let pid_file = dir.0.join("wsgate.pid");
-    let toml = format!("{}[upstream.echo]\nservers = [\"{}\"]\n", config(&pid_file, "userspace"), echo.addr);
-    let mut gw = Gateway::builder().config(&toml).log_level("info").start();
-    let pid = pid_in(&pid_file);
+    let Setup { echo: _echo, dir, pid_file, mut gw, pid } = start("userspace", "", &[]);
     let stop = dir.0.join("stop");
     let mut clients = Clients::open(20, &[gw.ws_url("/live")], Path::new(""), stop, 120);
     std::thread::sleep(Duration::from_millis(500));
@@ -260,14 +274,11 @@ fn a_new_binary_that_fails_leaves_every_connection_with_the_running_process() {
 
 #[test]
 fn the_service_manager_is_told_the_new_main_pid() {
-    let echo = WsEcho::start();
-    let dir = TempDir::new();
-    let pid_file = dir.0.join("wsgate.pid");
-    let notify = dir.0.join("notify.sock");
+    let sockets = TempDir::new();
+    let notify = sockets.0.join("notify.sock");
     let manager = std::os::unix::net::UnixDatagram::bind(&notify).unwrap();
-    let toml = format!("{}[upstream.echo]\nservers = [\"{}\"]\n", config(&pid_file, "userspace"), echo.addr);
-    let gw = Gateway::builder().config(&toml).env("NOTIFY_SOCKET", notify.to_str().unwrap()).start();
-    let old = pid_in(&pid_file);
+    let Setup { echo: _echo, dir: _dir, pid_file, gw, pid: old } =
+        start("userspace", "", &[("NOTIFY_SOCKET", notify.to_str().unwrap())]);
     assert!(upgrade_cmd(&["--pid-file", pid_file.to_str().unwrap()]));
     let new = wait_new_pid(&pid_file, old);
     let _kill = KillOnDrop(new);
@@ -311,12 +322,7 @@ except OSError:
 #[test]
 fn a_new_binary_of_another_upgrade_protocol_is_stopped_and_nothing_moves() {
     use std::os::unix::fs::PermissionsExt as _;
-    let echo = WsEcho::start();
-    let dir = TempDir::new();
-    let pid_file = dir.0.join("wsgate.pid");
-    let toml = format!("{}[upstream.echo]\nservers = [\"{}\"]\n", config(&pid_file, "userspace"), echo.addr);
-    let mut gw = Gateway::builder().config(&toml).log_level("info").start();
-    let pid = pid_in(&pid_file);
+    let Setup { echo: _echo, dir, pid_file, mut gw, pid } = start("userspace", "", &[]);
     let mut live = websocket(gw.addr);
     echo_once(&mut live, 0);
     let other = dir.0.join("other-wsgate");
@@ -344,17 +350,8 @@ fn a_new_binary_of_another_upgrade_protocol_is_stopped_and_nothing_moves() {
 fn a_pair_idle_before_the_upgrade_times_out_on_its_own_clock() {
     use std::io::Read as _;
     const IDLE: Duration = Duration::from_secs(6);
-    let echo = WsEcho::start();
-    let dir = TempDir::new();
-    let pid_file = dir.0.join("wsgate.pid");
-    let toml = format!(
-        "{}[timeouts]\nidle = \"{}s\"\n[upstream.echo]\nservers = [\"{}\"]\n",
-        config(&pid_file, "userspace"),
-        IDLE.as_secs(),
-        echo.addr
-    );
-    let gw = Gateway::builder().config(&toml).log_level("info").start();
-    let old = pid_in(&pid_file);
+    let idle = format!("[timeouts]\nidle = \"{}s\"\n", IDLE.as_secs());
+    let Setup { echo: _echo, dir: _dir, pid_file, gw, pid: old } = start("userspace", &idle, &[]);
     let mut live = websocket(gw.addr);
     echo_once(&mut live, 0);
     let last = Instant::now();
@@ -420,12 +417,7 @@ fn listeners_and_the_admin_address_follow_the_new_configuration() {
 fn sigterm_while_the_new_process_starts_drains_both_and_every_websocket_gets_1001() {
     use std::os::unix::fs::PermissionsExt as _;
     const CONNS: usize = 30;
-    let echo = WsEcho::start();
-    let dir = TempDir::new();
-    let pid_file = dir.0.join("wsgate.pid");
-    let toml = format!("{}[upstream.echo]\nservers = [\"{}\"]\n", config(&pid_file, "userspace"), echo.addr);
-    let gw = Gateway::builder().config(&toml).log_level("info").start();
-    let old = pid_in(&pid_file);
+    let Setup { echo: _echo, dir, pid_file, gw, pid: old } = start("userspace", "", &[]);
     let mut clients = drain_util::Clients::open(CONNS, &[gw.ws_url("/live")]);
     // The new binary takes a while to start: the SIGTERM comes before it is ready.
     let slow = dir.0.join("slow-wsgate");
