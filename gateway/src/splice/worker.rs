@@ -187,10 +187,13 @@ impl Local {
         for token in tokens {
             self.ring.disarm(token);
         }
+        // Registered now, not when the task first runs: from here on the sweeper (and
+        // `owned_by`) knows the pair.
+        let slot = pair.ins.slot;
+        let registration = swept.is_none().then(|| self.watch(slot, owner));
         let local = self.clone();
         tokio_uring::spawn(async move {
-            let slot = pair.ins.slot;
-            let watch = || local.watch(slot, owner);
+            let watch = || registration.unwrap_or_else(|| local.watch(slot, owner));
             let close_timeout = local.pacer.get().map_or(DEFAULT_CLOSE_TIMEOUT, |(_, t)| *t);
             let outcome = supervise::supervise(&local.inner, &local.ring, pair, (swept, close_timeout), watch).await;
             finish(outcome);
