@@ -15,6 +15,7 @@
 mod admin_util;
 mod drain_util;
 mod reload_util;
+mod tls_util;
 mod utils;
 
 use std::collections::HashMap;
@@ -36,11 +37,16 @@ const WITHIN: Duration = Duration::from_secs(30);
 /// The configuration: `splice` is `userspace`; `sockmap` with every pair spliced at its
 /// 101; or `auto`, which splices pairs once quiet for a second.
 fn config(pid: &Path, splice: &str) -> String {
+    config_at(pid, splice, "127.0.0.1:0")
+}
+
+/// [`config`] listening on `listen`.
+fn config_at(pid: &Path, splice: &str, listen: &str) -> String {
     let after = if splice == "auto" { "1s" } else { "0s" };
     format!(
         "workers = 2\nsplice = \"{splice}\"\npid_file = \"{}\"\n[relay]\nsplice_after = \"{after}\"\n\
          [drain]\nwindow = \"1s\"\njitter = 0.0\n[access_log]\nformat = \"json\"\n\
-         [[listener]]\naddress = \"127.0.0.1:0\"\n[[route]]\nupstream = \"echo\"\n",
+         [[listener]]\naddress = \"{listen}\"\n[[route]]\nupstream = \"echo\"\n",
         pid.display()
     )
 }
@@ -57,16 +63,28 @@ struct Setup {
 
 fn start(splice: &str, extra: &str, env: &[(&str, &str)]) -> Setup {
     let echo = WsEcho::start();
+    let (dir, pid_file, gw, pid) = instance(splice, extra, env, ("127.0.0.1:0", echo.addr));
+    Setup { echo, dir, pid_file, gw, pid }
+}
+
+/// A gateway (`config` with `extra`, listening on `listen`, in front of `echo`) started
+/// with `env`: its directory, pid file, harness and pid.
+fn instance(
+    splice: &str,
+    extra: &str,
+    env: &[(&str, &str)],
+    (listen, echo): (&str, SocketAddr),
+) -> (TempDir, std::path::PathBuf, Gateway, i32) {
     let dir = TempDir::new();
     let pid_file = dir.0.join("wsgate.pid");
-    let toml = format!("{}{extra}[upstream.echo]\nservers = [\"{}\"]\n", config(&pid_file, splice), echo.addr);
+    let toml = format!("{}{extra}[upstream.echo]\nservers = [\"{echo}\"]\n", config_at(&pid_file, splice, listen));
     let mut builder = Gateway::builder().config(&toml).log_level("info");
     for (k, v) in env {
         builder = builder.env(k, v);
     }
     let gw = builder.start();
     let pid = pid_in(&pid_file);
-    Setup { echo, dir, pid_file, gw, pid }
+    (dir, pid_file, gw, pid)
 }
 
 /// The pid the pid file holds.
@@ -127,18 +145,27 @@ impl Drop for KillOnDrop {
 }
 
 /// One run: how many connections, how many upgrades, which of them pause (auto
-/// splices those), and the relay modes their lines may say.
+/// splices those), the relay modes their lines may say, and how many wsgate processes
+/// share the listening port (each upgraded `upgrades` times).
 struct Run<'a> {
     splice: &'a str,
     conns: usize,
     upgrades: usize,
     quiet_every: usize,
     modes: &'a [&'a str],
+    instances: usize,
 }
 
 #[test]
 fn userspace_websockets_move_to_the_new_process_through_upgrades_and_none_is_dropped() {
-    let run = Run { splice: "userspace", conns: CONNS, upgrades: UPGRADES, quiet_every: 0, modes: &["userspace"] };
+    let run = Run {
+        splice: "userspace",
+        conns: CONNS,
+        upgrades: UPGRADES,
+        quiet_every: 0,
+        modes: &["userspace"],
+        instances: 1,
+    };
     upgrades_keep_every_websocket(&run);
 }
 
@@ -146,19 +173,28 @@ fn userspace_websockets_move_to_the_new_process_through_upgrades_and_none_is_dro
 fn auto_websockets_quiet_ones_spliced_move_to_the_new_process_and_none_is_dropped() {
     // Without the splice (not root) every pair stays in userspace: the test still runs.
     let modes = ["userspace", "userspace+splice"];
-    let run = Run { splice: "auto", conns: 60, upgrades: 2, quiet_every: 2, modes: &modes };
+    let run = Run { splice: "auto", conns: 60, upgrades: 2, quiet_every: 2, modes: &modes, instances: 1 };
+    upgrades_keep_every_websocket(&run);
+}
+
+/// Two processes share one port (SO_REUSEPORT) and each is upgraded in turn: the
+/// connections of the one that is not being upgraded stream on undisturbed.
+#[test]
+fn two_processes_on_one_port_upgraded_in_turn_keep_every_websocket() {
+    let run = Run { splice: "userspace", conns: 80, upgrades: 2, quiet_every: 0, modes: &["userspace"], instances: 2 };
     upgrades_keep_every_websocket(&run);
 }
 
 /// Run by hand (as root, for the splice): `cargo test --release --test upgrade_live --
-/// --ignored --nocapture`. 4000 connections, half of them quiet (spliced by `auto`),
-/// through five upgrades in a row; prints the longest gap a client saw. (10,000 would
-/// need 20,000 descriptors per wsgate process, this machine's cap.)
+/// --ignored --nocapture`. 10,000 connections, half of them quiet (spliced by `auto`),
+/// through two wsgate processes sharing the port, each upgraded five times in a row;
+/// prints the longest gap a client saw. Two processes because one would need 20,000
+/// descriptors for 10,000 pairs, this machine's cap per process.
 #[test]
-#[ignore = "4000 connections and 5 upgrades: run by hand"]
-fn four_thousand_websockets_half_spliced_through_five_upgrades() {
+#[ignore = "10,000 connections and 2 × 5 upgrades: run by hand"]
+fn ten_thousand_websockets_half_spliced_through_five_upgrades() {
     let modes = ["userspace", "userspace+splice"];
-    let run = Run { splice: "auto", conns: 4000, upgrades: 5, quiet_every: 2, modes: &modes };
+    let run = Run { splice: "auto", conns: 10_000, upgrades: 5, quiet_every: 2, modes: &modes, instances: 2 };
     upgrades_keep_every_websocket(&run);
 }
 
@@ -170,31 +206,66 @@ fn spliced_websockets_move_to_the_new_process_through_upgrades_and_none_is_dropp
         assert!(std::env::var_os("CI").is_none(), "{test} must run in CI");
         return;
     }
-    let run = Run { splice: "sockmap", conns: CONNS, upgrades: UPGRADES, quiet_every: 0, modes: &["splice"] };
+    let run =
+        Run { splice: "sockmap", conns: CONNS, upgrades: UPGRADES, quiet_every: 0, modes: &["splice"], instances: 1 };
     upgrades_keep_every_websocket(&run);
 }
 
-/// Streams through `run.upgrades` upgrades; checks every connection and its one line.
+/// One wsgate process of a run: its directory, pid file, harness, the pid running now,
+/// and the newest process an upgrade started (killed when the test ends).
+struct Instance {
+    dir: TempDir,
+    pid_file: std::path::PathBuf,
+    gw: Gateway,
+    pid: i32,
+    newest: KillOnDrop,
+}
+
+impl Instance {
+    /// Upgrades this process (round `round` of its upgrades) and waits until the new
+    /// one runs alone.
+    fn upgrade(&mut self, round: usize) {
+        assert!(upgrade_cmd(&["--pid-file", self.pid_file.to_str().unwrap()]), "wsgate upgrade {round}");
+        let next = wait_new_pid(&self.pid_file, self.pid);
+        self.newest.0 = next;
+        self.gw.wait_stderr_count("binary upgrade: done", round, WITHIN);
+        wait_gone(self.pid);
+        self.pid = next;
+    }
+
+    /// How many pairs each of its upgrades passed on.
+    fn passed(&self) -> Vec<usize> {
+        let stderr = self.gw.stderr();
+        let counts = stderr.iter().filter(|l| l.contains("live WebSockets passed to pid")).map(|l| {
+            let n = l.split("passed=").nth(1).and_then(|t| t.split(|c: char| !c.is_ascii_digit()).next());
+            n.and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("no count in {l}"))
+        });
+        counts.collect()
+    }
+}
+
+/// Streams through `run.upgrades` upgrades of each process; checks every connection and its one line.
 #[allow(clippy::too_many_lines, reason = "one story: the upgrades, then what every connection saw and logged")]
 fn upgrades_keep_every_websocket(run: &Run) {
-    let Run { splice, conns, upgrades, quiet_every, modes } = *run;
-    let Setup { echo: _echo, dir, pid_file, gw, pid: first } = start(splice, "", &[]);
-    let mut newest = KillOnDrop(0);
-    let stop = dir.0.join("stop");
-    let mut clients = Clients::open_quiet(conns, &[gw.ws_url("/live")], Path::new(""), stop, (600, quiet_every));
+    let Run { splice, conns, upgrades, quiet_every, modes, instances } = *run;
+    let Setup { echo, dir, pid_file, gw, pid } = start(splice, "", &[]);
+    let listen = gw.addr.to_string();
+    let mut procs = vec![Instance { dir, pid_file, gw, pid, newest: KillOnDrop(0) }];
+    for _ in 1..instances {
+        let (dir, pid_file, gw, pid) = instance(splice, "", &[], (&listen, echo.addr));
+        procs.push(Instance { dir, pid_file, gw, pid, newest: KillOnDrop(0) });
+    }
+    let stop = procs[0].dir.0.join("stop");
+    let mut clients =
+        Clients::open_quiet(conns, &[procs[0].gw.ws_url("/live")], Path::new(""), stop, (600, quiet_every));
     // Long enough for `auto` to splice the quiet ones (quiet for a second).
     std::thread::sleep(Duration::from_millis(if quiet_every > 0 { 3000 } else { 800 }));
-    let mut pid = first;
     for round in 1..=upgrades {
-        let pid_arg = pid_file.to_str().unwrap();
-        assert!(upgrade_cmd(&["--pid-file", pid_arg]), "wsgate upgrade {round}");
-        let next = wait_new_pid(&pid_file, pid);
-        newest.0 = next;
-        gw.wait_stderr_count("binary upgrade: done", round, WITHIN);
-        wait_gone(pid);
-        new_connection_upgrades(&gw);
-        pid = next;
-        // The pairs stream in the new process a while before the next upgrade.
+        for i in 0..procs.len() {
+            procs[i].upgrade(round);
+            new_connection_upgrades(&procs[0].gw);
+        }
+        // The pairs stream in the new processes a while before the next upgrade.
         std::thread::sleep(Duration::from_millis(800));
     }
     let reports = clients.finish(conns);
@@ -210,10 +281,10 @@ fn upgrades_keep_every_websocket(run: &Run) {
     // Each connection's one line, from the process it ended in, with every byte of its life.
     let deadline = Instant::now() + WITHIN;
     let lines = loop {
-        let lines: Vec<serde_json::Value> = gw
-            .log_lines()
+        let lines: Vec<serde_json::Value> = procs
             .iter()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .flat_map(|p| p.gw.log_lines())
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(&l).ok())
             .filter(|v| v["request"].as_str().is_some_and(|r| r.contains("/live")))
             .collect();
         if lines.len() >= conns || Instant::now() > deadline {
@@ -230,11 +301,15 @@ fn upgrades_keep_every_websocket(run: &Run) {
         assert_eq!(v["status"], 101, "{v}");
         assert!(modes.iter().any(|m| v["mode"] == *m), "{v}");
     }
-    let passed: Vec<String> = gw.stderr().into_iter().filter(|l| l.contains("live WebSockets passed to pid")).collect();
-    assert_eq!(passed.len(), upgrades, "{:#?}", gw.stderr());
-    for line in &passed {
-        assert!(line.contains(&format!("passed={conns}")), "every pair passed at every upgrade: {line}");
+    // Every pair of a process passed at each of its upgrades; together, every pair.
+    let mut held = 0;
+    for p in &procs {
+        let passed = p.passed();
+        assert_eq!(passed.len(), upgrades, "{:#?}", p.gw.stderr());
+        assert!(passed.iter().all(|n| *n == passed[0]), "a pair was not passed at some upgrade: {passed:?}");
+        held += passed[0];
     }
+    assert_eq!(held, conns, "the processes passed {held} pairs at each upgrade, not all {conns}");
     // The quiet ones pause up to 2.5 s by themselves: the stall is read off the others.
     let stall = reports
         .iter()
@@ -246,8 +321,8 @@ fn upgrades_keep_every_websocket(run: &Run) {
         assert!(spliced > 0, "auto spliced none of the quiet connections");
     }
     eprintln!(
-        "{splice}: {conns} WebSockets ({spliced} spliced) through {upgrades} upgrades; longest gap between two \
-         echoes of a streaming connection {:.0} ms",
+        "{splice}: {conns} WebSockets ({spliced} spliced) through {upgrades} upgrades of each of {instances} \
+         process(es); longest gap between two echoes of a streaming connection {:.0} ms",
         stall * 1e3
     );
 }
@@ -444,4 +519,76 @@ fn sigterm_while_the_new_process_starts_drains_both_and_every_websocket_gets_100
     gw.wait_stderr("binary upgrade not done: a shutdown signal came while the new process", WITHIN);
     let took = gw.stderr().into_iter().filter(|l| l.contains("took the old process's listening sockets")).count();
     assert_eq!(took, 0, "{:#?}", gw.stderr());
+}
+
+/// `drain.upgrade_grace`: a wss WebSocket cannot move (its TLS state lives in the old
+/// process), so the old process keeps it serving past the hand-over instead of draining
+/// it, while a plain WebSocket moves; once the client closes it, the old process holds
+/// nothing and exits, long before the grace is over. Without the grace the wss
+/// WebSocket would get its 1001 within the second of `drain.window`.
+#[test]
+fn an_upgrade_grace_keeps_a_wss_websocket_in_the_old_process_until_it_closes() {
+    use std::io::Write as _;
+    use utils::{client_frame, server_frame};
+    let pki = tls_util::Pki::new();
+    let issued = pki.issue("gw", &["localhost"]);
+    let echo = WsEcho::start();
+    let dir = TempDir::new();
+    let pid_file = dir.0.join("wsgate.pid");
+    let toml = format!(
+        "{}{}[upstream.echo]\nservers = [\"{}\"]\n",
+        config(&pid_file, "userspace").replace("[drain]\n", "[drain]\nupgrade_grace = \"60s\"\n"),
+        tls_util::tls_listener(Some(&issued), &[]),
+        echo.addr
+    );
+    let gw = Gateway::builder().config(&toml).log_level("info").start();
+    let old = pid_in(&pid_file);
+    let addrs = tls_util::listeners(&gw, 2);
+    let mut wss = tls_util::tls_connect(addrs[1], "localhost", &pki.client(&[b"http/1.1"])).unwrap();
+    tls_util::ws_echo(&mut wss, "/tls", 3);
+    let mut plain = websocket(addrs[0]);
+    echo_once(&mut plain, 0);
+    let echo_wss = |wss: &mut tls_util::Tls, seq: usize| {
+        let payload: Vec<u8> = (0..100 + seq * 13).map(|i| (i + seq) as u8).collect();
+        wss.write_all(&client_frame(true, 2, &payload)).unwrap();
+        wss.flush().unwrap();
+        let (fin, opcode, echoed) = server_frame(wss);
+        assert!(fin && opcode == 2 && echoed == payload, "wss message {seq}: got opcode {opcode}, not its echo");
+    };
+    assert!(upgrade_cmd(&["--pid-file", pid_file.to_str().unwrap()]));
+    let new = wait_new_pid(&pid_file, old);
+    let _kill = KillOnDrop(new);
+    gw.wait_stderr("connections that cannot move serve on here", WITHIN);
+    // Past the hand-over's 2 s and the drain window: the wss WebSocket still echoes.
+    for seq in 1..=20 {
+        echo_wss(&mut wss, seq);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(alive(old), "the old process exited while it held the wss WebSocket");
+    echo_once(&mut plain, 1);
+    // The client closes: the old process then holds nothing and exits.
+    wss.write_all(&client_frame(true, 8, &1000u16.to_be_bytes())).unwrap();
+    wss.flush().unwrap();
+    let (_, opcode, body) = server_frame(&mut wss);
+    assert_eq!((opcode, &body[..2]), (8, &1000u16.to_be_bytes()[..]), "the close handshake echoes 1000");
+    wss.conn.send_close_notify();
+    let _ = wss.flush();
+    drop(wss);
+    let closed = Instant::now();
+    wait_gone(old);
+    assert!(
+        closed.elapsed() < Duration::from_secs(15),
+        "the old process stayed {:?} after its last connection",
+        closed.elapsed()
+    );
+    gw.wait_stderr("binary upgrade: done", WITHIN);
+    echo_once(&mut plain, 2);
+    let lines: Vec<serde_json::Value> = gw
+        .log_lines()
+        .iter()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|v: &serde_json::Value| v["request"].as_str().is_some_and(|r| r.contains("/tls")))
+        .collect();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_ne!(lines[0]["close"], "drain", "the wss WebSocket was drained: {}", lines[0]);
 }

@@ -26,11 +26,24 @@ pub struct DrainConfig {
     /// for the end of a frame in progress) before closing the TCP connection anyway.
     #[serde(with = "humantime_serde")]
     pub close_timeout: Duration,
+    /// After a binary upgrade hands over, how long the old process keeps what it could
+    /// not pass before the paced drain closes it: meanwhile every userspace WebSocket
+    /// still moves at its next quiet moment, and the rest (TLS, HTTP/2, pairs spliced
+    /// with another eBPF program) serve on until they close; the old process exits as
+    /// soon as it holds nothing. 0: the drain starts once nothing moved for 2 s.
+    #[serde(with = "humantime_serde")]
+    pub upgrade_grace: Duration,
 }
 
 impl Default for DrainConfig {
     fn default() -> Self {
-        Self { window: Duration::from_secs(30), rate: 0.0, jitter: 1.0, close_timeout: Duration::from_secs(5) }
+        Self {
+            window: Duration::from_secs(30),
+            rate: 0.0,
+            jitter: 1.0,
+            close_timeout: Duration::from_secs(5),
+            upgrade_grace: Duration::ZERO,
+        }
     }
 }
 

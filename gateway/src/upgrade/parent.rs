@@ -57,6 +57,8 @@ pub struct Context {
     pub request_file: Option<PathBuf>,
     /// How long the drain of what could not move may take before `Stop`.
     pub stop_after: Duration,
+    /// How long what could not move is kept before that drain (`drain.upgrade_grace`).
+    pub grace: Duration,
     /// The kernel splice, whose maps (and parked pairs) may go too.
     pub splicer: Option<crate::splice::Splicer>,
 }
@@ -76,6 +78,7 @@ impl Context {
             binary: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("wsgate")),
             request_file: config.pid_file.as_deref().map(request_file),
             stop_after: config.stop_after(),
+            grace: config.drain.upgrade_grace,
             splicer,
         }
     }
@@ -86,6 +89,37 @@ pub fn request_file(pid_file: &std::path::Path) -> PathBuf {
     let mut name = pid_file.as_os_str().to_owned();
     name.push(".upgrade");
     PathBuf::from(name)
+}
+
+/// Passes pairs until this process holds nothing, or nothing has moved for
+/// [`HANDING_GRACE`] and `drain.upgrade_grace` is over (meanwhile what cannot move
+/// serves on, and a userspace pair still moves at its next quiet moment), or a
+/// signal starts the drain.
+fn wait_while_passing(ctx: &Context) {
+    // None: a grace too long to be a time (never over).
+    let grace_ends = Instant::now().checked_add(ctx.grace);
+    let mut said = false;
+    loop {
+        std::thread::sleep(Duration::from_millis(50));
+        let active = ctx.stats.active.load(Ordering::Relaxed);
+        let since =
+            crate::upstream::passive::now_ms().saturating_sub(ctx.upgrade.last_passed_ms.load(Ordering::Relaxed));
+        let settled = since >= u64::try_from(HANDING_GRACE.as_millis()).unwrap_or(u64::MAX);
+        if active == 0 || ctx.tx.phase() != Phase::Handing || !ctx.upgrade.passing() {
+            return;
+        }
+        if settled && grace_ends.is_some_and(|end| Instant::now() >= end) {
+            return;
+        }
+        if settled && !said {
+            said = true;
+            tracing::info!(
+                left = active,
+                grace = ?ctx.grace,
+                "binary upgrade: connections that cannot move serve on here until they close or drain.upgrade_grace is over"
+            );
+        }
+    }
 }
 
 /// Runs one upgrade to its end (blocking; on the signal thread's blocking pool).
@@ -152,15 +186,7 @@ pub fn run(ctx: &Context) -> Result<u64, UpgradeError> {
     }
     crate::systemd::main_pid(pid);
     tracing::info!(pid, "binary upgrade: the new process accepts; passing the live WebSockets");
-    loop {
-        std::thread::sleep(Duration::from_millis(50));
-        let active = ctx.stats.active.load(Ordering::Relaxed);
-        let since =
-            crate::upstream::passive::now_ms().saturating_sub(ctx.upgrade.last_passed_ms.load(Ordering::Relaxed));
-        if active == 0 || since >= u64::try_from(HANDING_GRACE.as_millis()).unwrap_or(u64::MAX) {
-            break;
-        }
-    }
+    wait_while_passing(ctx);
     ctx.upgrade.passing.store(false, Ordering::Release);
     let passed = ctx.upgrade.passed.load(Ordering::Relaxed);
     if let Err(e) = channel.send(&Message::Done { pairs: passed }, &[]) {
