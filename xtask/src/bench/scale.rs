@@ -112,6 +112,30 @@ pub(super) fn lay_out(opts: &Options, conns: u64, through_wsgate: bool, log: &Pa
     })
 }
 
+/// Says when heartbeats come no more often than the keepalive idle time (wsgate turns
+/// TCP keepalive on for both its sockets): idle connections are then probed, and the
+/// probes of the connections opened in the same second fire in the same timer tick. On
+/// loopback each probe and its answer queue in the per-CPU backlog, which drops what
+/// exceeds `net.core.netdev_max_backlog` (a global knob, 1000 by default, that a run in
+/// its own namespace leaves alone); a connection whose probes are all dropped is reset.
+fn warn_probes(heartbeat: f64) {
+    let read = |p: &str| std::fs::read_to_string(p).ok().and_then(|t| t.trim().parse::<f64>().ok());
+    let (Some(idle), Some(backlog)) =
+        (read("/proc/sys/net/ipv4/tcp_keepalive_time"), read("/proc/sys/net/core/netdev_max_backlog"))
+    else {
+        return;
+    };
+    if heartbeat >= idle && backlog < 16_384.0 {
+        eprintln!(
+            "bench scale: WARNING: --heartbeat {heartbeat} s is not shorter than the keepalive idle time ({idle} s): \
+             wsgate will probe idle connections, the probes of connections opened together fire together, and the \
+             loopback backlog (net.core.netdev_max_backlog = {backlog}) drops a burst past it; connections whose \
+             probes are all lost are reset. Use a heartbeat below {idle} s, or raise the backlog \
+             (`cargo xtask tune apply edge-1m`, then revert)."
+        );
+    }
+}
+
 pub(super) fn run(opts: &Options, out: &Path, wsgate_built: bool) -> Result<()> {
     let (conns, duration) = defaults(opts);
     let through_wsgate = opts.targets.iter().any(|t| t == "wsgate");
@@ -119,6 +143,9 @@ pub(super) fn run(opts: &Options, out: &Path, wsgate_built: bool) -> Result<()> 
         bail!("the scale run needs wsgate, which did not build (or use --targets direct)");
     }
     check_memory(conns, through_wsgate)?;
+    if through_wsgate {
+        warn_probes(opts.heartbeat);
+    }
     let mut lay = lay_out(opts, conns, through_wsgate, &out.join("wsgate.log"))?;
     eprintln!(
         "bench scale: {conns} connections → {} ({}); {} echo processes on {} addresses, {} load processes from {}",
@@ -169,6 +196,29 @@ pub(super) fn run(opts: &Options, out: &Path, wsgate_built: bool) -> Result<()> 
     report_scale(&row, &lay, &sides, conns, through_wsgate, out)
 }
 
+/// wsgate's userspace memory per held connection, judged against the goal (≤ 256 B) by
+/// the growth of its anonymous memory over the ramp per connection added: a figure that
+/// the instances' fixed costs do not blur. (With ~100 instances, the memory each touches
+/// at start and returns once settled can exceed all the connections add; the settled
+/// total then reads below the start, and says nothing per connection.)
+fn wsgate_memory(row: &Row) -> String {
+    let idle = row.idle_bytes_per_conn();
+    let settled = if row.settled.anon > row.before.anon {
+        format!("{idle:.0} B per held connection at the end of the hold, every instance's fixed costs included")
+    } else {
+        "the settled total is below the instances' start-up memory, so it gives no figure per connection".into()
+    };
+    match row.marginal_anon {
+        Some(m) => format!(
+            "{m:.0} B userspace (anonymous RSS) per connection added over the ramp ({} goal ≤ 256 B); {settled}; \
+             {:.3} KiB RSS per connection at the peak",
+            if m <= 256.0 { "met" } else { "MISS" },
+            row.rss_per_conn()
+        ),
+        None => format!("no growth figure (too few samples over the ramp); {settled}"),
+    }
+}
+
 /// Prints and writes the outcome of a scale run.
 pub(super) fn report_scale(
     row: &Row,
@@ -205,15 +255,7 @@ pub(super) fn report_scale(
         );
     }
     if through_wsgate {
-        let idle = row.idle_bytes_per_conn();
-        println!(
-            "  wsgate memory {idle:.0} B userspace (anonymous RSS) per held connection at the end of the hold, every \
-             instance's fixed costs included ({} goal ≤ 256 B); {:.0} B per connection added over the ramp; {:.3} KiB \
-             RSS per connection at the peak",
-            if idle <= 256.0 { "met" } else { "MISS" },
-            row.marginal_anon.unwrap_or(f64::NAN),
-            row.rss_per_conn()
-        );
+        println!("  wsgate memory {}", wsgate_memory(row));
     }
     println!(
         "  kernel        {:.2} KiB slab per connection (all sockets), TCP memory {:.2} KiB per connection",
