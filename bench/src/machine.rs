@@ -15,6 +15,19 @@ pub fn busy_secs() -> f64 {
     busy as f64 / tick
 }
 
+/// Memory in use on the machine, KiB: `MemTotal` − `MemAvailable` from `/proc/meminfo`
+/// (0 when it cannot be read).
+pub fn mem_used_kib() -> u64 {
+    let info = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let field = |name: &str| {
+        info.lines().find_map(|l| l.strip_prefix(name)).and_then(|r| r.split_whitespace().next()?.parse::<u64>().ok())
+    };
+    match (field("MemTotal:"), field("MemAvailable:")) {
+        (Some(total), Some(available)) => total.saturating_sub(available),
+        _ => 0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -28,5 +41,20 @@ mod tests {
         }
         std::hint::black_box(x);
         assert!(super::busy_secs() > before, "120 ms of spinning did not show in /proc/stat");
+    }
+
+    #[test]
+    fn memory_in_use_is_read_and_is_part_of_the_total() {
+        let used = super::mem_used_kib();
+        let info = std::fs::read_to_string("/proc/meminfo").unwrap();
+        let total: u64 = info
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .unwrap()
+            .trim()
+            .trim_end_matches(" kB")
+            .parse()
+            .unwrap();
+        assert!(used > 0 && used < total, "{used} KiB in use of {total} KiB");
     }
 }

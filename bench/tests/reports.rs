@@ -63,9 +63,15 @@ fn json_report_and_plots_are_well_formed() {
     assert!(report.timeline.iter().any(|s| s.snap.open == 10));
     assert!((report.latency_distribution.last().unwrap()[0] - 100.0).abs() < 1e-9);
     assert!(report.clean);
-    // Both plots exist next to it and are well-formed SVG with the expected elements.
-    let (conns, lat) = Report::plot_paths(&run.path);
-    for (path, title) in [(conns, "connections over time"), (lat, "latency by percentile")] {
+    // Every sample knows the machine's memory in use; the handshakes have their distribution.
+    assert!(report.timeline.iter().all(|s| s.mem_used_kib > 0));
+    assert!((report.handshake_distribution.last().unwrap()[0] - 100.0).abs() < 1e-9);
+    // The plots exist next to it, as well-formed SVG with the expected elements and as
+    // PNG images of the same size, not blank.
+    let [conns, lat, mem] = Report::plot_paths(&run.path);
+    for (path, title) in
+        [(conns, "connections over time"), (lat, "latency by percentile"), (mem, "memory per open connection")]
+    {
         let svg = std::fs::read_to_string(&path).unwrap();
         let names = xml_elements(&svg);
         assert_eq!(names[0], "svg", "{}", path.display());
@@ -73,7 +79,22 @@ fn json_report_and_plots_are_well_formed() {
         assert!(names.iter().filter(|n| *n == "text").count() >= 6, "axis labels");
         assert!(svg.contains(title), "{title}");
         assert!(svg.contains(r#"xmlns="http://www.w3.org/2000/svg""#));
+        let png = std::fs::read(path.with_extension("png")).unwrap();
+        let (width, height, colours) = png_facts(&png);
+        assert_eq!((width, height), (800, 420), "{}", path.display());
+        assert!(colours >= 3, "{}: {colours} colours, a blank image", path.display());
     }
+}
+
+/// Width, height and the number of distinct RGBA pixels of a PNG (decoded for real).
+fn png_facts(bytes: &[u8]) -> (u32, u32, usize) {
+    let mut reader = png::Decoder::new(std::io::Cursor::new(bytes)).read_info().expect("a PNG");
+    let mut buf = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut buf).expect("PNG pixels");
+    let pixels = &buf[..info.buffer_size()];
+    let step = info.color_type.samples() * usize::from(info.bit_depth as u8).div_ceil(8);
+    let colours: std::collections::HashSet<&[u8]> = pixels.chunks(step).collect();
+    (info.width, info.height, colours.len())
 }
 
 #[test]

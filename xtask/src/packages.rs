@@ -47,6 +47,8 @@ pub const TEST: &[Need] = &[
     // CA put in its NSS database by certutil.
     Need::Program("chromium", "chromium"),
     Need::Program("certutil", "libnss3-tools"),
+    // The text of the bench reports' PNG plots.
+    Need::File("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", "fonts-dejavu-core"),
     // The bench's haproxy target, run for real by xtask's `haproxy_bench` test.
     Need::Program("haproxy", "haproxy"),
 ];

@@ -213,9 +213,8 @@ pub fn run(opts: &Options) -> Result<Report> {
     }
     if let Some(path) = &opts.report {
         report.write(path)?;
-        let (a, b) = Report::plot_paths(path);
         if !opts.quiet {
-            println!("  report        {}  plots {} {}", path.display(), a.display(), b.display());
+            println!("  report        {}  plots {} (and .png)", path.display(), Report::plots_text(path));
         }
     }
     Ok(report)
@@ -256,6 +255,7 @@ fn build_report(
         latency_us: Latency::of(&rec.rtt),
         handshake_us: Latency::of(&rec.handshake),
         latency_distribution: stats::distribution(&rec.rtt),
+        handshake_distribution: stats::distribution(&rec.handshake),
         handshakes_per_sec: rec.counts.connected as f64 / secs,
         messages_per_sec: rec.counts.received as f64 / secs,
         mb_per_sec: rec.counts.bytes_received as f64 / 1e6 / secs,

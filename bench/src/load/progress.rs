@@ -90,6 +90,10 @@ pub struct Sample {
     /// per message can be taken over the steady phase alone.
     #[serde(default)]
     pub machine_busy_secs: f64,
+    /// The machine's memory in use then (`MemTotal` − `MemAvailable`), KiB: with the
+    /// open connections, the memory each one costs, all processes and the kernel.
+    #[serde(default)]
+    pub mem_used_kib: u64,
 }
 
 /// What the sampler saw over the run.
@@ -127,7 +131,12 @@ pub fn sample(read: impl Fn() -> Snap, done: impl Fn() -> bool, planned: u64, sh
         let s = read();
         let t = start.elapsed().as_secs_f64();
         let kept = Snap { handshakes: [0; BUCKETS], ..s };
-        tl.samples.push(Sample { t, snap: kept, machine_busy_secs: crate::machine::busy_secs() });
+        tl.samples.push(Sample {
+            t,
+            snap: kept,
+            machine_busy_secs: crate::machine::busy_secs(),
+            mem_used_kib: crate::machine::mem_used_kib(),
+        });
         if tl.ramp_secs.is_none() && s.connected + s.failed >= planned {
             tl.ramp_secs = Some(t);
         }

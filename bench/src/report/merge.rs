@@ -38,8 +38,7 @@ pub fn run(opts: &Options) -> Result<Report> {
     }
     merged.write(&opts.out)?;
     if !opts.quiet {
-        let (a, b) = Report::plot_paths(&opts.out);
-        println!("  report        {}  plots {} {}", opts.out.display(), a.display(), b.display());
+        println!("  report        {}  plots {} (and .png)", opts.out.display(), Report::plots_text(&opts.out));
     }
     Ok(merged)
 }
@@ -93,6 +92,7 @@ pub fn merge(reports: &[Report]) -> Result<Report> {
         latency_us: Latency::of(&rec.rtt),
         handshake_us: Latency::of(&rec.handshake),
         latency_distribution: stats::distribution(&rec.rtt),
+        handshake_distribution: stats::distribution(&rec.handshake),
         handshakes_per_sec: rec.counts.connected as f64 / secs,
         messages_per_sec: rec.counts.received as f64 / secs,
         mb_per_sec: rec.counts.bytes_received as f64 / 1e6 / secs,
@@ -107,7 +107,8 @@ pub fn merge(reports: &[Report]) -> Result<Report> {
 
 /// The shards' timelines on one clock (seconds after the earliest start), summed on the
 /// sampling grid: each shard counts with its latest sample at or before a grid point.
-/// Machine CPU is summed as each machine's busy seconds since its own first sample.
+/// Machine CPU is summed as each machine's busy seconds since its own first sample, and
+/// memory in use as each machine's own (shards run on machines of their own).
 fn timelines(reports: &[Report], t0: f64, elapsed: f64) -> Vec<Sample> {
     let step = SAMPLE_EVERY.as_secs_f64();
     let points =
@@ -117,15 +118,17 @@ fn timelines(reports: &[Report], t0: f64, elapsed: f64) -> Vec<Sample> {
             let t = k as f64 * step;
             let mut snap = Snap::default();
             let mut busy = 0.0;
+            let mut mem = 0;
             for r in reports {
                 let shift = r.started_unix - t0;
                 let base = r.timeline.first().map_or(0.0, |s| s.machine_busy_secs);
                 if let Some(s) = r.timeline.iter().take_while(|s| s.t + shift <= t + 1e-9).last() {
                     snap = snap.plus(s.snap);
                     busy += s.machine_busy_secs - base;
+                    mem += s.mem_used_kib;
                 }
             }
-            Sample { t, snap, machine_busy_secs: busy }
+            Sample { t, snap, machine_busy_secs: busy, mem_used_kib: mem }
         })
         .collect()
 }

@@ -5,6 +5,7 @@
 //! when zero, and `clean` is false whenever any of them is not.
 
 pub mod merge;
+pub mod png;
 pub mod svg;
 
 use std::path::{Path, PathBuf};
@@ -61,6 +62,9 @@ pub struct Report {
     pub handshake_us: Latency,
     /// (percentile, µs) of the round trips.
     pub latency_distribution: Vec<[f64; 2]>,
+    /// (percentile, µs) of the handshakes (connect + upgrade).
+    #[serde(default)]
+    pub handshake_distribution: Vec<[f64; 2]>,
     /// Handshakes completed per second of the run.
     pub handshakes_per_sec: f64,
     /// Echoes received per second of the run.
@@ -179,18 +183,29 @@ impl Report {
         println!("  verdict       {}", if self.clean { "clean" } else { "NOT CLEAN (see counts above)" });
     }
 
-    /// Paths of the plots written next to a report file.
-    pub fn plot_paths(json: &Path) -> (PathBuf, PathBuf) {
-        (json.with_extension("connections.svg"), json.with_extension("latency.svg"))
+    /// Paths of the plots written next to a report file (SVG; each has a PNG copy
+    /// with the extension `png`): connections over time, latency, memory.
+    pub fn plot_paths(json: &Path) -> [PathBuf; 3] {
+        ["connections", "latency", "memory"].map(|name| json.with_extension(format!("{name}.svg")))
     }
 
-    /// Writes the JSON report and its two plots.
+    /// The plots' paths, for a line of text.
+    pub fn plots_text(json: &Path) -> String {
+        Self::plot_paths(json).iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" ")
+    }
+
+    /// Writes the JSON report and its plots, as SVG and PNG.
     pub fn write(&self, json: &Path) -> Result<()> {
         let text = serde_json::to_string_pretty(self)?;
         std::fs::write(json, text).with_context(|| format!("cannot write {}", json.display()))?;
-        let (conns, lat) = Self::plot_paths(json);
-        std::fs::write(&conns, svg::connections(self)).with_context(|| format!("cannot write {}", conns.display()))?;
-        std::fs::write(&lat, svg::latency(self)).with_context(|| format!("cannot write {}", lat.display()))?;
+        let plots = [svg::connections(self), svg::latency(self), svg::memory(self)];
+        let fonts = png::fonts();
+        for (path, plot) in Self::plot_paths(json).iter().zip(plots) {
+            std::fs::write(path, &plot).with_context(|| format!("cannot write {}", path.display()))?;
+            let png = path.with_extension("png");
+            let bytes = png::render(&plot, &fonts).with_context(|| format!("cannot render {}", png.display()))?;
+            std::fs::write(&png, bytes).with_context(|| format!("cannot write {}", png.display()))?;
+        }
         Ok(())
     }
 }

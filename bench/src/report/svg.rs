@@ -1,5 +1,6 @@
-//! Hand-written SVG plots: connections over time (open and failed) and the round-trip
-//! latency distribution by percentile (log scale: 0 … 99.9999 %).
+//! Hand-written SVG plots: connections over time (open and failed), the round-trip and
+//! handshake latency distributions by percentile (log scale: 0 … 99.9999 %), and the
+//! machine's memory per open connection over time.
 //!
 //! Output is plain SVG 1.1 with no scripts and no external references, valid XML with all
 //! text escaped, so any browser or viewer shows it.
@@ -118,6 +119,16 @@ fn targets(rep: &Report) -> String {
     }
 }
 
+/// Seconds along the x axis, up to `tmax`.
+fn x_time_ticks(svg: &mut String, tmax: f64) {
+    for i in 0..=5 {
+        let f = f64::from(i) / 5.0;
+        let (x, y) = px(f, 0.0);
+        let _ =
+            writeln!(svg, r#"<text x="{x:.1}" y="{:.1}" text-anchor="middle">{}</text>"#, y + 18.0, fmt_num(tmax * f));
+    }
+}
+
 /// Connections open (and failed) over time.
 pub fn connections(rep: &Report) -> String {
     let title = format!("{} → {}: connections over time ({} planned)", rep.scenario, targets(rep), rep.conns);
@@ -126,12 +137,7 @@ pub fn connections(rep: &Report) -> String {
     let peak = rep.timeline.iter().map(|x| x.snap.open.max(x.snap.failed)).max().unwrap_or(0);
     let ymax = nice_max(peak.max(rep.conns.min(peak.max(1) * 2)) as f64);
     y_ticks(&mut svg, ymax, "");
-    for i in 0..=5 {
-        let f = f64::from(i) / 5.0;
-        let (x, y) = px(f, 0.0);
-        let _ =
-            writeln!(svg, r#"<text x="{x:.1}" y="{:.1}" text-anchor="middle">{}</text>"#, y + 18.0, fmt_num(tmax * f));
-    }
+    x_time_ticks(&mut svg, tmax);
     let open: Vec<_> = rep.timeline.iter().map(|p| px(p.t / tmax, p.snap.open as f64 / ymax)).collect();
     let failed: Vec<_> = rep.timeline.iter().map(|p| px(p.t / tmax, p.snap.failed as f64 / ymax)).collect();
     polyline(&mut svg, &open, "#1f77b4", "open", 0);
@@ -140,18 +146,20 @@ pub fn connections(rep: &Report) -> String {
     svg
 }
 
-/// Round-trip latency by percentile, x on the usual log "nines" scale.
+/// Round-trip and handshake latency by percentile, x on the usual log "nines" scale.
 pub fn latency(rep: &Report) -> String {
     let title = format!(
-        "{} → {}: round-trip latency by percentile ({} samples)",
+        "{} → {}: latency by percentile ({} round trips, {} handshakes)",
         rep.scenario,
         targets(rep),
-        rep.latency_us.count
+        rep.latency_us.count,
+        rep.handshake_us.count
     );
     let mut svg = frame(&title, "percentile", "microseconds");
     // x = log10(1 / (1 - p)), capped at six nines.
     let nines = |p: f64| (1.0 / (1.0 - (p / 100.0).min(0.999_999))).log10() / 6.0;
-    let ymax = nice_max(rep.latency_distribution.iter().map(|p| p[1]).fold(0.0, f64::max));
+    let all = rep.latency_distribution.iter().chain(&rep.handshake_distribution);
+    let ymax = nice_max(all.map(|p| p[1]).fold(0.0, f64::max));
     y_ticks(&mut svg, ymax, "");
     for (label, p) in [
         ("0%", 0.0),
@@ -165,8 +173,33 @@ pub fn latency(rep: &Report) -> String {
         let (x, y) = px(nines(p), 0.0);
         let _ = writeln!(svg, r#"<text x="{x:.1}" y="{:.1}" text-anchor="middle">{label}</text>"#, y + 18.0);
     }
-    let pts: Vec<_> = rep.latency_distribution.iter().map(|p| px(nines(p[0]), p[1] / ymax)).collect();
-    polyline(&mut svg, &pts, "#2ca02c", "round trip", 0);
+    let line = |d: &[[f64; 2]]| d.iter().map(|p| px(nines(p[0]), p[1] / ymax)).collect::<Vec<_>>();
+    polyline(&mut svg, &line(&rep.latency_distribution), "#2ca02c", "round trip", 0);
+    polyline(&mut svg, &line(&rep.handshake_distribution), "#9467bd", "handshake (connect + upgrade)", 1);
+    svg.push_str("</svg>\n");
+    svg
+}
+
+/// The machine's memory per open connection over time, KiB: memory in use above the
+/// first sample's, divided by the connections open then. Only samples with at least 1 %
+/// of the peak open are drawn (below that the quotient is the fixed costs' noise).
+pub fn memory(rep: &Report) -> String {
+    let title = format!("{} → {}: memory per open connection (whole machine)", rep.scenario, targets(rep));
+    let mut svg = frame(&title, "seconds", "KiB per connection");
+    let base = rep.timeline.first().map_or(0, |s| s.mem_used_kib);
+    let peak = rep.timeline.iter().map(|s| s.snap.open).max().unwrap_or(0).max(1);
+    let points: Vec<(f64, f64)> = rep
+        .timeline
+        .iter()
+        .filter(|s| s.snap.open * 100 >= peak && s.mem_used_kib > 0)
+        .map(|s| (s.t, s.mem_used_kib.saturating_sub(base) as f64 / s.snap.open as f64))
+        .collect();
+    let tmax = nice_max(rep.timeline.last().map_or(1.0, |x| x.t));
+    let ymax = nice_max(points.iter().map(|p| p.1).fold(0.0, f64::max));
+    y_ticks(&mut svg, ymax, "");
+    x_time_ticks(&mut svg, tmax);
+    let line: Vec<_> = points.iter().map(|(t, kib)| px(t / tmax, kib / ymax)).collect();
+    polyline(&mut svg, &line, "#ff7f0e", "memory in use since the start ÷ connections open", 0);
     svg.push_str("</svg>\n");
     svg
 }
