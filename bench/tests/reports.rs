@@ -80,21 +80,27 @@ fn json_report_and_plots_are_well_formed() {
         assert!(svg.contains(title), "{title}");
         assert!(svg.contains(r#"xmlns="http://www.w3.org/2000/svg""#));
         let png = std::fs::read(path.with_extension("png")).unwrap();
-        let (width, height, colours) = png_facts(&png);
+        let (width, height, colours, title) = png_facts(&png);
         assert_eq!((width, height), (800, 420), "{}", path.display());
         assert!(colours >= 3, "{}: {colours} colours, a blank image", path.display());
+        // Above the plot area there is only the title: its text was drawn (a font found).
+        assert!(title, "{}: no text in the title rows (no font?)", path.display());
     }
 }
 
-/// Width, height and the number of distinct RGBA pixels of a PNG (decoded for real).
-fn png_facts(bytes: &[u8]) -> (u32, u32, usize) {
+/// Width, height, the number of distinct pixels of a PNG (decoded for real), and whether
+/// the rows above the plot area (only the title is there) have a dark pixel.
+fn png_facts(bytes: &[u8]) -> (u32, u32, usize, bool) {
     let mut reader = png::Decoder::new(std::io::Cursor::new(bytes)).read_info().expect("a PNG");
     let mut buf = vec![0; reader.output_buffer_size()];
     let info = reader.next_frame(&mut buf).expect("PNG pixels");
+    assert_eq!(info.bit_depth, png::BitDepth::Eight);
     let pixels = &buf[..info.buffer_size()];
-    let step = info.color_type.samples() * usize::from(info.bit_depth as u8).div_ceil(8);
+    let step = info.color_type.samples();
     let colours: std::collections::HashSet<&[u8]> = pixels.chunks(step).collect();
-    (info.width, info.height, colours.len())
+    let title_rows = &pixels[..info.line_size * 45];
+    let dark = title_rows.chunks(step).any(|p| p.iter().take(3).all(|c| *c < 128));
+    (info.width, info.height, colours.len(), dark)
 }
 
 #[test]

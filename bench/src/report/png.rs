@@ -11,6 +11,17 @@ use resvg::{tiny_skia, usvg};
 pub fn fonts() -> Arc<usvg::fontdb::Database> {
     let mut db = usvg::fontdb::Database::new();
     db.load_system_fonts();
+    // The plots ask for `sans-serif`, which fontdb maps to Arial unless told: map it to a
+    // sans face this system has, or else to any face at all.
+    let families: Vec<String> = db.faces().flat_map(|f| f.families.iter().map(|(name, _)| name.clone())).collect();
+    let sans = ["DejaVu Sans", "Liberation Sans", "Noto Sans", "FreeSans"]
+        .into_iter()
+        .map(String::from)
+        .find(|want| families.contains(want))
+        .or_else(|| families.first().cloned());
+    if let Some(sans) = sans {
+        db.set_sans_serif_family(sans);
+    }
     Arc::new(db)
 }
 
