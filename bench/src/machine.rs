@@ -18,14 +18,13 @@ pub fn busy_secs() -> f64 {
 /// Memory in use on the machine, KiB: `MemTotal` − `MemAvailable` from `/proc/meminfo`
 /// (0 when it cannot be read).
 pub fn mem_used_kib() -> u64 {
+    meminfo_kib("MemTotal:").saturating_sub(meminfo_kib("MemAvailable:"))
+}
+
+/// One field of `/proc/meminfo` (`name` with its colon), KiB; 0 when it cannot be read.
+pub fn meminfo_kib(name: &str) -> u64 {
     let info = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let field = |name: &str| {
-        info.lines().find_map(|l| l.strip_prefix(name)).and_then(|r| r.split_whitespace().next()?.parse::<u64>().ok())
-    };
-    match (field("MemTotal:"), field("MemAvailable:")) {
-        (Some(total), Some(available)) => total.saturating_sub(available),
-        _ => 0,
-    }
+    info.lines().find_map(|l| l.strip_prefix(name)).and_then(|r| r.split_whitespace().next()?.parse().ok()).unwrap_or(0)
 }
 
 #[cfg(test)]

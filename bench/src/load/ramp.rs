@@ -416,11 +416,7 @@ fn p90(v: &mut [u64]) -> Option<u64> {
 
 /// `MemAvailable` in KiB; 0 when it cannot be read.
 pub fn mem_available_kib() -> u64 {
-    let s = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    s.lines()
-        .find_map(|l| l.strip_prefix("MemAvailable:"))
-        .and_then(|r| r.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
+    crate::machine::meminfo_kib("MemAvailable:")
 }
 
 #[cfg(test)]
