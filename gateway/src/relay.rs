@@ -18,6 +18,7 @@ use std::net::Shutdown;
 use std::pin::pin;
 use std::time::{Duration, Instant};
 
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::TcpStream;
 
@@ -206,16 +207,17 @@ async fn pumps(
     let mut idle = pin!(tokio::time::sleep_until((activity.get() + opts.idle_timeout).into()));
     let first_look = opts.handover.first_look();
     let mut pause = pin!(tokio::time::sleep(first_look.unwrap_or(Duration::MAX)));
-    // A binary upgrade: pause at the next quiet moment, whatever `opts.handover` says.
-    let mut handing = pin!(upgrade_turn(turns, shutdown.clone()));
+    // The worker's events, each at most once in a relay's life: the shutdown's stop, its
+    // turn in a drain, a binary upgrade (pause at the next quiet moment, whatever
+    // `opts.handover` says). They are polled only when one of them was woken, not at
+    // every wake of the pumps (every message).
+    let mut events = worker_events(shutdown, turns);
     let mut hand_now = false;
     // Bytes moved (both ways) when the handover last looked, and whether it decided to
     // hand over and waits for a quiet moment.
     let (mut looked_at, mut handing_over) = (0u64, false);
-    let mut turn = pin!(crate::drain::turns(shutdown.clone(), turns));
     // How long a frame in progress may take to end once it is this connection's turn.
     let mut frame_end = pin!(tokio::time::sleep(Duration::MAX));
-    let mut stop = pin!(shutdown.reached(Phase::Stop));
     let (mut c2u_done, mut u2c_done) = (false, false);
     // Drain: the direction has stopped at a frame boundary.
     let (mut c2u_whole, mut u2c_whole) = (false, false);
@@ -232,13 +234,14 @@ async fn pumps(
             return Ended { reason: Close::Drain, both_fin: false, going_away: [u2c_whole, c2u_whole] };
         }
         tokio::select! {
+            biased;
             end = &mut c2u_pump, if !c2u_done && !c2u_whole => {
                 if matches!(end, PumpEnd::Boundary) {
                     c2u_whole = true;
                     continue;
                 }
                 c2u_done = true;
-                if let Some(reason) = settle(end, client, upstream, Side::Client) {
+                if let Some(reason) = settle(end, client, upstream, (Side::Client, u2c_done)) {
                     return ended(reason);
                 }
                 first_fin.get_or_insert(Close::ClientFin);
@@ -249,7 +252,7 @@ async fn pumps(
                     continue;
                 }
                 u2c_done = true;
-                if let Some(reason) = settle(end, upstream, client, Side::Upstream) {
+                if let Some(reason) = settle(end, upstream, client, (Side::Upstream, c2u_done)) {
                     return ended(reason);
                 }
                 first_fin.get_or_insert(Close::UpstreamFin);
@@ -264,25 +267,30 @@ async fn pumps(
                 }
                 idle.as_mut().reset(deadline.into());
             }
-            () = &mut stop => return ended(Close::Shutdown),
-            () = &mut turn, if !closing.get() => {
-                // A pump that is not holding bytes waits for readability: at a frame
-                // boundary it has nothing more to relay. Any other goes on to the end
-                // of its frame (reading no further) and then reports `Boundary`.
-                closing.set(true);
-                c2u_whole = c2u.at_boundary();
-                u2c_whole = u2c.at_boundary();
-                frame_end.as_mut().reset((Instant::now() + opts.close_timeout).into());
-            }
+            Some(event) = events.next() => match event {
+                WorkerEvent::Stop => return ended(Close::Shutdown),
+                // Only once, and nothing else sets `closing`.
+                WorkerEvent::Turn => {
+                    // A pump that is not holding bytes waits for readability: at a frame
+                    // boundary it has nothing more to relay. Any other goes on to the end
+                    // of its frame (reading no further) and then reports `Boundary`.
+                    closing.set(true);
+                    c2u_whole = c2u.at_boundary();
+                    u2c_whole = u2c.at_boundary();
+                    frame_end.as_mut().reset((Instant::now() + opts.close_timeout).into());
+                }
+                // A pair that is closing is not handed anywhere.
+                WorkerEvent::Handing if closing.get() => {}
+                WorkerEvent::Handing => {
+                    hand_now = true;
+                    pause.as_mut().reset(Instant::now().into());
+                }
+            },
             () = &mut frame_end, if closing.get() => {
                 // A sender stopped mid-frame: no Close can go that way without cutting
                 // its frame; that side gets only the FIN.
                 tracing::debug!(c2u_whole, u2c_whole, "drain: a frame did not end within drain.close_timeout");
                 return Ended { reason: Close::Drain, both_fin: false, going_away: [u2c_whole, c2u_whole] };
-            }
-            () = &mut handing, if !hand_now && !closing.get() => {
-                hand_now = true;
-                pause.as_mut().reset(Instant::now().into());
             }
             // Only between reads: dropping a pump that waits for readability loses nothing.
             () = &mut pause, if (first_look.is_some() || hand_now) && !c2u_done && !u2c_done && !closing.get() => {
@@ -309,12 +317,43 @@ async fn pumps(
     }
 }
 
-/// Resolves when a binary upgrade takes the pair (never for a pair that cannot move).
-async fn upgrade_turn(turns: Option<Turns<'_>>, shutdown: ShutdownRx) {
-    match turns.and_then(|t| t.upgrade) {
-        Some(u) => u.handing(shutdown).await,
-        None => std::future::pending().await,
+/// What the worker may tell a relay, besides its traffic ([`worker_events`]).
+enum WorkerEvent {
+    /// The shutdown reached `Stop`: end now.
+    Stop,
+    /// This pair's turn in a drain (or after a reload removed its server): close it.
+    Turn,
+    /// A binary upgrade takes the pair: pause at the next quiet moment.
+    Handing,
+}
+
+type Events<'a> = FuturesUnordered<std::pin::Pin<Box<dyn Future<Output = WorkerEvent> + 'a>>>;
+
+/// The relay's [`WorkerEvent`]s, each a future of its own in a set that polls only
+/// those that were woken (a relay is woken at every message, these at most once in its
+/// life). Without `turns` there is no drain turn and no upgrade to wait for.
+fn worker_events<'a>(shutdown: &ShutdownRx, turns: Option<Turns<'a>>) -> Events<'a> {
+    let events: Events<'a> = FuturesUnordered::new();
+    let mut stop = shutdown.clone();
+    events.push(Box::pin(async move {
+        stop.reached(Phase::Stop).await;
+        WorkerEvent::Stop
+    }));
+    if turns.is_some() {
+        let turn = crate::drain::turns(shutdown.clone(), turns);
+        events.push(Box::pin(async move {
+            turn.await;
+            WorkerEvent::Turn
+        }));
     }
+    if let Some(upgrade) = turns.and_then(|t| t.upgrade) {
+        let shutdown = shutdown.clone();
+        events.push(Box::pin(async move {
+            upgrade.handing(shutdown).await;
+            WorkerEvent::Handing
+        }));
+    }
+    events
 }
 
 /// The drain's close handshake, once the pumps stopped between frames: a Close 1001
@@ -380,13 +419,18 @@ async fn until_close(from: &TcpStream, dir: &Dir, (ring, buffers): (&Ring, &BufP
 
 /// Acts on the end of the direction reading `src` and writing `dst`: a FIN is passed on
 /// as `SHUT_WR` (`None`: the other direction keeps going); a failure is passed on as a
-/// reset and ends the pair with the side that failed.
-fn settle(end: PumpEnd, src: &TcpStream, dst: &TcpStream, src_side: Side) -> Option<Close> {
+/// reset and ends the pair with the side that failed. The second FIN of a pair (`last`:
+/// the other direction has ended) is left to the close that follows the relay: both
+/// sockets have been read to their end, so closing sends FIN (not RST), and one system
+/// call per connection is saved.
+fn settle(end: PumpEnd, src: &TcpStream, dst: &TcpStream, (src_side, last): (Side, bool)) -> Option<Close> {
     let dst_side = if src_side == Side::Client { Side::Upstream } else { Side::Client };
     let (src_reset, dst_reset) = (Close::reset(src_side), Close::reset(dst_side));
     match end {
         PumpEnd::Eof => {
-            crate::io::shutdown_quietly(dst, Shutdown::Write);
+            if !last {
+                crate::io::shutdown_quietly(dst, Shutdown::Write);
+            }
             None
         }
         // Handled by the caller; nothing to pass on.

@@ -417,7 +417,7 @@ type KeyedSocket = (ListenerKey, crate::config::Scheme, Socket, Shared);
 /// Whether a listener's socket is the service manager's, shared by every worker.
 type Shared = bool;
 
-fn worker(mut setup: WorkerSetup, sockets: Vec<KeyedSocket>) -> Result<()> {
+fn worker(setup: WorkerSetup, sockets: Vec<KeyedSocket>) -> Result<()> {
     if let Some(cpu) = setup.cpu {
         pin_to(cpu);
     }
@@ -426,61 +426,74 @@ fn worker(mut setup: WorkerSetup, sockets: Vec<KeyedSocket>) -> Result<()> {
     // task work waits for the worker's next system call): tried, the echo benchmark's
     // round trips went from p50 0.4 ms to 3.5 ms and p99 from 4 ms to 130 ms.
     tokio_uring::builder().entries(RING_ENTRIES).start(async move {
-        let ring = Ring::start(RING_ENTRIES).map_err(RunError::PollRing)?;
-        let metrics = crate::metrics::Recorder::start(setup.metrics);
-        let idle = splice::idle_limit(setup.config.timeouts.idle);
-        let pairs = setup.splicer.as_ref().map(|s| s.init_worker(&ring, idle, setup.shutdown.clone()));
-        let buffers = BufPool::new(setup.config.relay.buffer_size, setup.config.relay.pool_buffers);
-        let pacer = Rc::new(Pacer::new(&setup.config.drain, setup.config.worker_count()));
-        if let Some(p) = &pairs {
-            p.pace_drain(pacer.clone(), setup.config.drain.close_timeout);
+        // The runtime polls its root future at every pass of its scheduler (tokio's
+        // `LocalSet::run_until`), that is several times per handshake: the worker's body
+        // runs as a task, woken only when something of its own happens, and the root
+        // only awaits it.
+        match tokio_uring::spawn(serve_worker(setup, sockets)).await {
+            Ok(done) => done,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
         }
-        let state = Rc::new(Worker {
-            generations: setup.generations,
-            stats: setup.stats,
-            shutdown: setup.shutdown.clone(),
-            admission: setup.admission,
-            splicer: setup.splicer,
-            ring,
-            pairs,
-            buffers,
-            lifetimes: Lifetimes::default(),
-            metrics,
-            pacer,
-            pool: crate::upstream::pool::Pool::default(),
-            upgrade: setup.upgrade,
-        });
-        let release = setup.allocator.release;
-        tokio_uring::spawn(async move {
-            let mut tick = tokio::time::interval(RELEASE_PERIOD);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                release();
-            }
-        });
-        tokio_uring::spawn(sweep_pool(state.clone()));
-        tokio_uring::spawn(crate::conn::teardown::close_removed_spliced(state.clone()));
-        let mut accepting = Vec::new();
-        for (key, scheme, s, shared) in sockets {
-            accepting.push(accept_on(s, (key, scheme, shared), (setup.index, &state)));
-        }
-        follow_reloads(&mut setup.orders, &mut accepting, (setup.index, &state)).await;
-        // After a binary upgrade an accept loop may wait on its last accept, which
-        // closing this worker's ring cancels: it is not waited for.
-        if !state.upgrade.listeners_moved() {
-            for (_, removed, l) in accepting {
-                let _ = l.await;
-                drop(removed);
-            }
-        }
-        // Draining: wait for this worker's connections to finish (they close themselves
-        // at `Stop`).
-        while state.stats.active.load(std::sync::atomic::Ordering::Relaxed) > 0 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Ok(())
     })
+}
+
+/// A worker's life on its runtime: its poll ring, its accept loops and its reloads,
+/// then the drain of its connections.
+async fn serve_worker(mut setup: WorkerSetup, sockets: Vec<KeyedSocket>) -> Result<()> {
+    let ring = Ring::start(RING_ENTRIES).map_err(RunError::PollRing)?;
+    let metrics = crate::metrics::Recorder::start(setup.metrics);
+    let idle = splice::idle_limit(setup.config.timeouts.idle);
+    let pairs = setup.splicer.as_ref().map(|s| s.init_worker(&ring, idle, setup.shutdown.clone()));
+    let buffers = BufPool::new(setup.config.relay.buffer_size, setup.config.relay.pool_buffers);
+    let pacer = Rc::new(Pacer::new(&setup.config.drain, setup.config.worker_count()));
+    if let Some(p) = &pairs {
+        p.pace_drain(pacer.clone(), setup.config.drain.close_timeout);
+    }
+    let state = Rc::new(Worker {
+        generations: setup.generations,
+        stats: setup.stats,
+        shutdown: setup.shutdown.clone(),
+        admission: setup.admission,
+        splicer: setup.splicer,
+        ring,
+        pairs,
+        buffers,
+        lifetimes: Lifetimes::default(),
+        metrics,
+        pacer,
+        pool: crate::upstream::pool::Pool::default(),
+        upgrade: setup.upgrade,
+    });
+    let release = setup.allocator.release;
+    tokio_uring::spawn(async move {
+        let mut tick = tokio::time::interval(RELEASE_PERIOD);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            release();
+        }
+    });
+    tokio_uring::spawn(sweep_pool(state.clone()));
+    tokio_uring::spawn(crate::conn::teardown::close_removed_spliced(state.clone()));
+    let mut accepting = Vec::new();
+    for (key, scheme, s, shared) in sockets {
+        accepting.push(accept_on(s, (key, scheme, shared), (setup.index, &state)));
+    }
+    follow_reloads(&mut setup.orders, &mut accepting, (setup.index, &state)).await;
+    // After a binary upgrade an accept loop may wait on its last accept, which
+    // closing this worker's ring cancels: it is not waited for.
+    if !state.upgrade.listeners_moved() {
+        for (_, removed, l) in accepting {
+            let _ = l.await;
+            drop(removed);
+        }
+    }
+    // Draining: wait for this worker's connections to finish (they close themselves
+    // at `Stop`).
+    while state.stats.active.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
 }
 
 /// One more worker's socket of each listener, with its key: one an old process

@@ -127,11 +127,14 @@ pub async fn serve(
         None => PeerIo::Plain(client),
         Some(acceptor) => {
             let deadline = facts.started + facts.generation.config.timeouts.header;
-            match crate::tls::handshake::accept(client, acceptor.config, &worker.ring, deadline, &worker.stats.tls)
-                .await
-            {
+            // The phases' futures are boxed (the TLS handshake, HTTP/2, the request's
+            // proxying, the teardown): this one is copied whole when the connection's
+            // task is spawned, and it was 7 KiB with them inline.
+            let handshake =
+                crate::tls::handshake::accept(client, acceptor.config, &worker.ring, deadline, &worker.stats.tls);
+            match Box::pin(handshake).await {
                 Ok(stream) if stream.conn().alpn_protocol() == Some(b"h2") => {
-                    return crate::h2::serve(Box::new(stream), peer, facts.generation, worker, active).await;
+                    return Box::pin(crate::h2::serve(Box::new(stream), peer, facts.generation, worker, active)).await;
                 }
                 Ok(stream) => PeerIo::Tls(Box::new(stream)),
                 Err(failed) => {
@@ -149,7 +152,7 @@ pub async fn serve(
         session.served = session.served.saturating_add(1);
         let kept = session.kept && matches!(result, Ok(None));
         let Some(io) = client.as_ref().filter(|_| kept) else {
-            teardown::finish(result, client, facts, worker, active).await;
+            Box::pin(teardown::finish(result, client, facts, worker, active)).await;
             return;
         };
         teardown::request_done(&facts);
@@ -183,7 +186,9 @@ async fn proxy(
     let client = client_slot.as_ref().ok_or_else(|| ProxyError::new(ErrorKind::Internal, "client socket missing"))?;
     let (upstream, admitted, closing) = Box::pin(prepare(client, session, worker, facts)).await?;
     let Some(head) = &upstream.response else {
-        if let PlainEnd::KeepAlive(leftover) = relay_choice::plain(client, upstream, closing, worker, facts).await? {
+        if let PlainEnd::KeepAlive(leftover) =
+            Box::pin(relay_choice::plain(client, upstream, closing, worker, facts)).await?
+        {
             session.leftover = leftover;
             session.kept = true;
         }
@@ -193,7 +198,7 @@ async fn proxy(
     if response::answer(client, &upstream, head, worker, facts).await? == Answer::Passed {
         return Ok(None);
     }
-    Ok(relay_choice::websocket(client_slot, upstream, admitted, worker, facts).await)
+    Ok(Box::pin(relay_choice::websocket(client_slot, upstream, admitted, worker, facts)).await)
 }
 
 /// The phases before the response: head (after what the client already sent of it),
