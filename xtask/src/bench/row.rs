@@ -47,6 +47,13 @@ impl Row {
         self.peak.rss.saturating_sub(self.before.rss) as f64 / self.held()
     }
 
+    /// [`Self::rss_per_conn`], KiB, or `None` when the peak is not above the start: many
+    /// instances' start-up memory, returned once they settle, can exceed all that the
+    /// connections add, and then the difference says nothing per connection.
+    pub(super) fn peak_rss_kib_per_conn(&self) -> Option<f64> {
+        (self.peak.rss > self.before.rss).then(|| self.rss_per_conn())
+    }
+
     /// The whole machine's CPU per operation (message, handshake) in the steady phase
     /// alone, µs: from the load's timeline, starting 1.5 s after the ramp (once
     /// `splice_after` has moved connections to the kernel) to the end of the phase.

@@ -119,21 +119,41 @@ pub(super) fn lay_out(opts: &Options, conns: u64, through_wsgate: bool, log: &Pa
 /// exceeds `net.core.netdev_max_backlog` (a global knob, 1000 by default, that a run in
 /// its own namespace leaves alone); a connection whose probes are all dropped is reset.
 fn warn_probes(heartbeat: f64) {
-    let read = |p: &str| std::fs::read_to_string(p).ok().and_then(|t| t.trim().parse::<f64>().ok());
+    let read = |p: &str| std::fs::read_to_string(p).ok();
     let (Some(idle), Some(backlog)) =
         (read("/proc/sys/net/ipv4/tcp_keepalive_time"), read("/proc/sys/net/core/netdev_max_backlog"))
     else {
         return;
     };
-    if heartbeat >= idle && backlog < 16_384.0 {
-        eprintln!(
-            "bench scale: WARNING: --heartbeat {heartbeat} s is not shorter than the keepalive idle time ({idle} s): \
-             wsgate will probe idle connections, the probes of connections opened together fire together, and the \
-             loopback backlog (net.core.netdev_max_backlog = {backlog}) drops a burst past it; connections whose \
-             probes are all lost are reset. Use a heartbeat below {idle} s, or raise the backlog \
-             (`cargo xtask tune apply edge-1m`, then revert)."
-        );
+    let knob = tuning::profile::load(&tuning::shipped_profiles_dir(), "edge-1m")
+        .ok()
+        .and_then(|p| p.knobs.into_iter().find(|k| k.name == BACKLOG));
+    if let Some(warning) = probe_warning(heartbeat, &idle, &backlog, knob.as_ref()) {
+        eprintln!("bench scale: WARNING: {warning}");
     }
+}
+
+/// The per-CPU backlog's sysctl, which `edge-1m` raises.
+const BACKLOG: &str = "net.core.netdev_max_backlog";
+
+/// [`warn_probes`]'s judgement: `idle` and `backlog` are the sysctls' text, `knob` the
+/// `edge-1m` profile's backlog knob (its want is the backlog a burst of probes needs).
+fn probe_warning(heartbeat: f64, idle: &str, backlog: &str, knob: Option<&tuning::Knob>) -> Option<String> {
+    let idle = idle.trim().parse::<f64>().ok()?;
+    let actual = tuning::Actual::parse(backlog.trim()).ok()?;
+    let knob = knob?;
+    if heartbeat < idle || knob.compare.satisfied(&knob.want, &actual) {
+        return None;
+    }
+    Some(format!(
+        "--heartbeat {heartbeat} s is not shorter than the keepalive idle time ({idle} s): wsgate will probe idle \
+         connections, the probes of connections opened together fire together, and the loopback backlog \
+         ({BACKLOG} = {}; the edge-1m profile wants {}) drops a burst past it; connections whose probes are all \
+         lost are reset. Use a heartbeat below {idle} s, or raise the backlog (`cargo xtask tune apply edge-1m`, \
+         then revert).",
+        backlog.trim(),
+        knob.compare.describe(&knob.want),
+    ))
 }
 
 pub(super) fn run(opts: &Options, out: &Path, wsgate_built: bool) -> Result<()> {
@@ -208,14 +228,16 @@ fn wsgate_memory(row: &Row) -> String {
     } else {
         "the settled total is below the instances' start-up memory, so it gives no figure per connection".into()
     };
+    let peak = row.peak_rss_kib_per_conn().map_or_else(
+        || "the peak RSS is not above the instances' start-up RSS, so it gives no figure per connection".into(),
+        |kib| format!("{kib:.3} KiB RSS per connection at the peak"),
+    );
     match row.marginal_anon {
         Some(m) => format!(
-            "{m:.0} B userspace (anonymous RSS) per connection added over the ramp ({} goal ≤ 256 B); {settled}; \
-             {:.3} KiB RSS per connection at the peak",
+            "{m:.0} B userspace (anonymous RSS) per connection added over the ramp ({} goal ≤ 256 B); {settled}; {peak}",
             if m <= 256.0 { "met" } else { "MISS" },
-            row.rss_per_conn()
         ),
-        None => format!("no growth figure (too few samples over the ramp); {settled}"),
+        None => format!("no growth figure (too few samples over the ramp); {settled}; {peak}"),
     }
 }
 
@@ -297,7 +319,7 @@ pub(super) fn report_scale(
         "scenario": "scale", "conns": conns, "held": held, "verified": verified, "ramp_secs": ramp,
         "through_wsgate": through_wsgate, "wsgate_instances": lay.instances, "echo_processes": lay.echo_procs,
         "load_processes": lay.load_procs, "nofile_hard_limit": lay.limit, "note": lay.note,
-        "wsgate_rss_kib_per_conn": through_wsgate.then(|| row.rss_per_conn()),
+        "wsgate_rss_kib_per_conn": through_wsgate.then(|| row.peak_rss_kib_per_conn()).flatten(),
         "wsgate_anon_kib_per_conn": through_wsgate.then(|| row.anon_per_conn()),
         "wsgate_marginal_anon_bytes_per_conn": through_wsgate.then_some(row.marginal_anon).flatten(),
         "wsgate_idle_anon_bytes_per_conn": through_wsgate.then(|| row.idle_bytes_per_conn()),
@@ -310,4 +332,33 @@ pub(super) fn report_scale(
     std::fs::write(out.join("summary.json"), serde_json::to_string_pretty(&summary)?)?;
     println!("reports, plots and summary: {}", out.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shipped_backlog_knob() -> tuning::Knob {
+        let profile = tuning::profile::load(&tuning::shipped_profiles_dir(), "edge-1m").expect("edge-1m loads");
+        profile.knobs.into_iter().find(|k| k.name == BACKLOG).expect("edge-1m sets the backlog")
+    }
+
+    #[test]
+    fn probes_are_warned_of_when_the_heartbeat_outlasts_keepalive_and_the_backlog_is_small() {
+        let knob = shipped_backlog_knob();
+        let warning = probe_warning(300.0, "120\n", "1000\n", Some(&knob)).expect("a warning");
+        assert!(warning.contains("--heartbeat 300 s"), "{warning}");
+        assert!(warning.contains(&format!("{BACKLOG} = 1000; the edge-1m profile wants >= 16384")), "{warning}");
+        // As long as the idle time exactly: the first probe goes out with the heartbeat.
+        assert!(probe_warning(120.0, "120", "1000", Some(&knob)).is_some());
+    }
+
+    #[test]
+    fn no_probe_warning_with_a_short_heartbeat_a_tuned_backlog_or_nothing_to_judge_by() {
+        let knob = shipped_backlog_knob();
+        assert_eq!(probe_warning(100.0, "120", "1000", Some(&knob)), None);
+        assert_eq!(probe_warning(300.0, "120", "16384", Some(&knob)), None);
+        assert_eq!(probe_warning(300.0, "120", "1000", None), None);
+        assert_eq!(probe_warning(300.0, "garbage", "1000", Some(&knob)), None);
+    }
 }
