@@ -318,7 +318,7 @@ async fn pumps(
 }
 
 /// What the worker may tell a relay, besides its traffic ([`worker_events`]).
-enum WorkerEvent {
+pub(crate) enum WorkerEvent {
     /// The shutdown reached `Stop`: end now.
     Stop,
     /// This pair's turn in a drain (or after a reload removed its server): close it.
@@ -327,12 +327,12 @@ enum WorkerEvent {
     Handing,
 }
 
-type Events<'a> = FuturesUnordered<std::pin::Pin<Box<dyn Future<Output = WorkerEvent> + 'a>>>;
+pub(crate) type Events<'a> = FuturesUnordered<std::pin::Pin<Box<dyn Future<Output = WorkerEvent> + 'a>>>;
 
 /// The relay's [`WorkerEvent`]s, each a future of its own in a set that polls only
 /// those that were woken (a relay is woken at every message, these at most once in its
 /// life). Without `turns` there is no drain turn and no upgrade to wait for.
-fn worker_events<'a>(shutdown: &ShutdownRx, turns: Option<Turns<'a>>) -> Events<'a> {
+pub(crate) fn worker_events<'a>(shutdown: &ShutdownRx, turns: Option<Turns<'a>>) -> Events<'a> {
     let events: Events<'a> = FuturesUnordered::new();
     let mut stop = shutdown.clone();
     events.push(Box::pin(async move {

@@ -24,14 +24,16 @@ use std::net::Shutdown;
 use std::pin::pin;
 use std::time::Instant;
 
+use futures_util::StreamExt;
+
 use crate::bufpool::BufPool;
 use crate::close::{Close, Side};
 use crate::conn::peer_io::PeerIo;
 use crate::drain::{DrainState, Turns, close_frame};
 use crate::metrics::live::RelayBytes;
 use crate::readiness::Ring;
-use crate::relay::{RelayOptions, RelayOutcome};
-use crate::shutdown::{Phase, ShutdownRx};
+use crate::relay::{RelayOptions, RelayOutcome, WorkerEvent, worker_events};
+use crate::shutdown::ShutdownRx;
 use crate::wait::{Guard, Waiter, drained};
 
 /// How one direction ended.
@@ -89,8 +91,8 @@ pub async fn relay(
     let mut c2u = pin!(pump(client, upstream, C2U, &s, (ring, buffers)));
     let mut u2c = pin!(pump(upstream, client, U2C, &s, (ring, buffers)));
     let mut idle = pin!(tokio::time::sleep(opts.idle_timeout));
-    let mut turn = pin!(crate::drain::turns(shutdown.clone(), turns));
-    let mut stop = pin!(shutdown.reached(Phase::Stop));
+    // A TLS pair cannot move to another process: no upgrade event.
+    let mut events = worker_events(shutdown, turns.map(|t| Turns { upgrade: None, ..t }));
     let mut frame_end = pin!(tokio::time::sleep(std::time::Duration::MAX));
     let (mut c2u_done, mut u2c_done) = (false, false);
     let (mut c2u_whole, mut u2c_whole) = (false, false);
@@ -108,6 +110,7 @@ pub async fn relay(
             break Close::Drain;
         }
         tokio::select! {
+            biased;
             end = &mut c2u, if !c2u_done && !c2u_whole => {
                 if matches!(end, PumpEnd::Whole) {
                     c2u_whole = true;
@@ -147,13 +150,17 @@ pub async fn relay(
                 }
                 idle.as_mut().reset(deadline.into());
             }
-            () = &mut stop => break Close::Shutdown,
-            () = &mut turn, if !s.drain.closing() => {
-                // Each pump stops itself at its next boundary (one waiting between
-                // frames is woken for that); none is dropped in the middle of a write.
-                s.drain.begin();
-                frame_end.as_mut().reset((Instant::now() + opts.close_timeout).into());
-            }
+            Some(event) = events.next() => match event {
+                WorkerEvent::Stop => break Close::Shutdown,
+                // Only once, and nothing else begins the drain.
+                WorkerEvent::Turn => {
+                    // Each pump stops itself at its next boundary (one waiting between
+                    // frames is woken for that); none is dropped in the middle of a write.
+                    s.drain.begin();
+                    frame_end.as_mut().reset((Instant::now() + opts.close_timeout).into());
+                }
+                WorkerEvent::Handing => {}
+            },
             () = &mut frame_end, if s.drain.closing() => {
                 // A sender stopped mid-frame: no Close can go that way without cutting it.
                 tracing::debug!(c2u_whole, u2c_whole, "drain: a frame did not end within drain.close_timeout");
