@@ -432,7 +432,9 @@ fn worker(setup: WorkerSetup, sockets: Vec<KeyedSocket>) -> Result<()> {
         // only awaits it.
         match tokio_uring::spawn(serve_worker(setup, sockets)).await {
             Ok(done) => done,
-            Err(e) => std::panic::resume_unwind(e.into_panic()),
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // Not while the runtime runs: only its shutdown cancels tasks.
+            Err(_) => Err(RunError::WorkerPanicked),
         }
     })
 }
