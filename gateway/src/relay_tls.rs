@@ -91,8 +91,8 @@ pub async fn relay(
     let mut c2u = pin!(pump(client, upstream, C2U, &s, (ring, buffers)));
     let mut u2c = pin!(pump(upstream, client, U2C, &s, (ring, buffers)));
     let mut idle = pin!(tokio::time::sleep(opts.idle_timeout));
-    // A TLS pair cannot move to another process: no upgrade event.
-    let mut events = worker_events(shutdown, turns.map(|t| Turns { upgrade: None, ..t }));
+    // A TLS pair cannot move to another process: its caller gives it no upgrade event.
+    let mut events = worker_events(shutdown, turns);
     let mut frame_end = pin!(tokio::time::sleep(std::time::Duration::MAX));
     let (mut c2u_done, mut u2c_done) = (false, false);
     let (mut c2u_whole, mut u2c_whole) = (false, false);
@@ -159,6 +159,7 @@ pub async fn relay(
                     s.drain.begin();
                     frame_end.as_mut().reset((Instant::now() + opts.close_timeout).into());
                 }
+                // Not pushed: a TLS pair's `Turns` have no upgrade.
                 WorkerEvent::Handing => {}
             },
             () = &mut frame_end, if s.drain.closing() => {

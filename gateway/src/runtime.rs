@@ -54,6 +54,8 @@ pub enum RunError {
     PidFile(std::io::Error),
     #[error("a worker thread panicked")]
     WorkerPanicked,
+    #[error("a worker's task was cancelled before it ended (its runtime shut down under it)")]
+    WorkerCancelled,
     #[error(transparent)]
     Activation(#[from] crate::activation::ActivationError),
     #[error("cannot listen on {addr} (admin): {source}")]
@@ -434,7 +436,7 @@ fn worker(setup: WorkerSetup, sockets: Vec<KeyedSocket>) -> Result<()> {
             Ok(done) => done,
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
             // Not while the runtime runs: only its shutdown cancels tasks.
-            Err(_) => Err(RunError::WorkerPanicked),
+            Err(_) => Err(RunError::WorkerCancelled),
         }
     })
 }
