@@ -13,7 +13,6 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio_uring::net::TcpListener;
 
 use crate::admin;
 use crate::admission::Admission;
@@ -548,8 +547,7 @@ fn accept_on(
     let task = if shared {
         tokio_uring::spawn(conn::accept::accept_shared_loop(socket, (key, scheme), worker.clone(), removed))
     } else {
-        let listener = TcpListener::from_std(socket.into());
-        tokio_uring::spawn(conn::accept::accept_loop(listener, (key, scheme), worker.clone(), removed))
+        tokio_uring::spawn(conn::accept::accept_loop(socket, (key, scheme), worker.clone(), removed))
     };
     (key, removed_tx, task)
 }

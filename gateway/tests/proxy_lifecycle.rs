@@ -157,3 +157,81 @@ fn text_diagnostics_have_no_colour_escapes_when_stderr_is_not_a_terminal() {
     assert!(err.contains("workers=1"), "{err}");
     assert!(!err.contains('\x1b'), "ANSI escapes in a piped stderr: {err:?}");
 }
+
+/// Open sockets of process `pid`.
+fn sockets(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|target| target.to_string_lossy().starts_with("socket:"))
+        .count()
+}
+
+/// The open-files limit that leaves process `pid` exactly `n` more fds: new fds take
+/// the lowest free numbers, and only numbers below the limit can be taken.
+fn limit_for_more_fds(pid: u32, n: usize) -> u32 {
+    let used: std::collections::BTreeSet<u32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    let last_free = (0..).filter(|fd| !used.contains(fd)).nth(n - 1).unwrap();
+    last_free + 1
+}
+
+/// Out of file descriptors, a worker cannot accept: it says so once (not at every
+/// retry), leaves the connection queued in the kernel, and serves it once a connection
+/// closes and frees its fds; it says when it accepts again.
+#[test]
+fn out_of_fds_a_queued_connection_waits_and_is_served_once_fds_free() {
+    let up = RawUpstream::switching(b"");
+    let config = format!(
+        "workers = 1\nsplice = \"userspace\"\n[access_log]\npath = \"off\"\n[[listener]]\naddress = \"127.0.0.1:0\"\n[[route]]\npath = \"/\"\nupstream = \"u\"\n[upstream.u]\nservers = [\"{}\"]\n",
+        up.addr
+    );
+    let gw = Gateway::with_config(&config, &[]);
+    let upgraded = |gw: &Gateway| {
+        let mut c = gw.connect();
+        c.write_all(upgrade_request("/", "").as_bytes()).unwrap();
+        assert_eq!(status_of(&read_head(&mut c).0), 101);
+        c.write_all(b"ping").unwrap();
+        assert_eq!(read_exact(&mut c, 4), b"ping");
+        c
+    };
+    // Warm: whatever the first connection opens once (and keeps) is counted below. No
+    // access log: its thread opens a file now and then (the local time zone).
+    let warm = upgraded(&gw);
+    // The listener's, and the pair's two.
+    let with_warm = sockets(gw.pid());
+    drop(warm);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sockets(gw.pid()) != with_warm - 2 {
+        assert!(Instant::now() < deadline, "the first connection's sockets were not closed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Room for exactly one more proxied connection: its client and its upstream.
+    let limit = limit_for_more_fds(gw.pid(), 2);
+    let set = Command::new("prlimit")
+        .arg(format!("--pid={}", gw.pid()))
+        .arg(format!("--nofile={limit}:{limit}"))
+        .status()
+        .expect("prlimit (util-linux) must be installed");
+    assert!(set.success(), "prlimit failed");
+    let first = upgraded(&gw);
+    // Queued by the kernel, not accepted: no fd left for it.
+    let mut waiting = gw.connect();
+    waiting.write_all(upgrade_request("/", "").as_bytes()).unwrap();
+    let failed_at = gw.wait_stderr("accept failed", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        gw.stderr().iter().filter(|l| l.contains("accept failed")).count(),
+        1,
+        "said once, not at every retry (since {:?})",
+        failed_at.elapsed()
+    );
+    // The first connection ends: its fds free, the waiting one is served in full.
+    drop(first);
+    assert_eq!(status_of(&read_head(&mut waiting).0), 101);
+    waiting.write_all(b"after").unwrap();
+    assert_eq!(read_exact(&mut waiting, 5), b"after");
+    gw.wait_stderr("accepting again", Duration::from_secs(10));
+}

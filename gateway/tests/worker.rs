@@ -82,7 +82,7 @@ fn a_worker_built_by_hand_serves_plain_http_with_its_own_buffers() {
             pool: wsgate::upstream::pool::Pool::default(),
             upgrade: Arc::default(),
         });
-        let listener = tokio_uring::net::TcpListener::from_std(listener);
+        let listener = socket2::Socket::from(listener);
         let key = wsgate::reload::listeners::key(&config.listeners[0]);
         let (_keep, removed) = tokio::sync::oneshot::channel();
         let accepting = tokio_uring::spawn(accept::accept_loop(

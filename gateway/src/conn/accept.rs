@@ -15,58 +15,128 @@ use std::time::Duration;
 use std::net::SocketAddr;
 
 use socket2::Socket;
-use tokio_uring::net::{TcpListener, TcpStream};
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+use tokio_uring::net::TcpStream;
 
 use super::Worker;
 use super::teardown::ActiveConn;
 use crate::config::Scheme;
+use crate::io::RawSocket;
 use crate::readiness;
 use crate::reload::listeners::ListenerKey;
 use crate::shutdown::Phase;
 
 /// Accepts connections on the listener `key` until the drain, or until a reload
-/// removes the listener (`removed` fires or its sender is dropped). In a binary
-/// upgrade the new process accepts on the same socket: this loop then submits no
-/// further accept and serves what the one in flight takes (left in flight, it is
-/// cancelled when the worker's ring closes, before it can take a connection nobody
-/// serves), and never shuts the socket, which is the new process's now.
+/// removes the listener (`removed` fires or its sender is dropped). The listener waits
+/// for readiness on tokio's reactor, registered once for its life, and then accepts
+/// without blocking, up to [`ACCEPT_BATCH`] at a time (as nginx does): an accept on
+/// io_uring completes through task work, which interrupts the running worker with an
+/// IPI for each connection. In a binary upgrade the new process accepts on the same
+/// socket: this loop then stops at once, leaves what the kernel queued to the new
+/// process, and never shuts the socket, which is the new process's now.
 pub async fn accept_loop(
-    listener: TcpListener,
+    listener: Socket,
     (key, scheme): (ListenerKey, Scheme),
     worker: Rc<Worker>,
     removed: tokio::sync::oneshot::Receiver<()>,
 ) {
+    let readiness = listener.set_nonblocking(true).and_then(|()| {
+        // SAFETY: the registration is a local of this function and the listener its
+        // parameter: it is dropped first, while the fd is open and the same.
+        unsafe { AsyncFd::register_with_interest(RawSocket::of(&listener), Interest::READABLE) }
+            .map_err(std::io::Error::from)
+    });
+    let ready = match readiness {
+        Ok(ready) => ready,
+        Err(e) => {
+            tracing::error!(error = %e, fd = listener.as_raw_fd(), "cannot wait for connections on a listener");
+            return;
+        }
+    };
     let mut shutdown = worker.shutdown.clone();
     let mut draining = std::pin::pin!(shutdown.reached(Phase::Draining));
     let mut handing = std::pin::pin!(worker.upgrade.handing(worker.shutdown.clone()));
     let mut removed = std::pin::pin!(removed);
-    let mut accept = std::pin::pin!(listener.accept());
-    let mut handed = false;
+    // Since when accepts fail (no fds left): said once, and again once they work.
+    let mut failing: Option<std::time::Instant> = None;
     loop {
         tokio::select! {
-            res = &mut accept => {
-                match res {
-                    Ok((stream, peer)) => start(stream, peer, (key, scheme), &worker),
-                    Err(e) if !handed => {
-                        // EMFILE/ENFILE/ENOBUFS: back off briefly instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
+            biased;
+            () = &mut handing => {
+                tracing::debug!(fd = listener.as_raw_fd(), "listener handed to the new process");
+                return;
+            }
+            () = &mut draining => break,
+            _ = &mut removed => break,
+            guard = ready.readable() => {
+                let Ok(mut guard) = guard else {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                };
+                let batch = accept_batch(&listener, (key, scheme), &worker);
+                match (&batch, failing) {
+                    (Batch::Failed(e), None) => {
+                        tracing::warn!(error = %e, "accept failed; retrying every 10 ms, the connections stay queued");
+                        failing = Some(std::time::Instant::now());
+                    }
+                    (Batch::Emptied | Batch::Full, Some(since)) => {
+                        tracing::warn!(after_ms = since.elapsed().as_millis(), "accepting again");
+                        failing = None;
+                    }
+                    // Still failing (said already), or working as before.
+                    _ => {}
+                }
+                match batch {
+                    Batch::Emptied => guard.clear_ready(),
+                    // More wait: the connections just started run first.
+                    Batch::Full => {
+                        drop(guard);
+                        tokio::task::yield_now().await;
+                    }
+                    // The connection stays queued for the next try.
+                    Batch::Failed(_) => {
+                        drop(guard);
                         tokio::time::sleep(Duration::from_millis(10)).await;
                     }
-                    Err(_) => {}
                 }
-                if handed {
-                    return;
-                }
-                accept.set(listener.accept());
             }
-            () = &mut handing, if !handed => handed = true,
-            () = &mut draining, if !handed => break,
-            _ = &mut removed, if !handed => break,
         }
     }
-    // Wakes the accept still in flight, and stops the kernel queueing connections here.
+    // Stops the kernel queueing connections here.
+    drop(ready);
     crate::io::shutdown_quietly(&listener, std::net::Shutdown::Read);
     tracing::debug!(fd = listener.as_raw_fd(), "listener closed (draining, or removed by a reload)");
+}
+
+/// Connections accepted per wake of a listener before the worker turns to them.
+const ACCEPT_BATCH: usize = 64;
+
+/// How a batch of accepts ended.
+enum Batch {
+    /// The queue is empty (`EAGAIN`).
+    Emptied,
+    /// [`ACCEPT_BATCH`] accepted, more may wait.
+    Full,
+    /// An accept failed (no fds left: `EMFILE`, `ENFILE`, `ENOBUFS`): back off briefly
+    /// instead of spinning.
+    Failed(std::io::Error),
+}
+
+/// Accepts and starts up to [`ACCEPT_BATCH`] connections.
+fn accept_batch(listener: &Socket, (key, scheme): (ListenerKey, Scheme), worker: &Rc<Worker>) -> Batch {
+    for _ in 0..ACCEPT_BATCH {
+        match listener.accept() {
+            Ok((stream, peer)) => {
+                let Some(peer) = peer.as_socket() else { continue };
+                start(TcpStream::from_std(stream.into()), peer, (key, scheme), worker);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Batch::Emptied,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Batch::Failed(e),
+        }
+    }
+    Batch::Full
 }
 
 /// Gives an accepted connection the generation in force and starts its life.

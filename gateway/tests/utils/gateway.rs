@@ -264,6 +264,11 @@ impl Gateway {
         nix::sys::signal::kill(pid, sig).unwrap();
     }
 
+    /// The process's id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Whether the process is still running.
     pub fn running(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
