@@ -21,9 +21,11 @@
 //! started it and must never be used from another (it is not `Send`).
 //!
 //! Each completed poll reaches the worker as io_uring task work, which interrupts a
-//! running worker with a rescheduling IPI: about 3.2 per handshake at 16 loops,
-//! against nginx's 0.3 (`RES` of `/proc/interrupts`, both CPUs). The ring is not set up with
-//! `IORING_SETUP_DEFER_TASKRUN` to avoid them: on this kernel (6.18) a deferred
+//! running worker with a rescheduling IPI (`RES` of `/proc/interrupts`): with the
+//! accept on io_uring too, 2.8–3.7 per handshake at 16 loops, against nginx's 0.3;
+//! since the accept waits on tokio's reactor ([`crate::conn::accept`]), 0.1–1.3. The
+//! ring is not set up with `IORING_SETUP_DEFER_TASKRUN` to avoid them: on this kernel
+//! (6.18) a deferred
 //! completion's wake reaches epoll neither through the ring's fd (never) nor through
 //! a registered eventfd (15 to 24 ms late: every handshake stalled); tried in the
 //! worker, and alone with a poll on a loopback socket written from another thread.
