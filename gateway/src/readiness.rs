@@ -5,9 +5,9 @@
 //! million idle connections would pin a million buffers. Instead each worker owns
 //! one small extra ring, a [`Ring`], used only for `IORING_OP_POLL_ADD`: a
 //! connection waits here, and only once bytes are queued does it borrow a buffer
-//! from the per-core pool and read them through tokio-uring. The ring's fd is the
-//! one and only epoll registration of the worker (tokio's reactor wakes the
-//! completion drain). The worker holds the [`Ring`] and lends it to whatever waits.
+//! from the per-core pool and read them through tokio-uring. The ring's fd is
+//! registered with tokio's reactor, which wakes the completion drain. The worker
+//! holds the [`Ring`] and lends it to whatever waits.
 //!
 //! Dropping a pending [`Ring::ready`] future cancels the poll in the kernel
 //! (`IORING_OP_ASYNC_CANCEL`), so timeouts can simply drop it; no request is ever
@@ -25,10 +25,10 @@
 //! accept on io_uring too, 2.8–3.7 per handshake at 16 loops, against nginx's 0.3;
 //! since the accept waits on tokio's reactor ([`crate::conn::accept`]), 0.1–1.3. The
 //! ring is not set up with `IORING_SETUP_DEFER_TASKRUN` to avoid them: on this kernel
-//! (6.18) a deferred
-//! completion's wake reaches epoll neither through the ring's fd (never) nor through
-//! a registered eventfd (15 to 24 ms late: every handshake stalled); tried in the
-//! worker, and alone with a poll on a loopback socket written from another thread.
+//! (6.18) a deferred completion's wake reaches epoll neither through the ring's fd
+//! (never) nor through a registered eventfd (15 to 24 ms late: every handshake
+//! stalled); tried in the worker, and alone with a poll on a loopback socket written
+//! from another thread.
 //! Nor does a relay wait on tokio's reactor from its first read (`wait::EPOLL_AFTER`
 //! 0): that cut the IPIs to 1.2 per handshake, but its `epoll_ctl`s cost as much and
 //! handshakes per second did not rise (interleaved runs: 41.6k and 38.8k against

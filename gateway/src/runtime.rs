@@ -483,8 +483,7 @@ async fn serve_worker(mut setup: WorkerSetup, sockets: Vec<KeyedSocket>) -> Resu
         accepting.push(accept_on(s, (key, scheme, shared), (setup.index, &state)));
     }
     follow_reloads(&mut setup.orders, &mut accepting, (setup.index, &state)).await;
-    // After a binary upgrade an accept loop may wait on its last accept, which
-    // closing this worker's ring cancels: it is not waited for.
+    // After a binary upgrade the accept loops ended at the hand-over.
     if !state.upgrade.listeners_moved() {
         for (_, removed, l) in accepting {
             let _ = l.await;

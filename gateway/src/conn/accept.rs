@@ -4,9 +4,11 @@
 //! life ([`super::serve`]) as a task of this worker; on a TLS listener that life
 //! starts with the handshake (never here), with that generation's certificates.
 //!
-//! Returns when the drain begins, after shutting the listener's read side (which stops
-//! the kernel queueing connections on it). Must never read from a connection or wait
-//! on one: a slow client must not hold up the next accept.
+//! Returns when the drain begins or a reload removes the listener, after shutting its
+//! read side (which stops the kernel queueing connections on it), and at once when a
+//! binary upgrade hands the listeners to a new process (whose socket it is then). Must
+//! never read from a connection or wait on one: a slow client must not hold up the
+//! next accept.
 
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
@@ -16,7 +18,7 @@ use std::net::SocketAddr;
 
 use socket2::Socket;
 use tokio::io::Interest;
-use tokio::io::unix::AsyncFd;
+use tokio::io::unix::{AsyncFd, AsyncFdReadyGuard};
 use tokio_uring::net::TcpStream;
 
 use super::Worker;
@@ -29,29 +31,32 @@ use crate::shutdown::Phase;
 
 /// Accepts connections on the listener `key` until the drain, or until a reload
 /// removes the listener (`removed` fires or its sender is dropped). The listener waits
-/// for readiness on tokio's reactor, registered once for its life, and then accepts
-/// without blocking, up to [`ACCEPT_BATCH`] at a time (as nginx does): an accept on
-/// io_uring completes through task work, which interrupts the running worker with an
-/// IPI for each connection. In a binary upgrade the new process accepts on the same
-/// socket: this loop then stops at once, leaves what the kernel queued to the new
-/// process, and never shuts the socket, which is the new process's now.
+/// for readiness on tokio's reactor, registered once for its life (on the poll ring if
+/// that registration fails), and then accepts without blocking, up to
+/// [`ACCEPT_BATCH`] at a time (as nginx does): an accept on io_uring completes through
+/// task work, which interrupts the running worker with an IPI for each connection. In
+/// a binary upgrade the new process accepts on the same socket: this loop then stops
+/// at once, leaves what the kernel queued to the new process, and never shuts the
+/// socket, which is the new process's now.
 pub async fn accept_loop(
     listener: Socket,
     (key, scheme): (ListenerKey, Scheme),
     worker: Rc<Worker>,
     removed: tokio::sync::oneshot::Receiver<()>,
 ) {
-    let readiness = listener.set_nonblocking(true).and_then(|()| {
-        // SAFETY: the registration is a local of this function and the listener its
-        // parameter: it is dropped first, while the fd is open and the same.
-        unsafe { AsyncFd::register_with_interest(RawSocket::of(&listener), Interest::READABLE) }
-            .map_err(std::io::Error::from)
-    });
-    let ready = match readiness {
-        Ok(ready) => ready,
+    if let Err(e) = listener.set_nonblocking(true) {
+        tracing::error!(error = %e, fd = listener.as_raw_fd(), "cannot accept on a listener; closing it");
+        stop_listening(&listener, &worker);
+        return;
+    }
+    // SAFETY: the registration is a local of this function and the listener its
+    // parameter: it is dropped first, while the fd is open and the same.
+    let ready = match unsafe { AsyncFd::register_with_interest(RawSocket::of(&listener), Interest::READABLE) } {
+        Ok(ready) => Some(ready),
         Err(e) => {
-            tracing::error!(error = %e, fd = listener.as_raw_fd(), "cannot wait for connections on a listener");
-            return;
+            let e = std::io::Error::from(e);
+            tracing::warn!(error = %e, "listener: epoll registration failed; waiting on the poll ring");
+            None
         }
     };
     let mut shutdown = worker.shutdown.clone();
@@ -69,8 +74,8 @@ pub async fn accept_loop(
             }
             () = &mut draining => break,
             _ = &mut removed => break,
-            guard = ready.readable() => {
-                let Ok(mut guard) = guard else {
+            guard = readable(ready.as_ref(), &listener, &worker) => {
+                let Ok(guard) = guard else {
                     tokio::time::sleep(Duration::from_millis(10)).await;
                     continue;
                 };
@@ -84,29 +89,54 @@ pub async fn accept_loop(
                         tracing::warn!(after_ms = since.elapsed().as_millis(), "accepting again");
                         failing = None;
                     }
-                    // Still failing (said already), or working as before.
+                    // Still failing (said already), working as before, or ending.
                     _ => {}
                 }
                 match batch {
-                    Batch::Emptied => guard.clear_ready(),
-                    // More wait: the connections just started run first.
-                    Batch::Full => {
-                        drop(guard);
-                        tokio::task::yield_now().await;
+                    Batch::Emptied => {
+                        if let Some(mut guard) = guard {
+                            guard.clear_ready();
+                        }
                     }
+                    // More wait: the connections just started run first.
+                    Batch::Full => tokio::task::yield_now().await,
                     // The connection stays queued for the next try.
-                    Batch::Failed(_) => {
-                        drop(guard);
-                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    Batch::Failed(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                    Batch::Shut(e) => {
+                        // Another process shut it (a binary upgrade's new configuration
+                        // lacks it) or it is gone: nothing more can come.
+                        tracing::debug!(error = %e, fd = listener.as_raw_fd(), "listener shut; accepting no more");
+                        return;
                     }
                 }
             }
         }
     }
-    // Stops the kernel queueing connections here.
     drop(ready);
-    crate::io::shutdown_quietly(&listener, std::net::Shutdown::Read);
+    stop_listening(&listener, &worker);
     tracing::debug!(fd = listener.as_raw_fd(), "listener closed (draining, or removed by a reload)");
+}
+
+/// Stops the kernel queueing connections on this worker's `listener`, unless the
+/// listeners went to a new process in a binary upgrade (the socket is its now, and
+/// shutting it would reset its queue there).
+fn stop_listening(listener: &Socket, worker: &Worker) {
+    if !worker.upgrade.listeners_moved() {
+        crate::io::shutdown_quietly(listener, std::net::Shutdown::Read);
+    }
+}
+
+/// Waits until `listener` is readable: on tokio's reactor (`ready`, whose guard the
+/// caller clears once the queue is empty), or without it on the worker's poll ring.
+async fn readable<'a>(
+    ready: Option<&'a AsyncFd<RawSocket>>,
+    listener: &Socket,
+    worker: &Worker,
+) -> std::io::Result<Option<AsyncFdReadyGuard<'a, RawSocket>>> {
+    match ready {
+        Some(ready) => ready.readable().await.map(Some),
+        None => worker.ring.ready(listener, readiness::READABLE).await.map(|_| None),
+    }
 }
 
 /// Connections accepted per wake of a listener before the worker turns to them.
@@ -118,12 +148,17 @@ enum Batch {
     Emptied,
     /// [`ACCEPT_BATCH`] accepted, more may wait.
     Full,
-    /// An accept failed (no fds left: `EMFILE`, `ENFILE`, `ENOBUFS`): back off briefly
-    /// instead of spinning.
+    /// An accept failed for want of resources (`EMFILE`, `ENFILE`, `ENOBUFS`,
+    /// `ENOMEM`) or was refused (`EPERM`), the connection still queued: back off
+    /// briefly instead of spinning.
     Failed(std::io::Error),
+    /// The socket listens no more (`EINVAL`: shut down) or is no socket.
+    Shut(std::io::Error),
 }
 
-/// Accepts and starts up to [`ACCEPT_BATCH`] connections.
+/// Accepts and starts up to [`ACCEPT_BATCH`] connections. A connection that failed
+/// before it was taken (`ECONNABORTED`, and the network errors that accept(2) says to
+/// retry like `EAGAIN`) is skipped.
 fn accept_batch(listener: &Socket, (key, scheme): (ListenerKey, Scheme), worker: &Rc<Worker>) -> Batch {
     for _ in 0..ACCEPT_BATCH {
         match listener.accept() {
@@ -132,8 +167,16 @@ fn accept_batch(listener: &Socket, (key, scheme): (ListenerKey, Scheme), worker:
                 start(TcpStream::from_std(stream.into()), peer, (key, scheme), worker);
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Batch::Emptied,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Batch::Failed(e),
+            Err(e) => match e.raw_os_error() {
+                // EPERM: a security module refused before taking the connection.
+                Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::EPERM) => {
+                    return Batch::Failed(e);
+                }
+                Some(libc::EINVAL | libc::EBADF | libc::ENOTSOCK) => return Batch::Shut(e),
+                // EINTR, and a connection's own error, which took it off the queue:
+                // ECONNABORTED, EPROTO, ENETDOWN and the like.
+                _ => {}
+            },
         }
     }
     Batch::Full

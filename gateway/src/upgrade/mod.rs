@@ -230,7 +230,8 @@ impl Inherited {
     /// the new configuration): closed, with a line each.
     pub fn close_unclaimed(&mut self) {
         for ((address, _, _), _, s) in self.listeners.drain(..) {
-            // Nobody accepts on it any more (the old process's accept loop ends too).
+            // Nobody accepts on it any more (the old process's accept loop sees it shut
+            // and ends too).
             let _ = s.shutdown(std::net::Shutdown::Read);
             tracing::info!("binary upgrade: {address} is no listener of the new configuration; closed");
         }
