@@ -65,6 +65,10 @@ pub struct RelayOptions {
     /// When a byte last moved before this relay (`None`: now); the idle timeout and
     /// the handover's quiet period count from there.
     pub active_since: Option<Instant>,
+    /// The upstream's 101 head is queued unread: the upstream→client pump reads before
+    /// it first waits (one trip through the poll ring fewer per handshake). Only a
+    /// hint: a read that finds nothing waits as usual.
+    pub upstream_queued: bool,
 }
 
 /// When the userspace relay stops ([`Close::Paused`]) for the kernel splice to take the
@@ -202,8 +206,9 @@ async fn pumps(
     // What each direction moves shows live in the admin plane (`live`, when it is on).
     let c2u_io = (ring, buffers, live.map(|l| (l, 0)));
     let u2c_io = (ring, buffers, live.map(|l| (l, 1)));
-    let mut c2u_pump = pin!(pump(client, upstream, c2u, activity, None, &closing, c2u_io));
-    let mut u2c_pump = pin!(pump(upstream, client, u2c, activity, Some(first), &closing, u2c_io));
+    let mut c2u_pump = pin!(pump(client, upstream, (c2u, false), activity, None, &closing, c2u_io));
+    let u2c_start = (u2c, opts.upstream_queued);
+    let mut u2c_pump = pin!(pump(upstream, client, u2c_start, activity, Some(first), &closing, u2c_io));
     let mut idle = pin!(tokio::time::sleep_until((activity.get() + opts.idle_timeout).into()));
     let first_look = opts.handover.first_look();
     let mut pause = pin!(tokio::time::sleep(first_look.unwrap_or(Duration::MAX)));
@@ -459,13 +464,13 @@ fn reset(s: &TcpStream) {
 type FirstBytes = Option<(Instant, Option<u16>)>;
 
 /// Moves bytes from `from` to `to` until FIN or an error, following the frames in
-/// `dir`. `first` records when the first bytes came and the HTTP status they start
+/// `dir`; reads before it first waits when bytes are known to be `queued`. `first` records when the first bytes came and the HTTP status they start
 /// with, if any. Once `closing` (the drain), reads no further than the end of the
 /// current frame and returns [`PumpEnd::Boundary`] there.
 async fn pump(
     from: &TcpStream,
     to: &TcpStream,
-    dir: &Dir,
+    (dir, queued): (&Dir, bool),
     activity: &Cell<Instant>,
     first: Option<&Cell<FirstBytes>>,
     closing: &Cell<bool>,
@@ -473,15 +478,21 @@ async fn pump(
 ) -> PumpEnd {
     let mut waiter = Waiter::Ring;
     let mut reads = 0u32;
+    let mut wait = !queued;
     loop {
         if closing.get() && dir.frames.get().at_boundary() {
             return PumpEnd::Boundary;
         }
         waiter.settle(from, reads);
-        let mut guard = match waiter.readable(ring, from).await {
-            Ok(guard) => guard,
-            Err(e) => return PumpEnd::ReadFailed(e),
+        let mut guard = if wait {
+            match waiter.readable(ring, from).await {
+                Ok(guard) => guard,
+                Err(e) => return PumpEnd::ReadFailed(e),
+            }
+        } else {
+            None
         };
+        wait = true;
         // Keep reading while reads fill the whole buffer: bytes are moving, so holding a
         // buffer is fine; a short read means the queue is drained and we wait again.
         loop {

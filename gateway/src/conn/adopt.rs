@@ -67,7 +67,7 @@ pub async fn resume(adopted: Adopted, worker: Rc<Worker>) {
         &mut slot,
         upstream,
         (admitted, live),
-        (frames, active_since),
+        (frames, active_since, false),
         &worker,
         &mut facts,
     )

@@ -150,12 +150,14 @@ pub async fn websocket(
             return None;
         }
     }
-    let frames = ([to_upstream, to_client], None);
+    // The 101 is queued in the upstream socket: the relay reads it without waiting.
+    let frames = ([to_upstream, to_client], None, response.is_some());
     relay_pair(client_slot, upstream, (admitted, Some(live)), frames, worker, facts).await
 }
 
 /// Relays an open WebSocket whose frames stand at `frames` (client→upstream,
-/// upstream→client) and whose bytes last moved at `active_since` (`None`: now): after
+/// upstream→client), whose bytes last moved at `active_since` (`None`: now) and whose
+/// upstream may have bytes queued unread (`upstream_queued`, a hint): after
 /// its 101, or passed by an old process in a binary upgrade (`conn::adopt`). `live` counts it on its upstream server when that server is known.
 /// In a binary upgrade of this process, a pair relayed in userspace is passed to the
 /// new process at its next quiet moment (`close=` is then [`Close::Handed`]: the new
@@ -164,7 +166,7 @@ pub async fn relay_pair(
     client_slot: &mut Option<PeerIo>,
     upstream: PeerIo,
     (admitted, live): (Admitted, Option<ActiveGuard>),
-    (frames, active_since): ([FrameTracker; 2], Option<std::time::Instant>),
+    (frames, active_since, upstream_queued): ([FrameTracker; 2], Option<std::time::Instant>, bool),
     worker: &Worker,
     facts: &mut Facts,
 ) -> Option<Handoff> {
@@ -181,6 +183,7 @@ pub async fn relay_pair(
         close_timeout: cfg.drain.close_timeout,
         frames,
         active_since,
+        upstream_queued,
     };
     // TLS on either side: userspace (no kTLS here).
     let (client, upstream) = match (client, upstream) {
@@ -270,6 +273,7 @@ async fn relay_here(
         }
         opts.frames = outcome.frames;
         opts.active_since = Some(outcome.last_activity);
+        opts.upstream_queued = false;
         if worker.upgrade.passing() {
             // The new process carries the pair on; this one closes its descriptors
             // without a FIN (the sockets live on there).
