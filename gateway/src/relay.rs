@@ -204,11 +204,10 @@ async fn pumps(
 ) -> Ended {
     let closing = Cell::new(false);
     // What each direction moves shows live in the admin plane (`live`, when it is on).
-    let c2u_io = (ring, buffers, live.map(|l| (l, 0)));
-    let u2c_io = (ring, buffers, live.map(|l| (l, 1)));
+    let (c2u_io, u2c_io) = ((ring, buffers, live.map(|l| (l, 0))), (ring, buffers, live.map(|l| (l, 1))));
     let mut c2u_pump = pin!(pump(client, upstream, (c2u, false), activity, None, &closing, c2u_io));
-    let u2c_start = (u2c, opts.upstream_queued);
-    let mut u2c_pump = pin!(pump(upstream, client, u2c_start, activity, Some(first), &closing, u2c_io));
+    let mut u2c_pump =
+        pin!(pump(upstream, client, (u2c, opts.upstream_queued), activity, Some(first), &closing, u2c_io));
     let mut idle = pin!(tokio::time::sleep_until((activity.get() + opts.idle_timeout).into()));
     let first_look = opts.handover.first_look();
     let mut pause = pin!(tokio::time::sleep(first_look.unwrap_or(Duration::MAX)));
