@@ -543,11 +543,7 @@ fn accept_on(
 ) -> Accepting {
     worker.upgrade.listening(index, key, shared, &socket);
     let (removed_tx, removed) = tokio::sync::oneshot::channel();
-    let task = if shared {
-        tokio_uring::spawn(conn::accept::accept_shared_loop(socket, (key, scheme), worker.clone(), removed))
-    } else {
-        tokio_uring::spawn(conn::accept::accept_loop(socket, (key, scheme), worker.clone(), removed))
-    };
+    let task = tokio_uring::spawn(conn::accept::accept_loop(socket, (key, scheme, shared), worker.clone(), removed));
     (key, removed_tx, task)
 }
 

@@ -87,7 +87,7 @@ fn a_worker_built_by_hand_serves_plain_http_with_its_own_buffers() {
         let (_keep, removed) = tokio::sync::oneshot::channel();
         let accepting = tokio_uring::spawn(accept::accept_loop(
             listener,
-            (key, wsgate::config::Scheme::Http),
+            (key, wsgate::config::Scheme::Http, false),
             worker.clone(),
             removed,
         ));

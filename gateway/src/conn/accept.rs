@@ -1,14 +1,16 @@
-//! Phase 0, accept: runs on each worker for each of its SO_REUSEPORT listeners from
-//! start-up until the drain. Takes a connection from the kernel, counts it
-//! ([`ActiveConn`]), hands it the configuration generation in force and spawns its
-//! life ([`super::serve`]) as a task of this worker; on a TLS listener that life
-//! starts with the handshake (never here), with that generation's certificates.
+//! Phase 0, accept: runs on each worker for each of its SO_REUSEPORT listeners (and
+//! each socket the service manager passed) from start-up until the drain. Takes a
+//! connection from the kernel, counts it ([`ActiveConn`]), hands it the configuration
+//! generation in force and spawns its life ([`super::serve`]) as a task of this
+//! worker; on a TLS listener that life starts with the handshake (never here), with
+//! that generation's certificates.
 //!
 //! Returns when the drain begins or a reload removes the listener, after shutting its
-//! read side (which stops the kernel queueing connections on it), and at once when a
-//! binary upgrade hands the listeners to a new process (whose socket it is then). Must
-//! never read from a connection or wait on one: a slow client must not hold up the
-//! next accept.
+//! read side (which stops the kernel queueing connections on it; never a shared
+//! socket's); when another process shut the listener; and at once when a binary
+//! upgrade hands the listeners to a new process (whose socket it is then). Must never
+//! read from a connection or wait on one: a slow client must not hold up the next
+//! accept.
 
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
@@ -38,27 +40,26 @@ use crate::shutdown::Phase;
 /// a binary upgrade the new process accepts on the same socket: this loop then stops
 /// at once, leaves what the kernel queued to the new process, and never shuts the
 /// socket, which is the new process's now.
+///
+/// A `shared` socket is the service manager's (socket activation), one for every
+/// worker: it waits on the worker's poll ring (a registration on tokio's reactor
+/// would wake every worker at each connection and stay armed after the loop), another
+/// worker may take a connection first, and its read side is never shut (that would
+/// stop it for all of them and lose its queue across a restart).
 pub async fn accept_loop(
     listener: Socket,
-    (key, scheme): (ListenerKey, Scheme),
+    (key, scheme, shared): (ListenerKey, Scheme, bool),
     worker: Rc<Worker>,
     removed: tokio::sync::oneshot::Receiver<()>,
 ) {
     if let Err(e) = listener.set_nonblocking(true) {
         tracing::error!(error = %e, fd = listener.as_raw_fd(), "cannot accept on a listener; closing it");
-        stop_listening(&listener, &worker);
+        if !shared {
+            stop_listening(&listener, &worker);
+        }
         return;
     }
-    // SAFETY: the registration is a local of this function and the listener its
-    // parameter: it is dropped first, while the fd is open and the same.
-    let ready = match unsafe { AsyncFd::register_with_interest(RawSocket::of(&listener), Interest::READABLE) } {
-        Ok(ready) => Some(ready),
-        Err(e) => {
-            let e = std::io::Error::from(e);
-            tracing::warn!(error = %e, "listener: epoll registration failed; waiting on the poll ring");
-            None
-        }
-    };
+    let ready = if shared { None } else { register(&listener) };
     let mut shutdown = worker.shutdown.clone();
     let mut draining = std::pin::pin!(shutdown.reached(Phase::Draining));
     let mut handing = std::pin::pin!(worker.upgrade.handing(worker.shutdown.clone()));
@@ -113,8 +114,25 @@ pub async fn accept_loop(
         }
     }
     drop(ready);
-    stop_listening(&listener, &worker);
-    tracing::debug!(fd = listener.as_raw_fd(), "listener closed (draining, or removed by a reload)");
+    if !shared {
+        stop_listening(&listener, &worker);
+    }
+    tracing::debug!(fd = listener.as_raw_fd(), shared, "listener closed (draining, or removed by a reload)");
+}
+
+/// Registers `listener` with tokio's reactor for readability (`None`, said, when that
+/// fails: the loop then waits on the poll ring).
+fn register(listener: &Socket) -> Option<AsyncFd<RawSocket>> {
+    // SAFETY: the caller drops the registration before its listener, while the fd is
+    // open and the same.
+    match unsafe { AsyncFd::register_with_interest(RawSocket::of(listener), Interest::READABLE) } {
+        Ok(ready) => Some(ready),
+        Err(e) => {
+            let e = std::io::Error::from(e);
+            tracing::warn!(error = %e, "listener: epoll registration failed; waiting on the poll ring");
+            None
+        }
+    }
 }
 
 /// Stops the kernel queueing connections on this worker's `listener`, unless the
@@ -193,52 +211,4 @@ fn start(stream: TcpStream, peer: SocketAddr, (key, scheme): (ListenerKey, Schem
     let active = ActiveConn::new(&worker.stats);
     let listener = (scheme, tls, generation);
     tokio_uring::spawn(super::serve(stream, peer, listener, worker.clone(), active));
-}
-
-/// [`accept_loop`] for a socket the service manager passed (socket activation), which
-/// every worker and the service manager share. Its read side is never shut (that would
-/// stop it for all of them and lose its queue across a restart), and no accept is left
-/// in flight at the end (it would take a connection nobody serves): it waits for
-/// readiness on the worker's poll ring (cancelled when dropped) and then accepts
-/// without blocking; another worker may have taken the connection first.
-pub async fn accept_shared_loop(
-    listener: Socket,
-    (key, scheme): (ListenerKey, Scheme),
-    worker: Rc<Worker>,
-    removed: tokio::sync::oneshot::Receiver<()>,
-) {
-    if let Err(e) = listener.set_nonblocking(true) {
-        tracing::error!(error = %e, "cannot accept from the service manager's socket");
-        return;
-    }
-    let mut shutdown = worker.shutdown.clone();
-    let mut draining = std::pin::pin!(shutdown.reached(Phase::Draining));
-    let mut handing = std::pin::pin!(worker.upgrade.handing(worker.shutdown.clone()));
-    let mut removed = std::pin::pin!(removed);
-    loop {
-        tokio::select! {
-            ready = worker.ring.ready(&listener, readiness::READABLE) => {
-                if ready.is_err() {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                }
-                match listener.accept() {
-                    Ok((s, peer)) => {
-                        let Some(peer) = peer.as_socket() else { continue };
-                        start(TcpStream::from_std(s.into()), peer, (key, scheme), &worker);
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
-                }
-            }
-            () = &mut draining => break,
-            _ = &mut removed => break,
-            // A binary upgrade: the new process accepts from it now.
-            () = &mut handing => break,
-        }
-    }
-    tracing::debug!(fd = listener.as_raw_fd(), "stopped accepting on the service manager's socket");
 }
