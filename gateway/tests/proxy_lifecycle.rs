@@ -235,3 +235,45 @@ fn out_of_fds_a_queued_connection_waits_and_is_served_once_fds_free() {
     assert_eq!(read_exact(&mut waiting, 5), b"after");
     gw.wait_stderr("accepting again", Duration::from_secs(10));
 }
+
+/// More connections than one accept batch (64) queued at once are all served: after
+/// a full batch the worker comes back for the rest without a new connection to wake
+/// it (the listener's readiness is kept until the queue is empty).
+#[test]
+fn a_queue_longer_than_one_accept_batch_is_served_whole() {
+    const QUEUED: usize = 150;
+    let up = RawUpstream::switching(b"");
+    let config = format!(
+        "workers = 1\nsplice = \"userspace\"\n[access_log]\npath = \"off\"\n[[listener]]\naddress = \"127.0.0.1:0\"\n[[route]]\npath = \"/\"\nupstream = \"u\"\n[upstream.u]\nservers = [\"{}\"]\n",
+        up.addr
+    );
+    let gw = Gateway::with_config(&config, &[]);
+    // The soft limit only: it can go back up (to the hard limit) unprivileged.
+    let prlimit = |limit: u32| {
+        let set = Command::new("prlimit")
+            .arg(format!("--pid={}", gw.pid()))
+            .arg(format!("--nofile={limit}:"))
+            .status()
+            .expect("prlimit (util-linux) must be installed");
+        assert!(set.success(), "prlimit failed");
+    };
+    // No fd left: every connection stays in the kernel's queue.
+    prlimit(limit_for_more_fds(gw.pid(), 1) - 1);
+    let mut clients: Vec<_> = (0..QUEUED)
+        .map(|_| {
+            let mut c = gw.connect();
+            c.write_all(upgrade_request("/", "").as_bytes()).unwrap();
+            c
+        })
+        .collect();
+    gw.wait_stderr("accept failed", Duration::from_secs(10));
+    // Room for all of them at once: the worker accepts them in batches.
+    prlimit(4096);
+    for (i, c) in clients.iter_mut().enumerate() {
+        assert_eq!(status_of(&read_head(c).0), 101, "connection {i} of {QUEUED}");
+        let msg = format!("msg-{i:03}");
+        c.write_all(msg.as_bytes()).unwrap();
+        assert_eq!(read_exact(c, msg.len()), msg.as_bytes(), "connection {i} of {QUEUED}");
+    }
+    gw.wait_stderr("accepting again", Duration::from_secs(10));
+}
