@@ -135,7 +135,8 @@ impl Dir {
 /// How the pumps stopped.
 struct Ended {
     reason: Close,
-    /// Both directions ended with FIN: nothing is in flight.
+    /// Both directions ended with FIN, or one did after the closing handshake: nothing
+    /// is in flight, and the close that follows sends the FINs still due.
     both_fin: bool,
     /// For the drain: (client, upstream) are between frames and get a Close 1001.
     going_away: [bool; 2],
@@ -216,20 +217,18 @@ async fn pumps(
     // `opts.handover` says). They are polled only when one of them was woken, not at
     // every wake of the pumps (every message).
     let mut events = worker_events(shutdown, turns);
-    let mut hand_now = false;
-    // Bytes moved (both ways) when the handover last looked, and whether it decided to
-    // hand over and waits for a quiet moment.
-    let (mut looked_at, mut handing_over) = (0u64, false);
+    // Bytes moved (both ways) when the handover last looked, whether it decided to hand
+    // over and waits for a quiet moment, and whether an upgrade asked for it.
+    let (mut looked_at, mut handing_over, mut hand_now) = (0u64, false, false);
     // How long a frame in progress may take to end once it is this connection's turn.
     let mut frame_end = pin!(tokio::time::sleep(Duration::MAX));
-    let (mut c2u_done, mut u2c_done) = (false, false);
-    // Drain: the direction has stopped at a frame boundary.
-    let (mut c2u_whole, mut u2c_whole) = (false, false);
+    // Ended, and (the drain) stopped at a frame boundary, per direction.
+    let [mut c2u_done, mut u2c_done, mut c2u_whole, mut u2c_whole] = [false; 4];
     let mut first_fin = None;
     let ended = |reason| Ended { reason, both_fin: false, going_away: [false; 2] };
 
     loop {
-        if c2u_done && u2c_done {
+        if (c2u_done && u2c_done) || ((c2u_done || u2c_done) && closing_handshake_done(c2u, u2c)) {
             let reason = first_fin.unwrap_or(Close::ClientFin);
             return Ended { reason, both_fin: true, going_away: [false; 2] };
         }
@@ -245,7 +244,8 @@ async fn pumps(
                     continue;
                 }
                 c2u_done = true;
-                if let Some(reason) = settle(end, client, upstream, (Side::Client, u2c_done)) {
+                let last = u2c_done || closing_handshake_done(c2u, u2c);
+                if let Some(reason) = settle(end, client, upstream, (Side::Client, last)) {
                     return ended(reason);
                 }
                 first_fin.get_or_insert(Close::ClientFin);
@@ -256,7 +256,8 @@ async fn pumps(
                     continue;
                 }
                 u2c_done = true;
-                if let Some(reason) = settle(end, upstream, client, (Side::Upstream, c2u_done)) {
+                let last = c2u_done || closing_handshake_done(c2u, u2c);
+                if let Some(reason) = settle(end, upstream, client, (Side::Upstream, last)) {
                     return ended(reason);
                 }
                 first_fin.get_or_insert(Close::UpstreamFin);
@@ -457,6 +458,16 @@ fn reset(s: &TcpStream) {
     if let Err(e) = crate::io::reset_on_close(s) {
         tracing::debug!(error = %e, "SO_LINGER on reset propagation");
     }
+}
+
+/// Both Close frames have gone by and neither pump holds bytes: the WebSocket is
+/// closed (RFC 6455 §7.1.1), so the first FIN (the server's, as a rule) ends the pair
+/// without waiting for the other side's: the close that follows sends it FIN. A peer
+/// may send nothing after its Close; only one that broke that rule gets RST (its bytes
+/// are unread at the close).
+fn closing_handshake_done(c2u: &Dir, u2c: &Dir) -> bool {
+    let done = |d: &Dir| d.frames.get().close_seen() && !d.holding.get();
+    done(c2u) && done(u2c)
 }
 
 /// When the upstream's first bytes came, and the HTTP status they start with.

@@ -169,6 +169,37 @@ fn upstream_half_close_keeps_the_client_direction_flowing() {
     gw.wait_log("close=upstream_fin");
 }
 
+/// After both Close frames (RFC 6455 §7.1.1), the upstream's FIN ends the pair: the
+/// client gets its FIN and the connection is over (logged) without waiting for the
+/// client's own FIN, which may come late or never. Before the closing handshake a FIN
+/// is a half-close (the test above).
+#[test]
+fn after_the_closing_handshake_the_upstream_fin_ends_the_pair_at_once() {
+    let up = RawUpstream::start(|mut s| {
+        let _ = read_head(&mut s);
+        s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n").unwrap();
+        // The client's Close (masked, status 1000), answered, then the server closes.
+        assert_eq!(read_exact(&mut s, 8).get(..2), Some(&[0x88, 0x82][..]));
+        s.write_all(&[0x88, 0x02, 0x03, 0xe8]).unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+        assert_eq!(read_to_eof(&mut s), b"", "nothing after the client's Close");
+    });
+    // The userspace relay: a spliced pair's close is the kernel's.
+    let gw = Gateway::one_line(&[up.addr], &["--splice", "userspace"]);
+    let mut c = gw.connect();
+    c.write_all(upgrade_request("/", "").as_bytes()).unwrap();
+    let (response, after_head) = read_head(&mut c);
+    assert_eq!(status_of(&response), 101);
+    assert!(after_head.is_empty());
+    c.write_all(&client_frame(true, 0x8, &[0x03, 0xe8])).unwrap();
+    assert_eq!(server_frame(&mut c), (true, 0x8, vec![0x03, 0xe8]));
+    let mut rest = [0u8; 16];
+    assert_eq!(c.read(&mut rest).expect("FIN, not a reset"), 0, "the client gets the upstream's FIN");
+    // The client's socket stays open, its FIN unsent: the pair is over all the same.
+    gw.wait_log("close=upstream_fin");
+    drop(c);
+}
+
 #[test]
 fn idle_timeout_closes_both_sides() {
     let closed_upstream = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
