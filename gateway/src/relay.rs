@@ -142,13 +142,15 @@ struct Ended {
     going_away: [bool; 2],
 }
 
-/// Relays bytes both ways until both directions finished, a reset, the idle timeout,
-/// the `Stop` phase, a pause (`opts.handover`) or this connection's turn in the
-/// drain or after its server's removal (`turns`): then each side gets a Close 1001
-/// at the end of the frame in progress, the relay waits for the peers' Close frames,
-/// and returns [`Close::Drain`]. Unless paused, both sockets are shut down (not
-/// closed) on return, which also completes any io_uring operation still in flight on
-/// them; a pause returns only when nothing is in flight.
+/// Relays bytes both ways until both directions finished (or one did after the
+/// closing handshake: [`closing_handshake_done`]), a reset, the idle timeout, the
+/// `Stop` phase, a pause (`opts.handover`) or this connection's turn in the drain or
+/// after its server's removal (`turns`): then each side gets a Close 1001 at the end
+/// of the frame in progress (unless its peer's Close reached it already), the relay
+/// waits for the peers' Close frames, and returns [`Close::Drain`]. Unless paused or
+/// ended by FINs, both sockets are shut down (not closed) on return, which also
+/// completes any io_uring operation still in flight on them; a pause returns only when
+/// nothing is in flight.
 pub async fn relay(
     client: &TcpStream,
     upstream: &TcpStream,
@@ -172,8 +174,10 @@ pub async fn relay(
         }
     }
     // Wake whatever is still in flight (a parked write to a slow reader, a read) so the
-    // kernel lets go of both sockets once the caller drops them. When both directions
-    // ended with FIN nothing is in flight, and the close that follows is enough.
+    // kernel lets go of both sockets once the caller drops them. When the pair ended
+    // with FINs no write is in flight (neither pump holds bytes) and a pump's pending
+    // readiness wait was cancelled when the pumps were dropped: the close that follows
+    // is enough (its FIN goes once the ring has let go of the socket).
     if !ended.both_fin && ended.reason != Close::Paused {
         crate::io::shutdown_quietly(client, Shutdown::Both);
         crate::io::shutdown_quietly(upstream, Shutdown::Both);
@@ -374,9 +378,13 @@ async fn going_away(
     io: (&Ring, &BufPool),
 ) {
     tracing::debug!(to_client, to_upstream, "drain: sending Close 1001");
+    // A side that was relayed its peer's Close already gets no second one; what it
+    // still sends is read to its own Close all the same.
     let client_side = async {
         if to_client {
-            if let Err(e) = crate::io::write_all(client, close_frame::to_client()).await {
+            if !u2c.frames.get().close_seen()
+                && let Err(e) = crate::io::write_all(client, close_frame::to_client()).await
+            {
                 tracing::debug!(error = %e, "drain: Close to the client");
                 return;
             }
@@ -386,7 +394,9 @@ async fn going_away(
     let upstream_side = async {
         if to_upstream {
             let mask = rand::random::<[u8; 4]>();
-            if let Err(e) = crate::io::write_all(upstream, close_frame::to_upstream(mask)).await {
+            if !c2u.frames.get().close_seen()
+                && let Err(e) = crate::io::write_all(upstream, close_frame::to_upstream(mask)).await
+            {
                 tracing::debug!(error = %e, "drain: Close to the upstream");
                 return;
             }
@@ -424,9 +434,10 @@ async fn until_close(from: &TcpStream, dir: &Dir, (ring, buffers): (&Ring, &BufP
 
 /// Acts on the end of the direction reading `src` and writing `dst`: a FIN is passed on
 /// as `SHUT_WR` (`None`: the other direction keeps going); a failure is passed on as a
-/// reset and ends the pair with the side that failed. The second FIN of a pair (`last`:
-/// the other direction has ended) is left to the close that follows the relay: both
-/// sockets have been read to their end, so closing sends FIN (not RST), and one system
+/// reset and ends the pair with the side that failed. The last FIN of a pair (`last`:
+/// the other direction has ended, or the closing handshake is done) is left to the
+/// close that follows the relay, which sends FIN when nothing is left unread on the
+/// socket (RST otherwise: only a peer that sent bytes after its Close), and one system
 /// call per connection is saved.
 fn settle(end: PumpEnd, src: &TcpStream, dst: &TcpStream, (src_side, last): (Side, bool)) -> Option<Close> {
     let dst_side = if src_side == Side::Client { Side::Upstream } else { Side::Client };
@@ -474,8 +485,8 @@ fn closing_handshake_done(c2u: &Dir, u2c: &Dir) -> bool {
 type FirstBytes = Option<(Instant, Option<u16>)>;
 
 /// Moves bytes from `from` to `to` until FIN or an error, following the frames in
-/// `dir`; reads before it first waits when bytes are known to be `queued`. `first` records when the first bytes came and the HTTP status they start
-/// with, if any. Once `closing` (the drain), reads no further than the end of the
+/// `dir`; reads before it first waits when bytes are known to be `queued`. `first`
+/// records when the first bytes came and the HTTP status they start with, if any. Once `closing` (the drain), reads no further than the end of the
 /// current frame and returns [`PumpEnd::Boundary`] there.
 async fn pump(
     from: &TcpStream,

@@ -197,28 +197,33 @@ async fn going_away(
     io: (&Ring, &BufPool),
 ) {
     tracing::debug!(to_client, to_upstream, "drain: sending Close 1001 (TLS)");
+    // A side that was relayed its peer's Close already gets no second one.
     let client_side = async {
         if to_client {
-            close_with(client, close_frame::to_client(), s.drain.frames(C2U), io).await;
+            let close = (!s.drain.frames(U2C).close_seen()).then(close_frame::to_client);
+            close_with(client, close, s.drain.frames(C2U), io).await;
         }
     };
     let upstream_side = async {
         if to_upstream {
-            close_with(upstream, close_frame::to_upstream(rand::random()), s.drain.frames(U2C), io).await;
+            let close = (!s.drain.frames(C2U).close_seen()).then(|| close_frame::to_upstream(rand::random()));
+            close_with(upstream, close, s.drain.frames(U2C), io).await;
         }
     };
     tokio::join!(client_side, upstream_side);
 }
 
-/// Sends `close` to `peer`, then reads and drops what it sends until its own Close
-/// (`frames` tracks what comes from it), its end or an error.
+/// Sends `close` (if any) to `peer`, then reads and drops what it sends until its own
+/// Close (`frames` tracks what comes from it), its end or an error.
 async fn close_with(
     peer: &PeerIo,
-    close: Vec<u8>,
+    close: Option<Vec<u8>>,
     mut frames: crate::drain::FrameTracker,
     (ring, buffers): (&Ring, &BufPool),
 ) {
-    if peer.write_all(ring, close).await.0.is_err() {
+    if let Some(close) = close
+        && peer.write_all(ring, close).await.0.is_err()
+    {
         return;
     }
     while !frames.close_seen() {

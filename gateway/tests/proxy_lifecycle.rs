@@ -178,28 +178,17 @@ fn limit_for_more_fds(pid: u32, n: usize) -> u32 {
     last_free + 1
 }
 
-/// Out of file descriptors, a worker cannot accept: it says so once (not at every
-/// retry), leaves the connection queued in the kernel, and serves it once a connection
-/// closes and frees its fds; it says when it accepts again.
-#[test]
-fn out_of_fds_a_queued_connection_waits_and_is_served_once_fds_free() {
-    let up = RawUpstream::switching(b"");
+/// A one-worker gateway (userspace relay, no access log: its thread opens a file now
+/// and then, the local time zone) in front of an upstream that switches and echoes,
+/// warmed with one connection: whatever a first connection opens once (and keeps)
+/// does not take the room the out-of-fds tests count.
+fn warmed_gateway(up: &RawUpstream) -> Gateway {
     let config = format!(
         "workers = 1\nsplice = \"userspace\"\n[access_log]\npath = \"off\"\n[[listener]]\naddress = \"127.0.0.1:0\"\n[[route]]\npath = \"/\"\nupstream = \"u\"\n[upstream.u]\nservers = [\"{}\"]\n",
         up.addr
     );
     let gw = Gateway::with_config(&config, &[]);
-    let upgraded = |gw: &Gateway| {
-        let mut c = gw.connect();
-        c.write_all(upgrade_request("/", "").as_bytes()).unwrap();
-        assert_eq!(status_of(&read_head(&mut c).0), 101);
-        c.write_all(b"ping").unwrap();
-        assert_eq!(read_exact(&mut c, 4), b"ping");
-        c
-    };
-    // Warm: whatever the first connection opens once (and keeps) is counted below. No
-    // access log: its thread opens a file now and then (the local time zone).
-    let warm = upgraded(&gw);
+    let warm = upgraded(&gw, b"ping");
     // The listener's, and the pair's two.
     let with_warm = sockets(gw.pid());
     drop(warm);
@@ -208,15 +197,47 @@ fn out_of_fds_a_queued_connection_waits_and_is_served_once_fds_free() {
         assert!(Instant::now() < deadline, "the first connection's sockets were not closed");
         std::thread::sleep(Duration::from_millis(20));
     }
-    // Room for exactly one more proxied connection: its client and its upstream.
-    let limit = limit_for_more_fds(gw.pid(), 2);
+    gw
+}
+
+/// A client upgraded through `gw` that had `msg` echoed.
+fn upgraded(gw: &Gateway, msg: &[u8]) -> std::net::TcpStream {
+    let mut c = gw.connect();
+    c.write_all(upgrade_request("/", "").as_bytes()).unwrap();
+    assert_eq!(status_of(&read_head(&mut c).0), 101);
+    c.write_all(msg).unwrap();
+    assert_eq!(read_exact(&mut c, msg.len()), msg);
+    c
+}
+
+/// The soft open-files limit of process `pid`.
+fn open_files(pid: u32) -> u32 {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits.lines().find(|l| l.starts_with("Max open files")).expect("no open-files line");
+    line.split_whitespace().nth(3).and_then(|v| v.parse().ok()).expect("open-files soft limit")
+}
+
+/// Sets the soft open-files limit of process `pid` (it can go back up to the hard
+/// limit unprivileged).
+fn set_open_files(pid: u32, limit: u32) {
     let set = Command::new("prlimit")
-        .arg(format!("--pid={}", gw.pid()))
-        .arg(format!("--nofile={limit}:{limit}"))
+        .arg(format!("--pid={pid}"))
+        .arg(format!("--nofile={limit}:"))
         .status()
         .expect("prlimit (util-linux) must be installed");
     assert!(set.success(), "prlimit failed");
-    let first = upgraded(&gw);
+}
+
+/// Out of file descriptors, a worker cannot accept: it says so once (not at every
+/// retry), leaves the connection queued in the kernel, and serves it once a connection
+/// closes and frees its fds; it says when it accepts again.
+#[test]
+fn out_of_fds_a_queued_connection_waits_and_is_served_once_fds_free() {
+    let up = RawUpstream::switching(b"");
+    let gw = warmed_gateway(&up);
+    // Room for exactly one more proxied connection: its client and its upstream.
+    set_open_files(gw.pid(), limit_for_more_fds(gw.pid(), 2));
+    let first = upgraded(&gw, b"ping");
     // Queued by the kernel, not accepted: no fd left for it.
     let mut waiting = gw.connect();
     waiting.write_all(upgrade_request("/", "").as_bytes()).unwrap();
@@ -241,36 +262,13 @@ fn out_of_fds_a_queued_connection_waits_and_is_served_once_fds_free() {
 /// it (the listener's readiness is kept until the queue is empty).
 #[test]
 fn a_queue_longer_than_one_accept_batch_is_served_whole() {
-    const QUEUED: usize = 150;
+    // More than a batch, fewer than the smallest default backlog (128 before 5.4).
+    const QUEUED: usize = 100;
     let up = RawUpstream::switching(b"");
-    let config = format!(
-        "workers = 1\nsplice = \"userspace\"\n[access_log]\npath = \"off\"\n[[listener]]\naddress = \"127.0.0.1:0\"\n[[route]]\npath = \"/\"\nupstream = \"u\"\n[upstream.u]\nservers = [\"{}\"]\n",
-        up.addr
-    );
-    let gw = Gateway::with_config(&config, &[]);
-    // The soft limit only: it can go back up (to the hard limit) unprivileged.
-    let prlimit = |limit: u32| {
-        let set = Command::new("prlimit")
-            .arg(format!("--pid={}", gw.pid()))
-            .arg(format!("--nofile={limit}:"))
-            .status()
-            .expect("prlimit (util-linux) must be installed");
-        assert!(set.success(), "prlimit failed");
-    };
-    // Warm: whatever the first connection opens once (and keeps) must not take the
-    // room counted below.
-    let mut warm = gw.connect();
-    warm.write_all(upgrade_request("/", "").as_bytes()).unwrap();
-    assert_eq!(status_of(&read_head(&mut warm).0), 101);
-    let with_warm = sockets(gw.pid());
-    drop(warm);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while sockets(gw.pid()) != with_warm - 2 {
-        assert!(Instant::now() < deadline, "the first connection's sockets were not closed");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let gw = warmed_gateway(&up);
     // No fd left: every connection stays in the kernel's queue.
-    prlimit(limit_for_more_fds(gw.pid(), 1) - 1);
+    let before = open_files(gw.pid());
+    set_open_files(gw.pid(), limit_for_more_fds(gw.pid(), 1) - 1);
     let mut clients: Vec<_> = (0..QUEUED)
         .map(|_| {
             let mut c = gw.connect();
@@ -280,7 +278,7 @@ fn a_queue_longer_than_one_accept_batch_is_served_whole() {
         .collect();
     gw.wait_stderr("accept failed", Duration::from_secs(10));
     // Room for all of them at once: the worker accepts them in batches.
-    prlimit(4096);
+    set_open_files(gw.pid(), before);
     for (i, c) in clients.iter_mut().enumerate() {
         assert_eq!(status_of(&read_head(c).0), 101, "connection {i} of {QUEUED}");
         let msg = format!("msg-{i:03}");

@@ -175,14 +175,15 @@ fn upstream_half_close_keeps_the_client_direction_flowing() {
 /// is a half-close (the test above).
 #[test]
 fn after_the_closing_handshake_the_upstream_fin_ends_the_pair_at_once() {
-    let up = RawUpstream::start(|mut s| {
+    let (got_tx, got) = std::sync::mpsc::channel();
+    let up = RawUpstream::start(move |mut s| {
         let _ = read_head(&mut s);
         s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n").unwrap();
         // The client's Close (masked, status 1000), answered, then the server closes.
-        assert_eq!(read_exact(&mut s, 8).get(..2), Some(&[0x88, 0x82][..]));
+        let close = read_exact(&mut s, 8);
         s.write_all(&[0x88, 0x02, 0x03, 0xe8]).unwrap();
         s.shutdown(Shutdown::Write).unwrap();
-        assert_eq!(read_to_eof(&mut s), b"", "nothing after the client's Close");
+        let _ = got_tx.send((close, read_to_eof(&mut s)));
     });
     // The userspace relay: a spliced pair's close is the kernel's.
     let gw = Gateway::one_line(&[up.addr], &["--splice", "userspace"]);
@@ -197,7 +198,38 @@ fn after_the_closing_handshake_the_upstream_fin_ends_the_pair_at_once() {
     assert_eq!(c.read(&mut rest).expect("FIN, not a reset"), 0, "the client gets the upstream's FIN");
     // The client's socket stays open, its FIN unsent: the pair is over all the same.
     gw.wait_log("close=upstream_fin");
+    let (close, after) = got.recv_timeout(Duration::from_secs(10)).expect("the upstream's end");
+    assert_eq!(close.get(..2), Some(&[0x88, 0x82][..]), "the client's Close reached the upstream");
+    assert_eq!(after, b"", "nothing after the client's Close, and the upstream got its FIN");
     drop(c);
+}
+
+/// A pair that finished its closing handshake but whose peers have not closed TCP yet
+/// gets no second Close at its turn in the drain (a peer may receive nothing after the
+/// Close it was relayed): both sides get only their FIN.
+#[test]
+fn the_drain_sends_no_close_after_the_closing_handshake() {
+    let (got_tx, got) = std::sync::mpsc::channel();
+    let up = RawUpstream::start(move |mut s| {
+        let _ = read_head(&mut s);
+        s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n").unwrap();
+        let close = read_exact(&mut s, 8);
+        // Answered, and the connection kept open: the drain finds the pair first.
+        s.write_all(&[0x88, 0x02, 0x03, 0xe8]).unwrap();
+        let _ = got_tx.send((close, read_to_eof(&mut s)));
+    });
+    let gw = Gateway::one_line(&[up.addr], &["--splice", "userspace", "--drain-window", "1s"]);
+    let mut c = gw.connect();
+    c.write_all(upgrade_request("/", "").as_bytes()).unwrap();
+    assert_eq!(status_of(&read_head(&mut c).0), 101);
+    c.write_all(&client_frame(true, 0x8, &[0x03, 0xe8])).unwrap();
+    assert_eq!(server_frame(&mut c), (true, 0x8, vec![0x03, 0xe8]));
+    gw.terminate();
+    assert_eq!(read_to_eof(&mut c), b"", "no Close 1001 after the upstream's Close");
+    let (close, after) = got.recv_timeout(Duration::from_secs(15)).expect("the upstream's end");
+    assert_eq!(close.get(..2), Some(&[0x88, 0x82][..]), "the client's Close reached the upstream");
+    assert_eq!(after, b"", "no Close 1001 after the client's Close");
+    gw.wait_log("close=drain");
 }
 
 #[test]

@@ -42,10 +42,10 @@ use crate::shutdown::Phase;
 /// socket, which is the new process's now.
 ///
 /// A `shared` socket is the service manager's (socket activation), one for every
-/// worker: it waits on the worker's poll ring (a registration on tokio's reactor
-/// would wake every worker at each connection and stay armed after the loop), another
-/// worker may take a connection first, and its read side is never shut (that would
-/// stop it for all of them and lose its queue across a restart).
+/// worker: it waits on the worker's poll ring, every worker is woken at each
+/// connection and takes one at a time (another may take it first), and its read side
+/// is never shut (that would stop it for all of them and lose its queue across a
+/// restart).
 pub async fn accept_loop(
     listener: Socket,
     (key, scheme, shared): (ListenerKey, Scheme, bool),
@@ -80,7 +80,9 @@ pub async fn accept_loop(
                     tokio::time::sleep(Duration::from_millis(10)).await;
                     continue;
                 };
-                let batch = accept_batch(&listener, (key, scheme), &worker);
+                // A shared socket's connections go one per wake: every worker is woken.
+                let most = if shared { 1 } else { ACCEPT_BATCH };
+                let batch = accept_batch(&listener, (key, scheme), most, &worker);
                 match (&batch, failing) {
                     (Batch::Failed(e), None) => {
                         tracing::warn!(error = %e, "accept failed; retrying every 10 ms, the connections stay queued");
@@ -164,7 +166,7 @@ const ACCEPT_BATCH: usize = 64;
 enum Batch {
     /// The queue is empty (`EAGAIN`).
     Emptied,
-    /// [`ACCEPT_BATCH`] accepted, more may wait.
+    /// As many accepted as the batch takes, more may wait.
     Full,
     /// An accept failed for want of resources (`EMFILE`, `ENFILE`, `ENOBUFS`,
     /// `ENOMEM`) or was refused (`EPERM`), the connection still queued: back off
@@ -174,11 +176,11 @@ enum Batch {
     Shut(std::io::Error),
 }
 
-/// Accepts and starts up to [`ACCEPT_BATCH`] connections. A connection that failed
-/// before it was taken (`ECONNABORTED`, and the network errors that accept(2) says to
-/// retry like `EAGAIN`) is skipped.
-fn accept_batch(listener: &Socket, (key, scheme): (ListenerKey, Scheme), worker: &Rc<Worker>) -> Batch {
-    for _ in 0..ACCEPT_BATCH {
+/// Accepts and starts up to `most` connections. A connection that failed before it
+/// was taken (`ECONNABORTED`, and the network errors that accept(2) says to retry like
+/// `EAGAIN`) is skipped.
+fn accept_batch(listener: &Socket, (key, scheme): (ListenerKey, Scheme), most: usize, worker: &Rc<Worker>) -> Batch {
+    for _ in 0..most {
         match listener.accept() {
             Ok((stream, peer)) => {
                 let Some(peer) = peer.as_socket() else { continue };

@@ -251,8 +251,14 @@ async fn going_away(
     (worker, s): (&Worker, &Shared<'_>),
 ) {
     tracing::debug!(to_client, to_upstream, "drain: sending Close 1001 (HTTP/2 stream)");
+    // A side that was relayed its peer's Close already gets no second one.
     let client_side = async {
-        if !to_client || send_within_window(send, Bytes::from(close_frame::to_client())).await.is_err() {
+        if !to_client {
+            return;
+        }
+        if !s.drain.frames(U2C).close_seen()
+            && send_within_window(send, Bytes::from(close_frame::to_client())).await.is_err()
+        {
             return;
         }
         let mut frames = s.drain.frames(C2U);
@@ -263,7 +269,11 @@ async fn going_away(
         }
     };
     let upstream_side = async {
-        if !to_upstream || upstream.write_slice(&worker.ring, &close_frame::to_upstream(rand::random())).await.is_err()
+        if !to_upstream {
+            return;
+        }
+        if !s.drain.frames(C2U).close_seen()
+            && upstream.write_slice(&worker.ring, &close_frame::to_upstream(rand::random())).await.is_err()
         {
             return;
         }

@@ -227,12 +227,16 @@ impl Inherited {
     }
 
     /// Passed sockets no listener of the configuration claims (a listener removed in
-    /// the new configuration): closed, with a line each.
+    /// the new configuration): closed, with a line each. A socket of the service
+    /// manager's (`shared`) is only let go: shutting it would stop it for the service
+    /// manager too, which keeps it across restarts.
     pub fn close_unclaimed(&mut self) {
-        for ((address, _, _), _, s) in self.listeners.drain(..) {
-            // Nobody accepts on it any more (the old process's accept loop sees it shut
-            // and ends too).
-            let _ = s.shutdown(std::net::Shutdown::Read);
+        for ((address, _, _), shared, s) in self.listeners.drain(..) {
+            if !shared {
+                // Nobody accepts on it any more (the old process's accept loop sees it
+                // shut and ends too).
+                let _ = s.shutdown(std::net::Shutdown::Read);
+            }
             tracing::info!("binary upgrade: {address} is no listener of the new configuration; closed");
         }
     }
