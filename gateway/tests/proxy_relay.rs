@@ -169,24 +169,28 @@ fn upstream_half_close_keeps_the_client_direction_flowing() {
     gw.wait_log("close=upstream_fin");
 }
 
-/// After both Close frames (RFC 6455 §7.1.1), the upstream's FIN ends the pair: the
-/// client gets its FIN and the connection is over (logged) without waiting for the
-/// client's own FIN, which may come late or never. Before the closing handshake a FIN
-/// is a half-close (the test above).
-#[test]
-fn after_the_closing_handshake_the_upstream_fin_ends_the_pair_at_once() {
+/// What [`closing_upstream`] read: the client's Close, and all that came after it.
+type UpstreamRead = std::sync::mpsc::Receiver<(Vec<u8>, Vec<u8>)>;
+
+/// An upstream that switches, answers the client's Close (status 1000) with its own,
+/// sends FIN then if `fin`, and reports the Close it read and all it read after it.
+fn closing_upstream(fin: bool) -> (RawUpstream, UpstreamRead) {
     let (got_tx, got) = std::sync::mpsc::channel();
     let up = RawUpstream::start(move |mut s| {
         let _ = read_head(&mut s);
         s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n").unwrap();
-        // The client's Close (masked, status 1000), answered, then the server closes.
         let close = read_exact(&mut s, 8);
         s.write_all(&[0x88, 0x02, 0x03, 0xe8]).unwrap();
-        s.shutdown(Shutdown::Write).unwrap();
+        if fin {
+            s.shutdown(Shutdown::Write).unwrap();
+        }
         let _ = got_tx.send((close, read_to_eof(&mut s)));
     });
-    // The userspace relay: a spliced pair's close is the kernel's.
-    let gw = Gateway::one_line(&[up.addr], &["--splice", "userspace"]);
+    (up, got)
+}
+
+/// A client through `gw` that has done the closing handshake (its Close answered).
+fn closed_client(gw: &Gateway) -> std::net::TcpStream {
     let mut c = gw.connect();
     c.write_all(upgrade_request("/", "").as_bytes()).unwrap();
     let (response, after_head) = read_head(&mut c);
@@ -194,13 +198,31 @@ fn after_the_closing_handshake_the_upstream_fin_ends_the_pair_at_once() {
     assert!(after_head.is_empty());
     c.write_all(&client_frame(true, 0x8, &[0x03, 0xe8])).unwrap();
     assert_eq!(server_frame(&mut c), (true, 0x8, vec![0x03, 0xe8]));
+    c
+}
+
+/// What [`closing_upstream`] read: the client's Close (masked), then `after`.
+fn assert_upstream_got(got: &UpstreamRead, after: &[u8]) {
+    let (close, rest) = got.recv_timeout(Duration::from_secs(15)).expect("the upstream's end");
+    assert_eq!(close.get(..2), Some(&[0x88, 0x82][..]), "the client's Close reached the upstream");
+    assert_eq!(rest, after, "what the upstream read after the client's Close, up to its FIN");
+}
+
+/// After both Close frames (RFC 6455 §7.1.1), the upstream's FIN ends the pair: the
+/// client gets its FIN and the connection is over (logged) without waiting for the
+/// client's own FIN, which may come late or never. Before the closing handshake a FIN
+/// is a half-close (the test above). The userspace relay: a spliced pair's close is
+/// the kernel's.
+#[test]
+fn after_the_closing_handshake_the_upstream_fin_ends_the_pair_at_once() {
+    let (up, got) = closing_upstream(true);
+    let gw = Gateway::one_line(&[up.addr], &["--splice", "userspace"]);
+    let mut c = closed_client(&gw);
     let mut rest = [0u8; 16];
     assert_eq!(c.read(&mut rest).expect("FIN, not a reset"), 0, "the client gets the upstream's FIN");
     // The client's socket stays open, its FIN unsent: the pair is over all the same.
     gw.wait_log("close=upstream_fin");
-    let (close, after) = got.recv_timeout(Duration::from_secs(10)).expect("the upstream's end");
-    assert_eq!(close.get(..2), Some(&[0x88, 0x82][..]), "the client's Close reached the upstream");
-    assert_eq!(after, b"", "nothing after the client's Close, and the upstream got its FIN");
+    assert_upstream_got(&got, b"");
     drop(c);
 }
 
@@ -209,26 +231,12 @@ fn after_the_closing_handshake_the_upstream_fin_ends_the_pair_at_once() {
 /// Close it was relayed): both sides get only their FIN.
 #[test]
 fn the_drain_sends_no_close_after_the_closing_handshake() {
-    let (got_tx, got) = std::sync::mpsc::channel();
-    let up = RawUpstream::start(move |mut s| {
-        let _ = read_head(&mut s);
-        s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n").unwrap();
-        let close = read_exact(&mut s, 8);
-        // Answered, and the connection kept open: the drain finds the pair first.
-        s.write_all(&[0x88, 0x02, 0x03, 0xe8]).unwrap();
-        let _ = got_tx.send((close, read_to_eof(&mut s)));
-    });
+    let (up, got) = closing_upstream(false);
     let gw = Gateway::one_line(&[up.addr], &["--splice", "userspace", "--drain-window", "1s"]);
-    let mut c = gw.connect();
-    c.write_all(upgrade_request("/", "").as_bytes()).unwrap();
-    assert_eq!(status_of(&read_head(&mut c).0), 101);
-    c.write_all(&client_frame(true, 0x8, &[0x03, 0xe8])).unwrap();
-    assert_eq!(server_frame(&mut c), (true, 0x8, vec![0x03, 0xe8]));
+    let mut c = closed_client(&gw);
     gw.terminate();
     assert_eq!(read_to_eof(&mut c), b"", "no Close 1001 after the upstream's Close");
-    let (close, after) = got.recv_timeout(Duration::from_secs(15)).expect("the upstream's end");
-    assert_eq!(close.get(..2), Some(&[0x88, 0x82][..]), "the client's Close reached the upstream");
-    assert_eq!(after, b"", "no Close 1001 after the client's Close");
+    assert_upstream_got(&got, b"");
     gw.wait_log("close=drain");
 }
 
