@@ -486,8 +486,9 @@ type FirstBytes = Option<(Instant, Option<u16>)>;
 
 /// Moves bytes from `from` to `to` until FIN or an error, following the frames in
 /// `dir`; reads before it first waits when bytes are known to be `queued`. `first`
-/// records when the first bytes came and the HTTP status they start with, if any. Once `closing` (the drain), reads no further than the end of the
-/// current frame and returns [`PumpEnd::Boundary`] there.
+/// records when the first bytes came and the HTTP status they start with, if any.
+/// Once `closing` (the drain), reads no further than the end of the current frame and
+/// returns [`PumpEnd::Boundary`] there.
 async fn pump(
     from: &TcpStream,
     to: &TcpStream,

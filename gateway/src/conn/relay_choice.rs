@@ -157,11 +157,11 @@ pub async fn websocket(
 
 /// Relays an open WebSocket whose frames stand at `frames` (client→upstream,
 /// upstream→client), whose bytes last moved at `active_since` (`None`: now) and whose
-/// upstream may have bytes queued unread (`upstream_queued`, a hint): after
-/// its 101, or passed by an old process in a binary upgrade (`conn::adopt`). `live` counts it on its upstream server when that server is known.
-/// In a binary upgrade of this process, a pair relayed in userspace is passed to the
-/// new process at its next quiet moment (`close=` is then [`Close::Handed`]: the new
-/// process writes its line).
+/// upstream may have bytes queued unread (`upstream_queued`, a hint): after its 101,
+/// or passed by an old process in a binary upgrade (`conn::adopt`). `live` counts it
+/// on its upstream server when that server is known. In a binary upgrade of this
+/// process, a pair relayed in userspace is passed to the new process at its next quiet
+/// moment (`close=` is then [`Close::Handed`]: the new process writes its line).
 pub async fn relay_pair(
     client_slot: &mut Option<PeerIo>,
     upstream: PeerIo,
