@@ -18,16 +18,15 @@ use std::net::Shutdown;
 use std::pin::pin;
 use std::time::{Duration, Instant};
 
-use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::TcpStream;
 
 use crate::bufpool::BufPool;
 use crate::close::{Close, Side};
+use crate::drain::events::{Events, Hub, WorkerEvent};
 use crate::drain::{FrameTracker, Turns, close_frame};
 use crate::metrics::live::RelayBytes;
 use crate::readiness::{self, Ring};
-use crate::shutdown::{Phase, ShutdownRx};
 use crate::wait::{Waiter, drained};
 
 /// What a relay moved and why it stopped.
@@ -155,7 +154,7 @@ pub async fn relay(
     client: &TcpStream,
     upstream: &TcpStream,
     opts: RelayOptions,
-    shutdown: &mut ShutdownRx,
+    hub: &Hub,
     (ring, buffers, live): (&Ring, &BufPool, Option<&RelayBytes>),
     turns: Option<Turns<'_>>,
 ) -> RelayOutcome {
@@ -165,7 +164,7 @@ pub async fn relay(
     let first = Cell::new(None);
     let activity = Cell::new(opts.active_since.unwrap_or_else(Instant::now));
     let ends = (&first, &activity);
-    let ended = pumps(client, upstream, (&c2u, &u2c), ends, opts, shutdown, (ring, buffers, live), turns).await;
+    let ended = pumps(client, upstream, (&c2u, &u2c), ends, opts, hub, (ring, buffers, live), turns).await;
     if ended.reason == Close::Drain {
         let [to_client, to_upstream] = ended.going_away;
         let closing = going_away(client, upstream, [to_client, to_upstream], (&c2u, &u2c), (ring, buffers));
@@ -203,7 +202,7 @@ async fn pumps(
     (c2u, u2c): (&Dir, &Dir),
     (first, activity): (&Cell<FirstBytes>, &Cell<Instant>),
     opts: RelayOptions,
-    shutdown: &mut ShutdownRx,
+    hub: &Hub,
     (ring, buffers, live): (&Ring, &BufPool, Option<&RelayBytes>),
     turns: Option<Turns<'_>>,
 ) -> Ended {
@@ -218,9 +217,8 @@ async fn pumps(
     let mut pause = pin!(tokio::time::sleep(first_look.unwrap_or(Duration::MAX)));
     // The worker's events, each at most once in a relay's life: the shutdown's stop, its
     // turn in a drain, a binary upgrade (pause at the next quiet moment, whatever
-    // `opts.handover` says). They are polled only when one of them was woken, not at
-    // every wake of the pumps (every message).
-    let mut events = worker_events(shutdown, turns);
+    // `opts.handover` says). Asking costs a comparison until one of them changed.
+    let mut events = Events::new(hub, turns);
     // Bytes moved (both ways) when the handover last looked, whether it decided to hand
     // over and waits for a quiet moment, and whether an upgrade asked for it.
     let (mut looked_at, mut handing_over, mut hand_now) = (0u64, false, false);
@@ -276,7 +274,7 @@ async fn pumps(
                 }
                 idle.as_mut().reset(deadline.into());
             }
-            Some(event) = events.next() => match event {
+            event = events.told() => match event {
                 WorkerEvent::Stop => return ended(Close::Shutdown),
                 // Only once, and nothing else sets `closing`.
                 WorkerEvent::Turn => {
@@ -324,45 +322,6 @@ async fn pumps(
             }
         }
     }
-}
-
-/// What the worker may tell a relay, besides its traffic ([`worker_events`]).
-pub(crate) enum WorkerEvent {
-    /// The shutdown reached `Stop`: end now.
-    Stop,
-    /// This pair's turn in a drain (or after a reload removed its server): close it.
-    Turn,
-    /// A binary upgrade takes the pair: pause at the next quiet moment.
-    Handing,
-}
-
-pub(crate) type Events<'a> = FuturesUnordered<std::pin::Pin<Box<dyn Future<Output = WorkerEvent> + 'a>>>;
-
-/// The relay's [`WorkerEvent`]s, each a future of its own in a set that polls only
-/// those that were woken (a relay is woken at every message, these at most once in its
-/// life). Without `turns` there is no drain turn and no upgrade to wait for.
-pub(crate) fn worker_events<'a>(shutdown: &ShutdownRx, turns: Option<Turns<'a>>) -> Events<'a> {
-    let events: Events<'a> = FuturesUnordered::new();
-    let mut stop = shutdown.clone();
-    events.push(Box::pin(async move {
-        stop.reached(Phase::Stop).await;
-        WorkerEvent::Stop
-    }));
-    if turns.is_some() {
-        let turn = crate::drain::turns(shutdown.clone(), turns);
-        events.push(Box::pin(async move {
-            turn.await;
-            WorkerEvent::Turn
-        }));
-    }
-    if let Some(upgrade) = turns.and_then(|t| t.upgrade) {
-        let shutdown = shutdown.clone();
-        events.push(Box::pin(async move {
-            upgrade.handing(shutdown).await;
-            WorkerEvent::Handing
-        }));
-    }
-    events
 }
 
 /// The drain's close handshake, once the pumps stopped between frames: a Close 1001

@@ -24,16 +24,14 @@ use std::net::Shutdown;
 use std::pin::pin;
 use std::time::Instant;
 
-use futures_util::StreamExt;
-
 use crate::bufpool::BufPool;
 use crate::close::{Close, Side};
 use crate::conn::peer_io::PeerIo;
+use crate::drain::events::{Events, Hub, WorkerEvent};
 use crate::drain::{DrainState, Turns, close_frame};
 use crate::metrics::live::RelayBytes;
 use crate::readiness::Ring;
-use crate::relay::{RelayOptions, RelayOutcome, WorkerEvent, worker_events};
-use crate::shutdown::ShutdownRx;
+use crate::relay::{RelayOptions, RelayOutcome};
 use crate::wait::{Guard, Waiter, drained};
 
 /// How one direction ended.
@@ -79,7 +77,7 @@ pub async fn relay(
     client: &PeerIo,
     upstream: &PeerIo,
     opts: RelayOptions,
-    shutdown: &mut ShutdownRx,
+    hub: &Hub,
     (ring, buffers, live): (&Ring, &BufPool, Option<&RelayBytes>),
     turns: Option<Turns<'_>>,
 ) -> RelayOutcome {
@@ -93,7 +91,7 @@ pub async fn relay(
     let mut u2c = pin!(pump(upstream, client, U2C, &s, (ring, buffers)));
     let mut idle = pin!(tokio::time::sleep(opts.idle_timeout));
     // A TLS pair cannot move to another process: its caller gives it no upgrade event.
-    let mut events = worker_events(shutdown, turns);
+    let mut events = Events::new(hub, turns);
     let mut frame_end = pin!(tokio::time::sleep(std::time::Duration::MAX));
     let (mut c2u_done, mut u2c_done) = (false, false);
     let (mut c2u_whole, mut u2c_whole) = (false, false);
@@ -151,7 +149,7 @@ pub async fn relay(
                 }
                 idle.as_mut().reset(deadline.into());
             }
-            Some(event) = events.next() => match event {
+            event = events.told() => match event {
                 WorkerEvent::Stop => break Close::Shutdown,
                 // Only once, and nothing else begins the drain.
                 WorkerEvent::Turn => {

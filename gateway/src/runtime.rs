@@ -452,6 +452,7 @@ async fn serve_worker(mut setup: WorkerSetup, sockets: Vec<KeyedSocket>) -> Resu
     if let Some(p) = &pairs {
         p.pace_drain(pacer.clone(), setup.config.drain.close_timeout);
     }
+    let events = crate::drain::events::Hub::start(setup.shutdown.clone(), &setup.generations.removals);
     let state = Rc::new(Worker {
         generations: setup.generations,
         stats: setup.stats,
@@ -466,6 +467,7 @@ async fn serve_worker(mut setup: WorkerSetup, sockets: Vec<KeyedSocket>) -> Resu
         pacer,
         pool: crate::upstream::pool::Pool::default(),
         upgrade: setup.upgrade,
+        events,
     });
     let release = setup.allocator.release;
     tokio_uring::spawn(async move {

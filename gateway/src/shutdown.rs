@@ -43,6 +43,12 @@ impl ShutdownRx {
     pub fn phase(&self) -> Phase {
         *self.0.borrow()
     }
+
+    /// Resolves at the next change of phase (`false`: the sender is gone, and none
+    /// can come).
+    pub async fn changed(&mut self) -> bool {
+        self.0.changed().await.is_ok()
+    }
 }
 
 /// The sending side, owned by the signal thread (and lent to a binary upgrade).

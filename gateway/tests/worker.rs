@@ -67,6 +67,7 @@ fn a_worker_built_by_hand_serves_plain_http_with_its_own_buffers() {
 
     tokio_uring::start(async move {
         let ring = wsgate::readiness::Ring::start(256).unwrap();
+        let events = wsgate::drain::events::Hub::start(shutdown.clone(), &generations.removals);
         let worker = Rc::new(Worker {
             generations,
             stats: Arc::new(Stats::default()),
@@ -81,6 +82,7 @@ fn a_worker_built_by_hand_serves_plain_http_with_its_own_buffers() {
             pacer: Rc::new(wsgate::drain::Pacer::new(&config.drain, 1)),
             pool: wsgate::upstream::pool::Pool::default(),
             upgrade: Arc::default(),
+            events,
         });
         let listener = socket2::Socket::from(listener);
         let key = wsgate::reload::listeners::key(&config.listeners[0]);

@@ -107,6 +107,8 @@ pub struct Worker {
     pub pool: Pool,
     /// A binary upgrade of this process: the listeners and live WebSockets it passes.
     pub upgrade: Arc<crate::upgrade::Upgrade>,
+    /// What this worker's relays are told: the shutdown's phases and the removed servers.
+    pub events: Rc<crate::drain::events::Hub>,
 }
 
 /// Serves one accepted client connection to its end, or until its spliced pair is

@@ -321,13 +321,12 @@ async fn userspace_tls(
     Stats::bump(&worker.stats.relayed_userspace);
     facts.mode = Mode::Userspace;
     facts.conn.set_mode(ActiveMode::Userspace);
-    let mut shutdown = worker.shutdown.clone();
     let _in_drain_count = worker.pacer.enter();
     // What it moves shows live in the admin plane (`None` when that is off).
     let live = facts.conn.relaying();
     let io = (&worker.ring, &worker.buffers, live.as_deref());
     let turns = Turns { pacer: &worker.pacer, removal, upgrade: None };
-    let outcome = Box::pin(crate::relay_tls::relay(client, upstream, opts, &mut shutdown, io, Some(turns))).await;
+    let outcome = Box::pin(crate::relay_tls::relay(client, upstream, opts, &worker.events, io, Some(turns))).await;
     facts.bytes_in += outcome.client_to_upstream;
     facts.bytes_out += outcome.upstream_to_client;
     facts.bytes_sent = facts.bytes_out;
@@ -348,13 +347,12 @@ async fn userspace(
     }
     facts.mode = Mode::Userspace;
     facts.conn.set_mode(ActiveMode::Userspace);
-    let mut shutdown = worker.shutdown.clone();
     let _in_drain_count = worker.pacer.enter();
     // What it moves shows live in the admin plane (`None` when that is off).
     let live = facts.conn.relaying();
     let io = (&worker.ring, &worker.buffers, live.as_deref());
     let turns = Turns { pacer: &worker.pacer, removal, upgrade: Some(&worker.upgrade) };
-    let outcome = Box::pin(relay::relay(client, upstream, opts, &mut shutdown, io, Some(turns))).await;
+    let outcome = Box::pin(relay::relay(client, upstream, opts, &worker.events, io, Some(turns))).await;
     if opts.handover != Handover::Never && outcome.reason != Close::Paused {
         Stats::bump(&worker.stats.relayed_userspace);
     }

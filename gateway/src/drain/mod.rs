@@ -7,14 +7,17 @@
 //!   upstream, as a client would send it);
 //! - [`pacer`] hands each worker's connections their close times, and [`turn`] waits
 //!   for a connection's;
+//! - [`events`] tells a worker's relays of their turns, the `Stop` and a binary
+//!   upgrade;
 //! - [`state`] is a relay's drain state across its two directions;
 //! - [`removed`] announces the servers a reload removed from a group with
-//!   `drain_removed`, whose WebSockets then close the same way ([`turns`]).
+//!   `drain_removed`, whose WebSockets then close the same way.
 //!
 //! Nothing here touches a socket: the userspace relay and the splice supervision use
 //! these pieces on the sockets they own.
 
 pub mod close_frame;
+pub mod events;
 pub mod frames;
 pub mod pacer;
 pub mod removed;
@@ -43,20 +46,4 @@ pub struct Turns<'a> {
     /// A binary upgrade takes the pair to the new process (the relay pauses at its
     /// next quiet moment); `None` for a pair that cannot move.
     pub upgrade: Option<&'a crate::upgrade::Upgrade>,
-}
-
-/// Resolves at this connection's turn in the drain or, first, at its turn after a
-/// reload removed its upstream server (never without `turns`).
-pub async fn turns(shutdown: ShutdownRx, turns: Option<Turns<'_>>) {
-    let Some(Turns { pacer, removal, .. }) = turns else { return std::future::pending().await };
-    let removed = async {
-        match removal {
-            Some(r) => r.turn().await,
-            None => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        () = turn(shutdown, Some(pacer)) => {}
-        () = removed => {}
-    }
 }

@@ -1,7 +1,7 @@
 //! Servers a reload removed from a group with `drain_removed = true`: the reload
 //! announces them once ([`Removals::announce`]) and every WebSocket to one of them
-//! gets its Close 1001 at its turn — a relay (userspace, TLS, an HTTP/2 stream) by
-//! watching ([`Removal::turn`]), a spliced pair by its worker, which follows the
+//! gets its Close 1001 at its turn — a userspace or TLS relay told by its worker's
+//! [`super::events::Hub`], an HTTP/2 stream by watching ([`Removal::turn`]), a spliced pair by its worker, which follows the
 //! [`Announcements`] and asks [`Turns`] for each pair's — the turns spread over
 //! `drain.window` as in the SIGTERM drain (one schedule for all workers, planned with
 //! the removed servers' live connections at the reload).
@@ -67,6 +67,11 @@ impl Removed {
     fn schedule_of(&self, server: &Arc<ServerLive>) -> Option<&Arc<Schedule>> {
         self.servers.iter().find(|(s, _)| std::ptr::eq(s.as_ptr(), Arc::as_ptr(server))).map(|(_, plan)| plan)
     }
+
+    /// The turns of the WebSockets to `server`, if it is among these.
+    pub fn turns_of(&self, server: &Arc<ServerLive>) -> Option<Turns> {
+        self.schedule_of(server).cloned().map(Turns)
+    }
 }
 
 /// The announcements of removed servers, shared by the reload (which sends) and every
@@ -102,7 +107,13 @@ impl Removals {
 
     /// The turns of the WebSockets to `server`, if a reload removed it.
     pub fn turns_of(&self, server: &Arc<ServerLive>) -> Option<Turns> {
-        self.tx.borrow().schedule_of(server).cloned().map(Turns)
+        self.tx.borrow().turns_of(server)
+    }
+
+    /// Every announcement, from the ones made so far on (for a worker's relays: see
+    /// [`super::events::Hub`]).
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Removed>> {
+        self.tx.subscribe()
     }
 
     /// The removals announced from now on (for the spliced pairs, which no relay
@@ -115,7 +126,7 @@ impl Removals {
 
     /// What a relay to `server` watches.
     pub fn watch(&self, server: Arc<ServerLive>) -> Removal {
-        Removal { rx: self.tx.subscribe(), server, fired: Cell::new(false) }
+        Removal { tx: self.tx.clone(), server, fired: Cell::new(false) }
     }
 }
 
@@ -158,10 +169,11 @@ impl Announcements {
     }
 }
 
-/// One WebSocket's watch on the removal of its upstream server.
+/// One WebSocket's watch on the removal of its upstream server: what its relay asks
+/// its worker's [`super::events::Hub`] about, or waits on itself ([`Removal::turn`]).
 #[derive(Debug)]
 pub struct Removal {
-    rx: watch::Receiver<Arc<Removed>>,
+    tx: Arc<watch::Sender<Arc<Removed>>>,
     server: Arc<ServerLive>,
     fired: Cell<bool>,
 }
@@ -170,18 +182,28 @@ impl Removal {
     /// Resolves at this WebSocket's turn once a reload removed its server (at once
     /// checks the removals announced before it started watching).
     pub async fn turn(&self) {
-        let mut rx = self.rx.clone();
+        let mut rx = self.tx.subscribe();
         loop {
-            let plan = rx.borrow_and_update().schedule_of(&self.server).cloned();
+            let plan = rx.borrow_and_update().turns_of(&self.server);
             if let Some(plan) = plan {
-                tokio::time::sleep_until(plan.slot().into()).await;
-                self.fired.set(true);
+                tokio::time::sleep_until(plan.next().into()).await;
+                self.fire();
                 return;
             }
             if rx.changed().await.is_err() {
                 return std::future::pending().await;
             }
         }
+    }
+
+    /// The server watched.
+    pub fn server(&self) -> &Arc<ServerLive> {
+        &self.server
+    }
+
+    /// Records that this WebSocket's turn came from the removal of its server.
+    pub fn fire(&self) {
+        self.fired.set(true);
     }
 
     /// Whether this WebSocket's turn came from the removal of its server.

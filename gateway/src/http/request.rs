@@ -4,6 +4,8 @@
 //!
 //! Must never panic on any input: every byte here comes from the network.
 
+use std::mem::MaybeUninit;
+
 use super::body::Framing;
 use crate::error::{ErrorKind, ProxyError};
 
@@ -69,12 +71,35 @@ impl RequestHead {
     }
 }
 
+/// Headers a head is parsed into without a heap array (browsers send 10–30).
+const STACK_HEADERS: usize = 64;
+
 /// Parses a request head from `buf`, with at most `max_headers` headers (more is 431).
 /// `Ok(None)`: incomplete, read more.
 pub fn parse(buf: &[u8], max_headers: usize) -> Result<Option<RequestHead>, ProxyError> {
-    let mut headers = vec![httparse::EMPTY_HEADER; max_headers];
-    let mut req = httparse::Request::new(&mut headers);
-    match req.parse(buf) {
+    // Uninitialised: a zeroed array of `max_headers` (256 by default) cost more than
+    // the parse of a usual head. A head with more than fit on the stack is parsed again
+    // into one as long as the limit.
+    let mut stack = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; STACK_HEADERS];
+    let first = parse_into(buf, &mut stack[..max_headers.min(STACK_HEADERS)], max_headers);
+    match first {
+        Err(e) if e.kind == ErrorKind::HeadersTooLarge && max_headers > STACK_HEADERS => {
+            let mut heap: Vec<httparse::Header<'_>> = Vec::with_capacity(max_headers);
+            parse_into(buf, &mut heap.spare_capacity_mut()[..max_headers], max_headers)
+        }
+        other => other,
+    }
+}
+
+/// [`parse`] with room for `headers.len()` headers; more is 431 (`max_headers` is the
+/// limit it names).
+fn parse_into<'b>(
+    buf: &'b [u8],
+    headers: &mut [MaybeUninit<httparse::Header<'b>>],
+    max_headers: usize,
+) -> Result<Option<RequestHead>, ProxyError> {
+    let mut req = httparse::Request::new(&mut []);
+    match req.parse_with_uninit_headers(buf, headers) {
         Ok(httparse::Status::Partial) => Ok(None),
         Ok(httparse::Status::Complete(len)) => {
             let (Some(method), Some(target), Some(minor_version)) = (req.method, req.path, req.version) else {
@@ -243,10 +268,20 @@ mod host_tests {
             s
         });
         let raw = format!("GET / HTTP/1.1\r\nHost: a\r\n{headers}\r\n");
-        assert!(parse(raw.as_bytes(), 256).unwrap().is_some());
-        let e = parse(raw.as_bytes(), 100).unwrap_err();
-        assert_eq!(e.kind, ErrorKind::HeadersTooLarge);
-        assert!(e.detail.contains("limits.max_headers"), "{}", e.detail);
+        let head = parse(raw.as_bytes(), 256).unwrap().unwrap();
+        assert_eq!(head.headers.len(), 201);
+        assert_eq!(head.headers.last().map(|(n, v)| (n.as_str(), v.as_slice())), Some(("X-199", &b"v"[..])));
+        // Past the headers parsed on the stack, the limit is still exact.
+        assert!(parse(raw.as_bytes(), 201).unwrap().is_some());
+        for limit in [200, 100, 64, 10] {
+            let e = parse(raw.as_bytes(), limit).unwrap_err();
+            assert_eq!(e.kind, ErrorKind::HeadersTooLarge);
+            assert!(e.detail.contains(&format!("more than {limit} ")), "{}", e.detail);
+            assert!(e.detail.contains("limits.max_headers"), "{}", e.detail);
+        }
+        // A partial head longer than the stack's headers reads on.
+        let cut = raw.len() - 20;
+        assert!(parse(&raw.as_bytes()[..cut], 256).unwrap().is_none());
     }
 
     #[test]
