@@ -193,13 +193,13 @@ impl AsRawFd for RingFd {
 }
 
 async fn drain(afd: AsyncFd<RingFd>, reactor: Rc<RefCell<Reactor>>) {
+    // Reused from wake to wake (emptied each time): no allocation per wake.
+    let (mut wake, mut tokens) = (Vec::new(), Vec::new());
     loop {
         let Ok(mut guard) = afd.readable().await else {
             tracing::error!("poll ring: readiness registration failed; readiness waits will stall");
             return;
         };
-        let mut wake = Vec::new();
-        let mut tokens = Vec::new();
         let (on_token, overflowed) = {
             let mut r = reactor.borrow_mut();
             let Reactor { ring, slots, on_token, .. } = &mut *r;
@@ -261,14 +261,13 @@ async fn drain(afd: AsyncFd<RingFd>, reactor: Rc<RefCell<Reactor>>) {
                 r.flush.notify_one();
             }
         }
-        for w in wake {
+        for w in wake.drain(..) {
             w.wake();
         }
         // Called with the reactor unborrowed: handlers arm and disarm polls.
-        if let Some(handler) = on_token {
-            for (token, result) in tokens {
-                handler(token, result);
-            }
+        match on_token {
+            Some(handler) => tokens.drain(..).for_each(|(token, result)| handler(token, result)),
+            None => tokens.clear(),
         }
     }
 }

@@ -33,7 +33,7 @@ pub async fn read(
     let max = (limits.max_header_bytes, limits.max_headers);
     let (head, buf) = read_head(&worker.ring, client, start, max, deadline).await?;
     facts.request = head.request_line();
-    facts.host = head.host().unwrap_or_default();
+    facts.host = head.host().unwrap_or_default().into_owned();
     facts.user_agent = head.header("user-agent").map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default();
     Ok((head, buf))
 }

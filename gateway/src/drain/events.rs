@@ -64,9 +64,59 @@ impl Hub {
         hub
     }
 
-    /// Relays waiting on this hub.
+    /// Relays (and accept loops) waiting on this hub.
     pub fn relays(&self) -> usize {
         self.state.borrow().waiting.len()
+    }
+
+    /// A watch on the phase (for a worker's accept loops).
+    pub fn phases(&self) -> Phases<'_> {
+        Phases(Slot::new(self))
+    }
+}
+
+/// A waiter's place in a [`Hub`], given back when dropped.
+struct Slot<'a> {
+    hub: &'a Hub,
+    key: usize,
+}
+
+impl<'a> Slot<'a> {
+    fn new(hub: &'a Hub) -> Self {
+        Self { hub, key: hub.state.borrow_mut().waiting.insert(None) }
+    }
+
+    /// Be woken by the next change.
+    fn wake_me(&self, st: &mut State, cx: &Context<'_>) {
+        if let Some(waker) = st.waiting.get_mut(self.key)
+            && !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            *waker = Some(cx.waker().clone());
+        }
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.hub.state.borrow_mut().waiting.remove(self.key);
+    }
+}
+
+/// A watch on the shutdown phase through the worker's [`Hub`]: asking costs a
+/// comparison, not a registration with the shutdown channel.
+pub struct Phases<'a>(Slot<'a>);
+
+impl Phases<'_> {
+    /// Resolves with the phase once it is at least `phase`.
+    pub fn reached(&mut self, phase: Phase) -> impl Future<Output = Phase> + '_ {
+        poll_fn(move |cx| {
+            let mut st = self.0.hub.state.borrow_mut();
+            if st.phase >= phase {
+                return Poll::Ready(st.phase);
+            }
+            self.0.wake_me(&mut st, cx);
+            Poll::Pending
+        })
     }
 }
 
@@ -93,8 +143,7 @@ async fn follow(hub: Rc<Hub>, mut shutdown: ShutdownRx, mut announced: watch::Re
 /// One relay's events: its slot in the worker's [`Hub`], and its turn's timer once the
 /// turn is known. Without `turns` (no pacer) only `Stop` comes.
 pub struct Events<'a> {
-    hub: &'a Hub,
-    slot: usize,
+    slot: Slot<'a>,
     /// The hub's change last looked at (`None`: none yet).
     seen: Option<u64>,
     turns: Option<Turns<'a>>,
@@ -108,8 +157,15 @@ pub struct Events<'a> {
 
 impl<'a> Events<'a> {
     pub fn new(hub: &'a Hub, turns: Option<Turns<'a>>) -> Self {
-        let slot = hub.state.borrow_mut().waiting.insert(None);
-        Self { hub, slot, seen: None, turns, drain_turn: None, removal_turn: None, turned: false, handed: false }
+        Self {
+            slot: Slot::new(hub),
+            seen: None,
+            turns,
+            drain_turn: None,
+            removal_turn: None,
+            turned: false,
+            handed: false,
+        }
     }
 
     /// The next event. Dropping the future loses nothing: a relay asks again at each
@@ -120,7 +176,7 @@ impl<'a> Events<'a> {
 
     fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<WorkerEvent> {
         {
-            let mut st = self.hub.state.borrow_mut();
+            let mut st = self.slot.hub.state.borrow_mut();
             if st.phase >= Phase::Stop {
                 return Poll::Ready(WorkerEvent::Stop);
             }
@@ -135,11 +191,7 @@ impl<'a> Events<'a> {
                 self.handed = true;
                 return Poll::Ready(WorkerEvent::Handing);
             }
-            if let Some(waker) = st.waiting.get_mut(self.slot)
-                && !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker()))
-            {
-                *waker = Some(cx.waker().clone());
-            }
+            self.slot.wake_me(&mut st, cx);
         }
         if self.turned {
             return Poll::Pending;
@@ -171,12 +223,6 @@ impl<'a> Events<'a> {
         {
             self.removal_turn = Some(Box::pin(tokio::time::sleep_until(plan.next().into())));
         }
-    }
-}
-
-impl Drop for Events<'_> {
-    fn drop(&mut self) {
-        self.hub.state.borrow_mut().waiting.remove(self.slot);
     }
 }
 

@@ -266,7 +266,7 @@ fn parse_head(bytes: &[u8], facts: &mut Facts, method: &str) -> Result<RequestHe
     let head = request::parse(bytes, facts.generation.config.limits.max_headers)?
         .ok_or_else(|| ProxyError::new(ErrorKind::Internal, "incomplete synthesized head"))?;
     facts.request = format!("{method} {} HTTP/2", head.target);
-    facts.host = head.host().unwrap_or_default();
+    facts.host = head.host().unwrap_or_default().into_owned();
     facts.user_agent = head.header("user-agent").map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default();
     Ok(head)
 }

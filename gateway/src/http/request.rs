@@ -4,6 +4,7 @@
 //!
 //! Must never panic on any input: every byte here comes from the network.
 
+use std::borrow::Cow;
 use std::mem::MaybeUninit;
 
 use super::body::Framing;
@@ -37,15 +38,20 @@ impl RequestHead {
         self.headers.iter().filter(move |(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_slice())
     }
 
-    /// The Host header without port, lowercased, for routing and logs.
-    pub fn host(&self) -> Option<String> {
+    /// The Host header without port, lowercased, for routing and logs (borrowed when
+    /// it is lowercase already, as it mostly is).
+    pub fn host(&self) -> Option<Cow<'_, str>> {
         let h = std::str::from_utf8(self.header("host")?).ok()?.trim();
         let h = if h.starts_with('[') {
             h.split_inclusive(']').next().unwrap_or(h)
         } else {
             h.rsplit_once(':').map_or(h, |(host, _)| host)
         };
-        Some(h.to_ascii_lowercase())
+        Some(if h.bytes().any(|b| b.is_ascii_uppercase()) {
+            Cow::Owned(h.to_ascii_lowercase())
+        } else {
+            Cow::Borrowed(h)
+        })
     }
 
     /// The path part of the target (before `?`).

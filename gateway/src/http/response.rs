@@ -2,6 +2,8 @@
 //!
 //! Must never pass on a head it could not parse, nor panic on any byte an upstream sends.
 
+use std::mem::MaybeUninit;
+
 use super::MAX_RESPONSE_HEADERS;
 use crate::error::{ErrorKind, ProxyError};
 
@@ -22,9 +24,10 @@ pub struct ResponseHead {
 
 /// Parses a response head. `Ok(None)`: incomplete.
 pub fn parse(buf: &[u8], request_method: &str) -> Result<Option<ResponseHead>, ProxyError> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
-    let mut resp = httparse::Response::new(&mut headers);
-    match resp.parse(buf) {
+    // Uninitialised: a zeroed array of 256 headers cost more than the parse itself.
+    let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_RESPONSE_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut resp, buf, &mut headers) {
         Ok(httparse::Status::Partial) => Ok(None),
         Ok(httparse::Status::Complete(len)) => {
             let status = resp.code.unwrap_or(0);

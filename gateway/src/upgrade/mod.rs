@@ -40,7 +40,6 @@ use socket2::Socket;
 use self::wire::{Channel, Message, PairFacts};
 use crate::drain::FrameTracker;
 use crate::reload::listeners::ListenerKey;
-use crate::shutdown::{Phase, ShutdownRx};
 
 /// The environment variable that tells a started process which descriptor is its
 /// end of the control socket.
@@ -115,15 +114,6 @@ impl Upgrade {
     /// Whether live WebSockets are being passed to a new process now.
     pub fn passing(&self) -> bool {
         self.passing.load(Ordering::Acquire)
-    }
-
-    /// Resolves once this process hands its connections to a new one (never, if it
-    /// drains or stops without an upgrade).
-    pub async fn handing(&self, mut shutdown: ShutdownRx) {
-        shutdown.reached(Phase::Handing).await;
-        if shutdown.phase() != Phase::Handing || !self.passing() {
-            std::future::pending::<()>().await;
-        }
     }
 
     /// Passes a WebSocket, at a quiet moment, to the new process: its sockets (this
