@@ -152,6 +152,7 @@ fn writer(
     let mut out = BufWriter::new(out);
     let mut reported = 0;
     let mut reopened = REOPEN.load(Ordering::Relaxed);
+    let mut clock = Clock::default();
     loop {
         let asked = REOPEN.load(Ordering::Relaxed);
         if let (true, Some(path)) = (asked != reopened, file) {
@@ -164,12 +165,15 @@ fn writer(
         }
         // Everything queued, then one flush: bursts are batched.
         let mut wrote = false;
+        let mut line = String::new();
         // Read before the queue is drained: what was queued before the stop is written.
         let stopping = stop.load(Ordering::Relaxed);
         let open = loop {
             match rx.try_recv() {
                 Ok(r) => {
-                    if out.write_all(render(&r, format).as_bytes()).is_err() {
+                    line.clear();
+                    render_into(&mut line, &r, format, &mut clock);
+                    if out.write_all(line.as_bytes()).is_err() {
                         return;
                     }
                     wrote = true;
@@ -195,33 +199,57 @@ fn writer(
 
 /// Renders one line (with its newline).
 pub fn render(r: &AccessRecord, format: AccessLogFormat) -> String {
+    let mut line = String::new();
+    render_into(&mut line, r, format, &mut Clock::default());
+    line
+}
+
+/// Appends one line (with its newline) to `out`, with the time from `clock`. The
+/// writer renders every line into one buffer: nothing is allocated per line.
+fn render_into(out: &mut String, r: &AccessRecord, format: AccessLogFormat, clock: &mut Clock) {
+    // Writing to a String cannot fail: the results are ignored.
     match format {
         AccessLogFormat::Json => {
-            let mut s = serde_json::to_string(r).unwrap_or_default();
-            s.push('\n');
-            s
+            out.push_str(&serde_json::to_string(r).unwrap_or_default());
+            out.push('\n');
         }
         AccessLogFormat::Text => {
-            let urt = r.upstream_response_time.map_or_else(|| "-".to_owned(), |t| format!("{t:.3}"));
-            let ua = r.upstream_addr.map_or_else(|| "-".to_owned(), |a| a.to_string());
-            format!(
-                "{} - - [{}] \"{}\" {} {} \"{}\" host=\"{}\" rt={:.3} urt={} ua={} in={} out={} close={} mode={}\n",
-                r.remote_addr.ip(),
-                time_local(r.time),
-                escape(&r.request),
-                r.status,
-                r.bytes_sent,
-                escape(&r.user_agent),
-                escape(&r.host),
-                r.request_time,
-                urt,
-                ua,
-                r.bytes_in,
-                r.bytes_out,
-                r.close,
-                r.mode,
-            )
+            let _ = write!(out, "{} - - [{}] \"", r.remote_addr.ip(), clock.time_local(r.time));
+            escape_into(out, &r.request);
+            let _ = write!(out, "\" {} {} \"", r.status, r.bytes_sent);
+            escape_into(out, &r.user_agent);
+            out.push_str("\" host=\"");
+            escape_into(out, &r.host);
+            let _ = write!(out, "\" rt={:.3} urt=", r.request_time);
+            let _ = match r.upstream_response_time {
+                Some(t) => write!(out, "{t:.3}"),
+                None => write!(out, "-"),
+            };
+            let _ = match r.upstream_addr {
+                Some(a) => write!(out, " ua={a}"),
+                None => write!(out, " ua=-"),
+            };
+            let _ = writeln!(out, " in={} out={} close={} mode={}", r.bytes_in, r.bytes_out, r.close, r.mode);
         }
+    }
+}
+
+/// `$time_local` of the second last asked for: formatted once a second, not per line
+/// (the formatting was a quarter of the writer's CPU).
+#[derive(Debug, Default)]
+struct Clock {
+    second: Option<i64>,
+    text: String,
+}
+
+impl Clock {
+    fn time_local(&mut self, unix: f64) -> &str {
+        let second = unix.floor() as i64;
+        if self.second != Some(second) {
+            self.second = Some(second);
+            self.text = time_local(unix);
+        }
+        &self.text
     }
 }
 
@@ -244,9 +272,14 @@ where
         .map_or_else(|| "-".into(), |t| t.with_timezone(tz).format("%d/%b/%Y:%H:%M:%S %z").to_string())
 }
 
-/// Escapes quotes, backslashes and control bytes the way nginx does (`\xHH`).
-fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
+/// Appends `s` with quotes, backslashes and control characters escaped the way nginx
+/// does (`\xHH`, per byte).
+fn escape_into(out: &mut String, s: &str) {
+    let plain = |b: &u8| b.is_ascii() && *b != b'"' && *b != b'\\' && !b.is_ascii_control();
+    if s.bytes().all(|b| plain(&b)) {
+        out.push_str(s);
+        return;
+    }
     for c in s.chars() {
         if c == '"' || c == '\\' || c.is_control() {
             let mut utf8 = [0u8; 4];
@@ -257,7 +290,6 @@ fn escape(s: &str) -> String {
             out.push(c);
         }
     }
-    out
 }
 
 #[cfg(test)]
@@ -300,6 +332,34 @@ mod tests {
         assert_eq!(time_in(1_764_720_000.0, &kolkata), "03/Dec/2025:05:30:00 +0530");
         assert_eq!(time_in(f64::MAX, &utc), "-");
         assert_eq!(time_local(0.0).len(), "01/Jan/1970:00:00:00 +0000".len());
+    }
+
+    #[test]
+    fn escaping_takes_quotes_backslashes_and_control_characters() {
+        let escaped = |s: &str| {
+            let mut out = String::from(">");
+            escape_into(&mut out, s);
+            out
+        };
+        assert_eq!(escaped("Mozilla/5.0 (X11) é"), ">Mozilla/5.0 (X11) é");
+        assert_eq!(escaped("a\"b\\c\nd\u{7f}\u{85}é"), ">a\\x22b\\x5Cc\\x0Ad\\x7F\\xC2\\x85é");
+    }
+
+    /// The writer's clock formats a second once; the next second gets its own text.
+    #[test]
+    fn lines_of_one_second_share_its_time_and_the_next_gets_its_own() {
+        let mut clock = Clock::default();
+        let (mut a, mut b) = (record(), record());
+        a.time = 1_764_720_000.2;
+        b.time = 1_764_720_001.0;
+        let mut lines = String::new();
+        for r in [&a, &a, &b] {
+            render_into(&mut lines, r, AccessLogFormat::Text, &mut clock);
+        }
+        let times: Vec<&str> = lines.lines().map(|l| &l[l.find('[').unwrap() + 1..l.find(']').unwrap()]).collect();
+        assert_eq!(times, [time_local(a.time).as_str(), &time_local(a.time), &time_local(b.time)]);
+        assert_ne!(times[1], times[2]);
+        assert_eq!(lines.lines().next(), Some(render(&a, AccessLogFormat::Text).trim_end()));
     }
 
     #[test]

@@ -155,7 +155,7 @@ async fn from_pool(worker: &Worker, group: &Arc<Group>, server: usize, head: &[u
 
 /// Sends the request head on a new connection (a failure is the server's).
 async fn send_head(ring: &Ring, group: &Group, connected: Connected, head: &[u8]) -> Result<Connected, ProxyError> {
-    if let (Err(e), _) = connected.stream.write_all(ring, head.to_vec()).await {
+    if let Err(e) = connected.stream.write_slice(ring, head).await {
         group.report_failure(connected.server);
         return Err(ProxyError::new(ErrorKind::UpstreamClosed, format!("forwarding request head: {e}")));
     }
@@ -228,7 +228,7 @@ pub async fn exchange(group: &Arc<Group>, pick: &Pick<'_>, x: &Exchange<'_>) -> 
             continue;
         };
         let addr = group.server(i).addr();
-        if let (Err(e), _) = connected.stream.write_all(x.ring, x.request.to_vec()).await {
+        if let Err(e) = connected.stream.write_slice(x.ring, x.request).await {
             group.report_failure(i);
             tracing::warn!(upstream = %addr, group = %group.name, error = %e, "forwarding the request failed; trying the next server");
             failures.other.push(format!("{addr}: forwarding request head: {e}"));
