@@ -212,16 +212,14 @@ async fn pumps(
     let mut c2u_pump = pin!(pump(client, upstream, (c2u, false), activity, None, &closing, c2u_io));
     let mut u2c_pump =
         pin!(pump(upstream, client, (u2c, opts.upstream_queued), activity, Some(first), &closing, u2c_io));
-    let mut idle = pin!(tokio::time::sleep_until((activity.get() + opts.idle_timeout).into()));
-    let first_look = opts.handover.first_look();
-    let mut pause = pin!(tokio::time::sleep(first_look.unwrap_or(Duration::MAX)));
+    // One timer for the idle timeout and the pause: the earlier of the two (a timer
+    // costs its registration in tokio's wheel, and most pairs live for less than either).
+    let mut pause = Pause::new(opts.handover);
+    let mut clock = pin!(tokio::time::sleep_until(pause.next_look(activity.get() + opts.idle_timeout).into()));
     // The worker's events, each at most once in a relay's life: the shutdown's stop, its
     // turn in a drain, a binary upgrade (pause at the next quiet moment, whatever
     // `opts.handover` says). Asking costs a comparison until one of them changed.
     let mut events = Events::new(hub, turns);
-    // Bytes moved (both ways) when the handover last looked, whether it decided to hand
-    // over and waits for a quiet moment, and whether an upgrade asked for it.
-    let (mut looked_at, mut handing_over, mut hand_now) = (0u64, false, false);
     // How long a frame in progress may take to end once it is this connection's turn.
     let mut frame_end = pin!(tokio::time::sleep(Duration::MAX));
     // Ended, and (the drain) stopped at a frame boundary, per direction.
@@ -267,12 +265,22 @@ async fn pumps(
                     return ended(Close::Done);
                 }
             }
-            () = &mut idle => {
-                let deadline = activity.get() + opts.idle_timeout;
-                if deadline <= Instant::now() {
+            () = &mut clock => {
+                let (now, idle_end) = (Instant::now(), activity.get() + opts.idle_timeout);
+                if idle_end <= now {
                     return ended(Close::IdleTimeout);
                 }
-                idle.as_mut().reset(deadline.into());
+                // Only between reads: dropping a pump that waits for readability loses nothing.
+                if !c2u_done && !u2c_done && !closing.get() {
+                    let moved = c2u.moved.get() + u2c.moved.get();
+                    let holding = c2u.holding.get() || u2c.holding.get();
+                    if pause.due(now, (moved, activity.get(), holding)) {
+                        return ended(Close::Paused);
+                    }
+                } else {
+                    pause.at = None;
+                }
+                clock.as_mut().reset(pause.next_look(idle_end).into());
             }
             event = events.told() => match event {
                 WorkerEvent::Stop => return ended(Close::Shutdown),
@@ -289,8 +297,8 @@ async fn pumps(
                 // A pair that is closing is not handed anywhere.
                 WorkerEvent::Handing if closing.get() => {}
                 WorkerEvent::Handing => {
-                    hand_now = true;
-                    pause.as_mut().reset(Instant::now().into());
+                    pause.now();
+                    clock.as_mut().reset(Instant::now().into());
                 }
             },
             () = &mut frame_end, if closing.get() => {
@@ -299,28 +307,66 @@ async fn pumps(
                 tracing::debug!(c2u_whole, u2c_whole, "drain: a frame did not end within drain.close_timeout");
                 return Ended { reason: Close::Drain, both_fin: false, going_away: [u2c_whole, c2u_whole] };
             }
-            // Only between reads: dropping a pump that waits for readability loses nothing.
-            () = &mut pause, if (first_look.is_some() || hand_now) && !c2u_done && !u2c_done && !closing.get() => {
-                let moved = c2u.moved.get() + u2c.moved.get();
-                if let Handover::IdleOrBulk(period) = opts.handover
-                    && !handing_over
-                    && !hand_now
-                {
-                    let idle_since = activity.get();
-                    let bulk = moved - looked_at > bulk_bytes(period);
-                    looked_at = moved;
-                    if !bulk && idle_since.elapsed() < period {
-                        pause.as_mut().reset((idle_since + period).into());
-                        continue;
-                    }
-                }
-                handing_over = true;
-                if !c2u.holding.get() && !u2c.holding.get() {
-                    return ended(Close::Paused);
-                }
-                pause.as_mut().reset((Instant::now() + PAUSE_RETRY).into());
+        }
+    }
+}
+
+/// When the relay stops for the kernel splice to take the pair ([`Handover`]), or for
+/// a binary upgrade to pass it.
+struct Pause {
+    handover: Handover,
+    /// When to look next (`None`: never).
+    at: Option<Instant>,
+    /// Bytes moved (both ways) when the handover last looked.
+    looked_at: u64,
+    /// It decided to hand over and waits for a quiet moment.
+    handing_over: bool,
+    /// An upgrade asked for it: pause at the next quiet moment.
+    asked: bool,
+}
+
+impl Pause {
+    fn new(handover: Handover) -> Self {
+        let at = handover.first_look().map(|d| Instant::now() + d);
+        Self { handover, at, looked_at: 0, handing_over: false, asked: false }
+    }
+
+    /// A binary upgrade takes the pair: pause at the next quiet moment.
+    fn now(&mut self) {
+        self.asked = true;
+        self.at = Some(Instant::now());
+    }
+
+    /// When the relay's timer next goes off: at the pause's next look, or at `idle_end`.
+    fn next_look(&self, idle_end: Instant) -> Instant {
+        self.at.map_or(idle_end, |at| at.min(idle_end))
+    }
+
+    /// At a tick of the relay's timer, with `moved` bytes moved so far, the last one at
+    /// `idle_since`, and bytes `holding` in a pump: whether to pause now. Otherwise the
+    /// next look is set: after the period (`IdleOrBulk`: not idle that long, nor bulk),
+    /// or shortly (bytes in flight).
+    fn due(&mut self, now: Instant, (moved, idle_since, holding): (u64, Instant, bool)) -> bool {
+        if self.at.is_none_or(|at| at > now) {
+            return false;
+        }
+        if let Handover::IdleOrBulk(period) = self.handover
+            && !self.handing_over
+            && !self.asked
+        {
+            let bulk = moved - self.looked_at > bulk_bytes(period);
+            self.looked_at = moved;
+            if !bulk && now.saturating_duration_since(idle_since) < period {
+                self.at = Some(idle_since + period);
+                return false;
             }
         }
+        self.handing_over = true;
+        if !holding {
+            return true;
+        }
+        self.at = Some(now + PAUSE_RETRY);
+        false
     }
 }
 
