@@ -50,9 +50,6 @@ pub struct RelayOutcome {
 #[derive(Debug, Clone, Copy)]
 pub struct RelayOptions {
     pub idle_timeout: Duration,
-    /// Plain HTTP: once the upstream has finished its response (FIN), the exchange is
-    /// over and the client is closed too, instead of waiting for the client's FIN.
-    pub end_on_upstream_fin: bool,
     /// When to stop with [`Close::Paused`] so that the kernel splice takes the pair.
     pub handover: Handover,
     /// How long the drain waits for a frame in progress to end, then for the peers'
@@ -261,9 +258,6 @@ async fn pumps(
                     return ended(reason);
                 }
                 first_fin.get_or_insert(Close::UpstreamFin);
-                if opts.end_on_upstream_fin {
-                    return ended(Close::Done);
-                }
             }
             () = &mut clock => {
                 let (now, idle_end) = (Instant::now(), activity.get() + opts.idle_timeout);

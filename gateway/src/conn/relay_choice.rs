@@ -178,7 +178,6 @@ pub async fn relay_pair(
     let removal = live.as_ref().map(|l| worker.generations.removals.watch(l.server_live()));
     let opts = RelayOptions {
         idle_timeout: cfg.timeouts.idle,
-        end_on_upstream_fin: false,
         handover: Handover::Never,
         close_timeout: cfg.drain.close_timeout,
         frames,
