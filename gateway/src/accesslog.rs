@@ -152,7 +152,7 @@ fn writer(
     let mut out = BufWriter::new(out);
     let mut reported = 0;
     let mut reopened = REOPEN.load(Ordering::Relaxed);
-    let mut clock = Clock::default();
+    let (mut clock, mut line) = (Clock::default(), String::new());
     loop {
         let asked = REOPEN.load(Ordering::Relaxed);
         if let (true, Some(path)) = (asked != reopened, file) {
@@ -165,7 +165,6 @@ fn writer(
         }
         // Everything queued, then one flush: bursts are batched.
         let mut wrote = false;
-        let mut line = String::new();
         // Read before the queue is drained: what was queued before the stop is written.
         let stopping = stop.load(Ordering::Relaxed);
         let open = loop {
@@ -198,14 +197,15 @@ fn writer(
 }
 
 /// Renders one line (with its newline).
-pub fn render(r: &AccessRecord, format: AccessLogFormat) -> String {
+#[cfg(test)]
+fn render(r: &AccessRecord, format: AccessLogFormat) -> String {
     let mut line = String::new();
     render_into(&mut line, r, format, &mut Clock::default());
     line
 }
 
 /// Appends one line (with its newline) to `out`, with the time from `clock`. The
-/// writer renders every line into one buffer: nothing is allocated per line.
+/// writer renders every line into one buffer: nothing is allocated per text line.
 fn render_into(out: &mut String, r: &AccessRecord, format: AccessLogFormat, clock: &mut Clock) {
     // Writing to a String cannot fail: the results are ignored.
     match format {
@@ -281,14 +281,17 @@ fn push_ip(out: &mut String, ip: IpAddr) {
     }
 }
 
-/// Seconds with three decimals, as `{:.3}` writes them (to the millisecond).
+/// Seconds with three decimals, exactly as `{:.3}` writes them: by integer arithmetic
+/// when the thousandths are clear, through `{:.3}` near a half thousandth (where the
+/// product `t × 1000` may round otherwise than the exact value) and past 10⁶ s.
 fn push_secs(out: &mut String, t: f64) {
-    if !(t.is_finite() && (0.0..1e12).contains(&t)) {
+    let ms = t * 1000.0;
+    if !(t.is_finite() && (0.0..1e6).contains(&t)) || (ms - ms.floor() - 0.5).abs() < 1e-6 {
         let _ = write!(out, "{t:.3}");
         return;
     }
-    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "checked above: 0 ≤ t < 10¹²")]
-    let ms = (t * 1000.0).round() as u64;
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "checked above: 0 ≤ t < 10⁶")]
+    let ms = ms.round() as u64;
     push_int(out, ms / 1000);
     let frac = ms % 1000;
     out.push_str(if frac < 10 {
@@ -458,8 +461,27 @@ mod tests {
     }
 
     #[test]
+    fn seconds_are_written_as_format_rounds_them() {
+        let mut t = 0.0_f64;
+        while t < 3.0 {
+            for x in [t, t + 1e-9, t - 1e-9, t + 0.0002] {
+                let mut out = String::new();
+                push_secs(&mut out, x.max(0.0));
+                assert_eq!(out, format!("{:.3}", x.max(0.0)), "{x}");
+            }
+            t += 0.0005;
+        }
+        for x in [1e6, 1e12, f64::NAN, -1.0] {
+            let mut out = String::new();
+            push_secs(&mut out, x);
+            assert_eq!(out, format!("{x:.3}"));
+        }
+    }
+
+    #[test]
     fn lines_written_by_hand_are_what_format_wrote() {
-        let times = [0.0, 0.0004, 0.002, 0.0105, 0.25, 1.5, 59.999, 3600.1234, 86_400.0];
+        // Half thousandths among them: `{:.3}` rounds their exact values.
+        let times = [0.0, 0.0004, 0.002, 0.0045, 0.0105, 0.0625, 0.25, 1.0005, 1.5, 59.999, 3600.1234, 86_400.0];
         let addrs = ["127.0.0.1:5000", "10.200.3.45:65535", "[::1]:443", "[2001:db8::7]:9001"];
         for (i, &t) in times.iter().enumerate() {
             let mut r = record();

@@ -259,23 +259,6 @@ async fn pumps(
                 }
                 first_fin.get_or_insert(Close::UpstreamFin);
             }
-            () = &mut clock => {
-                let (now, idle_end) = (Instant::now(), activity.get() + opts.idle_timeout);
-                if idle_end <= now {
-                    return ended(Close::IdleTimeout);
-                }
-                // Only between reads: dropping a pump that waits for readability loses nothing.
-                if !c2u_done && !u2c_done && !closing.get() {
-                    let moved = c2u.moved.get() + u2c.moved.get();
-                    let holding = c2u.holding.get() || u2c.holding.get();
-                    if pause.due(now, (moved, activity.get(), holding)) {
-                        return ended(Close::Paused);
-                    }
-                } else {
-                    pause.at = None;
-                }
-                clock.as_mut().reset(pause.next_look(idle_end).into());
-            }
             event = events.told() => match event {
                 WorkerEvent::Stop => return ended(Close::Shutdown),
                 // Only once, and nothing else sets `closing`.
@@ -295,6 +278,23 @@ async fn pumps(
                     clock.as_mut().reset(Instant::now().into());
                 }
             },
+            () = &mut clock => {
+                let (now, idle_end) = (Instant::now(), activity.get() + opts.idle_timeout);
+                if idle_end <= now {
+                    return ended(Close::IdleTimeout);
+                }
+                // Only between reads: dropping a pump that waits for readability loses nothing.
+                if !c2u_done && !u2c_done && !closing.get() {
+                    let moved = c2u.moved.get() + u2c.moved.get();
+                    let holding = c2u.holding.get() || u2c.holding.get();
+                    if pause.due(now, (moved, activity.get(), holding)) {
+                        return ended(Close::Paused);
+                    }
+                } else {
+                    pause.at = None;
+                }
+                clock.as_mut().reset(pause.next_look(idle_end).into());
+            }
             () = &mut frame_end, if closing.get() => {
                 // A sender stopped mid-frame: no Close can go that way without cutting
                 // its frame; that side gets only the FIN.
@@ -309,7 +309,7 @@ async fn pumps(
 /// a binary upgrade to pass it.
 struct Pause {
     handover: Handover,
-    /// When to look next (`None`: never).
+    /// When to look next (`None`: never, also for a period past what `Instant` holds).
     at: Option<Instant>,
     /// Bytes moved (both ways) when the handover last looked.
     looked_at: u64,
@@ -321,7 +321,7 @@ struct Pause {
 
 impl Pause {
     fn new(handover: Handover) -> Self {
-        let at = handover.first_look().map(|d| Instant::now() + d);
+        let at = handover.first_look().and_then(|d| Instant::now().checked_add(d));
         Self { handover, at, looked_at: 0, handing_over: false, asked: false }
     }
 
@@ -351,7 +351,7 @@ impl Pause {
             let bulk = moved - self.looked_at > bulk_bytes(period);
             self.looked_at = moved;
             if !bulk && now.saturating_duration_since(idle_since) < period {
-                self.at = Some(idle_since + period);
+                self.at = idle_since.checked_add(period);
                 return false;
             }
         }

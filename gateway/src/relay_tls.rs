@@ -69,8 +69,9 @@ impl Shared<'_> {
 /// Relays both ways until both directions finished, a reset, the idle timeout, `Stop`
 /// or this pair's turn in the drain or after its server's removal (`turns`).
 /// `opts.handover` and `upstream_queued` do not apply (a TLS pair is never spliced; a
-/// TLS upstream's 101 is held decrypted by its stream). It waits for both FINs, also after the closing
-/// handshake. Either side may be plain, not both (that is [`crate::relay`]'s).
+/// TLS upstream's 101 is held decrypted by its stream). It waits for both FINs, also
+/// after the closing handshake. Either side may be plain, not both (that is
+/// [`crate::relay`]'s).
 #[allow(clippy::too_many_lines, reason = "one select over the pair's events, as in crate::relay")]
 pub async fn relay(
     client: &PeerIo,

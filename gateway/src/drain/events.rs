@@ -54,7 +54,7 @@ struct State {
 
 impl Hub {
     /// Starts following `shutdown` and `removals` on the current runtime, in a task
-    /// that lives as long as the runtime.
+    /// that lives while their senders do (the process's life).
     pub fn start(shutdown: ShutdownRx, removals: &Removals) -> Rc<Self> {
         let announced = removals.subscribe();
         let state =
@@ -65,7 +65,8 @@ impl Hub {
     }
 
     /// Relays (and accept loops) waiting on this hub.
-    pub fn relays(&self) -> usize {
+    #[cfg(test)]
+    fn relays(&self) -> usize {
         self.state.borrow().waiting.len()
     }
 

@@ -1,8 +1,9 @@
 //! Servers a reload removed from a group with `drain_removed = true`: the reload
 //! announces them once ([`Removals::announce`]) and every WebSocket to one of them
 //! gets its Close 1001 at its turn — a userspace or TLS relay told by its worker's
-//! [`super::events::Hub`], an HTTP/2 stream by watching ([`Removal::turn`]), a spliced pair by its worker, which follows the
-//! [`Announcements`] and asks [`Turns`] for each pair's — the turns spread over
+//! [`super::events::Hub`], an HTTP/2 stream by watching ([`Removal::turn`]), a spliced
+//! pair by its worker, which follows the [`Announcements`] and asks [`Turns`] for each
+//! pair's — the turns spread over
 //! `drain.window` as in the SIGTERM drain (one schedule for all workers, planned with
 //! the removed servers' live connections at the reload).
 //!
