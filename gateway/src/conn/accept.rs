@@ -188,7 +188,7 @@ enum Batch {
 /// `EAGAIN`) is skipped.
 fn accept_batch(listener: &Socket, (key, scheme): (ListenerKey, Scheme), most: usize, worker: &Rc<Worker>) -> Batch {
     for _ in 0..most {
-        match listener.accept() {
+        match crate::io::accept(listener) {
             Ok((stream, peer)) => {
                 let Some(peer) = peer.as_socket() else { continue };
                 start(TcpStream::from_std(stream.into()), peer, (key, scheme), worker);

@@ -5,10 +5,10 @@
 use std::io;
 use std::mem::{MaybeUninit, size_of, zeroed};
 use std::net::Shutdown;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
-use socket2::SockRef;
+use socket2::{SockAddr, SockRef};
 use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::TcpStream;
 
@@ -38,6 +38,43 @@ pub(super) fn setsockopt<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, va
     Ok(())
 }
 
+/// `recvfrom(2)` as a bare system call. libc's `recv` and `send` are thread
+/// cancellation points, and in a process with threads each call enters and leaves the
+/// asynchronous cancel state around the system call (two atomic updates); no wsgate
+/// thread is ever cancelled, and these calls run several times per handshake.
+fn sys_recv(fd: RawFd, buf: *mut u8, len: usize, flags: libc::c_int) -> io::Result<usize> {
+    let (none, nolen) = (std::ptr::null_mut::<libc::sockaddr>(), std::ptr::null_mut::<libc::socklen_t>());
+    // SAFETY: `buf` is valid for writes of `len` bytes (the callers' contract); no
+    // address is asked for.
+    let n = unsafe { libc::syscall(libc::SYS_recvfrom, fd, buf, len, flags, none, nolen) };
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
+}
+
+/// `sendto(2)` without an address, as a bare system call (see [`sys_recv`]).
+fn sys_send(fd: RawFd, data: &[u8], flags: libc::c_int) -> io::Result<usize> {
+    let (none, nolen) = (std::ptr::null::<libc::sockaddr>(), 0 as libc::socklen_t);
+    // SAFETY: `data` is valid for reads of its length for the whole call.
+    let n = unsafe { libc::syscall(libc::SYS_sendto, fd, data.as_ptr(), data.len(), flags, none, nolen) };
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
+}
+
+/// Takes a connection off `listener`'s queue without blocking (`accept4(2)`,
+/// close-on-exec, as a bare system call: see [`sys_recv`]), with its peer's address.
+/// `WouldBlock` means the queue is empty.
+pub fn accept(listener: &impl AsRawFd) -> io::Result<(OwnedFd, SockAddr)> {
+    let fd = listener.as_raw_fd();
+    // SAFETY: the kernel writes at most `len` bytes of address into the storage
+    // socket2 lends, and sets `len` to what it wrote.
+    let (accepted, peer) = unsafe {
+        SockAddr::try_init(|addr, len| {
+            let r = libc::syscall(libc::SYS_accept4, fd, addr, len, libc::SOCK_CLOEXEC);
+            RawFd::try_from(r).ok().filter(|&r| r >= 0).ok_or_else(io::Error::last_os_error)
+        })
+    }?;
+    // SAFETY: accept4 returned a new descriptor that nothing else owns.
+    Ok((unsafe { OwnedFd::from_raw_fd(accepted) }, peer))
+}
+
 /// Writes all of `bytes` to `to`: at once when it fits in the socket buffer (the
 /// usual case for a head), the rest by io_uring, which waits for room.
 pub async fn write_all(to: &TcpStream, bytes: Vec<u8>) -> io::Result<()> {
@@ -51,9 +88,7 @@ pub async fn write_all(to: &TcpStream, bytes: Vec<u8>) -> io::Result<()> {
 /// Non-blocking `recv` (`MSG_DONTWAIT` added to `flags`). `Ok(0)` is end of stream;
 /// `WouldBlock` means nothing is queued.
 pub fn recv(fd: &impl AsRawFd, buf: &mut [u8], flags: libc::c_int) -> io::Result<usize> {
-    // SAFETY: `buf` is valid for writes of `buf.len()` bytes for the whole call.
-    let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), flags | libc::MSG_DONTWAIT) };
-    if n < 0 { Err(io::Error::last_os_error()) } else { Ok(n.unsigned_abs()) }
+    sys_recv(fd.as_raw_fd(), buf.as_mut_ptr(), buf.len(), flags | libc::MSG_DONTWAIT)
 }
 
 /// Reads what is queued without consuming it (`MSG_PEEK`), without blocking.
@@ -64,18 +99,14 @@ pub fn peek(fd: &impl AsRawFd, buf: &mut [u8]) -> io::Result<usize> {
 /// Receives into the spare capacity of `buf` without blocking and extends its length.
 /// `WouldBlock` means nothing is queued.
 pub fn recv_into(fd: &impl AsRawFd, buf: &mut Vec<u8>) -> io::Result<usize> {
-    let spare: &mut [MaybeUninit<u8>] = buf.spare_capacity_mut();
-    let n = with_sock(fd, |s| s.recv_with_flags(spare, libc::MSG_DONTWAIT))?;
-    // SAFETY: the kernel initialised the first `n` bytes of the spare capacity.
-    unsafe { buf.set_len(buf.len() + n) };
-    Ok(n)
+    recv_into_max(fd, buf, usize::MAX)
 }
 
 /// Like [`recv_into`], taking at most `limit` bytes.
 pub fn recv_into_max(fd: &impl AsRawFd, buf: &mut Vec<u8>, limit: usize) -> io::Result<usize> {
     let spare: &mut [MaybeUninit<u8>] = buf.spare_capacity_mut();
     let limit = limit.min(spare.len());
-    let n = with_sock(fd, |s| s.recv_with_flags(&mut spare[..limit], libc::MSG_DONTWAIT))?;
+    let n = sys_recv(fd.as_raw_fd(), spare.as_mut_ptr().cast(), limit, libc::MSG_DONTWAIT)?;
     // SAFETY: the kernel initialised the first `n` bytes of the spare capacity.
     unsafe { buf.set_len(buf.len() + n) };
     Ok(n)
@@ -83,7 +114,7 @@ pub fn recv_into_max(fd: &impl AsRawFd, buf: &mut Vec<u8>, limit: usize) -> io::
 
 /// Non-blocking `send` without `SIGPIPE`; `WouldBlock` when the buffer is full.
 pub fn send(fd: &impl AsRawFd, data: &[u8]) -> io::Result<usize> {
-    with_sock(fd, |s| s.send_with_flags(data, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL))
+    sys_send(fd.as_raw_fd(), data, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
 }
 
 /// Sends what fits in the socket's buffer without blocking; returns the bytes taken,
