@@ -8,6 +8,7 @@ pub mod accesslog;
 pub mod activation;
 pub mod admin;
 pub mod admission;
+pub mod alloc;
 pub mod bufpool;
 pub mod close;
 pub mod config;

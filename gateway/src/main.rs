@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use wsgate::config::CliOptions;
 
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: wsgate::alloc::Allocator = wsgate::alloc::Allocator;
 
 /// WebSocket reverse proxy: thread-per-core io_uring data plane with an in-kernel splice.
 #[derive(Debug, Parser)]
