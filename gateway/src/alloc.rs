@@ -80,31 +80,38 @@ mod tests {
 
     use super::Allocator;
 
+    /// `block` is non-null and aligned to `align`.
+    fn aligned(block: *mut u8, align: usize) -> bool {
+        !block.is_null() && (block as usize).is_multiple_of(align)
+    }
+
     /// Every size and alignment a Rust type can ask for up to 4 KiB and 64-byte
     /// alignment comes back aligned, writable, and survives growing and shrinking.
     #[test]
     fn blocks_are_aligned_as_asked() {
-        let a = Allocator;
+        let heap = Allocator;
         for align in [1usize, 2, 4, 8, 16, 32, 64] {
             for size in (align..=4096).step_by(align) {
                 let layout = Layout::from_size_align(size, align).unwrap();
-                // SAFETY: non-zero size; each block is written within its size and freed once.
+                let bigger = size * 3 + align;
+                let grown = Layout::from_size_align(bigger, align).unwrap();
+                // SAFETY: non-zero sizes; each block is written and read within its
+                // size, and freed once with the layout it has.
                 unsafe {
-                    let p = a.alloc(layout);
-                    assert!(!p.is_null() && p as usize % align == 0, "alloc {size}/{align}: {p:p}");
-                    p.write_bytes(0xa5, size);
-                    let bigger = size * 3 + align;
-                    let q = a.realloc(p, layout, bigger);
-                    assert!(!q.is_null() && q as usize % align == 0, "realloc {size}→{bigger}/{align}: {q:p}");
-                    assert!(std::slice::from_raw_parts(q, size).iter().all(|&b| b == 0xa5), "realloc kept the bytes");
-                    let grown = Layout::from_size_align(bigger, align).unwrap();
-                    let r = a.realloc(q, grown, size);
-                    assert!(!r.is_null() && r as usize % align == 0, "shrink {bigger}→{size}/{align}: {r:p}");
-                    a.dealloc(r, layout);
-                    let z = a.alloc_zeroed(layout);
-                    assert!(!z.is_null() && z as usize % align == 0, "zalloc {size}/{align}: {z:p}");
-                    assert!(std::slice::from_raw_parts(z, size).iter().all(|&b| b == 0), "zeroed");
-                    a.dealloc(z, layout);
+                    let first = heap.alloc(layout);
+                    assert!(aligned(first, align), "alloc {size}/{align}: {first:p}");
+                    first.write_bytes(0xa5, size);
+                    let moved = heap.realloc(first, layout, bigger);
+                    assert!(aligned(moved, align), "realloc {size}→{bigger}/{align}: {moved:p}");
+                    let kept = std::slice::from_raw_parts(moved, size);
+                    assert!(kept.iter().all(|&b| b == 0xa5), "realloc kept the bytes");
+                    let shrunk = heap.realloc(moved, grown, size);
+                    assert!(aligned(shrunk, align), "shrink {bigger}→{size}/{align}: {shrunk:p}");
+                    heap.dealloc(shrunk, layout);
+                    let zeroed = heap.alloc_zeroed(layout);
+                    assert!(aligned(zeroed, align), "zalloc {size}/{align}: {zeroed:p}");
+                    assert!(std::slice::from_raw_parts(zeroed, size).iter().all(|&b| b == 0), "zeroed");
+                    heap.dealloc(zeroed, layout);
                 }
             }
         }
