@@ -273,8 +273,31 @@ def get(addr, ca, path):
     c.until(lambda: sid in c.ended)
     print("status", c.headers[sid][":status"], "body", bytes(c.data.get(sid, b"")).decode())
 
+def greeted(addr, ca, size):
+    # One WebSocket stream whose upstream sends a frame with its 101: it arrives whole.
+    c = Client(addr, ca)
+    c.until(lambda: h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL in c.remote_settings)
+    sid = c.conn.get_next_available_stream_id()
+    c.conn.send_headers(sid, [(":method", "CONNECT"), (":protocol", "websocket"), (":scheme", "https"),
+        (":path", "/h2/greet"), (":authority", "gw.test"), ("sec-websocket-version", "13")])
+    c.flush()
+    c.until(lambda: sid in c.headers)
+    assert c.headers[sid][":status"] == "200", c.headers[sid]
+    buf = c.data.setdefault(sid, bytearray())
+    got = None
+    while got is None:
+        got = unframe(buf)
+        if got is None: c.pump()
+    expected = bytes(i % 251 for i in range(size))
+    assert got == (2, expected), (got[0], len(got[1]))
+    assert not buf, f"{len(buf)} bytes past the greeting"
+    c.conn.send_data(sid, frame(8, b"\x03\xe8"))
+    c.flush()
+    print("greeted", len(got[1]))
+
 cmd = sys.argv[1]
-if cmd == "get": get(sys.argv[2], sys.argv[3], sys.argv[4])
+if cmd == "greet": greeted(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+elif cmd == "get": get(sys.argv[2], sys.argv[3], sys.argv[4])
 elif cmd == "ws": websockets(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))
 elif cmd == "plain": plain(sys.argv[2], sys.argv[3])
 elif cmd == "removed": removed(sys.argv[2], sys.argv[3], int(sys.argv[4]), float(sys.argv[5]))
@@ -291,14 +314,14 @@ fn client(args: &[&str]) -> (bool, String) {
 
 /// A gateway with a TLS listener (`gw.test`), `/h2/` to a WebSocket echo and
 /// `/plain/` to `plain`.
-fn gateway(pki: &Pki, echo: &WsEcho, plain: std::net::SocketAddr, extra: &str) -> Gateway {
+fn gateway(pki: &Pki, ws: std::net::SocketAddr, plain: std::net::SocketAddr, extra: &str) -> Gateway {
     let cert = pki.issue("default", &["gw.test", "127.0.0.1"]);
     let config = format!(
         "workers = 1\n[timeouts]\nheader = \"5s\"\n{extra}{}\
          [[route]]\npath = \"/h2/\"\nupstream = \"ws\"\n[[route]]\npath = \"/plain/\"\nupstream = \"plain\"\n\
          [upstream.ws]\nservers = [\"{}\"]\n[upstream.plain]\nservers = [\"{plain}\"]\n",
         tls_listener(Some(&cert), &[]),
-        echo.addr
+        ws
     );
     Gateway::builder().config(&config).log_level("wsgate=debug").start()
 }
@@ -307,7 +330,7 @@ fn gateway(pki: &Pki, echo: &WsEcho, plain: std::net::SocketAddr, extra: &str) -
 fn websocket_streams_over_h2_echo_every_byte() {
     let pki = Pki::new();
     let echo = WsEcho::start();
-    let gw = gateway(&pki, &echo, utils::refused_addr(), "");
+    let gw = gateway(&pki, echo.addr, utils::refused_addr(), "");
     let (ok, out) = client(&["ws", &gw.addr.to_string(), pki.ca_file().to_str().unwrap(), "6", "16"]);
     assert!(ok && out.contains("ws-ok 6 16"), "{out}\naccess log: {:#?}\n{:#?}", gw.log_lines(), gw.stderr());
     // Each stream reached the upstream as a parsed and rewritten HTTP/1.1 upgrade.
@@ -325,6 +348,40 @@ fn websocket_streams_over_h2_echo_every_byte() {
     for s in 0..6 {
         let line = gw.wait_log(&format!("\"CONNECT /h2/{s}?n={s} HTTP/2\" 200 "));
         assert!(line.contains("close=client_fin") || line.contains("close=upstream_fin"), "{line}");
+    }
+}
+
+/// An upstream that sends its first frame in the same write as its 101 (a greeting,
+/// `size` bytes of binary payload): wsgate reads the 101 with some of those bytes, and
+/// they must reach the stream first and whole; then the upstream reads to the end.
+fn greeting_upstream(size: usize) -> RawUpstream {
+    RawUpstream::start(move |mut s| {
+        let (head, _) = read_head(&mut s);
+        let key = head.lines().find_map(|l| l.strip_prefix("sec-websocket-key: ")).unwrap_or("").trim().to_owned();
+        let payload: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+        let mut out = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Accept: {}\r\n\r\n",
+            tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes())
+        )
+        .into_bytes();
+        out.extend_from_slice(&[0x82, 126]);
+        out.extend_from_slice(&u16::try_from(size).unwrap().to_be_bytes());
+        out.extend_from_slice(&payload);
+        let _ = s.write_all(&out);
+        let _ = utils::read_to_eof(&mut s);
+    })
+}
+
+#[test]
+fn a_frame_that_comes_with_the_101_reaches_the_h2_stream_first_and_whole() {
+    let pki = Pki::new();
+    // Smaller than the first read, and larger (the read cuts it).
+    for size in [300, 6000] {
+        let up = greeting_upstream(size);
+        let gw = gateway(&pki, up.addr, utils::refused_addr(), "");
+        let (ok, out) = client(&["greet", &gw.addr.to_string(), pki.ca_file().to_str().unwrap(), &size.to_string()]);
+        assert!(ok && out.contains(&format!("greeted {size}")), "{out}\n{:#?}", gw.stderr());
     }
 }
 
@@ -358,7 +415,7 @@ fn plain_requests_over_h2_go_upstream_parsed_as_http10() {
         );
         let _ = s.write_all(&[head.as_bytes(), &reply].concat());
     });
-    let gw = gateway(&pki, &echo, up.addr, "");
+    let gw = gateway(&pki, echo.addr, up.addr, "");
     let (ok, out) = client(&["plain", &gw.addr.to_string(), pki.ca_file().to_str().unwrap()]);
     assert!(ok && out.contains("plain-ok"), "{out}");
     let seen = seen.lock().unwrap().clone();
@@ -376,7 +433,7 @@ fn plain_requests_over_h2_go_upstream_parsed_as_http10() {
 fn a_rapid_reset_flood_is_cut_off() {
     let pki = Pki::new();
     let echo = WsEcho::start();
-    let gw = gateway(&pki, &echo, utils::refused_addr(), "");
+    let gw = gateway(&pki, echo.addr, utils::refused_addr(), "");
     let ca = pki.ca_file();
     let (ok, out) = client(&["flood", &gw.addr.to_string(), ca.to_str().unwrap(), "5000"]);
     let closed_after: usize = out
@@ -395,7 +452,7 @@ fn a_rapid_reset_flood_is_cut_off() {
 fn streams_reset_after_connecting_past_the_limit_get_goaway_enhance_your_calm() {
     let pki = Pki::new();
     let echo = WsEcho::start();
-    let gw = gateway(&pki, &echo, utils::refused_addr(), "[http2]\nmax_resets_per_second = 10\n");
+    let gw = gateway(&pki, echo.addr, utils::refused_addr(), "[http2]\nmax_resets_per_second = 10\n");
     let ca = pki.ca_file();
     let (ok, out) = client(&["resets", &gw.addr.to_string(), ca.to_str().unwrap(), "40"]);
     // ENHANCE_YOUR_CALM is error code 11.

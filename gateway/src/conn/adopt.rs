@@ -67,7 +67,7 @@ pub async fn resume(adopted: Adopted, worker: Rc<Worker>) {
         &mut slot,
         upstream,
         (admitted, live),
-        (frames, active_since, false),
+        (frames, active_since, super::relay_choice::Queued::Nothing),
         &worker,
         &mut facts,
     )

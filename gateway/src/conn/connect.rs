@@ -2,7 +2,7 @@
 //! upstream (`X-Forwarded-*`, hop-by-hop headers), connects to the route's servers in
 //! policy order and forwards the head (what followed it waits: see `plain` and
 //! `relay_choice`). For an upgrade it
-//! also waits for the response head ([`super::response::peek_head`], left queued), and
+//! also waits for the response head ([`super::response::read_head`]), and
 //! moves to the next server while [`ProxyError::retry_safe`] says so; so does any
 //! failed connect (nothing was sent). At most `tries` servers, each failure reported
 //! to passive health.
@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use super::Worker;
 use super::peer_io::PeerIo;
-use super::response::peek_head;
+use super::response::{HeadRead, peek_head, read_head};
 use super::route_admit::Admit;
 use super::teardown::Facts;
 use crate::error::{ErrorKind, ProxyError};
@@ -43,8 +43,15 @@ pub struct Connected {
     pub started: Instant,
     /// Counts the connection as live on its server (`least_conn`, `max_conns`) until dropped.
     pub live: ActiveGuard,
-    /// The upstream's response head (peeked, still queued); `None` for plain HTTP.
+    /// The upstream's response head to an upgrade; `None` for plain HTTP.
     pub response: Option<ResponseHead>,
+    /// Bytes read off a plain upstream's socket, starting with its response head to an
+    /// upgrade: what follows the head is the upstream's next bytes (the first frames
+    /// after a 101, the start of a body otherwise), due to the client in order. Empty
+    /// while the head is queued still (plain HTTP; a TLS upstream's stream holds it).
+    pub read: Vec<u8>,
+    /// The last read of `read` may have cut a segment (see [`HeadRead::cut`]).
+    pub read_cut: bool,
     /// What the client sent after its head, not forwarded yet.
     pub early: Vec<u8>,
     /// The request's body framing (plain HTTP).
@@ -144,6 +151,8 @@ async fn from_pool(worker: &Worker, group: &Arc<Group>, server: usize, head: &[u
         started: Instant::now(),
         live,
         response: None,
+        read: Vec::new(),
+        read_cut: false,
         early: Vec::new(),
         framing: Framing::Empty,
         method: String::new(),
@@ -216,7 +225,7 @@ pub struct Exchange<'a> {
     pub metrics: &'a Recorder,
 }
 
-/// For a WebSocket upgrade: connect, forward the request, and peek the response head,
+/// For a WebSocket upgrade: connect, forward the request, and read the response head,
 /// moving on to the next server (bounded by `tries`) when one fails before answering
 /// anything — refused, connect timeout, or [`ProxyError::retry_safe`]. Every failure
 /// is reported to passive health.
@@ -235,9 +244,17 @@ pub async fn exchange(group: &Arc<Group>, pick: &Pick<'_>, x: &Exchange<'_>) -> 
             continue;
         }
         let deadline = Instant::now() + x.response_timeout;
-        match peek_head(x.ring, &connected.stream, x.max_response, deadline, x.method).await {
-            Ok(head) => {
+        let answered = match &connected.stream {
+            PeerIo::Plain(tcp) => read_head(x.ring, tcp, x.max_response, deadline, x.method).await,
+            tls @ PeerIo::Tls(_) => peek_head(x.ring, tls, x.max_response, deadline, x.method)
+                .await
+                .map(|head| HeadRead { head, bytes: Vec::new(), cut: false }),
+        };
+        match answered {
+            Ok(HeadRead { head, bytes, cut }) => {
                 connected.response = Some(head);
+                connected.read = bytes;
+                connected.read_cut = cut;
                 return Ok(connected);
             }
             Err(e) if e.retry_safe() => {
@@ -304,6 +321,8 @@ async fn connect_one(
                 started,
                 live,
                 response: None,
+                read: Vec::new(),
+                read_cut: false,
                 early: Vec::new(),
                 framing: Framing::Empty,
                 method: String::new(),

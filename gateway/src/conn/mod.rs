@@ -6,7 +6,7 @@
 //!
 //!  head ─▶ route_admit ─▶ connect ──────────────────▶ response ──▶ relay_choice ───────────▶ teardown
 //!   │        │              │ upgrade: connect, forward,  │ 101 ─▶    splice ─▶ park ─┐      (finish)
-//!   │        │              │ peek the head; next server  │           userspace ──────┼────▶ lifetimes,
+//!   │        │              │ read the head; next server  │           userspace ──────┼────▶ lifetimes,
 //!   │        │              │ while retry_safe            │           userspace, then │      counts,
 //!   │        │              │                             │           splice ─▶ park ─┤      access log
 //!   │        │              │ plain HTTP: pooled or new ──┼─────────▶ plain: body ────┼────▶

@@ -148,7 +148,7 @@ pub async fn exchange(
     // as ending the connection).
     done.closing =
         req.closing || draining || !done.request_complete || !head.http11 || head.framing == Framing::UntilClose;
-    let passed = pass(upstream, client, &head, (worker, cfg.timeouts.response), Some(done.closing)).await?;
+    let passed = pass(upstream, client, (&head, &[]), (worker, cfg.timeouts.response), Some(done.closing)).await?;
     done.bytes_out += passed.sent;
     done.response_complete = passed.complete;
     Ok(())

@@ -135,12 +135,13 @@ pub async fn websocket(
     worker: &Worker,
     facts: &mut Facts,
 ) -> Option<Handoff> {
-    let Connected { stream: upstream, live, early, response, .. } = upstream;
+    let Connected { stream: upstream, live, early, response, read, read_cut, .. } = upstream;
     // The drain's frame boundaries: the client's early bytes are its first frames; the
-    // upstream's bytes start with its 101 head, still queued.
+    // upstream's bytes start with its 101 head (read, or queued still).
     let mut to_upstream = FrameTracker::default();
     to_upstream.feed(&early);
-    let to_client = FrameTracker::after(response.as_ref().map_or(0, |h| h.len as u64));
+    let mut to_client = FrameTracker::after(response.as_ref().map_or(0, |h| h.len as u64));
+    to_client.feed(&read);
     // What the client sent after its head is WebSocket data now: it goes first.
     if !early.is_empty() {
         facts.bytes_in += early.len() as u64;
@@ -150,15 +151,45 @@ pub async fn websocket(
             return None;
         }
     }
-    // The 101 is queued in the upstream socket: the relay reads it without waiting.
-    let frames = ([to_upstream, to_client], None, response.is_some());
+    // The 101 as read, and what came with it, goes to the client before anything else
+    // from the upstream.
+    let queued = match (&response, read.is_empty()) {
+        (Some(_), true) => Queued::Untouched,
+        (Some(_), false) if read_cut => Queued::Cut,
+        _ => Queued::Nothing,
+    };
+    if let Some(client) = client_slot.as_ref().filter(|_| !read.is_empty()) {
+        facts.bytes_out += read.len() as u64;
+        facts.bytes_sent = facts.bytes_out;
+        if let (Err(e), _) = client.write_all(&worker.ring, read).await {
+            tracing::debug!(error = %e, client = %facts.peer, "client gone before the 101");
+            facts.close = Close::ClientReset;
+            return None;
+        }
+    }
+    let frames = ([to_upstream, to_client], None, queued);
     relay_pair(client_slot, upstream, (admitted, Some(live)), frames, worker, facts).await
+}
+
+/// What the upstream's socket may hold unread as its relay starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Queued {
+    /// Nothing known: the relay waits for bytes before it reads.
+    Nothing,
+    /// Bytes no read has touched (a TLS upstream's 101, or what an old process left in
+    /// a binary upgrade): the relay reads before it first waits; the splice may take
+    /// the socket as it is.
+    Untouched,
+    /// The rest of a segment that the read of the 101 may have cut: the relay reads
+    /// before it first waits, and the splice takes the pair only once a read came up
+    /// short (DESIGN: a socket must not enter the sockhash after a partial read).
+    Cut,
 }
 
 /// Relays an open WebSocket whose frames stand at `frames` (client→upstream,
 /// upstream→client), whose bytes last moved at `active_since` (`None`: now) and whose
-/// upstream may have bytes queued unread (`upstream_queued`, a hint): after its 101,
-/// or passed by an old process in a binary upgrade (`conn::adopt`). `live` counts it
+/// upstream may have bytes queued unread (`queued`): after its 101, or passed by an
+/// old process in a binary upgrade (`conn::adopt`). `live` counts it
 /// on its upstream server when that server is known. In a binary upgrade of this
 /// process, a pair relayed in userspace is passed to the new process at its next quiet
 /// moment (`close=` is then [`Close::Handed`]: the new process writes its line).
@@ -166,7 +197,7 @@ pub async fn relay_pair(
     client_slot: &mut Option<PeerIo>,
     upstream: PeerIo,
     (admitted, live): (Admitted, Option<ActiveGuard>),
-    (frames, active_since, upstream_queued): ([FrameTracker; 2], Option<std::time::Instant>, bool),
+    (frames, active_since, queued): ([FrameTracker; 2], Option<std::time::Instant>, Queued),
     worker: &Worker,
     facts: &mut Facts,
 ) -> Option<Handoff> {
@@ -182,7 +213,7 @@ pub async fn relay_pair(
         close_timeout: cfg.drain.close_timeout,
         frames,
         active_since,
-        upstream_queued,
+        upstream_queued: queued != Queued::Nothing,
     };
     // TLS on either side: userspace (no kTLS here).
     let (client, upstream) = match (client, upstream) {
@@ -195,10 +226,12 @@ pub async fn relay_pair(
     let handover = if worker.pairs.is_some() { first_handover(cfg, worker) } else { Handover::Never };
     let mut opts = opts;
     // Spliced at once (`splice_after = 0s`, or `sockmap` learning that pairs live long),
-    // else relayed here first.
+    // else relayed here first; a cut segment is read to its end here first, and the
+    // pair handed over at once after that.
     let splice_now = worker.pairs.is_some() && handover == Handover::Never && !worker.upgrade.passing();
-    if !splice_now {
-        let first = RelayOptions { handover, ..opts };
+    if !splice_now || queued == Queued::Cut {
+        let first_handover = if splice_now { Handover::After(std::time::Duration::ZERO) } else { handover };
+        let first = RelayOptions { handover: first_handover, ..opts };
         let paused = relay_here(client, &upstream, first, removal.as_ref(), worker, facts).await?;
         opts = RelayOptions { handover: Handover::Never, ..paused };
     }

@@ -1,9 +1,10 @@
 //! Phase 4, the response: runs for an upgrade once the upstream's response head has
-//! been peeked (by `connect`, which needs it to know whether to retry). Records the
-//! status and the upstream response time. A 101 goes on to the relay with the head
-//! still queued in the upstream socket, so the relay delivers it in order with what
-//! followed it; any other status is passed back exactly (head, then the body as
-//! framed) and both sides are closed. [`pass`] is also how a plain response goes back:
+//! been read (by `connect`, which needs it to know whether to retry): off a plain
+//! upstream's socket with what came with it ([`read_head`]), or peeked and held by a
+//! TLS upstream's stream. Records the status and the upstream response time. A 101
+//! goes on to the relay, which delivers the head and what followed it in order; any
+//! other status is passed back exactly (head, then the body as framed) and both sides
+//! are closed. [`pass`] is also how a plain response goes back:
 //! the one change it may make there is to the head's `Connection` headers, which speak
 //! of the upstream connection and are set anew for the client's (keep-alive or close).
 //!
@@ -55,8 +56,8 @@ pub async fn answer(
     }
     // Passed back as-is; both sides closed after it.
     let stream = &upstream.stream;
-    facts.bytes_sent =
-        Box::pin(pass(stream, client, head, (worker, facts.generation.config.timeouts.response), None)).await?.sent;
+    let (worker_timeout, read) = ((worker, facts.generation.config.timeouts.response), upstream.read.as_slice());
+    facts.bytes_sent = Box::pin(pass(stream, client, (head, read), worker_timeout, None)).await?.sent;
     facts.bytes_out = facts.bytes_sent;
     facts.close = Close::Done;
     client.shutdown(std::net::Shutdown::Both);
@@ -76,6 +77,73 @@ pub async fn peek_head(
     match upstream {
         PeerIo::Plain(tcp) => peek_tcp(ring, tcp, max, deadline, method).await,
         PeerIo::Tls(tls) => peek_tls(ring, tls, max, deadline, method).await,
+    }
+}
+
+/// A response head read off a plain upstream's socket ([`read_head`]).
+#[derive(Debug)]
+pub struct HeadRead {
+    pub head: ResponseHead,
+    /// The bytes read, starting with the head; what follows it is the upstream's next
+    /// bytes (the first frames after a 101, or the start of a body).
+    pub bytes: Vec<u8>,
+    /// The last read filled all the room it had: it may have cut a segment, whose rest
+    /// is queued still. A socket must not enter the splice's sockhash after such a read
+    /// (the kernel would deliver the whole segment again): it is read on to a short
+    /// read first.
+    pub cut: bool,
+}
+
+/// Waits for a plain upstream's response head and reads it off the socket (no second
+/// read of the same bytes, as a peek would need). A read of more than one head's
+/// worth is fine: those bytes are the caller's to pass on in order.
+pub async fn read_head(
+    ring: &Ring,
+    upstream: &TcpStream,
+    max: usize,
+    deadline: Instant,
+    method: &str,
+) -> Result<HeadRead, ProxyError> {
+    // Most response heads fit in 1 KiB; grow to `max` only for one that does not.
+    let max = max.max(1);
+    let mut buf = Vec::with_capacity(max.min(1024));
+    loop {
+        match timeout_at(deadline.into(), ring.ready(upstream, readiness::READABLE)).await {
+            Err(_) => return Err(ProxyError::new(ErrorKind::UpstreamTimeout, "no response head in time")),
+            Ok(Err(e)) => {
+                return Err(ProxyError::new(ErrorKind::UpstreamClosed, format!("waiting for response: {e}")));
+            }
+            Ok(Ok(_)) => {}
+        }
+        if buf.len() == buf.capacity() {
+            buf.reserve_exact(max - buf.len());
+        }
+        // Never past `max`: a head that does not end within it is refused below.
+        let room = (max - buf.len()).min(buf.capacity() - buf.len());
+        let cut = match crate::io::recv_into_max(upstream, &mut buf, room) {
+            Ok(0) if buf.is_empty() => {
+                return Err(ProxyError::new(ErrorKind::UpstreamClosed, "closed before sending a response"));
+            }
+            Ok(0) => {
+                return Err(ProxyError::new(ErrorKind::UpstreamClosed, "closed in the middle of the response head"));
+            }
+            Ok(n) => n == room,
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => continue,
+            Err(e) => return Err(ProxyError::new(ErrorKind::UpstreamClosed, format!("reading response: {e}"))),
+        };
+        match response::parse(&buf, method) {
+            Err(e) => return Err(e),
+            Ok(Some(head)) => return Ok(HeadRead { head, bytes: buf, cut }),
+            Ok(None) if buf.len() >= max => {
+                return Err(ProxyError::new(
+                    ErrorKind::UpstreamInvalid,
+                    format!("response head larger than {max} bytes"),
+                ));
+            }
+            // Partial head: the next readiness means bytes past those taken (or the
+            // end, which the next read reports).
+            Ok(None) => {}
+        }
     }
 }
 
@@ -204,15 +272,19 @@ pub(crate) fn take_head(upstream: &PeerIo, len: usize) -> Result<Vec<u8>, ProxyE
 /// Passes a (non-101) response from the upstream to the client: the head (exactly when
 /// `closing` is `None`; on the plain path, `Some`, its `Connection` headers set for the
 /// client connection, see [`response::for_client`]), then the body as framed, exactly,
-/// then stops.
+/// then stops. `read` holds the bytes already read off the upstream, starting with the
+/// head ([`read_head`]); empty, the head is still queued (peeked).
 pub(super) async fn pass(
     upstream: &PeerIo,
     client: &PeerIo,
-    head: &ResponseHead,
+    (head, read): (&ResponseHead, &[u8]),
     (worker, read_timeout): (&Worker, std::time::Duration),
     closing: Option<bool>,
 ) -> Result<Passed, ProxyError> {
-    let head_bytes = take_head(upstream, head.len)?;
+    let (head_bytes, body_start) = match read.split_at_checked(head.len) {
+        Some((taken, rest)) if !read.is_empty() => (taken.to_vec(), rest),
+        _ => (take_head(upstream, head.len)?, &[][..]),
+    };
     let head_bytes = match closing {
         Some(closing) => response::for_client(&head_bytes, closing),
         None => head_bytes,
@@ -223,6 +295,18 @@ pub(super) async fn pass(
         return Ok(passed);
     }
     let mut body = BodyTracker::new(head.framing);
+    // What came with the head first, exactly as framed.
+    if !body_start.is_empty() {
+        let take = body.advance(body_start)?;
+        if client.write_slice(&worker.ring, &body_start[..take]).await.is_err() {
+            return Ok(passed);
+        }
+        passed.sent += take as u64;
+        if take < body_start.len() {
+            // The upstream sent more than its response.
+            return Ok(passed);
+        }
+    }
     while !body.is_done() {
         let mut buf = worker.buffers.take();
         let n = match upstream.recv_into(&mut buf) {

@@ -83,11 +83,11 @@ impl<'a> Shared<'a> {
 const C2U: usize = 0;
 const U2C: usize = 1;
 
-/// Relays a WebSocket stream both ways (see the module); byte counts and the close go
-/// to `facts`.
+/// Relays a WebSocket stream both ways (see the module), starting with `first`, what
+/// the upstream sent with its 101; byte counts and the close go to `facts`.
 pub async fn relay(
     (mut recv, mut send): (RecvStream, SendStream<Bytes>),
-    upstream: &PeerIo,
+    (upstream, first): (&PeerIo, Vec<u8>),
     (worker, removal): (&Worker, &Removal),
     facts: &mut Facts,
     resets: &ResetMeter,
@@ -100,7 +100,7 @@ pub async fn relay(
     let mut stop = worker.shutdown.clone();
     let ended = {
         let up = up(&mut recv, upstream, &worker.ring, &s);
-        let down = down(&mut send, upstream, worker, &s);
+        let down = down(&mut send, upstream, (worker, &s), first);
         let watcher = async {
             tokio::select! {
                 () = crate::drain::turn(worker.shutdown.clone(), Some(&worker.pacer)) => {}
@@ -192,8 +192,22 @@ async fn up(recv: &mut RecvStream, upstream: &PeerIo, ring: &Ring, s: &Shared<'_
     }
 }
 
-/// Upstream → client: what the upstream sends, as DATA within the client's window.
-async fn down(send: &mut SendStream<Bytes>, upstream: &PeerIo, worker: &Worker, s: &Shared<'_>) -> Pump {
+/// Upstream → client: what the upstream sends, as DATA within the client's window;
+/// first the bytes that came with its 101 (`first`, perhaps none).
+async fn down(
+    send: &mut SendStream<Bytes>,
+    upstream: &PeerIo,
+    (worker, s): (&Worker, &Shared<'_>),
+    first: Vec<u8>,
+) -> Pump {
+    if !first.is_empty() {
+        let (n, whole) = s.drain.take(U2C, &first);
+        let mut first = first;
+        first.truncate(n);
+        if let Some(end) = forward(send, upstream, s, (Bytes::from(first), whole)).await {
+            return end;
+        }
+    }
     loop {
         if s.drain.whole(U2C) {
             return Pump::Whole;
@@ -227,17 +241,28 @@ async fn down(send: &mut SendStream<Bytes>, upstream: &PeerIo, worker: &Worker, 
                 return Pump::Ended;
             }
         }
-        s.activity.set(Instant::now());
-        s.moved(U2C, data.len());
-        if send_within_window(send, data).await.is_err() {
-            s.end(Close::ClientReset);
-            upstream.shutdown(Shutdown::Both);
-            return Pump::Ended;
-        }
-        if whole {
-            return Pump::Whole;
+        if let Some(end) = forward(send, upstream, s, (data, whole)).await {
+            return end;
         }
     }
+}
+
+/// Sends `data` read from the upstream to the client; the pump ends (`Some`) when the
+/// client is gone or the data ended at the drain's frame boundary (`whole`).
+async fn forward(
+    send: &mut SendStream<Bytes>,
+    upstream: &PeerIo,
+    s: &Shared<'_>,
+    (data, whole): (Bytes, bool),
+) -> Option<Pump> {
+    s.activity.set(Instant::now());
+    s.moved(U2C, data.len());
+    if send_within_window(send, data).await.is_err() {
+        s.end(Close::ClientReset);
+        upstream.shutdown(Shutdown::Both);
+        return Some(Pump::Ended);
+    }
+    whole.then_some(Pump::Whole)
 }
 
 /// The drain's close handshake once the pumps stopped between frames: a Close 1001 to

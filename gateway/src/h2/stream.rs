@@ -100,11 +100,18 @@ async fn websocket_stream(
         Ok((upstream, admit.slots))
     })
     .await?;
-    let (upstream, _slots) = upstream;
+    let (mut upstream, _slots) = upstream;
     let peeked = upstream.response.clone().ok_or_else(|| ProxyError::new(ErrorKind::Internal, "no response head"))?;
     facts.upstream_response_time = Some(upstream.started.elapsed().as_secs_f64());
     facts.status = peeked.status;
-    let (status, headers) = take_head(&upstream.stream, &peeked)?;
+    // A plain upstream's head was read with what followed it: those bytes go first.
+    let mut first = std::mem::take(&mut upstream.read);
+    let (status, headers) = if first.is_empty() {
+        take_head(&upstream.stream, &peeked)?
+    } else {
+        let rest = first.split_off(peeked.len.min(first.len()));
+        parse_response(&std::mem::replace(&mut first, rest))?
+    };
     if status != 101 {
         // Refused upstream: its status and headers go back; its body does not (the
         // WebSocket's client reads the status only).
@@ -129,7 +136,7 @@ async fn websocket_stream(
     // A reload that removes its server from a group with `drain_removed` closes the
     // stream with 1001, as it does an HTTP/1.1 WebSocket relayed in userspace.
     let removal = worker.generations.removals.watch(upstream.live.server_live());
-    super::relay::relay((recv, send), &upstream.stream, (worker, &removal), facts, resets).await;
+    super::relay::relay((recv, send), (&upstream.stream, first), (worker, &removal), facts, resets).await;
     Ok(())
 }
 
@@ -273,11 +280,15 @@ fn parse_head(bytes: &[u8], facts: &mut Facts, method: &str) -> Result<RequestHe
 
 /// Reads the response head `peeked` saw off the socket, and its headers.
 fn take_head(upstream: &PeerIo, peeked: &ResponseHead) -> Result<(u16, Headers), ProxyError> {
+    parse_response(&crate::conn::response::take_head(upstream, peeked.len)?)
+}
+
+/// The status and headers of a response head already parsed once (`buf` is exactly it).
+fn parse_response(buf: &[u8]) -> Result<(u16, Headers), ProxyError> {
     let invalid = |d: String| ProxyError::new(ErrorKind::UpstreamInvalid, d);
-    let buf = crate::conn::response::take_head(upstream, peeked.len)?;
     let mut headers = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
     let mut resp = httparse::Response::new(&mut headers);
-    match resp.parse(&buf) {
+    match resp.parse(buf) {
         Ok(httparse::Status::Complete(_)) => {}
         _ => return Err(invalid("response head changed between peek and read".into())),
     }

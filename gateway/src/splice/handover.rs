@@ -5,7 +5,8 @@
 //! The order is the one measured in DESIGN.md: userspace first forwards every
 //! client byte it has read and drains the client's receive queue to EAGAIN (a
 //! socket must never enter the sockhash after a partial read); the upstream's
-//! 101 stays queued (it was only peeked). Then the per-connection state and
+//! queue is untouched or was read to a short read (its 101 went to the client
+//! before, see `conn::relay_choice::Queued`). Then the per-connection state and
 //! the peer links are published, both sockets enter the sockhash, and
 //! `SO_RCVLOWAT` makes the kernel run the verdict over bytes queued before
 //! insertion. An skb that arrives while only one socket is in the sockhash is
@@ -13,8 +14,8 @@
 //! supervision has forwarded it, so nothing overtakes it.
 //!
 //! The WebSocket frame state of each direction (where the frames stand at the first
-//! byte the program will see: after the client bytes forwarded here, at the start of
-//! the upstream's still-queued 101 head) seeds the program's frame tracker.
+//! byte the program will see: after the client bytes forwarded here, after the
+//! upstream's 101 head and what came with it) seeds the program's frame tracker.
 //!
 //! Returns the pair in the kernel ([`Pair`]) to its owner (`worker`). Must never
 //! write to either socket after the state is published except through the

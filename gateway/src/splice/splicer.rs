@@ -277,10 +277,10 @@ impl WorkerPairs {
     /// Hands a connection to the kernel after its 101.
     ///
     /// `client_early` are client bytes read after the request head and not yet
-    /// forwarded; the upstream's 101 must still be queued in `upstream` (peeked,
-    /// not read). On success the pair is in the kernel; leave it there with
-    /// [`SplicedPair::park`]. A pair is taken back out only by its end, reported to
-    /// the park callback. Where its WebSocket frames end is not known: at its turn in
+    /// forwarded; `upstream`'s receive queue must be untouched by reads or read to a
+    /// short read (a socket must not enter the sockhash after a partial read). On
+    /// success the pair is in the kernel; leave it there with [`SplicedPair::park`]. A
+    /// pair is taken back out only by its end, reported to the park callback. Where its WebSocket frames end is not known: at its turn in
     /// the drain it gets FIN (see [`WorkerPairs::splice_frames`]).
     pub async fn splice(
         &self,
