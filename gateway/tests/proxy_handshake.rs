@@ -143,6 +143,46 @@ fn non_101_response_is_passed_back_as_is_and_closed() {
 }
 
 #[test]
+fn a_101_head_that_arrives_in_pieces_is_read_whole_and_what_follows_it_kept() {
+    // The head in three writes, the last one with the first bytes after it.
+    const HEAD: &str = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
+    let up = RawUpstream::start(|mut s| {
+        let _ = read_head(&mut s);
+        for piece in [&HEAD[..9], &HEAD[9..40]] {
+            s.write_all(piece.as_bytes()).unwrap();
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        s.write_all(format!("{}hello", &HEAD[40..]).as_bytes()).unwrap();
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        std::thread::sleep(Duration::from_secs(3));
+    });
+    let gw = Gateway::with_config(&routed_config(up.addr), &[]);
+    let mut c = gw.connect();
+    c.write_all(upgrade_request("/ws/", "").as_bytes()).unwrap();
+    let mut got = Vec::new();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let _ = std::io::Read::read_to_end(&mut c, &mut got);
+    assert_eq!(String::from_utf8_lossy(&got), format!("{HEAD}hello"));
+}
+
+#[test]
+fn a_non_101_body_in_the_heads_segment_is_passed_exactly_and_no_further() {
+    // Head, a body longer than the read that takes the head, and bytes past the body,
+    // all in one write: the client gets the head and the body, not one byte more.
+    let body: String = (0..3000).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+    let response = format!("HTTP/1.1 401 Unauthorized\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+    let sent = format!("{response}HTTP/1.1 200 OK\r\n\r\njunk");
+    let up = RawUpstream::start(move |mut s| {
+        let _ = read_head(&mut s);
+        let _ = s.write_all(sent.as_bytes());
+        std::thread::sleep(Duration::from_secs(3));
+    });
+    let gw = Gateway::with_config(&routed_config(up.addr), &[]);
+    let text = expect_status(&gw, upgrade_request("/ws/", "").as_bytes(), 401);
+    assert_eq!(text, response);
+}
+
+#[test]
 fn client_errors_get_their_status() {
     let (up, seen) = recording_upstream();
     let gw = Gateway::with_config(&routed_config(up.addr), &[]);

@@ -279,3 +279,55 @@ fn a_connection_is_handed_to_the_kernel_mid_stream_without_losing_a_byte() {
         "byte counts must add the userspace part and the kernel's: {line}"
     );
 }
+
+/// An upstream that sends its 101 and the first `DOWN` bytes in one write (one
+/// segment holds the head and the start of the stream), then checks what it receives.
+fn bursting_upstream(received: mpsc::Sender<usize>, down: usize) -> utils::RawUpstream {
+    let received = Mutex::new(received);
+    utils::RawUpstream::start(move |mut s| {
+        let _ = utils::read_head(&mut s);
+        let mut out = SWITCHING.to_vec();
+        let mut body = vec![0u8; down];
+        splice_util::fill(43, 2, 0, &mut body);
+        out.extend_from_slice(&body);
+        let mut writer = s.try_clone().unwrap();
+        let writing = std::thread::spawn(move || {
+            writer.write_all(&out).unwrap();
+            writer.shutdown(Shutdown::Write).unwrap();
+        });
+        let n = stream_in(s, 43, 1, 0);
+        writing.join().unwrap();
+        let _ = received.lock().unwrap().send(n);
+    })
+}
+
+#[test]
+fn a_101_that_shares_its_segment_with_a_burst_arrives_once_spliced_or_relayed() {
+    if !can_splice("burst_after_101_e2e") {
+        return;
+    }
+    const DOWN: usize = 2_000_000;
+    // At once: the 101 is peeked and the kernel delivers it with the burst. `auto`: the
+    // 101 is read with part of the burst (the read may cut a segment), the rest is
+    // relayed here, and the pair may go to the kernel at a quiet moment.
+    for (mode, after, expected) in [("sockmap", "0s", "mode=splice"), ("auto", "50ms", "mode=userspace")] {
+        let (tx, rx) = mpsc::channel();
+        let up = bursting_upstream(tx, DOWN);
+        let gw = wsgate(up.addr, mode).args(&["--workers", "1", "--splice-after", after]).start();
+        let mut c = TcpStream::connect(gw.addr).unwrap();
+        c.write_all(utils::upgrade_request("/chat", "").as_bytes()).unwrap();
+        let (head, early) = utils::read_head(&mut c);
+        assert_eq!(utils::status_of(&head), 101);
+        assert_eq!(splice_util::check(43, 2, 0, &early), None, "{mode}: the bytes after the 101");
+        let out = c.try_clone().unwrap();
+        let writer = std::thread::spawn(move || stream_out(out, 43, 1, UP_BYTES));
+        let received = stream_in(c, 43, 2, early.len());
+        writer.join().unwrap();
+        assert_eq!(received, DOWN, "{mode}: client received");
+        assert_eq!(rx.recv_timeout(Duration::from_secs(20)).unwrap(), UP_BYTES, "{mode}: upstream received");
+        let line = gw.wait_log("\"GET /chat HTTP/1.1\" 101 ");
+        assert!(line.contains(expected), "{mode}: {line}");
+        let out = DOWN + head.len();
+        assert!(line.contains(&format!(" in={UP_BYTES} out={out} ")), "{mode}: byte counts: {line}");
+    }
+}

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use super::Worker;
 use super::peer_io::PeerIo;
-use super::response::{HeadRead, peek_head, read_head};
+use super::response::{peek_head, read_head};
 use super::route_admit::Admit;
 use super::teardown::Facts;
 use crate::error::{ErrorKind, ProxyError};
@@ -48,10 +48,9 @@ pub struct Connected {
     /// Bytes read off a plain upstream's socket, starting with its response head to an
     /// upgrade: what follows the head is the upstream's next bytes (the first frames
     /// after a 101, the start of a body otherwise), due to the client in order. Empty
-    /// while the head is queued still (plain HTTP; a TLS upstream's stream holds it).
+    /// while the head is queued still (plain HTTP; peeked for a pair the splice takes
+    /// at its 101; a TLS upstream's stream holds it).
     pub read: Vec<u8>,
-    /// The last read of `read` may have cut a segment (see [`HeadRead::cut`]).
-    pub read_cut: bool,
     /// What the client sent after its head, not forwarded yet.
     pub early: Vec<u8>,
     /// The request's body framing (plain HTTP).
@@ -100,6 +99,7 @@ pub async fn connect(
             max_response: cfg.limits.max_response_header_bytes,
             method: &head.method,
             metrics: &worker.metrics,
+            peek: super::relay_choice::splices_at_once(cfg, worker),
         };
         self::exchange(group, &pick, &exchange).await?
     } else {
@@ -152,7 +152,6 @@ async fn from_pool(worker: &Worker, group: &Arc<Group>, server: usize, head: &[u
         live,
         response: None,
         read: Vec::new(),
-        read_cut: false,
         early: Vec::new(),
         framing: Framing::Empty,
         method: String::new(),
@@ -223,6 +222,11 @@ pub struct Exchange<'a> {
     pub method: &'a str,
     /// The worker's counters (upstream connect latency).
     pub metrics: &'a Recorder,
+    /// Peek the response head, leaving it queued: the kernel splice takes the pair at
+    /// its 101 and delivers the head itself (the client gets nothing from userspace
+    /// first, so a client that answers the 101 at once cannot beat the handover).
+    /// Otherwise a plain upstream's head is read.
+    pub peek: bool,
 }
 
 /// For a WebSocket upgrade: connect, forward the request, and read the response head,
@@ -245,16 +249,13 @@ pub async fn exchange(group: &Arc<Group>, pick: &Pick<'_>, x: &Exchange<'_>) -> 
         }
         let deadline = Instant::now() + x.response_timeout;
         let answered = match &connected.stream {
-            PeerIo::Plain(tcp) => read_head(x.ring, tcp, x.max_response, deadline, x.method).await,
-            tls @ PeerIo::Tls(_) => peek_head(x.ring, tls, x.max_response, deadline, x.method)
-                .await
-                .map(|head| HeadRead { head, bytes: Vec::new(), cut: false }),
+            PeerIo::Plain(tcp) if !x.peek => read_head(x.ring, tcp, x.max_response, deadline, x.method).await,
+            stream => peek_head(x.ring, stream, x.max_response, deadline, x.method).await.map(|h| (h, Vec::new())),
         };
         match answered {
-            Ok(HeadRead { head, bytes, cut }) => {
+            Ok((head, read)) => {
                 connected.response = Some(head);
-                connected.read = bytes;
-                connected.read_cut = cut;
+                connected.read = read;
                 return Ok(connected);
             }
             Err(e) if e.retry_safe() => {
@@ -322,7 +323,6 @@ async fn connect_one(
                 live,
                 response: None,
                 read: Vec::new(),
-                read_cut: false,
                 early: Vec::new(),
                 framing: Framing::Empty,
                 method: String::new(),

@@ -135,7 +135,7 @@ pub async fn websocket(
     worker: &Worker,
     facts: &mut Facts,
 ) -> Option<Handoff> {
-    let Connected { stream: upstream, live, early, response, read, read_cut, .. } = upstream;
+    let Connected { stream: upstream, live, early, response, read, .. } = upstream;
     // The drain's frame boundaries: the client's early bytes are its first frames; the
     // upstream's bytes start with its 101 head (read, or queued still).
     let mut to_upstream = FrameTracker::default();
@@ -155,8 +155,8 @@ pub async fn websocket(
     // from the upstream.
     let queued = match (&response, read.is_empty()) {
         (Some(_), true) => Queued::Untouched,
-        (Some(_), false) if read_cut => Queued::Cut,
-        _ => Queued::Nothing,
+        (Some(_), false) => Queued::AfterRead,
+        (None, _) => Queued::Nothing,
     };
     if let Some(client) = client_slot.as_ref().filter(|_| !read.is_empty()) {
         facts.bytes_out += read.len() as u64;
@@ -176,14 +176,15 @@ pub async fn websocket(
 pub enum Queued {
     /// Nothing known: the relay waits for bytes before it reads.
     Nothing,
-    /// Bytes no read has touched (a TLS upstream's 101, or what an old process left in
-    /// a binary upgrade): the relay reads before it first waits; the splice may take
-    /// the socket as it is.
+    /// Bytes no read has touched (a 101 peeked, or what an old process left in a
+    /// binary upgrade): the relay reads before it first waits; the splice may take the
+    /// socket as it is.
     Untouched,
-    /// The rest of a segment that the read of the 101 may have cut: the relay reads
-    /// before it first waits, and the splice takes the pair only once a read came up
-    /// short (DESIGN: a socket must not enter the sockhash after a partial read).
-    Cut,
+    /// Whatever followed the 101 that was read: the read may have cut a segment, so the
+    /// relay reads before it first waits, and the splice takes the pair only once a
+    /// read came up short (DESIGN: a socket must not enter the sockhash after a partial
+    /// read).
+    AfterRead,
 }
 
 /// Relays an open WebSocket whose frames stand at `frames` (client→upstream,
@@ -226,10 +227,10 @@ pub async fn relay_pair(
     let handover = if worker.pairs.is_some() { first_handover(cfg, worker) } else { Handover::Never };
     let mut opts = opts;
     // Spliced at once (`splice_after = 0s`, or `sockmap` learning that pairs live long),
-    // else relayed here first; a cut segment is read to its end here first, and the
-    // pair handed over at once after that.
-    let splice_now = worker.pairs.is_some() && handover == Handover::Never && !worker.upgrade.passing();
-    if !splice_now || queued == Queued::Cut {
+    // else relayed here first; a 101 that was read (the choice changed since connect
+    // peeked or read it) is relayed here to a short read first, and then handed over.
+    let splice_now = splices_now(handover, worker);
+    if !splice_now || queued == Queued::AfterRead {
         let first_handover = if splice_now { Handover::After(std::time::Duration::ZERO) } else { handover };
         let first = RelayOptions { handover: first_handover, ..opts };
         let paused = relay_here(client, &upstream, first, removal.as_ref(), worker, facts).await?;
@@ -249,7 +250,12 @@ pub async fn relay_pair(
     match Box::pin(pairs.splice_frames(client, upstream, Vec::new(), opts.frames)).await {
         Ok(pair) => {
             facts.conn.spliced(pair.live_slot(), [facts.bytes_in, facts.bytes_out]);
-            return Some(Handoff { pair, admitted, live, after_userspace: handover != Handover::Never });
+            return Some(Handoff {
+                pair,
+                admitted,
+                live,
+                after_userspace: handover != Handover::Never || queued == Queued::AfterRead,
+            });
         }
         Err(HandoverError::NotSpliced { client, upstream, reason, forwarded }) => {
             tracing::debug!(reason, "pair not spliced; relaying in userspace");
@@ -320,6 +326,17 @@ async fn relay_here(
             return Some(opts);
         }
     }
+}
+
+/// Whether a plain pair goes to the kernel at its 101 (see [`first_handover`]), as
+/// things stand for this worker now.
+pub(super) fn splices_at_once(cfg: &crate::config::Config, worker: &Worker) -> bool {
+    worker.pairs.is_some() && splices_now(first_handover(cfg, worker), worker)
+}
+
+/// Whether a pair whose first relay would pause at `handover` goes to the kernel at once.
+fn splices_now(handover: Handover, worker: &Worker) -> bool {
+    worker.pairs.is_some() && handover == Handover::Never && !worker.upgrade.passing()
 }
 
 /// How a spliceable WebSocket starts. `splice_after = 0s`: in the kernel, at the 101.
