@@ -169,7 +169,7 @@ fn a_101_head_that_arrives_in_pieces_is_read_whole_and_what_follows_it_kept() {
 fn a_non_101_body_in_the_heads_segment_is_passed_exactly_and_no_further() {
     // Head, a body longer than the read that takes the head, and bytes past the body,
     // all in one write: the client gets the head and the body, not one byte more.
-    let body: String = (0..3000).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+    let body: String = (0..3000u16).map(|i| char::from(b'a' + u8::try_from(i % 26).unwrap())).collect();
     let response = format!("HTTP/1.1 401 Unauthorized\r\nContent-Length: {}\r\n\r\n{body}", body.len());
     let sent = format!("{response}HTTP/1.1 200 OK\r\n\r\njunk");
     let up = RawUpstream::start(move |mut s| {
