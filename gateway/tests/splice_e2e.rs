@@ -303,10 +303,10 @@ fn bursting_upstream(received: mpsc::Sender<usize>, down: usize) -> utils::RawUp
 
 #[test]
 fn a_101_that_shares_its_segment_with_a_burst_arrives_once_spliced_or_relayed() {
+    const DOWN: usize = 2_000_000;
     if !can_splice("burst_after_101_e2e") {
         return;
     }
-    const DOWN: usize = 2_000_000;
     // At once: the 101 is peeked and the kernel delivers it with the burst. `auto`: the
     // 101 is read with part of the burst (the read may cut a segment), the rest is
     // relayed here, and the pair may go to the kernel at a quiet moment.
