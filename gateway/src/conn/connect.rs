@@ -51,6 +51,9 @@ pub struct Connected {
     /// while the head is queued still (plain HTTP; peeked for a pair the splice takes
     /// at its 101; a TLS upstream's stream holds it).
     pub read: Vec<u8>,
+    /// The last read of `read` filled its buffer: the rest of a segment it cut may be
+    /// queued (see [`read_head`]).
+    pub read_cut: bool,
     /// What the client sent after its head, not forwarded yet.
     pub early: Vec<u8>,
     /// The request's body framing (plain HTTP).
@@ -152,6 +155,7 @@ async fn from_pool(worker: &Worker, group: &Arc<Group>, server: usize, head: &[u
         live,
         response: None,
         read: Vec::new(),
+        read_cut: false,
         early: Vec::new(),
         framing: Framing::Empty,
         method: String::new(),
@@ -250,12 +254,13 @@ pub async fn exchange(group: &Arc<Group>, pick: &Pick<'_>, x: &Exchange<'_>) -> 
         let deadline = Instant::now() + x.response_timeout;
         let answered = match &connected.stream {
             PeerIo::Plain(tcp) if !x.peek => read_head(x.ring, tcp, x.max_response, deadline, x.method).await,
-            stream => peek_head(x.ring, stream, x.max_response, deadline, x.method).await.map(|h| (h, Vec::new())),
+            stream => peek_head(x.ring, stream, x.max_response, deadline, x.method).await.map(|h| (h, vec![], false)),
         };
         match answered {
-            Ok((head, read)) => {
+            Ok((head, read, cut)) => {
                 connected.response = Some(head);
                 connected.read = read;
+                connected.read_cut = cut;
                 return Ok(connected);
             }
             Err(e) if e.retry_safe() => {
@@ -323,6 +328,7 @@ async fn connect_one(
                 live,
                 response: None,
                 read: Vec::new(),
+                read_cut: false,
                 early: Vec::new(),
                 framing: Framing::Empty,
                 method: String::new(),

@@ -135,7 +135,7 @@ pub async fn websocket(
     worker: &Worker,
     facts: &mut Facts,
 ) -> Option<Handoff> {
-    let Connected { stream: upstream, live, early, response, read, .. } = upstream;
+    let Connected { stream: upstream, live, early, response, read, read_cut, .. } = upstream;
     // The drain's frame boundaries: the client's early bytes are its first frames; the
     // upstream's bytes start with its 101 head (read, or queued still).
     let mut to_upstream = FrameTracker::default();
@@ -155,8 +155,8 @@ pub async fn websocket(
     // from the upstream.
     let queued = match (&response, read.is_empty()) {
         (Some(_), true) => Queued::Untouched,
-        (Some(_), false) => Queued::AfterRead,
-        (None, _) => Queued::Nothing,
+        (Some(_), false) if read_cut => Queued::Cut,
+        _ => Queued::Nothing,
     };
     if let Some(client) = client_slot.as_ref().filter(|_| !read.is_empty()) {
         facts.bytes_out += read.len() as u64;
@@ -180,11 +180,11 @@ pub enum Queued {
     /// binary upgrade): the relay reads before it first waits; the splice may take the
     /// socket as it is.
     Untouched,
-    /// Whatever followed the 101 that was read: the read may have cut a segment, so the
-    /// relay reads before it first waits, and the splice takes the pair only once a
-    /// read came up short (DESIGN: a socket must not enter the sockhash after a partial
-    /// read).
-    AfterRead,
+    /// The rest of a segment that the read of the 101 may have cut (it filled its
+    /// buffer): the relay reads before it first waits, and the splice takes the pair
+    /// only once a read came up short (DESIGN: a socket must not enter the sockhash
+    /// after a partial read). A read that came up short left nothing of the sort.
+    Cut,
 }
 
 /// Relays an open WebSocket whose frames stand at `frames` (client→upstream,
@@ -227,10 +227,11 @@ pub async fn relay_pair(
     let handover = if worker.pairs.is_some() { first_handover(cfg, worker) } else { Handover::Never };
     let mut opts = opts;
     // Spliced at once (`splice_after = 0s`, or `sockmap` learning that pairs live long),
-    // else relayed here first; a 101 that was read (the choice changed since connect
-    // peeked or read it) is relayed here to a short read first, and then handed over.
+    // else relayed here first. A 101 read with a segment it may have cut (the choice
+    // changed since connect read it) is relayed here to a short read first, then
+    // handed over.
     let splice_now = splices_now(handover, worker);
-    if !splice_now || queued == Queued::AfterRead {
+    if !splice_now || queued == Queued::Cut {
         let first_handover = if splice_now { Handover::After(std::time::Duration::ZERO) } else { handover };
         let first = RelayOptions { handover: first_handover, ..opts };
         let paused = relay_here(client, &upstream, first, removal.as_ref(), worker, facts).await?;
@@ -254,7 +255,7 @@ pub async fn relay_pair(
                 pair,
                 admitted,
                 live,
-                after_userspace: handover != Handover::Never || queued == Queued::AfterRead,
+                after_userspace: handover != Handover::Never || queued == Queued::Cut,
             });
         }
         Err(HandoverError::NotSpliced { client, upstream, reason, forwarded }) => {

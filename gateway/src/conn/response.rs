@@ -81,19 +81,20 @@ pub async fn peek_head(
 }
 
 /// Waits for a plain upstream's response head and reads it off the socket (no second
-/// read of the same bytes, as a peek would need). Returns the head and the bytes read,
-/// which start with it; what follows the head in them is the upstream's next bytes
-/// (the first frames after a 101, or the start of a body), the caller's to pass on in
-/// order. The last read may have cut a segment: such a socket must be read on to a
-/// short read before the splice takes it (DESIGN: a socket must not enter the
-/// sockhash after a partial read).
+/// read of the same bytes, as a peek would need). Returns the head; the bytes read,
+/// which start with it (what follows the head in them is the upstream's next bytes:
+/// the first frames after a 101, or the start of a body, the caller's to pass on in
+/// order); and whether the last read filled all the room it had. Such a read may have
+/// cut a segment whose rest is queued still: that socket must be read on to a short
+/// read before the splice takes it (DESIGN: a socket must not enter the sockhash
+/// after a partial read).
 pub async fn read_head(
     ring: &Ring,
     upstream: &TcpStream,
     max: usize,
     deadline: Instant,
     method: &str,
-) -> Result<(ResponseHead, Vec<u8>), ProxyError> {
+) -> Result<(ResponseHead, Vec<u8>, bool), ProxyError> {
     // Most response heads fit in 1 KiB; grow to `max` only for one that does not.
     let max = max.max(1);
     let mut buf = Vec::with_capacity(max.min(1024));
@@ -109,21 +110,21 @@ pub async fn read_head(
             buf.reserve_exact(max - buf.len());
         }
         // Never past `max`: a head that does not end within it is refused below.
-        let room = max - buf.len();
-        match crate::io::recv_into_max(upstream, &mut buf, room) {
+        let room = (max - buf.len()).min(buf.capacity() - buf.len());
+        let filled = match crate::io::recv_into_max(upstream, &mut buf, room) {
             Ok(0) if buf.is_empty() => {
                 return Err(ProxyError::new(ErrorKind::UpstreamClosed, "closed before sending a response"));
             }
             Ok(0) => {
                 return Err(ProxyError::new(ErrorKind::UpstreamClosed, "closed in the middle of the response head"));
             }
-            Ok(_) => {}
+            Ok(n) => n == room,
             Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => continue,
             Err(e) => return Err(ProxyError::new(ErrorKind::UpstreamClosed, format!("reading response: {e}"))),
-        }
+        };
         match response::parse(&buf, method) {
             Err(e) => return Err(e),
-            Ok(Some(head)) => return Ok((head, buf)),
+            Ok(Some(head)) => return Ok((head, buf, filled)),
             Ok(None) if buf.len() >= max => {
                 return Err(ProxyError::new(
                     ErrorKind::UpstreamInvalid,
