@@ -607,6 +607,25 @@ fn sniff_status(bytes: &[u8]) -> Option<u16> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::{Handover, Pause};
+
+    #[test]
+    fn a_pause_past_what_instant_holds_never_comes() {
+        let now = Instant::now();
+        let idle_end = now + Duration::from_secs(60);
+        for handover in [Handover::After(Duration::MAX), Handover::IdleOrBulk(Duration::MAX), Handover::Never] {
+            let mut pause = Pause::new(handover);
+            assert_eq!(pause.next_look(idle_end), idle_end, "{handover:?}");
+            assert!(!pause.due(now + Duration::from_secs(3600), (1 << 30, now, false)), "{handover:?}");
+        }
+        // A period that fits is looked at when it is due.
+        let mut pause = Pause::new(Handover::After(Duration::ZERO));
+        assert!(pause.next_look(idle_end) <= Instant::now());
+        assert!(pause.due(Instant::now(), (0, now, false)));
+    }
+
     #[test]
     fn sniffs_status() {
         assert_eq!(super::sniff_status(b"HTTP/1.1 204 No Content\r\n"), Some(204));

@@ -19,7 +19,12 @@ pub const MAX_RESPONSE_HEADERS: usize = 256;
 
 /// Case-insensitive check whether a comma-separated header value contains `token`.
 pub fn has_token(value: &[u8], token: &str) -> bool {
-    value.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+    let token = token.as_bytes();
+    // Most values are one token (`Upgrade`, `websocket`, `close`): one comparison.
+    if !value.contains(&b',') {
+        return value.trim_ascii().eq_ignore_ascii_case(token);
+    }
+    value.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }
 
 #[cfg(test)]
@@ -29,5 +34,9 @@ mod tests {
         assert!(super::has_token(b"keep-alive, Upgrade", "upgrade"));
         assert!(!super::has_token(b"keep-alive,upgrades", "upgrade"));
         assert!(!super::has_token(b"", "upgrade"));
+        assert!(super::has_token(b" UPGRADE\t", "upgrade"));
+        assert!(!super::has_token(b"upgrades", "upgrade"));
+        assert!(super::has_token(b"close ,x", "close"));
+        assert!(!super::has_token(b",", "close"));
     }
 }
