@@ -614,11 +614,11 @@ mod tests {
     #[test]
     fn a_pause_past_what_instant_holds_never_comes() {
         let now = Instant::now();
-        let idle_end = now + Duration::from_secs(60);
+        let idle_end = now + Duration::from_mins(1);
         for handover in [Handover::After(Duration::MAX), Handover::IdleOrBulk(Duration::MAX), Handover::Never] {
             let mut pause = Pause::new(handover);
             assert_eq!(pause.next_look(idle_end), idle_end, "{handover:?}");
-            assert!(!pause.due(now + Duration::from_secs(3600), (1 << 30, now, false)), "{handover:?}");
+            assert!(!pause.due(now + Duration::from_hours(1), (1 << 30, now, false)), "{handover:?}");
         }
         // A period that fits is looked at when it is due.
         let mut pause = Pause::new(Handover::After(Duration::ZERO));
