@@ -266,19 +266,8 @@ fn push_int(out: &mut String, n: impl itoa::Integer) {
 
 /// An address as `Display` writes it.
 fn push_ip(out: &mut String, ip: IpAddr) {
-    match ip {
-        IpAddr::V4(v4) => {
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    out.push('.');
-                }
-                push_int(out, octet);
-            }
-        }
-        IpAddr::V6(v6) => {
-            let _ = write!(out, "{v6}");
-        }
-    }
+    // SAFETY: an address is written in ASCII, so the string stays UTF-8.
+    crate::http::rewrite::push_ip(unsafe { out.as_mut_vec() }, ip);
 }
 
 /// Seconds with three decimals, exactly as `{:.3}` writes them: by integer arithmetic

@@ -103,9 +103,10 @@ pub fn upstream_head_on(head: &RequestHead, intent: Intent, fwd: Forwarded<'_>, 
     out
 }
 
-/// Appends `ip` as text: an IPv4 address by hand (once per request; `Display` cost
-/// more than the rest of the head's rewrite), IPv6 through `Display`.
-fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
+/// Appends `ip` as `Display` writes it, in ASCII: an IPv4 address by hand (once per
+/// request here and once per access-log line; `Display` cost more than the rest of the
+/// head's rewrite), IPv6 through `Display`.
+pub(crate) fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
     match ip {
         IpAddr::V4(v4) => {
             for (i, octet) in v4.octets().into_iter().enumerate() {
