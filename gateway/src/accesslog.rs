@@ -451,8 +451,8 @@ mod tests {
 
     #[test]
     fn seconds_are_written_as_format_rounds_them() {
-        // Every half thousandth up to 3 s as the nearest double (exact ties among them,
-        // such as 0.0045 and 1.0005), and its neighbours.
+        // Every half thousandth up to 3 s as the nearest double (whose product by 1000
+        // may land on an exact tie, as for 0.0045 and 1.0005), and its neighbours.
         for k in 0..6000u32 {
             let t = f64::from(k) / 2000.0;
             for x in [t, t + 1e-9, t - 1e-9, t + 0.0002] {

@@ -61,10 +61,9 @@ pub struct RelayOptions {
     /// When a byte last moved before this relay (`None`: now); the idle timeout and
     /// the handover's quiet period count from there.
     pub active_since: Option<Instant>,
-    /// Bytes are queued unread in the upstream (a TLS upstream's 101, the rest of a
-    /// segment that the 101's read cut, what an old process left): the upstream→client
-    /// pump reads before it first waits. Only a hint: a read that finds nothing waits
-    /// as usual.
+    /// Bytes are queued unread in the upstream (a peeked 101, or the rest of a segment
+    /// that the 101's read may have cut): the upstream→client pump reads before it
+    /// first waits. Only a hint: a read that finds nothing waits as usual.
     pub upstream_queued: bool,
 }
 

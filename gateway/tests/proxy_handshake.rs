@@ -166,6 +166,25 @@ fn a_101_head_that_arrives_in_pieces_is_read_whole_and_what_follows_it_kept() {
 }
 
 #[test]
+fn a_body_that_breaks_its_framing_after_the_head_ends_the_connection_without_a_second_response() {
+    // The head is passed; the chunk size that follows is not hex: the client gets the
+    // head, no 502 after it, and the end of the connection.
+    const HEAD: &str = "HTTP/1.1 403 Forbidden\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let up = RawUpstream::start(|mut s| {
+        let _ = read_head(&mut s);
+        let _ = s.write_all(format!("{HEAD}zz\r\nnope\r\n0\r\n\r\n").as_bytes());
+        std::thread::sleep(Duration::from_secs(3));
+    });
+    let gw = Gateway::with_config(&routed_config(up.addr), &[]);
+    let mut c = gw.connect();
+    c.write_all(upgrade_request("/ws/", "").as_bytes()).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut got = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut c, &mut got);
+    assert_eq!(String::from_utf8_lossy(&got), HEAD);
+}
+
+#[test]
 fn a_non_101_body_in_the_heads_segment_is_passed_exactly_and_no_further() {
     // Head, a body longer than the read that takes the head, and bytes past the body,
     // all in one write: the client gets the head and the body, not one byte more.

@@ -102,7 +102,8 @@ pub async fn connect(
             max_response: cfg.limits.max_response_header_bytes,
             method: &head.method,
             metrics: &worker.metrics,
-            peek: super::relay_choice::splices_at_once(cfg, worker),
+            // Only a plain client's pair can be spliced (no kTLS here).
+            peek: facts.scheme == crate::config::Scheme::Http && super::relay_choice::splices_at_once(cfg, worker),
         };
         self::exchange(group, &pick, &exchange).await?
     } else {

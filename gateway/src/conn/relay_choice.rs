@@ -10,6 +10,8 @@
 //! facts. Must never close a socket it was lent, nor drop a byte on the way from one
 //! relay to the other.
 
+use std::time::Duration;
+
 use tokio_uring::net::TcpStream;
 
 use super::Worker;
@@ -142,14 +144,16 @@ pub async fn websocket(
     to_upstream.feed(&early);
     let mut to_client = FrameTracker::after(response.as_ref().map_or(0, |h| h.len as u64));
     to_client.feed(&read);
+    let idle = facts.generation.config.timeouts.idle;
     // What the client sent after its head is WebSocket data now: it goes first.
     if !early.is_empty() {
-        facts.bytes_in += early.len() as u64;
-        if let (Err(e), _) = upstream.write_all(&worker.ring, early).await {
-            tracing::debug!(error = %e, client = %facts.peer, "upstream gone before the client's first frames");
-            facts.close = Close::UpstreamReset;
+        let n = early.len() as u64;
+        if let Err(close) = write_first(&upstream, early, Side::Upstream, (worker, idle)).await {
+            facts.close = close;
+            client_slot.as_ref().inspect(|c| c.shutdown(std::net::Shutdown::Both));
             return None;
         }
+        facts.bytes_in += n;
     }
     // The 101 as read, and what came with it, goes to the client before anything else
     // from the upstream.
@@ -159,16 +163,44 @@ pub async fn websocket(
         _ => Queued::Nothing,
     };
     if let Some(client) = client_slot.as_ref().filter(|_| !read.is_empty()) {
-        facts.bytes_out += read.len() as u64;
-        facts.bytes_sent = facts.bytes_out;
-        if let (Err(e), _) = client.write_all(&worker.ring, read).await {
-            tracing::debug!(error = %e, client = %facts.peer, "client gone before the 101");
-            facts.close = Close::ClientReset;
+        let n = read.len() as u64;
+        if let Err(close) = write_first(client, read, Side::Client, (worker, idle)).await {
+            facts.close = close;
+            upstream.shutdown(std::net::Shutdown::Both);
             return None;
         }
+        facts.bytes_out += n;
+        facts.bytes_sent = facts.bytes_out;
     }
     let frames = ([to_upstream, to_client], None, queued);
     relay_pair(client_slot, upstream, (admitted, Some(live)), frames, worker, facts).await
+}
+
+/// Writes `bytes` to `side`'s socket before the relay starts, within the relay's idle
+/// timeout and not past the worker's stop: a peer that does not read cannot hold the
+/// connection's task. Either failure shuts the socket down (which also ends a write
+/// still in flight on the ring).
+async fn write_first(
+    to: &PeerIo,
+    bytes: Vec<u8>,
+    side: Side,
+    (worker, idle): (&Worker, Duration),
+) -> Result<(), Close> {
+    let mut stop = worker.shutdown.clone();
+    let close = tokio::select! {
+        biased;
+        written = tokio::time::timeout(idle, to.write_all(&worker.ring, bytes)) => match written {
+            Ok((Ok(()), _)) => return Ok(()),
+            Ok((Err(e), _)) => {
+                tracing::debug!(error = %e, side = %side, "peer gone before the relay started");
+                Close::reset(side)
+            }
+            Err(_) => Close::IdleTimeout,
+        },
+        () = stop.reached(crate::shutdown::Phase::Stop) => Close::Shutdown,
+    };
+    to.shutdown(std::net::Shutdown::Both);
+    Err(close)
 }
 
 /// What the upstream's socket may hold unread as its relay starts.
@@ -176,9 +208,8 @@ pub async fn websocket(
 pub enum Queued {
     /// Nothing known: the relay waits for bytes before it reads.
     Nothing,
-    /// Bytes no read has touched (a 101 peeked, or what an old process left in a
-    /// binary upgrade): the relay reads before it first waits; the splice may take the
-    /// socket as it is.
+    /// Bytes no read has touched (a peeked 101): the relay reads before it first waits;
+    /// the splice may take the socket as it is.
     Untouched,
     /// The rest of a segment that the read of the 101 may have cut (it filled its
     /// buffer): the relay reads before it first waits, and the splice takes the pair
@@ -189,7 +220,7 @@ pub enum Queued {
 
 /// Relays an open WebSocket whose frames stand at `frames` (client→upstream,
 /// upstream→client), whose bytes last moved at `active_since` (`None`: now) and whose
-/// upstream may have bytes queued unread (`queued`): after its 101, or passed by an
+/// upstream may have bytes queued unread (`queued`): after its 101; or one passed by an
 /// old process in a binary upgrade (`conn::adopt`). `live` counts it
 /// on its upstream server when that server is known. In a binary upgrade of this
 /// process, a pair relayed in userspace is passed to the new process at its next quiet

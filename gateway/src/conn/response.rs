@@ -1,16 +1,18 @@
 //! Phase 4, the response: runs for an upgrade once the upstream's response head has
 //! been read (by `connect`, which needs it to know whether to retry): off a plain
-//! upstream's socket with what came with it ([`read_head`]), or peeked and held by a
-//! TLS upstream's stream. Records the status and the upstream response time. A 101
-//! goes on to the relay, which delivers the head and what followed it in order; any
-//! other status is passed back exactly (head, then the body as framed) and both sides
-//! are closed. [`pass`] is also how a plain response goes back:
-//! the one change it may make there is to the head's `Connection` headers, which speak
-//! of the upstream connection and are set anew for the client's (keep-alive or close).
+//! upstream's socket with what came with it ([`read_head`]), or peeked (left queued
+//! for the kernel splice, or held by a TLS upstream's stream). Records the status and
+//! the upstream response time. A 101 goes on to `relay_choice`, which delivers the head
+//! and what followed it in order; any other status is passed back exactly (head, then
+//! the body as framed) and both sides are closed. [`pass`] is also how a plain response
+//! goes back: the one change it may make there is to the head's `Connection` headers,
+//! which speak of the upstream connection and are set anew for the client's (keep-alive
+//! or close).
 //!
 //! Returns [`Answer::Switching`] or [`Answer::Passed`]. Errors: 502 (malformed or too
-//! large head, bad body framing), 504 (no head in time). Must never consume the head
-//! of a 101, change a byte of a response, or send more than its framing says.
+//! large head, bad body framing before anything was passed), 504 (no head in time).
+//! Must never drop a byte that came after a 101, change a byte of a response, or send
+//! more than its framing says (a body that breaks its framing ends the connection).
 
 use std::io;
 use std::time::Instant;
@@ -39,7 +41,8 @@ pub enum Answer {
     Passed,
 }
 
-/// Acts on the upstream's answer to an upgrade (its peeked head is `head`).
+/// Acts on the upstream's answer to an upgrade (its head is `head`; `upstream.read`
+/// holds it when it was read off the socket).
 pub async fn answer(
     client: &PeerIo,
     upstream: &Connected,
@@ -260,6 +263,14 @@ pub(crate) fn take_head(upstream: &PeerIo, len: usize) -> Result<Vec<u8>, ProxyE
     Ok(buf)
 }
 
+/// A response whose body broke its framing after its head went to the client: what
+/// was passed stands, incomplete, and the connection ends (no error response can
+/// follow a head).
+fn broken_body(passed: Passed, e: &ProxyError) -> Passed {
+    tracing::info!(error = %e.detail, "upstream response body broke its framing; closing the connection");
+    Passed { complete: false, ..passed }
+}
+
 /// Passes a (non-101) response from the upstream to the client: the head (exactly when
 /// `closing` is `None`; on the plain path, `Some`, its `Connection` headers set for the
 /// client connection, see [`response::for_client`]), then the body as framed, exactly,
@@ -273,8 +284,9 @@ pub(super) async fn pass(
     closing: Option<bool>,
 ) -> Result<Passed, ProxyError> {
     let (head_bytes, body_start) = match read.split_at_checked(head.len) {
-        Some((taken, rest)) if !read.is_empty() => (taken.to_vec(), rest),
-        _ => (take_head(upstream, head.len)?, &[][..]),
+        _ if read.is_empty() => (take_head(upstream, head.len)?, &[][..]),
+        Some((taken, rest)) => (taken.to_vec(), rest),
+        None => return Err(ProxyError::new(ErrorKind::Internal, "response head longer than what was read")),
     };
     let head_bytes = match closing {
         Some(closing) => response::for_client(&head_bytes, closing),
@@ -286,10 +298,14 @@ pub(super) async fn pass(
         return Ok(passed);
     }
     let mut body = BodyTracker::new(head.framing);
-    // What came with the head first, exactly as framed.
+    // What came with the head first, exactly as framed. Past the head, a body that
+    // breaks its framing ends the connection (the client has the head: no 502 follows).
     if !body_start.is_empty() {
-        let take = body.advance(body_start)?;
-        if client.write_slice(&worker.ring, &body_start[..take]).await.is_err() {
+        let take = match body.advance(body_start) {
+            Ok(take) => take,
+            Err(e) => return Ok(broken_body(passed, &e)),
+        };
+        if take > 0 && client.write_slice(&worker.ring, &body_start[..take]).await.is_err() {
             return Ok(passed);
         }
         passed.sent += take as u64;
@@ -318,7 +334,7 @@ pub(super) async fn pass(
             Ok(k) => k,
             Err(e) => {
                 worker.buffers.put(buf);
-                return Err(e);
+                return Ok(broken_body(passed, &e));
             }
         };
         buf.truncate(take);

@@ -109,7 +109,10 @@ async fn websocket_stream(
     let (status, headers) = if first.is_empty() {
         take_head(&upstream.stream, &peeked)?
     } else {
-        let rest = first.split_off(peeked.len.min(first.len()));
+        if first.len() < peeked.len {
+            return Err(ProxyError::new(ErrorKind::Internal, "response head longer than what was read"));
+        }
+        let rest = first.split_off(peeked.len);
         parse_response(&std::mem::replace(&mut first, rest))?
     };
     if status != 101 {
@@ -290,7 +293,7 @@ fn parse_response(buf: &[u8]) -> Result<(u16, Headers), ProxyError> {
     let mut resp = httparse::Response::new(&mut headers);
     match resp.parse(buf) {
         Ok(httparse::Status::Complete(_)) => {}
-        _ => return Err(invalid("response head changed between peek and read".into())),
+        _ => return Err(invalid("response head no longer parses".into())),
     }
     let status = resp.code.unwrap_or(502);
     let headers = resp.headers.iter().map(|h| (h.name.to_ascii_lowercase(), h.value.to_vec())).collect();

@@ -280,8 +280,9 @@ impl WorkerPairs {
     /// forwarded; `upstream`'s receive queue must be untouched by reads or read to a
     /// short read (a socket must not enter the sockhash after a partial read). On
     /// success the pair is in the kernel; leave it there with [`SplicedPair::park`]. A
-    /// pair is taken back out only by its end, reported to the park callback. Where its WebSocket frames end is not known: at its turn in
-    /// the drain it gets FIN (see [`WorkerPairs::splice_frames`]).
+    /// pair is taken back out only by its end, reported to the park callback. Where
+    /// its WebSocket frames end is not known: at its turn in the drain it gets FIN (see
+    /// [`WorkerPairs::splice_frames`]).
     pub async fn splice(
         &self,
         client: TcpStream,
