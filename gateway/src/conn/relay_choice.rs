@@ -186,6 +186,19 @@ async fn write_first(
     side: Side,
     (worker, idle): (&Worker, Duration),
 ) -> Result<(), Close> {
+    let mut bytes = bytes;
+    // Mostly it all fits in the socket buffer at once: no timer, no watch.
+    if let PeerIo::Plain(s) = to {
+        match crate::io::send_now(s, &bytes) {
+            Ok(n) if n == bytes.len() => return Ok(()),
+            Ok(n) => drop(bytes.drain(..n)),
+            Err(e) => {
+                tracing::debug!(error = %e, side = %side, "peer gone before the relay started");
+                to.shutdown(std::net::Shutdown::Both);
+                return Err(Close::reset(side));
+            }
+        }
+    }
     let mut stop = worker.shutdown.clone();
     let close = tokio::select! {
         biased;
