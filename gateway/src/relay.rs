@@ -208,7 +208,7 @@ async fn pumps(
     let (c2u_io, u2c_io) = ((ring, buffers, live.map(|l| (l, 0))), (ring, buffers, live.map(|l| (l, 1))));
     let mut c2u_pump = pin!(pump(client, upstream, (c2u, false), activity, None, &closing, c2u_io));
     let mut u2c_pump =
-        pin!(pump(upstream, client, (u2c, opts.upstream_queued), activity, Some(first), &closing, u2c_io));
+        pin!(pump(upstream, client, (u2c, opts.upstream_queued), activity, Some((first, c2u)), &closing, u2c_io));
     // One timer for the idle timeout and the pause: the earlier of the two (a timer
     // costs its registration in tokio's wheel, and most pairs live for less than either).
     let mut pause = Pause::new(opts.handover);
@@ -242,7 +242,7 @@ async fn pumps(
                 }
                 c2u_done = true;
                 let last = u2c_done || closing_handshake_done(c2u, u2c);
-                if let Some(reason) = settle(end, client, upstream, (Side::Client, last)) {
+                if let Some(reason) = settle(end, client, upstream, (Side::Client, !last)) {
                     return ended(reason);
                 }
                 first_fin.get_or_insert(Close::ClientFin);
@@ -253,8 +253,11 @@ async fn pumps(
                     continue;
                 }
                 u2c_done = true;
-                let last = c2u_done || closing_handshake_done(c2u, u2c);
-                if let Some(reason) = settle(end, upstream, client, (Side::Upstream, last)) {
+                // The upstream's FIN goes on to a client that has not sent its own,
+                // also when it ends the pair (the closing handshake is done): the
+                // server closes first (RFC 6455 §7.1.1), so the client is told at once
+                // and the TIME_WAIT stays here, not at the client.
+                if let Some(reason) = settle(end, upstream, client, (Side::Upstream, !c2u_done)) {
                     return ended(reason);
                 }
                 first_fin.get_or_insert(Close::UpstreamFin);
@@ -432,18 +435,18 @@ async fn until_close(from: &TcpStream, dir: &Dir, (ring, buffers): (&Ring, &BufP
 }
 
 /// Acts on the end of the direction reading `src` and writing `dst`: a FIN is passed on
-/// as `SHUT_WR` (`None`: the other direction keeps going); a failure is passed on as a
-/// reset and ends the pair with the side that failed. The last FIN of a pair (`last`:
-/// the other direction has ended, or the closing handshake is done) is left to the
-/// close that follows the relay, which sends FIN when nothing is left unread on the
-/// socket (RST otherwise: only a peer that sent bytes after its Close), and one system
-/// call per connection is saved.
-fn settle(end: PumpEnd, src: &TcpStream, dst: &TcpStream, (src_side, last): (Side, bool)) -> Option<Close> {
+/// as `SHUT_WR` when `pass_fin` (`None`: the pair goes on, or ended with FINs); a
+/// failure is passed on as a reset and ends the pair with the side that failed. A FIN
+/// not passed on here is left to the close that follows the relay, which sends FIN
+/// when nothing is left unread on the socket (RST otherwise: only a peer that sent
+/// bytes after its Close), and one system call per connection is saved: the client's
+/// last FIN (the upstream has ended, or the closing handshake is done).
+fn settle(end: PumpEnd, src: &TcpStream, dst: &TcpStream, (src_side, pass_fin): (Side, bool)) -> Option<Close> {
     let dst_side = if src_side == Side::Client { Side::Upstream } else { Side::Client };
     let (src_reset, dst_reset) = (Close::reset(src_side), Close::reset(dst_side));
     match end {
         PumpEnd::Eof => {
-            if !last {
+            if pass_fin {
                 crate::io::shutdown_quietly(dst, Shutdown::Write);
             }
             None
@@ -484,8 +487,11 @@ fn closing_handshake_done(c2u: &Dir, u2c: &Dir) -> bool {
 type FirstBytes = Option<(Instant, Option<u16>)>;
 
 /// Moves bytes from `from` to `to` until FIN or an error, following the frames in
-/// `dir`; reads before it first waits when bytes are known to be `queued`. `first`
-/// records when the first bytes came and the HTTP status they start with, if any.
+/// `dir`; reads before it first waits when bytes are known to be `queued`. For the
+/// upstream→client pump, `upstream` is where it records when the first bytes came and
+/// the HTTP status they start with, and the other direction: once the client's Close
+/// went by, the upstream's Close ends the closing handshake and its FIN follows at once
+/// (RFC 6455 §7.1.1), so the pump reads again without waiting for readiness.
 /// Once `closing` (the drain), reads no further than the end of the current frame and
 /// returns [`PumpEnd::Boundary`] there.
 async fn pump(
@@ -493,7 +499,7 @@ async fn pump(
     to: &TcpStream,
     (dir, queued): (&Dir, bool),
     activity: &Cell<Instant>,
-    first: Option<&Cell<FirstBytes>>,
+    upstream: Option<(&Cell<FirstBytes>, &Dir)>,
     closing: &Cell<bool>,
     (ring, buffers, published): (&Ring, &BufPool, Option<(&RelayBytes, usize)>),
 ) -> PumpEnd {
@@ -547,12 +553,15 @@ async fn pump(
             reads = reads.saturating_add(1);
             let now = Instant::now();
             activity.set(now);
-            if let Some(first) = first.filter(|f| f.get().is_none()) {
+            if let Some((first, _)) = upstream.filter(|(f, _)| f.get().is_none()) {
                 first.set(Some((now, sniff_status(&buf))));
             }
             let mut frames = dir.frames.get();
+            let closed_before = frames.close_seen();
             frames.feed(&buf);
             dir.frames.set(frames);
+            let fin_due =
+                !closed_before && frames.close_seen() && upstream.is_some_and(|(_, c2u)| c2u.frames.get().close_seen());
             // Most writes fit in the socket buffer at once; what does not is written
             // by io_uring, which waits for room (the slow reader's flow control).
             let sent = match crate::io::send_now(to, &buf) {
@@ -583,6 +592,9 @@ async fn pump(
             if n < limit {
                 // A short read took all that was queued.
                 drained(&mut guard);
+                // Unless the closing handshake just ended: the upstream's FIN follows
+                // its Close, as a rule in the same segment.
+                wait = !fin_due;
                 break;
             }
         }
