@@ -119,6 +119,9 @@ struct Dir {
     frames: Cell<FrameTracker>,
     /// The pump waits to write bytes it has read: it is safe to stop only when not.
     holding: Cell<bool>,
+    /// The destination was shut down for writing (sent FIN) by the pump: the closing
+    /// handshake ended with this direction's Close.
+    shut: Cell<bool>,
 }
 
 impl Dir {
@@ -255,9 +258,9 @@ async fn pumps(
                 u2c_done = true;
                 // The upstream's FIN goes on to a client that has not sent its own,
                 // also when it ends the pair (the closing handshake is done): the
-                // server closes first (RFC 6455 §7.1.1), so the client is told at once
-                // and the TIME_WAIT stays here, not at the client.
-                if let Some(reason) = settle(end, upstream, client, (Side::Upstream, !c2u_done)) {
+                // server closes first (RFC 6455 §7.1.1). Unless the pump sent it already.
+                let pass_fin = !c2u_done && !u2c.shut.get();
+                if let Some(reason) = settle(end, upstream, client, (Side::Upstream, pass_fin)) {
                     return ended(reason);
                 }
                 first_fin.get_or_insert(Close::UpstreamFin);
@@ -287,7 +290,8 @@ async fn pumps(
                     return ended(Close::IdleTimeout);
                 }
                 // Only between reads: dropping a pump that waits for readability loses nothing.
-                if !c2u_done && !u2c_done && !closing.get() {
+                // Nor once the WebSocket is closed (the client may be shut down already).
+                if !c2u_done && !u2c_done && !closing.get() && !closing_handshake_done(c2u, u2c) {
                     let moved = c2u.moved.get() + u2c.moved.get();
                     let holding = c2u.holding.get() || u2c.holding.get();
                     if pause.due(now, (moved, activity.get(), holding)) {
@@ -490,8 +494,11 @@ type FirstBytes = Option<(Instant, Option<u16>)>;
 /// `dir`; reads before it first waits when bytes are known to be `queued`. For the
 /// upstream→client pump, `upstream` is where it records when the first bytes came and
 /// the HTTP status they start with, and the other direction: once the client's Close
-/// went by, the upstream's Close ends the closing handshake and its FIN follows at once
-/// (RFC 6455 §7.1.1), so the pump reads again without waiting for readiness.
+/// went by, the upstream's Close ends the closing handshake. The server closes the TCP
+/// connection first then (RFC 6455 §7.1.1), and wsgate is the client's server: the
+/// client gets FIN right behind that Close (so the TIME_WAIT stays here, not at the
+/// client), and the pump reads again without waiting for readiness, since the
+/// upstream's FIN follows its Close, as a rule in the same segment.
 /// Once `closing` (the drain), reads no further than the end of the current frame and
 /// returns [`PumpEnd::Boundary`] there.
 async fn pump(
@@ -582,6 +589,10 @@ async fn pump(
             } else {
                 buffers.put(buf);
             }
+            if fin_due {
+                crate::io::shutdown_quietly(to, Shutdown::Write);
+                dir.shut.set(true);
+            }
             dir.moved.set(dir.moved.get() + n as u64);
             if let Some((live, direction)) = published {
                 live.add(direction, n as u64, now);
@@ -592,8 +603,7 @@ async fn pump(
             if n < limit {
                 // A short read took all that was queued.
                 drained(&mut guard);
-                // Unless the closing handshake just ended: the upstream's FIN follows
-                // its Close, as a rule in the same segment.
+                // Unless the closing handshake just ended (see above).
                 wait = !fin_due;
                 break;
             }
