@@ -9,6 +9,7 @@
 //! nothing. Must never block, wait for the network longer than one error response
 //! takes to write, or log a connection twice.
 
+use std::mem::take;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -156,16 +157,26 @@ impl Facts {
 
     /// The access-log line of the request these facts describe.
     fn record(&self) -> AccessRecord {
+        self.record_with((self.host.clone(), self.request.clone(), self.user_agent.clone()))
+    }
+
+    /// [`Facts::record`] at the connection's end: its strings move into the line.
+    fn last_record(&mut self) -> AccessRecord {
+        let strings = (take(&mut self.host), take(&mut self.request), take(&mut self.user_agent));
+        self.record_with(strings)
+    }
+
+    fn record_with(&self, (host, request, user_agent): (String, String, String)) -> AccessRecord {
         AccessRecord {
             remote_addr: self.peer,
-            host: self.host.clone(),
+            host,
             time: now_unix(),
-            request: self.request.clone(),
+            request,
             status: self.status,
             bytes_sent: self.bytes_sent,
             request_time: self.started.elapsed().as_secs_f64(),
             upstream_response_time: self.upstream_response_time,
-            user_agent: self.user_agent.clone(),
+            user_agent,
             upstream_addr: self.upstream_addr,
             bytes_in: self.bytes_in,
             bytes_out: self.bytes_out,
@@ -270,7 +281,7 @@ pub async fn finish(
         worker.lifetimes.record(facts.started.elapsed(), facts.bytes_in, facts.generation.config.relay.splice_after);
     }
     let conn = facts.conn.take();
-    let record = facts.record();
+    let record = facts.last_record();
     conn.closed(&record);
     facts.generation.access_log.log(record);
 }
