@@ -444,7 +444,8 @@ async fn until_close(from: &TcpStream, dir: &Dir, (ring, buffers): (&Ring, &BufP
 /// not passed on here is left to the close that follows the relay, which sends FIN
 /// when nothing is left unread on the socket (RST otherwise: only a peer that sent
 /// bytes after its Close), and one system call per connection is saved: the client's
-/// last FIN (the upstream has ended, or the closing handshake is done).
+/// FIN once the upstream has ended or the closing handshake is done, and the
+/// upstream's once the client has sent its own.
 fn settle(end: PumpEnd, src: &TcpStream, dst: &TcpStream, (src_side, pass_fin): (Side, bool)) -> Option<Close> {
     let dst_side = if src_side == Side::Client { Side::Upstream } else { Side::Client };
     let (src_reset, dst_reset) = (Close::reset(src_side), Close::reset(dst_side));
