@@ -28,7 +28,7 @@ use super::route_admit::Admit;
 use super::teardown::Facts;
 use crate::error::{ErrorKind, ProxyError};
 use crate::http::body::Framing;
-use crate::http::request::RequestHead;
+use crate::http::request::{Method, RequestHead};
 use crate::http::response::ResponseHead;
 use crate::http::rewrite::{Forwarded, upstream_head_on};
 use crate::http::upgrade::Intent;
@@ -59,7 +59,7 @@ pub struct Connected {
     /// The request's body framing (plain HTTP).
     pub framing: Framing,
     /// The request's method (plain HTTP: how the response is framed).
-    pub method: String,
+    pub method: Method,
     /// Plain HTTP: the rewritten head as sent (sent again on a fresh connection when a
     /// pooled one turns out closed).
     pub request: Vec<u8>,
@@ -159,7 +159,7 @@ async fn from_pool(worker: &Worker, group: &Arc<Group>, server: usize, head: &[u
         read_cut: false,
         early: Vec::new(),
         framing: Framing::Empty,
-        method: String::new(),
+        method: Method::Borrowed(""),
         request: Vec::new(),
         persistent: true,
         reused: Some(conn.served),
@@ -332,7 +332,7 @@ async fn connect_one(
                 read_cut: false,
                 early: Vec::new(),
                 framing: Framing::Empty,
-                method: String::new(),
+                method: Method::Borrowed(""),
                 request: Vec::new(),
                 persistent: false,
                 reused: None,

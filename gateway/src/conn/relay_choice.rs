@@ -124,7 +124,7 @@ fn stale(e: &ProxyError, upstream: &Connected, done: &Exchanged) -> bool {
         && upstream.reused.is_some()
         && done.first_response.is_none()
         && !done.body_read
-        && IDEMPOTENT.contains(&upstream.method.as_str())
+        && IDEMPOTENT.contains(&&*upstream.method)
 }
 
 /// A WebSocket after its 101: relays it in the kernel when it can take the pair.

@@ -13,7 +13,7 @@ use crate::error::{ErrorKind, ProxyError};
 /// A parsed request head (owned: it outlives the read buffer).
 #[derive(Debug, Clone)]
 pub struct RequestHead {
-    pub method: String,
+    pub method: Method,
     /// Request target as routed and forwarded: origin form with its path normalised
     /// (see [`super::path`]), e.g. `/ws/chat?room=1`.
     pub target: String,
@@ -66,7 +66,7 @@ impl RequestHead {
     /// `METHOD target HTTP/1.x` for logs, with the target as sent.
     pub fn request_line(&self) -> String {
         // Concatenated, not `format!`: this runs for every request (the access log).
-        let (method, target) = (self.method.as_str(), self.raw_target.as_str());
+        let (method, target) = (&*self.method, self.raw_target.as_str());
         let mut line = String::with_capacity(method.len() + target.len() + 10);
         for part in [method, " ", target, " HTTP/1."] {
             line.push_str(part);
@@ -86,6 +86,15 @@ impl RequestHead {
             None => Framing::Empty,
         }
     }
+}
+
+/// A request's method: the standard ones borrowed, without an allocation per request.
+pub type Method = Cow<'static, str>;
+
+/// `method` as a [`Method`].
+pub fn method_of(method: &str) -> Method {
+    const STANDARD: [&str; 9] = ["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"];
+    STANDARD.iter().find(|m| **m == method).map_or_else(|| Cow::Owned(method.to_owned()), |m| Cow::Borrowed(*m))
 }
 
 /// Headers a head is parsed into without a heap array (browsers send 10–30).
@@ -131,7 +140,7 @@ fn parse_into<'b>(
             let normalised = super::path::normalise(target)?;
             let headers = req.headers.iter().map(|h| (h.name.to_owned(), h.value.to_vec())).collect();
             Ok(Some(RequestHead {
-                method: method.to_owned(),
+                method: method_of(method),
                 target: normalised,
                 raw_target: target.to_owned(),
                 minor_version,

@@ -20,8 +20,8 @@ pub enum Intent {
 /// Classifies the request; a request that asks for a WebSocket but gets the
 /// handshake wrong is an error (400, or 426 for the version).
 pub fn classify(head: &RequestHead) -> Result<Intent, ProxyError> {
-    let wants_ws = head.headers_named("upgrade").any(|v| has_token(v, "websocket"));
-    if !wants_ws {
+    let seen = Seen::of(head);
+    if !seen.upgrade_websocket {
         return Ok(Intent::Plain);
     }
     let bad = |d: &str| Err(ProxyError::new(ErrorKind::BadRequest, format!("invalid WebSocket upgrade: {d}")));
@@ -31,30 +31,69 @@ pub fn classify(head: &RequestHead) -> Result<Intent, ProxyError> {
     if head.minor_version != 1 {
         return bad("HTTP/1.1 required");
     }
-    if head.header("host").is_none() {
+    if !seen.host {
         return bad("missing Host");
     }
     // What follows an upgrade request is WebSocket data once the 101 comes, so the
     // request itself carries no body.
-    let has_body = head.header("transfer-encoding").is_some()
-        || head.headers_named("content-length").any(|v| v.iter().any(|&b| b != b'0'));
-    if has_body {
+    if seen.body {
         return bad("an upgrade request carries no body");
     }
-    if !head.headers_named("connection").any(|v| has_token(v, "upgrade")) {
+    if !seen.connection_upgrade {
         return bad("Connection must contain `upgrade`");
     }
-    let key_ok = head
-        .header("sec-websocket-key")
-        .is_some_and(|k| base64::engine::general_purpose::STANDARD.decode(k.trim_ascii()).is_ok_and(|d| d.len() == 16));
-    if !key_ok {
+    if !seen.key.is_some_and(|k| is_key(k.trim_ascii())) {
         return bad("Sec-WebSocket-Key must be 16 bytes in base64");
     }
-    match head.header("sec-websocket-version") {
+    match seen.version {
         Some(v) if v.trim_ascii() == b"13" => Ok(Intent::WebSocket),
         Some(_) => Err(ProxyError::new(ErrorKind::UnsupportedVersion, "Sec-WebSocket-Version must be 13")),
         None => bad("missing Sec-WebSocket-Version"),
     }
+}
+
+/// What [`classify`] reads of a head's headers, gathered in one pass over them.
+#[derive(Default)]
+#[allow(clippy::struct_excessive_bools, reason = "one answer per check of the handshake, each read once")]
+struct Seen<'a> {
+    /// An `Upgrade` header names `websocket`.
+    upgrade_websocket: bool,
+    host: bool,
+    /// A `Transfer-Encoding`, or a `Content-Length` other than zero.
+    body: bool,
+    /// A `Connection` header names `upgrade`.
+    connection_upgrade: bool,
+    /// The first `Sec-WebSocket-Key` and `Sec-WebSocket-Version`.
+    key: Option<&'a [u8]>,
+    version: Option<&'a [u8]>,
+}
+
+impl<'a> Seen<'a> {
+    fn of(head: &'a RequestHead) -> Self {
+        let mut seen = Self::default();
+        for (name, value) in &head.headers {
+            let value = value.as_slice();
+            // By length first: most names are none of these.
+            match name.len() {
+                4 if name.eq_ignore_ascii_case("host") => seen.host = true,
+                7 if name.eq_ignore_ascii_case("upgrade") => seen.upgrade_websocket |= has_token(value, "websocket"),
+                10 if name.eq_ignore_ascii_case("connection") => seen.connection_upgrade |= has_token(value, "upgrade"),
+                14 if name.eq_ignore_ascii_case("content-length") => seen.body |= value.iter().any(|&b| b != b'0'),
+                17 if name.eq_ignore_ascii_case("transfer-encoding") => seen.body = true,
+                17 if name.eq_ignore_ascii_case("sec-websocket-key") => _ = seen.key.get_or_insert(value),
+                21 if name.eq_ignore_ascii_case("sec-websocket-version") => _ = seen.version.get_or_insert(value),
+                _ => {}
+            }
+        }
+        seen
+    }
+}
+
+/// Whether `key` is 16 bytes in (padded) base64: 24 characters, decoded in place.
+fn is_key(key: &[u8]) -> bool {
+    // Room for what base64 estimates 24 characters decode to.
+    let mut bytes = [0u8; 18];
+    key.len() == 24 && base64::engine::general_purpose::STANDARD.decode_slice(key, &mut bytes) == Ok(16)
 }
 
 #[cfg(test)]
@@ -73,6 +112,13 @@ mod tests {
     #[test]
     fn valid_upgrade() {
         assert_eq!(classify_str(OK).unwrap(), Intent::WebSocket);
+        // Names in any case, a key with blanks around it, `websocket` in a second
+        // Upgrade header, the first of two keys and versions.
+        let other = OK
+            .replace("Upgrade: WebSocket", "UPGRADE: h2c\r\nupgrade: websocket")
+            .replace("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==", "sec-websocket-key:  dGhlIHNhbXBsZSBub25jZQ== ")
+            .replace("Version: 13", "Version: 13\r\nSec-WebSocket-Version: 8\r\nSec-WebSocket-Key: x");
+        assert_eq!(classify_str(&other).unwrap(), Intent::WebSocket, "{other}");
     }
 
     #[test]
@@ -89,6 +135,17 @@ mod tests {
             (OK.replace("keep-alive, Upgrade", "keep-alive"), ErrorKind::BadRequest),
             (OK.replace("dGhlIHNhbXBsZSBub25jZQ==", "c2hvcnQ="), ErrorKind::BadRequest),
             (OK.replace("dGhlIHNhbXBsZSBub25jZQ==", "!!!"), ErrorKind::BadRequest),
+            // 15 and 17 bytes, unpadded 16, a bad character in 24, a non-canonical end.
+            (OK.replace("dGhlIHNhbXBsZSBub25jZQ==", "dGhlIHNhbXBsZSBub25j"), ErrorKind::BadRequest),
+            (OK.replace("dGhlIHNhbXBsZSBub25jZQ==", "dGhlIHNhbXBsZSBub25jZWE="), ErrorKind::BadRequest),
+            (OK.replace("dGhlIHNhbXBsZSBub25jZQ==", "dGhlIHNhbXBsZSBub25jZQ"), ErrorKind::BadRequest),
+            (OK.replace("dGhlIHNhbXBsZSBub25jZQ==", "dGhlIHNhbXBsZSBub25jZ!=="), ErrorKind::BadRequest),
+            (OK.replace("dGhlIHNhbXBsZSBub25jZQ==", "dGhlIHNhbXBsZSBub25jZR=="), ErrorKind::BadRequest),
+            (OK.replace("Host: a\r\n", "Host: a\r\nContent-Length: 0\r\nContent-Length: 1\r\n"), ErrorKind::BadRequest),
+            (
+                OK.replace("Sec-WebSocket-Version: 13", "Sec-WebSocket-Version: 8\r\nSec-WebSocket-Version: 13"),
+                ErrorKind::UnsupportedVersion,
+            ),
             (OK.replace("Version: 13", "Version: 8"), ErrorKind::UnsupportedVersion),
             (OK.replace("Host: a\r\n", ""), ErrorKind::BadRequest),
             (OK.replace("Host: a\r\n", "Host: a\r\nContent-Length: 5\r\n"), ErrorKind::BadRequest),
