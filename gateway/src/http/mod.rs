@@ -17,14 +17,25 @@ pub use crate::config::DEFAULT_MAX_HEADERS;
 /// Headers an upstream response head may carry at most; more is 502.
 pub const MAX_RESPONSE_HEADERS: usize = 256;
 
-/// Case-insensitive check whether a comma-separated header value contains `token`.
+/// Case-insensitive check whether a comma-separated header value contains `token`
+/// (given in lowercase).
 pub fn has_token(value: &[u8], token: &str) -> bool {
     let token = token.as_bytes();
-    // Most values are one token (`Upgrade`, `websocket`, `close`): one comparison.
-    if !value.contains(&b',') {
-        return value.trim_ascii().eq_ignore_ascii_case(token);
+    debug_assert!(!token.iter().any(u8::is_ascii_uppercase), "tokens are given in lowercase");
+    // One pass, byte by byte: values are a token or two, where the standard library's
+    // search, trim and chunked comparison cost several times more.
+    let mut rest = value;
+    loop {
+        let end = rest.iter().position(|&b| b == b',').unwrap_or(rest.len());
+        let item = rest[..end].trim_ascii();
+        if item.len() == token.len() && item.iter().zip(token).all(|(&a, &b)| a.to_ascii_lowercase() == b) {
+            return true;
+        }
+        match rest.get(end + 1..) {
+            Some(next) => rest = next,
+            None => return false,
+        }
     }
-    value.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }
 
 #[cfg(test)]
@@ -38,5 +49,10 @@ mod tests {
         assert!(!super::has_token(b"upgrades", "upgrade"));
         assert!(super::has_token(b"close ,x", "close"));
         assert!(!super::has_token(b",", "close"));
+        assert!(super::has_token(b"a,,b ,\tClose", "close"));
+        assert!(super::has_token(b"close,", "close"));
+        assert!(!super::has_token(b"clos,e", "close"));
+        assert!(!super::has_token(b"cl ose", "close"));
+        assert!(!super::has_token(b"close-ish, closed", "close"));
     }
 }
