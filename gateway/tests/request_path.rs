@@ -311,6 +311,31 @@ fn a_client_reset_right_after_its_upgrade_is_logged_as_a_client_reset() {
     }
 }
 
+/// A route's host matches the Host header in any case and with any port.
+#[test]
+fn a_route_by_host_takes_its_host_in_any_case_and_with_a_port() {
+    let (ws, ws_got) = recorder(OK);
+    let (other, other_got) = recorder(OK);
+    let cfg = config(ws.addr, other.addr, "").replacen(
+        "[[route]]",
+        "[[route]]\nhost = \"Chat.Example\"\nupstream = \"ws\"\n[[route]]",
+        1,
+    );
+    let gw = Gateway::with_config(&cfg, &[]);
+    for host in ["chat.example", "CHAT.example:8080"] {
+        let request = format!("GET /a HTTP/1.1\r\nHost: {host}\r\n\r\n");
+        assert_eq!(exchange(&gw, request.as_bytes()).as_bytes(), OK_CLOSED, "{host}");
+    }
+    assert_eq!(exchange(&gw, b"GET /a HTTP/1.1\r\nHost: chat.example.org\r\n\r\n").as_bytes(), OK_CLOSED);
+    let to_ws = received(&ws_got, &ws, 2, |_| true);
+    assert!(
+        to_ws[0].contains("Host: chat.example\r\n") && to_ws[1].contains("Host: CHAT.example:8080\r\n"),
+        "{to_ws:?}"
+    );
+    let to_other = received(&other_got, &other, 1, |_| true);
+    assert!(to_other[0].contains("Host: chat.example.org\r\n"), "{to_other:?}");
+}
+
 #[test]
 fn an_upstream_given_by_host_name_is_resolved() {
     let (ws, _) = recorder(OK);

@@ -41,7 +41,9 @@ pub fn route_admit<'a>(
     facts: &mut Facts,
 ) -> Result<Admit<'a>, ProxyError> {
     request::check_host(head)?;
-    let route = generation.router.find(head.host().as_deref(), head.path()).ok_or_else(|| {
+    // `facts.host` is this head's `host()`, taken when the head was read; with one
+    // valid Host header (checked above) that is never `None`.
+    let route = generation.router.find(Some(&facts.host), head.path()).ok_or_else(|| {
         ProxyError::new(ErrorKind::NoRoute, format!("no route for host `{}` path `{}`", facts.host, head.path()))
     })?;
     let intent = upgrade::classify(head)?;
