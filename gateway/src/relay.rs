@@ -119,9 +119,6 @@ struct Dir {
     frames: Cell<FrameTracker>,
     /// The pump waits to write bytes it has read: it is safe to stop only when not.
     holding: Cell<bool>,
-    /// The destination was shut down for writing (sent FIN) by the pump: the closing
-    /// handshake ended with this direction's Close.
-    shut: Cell<bool>,
 }
 
 impl Dir {
@@ -258,9 +255,8 @@ async fn pumps(
                 u2c_done = true;
                 // The upstream's FIN goes on to a client that has not sent its own,
                 // also when it ends the pair (the closing handshake is done): the
-                // server closes first (RFC 6455 §7.1.1). Unless the pump sent it already.
-                let pass_fin = !c2u_done && !u2c.shut.get();
-                if let Some(reason) = settle(end, upstream, client, (Side::Upstream, pass_fin)) {
+                // server closes first (RFC 6455 §7.1.1), and at once.
+                if let Some(reason) = settle(end, upstream, client, (Side::Upstream, !c2u_done)) {
                     return ended(reason);
                 }
                 first_fin.get_or_insert(Close::UpstreamFin);
@@ -290,8 +286,7 @@ async fn pumps(
                     return ended(Close::IdleTimeout);
                 }
                 // Only between reads: dropping a pump that waits for readability loses nothing.
-                // Nor once the WebSocket is closed (the client may be shut down already).
-                if !c2u_done && !u2c_done && !closing.get() && !closing_handshake_done(c2u, u2c) {
+                if !c2u_done && !u2c_done && !closing.get() {
                     let moved = c2u.moved.get() + u2c.moved.get();
                     let holding = c2u.holding.get() || u2c.holding.get();
                     if pause.due(now, (moved, activity.get(), holding)) {
@@ -495,11 +490,11 @@ type FirstBytes = Option<(Instant, Option<u16>)>;
 /// `dir`; reads before it first waits when bytes are known to be `queued`. For the
 /// upstream→client pump, `upstream` is where it records when the first bytes came and
 /// the HTTP status they start with, and the other direction: once the client's Close
-/// went by, the upstream's Close ends the closing handshake. The server closes the TCP
-/// connection first then (RFC 6455 §7.1.1), and wsgate is the client's server: the
-/// client gets FIN right behind that Close (so the TIME_WAIT stays here, not at the
-/// client), and the pump reads again without waiting for readiness, since the
-/// upstream's FIN follows its Close, as a rule in the same segment.
+/// went by, the upstream's Close ends the closing handshake, and the server closes the
+/// TCP connection then (RFC 6455 §7.1.1): the pump reads again without waiting for
+/// readiness, since the upstream's FIN follows its Close, as a rule in the same
+/// segment. (Only a read: bytes that are not WebSocket frames can look like Close
+/// frames to the tracker, and must still pass.)
 /// Once `closing` (the drain), reads no further than the end of the current frame and
 /// returns [`PumpEnd::Boundary`] there.
 async fn pump(
@@ -589,10 +584,6 @@ async fn pump(
                 }
             } else {
                 buffers.put(buf);
-            }
-            if fin_due {
-                crate::io::shutdown_quietly(to, Shutdown::Write);
-                dir.shut.set(true);
             }
             dir.moved.set(dir.moved.get() + n as u64);
             if let Some((live, direction)) = published {

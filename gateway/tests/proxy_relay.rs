@@ -226,25 +226,6 @@ fn after_the_closing_handshake_the_upstream_fin_ends_the_pair_at_once() {
     drop(c);
 }
 
-/// wsgate is the client's server, and the server closes TCP first (RFC 6455 §7.1.1):
-/// the client gets FIN right behind the upstream's Close that ends the closing
-/// handshake, even from an upstream that keeps its side open. The pair ends at the
-/// client's FIN then, and the upstream gets its FIN at the close.
-#[test]
-fn the_client_gets_fin_behind_the_close_that_ends_the_closing_handshake() {
-    let (up, got) = closing_upstream(false);
-    let gw = Gateway::one_line(&[up.addr], &["--splice", "userspace"]);
-    let mut c = closed_client(&gw);
-    // The upstream's FIN never comes; without the early FIN this read would wait for
-    // the idle timeout (an hour).
-    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let mut rest = [0u8; 16];
-    assert_eq!(c.read(&mut rest).expect("FIN, not a reset or a timeout"), 0, "the client gets FIN");
-    drop(c);
-    gw.wait_log("close=client_fin");
-    assert_upstream_got(&got, b"");
-}
-
 /// A pair that finished its closing handshake but whose peers have not closed TCP yet
 /// gets no second Close at its turn in the drain (a peer may receive nothing after the
 /// Close it was relayed): both sides get only their FIN.
