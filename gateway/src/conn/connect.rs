@@ -366,7 +366,9 @@ async fn secure(
     let Some(tls) = &group.tls else { return Ok(PeerIo::Plain(tcp)) };
     let server = group.server(i);
     let name = tls.name_for(&server.address, server.addr());
-    match crate::tls::handshake::connect(tcp, (tls.config.clone(), name), ring, deadline, &tls.stats).await {
+    // Boxed: the handshake's future is 4 KB, and unboxed it would sit in every plain
+    // connection's connect future too (and be copied with it at each move).
+    match Box::pin(crate::tls::handshake::connect(tcp, (tls.config.clone(), name), ring, deadline, &tls.stats)).await {
         Ok(stream) => Ok(PeerIo::Tls(Box::new(stream))),
         Err(failed) => {
             let reason = crate::tls::UpstreamHandshakeFailure::of(&failed).as_str();

@@ -10,32 +10,83 @@ use std::mem::MaybeUninit;
 use super::body::Framing;
 use crate::error::{ErrorKind, ProxyError};
 
-/// A parsed request head (owned: it outlives the read buffer).
+/// A parsed request head (owned: it outlives the read buffer). The head's bytes are
+/// kept as one copy, and the raw target and the headers are spans of it: a head of ten
+/// headers is three allocations, not twenty-two.
 #[derive(Debug, Clone)]
 pub struct RequestHead {
     pub method: Method,
     /// Request target as routed and forwarded: origin form with its path normalised
     /// (see [`super::path`]), e.g. `/ws/chat?room=1`.
     pub target: String,
-    /// Request target exactly as sent, for logs.
-    pub raw_target: String,
     /// Minor HTTP version: 1 for HTTP/1.1, 0 for HTTP/1.0.
     pub minor_version: u8,
-    /// Headers in order, names as sent, values byte-exact.
-    pub headers: Vec<(String, Vec<u8>)>,
     /// Length of the head in the buffer, including the final CRLF CRLF.
     pub len: usize,
+    /// The head's bytes as sent (`len` of them).
+    raw: Box<[u8]>,
+    /// The request target as sent, in `raw`.
+    raw_target: Span,
+    /// Headers in order: name and value, in `raw`.
+    fields: Vec<[Span; 2]>,
+}
+
+/// Where a part of the head is in [`RequestHead::raw`]: start and end.
+type Span = (u32, u32);
+
+/// The values of one header, in order ([`RequestHead::headers_named`]).
+pub struct Named<'a, 'n> {
+    head: &'a RequestHead,
+    name: &'n [u8],
+    /// The next field to look at.
+    next: usize,
+}
+
+impl<'a> Iterator for Named<'a, '_> {
+    type Item = &'a [u8];
+
+    // Inlined where it is used, so a literal name's length and bytes fold in.
+    #[inline]
+    fn next(&mut self) -> Option<&'a [u8]> {
+        let head = self.head;
+        while let Some(&[(start, end), value]) = head.fields.get(self.next) {
+            self.next += 1;
+            // By length first: most names are another.
+            if (end - start) as usize == self.name.len() && head.at((start, end)).eq_ignore_ascii_case(self.name) {
+                return Some(head.at(value));
+            }
+        }
+        None
+    }
 }
 
 impl RequestHead {
-    /// The first value of header `name` (case-insensitive).
-    pub fn header(&self, name: &str) -> Option<&[u8]> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_slice())
+    /// Headers in order, names as sent, values byte-exact.
+    pub fn headers(&self) -> impl ExactSizeIterator<Item = (&[u8], &[u8])> + '_ {
+        self.fields.iter().map(|[name, value]| (self.at(*name), self.at(*value)))
     }
 
-    /// Every value of header `name`, in order.
-    pub fn headers_named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
-        self.headers.iter().filter(move |(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_slice())
+    /// The request target exactly as sent, for logs.
+    pub fn raw_target(&self) -> &str {
+        // A span of a `&str` httparse gave: UTF-8 (ASCII, in fact).
+        std::str::from_utf8(self.at(self.raw_target)).unwrap_or_default()
+    }
+
+    /// The first value of header `name` (case-insensitive).
+    #[inline]
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers_named(name).next()
+    }
+
+    /// Every value of header `name` (case-insensitive), in order.
+    #[inline]
+    pub fn headers_named<'n>(&self, name: &'n str) -> Named<'_, 'n> {
+        Named { head: self, name: name.as_bytes(), next: 0 }
+    }
+
+    #[inline]
+    fn at(&self, (start, end): Span) -> &[u8] {
+        self.raw.get(start as usize..end as usize).unwrap_or_default()
     }
 
     /// The Host header without port, lowercased, for routing and logs (borrowed when
@@ -66,7 +117,7 @@ impl RequestHead {
     /// `METHOD target HTTP/1.x` for logs, with the target as sent.
     pub fn request_line(&self) -> String {
         // Concatenated, not `format!`: this runs for every request (the access log).
-        let (method, target) = (&*self.method, self.raw_target.as_str());
+        let (method, target) = (&*self.method, self.raw_target());
         let mut line = String::with_capacity(method.len() + target.len() + 10);
         for part in [method, " ", target, " HTTP/1."] {
             line.push_str(part);
@@ -138,14 +189,28 @@ fn parse_into<'b>(
                 ));
             }
             let normalised = super::path::normalise(target)?;
-            let headers = req.headers.iter().map(|h| (h.name.to_owned(), h.value.to_vec())).collect();
+            // Every slice httparse gives is of `buf[..len]`; a head past 4 GiB has no
+            // spans (the head's limit is far below).
+            let span = |part: &[u8]| -> Result<Span, ProxyError> {
+                let start = part.as_ptr().addr().wrapping_sub(buf.as_ptr().addr());
+                let end = start + part.len();
+                match (u32::try_from(start), u32::try_from(end)) {
+                    (Ok(start), Ok(end)) if end as usize <= len => Ok((start, end)),
+                    _ => Err(ProxyError::new(ErrorKind::HeadersTooLarge, "request head too large".to_owned())),
+                }
+            };
+            let mut fields = Vec::with_capacity(req.headers.len());
+            for h in &*req.headers {
+                fields.push([span(h.name.as_bytes())?, span(h.value)?]);
+            }
             Ok(Some(RequestHead {
                 method: method_of(method),
                 target: normalised,
-                raw_target: target.to_owned(),
                 minor_version,
-                headers,
                 len,
+                raw_target: span(target.as_bytes())?,
+                raw: Box::from(&buf[..len]),
+                fields,
             }))
         }
         Err(httparse::Error::TooManyHeaders) => Err(ProxyError::new(
@@ -314,8 +379,8 @@ mod host_tests {
         });
         let raw = format!("GET / HTTP/1.1\r\nHost: a\r\n{headers}\r\n");
         let head = parse(raw.as_bytes(), 256).unwrap().unwrap();
-        assert_eq!(head.headers.len(), 201);
-        assert_eq!(head.headers.last().map(|(n, v)| (n.as_str(), v.as_slice())), Some(("X-199", &b"v"[..])));
+        assert_eq!(head.headers().len(), 201);
+        assert_eq!(head.headers().last(), Some((&b"X-199"[..], &b"v"[..])));
         // Past the headers parsed on the stack, the limit is still exact.
         assert!(parse(raw.as_bytes(), 201).unwrap().is_some());
         for limit in [200, 100, 64, 10] {
@@ -338,5 +403,27 @@ mod host_tests {
         assert!(parse(b"GET /../x HTTP/1.1\r\nHost: a\r\n\r\n", 256).is_err());
         let h = parse(b"GET /a?b HTTP/1.0\r\n\r\n", 256).unwrap().unwrap();
         assert_eq!(h.request_line(), "GET /a?b HTTP/1.0");
+    }
+
+    #[test]
+    fn headers_come_back_in_order_names_as_sent_values_byte_exact() {
+        let raw = b"GET /x HTTP/1.1\r\nHost: a\r\nX-Obs: caf\xe9 \"q\"\r\nx-obs: 2\r\nEmpty:\r\nHOST2: b\r\n\r\nbody";
+        let h = parse(raw, 256).unwrap().unwrap();
+        let want: [(&[u8], &[u8]); 5] =
+            [(b"Host", b"a"), (b"X-Obs", b"caf\xe9 \"q\""), (b"x-obs", b"2"), (b"Empty", b""), (b"HOST2", b"b")];
+        assert_eq!(h.headers().collect::<Vec<_>>(), want);
+        assert_eq!(h.headers().len(), 5);
+        // Looked up in any case; every value of a name in order; a longer or shorter
+        // name is another.
+        assert_eq!(h.headers_named("X-OBS").collect::<Vec<_>>(), [&b"caf\xe9 \"q\""[..], b"2"]);
+        assert_eq!(h.header("host"), Some(&b"a"[..]));
+        assert_eq!(h.header("hos"), None);
+        assert_eq!(h.header("empty"), Some(&b""[..]));
+        // The head outlives the buffer it was read from.
+        let mut buf = raw.to_vec();
+        let h = parse(&buf, 256).unwrap().unwrap();
+        buf.fill(0);
+        assert_eq!(h.header("hOsT2"), Some(&b"b"[..]));
+        assert_eq!(h.raw_target(), "/x");
     }
 }

@@ -61,10 +61,10 @@ pub fn upstream_head_on(head: &RequestHead, intent: Intent, fwd: Forwarded<'_>, 
         .collect();
     // `Connection` may not take away what the request needs: its Host and its framing
     // (found by the fuzzer: `Connection: host` left the upstream without Host).
-    let dropped = |name: &str| {
-        let is = |n: &&str| n.eq_ignore_ascii_case(name);
+    let dropped = |name: &[u8]| {
+        let is = |n: &&str| n.as_bytes().eq_ignore_ascii_case(name);
         DROPPED.iter().any(is)
-            || (!KEPT.iter().any(is) && named_by_connection.iter().any(|t| t.eq_ignore_ascii_case(name.as_bytes())))
+            || (!KEPT.iter().any(is) && named_by_connection.iter().any(|t| t.eq_ignore_ascii_case(name)))
     };
 
     let mut out = Vec::with_capacity(head.len + 128);
@@ -74,9 +74,9 @@ pub fn upstream_head_on(head: &RequestHead, intent: Intent, fwd: Forwarded<'_>, 
     // HTTP/1.0 goes on as HTTP/1.0 (nginx's `proxy_http_version 1.0`): the upstream then
     // answers in a way a 1.0 client understands (no chunked coding, close-delimited).
     out.extend_from_slice(if head.minor_version == 0 { b" HTTP/1.0\r\n" } else { b" HTTP/1.1\r\n" });
-    for (name, value) in &head.headers {
+    for (name, value) in head.headers() {
         if !dropped(name) {
-            push_header(&mut out, name.as_bytes(), value);
+            push_header(&mut out, name, value);
         }
     }
     if intent == Intent::WebSocket {

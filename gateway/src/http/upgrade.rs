@@ -71,17 +71,18 @@ struct Seen<'a> {
 impl<'a> Seen<'a> {
     fn of(head: &'a RequestHead) -> Self {
         let mut seen = Self::default();
-        for (name, value) in &head.headers {
-            let value = value.as_slice();
+        for (name, value) in head.headers() {
             // By length first: most names are none of these.
             match name.len() {
-                4 if name.eq_ignore_ascii_case("host") => seen.host = true,
-                7 if name.eq_ignore_ascii_case("upgrade") => seen.upgrade_websocket |= has_token(value, "websocket"),
-                10 if name.eq_ignore_ascii_case("connection") => seen.connection_upgrade |= has_token(value, "upgrade"),
-                14 if name.eq_ignore_ascii_case("content-length") => seen.body |= value.iter().any(|&b| b != b'0'),
-                17 if name.eq_ignore_ascii_case("transfer-encoding") => seen.body = true,
-                17 if name.eq_ignore_ascii_case("sec-websocket-key") => _ = seen.key.get_or_insert(value),
-                21 if name.eq_ignore_ascii_case("sec-websocket-version") => _ = seen.version.get_or_insert(value),
+                4 if name.eq_ignore_ascii_case(b"host") => seen.host = true,
+                7 if name.eq_ignore_ascii_case(b"upgrade") => seen.upgrade_websocket |= has_token(value, "websocket"),
+                10 if name.eq_ignore_ascii_case(b"connection") => {
+                    seen.connection_upgrade |= has_token(value, "upgrade");
+                }
+                14 if name.eq_ignore_ascii_case(b"content-length") => seen.body |= value.iter().any(|&b| b != b'0'),
+                17 if name.eq_ignore_ascii_case(b"transfer-encoding") => seen.body = true,
+                17 if name.eq_ignore_ascii_case(b"sec-websocket-key") => _ = seen.key.get_or_insert(value),
+                21 if name.eq_ignore_ascii_case(b"sec-websocket-version") => _ = seen.version.get_or_insert(value),
                 _ => {}
             }
         }
