@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 use super::haproxy::start_haproxy;
 use super::load::{LoadArgs, run_load};
 use super::nginx::start_nginx;
+use super::paired::{Figures, Paired, paired, print_paired};
 use super::procfs::{cpu_secs, family, mem_now};
 use super::procs::{Proc, SPLICE_MODES, free_port, load_procs_for, start_echo, start_wsgate, wsgate_bin};
 use super::row::Row;
@@ -47,8 +48,13 @@ pub(super) fn run(opts: &Options, out: &Path, wsgate_built: bool) -> Result<()> 
         }
         rounds.push(rows);
     }
+    let figures: Vec<Vec<Figures<'_>>> =
+        rounds.iter().map(|rows| rows.iter().map(|r| Figures::of(scenario.load(), r)).collect()).collect();
+    let paired = paired(&figures);
+    drop(figures);
     let rows = median_rounds(rounds);
     print_table(scenario.load(), &rows, conns, tls.as_ref().map(TlsFiles::describe).as_deref());
+    print_paired(scenario.load(), &paired);
     let summary: Vec<Value> = rows
         .iter()
         .map(|r| {
@@ -66,7 +72,8 @@ pub(super) fn run(opts: &Options, out: &Path, wsgate_built: bool) -> Result<()> 
         .collect();
     let path = out.join("summary.json");
     let tls = tls.as_ref().map(TlsFiles::describe);
-    let doc = json!({ "scenario": scenario.name(), "tls": tls, "rows": summary });
+    let paired: Vec<Value> = paired.iter().map(Paired::to_json).collect();
+    let doc = json!({ "scenario": scenario.name(), "tls": tls, "rows": summary, "paired": paired });
     std::fs::write(&path, serde_json::to_string_pretty(&doc)?)?;
     println!("reports, plots and summary: {}", out.display());
     Ok(())

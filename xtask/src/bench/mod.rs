@@ -19,6 +19,7 @@ mod haproxy;
 mod load;
 mod netns;
 mod nginx;
+mod paired;
 mod procfs;
 mod procs;
 mod row;

@@ -129,7 +129,8 @@ pub(super) fn print_table(s: Scenario, rows: &[Row], conns: u64, tls: Option<&st
          connection in hold, including connections still in their handshake or first second); slab: kernel slab \
          growth, all sockets of the path; mach: the whole machine's CPU (user, system, irq, softirq; not steal) per \
          message or handshake in the steady phase (from 1.5 s after the ramp); +direct: mach minus the same \
-         round's direct (median round with --rounds); ×nginx: headline and proxy CPU per unit ÷ nginx's; \
+         round's direct (median round with --rounds); ×nginx: headline and proxy CPU per unit ÷ nginx's, of \
+         the median rows (with --rounds, the paired lines below divide within each round: the steadier figure); \
          latencies: handshake for hs, round trip otherwise; nginx as in the recipe, access log on; haproxy in http \
          mode with the recipe's timeouts, a log line per connection)"
     );
