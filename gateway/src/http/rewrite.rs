@@ -109,18 +109,24 @@ pub fn upstream_head_on(head: &RequestHead, intent: Intent, fwd: Forwarded<'_>, 
 pub(crate) fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
     match ip {
         IpAddr::V4(v4) => {
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b'.');
-                }
+            // Written on the stack, appended once: one capacity check, not fifteen.
+            let mut text = [0u8; 16];
+            let mut n = 0;
+            for octet in v4.octets() {
                 if octet >= 100 {
-                    out.push(b'0' + octet / 100);
+                    text[n] = b'0' + octet / 100;
+                    n += 1;
                 }
                 if octet >= 10 {
-                    out.push(b'0' + octet / 10 % 10);
+                    text[n] = b'0' + octet / 10 % 10;
+                    n += 1;
                 }
-                out.push(b'0' + octet % 10);
+                text[n] = b'0' + octet % 10;
+                text[n + 1] = b'.';
+                n += 2;
             }
+            // Four octets of at most three digits and a dot each: n ≤ 16.
+            out.extend_from_slice(&text[..n - 1]);
         }
         IpAddr::V6(_) => {
             use std::io::Write as _;
