@@ -81,7 +81,7 @@ fn decode_unreserved(path: &str) -> Result<String, ProxyError> {
             return Err(refused(path, "a raw `\\`"));
         }
         if b != b'%' {
-            // Origin-form targets are ASCII (httparse refuses other bytes); copy one char.
+            // Copy one char (httparse passes targets in UTF-8).
             let ch = path[i..].chars().next().unwrap_or('\u{fffd}');
             out.push(ch);
             i += ch.len_utf8();

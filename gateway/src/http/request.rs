@@ -68,7 +68,7 @@ impl RequestHead {
 
     /// The request target exactly as sent, for logs.
     pub fn raw_target(&self) -> &str {
-        // A span of a `&str` httparse gave: UTF-8 (ASCII, in fact).
+        // The span of the `&str` httparse gave: UTF-8.
         std::str::from_utf8(self.at(self.raw_target)).unwrap_or_default()
     }
 
@@ -191,12 +191,13 @@ fn parse_into<'b>(
             let normalised = super::path::normalise(target)?;
             // Every slice httparse gives is of `buf[..len]`; a head past 4 GiB has no
             // spans (the head's limit is far below).
+            let base = buf.as_ptr().addr();
             let span = |part: &[u8]| -> Result<Span, ProxyError> {
-                let start = part.as_ptr().addr().wrapping_sub(buf.as_ptr().addr());
-                let end = start + part.len();
-                match (u32::try_from(start), u32::try_from(end)) {
-                    (Ok(start), Ok(end)) if end as usize <= len => Ok((start, end)),
-                    _ => Err(ProxyError::new(ErrorKind::HeadersTooLarge, "request head too large".to_owned())),
+                let start = part.as_ptr().addr().checked_sub(base);
+                let end = start.and_then(|s| s.checked_add(part.len())).filter(|&e| e <= len);
+                match (start.map(u32::try_from), end.map(u32::try_from)) {
+                    (Some(Ok(start)), Some(Ok(end))) => Ok((start, end)),
+                    _ => Err(ProxyError::new(ErrorKind::HeadersTooLarge, "request head too large")),
                 }
             };
             let mut fields = Vec::with_capacity(req.headers.len());
@@ -450,5 +451,9 @@ mod host_tests {
         buf.fill(0);
         assert_eq!(h.header("hOsT2"), Some(&b"b"[..]));
         assert_eq!(h.raw_target(), "/x");
+        // The target as sent, also where normalising changes it, and not ASCII.
+        let h = parse("GET /a/../caf\u{e9}%41?q=%2e HTTP/1.1\r\nHost: a\r\n\r\n".as_bytes(), 256).unwrap().unwrap();
+        assert_eq!((h.raw_target(), h.target.as_str()), ("/a/../caf\u{e9}%41?q=%2e", "/caf\u{e9}A?q=%2e"));
+        assert_eq!(h.request_line(), "GET /a/../caf\u{e9}%41?q=%2e HTTP/1.1");
     }
 }

@@ -25,7 +25,7 @@ pub(super) struct Paired {
 }
 
 impl Paired {
-    /// The median CPU ratio (the upper one of an even count).
+    /// The median CPU ratio.
     pub(super) fn cpu_median(&self) -> Option<f64> {
         median(&self.cpu)
     }
@@ -44,8 +44,16 @@ impl Paired {
     }
 }
 
+/// The median of sorted figures; of an even count, the mean of the middle two (a
+/// ratio needs no real round behind it, and the upper one of two would be the worse
+/// round for CPU and the better for rate).
 fn median(sorted: &[f64]) -> Option<f64> {
-    sorted.get(sorted.len() / 2).copied()
+    let n = sorted.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(sorted[n / 2]),
+        _ => Some(f64::midpoint(sorted[n / 2 - 1], sorted[n / 2])),
+    }
 }
 
 /// Whether `name` is a reference proxy (the others are compared with it).
@@ -61,21 +69,24 @@ pub(super) struct Figures<'a> {
     pub(super) cpu: Option<f64>,
     /// The headline (rate; higher is better).
     pub(super) headline: f64,
+    /// No loss, corruption or failure in the load's report.
+    pub(super) clean: bool,
 }
 
 impl<'a> Figures<'a> {
     pub(super) fn of(s: Scenario, row: &'a Row) -> Self {
-        Self { name: &row.name, cpu: row.cpu_per_unit(s), headline: row.headline(s) }
+        Self { name: &row.name, cpu: row.cpu_per_unit(s), headline: row.headline(s), clean: row.report.clean }
     }
 }
 
 /// Every proxy target's ratios to every reference of its rounds. Rounds lacking either
-/// (a target failed there) are left out of that pair, never filled in.
+/// (a target failed there), or where either was not clean, are left out of that pair,
+/// never filled in; a pair with no round left is not listed.
 pub(super) fn paired(rounds: &[Vec<Figures<'_>>]) -> Vec<Paired> {
     let mut out: Vec<Paired> = Vec::new();
     for rows in rounds {
-        for reference in rows.iter().filter(|r| is_reference(r.name)) {
-            for row in rows.iter().filter(|r| r.name != "direct" && !is_reference(r.name)) {
+        for reference in rows.iter().filter(|r| is_reference(r.name) && r.clean) {
+            for row in rows.iter().filter(|r| r.name != "direct" && !is_reference(r.name) && r.clean) {
                 let at = out.iter().position(|p| p.target == row.name && p.reference == reference.name);
                 let at = at.unwrap_or_else(|| {
                     out.push(Paired {
@@ -98,6 +109,7 @@ pub(super) fn paired(rounds: &[Vec<Figures<'_>>]) -> Vec<Paired> {
             }
         }
     }
+    out.retain(|p| !p.cpu.is_empty() || !p.headline.is_empty());
     for p in &mut out {
         p.cpu.sort_by(f64::total_cmp);
         p.headline.sort_by(f64::total_cmp);
@@ -112,18 +124,20 @@ pub(super) fn print_paired(s: Scenario, paired: &[Paired]) {
     if !many {
         return;
     }
-    let unit = match s {
-        Scenario::Hold => "CPU/conn",
-        Scenario::Echo => "CPU/msg",
-        Scenario::Bulk => "CPU/GB",
-        Scenario::Handshake => "CPU/hs",
+    let (unit, headline) = match s {
+        Scenario::Hold => ("CPU/conn", "verified"),
+        Scenario::Echo => ("CPU/msg", "msg/s"),
+        Scenario::Bulk => ("CPU/GB", "MB/s"),
+        Scenario::Handshake => ("CPU/hs", "hs/s"),
     };
-    println!("paired within each round (median of the rounds' ratios; each round's, sorted):");
+    println!(
+        "paired within each round (median of the rounds' ratios; each round's, sorted; rounds not clean left out):"
+    );
     let list = |v: &[f64]| v.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>().join(" ");
     let fmt = |m: Option<f64>| m.map_or_else(|| "-".into(), |m| format!("{m:.2}×"));
     for p in paired {
         println!(
-            "  {} ÷ {}: {unit} {} ({}), rate {} ({})",
+            "  {} ÷ {}: {unit} {} ({}), {headline} {} ({})",
             p.target,
             p.reference,
             fmt(p.cpu_median()),
@@ -139,7 +153,7 @@ mod tests {
     use super::*;
 
     fn f(name: &str, cpu: Option<f64>, headline: f64) -> Figures<'_> {
-        Figures { name, cpu, headline }
+        Figures { name, cpu, headline, clean: true }
     }
 
     #[test]
@@ -163,6 +177,22 @@ mod tests {
         assert!((p.headline_median().unwrap() - 1.0).abs() < 1e-9);
         // Not the ratio of the two medians (wsgate's 110 of 90, 110, 500 ÷ nginx's 100).
         assert!((p.cpu_median().unwrap() - 1.1).abs() > 0.05);
+    }
+
+    #[test]
+    fn an_even_count_takes_the_middle_two_and_rounds_not_clean_are_left_out() {
+        let mut unclean = f("wsgate/auto", Some(10.0), 10.0);
+        unclean.clean = false;
+        let rounds = vec![
+            vec![f("wsgate/auto", Some(80.0), 10.0), f("nginx", Some(100.0), 10.0)],
+            vec![f("wsgate/auto", Some(120.0), 10.0), f("nginx", Some(100.0), 10.0)],
+            vec![unclean, f("nginx", Some(100.0), 10.0)],
+        ];
+        let p = paired(&rounds);
+        assert_eq!(p[0].cpu.len(), 2, "{:?}", p[0].cpu);
+        assert!((p[0].cpu_median().unwrap() - 1.0).abs() < 1e-9);
+        // No figure at all: not listed.
+        assert!(paired(&[vec![f("wsgate/auto", None, 0.0), f("nginx", None, 0.0)]]).is_empty());
     }
 
     #[test]
