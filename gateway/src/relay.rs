@@ -207,8 +207,15 @@ async fn pumps(
     // What each direction moves shows live in the admin plane (`live`, when it is on).
     let (c2u_io, u2c_io) = ((ring, buffers, live.map(|l| (l, 0))), (ring, buffers, live.map(|l| (l, 1))));
     let mut c2u_pump = pin!(pump(client, upstream, (c2u, false), activity, None, &closing, c2u_io));
-    let mut u2c_pump =
-        pin!(pump(upstream, client, (u2c, opts.upstream_queued), activity, Some((first, c2u)), &closing, u2c_io));
+    let mut u2c_pump = pin!(pump(
+        upstream,
+        client,
+        (u2c, opts.upstream_queued),
+        activity,
+        Some(UpstreamSide { first, c2u }),
+        &closing,
+        u2c_io
+    ));
     // One timer for the idle timeout and the pause: the earlier of the two (a timer
     // costs its registration in tokio's wheel, and most pairs live for less than either).
     let mut pause = Pause::new(opts.handover);
@@ -486,15 +493,25 @@ fn closing_handshake_done(c2u: &Dir, u2c: &Dir) -> bool {
 /// When the upstream's first bytes came, and the HTTP status they start with.
 type FirstBytes = Option<(Instant, Option<u16>)>;
 
+/// What only the upstream→client pump has.
+#[derive(Clone, Copy)]
+struct UpstreamSide<'a> {
+    /// Where it records when the upstream's first bytes came and their status.
+    first: &'a Cell<FirstBytes>,
+    /// The other direction: once the client's Close went by there, the upstream's
+    /// Close ends the closing handshake.
+    c2u: &'a Dir,
+}
+
 /// Moves bytes from `from` to `to` until FIN or an error, following the frames in
 /// `dir`; reads before it first waits when bytes are known to be `queued`. For the
-/// upstream→client pump, `upstream` is where it records when the first bytes came and
-/// the HTTP status they start with, and the other direction: once the client's Close
-/// went by, the upstream's Close ends the closing handshake, and the server closes the
-/// TCP connection then (RFC 6455 §7.1.1): the pump reads again without waiting for
-/// readiness, since the upstream's FIN follows its Close, as a rule in the same
-/// segment. (Only a read: bytes that are not WebSocket frames can look like Close
-/// frames to the tracker, and must still pass.)
+/// upstream→client pump, `upstream` ([`UpstreamSide`]) is where it records when the
+/// first bytes came and the HTTP status they start with, and the other direction: once
+/// the client's Close went by, the upstream's Close ends the closing handshake, and the
+/// server closes the TCP connection then (RFC 6455 §7.1.1): the pump reads again
+/// without waiting for readiness, since the upstream's FIN follows its Close, as a rule
+/// in the same segment. (Only a read: bytes that are not WebSocket frames can look like
+/// Close frames to the tracker, and must still pass.)
 /// Once `closing` (the drain), reads no further than the end of the current frame and
 /// returns [`PumpEnd::Boundary`] there.
 async fn pump(
@@ -502,7 +519,7 @@ async fn pump(
     to: &TcpStream,
     (dir, queued): (&Dir, bool),
     activity: &Cell<Instant>,
-    upstream: Option<(&Cell<FirstBytes>, &Dir)>,
+    upstream: Option<UpstreamSide<'_>>,
     closing: &Cell<bool>,
     (ring, buffers, published): (&Ring, &BufPool, Option<(&RelayBytes, usize)>),
 ) -> PumpEnd {
@@ -556,15 +573,16 @@ async fn pump(
             reads = reads.saturating_add(1);
             let now = Instant::now();
             activity.set(now);
-            if let Some((first, _)) = upstream.filter(|(f, _)| f.get().is_none()) {
+            if let Some(UpstreamSide { first, .. }) = upstream.filter(|u| u.first.get().is_none()) {
                 first.set(Some((now, sniff_status(&buf))));
             }
             let mut frames = dir.frames.get();
             let closed_before = frames.close_seen();
             frames.feed(&buf);
             dir.frames.set(frames);
-            let fin_due =
-                !closed_before && frames.close_seen() && upstream.is_some_and(|(_, c2u)| c2u.frames.get().close_seen());
+            // This Close ended the closing handshake: the FIN is near, read again at once.
+            let read_again =
+                !closed_before && frames.close_seen() && upstream.is_some_and(|u| u.c2u.frames.get().close_seen());
             // Most writes fit in the socket buffer at once; what does not is written
             // by io_uring, which waits for room (the slow reader's flow control).
             let sent = match crate::io::send_now(to, &buf) {
@@ -596,7 +614,7 @@ async fn pump(
                 // A short read took all that was queued.
                 drained(&mut guard);
                 // Unless the closing handshake just ended (see above).
-                wait = !fin_due;
+                wait = !read_again;
                 break;
             }
         }
