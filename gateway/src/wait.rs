@@ -62,7 +62,10 @@ impl Waiter {
     pub async fn readable(&self, ring: &Ring, socket: &TcpStream) -> io::Result<Guard<'_>> {
         match self {
             Self::Ring => ring.ready(socket, readiness::READABLE).await.map(|_| None),
-            Self::Epoll(fd) => fd.readable().await.map(Some),
+            // The reader's own waker slot, not `readable()`'s waiter list: no list
+            // node to link and unlink per wait, and a pending poll of an idle pump
+            // (polled whenever its relay is) is an atomic load and a waker compare.
+            Self::Epoll(fd) => std::future::poll_fn(|cx| fd.poll_read_ready(cx)).await.map(Some),
         }
     }
 }

@@ -89,6 +89,15 @@ impl FrameTracker {
                 self.end_of_payload();
                 continue;
             }
+            // A whole header at hand, as a rule: read where it is, not copied.
+            if self.have == 0
+                && let Some(&b1) = bytes.get(1)
+                && let Some((head, rest)) = bytes.split_at_checked(header_len(b1))
+            {
+                self.start_payload(head);
+                bytes = rest;
+                continue;
+            }
             let take = self.header_needed() - usize::from(self.have);
             let take = take.min(bytes.len());
             let at = usize::from(self.have);
@@ -97,7 +106,8 @@ impl FrameTracker {
             self.have += u8::try_from(take).unwrap_or(0);
             bytes = &bytes[take..];
             if usize::from(self.have) == self.header_needed() {
-                self.start_payload();
+                let head = self.head;
+                self.start_payload(&head[..usize::from(self.have)]);
             }
         }
     }
@@ -138,33 +148,23 @@ impl FrameTracker {
         self.close_seen
     }
 
-    /// Length of the current header: 2, plus 2 or 8 for an extended length, plus 4 for
-    /// a mask (known once the second byte is in; 2 until then).
+    /// Length of the current header (2 until its second byte is in: see [`header_len`]).
     fn header_needed(&self) -> usize {
-        if self.have < 2 {
-            return 2;
-        }
-        let b1 = self.head[1];
-        let ext = match b1 & 0x7f {
-            126 => 2,
-            127 => 8,
-            _ => 0,
-        };
-        2 + ext + if b1 & 0x80 != 0 { 4 } else { 0 }
+        if self.have < 2 { 2 } else { header_len(self.head[1]) }
     }
 
-    fn start_payload(&mut self) {
-        let b1 = self.head[1];
-        self.left = match b1 & 0x7f {
-            126 => u64::from(u16::from_be_bytes([self.head[2], self.head[3]])),
+    /// A frame whose whole header is `head` starts.
+    fn start_payload(&mut self, head: &[u8]) {
+        self.left = match head[1] & 0x7f {
+            126 => u64::from(u16::from_be_bytes([head[2], head[3]])),
             127 => {
                 let mut len = [0u8; 8];
-                len.copy_from_slice(&self.head[2..10]);
+                len.copy_from_slice(&head[2..10]);
                 u64::from_be_bytes(len)
             }
             n => u64::from(n),
         };
-        self.in_close = self.head[0] & 0x0f == OPCODE_CLOSE;
+        self.in_close = head[0] & 0x0f == OPCODE_CLOSE;
         self.have = 0;
         self.end_of_payload();
     }
@@ -174,6 +174,17 @@ impl FrameTracker {
             self.close_seen = true;
         }
     }
+}
+
+/// Length of a header whose second byte is `b1`: 2, plus 2 or 8 for an extended length,
+/// plus 4 for a mask.
+fn header_len(b1: u8) -> usize {
+    let ext = match b1 & 0x7f {
+        126 => 2,
+        127 => 8,
+        _ => 0,
+    };
+    2 + ext + if b1 & 0x80 != 0 { 4 } else { 0 }
 }
 
 #[cfg(test)]
@@ -248,6 +259,43 @@ mod tests {
             assert_eq!(seen, ends, "chunk {chunk}");
             assert!(t.close_seen(), "chunk {chunk}");
         }
+    }
+
+    /// Everything a tracker knows: its state without the header bytes past `have`.
+    fn known(t: &FrameTracker) -> super::FrameState {
+        let mut state = t.state();
+        state.head[usize::from(state.have)..].fill(0);
+        state
+    }
+
+    #[test]
+    fn chunks_of_any_size_are_tracked_as_byte_by_byte() {
+        let frames = [
+            frame(1, 0, false),
+            frame(2, 125, true),
+            frame(2, 126, false),
+            frame(9, 3, true),
+            frame(1, 70_000, true),
+            frame(2, 1, false),
+            frame(8, 2, true),
+        ];
+        let stream: Vec<u8> = frames.concat();
+        // One byte at a time never has a whole header at hand: the reference.
+        let mut one = FrameTracker::default();
+        let mut after = vec![known(&one)];
+        for b in &stream {
+            one.feed(std::slice::from_ref(b));
+            after.push(known(&one));
+        }
+        for chunk in (2..=20).chain([64, 127, 4096, stream.len()]) {
+            let mut t = FrameTracker::default();
+            for (i, part) in stream.chunks(chunk).enumerate() {
+                t.feed(part);
+                let end = (i * chunk + part.len()).min(stream.len());
+                assert_eq!(known(&t), after[end], "chunk {chunk}, after {end} bytes");
+            }
+        }
+        assert!(one.close_seen() && one.at_boundary());
     }
 
     #[test]
