@@ -13,11 +13,14 @@
 //! caller owns them and closes them after [`relay`] returns.
 
 use std::cell::Cell;
+use std::future::{Future, poll_fn};
 use std::io;
 use std::net::Shutdown;
-use std::pin::pin;
+use std::pin::{Pin, pin};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use tokio::time::Sleep;
 use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::TcpStream;
 
@@ -193,6 +196,7 @@ pub async fn relay(
 /// Runs both pumps until the relay ends (see [`relay`]). The pumps are dropped on
 /// return, so the drain's close handshake has the sockets to itself.
 #[allow(clippy::too_many_arguments, reason = "the relay's parts, each used once")]
+#[allow(clippy::too_many_lines, reason = "the relay's one loop: what may end a wait, then what each end does")]
 async fn pumps(
     client: &TcpStream,
     upstream: &TcpStream,
@@ -219,7 +223,8 @@ async fn pumps(
     // One timer for the idle timeout and the pause: the earlier of the two (a timer
     // costs its registration in tokio's wheel, and most pairs live for less than either).
     let mut pause = Pause::new(opts.handover);
-    let mut clock = pin!(tokio::time::sleep_until(pause.next_look(activity.get() + opts.idle_timeout).into()));
+    let sleep = pin!(tokio::time::sleep_until(pause.next_look(activity.get() + opts.idle_timeout).into()));
+    let mut clock = Clock::new(sleep);
     // The worker's events, each at most once in a relay's life: the shutdown's stop, its
     // turn in a drain, a binary upgrade (pause at the next quiet moment, whatever
     // `opts.handover` says). Asking costs a comparison until one of them changed.
@@ -240,9 +245,39 @@ async fn pumps(
             // The client's Close goes the upstream→client way, after its last frame.
             return Ended { reason: Close::Drain, both_fin: false, going_away: [u2c_whole, c2u_whole] };
         }
-        tokio::select! {
-            biased;
-            end = &mut c2u_pump, if !c2u_done && !c2u_whole => {
+        // Each wake of the task polls both pumps; the worker's events only when they
+        // may have news (`Events::quiet`), and the clock only to arm it after it was
+        // set and then once it went off: both cost a cold timer or slot per message
+        // otherwise.
+        let step = poll_fn(|cx| {
+            if !c2u_done
+                && !c2u_whole
+                && let Poll::Ready(end) = c2u_pump.as_mut().poll(cx)
+            {
+                return Poll::Ready(Step::ClientToUpstream(end));
+            }
+            if !u2c_done
+                && !u2c_whole
+                && let Poll::Ready(end) = u2c_pump.as_mut().poll(cx)
+            {
+                return Poll::Ready(Step::UpstreamToClient(end));
+            }
+            if !events.quiet()
+                && let Poll::Ready(event) = events.poll_next(cx)
+            {
+                return Poll::Ready(Step::Told(event));
+            }
+            if clock.went_off(cx) {
+                return Poll::Ready(Step::Clock);
+            }
+            if closing.get() && frame_end.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Step::FrameEnd);
+            }
+            Poll::Pending
+        })
+        .await;
+        match step {
+            Step::ClientToUpstream(end) => {
                 if matches!(end, PumpEnd::Boundary) {
                     c2u_whole = true;
                     continue;
@@ -254,7 +289,7 @@ async fn pumps(
                 }
                 first_fin.get_or_insert(Close::ClientFin);
             }
-            end = &mut u2c_pump, if !u2c_done && !u2c_whole => {
+            Step::UpstreamToClient(end) => {
                 if matches!(end, PumpEnd::Boundary) {
                     u2c_whole = true;
                     continue;
@@ -268,7 +303,7 @@ async fn pumps(
                 }
                 first_fin.get_or_insert(Close::UpstreamFin);
             }
-            event = events.told() => match event {
+            Step::Told(event) => match event {
                 WorkerEvent::Stop => return ended(Close::Shutdown),
                 // Only once, and nothing else sets `closing`.
                 WorkerEvent::Turn => {
@@ -284,10 +319,10 @@ async fn pumps(
                 WorkerEvent::Handing if closing.get() => {}
                 WorkerEvent::Handing => {
                     pause.now();
-                    clock.as_mut().reset(Instant::now().into());
+                    clock.set(Instant::now());
                 }
             },
-            () = &mut clock => {
+            Step::Clock => {
                 let (now, idle_end) = (Instant::now(), activity.get() + opts.idle_timeout);
                 if idle_end <= now {
                     return ended(Close::IdleTimeout);
@@ -302,9 +337,9 @@ async fn pumps(
                 } else {
                     pause.at = None;
                 }
-                clock.as_mut().reset(pause.next_look(idle_end).into());
+                clock.set(pause.next_look(idle_end));
             }
-            () = &mut frame_end, if closing.get() => {
+            Step::FrameEnd => {
                 // A sender stopped mid-frame: no Close can go that way without cutting
                 // its frame; that side gets only the FIN.
                 tracing::debug!(c2u_whole, u2c_whole, "drain: a frame did not end within drain.close_timeout");
@@ -312,6 +347,49 @@ async fn pumps(
             }
         }
     }
+}
+
+/// The relay's one timer (the idle timeout and the pause's next look), polled only to
+/// arm it once it was set and then once it went off: it wakes the relay then, and a
+/// poll on every wake of the relay's task (each message) costs a cold timer entry.
+struct Clock<'a> {
+    sleep: Pin<&'a mut Sleep>,
+    /// Polled since it was last set.
+    armed: bool,
+}
+
+impl<'a> Clock<'a> {
+    fn new(sleep: Pin<&'a mut Sleep>) -> Self {
+        Self { sleep, armed: false }
+    }
+
+    /// Goes off at `at` (and must be polled again to be armed).
+    fn set(&mut self, at: Instant) {
+        self.sleep.as_mut().reset(at.into());
+        self.armed = false;
+    }
+
+    /// Whether it went off; arms it on its first poll since it was set.
+    fn went_off(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.armed && !self.sleep.is_elapsed() {
+            return false;
+        }
+        // Outside the task's budget: a poll that the budget turned away would leave
+        // the timer unarmed, and it would never be looked at again.
+        self.armed = true;
+        pin!(tokio::task::unconstrained(self.sleep.as_mut())).poll(cx).is_ready()
+    }
+}
+
+/// What ended a wait of [`pumps`].
+enum Step {
+    ClientToUpstream(PumpEnd),
+    UpstreamToClient(PumpEnd),
+    Told(WorkerEvent),
+    /// The idle timeout or the pause's next look.
+    Clock,
+    /// The drain's wait for a frame in progress to end.
+    FrameEnd,
 }
 
 /// When the relay stops for the kernel splice to take the pair ([`Handover`]), or for
@@ -655,6 +733,43 @@ mod tests {
         let mut pause = Pause::new(Handover::After(Duration::ZERO));
         assert!(pause.next_look(idle_end) <= Instant::now());
         assert!(pause.due(Instant::now(), (0, now, false)));
+    }
+
+    /// The relay's timer, polled only to arm it and once it went off, goes off also
+    /// when it was armed in a poll whose task had used up its budget (a pump that read
+    /// much in one go): the budget must not turn the arming poll away.
+    #[test]
+    fn the_clock_goes_off_when_armed_with_the_budget_spent() {
+        tokio_uring::start(async {
+            let sleep = std::pin::pin!(tokio::time::sleep(Duration::from_millis(30)));
+            let mut clock = super::Clock::new(sleep);
+            let armed_spent = std::future::poll_fn(|cx| {
+                // Spend the task's budget as a busy pump does.
+                let mut spend = std::pin::pin!(tokio::task::consume_budget());
+                for _ in 0..10_000 {
+                    if spend.as_mut().poll(cx).is_pending() {
+                        let went_off = clock.went_off(cx);
+                        return std::task::Poll::Ready(Some(went_off));
+                    }
+                    spend.set(tokio::task::consume_budget());
+                }
+                std::task::Poll::Ready(None)
+            })
+            .await;
+            assert_eq!(armed_spent, Some(false), "the budget was never spent, or the clock went off at once");
+            let went_off = std::future::poll_fn(|cx| {
+                if clock.went_off(cx) { std::task::Poll::Ready(()) } else { std::task::Poll::Pending }
+            });
+            tokio::time::timeout(Duration::from_secs(10), went_off).await.expect("the clock never went off");
+            // Set again, it is armed again and goes off again.
+            clock.set(Instant::now() + Duration::from_millis(10));
+            let went_off = std::future::poll_fn(|cx| {
+                if clock.went_off(cx) { std::task::Poll::Ready(()) } else { std::task::Poll::Pending }
+            });
+            tokio::time::timeout(Duration::from_secs(10), went_off)
+                .await
+                .expect("the clock, set again, never went off");
+        });
     }
 
     #[test]

@@ -154,6 +154,9 @@ pub struct Events<'a> {
     /// `Turn` and `Handing` come at most once.
     turned: bool,
     handed: bool,
+    /// The hub's change at which the last ask found nothing and left this relay's
+    /// waker in its slot, with no timer of its own to look at ([`Events::quiet`]).
+    waiting_at: Option<u64>,
 }
 
 impl<'a> Events<'a> {
@@ -166,7 +169,16 @@ impl<'a> Events<'a> {
             removal_turn: None,
             turned: false,
             handed: false,
+            waiting_at: None,
         }
+    }
+
+    /// Nothing can be told before the hub's next change, which wakes this relay:
+    /// asking again now would find nothing. A relay polled on every wake of its task
+    /// (its traffic's too) skips asking then. The relay must be polled by one task
+    /// only: the waker left in the slot is the one of the last ask.
+    pub fn quiet(&self) -> bool {
+        self.waiting_at.is_some_and(|at| at == self.slot.hub.state.borrow().changes)
     }
 
     /// The next event. Dropping the future loses nothing: a relay asks again at each
@@ -175,8 +187,10 @@ impl<'a> Events<'a> {
         poll_fn(move |cx| self.poll_next(cx))
     }
 
-    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<WorkerEvent> {
-        {
+    /// Polls for the next event (see [`Events::told`]).
+    pub fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<WorkerEvent> {
+        self.waiting_at = None;
+        let changes = {
             let mut st = self.slot.hub.state.borrow_mut();
             if st.phase >= Phase::Stop {
                 return Poll::Ready(WorkerEvent::Stop);
@@ -193,8 +207,11 @@ impl<'a> Events<'a> {
                 return Poll::Ready(WorkerEvent::Handing);
             }
             self.slot.wake_me(&mut st, cx);
-        }
+            // A phase `Handing` whose upgrade did not pass yet is looked at each time.
+            (self.handed || st.phase != Phase::Handing).then_some(st.changes)
+        };
         if self.turned {
+            self.waiting_at = changes;
             return Poll::Pending;
         }
         let mut due = |t: &mut Option<Pin<Box<Sleep>>>| t.as_mut().is_some_and(|s| s.as_mut().poll(cx).is_ready());
@@ -208,6 +225,9 @@ impl<'a> Events<'a> {
                 removal.fire();
             }
             return Poll::Ready(WorkerEvent::Turn);
+        }
+        if self.drain_turn.is_none() && self.removal_turn.is_none() {
+            self.waiting_at = changes;
         }
         Poll::Pending
     }
@@ -239,6 +259,46 @@ mod tests {
     /// Whether `events` tells something within `within` (and what).
     async fn told(events: &mut Events<'_>, within: Duration) -> Option<WorkerEvent> {
         tokio::time::timeout(within, events.told()).await.ok()
+    }
+
+    /// A relay that found nothing need not ask again until the hub changes (which
+    /// wakes it), nor while it waits for a turn of its own or for an upgrade to pass.
+    #[test]
+    fn a_relay_is_quiet_only_between_changes_with_nothing_of_its_own_to_wait_for() {
+        tokio_uring::start(async {
+            let cfg = DrainConfig { window: Duration::from_secs(30), jitter: 0.0, ..DrainConfig::default() };
+            let (tx, rx) = shutdown::channel();
+            let hub = Hub::start(rx, &Removals::new(&cfg));
+            let pacer = Pacer::new(&cfg, 1);
+            let mut events = Events::new(&hub, Some(Turns { pacer: &pacer, removal: None, upgrade: None }));
+            let mut cx = Context::from_waker(Waker::noop());
+            assert!(!events.quiet(), "quiet before it was asked");
+            assert!(events.poll_next(&mut cx).is_pending());
+            assert!(events.quiet(), "not quiet after finding nothing");
+            // A change ends the quiet (the hub's task takes it in).
+            tx.set(Phase::Draining);
+            let start = std::time::Instant::now();
+            while events.quiet() && start.elapsed() < Duration::from_secs(10) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            assert!(!events.quiet(), "quiet after the phase changed");
+            // Its turn in the drain is a timer of its own: asked each time until it comes.
+            assert!(events.poll_next(&mut cx).is_pending(), "a turn 15 s away came at once");
+            assert!(!events.quiet(), "quiet while its turn's timer runs");
+            // An event that was told leaves it not quiet either.
+            tx.set(Phase::Stop);
+            assert_eq!(told(&mut events, Duration::from_secs(5)).await, Some(WorkerEvent::Stop));
+            assert!(!events.quiet());
+            // Without a turn to wait for, `Handing` (a binary upgrade) is looked at on
+            // every ask: whether the upgrade passes pairs is not a change of the hub.
+            let (tx, rx) = shutdown::channel();
+            let hub = Hub::start(rx, &Removals::new(&cfg));
+            let mut bare = Events::new(&hub, None);
+            tx.set(Phase::Handing);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            assert!(bare.poll_next(&mut cx).is_pending());
+            assert!(!bare.quiet(), "quiet in Handing");
+        });
     }
 
     /// The drain's turns come one per relay, at the pacer's slots, only once the drain
