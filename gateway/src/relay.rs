@@ -16,12 +16,13 @@ use std::cell::Cell;
 use std::future::{Future, poll_fn};
 use std::io;
 use std::net::Shutdown;
+use std::os::fd::{AsRawFd, RawFd};
 use std::pin::{Pin, pin};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use tokio::time::Sleep;
-use tokio_uring::buf::BoundedBuf;
+use tokio_uring::buf::{BoundedBuf, Slice};
 use tokio_uring::net::TcpStream;
 
 use crate::bufpool::BufPool;
@@ -210,16 +211,9 @@ async fn pumps(
     let closing = Cell::new(false);
     // What each direction moves shows live in the admin plane (`live`, when it is on).
     let (c2u_io, u2c_io) = ((ring, buffers, live.map(|l| (l, 0))), (ring, buffers, live.map(|l| (l, 1))));
-    let mut c2u_pump = pin!(pump(client, upstream, (c2u, false), activity, None, &closing, c2u_io));
-    let mut u2c_pump = pin!(pump(
-        upstream,
-        client,
-        (u2c, opts.upstream_queued),
-        activity,
-        Some(UpstreamSide { first, c2u }),
-        &closing,
-        u2c_io
-    ));
+    let mut c2u_pump = Pump::new((client, upstream), (c2u, false), activity, None, &closing, c2u_io);
+    let u2c_side = Some(UpstreamSide { first, c2u });
+    let mut u2c_pump = Pump::new((upstream, client), (u2c, opts.upstream_queued), activity, u2c_side, &closing, u2c_io);
     // One timer for the idle timeout and the pause: the earlier of the two (a timer
     // costs its registration in tokio's wheel, and most pairs live for less than either).
     let mut pause = Pause::new(opts.handover);
@@ -252,13 +246,13 @@ async fn pumps(
         let step = poll_fn(|cx| {
             if !c2u_done
                 && !c2u_whole
-                && let Poll::Ready(end) = c2u_pump.as_mut().poll(cx)
+                && let Poll::Ready(end) = c2u_pump.poll(cx)
             {
                 return Poll::Ready(Step::ClientToUpstream(end));
             }
             if !u2c_done
                 && !u2c_whole
-                && let Poll::Ready(end) = u2c_pump.as_mut().poll(cx)
+                && let Poll::Ready(end) = u2c_pump.poll(cx)
             {
                 return Poll::Ready(Step::UpstreamToClient(end));
             }
@@ -581,9 +575,9 @@ struct UpstreamSide<'a> {
     c2u: &'a Dir,
 }
 
-/// Moves bytes from `from` to `to` until FIN or an error, following the frames in
-/// `dir`; reads before it first waits when bytes are known to be `queued`. For the
-/// upstream→client pump, `upstream` ([`UpstreamSide`]) is where it records when the
+/// One direction: moves bytes from `from` to `to` until FIN or an error, following the
+/// frames in `dir`; reads before it first waits when bytes are known to be queued. For
+/// the upstream→client pump, `upstream` ([`UpstreamSide`]) is where it records when the
 /// first bytes came and the HTTP status they start with, and the other direction: once
 /// the client's Close went by, the upstream's Close ends the closing handshake, and the
 /// server closes the TCP connection then (RFC 6455 §7.1.1): the pump reads again
@@ -591,111 +585,217 @@ struct UpstreamSide<'a> {
 /// in the same segment. (Only a read: bytes that are not WebSocket frames can look like
 /// Close frames to the tracker, and must still pass.)
 /// Once `closing` (the drain), reads no further than the end of the current frame and
-/// returns [`PumpEnd::Boundary`] there.
-async fn pump(
-    from: &TcpStream,
-    to: &TcpStream,
-    (dir, queued): (&Dir, bool),
-    activity: &Cell<Instant>,
-    upstream: Option<UpstreamSide<'_>>,
-    closing: &Cell<bool>,
-    (ring, buffers, published): (&Ring, &BufPool, Option<(&RelayBytes, usize)>),
-) -> PumpEnd {
-    let mut waiter = Waiter::Ring;
-    let mut reads = 0u32;
-    let mut wait = !queued;
-    loop {
-        if closing.get() && dir.frames.get().at_boundary() {
-            return PumpEnd::Boundary;
+/// ends with [`PumpEnd::Boundary`] there.
+///
+/// A state machine polled by the relay's one wait ([`Pump::poll`]), not a future of its
+/// own: a wake of the relay's task goes straight to the socket's readiness, with no
+/// future's state to resume on the way (per message, that was a tenth of the relay's
+/// instructions).
+struct Pump<'a> {
+    from: &'a TcpStream,
+    to: &'a TcpStream,
+    /// Their descriptors, read once: each read and send would otherwise load them from
+    /// the sockets' own allocations, a cache line each, cold between two messages.
+    fds: (RawFd, RawFd),
+    dir: &'a Dir,
+    activity: &'a Cell<Instant>,
+    upstream: Option<UpstreamSide<'a>>,
+    closing: &'a Cell<bool>,
+    ring: &'a Ring,
+    buffers: &'a BufPool,
+    /// Where what this direction moves shows live (the admin plane), and which way it is.
+    published: Option<(&'a RelayBytes, usize)>,
+    waiter: Waiter,
+    /// A wait on the poll ring in progress ([`Waiter::Ring`]).
+    ring_wait: Option<readiness::Ready>,
+    reads: u32,
+    /// Wait for readiness before the next read (not when bytes are known to be queued).
+    wait: bool,
+    /// Bytes that did not fit in `to` at once, being written by io_uring, which waits
+    /// for room (the slow reader's flow control).
+    writing: Option<Writing<'a>>,
+}
+
+/// io_uring's write of what did not fit at once; it gives the buffer back.
+type WriteOp<'a> = Pin<Box<dyn Future<Output = tokio_uring::BufResult<(), Slice<Vec<u8>>>> + 'a>>;
+
+/// A write that waits for room, and what the read that filled it leaves to do after it.
+struct Writing<'a> {
+    op: WriteOp<'a>,
+    then: Took,
+}
+
+/// What a read did, for the steps after its bytes are written.
+#[derive(Clone, Copy)]
+struct Took {
+    n: usize,
+    now: Instant,
+    /// Shorter than asked: it took all that was queued.
+    short: bool,
+    /// Its Close ended the closing handshake: the FIN is near, read again at once.
+    read_again: bool,
+}
+
+impl Took {
+    /// Whether the read after this one waits for readiness: a full read reads again at
+    /// once, and so does one that ended the closing handshake.
+    fn waits(self) -> bool {
+        self.short && !self.read_again
+    }
+}
+
+impl<'a> Pump<'a> {
+    fn new(
+        (from, to): (&'a TcpStream, &'a TcpStream),
+        (dir, queued): (&'a Dir, bool),
+        activity: &'a Cell<Instant>,
+        upstream: Option<UpstreamSide<'a>>,
+        closing: &'a Cell<bool>,
+        (ring, buffers, published): (&'a Ring, &'a BufPool, Option<(&'a RelayBytes, usize)>),
+    ) -> Self {
+        Self {
+            from,
+            to,
+            fds: (from.as_raw_fd(), to.as_raw_fd()),
+            dir,
+            activity,
+            upstream,
+            closing,
+            ring,
+            buffers,
+            published,
+            waiter: Waiter::Ring,
+            ring_wait: None,
+            reads: 0,
+            wait: !queued,
+            writing: None,
         }
-        waiter.settle(from, reads);
-        let mut guard = if wait {
-            match waiter.readable(ring, from).await {
-                Ok(guard) => guard,
-                Err(e) => return PumpEnd::ReadFailed(e),
-            }
-        } else {
-            None
-        };
-        wait = true;
-        // Keep reading while reads fill the whole buffer: bytes are moving, so holding a
-        // buffer is fine; a short read means the queue is drained and we wait again.
+    }
+
+    /// Moves what there is to move; ready once the direction ended.
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<PumpEnd> {
         loop {
-            let mut buf = buffers.take();
-            let capacity = buf.capacity();
-            let limit = if closing.get() {
-                usize::try_from(dir.frames.get().to_boundary()).unwrap_or(usize::MAX).min(capacity)
-            } else {
-                capacity
-            };
-            let n = match crate::io::recv_into_max(from, &mut buf, limit) {
-                Ok(0) => {
-                    buffers.put(buf);
-                    return PumpEnd::Eof;
+            if let Some(writing) = &mut self.writing {
+                let (res, slice) = std::task::ready!(writing.op.as_mut().poll(cx));
+                let then = writing.then;
+                self.writing = None;
+                self.dir.holding.set(false);
+                self.buffers.put(slice.into_inner());
+                if let Err(e) = res {
+                    return Poll::Ready(PumpEnd::WriteFailed(e));
                 }
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    buffers.put(buf);
+                if let Some(end) = self.written(then) {
+                    return Poll::Ready(end);
+                }
+                self.wait = then.waits();
+            }
+            if self.closing.get() && self.dir.frames.get().at_boundary() {
+                return Poll::Ready(PumpEnd::Boundary);
+            }
+            if self.ring_wait.is_none() {
+                self.waiter.settle(self.from, self.reads);
+            }
+            let mut guard = if self.wait {
+                match std::task::ready!(self.waiter.poll_readable(cx, (self.ring, &mut self.ring_wait), self.from)) {
+                    Ok(guard) => guard,
+                    Err(e) => return Poll::Ready(PumpEnd::ReadFailed(e)),
+                }
+            } else {
+                None
+            };
+            self.wait = true;
+            // Keep reading while reads fill the whole buffer: bytes are moving, so holding
+            // a buffer is fine; a short read means the queue is drained and we wait again.
+            loop {
+                let mut buf = self.buffers.take();
+                let capacity = buf.capacity();
+                let limit = if self.closing.get() {
+                    usize::try_from(self.dir.frames.get().to_boundary()).unwrap_or(usize::MAX).min(capacity)
+                } else {
+                    capacity
+                };
+                let n = match crate::io::recv_into_max(&self.fds.0, &mut buf, limit) {
+                    Ok(0) => {
+                        self.buffers.put(buf);
+                        return Poll::Ready(PumpEnd::Eof);
+                    }
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        self.buffers.put(buf);
+                        drained(&mut guard);
+                        break;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                        self.buffers.put(buf);
+                        continue;
+                    }
+                    Err(e) => {
+                        self.buffers.put(buf);
+                        return Poll::Ready(PumpEnd::ReadFailed(e));
+                    }
+                };
+                self.reads = self.reads.saturating_add(1);
+                let read = self.took(&buf, n < limit);
+                if read.short {
+                    // A short read took all that was queued.
                     drained(&mut guard);
+                }
+                // Most writes fit in the socket buffer at once; what does not is written
+                // by io_uring, which waits for room (the slow reader's flow control).
+                let sent = match crate::io::send_now(&self.fds.1, &buf) {
+                    Ok(k) => k,
+                    Err(e) => {
+                        self.buffers.put(buf);
+                        return Poll::Ready(PumpEnd::WriteFailed(e));
+                    }
+                };
+                if sent < n {
+                    self.dir.holding.set(true);
+                    let op = Box::pin(self.to.write_all(buf.slice(sent..n)));
+                    self.writing = Some(Writing { op, then: read });
                     break;
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {
-                    buffers.put(buf);
-                    continue;
+                self.buffers.put(buf);
+                if let Some(end) = self.written(read) {
+                    return Poll::Ready(end);
                 }
-                Err(e) => {
-                    buffers.put(buf);
-                    return PumpEnd::ReadFailed(e);
+                if read.short {
+                    self.wait = read.waits();
+                    break;
                 }
-            };
-            reads = reads.saturating_add(1);
-            let now = Instant::now();
-            activity.set(now);
-            if let Some(UpstreamSide { first, .. }) = upstream.filter(|u| u.first.get().is_none()) {
-                first.set(Some((now, sniff_status(&buf))));
-            }
-            let mut frames = dir.frames.get();
-            let closed_before = frames.close_seen();
-            frames.feed(&buf);
-            dir.frames.set(frames);
-            // This Close ended the closing handshake: the FIN is near, read again at once.
-            let read_again =
-                !closed_before && frames.close_seen() && upstream.is_some_and(|u| u.c2u.frames.get().close_seen());
-            // Most writes fit in the socket buffer at once; what does not is written
-            // by io_uring, which waits for room (the slow reader's flow control).
-            let sent = match crate::io::send_now(to, &buf) {
-                Ok(k) => k,
-                Err(e) => {
-                    buffers.put(buf);
-                    return PumpEnd::WriteFailed(e);
-                }
-            };
-            if sent < n {
-                dir.holding.set(true);
-                let (res, slice) = to.write_all(buf.slice(sent..n)).await;
-                dir.holding.set(false);
-                buffers.put(slice.into_inner());
-                if let Err(e) = res {
-                    return PumpEnd::WriteFailed(e);
-                }
-            } else {
-                buffers.put(buf);
-            }
-            dir.moved.set(dir.moved.get() + n as u64);
-            if let Some((live, direction)) = published {
-                live.add(direction, n as u64, now);
-            }
-            if closing.get() && frames.at_boundary() {
-                return PumpEnd::Boundary;
-            }
-            if n < limit {
-                // A short read took all that was queued.
-                drained(&mut guard);
-                // Unless the closing handshake just ended (see above).
-                wait = !read_again;
-                break;
             }
         }
+    }
+
+    /// Notes the `n` bytes just read into `buf` (`short`: fewer than asked): when they
+    /// came, the upstream's first bytes and status, where their frames end.
+    fn took(&self, buf: &[u8], short: bool) -> Took {
+        let now = Instant::now();
+        self.activity.set(now);
+        if let Some(UpstreamSide { first, .. }) = self.upstream.filter(|u| u.first.get().is_none()) {
+            first.set(Some((now, sniff_status(buf))));
+        }
+        let mut frames = self.dir.frames.get();
+        let closed_before = frames.close_seen();
+        frames.feed(buf);
+        self.dir.frames.set(frames);
+        let read_again =
+            !closed_before && frames.close_seen() && self.upstream.is_some_and(|u| u.c2u.frames.get().close_seen());
+        Took { n: buf.len(), now, short, read_again }
+    }
+
+    /// The bytes of `read` are written: counts them, and says whether the direction
+    /// ends here (the drain's frame boundary).
+    fn written(&self, read: Took) -> Option<PumpEnd> {
+        let n = read.n as u64;
+        self.dir.moved.set(self.dir.moved.get() + n);
+        if let Some((live, direction)) = self.published {
+            live.add(direction, n, read.now);
+        }
+        if self.closing.get() && self.dir.frames.get().at_boundary() {
+            return Some(PumpEnd::Boundary);
+        }
+        None
     }
 }
 

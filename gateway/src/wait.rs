@@ -17,7 +17,10 @@
 //! Must never outlive the socket it waits on: the relay that owns a [`Waiter`] is
 //! lent its sockets for longer than the waiter lives.
 
+use std::future::Future;
 use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use tokio::io::unix::{AsyncFd, AsyncFdReadyGuard};
 use tokio::io::{Interest, Ready};
@@ -43,16 +46,23 @@ pub enum Waiter {
 impl Waiter {
     /// Moves to tokio's reactor once `reads` reached [`EPOLL_AFTER`] (if the
     /// registration fails, keeps the ring).
+    #[inline]
     pub fn settle(&mut self, socket: &TcpStream, reads: u32) {
         if matches!(self, Self::Ring) && reads >= EPOLL_AFTER {
-            // SAFETY: the socket is lent to the relay that owns this waiter for longer
-            // than the waiter lives, so the fd stays open and the same while registered.
-            match unsafe { AsyncFd::register_with_interest(RawSocket::of(socket), Interest::READABLE) } {
-                Ok(fd) => *self = Self::Epoll(fd),
-                Err(e) => {
-                    let e = io::Error::from(e);
-                    tracing::debug!(error = %e, "relay: epoll registration failed; staying on the poll ring");
-                }
+            self.register(socket);
+        }
+    }
+
+    /// Registers `socket` with tokio's reactor (see [`Waiter::settle`]).
+    #[cold]
+    fn register(&mut self, socket: &TcpStream) {
+        // SAFETY: the socket is lent to the relay that owns this waiter for longer
+        // than the waiter lives, so the fd stays open and the same while registered.
+        match unsafe { AsyncFd::register_with_interest(RawSocket::of(socket), Interest::READABLE) } {
+            Ok(fd) => *self = Self::Epoll(fd),
+            Err(e) => {
+                let e = io::Error::from(e);
+                tracing::debug!(error = %e, "relay: epoll registration failed; staying on the poll ring");
             }
         }
     }
@@ -60,12 +70,30 @@ impl Waiter {
     /// Waits until `socket` is readable. On tokio's reactor the guard must be told when
     /// the socket is drained ([`drained`]).
     pub async fn readable(&self, ring: &Ring, socket: &TcpStream) -> io::Result<Guard<'_>> {
+        let mut pending = None;
+        std::future::poll_fn(|cx| self.poll_readable(cx, (ring, &mut pending), socket)).await
+    }
+
+    /// Polls for `socket` to be readable, as [`Waiter::readable`] waits; a wait on the
+    /// poll ring is kept in `pending` between polls (and cancelled when dropped).
+    #[inline]
+    pub fn poll_readable(
+        &self,
+        cx: &mut Context<'_>,
+        (ring, pending): (&Ring, &mut Option<readiness::Ready>),
+        socket: &TcpStream,
+    ) -> Poll<io::Result<Guard<'_>>> {
         match self {
-            Self::Ring => ring.ready(socket, readiness::READABLE).await.map(|_| None),
+            Self::Ring => {
+                let wait = pending.get_or_insert_with(|| ring.ready(socket, readiness::READABLE));
+                let polled = std::task::ready!(Pin::new(wait).poll(cx));
+                *pending = None;
+                Poll::Ready(polled.map(|_| None))
+            }
             // The reader's own waker slot, not `readable()`'s waiter list: no list
             // node to link and unlink per wait, and a pending poll of an idle pump
             // (polled whenever its relay is) is an atomic load and a waker compare.
-            Self::Epoll(fd) => std::future::poll_fn(|cx| fd.poll_read_ready(cx)).await.map(Some),
+            Self::Epoll(fd) => fd.poll_read_ready(cx).map(|polled| polled.map(Some)),
         }
     }
 }

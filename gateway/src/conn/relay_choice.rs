@@ -446,7 +446,7 @@ async fn userspace(
     let live = facts.conn.relaying();
     let io = (&worker.ring, &worker.buffers, live.as_deref());
     let turns = Turns { pacer: &worker.pacer, removal, upgrade: Some(&worker.upgrade) };
-    let outcome = Box::pin(relay::relay(client, upstream, opts, &worker.events, io, Some(turns))).await;
+    let outcome = relay::relay(client, upstream, opts, &worker.events, io, Some(turns)).await;
     if opts.handover != Handover::Never && outcome.reason != Close::Paused {
         Stats::bump(&worker.stats.relayed_userspace);
     }
