@@ -18,7 +18,7 @@ use std::io;
 use std::net::Shutdown;
 use std::os::fd::{AsRawFd, RawFd};
 use std::pin::{Pin, pin};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use tokio::time::Sleep;
@@ -165,7 +165,7 @@ pub async fn relay(
     let first = Cell::new(None);
     let activity = Cell::new(opts.active_since.unwrap_or_else(Instant::now));
     let ends = (&first, &activity);
-    let ended = pumps(client, upstream, (&c2u, &u2c), ends, opts, hub, (ring, buffers, live), turns).await;
+    let ended = pumps(client, upstream, (&c2u, &u2c), ends, &opts, hub, (ring, buffers, live), turns).await;
     if ended.reason == Close::Drain {
         let [to_client, to_upstream] = ended.going_away;
         let closing = going_away(client, upstream, [to_client, to_upstream], (&c2u, &u2c), (ring, buffers));
@@ -203,7 +203,7 @@ async fn pumps(
     upstream: &TcpStream,
     (c2u, u2c): (&Dir, &Dir),
     (first, activity): (&Cell<FirstBytes>, &Cell<Instant>),
-    opts: RelayOptions,
+    opts: &RelayOptions,
     hub: &Hub,
     (ring, buffers, live): (&Ring, &BufPool, Option<&RelayBytes>),
     turns: Option<Turns<'_>>,
@@ -229,6 +229,10 @@ async fn pumps(
     let [mut c2u_done, mut u2c_done, mut c2u_whole, mut u2c_whole] = [false; 4];
     let mut first_fin = None;
     let ended = |reason| Ended { reason, both_fin: false, going_away: [false; 2] };
+    // The task polling the relay: it changes once when a long-lived relay moves to a
+    // task of its own (`conn::relay_choice`). The clock and the events were registered
+    // with the old task's waker and are not polled on every wake: both ask again then.
+    let mut polled_by: Option<Waker> = None;
 
     loop {
         if (c2u_done && u2c_done) || ((c2u_done || u2c_done) && closing_handshake_done(c2u, u2c)) {
@@ -244,6 +248,11 @@ async fn pumps(
         // set and then once it went off: both cost a cold timer or slot per message
         // otherwise.
         let step = poll_fn(|cx| {
+            if !polled_by.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                polled_by = Some(cx.waker().clone());
+                clock.rearm();
+                events.rearm();
+            }
             if !c2u_done
                 && !c2u_whole
                 && let Poll::Ready(end) = c2u_pump.poll(cx)
@@ -360,6 +369,11 @@ impl<'a> Clock<'a> {
     /// Goes off at `at` (and must be polled again to be armed).
     fn set(&mut self, at: Instant) {
         self.sleep.as_mut().reset(at.into());
+        self.armed = false;
+    }
+
+    /// Armed again at its next poll (with that poll's waker).
+    fn rearm(&mut self) {
         self.armed = false;
     }
 
