@@ -240,8 +240,9 @@ fn the_drain_sends_no_close_after_the_closing_handshake() {
     gw.wait_log("close=drain");
 }
 
-#[test]
-fn idle_timeout_closes_both_sides() {
+/// A raw upstream that answers 101 and echoes bytes until the relay closes its side,
+/// then sets the returned flag.
+fn raw_echo_upstream() -> (RawUpstream, std::sync::Arc<std::sync::atomic::AtomicBool>) {
     let closed_upstream = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flag = closed_upstream.clone();
     let up = RawUpstream::start(move |mut s| {
@@ -253,20 +254,31 @@ fn idle_timeout_closes_both_sides() {
         }
         flag.store(true, std::sync::atomic::Ordering::SeqCst);
     });
+    (up, closed_upstream)
+}
+
+/// With a 1 s idle timeout: a byte echoed after 600 ms resets the timer, and the relay
+/// then closes the client within [0.8 s, 4 s), logging `close=idle_timeout`.
+fn assert_idle_close(gw: &Gateway, c: &mut std::net::TcpStream) {
+    std::thread::sleep(Duration::from_millis(600));
+    c.write_all(b"ping").unwrap();
+    assert_eq!(read_exact(c, 4), b"ping");
+    let t0 = Instant::now();
+    let after = read_to_eof(c);
+    let waited = t0.elapsed();
+    assert!(after.is_empty());
+    assert!(waited >= Duration::from_millis(800) && waited < Duration::from_secs(4), "closed after {waited:?}");
+    gw.wait_log("close=idle_timeout");
+}
+
+#[test]
+fn idle_timeout_closes_both_sides() {
+    let (up, closed_upstream) = raw_echo_upstream();
     let gw = Gateway::one_line(&[up.addr], &["--splice", &mode(), "--idle-timeout", "1s"]);
     let mut c = gw.connect();
     c.write_all(upgrade_request("/", "").as_bytes()).unwrap();
     let _ = read_head(&mut c);
-    // Activity resets the timer.
-    std::thread::sleep(Duration::from_millis(600));
-    c.write_all(b"ping").unwrap();
-    assert_eq!(read_exact(&mut c, 4), b"ping");
-    let t0 = Instant::now();
-    let after_head = read_to_eof(&mut c);
-    let waited = t0.elapsed();
-    assert!(after_head.is_empty());
-    assert!(waited >= Duration::from_millis(800) && waited < Duration::from_secs(4), "closed after {waited:?}");
-    gw.wait_log("close=idle_timeout");
+    assert_idle_close(&gw, &mut c);
     let deadline = Instant::now() + Duration::from_secs(3);
     while !closed_upstream.load(std::sync::atomic::Ordering::SeqCst) {
         assert!(Instant::now() < deadline, "upstream side was not closed");
@@ -278,14 +290,7 @@ fn idle_timeout_closes_both_sides() {
 /// its own; its idle timer, armed in the first task, goes off in the second.
 #[test]
 fn a_relay_that_moved_to_its_own_task_still_times_out() {
-    let up = RawUpstream::start(|mut s| {
-        let _ = read_head(&mut s);
-        s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n").unwrap();
-        let mut buf = [0u8; 64];
-        while let Ok(n @ 1..) = s.read(&mut buf) {
-            let _ = s.write_all(&buf[..n]);
-        }
-    });
+    let (up, _) = raw_echo_upstream();
     let gw = Gateway::builder()
         .one_line(&[up.addr])
         .args(&["--splice", "userspace", "--idle-timeout", "1s"])
@@ -300,16 +305,7 @@ fn a_relay_that_moved_to_its_own_task_still_times_out() {
         assert_eq!(read_exact(&mut c, 2), [b'p', i]);
     }
     wait_moved(&gw);
-    // Activity in the new task still resets the timer.
-    std::thread::sleep(Duration::from_millis(600));
-    c.write_all(b"ping").unwrap();
-    assert_eq!(read_exact(&mut c, 4), b"ping");
-    let t0 = Instant::now();
-    let after = read_to_eof(&mut c);
-    let waited = t0.elapsed();
-    assert!(after.is_empty());
-    assert!(waited >= Duration::from_millis(800) && waited < Duration::from_secs(4), "closed after {waited:?}");
-    gw.wait_log("close=idle_timeout");
+    assert_idle_close(&gw, &mut c);
 }
 
 /// ... and the worker's events reach it there: a quiet relay that moved gets its Close
