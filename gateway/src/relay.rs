@@ -154,7 +154,7 @@ struct Ended {
 pub async fn relay(
     client: &TcpStream,
     upstream: &TcpStream,
-    opts: RelayOptions,
+    opts: &RelayOptions,
     hub: &Hub,
     (ring, buffers, live): (&Ring, &BufPool, Option<&RelayBytes>),
     turns: Option<Turns<'_>>,
@@ -165,7 +165,7 @@ pub async fn relay(
     let first = Cell::new(None);
     let activity = Cell::new(opts.active_since.unwrap_or_else(Instant::now));
     let ends = (&first, &activity);
-    let ended = pumps(client, upstream, (&c2u, &u2c), ends, &opts, hub, (ring, buffers, live), turns).await;
+    let ended = pumps(client, upstream, (&c2u, &u2c), ends, opts, hub, (ring, buffers, live), turns).await;
     if ended.reason == Close::Drain {
         let [to_client, to_upstream] = ended.going_away;
         let closing = going_away(client, upstream, [to_client, to_upstream], (&c2u, &u2c), (ring, buffers));

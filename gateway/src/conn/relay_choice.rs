@@ -285,7 +285,7 @@ pub async fn relay_pair(
     if !splice_now || queued == Queued::Cut {
         let first_handover = if splice_now { Handover::After(std::time::Duration::ZERO) } else { handover };
         let first = RelayOptions { handover: first_handover, ..opts };
-        match relay_here(pair, first, removal.as_ref(), worker, facts).await {
+        match relay_here(pair, &first, removal.as_ref(), worker, facts).await {
             Here::Paused(paused, back) => {
                 opts = RelayOptions { handover: Handover::Never, ..paused };
                 pair = back;
@@ -328,7 +328,7 @@ pub async fn relay_pair(
                 opts.frames[0] = FrameTracker::lost();
             }
             // The client closes with this phase, as the splice had taken it.
-            drop(relay_here((client, upstream), opts, removal.as_ref(), worker, facts).await);
+            drop(relay_here((client, upstream), &opts, removal.as_ref(), worker, facts).await);
         }
         Err(HandoverError::Failed { side, source }) => {
             // The sockets are closed (dropped with the error); nothing can be sent. A
@@ -368,17 +368,20 @@ enum Here {
 /// Relays in userspace until the pair ends or a binary upgrade passes it to the new
 /// process, or until it pauses for the kernel splice (`opts.handover`). A pause for an
 /// upgrade that is over, or whose pass failed, relays on.
+///
+/// The options come by reference (here and in [`userspace`]): an async fn keeps its
+/// arguments for its whole life, and these live in the WebSocket phase's box.
 async fn relay_here(
     pair: (TcpStream, TcpStream),
-    mut opts: RelayOptions,
+    opts: &RelayOptions,
     removal: Option<&Rc<Removal>>,
     worker: &Rc<Worker>,
     facts: &mut Facts,
 ) -> Here {
-    let mut pair = pair;
+    let (mut pair, mut opts) = (pair, *opts);
     loop {
         let outcome;
-        (outcome, pair) = userspace(pair, (opts, removal), worker, facts).await;
+        (outcome, pair) = userspace(pair, (&opts, removal), worker, facts).await;
         let (client, upstream) = (&pair.0, &pair.1);
         if outcome.reason != Close::Paused {
             return Here::Ended(pair.0);
@@ -471,7 +474,7 @@ const OWN_TASK_AFTER: u32 = 16;
 /// thousand connections: −0.7 µs of userspace per echoed message, README).
 async fn userspace(
     (client, upstream): (TcpStream, TcpStream),
-    (opts, removal): (RelayOptions, Option<&Rc<Removal>>),
+    (opts, removal): (&RelayOptions, Option<&Rc<Removal>>),
     worker: &Rc<Worker>,
     facts: &mut Facts,
 ) -> (RelayOutcome, (TcpStream, TcpStream)) {
@@ -484,7 +487,7 @@ async fn userspace(
     // What it moves shows live in the admin plane (`None` when that is off).
     let live = facts.conn.relaying();
     let in_drain_count = worker.pacer.enter();
-    let (worker_of_relay, removal_of_relay) = (worker.clone(), removal.cloned());
+    let (worker_of_relay, removal_of_relay, opts_of_relay) = (worker.clone(), removal.cloned(), *opts);
     // Boxed: a box moves to a task whole, its future staying where it is (pinned), and
     // tokio copies a task's future at the spawn and its stage (sized as the future, ~2 KiB
     // here) as it completes: a box is a pointer.
@@ -492,7 +495,7 @@ async fn userspace(
         let (worker, removal, _in_drain_count) = (worker_of_relay, removal_of_relay, in_drain_count);
         let io = (&worker.ring, &worker.buffers, live.as_deref());
         let turns = Turns { pacer: &worker.pacer, removal: removal.as_deref(), upgrade: Some(&worker.upgrade) };
-        let outcome = relay::relay(&client, &upstream, opts, &worker.events, io, Some(turns)).await;
+        let outcome = relay::relay(&client, &upstream, &opts_of_relay, &worker.events, io, Some(turns)).await;
         (outcome, (client, upstream))
     });
     let mut polls = 0;
