@@ -18,7 +18,7 @@ use std::io;
 use std::net::Shutdown;
 use std::os::fd::{AsRawFd, RawFd};
 use std::pin::{Pin, pin};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use tokio::time::Sleep;
@@ -154,7 +154,7 @@ struct Ended {
 pub async fn relay(
     client: &TcpStream,
     upstream: &TcpStream,
-    opts: &RelayOptions,
+    opts: RelayOptions,
     hub: &Hub,
     (ring, buffers, live): (&Ring, &BufPool, Option<&RelayBytes>),
     turns: Option<Turns<'_>>,
@@ -203,7 +203,7 @@ async fn pumps(
     upstream: &TcpStream,
     (c2u, u2c): (&Dir, &Dir),
     (first, activity): (&Cell<FirstBytes>, &Cell<Instant>),
-    opts: &RelayOptions,
+    opts: RelayOptions,
     hub: &Hub,
     (ring, buffers, live): (&Ring, &BufPool, Option<&RelayBytes>),
     turns: Option<Turns<'_>>,
@@ -229,10 +229,6 @@ async fn pumps(
     let [mut c2u_done, mut u2c_done, mut c2u_whole, mut u2c_whole] = [false; 4];
     let mut first_fin = None;
     let ended = |reason| Ended { reason, both_fin: false, going_away: [false; 2] };
-    // The task polling the relay: it changes once when a long-lived relay moves to a
-    // task of its own (`conn::relay_choice`). The clock and the events were registered
-    // with the old task's waker and are not polled on every wake: both ask again then.
-    let mut polled_by: Option<Waker> = None;
 
     loop {
         if (c2u_done && u2c_done) || ((c2u_done || u2c_done) && closing_handshake_done(c2u, u2c)) {
@@ -248,11 +244,6 @@ async fn pumps(
         // set and then once it went off: both cost a cold timer or slot per message
         // otherwise.
         let step = poll_fn(|cx| {
-            if !polled_by.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                polled_by = Some(cx.waker().clone());
-                clock.rearm();
-                events.rearm();
-            }
             if !c2u_done
                 && !c2u_whole
                 && let Poll::Ready(end) = c2u_pump.poll(cx)
@@ -369,11 +360,6 @@ impl<'a> Clock<'a> {
     /// Goes off at `at` (and must be polled again to be armed).
     fn set(&mut self, at: Instant) {
         self.sleep.as_mut().reset(at.into());
-        self.armed = false;
-    }
-
-    /// Armed again at its next poll (with that poll's waker).
-    fn rearm(&mut self) {
         self.armed = false;
     }
 

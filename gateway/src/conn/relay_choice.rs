@@ -10,9 +10,6 @@
 //! facts. Must never close a socket it was lent, nor drop a byte on the way from one
 //! relay to the other.
 
-use std::future::{Future, poll_fn};
-use std::rc::Rc;
-use std::task::Poll;
 use std::time::Duration;
 
 use tokio_uring::net::TcpStream;
@@ -137,7 +134,7 @@ pub async fn websocket(
     client_slot: &mut Option<PeerIo>,
     upstream: Connected,
     admitted: Admitted,
-    worker: &Rc<Worker>,
+    worker: &Worker,
     facts: &mut Facts,
 ) -> Option<Handoff> {
     let Connected { stream: upstream, live, early, response, read, read_cut, .. } = upstream;
@@ -246,7 +243,7 @@ pub async fn relay_pair(
     upstream: PeerIo,
     (admitted, live): (Admitted, Option<ActiveGuard>),
     (frames, active_since, queued): ([FrameTracker; 2], Option<std::time::Instant>, Queued),
-    worker: &Rc<Worker>,
+    worker: &Worker,
     facts: &mut Facts,
 ) -> Option<Handoff> {
     let generation = facts.generation.clone();
@@ -254,7 +251,7 @@ pub async fn relay_pair(
     let client = client_slot.as_ref()?;
     // A reload that removes the server from a group with `drain_removed` closes the
     // userspace relay with 1001 (a spliced pair, at its turn: `teardown::park`).
-    let removal = live.as_ref().map(|l| Rc::new(worker.generations.removals.watch(l.server_live())));
+    let removal = live.as_ref().map(|l| worker.generations.removals.watch(l.server_live()));
     let opts = RelayOptions {
         idle_timeout: cfg.timeouts.idle,
         handover: Handover::Never,
@@ -264,17 +261,13 @@ pub async fn relay_pair(
         upstream_queued: queued != Queued::Nothing,
     };
     // TLS on either side: userspace (no kTLS here).
-    let upstream = match upstream {
-        PeerIo::Plain(upstream) if matches!(client, PeerIo::Plain(_)) => upstream,
-        upstream => {
-            userspace_tls(client, &upstream, (opts, removal.as_deref()), worker, facts).await;
+    let (client, upstream) = match (client, upstream) {
+        (PeerIo::Plain(client), PeerIo::Plain(upstream)) => (client, upstream),
+        (client, upstream) => {
+            userspace_tls(client, &upstream, (opts, removal.as_ref()), worker, facts).await;
             return None;
         }
     };
-    // The relay's task owns the pair while it runs; the client goes back to its slot
-    // when the relay ends here.
-    let Some(PeerIo::Plain(client)) = client_slot.take() else { return None };
-    let mut pair = (client, upstream);
     let handover = if worker.pairs.is_some() { first_handover(cfg, worker) } else { Handover::Never };
     let mut opts = opts;
     // Spliced at once (`splice_after = 0s`, or `sockmap` learning that pairs live long),
@@ -285,28 +278,17 @@ pub async fn relay_pair(
     if !splice_now || queued == Queued::Cut {
         let first_handover = if splice_now { Handover::After(std::time::Duration::ZERO) } else { handover };
         let first = RelayOptions { handover: first_handover, ..opts };
-        match relay_here(pair, &first, removal.as_ref(), worker, facts).await {
-            Here::Paused(paused, back) => {
-                opts = RelayOptions { handover: Handover::Never, ..paused };
-                pair = back;
-            }
-            Here::Ended(client) => {
-                *client_slot = Some(PeerIo::Plain(client));
-                return None;
-            }
-        }
+        let paused = relay_here(client, &upstream, first, removal.as_ref(), worker, facts).await?;
+        opts = RelayOptions { handover: Handover::Never, ..paused };
     }
-    let Some(pairs) = &worker.pairs else {
-        *client_slot = Some(PeerIo::Plain(pair.0));
-        return None;
-    };
+    let Some(pairs) = &worker.pairs else { return None };
     if let Handover::After(delay) = handover {
         // It outlived `splice_after`: counted as long now, not when it ends (which
         // may be hours away), so a worker that defers learns as soon as connections
         // live on.
         worker.lifetimes.record(delay, facts.bytes_in, cfg.relay.splice_after);
     }
-    let (client, upstream) = pair;
+    let Some(PeerIo::Plain(client)) = client_slot.take() else { return None };
     facts.conn.set_mode(ActiveMode::Handover);
     // The userspace path is boxed: the handshake's future stays small, and a spliced
     // pair leaves it altogether (parked, it is a table row, not a task).
@@ -327,8 +309,7 @@ pub async fn relay_pair(
                 // Client bytes went through the handover untracked.
                 opts.frames[0] = FrameTracker::lost();
             }
-            // The client closes with this phase, as the splice had taken it.
-            drop(relay_here((client, upstream), &opts, removal.as_ref(), worker, facts).await);
+            relay_here(&client, &upstream, opts, removal.as_ref(), worker, facts).await;
         }
         Err(HandoverError::Failed { side, source }) => {
             // The sockets are closed (dropped with the error); nothing can be sent. A
@@ -356,35 +337,22 @@ pub async fn relay_pair(
     None
 }
 
-/// How [`relay_here`] left a pair.
-enum Here {
-    /// Paused for the kernel splice: where it stands, and the pair.
-    Paused(RelayOptions, (TcpStream, TcpStream)),
-    /// Ended, or passed to a new process (`close=handed`): the client's socket, for
-    /// the teardown.
-    Ended(TcpStream),
-}
-
 /// Relays in userspace until the pair ends or a binary upgrade passes it to the new
-/// process, or until it pauses for the kernel splice (`opts.handover`). A pause for an
-/// upgrade that is over, or whose pass failed, relays on.
-///
-/// The options come by reference (here and in [`userspace`]): an async fn keeps its
-/// arguments for its whole life, and these live in the WebSocket phase's box.
+/// process (`None`; then `close=handed`), or until it pauses for the kernel splice
+/// (`opts.handover`): then returns where it stands. A pause for an upgrade that is
+/// over, or whose pass failed, relays on.
 async fn relay_here(
-    pair: (TcpStream, TcpStream),
-    opts: &RelayOptions,
-    removal: Option<&Rc<Removal>>,
-    worker: &Rc<Worker>,
+    client: &TcpStream,
+    upstream: &TcpStream,
+    mut opts: RelayOptions,
+    removal: Option<&Removal>,
+    worker: &Worker,
     facts: &mut Facts,
-) -> Here {
-    let (mut pair, mut opts) = (pair, *opts);
+) -> Option<RelayOptions> {
     loop {
-        let outcome;
-        (outcome, pair) = userspace(pair, (&opts, removal), worker, facts).await;
-        let (client, upstream) = (&pair.0, &pair.1);
+        let outcome = userspace(client, upstream, (opts, removal), worker, facts).await;
         if outcome.reason != Close::Paused {
-            return Here::Ended(pair.0);
+            return None;
         }
         opts.frames = outcome.frames;
         opts.active_since = Some(outcome.last_activity);
@@ -395,12 +363,12 @@ async fn relay_here(
             let state = (opts.frames, outcome.last_activity);
             if worker.upgrade.pass_pair(client, upstream, facts, state).is_ok() {
                 facts.close = Close::Handed;
-                return Here::Ended(pair.0);
+                return None;
             }
             // Tried again at its next quiet moment, not at once.
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         } else if opts.handover != Handover::Never && worker.pairs.is_some() {
-            return Here::Paused(opts, pair);
+            return Some(opts);
         }
     }
 }
@@ -459,78 +427,34 @@ async fn userspace_tls(
     facts.close = close_reason(outcome.reason, removal);
 }
 
-/// Polls of the userspace relay in its connection's task after which it moves to a
-/// task of its own: a connect–upgrade–close exchange ends well before (about five), and
-/// never pays for the task.
-const OWN_TASK_AFTER: u32 = 16;
-
-/// Relays in userspace and adds what moved to the facts; the pair comes back with
-/// the outcome.
-///
-/// The relay owns the pair while it runs, in a box: polled first in the connection's
-/// task, then, once it went on for [`OWN_TASK_AFTER`] polls, in a task of its own. Each
-/// message then wakes and polls the relay's future directly instead of the connection's
-/// chain of phases down to it (a cold cache line per level and per wake, with a
-/// thousand connections: −0.7 µs of userspace per echoed message, README).
+/// Relays in userspace and adds what moved to the facts.
 async fn userspace(
-    (client, upstream): (TcpStream, TcpStream),
-    (opts, removal): (&RelayOptions, Option<&Rc<Removal>>),
-    worker: &Rc<Worker>,
+    client: &TcpStream,
+    upstream: &TcpStream,
+    (opts, removal): (RelayOptions, Option<&Removal>),
+    worker: &Worker,
     facts: &mut Facts,
-) -> (RelayOutcome, (TcpStream, TcpStream)) {
+) -> RelayOutcome {
     // Counted in the mode it ends in: a relay that pauses for the splice is not.
     if opts.handover == Handover::Never {
         Stats::bump(&worker.stats.relayed_userspace);
     }
     facts.mode = Mode::Userspace;
     facts.conn.set_mode(ActiveMode::Userspace);
+    let _in_drain_count = worker.pacer.enter();
     // What it moves shows live in the admin plane (`None` when that is off).
     let live = facts.conn.relaying();
-    let in_drain_count = worker.pacer.enter();
-    let (worker_of_relay, removal_of_relay, opts_of_relay) = (worker.clone(), removal.cloned(), *opts);
-    // Boxed: a box moves to a task whole, its future staying where it is (pinned), and
-    // tokio copies a task's future at the spawn and its stage (sized as the future, ~2 KiB
-    // here) as it completes: a box is a pointer.
-    let mut relay = Box::pin(async move {
-        let (worker, removal, _in_drain_count) = (worker_of_relay, removal_of_relay, in_drain_count);
-        let io = (&worker.ring, &worker.buffers, live.as_deref());
-        let turns = Turns { pacer: &worker.pacer, removal: removal.as_deref(), upgrade: Some(&worker.upgrade) };
-        let outcome = relay::relay(&client, &upstream, &opts_of_relay, &worker.events, io, Some(turns)).await;
-        (outcome, (client, upstream))
-    });
-    let mut polls = 0;
-    let here = poll_fn(|cx| match relay.as_mut().poll(cx) {
-        Poll::Ready(done) => Poll::Ready(Some(done)),
-        Poll::Pending if polls >= OWN_TASK_AFTER => Poll::Ready(None),
-        Poll::Pending => {
-            polls += 1;
-            Poll::Pending
-        }
-    })
-    .await;
-    let (outcome, pair) = if let Some(done) = here {
-        done
-    } else {
-        // The relay asks again for what it registered with this task's waker at its
-        // first poll there (`relay::pumps`); nothing that came meanwhile is lost (a
-        // readiness, a timer or an event stays set until it is looked at).
-        tracing::debug!(client = %facts.peer, "relay: moved to a task of its own");
-        match tokio_uring::spawn(relay).await {
-            Ok(done) => done,
-            // A panic in the relay is the connection's, as if it had run in its task.
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            // Cancelled: only as the worker's runtime goes, which drops this task too.
-            Err(_) => std::future::pending().await,
-        }
-    };
+    let io = (&worker.ring, &worker.buffers, live.as_deref());
+    let turns = Turns { pacer: &worker.pacer, removal, upgrade: Some(&worker.upgrade) };
+    let outcome = relay::relay(client, upstream, opts, &worker.events, io, Some(turns)).await;
     if opts.handover != Handover::Never && outcome.reason != Close::Paused {
         Stats::bump(&worker.stats.relayed_userspace);
     }
     facts.bytes_in += outcome.client_to_upstream;
     facts.bytes_out += outcome.upstream_to_client;
     facts.bytes_sent = facts.bytes_out;
-    facts.close = close_reason(outcome.reason, removal.map(|r| &**r));
-    (outcome, pair)
+    facts.close = close_reason(outcome.reason, removal);
+    outcome
 }
 
 /// A relay closed by its turn after its server's removal says so (`close=removed`).

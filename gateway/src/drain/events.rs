@@ -175,16 +175,10 @@ impl<'a> Events<'a> {
 
     /// Nothing can be told before the hub's next change, which wakes this relay:
     /// asking again now would find nothing. A relay polled on every wake of its task
-    /// (its traffic's too) skips asking then. The waker left in the slot is the one of
-    /// the last ask: a relay that moves to another task asks again ([`Events::rearm`]).
+    /// (its traffic's too) skips asking then. The relay must be polled by one task
+    /// only: the waker left in the slot is the one of the last ask.
     pub fn quiet(&self) -> bool {
         self.waiting_at.is_some_and(|at| at == self.slot.hub.state.borrow().changes)
-    }
-
-    /// Not [`quiet`](Events::quiet) until the next ask, which leaves the asking task's
-    /// waker in the slot.
-    pub fn rearm(&mut self) {
-        self.waiting_at = None;
     }
 
     /// The next event. Dropping the future loses nothing: a relay asks again at each
