@@ -240,8 +240,9 @@ fn the_drain_sends_no_close_after_the_closing_handshake() {
     gw.wait_log("close=drain");
 }
 
-#[test]
-fn idle_timeout_closes_both_sides() {
+/// A raw upstream that answers 101 and echoes bytes until the relay closes its side,
+/// then sets the returned flag.
+fn raw_echo_upstream() -> (RawUpstream, std::sync::Arc<std::sync::atomic::AtomicBool>) {
     let closed_upstream = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flag = closed_upstream.clone();
     let up = RawUpstream::start(move |mut s| {
@@ -253,25 +254,142 @@ fn idle_timeout_closes_both_sides() {
         }
         flag.store(true, std::sync::atomic::Ordering::SeqCst);
     });
+    (up, closed_upstream)
+}
+
+/// With a 1 s idle timeout: a byte echoed after 600 ms resets the timer, and the relay
+/// then closes the client within [0.8 s, 4 s), logging `close=idle_timeout`.
+fn assert_idle_close(gw: &Gateway, c: &mut std::net::TcpStream) {
+    std::thread::sleep(Duration::from_millis(600));
+    c.write_all(b"ping").unwrap();
+    assert_eq!(read_exact(c, 4), b"ping");
+    let t0 = Instant::now();
+    let after = read_to_eof(c);
+    let waited = t0.elapsed();
+    assert!(after.is_empty());
+    assert!(waited >= Duration::from_millis(800) && waited < Duration::from_secs(4), "closed after {waited:?}");
+    gw.wait_log("close=idle_timeout");
+}
+
+#[test]
+fn idle_timeout_closes_both_sides() {
+    let (up, closed_upstream) = raw_echo_upstream();
     let gw = Gateway::one_line(&[up.addr], &["--splice", &mode(), "--idle-timeout", "1s"]);
     let mut c = gw.connect();
     c.write_all(upgrade_request("/", "").as_bytes()).unwrap();
     let _ = read_head(&mut c);
-    // Activity resets the timer.
-    std::thread::sleep(Duration::from_millis(600));
-    c.write_all(b"ping").unwrap();
-    assert_eq!(read_exact(&mut c, 4), b"ping");
-    let t0 = Instant::now();
-    let after_head = read_to_eof(&mut c);
-    let waited = t0.elapsed();
-    assert!(after_head.is_empty());
-    assert!(waited >= Duration::from_millis(800) && waited < Duration::from_secs(4), "closed after {waited:?}");
-    gw.wait_log("close=idle_timeout");
+    assert_idle_close(&gw, &mut c);
     let deadline = Instant::now() + Duration::from_secs(3);
     while !closed_upstream.load(std::sync::atomic::Ordering::SeqCst) {
         assert!(Instant::now() < deadline, "upstream side was not closed");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// A relay that goes on past its first few reads moves from its connection's task to
+/// one of its own; its idle clock goes on there.
+#[test]
+fn a_relay_that_moved_to_its_own_task_still_times_out() {
+    let (up, _) = raw_echo_upstream();
+    let gw = Gateway::builder()
+        .one_line(&[up.addr])
+        .args(&["--splice", "userspace", "--idle-timeout", "1s"])
+        .log_level("warn,wsgate::conn::relay_choice=debug")
+        .start();
+    let mut c = gw.connect();
+    c.write_all(upgrade_request("/", "").as_bytes()).unwrap();
+    let _ = read_head(&mut c);
+    // Forty round trips: forty reads by each pump, past the eight after which it moves.
+    for i in 0..40u8 {
+        c.write_all(&[b'p', i]).unwrap();
+        assert_eq!(read_exact(&mut c, 2), [b'p', i]);
+    }
+    wait_moved(&gw);
+    assert_idle_close(&gw, &mut c);
+}
+
+/// ... and the worker's events reach it there: a quiet relay that moved gets its Close
+/// 1001 in the drain.
+#[test]
+fn a_relay_that_moved_to_its_own_task_still_hears_the_drain() {
+    let echo = WsEcho::start();
+    let gw = Gateway::builder()
+        .one_line(&[echo.addr])
+        .args(&["--splice", "userspace", "--drain-window", "1s"])
+        .log_level("warn,wsgate::conn::relay_choice=debug")
+        .start();
+    let mut c = gw.connect();
+    c.write_all(upgrade_request("/", "").as_bytes()).unwrap();
+    let (head, rest) = read_head(&mut c);
+    assert_eq!((status_of(&head), rest.len()), (101, 0), "{head}");
+    for i in 0..40u8 {
+        c.write_all(&client_frame(true, 2, &[i])).unwrap();
+        assert_eq!(server_frame(&mut c), (true, 2, vec![i]));
+    }
+    wait_moved(&gw);
+    // Quiet now: only the drain's event can wake the relay.
+    std::thread::sleep(Duration::from_millis(300));
+    gw.terminate();
+    let (fin, opcode, payload) = server_frame(&mut c);
+    assert_eq!((fin, opcode), (true, 8), "a Close frame");
+    assert_eq!(payload[..2], 1001u16.to_be_bytes(), "going away");
+    gw.wait_log("close=drain");
+}
+
+/// The move pauses the relay between two reads and loses nothing: a client that
+/// streams frames without waiting for their echo gets every byte back in order, the
+/// move comes while it still sends, and the access log counts what both relays moved.
+#[test]
+fn a_relay_moves_to_its_own_task_mid_stream_and_keeps_every_byte() {
+    const HEAD: &[u8] = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
+    let (up, _) = raw_echo_upstream();
+    let gw = Gateway::builder()
+        .one_line(&[up.addr])
+        .args(&["--splice", "userspace"])
+        .log_level("warn,wsgate::conn::relay_choice=debug")
+        .start();
+    let mut c = gw.connect();
+    c.write_all(upgrade_request("/", "").as_bytes()).unwrap();
+    let (head, rest) = read_head(&mut c);
+    assert_eq!((status_of(&head), rest.len()), (101, 0), "{head}");
+    // 300 bursts of 1 to 40 frames of 1 to 1000 bytes each, 2 ms apart: the relay moves
+    // within the first few, at a quiet moment between two.
+    let mut stream = Vec::new();
+    let mut bursts = Vec::new();
+    for burst in 0..300usize {
+        let start = stream.len();
+        for frame in 0..=(burst * 7) % 40 {
+            let payload: Vec<u8> =
+                (0..=(burst * 31 + frame * 17) % 1000).map(|i| (i + burst + frame).to_le_bytes()[0]).collect();
+            stream.extend_from_slice(&client_frame(true, 2, &payload));
+        }
+        bursts.push(start..stream.len());
+    }
+    let mut writer = c.try_clone().unwrap();
+    let sent = stream.clone();
+    let sending = std::thread::spawn(move || {
+        for burst in bursts {
+            writer.write_all(&sent[burst]).unwrap();
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        Instant::now()
+    });
+    let echoed = read_exact(&mut c, stream.len());
+    let last_sent = sending.join().unwrap();
+    assert!(echoed == stream, "the echo differs from what was sent");
+    let moved = gw.stderr_times("relay: moved to a task of its own");
+    assert_eq!(moved.len(), 1, "{:?}", gw.stderr());
+    assert!(moved[0] < last_sent, "the relay moved only after the stream");
+    c.shutdown(Shutdown::Write).unwrap();
+    assert!(read_to_eof(&mut c).is_empty(), "bytes after the echo");
+    let line = gw.wait_log("\"GET / HTTP/1.1\" 101 ");
+    let n = stream.len();
+    assert!(line.contains(&format!(" in={n} out={} ", n + HEAD.len())), "{line}");
+}
+
+/// Waits for `gw`'s one relay to say it moved to a task of its own.
+fn wait_moved(gw: &Gateway) {
+    gw.wait_stderr("relay: moved to a task of its own", Duration::from_secs(5));
 }
 
 #[test]

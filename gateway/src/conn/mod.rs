@@ -181,7 +181,7 @@ pub async fn serve(
 /// whether the connection waits for another).
 async fn proxy(
     client_slot: &mut Option<PeerIo>,
-    worker: &Worker,
+    worker: &Rc<Worker>,
     facts: &mut Facts,
     session: &mut Session,
 ) -> Result<Option<Handoff>, ProxyError> {

@@ -10,6 +10,8 @@
 //! facts. Must never close a socket it was lent, nor drop a byte on the way from one
 //! relay to the other.
 
+use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_uring::net::TcpStream;
@@ -24,6 +26,7 @@ use crate::close::{Close, Mode, Side};
 use crate::drain::{FrameTracker, Removal, Turns};
 use crate::error::{ErrorKind, ProxyError};
 use crate::metrics::ActiveMode;
+use crate::metrics::live::RelayBytes;
 use crate::relay::{self, Handover, RelayOptions, RelayOutcome};
 use crate::splice::{HandoverError, SplicedPair};
 use crate::stats::Stats;
@@ -134,7 +137,7 @@ pub async fn websocket(
     client_slot: &mut Option<PeerIo>,
     upstream: Connected,
     admitted: Admitted,
-    worker: &Worker,
+    worker: &Rc<Worker>,
     facts: &mut Facts,
 ) -> Option<Handoff> {
     let Connected { stream: upstream, live, early, response, read, read_cut, .. } = upstream;
@@ -243,7 +246,7 @@ pub async fn relay_pair(
     upstream: PeerIo,
     (admitted, live): (Admitted, Option<ActiveGuard>),
     (frames, active_since, queued): ([FrameTracker; 2], Option<std::time::Instant>, Queued),
-    worker: &Worker,
+    worker: &Rc<Worker>,
     facts: &mut Facts,
 ) -> Option<Handoff> {
     let generation = facts.generation.clone();
@@ -259,15 +262,21 @@ pub async fn relay_pair(
         frames,
         active_since,
         upstream_queued: queued != Queued::Nothing,
+        moves: false,
+        settled: false,
     };
     // TLS on either side: userspace (no kTLS here).
-    let (client, upstream) = match (client, upstream) {
-        (PeerIo::Plain(client), PeerIo::Plain(upstream)) => (client, upstream),
-        (client, upstream) => {
+    let upstream = match upstream {
+        PeerIo::Plain(upstream) if matches!(client, PeerIo::Plain(_)) => upstream,
+        upstream => {
             userspace_tls(client, &upstream, (opts, removal.as_ref()), worker, facts).await;
             return None;
         }
     };
+    // The relay's task owns the pair while it runs; the client goes back to its slot
+    // when the relay ends here.
+    let Some(PeerIo::Plain(client)) = client_slot.take() else { return None };
+    let mut pair = (client, upstream);
     let handover = if worker.pairs.is_some() { first_handover(cfg, worker) } else { Handover::Never };
     let mut opts = opts;
     // Spliced at once (`splice_after = 0s`, or `sockmap` learning that pairs live long),
@@ -278,17 +287,28 @@ pub async fn relay_pair(
     if !splice_now || queued == Queued::Cut {
         let first_handover = if splice_now { Handover::After(std::time::Duration::ZERO) } else { handover };
         let first = RelayOptions { handover: first_handover, ..opts };
-        let paused = relay_here(client, &upstream, first, removal.as_ref(), worker, facts).await?;
-        opts = RelayOptions { handover: Handover::Never, ..paused };
+        match relay_here(pair, first, removal.as_ref(), worker, facts).await {
+            Here::Paused(paused, back) => {
+                opts = RelayOptions { handover: Handover::Never, ..paused };
+                pair = back;
+            }
+            Here::Ended(client) => {
+                *client_slot = Some(PeerIo::Plain(client));
+                return None;
+            }
+        }
     }
-    let Some(pairs) = &worker.pairs else { return None };
+    let Some(pairs) = &worker.pairs else {
+        *client_slot = Some(PeerIo::Plain(pair.0));
+        return None;
+    };
     if let Handover::After(delay) = handover {
         // It outlived `splice_after`: counted as long now, not when it ends (which
         // may be hours away), so a worker that defers learns as soon as connections
         // live on.
         worker.lifetimes.record(delay, facts.bytes_in, cfg.relay.splice_after);
     }
-    let Some(PeerIo::Plain(client)) = client_slot.take() else { return None };
+    let (client, upstream) = pair;
     facts.conn.set_mode(ActiveMode::Handover);
     // The userspace path is boxed: the handshake's future stays small, and a spliced
     // pair leaves it altogether (parked, it is a table row, not a task).
@@ -309,7 +329,8 @@ pub async fn relay_pair(
                 // Client bytes went through the handover untracked.
                 opts.frames[0] = FrameTracker::lost();
             }
-            relay_here(&client, &upstream, opts, removal.as_ref(), worker, facts).await;
+            // The client closes with this phase, as the splice had taken it.
+            drop(relay_here((client, upstream), opts, removal.as_ref(), worker, facts).await);
         }
         Err(HandoverError::Failed { side, source }) => {
             // The sockets are closed (dropped with the error); nothing can be sent. A
@@ -337,22 +358,32 @@ pub async fn relay_pair(
     None
 }
 
+/// How [`relay_here`] left a pair.
+enum Here {
+    /// Paused for the kernel splice: where it stands, and the pair.
+    Paused(RelayOptions, (TcpStream, TcpStream)),
+    /// Ended, or passed to a new process (`close=handed`): the client's socket, for
+    /// the teardown.
+    Ended(TcpStream),
+}
+
 /// Relays in userspace until the pair ends or a binary upgrade passes it to the new
-/// process (`None`; then `close=handed`), or until it pauses for the kernel splice
-/// (`opts.handover`): then returns where it stands. A pause for an upgrade that is
-/// over, or whose pass failed, relays on.
+/// process, or until it pauses for the kernel splice (`opts.handover`). A pause for an
+/// upgrade that is over, or whose pass failed, relays on.
 async fn relay_here(
-    client: &TcpStream,
-    upstream: &TcpStream,
+    pair: (TcpStream, TcpStream),
     mut opts: RelayOptions,
     removal: Option<&Removal>,
-    worker: &Worker,
+    worker: &Rc<Worker>,
     facts: &mut Facts,
-) -> Option<RelayOptions> {
+) -> Here {
+    let mut pair = pair;
     loop {
-        let outcome = userspace(client, upstream, (opts, removal), worker, facts).await;
+        let outcome;
+        (outcome, pair) = userspace(pair, (opts, removal), worker, facts).await;
+        let (client, upstream) = (&pair.0, &pair.1);
         if outcome.reason != Close::Paused {
-            return None;
+            return Here::Ended(pair.0);
         }
         opts.frames = outcome.frames;
         opts.active_since = Some(outcome.last_activity);
@@ -363,12 +394,12 @@ async fn relay_here(
             let state = (opts.frames, outcome.last_activity);
             if worker.upgrade.pass_pair(client, upstream, facts, state).is_ok() {
                 facts.close = Close::Handed;
-                return None;
+                return Here::Ended(pair.0);
             }
             // Tried again at its next quiet moment, not at once.
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         } else if opts.handover != Handover::Never && worker.pairs.is_some() {
-            return Some(opts);
+            return Here::Paused(opts, pair);
         }
     }
 }
@@ -424,17 +455,25 @@ async fn userspace_tls(
     facts.bytes_in += outcome.client_to_upstream;
     facts.bytes_out += outcome.upstream_to_client;
     facts.bytes_sent = facts.bytes_out;
-    facts.close = close_reason(outcome.reason, removal);
+    facts.close = close_reason(outcome.reason, removal.is_some_and(Removal::fired));
 }
 
-/// Relays in userspace and adds what moved to the facts.
+/// Relays in userspace and adds what moved to the facts; the pair comes back with
+/// the outcome.
+///
+/// The relay starts in the connection's task. Once a pump has read past its first few
+/// reads (where it would settle on tokio's reactor: [`RelayOptions::moves`]), it pauses
+/// at a quiet moment and relays on in a task of its own, with what it moved and where
+/// its frames and idle clock stand: each message then wakes and polls the relay's
+/// future directly, not the connection's chain of phases down to it (a cold cache line
+/// per level and per wake, with a thousand connections). A connect–upgrade–close
+/// exchange never gets there, and an idle pair never moves: neither pays for the task.
 async fn userspace(
-    client: &TcpStream,
-    upstream: &TcpStream,
+    pair: (TcpStream, TcpStream),
     (opts, removal): (RelayOptions, Option<&Removal>),
-    worker: &Worker,
+    worker: &Rc<Worker>,
     facts: &mut Facts,
-) -> RelayOutcome {
+) -> (RelayOutcome, (TcpStream, TcpStream)) {
     // Counted in the mode it ends in: a relay that pauses for the splice is not.
     if opts.handover == Handover::Never {
         Stats::bump(&worker.stats.relayed_userspace);
@@ -446,18 +485,64 @@ async fn userspace(
     let live = facts.conn.relaying();
     let io = (&worker.ring, &worker.buffers, live.as_deref());
     let turns = Turns { pacer: &worker.pacer, removal, upgrade: Some(&worker.upgrade) };
-    let outcome = relay::relay(client, upstream, opts, &worker.events, io, Some(turns)).await;
+    let here = RelayOptions { moves: true, ..opts };
+    let mut outcome = relay::relay(&pair.0, &pair.1, here, &worker.events, io, Some(turns)).await;
+    let mut removed = removal.is_some_and(Removal::fired);
+    let mut pair = pair;
+    if outcome.moving {
+        tracing::debug!(client = %facts.peer, "relay: moved to a task of its own");
+        let on = RelayOptions {
+            frames: outcome.frames,
+            active_since: Some(outcome.last_activity),
+            upstream_queued: false,
+            moves: false,
+            settled: true,
+            ..opts
+        };
+        let task = tokio_uring::spawn(relay_on(pair, on, removal.cloned(), worker.clone(), live));
+        let (later, back, removed_later) = match task.await {
+            Ok(done) => done,
+            // A panic in the relay is the connection's, as if it had run in its task.
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // Cancelled: only as the worker's runtime goes, which drops this task too.
+            Err(_) => std::future::pending().await,
+        };
+        pair = back;
+        removed |= removed_later;
+        outcome = RelayOutcome {
+            client_to_upstream: outcome.client_to_upstream + later.client_to_upstream,
+            upstream_to_client: outcome.upstream_to_client + later.upstream_to_client,
+            first_response: outcome.first_response.or(later.first_response),
+            response_status: outcome.response_status.or(later.response_status),
+            ..later
+        };
+    }
     if opts.handover != Handover::Never && outcome.reason != Close::Paused {
         Stats::bump(&worker.stats.relayed_userspace);
     }
     facts.bytes_in += outcome.client_to_upstream;
     facts.bytes_out += outcome.upstream_to_client;
     facts.bytes_sent = facts.bytes_out;
-    facts.close = close_reason(outcome.reason, removal);
-    outcome
+    facts.close = close_reason(outcome.reason, removed);
+    (outcome, pair)
+}
+
+/// The rest of a userspace relay, in a task of its own (see [`userspace`]): gives the
+/// pair back with the outcome, and whether the server's removal closed it.
+async fn relay_on(
+    (client, upstream): (TcpStream, TcpStream),
+    opts: RelayOptions,
+    removal: Option<Removal>,
+    worker: Rc<Worker>,
+    live: Option<Arc<RelayBytes>>,
+) -> (RelayOutcome, (TcpStream, TcpStream), bool) {
+    let io = (&worker.ring, &worker.buffers, live.as_deref());
+    let turns = Turns { pacer: &worker.pacer, removal: removal.as_ref(), upgrade: Some(&worker.upgrade) };
+    let outcome = relay::relay(&client, &upstream, opts, &worker.events, io, Some(turns)).await;
+    (outcome, (client, upstream), removal.as_ref().is_some_and(Removal::fired))
 }
 
 /// A relay closed by its turn after its server's removal says so (`close=removed`).
-fn close_reason(reason: Close, removal: Option<&Removal>) -> Close {
-    if reason == Close::Drain && removal.is_some_and(Removal::fired) { Close::Removed } else { reason }
+fn close_reason(reason: Close, removed: bool) -> Close {
+    if reason == Close::Drain && removed { Close::Removed } else { reason }
 }

@@ -172,7 +172,8 @@ impl Announcements {
 
 /// One WebSocket's watch on the removal of its upstream server: what its relay asks
 /// its worker's [`super::events::Hub`] about, or waits on itself ([`Removal::turn`]).
-#[derive(Debug)]
+/// A clone watches the same server (for a relay that goes on in another task).
+#[derive(Debug, Clone)]
 pub struct Removal {
     tx: Arc<watch::Sender<Arc<Removed>>>,
     server: Arc<ServerLive>,
