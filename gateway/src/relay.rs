@@ -232,7 +232,7 @@ async fn pumps(
         pump.start(opts.settled, opts.moves);
     }
     // It pauses to move once a pump reached EPOLL_AFTER reads, where it would settle.
-    let mut moves = opts.moves;
+    let mut to_move = opts.moves;
     // One timer for the idle timeout and the pause: the earlier of the two (a timer
     // costs its registration in tokio's wheel, and most pairs live for less than either).
     let mut pause = Pause::new(opts.handover);
@@ -287,7 +287,10 @@ async fn pumps(
                 return Poll::Ready(Step::FrameEnd);
             }
             // Both pumps wait: for readability, or for room to write what they hold.
-            if moves && (c2u_pump.reads.max(u2c_pump.reads) >= EPOLL_AFTER) && !c2u.holding.get() && !u2c.holding.get()
+            if to_move
+                && (c2u_pump.reads.max(u2c_pump.reads) >= EPOLL_AFTER)
+                && !c2u.holding.get()
+                && !u2c.holding.get()
             {
                 return Poll::Ready(Step::Move);
             }
@@ -369,7 +372,7 @@ async fn pumps(
                 };
             }
             Step::Move => {
-                moves = false;
+                to_move = false;
                 // Only between reads, as the pause for the splice: both pumps wait for
                 // readability (none holds bytes: see the poll above). Not once its turn
                 // is on a timer: the relay that went on would be given a later one.
