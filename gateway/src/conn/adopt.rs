@@ -18,7 +18,7 @@ use tokio_uring::net::TcpStream;
 
 use super::Worker;
 use super::peer_io::PeerIo;
-use super::relay_choice::Handoff;
+use super::relay_choice::{Handoff, Relayed};
 use super::teardown::{self, ActiveConn, Facts};
 use crate::drain::FrameTracker;
 use crate::upgrade::child::Adopted;
@@ -72,7 +72,10 @@ pub async fn resume(adopted: Adopted, worker: Rc<Worker>) {
         &mut facts,
     )
     .await;
-    teardown::finish(Ok(handoff), slot, facts, worker, active).await;
+    match handoff {
+        Relayed::Done(handoff) => teardown::finish(Ok(handoff), slot, facts, worker, active).await,
+        Relayed::Moving(moving) => drop(tokio_uring::spawn(super::relay_choice::go_on(moving, facts, worker, active))),
+    }
 }
 
 /// The count on the pair's upstream server, when `group` still has it.

@@ -58,7 +58,7 @@ use tokio_uring::net::TcpStream;
 use self::connect::Connected;
 use self::keepalive::{Next, Session};
 use self::peer_io::PeerIo;
-use self::relay_choice::{Handoff, PlainEnd};
+use self::relay_choice::{PlainEnd, Relayed};
 use self::response::Answer;
 use self::teardown::{ActiveConn, Facts};
 use crate::admission::{Admission, Admitted};
@@ -150,7 +150,16 @@ pub async fn serve(
     let mut session = Session::default();
     loop {
         session.kept = false;
-        let result = proxy(&mut client, &worker, &mut facts, &mut session).await;
+        let result = match proxy(&mut client, &worker, &mut facts, &mut session).await {
+            Ok(Relayed::Done(handoff)) => Ok(handoff),
+            // The relay and the connection's end go on in a task of their own; this
+            // one's memory (the phases) goes.
+            Ok(Relayed::Moving(moving)) => {
+                tokio_uring::spawn(relay_choice::go_on(moving, facts, worker, active));
+                return;
+            }
+            Err(e) => Err(e),
+        };
         session.served = session.served.saturating_add(1);
         let kept = session.kept && matches!(result, Ok(None));
         let Some(io) = client.as_ref().filter(|_| kept) else {
@@ -176,15 +185,16 @@ pub async fn serve(
 }
 
 /// The phases from the head to the relay, for one request. `client_slot` is taken only
-/// by the kernel splice; on an error it is still there for the response. Returns the
-/// spliced pair to park, or `None` when the request is over (`session.kept` then says
-/// whether the connection waits for another).
+/// by the relay of a WebSocket; on an error it is still there for the response.
+/// Returns the spliced pair to park, or `None` when the request is over
+/// (`session.kept` then says whether the connection waits for another), or the relay
+/// that goes on in a task of its own.
 async fn proxy(
     client_slot: &mut Option<PeerIo>,
-    worker: &Rc<Worker>,
+    worker: &Worker,
     facts: &mut Facts,
     session: &mut Session,
-) -> Result<Option<Handoff>, ProxyError> {
+) -> Result<Relayed, ProxyError> {
     let client = client_slot.as_ref().ok_or_else(|| ProxyError::new(ErrorKind::Internal, "client socket missing"))?;
     let (upstream, admitted, closing) = Box::pin(prepare(client, session, worker, facts)).await?;
     let Some(head) = &upstream.response else {
@@ -195,10 +205,10 @@ async fn proxy(
             session.kept = true;
         }
         drop(admitted);
-        return Ok(None);
+        return Ok(Relayed::Done(None));
     };
     if response::answer(client, &upstream, head, worker, facts).await? == Answer::Passed {
-        return Ok(None);
+        return Ok(Relayed::Done(None));
     }
     Ok(Box::pin(relay_choice::websocket(client_slot, upstream, admitted, worker, facts)).await)
 }

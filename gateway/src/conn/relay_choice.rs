@@ -11,7 +11,6 @@
 //! relay to the other.
 
 use std::rc::Rc;
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_uring::net::TcpStream;
@@ -20,13 +19,12 @@ use super::Worker;
 use super::connect::Connected;
 use super::peer_io::PeerIo;
 use super::plain::{Exchanged, Request};
-use super::teardown::Facts;
+use super::teardown::{ActiveConn, Facts};
 use crate::admission::Admitted;
 use crate::close::{Close, Mode, Side};
 use crate::drain::{FrameTracker, Removal, Turns};
 use crate::error::{ErrorKind, ProxyError};
 use crate::metrics::ActiveMode;
-use crate::metrics::live::RelayBytes;
 use crate::relay::{self, Handover, RelayOptions, RelayOutcome};
 use crate::splice::{HandoverError, SplicedPair};
 use crate::stats::Stats;
@@ -137,9 +135,9 @@ pub async fn websocket(
     client_slot: &mut Option<PeerIo>,
     upstream: Connected,
     admitted: Admitted,
-    worker: &Rc<Worker>,
+    worker: &Worker,
     facts: &mut Facts,
-) -> Option<Handoff> {
+) -> Relayed {
     let Connected { stream: upstream, live, early, response, read, read_cut, .. } = upstream;
     // The drain's frame boundaries: the client's early bytes are its first frames; the
     // upstream's bytes start with its 101 head (read, or queued still).
@@ -154,7 +152,7 @@ pub async fn websocket(
         if let Err(close) = write_first(&upstream, early, Side::Upstream, (worker, idle)).await {
             facts.close = close;
             client_slot.as_ref().inspect(|c| c.shutdown(std::net::Shutdown::Both));
-            return None;
+            return Relayed::Done(None);
         }
         facts.bytes_in += n;
     }
@@ -170,7 +168,7 @@ pub async fn websocket(
         if let Err(close) = write_first(client, read, Side::Client, (worker, idle)).await {
             facts.close = close;
             upstream.shutdown(std::net::Shutdown::Both);
-            return None;
+            return Relayed::Done(None);
         }
         facts.bytes_out += n;
         facts.bytes_sent = facts.bytes_out;
@@ -234,6 +232,28 @@ pub enum Queued {
     Cut,
 }
 
+/// How a WebSocket's relay left the task that ran it.
+pub enum Relayed {
+    /// Over (`None`), or spliced and to be parked: the teardown follows in that task.
+    Done(Option<Handoff>),
+    /// Relayed in userspace past its first few reads: it goes on in a task of its own,
+    /// which also finishes the connection ([`go_on`]), and the task that ran it ends.
+    Moving(Moving),
+}
+
+/// A userspace relay paused at a quiet moment to go on in a task of its own: the
+/// pair, where it stands, and what the rest of [`relay_pair`] needs.
+pub struct Moving {
+    pair: (TcpStream, TcpStream),
+    guards: (Admitted, Option<ActiveGuard>),
+    removal: Option<Removal>,
+    /// Where the relay stands (and when it pauses for the splice).
+    opts: RelayOptions,
+    /// How the pair started ([`first_handover`]) and whether its 101's read may have
+    /// cut a segment ([`Queued::Cut`]): for the splice that may follow.
+    start: (Handover, bool),
+}
+
 /// Relays an open WebSocket whose frames stand at `frames` (client→upstream,
 /// upstream→client), whose bytes last moved at `active_since` (`None`: now) and whose
 /// upstream may have bytes queued unread (`queued`): after its 101; or one passed by an
@@ -241,17 +261,23 @@ pub enum Queued {
 /// on its upstream server when that server is known. In a binary upgrade of this
 /// process, a pair relayed in userspace is passed to the new process at its next quiet
 /// moment (`close=` is then [`Close::Handed`]: the new process writes its line).
+///
+/// A pair relayed in userspace past its first few reads leaves the connection's task
+/// ([`Relayed::Moving`]): each message then wakes and polls a task that holds the relay
+/// and the connection's end, not the connection's chain of phases down to the relay
+/// (a cold cache line per level and per wake, with a thousand connections), and the
+/// phases' memory goes. A connect–upgrade–close exchange never gets there.
 pub async fn relay_pair(
     client_slot: &mut Option<PeerIo>,
     upstream: PeerIo,
     (admitted, live): (Admitted, Option<ActiveGuard>),
     (frames, active_since, queued): ([FrameTracker; 2], Option<std::time::Instant>, Queued),
-    worker: &Rc<Worker>,
+    worker: &Worker,
     facts: &mut Facts,
-) -> Option<Handoff> {
+) -> Relayed {
     let generation = facts.generation.clone();
     let cfg = &generation.config;
-    let client = client_slot.as_ref()?;
+    let Some(client) = client_slot.as_ref() else { return Relayed::Done(None) };
     // A reload that removes the server from a group with `drain_removed` closes the
     // userspace relay with 1001 (a spliced pair, at its turn: `teardown::park`).
     let removal = live.as_ref().map(|l| worker.generations.removals.watch(l.server_live()));
@@ -270,14 +296,15 @@ pub async fn relay_pair(
         PeerIo::Plain(upstream) if matches!(client, PeerIo::Plain(_)) => upstream,
         upstream => {
             userspace_tls(client, &upstream, (opts, removal.as_ref()), worker, facts).await;
-            return None;
+            return Relayed::Done(None);
         }
     };
-    // The relay's task owns the pair while it runs; the client goes back to its slot
-    // when the relay ends here.
-    let Some(PeerIo::Plain(client)) = client_slot.take() else { return None };
+    // The relay owns the pair while it runs; the client goes back to its slot when
+    // the relay ends here.
+    let Some(PeerIo::Plain(client)) = client_slot.take() else { return Relayed::Done(None) };
     let mut pair = (client, upstream);
     let handover = if worker.pairs.is_some() { first_handover(cfg, worker) } else { Handover::Never };
+    let start = (handover, queued == Queued::Cut);
     let mut opts = opts;
     // Spliced at once (`splice_after = 0s`, or `sockmap` learning that pairs live long),
     // else relayed here first. A 101 read with a segment it may have cut (the choice
@@ -287,17 +314,65 @@ pub async fn relay_pair(
     if !splice_now || queued == Queued::Cut {
         let first_handover = if splice_now { Handover::After(std::time::Duration::ZERO) } else { handover };
         let first = RelayOptions { handover: first_handover, ..opts };
-        match relay_here(pair, first, removal.as_ref(), worker, facts).await {
+        match relay_here(pair, first, removal.as_ref(), worker, facts, true).await {
             Here::Paused(paused, back) => {
                 opts = RelayOptions { handover: Handover::Never, ..paused };
                 pair = back;
             }
             Here::Ended(client) => {
                 *client_slot = Some(PeerIo::Plain(client));
-                return None;
+                return Relayed::Done(None);
+            }
+            Here::Moving(opts, pair) => {
+                return Relayed::Moving(Moving { pair, guards: (admitted, live), removal, opts, start });
             }
         }
     }
+    Relayed::Done(to_kernel(client_slot, pair, (admitted, live), removal.as_ref(), opts, start, worker, facts).await)
+}
+
+/// The rest of a connection whose userspace relay moved to this task
+/// ([`Relayed::Moving`]): the relay to its end or to its pause for the splice, the
+/// splice, the teardown.
+pub async fn go_on(moving: Moving, facts: Facts, worker: Rc<Worker>, active: ActiveConn) {
+    let Moving { mut pair, guards, removal, mut opts, start } = moving;
+    let mut facts = facts;
+    let mut client_slot = None;
+    let handoff = loop {
+        match relay_here(pair, opts, removal.as_ref(), &worker, &mut facts, false).await {
+            Here::Paused(paused, back) => {
+                let opts = RelayOptions { handover: Handover::Never, ..paused };
+                let to = to_kernel(&mut client_slot, back, guards, removal.as_ref(), opts, start, &worker, &mut facts);
+                break Box::pin(to).await;
+            }
+            Here::Ended(client) => {
+                client_slot = Some(PeerIo::Plain(client));
+                break None;
+            }
+            // Not asked to move, it does not; were it to, it relays on here.
+            Here::Moving(state, back) => (opts, pair) = (state, back),
+        }
+    };
+    Box::pin(super::teardown::finish(Ok(handoff), client_slot, facts, worker, active)).await;
+}
+
+/// Hands a plain pair paused at a quiet moment (or not yet relayed) to the kernel
+/// splice, which starts from `opts.frames`; `start` is how the pair started (see
+/// [`Moving::start`]). Returns the spliced pair, or `None` when the pair was relayed
+/// here to its end after all (the splice turned it down) or is closed (its handover
+/// failed; then `client_slot` stays empty). Without the splice, the client goes back
+/// to `client_slot`.
+#[allow(clippy::too_many_arguments, reason = "what relay_pair holds at its handover, each used once")]
+async fn to_kernel(
+    client_slot: &mut Option<PeerIo>,
+    pair: (TcpStream, TcpStream),
+    (admitted, live): (Admitted, Option<ActiveGuard>),
+    removal: Option<&Removal>,
+    mut opts: RelayOptions,
+    (handover, cut): (Handover, bool),
+    worker: &Worker,
+    facts: &mut Facts,
+) -> Option<Handoff> {
     let Some(pairs) = &worker.pairs else {
         *client_slot = Some(PeerIo::Plain(pair.0));
         return None;
@@ -306,7 +381,7 @@ pub async fn relay_pair(
         // It outlived `splice_after`: counted as long now, not when it ends (which
         // may be hours away), so a worker that defers learns as soon as connections
         // live on.
-        worker.lifetimes.record(delay, facts.bytes_in, cfg.relay.splice_after);
+        worker.lifetimes.record(delay, facts.bytes_in, facts.generation.config.relay.splice_after);
     }
     let (client, upstream) = pair;
     facts.conn.set_mode(ActiveMode::Handover);
@@ -315,12 +390,7 @@ pub async fn relay_pair(
     match Box::pin(pairs.splice_frames(client, upstream, Vec::new(), opts.frames)).await {
         Ok(pair) => {
             facts.conn.spliced(pair.live_slot(), [facts.bytes_in, facts.bytes_out]);
-            return Some(Handoff {
-                pair,
-                admitted,
-                live,
-                after_userspace: handover != Handover::Never || queued == Queued::Cut,
-            });
+            return Some(Handoff { pair, admitted, live, after_userspace: handover != Handover::Never || cut });
         }
         Err(HandoverError::NotSpliced { client, upstream, reason, forwarded }) => {
             tracing::debug!(reason, "pair not spliced; relaying in userspace");
@@ -329,8 +399,9 @@ pub async fn relay_pair(
                 // Client bytes went through the handover untracked.
                 opts.frames[0] = FrameTracker::lost();
             }
-            // The client closes with this phase, as the splice had taken it.
-            drop(relay_here((client, upstream), opts, removal.as_ref(), worker, facts).await);
+            // Relayed to its end here (it does not move: this is rare). The client
+            // closes with this phase, as the splice had taken it.
+            drop(relay_here((client, upstream), opts, removal, worker, facts, false).await);
         }
         Err(HandoverError::Failed { side, source }) => {
             // The sockets are closed (dropped with the error); nothing can be sent. A
@@ -362,25 +433,29 @@ pub async fn relay_pair(
 enum Here {
     /// Paused for the kernel splice: where it stands, and the pair.
     Paused(RelayOptions, (TcpStream, TcpStream)),
+    /// Paused to go on in a task of its own ([`Relayed::Moving`]): where it stands.
+    Moving(RelayOptions, (TcpStream, TcpStream)),
     /// Ended, or passed to a new process (`close=handed`): the client's socket, for
     /// the teardown.
     Ended(TcpStream),
 }
 
 /// Relays in userspace until the pair ends or a binary upgrade passes it to the new
-/// process, or until it pauses for the kernel splice (`opts.handover`). A pause for an
-/// upgrade that is over, or whose pass failed, relays on.
+/// process, or until it pauses for the kernel splice (`opts.handover`) or, when it
+/// `moves`, to go on in a task of its own. A pause for an upgrade that is over, or
+/// whose pass failed, relays on.
 async fn relay_here(
     pair: (TcpStream, TcpStream),
     mut opts: RelayOptions,
     removal: Option<&Removal>,
-    worker: &Rc<Worker>,
+    worker: &Worker,
     facts: &mut Facts,
+    moves: bool,
 ) -> Here {
     let mut pair = pair;
     loop {
         let outcome;
-        (outcome, pair) = userspace(pair, (opts, removal), worker, facts).await;
+        (outcome, pair) = userspace(pair, (RelayOptions { moves, ..opts }, removal), worker, facts).await;
         let (client, upstream) = (&pair.0, &pair.1);
         if outcome.reason != Close::Paused {
             return Here::Ended(pair.0);
@@ -388,6 +463,10 @@ async fn relay_here(
         opts.frames = outcome.frames;
         opts.active_since = Some(outcome.last_activity);
         opts.upstream_queued = false;
+        if outcome.moving {
+            tracing::debug!(client = %facts.peer, "relay: moved to a task of its own");
+            return Here::Moving(RelayOptions { settled: true, ..opts }, pair);
+        }
         if worker.upgrade.passing() {
             // The new process carries the pair on; this one closes its descriptors
             // without a FIN (the sockets live on there).
@@ -455,27 +534,20 @@ async fn userspace_tls(
     facts.bytes_in += outcome.client_to_upstream;
     facts.bytes_out += outcome.upstream_to_client;
     facts.bytes_sent = facts.bytes_out;
-    facts.close = close_reason(outcome.reason, removal.is_some_and(Removal::fired));
+    facts.close = close_reason(outcome.reason, removal);
 }
 
 /// Relays in userspace and adds what moved to the facts; the pair comes back with
 /// the outcome.
-///
-/// The relay starts in the connection's task. Once a pump has read past its first few
-/// reads (where it would settle on tokio's reactor: [`RelayOptions::moves`]), it pauses
-/// at a quiet moment and relays on in a task of its own, with what it moved and where
-/// its frames and idle clock stand: each message then wakes and polls the relay's
-/// future directly, not the connection's chain of phases down to it (a cold cache line
-/// per level and per wake, with a thousand connections). A connect–upgrade–close
-/// exchange never gets there, and an idle pair never moves: neither pays for the task.
 async fn userspace(
-    pair: (TcpStream, TcpStream),
+    (client, upstream): (TcpStream, TcpStream),
     (opts, removal): (RelayOptions, Option<&Removal>),
-    worker: &Rc<Worker>,
+    worker: &Worker,
     facts: &mut Facts,
 ) -> (RelayOutcome, (TcpStream, TcpStream)) {
-    // Counted in the mode it ends in: a relay that pauses for the splice is not.
-    if opts.handover == Handover::Never {
+    // Counted in the mode it ends in: a relay that pauses for the splice is not, and
+    // one that moved to a task of its own was when it started.
+    if opts.handover == Handover::Never && !opts.settled {
         Stats::bump(&worker.stats.relayed_userspace);
     }
     facts.mode = Mode::Userspace;
@@ -485,64 +557,18 @@ async fn userspace(
     let live = facts.conn.relaying();
     let io = (&worker.ring, &worker.buffers, live.as_deref());
     let turns = Turns { pacer: &worker.pacer, removal, upgrade: Some(&worker.upgrade) };
-    let here = RelayOptions { moves: true, ..opts };
-    let mut outcome = relay::relay(&pair.0, &pair.1, here, &worker.events, io, Some(turns)).await;
-    let mut removed = removal.is_some_and(Removal::fired);
-    let mut pair = pair;
-    if outcome.moving {
-        tracing::debug!(client = %facts.peer, "relay: moved to a task of its own");
-        let on = RelayOptions {
-            frames: outcome.frames,
-            active_since: Some(outcome.last_activity),
-            upstream_queued: false,
-            moves: false,
-            settled: true,
-            ..opts
-        };
-        let task = tokio_uring::spawn(relay_on(pair, on, removal.cloned(), worker.clone(), live));
-        let (later, back, removed_later) = match task.await {
-            Ok(done) => done,
-            // A panic in the relay is the connection's, as if it had run in its task.
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            // Cancelled: only as the worker's runtime goes, which drops this task too.
-            Err(_) => std::future::pending().await,
-        };
-        pair = back;
-        removed |= removed_later;
-        outcome = RelayOutcome {
-            client_to_upstream: outcome.client_to_upstream + later.client_to_upstream,
-            upstream_to_client: outcome.upstream_to_client + later.upstream_to_client,
-            first_response: outcome.first_response.or(later.first_response),
-            response_status: outcome.response_status.or(later.response_status),
-            ..later
-        };
-    }
+    let outcome = relay::relay(&client, &upstream, opts, &worker.events, io, Some(turns)).await;
     if opts.handover != Handover::Never && outcome.reason != Close::Paused {
         Stats::bump(&worker.stats.relayed_userspace);
     }
     facts.bytes_in += outcome.client_to_upstream;
     facts.bytes_out += outcome.upstream_to_client;
     facts.bytes_sent = facts.bytes_out;
-    facts.close = close_reason(outcome.reason, removed);
-    (outcome, pair)
-}
-
-/// The rest of a userspace relay, in a task of its own (see [`userspace`]): gives the
-/// pair back with the outcome, and whether the server's removal closed it.
-async fn relay_on(
-    (client, upstream): (TcpStream, TcpStream),
-    opts: RelayOptions,
-    removal: Option<Removal>,
-    worker: Rc<Worker>,
-    live: Option<Arc<RelayBytes>>,
-) -> (RelayOutcome, (TcpStream, TcpStream), bool) {
-    let io = (&worker.ring, &worker.buffers, live.as_deref());
-    let turns = Turns { pacer: &worker.pacer, removal: removal.as_ref(), upgrade: Some(&worker.upgrade) };
-    let outcome = relay::relay(&client, &upstream, opts, &worker.events, io, Some(turns)).await;
-    (outcome, (client, upstream), removal.as_ref().is_some_and(Removal::fired))
+    facts.close = close_reason(outcome.reason, removal);
+    (outcome, (client, upstream))
 }
 
 /// A relay closed by its turn after its server's removal says so (`close=removed`).
-fn close_reason(reason: Close, removed: bool) -> Close {
-    if reason == Close::Drain && removed { Close::Removed } else { reason }
+fn close_reason(reason: Close, removal: Option<&Removal>) -> Close {
+    if reason == Close::Drain && removal.is_some_and(Removal::fired) { Close::Removed } else { reason }
 }
