@@ -328,7 +328,17 @@ pub async fn relay_pair(
             }
         }
     }
-    Relayed::Done(to_kernel(client_slot, pair, (admitted, live), removal.as_ref(), opts, start, worker, facts).await)
+    match to_kernel(client_slot, pair, (admitted, live), opts, start, worker, facts).await {
+        Kernel::Spliced(handoff) => Relayed::Done(Some(handoff)),
+        Kernel::Refused(pair, opts, guards) => {
+            // Relayed to its end here (it does not move: this is rare). The client
+            // closes with this phase, as the splice had taken it.
+            drop(relay_here(pair, opts, removal.as_ref(), worker, facts, false).await);
+            drop(guards);
+            Relayed::Done(None)
+        }
+        Kernel::Over => Relayed::Done(None),
+    }
 }
 
 /// The rest of a connection whose userspace relay moved to this task
@@ -342,8 +352,15 @@ pub async fn go_on(moving: Moving, facts: Facts, worker: Rc<Worker>, active: Act
         match relay_here(pair, opts, removal.as_ref(), &worker, &mut facts, false).await {
             Here::Paused(paused, back) => {
                 let opts = RelayOptions { handover: Handover::Never, ..paused };
-                let to = to_kernel(&mut client_slot, back, guards, removal.as_ref(), opts, start, &worker, &mut facts);
-                break Box::pin(to).await;
+                match to_kernel(&mut client_slot, back, guards, opts, start, &worker, &mut facts).await {
+                    Kernel::Spliced(handoff) => break Some(handoff),
+                    Kernel::Refused(pair, opts, guards) => {
+                        drop(relay_here(pair, opts, removal.as_ref(), &worker, &mut facts, false).await);
+                        drop(guards);
+                        break None;
+                    }
+                    Kernel::Over => break None,
+                }
             }
             Here::Ended(client) => {
                 client_slot = Some(PeerIo::Plain(client));
@@ -356,26 +373,34 @@ pub async fn go_on(moving: Moving, facts: Facts, worker: Rc<Worker>, active: Act
     Box::pin(super::teardown::finish(Ok(handoff), client_slot, facts, worker, active)).await;
 }
 
+/// What [`to_kernel`] did with a pair.
+enum Kernel {
+    /// Spliced: the pair to park.
+    Spliced(Handoff),
+    /// The splice turned it down: the caller relays it here to its end, from where it
+    /// stands, with its guards (its own await, not one inside this future: the
+    /// relay's future is the largest part of a connection's).
+    Refused((TcpStream, TcpStream), RelayOptions, (Admitted, Option<ActiveGuard>)),
+    /// Over: no splice in this worker (the client went back to its slot), or the
+    /// handover failed (the sockets are closed).
+    Over,
+}
+
 /// Hands a plain pair paused at a quiet moment (or not yet relayed) to the kernel
 /// splice, which starts from `opts.frames`; `start` is how the pair started (see
-/// [`Moving::start`]). Returns the spliced pair, or `None` when the pair was relayed
-/// here to its end after all (the splice turned it down) or is closed (its handover
-/// failed; then `client_slot` stays empty). Without the splice, the client goes back
-/// to `client_slot`.
-#[allow(clippy::too_many_arguments, reason = "what relay_pair holds at its handover, each used once")]
+/// [`Moving::start`]).
 async fn to_kernel(
     client_slot: &mut Option<PeerIo>,
     pair: (TcpStream, TcpStream),
     (admitted, live): (Admitted, Option<ActiveGuard>),
-    removal: Option<&Removal>,
     mut opts: RelayOptions,
     (handover, cut): (Handover, bool),
     worker: &Worker,
     facts: &mut Facts,
-) -> Option<Handoff> {
+) -> Kernel {
     let Some(pairs) = &worker.pairs else {
         *client_slot = Some(PeerIo::Plain(pair.0));
-        return None;
+        return Kernel::Over;
     };
     if let Handover::After(delay) = handover {
         // It outlived `splice_after`: counted as long now, not when it ends (which
@@ -390,7 +415,12 @@ async fn to_kernel(
     match Box::pin(pairs.splice_frames(client, upstream, Vec::new(), opts.frames)).await {
         Ok(pair) => {
             facts.conn.spliced(pair.live_slot(), [facts.bytes_in, facts.bytes_out]);
-            return Some(Handoff { pair, admitted, live, after_userspace: handover != Handover::Never || cut });
+            return Kernel::Spliced(Handoff {
+                pair,
+                admitted,
+                live,
+                after_userspace: handover != Handover::Never || cut,
+            });
         }
         Err(HandoverError::NotSpliced { client, upstream, reason, forwarded }) => {
             tracing::debug!(reason, "pair not spliced; relaying in userspace");
@@ -399,9 +429,7 @@ async fn to_kernel(
                 // Client bytes went through the handover untracked.
                 opts.frames[0] = FrameTracker::lost();
             }
-            // Relayed to its end here (it does not move: this is rare). The client
-            // closes with this phase, as the splice had taken it.
-            drop(relay_here((client, upstream), opts, removal, worker, facts, false).await);
+            return Kernel::Refused((client, upstream), opts, (admitted, live));
         }
         Err(HandoverError::Failed { side, source }) => {
             // The sockets are closed (dropped with the error); nothing can be sent. A
@@ -426,7 +454,7 @@ async fn to_kernel(
         }
     }
     drop((admitted, live));
-    None
+    Kernel::Over
 }
 
 /// How [`relay_here`] left a pair.
