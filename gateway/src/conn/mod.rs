@@ -234,7 +234,10 @@ async fn prepare(
 
 #[cfg(test)]
 mod tests {
-    use super::{Acceptor, ActiveConn, Arc, Generation, Rc, Scheme, SocketAddr, TcpStream, Worker, serve};
+    use super::{
+        Acceptor, ActiveConn, Admitted, Arc, Connected, Facts, Generation, PeerIo, Rc, Scheme, SocketAddr, TcpStream,
+        Worker, serve,
+    };
 
     /// The size of what `f` returns, from its type alone (nothing is called).
     fn returned_size<F, R>(_: F) -> usize
@@ -252,5 +255,23 @@ mod tests {
     fn the_connection_future_stays_small() {
         let size = returned_size(serve);
         assert!(size <= 3 * 1024, "the connection's future grew to {size} bytes: box the phase that grew it");
+    }
+
+    /// The size of what `f` returns (the WebSocket phase's signature).
+    fn phase_size<'a, F, R>(_: F) -> usize
+    where
+        F: FnOnce(&'a mut Option<PeerIo>, Connected, Admitted, &'a Worker, &'a mut Facts) -> R,
+    {
+        std::mem::size_of::<R>()
+    }
+
+    /// The WebSocket phase's box holds the relay for the life of every connection that
+    /// is not spliced and has not moved to a task of its own (an idle one, for one):
+    /// it must stay within mimalloc's 4 KiB size class, the next being 5 KiB (once past
+    /// it: 1.4 KiB more per held connection in `cargo xtask bench hold`).
+    #[test]
+    fn the_websocket_phase_fits_its_size_class() {
+        let size = phase_size(super::relay_choice::websocket);
+        assert!(size <= 4096, "the WebSocket phase's future grew to {size} bytes, past mimalloc's 4 KiB class");
     }
 }

@@ -292,17 +292,13 @@ pub async fn relay_pair(
         settled: false,
     };
     // TLS on either side: userspace (no kTLS here).
-    let upstream = match upstream {
-        PeerIo::Plain(upstream) if matches!(client, PeerIo::Plain(_)) => upstream,
-        upstream => {
+    let (client, upstream) = match (client, upstream) {
+        (PeerIo::Plain(client), PeerIo::Plain(upstream)) => (client, upstream),
+        (client, upstream) => {
             userspace_tls(client, &upstream, (opts, removal.as_ref()), worker, facts).await;
             return Relayed::Done(None);
         }
     };
-    // The relay owns the pair while it runs; the client goes back to its slot when
-    // the relay ends here.
-    let Some(PeerIo::Plain(client)) = client_slot.take() else { return Relayed::Done(None) };
-    let mut pair = (client, upstream);
     let handover = if worker.pairs.is_some() { first_handover(cfg, worker) } else { Handover::Never };
     let start = (handover, queued == Queued::Cut);
     let mut opts = opts;
@@ -313,27 +309,26 @@ pub async fn relay_pair(
     let splice_now = splices_now(handover, worker);
     if !splice_now || queued == Queued::Cut {
         let first_handover = if splice_now { Handover::After(std::time::Duration::ZERO) } else { handover };
-        let first = RelayOptions { handover: first_handover, ..opts };
-        match relay_here(pair, first, removal.as_ref(), worker, facts, true).await {
-            Here::Paused(paused, back) => {
-                opts = RelayOptions { handover: Handover::Never, ..paused };
-                pair = back;
-            }
-            Here::Ended(client) => {
-                *client_slot = Some(PeerIo::Plain(client));
-                return Relayed::Done(None);
-            }
-            Here::Moving(opts, pair) => {
+        // It moves to a task of its own once it goes on past its first few reads.
+        let first = RelayOptions { handover: first_handover, moves: true, ..opts };
+        match relay_here(client, &upstream, first, removal.as_ref(), worker, facts).await {
+            Here::Paused(paused) => opts = RelayOptions { handover: Handover::Never, moves: false, ..paused },
+            Here::Ended => return Relayed::Done(None),
+            Here::Moving(opts) => {
+                // The relay's new task takes the pair.
+                let Some(PeerIo::Plain(client)) = client_slot.take() else { return Relayed::Done(None) };
+                let pair = (client, upstream);
                 return Relayed::Moving(Moving { pair, guards: (admitted, live), removal, opts, start });
             }
         }
     }
-    match to_kernel(client_slot, pair, (admitted, live), opts, start, worker, facts).await {
+    let Some(PeerIo::Plain(client)) = client_slot.take() else { return Relayed::Done(None) };
+    match to_kernel(client_slot, (client, upstream), (admitted, live), opts, start, worker, facts).await {
         Kernel::Spliced(handoff) => Relayed::Done(Some(handoff)),
-        Kernel::Refused(pair, opts, guards) => {
+        Kernel::Refused((client, upstream), opts, guards) => {
             // Relayed to its end here (it does not move: this is rare). The client
             // closes with this phase, as the splice had taken it.
-            drop(relay_here(pair, opts, removal.as_ref(), worker, facts, false).await);
+            relay_here(&client, &upstream, opts, removal.as_ref(), worker, facts).await;
             drop(guards);
             Relayed::Done(None)
         }
@@ -345,29 +340,29 @@ pub async fn relay_pair(
 /// ([`Relayed::Moving`]): the relay to its end or to its pause for the splice, the
 /// splice, the teardown.
 pub async fn go_on(moving: Moving, facts: Facts, worker: Rc<Worker>, active: ActiveConn) {
-    let Moving { mut pair, guards, removal, mut opts, start } = moving;
+    let Moving { pair, guards, removal, mut opts, start } = moving;
     let mut facts = facts;
     let mut client_slot = None;
     let handoff = loop {
-        match relay_here(pair, opts, removal.as_ref(), &worker, &mut facts, false).await {
-            Here::Paused(paused, back) => {
+        match relay_here(&pair.0, &pair.1, opts, removal.as_ref(), &worker, &mut facts).await {
+            Here::Paused(paused) => {
                 let opts = RelayOptions { handover: Handover::Never, ..paused };
-                match to_kernel(&mut client_slot, back, guards, opts, start, &worker, &mut facts).await {
+                match to_kernel(&mut client_slot, pair, guards, opts, start, &worker, &mut facts).await {
                     Kernel::Spliced(handoff) => break Some(handoff),
-                    Kernel::Refused(pair, opts, guards) => {
-                        drop(relay_here(pair, opts, removal.as_ref(), &worker, &mut facts, false).await);
+                    Kernel::Refused((client, upstream), opts, guards) => {
+                        relay_here(&client, &upstream, opts, removal.as_ref(), &worker, &mut facts).await;
                         drop(guards);
                         break None;
                     }
                     Kernel::Over => break None,
                 }
             }
-            Here::Ended(client) => {
-                client_slot = Some(PeerIo::Plain(client));
+            Here::Ended => {
+                client_slot = Some(PeerIo::Plain(pair.0));
                 break None;
             }
             // Not asked to move, it does not; were it to, it relays on here.
-            Here::Moving(state, back) => (opts, pair) = (state, back),
+            Here::Moving(state) => opts = state,
         }
     };
     Box::pin(super::teardown::finish(Ok(handoff), client_slot, facts, worker, active)).await;
@@ -459,41 +454,37 @@ async fn to_kernel(
 
 /// How [`relay_here`] left a pair.
 enum Here {
-    /// Paused for the kernel splice: where it stands, and the pair.
-    Paused(RelayOptions, (TcpStream, TcpStream)),
+    /// Paused for the kernel splice: where it stands.
+    Paused(RelayOptions),
     /// Paused to go on in a task of its own ([`Relayed::Moving`]): where it stands.
-    Moving(RelayOptions, (TcpStream, TcpStream)),
-    /// Ended, or passed to a new process (`close=handed`): the client's socket, for
-    /// the teardown.
-    Ended(TcpStream),
+    Moving(RelayOptions),
+    /// Ended, or passed to a new process (`close=handed`).
+    Ended,
 }
 
 /// Relays in userspace until the pair ends or a binary upgrade passes it to the new
-/// process, or until it pauses for the kernel splice (`opts.handover`) or, when it
-/// `moves`, to go on in a task of its own. A pause for an upgrade that is over, or
-/// whose pass failed, relays on.
+/// process, or until it pauses for the kernel splice (`opts.handover`) or to go on in
+/// a task of its own (`opts.moves`). A pause for an upgrade that is over, or whose
+/// pass failed, relays on.
 async fn relay_here(
-    pair: (TcpStream, TcpStream),
+    client: &TcpStream,
+    upstream: &TcpStream,
     mut opts: RelayOptions,
     removal: Option<&Removal>,
     worker: &Worker,
     facts: &mut Facts,
-    moves: bool,
 ) -> Here {
-    let mut pair = pair;
     loop {
-        let outcome;
-        (outcome, pair) = userspace(pair, (RelayOptions { moves, ..opts }, removal), worker, facts).await;
-        let (client, upstream) = (&pair.0, &pair.1);
+        let outcome = userspace(client, upstream, (opts, removal), worker, facts).await;
         if outcome.reason != Close::Paused {
-            return Here::Ended(pair.0);
+            return Here::Ended;
         }
         opts.frames = outcome.frames;
         opts.active_since = Some(outcome.last_activity);
         opts.upstream_queued = false;
         if outcome.moving {
             tracing::debug!(client = %facts.peer, "relay: moved to a task of its own");
-            return Here::Moving(RelayOptions { settled: true, ..opts }, pair);
+            return Here::Moving(RelayOptions { settled: true, moves: false, ..opts });
         }
         if worker.upgrade.passing() {
             // The new process carries the pair on; this one closes its descriptors
@@ -501,12 +492,12 @@ async fn relay_here(
             let state = (opts.frames, outcome.last_activity);
             if worker.upgrade.pass_pair(client, upstream, facts, state).is_ok() {
                 facts.close = Close::Handed;
-                return Here::Ended(pair.0);
+                return Here::Ended;
             }
             // Tried again at its next quiet moment, not at once.
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         } else if opts.handover != Handover::Never && worker.pairs.is_some() {
-            return Here::Paused(opts, pair);
+            return Here::Paused(opts);
         }
     }
 }
@@ -565,14 +556,14 @@ async fn userspace_tls(
     facts.close = close_reason(outcome.reason, removal);
 }
 
-/// Relays in userspace and adds what moved to the facts; the pair comes back with
-/// the outcome.
+/// Relays in userspace and adds what moved to the facts.
 async fn userspace(
-    (client, upstream): (TcpStream, TcpStream),
+    client: &TcpStream,
+    upstream: &TcpStream,
     (opts, removal): (RelayOptions, Option<&Removal>),
     worker: &Worker,
     facts: &mut Facts,
-) -> (RelayOutcome, (TcpStream, TcpStream)) {
+) -> RelayOutcome {
     // Counted in the mode it ends in: a relay that pauses for the splice is not, and
     // one that moved to a task of its own was when it started.
     if opts.handover == Handover::Never && !opts.settled {
@@ -585,7 +576,7 @@ async fn userspace(
     let live = facts.conn.relaying();
     let io = (&worker.ring, &worker.buffers, live.as_deref());
     let turns = Turns { pacer: &worker.pacer, removal, upgrade: Some(&worker.upgrade) };
-    let outcome = relay::relay(&client, &upstream, opts, &worker.events, io, Some(turns)).await;
+    let outcome = relay::relay(client, upstream, opts, &worker.events, io, Some(turns)).await;
     if opts.handover != Handover::Never && outcome.reason != Close::Paused {
         Stats::bump(&worker.stats.relayed_userspace);
     }
@@ -593,7 +584,7 @@ async fn userspace(
     facts.bytes_out += outcome.upstream_to_client;
     facts.bytes_sent = facts.bytes_out;
     facts.close = close_reason(outcome.reason, removal);
-    (outcome, (client, upstream))
+    outcome
 }
 
 /// A relay closed by its turn after its server's removal says so (`close=removed`).
