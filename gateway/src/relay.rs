@@ -75,7 +75,8 @@ pub struct RelayOptions {
     /// once a pump has read [`EPOLL_AFTER`] times, for the caller to relay on in a task
     /// of its own (a pair that goes on past its first few messages); until then the
     /// pumps wait on the poll ring. A relay that cannot pause then (a side has ended,
-    /// or the drain is closing it) settles on tokio's reactor where it runs.
+    /// or its turn in a drain has come or is on a timer) settles on tokio's reactor
+    /// where it runs.
     pub moves: bool,
     /// An earlier relay of this pair went on past its first few reads: the pumps wait
     /// on tokio's reactor from their first wait ([`crate::wait`]).

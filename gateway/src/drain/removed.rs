@@ -172,8 +172,7 @@ impl Announcements {
 
 /// One WebSocket's watch on the removal of its upstream server: what its relay asks
 /// its worker's [`super::events::Hub`] about, or waits on itself ([`Removal::turn`]).
-/// A clone watches the same server (for a relay that goes on in another task).
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Removal {
     tx: Arc<watch::Sender<Arc<Removed>>>,
     server: Arc<ServerLive>,
