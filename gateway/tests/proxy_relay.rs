@@ -291,14 +291,7 @@ fn idle_timeout_closes_both_sides() {
 #[test]
 fn a_relay_that_moved_to_its_own_task_still_times_out() {
     let (up, _) = raw_echo_upstream();
-    let gw = Gateway::builder()
-        .one_line(&[up.addr])
-        .args(&["--splice", "userspace", "--idle-timeout", "1s"])
-        .log_level("warn,wsgate::conn::relay_choice=debug")
-        .start();
-    let mut c = gw.connect();
-    c.write_all(upgrade_request("/", "").as_bytes()).unwrap();
-    let _ = read_head(&mut c);
+    let (gw, mut c) = upgraded_in_userspace(up.addr, &["--idle-timeout", "1s"]);
     // Forty round trips: forty reads by each pump, past the eight after which it moves.
     for i in 0..40u8 {
         c.write_all(&[b'p', i]).unwrap();
@@ -313,15 +306,7 @@ fn a_relay_that_moved_to_its_own_task_still_times_out() {
 #[test]
 fn a_relay_that_moved_to_its_own_task_still_hears_the_drain() {
     let echo = WsEcho::start();
-    let gw = Gateway::builder()
-        .one_line(&[echo.addr])
-        .args(&["--splice", "userspace", "--drain-window", "1s"])
-        .log_level("warn,wsgate::conn::relay_choice=debug")
-        .start();
-    let mut c = gw.connect();
-    c.write_all(upgrade_request("/", "").as_bytes()).unwrap();
-    let (head, rest) = read_head(&mut c);
-    assert_eq!((status_of(&head), rest.len()), (101, 0), "{head}");
+    let (gw, mut c) = upgraded_in_userspace(echo.addr, &["--drain-window", "1s"]);
     for i in 0..40u8 {
         c.write_all(&client_frame(true, 2, &[i])).unwrap();
         assert_eq!(server_frame(&mut c), (true, 2, vec![i]));
@@ -343,15 +328,7 @@ fn a_relay_that_moved_to_its_own_task_still_hears_the_drain() {
 fn a_relay_moves_to_its_own_task_mid_stream_and_keeps_every_byte() {
     const HEAD: &[u8] = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
     let (up, _) = raw_echo_upstream();
-    let gw = Gateway::builder()
-        .one_line(&[up.addr])
-        .args(&["--splice", "userspace"])
-        .log_level("warn,wsgate::conn::relay_choice=debug")
-        .start();
-    let mut c = gw.connect();
-    c.write_all(upgrade_request("/", "").as_bytes()).unwrap();
-    let (head, rest) = read_head(&mut c);
-    assert_eq!((status_of(&head), rest.len()), (101, 0), "{head}");
+    let (gw, mut c) = upgraded_in_userspace(up.addr, &[]);
     // 300 bursts of 1 to 40 frames of 1 to 1000 bytes each, 2 ms apart: the relay moves
     // within the first few, at a quiet moment between two.
     let mut stream = Vec::new();
@@ -385,6 +362,21 @@ fn a_relay_moves_to_its_own_task_mid_stream_and_keeps_every_byte() {
     let line = gw.wait_log("\"GET / HTTP/1.1\" 101 ");
     let n = stream.len();
     assert!(line.contains(&format!(" in={n} out={} ", n + HEAD.len())), "{line}");
+}
+
+/// A gateway relaying in userspace (with `args`) to `upstream`, which says at debug level
+/// when a relay moves to a task of its own, and a client whose upgrade it answered 101.
+fn upgraded_in_userspace(upstream: std::net::SocketAddr, args: &[&str]) -> (Gateway, std::net::TcpStream) {
+    let gw = Gateway::builder()
+        .one_line(&[upstream])
+        .args(&[&["--splice", "userspace"], args].concat())
+        .log_level("warn,wsgate::conn::relay_choice=debug")
+        .start();
+    let mut c = gw.connect();
+    c.write_all(upgrade_request("/", "").as_bytes()).unwrap();
+    let (head, rest) = read_head(&mut c);
+    assert_eq!((status_of(&head), rest.len()), (101, 0), "{head}");
+    (gw, c)
 }
 
 /// Waits for `gw`'s one relay to say it moved to a task of its own.
