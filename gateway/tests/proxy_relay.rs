@@ -321,6 +321,36 @@ fn a_relay_that_moved_to_its_own_task_still_hears_the_drain() {
     gw.wait_log("close=drain");
 }
 
+/// The move may come in the middle of a frame: the relay that goes on follows the frames
+/// from where they stand, so the drain's Close 1001 comes after that frame, whole.
+#[test]
+fn a_relay_that_moved_mid_frame_closes_after_the_frame() {
+    let (up, _) = raw_echo_upstream();
+    let (gw, mut c) = upgraded_in_userspace(up.addr, &["--drain-window", "1s"]);
+    // Seven whole frames, then half of one: the eighth read of each pump, after which
+    // the relay moves, in the middle of the frame both ways.
+    for i in 0..7u8 {
+        let frame = client_frame(true, 2, &[i]);
+        c.write_all(&frame).unwrap();
+        assert_eq!(read_exact(&mut c, frame.len()), frame);
+    }
+    let frame = client_frame(true, 2, &[7; 100]);
+    let (first, second) = frame.split_at(50);
+    c.write_all(first).unwrap();
+    assert_eq!(read_exact(&mut c, first.len()), first);
+    wait_moved(&gw);
+    // The relay's turn comes within the 1 s window; it waits for the frame to end (up
+    // to drain.close_timeout, 5 s) before its Close goes either way.
+    gw.terminate();
+    std::thread::sleep(Duration::from_millis(1500));
+    c.write_all(second).unwrap();
+    assert_eq!(read_exact(&mut c, second.len()), second, "the rest of the frame, before the Close");
+    let (fin, opcode, payload) = server_frame(&mut c);
+    assert_eq!((fin, opcode), (true, 8), "a Close frame");
+    assert_eq!(payload[..2], 1001u16.to_be_bytes(), "going away");
+    gw.wait_log("close=drain");
+}
+
 /// The move pauses the relay between two reads and loses nothing: a client that
 /// streams frames without waiting for their echo gets every byte back in order, the
 /// move comes while it still sends, and the access log counts what both relays moved.
