@@ -359,11 +359,11 @@ fn a_relay_moves_to_its_own_task_mid_stream_and_keeps_every_byte() {
     const HEAD: &[u8] = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
     let (up, _) = raw_echo_upstream();
     let (gw, mut c) = upgraded_in_userspace(up.addr, &[]);
-    // 300 bursts of 1 to 40 frames of 1 to 1000 bytes each, 2 ms apart: the relay moves
+    // 400 bursts of 1 to 40 frames of 1 to 1000 bytes each, 2 ms apart: the relay moves
     // within the first few, at a quiet moment between two.
     let mut stream = Vec::new();
     let mut bursts = Vec::new();
-    for burst in 0..300usize {
+    for burst in 0..400usize {
         let start = stream.len();
         for frame in 0..=(burst * 7) % 40 {
             let payload: Vec<u8> =
