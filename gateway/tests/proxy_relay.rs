@@ -315,10 +315,7 @@ fn a_relay_that_moved_to_its_own_task_still_hears_the_drain() {
     // Quiet now: only the drain's event can wake the relay.
     std::thread::sleep(Duration::from_millis(300));
     gw.terminate();
-    let (fin, opcode, payload) = server_frame(&mut c);
-    assert_eq!((fin, opcode), (true, 8), "a Close frame");
-    assert_eq!(payload[..2], 1001u16.to_be_bytes(), "going away");
-    gw.wait_log("close=drain");
+    assert_going_away(&gw, &mut c);
 }
 
 /// The move may come in the middle of a frame: the relay that goes on follows the frames
@@ -345,10 +342,7 @@ fn a_relay_that_moved_mid_frame_closes_after_the_frame() {
     std::thread::sleep(Duration::from_millis(1500));
     c.write_all(second).unwrap();
     assert_eq!(read_exact(&mut c, second.len()), second, "the rest of the frame, before the Close");
-    let (fin, opcode, payload) = server_frame(&mut c);
-    assert_eq!((fin, opcode), (true, 8), "a Close frame");
-    assert_eq!(payload[..2], 1001u16.to_be_bytes(), "going away");
-    gw.wait_log("close=drain");
+    assert_going_away(&gw, &mut c);
 }
 
 /// The move pauses the relay between two reads and loses nothing: a client that
@@ -407,6 +401,14 @@ fn upgraded_in_userspace(upstream: std::net::SocketAddr, args: &[&str]) -> (Gate
     let (head, rest) = read_head(&mut c);
     assert_eq!((status_of(&head), rest.len()), (101, 0), "{head}");
     (gw, c)
+}
+
+/// The next frame `c` reads is a Close 1001, and `gw` logs `close=drain`.
+fn assert_going_away(gw: &Gateway, c: &mut std::net::TcpStream) {
+    let (fin, opcode, payload) = server_frame(c);
+    assert_eq!((fin, opcode), (true, 8), "a Close frame");
+    assert_eq!(payload[..2], 1001u16.to_be_bytes(), "going away");
+    gw.wait_log("close=drain");
 }
 
 /// Waits for `gw`'s one relay to say it moved to a task of its own.
