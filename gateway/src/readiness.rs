@@ -28,11 +28,20 @@
 //! (6.18) a deferred completion's wake reaches epoll neither through the ring's fd
 //! (never) nor through a registered eventfd (15 to 24 ms late: every handshake
 //! stalled); tried in the worker, and alone with a poll on a loopback socket written
-//! from another thread.
-//! Nor does a relay wait on tokio's reactor from its first read (`wait::EPOLL_AFTER`
-//! 0): that cut the IPIs to 1.2 per handshake, but its `epoll_ctl`s cost as much and
-//! handshakes per second did not rise (interleaved runs: 41.6k and 38.8k against
-//! 43.8k and 40.7k per 5 s).
+//! from another thread (and again alone, later: the eventfd's wake came 12 to 16 ms
+//! after the write).
+//!
+//! So a relay waits on tokio's reactor from its first wait ([`crate::wait::EPOLL_AFTER`]
+//! 0): an interrupt costs its receiver a VM exit and re-entry, a registration two
+//! `epoll_ctl` per socket. On a VM whose interrupts were cheap that was a wash (41.6k
+//! and 38.8k handshakes per 5 s against 43.8k and 40.7k on the ring); on one whose
+//! interrupts are dear (a nested VM, 2026-12-06, 16 loops), the machine's CPU per
+//! handshake went from 165–179 µs to 110–115 (nginx's: 121–125), and the interrupts
+//! from 1.7–2.1 per handshake to 0.3–0.4 (nginx's: 0.2). The upstream's response head
+//! was then waited for on the reactor too (registered for that wait only): the last
+//! interrupts went (0.13–0.15), but the two `epoll_ctl` cost more (118–122 µs), so it
+//! waits here, as do a request head that did not come with its connection and the
+//! splice's watches.
 
 use std::cell::RefCell;
 use std::future::Future;

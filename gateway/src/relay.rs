@@ -1,7 +1,7 @@
 //! The userspace relay: both directions of a proxied connection on io_uring.
 //!
-//! Each direction waits for readability (no buffer held): on the poll ring for its
-//! first few reads, then edge-triggered on tokio's reactor (see [`crate::wait`]). It then
+//! Each direction waits for readability (no buffer held), edge-triggered on tokio's
+//! reactor (see [`crate::wait`]). It then
 //! borrows a buffer from the worker's pool, takes what is queued with one non-blocking
 //! `recv` (the data is known to be there, so an io_uring read would only add a
 //! completion round trip), and writes it all to the other side before reading again:
@@ -72,14 +72,13 @@ pub struct RelayOptions {
     /// first waits. Only a hint: a read that finds nothing waits as usual.
     pub upstream_queued: bool,
     /// Pause ([`Close::Paused`], [`RelayOutcome::moving`]) at the first quiet moment
-    /// once a pump has read [`EPOLL_AFTER`] times, for the caller to relay on in a task
-    /// of its own (a pair that goes on past its first few messages); until then the
-    /// pumps wait on the poll ring. A relay that cannot pause then (a side has ended,
-    /// or its turn in a drain has come or is on a timer) settles on tokio's reactor
-    /// where it runs.
+    /// once a pump has read [`EPOLL_AFTER`] times (none: at once), for the caller to
+    /// relay on in a task of its own; until then the pumps wait on the poll ring. A
+    /// relay that cannot pause then (a side has ended, or its turn in a drain has come
+    /// or is on a timer) settles on tokio's reactor where it runs.
     pub moves: bool,
-    /// An earlier relay of this pair went on past its first few reads: the pumps wait
-    /// on tokio's reactor from their first wait ([`crate::wait`]).
+    /// An earlier relay of this pair moved it to this task: the pumps wait on tokio's
+    /// reactor from their first wait ([`crate::wait`]), and it was counted then.
     pub settled: bool,
 }
 
@@ -232,7 +231,7 @@ async fn pumps(
     for pump in [&mut c2u_pump, &mut u2c_pump] {
         pump.start(opts.settled, opts.moves);
     }
-    // It pauses to move once a pump reached EPOLL_AFTER reads, where it would settle.
+    // It pauses to move once a pump reached EPOLL_AFTER reads (none), where it would settle.
     let mut to_move = opts.moves;
     // One timer for the idle timeout and the pause: the earlier of the two (a timer
     // costs its registration in tokio's wheel, and most pairs live for less than either).
@@ -657,8 +656,8 @@ struct Pump<'a> {
     /// A wait on the poll ring in progress ([`Waiter::Ring`]).
     ring_wait: Option<readiness::Ready>,
     reads: u32,
-    /// Whether it moves to tokio's reactor after its first few reads (not while its
-    /// relay waits to move to a task of its own, where it will).
+    /// Whether it moves to tokio's reactor after its first [`EPOLL_AFTER`] reads (not
+    /// while its relay waits to move to a task of its own, where it will).
     settles: bool,
     /// Wait for readiness before the next read (not when bytes are known to be queued).
     wait: bool,

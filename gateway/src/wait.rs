@@ -1,5 +1,6 @@
-//! How a relay pump waits for its source socket to turn readable: on the worker's poll
-//! ring for its first few reads, then edge-triggered on tokio's reactor.
+//! How a relay pump waits for its source socket to turn readable: edge-triggered on
+//! tokio's reactor, from its first wait (the poll ring only where the registration
+//! failed, or while its relay is about to move to a task of its own).
 //!
 //! A wait on the poll ring registers nothing and holds nothing, but each one is a poll
 //! armed and completed through io_uring task work, which reaches a sleeping worker by
@@ -7,12 +8,14 @@
 //! fd, and reaches a running one with an inter-processor interrupt. On the development
 //! VM that made a small message's round trip through the relay about twice nginx's and
 //! cost more CPU per message, with four to six times nginx's reschedule interrupts. So
-//! a pair that goes on past its first few messages registers each source socket once,
-//! edge-triggered, with tokio's reactor: no re-arm per message and one direct wake, as
-//! nginx waits (then: nginx's interrupt count, and a round trip and CPU per message
-//! within about 10 % of nginx's). A connect–upgrade–close exchange never pays for the
-//! registration (two `epoll_ctl` per socket), and a spliced pair holds none (its relay
-//! is gone).
+//! a pump registers its source socket once, edge-triggered, with tokio's reactor: no
+//! re-arm per message and one direct wake, as nginx waits (then: nginx's interrupt
+//! count, and a round trip and CPU per message within about 10 % of nginx's). It did
+//! so only after its first few reads ([`EPOLL_AFTER`] was 8), to spare a
+//! connect–upgrade–close exchange the registration (two `epoll_ctl` per socket); but
+//! the interrupts of its first waits cost more than that wherever interrupts are dear,
+//! as on a nested VM (the figures: [`crate::readiness`]). A spliced pair holds no
+//! registration (its relay is gone).
 //!
 //! Must never outlive the socket it waits on: the relay that owns a [`Waiter`] is
 //! lent its sockets for longer than the waiter lives.
@@ -29,8 +32,8 @@ use tokio_uring::net::TcpStream;
 use crate::io::RawSocket;
 use crate::readiness::{self, Ring};
 
-/// Reads after which a pump waits on tokio's reactor instead of the poll ring.
-pub const EPOLL_AFTER: u32 = 8;
+/// Reads after which a pump waits on tokio's reactor instead of the poll ring: none.
+pub const EPOLL_AFTER: u32 = 0;
 
 /// Readiness of a socket on tokio's reactor, to be forgotten once it is drained.
 pub type Guard<'a> = Option<AsyncFdReadyGuard<'a, RawSocket>>;

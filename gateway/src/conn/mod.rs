@@ -23,8 +23,8 @@
 //!                                                                                     ▼
 //!  a parked pair is a row of the worker's table, not a task; when the kernel splice reports
 //!  its end (FIN, RST, idle, drain) it comes back to teardown (`SplicedEnd::finish`).
-//!  A userspace relay that goes on past its first few reads pauses at a quiet moment and
-//!  goes on, with the rest of the connection (splice, teardown), in a task of its own
+//!  A userspace relay pauses at its first quiet moment and goes on, with the rest of
+//!  the connection (splice, teardown), in a task of its own
 //!  (`relay_choice::go_on`); the connection's task and its phases' memory end there.
 //!  The drain stops `accept`; each WebSocket closes itself at its turn (`drain::Pacer`),
 //!  relays with a Close 1001 each way; whatever is left closes at `Stop`.
