@@ -308,9 +308,18 @@ pub async fn relay_pair(
     // changed since connect read it) is relayed here to a short read first, then
     // handed over.
     let splice_now = splices_now(handover, worker);
+    if !splice_now && queued == Queued::Nothing {
+        // Nothing to read before its first wait: it would move at once (see below), so
+        // it goes on in a task of its own without a first relay here.
+        let Some(PeerIo::Plain(client)) = client_slot.take() else { return Relayed::Done(None) };
+        tracing::debug!(client = %facts.peer, "relay: moved to a task of its own");
+        let opts = RelayOptions { handover, ..opts };
+        return Relayed::Moving(Moving { pair: (client, upstream), guards: (admitted, live), removal, opts, start });
+    }
     if !splice_now || queued == Queued::Cut {
         let first_handover = if splice_now { Handover::After(std::time::Duration::ZERO) } else { handover };
-        // It moves to a task of its own at its first quiet moment.
+        // It moves to a task of its own at its first quiet moment, once it read what
+        // was queued.
         let first = RelayOptions { handover: first_handover, moves: true, ..opts };
         match relay_here(client, &upstream, first, removal.as_ref(), worker, facts).await {
             Here::Paused(paused) => opts = RelayOptions { handover: Handover::Never, moves: false, ..paused },
