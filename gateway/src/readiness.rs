@@ -31,8 +31,8 @@
 //! from another thread (and again alone, later: the eventfd's wake came 12 to 16 ms
 //! after the write).
 //!
-//! So a relay waits on tokio's reactor from its first wait ([`crate::wait::EPOLL_AFTER`]
-//! 0): an interrupt costs its receiver a VM exit and re-entry, a registration two
+//! So a relay waits on tokio's reactor from its first wait ([`crate::wait`]; it did
+//! from its ninth): an interrupt costs its receiver a VM exit and re-entry, a registration two
 //! `epoll_ctl` per socket. On a VM whose interrupts were cheap that was a wash (41.6k
 //! and 38.8k handshakes per 5 s against 43.8k and 40.7k on the ring); on one whose
 //! interrupts are dear (a nested VM, 2026-12-06, 16 loops), the machine's CPU per

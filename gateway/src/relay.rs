@@ -31,7 +31,7 @@ use crate::drain::events::{Events, Hub, WorkerEvent};
 use crate::drain::{FrameTracker, Turns, close_frame};
 use crate::metrics::live::RelayBytes;
 use crate::readiness::{self, Ring};
-use crate::wait::{EPOLL_AFTER, Waiter, drained};
+use crate::wait::{Waiter, drained};
 
 /// What a relay moved and why it stopped.
 #[derive(Debug, Clone, Copy)]
@@ -71,14 +71,13 @@ pub struct RelayOptions {
     /// that the 101's read may have cut): the upstream→client pump reads before it
     /// first waits. Only a hint: a read that finds nothing waits as usual.
     pub upstream_queued: bool,
-    /// Pause ([`Close::Paused`], [`RelayOutcome::moving`]) at the first quiet moment
-    /// once a pump has read [`EPOLL_AFTER`] times (none: at once), for the caller to
-    /// relay on in a task of its own; until then the pumps wait on the poll ring. A
-    /// relay that cannot pause then (a side has ended, or its turn in a drain has come
-    /// or is on a timer) settles on tokio's reactor where it runs.
+    /// Pause ([`Close::Paused`], [`RelayOutcome::moving`]) at the first quiet moment,
+    /// for the caller to relay on in a task of its own; until then the pumps wait on
+    /// the poll ring. A relay that cannot pause then (a side has ended, or its turn in a
+    /// drain has come or is on a timer) settles on tokio's reactor where it runs.
     pub moves: bool,
-    /// An earlier relay of this pair moved it to this task: the pumps wait on tokio's
-    /// reactor from their first wait ([`crate::wait`]), and it was counted then.
+    /// An earlier relay of this pair moved it to this task, and counted it then (the
+    /// caller's count of userspace relays).
     pub settled: bool,
 }
 
@@ -229,9 +228,9 @@ async fn pumps(
     let u2c_side = Some(UpstreamSide { first, c2u });
     let mut u2c_pump = Pump::new((upstream, client), (u2c, opts.upstream_queued), activity, u2c_side, &closing, u2c_io);
     for pump in [&mut c2u_pump, &mut u2c_pump] {
-        pump.start(opts.settled, opts.moves);
+        pump.start(opts.moves);
     }
-    // It pauses to move once a pump reached EPOLL_AFTER reads (none), where it would settle.
+    // It pauses to move at its first quiet moment, where it would settle.
     let mut to_move = opts.moves;
     // One timer for the idle timeout and the pause: the earlier of the two (a timer
     // costs its registration in tokio's wheel, and most pairs live for less than either).
@@ -287,11 +286,7 @@ async fn pumps(
                 return Poll::Ready(Step::FrameEnd);
             }
             // Both pumps wait: for readability, or for room to write what they hold.
-            if to_move
-                && (c2u_pump.reads.max(u2c_pump.reads) >= EPOLL_AFTER)
-                && !c2u.holding.get()
-                && !u2c.holding.get()
-            {
+            if to_move && !c2u.holding.get() && !u2c.holding.get() {
                 return Poll::Ready(Step::Move);
             }
             Poll::Pending
@@ -381,7 +376,7 @@ async fn pumps(
                 }
                 // It stays in this task: its pumps settle as they would have.
                 for pump in [&mut c2u_pump, &mut u2c_pump] {
-                    pump.start(true, false);
+                    pump.start(false);
                 }
             }
         }
@@ -655,9 +650,8 @@ struct Pump<'a> {
     waiter: Waiter,
     /// A wait on the poll ring in progress ([`Waiter::Ring`]).
     ring_wait: Option<readiness::Ready>,
-    reads: u32,
-    /// Whether it moves to tokio's reactor after its first [`EPOLL_AFTER`] reads (not
-    /// while its relay waits to move to a task of its own, where it will).
+    /// Whether it waits on tokio's reactor (not while its relay waits to move to a task
+    /// of its own, where it will).
     settles: bool,
     /// Wait for readiness before the next read (not when bytes are known to be queued).
     wait: bool,
@@ -716,19 +710,15 @@ impl<'a> Pump<'a> {
             published,
             waiter: Waiter::Ring,
             ring_wait: None,
-            reads: 0,
             settles: true,
             wait: !queued,
             writing: None,
         }
     }
 
-    /// How it waits from now on: on tokio's reactor at once when `settled`; on the poll
-    /// ring for good while its relay `moves` (see [`RelayOptions::moves`]).
-    fn start(&mut self, settled: bool, moves: bool) {
-        if settled {
-            self.reads = self.reads.max(EPOLL_AFTER);
-        }
+    /// How it waits from now on: on tokio's reactor, or on the poll ring while its relay
+    /// `moves` (see [`RelayOptions::moves`]).
+    fn start(&mut self, moves: bool) {
         self.settles = !moves;
     }
 
@@ -753,7 +743,7 @@ impl<'a> Pump<'a> {
                 return Poll::Ready(PumpEnd::Boundary);
             }
             if self.ring_wait.is_none() && self.settles {
-                self.waiter.settle(self.from, self.reads);
+                self.waiter.settle(self.from);
             }
             let mut guard = if self.wait {
                 match std::task::ready!(self.waiter.poll_readable(cx, (self.ring, &mut self.ring_wait), self.from)) {
@@ -794,7 +784,6 @@ impl<'a> Pump<'a> {
                         return Poll::Ready(PumpEnd::ReadFailed(e));
                     }
                 };
-                self.reads = self.reads.saturating_add(1);
                 let read = self.took(&buf, n < limit);
                 if read.short {
                     // A short read took all that was queued.

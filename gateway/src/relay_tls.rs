@@ -262,7 +262,6 @@ async fn pump(from: &PeerIo, to: &PeerIo, dir: usize, s: &Shared<'_>, (ring, buf
     let plain = from.as_plain().is_some();
     let mut waiter = Waiter::default();
     let mut guard: Guard<'_> = None;
-    let mut reads = 0u32;
     loop {
         loop {
             if s.drain.whole(dir) {
@@ -290,7 +289,6 @@ async fn pump(from: &PeerIo, to: &PeerIo, dir: usize, s: &Shared<'_>, (ring, buf
                     return PumpEnd::ReadFailed(e);
                 }
             };
-            reads = reads.saturating_add(1);
             s.activity.set(Instant::now());
             let (k, whole) = s.drain.take(dir, &buf[..n]);
             // In the drain, what follows the frame in progress is not relayed.
@@ -314,7 +312,7 @@ async fn pump(from: &PeerIo, to: &PeerIo, dir: usize, s: &Shared<'_>, (ring, buf
         if from.has_plaintext() {
             continue;
         }
-        waiter.settle(from.tcp(), reads);
+        waiter.settle(from.tcp());
         // Registered before waiting: the drain's turn wakes a pump idle between frames.
         let turn = s.drain.woken();
         tokio::select! {

@@ -11,7 +11,7 @@
 //! a pump registers its source socket once, edge-triggered, with tokio's reactor: no
 //! re-arm per message and one direct wake, as nginx waits (then: nginx's interrupt
 //! count, and a round trip and CPU per message within about 10 % of nginx's). It did
-//! so only after its first few reads ([`EPOLL_AFTER`] was 8), to spare a
+//! so only after its first eight reads, to spare a
 //! connect–upgrade–close exchange the registration (two `epoll_ctl` per socket); but
 //! the interrupts of its first waits cost more than that wherever interrupts are dear,
 //! as on a nested VM (the figures: [`crate::readiness`]). A spliced pair holds no
@@ -32,9 +32,6 @@ use tokio_uring::net::TcpStream;
 use crate::io::RawSocket;
 use crate::readiness::{self, Ring};
 
-/// Reads after which a pump waits on tokio's reactor instead of the poll ring: none.
-pub const EPOLL_AFTER: u32 = 0;
-
 /// Readiness of a socket on tokio's reactor, to be forgotten once it is drained.
 pub type Guard<'a> = Option<AsyncFdReadyGuard<'a, RawSocket>>;
 
@@ -47,11 +44,10 @@ pub enum Waiter {
 }
 
 impl Waiter {
-    /// Moves to tokio's reactor once `reads` reached [`EPOLL_AFTER`] (if the
-    /// registration fails, keeps the ring).
+    /// Moves to tokio's reactor (if the registration fails, keeps the ring).
     #[inline]
-    pub fn settle(&mut self, socket: &TcpStream, reads: u32) {
-        if matches!(self, Self::Ring) && reads >= EPOLL_AFTER {
+    pub fn settle(&mut self, socket: &TcpStream) {
+        if matches!(self, Self::Ring) {
             self.register(socket);
         }
     }
