@@ -32,17 +32,17 @@
 //! after the write).
 //!
 //! So a relay waits on tokio's reactor from its first wait ([`crate::wait`]; it did
-//! from its ninth): an interrupt costs its receiver a VM exit and re-entry, a registration two
-//! `epoll_ctl` per socket. On a VM whose interrupts were cheap that was a wash (41.6k
-//! and 38.8k handshakes per 5 s against 43.8k and 40.7k on the ring); on one whose
-//! interrupts are dear (a nested VM, 2026-12-06, 16 loops), the machine's CPU per
-//! handshake went from 163–186 µs to 110–125 (nginx's: 115–126), and the interrupts
-//! from 1.4–2.3 per handshake to 0.3–0.5 (nginx's: 0.14–0.20). The upstream's response head
-//! was then waited for on the reactor too (registered for that wait only): the last
-//! interrupts went (0.15–0.20 per handshake against 0.43–0.53), but its two
-//! `epoll_ctl` cost as much (three alternating pairs of runs: 111–116 µs either way),
-//! so it waits here, as do a request head that did not come with its connection and
-//! the splice's watches.
+//! from its ninth): an interrupt costs its receiver a VM exit and re-entry, a
+//! registration two `epoll_ctl` per socket. On a VM whose interrupts were cheap that
+//! was a wash (41.6k and 38.8k handshakes per 5 s against 43.8k and 40.7k on the ring);
+//! on one whose interrupts are dear (a nested VM, 2026-12-06, 16 loops), the machine's
+//! CPU per handshake went from 163–186 µs to 110–125 (nginx's: 115–126), and the
+//! interrupts from 1.4–2.3 per handshake to 0.3–0.5 (nginx's: 0.14–0.20). The
+//! upstream's response head was then waited for on the reactor too (registered for that
+//! wait only): the last interrupts went (0.15–0.20 per handshake against 0.43–0.53),
+//! but its two `epoll_ctl` cost as much (three alternating pairs of runs: 111–116 µs
+//! either way), so it waits here, as do a request head that did not come with its
+//! connection and the splice's watches.
 
 use std::cell::RefCell;
 use std::future::Future;
