@@ -1,13 +1,13 @@
 //! The userspace relay: both directions of a proxied connection on io_uring.
 //!
 //! Each direction waits for readability (no buffer held), edge-triggered on tokio's
-//! reactor (see [`crate::wait`]). It then
-//! borrows a buffer from the worker's pool, takes what is queued with one non-blocking
-//! `recv` (the data is known to be there, so an io_uring read would only add a
-//! completion round trip), and writes it all to the other side before reading again:
-//! with one non-blocking `send` when it fits, else with an io_uring write that waits
-//! for room, so a slow reader stops the sender through
-//! TCP flow control and nothing is buffered beyond one buffer per moving direction.
+//! reactor (see [`crate::wait`]). It then borrows a buffer from the worker's pool,
+//! takes what is queued with one non-blocking `recv` (the data is known to be there, so
+//! an io_uring read would only add a completion round trip), and writes it all to the
+//! other side before reading again: with one non-blocking `send` when it fits, else
+//! with an io_uring write that waits for room, so a slow reader stops the sender
+//! through TCP flow control and nothing is buffered beyond one buffer per moving
+//! direction.
 //! A FIN becomes `shutdown(SHUT_WR)` on the other side (the other direction keeps
 //! flowing); a reset is passed on as a reset. The relay never closes the sockets: the
 //! caller owns them and closes them after [`relay`] returns.

@@ -10,12 +10,11 @@
 //! cost more CPU per message, with four to six times nginx's reschedule interrupts. So
 //! a pump registers its source socket once, edge-triggered, with tokio's reactor: no
 //! re-arm per message and one direct wake, as nginx waits (then: nginx's interrupt
-//! count, and a round trip and CPU per message within about 10 % of nginx's). It did
-//! so only after its first eight reads, to spare a
-//! connect–upgrade–close exchange the registration (two `epoll_ctl` per socket); but
-//! the interrupts of its first waits cost more than that wherever interrupts are dear,
-//! as on a nested VM (the figures: [`crate::readiness`]). A spliced pair holds no
-//! registration (its relay is gone).
+//! count, and a round trip and CPU per message within about 10 % of nginx's). It did so
+//! only after its first eight reads, to spare a connect–upgrade–close exchange the
+//! registration (two `epoll_ctl` per socket); but the interrupts of its first waits
+//! cost more than that wherever interrupts are dear, as on a nested VM (the figures:
+//! [`crate::readiness`]). A spliced pair holds no registration (its relay is gone).
 //!
 //! Must never outlive the socket it waits on: the relay that owns a [`Waiter`] is
 //! lent its sockets for longer than the waiter lives.
