@@ -48,8 +48,6 @@ pub struct RelayOutcome {
     pub frames: [FrameTracker; 2],
     /// When a byte last moved either way (the idle clock a next relay goes on with).
     pub last_activity: Instant,
-    /// Paused ([`Close::Paused`]) to go on in a task of its own ([`RelayOptions::moves`]).
-    pub moving: bool,
 }
 
 /// How one relay behaves.
@@ -71,14 +69,6 @@ pub struct RelayOptions {
     /// that the 101's read may have cut): the upstream→client pump reads before it
     /// first waits. Only a hint: a read that finds nothing waits as usual.
     pub upstream_queued: bool,
-    /// Pause ([`Close::Paused`], [`RelayOutcome::moving`]) at the first quiet moment,
-    /// for the caller to relay on in a task of its own; until then the pumps wait on
-    /// the poll ring. A relay that cannot pause then (a side has ended, or its turn in a
-    /// drain has come or is on a timer) settles on tokio's reactor where it runs.
-    pub moves: bool,
-    /// An earlier relay of this pair moved it to this task, and counted it then (the
-    /// caller's count of userspace relays).
-    pub settled: bool,
 }
 
 /// When the userspace relay stops ([`Close::Paused`]) for the kernel splice to take the
@@ -150,8 +140,6 @@ struct Ended {
     both_fin: bool,
     /// For the drain: (client, upstream) are between frames and get a Close 1001.
     going_away: [bool; 2],
-    /// Paused to move to a task of its own.
-    moving: bool,
 }
 
 /// Relays bytes both ways until both directions finished (or one did after the
@@ -203,7 +191,6 @@ pub async fn relay(
         response_status: first.and_then(|f| f.1),
         frames: [c2u.frames.get(), u2c.frames.get()],
         last_activity: activity.get(),
-        moving: ended.moving,
     }
 }
 
@@ -227,11 +214,6 @@ async fn pumps(
     let mut c2u_pump = Pump::new((client, upstream), (c2u, false), activity, None, &closing, c2u_io);
     let u2c_side = Some(UpstreamSide { first, c2u });
     let mut u2c_pump = Pump::new((upstream, client), (u2c, opts.upstream_queued), activity, u2c_side, &closing, u2c_io);
-    for pump in [&mut c2u_pump, &mut u2c_pump] {
-        pump.start(opts.moves);
-    }
-    // It pauses to move at its first quiet moment, where it would settle.
-    let mut to_move = opts.moves;
     // One timer for the idle timeout and the pause: the earlier of the two (a timer
     // costs its registration in tokio's wheel, and most pairs live for less than either).
     let mut pause = Pause::new(opts.handover);
@@ -246,16 +228,16 @@ async fn pumps(
     // Ended, and (the drain) stopped at a frame boundary, per direction.
     let [mut c2u_done, mut u2c_done, mut c2u_whole, mut u2c_whole] = [false; 4];
     let mut first_fin = None;
-    let ended = |reason| Ended { reason, both_fin: false, going_away: [false; 2], moving: false };
+    let ended = |reason| Ended { reason, both_fin: false, going_away: [false; 2] };
 
     loop {
         if (c2u_done && u2c_done) || ((c2u_done || u2c_done) && closing_handshake_done(c2u, u2c)) {
             let reason = first_fin.unwrap_or(Close::ClientFin);
-            return Ended { reason, both_fin: true, going_away: [false; 2], moving: false };
+            return Ended { reason, both_fin: true, going_away: [false; 2] };
         }
         if closing.get() && (c2u_done || c2u_whole) && (u2c_done || u2c_whole) {
             // The client's Close goes the upstream→client way, after its last frame.
-            return Ended { reason: Close::Drain, both_fin: false, going_away: [u2c_whole, c2u_whole], moving: false };
+            return Ended { reason: Close::Drain, both_fin: false, going_away: [u2c_whole, c2u_whole] };
         }
         // Each wake of the task polls both pumps; the worker's events only when they
         // may have news (`Events::quiet`), and the clock only to arm it after it was
@@ -284,10 +266,6 @@ async fn pumps(
             }
             if closing.get() && frame_end.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Step::FrameEnd);
-            }
-            // Both pumps wait: for readability, or for room to write what they hold.
-            if to_move && !c2u.holding.get() && !u2c.holding.get() {
-                return Poll::Ready(Step::Move);
             }
             Poll::Pending
         })
@@ -359,25 +337,7 @@ async fn pumps(
                 // A sender stopped mid-frame: no Close can go that way without cutting
                 // its frame; that side gets only the FIN.
                 tracing::debug!(c2u_whole, u2c_whole, "drain: a frame did not end within drain.close_timeout");
-                return Ended {
-                    reason: Close::Drain,
-                    both_fin: false,
-                    going_away: [u2c_whole, c2u_whole],
-                    moving: false,
-                };
-            }
-            Step::Move => {
-                to_move = false;
-                // Only between reads, as the pause for the splice: both pumps wait for
-                // readability (none holds bytes: see the poll above). Not once its turn
-                // is on a timer: the relay that went on would be given a later one.
-                if !c2u_done && !u2c_done && !closing.get() && !events.scheduled() {
-                    return Ended { reason: Close::Paused, both_fin: false, going_away: [false; 2], moving: true };
-                }
-                // It stays in this task: its pumps settle as they would have.
-                for pump in [&mut c2u_pump, &mut u2c_pump] {
-                    pump.start(false);
-                }
+                return Ended { reason: Close::Drain, both_fin: false, going_away: [u2c_whole, c2u_whole] };
             }
         }
     }
@@ -424,8 +384,6 @@ enum Step {
     Clock,
     /// The drain's wait for a frame in progress to end.
     FrameEnd,
-    /// Time to pause for the move to a task of its own ([`RelayOptions::moves`]).
-    Move,
 }
 
 /// When the relay stops for the kernel splice to take the pair ([`Handover`]), or for
@@ -650,9 +608,6 @@ struct Pump<'a> {
     waiter: Waiter,
     /// A wait on the poll ring in progress ([`Waiter::Ring`]).
     ring_wait: Option<readiness::Ready>,
-    /// Whether it waits on tokio's reactor (not while its relay waits to move to a task
-    /// of its own, where it will).
-    settles: bool,
     /// Wait for readiness before the next read (not when bytes are known to be queued).
     wait: bool,
     /// Bytes that did not fit in `to` at once, being written by io_uring, which waits
@@ -710,16 +665,9 @@ impl<'a> Pump<'a> {
             published,
             waiter: Waiter::Ring,
             ring_wait: None,
-            settles: true,
             wait: !queued,
             writing: None,
         }
-    }
-
-    /// How it waits from now on: on tokio's reactor, or on the poll ring while its relay
-    /// `moves` (see [`RelayOptions::moves`]).
-    fn start(&mut self, moves: bool) {
-        self.settles = !moves;
     }
 
     /// Moves what there is to move; ready once the direction ended.
@@ -742,7 +690,7 @@ impl<'a> Pump<'a> {
             if self.closing.get() && self.dir.frames.get().at_boundary() {
                 return Poll::Ready(PumpEnd::Boundary);
             }
-            if self.ring_wait.is_none() && self.settles {
+            if self.ring_wait.is_none() {
                 self.waiter.settle(self.from);
             }
             let mut guard = if self.wait {

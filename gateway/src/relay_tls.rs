@@ -181,7 +181,6 @@ pub async fn relay(
         response_status: None,
         frames: [s.drain.frames(C2U), s.drain.frames(U2C)],
         last_activity: s.activity.get(),
-        moving: false,
     }
 }
 

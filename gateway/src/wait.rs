@@ -1,6 +1,6 @@
 //! How a relay pump waits for its source socket to turn readable: edge-triggered on
 //! tokio's reactor, from its first wait (the poll ring only where the registration
-//! failed, or while its relay is about to move to a task of its own).
+//! failed).
 //!
 //! A wait on the poll ring registers nothing and holds nothing, but each one is a poll
 //! armed and completed through io_uring task work, which reaches a sleeping worker by

@@ -289,8 +289,8 @@ fn idle_timeout_closes_both_sides() {
     }
 }
 
-/// A userspace relay moves from its connection's task to one of its own at its first
-/// quiet moment; its idle clock goes on there.
+/// A userspace relay runs in a task of its own, not in its connection's; its idle clock
+/// runs there.
 #[test]
 fn a_relay_that_moved_to_its_own_task_still_times_out() {
     let (up, _) = raw_echo_upstream();
@@ -304,8 +304,8 @@ fn a_relay_that_moved_to_its_own_task_still_times_out() {
     assert_idle_close(&gw, &mut c);
 }
 
-/// ... and the worker's events reach it there: a quiet relay that moved gets its Close
-/// 1001 in the drain.
+/// ... and the worker's events reach it there: a quiet relay in its own task gets its
+/// Close 1001 in the drain.
 #[test]
 fn a_relay_that_moved_to_its_own_task_still_hears_the_drain() {
     let echo = WsEcho::start();
@@ -323,9 +323,10 @@ fn a_relay_that_moved_to_its_own_task_still_hears_the_drain() {
 
 /// The move may come in the middle of a frame: here the upstream's first frame begins
 /// in the segment of its 101, which goes to the client with the 101, and the relay
-/// moves before the rest comes. The relay that goes on follows the frames from where
-/// they stand, so the drain's Close 1001 comes after that frame, whole (fails with the
-/// frames not carried over the move: the Close comes inside the frame).
+/// moves to its own task before the rest comes. That relay follows the frames from
+/// where the 101's read left them, so the drain's Close 1001 comes after that frame,
+/// whole (fails with the frames not carried over the move: the Close comes inside the
+/// frame).
 #[test]
 fn a_relay_that_moved_mid_frame_closes_after_the_frame() {
     let mut frame = vec![0x82, 100];
@@ -365,8 +366,7 @@ fn a_relay_that_moved_mid_frame_closes_after_the_frame() {
 
 /// A relay that moved to its own task loses nothing: a client that streams frames
 /// without waiting for their echo gets every byte back in order, the relay moved once
-/// (with nothing queued after the 101, before the stream), and the access log counts
-/// what it moved.
+/// (before the stream), and the access log counts what it moved.
 #[test]
 fn a_relay_that_moved_to_its_own_task_keeps_every_byte_of_a_stream() {
     let (up, _) = raw_echo_upstream();

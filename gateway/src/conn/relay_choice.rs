@@ -232,17 +232,17 @@ pub enum Queued {
     Cut,
 }
 
-/// How a WebSocket's relay left the task that ran it.
+/// Where a WebSocket goes from the connection's task.
 pub enum Relayed {
     /// Over (`None`), or spliced and to be parked: the teardown follows in that task.
     Done(Option<Handoff>),
-    /// Relayed in userspace: it goes on in a task of its own,
-    /// which also finishes the connection ([`go_on`]), and the task that ran it ends.
+    /// To be relayed in userspace: in a task of its own, which also finishes the
+    /// connection ([`go_on`]), and the connection's task ends.
     Moving(Moving),
 }
 
-/// A userspace relay paused at a quiet moment to go on in a task of its own: the
-/// pair, where it stands, and what the rest of [`relay_pair`] needs.
+/// A pair to relay in userspace in a task of its own: the pair, where it stands, and
+/// what the rest of [`relay_pair`] needs.
 pub struct Moving {
     pair: (TcpStream, TcpStream),
     guards: (Admitted, Option<ActiveGuard>),
@@ -262,12 +262,13 @@ pub struct Moving {
 /// process, a pair relayed in userspace is passed to the new process at its next quiet
 /// moment (`close=` is then [`Close::Handed`]: the new process writes its line).
 ///
-/// A pair relayed in userspace leaves the connection's task at its first quiet moment
+/// A pair relayed in userspace leaves the connection's task before its relay starts
 /// ([`Relayed::Moving`]): each message then wakes and polls a task that holds the relay
 /// and the connection's end, not the connection's chain of phases down to the relay
 /// (a cold cache line per level and per wake, with a thousand connections), and the
 /// phases' memory goes (a held pair's: 5,254 bytes against 7,816 when it moved only
-/// after its first eight reads, in `cargo xtask bench hold`).
+/// after its first eight reads, in `cargo xtask bench hold`). Its relay reads what is
+/// queued (`queued`) before its first wait.
 pub async fn relay_pair(
     client_slot: &mut Option<PeerIo>,
     upstream: PeerIo,
@@ -289,12 +290,10 @@ pub async fn relay_pair(
         frames,
         active_since,
         upstream_queued: queued != Queued::Nothing,
-        moves: false,
-        settled: false,
     };
     // TLS on either side: userspace (no kTLS here).
-    let (client, upstream) = match (client, upstream) {
-        (PeerIo::Plain(client), PeerIo::Plain(upstream)) => (client, upstream),
+    let upstream = match (client, upstream) {
+        (PeerIo::Plain(_), PeerIo::Plain(upstream)) => upstream,
         (client, upstream) => {
             userspace_tls(client, &upstream, (opts, removal.as_ref()), worker, facts).await;
             return Relayed::Done(None);
@@ -302,45 +301,26 @@ pub async fn relay_pair(
     };
     let handover = if worker.pairs.is_some() { first_handover(cfg, worker) } else { Handover::Never };
     let start = (handover, queued == Queued::Cut);
-    let mut opts = opts;
-    // Spliced at once (`splice_after = 0s`, or `sockmap` learning that pairs live long),
-    // else relayed here first. A 101 read with a segment it may have cut (the choice
-    // changed since connect read it) is relayed here to a short read first, then
-    // handed over.
-    let splice_now = splices_now(handover, worker);
-    if !splice_now && queued == Queued::Nothing {
-        // Nothing to read before its first wait: it would move at once (see below), so
-        // it goes on in a task of its own without a first relay here.
-        let Some(PeerIo::Plain(client)) = client_slot.take() else { return Relayed::Done(None) };
+    let opts = RelayOptions { handover, ..opts };
+    let Some(PeerIo::Plain(client)) = client_slot.take() else { return Relayed::Done(None) };
+    // Spliced at once (`splice_after = 0s`, or `sockmap` learning that pairs live
+    // long), else relayed in a task of its own. A 101 read with a segment it may have
+    // cut (the choice changed since connect read it) is relayed there to a short read
+    // first, then handed over.
+    if !splices_now(handover, worker) {
         tracing::debug!(client = %facts.peer, "relay: moved to a task of its own");
-        let opts = RelayOptions { handover, ..opts };
         return Relayed::Moving(Moving { pair: (client, upstream), guards: (admitted, live), removal, opts, start });
     }
-    if !splice_now || queued == Queued::Cut {
-        let first_handover = if splice_now { Handover::After(std::time::Duration::ZERO) } else { handover };
-        // It moves to a task of its own at its first quiet moment, once it read what
-        // was queued.
-        let first = RelayOptions { handover: first_handover, moves: true, ..opts };
-        match relay_here(client, &upstream, first, removal.as_ref(), worker, facts).await {
-            Here::Paused(paused) => opts = RelayOptions { handover: Handover::Never, moves: false, ..paused },
-            Here::Ended => return Relayed::Done(None),
-            Here::Moving(opts) => {
-                // The relay's new task takes the pair.
-                let Some(PeerIo::Plain(client)) = client_slot.take() else { return Relayed::Done(None) };
-                let pair = (client, upstream);
-                return Relayed::Moving(Moving { pair, guards: (admitted, live), removal, opts, start });
-            }
-        }
+    if queued == Queued::Cut {
+        let opts = RelayOptions { handover: Handover::After(Duration::ZERO), ..opts };
+        return Relayed::Moving(Moving { pair: (client, upstream), guards: (admitted, live), removal, opts, start });
     }
-    let Some(PeerIo::Plain(client)) = client_slot.take() else { return Relayed::Done(None) };
     match to_kernel(client_slot, (client, upstream), (admitted, live), opts, start, worker, facts).await {
         Kernel::Spliced(handoff) => Relayed::Done(Some(handoff)),
         Kernel::Refused((client, upstream), opts, guards) => {
-            // Relayed to its end here (it does not move: this is rare). The client
-            // closes with this phase, as the splice had taken it.
-            relay_here(&client, &upstream, opts, removal.as_ref(), worker, facts).await;
-            drop(guards);
-            Relayed::Done(None)
+            // Relayed to its end in a task of its own, as the splice had taken it.
+            let opts = RelayOptions { handover: Handover::Never, ..opts };
+            Relayed::Moving(Moving { pair: (client, upstream), guards, removal, opts, start })
         }
         Kernel::Over => Relayed::Done(None),
     }
@@ -350,29 +330,25 @@ pub async fn relay_pair(
 /// ([`Relayed::Moving`]): the relay to its end or to its pause for the splice, the
 /// splice, the teardown.
 pub async fn go_on(moving: Moving, facts: Facts, worker: Rc<Worker>, active: ActiveConn) {
-    let Moving { pair, guards, removal, mut opts, start } = moving;
+    let Moving { pair, guards, removal, opts, start } = moving;
     let mut facts = facts;
     let mut client_slot = None;
-    let handoff = loop {
-        match relay_here(&pair.0, &pair.1, opts, removal.as_ref(), &worker, &mut facts).await {
-            Here::Paused(paused) => {
-                let opts = RelayOptions { handover: Handover::Never, ..paused };
-                match to_kernel(&mut client_slot, pair, guards, opts, start, &worker, &mut facts).await {
-                    Kernel::Spliced(handoff) => break Some(handoff),
-                    Kernel::Refused((client, upstream), opts, guards) => {
-                        relay_here(&client, &upstream, opts, removal.as_ref(), &worker, &mut facts).await;
-                        drop(guards);
-                        break None;
-                    }
-                    Kernel::Over => break None,
+    let handoff = match relay_here(&pair.0, &pair.1, opts, removal.as_ref(), &worker, &mut facts).await {
+        Here::Paused(paused) => {
+            let opts = RelayOptions { handover: Handover::Never, ..paused };
+            match to_kernel(&mut client_slot, pair, guards, opts, start, &worker, &mut facts).await {
+                Kernel::Spliced(handoff) => Some(handoff),
+                Kernel::Refused((client, upstream), opts, guards) => {
+                    relay_here(&client, &upstream, opts, removal.as_ref(), &worker, &mut facts).await;
+                    drop(guards);
+                    None
                 }
+                Kernel::Over => None,
             }
-            Here::Ended => {
-                client_slot = Some(PeerIo::Plain(pair.0));
-                break None;
-            }
-            // Not asked to move, it does not; were it to, it relays on here.
-            Here::Moving(state) => opts = state,
+        }
+        Here::Ended => {
+            client_slot = Some(PeerIo::Plain(pair.0));
+            None
         }
     };
     Box::pin(super::teardown::finish(Ok(handoff), client_slot, facts, worker, active)).await;
@@ -466,16 +442,13 @@ async fn to_kernel(
 enum Here {
     /// Paused for the kernel splice: where it stands.
     Paused(RelayOptions),
-    /// Paused to go on in a task of its own ([`Relayed::Moving`]): where it stands.
-    Moving(RelayOptions),
     /// Ended, or passed to a new process (`close=handed`).
     Ended,
 }
 
 /// Relays in userspace until the pair ends or a binary upgrade passes it to the new
-/// process, or until it pauses for the kernel splice (`opts.handover`) or to go on in
-/// a task of its own (`opts.moves`). A pause for an upgrade that is over, or whose
-/// pass failed, relays on.
+/// process, or until it pauses for the kernel splice (`opts.handover`). A pause for an
+/// upgrade that is over, or whose pass failed, relays on.
 async fn relay_here(
     client: &TcpStream,
     upstream: &TcpStream,
@@ -492,10 +465,6 @@ async fn relay_here(
         opts.frames = outcome.frames;
         opts.active_since = Some(outcome.last_activity);
         opts.upstream_queued = false;
-        if outcome.moving {
-            tracing::debug!(client = %facts.peer, "relay: moved to a task of its own");
-            return Here::Moving(RelayOptions { settled: true, moves: false, ..opts });
-        }
         if worker.upgrade.passing() {
             // The new process carries the pair on; this one closes its descriptors
             // without a FIN (the sockets live on there).
@@ -574,9 +543,8 @@ async fn userspace(
     worker: &Worker,
     facts: &mut Facts,
 ) -> RelayOutcome {
-    // Counted in the mode it ends in: a relay that pauses for the splice is not, and
-    // one that moved to a task of its own was when it started.
-    if opts.handover == Handover::Never && !opts.settled {
+    // Counted in the mode it ends in: a relay that pauses for the splice is not.
+    if opts.handover == Handover::Never {
         Stats::bump(&worker.stats.relayed_userspace);
     }
     facts.mode = Mode::Userspace;

@@ -181,12 +181,6 @@ impl<'a> Events<'a> {
         self.waiting_at.is_some_and(|at| at == self.slot.hub.state.borrow().changes)
     }
 
-    /// This relay's turn (in the drain, or after its server's removal) is on a timer:
-    /// a relay that went on in its place would be given another.
-    pub fn scheduled(&self) -> bool {
-        self.drain_turn.is_some() || self.removal_turn.is_some()
-    }
-
     /// The next event. Dropping the future loses nothing: a relay asks again at each
     /// pass of its loop, which costs a comparison until something changed.
     pub fn told(&mut self) -> impl Future<Output = WorkerEvent> + '_ {
