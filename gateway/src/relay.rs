@@ -150,10 +150,11 @@ struct Ended {
 /// waits for the peers' Close frames, and returns [`Close::Drain`]. Unless paused or
 /// ended by FINs, both sockets are shut down (not closed) on return, which also
 /// completes any io_uring operation still in flight on them; a pause returns only when
-/// nothing is in flight.
+/// nothing is in flight. The upstream→client pump waits with `waiter` (registered
+/// already when the response phase waited for the 101 on tokio's reactor); it is
+/// dropped, and so deregistered, before this returns.
 pub async fn relay(
-    client: &TcpStream,
-    upstream: &TcpStream,
+    (client, upstream, waiter): (&TcpStream, &TcpStream, Waiter),
     opts: RelayOptions,
     hub: &Hub,
     (ring, buffers, live): (&Ring, &BufPool, Option<&RelayBytes>),
@@ -165,7 +166,7 @@ pub async fn relay(
     let first = Cell::new(None);
     let activity = Cell::new(opts.active_since.unwrap_or_else(Instant::now));
     let ends = (&first, &activity);
-    let ended = pumps(client, upstream, (&c2u, &u2c), ends, opts, hub, (ring, buffers, live), turns).await;
+    let ended = pumps((client, upstream, waiter), (&c2u, &u2c), ends, opts, hub, (ring, buffers, live), turns).await;
     if ended.reason == Close::Drain {
         let [to_client, to_upstream] = ended.going_away;
         let closing = going_away(client, upstream, [to_client, to_upstream], (&c2u, &u2c), (ring, buffers));
@@ -199,8 +200,7 @@ pub async fn relay(
 #[allow(clippy::too_many_arguments, reason = "the relay's parts, each used once")]
 #[allow(clippy::too_many_lines, reason = "the relay's one loop: what may end a wait, then what each end does")]
 async fn pumps(
-    client: &TcpStream,
-    upstream: &TcpStream,
+    (client, upstream, waiter): (&TcpStream, &TcpStream, Waiter),
     (c2u, u2c): (&Dir, &Dir),
     (first, activity): (&Cell<FirstBytes>, &Cell<Instant>),
     opts: RelayOptions,
@@ -211,9 +211,11 @@ async fn pumps(
     let closing = Cell::new(false);
     // What each direction moves shows live in the admin plane (`live`, when it is on).
     let (c2u_io, u2c_io) = ((ring, buffers, live.map(|l| (l, 0))), (ring, buffers, live.map(|l| (l, 1))));
-    let mut c2u_pump = Pump::new((client, upstream), (c2u, false), activity, None, &closing, c2u_io);
+    let c2u_from = (client, Waiter::default());
+    let mut c2u_pump = Pump::new((c2u_from, upstream), (c2u, false), activity, None, &closing, c2u_io);
     let u2c_side = Some(UpstreamSide { first, c2u });
-    let mut u2c_pump = Pump::new((upstream, client), (u2c, opts.upstream_queued), activity, u2c_side, &closing, u2c_io);
+    let u2c_from = (upstream, waiter);
+    let mut u2c_pump = Pump::new((u2c_from, client), (u2c, opts.upstream_queued), activity, u2c_side, &closing, u2c_io);
     // One timer for the idle timeout and the pause: the earlier of the two (a timer
     // costs its registration in tokio's wheel, and most pairs live for less than either).
     let mut pause = Pause::new(opts.handover);
@@ -289,10 +291,11 @@ async fn pumps(
                     continue;
                 }
                 u2c_done = true;
-                // The upstream's FIN goes on to a client that has not sent its own,
-                // also when it ends the pair (the closing handshake is done): the
-                // server closes first (RFC 6455 §7.1.1), and at once.
-                if let Some(reason) = settle(end, upstream, client, (Side::Upstream, !c2u_done)) {
+                // The upstream's FIN goes on to a client that has not sent its own. When
+                // it ends the pair (the closing handshake is done: the server closes
+                // first, RFC 6455 §7.1.1), the close that follows sends it.
+                let last = c2u_done || closing_handshake_done(c2u, u2c);
+                if let Some(reason) = settle(end, upstream, client, (Side::Upstream, !last)) {
                     return ended(reason);
                 }
                 first_fin.get_or_insert(Close::UpstreamFin);
@@ -519,7 +522,7 @@ async fn until_close(from: &TcpStream, dir: &Dir, (ring, buffers): (&Ring, &BufP
 /// when nothing is left unread on the socket (RST otherwise: only a peer that sent
 /// bytes after its Close), and one system call per connection is saved: the client's
 /// FIN once the upstream has ended or the closing handshake is done, and the
-/// upstream's once the client has sent its own.
+/// upstream's once the client has sent its own or the closing handshake is done.
 fn settle(end: PumpEnd, src: &TcpStream, dst: &TcpStream, (src_side, pass_fin): (Side, bool)) -> Option<Close> {
     let dst_side = if src_side == Side::Client { Side::Upstream } else { Side::Client };
     let (src_reset, dst_reset) = (Close::reset(src_side), Close::reset(dst_side));
@@ -645,7 +648,7 @@ impl Took {
 
 impl<'a> Pump<'a> {
     fn new(
-        (from, to): (&'a TcpStream, &'a TcpStream),
+        ((from, waiter), to): ((&'a TcpStream, Waiter), &'a TcpStream),
         (dir, queued): (&'a Dir, bool),
         activity: &'a Cell<Instant>,
         upstream: Option<UpstreamSide<'a>>,
@@ -663,7 +666,7 @@ impl<'a> Pump<'a> {
             ring,
             buffers,
             published,
-            waiter: Waiter::Ring,
+            waiter,
             ring_wait: None,
             wait: !queued,
             writing: None,

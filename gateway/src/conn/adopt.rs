@@ -65,7 +65,7 @@ pub async fn resume(adopted: Adopted, worker: Rc<Worker>) {
     let mut slot = Some(PeerIo::Plain(client));
     let handoff = super::relay_choice::relay_pair(
         &mut slot,
-        upstream,
+        (upstream, crate::wait::Waiter::default()),
         (admitted, live),
         (frames, active_since, super::relay_choice::Queued::Nothing),
         &worker,

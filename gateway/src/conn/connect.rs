@@ -35,9 +35,14 @@ use crate::http::upgrade::Intent;
 use crate::metrics::Recorder;
 use crate::readiness::Ring;
 use crate::upstream::{ActiveGuard, Group, Pick};
+use crate::wait::Waiter;
 
 /// A connected upstream (its TLS handshake done, for a TLS group).
 pub struct Connected {
+    /// How the upstream's socket is waited on: registered with tokio's reactor when
+    /// its response head was read there ([`Exchange::settle`]), for the userspace
+    /// relay to go on with. Declared before `stream`, so dropped before it.
+    pub waiter: Waiter,
     pub stream: PeerIo,
     pub server: usize,
     pub started: Instant,
@@ -94,6 +99,8 @@ pub async fn connect(
     let out = upstream_head_on(head, admit.intent, fwd, persistent);
     let pick = Pick { client: admit.client_ip, key: group.hash_key().and_then(|k| k.extract(head)) };
     let connected = if admit.intent == Intent::WebSocket {
+        let plain = facts.scheme == crate::config::Scheme::Http;
+        let splices = super::relay_choice::splices_at_once(cfg, worker);
         let exchange = Exchange {
             ring: &worker.ring,
             request: &out,
@@ -103,7 +110,8 @@ pub async fn connect(
             method: &head.method,
             metrics: &worker.metrics,
             // Only a plain client's pair can be spliced (no kTLS here).
-            peek: facts.scheme == crate::config::Scheme::Http && super::relay_choice::splices_at_once(cfg, worker),
+            peek: plain && splices,
+            settle: plain && !splices,
         };
         self::exchange(group, &pick, &exchange).await?
     } else {
@@ -150,6 +158,7 @@ async fn from_pool(worker: &Worker, group: &Arc<Group>, server: usize, head: &[u
     }
     worker.metrics.pool_hit();
     Some(Connected {
+        waiter: Waiter::default(),
         stream,
         server,
         started: Instant::now(),
@@ -232,6 +241,11 @@ pub struct Exchange<'a> {
     /// first, so a client that answers the 101 at once cannot beat the handover).
     /// Otherwise a plain upstream's head is read.
     pub peek: bool,
+    /// Read a plain upstream's head waiting on tokio's reactor, a registration that the
+    /// userspace relay goes on with ([`Connected::waiter`]): for a plain client's pair
+    /// that is relayed in userspace. (On the poll ring otherwise, where a wait
+    /// registers nothing: see [`crate::readiness`].)
+    pub settle: bool,
 }
 
 /// For a WebSocket upgrade: connect, forward the request, and read the response head,
@@ -254,7 +268,12 @@ pub async fn exchange(group: &Arc<Group>, pick: &Pick<'_>, x: &Exchange<'_>) -> 
         }
         let deadline = Instant::now() + x.response_timeout;
         let answered = match &connected.stream {
-            PeerIo::Plain(tcp) if !x.peek => read_head(x.ring, tcp, x.max_response, deadline, x.method).await,
+            PeerIo::Plain(tcp) if !x.peek => {
+                if x.settle {
+                    connected.waiter.settle(tcp);
+                }
+                read_head((x.ring, &connected.waiter), tcp, x.max_response, deadline, x.method).await
+            }
             stream => peek_head(x.ring, stream, x.max_response, deadline, x.method).await.map(|h| (h, vec![], false)),
         };
         match answered {
@@ -323,6 +342,7 @@ async fn connect_one(
         Ok(stream) => {
             metrics.upstream_connected(started.elapsed());
             Some(Connected {
+                waiter: Waiter::default(),
                 stream,
                 server: i,
                 started,

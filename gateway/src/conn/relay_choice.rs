@@ -30,6 +30,7 @@ use crate::splice::{HandoverError, SplicedPair};
 use crate::stats::Stats;
 use crate::upstream::ActiveGuard;
 use crate::upstream::pool::Reusable;
+use crate::wait::Waiter;
 
 /// A spliced pair ready to park, with the guards it keeps until it ends.
 pub struct Handoff {
@@ -138,7 +139,7 @@ pub async fn websocket(
     worker: &Worker,
     facts: &mut Facts,
 ) -> Relayed {
-    let Connected { stream: upstream, live, early, response, read, read_cut, .. } = upstream;
+    let Connected { stream: upstream, live, early, response, read, read_cut, waiter, .. } = upstream;
     // The drain's frame boundaries: the client's early bytes are its first frames; the
     // upstream's bytes start with its 101 head (read, or queued still).
     let mut to_upstream = FrameTracker::default();
@@ -174,7 +175,7 @@ pub async fn websocket(
         facts.bytes_sent = facts.bytes_out;
     }
     let frames = ([to_upstream, to_client], None, queued);
-    relay_pair(client_slot, upstream, (admitted, Some(live)), frames, worker, facts).await
+    relay_pair(client_slot, (upstream, waiter), (admitted, Some(live)), frames, worker, facts).await
 }
 
 /// Writes `bytes` to `side`'s socket before the relay starts, within the relay's idle
@@ -244,6 +245,8 @@ pub enum Relayed {
 /// A pair to relay in userspace in a task of its own: the pair, where it stands, and
 /// what the rest of [`relay_pair`] needs.
 pub struct Moving {
+    /// How the upstream is waited on (declared before `pair`: dropped before it).
+    waiter: Waiter,
     pair: (TcpStream, TcpStream),
     guards: (Admitted, Option<ActiveGuard>),
     removal: Option<Removal>,
@@ -271,7 +274,7 @@ pub struct Moving {
 /// queued (`queued`) before its first wait.
 pub async fn relay_pair(
     client_slot: &mut Option<PeerIo>,
-    upstream: PeerIo,
+    (upstream, waiter): (PeerIo, Waiter),
     (admitted, live): (Admitted, Option<ActiveGuard>),
     (frames, active_since, queued): ([FrameTracker; 2], Option<std::time::Instant>, Queued),
     worker: &Worker,
@@ -307,20 +310,24 @@ pub async fn relay_pair(
     // long), else relayed in a task of its own. A 101 read with a segment it may have
     // cut (the choice changed since connect read it) is relayed there to a short read
     // first, then handed over.
+    let guards = (admitted, live);
     if !splices_now(handover, worker) {
         tracing::debug!(client = %facts.peer, "relay: moved to a task of its own");
-        return Relayed::Moving(Moving { pair: (client, upstream), guards: (admitted, live), removal, opts, start });
+        return Relayed::Moving(Moving { waiter, pair: (client, upstream), guards, removal, opts, start });
     }
     if queued == Queued::Cut {
         let opts = RelayOptions { handover: Handover::After(Duration::ZERO), ..opts };
-        return Relayed::Moving(Moving { pair: (client, upstream), guards: (admitted, live), removal, opts, start });
+        return Relayed::Moving(Moving { waiter, pair: (client, upstream), guards, removal, opts, start });
     }
-    match to_kernel(client_slot, (client, upstream), (admitted, live), opts, start, worker, facts).await {
+    // Not waited on by the splice.
+    drop(waiter);
+    match to_kernel(client_slot, (client, upstream), guards, opts, start, worker, facts).await {
         Kernel::Spliced(handoff) => Relayed::Done(Some(handoff)),
         Kernel::Refused((client, upstream), opts, guards) => {
             // Relayed to its end in a task of its own, as the splice had taken it.
             let opts = RelayOptions { handover: Handover::Never, ..opts };
-            Relayed::Moving(Moving { pair: (client, upstream), guards, removal, opts, start })
+            let waiter = Waiter::default();
+            Relayed::Moving(Moving { waiter, pair: (client, upstream), guards, removal, opts, start })
         }
         Kernel::Over => Relayed::Done(None),
     }
@@ -330,16 +337,18 @@ pub async fn relay_pair(
 /// ([`Relayed::Moving`]): the relay to its end or to its pause for the splice, the
 /// splice, the teardown.
 pub async fn go_on(moving: Moving, facts: Facts, worker: Rc<Worker>, active: ActiveConn) {
-    let Moving { pair, guards, removal, opts, start } = moving;
+    let Moving { waiter, pair, guards, removal, opts, start } = moving;
     let mut facts = facts;
     let mut client_slot = None;
-    let handoff = match relay_here(&pair.0, &pair.1, opts, removal.as_ref(), &worker, &mut facts).await {
+    let here = relay_here((&pair.0, &pair.1, waiter), opts, removal.as_ref(), &worker, &mut facts).await;
+    let handoff = match here {
         Here::Paused(paused) => {
             let opts = RelayOptions { handover: Handover::Never, ..paused };
             match to_kernel(&mut client_slot, pair, guards, opts, start, &worker, &mut facts).await {
                 Kernel::Spliced(handoff) => Some(handoff),
                 Kernel::Refused((client, upstream), opts, guards) => {
-                    relay_here(&client, &upstream, opts, removal.as_ref(), &worker, &mut facts).await;
+                    let pair = (&client, &upstream, Waiter::default());
+                    relay_here(pair, opts, removal.as_ref(), &worker, &mut facts).await;
                     drop(guards);
                     None
                 }
@@ -450,15 +459,18 @@ enum Here {
 /// process, or until it pauses for the kernel splice (`opts.handover`). A pause for an
 /// upgrade that is over, or whose pass failed, relays on.
 async fn relay_here(
-    client: &TcpStream,
-    upstream: &TcpStream,
+    (client, upstream, waiter): (&TcpStream, &TcpStream, Waiter),
     mut opts: RelayOptions,
     removal: Option<&Removal>,
     worker: &Worker,
     facts: &mut Facts,
 ) -> Here {
+    // The first relay goes on with the upstream's registration; one after a pause
+    // registers anew.
+    let mut waiter = Some(waiter);
     loop {
-        let outcome = userspace(client, upstream, (opts, removal), worker, facts).await;
+        let pair = (client, upstream, waiter.take().unwrap_or_default());
+        let outcome = userspace(pair, (opts, removal), worker, facts).await;
         if outcome.reason != Close::Paused {
             return Here::Ended;
         }
@@ -537,8 +549,7 @@ async fn userspace_tls(
 
 /// Relays in userspace and adds what moved to the facts.
 async fn userspace(
-    client: &TcpStream,
-    upstream: &TcpStream,
+    pair: (&TcpStream, &TcpStream, Waiter),
     (opts, removal): (RelayOptions, Option<&Removal>),
     worker: &Worker,
     facts: &mut Facts,
@@ -554,7 +565,7 @@ async fn userspace(
     let live = facts.conn.relaying();
     let io = (&worker.ring, &worker.buffers, live.as_deref());
     let turns = Turns { pacer: &worker.pacer, removal, upgrade: Some(&worker.upgrade) };
-    let outcome = relay::relay(client, upstream, opts, &worker.events, io, Some(turns)).await;
+    let outcome = relay::relay(pair, opts, &worker.events, io, Some(turns)).await;
     if opts.handover != Handover::Never && outcome.reason != Close::Paused {
         Stats::bump(&worker.stats.relayed_userspace);
     }

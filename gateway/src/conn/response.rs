@@ -31,6 +31,7 @@ use crate::http::response::{self, ResponseHead};
 use crate::readiness::{self, Ring};
 use crate::stats::Stats;
 use crate::tls::TlsStream;
+use crate::wait::{Waiter, drained};
 
 /// What the upstream answered to an upgrade.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,9 +91,10 @@ pub async fn peek_head(
 /// order); and whether the last read filled all the room it had. Such a read may have
 /// cut a segment whose rest is queued still: that socket must be read on to a short
 /// read before the splice takes it (DESIGN: a socket must not enter the sockhash
-/// after a partial read).
+/// after a partial read). Waits as `waiter` does: on tokio's reactor once it was
+/// settled there, else on the poll ring.
 pub async fn read_head(
-    ring: &Ring,
+    (ring, waiter): (&Ring, &Waiter),
     upstream: &TcpStream,
     max: usize,
     deadline: Instant,
@@ -102,13 +104,13 @@ pub async fn read_head(
     let max = max.max(1);
     let mut buf = Vec::with_capacity(max.min(1024));
     loop {
-        match timeout_at(deadline.into(), ring.ready(upstream, readiness::READABLE)).await {
+        let mut guard = match timeout_at(deadline.into(), waiter.readable(ring, upstream)).await {
             Err(_) => return Err(ProxyError::new(ErrorKind::UpstreamTimeout, "no response head in time")),
             Ok(Err(e)) => {
                 return Err(ProxyError::new(ErrorKind::UpstreamClosed, format!("waiting for response: {e}")));
             }
-            Ok(Ok(_)) => {}
-        }
+            Ok(Ok(guard)) => guard,
+        };
         if buf.len() == buf.capacity() {
             buf.reserve_exact(max - buf.len());
         }
@@ -121,8 +123,17 @@ pub async fn read_head(
             Ok(0) => {
                 return Err(ProxyError::new(ErrorKind::UpstreamClosed, "closed in the middle of the response head"));
             }
-            Ok(n) => n == room,
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => continue,
+            Ok(n) if n == room => true,
+            Ok(_) => {
+                // It took all that was queued: the next wait lasts until more comes.
+                drained(&mut guard);
+                false
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                drained(&mut guard);
+                continue;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(ProxyError::new(ErrorKind::UpstreamClosed, format!("reading response: {e}"))),
         };
         match response::parse(&buf, method) {
