@@ -155,7 +155,7 @@ struct Ended {
 /// dropped, and so deregistered, before this returns.
 pub async fn relay(
     (client, upstream, waiter): (&TcpStream, &TcpStream, Waiter),
-    opts: RelayOptions,
+    opts: &RelayOptions,
     hub: &Hub,
     (ring, buffers, live): (&Ring, &BufPool, Option<&RelayBytes>),
     turns: Option<Turns<'_>>,
@@ -203,7 +203,7 @@ async fn pumps(
     (client, upstream, waiter): (&TcpStream, &TcpStream, Waiter),
     (c2u, u2c): (&Dir, &Dir),
     (first, activity): (&Cell<FirstBytes>, &Cell<Instant>),
-    opts: RelayOptions,
+    opts: &RelayOptions,
     hub: &Hub,
     (ring, buffers, live): (&Ring, &BufPool, Option<&RelayBytes>),
     turns: Option<Turns<'_>>,

@@ -14,10 +14,14 @@
 //! only after its first eight reads, to spare a connect–upgrade–close exchange the
 //! registration (two `epoll_ctl` per socket); but the interrupts of its first waits
 //! cost more than that wherever interrupts are dear, as on a nested VM (the figures:
-//! [`crate::readiness`]). A spliced pair holds no registration (its relay is gone).
+//! [`crate::readiness`]). The upstream's socket of a pair that will be relayed in
+//! userspace is registered before its response head is waited for, and the relay's
+//! upstream pump goes on with that registration (`conn::connect::Connected::waiter`).
+//! A spliced pair holds no registration (its relay is gone).
 //!
-//! Must never outlive the socket it waits on: the relay that owns a [`Waiter`] is
-//! lent its sockets for longer than the waiter lives.
+//! Must never outlive the socket it waits on: whoever holds a [`Waiter`] holds or is
+//! lent its socket for longer than the waiter lives (a struct that holds both declares
+//! the waiter first, so that it is dropped first).
 
 use std::future::Future;
 use std::io;

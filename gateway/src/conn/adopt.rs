@@ -74,7 +74,9 @@ pub async fn resume(adopted: Adopted, worker: Rc<Worker>) {
     .await;
     match handoff {
         Relayed::Done(handoff) => teardown::finish(Ok(handoff), slot, facts, worker, active).await,
-        Relayed::Moving(moving) => drop(tokio_uring::spawn(super::relay_choice::go_on(moving, facts, worker, active))),
+        Relayed::Moving(moving) => {
+            drop(tokio_uring::spawn(Box::pin(super::relay_choice::go_on(moving, facts, worker, active))));
+        }
     }
 }
 

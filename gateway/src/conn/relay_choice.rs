@@ -470,7 +470,7 @@ async fn relay_here(
     let mut waiter = Some(waiter);
     loop {
         let pair = (client, upstream, waiter.take().unwrap_or_default());
-        let outcome = userspace(pair, (opts, removal), worker, facts).await;
+        let outcome = userspace(pair, (&opts, removal), worker, facts).await;
         if outcome.reason != Close::Paused {
             return Here::Ended;
         }
@@ -550,7 +550,7 @@ async fn userspace_tls(
 /// Relays in userspace and adds what moved to the facts.
 async fn userspace(
     pair: (&TcpStream, &TcpStream, Waiter),
-    (opts, removal): (RelayOptions, Option<&Removal>),
+    (opts, removal): (&RelayOptions, Option<&Removal>),
     worker: &Worker,
     facts: &mut Facts,
 ) -> RelayOutcome {
