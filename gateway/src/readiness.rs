@@ -43,8 +43,8 @@
 //! but its two `epoll_ctl` cost as much (three alternating pairs of runs: 111–116 µs
 //! either way). Since the relay goes on with that registration (2026-12-07), the
 //! response head of a pair relayed in userspace waits there at no extra system call
-//! (0.19–0.22 interrupts per handshake; `cargo xtask bench handshake`: 1.06× nginx's
-//! CPU per handshake paired, from 1.18×). A pair spliced at its 101 waits for its
+//! (0.19–0.22 interrupts per handshake; `cargo xtask bench handshake --rounds 5`,
+//! with the relay's task boxed: 1.04× nginx's CPU per handshake paired, from 1.10×). A pair spliced at its 101 waits for its
 //! head here, as do a request head that did not come with its connection and the
 //! splice's watches.
 
