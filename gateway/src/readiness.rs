@@ -39,14 +39,14 @@
 //! CPU per handshake went from 163–186 µs to 110–125 (nginx's: 115–126), and the
 //! interrupts from 1.4–2.3 per handshake to 0.3–0.5 (nginx's: 0.14–0.20). The
 //! upstream's response head was then waited for on the reactor too, registered for that
-//! wait only: the last interrupts went (0.15–0.20 per handshake against 0.43–0.53),
-//! but its two `epoll_ctl` cost as much (three alternating pairs of runs: 111–116 µs
-//! either way). Since the relay goes on with that registration (2026-12-07), the
-//! response head of a pair relayed in userspace waits there at no extra system call
-//! (0.19–0.22 interrupts per handshake; `cargo xtask bench handshake --rounds 5`,
-//! with the relay's task boxed: 1.04× nginx's CPU per handshake paired, from 1.10×). A pair spliced at its 101 waits for its
-//! head here, as do a request head that did not come with its connection and the
-//! splice's watches.
+//! wait only: the last interrupts went (0.15–0.20 per handshake against 0.43–0.53), but
+//! its two `epoll_ctl` cost as much (three alternating pairs of runs: 111–116 µs either
+//! way). Since the relay goes on with that registration (2026-12-07), the response head
+//! of a plain client's pair relayed in userspace waits there at no extra system call
+//! (0.19–0.22 interrupts per handshake; `cargo xtask bench handshake --rounds 5`, with
+//! the relay's task boxed: 1.04× nginx's CPU per handshake paired, from 1.10×). A pair
+//! spliced at its 101 waits for its head here, as do a request head that did not come
+//! with its connection and the splice's watches.
 
 use std::cell::RefCell;
 use std::future::Future;

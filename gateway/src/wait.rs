@@ -58,8 +58,9 @@ impl Waiter {
     /// Registers `socket` with tokio's reactor (see [`Waiter::settle`]).
     #[cold]
     fn register(&mut self, socket: &TcpStream) {
-        // SAFETY: the socket is lent to the relay that owns this waiter for longer
-        // than the waiter lives, so the fd stays open and the same while registered.
+        // SAFETY: whoever holds this waiter holds or is lent the socket for longer
+        // than the waiter lives (see the module doc), so the fd stays open and the
+        // same while registered.
         match unsafe { AsyncFd::register_with_interest(RawSocket::of(socket), Interest::READABLE) } {
             Ok(fd) => *self = Self::Epoll(fd),
             Err(e) => {

@@ -5,9 +5,9 @@
 //! quiet or carries bulk; in `sockmap`, when most recent WebSockets of this worker
 //! were short, see `lifetimes`).
 //!
-//! Returns a [`Handoff`] when the pair went to the kernel (teardown parks it), or
-//! `None` when the relay has ended here; byte counts, close reason and mode are in the
-//! facts. Must never close a socket it was lent, nor drop a byte on the way from one
+//! Returns a [`Handoff`] when the pair went to the kernel (teardown parks it), `None`
+//! when the relay has ended here, or the pair to relay in userspace in a task of its
+//! own ([`go_on`]); byte counts, close reason and mode are in the facts. Must never close a socket it was lent, nor drop a byte on the way from one
 //! relay to the other.
 
 use std::rc::Rc;
@@ -305,7 +305,11 @@ pub async fn relay_pair(
     let handover = if worker.pairs.is_some() { first_handover(cfg, worker) } else { Handover::Never };
     let start = (handover, queued == Queued::Cut);
     let opts = RelayOptions { handover, ..opts };
-    let Some(PeerIo::Plain(client)) = client_slot.take() else { return Relayed::Done(None) };
+    let Some(PeerIo::Plain(client)) = client_slot.take() else {
+        // Deregistered before its socket closes.
+        drop(waiter);
+        return Relayed::Done(None);
+    };
     // Spliced at once (`splice_after = 0s`, or `sockmap` learning that pairs live
     // long), else relayed in a task of its own. A 101 read with a segment it may have
     // cut (the choice changed since connect read it) is relayed there to a short read
@@ -333,7 +337,7 @@ pub async fn relay_pair(
     }
 }
 
-/// The rest of a connection whose userspace relay moved to this task
+/// The rest of a connection whose pair is relayed in userspace in this task
 /// ([`Relayed::Moving`]): the relay to its end or to its pause for the splice, the
 /// splice, the teardown.
 pub async fn go_on(moving: Moving, facts: Facts, worker: Rc<Worker>, active: ActiveConn) {
@@ -367,9 +371,9 @@ pub async fn go_on(moving: Moving, facts: Facts, worker: Rc<Worker>, active: Act
 enum Kernel {
     /// Spliced: the pair to park.
     Spliced(Handoff),
-    /// The splice turned it down: the caller relays it here to its end, from where it
-    /// stands, with its guards (its own await, not one inside this future: the
-    /// relay's future is the largest part of a connection's).
+    /// The splice turned it down: the caller relays it in userspace to its end, from
+    /// where it stands, with its guards (its own await, not one inside this future:
+    /// the relay's future is the largest part of a connection's).
     Refused((TcpStream, TcpStream), RelayOptions, (Admitted, Option<ActiveGuard>)),
     /// Over: no splice in this worker (the client went back to its slot), or the
     /// handover failed (the sockets are closed).
@@ -465,6 +469,11 @@ async fn relay_here(
     worker: &Worker,
     facts: &mut Facts,
 ) -> Here {
+    // Counted once, in the mode it ends in: a relay that pauses for the splice is not.
+    let counted = opts.handover == Handover::Never;
+    if counted {
+        Stats::bump(&worker.stats.relayed_userspace);
+    }
     // The first relay goes on with the upstream's registration; one after a pause
     // registers anew.
     let mut waiter = Some(waiter);
@@ -472,6 +481,9 @@ async fn relay_here(
         let pair = (client, upstream, waiter.take().unwrap_or_default());
         let outcome = userspace(pair, (&opts, removal), worker, facts).await;
         if outcome.reason != Close::Paused {
+            if !counted {
+                Stats::bump(&worker.stats.relayed_userspace);
+            }
             return Here::Ended;
         }
         opts.frames = outcome.frames;
@@ -547,17 +559,13 @@ async fn userspace_tls(
     facts.close = close_reason(outcome.reason, removal);
 }
 
-/// Relays in userspace and adds what moved to the facts.
+/// Relays in userspace and adds what moved to the facts (the caller counts it).
 async fn userspace(
     pair: (&TcpStream, &TcpStream, Waiter),
     (opts, removal): (&RelayOptions, Option<&Removal>),
     worker: &Worker,
     facts: &mut Facts,
 ) -> RelayOutcome {
-    // Counted in the mode it ends in: a relay that pauses for the splice is not.
-    if opts.handover == Handover::Never {
-        Stats::bump(&worker.stats.relayed_userspace);
-    }
     facts.mode = Mode::Userspace;
     facts.conn.set_mode(ActiveMode::Userspace);
     let _in_drain_count = worker.pacer.enter();
@@ -566,9 +574,6 @@ async fn userspace(
     let io = (&worker.ring, &worker.buffers, live.as_deref());
     let turns = Turns { pacer: &worker.pacer, removal, upgrade: Some(&worker.upgrade) };
     let outcome = relay::relay(pair, opts, &worker.events, io, Some(turns)).await;
-    if opts.handover != Handover::Never && outcome.reason != Close::Paused {
-        Stats::bump(&worker.stats.relayed_userspace);
-    }
     facts.bytes_in += outcome.client_to_upstream;
     facts.bytes_out += outcome.upstream_to_client;
     facts.bytes_sent = facts.bytes_out;
