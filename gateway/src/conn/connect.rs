@@ -40,7 +40,7 @@ use crate::wait::Waiter;
 /// A connected upstream (its TLS handshake done, for a TLS group).
 pub struct Connected {
     /// How the upstream's socket is waited on: registered with tokio's reactor when
-    /// its response head was read there ([`Exchange::settle`]), for the userspace
+    /// its response head was read there ([`HeadWait::Reactor`]), for the userspace
     /// relay to go on with. Declared before `stream`, so dropped before it.
     pub waiter: Waiter,
     pub stream: PeerIo,
@@ -109,9 +109,7 @@ pub async fn connect(
             max_response: cfg.limits.max_response_header_bytes,
             method: &head.method,
             metrics: &worker.metrics,
-            // Only a plain client's pair can be spliced (no kTLS here).
-            peek: plain && splices,
-            settle: plain && !splices,
+            head: HeadWait::of(plain, splices),
         };
         self::exchange(group, &pick, &exchange).await?
     } else {
@@ -236,16 +234,36 @@ pub struct Exchange<'a> {
     pub method: &'a str,
     /// The worker's counters (upstream connect latency).
     pub metrics: &'a Recorder,
-    /// Peek the response head, leaving it queued: the kernel splice takes the pair at
-    /// its 101 and delivers the head itself (the client gets nothing from userspace
-    /// first, so a client that answers the 101 at once cannot beat the handover).
-    /// Otherwise a plain upstream's head is read.
-    pub peek: bool,
-    /// Read a plain upstream's head waiting on tokio's reactor, a registration that the
-    /// userspace relay goes on with ([`Connected::waiter`]): for a plain client's pair
-    /// that is relayed in userspace. (On the poll ring otherwise, where a wait
-    /// registers nothing: see [`crate::readiness`].)
-    pub settle: bool,
+    /// How a plain upstream's response head is taken (a TLS upstream's is decrypted
+    /// onto its stream and peeked there).
+    pub head: HeadWait,
+}
+
+/// How a plain upstream's response head to an upgrade is taken, by what follows the 101.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeadWait {
+    /// Peeked, left queued: the kernel splice takes the pair at its 101 and delivers
+    /// the head itself (the client gets nothing from userspace first, so a client that
+    /// answers the 101 at once cannot beat the handover).
+    Peek,
+    /// Read waiting on tokio's reactor, a registration that the userspace relay goes
+    /// on with ([`Connected::waiter`]): a plain client's pair relayed in userspace.
+    Reactor,
+    /// Read waiting on the poll ring, where a wait registers nothing (see
+    /// [`crate::readiness`]): a TLS client's pair, whose relay waits there too.
+    Ring,
+}
+
+impl HeadWait {
+    /// For a pair whose client speaks plain HTTP (`plain`) or TLS, spliced at its 101
+    /// (`splices`) or not. Only a plain client's pair can be spliced (no kTLS here).
+    pub fn of(plain: bool, splices: bool) -> Self {
+        match (plain, splices) {
+            (true, true) => Self::Peek,
+            (true, false) => Self::Reactor,
+            (false, _) => Self::Ring,
+        }
+    }
 }
 
 /// For a WebSocket upgrade: connect, forward the request, and read the response head,
@@ -268,8 +286,8 @@ pub async fn exchange(group: &Arc<Group>, pick: &Pick<'_>, x: &Exchange<'_>) -> 
         }
         let deadline = Instant::now() + x.response_timeout;
         let answered = match &connected.stream {
-            PeerIo::Plain(tcp) if !x.peek => {
-                if x.settle {
+            PeerIo::Plain(tcp) if x.head != HeadWait::Peek => {
+                if x.head == HeadWait::Reactor {
                     connected.waiter.settle(tcp);
                 }
                 read_head((x.ring, &connected.waiter), tcp, x.max_response, deadline, x.method).await
