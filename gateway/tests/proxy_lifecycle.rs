@@ -287,3 +287,74 @@ fn a_queue_longer_than_one_accept_batch_is_served_whole() {
     }
     gw.wait_stderr("accepting again", Duration::from_secs(10));
 }
+
+/// The CPUs thread `tid` of process `pid` (or the process's main thread) may run on, as
+/// `/proc` lists them (`0-1`, `3`).
+fn cpus_allowed(pid: u32, tid: Option<u32>) -> String {
+    let path = match tid {
+        Some(tid) => format!("/proc/{pid}/task/{tid}/status"),
+        None => format!("/proc/{pid}/status"),
+    };
+    let status = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
+    let line = status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:"));
+    line.unwrap_or_else(|| panic!("no Cpus_allowed_list in {path}")).trim().to_string()
+}
+
+/// The thread ids of wsgate's workers, by worker number.
+fn worker_threads(pid: u32) -> Vec<(usize, u32)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let tid: u32 = entry.unwrap().file_name().to_string_lossy().parse().unwrap();
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")).unwrap_or_default();
+        if let Some(w) = comm.trim().strip_prefix("wsgate-w").and_then(|n| n.parse().ok()) {
+            found.push((w, tid));
+        }
+    }
+    found.sort_unstable();
+    found
+}
+
+/// CPUs this test may run on (what wsgate inherits).
+fn our_cpus() -> Vec<usize> {
+    let set = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).unwrap();
+    (0..nix::sched::CpuSet::count()).filter(|&c| set.is_set(c).unwrap_or(false)).collect()
+}
+
+#[test]
+fn one_worker_per_cpu_is_pinned_and_fewer_workers_are_left_to_the_scheduler() {
+    let cpus = our_cpus();
+    let up = RawUpstream::switching(b"");
+    // As many workers as CPUs: each worker on a CPU of its own, together all of them.
+    let n = cpus.len().to_string();
+    let gw = Gateway::builder().one_line(&[up.addr]).args(&["--workers", &n, "--splice", "userspace"]).start();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let pinned = loop {
+        let lists: Vec<String> =
+            worker_threads(gw.pid()).into_iter().map(|(_, tid)| cpus_allowed(gw.pid(), Some(tid))).collect();
+        let mut single: Vec<usize> = lists.iter().filter_map(|l| l.parse().ok()).collect();
+        single.sort_unstable();
+        if lists.len() == cpus.len() && single == cpus {
+            break lists;
+        }
+        assert!(Instant::now() < deadline, "workers not pinned one per CPU ({cpus:?}) within 20 s: {lists:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(pinned.len(), cpus.len());
+    drop(gw);
+
+    if cpus.len() < 2 {
+        eprintln!("NOT TESTED: a worker left to the scheduler needs 2 CPUs or more; this test may run on {cpus:?}");
+        return;
+    }
+    // One worker on more CPUs: it may run on every CPU the process may. It served an
+    // upgrade first, so it is past the start where it would have pinned itself.
+    let gw = Gateway::builder().one_line(&[up.addr]).args(&["--workers", "1", "--splice", "userspace"]).start();
+    let mut c = gw.connect();
+    c.write_all(upgrade_request("/", "").as_bytes()).unwrap();
+    assert_eq!(status_of(&read_head(&mut c).0), 101);
+    let workers = worker_threads(gw.pid());
+    assert_eq!(workers.len(), 1, "one worker thread: {workers:?}");
+    let process = cpus_allowed(gw.pid(), None);
+    assert_eq!(cpus_allowed(gw.pid(), Some(workers[0].1)), process, "the lone worker keeps the process's CPUs");
+    assert!(process.contains(['-', ',']), "the process may run on several CPUs: {process}");
+}
