@@ -127,10 +127,11 @@ fn run_with(
     let stats = Arc::new(Stats::default());
     let upgrade = Arc::new(crate::upgrade::Upgrade::default());
     let (tx, rx) = shutdown::channel();
-    let cpus = worker_cpus(allowed_cpus(), workers);
-    if cpus.is_empty() {
-        tracing::info!(workers, "fewer workers than CPUs: the workers are not pinned, the scheduler places them");
+    let allowed = allowed_cpus();
+    if workers < allowed.len() {
+        tracing::info!(workers, cpus = allowed.len(), "fewer workers than CPUs: not pinned, the scheduler places them");
     }
+    let cpus = worker_cpus(allowed, workers);
     let admin_socket = inherited.admin.take();
     let (metrics, mut metric_slots) = start_metrics(
         &config,
