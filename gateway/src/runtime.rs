@@ -127,11 +127,7 @@ fn run_with(
     let stats = Arc::new(Stats::default());
     let upgrade = Arc::new(crate::upgrade::Upgrade::default());
     let (tx, rx) = shutdown::channel();
-    let allowed = allowed_cpus();
-    if workers < allowed.len() {
-        tracing::info!(workers, cpus = allowed.len(), "fewer workers than CPUs: not pinned, the scheduler places them");
-    }
-    let cpus = worker_cpus(allowed, workers);
+    let cpus = worker_cpus(allowed_cpus(), workers);
     let admin_socket = inherited.admin.take();
     let (metrics, mut metric_slots) = start_metrics(
         &config,
@@ -698,7 +694,11 @@ pub fn listen_socket(
 /// (medians of 5 alternating runs each; nginx has no affinity by default either). To
 /// pin fewer workers, narrow the set (`taskset`, systemd's `CPUAffinity=`).
 fn worker_cpus(allowed: Vec<usize>, workers: usize) -> Vec<usize> {
-    if workers >= allowed.len() { allowed } else { Vec::new() }
+    if workers >= allowed.len() {
+        return allowed;
+    }
+    tracing::info!(workers, cpus = allowed.len(), "fewer workers than CPUs: not pinned, the scheduler places them");
+    Vec::new()
 }
 
 /// CPUs this process may run on, in order.
