@@ -690,9 +690,11 @@ pub fn listen_socket(
 /// of the set, such workers could not leave a core that the backend, a load generator
 /// or the kernel's softirq work is using while another sits idle: on 2 CPUs shared
 /// with the echo benchmark's client and server, one pinned worker's round trips were
-/// 1.3× slower at p99 and 1.2× at p999 than the same worker left to the scheduler
-/// (medians of 5 alternating runs each; nginx has no affinity by default either). To
-/// pin fewer workers, narrow the set (`taskset`, systemd's `CPUAffinity=`).
+/// 1.16–1.30× slower at p99 and 1.22–1.52× at p999 than one left to the scheduler (two
+/// series of 5 alternating pairs of runs; nginx has no affinity by default either).
+/// To pin fewer workers, narrow the set (`taskset`, systemd's `CPUAffinity=`). With
+/// `workers = 0` under a CPU quota below the set (a container), there are fewer
+/// workers than CPUs: not pinned.
 fn worker_cpus(allowed: Vec<usize>, workers: usize) -> Vec<usize> {
     if workers >= allowed.len() {
         return allowed;
@@ -729,4 +731,19 @@ async fn sweep_pool(worker: Rc<conn::Worker>) {
         }
     }
     worker.pool.close();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::worker_cpus;
+
+    #[test]
+    fn workers_are_pinned_only_when_they_cover_the_cpus() {
+        assert_eq!(worker_cpus(vec![0, 1], 2), [0, 1]);
+        assert_eq!(worker_cpus(vec![0, 2], 2), [0, 2], "the set as the process may use it, gaps and all");
+        assert_eq!(worker_cpus(vec![0, 1], 3), [0, 1], "more workers than CPUs take them in turn");
+        assert!(worker_cpus(vec![0, 1], 1).is_empty(), "one worker on two CPUs floats");
+        assert!(worker_cpus(vec![0, 1, 2, 3], 2).is_empty());
+        assert!(worker_cpus(Vec::new(), 1).is_empty(), "no set known: nothing to pin to");
+    }
 }

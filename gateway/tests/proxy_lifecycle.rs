@@ -323,29 +323,29 @@ fn our_cpus() -> Vec<usize> {
 #[test]
 fn one_worker_per_cpu_is_pinned_and_fewer_workers_are_left_to_the_scheduler() {
     let cpus = our_cpus();
+    if cpus.len() < 2 {
+        // With one CPU a pinned worker and a free one list the same CPU.
+        eprintln!("NOT TESTED: pinning needs 2 CPUs or more to be seen; this test may run on {cpus:?}");
+        return;
+    }
     let up = RawUpstream::switching(b"");
     // As many workers as CPUs: each worker on a CPU of its own, together all of them.
     let n = cpus.len().to_string();
     let gw = Gateway::builder().one_line(&[up.addr]).args(&["--workers", &n, "--splice", "userspace"]).start();
     let deadline = Instant::now() + Duration::from_secs(20);
-    let pinned = loop {
+    loop {
         let lists: Vec<String> =
             worker_threads(gw.pid()).into_iter().map(|(_, tid)| cpus_allowed(gw.pid(), Some(tid))).collect();
         let mut single: Vec<usize> = lists.iter().filter_map(|l| l.parse().ok()).collect();
         single.sort_unstable();
         if lists.len() == cpus.len() && single == cpus {
-            break lists;
+            break;
         }
         assert!(Instant::now() < deadline, "workers not pinned one per CPU ({cpus:?}) within 20 s: {lists:?}");
         std::thread::sleep(Duration::from_millis(50));
-    };
-    assert_eq!(pinned.len(), cpus.len());
+    }
     drop(gw);
 
-    if cpus.len() < 2 {
-        eprintln!("NOT TESTED: a worker left to the scheduler needs 2 CPUs or more; this test may run on {cpus:?}");
-        return;
-    }
     // One worker on more CPUs: it may run on every CPU the process may. It served an
     // upgrade first, so it is past the start where it would have pinned itself.
     let gw = Gateway::builder().one_line(&[up.addr]).args(&["--workers", "1", "--splice", "userspace"]).start();
@@ -356,5 +356,4 @@ fn one_worker_per_cpu_is_pinned_and_fewer_workers_are_left_to_the_scheduler() {
     assert_eq!(workers.len(), 1, "one worker thread: {workers:?}");
     let process = cpus_allowed(gw.pid(), None);
     assert_eq!(cpus_allowed(gw.pid(), Some(workers[0].1)), process, "the lone worker keeps the process's CPUs");
-    assert!(process.contains(['-', ',']), "the process may run on several CPUs: {process}");
 }

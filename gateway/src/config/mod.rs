@@ -65,9 +65,10 @@ pub use upstream::{Balance, ServerConfig, UpstreamConfig};
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Worker threads, each with its own `io_uring` runtime and `SO_REUSEPORT`
-    /// listener. 0 means one per CPU. Workers that cover the CPUs the process may run
-    /// on are pinned one per CPU; fewer are left to the scheduler (narrow the process's
-    /// CPUs, with `taskset` or systemd's `CPUAffinity=`, to pin them).
+    /// listener. 0 means one per CPU (as a CPU quota counts them). Workers that cover
+    /// the CPUs the process may run on are pinned, each to one of them in turn; fewer
+    /// are left to the scheduler (narrow the process's CPUs, with `taskset` or
+    /// systemd's `CPUAffinity=`, to pin them).
     pub workers: usize,
     /// How steady-state WebSocket bytes are relayed: `auto` (kernel sockmap splice
     /// when its start-up self-test passes, else userspace), `sockmap` (refuse to start

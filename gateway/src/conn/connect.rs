@@ -250,7 +250,8 @@ pub enum HeadWait {
     /// on with ([`Connected::waiter`]): a plain client's pair relayed in userspace.
     Reactor,
     /// Read waiting on the poll ring, where a wait registers nothing (see
-    /// [`crate::readiness`]): a TLS client's pair, whose relay waits there too.
+    /// [`crate::readiness`]): a TLS client's pair (its relay registers the upstream's
+    /// socket with tokio's reactor at its own first wait).
     Ring,
 }
 
