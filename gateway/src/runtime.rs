@@ -655,12 +655,14 @@ struct Bound {
 }
 
 /// Makes a socket the service manager passed accept like one wsgate binds: its
-/// backlog, and the options accepted sockets inherit (`TCP_NODELAY`, keepalive).
+/// backlog, and the options accepted sockets inherit (`TCP_NODELAY`, keepalive,
+/// delayed ACKs).
 fn adopt(s: &Socket, backlog: u32, keepalive: &crate::config::KeepaliveConfig) -> std::io::Result<()> {
     s.set_nodelay(true)?;
     crate::io::set_keepalive(s, keepalive)?;
     // Listening again on a listening socket only sets its backlog.
-    s.listen(i32::try_from(backlog).unwrap_or(i32::MAX))
+    s.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+    crate::io::set_quickack(s, false)
 }
 
 /// A listening socket with SO_REUSEPORT (every worker binds the same address).
@@ -680,6 +682,10 @@ pub fn listen_socket(
     crate::io::set_keepalive(&s, keepalive)?;
     s.bind(&addr.into())?;
     s.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+    // And delayed ACKs (HAProxy's `tcp-smart-accept`): the ACK of a client's request
+    // head rides on wsgate's answer (the 101, the upstream's response head) instead of
+    // a segment of its own. A request with a body turns quick ACKs back on (`plain`).
+    crate::io::set_quickack(&s, false)?;
     Ok(s)
 }
 

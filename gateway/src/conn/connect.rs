@@ -175,11 +175,24 @@ async fn from_pool(worker: &Worker, group: &Arc<Group>, server: usize, head: &[u
 
 /// Sends the request head on a new connection (a failure is the server's).
 async fn send_head(ring: &Ring, group: &Group, connected: Connected, head: &[u8]) -> Result<Connected, ProxyError> {
-    if let Err(e) = connected.stream.write_slice(ring, head).await {
+    if let Err(e) = forward_head(ring, &connected.stream, head).await {
         group.report_failure(connected.server);
         return Err(ProxyError::new(ErrorKind::UpstreamClosed, format!("forwarding request head: {e}")));
     }
     Ok(connected)
+}
+
+/// Sends the request head on `stream`, then has its socket acknowledge at once again.
+/// A new connection's ACKs are delayed so that its handshake's last ACK rides on the
+/// first bytes sent (see [`crate::io::connect`]); past those, the kernel's own start
+/// applies: the answer is acknowledged at once, so an upstream that writes its response
+/// in pieces with Nagle's algorithm on does not wait for a delayed ACK before the second.
+async fn forward_head(ring: &Ring, stream: &PeerIo, head: &[u8]) -> io::Result<()> {
+    stream.write_slice(ring, head).await?;
+    if let Err(e) = crate::io::set_quickack(stream.tcp(), true) {
+        tracing::debug!(error = %e, "turning quick ACKs back on after the request head");
+    }
+    Ok(())
 }
 
 /// A new connection to the server `upstream` was on, with its request head sent again:
@@ -279,7 +292,7 @@ pub async fn exchange(group: &Arc<Group>, pick: &Pick<'_>, x: &Exchange<'_>) -> 
             continue;
         };
         let addr = group.server(i).addr();
-        if let Err(e) = connected.stream.write_slice(x.ring, x.request).await {
+        if let Err(e) = forward_head(x.ring, &connected.stream, x.request).await {
             group.report_failure(i);
             tracing::warn!(upstream = %addr, group = %group.name, error = %e, "forwarding the request failed; trying the next server");
             failures.other.push(format!("{addr}: forwarding request head: {e}"));

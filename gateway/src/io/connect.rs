@@ -19,6 +19,11 @@ use crate::readiness::{self, Ring};
 /// writes. A source address is bound with `IP_BIND_ADDRESS_NO_PORT`, so the port is
 /// chosen at connect time per destination and each source gets its own port range.
 /// An unfinished connect waits on `ring`.
+///
+/// The socket comes back with its ACKs delayed (`TCP_QUICKACK` off, as HAProxy's
+/// `tcp-smart-connect`): the handshake's last ACK rides on the first bytes sent, not in
+/// a segment of its own. The caller sends at once and then turns quick ACKs back on
+/// (see `conn::connect`).
 pub async fn connect(
     ring: &Ring,
     addr: SocketAddr,
@@ -27,6 +32,7 @@ pub async fn connect(
 ) -> io::Result<TcpStream> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM.nonblocking().cloexec(), Some(Protocol::TCP))?;
     socket.set_nodelay(true)?;
+    super::set_quickack(&socket, false)?;
     if let Some(ip) = source {
         setsockopt(socket.as_raw_fd(), libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT, &1 as &libc::c_int)?;
         socket

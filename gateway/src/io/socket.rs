@@ -134,6 +134,14 @@ pub fn set_rcvlowat(fd: &impl AsRawFd, bytes: usize) -> io::Result<()> {
     setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVLOWAT, &bytes)
 }
 
+/// `TCP_QUICKACK`: `false` delays the socket's ACKs so that they ride on the next data
+/// it sends (until the delayed-ACK timer first fires); `true` acknowledges at once
+/// again, sending an ACK that is due. A listening socket's setting passes to the
+/// sockets it accepts.
+pub fn set_quickack(fd: &impl AsRawFd, on: bool) -> io::Result<()> {
+    setsockopt(fd.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_QUICKACK, &libc::c_int::from(on))
+}
+
 /// `SO_LINGER {on, 0}`: closing the socket sends RST instead of FIN (passes a reset on).
 pub fn reset_on_close(fd: &impl AsRawFd) -> io::Result<()> {
     with_sock(fd, |s| s.set_linger(Some(Duration::ZERO)))

@@ -5,6 +5,7 @@
 #![allow(dead_code)] // each test binary uses a different subset of the harness
 
 mod gateway;
+pub mod netns;
 
 #[allow(unused_imports)] // each test binary uses a different subset of the harness
 pub use gateway::{Exited, Gateway, GatewayBuilder};
