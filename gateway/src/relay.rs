@@ -585,8 +585,9 @@ struct UpstreamSide<'a> {
 /// the client's Close went by, the upstream's Close ends the closing handshake, and the
 /// server closes the TCP connection then (RFC 6455 §7.1.1): the pump reads again
 /// without waiting for readiness, since the upstream's FIN follows its Close, as a rule
-/// in the same segment. (Only a read: bytes that are not WebSocket frames can look like
-/// Close frames to the tracker, and must still pass.)
+/// in the same segment; when a peek finds that FIN queued, the Close goes on to the
+/// client with a FIN in one segment. (Only a read and a peek: bytes that are not
+/// WebSocket frames can look like Close frames to the tracker, and must still pass.)
 /// Once `closing` (the drain), reads no further than the end of the current frame and
 /// ends with [`PumpEnd::Boundary`] there.
 ///
@@ -740,15 +741,27 @@ impl<'a> Pump<'a> {
                     // A short read took all that was queued.
                     drained(&mut guard);
                 }
+                // The upstream's Close that ended the closing handshake, with the
+                // upstream's FIN queued behind it: the client gets both in one segment
+                // (the Close held back by `MSG_MORE` until the FIN is added), not two.
+                let fin_next = read.read_again && crate::io::fin_next(&self.fds.0);
                 // Most writes fit in the socket buffer at once; what does not is written
                 // by io_uring, which waits for room (the slow reader's flow control).
-                let sent = match crate::io::send_now(&self.fds.1, &buf) {
+                let sent = if fin_next {
+                    crate::io::send_now_more(&self.fds.1, &buf)
+                } else {
+                    crate::io::send_now(&self.fds.1, &buf)
+                };
+                let sent = match sent {
                     Ok(k) => k,
                     Err(e) => {
                         self.buffers.put(buf);
                         return Poll::Ready(PumpEnd::WriteFailed(e));
                     }
                 };
+                if fin_next && sent == n {
+                    crate::io::shutdown_quietly(&self.fds.1, Shutdown::Write);
+                }
                 if sent < n {
                     self.dir.holding.set(true);
                     let op = Box::pin(self.to.write_all(buf.slice(sent..n)));

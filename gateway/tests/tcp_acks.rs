@@ -64,14 +64,41 @@ fn upgrade(target: SocketAddr) {
     assert_eq!(read_exact(&mut c, frame.len()), frame);
 }
 
-/// Segments the namespace sent for `ROUNDS` upgrades to `target`, each waited out
-/// (`done` after each: for the proxied series, its access-log line).
-fn segments_of(ns: &str, target: SocketAddr, done: impl Fn()) -> u64 {
+/// The server's Close (1000), unmasked.
+const SERVER_CLOSE: [u8; 4] = [0x88, 0x02, 0x03, 0xe8];
+
+/// One upgrade to `target` that ends with the closing handshake: the client's Close,
+/// the server's, then the server's FIN.
+fn closing(target: SocketAddr) {
+    let mut c = TcpStream::connect(target).unwrap();
+    c.set_nodelay(true).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c.write_all(upgrade_request("/", "").as_bytes()).unwrap();
+    assert_eq!(status_of(&read_head(&mut c).0), 101);
+    c.write_all(&client_frame(true, 8, &[0x03, 0xe8])).unwrap();
+    assert_eq!(read_exact(&mut c, SERVER_CLOSE.len()), SERVER_CLOSE);
+    assert_eq!(c.read(&mut [0u8; 16]).expect("read the FIN"), 0, "bytes after the server's Close");
+}
+
+/// An upstream that answers 101, the client's Close with its own, and closes.
+fn closing_upstream() -> RawUpstream {
+    RawUpstream::start(|mut s| {
+        let _ = read_head(&mut s);
+        s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n").unwrap();
+        // The client's Close: 2 header bytes, the mask, the 2-byte code.
+        let _ = read_exact(&mut s, 8);
+        s.write_all(&SERVER_CLOSE).unwrap();
+    })
+}
+
+/// Segments the namespace sent for `ROUNDS` upgrades to `target` (each one `round`),
+/// each waited out (`done` after each: for the proxied series, its access-log line).
+fn segments_of(ns: &str, (target, round): (SocketAddr, fn(SocketAddr)), done: impl Fn()) -> u64 {
     let name = ns.to_owned();
     Namespaces::within(ns, settled);
     let before = Namespaces::within(ns, out_segments);
     for _ in 0..ROUNDS {
-        Namespaces::within(&name, move || upgrade(target));
+        Namespaces::within(&name, move || round(target));
         done();
     }
     Namespaces::within(ns, settled);
@@ -90,8 +117,8 @@ fn acks_ride_on_the_answer_and_on_the_request_head() {
                  [upstream.main]\nservers = [\"{upstream}\"]\n[[route]]\nupstream = \"main\"\n"
             ),
         );
-        let direct = segments_of(&ns.gateway, upstream, || {});
-        let proxied = segments_of(&ns.gateway, gw.addr, || {
+        let direct = segments_of(&ns.gateway, (upstream, upgrade), || {});
+        let proxied = segments_of(&ns.gateway, (gw.addr, upgrade), || {
             let line = gw.next_line(Duration::from_secs(10)).expect("no access-log line within 10 s");
             assert!(line.contains("\" 101 "), "{line}");
         });
@@ -109,6 +136,37 @@ fn acks_ride_on_the_answer_and_on_the_request_head() {
             saved <= 5 * ROUNDS / 2,
             "splice = {splice}: {saved} segments saved over {ROUNDS} upgrades; about three per upgrade means \
              an ACK the kernel sends at once on a new connection was held (the upstream's answer)"
+        );
+    }
+}
+
+/// The closing handshake: the upstream's Close, which ends it, and the upstream's FIN
+/// behind it reach the client in one segment, not two (on top of the two ACKs above).
+#[test]
+fn the_upstreams_close_and_fin_reach_the_client_in_one_segment() {
+    let ns = Namespaces::new("fin");
+    let upstream = Namespaces::within(&ns.gateway, || closing_upstream().addr);
+    for splice in ["userspace", "auto"] {
+        let gw = NsGateway::start(
+            &ns.gateway,
+            &format!(
+                "workers = 1\nsplice = \"{splice}\"\n[[listener]]\naddress = \"127.0.0.1:0\"\n\
+                 [upstream.main]\nservers = [\"{upstream}\"]\n[[route]]\nupstream = \"main\"\n"
+            ),
+        );
+        let direct = segments_of(&ns.gateway, (upstream, closing), || {});
+        let proxied = segments_of(&ns.gateway, (gw.addr, closing), || {
+            let line = gw.next_line(Duration::from_secs(10)).expect("no access-log line within 10 s");
+            assert!(line.contains("\" 101 "), "{line}");
+        });
+        let saved = (2 * direct).saturating_sub(proxied);
+        eprintln!(
+            "splice = {splice}: {ROUNDS} closing handshakes, direct {direct} segments, proxied {proxied}, saved {saved}"
+        );
+        assert!(
+            saved >= 2 * ROUNDS + ROUNDS / 2,
+            "splice = {splice}: proxied closing handshakes took {proxied} segments against 2 × {direct} direct: \
+             {saved} saved, three per upgrade expected (two ACKs, the FIN with the Close)"
         );
     }
 }

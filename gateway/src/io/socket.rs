@@ -126,6 +126,22 @@ pub fn send_now(fd: &impl AsRawFd, data: &[u8]) -> io::Result<usize> {
     }
 }
 
+/// Like [`send_now`], telling the kernel that more follows (`MSG_MORE`): the bytes wait
+/// in the send queue for what comes next, so that a `shutdown` right after sends them
+/// with the FIN in one segment.
+pub fn send_now_more(fd: &impl AsRawFd, data: &[u8]) -> io::Result<usize> {
+    match sys_send(fd.as_raw_fd(), data, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL | libc::MSG_MORE) {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
+        r => r,
+    }
+}
+
+/// Whether the peer's FIN is the next thing queued on `fd` (a peek without waiting
+/// finds the end of the stream).
+pub fn fin_next(fd: &impl AsRawFd) -> bool {
+    matches!(peek(fd, &mut [0u8; 1]), Ok(0))
+}
+
 /// Sets `SO_RCVLOWAT`: readiness (`POLLIN`) is reported only once `bytes` are queued.
 /// Setting it (even to 1) also makes the kernel run a sockmap verdict over bytes
 /// queued before the socket was inserted.
