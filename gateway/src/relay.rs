@@ -520,9 +520,10 @@ async fn until_close(from: &TcpStream, dir: &Dir, (ring, buffers): (&Ring, &BufP
 /// failure is passed on as a reset and ends the pair with the side that failed. A FIN
 /// not passed on here is left to the close that follows the relay, which sends FIN
 /// when nothing is left unread on the socket (RST otherwise: only a peer that sent
-/// bytes after its Close), and one system call per connection is saved: the client's
-/// FIN once the upstream has ended or the closing handshake is done, and the
-/// upstream's once the client has sent its own or the closing handshake is done.
+/// bytes after its Close; after a FIN, if the pump sent one with the upstream's Close),
+/// and one system call per connection is saved: the client's FIN once the upstream has
+/// ended or the closing handshake is done (unless the pump sent it with that Close),
+/// and the upstream's once the client has sent its own or the closing handshake is done.
 fn settle(end: PumpEnd, src: &TcpStream, dst: &TcpStream, (src_side, pass_fin): (Side, bool)) -> Option<Close> {
     let dst_side = if src_side == Side::Client { Side::Upstream } else { Side::Client };
     let (src_reset, dst_reset) = (Close::reset(src_side), Close::reset(dst_side));
@@ -584,9 +585,9 @@ struct UpstreamSide<'a> {
 /// first bytes came and the HTTP status they start with, and the other direction: once
 /// the client's Close went by, the upstream's Close ends the closing handshake, and the
 /// server closes the TCP connection then (RFC 6455 §7.1.1): the pump reads again
-/// without waiting for readiness, since the upstream's FIN follows its Close, as a rule
-/// in the same segment; when a peek finds that FIN queued, the Close goes on to the
-/// client with a FIN in one segment. (Only a read and a peek: bytes that are not
+/// without waiting for readiness, since the upstream's FIN follows its Close (often in
+/// the same segment); when a peek finds that FIN queued, the Close goes on to the
+/// client with a FIN in one segment (`MSG_MORE`, then `shutdown` at once). (Only a read and a peek: bytes that are not
 /// WebSocket frames can look like Close frames to the tracker, and must still pass.)
 /// Once `closing` (the drain), reads no further than the end of the current frame and
 /// ends with [`PumpEnd::Boundary`] there.

@@ -509,7 +509,7 @@ fn worker_sockets(config: &Config, addrs: &mut [Bound]) -> Result<Vec<KeyedSocke
         .map(|b| {
             let socket = match (&b.shared, b.inherited.pop()) {
                 (Some(passed), _) => passed.try_clone(),
-                (None, Some(inherited)) => Ok(inherited),
+                (None, Some(inherited)) => crate::io::set_quickack(&inherited, false).map(|()| inherited),
                 (None, None) => listen_socket(b.addr, b.backlog, &config.keepalive),
             };
             socket.map_err(|source| RunError::Listen { addr: b.addr, source })
@@ -615,6 +615,8 @@ fn bind_listeners(
         let (s, shared) = match crate::activation::claim(&mut passed, l.address) {
             None if !from_old.is_empty() => {
                 let (s, shared) = from_old.remove(0);
+                // An old process of an earlier version may not have delayed its ACKs.
+                crate::io::set_quickack(&s, false).map_err(listen_error)?;
                 tracing::info!("listening on {} (socket from the old process)", l.address);
                 let dup = if shared { Some(s.try_clone().map_err(listen_error)?) } else { None };
                 (s, dup)
@@ -684,7 +686,7 @@ pub fn listen_socket(
     s.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
     // And delayed ACKs (HAProxy's `tcp-smart-accept`): the ACK of a client's request
     // head rides on wsgate's answer (the 101, the upstream's response head) instead of
-    // a segment of its own. A request with a body turns quick ACKs back on (`plain`).
+    // a segment of its own. A request with a body turns quick ACKs on (`conn::prepare`).
     crate::io::set_quickack(&s, false)?;
     Ok(s)
 }

@@ -175,22 +175,24 @@ async fn from_pool(worker: &Worker, group: &Arc<Group>, server: usize, head: &[u
 
 /// Sends the request head on a new connection (a failure is the server's).
 async fn send_head(ring: &Ring, group: &Group, connected: Connected, head: &[u8]) -> Result<Connected, ProxyError> {
-    if let Err(e) = forward_head(ring, &connected.stream, head).await {
+    if let Err(e) = connected.stream.write_slice(ring, head).await {
         group.report_failure(connected.server);
         return Err(ProxyError::new(ErrorKind::UpstreamClosed, format!("forwarding request head: {e}")));
     }
     Ok(connected)
 }
 
-/// Sends the request head on `stream`, then has its socket acknowledge at once again.
-/// A new connection's ACKs are delayed so that its handshake's last ACK rides on the
-/// first bytes sent (see [`crate::io::connect`]); past those, the kernel's own start
-/// applies: the answer is acknowledged at once, so an upstream that writes its response
-/// in pieces with Nagle's algorithm on does not wait for a delayed ACK before the second.
+/// Sends an upgrade's request head on a plain upstream's new connection, whose
+/// handshake's last ACK rides on it ([`crate::io::connect`]'s `ack_on_head`), then has
+/// the socket acknowledge at once: the upstream's 101 is acknowledged as on any new
+/// connection, so an upstream that writes its 101 and first frame apart with Nagle's
+/// algorithm on does not wait for a delayed ACK before the frame. (A plain request is
+/// not connected so: its body follows the head, and a send within 40 ms of the
+/// handshake leaves the socket delaying its ACKs, the response's among them.)
 async fn forward_head(ring: &Ring, stream: &PeerIo, head: &[u8]) -> io::Result<()> {
     stream.write_slice(ring, head).await?;
     if let Err(e) = crate::io::set_quickack(stream.tcp(), true) {
-        tracing::debug!(error = %e, "turning quick ACKs back on after the request head");
+        tracing::debug!(error = %e, "turning quick ACKs on after the request head");
     }
     Ok(())
 }
@@ -204,9 +206,10 @@ pub async fn again(
 ) -> Result<Connected, ProxyError> {
     let group = upstream.live.group();
     let mut failures = Failures::default();
-    let c = connect_one((&worker.ring, &worker.metrics), group, upstream.server, connect_timeout, &mut failures)
-        .await
-        .ok_or_else(|| failures.into_error(group))?;
+    let c =
+        connect_one((&worker.ring, &worker.metrics), group, (upstream.server, connect_timeout, false), &mut failures)
+            .await
+            .ok_or_else(|| failures.into_error(group))?;
     let mut c = send_head(&worker.ring, group, c, &upstream.request).await?;
     c.request.clone_from(&upstream.request);
     c.persistent = upstream.persistent;
@@ -227,7 +230,7 @@ async fn connect_in(
 ) -> Result<Connected, ProxyError> {
     let mut failures = Failures::default();
     for i in order {
-        if let Some(connected) = connect_one((ring, metrics), group, i, timeout, &mut failures).await {
+        if let Some(connected) = connect_one((ring, metrics), group, (i, timeout, false), &mut failures).await {
             return Ok(connected);
         }
     }
@@ -286,13 +289,21 @@ impl HeadWait {
 /// is reported to passive health.
 pub async fn exchange(group: &Arc<Group>, pick: &Pick<'_>, x: &Exchange<'_>) -> Result<Connected, ProxyError> {
     let mut failures = Failures::default();
+    // The handshake's last ACK rides on the head; a TLS upstream's handshake is
+    // not sent so (its server's flights would be acknowledged late).
+    let ack_on_head = group.tls.is_none();
     for i in group.attempt_order(pick) {
-        let Some(mut connected) = connect_one((x.ring, x.metrics), group, i, x.connect_timeout, &mut failures).await
-        else {
+        let attempt = (i, x.connect_timeout, ack_on_head);
+        let Some(mut connected) = connect_one((x.ring, x.metrics), group, attempt, &mut failures).await else {
             continue;
         };
         let addr = group.server(i).addr();
-        if let Err(e) = forward_head(x.ring, &connected.stream, x.request).await {
+        let sent = if ack_on_head {
+            forward_head(x.ring, &connected.stream, x.request).await
+        } else {
+            connected.stream.write_slice(x.ring, x.request).await
+        };
+        if let Err(e) = sent {
             group.report_failure(i);
             tracing::warn!(upstream = %addr, group = %group.name, error = %e, "forwarding the request failed; trying the next server");
             failures.other.push(format!("{addr}: forwarding request head: {e}"));
@@ -354,19 +365,19 @@ impl Failures {
     }
 }
 
-/// One connect attempt to server `i`; `None` (failure recorded) when it is full or fails.
+/// One connect attempt to server `i` within `timeout` (`ack_on_head`: see
+/// [`crate::io::connect`]); `None` (failure recorded) when it is full or fails.
 async fn connect_one(
     (ring, metrics): (&Ring, &Recorder),
     group: &Arc<Group>,
-    i: usize,
-    timeout: Duration,
+    (i, timeout, ack_on_head): (usize, Duration, bool),
     failures: &mut Failures,
 ) -> Option<Connected> {
     // A server can fill up between the pick and here: skip it, it did not fail.
     let live = group.try_enter(i)?;
     let addr = group.server(i).addr();
     let started = Instant::now();
-    let connected = match crate::io::connect(ring, addr, group.next_source(), timeout).await {
+    let connected = match crate::io::connect(ring, addr, group.next_source(), (timeout, ack_on_head)).await {
         Ok(tcp) => secure(ring, group, i, tcp, started + timeout).await,
         Err(e) => Err(e),
     };

@@ -233,6 +233,15 @@ async fn prepare(
     let closing = session.closing(&head, &facts.generation.config);
     let generation = facts.generation.clone();
     let admit = route_admit::route_admit(&head, worker, &generation, facts)?;
+    // The client's ACKs start delayed, to ride on the answer (`runtime::listen_socket`);
+    // a client that writes its body after its head with Nagle's algorithm on sends the
+    // body only once the head is acknowledged: a request with a body is acknowledged at
+    // once, as on any new connection, before the upstream is connected.
+    if head.framing() != crate::http::body::Framing::Empty
+        && let Err(e) = crate::io::set_quickack(client.tcp(), true)
+    {
+        tracing::debug!(error = %e, "turning quick ACKs on for a request body");
+    }
     let upstream = connect::connect(&head, &buf, &admit, worker, facts).await?;
     Ok((upstream, admit.slots, closing))
 }

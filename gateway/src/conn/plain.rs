@@ -109,12 +109,6 @@ pub async fn exchange(
         timed(limits.response, &mut response).await?
     } else {
         done.body_read = true;
-        // The client's ACKs start delayed (see `runtime::listen_socket`); a client that
-        // sends its body in pieces with Nagle's algorithm on waits for the ACK of the
-        // first before the second: acknowledge at once, as the kernel's own start does.
-        if let Err(e) = crate::io::set_quickack(client.tcp(), true) {
-            tracing::debug!(error = %e, "turning quick ACKs on for a request body");
-        }
         let mut pump = pin!(pump_body(client, upstream, &mut body, limits.idle, worker));
         tokio::select! {
             pumped = &mut pump => {

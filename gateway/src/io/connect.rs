@@ -20,19 +20,23 @@ use crate::readiness::{self, Ring};
 /// chosen at connect time per destination and each source gets its own port range.
 /// An unfinished connect waits on `ring`.
 ///
-/// The socket comes back with its ACKs delayed (`TCP_QUICKACK` off, as HAProxy's
-/// `tcp-smart-connect`): the handshake's last ACK rides on the first bytes sent, not in
-/// a segment of its own. The caller sends at once and then turns quick ACKs back on
-/// (see `conn::connect`).
+/// With `ack_on_head` (`TCP_QUICKACK` off before the connect, as HAProxy's
+/// `tcp-smart-connect`), the kernel holds the handshake's last ACK (for up to 200 ms)
+/// so that it rides on the first bytes sent, not in a segment of its own. The caller
+/// sends its request head at once and then turns quick ACKs on
+/// ([`super::set_quickack`]): a send within 40 ms of the handshake would otherwise
+/// leave the socket delaying its ACKs, the upstream's answer's among them.
 pub async fn connect(
     ring: &Ring,
     addr: SocketAddr,
     source: Option<IpAddr>,
-    timeout: Duration,
+    (timeout, ack_on_head): (Duration, bool),
 ) -> io::Result<TcpStream> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM.nonblocking().cloexec(), Some(Protocol::TCP))?;
     socket.set_nodelay(true)?;
-    super::set_quickack(&socket, false)?;
+    if ack_on_head {
+        super::set_quickack(&socket, false)?;
+    }
     if let Some(ip) = source {
         setsockopt(socket.as_raw_fd(), libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT, &1 as &libc::c_int)?;
         socket

@@ -126,9 +126,9 @@ pub fn send_now(fd: &impl AsRawFd, data: &[u8]) -> io::Result<usize> {
     }
 }
 
-/// Like [`send_now`], telling the kernel that more follows (`MSG_MORE`): the bytes wait
-/// in the send queue for what comes next, so that a `shutdown` right after sends them
-/// with the FIN in one segment.
+/// Like [`send_now`], telling the kernel that more follows (`MSG_MORE`): a short send
+/// is held back (until the next send, a shutdown, or an ACK that pushes it), so that a
+/// `shutdown` right after sends it with the FIN in one segment.
 pub fn send_now_more(fd: &impl AsRawFd, data: &[u8]) -> io::Result<usize> {
     match sys_send(fd.as_raw_fd(), data, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL | libc::MSG_MORE) {
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
