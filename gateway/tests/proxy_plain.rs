@@ -110,3 +110,34 @@ fn plain_post_with_content_length_is_proxied() {
     let _ = read_to_eof(&mut c);
     assert_eq!(seen.lock().unwrap()[0].1, b"hello world");
 }
+
+/// `Expect: 100-continue`: the upstream's `100 Continue` reaches the client while the
+/// body is still to come, and the body the client then sends reaches the upstream,
+/// which answers it.
+#[test]
+fn a_100_continue_passes_and_the_body_follows_it() {
+    let up = RawUpstream::start(|mut s| {
+        let (head, early) = read_head(&mut s);
+        assert!(head.to_ascii_lowercase().contains("expect: 100-continue"), "{head}");
+        assert!(early.is_empty(), "the body came before the 100: {early:?}");
+        s.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").unwrap();
+        let mut body = vec![0u8; 5];
+        s.read_exact(&mut body).expect("the body after the 100");
+        assert_eq!(body, b"hello");
+        s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok").unwrap();
+    });
+    let gw = Gateway::one_line(&[up.addr], &[]);
+    let mut c = gw.connect();
+    c.write_all(b"POST /upload HTTP/1.1\r\nHost: example.test\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+        .unwrap();
+    let (interim, early) = read_head(&mut c);
+    assert_eq!(status_of(&interim), 100, "{interim}");
+    assert!(early.is_empty(), "bytes after the 100 before the body was sent: {early:?}");
+    c.write_all(b"hello").unwrap();
+    let (head, mut body) = read_head(&mut c);
+    assert_eq!(status_of(&head), 200, "{head}");
+    if body.len() < 2 {
+        body.extend(utils::read_exact(&mut c, 2 - body.len()));
+    }
+    assert_eq!(body, b"ok");
+}

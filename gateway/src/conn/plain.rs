@@ -110,20 +110,36 @@ pub async fn exchange(
     } else {
         done.body_read = true;
         let mut pump = pin!(pump_body(client, upstream, &mut body, limits.idle, worker));
-        tokio::select! {
-            pumped = &mut pump => {
-                let (forwarded, leftover) = pumped?;
-                done.bytes_in += forwarded;
-                done.leftover = leftover;
-                done.request_complete = true;
-                timed(limits.response, &mut response).await?
+        let mut interim = 0;
+        loop {
+            tokio::select! {
+                pumped = &mut pump => {
+                    let (forwarded, leftover) = pumped?;
+                    done.bytes_in += forwarded;
+                    done.leftover = leftover;
+                    done.request_complete = true;
+                    break timed(limits.response, &mut response).await?;
+                }
+                head = &mut response => {
+                    let head = head?;
+                    // An interim answer while the body streams (`100 Continue` to
+                    // `Expect: 100-continue`) asks for the body: it goes on to the
+                    // client and the body keeps streaming.
+                    if (100..200).contains(&head.status) && head.status != 101 && interim < MAX_INTERIM {
+                        interim += 1;
+                        done.first_response.get_or_insert_with(Instant::now);
+                        done.bytes_out += pass_interim(upstream, client, &head, worker).await?;
+                        response.set(peek_head(&worker.ring, upstream, limits.max_response, far, method));
+                        continue;
+                    }
+                    // Answered before the body was through: the rest of it is unread, so
+                    // the client connection ends after this response.
+                    break head;
+                }
             }
-            // Answered before the body was through: the rest of it is unread, so the
-            // client connection ends after this response.
-            head = &mut response => head?,
         }
     };
-    done.first_response = Some(Instant::now());
+    done.first_response.get_or_insert_with(Instant::now);
     let mut head = head;
     for _ in 0..MAX_INTERIM {
         if head.status == 101 {
