@@ -587,8 +587,9 @@ struct UpstreamSide<'a> {
 /// server closes the TCP connection then (RFC 6455 §7.1.1): the pump reads again
 /// without waiting for readiness, since the upstream's FIN follows its Close (often in
 /// the same segment); when a peek finds that FIN queued, the Close goes on to the
-/// client with a FIN in one segment (`MSG_MORE`, then `shutdown` at once). (Only a read and a peek: bytes that are not
-/// WebSocket frames can look like Close frames to the tracker, and must still pass.)
+/// client with a FIN in one segment (`MSG_MORE`, then `shutdown` at once). (Only a
+/// read and a peek: bytes that are not WebSocket frames can look like Close frames to
+/// the tracker, and must still pass.)
 /// Once `closing` (the drain), reads no further than the end of the current frame and
 /// ends with [`PumpEnd::Boundary`] there.
 ///
