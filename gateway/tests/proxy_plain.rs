@@ -141,3 +141,29 @@ fn a_100_continue_passes_and_the_body_follows_it() {
     }
     assert_eq!(body, b"ok");
 }
+
+/// Interim responses are bounded per request, those passed while the body streams
+/// included: after 8, a ninth is the upstream's fault (502), not more to pass on.
+#[test]
+fn more_than_eight_interim_responses_while_the_body_streams_are_a_502() {
+    let up = RawUpstream::start(|mut s| {
+        let _ = read_head(&mut s);
+        let _ = s.write_all(&b"HTTP/1.1 100 Continue\r\n\r\n".repeat(9));
+        // Hold the connection until wsgate gives up on it.
+        let _ = s.read(&mut [0u8; 16]);
+    });
+    let config = format!(
+        "workers = 1\n[[listener]]\naddress = \"127.0.0.1:0\"\n[timeouts]\nresponse = \"30s\"\n\
+         [upstream.main]\nservers = [\"{}\"]\n[[route]]\nupstream = \"main\"\n",
+        up.addr
+    );
+    let gw = Gateway::builder().config(&config).start();
+    let mut c = gw.connect();
+    c.write_all(b"POST /upload HTTP/1.1\r\nHost: example.test\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+        .unwrap();
+    // The connection ends with the 502 (the body was never read).
+    let got = String::from_utf8_lossy(&read_to_eof(&mut c)).into_owned();
+    let heads: Vec<&str> = got.split("\r\n\r\n").filter(|h| h.starts_with("HTTP/1.1 ")).collect();
+    let statuses: Vec<&str> = heads.iter().map(|h| &h[9..12]).collect();
+    assert_eq!(statuses, [vec!["100"; 8], vec!["502"]].concat(), "{got}");
+}

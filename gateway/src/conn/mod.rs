@@ -236,8 +236,10 @@ async fn prepare(
     // The client's ACKs start delayed, to ride on the answer (`runtime::listen_socket`);
     // a client that writes its body after its head with Nagle's algorithm on sends the
     // body only once the head is acknowledged: a request with a body is acknowledged at
-    // once, as on any new connection, before the upstream is connected.
-    if head.framing() != crate::http::body::Framing::Empty
+    // once, as on any new connection, before the upstream is connected. (An upgrade's
+    // bytes after its head wait for the 101: no header pass for it here.)
+    if admit.intent == crate::http::upgrade::Intent::Plain
+        && head.framing() != crate::http::body::Framing::Empty
         && let Err(e) = crate::io::set_quickack(client.tcp(), true)
     {
         tracing::debug!(error = %e, "turning quick ACKs on for a request body");

@@ -104,13 +104,14 @@ pub async fn exchange(
     // head while the body streams; its timeout starts once the body is through.
     let far = Instant::now() + Duration::from_hours(24 * 365);
     let mut response = pin!(peek_head(&worker.ring, upstream, limits.max_response, far, method));
+    // Interim (1xx) responses passed on, while the body streams and after it.
+    let mut interim = 0;
     let head = if body.is_done() {
         done.request_complete = true;
         timed(limits.response, &mut response).await?
     } else {
         done.body_read = true;
         let mut pump = pin!(pump_body(client, upstream, &mut body, limits.idle, worker));
-        let mut interim = 0;
         loop {
             tokio::select! {
                 pumped = &mut pump => {
@@ -141,7 +142,8 @@ pub async fn exchange(
     };
     done.first_response.get_or_insert_with(Instant::now);
     let mut head = head;
-    for _ in 0..MAX_INTERIM {
+    // Interims passed while the body streamed count toward the same bound.
+    for _ in interim..MAX_INTERIM {
         if head.status == 101 {
             return Err(ProxyError::new(ErrorKind::UpstreamInvalid, "101 to a request that asked for no upgrade"));
         }

@@ -120,17 +120,19 @@ pub fn send(fd: &impl AsRawFd, data: &[u8]) -> io::Result<usize> {
 /// Sends what fits in the socket's buffer without blocking; returns the bytes taken,
 /// 0 when the buffer is full.
 pub fn send_now(fd: &impl AsRawFd, data: &[u8]) -> io::Result<usize> {
-    match send(fd, data) {
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
-        r => r,
-    }
+    send_now_flagged(fd, data, 0)
 }
 
 /// Like [`send_now`], telling the kernel that more follows (`MSG_MORE`): a short send
 /// is held back (until the next send, a shutdown, or an ACK that pushes it), so that a
 /// `shutdown` right after sends it with the FIN in one segment.
 pub fn send_now_more(fd: &impl AsRawFd, data: &[u8]) -> io::Result<usize> {
-    match sys_send(fd.as_raw_fd(), data, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL | libc::MSG_MORE) {
+    send_now_flagged(fd, data, libc::MSG_MORE)
+}
+
+/// [`send_now`] with `flags` added to [`send`]'s.
+fn send_now_flagged(fd: &impl AsRawFd, data: &[u8], flags: libc::c_int) -> io::Result<usize> {
+    match sys_send(fd.as_raw_fd(), data, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL | flags) {
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
         r => r,
     }
